@@ -1,0 +1,169 @@
+# ringbus build. `make` builds build/ringbusd, build/ringbus and libringbus
+# (static and shared) at -O2; `make test` runs every test; `make test-asan`
+# runs them again under ASan+UBSan. Objects go to build/<variant>/.
+
+VARIANT   ?= release
+BUILDDIR  ?= build/$(VARIANT)
+PREFIX    ?= /usr/local
+DESTDIR   ?=
+CC        ?= cc
+PYTHON    ?= /usr/bin/python3
+
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
+export SOURCE_DATE_EPOCH
+
+PKGS      := liburing libsystemd
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
+PKG_LIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
+
+WARN   := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
+          -Wvla -Wdate-time
+BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -g -fno-omit-frame-pointer -fPIC \
+          -ffile-prefix-map=$(CURDIR)=. -I. -DRB_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+
+ifeq ($(VARIANT),asan)
+OPT_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -DRB_SLOW_CHECKS
+OPT_LDFLAGS := -fsanitize=address,undefined
+else ifeq ($(VARIANT),tsan)
+OPT_CFLAGS := -O1 -fsanitize=thread -DRB_SLOW_CHECKS
+OPT_LDFLAGS := -fsanitize=thread
+else
+OPT_CFLAGS := -O2
+OPT_LDFLAGS :=
+endif
+
+CFLAGS  := $(BASE_CFLAGS) $(OPT_CFLAGS) $(EXTRA_CFLAGS)
+LDFLAGS := $(OPT_LDFLAGS) $(EXTRA_LDFLAGS)
+LIBS    := $(PKG_LIBS) -lpthread
+
+# Sorted source lists (reproducible builds).
+COMMON_SRC     := $(sort $(wildcard common/*.c))
+CONFIG_SRC     := $(sort $(wildcard config/*.c))
+STORAGE_SRC    := $(sort $(wildcard storage/*.c))
+TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
+SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
+CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c,$(wildcard client/*.c)))
+UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
+
+obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
+
+CORE_OBJ   := $(call obj,$(COMMON_SRC) $(CONFIG_SRC))
+SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_SRC))
+CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
+# The client library needs only the codec, errors and logging of common/.
+LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c) $(CLIENT_OBJ)
+
+RINGBUSD   := $(BUILDDIR)/ringbusd
+RINGBUS    := $(BUILDDIR)/ringbus
+LIBA       := $(BUILDDIR)/libringbus.a
+LIBSO      := $(BUILDDIR)/libringbus.so
+UNIT       := $(BUILDDIR)/unit_tests
+
+.PHONY: all build run test test-unit test-integration test-asan tsan check format format-check \
+        install clean setup deps bench
+
+all: build
+	@ln -sf $(VARIANT)/ringbusd build/ringbusd
+	@ln -sf $(VARIANT)/ringbus build/ringbus
+	@ln -sf $(VARIANT)/libringbus.a build/libringbus.a
+	@ln -sf $(VARIANT)/libringbus.so build/libringbus.so
+
+build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT)
+
+# Installs the Debian packages the build and the tests need, once.
+deps:
+	@scripts/setup.sh --if-needed
+
+setup:
+	@scripts/setup.sh
+
+$(BUILDDIR)/obj/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILDDIR)/obj/tests/unit/%.o: tests/unit/%.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(CHECK_CFLAGS) -MMD -MP -c $< -o $@
+
+$(RINGBUSD): $(SERVER_OBJ) $(call obj,server/main.c)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(LIBA): $(LIB_OBJ)
+	@rm -f $@
+	ar rcs $@ $^
+
+$(LIBSO): $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ -lpthread
+
+$(RINGBUS): $(call obj,client/cli.c) $(LIB_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ -lpthread -lm
+
+# The unit runner links every suite; tests/unit/suites.h is generated from
+# the suite functions the test files define.
+$(BUILDDIR)/suites.h: $(UNIT_SRC)
+	@mkdir -p $(dir $@)
+	@grep -ho 'Suite \*rb_[a-z0-9_]*_suite(void)' $(filter-out tests/unit/main.c,$(UNIT_SRC)) \
+	  | sed 's/Suite \*\(rb_[a-z0-9_]*_suite\)(void)/X(\1)/' | sort -u > $@.tmp && mv $@.tmp $@
+
+$(BUILDDIR)/obj/tests/unit/main.o: $(BUILDDIR)/suites.h
+$(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
+
+$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
+
+run: all
+	$(RINGBUSD)
+
+test: all
+	$(MAKE) --no-print-directory test-unit test-integration
+
+test-unit: build
+	$(UNIT)
+
+test-integration: build
+	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+test-asan:
+	$(MAKE) --no-print-directory VARIANT=asan build
+	$(MAKE) --no-print-directory VARIANT=asan test-unit test-integration
+
+check: test-asan
+
+tsan:
+	$(MAKE) --no-print-directory VARIANT=tsan build
+	$(MAKE) --no-print-directory VARIANT=tsan test-unit test-integration
+
+FORMAT_FILES = $(sort $(wildcard common/*.[ch] config/*.[ch] storage/*.[ch] transports/*.[ch] \
+               server/*.[ch] client/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
+
+format:
+	clang-format -i $(FORMAT_FILES)
+
+format-check:
+	clang-format --dry-run --Werror $(FORMAT_FILES)
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/lib $(DESTDIR)$(PREFIX)/include \
+	  $(DESTDIR)$(PREFIX)/lib/pkgconfig $(DESTDIR)$(PREFIX)/share/ringbus \
+	  $(DESTDIR)$(PREFIX)/lib/systemd/system $(DESTDIR)$(PREFIX)/lib/sysusers.d \
+	  $(DESTDIR)$(PREFIX)/lib/tmpfiles.d
+	install -m 755 $(RINGBUSD) $(RINGBUS) $(DESTDIR)$(PREFIX)/bin/
+	install -m 644 $(LIBA) $(DESTDIR)$(PREFIX)/lib/
+	install -m 755 $(LIBSO) $(DESTDIR)$(PREFIX)/lib/libringbus.so.0
+	ln -sf libringbus.so.0 $(DESTDIR)$(PREFIX)/lib/libringbus.so
+	install -m 644 client/ringbus.h $(DESTDIR)$(PREFIX)/include/ringbus.h
+	sed -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(VERSION)|g' client/ringbus.pc.in \
+	  > $(DESTDIR)$(PREFIX)/lib/pkgconfig/ringbus.pc
+	install -m 644 config/ringbusd.example.toml $(DESTDIR)$(PREFIX)/share/ringbus/
+	sed -e 's|@PREFIX@|$(PREFIX)|g' systemd/ringbusd.service \
+	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/ringbusd.service
+	install -m 644 systemd/ringbusd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/ringbusd.conf
+	install -m 644 systemd/ringbusd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/ringbusd.conf
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

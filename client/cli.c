@@ -1,0 +1,982 @@
+/* The `ringbus` command-line client: ping, pub, sub and stream over
+ * libringbus, printing one JSON line per event on stdout (flushed per line)
+ * and one clear line on stderr per failure. Exit status: 0 success, 1 a
+ * runtime failure, 2 a usage error. The protocol itself is left to the
+ * library; JSON syntax to json.c and stream commands to cmdjson.c. */
+#include <errno.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/cmdjson.h"
+#include "client/json.h"
+#include "client/ringbus.h"
+#include "common/assert.h"
+#include "common/frame.h"
+
+#ifndef RB_VERSION
+#define RB_VERSION "0.1.0"
+#endif
+
+#define EXIT_RUNTIME 1
+#define EXIT_USAGE   2
+
+#define DEFAULT_URL        "tcp://127.0.0.1:7400"
+#define DEFAULT_TIMEOUT_MS 10000
+/* A stdin line (a payload or a stream command) may not exceed this. */
+#define LINE_BYTES_MAX ((size_t)8 << 20)
+/* Publishes of `pub` in flight; acks print in publish order from a ring
+ * of this size. */
+#define PUB_WINDOW 4096
+/* The poll tick of loops that may run forever (sub, stream). */
+#define TICK_MS 1000
+
+static const char usage_text[] =
+    "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] COMMAND [ARGS]\n"
+    "\n"
+    "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
+    "                     IPv6 as tcp://[::1]:7400\n"
+    "  --timeout SECONDS  connect and request timeout (default 10)\n"
+    "  --name NAME        client name sent to the server\n"
+    "  --help, --version\n"
+    "\n"
+    "commands:\n"
+    "  ping [--count N]                 round-trip time to the server\n"
+    "  pub TOPIC [PAYLOAD]              publish PAYLOAD, or each stdin line; print each ack\n"
+    "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
+    "                                   subscribe; CURSOR is a seq, 0 or now (default)\n"
+    "  stream                           JSON commands on stdin, JSON events on stdout\n";
+
+typedef struct cli {
+    const char *url;
+    const char *name;
+    int timeout_ms;
+    ringbus_conn *conn;
+    rb_json_buf out;
+    bool closed; /* a CLOSED event was printed */
+    int closed_status;
+    bool failed; /* something printed makes the exit status nonzero */
+} cli;
+
+static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* One line on stderr, prefixed with the program name. */
+static void say(const char *fmt, ...)
+{
+    char line[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "ringbus: %s\n", line);
+}
+
+static int usage_error(const char *what)
+{
+    say("%s (try --help)", what);
+    return EXIT_USAGE;
+}
+
+/* ---- output ---- */
+
+static void emit(cli *c)
+{
+    if (c->out.oom) {
+        say("out of memory formatting output");
+        exit(EXIT_RUNTIME);
+    }
+    rb_json_put_raw(&c->out, "\n", 1);
+    fwrite(c->out.ptr, 1, c->out.len, stdout);
+    fflush(stdout);
+    rb_json_buf_reset(&c->out);
+}
+
+static void put_key(rb_json_buf *b, const char *key)
+{
+    rb_json_put_raw(b, ",", 1);
+    rb_json_put_str(b, key, strlen(key));
+    rb_json_put_raw(b, ":", 1);
+}
+
+static void put_payload(rb_json_buf *b, const void *payload, size_t len)
+{
+    if (rb_utf8_valid(payload, len)) {
+        put_key(b, "data");
+        rb_json_put_str(b, payload, len);
+    } else {
+        put_key(b, "data_b64");
+        rb_json_put_base64(b, payload, len);
+    }
+}
+
+static void put_error(cli *c, int code, const char *message)
+{
+    rb_json_put_raw(&c->out, "{\"event\":\"error\"", 16);
+    put_key(&c->out, "code");
+    const char *name = ringbus_wire_code_name(code);
+    rb_json_put_str(&c->out, name, strlen(name));
+    put_key(&c->out, "message");
+    rb_json_put_str(&c->out, message, strlen(message));
+    rb_json_put_raw(&c->out, "}", 1);
+}
+
+static void put_topics(rb_json_buf *b, const char *const *topics, size_t count)
+{
+    rb_json_put_raw(b, "[", 1);
+    for (size_t i = 0; i < count; i++) {
+        if (i > 0) {
+            rb_json_put_raw(b, ",", 1);
+        }
+        rb_json_put_str(b, topics[i], strlen(topics[i]));
+    }
+    rb_json_put_raw(b, "]", 1);
+}
+
+static void print_event(cli *c, const ringbus_event *ev)
+{
+    rb_json_buf *b = &c->out;
+    switch (ev->kind) {
+    case RINGBUS_EVENT_MESSAGE:
+        rb_json_put_raw(b, "{\"event\":\"message\"", 18);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "seq");
+        rb_json_put_u64(b, ev->seq);
+        put_payload(b, ev->payload, ev->payload_len);
+        if (ev->mutate_id != 0) {
+            put_key(b, "mutate_id");
+            rb_json_put_u64(b, ev->mutate_id);
+        }
+        break;
+    case RINGBUS_EVENT_TOPICS_LIVE:
+        rb_json_put_raw(b, "{\"event\":\"topics_live\"", 22);
+        put_key(b, "topics");
+        put_topics(b, ev->topics, ev->topic_count);
+        break;
+    case RINGBUS_EVENT_CATCHUP_COMPLETE:
+        rb_json_put_raw(b, "{\"event\":\"catchup_complete\"", 27);
+        put_key(b, "mutate_id");
+        rb_json_put_u64(b, ev->mutate_id);
+        break;
+    case RINGBUS_EVENT_ERROR:
+        put_error(c, ev->code, ev->message);
+        emit(c);
+        return;
+    case RINGBUS_EVENT_CLOSED:
+        rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
+        put_key(b, "status");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        if (ev->message[0] != '\0') {
+            put_key(b, "message");
+            rb_json_put_str(b, ev->message, strlen(ev->message));
+        }
+        c->closed = true;
+        c->closed_status = ev->code;
+        break;
+    }
+    rb_json_put_raw(b, "}", 1);
+    emit(c);
+}
+
+/* ---- argument helpers ---- */
+
+static int parse_count(const char *text, uint64_t *out)
+{
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = text[0] >= '0' && text[0] <= '9' ? strtoull(text, &end, 10) : 0;
+    if (end == NULL || *end != '\0' || errno != 0 || v == 0) {
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Seconds (fractions allowed, > 0, at most a day) to milliseconds. */
+static int parse_seconds(const char *text, int *ms)
+{
+    char *end = NULL;
+    errno = 0;
+    double s = strtod(text, &end);
+    if (end == text || *end != '\0' || errno != 0 || !(s > 0) || s > 86400) {
+        return -1;
+    }
+    *ms = (int)(s * 1000 + 0.5);
+    *ms = *ms > 0 ? *ms : 1;
+    return 0;
+}
+
+/* Takes the value of option name at argv[*i]: "--name=v" or "--name v". */
+static const char *opt_value(int argc, char **argv, int *i, const char *name)
+{
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) == 0 && argv[*i][n] == '=') {
+        return argv[*i] + n + 1;
+    }
+    if (strcmp(argv[*i], name) == 0 && *i + 1 < argc) {
+        return argv[++*i];
+    }
+    return NULL;
+}
+
+static bool is_opt(const char *arg, const char *name)
+{
+    size_t n = strlen(name);
+    return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
+}
+
+/* Parses a global option at argv[*i]. Returns 1 when it was one, 0 when
+ * it is not a global option, or an exit status (2) after an error. */
+static int global_opt(cli *c, int argc, char **argv, int *i)
+{
+    const char *arg = argv[*i];
+    const char *v;
+    if (is_opt(arg, "--url")) {
+        if ((v = opt_value(argc, argv, i, "--url")) == NULL) {
+            return -usage_error("--url needs a URL");
+        }
+        c->url = v;
+        return 1;
+    }
+    if (is_opt(arg, "--name")) {
+        if ((v = opt_value(argc, argv, i, "--name")) == NULL) {
+            return -usage_error("--name needs a name");
+        }
+        c->name = v;
+        return 1;
+    }
+    if (is_opt(arg, "--timeout")) {
+        v = opt_value(argc, argv, i, "--timeout");
+        if (v == NULL || parse_seconds(v, &c->timeout_ms) != 0) {
+            return -usage_error("--timeout needs a number of seconds in (0, 86400]");
+        }
+        return 1;
+    }
+    return 0;
+}
+
+/* ---- connecting ---- */
+
+static void on_event(const ringbus_event *ev, void *ctx)
+{
+    print_event(ctx, ev);
+}
+
+static int cli_connect(cli *c, bool with_callback)
+{
+    ringbus_options o;
+    ringbus_options_init(&o);
+    o.client_name = c->name != NULL ? c->name : "ringbus-cli";
+    o.connect_timeout_ms = c->timeout_ms;
+    o.request_timeout_ms = c->timeout_ms;
+    o.publish_window = PUB_WINDOW;
+    if (with_callback) {
+        o.on_event = on_event;
+        o.event_ctx = c;
+    }
+    ringbus_error err;
+    int rc = ringbus_connect(c->url, &o, &c->conn, &err);
+    if (rc != 0) {
+        say("%s", err.message);
+        return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+/* ---- ping ---- */
+
+static int cmd_ping(cli *c, int argc, char **argv)
+{
+    uint64_t count = 1;
+    for (int i = 0; i < argc; i++) {
+        int g = global_opt(c, argc, argv, &i);
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0 && is_opt(argv[i], "--count")) {
+            const char *v = opt_value(argc, argv, &i, "--count");
+            if (v == NULL || parse_count(v, &count) != 0) {
+                return usage_error("--count needs a positive integer");
+            }
+        } else if (g == 0) {
+            return usage_error("ping: unexpected argument");
+        }
+    }
+    int rc = cli_connect(c, true);
+    for (uint64_t i = 0; rc == 0 && i < count; i++) {
+        ringbus_error err;
+        uint64_t rtt_ns = 0;
+        if (ringbus_ping(c->conn, &rtt_ns, &err) != 0) {
+            say("ping %s: %s", c->url, err.message);
+            rc = EXIT_RUNTIME;
+            break;
+        }
+        printf("pong from %s: rtt %.3f ms\n", ringbus_server_id(c->conn), (double)rtt_ns / 1e6);
+        fflush(stdout);
+    }
+    return rc;
+}
+
+/* ---- stdin lines ---- */
+
+typedef struct line_reader {
+    char *buf; /* owned */
+    size_t start, len, cap;
+    bool eof;
+    uint64_t line_no; /* of the last line taken */
+} line_reader;
+
+/* Reads once from stdin (call when poll says it is readable). */
+static int lines_fill(line_reader *lr)
+{
+    if (lr->start > 0) {
+        memmove(lr->buf, lr->buf + lr->start, lr->len - lr->start);
+        lr->len -= lr->start;
+        lr->start = 0;
+    }
+    if (lr->cap - lr->len < 65536 && lr->cap < LINE_BYTES_MAX + 1) {
+        size_t next = lr->cap == 0 ? 131072 : lr->cap * 2;
+        char *p = realloc(lr->buf, next);
+        if (p == NULL) {
+            say("stdin: out of memory");
+            return -1;
+        }
+        lr->buf = p;
+        lr->cap = next;
+    }
+    if (lr->cap == lr->len) {
+        return 0; /* full of whole lines: take some first */
+    }
+    ssize_t n = read(STDIN_FILENO, lr->buf + lr->len, lr->cap - lr->len);
+    if (n < 0 && errno != EINTR && errno != EAGAIN) {
+        say("stdin: read: %s", strerror(errno));
+        return -1;
+    }
+    lr->eof = n == 0;
+    lr->len += n > 0 ? (size_t)n : 0;
+    return 0;
+}
+
+/* Peeks at the next whole line (the last one may lack its newline at EOF).
+ * Returns 1 with *line, 0 when none is whole yet, -1 when it is too long. */
+static int lines_peek(line_reader *lr, const char **line, size_t *len)
+{
+    const char *s = lr->buf + lr->start;
+    size_t avail = lr->len - lr->start;
+    const char *nl = avail > 0 ? memchr(s, '\n', avail) : NULL;
+    size_t n = nl != NULL ? (size_t)(nl - s) : avail;
+    if (n > LINE_BYTES_MAX) {
+        say("stdin line %llu: longer than %zu bytes", (unsigned long long)lr->line_no + 1,
+            LINE_BYTES_MAX);
+        return -1;
+    }
+    if (nl == NULL && !(lr->eof && avail > 0)) {
+        return 0;
+    }
+    *line = s;
+    *len = n;
+    return 1;
+}
+
+static void lines_take(line_reader *lr, size_t len)
+{
+    lr->start += len;
+    if (lr->start < lr->len) {
+        lr->start++; /* the newline */
+    }
+    lr->line_no++;
+}
+
+static bool lines_done(const line_reader *lr)
+{
+    return lr->eof && lr->start == lr->len;
+}
+
+/* ---- pub ---- */
+
+/* pub_one's "no room yet": distinct from every exit status. */
+#define PUB_WAIT (-1)
+
+typedef struct pub_slot {
+    bool done;
+    int status;
+    int wire_code;
+    uint64_t seq;
+    char *message; /* owned, when status != 0 */
+} pub_slot;
+
+typedef struct pub_state {
+    cli *c;
+    const char *topic;
+    pub_slot ring[PUB_WINDOW];
+    uint64_t head; /* next to print */
+    uint64_t next; /* next to publish */
+} pub_state;
+
+static void pub_done(const ringbus_publish_result *res, void *ctx)
+{
+    pub_slot *slot = ctx;
+    slot->done = true;
+    slot->status = res->status;
+    slot->wire_code = res->status == RINGBUS_ESERVER ? res->wire_code : RINGBUS_WIRE_UNAVAILABLE;
+    slot->seq = res->seq;
+    slot->message = res->status != 0 ? strdup(res->message) : NULL;
+}
+
+/* Prints the acks that are complete, in publish order. */
+static void pub_print_ready(pub_state *ps)
+{
+    while (ps->head < ps->next && ps->ring[ps->head % PUB_WINDOW].done) {
+        pub_slot *s = &ps->ring[ps->head % PUB_WINDOW];
+        if (s->status == 0) {
+            rb_json_put_raw(&ps->c->out, "{\"topic\":", 9);
+            rb_json_put_str(&ps->c->out, ps->topic, strlen(ps->topic));
+            put_key(&ps->c->out, "seq");
+            rb_json_put_u64(&ps->c->out, s->seq);
+            rb_json_put_raw(&ps->c->out, "}", 1);
+        } else {
+            put_error(ps->c, s->wire_code, s->message != NULL ? s->message : "");
+            ps->c->failed = true;
+        }
+        emit(ps->c);
+        free(s->message);
+        memset(s, 0, sizeof *s);
+        ps->head++;
+    }
+}
+
+/* Publishes one payload. Returns 0, PUB_WAIT when it must wait for room,
+ * or an exit status (2, 1) after an error. */
+static int pub_one(pub_state *ps, const char *payload, size_t len)
+{
+    if (ps->next - ps->head >= PUB_WINDOW) {
+        return PUB_WAIT;
+    }
+    pub_slot *slot = &ps->ring[ps->next % PUB_WINDOW];
+    ringbus_error err;
+    int rc = ringbus_publish(ps->c->conn, ps->topic, strlen(ps->topic), payload, len, NULL, &err,
+                             pub_done, slot);
+    if (rc == RINGBUS_EAGAIN) {
+        return PUB_WAIT;
+    }
+    if (rc != 0) {
+        say("%s", err.message);
+        return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+    }
+    ps->next++;
+    return 0;
+}
+
+/* Publishes what stdin has; returns 0 or an exit status. */
+static int pub_lines(pub_state *ps, line_reader *lr)
+{
+    for (;;) {
+        const char *line;
+        size_t len;
+        int rc = lines_peek(lr, &line, &len);
+        if (rc <= 0) {
+            return rc < 0 ? EXIT_RUNTIME : 0;
+        }
+        rc = pub_one(ps, line, len);
+        if (rc != 0) {
+            return rc == PUB_WAIT ? 0 : rc;
+        }
+        lines_take(lr, len);
+    }
+}
+
+/* Processes the connection once; returns 0 or an exit status. */
+static int pub_turn(pub_state *ps, int wait_ms)
+{
+    ringbus_error err;
+    int rc = ringbus_process(ps->c->conn, wait_ms, &err);
+    pub_print_ready(ps);
+    if (ps->c->closed || rc == RINGBUS_ECLOSED) {
+        say("%s: connection closed before every ack arrived", ps->c->url);
+        return EXIT_RUNTIME;
+    }
+    if (rc < 0) {
+        say("%s", err.message);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+static int64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Waits at most the timeout for the ack of a single publish. */
+static int pub_wait_one(pub_state *ps)
+{
+    int64_t deadline_ms = now_ms() + ps->c->timeout_ms;
+    int rc = 0;
+    while (rc == 0 && ps->head < ps->next) {
+        int64_t left_ms = deadline_ms - now_ms();
+        if (left_ms <= 0) {
+            say("%s: timed out waiting for the ack", ps->c->url);
+            return EXIT_RUNTIME;
+        }
+        rc = pub_turn(ps, (int)left_ms);
+    }
+    return rc;
+}
+
+static int pub_stdin(pub_state *ps)
+{
+    line_reader lr = {0};
+    int64_t idle_ms = 0;
+    int rc = 0;
+    while (rc == 0 && !(lines_done(&lr) && ps->head == ps->next)) {
+        /* Publish what is buffered first, so freed room never waits a tick. */
+        uint64_t before = ps->head;
+        rc = pub_lines(ps, &lr);
+        if (rc != 0) {
+            break;
+        }
+        (void)ringbus_flush(ps->c->conn, NULL);
+        const char *line;
+        size_t len;
+        /* Read stdin only when every whole line it gave is published. */
+        bool want_stdin = !lr.eof && lines_peek(&lr, &line, &len) == 0;
+        struct pollfd pfd[2] = {
+            {.fd = want_stdin ? STDIN_FILENO : -1, .events = POLLIN},
+            {.fd = ringbus_fd(ps->c->conn),
+             .events = POLLIN | (ringbus_want_write(ps->c->conn) ? POLLOUT : 0)},
+        };
+        int n = poll(pfd, 2, TICK_MS);
+        if (pfd[0].revents != 0 && lines_fill(&lr) != 0) {
+            rc = EXIT_RUNTIME;
+            break;
+        }
+        rc = pub_turn(ps, 0);
+        idle_ms = (n == 0 && ps->head == before && lr.eof) ? idle_ms + TICK_MS : 0;
+        if (rc == 0 && idle_ms >= ps->c->timeout_ms) {
+            say("%s: timed out waiting for acks", ps->c->url);
+            rc = EXIT_RUNTIME;
+        }
+    }
+    free(lr.buf);
+    return rc;
+}
+
+static int cmd_pub(cli *c, int argc, char **argv)
+{
+    const char *pos[2] = {NULL, NULL};
+    int pos_count = 0;
+    for (int i = 0; i < argc; i++) {
+        int g = argv[i][0] == '-' && argv[i][1] == '-' ? global_opt(c, argc, argv, &i) : 0;
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0 && pos_count < 2) {
+            pos[pos_count++] = argv[i];
+        } else if (g == 0) {
+            return usage_error("pub: too many arguments (TOPIC [PAYLOAD])");
+        }
+    }
+    if (pos_count == 0) {
+        return usage_error("pub: missing TOPIC");
+    }
+    pub_state *ps = calloc(1, sizeof *ps);
+    int rc = ps != NULL ? cli_connect(c, true) : EXIT_RUNTIME;
+    if (rc == 0) {
+        ps->c = c;
+        ps->topic = pos[0];
+        if (pos[1] != NULL) {
+            rc = pub_one(ps, pos[1], strlen(pos[1]));
+            RB_ASSERT(rc != PUB_WAIT); /* the first publish always has room */
+            rc = rc == 0 ? pub_wait_one(ps) : rc;
+        } else {
+            rc = pub_stdin(ps);
+        }
+    }
+    for (size_t i = 0; ps != NULL && i < PUB_WINDOW; i++) {
+        free(ps->ring[i].message);
+    }
+    free(ps);
+    return rc != 0 ? rc : (c->failed ? EXIT_RUNTIME : 0);
+}
+
+/* ---- sub ---- */
+
+typedef struct sub_args {
+    bool history_only;
+    uint64_t count; /* 0 = unbounded */
+    int timeout_ms; /* 0 = none */
+    ringbus_add *adds;
+    size_t add_count;
+} sub_args;
+
+/* Parses TOPIC[@CURSOR]; a topic containing '@' needs an explicit cursor. */
+static int parse_topic_arg(char *arg, ringbus_add *add)
+{
+    char *at = strrchr(arg, '@');
+    add->topic = arg;
+    add->is_now = true;
+    if (at == NULL) {
+        return 0;
+    }
+    const char *cur = at + 1;
+    char *end = NULL;
+    errno = 0;
+    unsigned long long v = cur[0] >= '0' && cur[0] <= '9' ? strtoull(cur, &end, 10) : 0;
+    bool now = strcmp(cur, "now") == 0;
+    if (!now && (end == NULL || *end != '\0' || errno != 0)) {
+        return -1;
+    }
+    *at = '\0';
+    if (now) {
+        return 0;
+    }
+    add->is_now = false;
+    add->cursor = v;
+    return 0;
+}
+
+static int sub_opt(cli *c, sub_args *a, int argc, char **argv, int *i)
+{
+    const char *v;
+    if (strcmp(argv[*i], "--history-only") == 0) {
+        a->history_only = true;
+        return 1;
+    }
+    if (is_opt(argv[*i], "--count")) {
+        v = opt_value(argc, argv, i, "--count");
+        return (v != NULL && parse_count(v, &a->count) == 0)
+                   ? 1
+                   : -usage_error("--count needs a positive integer");
+    }
+    if (is_opt(argv[*i], "--timeout")) {
+        v = opt_value(argc, argv, i, "--timeout");
+        return (v != NULL && parse_seconds(v, &a->timeout_ms) == 0)
+                   ? 1
+                   : -usage_error("--timeout needs a number of seconds in (0, 86400]");
+    }
+    return global_opt(c, argc, argv, i);
+}
+
+static int sub_parse(cli *c, sub_args *a, int argc, char **argv)
+{
+    a->adds = calloc((size_t)argc + 1, sizeof *a->adds);
+    if (a->adds == NULL) {
+        return EXIT_RUNTIME;
+    }
+    for (int i = 0; i < argc; i++) {
+        int g = argv[i][0] == '-' && argv[i][1] == '-' ? sub_opt(c, a, argc, argv, &i) : 0;
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0 && argv[i][0] == '-' && argv[i][1] == '-') {
+            return usage_error("sub: unknown option");
+        }
+        if (g == 0 && parse_topic_arg(argv[i], &a->adds[a->add_count++]) != 0) {
+            say("sub: bad cursor in \"%s\": expected a seq, 0 or now (try --help)", argv[i]);
+            return EXIT_USAGE;
+        }
+        if (g == 0 && (a->adds[a->add_count - 1].topic[0] == '\0')) {
+            return usage_error("sub: empty topic");
+        }
+    }
+    return a->add_count == 0 ? usage_error("sub: missing TOPIC") : 0;
+}
+
+/* Prints one event; returns -1 to go on, or the exit status. */
+static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_t *messages)
+{
+    print_event(c, ev);
+    switch (ev->kind) {
+    case RINGBUS_EVENT_MESSAGE:
+        *messages += 1;
+        return (a->count != 0 && *messages >= a->count) ? 0 : -1;
+    case RINGBUS_EVENT_CATCHUP_COMPLETE:
+        return (a->history_only && ev->mutate_id == 1) ? 0 : -1;
+    case RINGBUS_EVENT_ERROR:
+    case RINGBUS_EVENT_CLOSED:
+        return EXIT_RUNTIME;
+    case RINGBUS_EVENT_TOPICS_LIVE:
+        break;
+    }
+    return -1;
+}
+
+static int sub_loop(cli *c, const sub_args *a)
+{
+    uint64_t messages = 0;
+    int waited_ms = 0;
+    for (;;) {
+        int wait_ms = TICK_MS;
+        if (a->timeout_ms != 0) {
+            wait_ms = a->timeout_ms - waited_ms < TICK_MS ? a->timeout_ms - waited_ms : TICK_MS;
+        }
+        ringbus_event ev;
+        ringbus_error err;
+        int rc = ringbus_next_event(c->conn, &ev, wait_ms, &err);
+        if (rc < 0) {
+            say("%s", err.message);
+            return EXIT_RUNTIME;
+        }
+        if (rc == 0) {
+            waited_ms += wait_ms;
+            if (a->timeout_ms != 0 && waited_ms >= a->timeout_ms) {
+                return 0;
+            }
+            continue;
+        }
+        int status = sub_event(c, a, &ev, &messages);
+        if (status >= 0) {
+            return status;
+        }
+    }
+}
+
+static int cmd_sub(cli *c, int argc, char **argv)
+{
+    sub_args a = {0};
+    int rc = sub_parse(c, &a, argc, argv);
+    if (rc == 0) {
+        rc = cli_connect(c, false);
+    }
+    if (rc == 0) {
+        ringbus_error err;
+        if (ringbus_mutate(c->conn, 1, a.adds, a.add_count, NULL, 0, a.history_only, &err) != 0) {
+            say("sub: %s", err.message);
+            rc = err.code == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+        }
+    }
+    if (rc == 0) {
+        rc = sub_loop(c, &a);
+    }
+    free(a.adds);
+    return rc;
+}
+
+/* ---- stream ---- */
+
+static void stream_ack(const ringbus_publish_result *res, void *ctx)
+{
+    cli *c = ctx;
+    if (res->status != 0) {
+        put_error(c, res->status == RINGBUS_ESERVER ? res->wire_code : RINGBUS_WIRE_UNAVAILABLE,
+                  res->message);
+    } else {
+        rb_json_put_raw(&c->out, "{\"event\":\"publish_ack\"", 22);
+        put_key(&c->out, "topic");
+        rb_json_put_str(&c->out, res->topic, res->topic_len);
+        put_key(&c->out, "seq");
+        rb_json_put_u64(&c->out, res->seq);
+        rb_json_put_raw(&c->out, "}", 1);
+    }
+    emit(c);
+}
+
+static int stream_mutate(cli *c, const rb_cmd *cmd, ringbus_error *err)
+{
+    ringbus_add *adds = calloc(cmd->add_count + 1, sizeof *adds);
+    if (adds == NULL) {
+        snprintf(err->message, sizeof err->message, "out of memory");
+        return RINGBUS_ENOMEM;
+    }
+    for (size_t i = 0; i < cmd->add_count; i++) {
+        adds[i].topic = cmd->adds[i].topic;
+        adds[i].cursor = cmd->adds[i].cursor;
+        adds[i].is_now = cmd->adds[i].is_now;
+    }
+    int rc = ringbus_mutate(c->conn, cmd->mutate_id, adds, cmd->add_count,
+                            (const char *const *)cmd->removes, cmd->remove_count, cmd->history_only,
+                            err);
+    free(adds);
+    return rc;
+}
+
+/* Sends one command, waiting out a full send buffer for at most the
+ * timeout. Returns 0 or an exit status. */
+static int stream_send(cli *c, const rb_cmd *cmd, uint64_t line_no)
+{
+    ringbus_error err;
+    int rc;
+    for (int waited_ms = 0;; waited_ms += 100) {
+        if (cmd->kind == RB_CMD_CLOSE) {
+            rc = ringbus_half_close(c->conn, &err);
+        } else if (cmd->kind == RB_CMD_PUBLISH) {
+            rc = ringbus_publish(c->conn, cmd->topic, cmd->topic_len, cmd->data, cmd->data_len,
+                                 NULL, &err, stream_ack, c);
+        } else {
+            rc = stream_mutate(c, cmd, &err);
+        }
+        if (rc != RINGBUS_EAGAIN || waited_ms >= c->timeout_ms) {
+            break;
+        }
+        if (ringbus_process(c->conn, 100, &err) == RINGBUS_ECLOSED) {
+            return 0;
+        }
+    }
+    if (rc == RINGBUS_ECLOSED) {
+        return 0; /* the CLOSED event says why */
+    }
+    if (rc != 0) {
+        say("stdin line %llu: %s", (unsigned long long)line_no, err.message);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+/* Runs the whole lines stdin has. Sets *closing after a close command. */
+static int stream_lines(cli *c, line_reader *lr, bool *closing)
+{
+    const char *line;
+    size_t len;
+    int rc;
+    while (!*closing && (rc = lines_peek(lr, &line, &len)) != 0) {
+        if (rc < 0) {
+            return EXIT_RUNTIME;
+        }
+        lines_take(lr, len);
+        if (len == 0 || strspn(line, " \t\r") == len) {
+            continue; /* blank lines are allowed */
+        }
+        rb_cmd cmd;
+        rb_err err = {0};
+        if (rb_cmd_parse(line, len, &cmd, &err) != 0) {
+            say("stdin line %llu: %s", (unsigned long long)lr->line_no, err.msg);
+            return EXIT_RUNTIME;
+        }
+        rc = stream_send(c, &cmd, lr->line_no);
+        *closing = cmd.kind == RB_CMD_CLOSE;
+        rb_cmd_free(&cmd);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* One turn: poll stdin (until closing) and the socket, run commands,
+ * process the connection. Returns -1 to go on, or the exit status. */
+static int stream_turn(cli *c, line_reader *lr, bool *closing, int *idle_ms)
+{
+    struct pollfd pfd[2] = {
+        {.fd = *closing ? -1 : STDIN_FILENO, .events = POLLIN},
+        {.fd = ringbus_fd(c->conn), .events = POLLIN | (ringbus_want_write(c->conn) ? POLLOUT : 0)},
+    };
+    int n = poll(pfd, 2, TICK_MS);
+    if (pfd[0].revents != 0 && lines_fill(lr) != 0) {
+        return EXIT_RUNTIME;
+    }
+    int rc = stream_lines(c, lr, closing);
+    if (rc != 0) {
+        return rc;
+    }
+    if (!*closing && lines_done(lr)) {
+        rb_cmd close_cmd = {.kind = RB_CMD_CLOSE};
+        *closing = true; /* EOF on stdin is a half-close too */
+        if ((rc = stream_send(c, &close_cmd, lr->line_no)) != 0) {
+            return rc;
+        }
+    }
+    ringbus_error err;
+    int events = ringbus_process(c->conn, 0, &err);
+    if (c->closed || events == RINGBUS_ECLOSED) {
+        return (*closing && c->closed_status == RINGBUS_WIRE_OK) ? 0 : EXIT_RUNTIME;
+    }
+    if (events < 0) {
+        say("%s", err.message);
+        return EXIT_RUNTIME;
+    }
+    *idle_ms = (*closing && n == 0 && events == 0) ? *idle_ms + TICK_MS : 0;
+    if (*idle_ms >= c->timeout_ms) {
+        say("%s: timed out waiting for the server to close", c->url);
+        return EXIT_RUNTIME;
+    }
+    return -1;
+}
+
+static int cmd_stream(cli *c, int argc, char **argv)
+{
+    for (int i = 0; i < argc; i++) {
+        int g = global_opt(c, argc, argv, &i);
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0) {
+            return usage_error("stream: unexpected argument");
+        }
+    }
+    int rc = cli_connect(c, true);
+    if (rc != 0) {
+        return rc;
+    }
+    line_reader lr = {0};
+    bool closing = false;
+    int idle_ms = 0;
+    do {
+        rc = stream_turn(c, &lr, &closing, &idle_ms);
+    } while (rc < 0);
+    free(lr.buf);
+    return rc;
+}
+
+/* ---- main ---- */
+
+static int run(cli *c, int argc, char **argv)
+{
+    int i = 1;
+    for (; i < argc && argv[i][0] == '-'; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            fputs(usage_text, stdout);
+            return 0;
+        }
+        if (strcmp(argv[i], "--version") == 0) {
+            printf("ringbus %s\n", ringbus_version());
+            return 0;
+        }
+        int g = global_opt(c, argc, argv, &i);
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0) {
+            say("unknown option \"%s\" (try --help)", argv[i]);
+            return EXIT_USAGE;
+        }
+    }
+    if (i == argc) {
+        return usage_error("missing command");
+    }
+    const char *cmd = argv[i];
+    int sub_argc = argc - i - 1;
+    char **sub_argv = argv + i + 1;
+    if (strcmp(cmd, "ping") == 0) {
+        return cmd_ping(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "pub") == 0) {
+        return cmd_pub(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "sub") == 0) {
+        return cmd_sub(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "stream") == 0) {
+        return cmd_stream(c, sub_argc, sub_argv);
+    }
+    say("unknown command \"%s\" (try --help)", cmd);
+    return EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    /* Scripts read events live: flush every line even into a pipe. */
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    cli c = {.url = DEFAULT_URL, .timeout_ms = DEFAULT_TIMEOUT_MS};
+    rb_json_buf_init(&c.out);
+    int rc = run(&c, argc, argv);
+    ringbus_close(c.conn);
+    rb_json_buf_deinit(&c.out);
+    return rc;
+}

@@ -1,0 +1,308 @@
+/* libringbus: the C client of the ringbus message bus.
+ *
+ * A client opens a connection to a ringbusd server, publishes messages to
+ * named topics (each acknowledged with its per-topic sequence number once it
+ * is committed) and reads one long-lived, mutable subscription stream: it
+ * adds topics, each with a cursor, and removes them; for each added topic the
+ * server sends the history after the cursor, marks the topic live, then
+ * streams new messages, with no gap and no duplicate.
+ *
+ * Threading: a ringbus_conn is not thread-safe. Use each connection from one
+ * thread at a time (callbacks run on the thread that called into the
+ * connection). Distinct connections are independent and may be used from
+ * different threads at the same time. The library keeps no global mutable
+ * state.
+ *
+ * I/O model: the connection is a nonblocking socket. Either poll
+ * ringbus_fd() yourself (POLLIN, plus POLLOUT when ringbus_want_write() is
+ * true) and call ringbus_process(conn, 0, err) when it is ready, or use the
+ * blocking conveniences (ringbus_next_event, ringbus_publish_sync,
+ * ringbus_ping), which always take a timeout.
+ *
+ * Errors: fallible functions return 0 (or a documented count) on success and
+ * a negative RINGBUS_E... code on failure, and fill *err when err is not
+ * NULL. Every pointer argument is borrowed for the duration of the call only,
+ * unless stated otherwise. */
+#ifndef RINGBUS_H
+#define RINGBUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- errors ---- */
+
+/* Library error codes (negative; 0 is success). */
+enum {
+    RINGBUS_OK = 0,
+    RINGBUS_ESYS = -1,         /* a system call failed; sys_errno says why */
+    RINGBUS_EINVAL = -2,       /* an argument is malformed, or the call is not allowed now */
+    RINGBUS_ELIMIT = -3,       /* the request exceeds a fixed limit (e.g. max_frame_bytes) */
+    RINGBUS_EPROTO = -4,       /* the server broke the protocol; wire_code says how */
+    RINGBUS_ECLOSED = -5,      /* the connection is closed or half-closed */
+    RINGBUS_ENOMEM = -6,       /* memory allocation failed */
+    RINGBUS_EUNSUPPORTED = -8, /* the URL scheme or feature is not supported yet */
+    RINGBUS_EAGAIN = -9,       /* the publish window or send buffer is full: process, retry */
+    RINGBUS_ETIMEDOUT = -10,   /* a timeout expired */
+    RINGBUS_ESERVER = -100,    /* the server refused the request; wire_code says why */
+};
+
+/* Stable wire codes, carried by ERROR frames and CLOSE statuses. */
+enum {
+    RINGBUS_WIRE_OK = 0,
+    RINGBUS_WIRE_BAD_FRAME = 1,
+    RINGBUS_WIRE_UNSUPPORTED_VERSION = 2,
+    RINGBUS_WIRE_UNAUTHORIZED = 3,
+    RINGBUS_WIRE_FORBIDDEN = 4,
+    RINGBUS_WIRE_TOO_LARGE = 5,
+    RINGBUS_WIRE_RESOURCE_EXHAUSTED = 6,
+    RINGBUS_WIRE_DEADLINE_EXCEEDED = 7,
+    RINGBUS_WIRE_UNAVAILABLE = 8,
+    RINGBUS_WIRE_INVALID_TOPIC = 9,
+    RINGBUS_WIRE_INTERNAL = 10,
+    RINGBUS_WIRE_INVALID_ARGUMENT = 11,
+    RINGBUS_WIRE_GOING_AWAY = 12,
+    RINGBUS_WIRE_OUT_OF_RANGE = 13,
+};
+
+#define RINGBUS_ERROR_MESSAGE_BYTES 256
+
+typedef struct ringbus_error {
+    int code;      /* RINGBUS_E..., 0 = no error */
+    int sys_errno; /* errno for RINGBUS_ESYS, else 0 */
+    int wire_code; /* RINGBUS_WIRE_... for RINGBUS_ESERVER and RINGBUS_EPROTO, else 0 */
+    char message[RINGBUS_ERROR_MESSAGE_BYTES]; /* what failed, on what, and why */
+} ringbus_error;
+
+/* The name of a RINGBUS_E... code ("ESYS", "ETIMEDOUT", ...; "EUNKNOWN" for
+ * anything else). Returns a static string. Thread-safe. */
+const char *ringbus_error_name(int code);
+
+/* The stable name of a wire code ("ok", "invalid_topic",
+ * "resource_exhausted", ...; "unknown" for anything else). Returns a static
+ * string. Thread-safe. */
+const char *ringbus_wire_code_name(int wire_code);
+
+/* The library version, e.g. "0.1.0". Static string. Thread-safe. */
+const char *ringbus_version(void);
+
+/* ---- events ---- */
+
+typedef enum ringbus_event_kind {
+    RINGBUS_EVENT_MESSAGE = 1,          /* a message of a subscribed topic */
+    RINGBUS_EVENT_TOPICS_LIVE = 2,      /* topics that finished catch-up and are now live */
+    RINGBUS_EVENT_CATCHUP_COMPLETE = 3, /* every topic of a Mutate's wave is live or done */
+    RINGBUS_EVENT_ERROR = 4,            /* an uncorrelated or Mutate error from the server */
+    RINGBUS_EVENT_CLOSED = 5,           /* the connection is closed; always the last event */
+} ringbus_event_kind;
+
+/* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
+ * ERROR event's corr_id names the Mutate it answers. */
+#define RINGBUS_CORR_MUTATE (UINT64_C(1) << 63)
+
+/* One event. All pointers are owned by the connection. With an event
+ * callback they are valid until the callback returns; with
+ * ringbus_next_event they are valid until the next call on the connection.
+ * Strings are NUL-terminated; payloads are not. */
+typedef struct ringbus_event {
+    ringbus_event_kind kind;
+    /* MESSAGE: the topic, its seq and the payload. mutate_id is the wave of
+     * a history message, 0 for a live one. */
+    const char *topic;
+    size_t topic_len;
+    uint64_t seq;
+    const void *payload;
+    size_t payload_len;
+    /* MESSAGE (see above) and CATCHUP_COMPLETE. */
+    uint64_t mutate_id;
+    /* TOPICS_LIVE: topic_count NUL-terminated names. */
+    const char *const *topics;
+    size_t topic_count;
+    /* ERROR: code and message; corr_id is the request it answers (0 = none).
+     * CLOSED: code is the close status (RINGBUS_WIRE_OK after a clean
+     * close) and message says why. A connection that fails locally (reset,
+     * bad frame) reports RINGBUS_WIRE_UNAVAILABLE or the protocol error. */
+    int code;
+    const char *message;
+    uint64_t corr_id;
+} ringbus_event;
+
+/* Receives events when set in ringbus_options. It runs inside
+ * ringbus_process, ringbus_publish_sync and ringbus_ping. From inside it,
+ * only ringbus_publish, ringbus_mutate, ringbus_half_close and the accessors
+ * may be called on the same connection; other calls return RINGBUS_EINVAL
+ * (ringbus_close must not be called). ctx is the options' event_ctx. */
+typedef void (*ringbus_event_cb)(const ringbus_event *ev, void *ctx);
+
+/* ---- connecting ---- */
+
+typedef struct ringbus_options {
+    /* Sent in HELLO; NULL means "libringbus". Borrowed during connect. */
+    const char *client_name;
+    /* Opaque credentials sent in HELLO (at most 65535 bytes); NULL = none.
+     * Borrowed during connect. */
+    const void *credentials;
+    size_t credentials_len;
+    /* Bounds the name lookup, TCP connect and HELLO -> STARTED. 0 = 10000. */
+    int connect_timeout_ms;
+    /* Bounds ringbus_publish_sync and ringbus_ping. 0 = 30000. */
+    int request_timeout_ms;
+    /* Publishes in flight (sent, not yet acknowledged). 0 = 4096; at most
+     * 1048576. */
+    uint32_t publish_window;
+    /* Bytes of encoded frames waiting to be written. 0 = 8 MiB; at least
+     * 64 KiB. A single frame larger than this is refused (RINGBUS_ELIMIT). */
+    size_t send_buffer_bytes;
+    /* Without an event callback, events are queued for ringbus_next_event.
+     * Once this many bytes of received frames are queued, the connection
+     * stops reading (so the server sees backpressure, never loss) until
+     * events are consumed. 0 = 64 MiB. */
+    size_t event_queue_bytes;
+    /* Optional event callback and its context (see ringbus_event_cb). */
+    ringbus_event_cb on_event;
+    void *event_ctx;
+} ringbus_options;
+
+/* Fills *options with the defaults (all zero/NULL). */
+void ringbus_options_init(ringbus_options *options);
+
+typedef struct ringbus_conn ringbus_conn;
+
+/* Connects to url and completes the handshake (HELLO -> STARTED), blocking
+ * for at most options->connect_timeout_ms. URLs: tcp://host[:port] (default
+ * port 7400), IPv6 as tcp://[::1]:7400. tls://, ws://, wss:// and quic://
+ * are recognised and return RINGBUS_EUNSUPPORTED for now.
+ * options may be NULL (defaults); url and options are borrowed. On success
+ * returns 0 and stores a new connection in *conn, owned by the caller until
+ * ringbus_close. On failure returns RINGBUS_EINVAL (bad URL or options),
+ * RINGBUS_EUNSUPPORTED, RINGBUS_ESYS (e.g. connection refused),
+ * RINGBUS_ETIMEDOUT, RINGBUS_ESERVER (the server answered ERROR, e.g.
+ * unauthorized) or RINGBUS_EPROTO, and leaves *conn NULL. */
+int ringbus_connect(const char *url, const ringbus_options *options, ringbus_conn **conn,
+                    ringbus_error *err);
+
+/* Closes the connection at once (without the CLOSE handshake; see
+ * ringbus_half_close for a clean close) and frees it. Publish callbacks still
+ * pending run with RINGBUS_ECLOSED before it returns; no event callback runs.
+ * conn may be NULL. Must not be called from a callback. */
+void ringbus_close(ringbus_conn *conn);
+
+/* Handshake results, valid for the connection's life. server_id is owned by
+ * the connection (NUL-terminated). */
+uint32_t ringbus_keepalive_ms(const ringbus_conn *conn);
+uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn);
+uint64_t ringbus_capabilities(const ringbus_conn *conn);
+const char *ringbus_server_id(const ringbus_conn *conn);
+
+/* ---- polling ---- */
+
+/* The socket to poll for readability, or -1 once the connection is closed.
+ * Owned by the connection: do not read, write or close it. */
+int ringbus_fd(const ringbus_conn *conn);
+
+/* True when buffered output is waiting: poll for POLLOUT too. */
+bool ringbus_want_write(const ringbus_conn *conn);
+
+/* Writes buffered output (one write), reads what is available, answers
+ * server PINGs, runs publish callbacks and dispatches events to the event
+ * callback or queues them. Waits at most timeout_ms (>= 0; 0 = do not wait)
+ * for input when none is buffered. Returns the number of events dispatched
+ * or queued (0 is normal), or RINGBUS_ECLOSED once the connection is closed
+ * and its CLOSED event has been produced, RINGBUS_EINVAL from a callback,
+ * RINGBUS_ENOMEM. Transport and protocol failures are not returned: they
+ * close the connection and produce a CLOSED event. */
+int ringbus_process(ringbus_conn *conn, int timeout_ms, ringbus_error *err);
+
+/* Writes buffered output once without blocking. Returns 0 (output may
+ * remain; see ringbus_want_write) or RINGBUS_ECLOSED. */
+int ringbus_flush(ringbus_conn *conn, ringbus_error *err);
+
+/* Returns the next event, waiting at most timeout_ms (>= 0) for it. Only
+ * without an event callback (else RINGBUS_EINVAL). Returns 1 with *ev filled
+ * (its pointers valid until the next call on the connection), 0 when the
+ * timeout expired, RINGBUS_ECLOSED after the CLOSED event was returned, or
+ * another negative code. */
+int ringbus_next_event(ringbus_conn *conn, ringbus_event *ev, int timeout_ms, ringbus_error *err);
+
+/* ---- publishing ---- */
+
+typedef struct ringbus_publish_result {
+    int status;          /* 0, RINGBUS_ESERVER (see wire_code) or RINGBUS_ECLOSED */
+    int wire_code;       /* RINGBUS_WIRE_... when status is RINGBUS_ESERVER */
+    const char *message; /* why, when status != 0; "" otherwise */
+    const char *topic;   /* acknowledged topic; "" when status != 0 */
+    size_t topic_len;
+    uint64_t seq;     /* the message's seq when status is 0 */
+    uint64_t corr_id; /* the publish's correlation id */
+} ringbus_publish_result;
+
+/* Runs exactly once per accepted publish. res and its strings are owned by
+ * the library and valid until the callback returns. */
+typedef void (*ringbus_publish_cb)(const ringbus_publish_result *res, void *ctx);
+
+/* Queues a PUBLISH of payload to topic (1..255 bytes; the server checks the
+ * rest of the name) without waiting. topic and payload are copied before it
+ * returns. Publishes pipeline: at most options->publish_window may be in
+ * flight. The frame is written by the next ringbus_process or ringbus_flush
+ * (or now, when the send buffer is full). cb (may be NULL) runs later,
+ * exactly once, never before this returns, from ringbus_process (or another
+ * processing call) with the seq or the error, or with RINGBUS_ECLOSED if the
+ * connection closes first. Returns 0 and stores the correlation id in
+ * *corr_id (may be NULL); RINGBUS_EAGAIN when the window or the send buffer
+ * is full (process, then retry); RINGBUS_ELIMIT when the frame exceeds
+ * max_frame_bytes; RINGBUS_EINVAL; RINGBUS_ECLOSED. On failure cb never runs. */
+int ringbus_publish(ringbus_conn *conn, const char *topic, size_t topic_len, const void *payload,
+                    size_t payload_len, uint64_t *corr_id, ringbus_error *err,
+                    ringbus_publish_cb cb, void *ctx);
+
+/* Publishes and waits (at most options->request_timeout_ms) for the ack.
+ * Events that arrive meanwhile are dispatched or queued as usual. Returns 0
+ * with the seq in *seq (may be NULL), RINGBUS_ESERVER (err->wire_code says
+ * why, e.g. RINGBUS_WIRE_INVALID_TOPIC), RINGBUS_ETIMEDOUT, or as
+ * ringbus_publish (RINGBUS_EAGAIN is waited out, not returned). */
+int ringbus_publish_sync(ringbus_conn *conn, const char *topic, size_t topic_len,
+                         const void *payload, size_t payload_len, uint64_t *seq,
+                         ringbus_error *err);
+
+/* ---- the subscription stream ---- */
+
+typedef struct ringbus_add {
+    const char *topic; /* NUL-terminated, 1..255 bytes */
+    uint64_t cursor;   /* the last seq the client has; 0 = from the beginning */
+    bool is_now;       /* true: no history, live from now (cursor ignored) */
+} ringbus_add;
+
+/* Queues one MUTATE: removes apply before adds, atomically. mutate_id must
+ * be nonzero when adds is not empty and not equal a wave still in flight;
+ * the server answers with MESSAGE events (history carries mutate_id),
+ * TOPICS_LIVE, then one CATCHUP_COMPLETE(mutate_id), or an ERROR event whose
+ * corr_id is RINGBUS_CORR_MUTATE | mutate_id. history_only adds deliver the
+ * history up to the current head and never go live. All arrays and strings
+ * are copied before it returns. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT
+ * (frame too large), RINGBUS_EAGAIN (send buffer full), RINGBUS_ECLOSED. */
+int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds,
+                   size_t add_count, const char *const *removes, size_t remove_count,
+                   bool history_only, ringbus_error *err);
+
+/* ---- keepalive and closing ---- */
+
+/* Sends a PING and waits (at most options->request_timeout_ms) for its
+ * PONG. Returns 0 with the round-trip time in *rtt_ns (may be NULL),
+ * RINGBUS_ETIMEDOUT, RINGBUS_ECLOSED. */
+int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err);
+
+/* Queues CLOSE(ok) and flushes: the server finishes in-flight waves, sends
+ * what remains, then closes with CLOSE(ok), which arrives as the CLOSED
+ * event. Publishing and mutating are refused afterwards (RINGBUS_ECLOSED).
+ * Returns 0 or RINGBUS_ECLOSED. */
+int ringbus_half_close(ringbus_conn *conn, ringbus_error *err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

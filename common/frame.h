@@ -1,0 +1,278 @@
+/* The ringbus wire format (docs/PROTOCOL.md): a 16-byte header and a body.
+ * This module owns encoding and decoding of every frame kind and nothing
+ * else: it never allocates, never does I/O and never keeps state. Decoded
+ * frames are views into the caller's bytes (rb_bytes), valid while those
+ * bytes are. Lists inside a frame (Mutate adds and removes, Messages items,
+ * TopicsLive topics) are validated whole by rb_frame_decode and then walked
+ * with the rb_frame_iter functions, which cannot fail.
+ *
+ * Header, little-endian:
+ *   u32 size      whole frame including the header, in [16, max_frame_bytes]
+ *   u8  version   RB_PROTOCOL_VERSION
+ *   u8  kind      RB_FRAME_...
+ *   u16 flags     0 (reserved; nonzero is bad_frame)
+ *   u64 corr_id   correlation id chosen by the requester, echoed in replies
+ */
+#ifndef RB_COMMON_FRAME_H
+#define RB_COMMON_FRAME_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/limits.h"
+
+typedef enum rb_frame_kind {
+    RB_FRAME_HELLO = 1,
+    RB_FRAME_STARTED = 2,
+    RB_FRAME_ERROR = 3,
+    RB_FRAME_PING = 4,
+    RB_FRAME_PONG = 5,
+    RB_FRAME_CLOSE = 6,
+    RB_FRAME_PUBLISH = 7,
+    RB_FRAME_PUBLISH_ACK = 8,
+    RB_FRAME_MUTATE = 9,
+    RB_FRAME_MESSAGES = 10,
+    RB_FRAME_TOPICS_LIVE = 11,
+    RB_FRAME_CATCHUP_COMPLETE = 12,
+    RB_FRAME_KIND_LAST = RB_FRAME_CATCHUP_COMPLETE,
+} rb_frame_kind;
+
+/* Stable wire codes of ERROR frames and CLOSE statuses. */
+typedef enum rb_wire_code {
+    RB_WIRE_OK = 0,
+    RB_WIRE_BAD_FRAME = 1,
+    RB_WIRE_UNSUPPORTED_VERSION = 2,
+    RB_WIRE_UNAUTHORIZED = 3,
+    RB_WIRE_FORBIDDEN = 4,
+    RB_WIRE_TOO_LARGE = 5,
+    RB_WIRE_RESOURCE_EXHAUSTED = 6,
+    RB_WIRE_DEADLINE_EXCEEDED = 7,
+    RB_WIRE_UNAVAILABLE = 8,
+    RB_WIRE_INVALID_TOPIC = 9,
+    RB_WIRE_INTERNAL = 10,
+    RB_WIRE_INVALID_ARGUMENT = 11,
+    RB_WIRE_GOING_AWAY = 12,
+    RB_WIRE_OUT_OF_RANGE = 13, /* a cursor older than what storage retains */
+    RB_WIRE_CODE_LAST = RB_WIRE_OUT_OF_RANGE,
+} rb_wire_code;
+
+/* Mutate add cursor kinds. */
+#define RB_CURSOR_SEQ 0 /* deliver seq > cursor; 0 = from the beginning */
+#define RB_CURSOR_NOW 1 /* no history: live from the current head */
+
+/* Mutate flags byte. */
+#define RB_MUTATE_HISTORY_ONLY 0x01u
+
+/* STARTED capability bits. */
+#define RB_CAP_STREAM  (1ull << 0)
+#define RB_CAP_PUBLISH (1ull << 1)
+
+typedef struct rb_bytes {
+    const uint8_t *ptr;
+    size_t len;
+} rb_bytes;
+
+typedef struct rb_frame_header {
+    uint32_t size;
+    uint8_t version;
+    uint8_t kind;
+    uint16_t flags;
+    uint64_t corr_id;
+} rb_frame_header;
+
+typedef struct rb_frame_iter {
+    const uint8_t *pos;
+    const uint8_t *end;
+    uint32_t left;
+} rb_frame_iter;
+
+typedef struct rb_mutate_add {
+    rb_bytes topic;
+    uint8_t cursor_kind; /* RB_CURSOR_SEQ or RB_CURSOR_NOW */
+    uint64_t cursor;     /* 0 when cursor_kind is RB_CURSOR_NOW */
+} rb_mutate_add;
+
+typedef struct rb_message_item {
+    rb_bytes topic;
+    uint64_t seq;
+    rb_bytes payload;
+} rb_message_item;
+
+/* Body layouts (after the header), little-endian:
+ *   topic   = u8 len (1..255) + bytes
+ *   str16   = u16 len + bytes (UTF-8)
+ *   blob16  = u16 len + bytes (opaque)
+ *   blob32  = u32 len + bytes (opaque)
+ * HELLO            u16 protocol_version, str16 client_name, blob16 credentials
+ * STARTED          u32 keepalive_ms, u64 capabilities, u32 max_frame_bytes, str16 server_id
+ * ERROR            u16 code, str16 message
+ * PING, PONG       u64 nonce
+ * CLOSE            u16 status, str16 message
+ * PUBLISH          topic, u8 key_len + key (0 = none), blob32 payload
+ * PUBLISH_ACK      topic, u64 seq
+ * MUTATE           u64 mutate_id, u8 flags, u32 add_count,
+ *                  add_count x (topic, u8 cursor_kind, u64 cursor),
+ *                  u32 remove_count, remove_count x topic
+ * MESSAGES         u64 mutate_id, u32 count, count x item
+ *                  item = topic, u64 seq, blob32 payload
+ * TOPICS_LIVE      u32 count, count x topic
+ * CATCHUP_COMPLETE u64 mutate_id
+ * A body must be consumed exactly: trailing bytes are bad_frame. Topics are
+ * only checked for length 1..255 here; rb_topic_validate checks the rest. */
+typedef struct rb_frame {
+    rb_frame_header hdr;
+    union {
+        struct {
+            uint16_t protocol_version;
+            rb_bytes client_name;
+            rb_bytes credentials;
+        } hello;
+        struct {
+            uint32_t keepalive_ms;
+            uint64_t capabilities;
+            uint32_t max_frame_bytes;
+            rb_bytes server_id;
+        } started;
+        struct {
+            uint16_t code;
+            rb_bytes message;
+        } error;
+        struct {
+            uint64_t nonce;
+        } ping; /* also PONG */
+        struct {
+            uint16_t status;
+            rb_bytes message;
+        } close;
+        struct {
+            rb_bytes topic;
+            rb_bytes idempotency_key; /* len 0 = none */
+            rb_bytes payload;
+        } publish;
+        struct {
+            rb_bytes topic;
+            uint64_t seq;
+        } publish_ack;
+        struct {
+            uint64_t mutate_id;
+            uint8_t flags;
+            uint32_t add_count;
+            uint32_t remove_count;
+            rb_bytes adds;    /* raw add list, walk with rb_frame_next_add */
+            rb_bytes removes; /* raw topic list, walk with rb_frame_next_topic */
+        } mutate;
+        struct {
+            uint64_t mutate_id;
+            uint32_t count;
+            rb_bytes items; /* raw item list, walk with rb_frame_next_item */
+        } messages;
+        struct {
+            uint32_t count;
+            rb_bytes topics; /* raw topic list, walk with rb_frame_next_topic */
+        } topics_live;
+        struct {
+            uint64_t mutate_id;
+        } catchup_complete;
+    } u;
+} rb_frame;
+
+/* ---- decoding ---- */
+
+/* Decodes the header at p. Returns 0; RB_EAGAIN when len < 16; or
+ * RB_EPROTO with err->cause set to the wire code to send before closing:
+ * RB_WIRE_BAD_FRAME (size below the header, nonzero flags),
+ * RB_WIRE_TOO_LARGE (size above max_frame_bytes),
+ * RB_WIRE_UNSUPPORTED_VERSION (version != RB_PROTOCOL_VERSION; checked after
+ * size, so that the size is known to be sane), RB_WIRE_BAD_FRAME for a kind
+ * outside 1..RB_FRAME_KIND_LAST. */
+int rb_frame_header_decode(const uint8_t *p, size_t len, uint32_t max_frame_bytes,
+                           rb_frame_header *hdr, rb_err *err);
+
+/* Decodes a whole frame at p (len >= the header's size; bytes past it are
+ * ignored). Returns 0 with *f filled (views into p), RB_EAGAIN when len is
+ * shorter than the header or the header's size, or RB_EPROTO with
+ * err->cause = RB_WIRE_BAD_FRAME (structure, lengths, counts, trailing
+ * bytes, invalid UTF-8 in a str16 or topic) or as rb_frame_header_decode. */
+int rb_frame_decode(const uint8_t *p, size_t len, uint32_t max_frame_bytes, rb_frame *f,
+                    rb_err *err);
+
+/* Iterators over lists of a decoded frame. Each returns false at the end. */
+void rb_frame_iter_init(rb_frame_iter *it, rb_bytes raw, uint32_t count);
+bool rb_frame_next_add(rb_frame_iter *it, rb_mutate_add *out);
+bool rb_frame_next_topic(rb_frame_iter *it, rb_bytes *out);
+bool rb_frame_next_item(rb_frame_iter *it, rb_message_item *out);
+
+/* ---- encoding ----
+ * Every encoder writes one whole frame at out and returns its size, or 0
+ * when it does not fit in cap (nothing useful is written then). Inputs must
+ * be valid (lengths within their fields); encoders assert that. */
+size_t rb_frame_encode_hello(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t protocol_version,
+                             rb_bytes client_name, rb_bytes credentials);
+size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
+                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id);
+size_t rb_frame_encode_error(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
+                             rb_bytes message);
+size_t rb_frame_encode_ping(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t nonce);
+size_t rb_frame_encode_pong(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t nonce);
+size_t rb_frame_encode_close(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t status,
+                             rb_bytes message);
+size_t rb_frame_encode_publish(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
+                               rb_bytes idempotency_key, rb_bytes payload);
+size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
+                                   uint64_t seq);
+size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_id,
+                                        uint64_t mutate_id);
+
+/* MUTATE: adds and removes as arrays. */
+size_t rb_frame_encode_mutate(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
+                              uint8_t flags, const rb_mutate_add *adds, uint32_t add_count,
+                              const rb_bytes *removes, uint32_t remove_count);
+
+/* TOPICS_LIVE from an array of topics. */
+size_t rb_frame_encode_topics_live(uint8_t *out, size_t cap, uint64_t corr_id,
+                                   const rb_bytes *topics, uint32_t count);
+
+/* MESSAGES is built in pieces so that an item block encoded once can be
+ * shared by many frames (fan-out without copying payloads):
+ *   rb_frame_messages_item_size(topic_len, payload_len) = 1+t+8+4+p
+ *   rb_frame_encode_messages_item writes one item, returns its size or 0;
+ *   rb_frame_encode_messages_head writes the header plus mutate_id and count
+ *   (RB_FRAME_MESSAGES_HEAD_BYTES = 16+8+4 bytes) for a frame whose items
+ *   take items_bytes; the items must follow it on the wire. */
+#define RB_FRAME_MESSAGES_HEAD_BYTES (RB_FRAME_HEADER_BYTES + 8 + 4)
+size_t rb_frame_messages_item_size(size_t topic_len, size_t payload_len);
+size_t rb_frame_encode_messages_item(uint8_t *out, size_t cap, rb_bytes topic, uint64_t seq,
+                                     rb_bytes payload);
+size_t rb_frame_encode_messages_head(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
+                                     uint32_t count, size_t items_bytes);
+
+/* The largest payload of a message on topic_len bytes of topic that still
+ * fits alone in one MESSAGES frame of max_frame_bytes: max_frame_bytes
+ * minus RB_FRAME_MESSAGES_HEAD_BYTES minus the item's 13 + topic_len bytes.
+ * A PUBLISH with a larger payload could never be delivered, so the server
+ * refuses it with too_large (docs/PROTOCOL.md). */
+size_t rb_frame_message_payload_max(uint32_t max_frame_bytes, size_t topic_len);
+
+/* ---- names and validation ---- */
+
+/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN". */
+const char *rb_frame_kind_name(uint8_t kind);
+/* "ok", "bad_frame", "resource_exhausted", ... (DESIGN §3) or "unknown". */
+const char *rb_wire_code_name(uint16_t code);
+/* Inverse of rb_wire_code_name; returns 0 or -1. */
+int rb_wire_code_parse(const char *name, uint16_t *code);
+
+/* True when p[0..len) is well-formed UTF-8 (no overlongs, no surrogates,
+ * nothing above U+10FFFF). */
+bool rb_utf8_valid(const uint8_t *p, size_t len);
+
+/* Checks a topic name: 1..255 bytes of UTF-8, no control characters
+ * (C0, DEL, C1) and no spaces (U+0020 and other Unicode White_Space).
+ * allow_reserved permits names starting with '$'. Returns 0 or RB_EINVAL
+ * with a message naming the problem (e.g. "topic: contains a space at
+ * byte 3"). */
+int rb_topic_validate(rb_bytes topic, bool allow_reserved, rb_err *err);
+
+#endif

@@ -1,0 +1,958 @@
+/* The configuration schema: every key's type, default and range, applied to
+ * the tree config/toml.c parses, plus the checks that span keys (queue sizes
+ * against the frame size, listener clashes, Postgres settings). Syntax is
+ * left to toml.c; what the values mean at run time is left to their users. */
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "config/toml.h"
+
+/* Postgres connections per shard: 64 x RB_SHARDS_MAX already exceeds what
+ * one Postgres server accepts. */
+#define PG_POOL_SIZE_MAX 64
+/* Messages per group-commit batch; bounds one INSERT's parameter memory. */
+#define PG_BATCH_MESSAGES_MAX 65536
+/* Retention by age; a century is "forever" for a message bus. */
+#define PG_RETENTION_AGE_S_MAX (100ull * 366 * 24 * 3600)
+/* Longest key path (section.key or listener[N].key) shown in messages. */
+#define PATH_BYTES_MAX 96
+/* Keys longer than this get no "did you mean" suggestion. */
+#define SUGGEST_KEY_BYTES_MAX 64
+
+#define DEFAULT_ADDRESS "127.0.0.1"
+#define DEFAULT_WS_PATH "/ringbus"
+
+typedef struct loader {
+    const char *name;
+    rb_err *err;
+    rb_config *cfg;
+    const rb_toml_value *root;
+} loader;
+
+typedef enum field_kind {
+    FK_U16,
+    FK_U32,
+    FK_U64,
+    FK_BOOL,
+    FK_STRING,
+    FK_SECTION,
+    FK_CUSTOM,
+} field_kind;
+
+typedef struct field field;
+typedef int (*field_fn)(loader *ld, const char *path, const rb_toml_value *v, void *base);
+
+typedef struct section {
+    const char *path; /* "" for the root */
+    const field *fields;
+    size_t field_count;
+} section;
+
+struct field {
+    const char *name;
+    field_kind kind;
+    size_t offset; /* into rb_config, or rb_listener_config for listener keys */
+    uint64_t min;
+    uint64_t max;
+    size_t bytes; /* FK_STRING: capacity including the NUL */
+    const section *sub;
+    field_fn fn;
+    uint32_t transports; /* listener keys: bit per rb_transport_kind it applies to */
+};
+
+#define U32(n, m, lo, hi)                                                                          \
+    {                                                                                              \
+        .name = (n), .kind = FK_U32, .offset = offsetof(rb_config, m), .min = (lo), .max = (hi)    \
+    }
+#define U64(n, m, lo, hi)                                                                          \
+    {                                                                                              \
+        .name = (n), .kind = FK_U64, .offset = offsetof(rb_config, m), .min = (lo), .max = (hi)    \
+    }
+#define BOOL(n, m)                                                                                 \
+    {                                                                                              \
+        .name = (n), .kind = FK_BOOL, .offset = offsetof(rb_config, m)                             \
+    }
+#define STR(n, s, m)                                                                               \
+    {                                                                                              \
+        .name = (n), .kind = FK_STRING, .offset = offsetof(s, m), .bytes = sizeof(((s *)0)->m)     \
+    }
+#define SECTION(n, sec)                                                                            \
+    {                                                                                              \
+        .name = (n), .kind = FK_SECTION, .sub = &(sec)                                             \
+    }
+#define CUSTOM(n, f)                                                                               \
+    {                                                                                              \
+        .name = (n), .kind = FK_CUSTOM, .fn = (f)                                                  \
+    }
+#define COUNT(a) (sizeof(a) / sizeof((a)[0]))
+
+#define T_ALL 0x1Fu
+#define T_TLS ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
+#define T_WS  ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
+
+static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int listeners_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int ws_path_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+
+static const field limits_fields[] = {
+    U32("max_connections", max_connections, 1, RB_CONNS_PER_SHARD_MAX),
+    U32("max_frame_bytes", max_frame_bytes, RB_FRAME_BYTES_MIN, RB_FRAME_BYTES_MAX),
+    U64("send_queue_bytes", send_queue_bytes, 1, RB_SEND_QUEUE_BYTES_MAX),
+    U64("pending_buffer_bytes", pending_buffer_bytes, 1, RB_PENDING_BYTES_MAX),
+    U32("topics_per_stream", topics_per_stream, 1, RB_TOPICS_PER_STREAM_MAX),
+};
+static const section limits_section = {"limits", limits_fields, COUNT(limits_fields)};
+
+static const field timeouts_fields[] = {
+    U32("keepalive_ms", keepalive_ms, 1, RB_DURATION_MS_MAX),
+    U32("pong_timeout_ms", pong_timeout_ms, 1, RB_DURATION_MS_MAX),
+    U32("handshake_timeout_ms", handshake_timeout_ms, 1, RB_DURATION_MS_MAX),
+    U32("close_grace_ms", close_grace_ms, 1, RB_DURATION_MS_MAX),
+};
+static const section timeouts_section = {"timeouts", timeouts_fields, COUNT(timeouts_fields)};
+
+static const field catchup_fields[] = {
+    U32("topics_per_query", catchup_topics_per_query, 1, RB_CATCHUP_TOPICS_MAX),
+    U32("rows_per_topic", catchup_rows_per_topic, 1, RB_CATCHUP_ROWS_MAX),
+    U32("queries_in_flight", catchup_queries_in_flight, 1, RB_CATCHUP_INFLIGHT_MAX),
+};
+static const section catchup_section = {"catchup", catchup_fields, COUNT(catchup_fields)};
+
+static const field memory_fields[] = {
+    U64("retention_messages", memory_retention_messages, 1, RB_MEMORY_RETENTION_MESSAGES_MAX),
+    U64("retention_bytes", memory_retention_bytes, 1, RB_MEMORY_RETENTION_BYTES_MAX),
+};
+static const section memory_section = {"storage.memory", memory_fields, COUNT(memory_fields)};
+
+static const field postgres_fields[] = {
+    STR("conninfo", rb_config, pg_conninfo),
+    CUSTOM("password_file", password_file_fn),
+    U32("pool_size", pg_pool_size, 1, PG_POOL_SIZE_MAX),
+    U32("statement_timeout_ms", pg_statement_timeout_ms, 1, RB_DURATION_MS_MAX),
+    U32("batch_messages", pg_batch_messages, 1, PG_BATCH_MESSAGES_MAX),
+    U64("retention_messages", pg_retention_messages, 0, INT64_MAX),
+    U64("retention_age_s", pg_retention_age_s, 0, PG_RETENTION_AGE_S_MAX),
+};
+static const section postgres_section = {"storage.postgres", postgres_fields,
+                                         COUNT(postgres_fields)};
+
+static const field storage_fields[] = {
+    CUSTOM("backend", backend_fn),
+    SECTION("memory", memory_section),
+    SECTION("postgres", postgres_section),
+};
+static const section storage_section = {"storage", storage_fields, COUNT(storage_fields)};
+
+static const field root_fields[] = {
+    U32("shards", shards, 1, RB_SHARDS_MAX), BOOL("pin_shards", pin_shards),
+    CUSTOM("log_level", log_level_fn),       CUSTOM("server_id", server_id_fn),
+    SECTION("limits", limits_section),       SECTION("timeouts", timeouts_section),
+    SECTION("catchup", catchup_section),     SECTION("storage", storage_section),
+    CUSTOM("listener", listeners_fn),
+};
+static const section root_section = {"", root_fields, COUNT(root_fields)};
+
+/* Listener keys; transports says which transports accept each. */
+static const field listener_fields[] = {
+    {.name = "transport", .kind = FK_CUSTOM, .fn = transport_fn, .transports = T_ALL},
+    {.name = "address", .kind = FK_CUSTOM, .fn = address_fn, .transports = T_ALL},
+    {.name = "port",
+     .kind = FK_U16,
+     .offset = offsetof(rb_listener_config, port),
+     .min = 1,
+     .max = 65535,
+     .transports = T_ALL},
+    {.name = "cert",
+     .kind = FK_STRING,
+     .offset = offsetof(rb_listener_config, cert),
+     .bytes = RB_PATH_BYTES_MAX,
+     .transports = T_TLS},
+    {.name = "key",
+     .kind = FK_STRING,
+     .offset = offsetof(rb_listener_config, key),
+     .bytes = RB_PATH_BYTES_MAX,
+     .transports = T_TLS},
+    {.name = "client_ca",
+     .kind = FK_STRING,
+     .offset = offsetof(rb_listener_config, client_ca),
+     .bytes = RB_PATH_BYTES_MAX,
+     .transports = T_TLS},
+    {.name = "path", .kind = FK_CUSTOM, .fn = ws_path_fn, .transports = T_WS},
+    {.name = "origins", .kind = FK_CUSTOM, .fn = origins_fn, .transports = T_WS},
+};
+static const section listener_section = {"listener", listener_fields, COUNT(listener_fields)};
+
+static const char *const transport_names[] = {"tcp", "tls", "ws", "wss", "quic"};
+static const uint16_t transport_ports[] = {7400, 7401, 7402, 7403, 7404};
+
+/* ---- errors ---- */
+
+__attribute__((format(printf, 4, 5))) static int fail_pos(loader *ld, uint32_t line, uint32_t col,
+                                                          const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (line == 0) {
+        return rb_err_set(ld->err, RB_ECONFIG, 0, "%s: %s", ld->name, msg);
+    }
+    return rb_err_set(ld->err, RB_ECONFIG, 0, "%s:%u:%u: %s", ld->name, line, col, msg);
+}
+
+/* An error about a value, at the value's position; v may be NULL. */
+__attribute__((format(printf, 4, 5))) static int fail_value(loader *ld, const rb_toml_value *v,
+                                                            const char *path, const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    uint32_t line = v != NULL ? rb_toml_line(v) : 0;
+    uint32_t col = v != NULL ? rb_toml_column(v) : 0;
+    return fail_pos(ld, line, col, "%s: %s", path, msg);
+}
+
+static const char *a_type(const rb_toml_value *v)
+{
+    switch (rb_toml_type_of(v)) {
+    case RB_TOML_STRING:
+        return "a string";
+    case RB_TOML_INTEGER:
+        return "an integer";
+    case RB_TOML_BOOL:
+        return "a boolean";
+    case RB_TOML_ARRAY:
+        return "an array";
+    case RB_TOML_TABLE:
+        return "a table";
+    }
+    return "a value";
+}
+
+static int expect_type(loader *ld, const char *path, const rb_toml_value *v, rb_toml_type type,
+                       const char *wanted)
+{
+    if (rb_toml_type_of(v) == type) {
+        return 0;
+    }
+    return fail_value(ld, v, path, "expected %s, got %s", wanted, a_type(v));
+}
+
+/* Copies text for a message, control characters shown as '?'. */
+static void show(char *out, size_t cap, const char *text, size_t len)
+{
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        out[i] = c < 0x20 || c == 0x7F ? '?' : (char)c;
+    }
+    out[n] = '\0';
+}
+
+/* prefix.key for messages, cut to cap; control characters shown as '?'. */
+static void join_path(char *out, size_t cap, const char *prefix, const char *key, size_t key_len)
+{
+    size_t n = strnlen(prefix, cap - 1);
+    memcpy(out, prefix, n);
+    if (n > 0 && n + 1 < cap) {
+        out[n++] = '.';
+    }
+    show(out + n, cap - n, key, key_len);
+}
+
+/* Edit distance between two short strings (both under
+ * SUGGEST_KEY_BYTES_MAX), ignoring ASCII case: "Port" is a typo of "port". */
+static size_t edit_distance(const char *a, size_t a_len, const char *b, size_t b_len)
+{
+    size_t prev[SUGGEST_KEY_BYTES_MAX + 1];
+    size_t cur[SUGGEST_KEY_BYTES_MAX + 1];
+    RB_ASSERT(a_len <= SUGGEST_KEY_BYTES_MAX);
+    RB_ASSERT(b_len <= SUGGEST_KEY_BYTES_MAX);
+    for (size_t j = 0; j <= b_len; j++) {
+        prev[j] = j;
+    }
+    for (size_t i = 1; i <= a_len; i++) {
+        cur[0] = i;
+        for (size_t j = 1; j <= b_len; j++) {
+            bool same = tolower((unsigned char)a[i - 1]) == tolower((unsigned char)b[j - 1]);
+            size_t sub = prev[j - 1] + (same ? 0 : 1);
+            size_t del = prev[j] + 1;
+            size_t ins = cur[j - 1] + 1;
+            cur[j] = sub < del ? (sub < ins ? sub : ins) : (del < ins ? del : ins);
+        }
+        memcpy(prev, cur, (b_len + 1) * sizeof prev[0]);
+    }
+    return prev[b_len];
+}
+
+/* The known key of sec nearest to key, if it is near enough to be a typo. */
+static const char *suggest(const section *sec, const char *key, size_t key_len)
+{
+    const char *best = NULL;
+    size_t best_distance = 3;
+    if (key_len > SUGGEST_KEY_BYTES_MAX) {
+        return NULL;
+    }
+    for (size_t i = 0; i < sec->field_count; i++) {
+        const char *name = sec->fields[i].name;
+        size_t d = edit_distance(key, key_len, name, strlen(name));
+        if (d < best_distance) {
+            best = name;
+            best_distance = d;
+        }
+    }
+    return best;
+}
+
+static int unknown_key(loader *ld, const section *sec, const char *prefix, const rb_toml_key *k)
+{
+    char path[PATH_BYTES_MAX];
+    join_path(path, sizeof path, prefix, k->text, k->len);
+    const char *near = suggest(sec, k->text, k->len);
+    if (near == NULL) {
+        return fail_pos(ld, k->line, k->column, "unknown key \"%s\"", path);
+    }
+    return fail_pos(ld, k->line, k->column, "unknown key \"%s\" (did you mean \"%s%s%s\"?)", path,
+                    prefix, prefix[0] != '\0' ? "." : "", near);
+}
+
+/* ---- fields ---- */
+
+static const field *find_field(const section *sec, const rb_toml_key *k)
+{
+    for (size_t i = 0; i < sec->field_count; i++) {
+        const char *name = sec->fields[i].name;
+        if (strlen(name) == k->len && memcmp(name, k->text, k->len) == 0) {
+            return &sec->fields[i];
+        }
+    }
+    return NULL;
+}
+
+static int get_integer(loader *ld, const char *path, const rb_toml_value *v, uint64_t min,
+                       uint64_t max, uint64_t *out)
+{
+    int rc = expect_type(ld, path, v, RB_TOML_INTEGER, "an integer");
+    if (rc < 0) {
+        return rc;
+    }
+    int64_t n = rb_toml_integer(v);
+    if (n < 0 || (uint64_t)n < min || (uint64_t)n > max) {
+        return fail_value(ld, v, path, "%lld is out of range [%llu, %llu]", (long long)n,
+                          (unsigned long long)min, (unsigned long long)max);
+    }
+    *out = (uint64_t)n;
+    return 0;
+}
+
+/* A string without NUL bytes; the text stays owned by the document. */
+static int get_string(loader *ld, const char *path, const rb_toml_value *v, const char **text,
+                      size_t *len)
+{
+    int rc = expect_type(ld, path, v, RB_TOML_STRING, "a string");
+    if (rc < 0) {
+        return rc;
+    }
+    *text = rb_toml_string(v, len);
+    if (strlen(*text) != *len) {
+        return fail_value(ld, v, path, "contains a NUL character");
+    }
+    return 0;
+}
+
+static int copy_string(loader *ld, const char *path, const rb_toml_value *v, char *dst,
+                       size_t bytes)
+{
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (len >= bytes) {
+        return fail_value(ld, v, path, "%zu bytes is longer than the limit of %zu", len, bytes - 1);
+    }
+    memcpy(dst, text, len + 1);
+    return 0;
+}
+
+static int load_section(loader *ld, const section *sec, const rb_toml_value *table, void *base);
+
+static int load_field(loader *ld, const field *f, const char *path, const rb_toml_value *v,
+                      void *base)
+{
+    char *dst = (char *)base + f->offset;
+    uint64_t n = 0;
+    int rc = 0;
+    switch (f->kind) {
+    case FK_U16:
+    case FK_U32:
+    case FK_U64:
+        rc = get_integer(ld, path, v, f->min, f->max, &n);
+        if (rc == 0 && f->kind == FK_U16) {
+            *(uint16_t *)(void *)dst = (uint16_t)n;
+        } else if (rc == 0 && f->kind == FK_U32) {
+            *(uint32_t *)(void *)dst = (uint32_t)n;
+        } else if (rc == 0) {
+            *(uint64_t *)(void *)dst = n;
+        }
+        return rc;
+    case FK_BOOL:
+        rc = expect_type(ld, path, v, RB_TOML_BOOL, "a boolean");
+        if (rc == 0) {
+            *(bool *)(void *)dst = rb_toml_bool(v);
+        }
+        return rc;
+    case FK_STRING:
+        return copy_string(ld, path, v, dst, f->bytes);
+    case FK_SECTION:
+        rc = expect_type(ld, path, v, RB_TOML_TABLE, "a table");
+        return rc < 0 ? rc : load_section(ld, f->sub, v, base);
+    case FK_CUSTOM:
+        return f->fn(ld, path, v, base);
+    }
+    RB_ASSERT(!"unknown field kind");
+    return RB_EINVAL;
+}
+
+static int load_section(loader *ld, const section *sec, const rb_toml_value *table, void *base)
+{
+    RB_ASSERT(rb_toml_type_of(table) == RB_TOML_TABLE);
+    for (size_t i = 0; i < rb_toml_count(table); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(table, i, &k);
+        const field *f = find_field(sec, &k);
+        if (f == NULL) {
+            return unknown_key(ld, sec, sec->path, &k);
+        }
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, sec->path, k.text, k.len);
+        int rc = load_field(ld, f, path, v, base);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* ---- custom keys ---- */
+
+static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    const char *text = NULL;
+    size_t len = 0;
+    rb_log_level level;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rb_log_level_parse(text, &level) != 0) {
+        char shown[32];
+        show(shown, sizeof shown, text, len);
+        return fail_value(ld, v, path, "\"%s\" is not one of error, warn, info, debug", shown);
+    }
+    snprintf(cfg->log_level, sizeof cfg->log_level, "%s", text);
+    return 0;
+}
+
+static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = copy_string(ld, path, v, cfg->server_id, sizeof cfg->server_id);
+    if (rc < 0) {
+        return rc;
+    }
+    if (cfg->server_id[0] == '\0') {
+        return fail_value(ld, v, path, "must not be empty");
+    }
+    for (const char *c = cfg->server_id; *c != '\0'; c++) {
+        if ((unsigned char)*c <= 0x20 || *c == 0x7F) {
+            return fail_value(ld, v, path, "must not contain spaces or control characters");
+        }
+    }
+    return 0;
+}
+
+static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (strcmp(text, "memory") == 0) {
+        cfg->storage_backend = RB_STORAGE_MEMORY;
+    } else if (strcmp(text, "postgres") == 0) {
+        cfg->storage_backend = RB_STORAGE_POSTGRES;
+    } else {
+        char shown[32];
+        show(shown, sizeof shown, text, len);
+        return fail_value(ld, v, path, "\"%s\" is not one of memory, postgres", shown);
+    }
+    return 0;
+}
+
+/* The daemon reads the password file later; checking it now makes
+ * --check-config and start-up fail early with the file's name. */
+static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = copy_string(ld, path, v, cfg->pg_password_file, sizeof cfg->pg_password_file);
+    if (rc < 0 || cfg->pg_password_file[0] == '\0') {
+        return rc;
+    }
+    int fd = open(cfg->pg_password_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd == -1) {
+        int e = errno;
+        char why[128];
+        return fail_value(ld, v, path, "cannot read \"%s\": %s", cfg->pg_password_file,
+                          strerror_r(e, why, sizeof why));
+    }
+    struct stat st;
+    bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    close(fd);
+    if (!regular) {
+        return fail_value(ld, v, path, "\"%s\" is not a regular file", cfg->pg_password_file);
+    }
+    return 0;
+}
+
+/* ---- listeners ---- */
+
+static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    for (size_t i = 0; i < COUNT(transport_names); i++) {
+        if (strcmp(text, transport_names[i]) == 0) {
+            l->transport = (rb_transport_kind)i;
+            return 0;
+        }
+    }
+    char shown[32];
+    show(shown, sizeof shown, text, len);
+    return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic", shown);
+}
+
+static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    unsigned char bytes[16];
+    int rc = copy_string(ld, path, v, l->address, sizeof l->address);
+    if (rc < 0) {
+        return rc;
+    }
+    if (inet_pton(AF_INET, l->address, bytes) == 1 || inet_pton(AF_INET6, l->address, bytes) == 1) {
+        return 0;
+    }
+    char shown[64];
+    show(shown, sizeof shown, l->address, strlen(l->address));
+    return fail_value(ld, v, path, "\"%s\" is not an IPv4 or IPv6 address literal%s", shown,
+                      l->address[0] == '[' ? " (write IPv6 without brackets)" : "");
+}
+
+/* The path is matched against the HTTP request target of the upgrade. */
+static int ws_path_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    int rc = copy_string(ld, path, v, l->path, sizeof l->path);
+    if (rc < 0) {
+        return rc;
+    }
+    if (l->path[0] != '/') {
+        return fail_value(ld, v, path, "must start with '/'");
+    }
+    for (const char *c = l->path; *c != '\0'; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u <= 0x20 || u >= 0x7F || u == '?' || u == '#') {
+            return fail_value(ld, v, path, "must be printable ASCII without spaces, '?' or '#'");
+        }
+    }
+    return 0;
+}
+
+static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of strings");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_WS_ORIGINS_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_WS_ORIGINS_MAX), path, "more than %d origins",
+                          RB_WS_ORIGINS_MAX);
+    }
+    for (size_t i = 0; i < count; i++) {
+        char item_path[PATH_BYTES_MAX];
+        const rb_toml_value *item = rb_toml_item(v, i);
+        snprintf(item_path, sizeof item_path, "%s[%zu]", path, i + 1);
+        rc = copy_string(ld, item_path, item, l->origins[i], sizeof l->origins[i]);
+        if (rc < 0) {
+            return rc;
+        }
+        if (l->origins[i][0] == '\0') {
+            return fail_value(ld, item, item_path, "must not be empty");
+        }
+    }
+    l->origin_count = (uint32_t)count;
+    return 0;
+}
+
+static const char *transports_text(uint32_t mask)
+{
+    return mask == T_TLS ? "tls, wss, quic" : "ws, wss";
+}
+
+/* Loads the keys of one listener after its transport is known. */
+static int load_listener_keys(loader *ld, const rb_toml_value *t, const char *prefix,
+                              rb_listener_config *l)
+{
+    for (size_t i = 0; i < rb_toml_count(t); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(t, i, &k);
+        const field *f = find_field(&listener_section, &k);
+        if (f == NULL) {
+            return unknown_key(ld, &listener_section, prefix, &k);
+        }
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, prefix, k.text, k.len);
+        if ((f->transports & (1u << l->transport)) == 0) {
+            return fail_pos(ld, k.line, k.column, "%s: not valid for transport \"%s\" (only %s)",
+                            path, transport_names[l->transport], transports_text(f->transports));
+        }
+        int rc = load_field(ld, f, path, v, l);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int load_listener(loader *ld, const rb_toml_value *t, size_t number, rb_listener_config *l)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "listener[%zu]", number);
+    int rc = expect_type(ld, prefix, t, RB_TOML_TABLE, "a table");
+    if (rc < 0) {
+        return rc;
+    }
+    memset(l, 0, sizeof *l);
+    const rb_toml_value *tv = rb_toml_get(t, "transport");
+    if (tv == NULL) {
+        return fail_value(ld, t, prefix,
+                          "missing required key \"transport\" (one of tcp, tls, ws, wss, quic)");
+    }
+    char path[PATH_BYTES_MAX];
+    snprintf(path, sizeof path, "%s.transport", prefix);
+    rc = transport_fn(ld, path, tv, l);
+    if (rc < 0) {
+        return rc;
+    }
+    snprintf(l->address, sizeof l->address, "%s", DEFAULT_ADDRESS);
+    l->port = transport_ports[l->transport];
+    if ((T_WS & (1u << l->transport)) != 0) {
+        snprintf(l->path, sizeof l->path, "%s", DEFAULT_WS_PATH);
+    }
+    rc = load_listener_keys(ld, t, prefix, l);
+    if (rc < 0) {
+        return rc;
+    }
+    if ((T_TLS & (1u << l->transport)) != 0 && (l->cert[0] == '\0' || l->key[0] == '\0')) {
+        return fail_value(ld, t, prefix, "transport \"%s\" needs \"%s\" (a PEM file)",
+                          transport_names[l->transport], l->cert[0] == '\0' ? "cert" : "key");
+    }
+    return 0;
+}
+
+/* Parses a validated address literal into bytes; returns its family. */
+static int address_bytes(const char *address, unsigned char bytes[16])
+{
+    memset(bytes, 0, 16);
+    if (inet_pton(AF_INET, address, bytes) == 1) {
+        return AF_INET;
+    }
+    int ok = inet_pton(AF_INET6, address, bytes);
+    RB_ASSERT(ok == 1);
+    return AF_INET6;
+}
+
+/* Two listeners clash when they would bind the same port of the same
+ * protocol (QUIC is UDP, the rest TCP) on the same address, or one of them
+ * on the wildcard address of the same family. */
+static bool listeners_clash(const rb_listener_config *a, const rb_listener_config *b)
+{
+    static const unsigned char zero[16];
+    unsigned char ab[16];
+    unsigned char bb[16];
+    bool a_udp = a->transport == RB_TRANSPORT_QUIC;
+    bool b_udp = b->transport == RB_TRANSPORT_QUIC;
+    if (a_udp != b_udp || a->port != b->port) {
+        return false;
+    }
+    int af = address_bytes(a->address, ab);
+    if (af != address_bytes(b->address, bb)) {
+        return false;
+    }
+    size_t n = af == AF_INET ? 4 : 16;
+    return memcmp(ab, bb, n) == 0 || memcmp(ab, zero, n) == 0 || memcmp(bb, zero, n) == 0;
+}
+
+static int check_listener_clashes(loader *ld, const rb_toml_value *array)
+{
+    const rb_config *cfg = ld->cfg;
+    for (uint32_t i = 1; i < cfg->listener_count; i++) {
+        const rb_listener_config *a = &cfg->listeners[i];
+        for (uint32_t j = 0; j < i; j++) {
+            if (!listeners_clash(a, &cfg->listeners[j])) {
+                continue;
+            }
+            char prefix[32];
+            snprintf(prefix, sizeof prefix, "listener[%u]", i + 1);
+            const rb_toml_value *first = rb_toml_item(array, j);
+            return fail_value(ld, rb_toml_item(array, i), prefix,
+                              "%s port %u/%s clashes with listener[%u] (at %u:%u)", a->address,
+                              a->port, a->transport == RB_TRANSPORT_QUIC ? "udp" : "tcp", j + 1,
+                              rb_toml_line(first), rb_toml_column(first));
+        }
+    }
+    return 0;
+}
+
+static int listeners_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of tables ([[listener]])");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count == 0) {
+        return 0; /* the default listener stays */
+    }
+    if (count > RB_LISTENERS_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_LISTENERS_MAX), path, "more than %d listeners",
+                          RB_LISTENERS_MAX);
+    }
+    cfg->listener_count = 0;
+    for (size_t i = 0; i < count; i++) {
+        rc = load_listener(ld, rb_toml_item(v, i), i + 1, &cfg->listeners[i]);
+        if (rc < 0) {
+            return rc;
+        }
+        cfg->listener_count++;
+    }
+    return check_listener_clashes(ld, v);
+}
+
+/* ---- checks across keys ---- */
+
+/* The value at section.key in the document, or NULL. */
+static const rb_toml_value *lookup(const loader *ld, const char *section_name, const char *key)
+{
+    const rb_toml_value *t = ld->root;
+    if (section_name != NULL) {
+        t = rb_toml_get(t, section_name);
+        if (t == NULL || rb_toml_type_of(t) != RB_TOML_TABLE) {
+            return NULL;
+        }
+    }
+    return rb_toml_get(t, key);
+}
+
+static int check_at_least_frame(loader *ld, const char *key, uint64_t value)
+{
+    const rb_config *cfg = ld->cfg;
+    if (value >= cfg->max_frame_bytes) {
+        return 0;
+    }
+    /* Blame the key the file set: this one, else the frame size. */
+    const rb_toml_value *v = lookup(ld, "limits", key);
+    if (v == NULL) {
+        v = lookup(ld, "limits", "max_frame_bytes");
+    }
+    char path[PATH_BYTES_MAX];
+    snprintf(path, sizeof path, "limits.%s", key);
+    return fail_value(ld, v, path, "%llu is less than limits.max_frame_bytes (%u)",
+                      (unsigned long long)value, cfg->max_frame_bytes);
+}
+
+static int check_cross(loader *ld)
+{
+    const rb_config *cfg = ld->cfg;
+    int rc = check_at_least_frame(ld, "send_queue_bytes", cfg->send_queue_bytes);
+    if (rc == 0) {
+        rc = check_at_least_frame(ld, "pending_buffer_bytes", cfg->pending_buffer_bytes);
+    }
+    if (rc == 0 && cfg->storage_backend == RB_STORAGE_POSTGRES && cfg->pg_conninfo[0] == '\0') {
+        rc = fail_value(ld, lookup(ld, "storage", "backend"), "storage.backend",
+                        "\"postgres\" needs storage.postgres.conninfo (a libpq connection string)");
+    }
+    return rc;
+}
+
+/* ---- public ---- */
+
+static uint32_t default_shards(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) {
+        return 1;
+    }
+    return n > RB_SHARDS_MAX ? RB_SHARDS_MAX : (uint32_t)n;
+}
+
+static void default_server_id(char *out, size_t cap)
+{
+    char host[HOST_NAME_MAX + 1];
+    if (gethostname(host, sizeof host) != 0 || host[0] == '\0') {
+        snprintf(host, sizeof host, "ringbusd");
+    }
+    host[HOST_NAME_MAX] = '\0';
+    snprintf(out, cap, "%.*s", (int)(cap - 1), host);
+}
+
+void rb_config_defaults(rb_config *cfg)
+{
+    RB_ASSERT(cfg != NULL);
+    memset(cfg, 0, sizeof *cfg);
+    cfg->shards = default_shards();
+    cfg->pin_shards = false;
+    snprintf(cfg->log_level, sizeof cfg->log_level, "info");
+    default_server_id(cfg->server_id, sizeof cfg->server_id);
+    cfg->max_connections = RB_CONNS_PER_SHARD_DEFAULT;
+    cfg->max_frame_bytes = RB_FRAME_BYTES_DEFAULT;
+    cfg->send_queue_bytes = RB_SEND_QUEUE_BYTES_DEFAULT;
+    cfg->pending_buffer_bytes = RB_PENDING_BYTES_DEFAULT;
+    cfg->topics_per_stream = RB_TOPICS_PER_STREAM_DEFAULT;
+    cfg->keepalive_ms = RB_KEEPALIVE_MS_DEFAULT;
+    cfg->pong_timeout_ms = RB_PONG_TIMEOUT_MS_DEFAULT;
+    cfg->handshake_timeout_ms = RB_HANDSHAKE_MS_DEFAULT;
+    cfg->close_grace_ms = RB_CLOSE_GRACE_MS_DEFAULT;
+    cfg->catchup_topics_per_query = RB_CATCHUP_TOPICS_DEFAULT;
+    cfg->catchup_rows_per_topic = RB_CATCHUP_ROWS_DEFAULT;
+    cfg->catchup_queries_in_flight = RB_CATCHUP_INFLIGHT_DEFAULT;
+    cfg->storage_backend = RB_STORAGE_MEMORY;
+    cfg->memory_retention_messages = RB_MEMORY_RETENTION_MESSAGES_DEFAULT;
+    cfg->memory_retention_bytes = RB_MEMORY_RETENTION_BYTES_DEFAULT;
+    cfg->pg_pool_size = 2;
+    cfg->pg_statement_timeout_ms = 5000;
+    cfg->pg_batch_messages = 1024;
+    cfg->listener_count = 1;
+    rb_listener_config *l = &cfg->listeners[0];
+    l->transport = RB_TRANSPORT_TCP;
+    snprintf(l->address, sizeof l->address, "%s", DEFAULT_ADDRESS);
+    l->port = transport_ports[RB_TRANSPORT_TCP];
+}
+
+int rb_config_load_string(const char *text, size_t len, const char *name, rb_config *cfg,
+                          rb_err *err)
+{
+    RB_ASSERT(cfg != NULL);
+    RB_ASSERT(name != NULL);
+    rb_config_defaults(cfg);
+    rb_toml doc;
+    int rc = rb_toml_parse(&doc, text, len, name, err);
+    if (rc < 0) {
+        return rc;
+    }
+    loader ld = {.name = name, .err = err, .cfg = cfg, .root = rb_toml_root(&doc)};
+    rc = load_section(&ld, &root_section, ld.root, cfg);
+    if (rc == 0) {
+        rc = check_cross(&ld);
+    }
+    rb_toml_deinit(&doc);
+    return rc;
+}
+
+/* Reads at most RB_CONFIG_FILE_BYTES_MAX + 1 bytes so that a file one byte
+ * too long is told apart from one at the limit. */
+static int read_file(const char *path, char **out, size_t *out_len, rb_err *err)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd == -1) {
+        return rb_err_set(err, RB_ESYS, errno, "config %s: open", path);
+    }
+    size_t cap = (size_t)RB_CONFIG_FILE_BYTES_MAX + 1;
+    char *buf = malloc(cap);
+    if (buf == NULL) {
+        close(fd);
+        return rb_err_set(err, RB_ENOMEM, 0, "config %s: out of memory", path);
+    }
+    size_t len = 0;
+    while (len < cap) {
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n == -1 && errno == EINTR) {
+            continue;
+        }
+        if (n == -1) {
+            int e = errno;
+            free(buf);
+            close(fd);
+            return rb_err_set(err, RB_ESYS, e, "config %s: read", path);
+        }
+        if (n == 0) {
+            break;
+        }
+        len += (size_t)n;
+    }
+    close(fd);
+    *out = buf;
+    *out_len = len;
+    return 0;
+}
+
+int rb_config_load_file(const char *path, rb_config *cfg, rb_err *err)
+{
+    RB_ASSERT(path != NULL);
+    char *text = NULL;
+    size_t len = 0;
+    int rc = read_file(path, &text, &len, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (len > RB_CONFIG_FILE_BYTES_MAX) {
+        rc = rb_err_set(err, RB_ECONFIG, 0, "%s: file is larger than the limit of %u bytes", path,
+                        (unsigned)RB_CONFIG_FILE_BYTES_MAX);
+    } else {
+        rc = rb_config_load_string(text, len, path, cfg, err);
+    }
+    free(text);
+    return rc;
+}
+
+const char *rb_transport_name(rb_transport_kind kind)
+{
+    RB_ASSERT((size_t)kind < COUNT(transport_names));
+    return transport_names[kind];
+}

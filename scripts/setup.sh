@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs every Debian package that building and testing ringbus needs.
+# Safe to run again. With --if-needed it does nothing when all are present.
+set -euo pipefail
+
+PACKAGES=(
+  build-essential pkg-config git clang-format
+  liburing-dev libsystemd-dev check libsubunit-dev
+  libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libwslay-dev
+  libpq-dev postgresql
+  python3 python3-pytest
+  systemd
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
+    missing+=("$p")
+  fi
+done
+
+if [ "${1:-}" = "--if-needed" ] && [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "setup: all packages present"
+  exit 0
+fi
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then
+  SUDO="sudo"
+fi
+echo "setup: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,868 @@
+/* Connections of one shard: the slot table, multishot receive into the
+ * shared frame decoder, the bounded send queue flushed with one sendmsg per
+ * connection per turn, the connection timer (handshake, keepalive, pong
+ * deadline, partial-frame deadline, close grace) and the close sequence.
+ * Frames are handed to server/owner.c (PUBLISH) and server/stream.c
+ * (MUTATE); this file answers HELLO, PING, PONG and CLOSE itself. */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "server/server.h"
+
+#define CONN_FROM(ptr, field) ((rb_conn *)((char *)(ptr)-offsetof(rb_conn, field)))
+
+static void conn_recv_done(rb_op *op, int res, uint32_t flags);
+static void conn_send_done(rb_op *op, int res, uint32_t flags);
+static void conn_close_done(rb_op *op, int res, uint32_t flags);
+static void conn_timer_fired(rb_timer *t);
+static void conn_rearm_timer(rb_conn *c);
+static void conn_queue_flush(rb_conn *c);
+static void conn_try_free(rb_conn *c);
+
+int rb_conn_table_init(rb_shard *sh, rb_err *err)
+{
+    const rb_config *cfg = &sh->server->cfg;
+    sh->conn_max = cfg->max_connections;
+    sh->conns = calloc(sh->conn_max, sizeof *sh->conns);
+    if (sh->conns == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u connection slots", sh->id,
+                          sh->conn_max);
+    }
+    for (uint32_t i = sh->conn_max; i-- > 0;) {
+        rb_conn *c = &sh->conns[i];
+        c->index = i;
+        c->fd = -1;
+        c->shard = sh;
+        c->free_next = sh->conn_free;
+        sh->conn_free = c;
+    }
+    return 0;
+}
+
+void rb_conn_table_deinit(rb_shard *sh)
+{
+    free(sh->conns);
+    sh->conns = NULL;
+}
+
+rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen)
+{
+    if (index >= sh->conn_max) {
+        return NULL;
+    }
+    rb_conn *c = &sh->conns[index];
+    if (c->gen != gen || c->state == RB_CONN_FREE || c->state == RB_CONN_CLOSED) {
+        return NULL;
+    }
+    return c;
+}
+
+/* A refused connection gets one ERROR frame written directly: the socket is
+ * new, so its send buffer has room, and the fd is closed at once. */
+static void refuse_fd(int fd, uint16_t code, const char *why)
+{
+    uint8_t buf[256];
+    rb_bytes msg = {(const uint8_t *)why, strlen(why)};
+    size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, msg);
+    if (n > 0) {
+        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    close(fd);
+}
+
+void rb_conn_adopt(rb_shard *sh, int fd, bool counted)
+{
+    if (counted) {
+        /* The acceptor counted it as this shard's load while handing it over. */
+        atomic_fetch_sub(&sh->conn_count, 1);
+    }
+    if (sh->stopping) {
+        refuse_fd(fd, RB_WIRE_UNAVAILABLE, "server is shutting down");
+        return;
+    }
+    rb_conn *c = sh->conn_free;
+    if (c == NULL) {
+        RB_LOG_WARN(0, "connection table full (%u): refusing fd %d", sh->conn_max, fd);
+        refuse_fd(fd, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
+        return;
+    }
+    sh->conn_free = c->free_next;
+    RB_ASSERT(c->state == RB_CONN_FREE);
+    RB_ASSERT(c->inflight_count == 0);
+    uint32_t gen = c->gen + 1;
+    uint32_t index = c->index;
+    memset(c, 0, sizeof *c);
+    c->shard = sh;
+    c->index = index;
+    c->gen = gen;
+    c->fd = fd;
+    c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
+    c->state = RB_CONN_HANDSHAKE;
+    c->recv_op.done = conn_recv_done;
+    c->send_op.done = conn_send_done;
+    c->close_op.done = conn_close_done;
+    c->timer.fn = conn_timer_fired;
+    c->last_tx_ms = rb_loop_now_ms(sh->loop);
+    atomic_fetch_add(&sh->conn_count, 1);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (rb_loop_recv_multishot(sh->loop, fd, &c->recv_op) != 0) {
+        RB_LOG_ERROR(c->id, "no submission entry for recv");
+        rb_conn_abort(c);
+        return;
+    }
+    c->recv_armed = true;
+    c->inflight_count++;
+    conn_rearm_timer(c);
+    RB_LOG_DEBUG(c->id, "accepted fd %d", fd);
+}
+
+/* ---- send queue ---- */
+
+static rb_seg *seg_new(rb_conn *c)
+{
+    rb_seg *s = rb_pool_get(&c->shard->seg_pool);
+    if (s == NULL) {
+        return NULL;
+    }
+    memset(s, 0, sizeof *s);
+    return s;
+}
+
+static void seg_free(rb_shard *sh, rb_seg *s)
+{
+    if (s->chunk != NULL) {
+        rb_pool_put(&sh->chunk_pool, s->chunk);
+    }
+    if (s->ref != NULL) {
+        rb_block_unref(s->ref);
+    }
+    rb_pool_put(&sh->seg_pool, s);
+}
+
+static void seg_link(rb_conn *c, rb_seg *s)
+{
+    if (c->tx_tail == NULL) {
+        c->tx_head = s;
+    } else {
+        c->tx_tail->next = s;
+    }
+    c->tx_tail = s;
+}
+
+bool rb_conn_send_full(const rb_conn *c, uint64_t extra)
+{
+    return c->tx_bytes + extra > c->shard->server->cfg.send_queue_bytes;
+}
+
+/* Returns space for len contiguous bytes at the tail of the send queue
+ * (len <= RB_CHUNK_BYTES), or NULL when no chunk can be had. */
+uint8_t *rb_conn_reserve(rb_conn *c, size_t len)
+{
+    RB_ASSERT(len <= RB_CHUNK_BYTES);
+    rb_seg *t = c->tx_tail;
+    if (t != NULL && t->chunk != NULL && t->cap - t->len >= len) {
+        return t->data + t->len;
+    }
+    rb_seg *s = seg_new(c);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->chunk = rb_pool_get(&c->shard->chunk_pool);
+    if (s->chunk == NULL) {
+        rb_pool_put(&c->shard->seg_pool, s);
+        return NULL;
+    }
+    s->data = s->chunk;
+    s->cap = RB_CHUNK_BYTES;
+    seg_link(c, s);
+    return s->data;
+}
+
+void rb_conn_commit(rb_conn *c, size_t len)
+{
+    rb_seg *t = c->tx_tail;
+    RB_ASSERT(t != NULL && t->chunk != NULL);
+    RB_ASSERT(t->len + len <= t->cap);
+    t->len += (uint32_t)len;
+    c->tx_bytes += len;
+    conn_queue_flush(c);
+}
+
+int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len)
+{
+    while (len > 0) {
+        size_t room = 0;
+        rb_seg *t = c->tx_tail;
+        if (t != NULL && t->chunk != NULL) {
+            room = t->cap - t->len;
+        }
+        if (room == 0) {
+            if (rb_conn_reserve(c, RB_CHUNK_BYTES) == NULL) {
+                return RB_ELIMIT;
+            }
+            t = c->tx_tail;
+            room = t->cap - t->len;
+        }
+        size_t n = len < room ? len : room;
+        memcpy(t->data + t->len, p, n);
+        t->len += (uint32_t)n;
+        c->tx_bytes += n;
+        p += n;
+        len -= n;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+int rb_conn_append_ref(rb_conn *c, rb_block *b, const uint8_t *p, size_t len)
+{
+    rb_seg *s = seg_new(c);
+    if (s == NULL) {
+        return RB_ELIMIT;
+    }
+    rb_block_ref(b);
+    s->ref = b;
+    s->data = (uint8_t *)p;
+    s->len = (uint32_t)len;
+    s->cap = (uint32_t)len;
+    seg_link(c, s);
+    c->tx_bytes += len;
+    conn_queue_flush(c);
+    return 0;
+}
+
+static void tx_drop_all(rb_conn *c)
+{
+    rb_seg *s = c->tx_head;
+    while (s != NULL) {
+        rb_seg *next = s->next;
+        seg_free(c->shard, s);
+        s = next;
+    }
+    c->tx_head = NULL;
+    c->tx_tail = NULL;
+    c->tx_bytes = 0;
+}
+
+static void conn_queue_flush(rb_conn *c)
+{
+    c->last_tx_ms = rb_loop_now_ms(c->shard->loop);
+    if (c->flush_queued || c->sending) {
+        return;
+    }
+    c->flush_queued = true;
+    c->flush_next = c->shard->flush_list;
+    c->shard->flush_list = c;
+}
+
+static void conn_start_send(rb_conn *c)
+{
+    if (c->sending || c->tx_head == NULL || c->state == RB_CONN_CLOSED || c->fd < 0) {
+        return;
+    }
+    if (c->tx_iov == NULL) {
+        c->tx_iov = rb_pool_get(&c->shard->iov_pool);
+        if (c->tx_iov == NULL) {
+            /* Every iov array is in flight; try again next turn. */
+            conn_queue_flush(c);
+            return;
+        }
+    }
+    int n = 0;
+    for (rb_seg *s = c->tx_head; s != NULL && n < RB_SEND_IOV_MAX; s = s->next) {
+        if (s->len == s->off) {
+            continue;
+        }
+        c->tx_iov[n].iov_base = s->data + s->off;
+        c->tx_iov[n].iov_len = s->len - s->off;
+        n++;
+    }
+    if (n == 0) {
+        rb_pool_put(&c->shard->iov_pool, c->tx_iov);
+        c->tx_iov = NULL;
+        return;
+    }
+    memset(&c->tx_msg, 0, sizeof c->tx_msg);
+    c->tx_msg.msg_iov = c->tx_iov;
+    c->tx_msg.msg_iovlen = (size_t)n;
+    if (rb_loop_sendmsg(c->shard->loop, c->fd, &c->tx_msg, &c->send_op) != 0) {
+        conn_queue_flush(c);
+        return;
+    }
+    c->sending = true;
+    c->inflight_count++;
+}
+
+void rb_conn_flush_all(rb_shard *sh)
+{
+    rb_conn *c = sh->flush_list;
+    sh->flush_list = NULL;
+    while (c != NULL) {
+        rb_conn *next = c->flush_next;
+        c->flush_queued = false;
+        conn_start_send(c);
+        c = next;
+    }
+}
+
+static void tx_consume(rb_conn *c, size_t n)
+{
+    while (n > 0) {
+        rb_seg *s = c->tx_head;
+        RB_ASSERT(s != NULL);
+        size_t avail = s->len - s->off;
+        size_t take = n < avail ? n : avail;
+        s->off += (uint32_t)take;
+        n -= take;
+        c->tx_bytes -= take;
+        if (s->off == s->len && (s->next != NULL || s->ref != NULL || s->len == s->cap)) {
+            c->tx_head = s->next;
+            if (c->tx_head == NULL) {
+                c->tx_tail = NULL;
+            }
+            seg_free(c->shard, s);
+        }
+    }
+    /* A fully sent, still-growing tail chunk is reset rather than freed. */
+    rb_seg *t = c->tx_head;
+    if (t != NULL && t == c->tx_tail && t->chunk != NULL && t->off == t->len) {
+        t->off = 0;
+        t->len = 0;
+    }
+}
+
+static void finish_close(rb_conn *c)
+{
+    if (c->state == RB_CONN_CLOSED) {
+        return;
+    }
+    c->state = RB_CONN_CLOSED;
+    rb_timer_disarm(c->shard->loop, &c->timer);
+    rb_stream_conn_closed(c);
+    if (c->fd >= 0) {
+        rb_loop_cancel_fd(c->shard->loop, c->fd, NULL);
+        if (rb_loop_close(c->shard->loop, c->fd, &c->close_op) == 0) {
+            c->inflight_count++;
+        } else {
+            close(c->fd);
+        }
+        c->fd = -1;
+    }
+    conn_try_free(c);
+}
+
+static void conn_send_done(rb_op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    rb_conn *c = CONN_FROM(op, send_op);
+    RB_ASSERT(c->sending);
+    c->sending = false;
+    c->inflight_count--;
+    if (c->state == RB_CONN_CLOSED) {
+        conn_try_free(c);
+        return;
+    }
+    if (res < 0) {
+        if (res == -EAGAIN || res == -EINTR) {
+            conn_queue_flush(c);
+            return;
+        }
+        RB_LOG_DEBUG(c->id, "send: %s", strerror(-res));
+        finish_close(c);
+        return;
+    }
+    tx_consume(c, (size_t)res);
+    if (c->tx_bytes > 0) {
+        conn_queue_flush(c);
+        return;
+    }
+    rb_pool_put(&c->shard->iov_pool, c->tx_iov);
+    c->tx_iov = NULL;
+    if (c->state == RB_CONN_CLOSING) {
+        shutdown(c->fd, SHUT_WR);
+        finish_close(c);
+        return;
+    }
+    rb_stream_on_send_drained(c);
+}
+
+/* ---- closing ---- */
+
+static void conn_try_free(rb_conn *c)
+{
+    if (c->state != RB_CONN_CLOSED || c->inflight_count > 0) {
+        return;
+    }
+    rb_shard *sh = c->shard;
+    tx_drop_all(c);
+    if (c->tx_iov != NULL) {
+        rb_pool_put(&sh->iov_pool, c->tx_iov);
+        c->tx_iov = NULL;
+    }
+    if (c->rx_buf != NULL) {
+        rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
+        c->rx_buf = NULL;
+    }
+    RB_LOG_DEBUG(c->id, "freed");
+    c->state = RB_CONN_FREE;
+    c->free_next = sh->conn_free;
+    sh->conn_free = c;
+    atomic_fetch_sub(&sh->conn_count, 1);
+}
+
+static void conn_close_done(rb_op *op, int res, uint32_t flags)
+{
+    (void)res;
+    (void)flags;
+    rb_conn *c = CONN_FROM(op, close_op);
+    c->inflight_count--;
+    conn_try_free(c);
+}
+
+void rb_conn_abort(rb_conn *c)
+{
+    finish_close(c);
+}
+
+static void stop_reading(rb_conn *c)
+{
+    if (c->recv_armed && c->fd >= 0) {
+        /* The cancelled recv's completion still arrives and is ignored. */
+        rb_loop_cancel_fd(c->shard->loop, c->fd, NULL);
+    }
+}
+
+void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
+{
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
+        return;
+    }
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (status != RB_WIRE_OK && status != RB_WIRE_GOING_AWAY) {
+        RB_LOG_INFO(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+    } else {
+        RB_LOG_DEBUG(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+    }
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+    rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
+    size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
+    RB_ASSERT(n > 0);
+    c->state = RB_CONN_CLOSING;
+    stop_reading(c);
+    if (rb_conn_append(c, buf, n) != 0) {
+        finish_close(c);
+        return;
+    }
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    conn_rearm_timer(c);
+}
+
+int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+    rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
+    size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
+    RB_ASSERT(n > 0);
+    return rb_conn_append(c, buf, n);
+}
+
+/* An error that ends the connection: ERROR{code} then CLOSE{code}. */
+static void conn_fail(rb_conn *c, uint16_t code, const char *msg)
+{
+    rb_conn_send_error(c, 0, code, "%s", msg);
+    rb_conn_close(c, code, "%s", msg);
+}
+
+void rb_conn_shutdown_all(rb_shard *sh)
+{
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        rb_conn *c = &sh->conns[i];
+        if (c->state == RB_CONN_HANDSHAKE) {
+            finish_close(c);
+        } else if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
+            rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
+        }
+    }
+}
+
+void rb_conn_maybe_finish_drain(rb_conn *c)
+{
+    if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0) {
+        rb_conn_close(c, RB_WIRE_OK, "closed");
+    }
+}
+
+/* ---- timer ---- */
+
+static void conn_rearm_timer(rb_conn *c)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    uint64_t due;
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_DRAINING) {
+        due = c->close_deadline_ms;
+    } else if (c->state == RB_CONN_HANDSHAKE) {
+        due = c->last_tx_ms + cfg->handshake_timeout_ms;
+    } else if (c->pong_wait) {
+        due = c->ping_sent_ms + cfg->pong_timeout_ms;
+    } else {
+        due = c->last_tx_ms + cfg->keepalive_ms;
+    }
+    if (c->partial_since_ms != 0 && c->state != RB_CONN_CLOSING) {
+        uint64_t pd = c->partial_since_ms + cfg->handshake_timeout_ms;
+        due = pd < due ? pd : due;
+    }
+    rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
+}
+
+static void send_ping(rb_conn *c)
+{
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
+    c->ping_nonce = c->ping_nonce * 6364136223846793005ull + c->id + 1442695040888963407ull;
+    size_t n = rb_frame_encode_ping(buf, sizeof buf, 0, c->ping_nonce);
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        return;
+    }
+    c->pong_wait = true;
+    c->ping_sent_ms = rb_loop_now_ms(c->shard->loop);
+}
+
+static void conn_timer_fired(rb_timer *t)
+{
+    rb_conn *c = CONN_FROM(t, timer);
+    const rb_config *cfg = &c->shard->server->cfg;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    if (c->state == RB_CONN_CLOSING) {
+        RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
+                    (unsigned long long)c->tx_bytes);
+        finish_close(c);
+        return;
+    }
+    if (c->state == RB_CONN_DRAINING && now >= c->close_deadline_ms) {
+        c->state = RB_CONN_OPEN;
+        rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "half-close drain exceeded the close grace");
+        c->close_deadline_ms = now + cfg->close_grace_ms;
+        return;
+    }
+    if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {
+        conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
+        return;
+    }
+    if (c->state == RB_CONN_HANDSHAKE) {
+        if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
+            RB_LOG_INFO(c->id, "no HELLO within %u ms", cfg->handshake_timeout_ms);
+            conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
+            return;
+        }
+    } else if (c->state == RB_CONN_OPEN) {
+        if (c->pong_wait && now >= c->ping_sent_ms + cfg->pong_timeout_ms) {
+            rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "no PONG within %u ms",
+                          cfg->pong_timeout_ms);
+            return;
+        }
+        if (!c->pong_wait && now >= c->last_tx_ms + cfg->keepalive_ms) {
+            send_ping(c);
+        }
+    }
+    if (c->state != RB_CONN_CLOSED) {
+        conn_rearm_timer(c);
+    }
+}
+
+/* ---- receive and frame dispatch ---- */
+
+static void on_hello(rb_conn *c, const rb_frame *f)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    if (c->state != RB_CONN_HANDSHAKE) {
+        conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
+        return;
+    }
+    if (f->u.hello.protocol_version != RB_PROTOCOL_VERSION) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "protocol version %u not supported (server speaks %u)",
+                 f->u.hello.protocol_version, RB_PROTOCOL_VERSION);
+        conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
+        return;
+    }
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 24 + RB_SERVER_ID_BYTES_MAX];
+    rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
+    size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
+                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id);
+    RB_ASSERT(n > 0);
+    c->state = RB_CONN_OPEN;
+    rb_conn_append(c, buf, n);
+    conn_rearm_timer(c);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr);
+}
+
+static void on_frame(rb_conn *c, const rb_frame *f)
+{
+    uint8_t kind = f->hdr.kind;
+    if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
+        conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
+        return;
+    }
+    switch (kind) {
+    case RB_FRAME_HELLO:
+        on_hello(c, f);
+        break;
+    case RB_FRAME_PING: {
+        uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
+        size_t n = rb_frame_encode_pong(buf, sizeof buf, f->hdr.corr_id, f->u.ping.nonce);
+        if (rb_conn_append(c, buf, n) != 0) {
+            conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        }
+        break;
+    }
+    case RB_FRAME_PONG:
+        /* Only the current nonce counts: an old or wrong echo changes nothing. */
+        if (c->pong_wait && f->u.ping.nonce == c->ping_nonce) {
+            c->pong_wait = false;
+            conn_rearm_timer(c);
+        }
+        break;
+    case RB_FRAME_CLOSE:
+        if (f->u.close.status == RB_WIRE_OK) {
+            c->state = RB_CONN_DRAINING;
+            stop_reading(c);
+            c->close_deadline_ms =
+                rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+            conn_rearm_timer(c);
+            rb_conn_maybe_finish_drain(c);
+        } else {
+            RB_LOG_DEBUG(c->id, "client closed with %s", rb_wire_code_name(f->u.close.status));
+            finish_close(c);
+        }
+        break;
+    case RB_FRAME_PUBLISH:
+        rb_owner_on_publish(c, f);
+        break;
+    case RB_FRAME_MUTATE:
+        rb_stream_on_mutate(c, f);
+        break;
+    default: {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
+        conn_fail(c, RB_WIRE_BAD_FRAME, msg);
+        break;
+    }
+    }
+}
+
+static bool conn_reading(const rb_conn *c)
+{
+    return c->state == RB_CONN_HANDSHAKE || c->state == RB_CONN_OPEN;
+}
+
+/* Decodes one whole frame at p and dispatches it; false when the connection
+ * was failed. */
+static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
+{
+    rb_frame f;
+    rb_err err;
+    int rc = rb_frame_decode(p, len, c->shard->server->cfg.max_frame_bytes, &f, &err);
+    if (rc != 0) {
+        conn_fail(c, (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME), err.msg);
+        return false;
+    }
+    on_frame(c, &f);
+    return conn_reading(c);
+}
+
+/* Checks a complete header; false when the connection was failed. */
+static bool check_header(rb_conn *c, const uint8_t *p, rb_frame_header *hdr)
+{
+    rb_err err;
+    int rc = rb_frame_header_decode(p, RB_FRAME_HEADER_BYTES, c->shard->server->cfg.max_frame_bytes,
+                                    hdr, &err);
+    if (rc != 0) {
+        conn_fail(c, (uint16_t)err.cause, err.msg);
+        return false;
+    }
+    return true;
+}
+
+/* Starts buffering a frame of hdr->size bytes whose first `have` bytes are
+ * at p. The buffer is a chunk for frames that fit one, else a large buffer
+ * from the shard's bounded pool of max_frame_bytes buffers. */
+static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t *p, size_t have)
+{
+    rb_shard *sh = c->shard;
+    c->rx_need = hdr->size;
+    c->rx_buf = hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool)
+                                            : rb_pool_get(&sh->rxbig_pool);
+    if (c->rx_buf == NULL) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
+        return false;
+    }
+    memcpy(c->rx_buf, p, have);
+    c->rx_len = (uint32_t)have;
+    if (c->partial_since_ms == 0) {
+        c->partial_since_ms = rb_loop_now_ms(sh->loop);
+        conn_rearm_timer(c);
+    }
+    return true;
+}
+
+static void end_partial(rb_conn *c)
+{
+    rb_shard *sh = c->shard;
+    if (c->rx_buf != NULL) {
+        rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
+        c->rx_buf = NULL;
+    }
+    c->rx_len = 0;
+    c->rx_need = 0;
+    c->hdr_len = 0;
+    c->partial_since_ms = 0;
+}
+
+/* Continues a partly received header or frame; returns bytes consumed or
+ * -1 when the connection was failed. */
+static ssize_t feed_partial(rb_conn *c, const uint8_t *p, size_t len)
+{
+    size_t used = 0;
+    if (c->rx_buf == NULL) {
+        size_t take = RB_FRAME_HEADER_BYTES - c->hdr_len;
+        take = take < len ? take : len;
+        memcpy(c->hdr_bytes + c->hdr_len, p, take);
+        c->hdr_len += (uint32_t)take;
+        used = take;
+        if (c->hdr_len < RB_FRAME_HEADER_BYTES) {
+            return (ssize_t)used;
+        }
+        rb_frame_header hdr;
+        if (!check_header(c, c->hdr_bytes, &hdr)) {
+            return -1;
+        }
+        if (!start_partial(c, &hdr, c->hdr_bytes, RB_FRAME_HEADER_BYTES)) {
+            return -1;
+        }
+        c->hdr_len = 0;
+    }
+    size_t take = c->rx_need - c->rx_len;
+    take = take < len - used ? take : len - used;
+    memcpy(c->rx_buf + c->rx_len, p + used, take);
+    c->rx_len += (uint32_t)take;
+    used += take;
+    if (c->rx_len == c->rx_need) {
+        bool ok = handle_frame(c, c->rx_buf, c->rx_len);
+        end_partial(c);
+        if (!ok) {
+            return -1;
+        }
+    }
+    return (ssize_t)used;
+}
+
+/* The shared frame decoder: whole frames are decoded in place in the
+ * receive buffer; only a frame that straddles buffers is copied. */
+static void conn_feed(rb_conn *c, const uint8_t *p, size_t len)
+{
+    while (len > 0 && conn_reading(c)) {
+        if (c->hdr_len > 0 || c->rx_buf != NULL) {
+            ssize_t used = feed_partial(c, p, len);
+            if (used < 0) {
+                return;
+            }
+            p += used;
+            len -= (size_t)used;
+            continue;
+        }
+        if (len < RB_FRAME_HEADER_BYTES) {
+            memcpy(c->hdr_bytes, p, len);
+            c->hdr_len = (uint32_t)len;
+            if (c->partial_since_ms == 0) {
+                c->partial_since_ms = rb_loop_now_ms(c->shard->loop);
+                conn_rearm_timer(c);
+            }
+            return;
+        }
+        rb_frame_header hdr;
+        if (!check_header(c, p, &hdr)) {
+            return;
+        }
+        if (hdr.size > len) {
+            if (start_partial(c, &hdr, p, len)) {
+                return;
+            }
+            return;
+        }
+        if (!handle_frame(c, p, hdr.size)) {
+            return;
+        }
+        p += hdr.size;
+        len -= hdr.size;
+    }
+}
+
+static void conn_recv_done(rb_op *op, int res, uint32_t flags)
+{
+    rb_conn *c = CONN_FROM(op, recv_op);
+    rb_loop *loop = c->shard->loop;
+    bool more = (flags & RB_LOOP_F_MORE) != 0;
+    if ((flags & RB_LOOP_F_BUFFER) != 0) {
+        uint16_t bid = RB_LOOP_BUFFER_ID(flags);
+        if (res > 0 && conn_reading(c)) {
+            conn_feed(c, rb_loop_buf(loop, bid), (size_t)res);
+        }
+        rb_loop_buf_return(loop, bid);
+    }
+    if (more) {
+        return;
+    }
+    c->recv_armed = false;
+    c->inflight_count--;
+    if (c->state == RB_CONN_CLOSED) {
+        conn_try_free(c);
+        return;
+    }
+    if (res == 0) {
+        RB_LOG_DEBUG(c->id, "peer closed");
+        if (c->state != RB_CONN_CLOSING && c->state != RB_CONN_DRAINING) {
+            finish_close(c);
+        }
+        return;
+    }
+    if (res < 0 && res != -ENOBUFS && res != -EINTR && res != -EAGAIN) {
+        if (res != -ECANCELED) {
+            RB_LOG_DEBUG(c->id, "recv: %s", strerror(-res));
+            finish_close(c);
+        }
+        return;
+    }
+    /* The multishot recv ended (buffers ran dry, or the kernel chose to
+     * stop): re-arm while the connection still reads. */
+    if (conn_reading(c)) {
+        if (rb_loop_recv_multishot(loop, c->fd, &c->recv_op) != 0) {
+            finish_close(c);
+            return;
+        }
+        c->recv_armed = true;
+        c->inflight_count++;
+    }
+}

@@ -1,0 +1,1161 @@
+/* Subscription streams (DESIGN §2 "Single writer per stream", "Catch-up
+ * then live"). Each connection has at most one stream, owned by its shard;
+ * this file is the only code that writes MESSAGES, TOPICS_LIVE and
+ * CATCHUP_COMPLETE to it. Per added topic (an entry):
+ *   1. register live interest on this shard (committed blocks for the topic
+ *      now reach the entry's pending buffer) and ask the owner for its head
+ *      (an RB_INTEREST_SUB or _QUERY record; the reply travels the same FIFO
+ *      queue as the owner's blocks, so every later commit reaches us);
+ *   2. the head is the ceiling; history (cursor, ceiling] is read from
+ *      storage in batches shared across streams (bounded readers per shard);
+ *   3. pending blocks are merged through the high-water mark (seq <= hwm
+ *      dropped; a hole is read from storage, never skipped);
+ *   4. TOPICS_LIVE, then live blocks go straight to the send queue as
+ *      references (no copy per subscriber).
+ * A wave (one Mutate that adds topics) ends with CATCHUP_COMPLETE when all
+ * its entries are live, done (history_only) or removed. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "server/server.h"
+
+/* Waves in flight per stream. */
+#define STREAM_WAVES_MAX 64
+/* Topic entries per shard across all its streams (each ~330 bytes). */
+#define SHARD_ENTRIES_MAX (1u << 22)
+/* Distinct subscribed topics per shard. */
+#define SHARD_SUBTOPICS_MAX (1u << 22)
+/* A catch-up read stops feeding a stream whose send queue is this full
+ * (a fraction of send_queue_bytes), so history never overflows it. */
+#define CATCHUP_PAUSE_DIVISOR 2
+
+enum { E_WAIT_HEAD = 1, E_CATCHUP, E_LIVE };
+
+typedef struct entry entry;
+typedef struct subtopic subtopic;
+
+struct entry {
+    entry *hash_next;
+    entry *tprev;
+    entry *tnext;
+    entry *qnext;
+    rb_stream *stream;
+    subtopic *sub;
+    uint64_t token;
+    uint64_t ceiling;
+    uint64_t hwm; /* highest seq delivered, or the cursor */
+    uint32_t wave; /* wave slot + 1, 0 when not part of a wave */
+    uint8_t state;
+    bool history_only;
+    bool from_now;
+    bool queued;
+    bool reading;
+    bool dead;
+    rb_seg *pend_head;
+    rb_seg *pend_tail;
+    uint64_t pend_bytes;
+    uint8_t name_len;
+    char name[RB_TOPIC_BYTES_MAX + 1];
+};
+
+struct subtopic {
+    subtopic *hash_next;
+    entry *head;
+    uint32_t count;
+    uint8_t name_len;
+    char name[RB_TOPIC_BYTES_MAX + 1];
+};
+
+typedef struct wave {
+    uint64_t mutate_id;
+    uint64_t corr;
+    uint32_t remaining;
+    bool used;
+} wave;
+
+struct rb_stream {
+    rb_conn *conn;
+    entry **buckets;
+    uint32_t bucket_count;
+    uint32_t entry_count;
+    uint32_t wave_count;
+    uint64_t next_token;
+    wave waves[STREAM_WAVES_MAX];
+};
+
+typedef struct reader {
+    rb_read_req req;
+    struct rb_subs *subs;
+    rb_read_range *ranges;
+    entry **entries;
+    uint8_t *arena;
+    bool busy;
+} reader;
+
+/* One unique add of a Mutate, after collapsing duplicates. */
+typedef struct add_item {
+    uint64_t hash;
+    rb_bytes topic;
+    uint64_t cursor;
+    bool now;
+} add_item;
+
+struct rb_subs {
+    rb_shard *shard;
+    subtopic **buckets;
+    uint32_t bucket_count;
+    uint32_t count;
+    rb_pool entry_pool;
+    rb_pool sub_pool;
+    rb_pool stream_pool;
+    entry *q_head;
+    entry *q_tail;
+    reader *readers;
+    uint32_t reader_count;
+    add_item *scratch;
+    uint32_t scratch_cap;
+};
+
+static uint64_t name_hash(const uint8_t *p, size_t len)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < len; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
+
+static void read_done(rb_read_req *req);
+static entry *cq_pop(rb_subs *s);
+
+int rb_stream_shard_init(rb_shard *sh, rb_err *err)
+{
+    const rb_config *cfg = &sh->server->cfg;
+    rb_subs *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: subscriptions", sh->id);
+    }
+    sh->subs = s;
+    s->shard = sh;
+    s->bucket_count = 1024;
+    s->buckets = calloc(s->bucket_count, sizeof *s->buckets);
+    s->reader_count = cfg->catchup_queries_in_flight;
+    s->readers = calloc(s->reader_count, sizeof *s->readers);
+    if (s->buckets == NULL || s->readers == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: subscription tables", sh->id);
+    }
+    /* A reader's arena holds two frames' worth of rows, so one row of any
+     * accepted size always fits. */
+    size_t arena = 2 * (size_t)cfg->max_frame_bytes;
+    for (uint32_t i = 0; i < s->reader_count; i++) {
+        reader *r = &s->readers[i];
+        r->ranges = calloc(cfg->catchup_topics_per_query, sizeof *r->ranges);
+        r->entries = calloc(cfg->catchup_topics_per_query, sizeof *r->entries);
+        r->arena = malloc(arena);
+        if (r->ranges == NULL || r->entries == NULL || r->arena == NULL) {
+            return rb_err_set(err, RB_ENOMEM, 0, "shard %u: catch-up readers", sh->id);
+        }
+        r->req.ranges = r->ranges;
+        r->req.arena = r->arena;
+        r->req.arena_cap = arena;
+        r->req.done = read_done;
+        r->req.ctx = r;
+        r->subs = s;
+    }
+    int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), SHARD_ENTRIES_MAX, err);
+    rc = rc ? rc : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), SHARD_SUBTOPICS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections,
+                           err);
+    return rc;
+}
+
+bool rb_stream_idle(rb_shard *sh)
+{
+    rb_subs *s = sh->subs;
+    for (uint32_t i = 0; i < s->reader_count; i++) {
+        if (s->readers[i].busy) {
+            return false;
+        }
+    }
+    return true;
+}
+
+void rb_stream_shard_deinit(rb_shard *sh)
+{
+    rb_subs *s = sh->subs;
+    if (s == NULL) {
+        return;
+    }
+    /* Entries removed while queued are freed when popped; pop them now. */
+    entry *e;
+    while ((e = cq_pop(s)) != NULL) {
+        RB_ASSERT(e->dead);
+        rb_pool_put(&s->entry_pool, e);
+    }
+    for (uint32_t i = 0; i < s->reader_count; i++) {
+        RB_ASSERT(!s->readers[i].busy);
+        free(s->readers[i].ranges);
+        free(s->readers[i].entries);
+        free(s->readers[i].arena);
+    }
+    free(s->readers);
+    free(s->buckets);
+    free(s->scratch);
+    rb_pool_deinit(&s->stream_pool);
+    rb_pool_deinit(&s->sub_pool);
+    rb_pool_deinit(&s->entry_pool);
+    free(s);
+    sh->subs = NULL;
+}
+
+/* ---- shard subscription index ---- */
+
+static subtopic *sub_find(rb_subs *s, const uint8_t *name, size_t len, uint64_t h)
+{
+    for (subtopic *t = s->buckets[h & (s->bucket_count - 1)]; t != NULL; t = t->hash_next) {
+        if (t->name_len == len && memcmp(t->name, name, len) == 0) {
+            return t;
+        }
+    }
+    return NULL;
+}
+
+static void sub_grow(rb_subs *s)
+{
+    uint32_t n = s->bucket_count * 2;
+    subtopic **b = calloc(n, sizeof *b);
+    if (b == NULL) {
+        return;
+    }
+    for (uint32_t i = 0; i < s->bucket_count; i++) {
+        subtopic *t = s->buckets[i];
+        while (t != NULL) {
+            subtopic *next = t->hash_next;
+            uint64_t h = name_hash((const uint8_t *)t->name, t->name_len) & (n - 1);
+            t->hash_next = b[h];
+            b[h] = t;
+            t = next;
+        }
+    }
+    free(s->buckets);
+    s->buckets = b;
+    s->bucket_count = n;
+}
+
+/* Registers e for live blocks of its topic on this shard; false when a
+ * limit refused it. The owner hears SUB for the first local subscriber. */
+static bool sub_register(rb_subs *s, entry *e)
+{
+    uint64_t h = name_hash((const uint8_t *)e->name, e->name_len);
+    subtopic *t = sub_find(s, (const uint8_t *)e->name, e->name_len, h);
+    uint8_t op = RB_INTEREST_QUERY;
+    if (t == NULL) {
+        t = rb_pool_get(&s->sub_pool);
+        if (t == NULL) {
+            return false;
+        }
+        memset(t, 0, sizeof *t);
+        t->name_len = e->name_len;
+        memcpy(t->name, e->name, e->name_len);
+        if (s->count >= s->bucket_count) {
+            sub_grow(s);
+        }
+        uint32_t b = (uint32_t)(h & (s->bucket_count - 1));
+        t->hash_next = s->buckets[b];
+        s->buckets[b] = t;
+        s->count++;
+        op = RB_INTEREST_SUB;
+    }
+    if (rb_owner_interest(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
+                          e->name_len) != 0) {
+        if (t->count == 0) {
+            /* Undo the new subtopic: nothing was sent for it. */
+            uint32_t b = (uint32_t)(h & (s->bucket_count - 1));
+            s->buckets[b] = t->hash_next;
+            s->count--;
+            rb_pool_put(&s->sub_pool, t);
+        }
+        return false;
+    }
+    e->sub = t;
+    e->tprev = NULL;
+    e->tnext = t->head;
+    if (t->head != NULL) {
+        t->head->tprev = e;
+    }
+    t->head = e;
+    t->count++;
+    return true;
+}
+
+static void sub_unregister(rb_subs *s, entry *e)
+{
+    subtopic *t = e->sub;
+    if (t == NULL) {
+        return;
+    }
+    if (e->tprev != NULL) {
+        e->tprev->tnext = e->tnext;
+    } else {
+        t->head = e->tnext;
+    }
+    if (e->tnext != NULL) {
+        e->tnext->tprev = e->tprev;
+    }
+    e->sub = NULL;
+    RB_ASSERT(t->count > 0);
+    if (--t->count > 0) {
+        return;
+    }
+    if (rb_owner_interest(s->shard, RB_INTEREST_UNSUB, NULL, 0, (const uint8_t *)t->name,
+                          t->name_len) != 0) {
+        /* The owner keeps sending this shard blocks nobody reads; they are
+         * dropped on arrival. */
+        RB_LOG_WARN(0, "topic %s: unsubscribe could not be queued", t->name);
+    }
+    uint64_t h = name_hash((const uint8_t *)t->name, t->name_len);
+    subtopic **pp = &s->buckets[h & (s->bucket_count - 1)];
+    while (*pp != t) {
+        pp = &(*pp)->hash_next;
+    }
+    *pp = t->hash_next;
+    s->count--;
+    rb_pool_put(&s->sub_pool, t);
+}
+
+/* ---- stream entries ---- */
+
+static entry *entry_find(rb_stream *st, const uint8_t *name, size_t len)
+{
+    if (st->bucket_count == 0) {
+        return NULL;
+    }
+    uint64_t h = name_hash(name, len);
+    for (entry *e = st->buckets[h & (st->bucket_count - 1)]; e != NULL; e = e->hash_next) {
+        if (e->name_len == len && memcmp(e->name, name, len) == 0) {
+            return e;
+        }
+    }
+    return NULL;
+}
+
+static bool entry_table_fit(rb_stream *st, uint32_t more)
+{
+    uint32_t want = st->bucket_count == 0 ? 16 : st->bucket_count;
+    while (want < st->entry_count + more) {
+        want *= 2;
+    }
+    if (want == st->bucket_count) {
+        return true;
+    }
+    entry **b = calloc(want, sizeof *b);
+    if (b == NULL) {
+        return false;
+    }
+    for (uint32_t i = 0; i < st->bucket_count; i++) {
+        entry *e = st->buckets[i];
+        while (e != NULL) {
+            entry *next = e->hash_next;
+            uint64_t h = name_hash((const uint8_t *)e->name, e->name_len) & (want - 1);
+            e->hash_next = b[h];
+            b[h] = e;
+            e = next;
+        }
+    }
+    free(st->buckets);
+    st->buckets = b;
+    st->bucket_count = want;
+    return true;
+}
+
+static void entry_unlink(rb_stream *st, entry *e)
+{
+    uint64_t h = name_hash((const uint8_t *)e->name, e->name_len);
+    entry **pp = &st->buckets[h & (st->bucket_count - 1)];
+    while (*pp != e) {
+        pp = &(*pp)->hash_next;
+    }
+    *pp = e->hash_next;
+    st->entry_count--;
+}
+
+static void pending_drop(rb_shard *sh, entry *e)
+{
+    rb_seg *s = e->pend_head;
+    while (s != NULL) {
+        rb_seg *next = s->next;
+        rb_block_unref(s->ref);
+        rb_pool_put(&sh->seg_pool, s);
+        s = next;
+    }
+    e->pend_head = NULL;
+    e->pend_tail = NULL;
+    e->pend_bytes = 0;
+}
+
+/* ---- frames ---- */
+
+static void send_catchup_complete(rb_conn *c, const wave *w)
+{
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
+    size_t n = rb_frame_encode_catchup_complete(buf, sizeof buf, w->corr, w->mutate_id);
+    rb_conn_append(c, buf, n);
+}
+
+static void wave_entry_done(rb_stream *st, entry *e)
+{
+    if (e->wave == 0) {
+        return;
+    }
+    wave *w = &st->waves[e->wave - 1];
+    e->wave = 0;
+    RB_ASSERT(w->used && w->remaining > 0);
+    if (--w->remaining > 0) {
+        return;
+    }
+    if (st->conn->state != RB_CONN_CLOSING && st->conn->state != RB_CONN_CLOSED) {
+        send_catchup_complete(st->conn, w);
+    }
+    w->used = false;
+    st->wave_count--;
+    rb_conn_maybe_finish_drain(st->conn);
+}
+
+/* Removes e from its stream; its memory goes back now or, when a read or
+ * the catch-up queue still holds it, when they let go. */
+static void entry_remove(rb_subs *s, entry *e, bool complete_wave)
+{
+    rb_stream *st = e->stream;
+    sub_unregister(s, e);
+    entry_unlink(st, e);
+    pending_drop(s->shard, e);
+    if (complete_wave) {
+        wave_entry_done(st, e);
+    }
+    e->wave = 0;
+    e->stream = NULL;
+    e->dead = true;
+    if (!e->queued && !e->reading) {
+        rb_pool_put(&s->entry_pool, e);
+    }
+}
+
+static bool conn_live(const rb_conn *c)
+{
+    return c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING;
+}
+
+/* Sends the items of block b after e->hwm as one MESSAGES frame that
+ * references the block. False when the connection was closed for lag. */
+static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
+{
+    rb_conn *c = e->stream->conn;
+    const uint8_t *items = b->data;
+    uint32_t bytes = b->bytes;
+    uint32_t count = b->count;
+    if (b->first_seq <= e->hwm) {
+        /* Skip the items already delivered; the rest are contiguous. */
+        rb_frame_iter it;
+        rb_frame_iter_init(&it, (rb_bytes){b->data, b->bytes}, b->count);
+        rb_message_item m;
+        while (count > 0 && rb_frame_next_item(&it, &m) && m.seq <= e->hwm) {
+            size_t sz = rb_frame_messages_item_size(m.topic.len, m.payload.len);
+            items += sz;
+            bytes -= (uint32_t)sz;
+            count--;
+        }
+    }
+    if (count == 0) {
+        return true;
+    }
+    if (rb_conn_send_full(c, bytes + RB_FRAME_MESSAGES_HEAD_BYTES)) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "subscriber too slow: send queue over %llu bytes at topic %s seq %llu",
+                      (unsigned long long)c->shard->server->cfg.send_queue_bytes, e->name,
+                      (unsigned long long)b->first_seq);
+        return false;
+    }
+    uint8_t *head = rb_conn_reserve(c, RB_FRAME_MESSAGES_HEAD_BYTES);
+    if (head == NULL) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
+        return false;
+    }
+    size_t n = rb_frame_encode_messages_head(head, RB_FRAME_MESSAGES_HEAD_BYTES, 0, mutate_id,
+                                             count, bytes);
+    rb_conn_commit(c, n);
+    if (rb_conn_append_ref(c, b, items, bytes) != 0) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
+        return false;
+    }
+    e->hwm = b->last_seq;
+    return true;
+}
+
+static void send_topics_live(entry *e, const wave *w)
+{
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + 1 + RB_TOPIC_BYTES_MAX];
+    rb_bytes t = {(const uint8_t *)e->name, e->name_len};
+    size_t n = rb_frame_encode_topics_live(buf, sizeof buf, w != NULL ? w->corr : 0, &t, 1);
+    rb_conn_append(e->stream->conn, buf, n);
+}
+
+static uint64_t entry_mutate_id(const entry *e)
+{
+    return e->wave != 0 ? e->stream->waves[e->wave - 1].mutate_id : 0;
+}
+
+static void cq_push(rb_subs *s, entry *e);
+
+/* Catch-up reached the ceiling: merge the pending blocks through the hwm,
+ * then go live (or finish a history_only entry). */
+static void catchup_finish(rb_subs *s, entry *e)
+{
+    rb_shard *sh = s->shard;
+    uint64_t mid = entry_mutate_id(e);
+    while (e->pend_head != NULL) {
+        rb_seg *seg = e->pend_head;
+        rb_block *b = seg->ref;
+        if (b->first_seq > e->hwm + 1) {
+            /* A hole between what we have and what was buffered: read it. */
+            e->ceiling = b->first_seq - 1;
+            e->state = E_CATCHUP;
+            cq_push(s, e);
+            return;
+        }
+        e->pend_head = seg->next;
+        if (e->pend_head == NULL) {
+            e->pend_tail = NULL;
+        }
+        e->pend_bytes -= b->bytes;
+        bool ok = send_block(e, b, mid);
+        rb_block_unref(b);
+        rb_pool_put(&sh->seg_pool, seg);
+        if (!ok) {
+            return;
+        }
+    }
+    rb_stream *st = e->stream;
+    if (e->history_only) {
+        entry_remove(s, e, true);
+        return;
+    }
+    bool announce = e->state != E_LIVE && e->wave != 0;
+    e->state = E_LIVE;
+    if (announce) {
+        send_topics_live(e, &st->waves[e->wave - 1]);
+        wave_entry_done(st, e);
+    }
+}
+
+/* ---- catch-up reads ---- */
+
+static void cq_push(rb_subs *s, entry *e)
+{
+    if (e->queued) {
+        return;
+    }
+    e->queued = true;
+    e->qnext = NULL;
+    if (s->q_tail == NULL) {
+        s->q_head = e;
+    } else {
+        s->q_tail->qnext = e;
+    }
+    s->q_tail = e;
+}
+
+static entry *cq_pop(rb_subs *s)
+{
+    entry *e = s->q_head;
+    if (e != NULL) {
+        s->q_head = e->qnext;
+        if (s->q_head == NULL) {
+            s->q_tail = NULL;
+        }
+        e->queued = false;
+    }
+    return e;
+}
+
+static bool conn_paused(const rb_conn *c)
+{
+    uint64_t limit = c->shard->server->cfg.send_queue_bytes / CATCHUP_PAUSE_DIVISOR;
+    return c->tx_bytes > limit;
+}
+
+static void catchup_pump(rb_subs *s)
+{
+    const rb_config *cfg = &s->shard->server->cfg;
+    for (uint32_t i = 0; i < s->reader_count && s->q_head != NULL; i++) {
+        reader *r = &s->readers[i];
+        if (r->busy) {
+            continue;
+        }
+        uint32_t n = 0;
+        entry *paused_head = NULL;
+        entry *paused_tail = NULL;
+        while (n < cfg->catchup_topics_per_query && s->q_head != NULL) {
+            entry *e = cq_pop(s);
+            if (e->dead) {
+                rb_pool_put(&s->entry_pool, e);
+                continue;
+            }
+            if (conn_paused(e->stream->conn)) {
+                /* Its send queue is full enough; wait for it to drain. */
+                e->qnext = NULL;
+                e->queued = true;
+                if (paused_tail == NULL) {
+                    paused_head = e;
+                } else {
+                    paused_tail->qnext = e;
+                }
+                paused_tail = e;
+                continue;
+            }
+            rb_read_range *rg = &r->ranges[n];
+            memset(rg, 0, sizeof *rg);
+            rg->topic = (rb_bytes){(const uint8_t *)e->name, e->name_len};
+            rg->after = e->hwm;
+            rg->ceiling = e->ceiling;
+            rg->rows_max = cfg->catchup_rows_per_topic;
+            r->entries[n++] = e;
+            e->reading = true;
+        }
+        if (paused_head != NULL) {
+            /* Paused entries go to the back so the rest keep moving. */
+            if (s->q_tail == NULL) {
+                s->q_head = paused_head;
+            } else {
+                s->q_tail->qnext = paused_head;
+            }
+            s->q_tail = paused_tail;
+        }
+        if (n == 0) {
+            return;
+        }
+        r->req.range_count = n;
+        r->req.status = 0;
+        r->req.arena_used = 0;
+        int rc = s->shard->server->storage_ops->read(s->shard->storage, &r->req);
+        if (rc != 0) {
+            for (uint32_t k = 0; k < n; k++) {
+                r->entries[k]->reading = false;
+                cq_push(s, r->entries[k]);
+            }
+            return;
+        }
+        r->busy = true;
+    }
+}
+
+/* Copies the rows of one range into MESSAGES frames of the entry's wave,
+ * each within max_frame_bytes. */
+static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t count)
+{
+    rb_conn *c = e->stream->conn;
+    size_t limit = c->shard->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES;
+    uint64_t mid = entry_mutate_id(e);
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, (rb_bytes){rows, bytes}, count);
+    const uint8_t *start = rows;
+    size_t fbytes = 0;
+    uint32_t fcount = 0;
+    rb_message_item m;
+    bool more = true;
+    while (more) {
+        more = rb_frame_next_item(&it, &m);
+        size_t sz = more ? rb_frame_messages_item_size(m.topic.len, m.payload.len) : 0;
+        if (fcount > 0 && (!more || fbytes + sz > limit)) {
+            uint8_t head[RB_FRAME_MESSAGES_HEAD_BYTES];
+            rb_frame_encode_messages_head(head, sizeof head, 0, mid, fcount, fbytes);
+            if (rb_conn_append(c, head, sizeof head) != 0 ||
+                rb_conn_append(c, start, fbytes) != 0) {
+                rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
+                return false;
+            }
+            start += fbytes;
+            fbytes = 0;
+            fcount = 0;
+        }
+        if (more) {
+            fbytes += sz;
+            fcount++;
+            e->hwm = m.seq;
+        }
+    }
+    return true;
+}
+
+static void range_done(rb_subs *s, entry *e, const rb_read_req *req, const rb_read_range *rg)
+{
+    rb_conn *c = e->stream->conn;
+    if (!conn_live(c)) {
+        return;
+    }
+    if (req->status != 0 || (rg->status != 0 && rg->status != RB_ERANGE)) {
+        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0,
+                           RB_WIRE_UNAVAILABLE, "topic %s: history read failed: %s", e->name,
+                           req->status != 0 ? req->err.msg : "storage error");
+        entry_remove(s, e, true);
+        return;
+    }
+    if (rg->status == RB_ERANGE) {
+        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0,
+                           RB_WIRE_OUT_OF_RANGE,
+                           "topic %s: cursor %llu is older than the oldest retained seq %llu",
+                           e->name, (unsigned long long)e->hwm,
+                           (unsigned long long)rg->oldest_seq);
+        entry_remove(s, e, true);
+        return;
+    }
+    if (rg->row_count > 0 &&
+        !send_rows(e, req->arena + rg->rows_offset, rg->rows_bytes, rg->row_count)) {
+        return;
+    }
+    if (rg->complete || e->hwm >= e->ceiling) {
+        if (e->hwm < e->ceiling) {
+            /* Storage has nothing more below the ceiling. */
+            e->hwm = e->ceiling;
+        }
+        catchup_finish(s, e);
+    } else {
+        cq_push(s, e);
+    }
+}
+
+static void read_done(rb_read_req *req)
+{
+    reader *r = req->ctx;
+    rb_subs *s = r->subs;
+    r->busy = false;
+    for (uint32_t i = 0; i < req->range_count; i++) {
+        entry *e = r->entries[i];
+        e->reading = false;
+        if (e->dead) {
+            if (!e->queued) {
+                rb_pool_put(&s->entry_pool, e);
+            }
+            continue;
+        }
+        range_done(s, e, req, &r->ranges[i]);
+    }
+    catchup_pump(s);
+}
+
+/* ---- head replies from owners ---- */
+
+static void head_ready(rb_subs *s, entry *e, uint64_t head)
+{
+    e->ceiling = head;
+    if (e->from_now) {
+        e->hwm = head;
+    }
+    if (e->hwm >= e->ceiling) {
+        catchup_finish(s, e);
+        return;
+    }
+    e->state = E_CATCHUP;
+    cq_push(s, e);
+}
+
+static void on_head_record(rb_subs *s, const uint8_t *p, const uint8_t **next)
+{
+    uint32_t idx;
+    uint32_t gen;
+    uint64_t token;
+    uint64_t head;
+    int32_t status;
+    uint8_t tlen;
+    p = rb_rec_get(p, &idx, 4);
+    p = rb_rec_get(p, &gen, 4);
+    p = rb_rec_get(p, &token, 8);
+    p = rb_rec_get(p, &head, 8);
+    p = rb_rec_get(p, &status, 4);
+    p = rb_rec_get(p, &tlen, 1);
+    *next = p + tlen;
+    rb_conn *c = rb_conn_lookup(s->shard, idx, gen);
+    if (c == NULL || c->stream == NULL || !conn_live(c)) {
+        return;
+    }
+    entry *e = entry_find(c->stream, p, tlen);
+    if (e == NULL || e->token != token || e->state != E_WAIT_HEAD) {
+        return;
+    }
+    if (status != 0) {
+        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0,
+                           RB_WIRE_UNAVAILABLE, "topic %s: storage unavailable", e->name);
+        entry_remove(s, e, true);
+        return;
+    }
+    head_ready(s, e, head);
+}
+
+/* ---- live blocks ---- */
+
+static void pending_add(rb_subs *s, entry *e, rb_block *b)
+{
+    rb_conn *c = e->stream->conn;
+    uint64_t limit = s->shard->server->cfg.pending_buffer_bytes;
+    if (e->pend_bytes + b->bytes > limit) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "topic %s: live messages buffered during catch-up exceed %llu bytes",
+                      e->name, (unsigned long long)limit);
+        return;
+    }
+    rb_seg *seg = rb_pool_get(&s->shard->seg_pool);
+    if (seg == NULL) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server buffers exhausted");
+        return;
+    }
+    memset(seg, 0, sizeof *seg);
+    rb_block_ref(b);
+    seg->ref = b;
+    if (e->pend_tail == NULL) {
+        e->pend_head = seg;
+    } else {
+        e->pend_tail->next = seg;
+    }
+    e->pend_tail = seg;
+    e->pend_bytes += b->bytes;
+}
+
+static void on_block(rb_subs *s, rb_block *b)
+{
+    uint64_t h = name_hash((const uint8_t *)b->topic, b->topic_len);
+    subtopic *t = sub_find(s, (const uint8_t *)b->topic, b->topic_len, h);
+    if (t == NULL) {
+        return;
+    }
+    entry *e = t->head;
+    while (e != NULL) {
+        /* Delivery may close the connection and remove its entries. */
+        entry *next = e->tnext;
+        rb_conn *c = e->stream->conn;
+        if (!conn_live(c) || b->last_seq <= e->hwm) {
+            e = next;
+            continue;
+        }
+        if (e->state != E_LIVE) {
+            pending_add(s, e, b);
+        } else if (b->first_seq > e->hwm + 1) {
+            /* A seq jump (a lost fan-out): repair from storage, then this
+             * block, without announcing the topic again. */
+            pending_add(s, e, b);
+            e->ceiling = b->first_seq - 1;
+            e->state = E_CATCHUP;
+            cq_push(s, e);
+        } else {
+            send_block(e, b, 0);
+        }
+        e = next;
+    }
+}
+
+void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m)
+{
+    rb_subs *s = sh->subs;
+    if (m->kind == RB_XK_BLOCK) {
+        on_block(s, m->ptr);
+    } else if (m->kind == RB_XK_HEAD) {
+        const uint8_t *p = m->data;
+        for (uint32_t i = 0; i < m->count; i++) {
+            on_head_record(s, p, &p);
+        }
+        RB_ASSERT(p == m->data + m->bytes);
+    }
+    rb_xmsg_put(m);
+    catchup_pump(s);
+}
+
+/* ---- MUTATE ---- */
+
+static int add_cmp(const void *a, const void *b)
+{
+    const add_item *x = a;
+    const add_item *y = b;
+    if (x->hash != y->hash) {
+        return x->hash < y->hash ? -1 : 1;
+    }
+    if (x->topic.len != y->topic.len) {
+        return x->topic.len < y->topic.len ? -1 : 1;
+    }
+    return memcmp(x->topic.ptr, y->topic.ptr, x->topic.len);
+}
+
+/* Collects the adds into the shard's scratch array, sorted, with duplicate
+ * topics collapsed to the lowest cursor ("now" is above every seq).
+ * Returns the unique count, or -1 when the scratch cannot grow. */
+static int collect_adds(rb_subs *s, const rb_frame *f)
+{
+    uint32_t n = f->u.mutate.add_count;
+    if (n > s->scratch_cap) {
+        add_item *a = realloc(s->scratch, (size_t)n * sizeof *a);
+        if (a == NULL) {
+            return -1;
+        }
+        s->scratch = a;
+        s->scratch_cap = n;
+    }
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, f->u.mutate.adds, n);
+    rb_mutate_add add;
+    uint32_t i = 0;
+    while (rb_frame_next_add(&it, &add)) {
+        s->scratch[i++] = (add_item){.hash = name_hash(add.topic.ptr, add.topic.len),
+                                     .topic = add.topic,
+                                     .cursor = add.cursor,
+                                     .now = add.cursor_kind == RB_CURSOR_NOW};
+    }
+    qsort(s->scratch, n, sizeof *s->scratch, add_cmp);
+    uint32_t u = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        add_item *cur = &s->scratch[k];
+        if (u > 0 && add_cmp(&s->scratch[u - 1], cur) == 0) {
+            add_item *keep = &s->scratch[u - 1];
+            if (keep->now || (!cur->now && cur->cursor < keep->cursor)) {
+                keep->now = cur->now;
+                keep->cursor = cur->cursor;
+            }
+            continue;
+        }
+        s->scratch[u++] = *cur;
+    }
+    return (int)u;
+}
+
+static bool mutate_error(rb_conn *c, uint64_t corr, uint16_t code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static bool mutate_error(rb_conn *c, uint64_t corr, uint16_t code, const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    rb_conn_send_error(c, corr, code, "MUTATE: %s", msg);
+    return false;
+}
+
+/* Checks the whole Mutate before any part applies. */
+static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t unique)
+{
+    const rb_config *cfg = &s->shard->server->cfg;
+    uint64_t corr = f->hdr.corr_id;
+    uint64_t mid = f->u.mutate.mutate_id;
+    rb_stream *st = c->stream;
+    bool history_only = (f->u.mutate.flags & RB_MUTATE_HISTORY_ONLY) != 0;
+    rb_err err;
+    if (unique > 0) {
+        if (mid == 0) {
+            return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
+                                "mutate_id must be nonzero when adding topics");
+        }
+        for (uint32_t i = 0; st != NULL && i < STREAM_WAVES_MAX; i++) {
+            if (st->waves[i].used && st->waves[i].mutate_id == mid) {
+                return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
+                                    "mutate_id %llu is a wave still in flight",
+                                    (unsigned long long)mid);
+            }
+        }
+        if (st != NULL && st->wave_count >= STREAM_WAVES_MAX) {
+            return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
+                                "more than %d waves in flight", STREAM_WAVES_MAX);
+        }
+    }
+    uint64_t total = st != NULL ? st->entry_count : 0;
+    for (uint32_t i = 0; i < unique; i++) {
+        add_item *a = &s->scratch[i];
+        if (rb_topic_validate(a->topic, true, &err) != 0) {
+            return mutate_error(c, corr, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
+        }
+        entry *e = st != NULL ? entry_find(st, a->topic.ptr, a->topic.len) : NULL;
+        if (e != NULL && history_only) {
+            return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
+                                "history_only add of topic %.*s that is live or catching up",
+                                (int)a->topic.len, (const char *)a->topic.ptr);
+        }
+        total += e == NULL ? 1 : 0;
+    }
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, f->u.mutate.removes, f->u.mutate.remove_count);
+    rb_bytes topic;
+    while (rb_frame_next_topic(&it, &topic)) {
+        if (rb_topic_validate(topic, true, &err) != 0) {
+            return mutate_error(c, corr, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
+        }
+    }
+    if (total > cfg->topics_per_stream + (uint64_t)f->u.mutate.remove_count) {
+        return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
+                            "a stream may hold at most %u topics", cfg->topics_per_stream);
+    }
+    return true;
+}
+
+static rb_stream *stream_get(rb_subs *s, rb_conn *c)
+{
+    if (c->stream == NULL) {
+        rb_stream *st = rb_pool_get(&s->stream_pool);
+        if (st == NULL) {
+            return NULL;
+        }
+        memset(st, 0, sizeof *st);
+        st->conn = c;
+        c->stream = st;
+    }
+    return c->stream;
+}
+
+static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t wave_slot,
+                        bool history_only)
+{
+    entry *e = rb_pool_get(&s->entry_pool);
+    if (e == NULL) {
+        return NULL;
+    }
+    memset(e, 0, sizeof *e);
+    e->stream = st;
+    e->token = ++st->next_token;
+    e->name_len = (uint8_t)a->topic.len;
+    memcpy(e->name, a->topic.ptr, a->topic.len);
+    e->hwm = a->now ? 0 : a->cursor;
+    e->from_now = a->now;
+    e->history_only = history_only;
+    e->state = E_WAIT_HEAD;
+    e->wave = wave_slot + 1;
+    uint64_t h = a->hash & (st->bucket_count - 1);
+    e->hash_next = st->buckets[h];
+    st->buckets[h] = e;
+    st->entry_count++;
+    int rc;
+    if (history_only) {
+        rc = rb_owner_interest(s->shard, RB_INTEREST_QUERY, st->conn, e->token,
+                               (const uint8_t *)e->name, e->name_len);
+    } else {
+        rc = sub_register(s, e) ? 0 : RB_ELIMIT;
+    }
+    if (rc != 0) {
+        entry_unlink(st, e);
+        rb_pool_put(&s->entry_pool, e);
+        return NULL;
+    }
+    return e;
+}
+
+static void apply_removes(rb_subs *s, rb_stream *st, const rb_frame *f)
+{
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, f->u.mutate.removes, f->u.mutate.remove_count);
+    rb_bytes topic;
+    while (rb_frame_next_topic(&it, &topic)) {
+        entry *e = entry_find(st, topic.ptr, topic.len);
+        if (e != NULL) {
+            entry_remove(s, e, true);
+        }
+    }
+}
+
+static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t unique)
+{
+    bool history_only = (f->u.mutate.flags & RB_MUTATE_HISTORY_ONLY) != 0;
+    uint32_t slot = 0;
+    while (st->waves[slot].used) {
+        slot++;
+    }
+    wave *w = &st->waves[slot];
+    *w = (wave){.mutate_id = f->u.mutate.mutate_id, .corr = f->hdr.corr_id, .used = true};
+    st->wave_count++;
+    /* Held by the wave itself until every add is placed, so an entry that
+     * completes at once cannot end the wave early. */
+    w->remaining = 1;
+    for (uint32_t i = 0; i < unique; i++) {
+        add_item *a = &s->scratch[i];
+        entry *e = entry_find(st, a->topic.ptr, a->topic.len);
+        if (e != NULL) {
+            /* Re-add: replay only from below what was already sent. */
+            if (a->now || a->cursor >= e->hwm) {
+                continue;
+            }
+            entry_remove(s, e, true);
+        }
+        w->remaining++;
+        if (entry_add(s, st, a, slot, history_only) == NULL) {
+            w->remaining--;
+            rb_conn_send_error(st->conn, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                               "topic %.*s: subscription limit of this shard reached",
+                               (int)a->topic.len, (const char *)a->topic.ptr);
+        }
+    }
+    entry dummy = {.stream = st, .wave = slot + 1};
+    wave_entry_done(st, &dummy);
+}
+
+void rb_stream_on_mutate(rb_conn *c, const rb_frame *f)
+{
+    rb_subs *s = c->shard->subs;
+    if (c->state != RB_CONN_OPEN) {
+        return;
+    }
+    int unique = collect_adds(s, f);
+    if (unique < 0) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                           "MUTATE: no memory for %u adds", f->u.mutate.add_count);
+        return;
+    }
+    if (!mutate_valid(s, c, f, (uint32_t)unique)) {
+        return;
+    }
+    rb_stream *st = stream_get(s, c);
+    if (st == NULL || !entry_table_fit(st, (uint32_t)unique)) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                           "MUTATE: stream limit of this shard reached");
+        return;
+    }
+    apply_removes(s, st, f);
+    if (unique > 0) {
+        apply_adds(s, st, f, (uint32_t)unique);
+    } else {
+        wave w = {.mutate_id = f->u.mutate.mutate_id, .corr = f->hdr.corr_id};
+        send_catchup_complete(c, &w);
+    }
+    catchup_pump(s);
+}
+
+/* ---- connection hooks ---- */
+
+void rb_stream_conn_closed(rb_conn *c)
+{
+    rb_stream *st = c->stream;
+    if (st == NULL) {
+        return;
+    }
+    rb_subs *s = c->shard->subs;
+    for (uint32_t i = 0; i < st->bucket_count; i++) {
+        while (st->buckets[i] != NULL) {
+            entry_remove(s, st->buckets[i], false);
+        }
+    }
+    RB_ASSERT(st->entry_count == 0);
+    free(st->buckets);
+    c->stream = NULL;
+    rb_pool_put(&s->stream_pool, st);
+}
+
+bool rb_stream_waves_done(rb_conn *c)
+{
+    return c->stream == NULL || c->stream->wave_count == 0;
+}
+
+void rb_stream_on_send_drained(rb_conn *c)
+{
+    rb_conn_maybe_finish_drain(c);
+    if (c->stream != NULL) {
+        catchup_pump(c->shard->subs);
+    }
+}

@@ -1,0 +1,126 @@
+/* The storage interface (DESIGN §2): append a batch of messages to a topic
+ * (returns the committed seq range), read ranges for many (topic, after,
+ * ceiling) at once, and read heads. Two backends implement it: memory (the
+ * embedded default) and postgres.
+ *
+ * Requests are caller-owned structs (no allocation per request): fill the
+ * inputs, call the function, and the request's done callback runs exactly
+ * once, later, on the calling shard's loop thread (never before the call
+ * returns). A request and everything its inputs point to belong to the
+ * backend from the call until done runs. */
+#ifndef RB_STORAGE_STORAGE_H
+#define RB_STORAGE_STORAGE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/err.h"
+#include "common/frame.h"
+#include "common/loop.h"
+#include "config/config.h"
+
+typedef struct rb_storage rb_storage;             /* one per process */
+typedef struct rb_storage_shard rb_storage_shard; /* one per shard, used on its thread */
+
+/* Append: payloads[0..count) become seqs first_seq..last_seq of topic, in
+ * order, committed before done runs with status 0. On failure status is a
+ * negative RB_E code (RB_ESTORAGE: backend down, ack nothing) and err says
+ * why. */
+typedef struct rb_append_req rb_append_req;
+struct rb_append_req {
+    /* in */
+    rb_bytes topic;
+    const rb_bytes *payloads;
+    uint32_t count;
+    void (*done)(rb_append_req *req);
+    void *ctx;
+    /* out */
+    int status;
+    rb_err err;
+    uint64_t first_seq;
+    uint64_t last_seq;
+    /* backend-private */
+    rb_task task;
+    rb_append_req *next;
+};
+
+/* One range of a read: rows with after < seq <= ceiling, oldest first, at
+ * most rows_max of them, and as many as fit in the request's arena. */
+typedef struct rb_read_range {
+    /* in */
+    rb_bytes topic;
+    uint64_t after;
+    uint64_t ceiling;
+    uint32_t rows_max;
+    /* out */
+    int status;          /* 0, or RB_ERANGE: after+1 is older than retained */
+    uint32_t row_count;  /* rows written to the arena for this range */
+    size_t rows_offset;  /* where they start in the arena */
+    size_t rows_bytes;   /* how many arena bytes they take */
+    uint64_t last_seq;   /* seq of the last row returned (after when none) */
+    bool complete;       /* true when last_seq reached ceiling (or no more rows) */
+    uint64_t oldest_seq; /* oldest retained seq of the topic (0 when empty) */
+} rb_read_range;
+
+/* Rows are written to the arena as MESSAGES items
+ * (rb_frame_encode_messages_item: topic, seq, payload), range after range,
+ * so that they can be copied straight into a frame. A range whose next row
+ * does not fit stops there (complete = false); the arena holds at least one
+ * row of any size the daemon accepts when arena_cap >= max_frame_bytes. */
+typedef struct rb_read_req rb_read_req;
+struct rb_read_req {
+    /* in */
+    rb_read_range *ranges;
+    uint32_t range_count;
+    uint8_t *arena;
+    size_t arena_cap;
+    void (*done)(rb_read_req *req);
+    void *ctx;
+    /* out */
+    int status; /* 0 (each range has its own status) or a whole-request error */
+    rb_err err;
+    size_t arena_used;
+    /* backend-private */
+    rb_task task;
+    rb_read_req *next;
+};
+
+/* Heads: the committed head (last seq, 0 when empty) of each topic. */
+typedef struct rb_heads_req rb_heads_req;
+struct rb_heads_req {
+    /* in */
+    const rb_bytes *topics;
+    uint32_t count;
+    uint64_t *heads; /* caller's array of count, filled before done */
+    void (*done)(rb_heads_req *req);
+    void *ctx;
+    /* out */
+    int status;
+    rb_err err;
+    /* backend-private */
+    rb_task task;
+    rb_heads_req *next;
+};
+
+typedef struct rb_storage_ops {
+    const char *name;
+    int (*open)(const rb_config *cfg, rb_storage **out, rb_err *err);
+    void (*close)(rb_storage *st);
+    /* On the shard's thread, after its loop exists. */
+    int (*shard_open)(rb_storage *st, rb_loop *loop, uint32_t shard_id, rb_storage_shard **out,
+                      rb_err *err);
+    void (*shard_close)(rb_storage_shard *sh);
+    /* Each returns 0 (done will run) or a negative RB_E code (done never
+     * runs), e.g. RB_ELIMIT when the shard's in-flight bound is reached. */
+    int (*append)(rb_storage_shard *sh, rb_append_req *req);
+    int (*read)(rb_storage_shard *sh, rb_read_req *req);
+    int (*heads)(rb_storage_shard *sh, rb_heads_req *req);
+} rb_storage_ops;
+
+extern const rb_storage_ops rb_storage_memory_ops;
+
+/* The ops for cfg->storage_backend, or NULL when not built in. */
+const rb_storage_ops *rb_storage_ops_for(const rb_config *cfg);
+
+#endif

@@ -1,0 +1,159 @@
+"""Fixtures for integration tests: the real ringbusd, started from a TOML
+file in a temp dir on free 127.0.0.1 ports, waited for until it accepts,
+stopped with SIGTERM and a bounded wait. A daemon whose log shows an
+assertion or a sanitizer report fails the test that started it."""
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD = pathlib.Path(os.environ.get("RINGBUS_BUILD", "build/release"))
+if not BUILD.is_absolute():
+    BUILD = ROOT / BUILD
+RINGBUSD = BUILD / "ringbusd"
+RINGBUS = BUILD / "ringbus"
+
+# Lines that mean the daemon broke, whatever the test itself saw.
+BAD_LOG_MARKERS = (
+    "assertion failed",
+    "AddressSanitizer",
+    "UndefinedBehaviorSanitizer",
+    "LeakSanitizer",
+    "runtime error:",
+    "ThreadSanitizer",
+)
+
+STOP_WAIT_S = 15
+READY_WAIT_S = 15
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    """One running ringbusd."""
+
+    def __init__(self, tmp_path, shards=2, extra="", listeners=None, env=None):
+        self.dir = tmp_path
+        self.port = free_port()
+        self.config_path = tmp_path / "ringbusd.toml"
+        self.log_path = tmp_path / "ringbusd.log"
+        if listeners is None:
+            listeners = (
+                f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\n'
+                f"port = {self.port}\n"
+            )
+        self.config_text = f"shards = {shards}\nlog_level = \"debug\"\n{extra}\n{listeners}"
+        self.config_path.write_text(self.config_text)
+        self.env = dict(os.environ)
+        self.env.setdefault("ASAN_OPTIONS", "abort_on_error=1:detect_leaks=1")
+        self.env.setdefault("UBSAN_OPTIONS", "halt_on_error=1:print_stacktrace=1")
+        if env:
+            self.env.update(env)
+        self.proc = None
+        self.url = f"tcp://127.0.0.1:{self.port}"
+
+    def start(self):
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(RINGBUSD), "--config", str(self.config_path)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+        )
+        deadline = time.monotonic() + READY_WAIT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"ringbusd exited early:\n{self.log()}")
+            if "ready:" in self.log():
+                return self
+            time.sleep(0.02)
+        raise AssertionError(f"ringbusd not ready in {READY_WAIT_S}s:\n{self.log()}")
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def bad_log_lines(self):
+        return [l for l in self.log().splitlines() if any(m in l for m in BAD_LOG_MARKERS)]
+
+    def stop(self, sig=signal.SIGTERM):
+        """Stops the daemon; returns its exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError(f"ringbusd did not stop in {STOP_WAIT_S}s:\n{self.log()}")
+        self._log.close()
+        rc = self.proc.returncode
+        self.proc = None
+        return rc
+
+    def kill9(self):
+        self.proc.kill()
+        self.proc.wait()
+        self._log.close()
+        self.proc = None
+
+    def rss_kib(self):
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+
+@pytest.fixture
+def make_daemon(tmp_path):
+    started = []
+
+    def make(**kw):
+        sub = tmp_path / f"d{len(started)}"
+        sub.mkdir()
+        d = Daemon(sub, **kw)
+        started.append(d)
+        return d.start()
+
+    yield make
+    problems = []
+    for d in started:
+        rc = d.stop()
+        bad = d.bad_log_lines()
+        if bad:
+            problems.append(f"daemon log has sanitizer/assert lines: {bad}\n{d.log()[-4000:]}")
+        if rc not in (None, 0):
+            problems.append(f"daemon exited {rc}\n{d.log()[-4000:]}")
+    if problems:
+        pytest.fail("\n".join(problems))
+
+
+@pytest.fixture
+def daemon(make_daemon):
+    return make_daemon()
+
+
+def run_cli(*args, input=None, timeout=30):
+    """Runs the ringbus CLI; returns CompletedProcess with text output."""
+    return subprocess.run(
+        [str(RINGBUS), *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )

@@ -1,0 +1,211 @@
+"""A non-blocking protocol client and a checker of the stream contract
+(DESIGN §1): per topic, seqs dense and in order, no gap, no duplicate,
+markers in their place. Used by the stream tests to drive many connections
+from one thread."""
+
+import selectors
+import socket
+import time
+
+import rbproto as rp
+
+
+class Client:
+    """One connection driven by a Driver: frames decoded as they arrive,
+    server PINGs answered, events handed to on_frame."""
+
+    def __init__(self, driver, port, name="c"):
+        self.driver = driver
+        self.name = name
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.setblocking(False)
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.closed = False
+        self.frames_in = 0
+        self.errors = []
+        self.close_frame = None
+        driver.add(self)
+        self.send(rp.encode_hello(1, name=name))
+
+    def send(self, data):
+        self.outbuf += data
+        self.flush()
+
+    def flush(self):
+        while self.outbuf and not self.closed:
+            try:
+                n = self.sock.send(self.outbuf)
+            except BlockingIOError:
+                break
+            except (BrokenPipeError, ConnectionResetError):
+                self.closed = True
+                break
+            del self.outbuf[:n]
+
+    def on_readable(self):
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            self.driver.remove(self)
+            return
+        self.inbuf += data
+        while True:
+            f, n = rp.decode(self.inbuf)
+            if f is None:
+                break
+            del self.inbuf[:n]
+            self.frames_in += 1
+            if f.kind == rp.PING:
+                self.send(rp.encode_pong(0, f["nonce"]))
+                continue
+            if f.kind == rp.ERROR:
+                self.errors.append(f)
+            if f.kind == rp.CLOSE:
+                self.close_frame = f
+            self.on_frame(f)
+
+    def on_frame(self, f):
+        pass
+
+    def close(self):
+        if not self.closed:
+            self.closed = True
+            self.driver.remove(self)
+        self.sock.close()
+
+
+class Driver:
+    """Runs many Clients from one thread until a condition holds."""
+
+    def __init__(self):
+        self.sel = selectors.DefaultSelector()
+
+    def add(self, c):
+        self.sel.register(c.sock, selectors.EVENT_READ, c)
+
+    def remove(self, c):
+        try:
+            self.sel.unregister(c.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def step(self, timeout=0.05):
+        for key, _ in self.sel.select(timeout=timeout):
+            key.data.on_readable()
+        for key in list(self.sel.get_map().values()):
+            key.data.flush()
+
+    def run_until(self, cond, timeout, what="condition"):
+        deadline = time.monotonic() + timeout
+        while not cond():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            self.step()
+
+
+class Publisher(Client):
+    """Pipelines publishes; records every ack per topic."""
+
+    def __init__(self, driver, port, name="pub"):
+        super().__init__(driver, port, name)
+        self.corr = 1
+        self.inflight = {}  # corr -> topic
+        self.acks = {}  # topic -> [seq...] in ack order
+        self.started = False
+
+    def publish(self, topic, payload):
+        self.corr += 1
+        self.inflight[self.corr] = topic
+        self.send(rp.encode_publish(self.corr, topic, payload))
+
+    def on_frame(self, f):
+        if f.kind == rp.STARTED:
+            self.started = True
+        elif f.kind == rp.PUBLISH_ACK:
+            topic = self.inflight.pop(f.corr)
+            assert topic == f["topic"], (topic, f)
+            self.acks.setdefault(topic, []).append(f["seq"])
+        elif f.kind == rp.ERROR:
+            raise AssertionError(f"{self.name}: publish error {f.fields}")
+
+
+class Subscriber(Client):
+    """Tracks, per topic, the episode opened by an add and checks every
+    message against it: the first seq is cursor+1 (or above the head known
+    when a `now` add was sent), then each next seq is the previous + 1."""
+
+    def __init__(self, driver, port, name="sub", strict_errors=True):
+        super().__init__(driver, port, name)
+        self.expect = {}  # topic -> next seq expected, or ("now", bound)
+        self.removing = {}  # mutate_id -> [topics]
+        self.wave_topics = {}  # mutate_id -> set of topics awaiting TOPICS_LIVE
+        self.live = set()
+        self.completed = []
+        self.messages = []  # (topic, seq, payload, mutate_id)
+        self.last = {}  # topic -> last seq seen
+        self.next_mutate = 1
+        self.strict_errors = strict_errors
+        self.problems = []
+
+    def mutate(self, adds=(), removes=(), history_only=False, now_bounds=None):
+        mid = self.next_mutate
+        self.next_mutate += 1
+        for topic, cursor in adds:
+            if cursor == "now":
+                self.expect[topic] = ("now", (now_bounds or {}).get(topic, 0))
+            else:
+                self.expect[topic] = cursor + 1
+            self.live.discard(topic)
+        self.removing[mid] = [t for t in removes if t not in {a for a, _ in adds}]
+        self.wave_topics[mid] = {t for t, _ in adds} if not history_only else set()
+        self.send(rp.encode_mutate(mid, mid, adds=adds, removes=removes,
+                                   history_only=history_only))
+        return mid
+
+    def on_frame(self, f):
+        if f.kind == rp.MESSAGES:
+            for topic, seq, payload in f["items"]:
+                self.check_message(topic, seq)
+                self.messages.append((topic, seq, payload, f["mutate_id"]))
+        elif f.kind == rp.TOPICS_LIVE:
+            for t in f["topics"]:
+                self.live.add(t)
+                for mid, pending in self.wave_topics.items():
+                    pending.discard(t)
+        elif f.kind == rp.CATCHUP_COMPLETE:
+            mid = f["mutate_id"]
+            if mid in self.completed:
+                self.problems.append(f"{self.name}: second CATCHUP_COMPLETE for {mid}")
+            if self.wave_topics.get(mid):
+                self.problems.append(
+                    f"{self.name}: CATCHUP_COMPLETE {mid} before TOPICS_LIVE of "
+                    f"{sorted(self.wave_topics[mid])}")
+            self.completed.append(mid)
+            for t in self.removing.pop(mid, []):
+                self.expect.pop(t, None)
+                self.live.discard(t)
+        elif f.kind == rp.ERROR and self.strict_errors:
+            self.problems.append(f"{self.name}: error {f.fields}")
+
+    def check_message(self, topic, seq):
+        exp = self.expect.get(topic)
+        if exp is None:
+            self.problems.append(f"{self.name}: message {topic}#{seq} on a topic not subscribed")
+            return
+        if isinstance(exp, tuple):
+            if seq <= exp[1]:
+                self.problems.append(
+                    f"{self.name}: {topic}#{seq} delivered for a 'now' add whose head was "
+                    f">= {exp[1]}")
+        elif seq != exp:
+            kind = "gap" if seq > exp else "duplicate or reorder"
+            self.problems.append(f"{self.name}: {kind} on {topic}: got {seq}, expected {exp}")
+        self.expect[topic] = seq + 1
+        self.last[topic] = seq

@@ -1,0 +1,301 @@
+"""The `ringbus` CLI against the real daemon: ping, pub, sub and stream,
+their JSON lines, exit statuses and one-line errors."""
+
+import json
+import queue
+import re
+import subprocess
+import threading
+import time
+
+from conftest import RINGBUS, free_port, run_cli
+
+LINE_WAIT_S = 10
+
+
+class Live:
+    """A CLI process whose stdout lines are read as they come."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen(
+            [str(RINGBUS), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+        self.lines = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def send(self, command):
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+
+    def event(self, timeout=LINE_WAIT_S):
+        line = self.lines.get(timeout=timeout)
+        assert line is not None, f"stdout ended; stderr: {self.proc.stderr.read()}"
+        return json.loads(line)
+
+    def until(self, pred, timeout=LINE_WAIT_S):
+        """Events up to and including the first that satisfies pred."""
+        seen = []
+        deadline = time.monotonic() + timeout
+        while True:
+            ev = self.event(timeout=max(0.01, deadline - time.monotonic()))
+            seen.append(ev)
+            if pred(ev):
+                return seen
+
+    def finish(self, timeout=LINE_WAIT_S):
+        """Closes stdin, waits; returns (exit status, remaining events)."""
+        if not self.proc.stdin.closed:
+            self.proc.stdin.close()
+        rc = self.proc.wait(timeout=timeout)
+        rest = []
+        while True:
+            line = self.lines.get(timeout=timeout)
+            if line is None:
+                return rc, rest
+            rest.append(json.loads(line))
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def events(stdout):
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def publish(d, topic, payloads):
+    out = run_cli("--url", d.url, "pub", topic, input="".join(p + "\n" for p in payloads))
+    assert out.returncode == 0, out.stderr
+    return [ev["seq"] for ev in events(out.stdout)]
+
+
+def test_ping_prints_round_trip_time(daemon):
+    out = run_cli("--url", daemon.url, "ping", "--count", "3")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 3
+    for line in lines:
+        assert re.fullmatch(r"pong from \S+: rtt \d+\.\d{3} ms", line), line
+
+
+def test_pub_stdin_acks_every_line_in_order_then_sub_sees_exactly_them(daemon):
+    payloads = [f"m{i}" for i in range(1, 201)]
+    out = run_cli("--url", daemon.url, "pub", "orders", input="\n".join(payloads) + "\n")
+    assert out.returncode == 0, out.stderr
+    acks = events(out.stdout)
+    assert acks == [{"topic": "orders", "seq": i} for i in range(1, 201)]
+
+    out = run_cli("--url", daemon.url, "sub", "--count", "200", "--timeout", "10", "orders@0")
+    assert out.returncode == 0, out.stderr
+    msgs = [ev for ev in events(out.stdout) if ev["event"] == "message"]
+    assert [m["seq"] for m in msgs] == list(range(1, 201))
+    assert [m["data"] for m in msgs] == payloads
+    assert all(m["topic"] == "orders" for m in msgs)
+
+
+def test_pub_pipelines_many_lines_without_a_round_trip_each(daemon):
+    count = 20000
+    start = time.monotonic()
+    out = run_cli("--url", daemon.url, "pub", "bulk",
+                  input="".join(f"{i}\n" for i in range(count)), timeout=60)
+    elapsed = time.monotonic() - start
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == count
+    assert json.loads(lines[-1]) == {"topic": "bulk", "seq": count}
+    # One round trip per line, or a stall per window, would take far longer.
+    assert elapsed < 15, elapsed
+
+
+def test_pub_payload_argument_publishes_once(daemon):
+    out = run_cli("--url", daemon.url, "pub", "one", "hello world")
+    assert out.returncode == 0, out.stderr
+    assert events(out.stdout) == [{"topic": "one", "seq": 1}]
+    out = run_cli("--url", daemon.url, "sub", "--history-only", "--timeout", "10", "one@0")
+    msgs = [ev for ev in events(out.stdout) if ev["event"] == "message"]
+    assert [m["data"] for m in msgs] == ["hello world"]
+
+
+def test_pub_error_ack_prints_error_line_and_fails(daemon):
+    out = run_cli("--url", daemon.url, "pub", "bad topic", "x")
+    assert out.returncode != 0
+    (ev,) = events(out.stdout)
+    assert ev["event"] == "error"
+    assert ev["code"] == "invalid_topic"
+    assert ev["message"]
+
+
+def test_sub_cursor_after_seq_skips_older_messages(daemon):
+    publish(daemon, "t", ["a", "b", "c", "d"])
+    out = run_cli("--url", daemon.url, "sub", "--count", "2", "--timeout", "10", "t@2")
+    assert out.returncode == 0, out.stderr
+    msgs = [ev for ev in events(out.stdout) if ev["event"] == "message"]
+    assert [(m["seq"], m["data"]) for m in msgs] == [(3, "c"), (4, "d")]
+
+
+def test_sub_without_cursor_sees_only_new_messages(daemon):
+    publish(daemon, "news", ["old1", "old2", "old3"])
+    sub = Live("--url", daemon.url, "sub", "--count", "1", "--timeout", "20", "news")
+    try:
+        first = sub.until(lambda ev: ev["event"] == "catchup_complete")
+        assert {"event": "topics_live", "topics": ["news"]} in first
+        assert not [ev for ev in first if ev["event"] == "message"]
+        assert publish(daemon, "news", ["fresh"]) == [4]
+        rc, rest = sub.finish()
+        assert rc == 0
+        assert [(ev["seq"], ev["data"]) for ev in rest] == [(4, "fresh")]
+    finally:
+        sub.kill()
+
+
+def test_sub_history_only_exits_after_the_history(daemon):
+    publish(daemon, "h", ["1", "2", "3"])
+    out = run_cli("--url", daemon.url, "sub", "--history-only", "--timeout", "20", "h@1")
+    assert out.returncode == 0, out.stderr
+    evs = events(out.stdout)
+    assert [ev["event"] for ev in evs] == ["message", "message", "catchup_complete"]
+    assert [ev["seq"] for ev in evs[:2]] == [2, 3]
+    assert evs[2] == {"event": "catchup_complete", "mutate_id": 1}
+
+
+def test_sub_timeout_exits_zero(daemon):
+    start = time.monotonic()
+    out = run_cli("--url", daemon.url, "sub", "--timeout", "0.5", "quiet")
+    assert out.returncode == 0, out.stderr
+    assert time.monotonic() - start < 5
+    assert events(out.stdout) == [
+        {"event": "topics_live", "topics": ["quiet"]},
+        {"event": "catchup_complete", "mutate_id": 1},
+    ]
+
+
+def test_sub_invalid_topic_prints_the_error_and_fails(daemon):
+    out = run_cli("--url", daemon.url, "sub", "--timeout", "10", "bad topic@0")
+    assert out.returncode != 0
+    evs = events(out.stdout)
+    assert evs and evs[0]["event"] in ("error", "closed"), evs
+    assert "invalid_topic" in out.stdout
+
+
+def test_stream_add_remove_and_close_print_events_in_order(daemon):
+    publish(daemon, "a", ["a1", "a2"])
+    st = Live("--url", daemon.url, "stream")
+    try:
+        st.send({"mutate_id": 7, "add": [{"topic": "a", "cursor": 0},
+                                         {"topic": "b", "cursor": "now"}]})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert wave[-1] == {"event": "catchup_complete", "mutate_id": 7}
+        kinds = [ev["event"] for ev in wave]
+        msgs = [ev for ev in wave if ev["event"] == "message"]
+        assert [(m["topic"], m["seq"], m["data"]) for m in msgs] == [("a", 1, "a1"), ("a", 2, "a2")]
+        live = [t for ev in wave if ev["event"] == "topics_live" for t in ev["topics"]]
+        assert sorted(live) == ["a", "b"]
+        # a's history comes before a goes live.
+        a_live = next(i for i, ev in enumerate(wave)
+                      if ev["event"] == "topics_live" and "a" in ev["topics"])
+        assert kinds.index("message") < a_live
+
+        st.send({"remove": ["a"]})
+        st.until(lambda ev: ev["event"] == "catchup_complete")
+        st.send({"publish": {"topic": "b", "data": "b1"}})
+        got = st.until(lambda ev: ev["event"] == "message")
+        assert got[-1]["topic"] == "b" and got[-1]["data"] == "b1"
+
+        st.send({"close": True})
+        rc, rest = st.finish()
+        assert rc == 0
+        assert rest and rest[-1]["event"] == "closed" and rest[-1]["status"] == "ok", rest
+        assert not [ev for ev in rest if ev["event"] == "message" and ev["topic"] == "a"]
+    finally:
+        st.kill()
+
+
+def test_stream_eof_on_stdin_half_closes(daemon):
+    line = json.dumps({"mutate_id": 1, "add": [{"topic": "e", "cursor": 0}]})
+    out = run_cli("--url", daemon.url, "stream", input=line + "\n")
+    assert out.returncode == 0, out.stderr
+    evs = events(out.stdout)
+    assert evs[-1]["event"] == "closed" and evs[-1]["status"] == "ok"
+    assert {"event": "catchup_complete", "mutate_id": 1} in evs
+
+
+def test_stream_bad_json_line_fails_with_one_stderr_line(daemon):
+    out = run_cli("--url", daemon.url, "stream", input='{"mutate_id":1,"add":[\n')
+    assert out.returncode != 0
+    assert len(out.stderr.splitlines()) == 1, out.stderr
+    assert out.stderr.startswith("ringbus: stdin line 1: "), out.stderr
+
+
+def test_stream_unknown_key_fails_with_one_stderr_line(daemon):
+    out = run_cli("--url", daemon.url, "stream", input='{"subscribe":["a"]}\n')
+    assert out.returncode != 0
+    assert out.stderr == 'ringbus: stdin line 1: command: unknown key "subscribe"\n'
+
+
+def test_non_utf8_payload_is_shown_as_data_b64(daemon):
+    out = subprocess.run([str(RINGBUS), "--url", daemon.url, "pub", "bin"],
+                         input=b"\xff\xfe\x00\n", capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    out = run_cli("--url", daemon.url, "sub", "--history-only", "--timeout", "10", "bin@0")
+    assert out.returncode == 0, out.stderr
+    (msg,) = [ev for ev in events(out.stdout) if ev["event"] == "message"]
+    assert msg["data_b64"] == "//4A"
+    assert "data" not in msg
+
+
+def test_control_characters_are_escaped_in_data(daemon):
+    st = Live("--url", daemon.url, "stream")
+    try:
+        st.send({"publish": {"topic": "ctl", "data": "a\tb\u0001\"\\"}})
+        st.until(lambda ev: ev["event"] == "publish_ack")
+        rc, _ = st.finish()
+        assert rc == 0
+    finally:
+        st.kill()
+    out = run_cli("--url", daemon.url, "sub", "--history-only", "--timeout", "10", "ctl@0")
+    line = out.stdout.splitlines()[0]
+    assert "\\u0001" in line and "\\t" in line
+    assert json.loads(line)["data"] == "a\tb\u0001\"\\"
+
+
+def test_bad_url_is_a_usage_error_with_one_line(daemon):
+    out = run_cli("--url", "foo://127.0.0.1", "ping")
+    assert out.returncode == 2
+    assert len(out.stderr.splitlines()) == 1
+    assert out.stderr.startswith('ringbus: url "foo://127.0.0.1": unknown scheme')
+
+
+def test_unreachable_server_fails_with_one_line():
+    url = f"tcp://127.0.0.1:{free_port()}"
+    out = run_cli("--url", url, "ping")
+    assert out.returncode == 1
+    assert out.stderr == f"ringbus: connect {url}: Connection refused\n"
+
+
+def test_unsupported_scheme_says_so():
+    out = run_cli("--url", "wss://127.0.0.1", "ping")
+    assert out.returncode != 0
+    assert "not supported yet" in out.stderr
+
+
+def test_unknown_command_and_help():
+    out = run_cli("bench")
+    assert out.returncode == 2
+    assert out.stderr == 'ringbus: unknown command "bench" (try --help)\n'
+    out = run_cli("--help")
+    assert out.returncode == 0
+    for word in ("ping", "pub", "sub", "stream", "--url"):
+        assert word in out.stdout
+    out = run_cli("--version")
+    assert out.returncode == 0 and out.stdout.startswith("ringbus ")

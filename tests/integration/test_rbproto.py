@@ -1,0 +1,300 @@
+"""Self-tests of rbproto (the Python wire codec and client) that need no
+ringbusd: every kind round-trips, the documented example bytes match, and
+malformed input raises ProtocolError with the right wire code. The Conn
+tests talk to a scripted in-process socket, not to the daemon."""
+
+import socket
+import struct
+import threading
+
+import pytest
+
+import rbproto as rp
+
+
+def one(buf):
+    frame, used = rp.decode(buf)
+    assert frame is not None
+    assert used == len(buf)
+    return frame
+
+
+# ---- round trips of every kind ------------------------------------------------
+
+
+def test_hello_round_trips():
+    f = one(rp.encode_hello(7, name="cli-é", creds=b"\x00\xff"))
+    assert (f.kind, f.kind_name, f.corr) == (rp.HELLO, "HELLO", 7)
+    assert f.fields == {"version": 1, "name": "cli-é", "credentials": b"\x00\xff"}
+
+
+def test_started_round_trips():
+    f = one(rp.encode_started(1, keepalive_ms=1500, capabilities=rp.CAP_STREAM,
+                              max_frame_bytes=4096, server_id="node-1"))
+    assert f.kind == rp.STARTED
+    assert f.fields == {"keepalive_ms": 1500, "capabilities": rp.CAP_STREAM,
+                        "max_frame_bytes": 4096, "server_id": "node-1"}
+
+
+def test_error_round_trips_with_code_name():
+    f = one(rp.encode_error(9, rp.INVALID_TOPIC, "topic: empty"))
+    assert (f.kind, f.corr) == (rp.ERROR, 9)
+    assert f.fields == {"code": rp.INVALID_TOPIC, "code_name": "invalid_topic", "message": "topic: empty"}
+
+
+def test_ping_and_pong_round_trip():
+    for enc, kind in ((rp.encode_ping, rp.PING), (rp.encode_pong, rp.PONG)):
+        f = one(enc(0, 2**64 - 1))
+        assert (f.kind, f.corr, f["nonce"]) == (kind, 0, 2**64 - 1)
+
+
+def test_close_round_trips():
+    f = one(rp.encode_close(0, rp.GOING_AWAY, "shutting down"))
+    assert f.kind == rp.CLOSE
+    assert f["status"] == rp.GOING_AWAY and f["status_name"] == "going_away"
+    assert f["message"] == "shutting down"
+
+
+def test_publish_round_trips_with_and_without_key():
+    f = one(rp.encode_publish(3, "orders.eu", b"\x00payload", key="k-1"))
+    assert f.fields == {"topic": "orders.eu", "key": b"k-1", "payload": b"\x00payload"}
+    f = one(rp.encode_publish(4, "t", b""))
+    assert f.fields == {"topic": "t", "key": b"", "payload": b""}
+
+
+def test_publish_ack_round_trips():
+    f = one(rp.encode_publish_ack(3, "orders", 2**63))
+    assert (f.kind, f.corr, f["topic"], f["seq"]) == (rp.PUBLISH_ACK, 3, "orders", 2**63)
+
+
+def test_mutate_round_trips_cursors_removes_and_history_only():
+    f = one(rp.encode_mutate(5, 77, adds=[("a", 0), ("b", 42), ("c", "now")], removes=["d"],
+                             history_only=True))
+    assert f.kind == rp.MUTATE
+    assert f["mutate_id"] == 77 and f["history_only"] is True and f["flags"] == 1
+    assert f["adds"] == [("a", 0), ("b", 42), ("c", "now")]
+    assert f["removes"] == ["d"]
+
+
+def test_mutate_with_empty_lists_round_trips():
+    buf = rp.encode_mutate(5, 0)
+    assert len(buf) == 16 + 8 + 1 + 4 + 4
+    f = one(buf)
+    assert f["adds"] == [] and f["removes"] == [] and f["history_only"] is False
+
+
+def test_messages_round_trip():
+    items = [("a", 1, b"x"), ("日本", 2, b""), ("a", 3, bytes(range(256)))]
+    f = one(rp.encode_messages(0, 9, items))
+    assert f["mutate_id"] == 9
+    assert f["items"] == items
+    assert one(rp.encode_messages(0, 0, []))["items"] == []
+
+
+def test_topics_live_and_catchup_complete_round_trip():
+    assert one(rp.encode_topics_live(0, ["a", "b"]))["topics"] == ["a", "b"]
+    assert one(rp.encode_topics_live(0, []))["topics"] == []
+    f = one(rp.encode_catchup_complete(0, 77))
+    assert (f.kind_name, f["mutate_id"]) == ("CATCHUP_COMPLETE", 77)
+
+
+def test_max_length_topic_round_trips_and_256_does_not_encode():
+    t = "x" * 255
+    assert one(rp.encode_publish(1, t, b"p"))["topic"] == t
+    with pytest.raises(ValueError):
+        rp.encode_publish(1, "x" * 256, b"p")
+
+
+# ---- documented bytes (docs/PROTOCOL.md worked examples) -------------------------
+
+
+def test_hello_matches_documented_bytes():
+    want = bytes.fromhex("19000000 0101 0000 0100000000000000 0100 0300 636c69 0000")
+    assert rp.encode_hello(1, name="cli") == want
+
+
+def test_publish_matches_documented_bytes():
+    want = bytes.fromhex("1e000000 0107 0000 0200000000000000 06 6f7264657273 00 02000000 6869")
+    assert rp.encode_publish(2, "orders", b"hi") == want
+
+
+# ---- partial and malformed input --------------------------------------------------
+
+
+ALL_SAMPLES = [
+    rp.encode_hello(1),
+    rp.encode_started(1),
+    rp.encode_error(1, rp.BAD_FRAME, "x"),
+    rp.encode_ping(0, 1),
+    rp.encode_pong(0, 1),
+    rp.encode_close(0),
+    rp.encode_publish(1, "t", b"p", key="k"),
+    rp.encode_publish_ack(1, "t", 1),
+    rp.encode_mutate(1, 1, adds=[("a", 1), ("b", "now")], removes=["c"]),
+    rp.encode_messages(0, 1, [("a", 1, b"x")]),
+    rp.encode_topics_live(0, ["a"]),
+    rp.encode_catchup_complete(0, 1),
+]
+
+
+def test_samples_cover_every_kind():
+    assert sorted(one(s).kind for s in ALL_SAMPLES) == sorted(rp.KIND_NAMES)
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: rp.KIND_NAMES[s[5]])
+def test_every_short_prefix_is_incomplete(sample):
+    for n in range(len(sample)):
+        assert rp.decode(sample[:n]) == (None, 0)
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: rp.KIND_NAMES[s[5]])
+def test_size_shorter_than_body_is_bad_frame_at_every_offset(sample):
+    for cut in range(16, len(sample)):
+        lying = struct.pack("<I", cut) + sample[4:cut]
+        with pytest.raises(rp.ProtocolError) as e:
+            rp.decode(lying)
+        assert e.value.code == rp.BAD_FRAME
+
+
+@pytest.mark.parametrize("sample", ALL_SAMPLES, ids=lambda s: rp.KIND_NAMES[s[5]])
+def test_trailing_bytes_are_bad_frame(sample):
+    padded = struct.pack("<I", len(sample) + 1) + sample[4:] + b"\x00"
+    with pytest.raises(rp.ProtocolError, match="1 trailing bytes"):
+        rp.decode(padded)
+
+
+def test_two_frames_in_one_buffer_decode_one_at_a_time():
+    buf = rp.encode_ping(0, 1) + rp.encode_pong(0, 2)
+    f, used = rp.decode(buf)
+    assert (f.kind, used) == (rp.PING, 24)
+    assert [g.kind for g in rp.decode_all(buf)] == [rp.PING, rp.PONG]
+
+
+def test_size_below_header_is_bad_frame():
+    with pytest.raises(rp.ProtocolError, match="frame size 3 below header 16") as e:
+        rp.decode(rp.encode_frame(rp.PING, 0, b"", size=3))
+    assert e.value.code == rp.BAD_FRAME
+
+
+def test_size_above_max_is_too_large():
+    buf = rp.encode_frame(rp.PUBLISH, 0, b"", size=2**32 - 1)
+    with pytest.raises(rp.ProtocolError) as e:
+        rp.decode(buf, max_frame_bytes=rp.MAX_FRAME_BYTES_DEFAULT)
+    assert e.value.code == rp.TOO_LARGE
+
+
+def test_unknown_version_kind_and_flags_are_refused():
+    with pytest.raises(rp.ProtocolError) as e:
+        rp.decode(rp.encode_hello(1, version=2))
+    assert e.value.code == rp.UNSUPPORTED_VERSION
+    for kind in (0, 13, 255):
+        with pytest.raises(rp.ProtocolError) as e:
+            rp.decode(rp.encode_frame(kind, 0, b""))
+        assert e.value.code == rp.BAD_FRAME
+    with pytest.raises(rp.ProtocolError, match="flags"):
+        rp.decode(rp.encode_frame(rp.PING, 0, bytes(8), flags=1))
+
+
+def test_huge_count_with_small_body_is_bad_frame():
+    body = struct.pack("<QBI", 1, 0, 2**32 - 1) + b"\x01t" + bytes(9) + struct.pack("<I", 0)
+    with pytest.raises(rp.ProtocolError, match="add_count 4294967295 needs at least"):
+        rp.decode(rp.encode_frame(rp.MUTATE, 0, body))
+
+
+def test_mutate_cursor_rules_are_enforced():
+    body = struct.pack("<QBI", 1, 0, 1) + b"\x01t" + struct.pack("<BQ", rp.CURSOR_NOW, 5) + bytes(4)
+    with pytest.raises(rp.ProtocolError, match="must be 0"):
+        rp.decode(rp.encode_frame(rp.MUTATE, 0, body))
+    body = struct.pack("<QBI", 1, 0, 1) + b"\x01t" + struct.pack("<BQ", 2, 0) + bytes(4)
+    with pytest.raises(rp.ProtocolError, match="cursor_kind 2 unknown"):
+        rp.decode(rp.encode_frame(rp.MUTATE, 0, body))
+    with pytest.raises(rp.ProtocolError, match="unknown bits"):
+        rp.decode(rp.encode_mutate(1, 1, flags=0x80))
+
+
+def test_empty_topic_and_invalid_utf8_are_bad_frame():
+    with pytest.raises(rp.ProtocolError, match="topic length 0"):
+        rp.decode(rp.encode_frame(rp.PUBLISH_ACK, 0, b"\x00" + bytes(8)))
+    for bad in (b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"):
+        with pytest.raises(rp.ProtocolError, match="invalid UTF-8"):
+            rp.decode(rp.encode_publish(1, bad, b""))
+        with pytest.raises(rp.ProtocolError, match="invalid UTF-8"):
+            rp.decode(rp.encode_hello(1, name=bad))
+
+
+# ---- Conn against a scripted socket ----------------------------------------------
+
+
+class Script:
+    """A one-connection TCP server on 127.0.0.1 that runs fn(sock)."""
+
+    def __init__(self, fn):
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.received = b""
+        self.thread = threading.Thread(target=self._run, args=(fn,), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn):
+        sock, _ = self.listener.accept()
+        with sock:
+            fn(self, sock)
+        self.listener.close()
+
+    def read_frame(self, sock):
+        buf = b""
+        while True:
+            f, used = rp.decode(buf)
+            if f is not None:
+                self.received += buf[:used]
+                return f
+            buf += sock.recv(65536)
+
+
+def test_conn_hello_returns_started_and_closed_within_sees_close():
+    def server(s, sock):
+        hello = s.read_frame(sock)
+        assert hello.kind == rp.HELLO
+        sock.sendall(rp.encode_started(hello.corr, server_id="fake"))
+        sock.sendall(rp.encode_close(0, rp.GOING_AWAY, "bye"))
+
+    s = Script(server)
+    with rp.Conn(port=s.port, timeout=2.0) as c:
+        f = c.hello(name="me")
+        assert (f.kind_name, f["server_id"]) == ("STARTED", "fake")
+        assert c.closed_within(2.0) is True
+        assert [g.kind for g in c.skipped] == [rp.CLOSE]
+        with pytest.raises(EOFError):
+            c.recv(0.5)
+
+
+def test_conn_recv_times_out_and_closed_within_is_false_while_open():
+    done = threading.Event()
+
+    def server(s, sock):
+        done.wait(5)
+
+    s = Script(server)
+    with rp.Conn(port=s.port, timeout=2.0) as c:
+        with pytest.raises(TimeoutError):
+            c.recv(0.1)
+        assert c.closed_within(0.1) is False
+    done.set()
+
+
+def test_conn_publish_waits_for_its_ack_and_keeps_other_frames():
+    def server(s, sock):
+        pub = s.read_frame(sock)
+        sock.sendall(rp.encode_messages(0, 0, [("t", 1, b"live")]))
+        sock.sendall(rp.encode_publish_ack(pub.corr + 100, pub["topic"], 1))
+        sock.sendall(rp.encode_publish_ack(pub.corr, pub["topic"], 2))
+        sock.sendall(rp.encode_catchup_complete(0, 3))
+
+    s = Script(server)
+    with rp.Conn(port=s.port, timeout=2.0) as c:
+        ack = c.publish("t", b"x", corr=5)
+        assert (ack.kind, ack.corr, ack["seq"]) == (rp.PUBLISH_ACK, 5, 2)
+        assert c.recv().kind == rp.MESSAGES
+        assert c.recv().corr == 105
+        done = c.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+        assert done["mutate_id"] == 3 and c.skipped == []

@@ -1,0 +1,467 @@
+"""Publishing and the mutable subscription stream against the real daemon
+on the memory store: the contract of DESIGN §1 (G1 order, G3 gapless
+handover, G4 explicit lag, G6 bad input) and the Mutate semantics of §3."""
+
+import os
+import random
+import time
+
+import pytest
+
+import rbproto as rp
+from streamcheck import Driver, Publisher, Subscriber
+
+
+def conn(d):
+    c = rp.Conn("127.0.0.1", d.port, timeout=10)
+    assert c.hello().kind == rp.STARTED
+    return c
+
+
+def publish_n(c, topic, n, start_corr=1000, payload=lambda i: f"m{i}"):
+    for i in range(n):
+        c.send(rp.encode_publish(start_corr + i, topic, payload(i)))
+    seqs = []
+    for i in range(n):
+        f = c.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR))
+        assert f.kind == rp.PUBLISH_ACK, f.fields
+        assert f.corr == start_corr + i
+        seqs.append(f["seq"])
+    return seqs
+
+
+def collect_until_complete(c, mutate_id, timeout=10):
+    frames = c.recv_all_until(
+        lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == mutate_id, timeout)
+    msgs = [(t, s, p) for f in frames if f.kind == rp.MESSAGES for (t, s, p) in f["items"]]
+    return frames, msgs
+
+
+# ---- publishing ----
+
+def test_pipelined_publishes_get_dense_seqs_in_order(daemon):
+    c = conn(daemon)
+    assert publish_n(c, "orders", 2000) == list(range(1, 2001))
+    assert publish_n(c, "orders", 5, start_corr=9000) == [2001, 2002, 2003, 2004, 2005]
+    assert publish_n(c, "other", 3, start_corr=9100) == [1, 2, 3]
+
+
+def test_publishes_from_many_connections_stay_dense(daemon):
+    d = Driver()
+    pubs = [Publisher(d, daemon.port, f"p{i}") for i in range(6)]
+    d.run_until(lambda: all(p.started for p in pubs), 5, "STARTED")
+    for round_ in range(200):
+        for i, p in enumerate(pubs):
+            p.publish(f"t{(round_ + i) % 3}", f"{i}:{round_}")
+    d.run_until(lambda: all(not p.inflight for p in pubs), 20, "acks")
+    for topic in ("t0", "t1", "t2"):
+        seqs = sorted(s for p in pubs for s in p.acks.get(topic, []))
+        assert seqs == list(range(1, len(seqs) + 1)), topic
+        for p in pubs:
+            got = p.acks.get(topic, [])
+            assert got == sorted(got), f"{p.name}: acks of {topic} out of publish order"
+
+
+@pytest.mark.parametrize("topic,code", [
+    ("has space", "invalid_topic"),
+    ("", "invalid_topic"),
+    ("tab\there", "invalid_topic"),
+    ("nbsp\u00a0x", "invalid_topic"),
+    ("$sys.stats", "forbidden"),
+])
+def test_bad_topic_gets_a_correlated_error_and_the_connection_stays(daemon, topic, code):
+    c = conn(daemon)
+    raw = topic.encode()
+    body = bytes([len(raw)]) + raw + b"\x00" + len(b"x").to_bytes(4, "little") + b"x"
+    if not raw:
+        # An empty topic is caught by the frame decoder: bad_frame and close.
+        c.send(rp.encode_frame(rp.PUBLISH, 5, body))
+        f = c.recv()
+        assert f.kind == rp.ERROR and f["code_name"] == "bad_frame"
+        return
+    c.send(rp.encode_frame(rp.PUBLISH, 5, body))
+    f = c.recv()
+    assert f.kind == rp.ERROR and f.corr == 5 and f["code_name"] == code, f.fields
+    assert publish_n(c, "fine", 1) == [1]
+
+
+def test_oversized_payload_is_too_large_and_the_connection_stays(make_daemon):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 8192\nsend_queue_bytes = 65536\n"
+                          "pending_buffer_bytes = 65536\n")
+    c = rp.Conn("127.0.0.1", d.port)
+    c.hello()
+    c.send(rp.encode_publish(3, "big", b"x" * 8160))
+    f = c.recv()
+    assert f.kind == rp.ERROR and f.corr == 3 and f["code_name"] == "too_large", f.fields
+    c.send(rp.encode_publish(4, "big", b"x" * 9000))
+    f = c.recv()
+    assert f.kind == rp.ERROR and f["code_name"] == "too_large"
+    assert c.closed_within(3)
+
+
+# ---- the stream ----
+
+def test_catchup_then_live_without_duplicates(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "a", 50)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(7, 7, adds=[("a", 0)]))
+    for i in range(50):
+        pub.send(rp.encode_publish(100 + i, "a", f"live{i}"))
+    frames, msgs = collect_until_complete(sub, 7)
+    live_at = [i for i, f in enumerate(frames) if f.kind == rp.TOPICS_LIVE]
+    assert len(live_at) == 1 and frames[live_at[0]]["topics"] == ["a"]
+    # History frames carry the wave's id; none of them follow TOPICS_LIVE.
+    for f in frames[live_at[0]:]:
+        if f.kind == rp.MESSAGES:
+            assert f["mutate_id"] == 0
+    rest = []
+    while len(msgs) + len(rest) < 100:
+        f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+        assert f["mutate_id"] == 0
+        rest += f["items"]
+    seqs = [s for _, s, _ in msgs + rest]
+    assert seqs == list(range(1, 101))
+
+
+def test_cursor_now_sends_no_history(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "n", 10)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("n", "now")]))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert msgs == []
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["n"]]
+    publish_n(pub, "n", 1, start_corr=50)
+    f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [s for _, s, _ in f["items"]] == [11]
+
+
+def test_cursor_in_the_middle_starts_after_it(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "mid", 20)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("mid", 15)]))
+    _, msgs = collect_until_complete(sub, 1)
+    assert [s for _, s, _ in msgs] == [16, 17, 18, 19, 20]
+
+
+def test_cursor_above_head_waits_for_that_seq(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "ahead", 3)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("ahead", 5)]))
+    _, msgs = collect_until_complete(sub, 1)
+    assert msgs == []
+    publish_n(pub, "ahead", 4, start_corr=70)
+    f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [s for _, s, _ in f["items"]] == [6, 7][: len(f["items"])]
+
+
+def test_mutate_remove_stops_delivery_and_completes(daemon):
+    pub = conn(daemon)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("r", "now")]))
+    collect_until_complete(sub, 1)
+    publish_n(pub, "r", 1)
+    assert sub.recv_until(lambda f: f.kind == rp.MESSAGES)["items"][0][1] == 1
+    sub.send(rp.encode_mutate(2, 2, removes=["r"]))
+    collect_until_complete(sub, 2)
+    publish_n(pub, "r", 3, start_corr=40)
+    sub.send(rp.encode_ping(9, 9))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.PONG)
+    assert [f for f in frames if f.kind == rp.MESSAGES] == []
+
+
+def test_remove_during_catchup_completes_the_wave(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "big", 3000, payload=lambda i: "x" * 200)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("big", 0)]) +
+             rp.encode_mutate(2, 2, removes=["big"]))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == 2)
+    done = [f["mutate_id"] for f in frames if f.kind == rp.CATCHUP_COMPLETE]
+    assert sorted(done) == [1, 2]
+
+
+def test_history_only_never_goes_live(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "h", 10)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(3, 3, adds=[("h", 4)], history_only=True))
+    frames, msgs = collect_until_complete(sub, 3)
+    assert [s for _, s, _ in msgs] == [5, 6, 7, 8, 9, 10]
+    assert all(f.kind != rp.TOPICS_LIVE for f in frames)
+    publish_n(pub, "h", 2, start_corr=60)
+    sub.send(rp.encode_ping(1, 1))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.PONG)
+    assert all(f.kind != rp.MESSAGES for f in frames)
+
+
+def test_history_only_add_of_a_live_topic_is_invalid_and_changes_nothing(daemon):
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("x", "now")]))
+    collect_until_complete(sub, 1)
+    sub.send(rp.encode_mutate(2, 2, adds=[("y", 0), ("x", 0)], history_only=True))
+    f = sub.recv()
+    assert f.kind == rp.ERROR and f["code_name"] == "invalid_argument" and f.corr == 2
+    pub = conn(daemon)
+    publish_n(pub, "y", 1)
+    publish_n(pub, "x", 1, start_corr=10)
+    f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [(t, s) for t, s, _ in f["items"]] == [("x", 1)]
+
+
+def test_mutate_id_zero_with_adds_is_invalid(daemon):
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(4, 0, adds=[("z", 0)]))
+    f = sub.recv()
+    assert f.kind == rp.ERROR and f["code_name"] == "invalid_argument" and f.corr == 4
+
+
+def test_duplicate_adds_collapse_to_the_lowest_cursor(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "dup", 6)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("dup", 4), ("dup", "now"), ("dup", 2)]))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert [s for _, s, _ in msgs] == [3, 4, 5, 6]
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["dup"]]
+
+
+def test_readd_below_what_was_sent_replays_and_above_is_a_noop(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "re", 5)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("re", 0)]))
+    _, msgs = collect_until_complete(sub, 1)
+    assert [s for _, s, _ in msgs] == [1, 2, 3, 4, 5]
+    sub.send(rp.encode_mutate(2, 2, adds=[("re", 5)]))
+    frames, msgs = collect_until_complete(sub, 2)
+    assert msgs == [] and all(f.kind != rp.TOPICS_LIVE for f in frames)
+    sub.send(rp.encode_mutate(3, 3, adds=[("re", 2)]))
+    frames, msgs = collect_until_complete(sub, 3)
+    assert [s for _, s, _ in msgs] == [3, 4, 5]
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["re"]]
+
+
+def test_two_subscribers_see_the_same_sequence(daemon):
+    d = Driver()
+    p = Publisher(d, daemon.port)
+    subs = [Subscriber(d, daemon.port, f"s{i}") for i in range(2)]
+    d.run_until(lambda: p.started, 5)
+    for s in subs:
+        s.mutate(adds=[("same", 0)])
+    for i in range(500):
+        p.publish("same", f"v{i}")
+    d.run_until(lambda: all(s.last.get("same") == 500 for s in subs), 20, "delivery")
+    assert subs[0].messages and [m[:3] for m in subs[0].messages] == [m[:3] for m in subs[1].messages]
+    for s in subs:
+        assert s.problems == []
+
+
+def test_many_topics_in_one_stream_complete_without_starving_others(daemon):
+    pub = conn(daemon)
+    for i in range(0, 200):
+        pub.send(rp.encode_publish(i + 1, f"many.{i}", "h"))
+    for i in range(200):
+        pub.recv_until(lambda f: f.kind == rp.PUBLISH_ACK)
+    sub = conn(daemon)
+    other = conn(daemon)
+    adds = [(f"many.{i}", 0) for i in range(10000)]
+    sub.send(rp.encode_mutate(1, 1, adds=adds))
+    t0 = time.monotonic()
+    other.send(rp.encode_ping(1, 42))
+    assert other.recv(timeout=5).kind == rp.PONG
+    assert time.monotonic() - t0 < 2
+    frames, msgs = collect_until_complete(sub, 1, timeout=60)
+    live = [t for f in frames if f.kind == rp.TOPICS_LIVE for t in f["topics"]]
+    assert len(live) == 10000 and len(set(live)) == 10000
+    assert sorted(t for t, _, _ in msgs) == sorted(f"many.{i}" for i in range(200))
+    for t, s, _ in msgs:
+        assert s == 1
+
+
+def test_topics_live_follows_each_topics_history(daemon):
+    pub = conn(daemon)
+    for t in ("o1", "o2", "o3"):
+        publish_n(pub, t, 30, start_corr=hash(t) & 0xffff)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("o1", 0), ("o2", 10), ("o3", "now")]))
+    frames, _ = collect_until_complete(sub, 1)
+    seen = {}
+    for f in frames:
+        if f.kind == rp.MESSAGES:
+            for t, s, _ in f["items"]:
+                assert t not in seen.get("live", set()), f"{t}#{s} after its TOPICS_LIVE"
+                seen.setdefault(t, []).append(s)
+        elif f.kind == rp.TOPICS_LIVE:
+            seen.setdefault("live", set()).update(f["topics"])
+    assert seen["live"] == {"o1", "o2", "o3"}
+    assert seen["o1"] == list(range(1, 31))
+    assert seen["o2"] == list(range(11, 31))
+    assert "o3" not in seen
+
+
+def test_retention_cursor_too_old_is_an_explicit_error(make_daemon):
+    d = make_daemon(extra="[storage.memory]\nretention_messages = 10\n")
+    pub = rp.Conn("127.0.0.1", d.port)
+    pub.hello()
+    publish_n(pub, "ret", 30)
+    sub = rp.Conn("127.0.0.1", d.port)
+    sub.hello()
+    sub.send(rp.encode_mutate(1, 1, adds=[("ret", 5)]))
+    frames, msgs = collect_until_complete(sub, 1)
+    errs = [f for f in frames if f.kind == rp.ERROR]
+    assert len(errs) == 1 and errs[0]["code_name"] == "out_of_range", frames
+    assert msgs == []
+    sub.send(rp.encode_mutate(2, 2, adds=[("ret", 0)]))
+    _, msgs = collect_until_complete(sub, 2)
+    assert [s for _, s, _ in msgs] == list(range(21, 31))
+
+
+def test_half_close_drains_waves_then_closes_ok(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "hc", 500, payload=lambda i: "p" * 100)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("hc", 0)]) + rp.encode_close(0, rp.OK))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CLOSE, timeout=10)
+    seqs = [s for f in frames if f.kind == rp.MESSAGES for _, s, _ in f["items"]]
+    assert seqs == list(range(1, 501))
+    kinds = [f.kind for f in frames]
+    assert kinds.index(rp.TOPICS_LIVE) < kinds.index(rp.CATCHUP_COMPLETE) < kinds.index(rp.CLOSE)
+    assert frames[-1]["status_name"] == "ok"
+    assert sub.closed_within(3)
+
+
+def test_non_reading_subscriber_is_closed_and_publishers_carry_on(make_daemon):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
+                          "pending_buffer_bytes = 262144\n")
+    slow = rp.Conn("127.0.0.1", d.port)
+    slow.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    slow.hello()
+    slow.send(rp.encode_mutate(1, 1, adds=[("flood", "now")]))
+    fast = rp.Conn("127.0.0.1", d.port)
+    fast.hello()
+    fast.send(rp.encode_mutate(1, 1, adds=[("flood", "now")]))
+    collect_until_complete(fast, 1)
+    time.sleep(0.2)
+    pub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    pub.hello()
+    rss0 = d.rss_kib()
+    got = 0
+    payload = "y" * 4000
+    for batch in range(30):
+        seqs = publish_n(pub, "flood", 200, start_corr=batch * 1000 + 1, payload=lambda i: payload)
+        assert seqs[-1] == (batch + 1) * 200
+        while got < seqs[-1]:
+            f = fast.recv_until(lambda f: f.kind == rp.MESSAGES)
+            got = f["items"][-1][1]
+    assert "subscriber too slow" in d.log()
+    assert "resource_exhausted" in d.log()
+    rss1 = d.rss_kib()
+    assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
+    frames = []
+    slow.sock.settimeout(5)
+    # The slow one finds, once it reads, the CLOSE that ended it.
+    assert slow.closed_within(10)
+    kinds = [f for f in slow.skipped if f.kind == rp.CLOSE]
+    assert kinds and kinds[-1]["status_name"] == "resource_exhausted"
+
+
+def test_pending_buffer_overflow_during_catchup_is_resource_exhausted(make_daemon):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 16384\nsend_queue_bytes = 32768\n"
+                          "pending_buffer_bytes = 32768\n")
+    pub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    pub.hello()
+    # Enough history to fill the kernel's socket buffers, so catch-up
+    # pauses while live messages pile up in the pending buffer.
+    for k in range(6):
+        publish_n(pub, "pend", 500, start_corr=k * 1000 + 1, payload=lambda i: "z" * 2000)
+    slow = rp.Conn("127.0.0.1", d.port)
+    slow.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    slow.hello()
+    slow.send(rp.encode_mutate(1, 1, adds=[("pend", 0)]))
+    time.sleep(0.3)
+    publish_n(pub, "pend", 400, start_corr=50000, payload=lambda i: "z" * 500)
+    t0 = time.monotonic()
+    assert slow.closed_within(60)
+    print("closed after", time.monotonic() - t0)
+    closes = [f for f in slow.skipped if f.kind == rp.CLOSE]
+    assert closes and closes[-1]["status_name"] == "resource_exhausted", slow.skipped[-3:]
+    assert "buffered during catch-up" in d.log()
+
+
+# ---- randomized ----
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_randomized_streams_against_the_published_log(make_daemon, seed):
+    """Publishers on several topics while subscribers add and remove topics
+    with random cursors; every subscriber's view is checked for order, no
+    gap, no duplicate, and markers in place."""
+    seed = int(os.environ.get("RINGBUS_TEST_SEED", seed))
+    rng = random.Random(seed)
+    d0 = make_daemon(shards=2)
+    topics = [f"rnd.{i}" for i in range(6)]
+    drv = Driver()
+    pubs = [Publisher(drv, d0.port, f"p{i}") for i in range(3)]
+    subs = [Subscriber(drv, d0.port, f"s{i}") for i in range(4)]
+    drv.run_until(lambda: all(p.started for p in pubs), 5, "publishers")
+
+    def head(t):
+        return max((s for p in pubs for s in p.acks.get(t, [])), default=0)
+
+    def mutate_one(s):
+        on = [t for t in s.expect]
+        if on and rng.random() < 0.35:
+            s.mutate(removes=rng.sample(on, rng.randint(1, len(on))))
+            return
+        off = [t for t in topics if t not in s.expect]
+        if not off:
+            return
+        adds = []
+        for t in rng.sample(off, rng.randint(1, len(off))):
+            r = rng.random()
+            cur = 0 if r < 0.3 else "now" if r < 0.55 else rng.randint(0, head(t) + 3)
+            adds.append((t, cur))
+        s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds})
+
+    try:
+        for step in range(60):
+            for p in pubs:
+                for _ in range(rng.randint(0, 25)):
+                    p.publish(rng.choice(topics), f"{p.name}:{step}:{rng.random()}")
+            for s in subs:
+                waiting = [m for m in range(1, s.next_mutate) if m not in s.completed]
+                if not waiting and rng.random() < 0.5:
+                    mutate_one(s)
+            for _ in range(rng.randint(1, 4)):
+                drv.step(0.01)
+        drv.run_until(lambda: all(not p.inflight for p in pubs), 30, "acks")
+        for s in subs:
+            drv.run_until(lambda: all(m in s.completed for m in range(1, s.next_mutate)), 30,
+                          f"{s.name} waves")
+        # Markers published after every wave completed reach every
+        # subscriber of the topic, whatever cursor its add had (a cursor is
+        # at most head + 3 at the time of its add).
+        for t in topics:
+            for _ in range(4):
+                pubs[0].publish(t, "marker")
+        drv.run_until(lambda: not pubs[0].inflight, 30, "marker acks")
+        heads = {t: head(t) for t in topics}
+        for t in topics:
+            assert sorted(x for p in pubs for x in p.acks.get(t, [])) == list(range(1, heads[t] + 1))
+
+        def caught_up(s):
+            return all(exp == heads[t] + 1 for t, exp in s.expect.items())
+
+        for s in subs:
+            try:
+                drv.run_until(lambda: caught_up(s), 30, f"{s.name} to reach the heads")
+            except AssertionError as e:
+                raise AssertionError(f"{e}: heads {heads}, expect {s.expect}, "
+                                     f"problems {s.problems}, errors {s.errors}") from None
+            assert s.problems == [], s.problems
+            assert s.live == set(s.expect), (s.live, set(s.expect))
+    except AssertionError as e:
+        raise AssertionError(f"seed {seed}: {e}") from e

@@ -1,0 +1,34 @@
+/* The unit test runner: every suite that a tests/unit/test_*.c file defines
+ * (listed in the generated suites.h) runs in one forking Check runner. An
+ * optional argument runs only the suites whose name contains it. */
+#include <stdlib.h>
+#include <string.h>
+
+#include <check.h>
+
+#define X(fn) Suite *fn(void);
+#include "suites.h"
+#undef X
+
+int main(int argc, char **argv)
+{
+    const char *only = argc > 1 ? argv[1] : NULL;
+    SRunner *sr = NULL;
+#define X(fn)                                                                                      \
+    if (only == NULL || strstr(#fn, only) != NULL) {                                               \
+        if (sr == NULL) {                                                                          \
+            sr = srunner_create(fn());                                                             \
+        } else {                                                                                   \
+            srunner_add_suite(sr, fn());                                                           \
+        }                                                                                          \
+    }
+#include "suites.h"
+#undef X
+    if (sr == NULL) {
+        return EXIT_FAILURE;
+    }
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
