@@ -154,8 +154,8 @@ static int setup_bufs(rb_loop *loop, const rb_loop_options *opt, rb_err *err)
     loop->buf_count = opt->recv_buf_count;
     loop->buf_bytes = opt->recv_buf_bytes;
     loop->br_bytes = loop->buf_count * sizeof(struct io_uring_buf);
-    void *br = mmap(NULL, loop->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1,
-                    0);
+    void *br =
+        mmap(NULL, loop->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (br == MAP_FAILED) {
         return rb_err_set(err, RB_ESYS, errno, "io_uring: buffer ring mmap");
     }
@@ -182,8 +182,8 @@ static int setup_bufs(rb_loop *loop, const rb_loop_options *opt, rb_err *err)
     io_uring_buf_ring_init(loop->br);
     int mask = io_uring_buf_ring_mask(loop->buf_count);
     for (uint32_t i = 0; i < loop->buf_count; i++) {
-        io_uring_buf_ring_add(loop->br, loop->bufs + (size_t)i * loop->buf_bytes,
-                              loop->buf_bytes, (unsigned short)i, mask, (int)i);
+        io_uring_buf_ring_add(loop->br, loop->bufs + (size_t)i * loop->buf_bytes, loop->buf_bytes,
+                              (unsigned short)i, mask, (int)i);
     }
     io_uring_buf_ring_advance(loop->br, (int)loop->buf_count);
     return 0;
@@ -383,8 +383,8 @@ void rb_loop_buf_return(rb_loop *loop, uint16_t buffer_id)
 {
     RB_ASSERT(buffer_id < loop->buf_count);
     int mask = io_uring_buf_ring_mask(loop->buf_count);
-    io_uring_buf_ring_add(loop->br, rb_loop_buf(loop, buffer_id), loop->buf_bytes, buffer_id,
-                          mask, 0);
+    io_uring_buf_ring_add(loop->br, rb_loop_buf(loop, buffer_id), loop->buf_bytes, buffer_id, mask,
+                          0);
     io_uring_buf_ring_advance(loop->br, 1);
 }
 

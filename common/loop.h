@@ -29,8 +29,8 @@ struct rb_op {
     rb_op_fn *done;
 };
 
-#define RB_LOOP_F_BUFFER (1u << 0) /* IORING_CQE_F_BUFFER */
-#define RB_LOOP_F_MORE   (1u << 1) /* IORING_CQE_F_MORE */
+#define RB_LOOP_F_BUFFER         (1u << 0) /* IORING_CQE_F_BUFFER */
+#define RB_LOOP_F_MORE           (1u << 1) /* IORING_CQE_F_MORE */
 #define RB_LOOP_BUFFER_ID(flags) ((uint16_t)((flags) >> 16))
 
 /* Work to run on this loop's thread at the start of the next turn. */

@@ -35,8 +35,7 @@ int rb_conn_table_init(rb_shard *sh, rb_err *err)
     sh->conn_max = cfg->max_connections;
     sh->conns = calloc(sh->conn_max, sizeof *sh->conns);
     if (sh->conns == NULL) {
-        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u connection slots", sh->id,
-                          sh->conn_max);
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u connection slots", sh->id, sh->conn_max);
     }
     for (uint32_t i = sh->conn_max; i-- > 0;) {
         rb_conn *c = &sh->conns[i];
@@ -713,8 +712,8 @@ static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t 
 {
     rb_shard *sh = c->shard;
     c->rx_need = hdr->size;
-    c->rx_buf = hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool)
-                                            : rb_pool_get(&sh->rxbig_pool);
+    c->rx_buf =
+        hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool) : rb_pool_get(&sh->rxbig_pool);
     if (c->rx_buf == NULL) {
         conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
         return false;

@@ -39,7 +39,6 @@
 /* Head record: conn index, gen, token, head, status, topic len, topic. */
 #define HEAD_REC_FIXED (4 + 4 + 8 + 8 + 4 + 1)
 
-
 typedef struct reply_to {
     rb_xmsg *src;
     uint32_t conn_index;
@@ -122,8 +121,7 @@ int rb_owner_init(rb_shard *sh, rb_err *err)
     int rc = o->buckets == NULL ? rb_err_set(err, RB_ENOMEM, 0, "owner buckets") : 0;
     rc = rc ? rc : rb_pool_init(&o->topic_pool, "topics", sizeof(rb_topic), OWNER_TOPICS_MAX, err);
     rc = rc ? rc : rb_pool_init(&o->batch_pool, "batches", sizeof(batch), OWNER_BATCHES_MAX, err);
-    rc = rc ? rc
-            : rb_pool_init(&o->waiter_pool, "waiters", sizeof(waiter), OWNER_WAITERS_MAX, err);
+    rc = rc ? rc : rb_pool_init(&o->waiter_pool, "waiters", sizeof(waiter), OWNER_WAITERS_MAX, err);
     sh->owner = o;
     return rc;
 }
@@ -527,8 +525,8 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
         send_head(sh, t, from, idx, gen, token, RB_ESTORAGE);
         return;
     }
-    *w = (waiter){.next = t->waiters, .shard = from, .conn_index = idx, .conn_gen = gen,
-                  .token = token};
+    *w = (waiter){
+        .next = t->waiters, .shard = from, .conn_index = idx, .conn_gen = gen, .token = token};
     t->waiters = w;
 }
 
@@ -705,8 +703,8 @@ void rb_owner_on_publish(rb_conn *c, const rb_frame *f)
         return;
     }
     if (rb_topic_validate(topic, false, &err) != 0) {
-        uint16_t code = topic.len > 0 && topic.ptr[0] == '$' ? RB_WIRE_FORBIDDEN
-                                                              : RB_WIRE_INVALID_TOPIC;
+        uint16_t code =
+            topic.len > 0 && topic.ptr[0] == '$' ? RB_WIRE_FORBIDDEN : RB_WIRE_INVALID_TOPIC;
         rb_conn_send_error(c, corr, code, "%s", err.msg);
         return;
     }

@@ -65,7 +65,7 @@ enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
 };
-#define RB_REMOTE_KIND_SHIFT 56
+#define RB_REMOTE_KIND_SHIFT     56
 #define RB_REMOTE(kind, payload) (((uint64_t)(kind) << RB_REMOTE_KIND_SHIFT) | (uint64_t)(payload))
 
 /* A message between shards: a pooled envelope with a kind and a body the
@@ -173,10 +173,10 @@ struct rb_shard {
     rb_pool xmsg_pool;
     rb_pool block_pool;
     /* queues from every other shard (consumer: this shard) */
-    rb_spsc *inbox; /* [shard_count], inbox[i] is produced by shard i */
+    rb_spsc *inbox;        /* [shard_count], inbox[i] is produced by shard i */
     uint8_t *wake_pending; /* [shard_count] shards to wake at the end of the turn */
-    rb_xmsg **outbox; /* [shard_count] records being filled for each shard */
-    bool self_pending; /* this shard queued envelopes to itself this turn */
+    rb_xmsg **outbox;      /* [shard_count] records being filled for each shard */
+    bool self_pending;     /* this shard queued envelopes to itself this turn */
     /* storage */
     rb_storage_shard *storage;
     /* topic owners and local subscriptions */
@@ -282,7 +282,11 @@ bool rb_owner_idle(rb_shard *sh);
  * fanning out to it and replies with its head), UNSUB when the last one
  * goes, QUERY for a head reply alone. Replies come back as RB_XK_HEAD
  * records naming the connection and token. */
-enum { RB_INTEREST_SUB = 1, RB_INTEREST_UNSUB = 2, RB_INTEREST_QUERY = 3 };
+enum {
+    RB_INTEREST_SUB = 1,
+    RB_INTEREST_UNSUB = 2,
+    RB_INTEREST_QUERY = 3
+};
 int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token,
                       const uint8_t *topic, uint8_t topic_len);
 

@@ -20,7 +20,7 @@
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define SHARD_SQ_ENTRIES 1024
 /* Envelopes and shared blocks per shard in flight between shards. */
-#define SHARD_XMSG_MAX 65536
+#define SHARD_XMSG_MAX  65536
 #define SHARD_BLOCK_MAX 65536
 /* Bytes of encoded records one envelope carries. */
 #define XMSG_DATA_BYTES (64u * 1024u)
@@ -29,7 +29,7 @@
 /* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory
  * at 1 GiB per shard; each connection is further held to send_queue_bytes. */
 #define SHARD_CHUNK_MAX 65536
-#define SHARD_SEG_MAX (1u << 20)
+#define SHARD_SEG_MAX   (1u << 20)
 
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len)
 {
@@ -289,8 +289,8 @@ static int shard_pools_init(rb_shard *sh, rb_err *err)
             : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
                            cfg->max_connections, err);
     rc = rc ? rc
-            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
-                           SHARD_RXBIG_MAX, err);
+            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes, SHARD_RXBIG_MAX,
+                           err);
     rc = rc ? rc
             : rb_pool_init(&sh->xmsg_pool, "envelopes", sizeof(rb_xmsg) + XMSG_DATA_BYTES,
                            SHARD_XMSG_MAX, err);

@@ -33,7 +33,11 @@
  * (a fraction of send_queue_bytes), so history never overflows it. */
 #define CATCHUP_PAUSE_DIVISOR 2
 
-enum { E_WAIT_HEAD = 1, E_CATCHUP, E_LIVE };
+enum {
+    E_WAIT_HEAD = 1,
+    E_CATCHUP,
+    E_LIVE
+};
 
 typedef struct entry entry;
 typedef struct subtopic subtopic;
@@ -47,7 +51,7 @@ struct entry {
     subtopic *sub;
     uint64_t token;
     uint64_t ceiling;
-    uint64_t hwm; /* highest seq delivered, or the cursor */
+    uint64_t hwm;  /* highest seq delivered, or the cursor */
     uint32_t wave; /* wave slot + 1, 0 when not part of a wave */
     uint8_t state;
     bool history_only;
@@ -168,10 +172,11 @@ int rb_stream_shard_init(rb_shard *sh, rb_err *err)
         r->subs = s;
     }
     int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), SHARD_ENTRIES_MAX, err);
-    rc = rc ? rc : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), SHARD_SUBTOPICS_MAX, err);
     rc = rc ? rc
-            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections,
-                           err);
+            : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), SHARD_SUBTOPICS_MAX, err);
+    rc =
+        rc ? rc
+           : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections, err);
     return rc;
 }
 
@@ -699,8 +704,8 @@ static void range_done(rb_subs *s, entry *e, const rb_read_req *req, const rb_re
         return;
     }
     if (req->status != 0 || (rg->status != 0 && rg->status != RB_ERANGE)) {
-        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0,
-                           RB_WIRE_UNAVAILABLE, "topic %s: history read failed: %s", e->name,
+        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0, RB_WIRE_UNAVAILABLE,
+                           "topic %s: history read failed: %s", e->name,
                            req->status != 0 ? req->err.msg : "storage error");
         entry_remove(s, e, true);
         return;
@@ -709,8 +714,7 @@ static void range_done(rb_subs *s, entry *e, const rb_read_req *req, const rb_re
         rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0,
                            RB_WIRE_OUT_OF_RANGE,
                            "topic %s: cursor %llu is older than the oldest retained seq %llu",
-                           e->name, (unsigned long long)e->hwm,
-                           (unsigned long long)rg->oldest_seq);
+                           e->name, (unsigned long long)e->hwm, (unsigned long long)rg->oldest_seq);
         entry_remove(s, e, true);
         return;
     }
@@ -788,8 +792,8 @@ static void on_head_record(rb_subs *s, const uint8_t *p, const uint8_t **next)
         return;
     }
     if (status != 0) {
-        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0,
-                           RB_WIRE_UNAVAILABLE, "topic %s: storage unavailable", e->name);
+        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0, RB_WIRE_UNAVAILABLE,
+                           "topic %s: storage unavailable", e->name);
         entry_remove(s, e, true);
         return;
     }
@@ -804,8 +808,8 @@ static void pending_add(rb_subs *s, entry *e, rb_block *b)
     uint64_t limit = s->shard->server->cfg.pending_buffer_bytes;
     if (e->pend_bytes + b->bytes > limit) {
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
-                      "topic %s: live messages buffered during catch-up exceed %llu bytes",
-                      e->name, (unsigned long long)limit);
+                      "topic %s: live messages buffered during catch-up exceed %llu bytes", e->name,
+                      (unsigned long long)limit);
         return;
     }
     rb_seg *seg = rb_pool_get(&s->shard->seg_pool);
@@ -965,8 +969,8 @@ static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uni
             }
         }
         if (st != NULL && st->wave_count >= STREAM_WAVES_MAX) {
-            return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                                "more than %d waves in flight", STREAM_WAVES_MAX);
+            return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "more than %d waves in flight",
+                                STREAM_WAVES_MAX);
         }
     }
     uint64_t total = st != NULL ? st->entry_count : 0;
