@@ -13,9 +13,13 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
-PKGS      := liburing libsystemd
+PKGS      := liburing libsystemd libpq wolfssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
-PKG_LIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
+# -lssl goes before -lwolfssl: wolfSSL exports a few OpenSSL names, and the
+# OpenSSL that libpq loads must bind to OpenSSL's own. libwslay has no .pc.
+PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq 2>/dev/null) -lssl -lcrypto \
+             $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay
+CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -96,10 +100,10 @@ $(LIBA): $(LIB_OBJ)
 	ar rcs $@ $^
 
 $(LIBSO): $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ -lpthread
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ $(CLIENT_LIBS)
 
 $(RINGBUS): $(call obj,client/cli.c) $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ -lpthread -lm
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
 # the suite functions the test files define.

@@ -7,7 +7,9 @@ PACKAGES=(
   build-essential pkg-config git clang-format
   liburing-dev libsystemd-dev check libsubunit-dev
   libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libwslay-dev
-  libpq-dev postgresql
+  libpq-dev libssl-dev postgresql openssl gnutls-bin
+  nodejs npm chromium libwebsockets-dev ngtcp2-client
+  nats-server redis-server gnuplot-nox
   python3 python3-pytest
   systemd
 )
