@@ -507,7 +507,10 @@ void rb_conn_shutdown_all(rb_shard *sh)
 
 void rb_conn_maybe_finish_drain(rb_conn *c)
 {
-    if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0) {
+    /* CLOSE ok promises that everything before it was delivered, so it
+     * waits for the waves, the acks and the send queue. */
+    if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
+        c->tx_bytes == 0) {
         rb_conn_close(c, RB_WIRE_OK, "closed");
     }
 }
@@ -562,7 +565,9 @@ static void conn_timer_fired(rb_timer *t)
     if (c->state == RB_CONN_DRAINING && now >= c->close_deadline_ms) {
         c->state = RB_CONN_OPEN;
         rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "half-close drain exceeded the close grace");
-        c->close_deadline_ms = now + cfg->close_grace_ms;
+        /* The one grace is spent: one more flush attempt, then close. */
+        c->close_deadline_ms = now + RB_LOOP_TICK_MS;
+        conn_rearm_timer(c);
         return;
     }
     if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {

@@ -409,7 +409,8 @@ static void pending_drop(rb_shard *sh, entry *e)
 static void send_catchup_complete(rb_conn *c, const wave *w)
 {
     uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
-    size_t n = rb_frame_encode_catchup_complete(buf, sizeof buf, w->corr, w->mutate_id);
+    /* Server-initiated: tied to its MUTATE by mutate_id, corr_id 0. */
+    size_t n = rb_frame_encode_catchup_complete(buf, sizeof buf, 0, w->mutate_id);
     rb_conn_append(c, buf, n);
 }
 
@@ -502,11 +503,11 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
     return true;
 }
 
-static void send_topics_live(entry *e, const wave *w)
+static void send_topics_live(entry *e)
 {
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + 1 + RB_TOPIC_BYTES_MAX];
     rb_bytes t = {(const uint8_t *)e->name, e->name_len};
-    size_t n = rb_frame_encode_topics_live(buf, sizeof buf, w != NULL ? w->corr : 0, &t, 1);
+    size_t n = rb_frame_encode_topics_live(buf, sizeof buf, 0, &t, 1);
     rb_conn_append(e->stream->conn, buf, n);
 }
 
@@ -553,7 +554,7 @@ static void catchup_finish(rb_subs *s, entry *e)
     bool announce = e->state != E_LIVE && e->wave != 0;
     e->state = E_LIVE;
     if (announce) {
-        send_topics_live(e, &st->waves[e->wave - 1]);
+        send_topics_live(e);
         wave_entry_done(st, e);
     }
 }

@@ -334,6 +334,26 @@ def test_half_close_drains_waves_then_closes_ok(daemon):
     assert sub.closed_within(3)
 
 
+def test_half_close_that_cannot_drain_in_time_is_deadline_exceeded(make_daemon):
+    d = make_daemon(extra="[timeouts]\nclose_grace_ms = 300\n")
+    pub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    pub.hello()
+    # More history than the kernel's socket buffers and half the send queue
+    # hold, so the wave cannot finish while the client does not read.
+    for k in range(8):
+        publish_n(pub, "stuck", 1000, start_corr=k * 1000 + 1, payload=lambda i: "s" * 2000)
+    slow = rp.Conn("127.0.0.1", d.port)
+    slow.sock.setsockopt(__import__("socket").SOL_SOCKET, __import__("socket").SO_RCVBUF, 4096)
+    slow.hello()
+    slow.send(rp.encode_mutate(1, 1, adds=[("stuck", 0)]) + rp.encode_close(0, rp.OK))
+    deadline = time.monotonic() + 10
+    want = "closing: deadline_exceeded: half-close drain exceeded the close grace"
+    while want not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert want in d.log()
+    assert publish_n(pub, "stuck", 1, start_corr=90000)[0] == 8001
+
+
 def test_non_reading_subscriber_is_closed_and_publishers_carry_on(make_daemon):
     d = make_daemon(extra="[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
                           "pending_buffer_bytes = 262144\n")
