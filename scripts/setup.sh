@@ -8,11 +8,17 @@ PACKAGES=(
   liburing-dev libsystemd-dev check libsubunit-dev
   libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libwslay-dev
   libpq-dev libssl-dev postgresql openssl gnutls-bin
-  nodejs npm chromium libwebsockets-dev ngtcp2-client
+  chromium libwebsockets-dev ngtcp2-client
   nats-server redis-server gnuplot-nox
   python3 python3-pytest
   systemd
 )
+
+# Node.js and npm: the machine's own when it has them (a NodeSource build
+# ships npm inside nodejs and conflicts with Debian's npm package).
+if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
 
 missing=()
 for p in "${PACKAGES[@]}"; do
