@@ -236,19 +236,7 @@ __attribute__((format(printf, 4, 5))) static int fail_value(loader *ld, const rb
 
 static const char *a_type(const rb_toml_value *v)
 {
-    switch (rb_toml_type_of(v)) {
-    case RB_TOML_STRING:
-        return "a string";
-    case RB_TOML_INTEGER:
-        return "an integer";
-    case RB_TOML_BOOL:
-        return "a boolean";
-    case RB_TOML_ARRAY:
-        return "an array";
-    case RB_TOML_TABLE:
-        return "a table";
-    }
-    return "a value";
+    return rb_toml_type_article(rb_toml_type_of(v));
 }
 
 static int expect_type(loader *ld, const char *path, const rb_toml_value *v, rb_toml_type type,

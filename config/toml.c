@@ -215,8 +215,7 @@ static void show_key(const parser *p, const keypath *kp, size_t upto, bool in_se
     }
 }
 
-/* "an integer", "a table", ... for messages. */
-static const char *a_type(rb_toml_type type)
+const char *rb_toml_type_article(rb_toml_type type)
 {
     switch (type) {
     case RB_TOML_STRING:
@@ -807,7 +806,7 @@ static int resolve_dotted(parser *p, rb_toml_value *t, const keypath *kp, bool i
         rb_toml_value *v = e->value;
         if (v->type != RB_TOML_TABLE) {
             return fail_at(p, s->line, s->col, "key \"%s\" is %s (at %u:%u), not a table", shown,
-                           a_type(v->type), v->line, v->column);
+                           rb_toml_type_article(v->type), v->line, v->column);
         }
         bool sealed = (v->flags & TBL_INLINE) != 0 && (!in_inline || (v->flags & TBL_DOTTED) == 0);
         if (sealed) {
@@ -1118,7 +1117,7 @@ static int resolve_header(parser *p, const keypath *kp, rb_toml_value **out)
             t = v->u.array.items[v->u.array.count - 1];
         } else if (v->type != RB_TOML_TABLE) {
             return fail_at(p, s->line, s->col, "key \"%s\" is %s (at %u:%u), not a table", shown,
-                           a_type(v->type), v->line, v->column);
+                           rb_toml_type_article(v->type), v->line, v->column);
         } else if ((v->flags & TBL_INLINE) != 0) {
             return fail_at(p, s->line, s->col, "cannot add keys to inline table \"%s\" (at %u:%u)",
                            shown, v->line, v->column);
@@ -1149,7 +1148,7 @@ static int define_table(parser *p, rb_toml_value *t, const seg *s, const char *s
     rb_toml_value *v = e->value;
     if (v->type != RB_TOML_TABLE) {
         return fail_at(p, line, col, "cannot define table [%s]: it is already %s (at %u:%u)", shown,
-                       a_type(v->type), v->line, v->column);
+                       rb_toml_type_article(v->type), v->line, v->column);
     }
     if ((v->flags & TBL_HEADER) != 0) {
         return fail_at(p, line, col, "table [%s] is defined twice (first at %u:%u)", shown, v->line,
@@ -1191,7 +1190,7 @@ static int append_table(parser *p, rb_toml_value *t, const seg *s, const char *s
         rb_toml_value *v = e->value;
         return fail_at(p, line, col,
                        "cannot define array of tables [[%s]]: it is already %s (at %u:%u)", shown,
-                       a_type(v->type), v->line, v->column);
+                       rb_toml_type_article(v->type), v->line, v->column);
     }
     rb_toml_value *item = NULL;
     rc = value_new(p, RB_TOML_TABLE, (uint8_t)(arr->depth + 1), line, col, &item);

@@ -71,6 +71,8 @@ rb_toml_type rb_toml_type_of(const rb_toml_value *value);
 
 /* "string", "integer", "boolean", "array", "table". */
 const char *rb_toml_type_name(rb_toml_type type);
+/* The type with its article for messages: "an integer", "a table", ... */
+const char *rb_toml_type_article(rb_toml_type type);
 
 /* Where the value starts: its first character, a table header's '[', or for
  * a table created implicitly, the key that created it. */

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "common/assert.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "server/server.h"
 
@@ -99,16 +100,6 @@ struct rb_owner {
     rb_pool waiter_pool;
 };
 
-static uint64_t name_hash(const uint8_t *p, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-
 int rb_owner_init(rb_shard *sh, rb_err *err)
 {
     rb_owner *o = calloc(1, sizeof *o);
@@ -170,7 +161,7 @@ static void grow_buckets(rb_owner *o)
         rb_topic *t = o->buckets[i];
         while (t != NULL) {
             rb_topic *next = t->hash_next;
-            uint64_t h = name_hash((const uint8_t *)t->name, t->name_len) & (n - 1);
+            uint64_t h = rb_hash_bytes((const uint8_t *)t->name, t->name_len) & (n - 1);
             t->hash_next = b[h];
             b[h] = t;
             t = next;
@@ -187,7 +178,7 @@ static void heads_done(rb_heads_req *req);
  * topic bound is reached. A new topic loads its head from storage. */
 static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len)
 {
-    uint64_t h = name_hash(name, len);
+    uint64_t h = rb_hash_bytes(name, len);
     for (rb_topic *t = o->buckets[h & (o->bucket_count - 1)]; t != NULL; t = t->hash_next) {
         if (t->name_len == len && memcmp(t->name, name, len) == 0) {
             return t;

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "common/assert.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "server/server.h"
 
@@ -33,13 +34,7 @@
 
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len)
 {
-    /* FNV-1a: stable across runs and nodes, so a topic's owner is known. */
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= topic[i];
-        h *= 1099511628211ull;
-    }
-    return (uint32_t)(h % srv->shard_count);
+    return (uint32_t)(rb_hash_bytes(topic, len) % srv->shard_count);
 }
 
 void rb_block_ref(rb_block *b)

@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "common/assert.h"
+#include "common/hash.h"
 #include "common/log.h"
 #include "server/server.h"
 
@@ -123,16 +124,6 @@ struct rb_subs {
     add_item *scratch;
     uint32_t scratch_cap;
 };
-
-static uint64_t name_hash(const uint8_t *p, size_t len)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < len; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
 
 static void read_done(rb_read_req *req);
 static entry *cq_pop(rb_subs *s);
@@ -242,7 +233,7 @@ static void sub_grow(rb_subs *s)
         subtopic *t = s->buckets[i];
         while (t != NULL) {
             subtopic *next = t->hash_next;
-            uint64_t h = name_hash((const uint8_t *)t->name, t->name_len) & (n - 1);
+            uint64_t h = rb_hash_bytes((const uint8_t *)t->name, t->name_len) & (n - 1);
             t->hash_next = b[h];
             b[h] = t;
             t = next;
@@ -257,7 +248,7 @@ static void sub_grow(rb_subs *s)
  * limit refused it. The owner hears SUB for the first local subscriber. */
 static bool sub_register(rb_subs *s, entry *e)
 {
-    uint64_t h = name_hash((const uint8_t *)e->name, e->name_len);
+    uint64_t h = rb_hash_bytes((const uint8_t *)e->name, e->name_len);
     subtopic *t = sub_find(s, (const uint8_t *)e->name, e->name_len, h);
     uint8_t op = RB_INTEREST_QUERY;
     if (t == NULL) {
@@ -324,7 +315,7 @@ static void sub_unregister(rb_subs *s, entry *e)
          * dropped on arrival. */
         RB_LOG_WARN(0, "topic %s: unsubscribe could not be queued", t->name);
     }
-    uint64_t h = name_hash((const uint8_t *)t->name, t->name_len);
+    uint64_t h = rb_hash_bytes((const uint8_t *)t->name, t->name_len);
     subtopic **pp = &s->buckets[h & (s->bucket_count - 1)];
     while (*pp != t) {
         pp = &(*pp)->hash_next;
@@ -341,7 +332,7 @@ static entry *entry_find(rb_stream *st, const uint8_t *name, size_t len)
     if (st->bucket_count == 0) {
         return NULL;
     }
-    uint64_t h = name_hash(name, len);
+    uint64_t h = rb_hash_bytes(name, len);
     for (entry *e = st->buckets[h & (st->bucket_count - 1)]; e != NULL; e = e->hash_next) {
         if (e->name_len == len && memcmp(e->name, name, len) == 0) {
             return e;
@@ -367,7 +358,7 @@ static bool entry_table_fit(rb_stream *st, uint32_t more)
         entry *e = st->buckets[i];
         while (e != NULL) {
             entry *next = e->hash_next;
-            uint64_t h = name_hash((const uint8_t *)e->name, e->name_len) & (want - 1);
+            uint64_t h = rb_hash_bytes((const uint8_t *)e->name, e->name_len) & (want - 1);
             e->hash_next = b[h];
             b[h] = e;
             e = next;
@@ -381,7 +372,7 @@ static bool entry_table_fit(rb_stream *st, uint32_t more)
 
 static void entry_unlink(rb_stream *st, entry *e)
 {
-    uint64_t h = name_hash((const uint8_t *)e->name, e->name_len);
+    uint64_t h = rb_hash_bytes((const uint8_t *)e->name, e->name_len);
     entry **pp = &st->buckets[h & (st->bucket_count - 1)];
     while (*pp != e) {
         pp = &(*pp)->hash_next;
@@ -832,7 +823,7 @@ static void pending_add(rb_subs *s, entry *e, rb_block *b)
 
 static void on_block(rb_subs *s, rb_block *b)
 {
-    uint64_t h = name_hash((const uint8_t *)b->topic, b->topic_len);
+    uint64_t h = rb_hash_bytes((const uint8_t *)b->topic, b->topic_len);
     subtopic *t = sub_find(s, (const uint8_t *)b->topic, b->topic_len, h);
     if (t == NULL) {
         return;
@@ -912,7 +903,7 @@ static int collect_adds(rb_subs *s, const rb_frame *f)
     rb_mutate_add add;
     uint32_t i = 0;
     while (rb_frame_next_add(&it, &add)) {
-        s->scratch[i++] = (add_item){.hash = name_hash(add.topic.ptr, add.topic.len),
+        s->scratch[i++] = (add_item){.hash = rb_hash_bytes(add.topic.ptr, add.topic.len),
                                      .topic = add.topic,
                                      .cursor = add.cursor,
                                      .now = add.cursor_kind == RB_CURSOR_NOW};
