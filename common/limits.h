@@ -70,6 +70,41 @@
 #define RB_MEMORY_RETENTION_BYTES_DEFAULT    (64ull << 20)
 #define RB_MEMORY_RETENTION_BYTES_MAX        (1ull << 40)
 
+/* Postgres storage (storage/postgres.c). Requests per shard queued or in
+ * flight (a fixed pool of jobs): above what a shard's callers keep in
+ * flight (owners: one append per topic and head loads, bounded by their
+ * batch pool; catch-up: RB_CATCHUP_INFLIGHT_MAX reads); beyond it a request
+ * gets RB_ELIMIT. */
+#define RB_PG_REQUESTS_MAX 8192
+/* Requests pipelined on one connection, and the bytes they may have sent
+ * (the first is always let through): bounds libpq's buffers and the work
+ * one lost connection fails; the rest wait in the shard's queue. */
+#define RB_PG_PIPELINE_DEPTH_MAX 32
+#define RB_PG_PIPELINE_BYTES_MAX (8u << 20)
+/* Messages of one append and topics of one heads request, so that their
+ * arrays fit the shard's parameter buffer. */
+#define RB_PG_APPEND_MESSAGES_MAX 65536
+#define RB_PG_HEADS_TOPICS_MAX    4096
+/* Reconnect backoff (doubling), and how long a connect attempt may take. */
+#define RB_PG_BACKOFF_MS_MIN 50
+#define RB_PG_BACKOFF_MS_MAX 5000
+#define RB_PG_CONNECT_MS_MAX 15000
+/* A request still unanswered this long after its statements' timeouts
+ * means the connection is dead without a reset: it is dropped. */
+#define RB_PG_ANSWER_GRACE_MS 2000
+/* Topic ids cached per shard (slots, a power of two, kept at most half
+ * full) and the bytes of their names: about 1.3 MiB per shard. When
+ * either is full the cache starts over. */
+#define RB_PG_ID_CACHE_SLOTS      16384
+#define RB_PG_ID_CACHE_NAME_BYTES (1u << 20)
+/* Retention: topics visited and rows deleted per statement (a short
+ * transaction holding only the deleted rows' locks), the pause between
+ * statements of a pass, and between passes that found nothing. */
+#define RB_PG_RETENTION_TOPICS_MAX 64
+#define RB_PG_RETENTION_ROWS_MAX   2000
+#define RB_PG_RETENTION_STEP_MS    10
+#define RB_PG_RETENTION_IDLE_MS    1000
+
 /* Timeouts (DESIGN §4), in milliseconds, and the cap of any duration. */
 #define RB_KEEPALIVE_MS_DEFAULT    30000
 #define RB_PONG_TIMEOUT_MS_DEFAULT 30000

@@ -8,8 +8,7 @@ const rb_storage_ops *rb_storage_ops_for(const rb_config *cfg)
     case RB_STORAGE_MEMORY:
         return &rb_storage_memory_ops;
     case RB_STORAGE_POSTGRES:
-        /* The postgres backend is not built in yet. */
-        return NULL;
+        return &rb_storage_postgres_ops;
     }
     return NULL;
 }

@@ -116,9 +116,18 @@ typedef struct rb_storage_ops {
     int (*append)(rb_storage_shard *sh, rb_append_req *req);
     int (*read)(rb_storage_shard *sh, rb_read_req *req);
     int (*heads)(rb_storage_shard *sh, rb_heads_req *req);
+    /* Optional (NULL: ready as soon as open returns). After open, true once
+     * the backend can serve (e.g. Postgres reached and migrated); open
+     * returns at once and the backend keeps trying, logging why, so the
+     * daemon can wait for this before it starts its shards. Any thread. */
+    bool (*ready)(rb_storage *st);
+    /* Optional (NULL: nothing to migrate). Applies the backend's schema
+     * migrations and returns (ringbusd --migrate-only); blocking. */
+    int (*migrate)(const rb_config *cfg, rb_err *err);
 } rb_storage_ops;
 
 extern const rb_storage_ops rb_storage_memory_ops;
+extern const rb_storage_ops rb_storage_postgres_ops;
 
 /* The ops for cfg->storage_backend, or NULL when not built in. */
 const rb_storage_ops *rb_storage_ops_for(const rb_config *cfg);

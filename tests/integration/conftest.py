@@ -12,6 +12,9 @@ import time
 
 import pytest
 
+# The throwaway Postgres cluster (pg_cluster, pg_db, pg_conninfo).
+from pg import pg_cluster, pg_conninfo, pg_db  # noqa: F401
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("RINGBUS_BUILD", "build/release"))
 if not BUILD.is_absolute():
@@ -42,7 +45,8 @@ def free_port():
 class Daemon:
     """One running ringbusd."""
 
-    def __init__(self, tmp_path, shards=2, extra="", listeners=None, env=None):
+    def __init__(self, tmp_path, shards=2, extra="", listeners=None, env=None, storage="memory",
+                 conninfo=None, pg_extra=""):
         self.dir = tmp_path
         self.port = free_port()
         self.config_path = tmp_path / "ringbusd.toml"
@@ -52,6 +56,10 @@ class Daemon:
                 f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\n'
                 f"port = {self.port}\n"
             )
+        if storage == "postgres":
+            # pg_extra: more [storage.postgres] keys, one per line.
+            extra += (f'\n[storage]\nbackend = "postgres"\n[storage.postgres]\n'
+                      f'conninfo = "{conninfo}"\n{pg_extra}\n')
         self.config_text = f"shards = {shards}\nlog_level = \"debug\"\n{extra}\n{listeners}"
         self.config_path.write_text(self.config_text)
         self.env = dict(os.environ)
@@ -120,10 +128,20 @@ class Daemon:
 
 
 @pytest.fixture
-def make_daemon(tmp_path):
+def storage():
+    """The backend make_daemon uses unless told; a module overrides it (with
+    params, to run its tests on each backend)."""
+    return "memory"
+
+
+@pytest.fixture
+def make_daemon(tmp_path, request, storage):
     started = []
 
     def make(**kw):
+        kw.setdefault("storage", storage)
+        if kw["storage"] == "postgres" and kw.get("conninfo") is None:
+            kw["conninfo"] = request.getfixturevalue("pg_conninfo")
         sub = tmp_path / f"d{len(started)}"
         sub.mkdir()
         d = Daemon(sub, **kw)

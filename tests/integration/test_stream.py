@@ -1,6 +1,7 @@
 """Publishing and the mutable subscription stream against the real daemon
-on the memory store: the contract of DESIGN §1 (G1 order, G3 gapless
-handover, G4 explicit lag, G6 bad input) and the Mutate semantics of §3."""
+on the memory store and on Postgres: the contract of DESIGN §1 (G1 order,
+G3 gapless handover, G4 explicit lag, G6 bad input) and the Mutate
+semantics of §3."""
 
 import os
 import random
@@ -10,6 +11,13 @@ import pytest
 
 import rbproto as rp
 from streamcheck import Driver, Publisher, Subscriber
+
+
+@pytest.fixture(params=["memory", "postgres"])
+def storage(request):
+    """Every test of this module runs on the memory store and on Postgres
+    (make_daemon and daemon use this backend)."""
+    return request.param
 
 
 def conn(d):
@@ -303,6 +311,7 @@ def test_topics_live_follows_each_topics_history(daemon):
     assert "o3" not in seen
 
 
+@pytest.mark.parametrize("storage", ["memory"])  # [storage.memory] retention
 def test_retention_cursor_too_old_is_an_explicit_error(make_daemon):
     d = make_daemon(extra="[storage.memory]\nretention_messages = 10\n")
     pub = rp.Conn("127.0.0.1", d.port)

@@ -756,7 +756,7 @@ START_TEST(test_storage_ops_for_picks_the_configured_backend)
     ck_assert_ptr_eq(rb_storage_ops_for(cfg), &rb_storage_memory_ops);
     ck_assert_str_eq(rb_storage_ops_for(cfg)->name, "memory");
     cfg->storage_backend = RB_STORAGE_POSTGRES;
-    ck_assert_ptr_null(rb_storage_ops_for(cfg));
+    ck_assert_ptr_eq(rb_storage_ops_for(cfg), &rb_storage_postgres_ops);
     free(cfg);
 }
 END_TEST

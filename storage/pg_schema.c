@@ -1,0 +1,174 @@
+/* Schema migrations of the postgres backend (see pg_schema.h). Each
+ * migration is applied once, in order, and recorded in ringbus_schema.
+ * Migrations are append-only: a released one is never edited; a change is a
+ * new migration.
+ *
+ * Schema notes.
+ * - topics.head is the committed head: an append locks the topic's row with
+ *   UPDATE ... SET head = head + n and inserts its rows in the same
+ *   transaction, so per topic commit order is seq order (DESIGN §2).
+ * - messages has no foreign key to topics: the appender already holds the
+ *   topic's row, and a per-row RI trigger would cost more than the insert.
+ * - messages is not partitioned. Retention is per topic (count) and by age,
+ *   keeping each topic's newest message, so it cannot be done by dropping
+ *   time partitions; it deletes in bounded batches instead (postgres.c).
+ *   For more write capacity, Citus can distribute messages by topic_id (the
+ *   primary key starts with it); hash partitioning by topic_id would be a
+ *   later migration if vacuum of one large table becomes the bottleneck.
+ * - Autovacuum runs more often on messages than the default 20%, since
+ *   retention deletes continuously. */
+#include "storage/pg_schema.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <libpq-fe.h>
+
+#include "common/log.h"
+
+/* pg_advisory_xact_lock key of migrations: "ringbus" in ASCII. */
+#define PG_SCHEMA_LOCK_KEY "32204070246839667"
+
+typedef struct migration {
+    uint32_t version;
+    const char *what;
+    const char *sql;
+} migration;
+
+static const migration migrations[] = {
+    {1, "topics and messages",
+     "CREATE TABLE topics (\n"
+     "    id bigserial PRIMARY KEY,\n"
+     "    name text NOT NULL UNIQUE,\n"
+     "    head bigint NOT NULL DEFAULT 0 CHECK (head >= 0),\n"
+     "    created_at timestamptz NOT NULL DEFAULT now()\n"
+     ");\n"
+     "CREATE TABLE messages (\n"
+     "    topic_id bigint NOT NULL,\n"
+     "    seq bigint NOT NULL CHECK (seq > 0),\n"
+     "    payload bytea NOT NULL,\n"
+     "    published_at timestamptz NOT NULL DEFAULT now(),\n"
+     "    PRIMARY KEY (topic_id, seq)\n"
+     ") WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = "
+     "0.05);\n"},
+};
+
+#define MIGRATION_COUNT (sizeof migrations / sizeof migrations[0])
+
+uint32_t rb_pg_schema_latest(void)
+{
+    return migrations[MIGRATION_COUNT - 1].version;
+}
+
+/* Runs sql; returns 0 or RB_ESTORAGE with Postgres' message. */
+static int exec(PGconn *pg, const char *sql, const char *what, PGresult **out, rb_err *err)
+{
+    PGresult *res = PQexec(pg, sql);
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
+        const char *msg = res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg);
+        int rc = rb_err_set(err, RB_ESTORAGE, 0, "postgres migrate: %s: %.*s", what,
+                            (int)strcspn(msg, "\n"), msg);
+        PQclear(res);
+        return rc;
+    }
+    if (out != NULL) {
+        *out = res;
+    } else {
+        PQclear(res);
+    }
+    return 0;
+}
+
+static int current_version(PGconn *pg, uint32_t *version, rb_err *err)
+{
+    PGresult *res = NULL;
+    int rc =
+        exec(pg, "SELECT coalesce(max(version), 0) FROM ringbus_schema", "read version", &res, err);
+    if (rc != 0) {
+        return rc;
+    }
+    *version = (uint32_t)strtoul(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    return 0;
+}
+
+static int apply(PGconn *pg, const migration *m, rb_err *err)
+{
+    char what[96];
+    snprintf(what, sizeof what, "migration %u (%s)", m->version, m->what);
+    int rc = exec(pg, m->sql, what, NULL, err);
+    if (rc != 0) {
+        return rc;
+    }
+    char sql[256];
+    snprintf(sql, sizeof sql, "INSERT INTO ringbus_schema (version, description) VALUES (%u, '%s')",
+             m->version, m->what);
+    return exec(pg, sql, what, NULL, err);
+}
+
+/* Inside the locked transaction. */
+static int migrate_locked(PGconn *pg, uint32_t *version_out, uint32_t *applied_out, rb_err *err)
+{
+    int rc = exec(pg,
+                  "CREATE TABLE IF NOT EXISTS ringbus_schema (\n"
+                  "    version integer PRIMARY KEY,\n"
+                  "    description text NOT NULL,\n"
+                  "    applied_at timestamptz NOT NULL DEFAULT now())",
+                  "create ringbus_schema", NULL, err);
+    uint32_t version = 0;
+    rc = rc ? rc : current_version(pg, &version, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (version > rb_pg_schema_latest()) {
+        return rb_err_set(err, RB_EUNSUPPORTED, 0,
+                          "postgres migrate: the database has schema version %u, newer than this "
+                          "ringbusd knows (%u): upgrade ringbusd",
+                          version, rb_pg_schema_latest());
+    }
+    for (size_t i = 0; i < MIGRATION_COUNT && rc == 0; i++) {
+        if (migrations[i].version > version) {
+            rc = apply(pg, &migrations[i], err);
+            if (rc == 0) {
+                RB_LOG_INFO(0, "postgres: applied schema migration %u (%s)", migrations[i].version,
+                            migrations[i].what);
+                version = migrations[i].version;
+                (*applied_out)++;
+            }
+        }
+    }
+    *version_out = version;
+    return rc;
+}
+
+int rb_pg_schema_migrate(const rb_pgwire_params *params, uint32_t *version_out,
+                         uint32_t *applied_out, rb_err *err)
+{
+    *version_out = 0;
+    *applied_out = 0;
+    PGconn *pg = PQconnectdbParams(params->keywords, params->values, 0);
+    if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
+        const char *msg = pg != NULL ? PQerrorMessage(pg) : "out of memory";
+        int rc =
+            rb_err_set(err, RB_ESTORAGE, 0, "postgres connect: %.*s", (int)strcspn(msg, "\n"), msg);
+        PQfinish(pg);
+        return rc;
+    }
+    /* Quiet NOTICEs such as "relation already exists, skipping". */
+    int rc = exec(pg, "SET client_min_messages = warning", "set", NULL, err);
+    rc = rc ? rc : exec(pg, "BEGIN", "begin", NULL, err);
+    /* Held to the end of the transaction: a second daemon waits here, then
+     * finds the migrations applied. */
+    rc = rc ? rc
+            : exec(pg, "SELECT pg_advisory_xact_lock(" PG_SCHEMA_LOCK_KEY ")", "advisory lock",
+                   NULL, err);
+    rc = rc ? rc : migrate_locked(pg, version_out, applied_out, err);
+    rc = rc ? rc : exec(pg, "COMMIT", "commit", NULL, err);
+    if (rc != 0) {
+        *applied_out = 0;
+    }
+    PQfinish(pg);
+    return rc;
+}
