@@ -206,14 +206,35 @@ static size_t tx_pending(const ringbus_conn *conn)
     return conn->tx_len - conn->tx_off;
 }
 
+/* True when output waits in the send buffer or inside the transport (a
+ * WebSocket layer's encoded frames). */
+static bool out_pending(const ringbus_conn *conn)
+{
+    const rb_client_transport *tp = &conn->tp;
+    if (tx_pending(conn) > 0) {
+        return true;
+    }
+    return tp->fd >= 0 && tp->ops != NULL && tp->ops->write_pending != NULL &&
+           tp->ops->write_pending(tp);
+}
+
+/* True when a TLS or WebSocket layer holds input that poll cannot see. */
+static bool in_pending(const ringbus_conn *conn)
+{
+    const rb_client_transport *tp = &conn->tp;
+    return tp->fd >= 0 && tp->ops != NULL && tp->ops->read_pending != NULL &&
+           tp->ops->read_pending(tp);
+}
+
 /* Writes once. A failure is remembered and handled by the next process
  * call, so that callbacks never run inside publish or mutate. */
 static void tx_flush(ringbus_conn *conn)
 {
-    if (tx_pending(conn) == 0 || conn->io_failed || conn->tp.fd < 0) {
+    if (!out_pending(conn) || conn->io_failed || conn->tp.fd < 0) {
         return;
     }
     rb_err e = {0};
+    /* With nothing buffered here, the write pushes the transport's own. */
     ssize_t n = conn->tp.ops->write(&conn->tp, conn->tx + conn->tx_off, tx_pending(conn), &e);
     if (n > 0) {
         conn->tx_off += (size_t)n;
@@ -221,7 +242,7 @@ static void tx_flush(ringbus_conn *conn)
             conn->tx_off = 0;
             conn->tx_len = 0;
         }
-    } else if (n != RB_EAGAIN) {
+    } else if (n != RB_EAGAIN && n != 0) {
         conn->io_failed = true;
         snprintf(conn->io_fail_msg, sizeof conn->io_fail_msg, "%s", e.msg);
     }
@@ -690,9 +711,12 @@ static void wait_io(ringbus_conn *conn, int timeout_ms)
 {
     struct pollfd pfd = {.fd = conn->tp.fd, .events = 0};
     if (!conn->rx_stalled) {
+        if (in_pending(conn)) {
+            return;
+        }
         pfd.events |= POLLIN;
     }
-    if (tx_pending(conn) > 0) {
+    if (out_pending(conn)) {
         pfd.events |= POLLOUT;
     }
     if (pfd.events == 0) {
@@ -807,6 +831,9 @@ static ringbus_conn *conn_new(const char *url, const ringbus_options *o)
 static int wait_fd(ringbus_conn *conn, short events, int64_t deadline_ns, const char *what,
                    rb_err *err)
 {
+    if ((events & POLLIN) != 0 && in_pending(conn)) {
+        return 0;
+    }
     struct pollfd pfd = {.fd = conn->tp.fd, .events = events};
     int left_ms = rb_client_ms_until(deadline_ns);
     int n = left_ms > 0 ? poll(&pfd, 1, left_ms) : 0;
@@ -833,13 +860,13 @@ static int send_hello(ringbus_conn *conn, const ringbus_options *o, int64_t dead
     conn->tx_len +=
         rb_frame_encode_hello(conn->tx, conn->tx_cap, 0, RB_PROTOCOL_VERSION, name_b, cred_b);
     RB_ASSERT(conn->tx_len == need);
-    while (tx_pending(conn) > 0) {
+    while (out_pending(conn)) {
         tx_flush(conn);
         if (conn->io_failed) {
             return rb_err_set(err, RB_ESYS, 0, "connect %s: send HELLO: %s", conn->url_text,
                               conn->io_fail_msg);
         }
-        if (tx_pending(conn) > 0 && (rc = wait_fd(conn, POLLOUT, deadline_ns, "HELLO", err))) {
+        if (out_pending(conn) && (rc = wait_fd(conn, POLLOUT, deadline_ns, "HELLO", err))) {
             return rc;
         }
     }
@@ -952,9 +979,12 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
         return rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url);
     }
     conn->tp.ops = ops;
+    conn->tp.ca_file = o->tls_ca_file;
+    conn->tp.insecure = o->tls_insecure;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);
+    conn->tp.ca_file = NULL; /* borrowed for connect only */
     if (rc == 0) {
         rc = send_hello(conn, o, deadline_ns, err);
     }
@@ -1043,7 +1073,10 @@ int ringbus_fd(const ringbus_conn *conn)
 
 bool ringbus_want_write(const ringbus_conn *conn)
 {
-    return conn->state != CONN_DEAD && tx_pending(conn) > 0;
+    /* Input a TLS or WebSocket layer already holds is invisible to poll:
+     * asking for POLLOUT makes the caller's poll return and process it. */
+    return conn->state != CONN_DEAD &&
+           (out_pending(conn) || (in_pending(conn) && !conn->rx_stalled));
 }
 
 /* ---- processing ---- */

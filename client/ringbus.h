@@ -165,6 +165,14 @@ typedef struct ringbus_options {
     /* Optional event callback and its context (see ringbus_event_cb). */
     ringbus_event_cb on_event;
     void *event_ctx;
+    /* tls:// and wss://: the PEM bundle of CAs the server certificate must
+     * chain to; NULL = the system store (/etc/ssl/certs/ca-certificates.crt).
+     * Borrowed during connect. */
+    const char *tls_ca_file;
+    /* tls:// and wss://: skip verifying the server certificate and name.
+     * Only for tests and debugging: anyone on the path can then read and
+     * change the traffic. */
+    bool tls_insecure;
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */
@@ -172,10 +180,14 @@ void ringbus_options_init(ringbus_options *options);
 
 typedef struct ringbus_conn ringbus_conn;
 
-/* Connects to url and completes the handshake (HELLO -> STARTED), blocking
- * for at most options->connect_timeout_ms. URLs: tcp://host[:port] (default
- * port 7400), IPv6 as tcp://[::1]:7400. tls://, ws://, wss:// and quic://
- * are recognised and return RINGBUS_EUNSUPPORTED for now.
+/* Connects to url and completes the handshake (TLS, the WebSocket upgrade,
+ * then HELLO -> STARTED), blocking for at most options->connect_timeout_ms.
+ * URLs: tcp://host[:port] (default port 7400), IPv6 as tcp://[::1]:7400;
+ * tls://host[:port] (7401); ws://host[:port][/path] (7402, path default
+ * "/"; the server's default is /ringbus); wss://host[:port][/path] (7403).
+ * tls:// and wss:// verify the server certificate against the system store
+ * or options->tls_ca_file and check that it names host; host is sent as
+ * SNI. quic:// is recognised and returns RINGBUS_EUNSUPPORTED for now.
  * options may be NULL (defaults); url and options are borrowed. On success
  * returns 0 and stores a new connection in *conn, owned by the caller until
  * ringbus_close. On failure returns RINGBUS_EINVAL (bad URL or options),
@@ -204,7 +216,10 @@ const char *ringbus_server_id(const ringbus_conn *conn);
  * Owned by the connection: do not read, write or close it. */
 int ringbus_fd(const ringbus_conn *conn);
 
-/* True when buffered output is waiting: poll for POLLOUT too. */
+/* True when buffered output is waiting: poll for POLLOUT too. Also true
+ * when a TLS or WebSocket layer already holds input that poll cannot see
+ * (the socket is then writable, so the poll returns at once and the next
+ * ringbus_process reads it): always ask for POLLOUT when this is true. */
 bool ringbus_want_write(const ringbus_conn *conn);
 
 /* Writes buffered output (one write), reads what is available, answers

@@ -1,7 +1,8 @@
 /* The client transport table and the plain TCP transport: name lookup with
  * a deadline (getaddrinfo_a), nonblocking connect tried on each address in
- * turn, TCP_NODELAY, and nonblocking reads and writes. TLS, WebSocket and
- * QUIC transports are left to later layers behind the same ops table. */
+ * turn, TCP_NODELAY, and nonblocking reads and writes. TLS and WebSocket
+ * live in transport_tls.c and transport_ws.c behind the same ops table;
+ * QUIC is not built yet. */
 #include "client/transport.h"
 
 #include <errno.h>
@@ -233,7 +234,7 @@ static void tcp_close(rb_client_transport *tp)
     }
 }
 
-static const rb_client_transport_ops tcp_ops = {
+const rb_client_transport_ops rb_client_tcp_ops = {
     .name = "tcp",
     .connect = tcp_connect,
     .read = tcp_read,
@@ -245,12 +246,34 @@ const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme)
 {
     switch (scheme) {
     case RB_URL_TCP:
-        return &tcp_ops;
+        return &rb_client_tcp_ops;
     case RB_URL_TLS:
+        return &rb_client_tls_ops;
     case RB_URL_WS:
+        return &rb_client_ws_ops;
     case RB_URL_WSS:
+        return &rb_client_wss_ops;
     case RB_URL_QUIC:
         return NULL;
     }
     return NULL;
+}
+
+int rb_client_wait(const rb_client_transport *tp, short events, int64_t deadline_ns,
+                   const char *url_text, const char *what, rb_err *err)
+{
+    struct pollfd pfd = {.fd = tp->fd, .events = events};
+    for (;;) {
+        int left_ms = rb_client_ms_until(deadline_ns);
+        int n = left_ms > 0 ? poll(&pfd, 1, left_ms) : 0;
+        if (n > 0) {
+            return 0;
+        }
+        if (n == 0) {
+            return rb_err_set(err, RB_ETIMEDOUT, 0, "connect %s: %s: timed out", url_text, what);
+        }
+        if (errno != EINTR) {
+            return rb_err_set(err, RB_ESYS, errno, "connect %s: poll", url_text);
+        }
+    }
 }

@@ -173,7 +173,8 @@ int rb_url_parse(const char *text, rb_url *url, rb_err *err)
     if (rc != 0) {
         return rc;
     }
-    const char *path = slash != NULL ? slash : "/";
+    /* A WebSocket URL without a path means the server's default path. */
+    const char *path = slash != NULL ? slash : si->has_path ? RB_URL_WS_DEFAULT_PATH : "/";
     if (!si->has_path && strcmp(path, "/") != 0) {
         return rb_err_set(err, RB_EINVAL, 0, "url \"%s\": %s URLs take no path", text,
                           rb_url_scheme_name(si->scheme));

@@ -20,13 +20,15 @@ typedef enum rb_url_scheme {
 /* A URL's longest accepted text, and its longest path (ws, wss). */
 #define RB_URL_BYTES_MAX      2048
 #define RB_URL_PATH_BYTES_MAX 1024
+/* The path of a ws:// or wss:// URL that names none: the server's default. */
+#define RB_URL_WS_DEFAULT_PATH "/ringbus"
 
 typedef struct rb_url {
     rb_url_scheme scheme;
     char host[RB_ADDRESS_BYTES_MAX]; /* without the brackets of an IPv6 literal */
     bool host_is_ipv6;
     uint16_t port;
-    char path[RB_URL_PATH_BYTES_MAX]; /* "/" unless given; ws and wss only */
+    char path[RB_URL_PATH_BYTES_MAX]; /* ws, wss: as given, else "/ringbus"; others "/" */
 } rb_url;
 
 /* Parses text into *url. Returns 0 or RB_EINVAL with a message naming the

@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "config/config.h"
 #include "server/server.h"
+#include "transports/tls.h"
 
 /* Connections queued in the kernel before the acceptor takes them. */
 #define LISTEN_BACKLOG 4096
@@ -23,6 +24,7 @@
 static void usage(FILE *out)
 {
     fprintf(out, "usage: ringbusd [--config PATH]\n"
+                 "       ringbusd --config PATH --migrate-only\n"
                  "       ringbusd --check-config PATH\n"
                  "       ringbusd --version | --help\n"
                  "\n"
@@ -30,6 +32,7 @@ static void usage(FILE *out)
                  "one TCP listener on 127.0.0.1:7400.\n"
                  "\n"
                  "  -c, --config PATH        load the TOML configuration at PATH\n"
+                 "      --migrate-only       apply the storage schema migrations and exit\n"
                  "      --check-config PATH  validate PATH, print errors as file:line:column\n"
                  "  -v, --version            print the version\n"
                  "  -h, --help               print this help\n");
@@ -84,13 +87,20 @@ static int open_listeners(rb_server *srv, rb_err *err)
         rb_listener *l = &srv->listeners[i];
         l->cfg = srv->cfg.listeners[i];
         l->fd = -1;
-        if (l->cfg.transport != RB_TRANSPORT_TCP) {
+        l->index = i;
+        if (l->cfg.transport == RB_TRANSPORT_QUIC) {
             return rb_err_set(err, RB_EUNSUPPORTED, 0,
                               "listener %u: transport \"%s\" is not built into this version", i,
                               rb_transport_name(l->cfg.transport));
         }
-        int rc = listen_one(l, err);
+        int rc = 0;
+        if (l->cfg.transport == RB_TRANSPORT_TLS || l->cfg.transport == RB_TRANSPORT_WSS) {
+            rc = rb_tls_server_new(&l->tls, &l->cfg, err);
+        }
+        rc = rc ? rc : listen_one(l, err);
         if (rc != 0) {
+            rb_tls_server_free(l->tls);
+            l->tls = NULL;
             return rc;
         }
         srv->listener_count++;
@@ -106,6 +116,27 @@ static void close_listeners(rb_server *srv)
         if (srv->listeners[i].fd >= 0) {
             close(srv->listeners[i].fd);
         }
+        rb_tls_server_free(srv->listeners[i].tls);
+        srv->listeners[i].tls = NULL;
+    }
+}
+
+/* SIGHUP: every TLS listener loads its cert, key and client CA again for
+ * new connections; one that fails keeps its old context. */
+static void reload_tls(rb_server *srv)
+{
+    for (uint32_t i = 0; i < srv->listener_count; i++) {
+        rb_listener *l = &srv->listeners[i];
+        if (l->tls == NULL) {
+            continue;
+        }
+        rb_err err;
+        if (rb_tls_server_reload(l->tls, &err) != 0) {
+            RB_LOG_ERROR(0, "reload: %s; keeping the previous certificate", err.msg);
+        } else {
+            RB_LOG_INFO(0, "reload: %s://%s:%u now serves %s", rb_transport_name(l->cfg.transport),
+                        l->cfg.address, l->cfg.port, l->cfg.cert);
+        }
     }
 }
 
@@ -120,7 +151,7 @@ static void block_signals(sigset_t *set)
     signal(SIGPIPE, SIG_IGN);
 }
 
-static void wait_for_stop(const sigset_t *set)
+static void wait_for_stop(rb_server *srv, const sigset_t *set)
 {
     /* The main thread's loop: it only waits for signals. */
     for (;;) {
@@ -129,12 +160,53 @@ static void wait_for_stop(const sigset_t *set)
             continue;
         }
         if (sig == SIGHUP) {
-            RB_LOG_INFO(0, "SIGHUP received: reload is not implemented yet; nothing changed");
+            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
+            reload_tls(srv);
             continue;
         }
         RB_LOG_INFO(0, "%s received: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
         return;
     }
+}
+
+/* Waits until the storage backend can serve (Postgres reached and
+ * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT.
+ * Returns false when told to stop first. */
+static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
+{
+    if (srv->storage_ops->ready == NULL || srv->storage_ops->ready(srv->storage)) {
+        return true;
+    }
+    RB_LOG_INFO(0, "waiting for storage %s", srv->storage_ops->name);
+    sd_notify(0, "STATUS=waiting for storage");
+    while (!srv->storage_ops->ready(srv->storage)) {
+        struct timespec wait = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
+        int sig = sigtimedwait(set, NULL, &wait);
+        if (sig == SIGTERM || sig == SIGINT) {
+            RB_LOG_INFO(0, "%s received while waiting for storage: stopping",
+                        sig == SIGTERM ? "SIGTERM" : "SIGINT");
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ringbusd --migrate-only: the backend's migrations, then exit. */
+static int migrate_only(const rb_config *cfg)
+{
+    const rb_storage_ops *ops = rb_storage_ops_for(cfg);
+    if (ops == NULL || ops->migrate == NULL) {
+        printf("ringbusd: storage %s has no schema to migrate\n", ops ? ops->name : "?");
+        return 0;
+    }
+    rb_err err;
+    rb_err_clear(&err);
+    if (ops->migrate(cfg, &err) != 0) {
+        fprintf(stderr, "ringbusd: %s\n", err.msg);
+        return 1;
+    }
+    printf("ringbusd: storage %s: schema is up to date\n", ops->name);
+    return 0;
 }
 
 static int run(rb_server *srv)
@@ -147,7 +219,8 @@ static int run(rb_server *srv)
     }
     sigset_t set;
     block_signals(&set);
-    int rc = open_listeners(srv, &err);
+    int rc = rb_tls_global_init(&err);
+    rc = rc ? rc : open_listeners(srv, &err);
     if (rc == 0) {
         srv->storage_ops = rb_storage_ops_for(&srv->cfg);
         if (srv->storage_ops == NULL) {
@@ -162,6 +235,12 @@ static int run(rb_server *srv)
         close_listeners(srv);
         return 1;
     }
+    if (!wait_storage_ready(srv, &set)) {
+        close_listeners(srv);
+        rb_tls_global_deinit();
+        srv->storage_ops->close(srv->storage);
+        return 0;
+    }
     srv->shard_count = srv->cfg.shards;
     rc = rb_server_start(srv, &err);
     if (rc != 0) {
@@ -174,12 +253,13 @@ static int run(rb_server *srv)
     RB_LOG_INFO(0, "ready: %u shards, storage %s, version %s", srv->shard_count,
                 srv->storage_ops->name, RB_VERSION);
     sd_notify(0, "READY=1\nSTATUS=serving");
-    wait_for_stop(&set);
+    wait_for_stop(srv, &set);
     sd_notify(0, "STOPPING=1");
     atomic_store(&srv->ready, false);
     rb_server_stop(srv);
     rb_server_join(srv);
     close_listeners(srv);
+    rb_tls_global_deinit();
     srv->storage_ops->close(srv->storage);
     RB_LOG_INFO(0, "stopped");
     return 0;
@@ -190,12 +270,14 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check-config", required_argument, NULL, 'k'},
+        {"migrate-only", no_argument, NULL, 'm'}, /* storage schema, then exit */
         {"version", no_argument, NULL, 'v'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
     const char *check_path = NULL;
+    bool migrate = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
         switch (opt) {
@@ -204,6 +286,9 @@ int main(int argc, char **argv)
             break;
         case 'k':
             check_path = optarg;
+            break;
+        case 'm':
+            migrate = true;
             break;
         case 'v':
             printf("ringbusd %s\n", RB_VERSION);
@@ -243,6 +328,9 @@ int main(int argc, char **argv)
     rb_log_level level = RB_LOG_INFO;
     if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
         rb_log_set_level(level);
+    }
+    if (migrate) {
+        return migrate_only(&srv.cfg);
     }
     return run(&srv);
 }

@@ -583,16 +583,21 @@ static void on_publish_record(rb_shard *sh, rb_xmsg *m, const uint8_t *p, const 
     const uint8_t *payload = p + tlen;
     *next = payload + plen;
     rb_topic *t = topic_get(sh->owner, topic, tlen);
+    uint16_t code = RB_WIRE_RESOURCE_EXHAUSTED;
+    const char *why = "owner shard is at its topic limit";
     batch *b = NULL;
-    if (t != NULL && ensure_head(t)) {
+    if (t != NULL && !ensure_head(t)) {
+        code = RB_WIRE_UNAVAILABLE;
+        why = "storage unavailable: the topic's head cannot be read";
+    } else if (t != NULL) {
         b = fill_batch(t, rb_frame_messages_item_size(tlen, plen));
+        why = "owner shard is at its batch limit";
     }
     if (b == NULL) {
         rb_topic tmp;
         tmp.name_len = tlen;
         memcpy(tmp.name, topic, tlen);
-        send_ack(sh, &r, t != NULL ? t : &tmp, 0, RB_WIRE_RESOURCE_EXHAUSTED,
-                 "owner shard is at its batch limit");
+        send_ack(sh, &r, t != NULL ? t : &tmp, 0, code, why);
         release_src(m);
         return;
     }

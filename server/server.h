@@ -18,6 +18,8 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "storage/storage.h"
+#include "transports/layer.h"
+#include "transports/tls.h"
 
 typedef struct rb_server rb_server;
 typedef struct rb_shard rb_shard;
@@ -62,7 +64,7 @@ void rb_block_unref(rb_block *b);
 
 /* Kinds of messages sent to a shard through MSG_RING data. */
 enum {
-    RB_REMOTE_NEW_CONN = 1, /* payload: fd */
+    RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
 };
 #define RB_REMOTE_KIND_SHIFT     56
@@ -114,6 +116,10 @@ struct rb_conn {
     bool flush_queued;
     bool pong_wait;
     bool closing_status_sent;
+    bool layers_closed;    /* rb_stack_close has run */
+    bool peer_eof;         /* the peer closed its side */
+    bool lingering;        /* all sent; reading to discard until the peer closes */
+    uint16_t close_status; /* the status rb_conn_close sent, for the layers' close */
     rb_op recv_op;
     rb_op send_op;
     rb_op close_op;
@@ -135,6 +141,12 @@ struct rb_conn {
     uint64_t tx_bytes;
     struct iovec *tx_iov; /* from the shard's iov pool while a send is in flight */
     struct msghdr tx_msg;
+    /* transport layers (empty for tcp) and the socket bytes they made from
+     * the send queue: with layers, sendmsg writes these */
+    rb_stack stack;
+    rb_seg *wire_head;
+    rb_seg *wire_tail;
+    uint64_t wire_bytes;
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */
@@ -145,9 +157,11 @@ struct rb_conn {
 typedef struct rb_listener {
     rb_listener_config cfg;
     int fd;
+    uint32_t index; /* in rb_server.listeners */
     rb_op accept_op;
     bool armed;
     rb_shard *shard;
+    rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
 } rb_listener;
 
 struct rb_shard {
@@ -245,16 +259,21 @@ void rb_outbox_commit(rb_shard *sh, uint32_t to, size_t len);
 void rb_outbox_flush_all(rb_shard *sh);
 
 /* server/conn.c */
-/* Takes over an accepted fd; counted: the acceptor already added it to
- * the shard's load. */
-void rb_conn_adopt(rb_shard *sh, int fd, bool counted);
+/* Takes over an fd accepted on listener l; counted: the acceptor already
+ * added it to the shard's load. TLS and WS layers start here, on the
+ * owning shard, before any byte is read. */
+void rb_conn_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted);
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
 /* Appends a frame encoded by `enc` into the send queue. Returns 0 or
  * RB_ELIMIT when the queue is over its bound (the caller closes). */
 uint8_t *rb_conn_reserve(rb_conn *c, size_t len);
 void rb_conn_commit(rb_conn *c, size_t len);
 int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len);
-int rb_conn_append_ref(rb_conn *c, rb_block *b, const uint8_t *p, size_t len);
+/* Queues a frame whose head (head_len bytes, copied) is followed by len
+ * bytes at p inside block b (referenced, not copied). Returns 0, or
+ * RB_ELIMIT with nothing queued. */
+int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
+                             const uint8_t *p, size_t len);
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Sends CLOSE{status, message} (or ERROR first when error_code != 0),

@@ -17,6 +17,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "server/server.h"
+#include "transports/tls.h"
 
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define SHARD_SQ_ENTRIES 1024
@@ -216,13 +217,18 @@ static void send_wakes(rb_shard *sh)
     }
 }
 
+/* A new connection's payload is the listener index above the fd. */
+_Static_assert(RB_LISTENERS_MAX <= (1u << (RB_REMOTE_KIND_SHIFT - 32)), "index fits the payload");
+
 static void on_remote(void *ctx, uint64_t data)
 {
     rb_shard *sh = ctx;
     uint64_t kind = data >> RB_REMOTE_KIND_SHIFT;
     uint64_t payload = data & ((1ull << RB_REMOTE_KIND_SHIFT) - 1);
     if (kind == RB_REMOTE_NEW_CONN) {
-        rb_conn_adopt(sh, (int)payload, true);
+        uint32_t listener_index = (uint32_t)(payload >> 32);
+        RB_ASSERT(listener_index < sh->server->listener_count);
+        rb_conn_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
     }
     /* RB_REMOTE_QUEUE: the inboxes are drained every turn anyway. */
 }
@@ -250,14 +256,16 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     if (res >= 0) {
         rb_shard *target = least_loaded(sh->server);
         if (target == sh) {
-            rb_conn_adopt(sh, res, false);
+            rb_conn_adopt(sh, res, l, false);
         } else {
-            /* Pending counts as load at once, so a burst spreads out. */
+            /* Pending counts as load at once, so a burst spreads out. The
+             * listener travels with the fd: TLS and WS start on the target. */
             atomic_fetch_add(&target->conn_count, 1);
             int tfd = atomic_load(&target->ring_fd);
-            if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, res)) != 0) {
+            uint64_t payload = (uint64_t)l->index << 32 | (uint32_t)res;
+            if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, payload)) != 0) {
                 atomic_fetch_sub(&target->conn_count, 1);
-                rb_conn_adopt(sh, res, false);
+                rb_conn_adopt(sh, res, l, false);
             }
         }
     } else if (res != -ECANCELED) {
@@ -447,6 +455,7 @@ static void *shard_main(void *arg)
         }
     }
     shard_turns(sh);
+    rb_tls_thread_exit();
     RB_LOG_DEBUG(0, "stopped");
     return NULL;
 }

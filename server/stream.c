@@ -478,15 +478,9 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
                       (unsigned long long)b->first_seq);
         return false;
     }
-    uint8_t *head = rb_conn_reserve(c, RB_FRAME_MESSAGES_HEAD_BYTES);
-    if (head == NULL) {
-        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
-        return false;
-    }
-    size_t n = rb_frame_encode_messages_head(head, RB_FRAME_MESSAGES_HEAD_BYTES, 0, mutate_id,
-                                             count, bytes);
-    rb_conn_commit(c, n);
-    if (rb_conn_append_ref(c, b, items, bytes) != 0) {
+    uint8_t head[RB_FRAME_MESSAGES_HEAD_BYTES];
+    size_t n = rb_frame_encode_messages_head(head, sizeof head, 0, mutate_id, count, bytes);
+    if (rb_conn_append_frame_ref(c, head, n, b, items, bytes) != 0) {
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
         return false;
     }
@@ -673,7 +667,10 @@ static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t coun
             rb_frame_encode_messages_head(head, sizeof head, 0, mid, fcount, fbytes);
             if (rb_conn_append(c, head, sizeof head) != 0 ||
                 rb_conn_append(c, start, fbytes) != 0) {
-                rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
+                /* Part of a frame may be queued: a CLOSE frame after it
+                 * would be garbage, so the connection ends without one. */
+                RB_LOG_WARN(c->id, "server send buffers exhausted mid-frame: closing");
+                rb_conn_abort(c);
                 return false;
             }
             start += fbytes;

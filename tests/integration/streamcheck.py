@@ -14,12 +14,19 @@ class Client:
     """One connection driven by a Driver: frames decoded as they arrive,
     server PINGs answered, events handed to on_frame."""
 
-    def __init__(self, driver, port, name="c"):
+    def __init__(self, driver, port, name="c", transport=None):
+        """transport: None for tcp, else a factory port -> stream with
+        sock, send, recv and flush (rbtransport.nb_factory: tls, ws, wss)."""
         self.driver = driver
         self.name = name
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setblocking(False)
+        if transport is None:
+            self.sock = socket.create_connection(("127.0.0.1", port))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.sock.setblocking(False)
+            self.io = self.sock
+        else:
+            self.io = transport(port)
+            self.sock = self.io.sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closed = False
@@ -36,17 +43,19 @@ class Client:
     def flush(self):
         while self.outbuf and not self.closed:
             try:
-                n = self.sock.send(self.outbuf)
+                n = self.io.send(self.outbuf)
             except BlockingIOError:
                 break
             except (BrokenPipeError, ConnectionResetError):
                 self.closed = True
                 break
             del self.outbuf[:n]
+        if self.io is not self.sock and not self.closed:
+            self.io.flush()
 
     def on_readable(self):
         try:
-            data = self.sock.recv(1 << 20)
+            data = self.io.recv(1 << 20)
         except BlockingIOError:
             return
         except ConnectionResetError:
@@ -113,8 +122,8 @@ class Driver:
 class Publisher(Client):
     """Pipelines publishes; records every ack per topic."""
 
-    def __init__(self, driver, port, name="pub"):
-        super().__init__(driver, port, name)
+    def __init__(self, driver, port, name="pub", transport=None):
+        super().__init__(driver, port, name, transport)
         self.corr = 1
         self.inflight = {}  # corr -> topic
         self.acks = {}  # topic -> [seq...] in ack order
@@ -141,8 +150,8 @@ class Subscriber(Client):
     message against it: the first seq is cursor+1 (or above the head known
     when a `now` add was sent), then each next seq is the previous + 1."""
 
-    def __init__(self, driver, port, name="sub", strict_errors=True):
-        super().__init__(driver, port, name)
+    def __init__(self, driver, port, name="sub", strict_errors=True, transport=None):
+        super().__init__(driver, port, name, transport)
         self.expect = {}  # topic -> next seq expected, or ("now", bound)
         self.removing = {}  # mutate_id -> [topics]
         self.wave_topics = {}  # mutate_id -> set of topics awaiting TOPICS_LIVE

@@ -1,0 +1,757 @@
+/* The WebSocket layer: the upgrade handshake and /healthz in its HTTP
+ * phase, then RFC 6455 framing. Incoming frames are parsed by wslay's frame
+ * parser and checked here (masking, reserved bits, opcodes, fragments,
+ * sizes); outgoing ringbus frames are framed here as one binary message
+ * each, found by the size in their header. SHA-1 comes from wolfCrypt, so
+ * this file includes wolfSSL headers and no OpenSSL ones. */
+#include "transports/ws.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <wolfssl/options.h>
+#include <wolfssl/wolfcrypt/hash.h>
+#include <wslay/wslay.h>
+
+#include "common/assert.h"
+#include "common/frame.h"
+#include "transports/http.h"
+
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+/* Control frame payloads are at most 125 bytes (RFC 6455 5.5). */
+#define WS_CONTROL_BYTES_MAX 125
+/* Bytes of a Close reason we send: it must fit a control frame. */
+#define WS_REASON_BYTES_MAX 120
+
+enum {
+    OP_CONT = 0x0,
+    OP_TEXT = 0x1,
+    OP_BINARY = 0x2,
+    OP_CLOSE = 0x8,
+    OP_PING = 0x9,
+    OP_PONG = 0xA,
+};
+
+typedef enum ws_phase {
+    WS_HTTP = 0, /* reading the request head */
+    WS_OPEN,     /* upgraded */
+    WS_DONE,     /* answered over HTTP, or Close sent: nothing more goes out */
+} ws_phase;
+
+typedef struct ws_layer {
+    rb_layer base;
+    rb_ws_options opt;
+    ws_phase phase;
+    bool peer_closed; /* a Close arrived: ignore the rest */
+    /* HTTP phase: the request head so far (RB_HTTP_HEAD_BYTES_MAX, owned) */
+    uint8_t *head;
+    uint32_t head_len;
+    /* receiving */
+    wslay_frame_context_ptr fr; /* owned */
+    const uint8_t *in;          /* bytes wslay has not pulled yet */
+    size_t in_len;
+    bool frame_open;     /* a frame header was seen and its payload is due */
+    uint64_t frame_left; /* payload bytes of that frame still to come */
+    uint8_t frame_op;
+    bool in_message; /* a binary message is incomplete */
+    uint64_t msg_bytes;
+    uint8_t msg_size[4]; /* the first bytes of the message: the frame's size */
+    uint8_t ctl[WS_CONTROL_BYTES_MAX];
+    uint32_t ctl_len;
+    /* the Close we send: 0 = map the connection's status */
+    uint16_t close_code;
+    char close_reason[WS_REASON_BYTES_MAX + 1];
+    /* sending */
+    uint64_t out_left; /* payload bytes of the message being framed */
+    uint8_t out_size[4];
+    uint32_t out_size_len;
+    bool pong_due; /* a Pong waits for the current message to end */
+    uint8_t pong[WS_CONTROL_BYTES_MAX];
+    uint32_t pong_len;
+} ws_layer;
+
+#define WS_FROM(l) ((ws_layer *)(l))
+
+/* ---- helpers ---- */
+
+static void base64(const uint8_t *in, size_t len, char *out)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    for (size_t i = 0; i < len; i += 3) {
+        uint32_t v = (uint32_t)in[i] << 16;
+        v |= i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0;
+        v |= i + 2 < len ? (uint32_t)in[i + 2] : 0;
+        out[o++] = tab[(v >> 18) & 63];
+        out[o++] = tab[(v >> 12) & 63];
+        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
+        out[o++] = i + 2 < len ? tab[v & 63] : '=';
+    }
+    out[o] = '\0';
+}
+
+void rb_ws_accept_key(const char *key, size_t key_len, char out[29])
+{
+    uint8_t buf[128 + sizeof WS_GUID];
+    uint8_t digest[20];
+    RB_ASSERT(key_len <= 128);
+    memcpy(buf, key, key_len);
+    memcpy(buf + key_len, WS_GUID, sizeof WS_GUID - 1);
+    int rc = wc_ShaHash(buf, (word32)(key_len + sizeof WS_GUID - 1), digest);
+    RB_ASSERT(rc == 0);
+    base64(digest, sizeof digest, out);
+}
+
+uint16_t rb_ws_close_code(uint16_t wire_status)
+{
+    switch (wire_status) {
+    case RB_WIRE_OK:
+        return 1000;
+    case RB_WIRE_GOING_AWAY:
+        return 1001;
+    case RB_WIRE_BAD_FRAME:
+    case RB_WIRE_UNSUPPORTED_VERSION:
+        return 1002;
+    case RB_WIRE_TOO_LARGE:
+        return 1009;
+    case RB_WIRE_INTERNAL:
+        return 1011;
+    default:
+        return 1008;
+    }
+}
+
+/* Records the Close to send and returns the error that ends the input:
+ * err->cause is the ringbus status the owner closes with. */
+__attribute__((format(printf, 5, 6))) static int ws_fail(ws_layer *w, rb_err *err, uint16_t ws_code,
+                                                         uint16_t wire_code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(w->close_reason, sizeof w->close_reason, fmt, ap);
+    va_end(ap);
+    w->close_code = ws_code;
+    return rb_err_set(err, RB_EPROTO, wire_code, "WebSocket %u: %s", ws_code, w->close_reason);
+}
+
+/* Writes an unmasked frame header for a payload of len bytes. */
+static size_t frame_header(uint8_t *h, uint8_t opcode, uint64_t len)
+{
+    h[0] = (uint8_t)(0x80u | opcode);
+    if (len < 126) {
+        h[1] = (uint8_t)len;
+        return 2;
+    }
+    if (len <= 0xffff) {
+        h[1] = 126;
+        h[2] = (uint8_t)(len >> 8);
+        h[3] = (uint8_t)len;
+        return 4;
+    }
+    h[1] = 127;
+    for (int i = 0; i < 8; i++) {
+        h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
+    }
+    return 10;
+}
+
+static int send_control(ws_layer *w, uint8_t opcode, const uint8_t *p, size_t len, rb_err *err)
+{
+    uint8_t buf[2 + WS_CONTROL_BYTES_MAX];
+    RB_ASSERT(len <= WS_CONTROL_BYTES_MAX);
+    size_t h = frame_header(buf, opcode, len);
+    memcpy(buf + h, p, len);
+    return rb_layer_down(&w->base, buf, h + len, err);
+}
+
+/* ---- the HTTP phase ---- */
+
+static const char *status_text(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 426:
+        return "Upgrade Required";
+    case 431:
+        return "Request Header Fields Too Large";
+    default:
+        return "Service Unavailable";
+    }
+}
+
+/* Answers over plain HTTP; nothing else goes out afterwards. */
+static void http_reply(ws_layer *w, int status, const char *extra, const char *body)
+{
+    char buf[512];
+    int n = snprintf(buf, sizeof buf,
+                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\nCache-Control: no-store\r\n"
+                     "%s\r\n%s\n",
+                     status, status_text(status), strlen(body) + 1, extra, body);
+    RB_ASSERT(n > 0 && (size_t)n < sizeof buf);
+    rb_err err;
+    (void)rb_layer_down(&w->base, (const uint8_t *)buf, (size_t)n, &err);
+    w->phase = WS_DONE;
+}
+
+/* Answers a request and tells the owner the layer is done. */
+static void http_answer(ws_layer *w, int status, const char *extra, const char *body)
+{
+    http_reply(w, status, extra, body);
+    char why[256];
+    snprintf(why, sizeof why, "HTTP %d: %.200s", status, body);
+    rb_layer_ended(&w->base, RB_LAYER_END_DONE, why);
+}
+
+/* The request target's path (the part before any '?'). */
+static rb_http_span target_path(const rb_http_request *req)
+{
+    const char *q = memchr(req->target.ptr, '?', req->target.len);
+    return (rb_http_span){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
+}
+
+static bool span_is(rb_http_span s, const char *text)
+{
+    return s.len == strlen(text) && memcmp(s.ptr, text, s.len) == 0;
+}
+
+static bool key_ok(const rb_http_header *h)
+{
+    /* 16 random bytes in base64: 22 characters and "==". */
+    if (h == NULL || h->value.len != 24 || memcmp(h->value.ptr + 22, "==", 2) != 0) {
+        return false;
+    }
+    for (size_t i = 0; i < 22; i++) {
+        char c = h->value.ptr[i];
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+                  c == '+' || c == '/';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static bool origin_ok(const ws_layer *w, const rb_http_request *req)
+{
+    const rb_listener_config *cfg = w->opt.listener;
+    if (cfg->origin_count == 0) {
+        return true;
+    }
+    const rb_http_header *h = rb_http_find(req, "Origin");
+    if (h == NULL || rb_http_count(req, "Origin") != 1) {
+        return false;
+    }
+    for (uint32_t i = 0; i < cfg->origin_count; i++) {
+        if (rb_http_span_eq(h->value, cfg->origins[i])) {
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool offers_subprotocol(const rb_http_request *req)
+{
+    for (uint32_t i = 0; i < req->header_count; i++) {
+        const rb_http_header *h = &req->headers[i];
+        if (rb_http_span_eq(h->name, "Sec-WebSocket-Protocol") &&
+            rb_http_has_token(h->value, RB_WS_SUBPROTOCOL)) {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Checks an upgrade request; returns 0 or the HTTP status to refuse it
+ * with, *why saying why. */
+static int check_upgrade(const ws_layer *w, const rb_http_request *req, const char **why)
+{
+    const rb_http_header *up = rb_http_find(req, "Upgrade");
+    const rb_http_header *conn = rb_http_find(req, "Connection");
+    const rb_http_header *ver = rb_http_find(req, "Sec-WebSocket-Version");
+    *why = NULL;
+    if (req->version_minor != 1) {
+        *why = "WebSocket upgrades need HTTP/1.1";
+    } else if (rb_http_count(req, "Host") != 1) {
+        *why = "exactly one Host header is required";
+    } else if (up == NULL || !rb_http_has_token(up->value, "websocket")) {
+        *why = "missing \"Upgrade: websocket\"";
+    } else if (conn == NULL || !rb_http_has_token(conn->value, "upgrade")) {
+        *why = "missing \"Connection: Upgrade\"";
+    } else if (ver == NULL) {
+        *why = "missing Sec-WebSocket-Version";
+    } else if (rb_http_count(req, "Sec-WebSocket-Key") != 1 ||
+               !key_ok(rb_http_find(req, "Sec-WebSocket-Key"))) {
+        *why = "Sec-WebSocket-Key must be the base64 of 16 bytes";
+    }
+    if (*why != NULL) {
+        return 400;
+    }
+    if (!span_is(ver->value, "13")) {
+        *why = "unsupported Sec-WebSocket-Version (this server speaks 13)";
+        return 426;
+    }
+    if (!origin_ok(w, req)) {
+        *why = "Origin not allowed";
+        return 403;
+    }
+    if (!offers_subprotocol(req)) {
+        *why = "Sec-WebSocket-Protocol must offer " RB_WS_SUBPROTOCOL;
+        return 400;
+    }
+    return 0;
+}
+
+static int accept_upgrade(ws_layer *w, const rb_http_request *req, rb_err *err)
+{
+    const rb_http_header *key = rb_http_find(req, "Sec-WebSocket-Key");
+    char accept[29];
+    rb_ws_accept_key(key->value.ptr, key->value.len, accept);
+    char buf[256];
+    int n = snprintf(buf, sizeof buf,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                     "Sec-WebSocket-Protocol: " RB_WS_SUBPROTOCOL "\r\n\r\n",
+                     accept);
+    RB_ASSERT(n > 0 && (size_t)n < sizeof buf);
+    w->phase = WS_OPEN;
+    return rb_layer_down(&w->base, (const uint8_t *)buf, (size_t)n, err);
+}
+
+/* Answers a complete request head. Returns 0 (upgraded or answered) or an
+ * error of the layers below. */
+static int handle_request(ws_layer *w, const rb_http_request *req, rb_err *err)
+{
+    rb_http_span path = target_path(req);
+    bool health = span_is(path, RB_WS_HEALTH_PATH);
+    if (!rb_http_span_eq(req->method, "GET")) {
+        http_answer(w, 405, "Allow: GET\r\n", "only GET is supported");
+        return 0;
+    }
+    if (health) {
+        bool ready = atomic_load(w->opt.ready);
+        http_answer(w, ready ? 200 : 503, "", ready ? "ok" : "not ready (starting or stopping)");
+        return 0;
+    }
+    if (!span_is(path, w->opt.listener->path)) {
+        http_answer(w, 404, "", "no WebSocket endpoint at this path");
+        return 0;
+    }
+    const char *why = NULL;
+    int status = check_upgrade(w, req, &why);
+    if (status != 0) {
+        http_answer(w, status, status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", why);
+        return 0;
+    }
+    return accept_upgrade(w, req, err);
+}
+
+static int frames_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err);
+
+static int http_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
+{
+    size_t room = RB_HTTP_HEAD_BYTES_MAX - w->head_len;
+    size_t take = len < room ? len : room;
+    memcpy(w->head + w->head_len, p, take);
+    w->head_len += (uint32_t)take;
+    rb_http_request req;
+    rb_err perr;
+    int rc = rb_http_parse_request(w->head, w->head_len, &req, &perr);
+    if (rc == RB_EAGAIN) {
+        return 0;
+    }
+    if (rc != 0) {
+        http_answer(w, perr.cause, "", perr.msg);
+        return 0;
+    }
+    rc = handle_request(w, &req, err);
+    if (rc != 0 || w->phase != WS_OPEN) {
+        return rc;
+    }
+    /* Frames may follow the head at once: they go through the frame
+     * parser, the rest of this head buffer first. */
+    uint8_t *head = w->head;
+    size_t head_len = w->head_len;
+    w->head = NULL;
+    rc = frames_recv(w, head + req.head_bytes, head_len - req.head_bytes, err);
+    free(head);
+    if (rc == 0 && take < len) {
+        rc = frames_recv(w, p + take, len - take, err);
+    }
+    return rc;
+}
+
+/* ---- receiving frames ---- */
+
+static ssize_t wslay_pull(uint8_t *buf, size_t len, int flags, void *user_data)
+{
+    (void)flags;
+    ws_layer *w = user_data;
+    if (w->in_len == 0) {
+        return -1; /* wslay reads this as "want more" */
+    }
+    size_t n = w->in_len < len ? w->in_len : len;
+    memcpy(buf, w->in, n);
+    w->in += n;
+    w->in_len -= n;
+    return (ssize_t)n;
+}
+
+/* Checks a frame header (seen with its first payload chunk). */
+static int frame_begin(ws_layer *w, const struct wslay_frame_iocb *io, rb_err *err)
+{
+    uint32_t max = w->opt.max_frame_bytes;
+    if (io->rsv != 0) {
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "reserved bits set (no extension)");
+    }
+    if (!io->mask) {
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "client frames must be masked");
+    }
+    w->frame_op = io->opcode;
+    w->ctl_len = 0;
+    switch (io->opcode) {
+    case OP_TEXT:
+        return ws_fail(w, err, 1003, RB_WIRE_BAD_FRAME,
+                       "text messages are not supported; send each frame as a binary message");
+    case OP_BINARY:
+        if (w->in_message) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "new message inside a fragmented one");
+        }
+        w->in_message = true;
+        w->msg_bytes = 0;
+        break;
+    case OP_CONT:
+        if (!w->in_message) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "continuation without a message");
+        }
+        break;
+    case OP_CLOSE:
+    case OP_PING:
+    case OP_PONG:
+        return 0;
+    default:
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "unknown opcode %u", io->opcode);
+    }
+    if (w->msg_bytes + io->payload_length > max) {
+        return ws_fail(w, err, 1009, RB_WIRE_TOO_LARGE, "message over max_frame_bytes (%u)", max);
+    }
+    return 0;
+}
+
+static uint32_t declared_size(const ws_layer *w)
+{
+    return (uint32_t)w->msg_size[0] | (uint32_t)w->msg_size[1] << 8 |
+           (uint32_t)w->msg_size[2] << 16 | (uint32_t)w->msg_size[3] << 24;
+}
+
+/* Payload of a binary message: checked against the frame size it starts
+ * with, then handed up. */
+static int message_data(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
+{
+    for (size_t i = 0; i < len && w->msg_bytes + i < 4; i++) {
+        w->msg_size[w->msg_bytes + i] = p[i];
+    }
+    w->msg_bytes += len;
+    if (w->msg_bytes >= 4 && w->msg_bytes > declared_size(w)) {
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                       "a binary message must carry exactly one frame");
+    }
+    return len > 0 ? rb_layer_up(&w->base, p, len, err) : 0;
+}
+
+static bool close_code_ok(uint16_t code)
+{
+    return (code >= 1000 && code <= 1014 && code != 1004 && code != 1005 && code != 1006) ||
+           (code >= 3000 && code <= 4999);
+}
+
+static int on_close(ws_layer *w, rb_err *err)
+{
+    uint16_t code = 1000;
+    if (w->ctl_len == 1) {
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "Close payload of one byte");
+    }
+    if (w->ctl_len >= 2) {
+        code = (uint16_t)(w->ctl[0] << 8 | w->ctl[1]);
+        if (!close_code_ok(code)) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "invalid Close status %u", code);
+        }
+        if (!rb_utf8_valid(w->ctl + 2, w->ctl_len - 2)) {
+            return ws_fail(w, err, 1007, RB_WIRE_BAD_FRAME, "Close reason is not UTF-8");
+        }
+    }
+    /* The reply echoes the peer's status (RFC 6455 5.5.1). */
+    w->close_code = code;
+    snprintf(w->close_reason, sizeof w->close_reason, "closing");
+    w->peer_closed = true;
+    char why[64];
+    snprintf(why, sizeof why, "peer sent WebSocket Close %u", code);
+    rb_layer_ended(&w->base, RB_LAYER_END_PEER, why);
+    return RB_ECLOSED;
+}
+
+/* A frame's payload is complete. */
+static int frame_end(ws_layer *w, bool fin, rb_err *err)
+{
+    switch (w->frame_op) {
+    case OP_BINARY:
+    case OP_CONT:
+        if (!fin) {
+            return 0;
+        }
+        w->in_message = false;
+        if (w->msg_bytes < 4 || w->msg_bytes != declared_size(w)) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                           "a binary message must carry exactly one frame");
+        }
+        return 0;
+    case OP_PING:
+        if (w->out_left > 0 || w->out_size_len > 0) {
+            /* A message is half framed: the Pong follows it. */
+            memcpy(w->pong, w->ctl, w->ctl_len);
+            w->pong_len = w->ctl_len;
+            w->pong_due = true;
+            return 0;
+        }
+        return send_control(w, OP_PONG, w->ctl, w->ctl_len, err);
+    case OP_CLOSE:
+        return on_close(w, err);
+    default:
+        return 0; /* Pong */
+    }
+}
+
+static int frame_chunk(ws_layer *w, const struct wslay_frame_iocb *io, rb_err *err)
+{
+    if (w->frame_op == OP_BINARY || w->frame_op == OP_CONT) {
+        return message_data(w, io->data, io->data_length, err);
+    }
+    RB_ASSERT(w->ctl_len + io->data_length <= WS_CONTROL_BYTES_MAX);
+    memcpy(w->ctl + w->ctl_len, io->data, io->data_length);
+    w->ctl_len += (uint32_t)io->data_length;
+    return 0;
+}
+
+static int frames_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
+{
+    w->in = p;
+    w->in_len = len;
+    int rc = 0;
+    while (rc == 0 && !w->peer_closed) {
+        struct wslay_frame_iocb io;
+        memset(&io, 0, sizeof io);
+        ssize_t r = wslay_frame_recv(w->fr, &io);
+        if (r == WSLAY_ERR_WANT_READ) {
+            break;
+        }
+        if (r < 0) {
+            rc = ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "malformed frame header");
+            break;
+        }
+        if (!w->frame_open) {
+            w->frame_open = true;
+            w->frame_left = io.payload_length;
+            rc = frame_begin(w, &io, err);
+        }
+        rc = rc != 0 ? rc : frame_chunk(w, &io, err);
+        w->frame_left -= io.data_length;
+        if (rc == 0 && w->frame_left == 0) {
+            w->frame_open = false;
+            rc = frame_end(w, io.fin != 0, err);
+        }
+    }
+    w->in = NULL;
+    w->in_len = 0;
+    return rc;
+}
+
+/* ---- sending ---- */
+
+static int send_pong_due(ws_layer *w, rb_err *err)
+{
+    if (!w->pong_due || w->out_left > 0 || w->out_size_len > 0) {
+        return 0;
+    }
+    w->pong_due = false;
+    return send_control(w, OP_PONG, w->pong, w->pong_len, err);
+}
+
+/* Starts a binary message for the ringbus frame whose size bytes are in
+ * out_size. */
+static int message_begin(ws_layer *w, rb_err *err)
+{
+    uint32_t size = (uint32_t)w->out_size[0] | (uint32_t)w->out_size[1] << 8 |
+                    (uint32_t)w->out_size[2] << 16 | (uint32_t)w->out_size[3] << 24;
+    /* The server encodes every frame it sends, so a size below the header
+     * is a bug, not input. */
+    RB_ASSERT(size >= RB_FRAME_HEADER_BYTES);
+    uint8_t h[10 + 4];
+    size_t n = frame_header(h, OP_BINARY, size);
+    memcpy(h + n, w->out_size, 4);
+    w->out_size_len = 0;
+    w->out_left = size - 4;
+    return rb_layer_down(&w->base, h, n + 4, err);
+}
+
+static int ws_send(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
+{
+    ws_layer *w = WS_FROM(l);
+    RB_ASSERT(w->phase == WS_OPEN);
+    while (len > 0) {
+        if (w->out_left == 0) {
+            size_t take = 4 - w->out_size_len;
+            take = take < len ? take : len;
+            memcpy(w->out_size + w->out_size_len, p, take);
+            w->out_size_len += (uint32_t)take;
+            p += take;
+            len -= take;
+            int rc = w->out_size_len == 4 ? message_begin(w, err) : 0;
+            if (rc != 0) {
+                return rc;
+            }
+            continue;
+        }
+        size_t n = w->out_left < len ? (size_t)w->out_left : len;
+        int rc = rb_layer_down(l, p, n, err);
+        if (rc != 0) {
+            return rc;
+        }
+        w->out_left -= n;
+        p += n;
+        len -= n;
+        if ((rc = send_pong_due(w, err)) != 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int ws_flush(rb_layer *l, rb_err *err)
+{
+    ws_layer *w = WS_FROM(l);
+    return w->phase == WS_OPEN ? send_pong_due(w, err) : 0;
+}
+
+static void ws_close(rb_layer *l, uint16_t wire_status)
+{
+    ws_layer *w = WS_FROM(l);
+    if (w->phase == WS_HTTP && w->head_len > 0) {
+        /* The request never completed: say why over HTTP. */
+        if (wire_status == RB_WIRE_GOING_AWAY) {
+            http_reply(w, 503, "", "server shutting down");
+        } else if (wire_status == RB_WIRE_DEADLINE_EXCEEDED) {
+            http_reply(w, 408, "", "request head not completed in time");
+        }
+        w->phase = WS_DONE;
+        return;
+    }
+    if (w->phase != WS_OPEN || w->out_left > 0 || w->out_size_len > 0) {
+        w->phase = WS_DONE;
+        return;
+    }
+    uint8_t payload[2 + WS_REASON_BYTES_MAX];
+    uint16_t code = w->close_code != 0 ? w->close_code : rb_ws_close_code(wire_status);
+    const char *reason = w->close_code != 0 ? w->close_reason : rb_wire_code_name(wire_status);
+    size_t n = strnlen(reason, WS_REASON_BYTES_MAX);
+    /* A reason cut inside a UTF-8 sequence would be invalid: drop it. */
+    if (!rb_utf8_valid((const uint8_t *)reason, n)) {
+        n = 0;
+    }
+    payload[0] = (uint8_t)(code >> 8);
+    payload[1] = (uint8_t)code;
+    memcpy(payload + 2, reason, n);
+    rb_err err;
+    (void)send_control(w, OP_CLOSE, payload, 2 + n, &err);
+    w->phase = WS_DONE;
+}
+
+static int ws_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
+{
+    ws_layer *w = WS_FROM(l);
+    if (w->phase == WS_HTTP) {
+        return http_recv(w, p, len, err);
+    }
+    if (w->phase != WS_OPEN) {
+        return RB_ECLOSED;
+    }
+    return frames_recv(w, p, len, err);
+}
+
+static bool ws_ready(const rb_layer *l)
+{
+    return WS_FROM(l)->phase == WS_OPEN;
+}
+
+static void ws_destroy(rb_layer *l)
+{
+    ws_layer *w = WS_FROM(l);
+    free(w->head);
+    if (w->fr != NULL) {
+        wslay_frame_context_free(w->fr);
+    }
+    free(w);
+}
+
+static const rb_layer_ops ws_ops = {
+    .name = "ws",
+    .recv = ws_recv,
+    .send = ws_send,
+    .flush = ws_flush,
+    .close = ws_close,
+    .ready = ws_ready,
+    .destroy = ws_destroy,
+};
+
+static ssize_t wslay_push_unused(const uint8_t *data, size_t len, int flags, void *user_data)
+{
+    (void)data;
+    (void)len;
+    (void)flags;
+    (void)user_data;
+    return -1;
+}
+
+static int wslay_genmask_unused(uint8_t *buf, size_t len, void *user_data)
+{
+    (void)buf;
+    (void)len;
+    (void)user_data;
+    return -1;
+}
+
+int rb_ws_layer_new(rb_layer **out, const rb_ws_options *opt, rb_err *err)
+{
+    ws_layer *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "ws: out of memory");
+    }
+    w->base.ops = &ws_ops;
+    w->opt = *opt;
+    w->head = malloc(RB_HTTP_HEAD_BYTES_MAX);
+    /* Frames are sent by ws_send; wslay only parses. */
+    struct wslay_frame_callbacks cb = {
+        .send_callback = wslay_push_unused,
+        .recv_callback = wslay_pull,
+        .genmask_callback = wslay_genmask_unused,
+    };
+    if (w->head == NULL || wslay_frame_context_init(&w->fr, &cb, w) != 0) {
+        w->fr = NULL;
+        ws_destroy(&w->base);
+        return rb_err_set(err, RB_ENOMEM, 0, "ws: out of memory");
+    }
+    *out = &w->base;
+    return 0;
+}
