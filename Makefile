@@ -49,7 +49,7 @@ CONFIG_SRC     := $(sort $(wildcard config/*.c))
 STORAGE_SRC    := $(sort $(wildcard storage/*.c))
 TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
-CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c,$(wildcard client/*.c)))
+CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c client/bench.c,$(wildcard client/*.c)))
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
@@ -102,7 +102,7 @@ $(LIBA): $(LIB_OBJ)
 $(LIBSO): $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ $(CLIENT_LIBS)
 
-$(RINGBUS): $(call obj,client/cli.c) $(LIB_OBJ)
+$(RINGBUS): $(call obj,client/cli.c client/bench.c) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
@@ -166,6 +166,10 @@ install: all
 	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/ringbusd.service
 	install -m 644 systemd/ringbusd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/ringbusd.conf
 	install -m 644 systemd/ringbusd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/ringbusd.conf
+
+# Side-by-side benchmarks with NATS and Redis (docs/BENCHMARKS.md).
+bench: all
+	bench/run.sh
 
 clean:
 	rm -rf build

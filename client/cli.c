@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/bench.h"
 #include "client/cmdjson.h"
 #include "client/json.h"
 #include "client/ringbus.h"
@@ -36,10 +37,14 @@
 #define TICK_MS 1000
 
 static const char usage_text[] =
-    "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] COMMAND [ARGS]\n"
+    "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
+    "               COMMAND [ARGS]\n"
     "\n"
     "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
-    "                     IPv6 as tcp://[::1]:7400\n"
+    "                     IPv6 as tcp://[::1]:7400, tls://host[:port],\n"
+    "                     ws://host[:port][/path], wss://host[:port][/path]\n"
+    "  --ca FILE          tls, wss: trust the CAs in FILE (PEM) instead of the system store\n"
+    "  --insecure         tls, wss: do not verify the server certificate (testing only)\n"
     "  --timeout SECONDS  connect and request timeout (default 10)\n"
     "  --name NAME        client name sent to the server\n"
     "  --help, --version\n"
@@ -49,11 +54,14 @@ static const char usage_text[] =
     "  pub TOPIC [PAYLOAD]              publish PAYLOAD, or each stdin line; print each ack\n"
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
     "                                   subscribe; CURSOR is a seq, 0 or now (default)\n"
-    "  stream                           JSON commands on stdin, JSON events on stdout\n";
+    "  stream                           JSON commands on stdin, JSON events on stdout\n"
+    "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
     const char *url;
     const char *name;
+    const char *ca_file; /* --ca */
+    bool insecure;       /* --insecure */
     int timeout_ms;
     ringbus_conn *conn;
     rb_json_buf out;
@@ -243,6 +251,17 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
         c->url = v;
         return 1;
     }
+    if (is_opt(arg, "--ca")) {
+        if ((v = opt_value(argc, argv, i, "--ca")) == NULL) {
+            return -usage_error("--ca needs a PEM file");
+        }
+        c->ca_file = v;
+        return 1;
+    }
+    if (strcmp(arg, "--insecure") == 0) {
+        c->insecure = true;
+        return 1;
+    }
     if (is_opt(arg, "--name")) {
         if ((v = opt_value(argc, argv, i, "--name")) == NULL) {
             return -usage_error("--name needs a name");
@@ -275,6 +294,8 @@ static int cli_connect(cli *c, bool with_callback)
     o.connect_timeout_ms = c->timeout_ms;
     o.request_timeout_ms = c->timeout_ms;
     o.publish_window = PUB_WINDOW;
+    o.tls_ca_file = c->ca_file;
+    o.tls_insecure = c->insecure;
     if (with_callback) {
         o.on_event = on_event;
         o.event_ctx = c;
@@ -964,6 +985,9 @@ static int run(cli *c, int argc, char **argv)
     }
     if (strcmp(cmd, "stream") == 0) {
         return cmd_stream(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "bench") == 0) {
+        return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);
     return EXIT_USAGE;
