@@ -19,6 +19,9 @@
 
 typedef struct rb_loop rb_loop;
 
+/* The object that embeds `member` (an rb_op, rb_task or rb_timer) at ptr. */
+#define RB_CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
+
 /* A completion handler: res is cqe->res (negative errno on failure), flags
  * is cqe->flags (IORING_CQE_F_MORE = RB_LOOP_F_MORE, buffer id in the high
  * 16 bits when RB_LOOP_F_BUFFER). Embed an rb_op in the owning object and

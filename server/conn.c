@@ -25,7 +25,7 @@
 #include "transports/tls.h"
 #include "transports/ws.h"
 
-#define CONN_FROM(ptr, field) ((rb_conn *)((char *)(ptr)-offsetof(rb_conn, field)))
+#define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
 
 static void conn_recv_done(rb_op *op, int res, uint32_t flags);
 static void conn_send_done(rb_op *op, int res, uint32_t flags);

@@ -251,7 +251,7 @@ static rb_shard *least_loaded(rb_server *srv)
 
 static void accept_done(rb_op *op, int res, uint32_t flags)
 {
-    rb_listener *l = (rb_listener *)((char *)op - offsetof(rb_listener, accept_op));
+    rb_listener *l = RB_CONTAINER_OF(op, rb_listener, accept_op);
     rb_shard *sh = l->shard;
     if (res >= 0) {
         rb_shard *target = least_loaded(sh->server);
@@ -317,7 +317,7 @@ static void stop_done(rb_op *op, int res, uint32_t flags)
 {
     (void)res;
     (void)flags;
-    rb_shard *sh = (rb_shard *)((char *)op - offsetof(rb_shard, stop_op));
+    rb_shard *sh = RB_CONTAINER_OF(op, rb_shard, stop_op);
     sh->stop_armed = false;
     if (sh->stopping) {
         return;

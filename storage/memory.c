@@ -56,9 +56,6 @@ static_assert((1u << MEMORY_STRIPE_BITS) == RB_MEMORY_STRIPES, "stripe bits matc
  * and reaching it means a caller forgot its own bound: RB_ELIMIT. */
 #define RB_MEMORY_INFLIGHT_MAX 65536u
 
-#define MEMORY_CONTAINER_OF(ptr, type, member)                                                     \
-    ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
 /* The payloads of one append, back to back. */
 typedef struct mem_block {
     struct mem_block *next_free; /* links blocks to free after unlocking */
@@ -363,7 +360,7 @@ static int entries_reserve(rb_storage *st, mem_topic *t, uint64_t adding)
 
 static void shard_flush(rb_task *task)
 {
-    rb_storage_shard *sh = MEMORY_CONTAINER_OF(task, rb_storage_shard, flush);
+    rb_storage_shard *sh = RB_CONTAINER_OF(task, rb_storage_shard, flush);
     rb_task *t = sh->done_head;
     sh->done_head = NULL;
     sh->done_tail = NULL;
@@ -405,24 +402,6 @@ static int shard_admit(rb_storage_shard *sh, rb_err *err, const char *what)
     }
     sh->inflight_count++;
     return 0;
-}
-
-static void append_told(rb_task *task)
-{
-    rb_append_req *req = MEMORY_CONTAINER_OF(task, rb_append_req, task);
-    req->done(req);
-}
-
-static void read_told(rb_task *task)
-{
-    rb_read_req *req = MEMORY_CONTAINER_OF(task, rb_read_req, task);
-    req->done(req);
-}
-
-static void heads_told(rb_task *task)
-{
-    rb_heads_req *req = MEMORY_CONTAINER_OF(task, rb_heads_req, task);
-    req->done(req);
 }
 
 /* ---- append ---- */
@@ -541,7 +520,7 @@ static int memory_append(rb_storage_shard *sh, rb_append_req *req)
         return rc;
     }
     append_run(sh->st, req, total);
-    shard_complete(sh, &req->task, append_told);
+    shard_complete(sh, &req->task, rb_storage__append_told);
     return 0;
 }
 
@@ -647,7 +626,7 @@ static int memory_read(rb_storage_shard *sh, rb_read_req *req)
         range_read(sh->st, req, &req->ranges[i], &stopped);
     }
     RB_ASSERT(req->arena_used <= req->arena_cap);
-    shard_complete(sh, &req->task, read_told);
+    shard_complete(sh, &req->task, rb_storage__read_told);
     return 0;
 }
 
@@ -684,7 +663,7 @@ static int memory_heads(rb_storage_shard *sh, rb_heads_req *req)
             unlock(&t->lock);
         }
     }
-    shard_complete(sh, &req->task, heads_told);
+    shard_complete(sh, &req->task, rb_storage__heads_told);
     return 0;
 }
 

@@ -65,8 +65,6 @@
 #include "storage/pgwire.h"
 #include "storage/storage.h"
 
-#define PG_CONTAINER_OF(ptr, type, member) ((type *)(void *)((char *)(ptr)-offsetof(type, member)))
-
 /* Array type oids. */
 #define OID_INT8_ARRAY  1016u
 #define OID_TEXT_ARRAY  1009u
@@ -336,7 +334,7 @@ static void id_put(rb_storage_shard *sh, rb_bytes name, int64_t id)
 
 static void shard_flush(rb_task *task)
 {
-    rb_storage_shard *sh = PG_CONTAINER_OF(task, rb_storage_shard, flush);
+    rb_storage_shard *sh = RB_CONTAINER_OF(task, rb_storage_shard, flush);
     sh->flush_queued = false;
     /* Take the list first: a done may issue new requests. */
     rb_task *t = sh->done_head;
@@ -349,24 +347,6 @@ static void shard_flush(rb_task *task)
         t->fn(t);
         t = next;
     }
-}
-
-static void append_told(rb_task *task)
-{
-    rb_append_req *req = PG_CONTAINER_OF(task, rb_append_req, task);
-    req->done(req);
-}
-
-static void read_told(rb_task *task)
-{
-    rb_read_req *req = PG_CONTAINER_OF(task, rb_read_req, task);
-    req->done(req);
-}
-
-static void heads_told(rb_task *task)
-{
-    rb_heads_req *req = PG_CONTAINER_OF(task, rb_heads_req, task);
-    req->done(req);
 }
 
 static void tell_later(rb_storage_shard *sh, rb_task *task, void (*fn)(rb_task *task))
@@ -396,14 +376,14 @@ static void job_finish(rb_storage_shard *sh, pg_job *j)
 {
     switch (j->kind) {
     case JOB_APPEND:
-        tell_later(sh, &j->req.append->task, append_told);
+        tell_later(sh, &j->req.append->task, rb_storage__append_told);
         break;
     case JOB_LOOKUP:
     case JOB_READ:
-        tell_later(sh, &j->req.read->task, read_told);
+        tell_later(sh, &j->req.read->task, rb_storage__read_told);
         break;
     case JOB_HEADS:
-        tell_later(sh, &j->req.heads->task, heads_told);
+        tell_later(sh, &j->req.heads->task, rb_storage__heads_told);
         break;
     default:
         RB_ASSERT(!"internal jobs are not finished here");
@@ -752,7 +732,7 @@ static void conn_start(pg_conn *c);
 
 static void retry_fire(rb_timer *t)
 {
-    pg_conn *c = PG_CONTAINER_OF(t, pg_conn, retry);
+    pg_conn *c = RB_CONTAINER_OF(t, pg_conn, retry);
     RB_ASSERT(c->state == CONN_DOWN);
     conn_start(c);
 }
@@ -1151,7 +1131,7 @@ static void job_result(rb_storage_shard *sh, pg_job *j, const PGresult *res)
 
 static void retain_fire(rb_timer *t)
 {
-    rb_storage_shard *sh = PG_CONTAINER_OF(t, rb_storage_shard, retain_timer);
+    rb_storage_shard *sh = RB_CONTAINER_OF(t, rb_storage_shard, retain_timer);
     if (sh->retain_busy) {
         return;
     }
@@ -1324,7 +1304,7 @@ static void conn_service(pg_conn *c, int res)
 static void rd_done(rb_op *op, int res, uint32_t flags)
 {
     (void)flags;
-    pg_conn *c = PG_CONTAINER_OF(op, pg_conn, rd_op);
+    pg_conn *c = RB_CONTAINER_OF(op, pg_conn, rd_op);
     RB_ASSERT(c->rd_armed);
     c->rd_armed = false;
     switch (c->state) {
@@ -1348,7 +1328,7 @@ static void rd_done(rb_op *op, int res, uint32_t flags)
 static void wr_done(rb_op *op, int res, uint32_t flags)
 {
     (void)flags;
-    pg_conn *c = PG_CONTAINER_OF(op, pg_conn, wr_op);
+    pg_conn *c = RB_CONTAINER_OF(op, pg_conn, wr_op);
     RB_ASSERT(c->wr_armed);
     c->wr_armed = false;
     if (c->state == CONN_CLOSING) {
@@ -1369,7 +1349,7 @@ static void wr_done(rb_op *op, int res, uint32_t flags)
  * peer without a reset); runs while anything is in flight. */
 static void watchdog_fire(rb_timer *t)
 {
-    rb_storage_shard *sh = PG_CONTAINER_OF(t, rb_storage_shard, watchdog);
+    rb_storage_shard *sh = RB_CONTAINER_OF(t, rb_storage_shard, watchdog);
     uint64_t now = rb_loop_now_ms(sh->loop);
     bool again = false;
     for (uint32_t i = 0; i < sh->st->pool_size; i++) {

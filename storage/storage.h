@@ -129,6 +129,12 @@ typedef struct rb_storage_ops {
 extern const rb_storage_ops rb_storage_memory_ops;
 extern const rb_storage_ops rb_storage_postgres_ops;
 
+/* For backends: task bodies that run a request's done callback, for
+ * rb_loop_defer of the request's embedded task. */
+void rb_storage__append_told(rb_task *task);
+void rb_storage__read_told(rb_task *task);
+void rb_storage__heads_told(rb_task *task);
+
 /* The ops for cfg->storage_backend, or NULL when not built in. */
 const rb_storage_ops *rb_storage_ops_for(const rb_config *cfg);
 
