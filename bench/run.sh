@@ -244,8 +244,10 @@ done
 
 mkdir -p "$RESULTS" "$PLOTS"
 DAEMON_REV=$("$RINGBUSD" --version 2>&1 | head -1 || true)
+# The record names binaries relative to the repository, never by machine path.
+rel() { case "$1" in "$ROOT"/*) echo "${1#"$ROOT"/}" ;; *) basename "$1" ;; esac; }
 python3 bench/summarize.py "$RAW" "$RESULTS" "$PLOTS" "$TMP" \
-  "RINGBUSD=$RINGBUSD ($DAEMON_REV) RINGBUS=$RINGBUS PEERLOAD=$PEERLOAD REPS=$REPS SIZES='$SIZES' QUICK=$QUICK FIGURES='$FIGURES' bench/run.sh"
+  "RINGBUSD=$(rel "$RINGBUSD") ($DAEMON_REV) RINGBUS=$(rel "$RINGBUS") PEERLOAD=$(rel "$PEERLOAD") REPS=$REPS SIZES='$SIZES' QUICK=$QUICK FIGURES='$FIGURES' bench/run.sh"
 if want pubsub && want latency; then
   gnuplot -e "datadir='$TMP'; outdir='$PLOTS'" bench/plots.gp
   say "wrote $RESULTS/latest.json, $RESULTS/latest.md, $PLOTS/throughput.svg, $PLOTS/latency.svg"
