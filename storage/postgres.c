@@ -35,8 +35,8 @@
  * Failures. A connection that fails (reset, Postgres restarted, no answer
  * in time) fails every job it has in flight with RB_ESTORAGE: for an append
  * whose Sync did not come back the commit is unknown, and it is reported as
- * not committed (never a false ack; the message may still be stored, and a
- * client that retries with an idempotency key avoids a duplicate). The
+ * not committed (never a false ack; the message may still be stored, so a
+ * retry may store it twice until idempotency keys are deduplicated). The
  * connection reconnects with backoff; while no connection of the shard is
  * up or connecting, requests fail at once with RB_ESTORAGE.
  *
