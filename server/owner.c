@@ -26,6 +26,9 @@
 #define OWNER_TOPICS_MAX (1u << 20)
 /* Head-query waiters per shard while a topic's head loads. */
 #define OWNER_WAITERS_MAX (1u << 20)
+/* Topics per heads request, and heads requests in flight per shard. */
+#define OWNER_REFRESH_TOPICS_MAX 256
+#define OWNER_REFRESHES_MAX      16
 /* Unacknowledged publishes per connection. */
 #define CONN_PUBLISHES_IN_FLIGHT_MAX 65536
 
@@ -68,24 +71,32 @@ typedef struct waiter {
     uint64_t token;
 } waiter;
 
+/* One heads request for many topics: the ceilings of the live gate. */
+typedef struct refresh {
+    rb_owner *owner;
+    rb_heads_req req;
+    uint32_t count;
+    rb_topic *topics[OWNER_REFRESH_TOPICS_MAX];
+    rb_bytes names[OWNER_REFRESH_TOPICS_MAX];
+    uint64_t heads[OWNER_REFRESH_TOPICS_MAX];
+} refresh;
+
 struct rb_topic {
     rb_topic *hash_next;
     rb_topic *dirty_next;
     rb_owner *owner;
     uint64_t head;
-    bool head_known;
-    bool head_loading;
+    bool refresh_queued; /* on the owner's refresh list */
+    bool refreshing;     /* in a heads request in flight */
     bool dirty;
     uint8_t name_len;
     char name[RB_TOPIC_BYTES_MAX + 1];
     batch *inflight;
     batch *fill_head;
     batch *fill_tail;
-    waiter *waiters;
+    waiter *waiters; /* head queries answered by the next refresh */
+    rb_topic *refresh_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
-    rb_heads_req heads_req;
-    rb_bytes heads_topic;
-    uint64_t heads_value;
 };
 
 struct rb_owner {
@@ -94,7 +105,10 @@ struct rb_owner {
     uint32_t bucket_count;
     uint32_t topic_count;
     rb_topic *dirty;
-    uint32_t busy; /* appends and head loads in flight */
+    uint32_t busy; /* appends and head refreshes in flight */
+    rb_topic *refresh_head;
+    rb_topic *refresh_tail;
+    rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
     rb_pool waiter_pool;
@@ -113,6 +127,9 @@ int rb_owner_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc : rb_pool_init(&o->topic_pool, "topics", sizeof(rb_topic), OWNER_TOPICS_MAX, err);
     rc = rc ? rc : rb_pool_init(&o->batch_pool, "batches", sizeof(batch), OWNER_BATCHES_MAX, err);
     rc = rc ? rc : rb_pool_init(&o->waiter_pool, "waiters", sizeof(waiter), OWNER_WAITERS_MAX, err);
+    rc =
+        rc ? rc
+           : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), OWNER_REFRESHES_MAX, err);
     sh->owner = o;
     return rc;
 }
@@ -138,6 +155,7 @@ void rb_owner_deinit(rb_shard *sh)
         }
     }
     free(o->buckets);
+    rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
     rb_pool_deinit(&o->batch_pool);
     rb_pool_deinit(&o->topic_pool);
@@ -147,7 +165,8 @@ void rb_owner_deinit(rb_shard *sh)
 
 bool rb_owner_idle(rb_shard *sh)
 {
-    return sh->owner->busy == 0 && sh->owner->dirty == NULL;
+    rb_owner *o = sh->owner;
+    return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL;
 }
 
 static void grow_buckets(rb_owner *o)
@@ -171,8 +190,6 @@ static void grow_buckets(rb_owner *o)
     o->buckets = b;
     o->bucket_count = n;
 }
-
-static void heads_done(rb_heads_req *req);
 
 /* The owner state of a topic, created on first use; NULL when the shard's
  * topic bound is reached. A new topic loads its head from storage. */
@@ -199,12 +216,6 @@ static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len)
     t->hash_next = o->buckets[b];
     o->buckets[b] = t;
     o->topic_count++;
-    t->heads_topic = (rb_bytes){(const uint8_t *)t->name, t->name_len};
-    t->heads_req.topics = &t->heads_topic;
-    t->heads_req.count = 1;
-    t->heads_req.heads = &t->heads_value;
-    t->heads_req.done = heads_done;
-    t->heads_req.ctx = t;
     return t;
 }
 
@@ -329,6 +340,7 @@ static void fan_out(rb_shard *sh, rb_topic *t, const batch *b)
 /* ---- appends ---- */
 
 static void start_append(rb_topic *t);
+static void start_refreshes(rb_owner *o);
 
 static void append_done(rb_append_req *req)
 {
@@ -363,7 +375,7 @@ static void start_append(rb_topic *t)
 {
     rb_owner *o = t->owner;
     rb_shard *sh = o->shard;
-    if (t->inflight != NULL || t->fill_head == NULL || !t->head_known) {
+    if (t->inflight != NULL || t->fill_head == NULL) {
         return;
     }
     batch *b = t->fill_head;
@@ -395,6 +407,7 @@ static void start_append(rb_topic *t)
 void rb_owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
+    start_refreshes(o);
     rb_topic *t = o->dirty;
     o->dirty = NULL;
     while (t != NULL) {
@@ -426,57 +439,94 @@ static void send_head(rb_shard *sh, rb_topic *t, uint16_t to, uint32_t idx, uint
     rb_outbox_commit(sh, to, len);
 }
 
-static void heads_done(rb_heads_req *req)
+static void reply_waiters(rb_owner *o, rb_topic *t, int32_t status)
 {
-    rb_topic *t = req->ctx;
-    rb_owner *o = t->owner;
-    o->busy--;
-    t->head_loading = false;
-    int32_t status = req->status;
-    if (req->status == 0) {
-        t->head_known = true;
-        if (t->heads_value > t->head) {
-            t->head = t->heads_value;
-        }
-    } else {
-        RB_LOG_ERROR(0, "topic %s: head: %s", t->name, req->err.msg);
-    }
     while (t->waiters != NULL) {
         waiter *w = t->waiters;
         t->waiters = w->next;
         send_head(o->shard, t, w->shard, w->conn_index, w->conn_gen, w->token, status);
         rb_pool_put(&o->waiter_pool, w);
     }
-    if (t->head_known) {
-        start_append(t);
-    } else if (t->fill_head != NULL) {
-        while (t->fill_head != NULL) {
-            batch *b = t->fill_head;
-            t->fill_head = b->next;
-            fail_batch(o->shard, b, RB_WIRE_UNAVAILABLE, "storage unavailable");
-            rb_pool_put(&o->batch_pool, b);
-        }
-        t->fill_tail = NULL;
-    }
 }
 
-/* Makes sure the topic's head is known or loading; false when the load
- * could not start. */
-static bool ensure_head(rb_topic *t)
+static void refresh_done(rb_heads_req *req)
 {
-    if (t->head_known || t->head_loading) {
-        return true;
+    refresh *r = req->ctx;
+    rb_owner *o = r->owner;
+    o->busy--;
+    if (req->status != 0) {
+        RB_LOG_ERROR(0, "heads of %u topics: %s", r->count, req->err.msg);
     }
-    rb_owner *o = t->owner;
+    for (uint32_t i = 0; i < r->count; i++) {
+        rb_topic *t = r->topics[i];
+        t->refreshing = false;
+        /* The committed head in storage, or what this owner committed
+         * since, whichever is higher: every batch committed after the
+         * interest bit was set reaches the subscriber's shard live. */
+        if (req->status == 0 && r->heads[i] > t->head) {
+            t->head = r->heads[i];
+        }
+        reply_waiters(o, t, req->status == 0 ? 0 : RB_ESTORAGE);
+    }
+    rb_pool_put(&o->refresh_pool, r);
+}
+
+static void queue_refresh(rb_owner *o, rb_topic *t)
+{
+    if (t->refresh_queued || t->refreshing) {
+        return;
+    }
+    t->refresh_queued = true;
+    t->refresh_next = NULL;
+    if (o->refresh_tail == NULL) {
+        o->refresh_head = t;
+    } else {
+        o->refresh_tail->refresh_next = t;
+    }
+    o->refresh_tail = t;
+}
+
+/* Reads the heads of queued topics from storage, many per request, so that
+ * a Mutate adding thousands of topics costs a few queries. Topics left
+ * over (no request could be had) wait for the next turn. */
+static void start_refreshes(rb_owner *o)
+{
     rb_shard *sh = o->shard;
-    memset(&t->heads_req.err, 0, sizeof t->heads_req.err);
-    t->heads_req.status = 0;
-    if (sh->server->storage_ops->heads(sh->storage, &t->heads_req) != 0) {
-        return false;
+    while (o->refresh_head != NULL) {
+        refresh *r = rb_pool_get(&o->refresh_pool);
+        if (r == NULL) {
+            return;
+        }
+        r->owner = o;
+        r->count = 0;
+        while (o->refresh_head != NULL && r->count < OWNER_REFRESH_TOPICS_MAX) {
+            rb_topic *t = o->refresh_head;
+            o->refresh_head = t->refresh_next;
+            t->refresh_queued = false;
+            t->refreshing = true;
+            r->topics[r->count] = t;
+            r->names[r->count] = (rb_bytes){(const uint8_t *)t->name, t->name_len};
+            r->count++;
+        }
+        if (o->refresh_head == NULL) {
+            o->refresh_tail = NULL;
+        }
+        memset(&r->req, 0, sizeof r->req);
+        r->req.topics = r->names;
+        r->req.count = r->count;
+        r->req.heads = r->heads;
+        r->req.done = refresh_done;
+        r->req.ctx = r;
+        if (sh->server->storage_ops->heads(sh->storage, &r->req) != 0) {
+            for (uint32_t i = 0; i < r->count; i++) {
+                r->topics[i]->refreshing = false;
+                reply_waiters(o, r->topics[i], RB_ESTORAGE);
+            }
+            rb_pool_put(&o->refresh_pool, r);
+            return;
+        }
+        o->busy++;
     }
-    t->head_loading = true;
-    o->busy++;
-    return true;
 }
 
 static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
@@ -504,21 +554,17 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
     if (op == RB_INTEREST_SUB) {
         t->interest[from / 64] |= 1ull << (from % 64);
     }
-    if (t->head_known) {
-        send_head(sh, t, from, idx, gen, token, 0);
-        return;
-    }
+    /* The ceiling is read from storage after the interest is set, so it
+     * covers what other nodes committed too. */
     waiter *w = rb_pool_get(&o->waiter_pool);
-    if (w == NULL || !ensure_head(t)) {
-        if (w != NULL) {
-            rb_pool_put(&o->waiter_pool, w);
-        }
-        send_head(sh, t, from, idx, gen, token, RB_ESTORAGE);
+    if (w == NULL) {
+        send_head(sh, t, from, idx, gen, token, RB_ELIMIT);
         return;
     }
     *w = (waiter){
         .next = t->waiters, .shard = from, .conn_index = idx, .conn_gen = gen, .token = token};
     t->waiters = w;
+    queue_refresh(o, t);
 }
 
 int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token,
@@ -586,10 +632,7 @@ static void on_publish_record(rb_shard *sh, rb_xmsg *m, const uint8_t *p, const 
     uint16_t code = RB_WIRE_RESOURCE_EXHAUSTED;
     const char *why = "owner shard is at its topic limit";
     batch *b = NULL;
-    if (t != NULL && !ensure_head(t)) {
-        code = RB_WIRE_UNAVAILABLE;
-        why = "storage unavailable: the topic's head cannot be read";
-    } else if (t != NULL) {
+    if (t != NULL) {
         b = fill_batch(t, rb_frame_messages_item_size(tlen, plen));
         why = "owner shard is at its batch limit";
     }

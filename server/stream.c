@@ -781,8 +781,12 @@ static void on_head_record(rb_subs *s, const uint8_t *p, const uint8_t **next)
         return;
     }
     if (status != 0) {
-        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0, RB_WIRE_UNAVAILABLE,
-                           "topic %s: storage unavailable", e->name);
+        bool limit = status == RB_ELIMIT;
+        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0,
+                           limit ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE, "topic %s: %s",
+                           e->name,
+                           limit ? "owner shard is at its head-query limit"
+                                 : "storage unavailable: the topic's head cannot be read");
         entry_remove(s, e, true);
         return;
     }
