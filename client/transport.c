@@ -157,31 +157,60 @@ static int connect_one(const struct addrinfo *ai, const char *url_text, int64_t 
     return fd;
 }
 
+/* Tries each address in turn; returns 0 with tp->fd set, or the last
+ * error. */
+static int connect_list(rb_client_transport *tp, const struct addrinfo *list, const char *url_text,
+                        int64_t deadline_ns, rb_err *err)
+{
+    int rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
+    for (const struct addrinfo *ai = list; ai != NULL; ai = ai->ai_next) {
+        int fd = connect_one(ai, url_text, deadline_ns, err);
+        if (fd >= 0) {
+            tp->fd = fd;
+            return 0;
+        }
+        rc = fd;
+        if (rc == RB_ETIMEDOUT) {
+            break;
+        }
+    }
+    return rc;
+}
+
+/* A numeric address needs no resolver, hence no resolver thread: the
+ * address list, or NULL when host is a name. */
+static struct addrinfo *numeric_address(const rb_url *url)
+{
+    struct addrinfo hints = {0};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    char port[8];
+    snprintf(port, sizeof port, "%u", (unsigned)url->port);
+    struct addrinfo *res = NULL;
+    return getaddrinfo(url->host, port, &hints, &res) == 0 ? res : NULL;
+}
+
 static int tcp_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
                        int64_t deadline_ns, rb_err *err)
 {
     RB_ASSERT(tp->fd == -1);
-    lookup *lk = lookup_start(url, url_text, err);
-    if (lk == NULL) {
-        return err != NULL ? err->code : RB_ESYS;
-    }
-    int rc = lookup_wait(lk, url_text, deadline_ns, err);
-    if (rc == 0) {
-        rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
-        for (const struct addrinfo *ai = lk->cb.ar_result; ai != NULL; ai = ai->ai_next) {
-            int fd = connect_one(ai, url_text, deadline_ns, err);
-            if (fd >= 0) {
-                tp->fd = fd;
-                rc = 0;
-                break;
-            }
-            rc = fd;
-            if (rc == RB_ETIMEDOUT) {
-                break;
-            }
+    int rc;
+    struct addrinfo *numeric = numeric_address(url);
+    if (numeric != NULL) {
+        rc = connect_list(tp, numeric, url_text, deadline_ns, err);
+        freeaddrinfo(numeric);
+    } else {
+        lookup *lk = lookup_start(url, url_text, err);
+        if (lk == NULL) {
+            return err != NULL ? err->code : RB_ESYS;
         }
+        rc = lookup_wait(lk, url_text, deadline_ns, err);
+        if (rc == 0) {
+            rc = connect_list(tp, lk->cb.ar_result, url_text, deadline_ns, err);
+        }
+        lookup_unref(lk);
     }
-    lookup_unref(lk);
     if (rc != 0) {
         return rc;
     }
