@@ -12,7 +12,7 @@ import time
 import pytest
 
 import rbproto as rp
-from conftest import RINGBUSD, run_cli
+from conftest import RINGBUSD, RSS_BOUNDS_APPLY, run_cli
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -339,7 +339,8 @@ def test_five_thousand_idle_connections_on_two_shards(make_daemon):
     rss = d.rss_kib()
     per_conn = (rss - base) * 1024 / 5000
     print(f"idle connections: 5000, rss {base} KiB -> {rss} KiB, {per_conn:.0f} bytes/conn")
-    assert per_conn < 16 * 1024
+    if RSS_BOUNDS_APPLY:
+        assert per_conn < 16 * 1024
     log = d.log()
     assert {"0", "1"} <= set(re.findall(r"shard (\d+): conn \d+: accepted", log[:2_000_000]))
     for s in socks:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 import rbproto as rp
+from conftest import RSS_BOUNDS_APPLY
 from streamcheck import Driver, Publisher, Subscriber
 
 
@@ -389,7 +390,8 @@ def test_non_reading_subscriber_is_closed_and_publishers_carry_on(make_daemon):
     log = d.log()
     assert "closing: resource_exhausted: subscriber too slow" in log
     rss1 = d.rss_kib()
-    assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
+    if RSS_BOUNDS_APPLY:
+        assert rss1 - rss0 < 64 * 1024, (rss0, rss1)
     # The server let go of the stalled connection; its socket drains in the
     # kernel at the pace the client reads, so the client sees the end later.
     slow_id = log.split("closing: resource_exhausted: subscriber too slow")[0]
@@ -534,5 +536,6 @@ def test_fan_out_shares_payloads_instead_of_copying_per_subscriber(make_daemon):
     grown_mib = (rss1 - rss0) / 1024
     # One copy in the store and one in the shared blocks: ~12 MiB. Copies
     # per subscriber would be ~240 MiB.
-    assert grown_mib < 48, f"daemon grew {grown_mib:.0f} MiB for 6 MB fanned out to 40"
+    if RSS_BOUNDS_APPLY:
+        assert grown_mib < 48, f"daemon grew {grown_mib:.0f} MiB for 6 MB fanned out to 40"
     assert "subscriber too slow" not in d.log()
