@@ -121,4 +121,45 @@
 /* Server id sent in STARTED. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
+/* ---- the daemon's per-shard tables and pools (server/) ---- */
+/* Publishes in one append (one storage round trip). */
+#define RB_OWNER_BATCH_MESSAGES_MAX 1024
+/* Publish batches per shard queued or in flight across the topics it owns
+ * (each ~48 KiB). */
+#define RB_OWNER_BATCHES_MAX 4096
+/* Topics one shard owns (each ~400 bytes of owner state). */
+#define RB_OWNER_TOPICS_MAX (1u << 20)
+/* Head queries per shard waiting for their topic's head refresh. */
+#define RB_OWNER_WAITERS_MAX (1u << 20)
+/* Topics per heads request reading the live gate's ceilings. */
+#define RB_OWNER_REFRESH_TOPICS_MAX 256
+/* Heads requests in flight per shard. */
+#define RB_OWNER_REFRESHES_MAX 16
+/* Unacknowledged publishes per connection; more get resource_exhausted. */
+#define RB_CONN_PUBLISHES_IN_FLIGHT_MAX 65536
+/* Ring entries per shard: room for a turn's sends, receives and wakes. */
+#define RB_SHARD_SQ_ENTRIES 1024
+/* Envelopes per shard in flight between shards. */
+#define RB_SHARD_XMSG_MAX 65536
+/* Shared fan-out blocks per shard (each max_frame_bytes). */
+#define RB_SHARD_BLOCK_MAX 65536
+/* Bytes of encoded records one envelope carries. */
+#define RB_XMSG_DATA_BYTES (64u * 1024u)
+/* Receive buffers for frames larger than a chunk, per shard. */
+#define RB_SHARD_RXBIG_MAX 64
+/* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory at
+ * 1 GiB per shard; each connection is further held to send_queue_bytes. */
+#define RB_SHARD_CHUNK_MAX 65536
+/* Send-queue and pending-buffer segments per shard. */
+#define RB_SHARD_SEG_MAX (1u << 20)
+/* Waves (Mutates adding topics) in flight per stream. */
+#define RB_STREAM_WAVES_MAX 64
+/* Stream topic entries per shard across its streams (each ~330 bytes). */
+#define RB_SHARD_ENTRIES_MAX (1u << 22)
+/* Distinct subscribed topics per shard. */
+#define RB_SHARD_SUBTOPICS_MAX (1u << 22)
+/* Catch-up stops feeding a stream whose send queue is over
+ * send_queue_bytes / this, so history never overflows it. */
+#define RB_CATCHUP_PAUSE_DIVISOR 2
+
 #endif

@@ -18,20 +18,6 @@
 #include "common/log.h"
 #include "server/server.h"
 
-/* Publishes in one append (one storage round trip). */
-#define OWNER_BATCH_MESSAGES_MAX 1024
-/* Batches per shard queued or in flight across all its topics. */
-#define OWNER_BATCHES_MAX 4096
-/* Topics one shard owns (each ~400 bytes of state). */
-#define OWNER_TOPICS_MAX (1u << 20)
-/* Head-query waiters per shard while a topic's head loads. */
-#define OWNER_WAITERS_MAX (1u << 20)
-/* Topics per heads request, and heads requests in flight per shard. */
-#define OWNER_REFRESH_TOPICS_MAX 256
-#define OWNER_REFRESHES_MAX      16
-/* Unacknowledged publishes per connection. */
-#define CONN_PUBLISHES_IN_FLIGHT_MAX 65536
-
 /* Publish record: conn index, gen, corr, payload len, topic len, topic,
  * payload. */
 #define PUB_REC_FIXED (4 + 4 + 8 + 4 + 1)
@@ -59,8 +45,8 @@ typedef struct batch {
     uint32_t count;
     uint32_t item_bytes;
     rb_append_req req;
-    rb_bytes payloads[OWNER_BATCH_MESSAGES_MAX];
-    reply_to replies[OWNER_BATCH_MESSAGES_MAX];
+    rb_bytes payloads[RB_OWNER_BATCH_MESSAGES_MAX];
+    reply_to replies[RB_OWNER_BATCH_MESSAGES_MAX];
 } batch;
 
 typedef struct waiter {
@@ -76,9 +62,9 @@ typedef struct refresh {
     rb_owner *owner;
     rb_heads_req req;
     uint32_t count;
-    rb_topic *topics[OWNER_REFRESH_TOPICS_MAX];
-    rb_bytes names[OWNER_REFRESH_TOPICS_MAX];
-    uint64_t heads[OWNER_REFRESH_TOPICS_MAX];
+    rb_topic *topics[RB_OWNER_REFRESH_TOPICS_MAX];
+    rb_bytes names[RB_OWNER_REFRESH_TOPICS_MAX];
+    uint64_t heads[RB_OWNER_REFRESH_TOPICS_MAX];
 } refresh;
 
 struct rb_topic {
@@ -124,12 +110,15 @@ int rb_owner_init(rb_shard *sh, rb_err *err)
     o->bucket_count = 1024;
     o->buckets = calloc(o->bucket_count, sizeof *o->buckets);
     int rc = o->buckets == NULL ? rb_err_set(err, RB_ENOMEM, 0, "owner buckets") : 0;
-    rc = rc ? rc : rb_pool_init(&o->topic_pool, "topics", sizeof(rb_topic), OWNER_TOPICS_MAX, err);
-    rc = rc ? rc : rb_pool_init(&o->batch_pool, "batches", sizeof(batch), OWNER_BATCHES_MAX, err);
-    rc = rc ? rc : rb_pool_init(&o->waiter_pool, "waiters", sizeof(waiter), OWNER_WAITERS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->topic_pool, "topics", sizeof(rb_topic), RB_OWNER_TOPICS_MAX, err);
     rc =
-        rc ? rc
-           : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), OWNER_REFRESHES_MAX, err);
+        rc ? rc : rb_pool_init(&o->batch_pool, "batches", sizeof(batch), RB_OWNER_BATCHES_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->waiter_pool, "waiters", sizeof(waiter), RB_OWNER_WAITERS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), RB_OWNER_REFRESHES_MAX,
+                           err);
     sh->owner = o;
     return rc;
 }
@@ -499,7 +488,7 @@ static void start_refreshes(rb_owner *o)
         }
         r->owner = o;
         r->count = 0;
-        while (o->refresh_head != NULL && r->count < OWNER_REFRESH_TOPICS_MAX) {
+        while (o->refresh_head != NULL && r->count < RB_OWNER_REFRESH_TOPICS_MAX) {
             rb_topic *t = o->refresh_head;
             o->refresh_head = t->refresh_next;
             t->refresh_queued = false;
@@ -544,7 +533,7 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
     p = rb_rec_get(p, &tlen, 1);
     rb_topic *t = topic_get(o, p, tlen);
     if (t == NULL) {
-        RB_LOG_ERROR(0, "owner topic table full (%u)", OWNER_TOPICS_MAX);
+        RB_LOG_ERROR(0, "owner topic table full (%u)", RB_OWNER_TOPICS_MAX);
         return;
     }
     if (op == RB_INTEREST_UNSUB) {
@@ -595,7 +584,7 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     rb_owner *o = t->owner;
     batch *b = t->fill_tail;
     uint32_t cap = o->shard->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES;
-    if (b != NULL && b->count < OWNER_BATCH_MESSAGES_MAX && b->item_bytes + item_bytes <= cap) {
+    if (b != NULL && b->count < RB_OWNER_BATCH_MESSAGES_MAX && b->item_bytes + item_bytes <= cap) {
         return b;
     }
     b = rb_pool_get(&o->batch_pool);
@@ -755,10 +744,10 @@ void rb_owner_on_publish(rb_conn *c, const rb_frame *f)
                            payload.len, max_payload);
         return;
     }
-    if (c->publishes_in_flight >= CONN_PUBLISHES_IN_FLIGHT_MAX) {
+    if (c->publishes_in_flight >= RB_CONN_PUBLISHES_IN_FLIGHT_MAX) {
         rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
                            "more than %u publishes awaiting their ack",
-                           CONN_PUBLISHES_IN_FLIGHT_MAX);
+                           RB_CONN_PUBLISHES_IN_FLIGHT_MAX);
         return;
     }
     uint32_t to = rb_topic_owner_shard(sh->server, topic.ptr, topic.len);

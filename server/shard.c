@@ -19,20 +19,6 @@
 #include "server/server.h"
 #include "transports/tls.h"
 
-/* Ring entries per shard: room for a turn's sends, receives and wakes. */
-#define SHARD_SQ_ENTRIES 1024
-/* Envelopes and shared blocks per shard in flight between shards. */
-#define SHARD_XMSG_MAX  65536
-#define SHARD_BLOCK_MAX 65536
-/* Bytes of encoded records one envelope carries. */
-#define XMSG_DATA_BYTES (64u * 1024u)
-/* Large receive buffers (frames above a chunk) per shard. */
-#define SHARD_RXBIG_MAX 64
-/* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory
- * at 1 GiB per shard; each connection is further held to send_queue_bytes. */
-#define SHARD_CHUNK_MAX 65536
-#define SHARD_SEG_MAX   (1u << 20)
-
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len)
 {
     return (uint32_t)(rb_hash_bytes(topic, len) % srv->shard_count);
@@ -74,7 +60,7 @@ rb_xmsg *rb_shard_xmsg_get(rb_shard *sh)
     memset(m, 0, sizeof *m);
     m->home = &sh->xmsg_pool;
     m->from_shard = (uint16_t)sh->id;
-    m->cap = XMSG_DATA_BYTES;
+    m->cap = RB_XMSG_DATA_BYTES;
     m->data = (uint8_t *)(m + 1);
     m->ptr = NULL;
     return m;
@@ -286,20 +272,20 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
 static int shard_pools_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
-    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, SHARD_CHUNK_MAX, err);
-    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), SHARD_SEG_MAX, err);
+    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, RB_SHARD_CHUNK_MAX, err);
+    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), RB_SHARD_SEG_MAX, err);
     rc = rc ? rc
             : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
                            cfg->max_connections, err);
     rc = rc ? rc
-            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes, SHARD_RXBIG_MAX,
-                           err);
+            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
+                           RB_SHARD_RXBIG_MAX, err);
     rc = rc ? rc
-            : rb_pool_init(&sh->xmsg_pool, "envelopes", sizeof(rb_xmsg) + XMSG_DATA_BYTES,
-                           SHARD_XMSG_MAX, err);
+            : rb_pool_init(&sh->xmsg_pool, "envelopes", sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES,
+                           RB_SHARD_XMSG_MAX, err);
     rc = rc ? rc
             : rb_pool_init(&sh->block_pool, "blocks", sizeof(rb_block) + cfg->max_frame_bytes,
-                           SHARD_BLOCK_MAX, err);
+                           RB_SHARD_BLOCK_MAX, err);
     return rc;
 }
 
@@ -391,7 +377,7 @@ static void shard_turns(rb_shard *sh)
 static int shard_setup(rb_shard *sh, rb_err *err)
 {
     rb_server *srv = sh->server;
-    rb_loop_options opt = {.sq_entries = SHARD_SQ_ENTRIES,
+    rb_loop_options opt = {.sq_entries = RB_SHARD_SQ_ENTRIES,
                            .recv_buf_count = RB_RECV_BUF_COUNT,
                            .recv_buf_bytes = RB_RECV_BUF_BYTES};
     int rc = rb_loop_init(&sh->loop, &opt, err);

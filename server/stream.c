@@ -24,16 +24,6 @@
 #include "common/log.h"
 #include "server/server.h"
 
-/* Waves in flight per stream. */
-#define STREAM_WAVES_MAX 64
-/* Topic entries per shard across all its streams (each ~330 bytes). */
-#define SHARD_ENTRIES_MAX (1u << 22)
-/* Distinct subscribed topics per shard. */
-#define SHARD_SUBTOPICS_MAX (1u << 22)
-/* A catch-up read stops feeding a stream whose send queue is this full
- * (a fraction of send_queue_bytes), so history never overflows it. */
-#define CATCHUP_PAUSE_DIVISOR 2
-
 enum {
     E_WAIT_HEAD = 1,
     E_CATCHUP,
@@ -89,7 +79,7 @@ struct rb_stream {
     uint32_t entry_count;
     uint32_t wave_count;
     uint64_t next_token;
-    wave waves[STREAM_WAVES_MAX];
+    wave waves[RB_STREAM_WAVES_MAX];
 };
 
 typedef struct reader {
@@ -162,9 +152,10 @@ int rb_stream_shard_init(rb_shard *sh, rb_err *err)
         r->req.ctx = r;
         r->subs = s;
     }
-    int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), SHARD_ENTRIES_MAX, err);
-    rc = rc ? rc
-            : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), SHARD_SUBTOPICS_MAX, err);
+    int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), RB_SHARD_ENTRIES_MAX, err);
+    rc =
+        rc ? rc
+           : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), RB_SHARD_SUBTOPICS_MAX, err);
     rc =
         rc ? rc
            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections, err);
@@ -576,7 +567,7 @@ static entry *cq_pop(rb_subs *s)
 
 static bool conn_paused(const rb_conn *c)
 {
-    uint64_t limit = c->shard->server->cfg.send_queue_bytes / CATCHUP_PAUSE_DIVISOR;
+    uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
     return c->tx_bytes > limit;
 }
 
@@ -954,16 +945,16 @@ static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uni
             return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
                                 "mutate_id must be nonzero when adding topics");
         }
-        for (uint32_t i = 0; st != NULL && i < STREAM_WAVES_MAX; i++) {
+        for (uint32_t i = 0; st != NULL && i < RB_STREAM_WAVES_MAX; i++) {
             if (st->waves[i].used && st->waves[i].mutate_id == mid) {
                 return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
                                     "mutate_id %llu is a wave still in flight",
                                     (unsigned long long)mid);
             }
         }
-        if (st != NULL && st->wave_count >= STREAM_WAVES_MAX) {
+        if (st != NULL && st->wave_count >= RB_STREAM_WAVES_MAX) {
             return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "more than %d waves in flight",
-                                STREAM_WAVES_MAX);
+                                RB_STREAM_WAVES_MAX);
         }
     }
     uint64_t total = st != NULL ? st->entry_count : 0;
