@@ -105,13 +105,7 @@ struct rb_storage_shard {
     rb_storage *st;
     rb_loop *loop;
     uint32_t shard_id;
-    uint32_t inflight_count;
-    /* Requests done but not yet told, in call order, linked through their
-     * embedded rb_task (never handed to the loop itself). */
-    rb_task *done_head;
-    rb_task *done_tail;
-    rb_task flush; /* deferred on the loop while done_head is not empty */
-    bool flush_queued;
+    rb_storage_tells tells; /* done requests, told in call order */
 };
 
 /* ---- topics ---- */
@@ -358,49 +352,13 @@ static int entries_reserve(rb_storage *st, mem_topic *t, uint64_t adding)
 
 /* ---- completions ---- */
 
-static void shard_flush(rb_task *task)
-{
-    rb_storage_shard *sh = RB_CONTAINER_OF(task, rb_storage_shard, flush);
-    rb_task *t = sh->done_head;
-    sh->done_head = NULL;
-    sh->done_tail = NULL;
-    sh->flush_queued = false;
-    /* A done may issue new requests on this shard: they join the fresh
-     * list and a fresh flush, so none runs inside its own call. */
-    while (t != NULL) {
-        rb_task *next = t->next;
-        RB_ASSERT(sh->inflight_count > 0);
-        sh->inflight_count--;
-        t->fn(t);
-        t = next;
-    }
-}
-
-/* Queues the request whose task this is; fn will call its done on the
- * shard's loop, after the current call has returned. */
-static void shard_complete(rb_storage_shard *sh, rb_task *task, void (*fn)(rb_task *task))
-{
-    task->fn = fn;
-    task->next = NULL;
-    if (sh->done_tail == NULL) {
-        sh->done_head = task;
-    } else {
-        sh->done_tail->next = task;
-    }
-    sh->done_tail = task;
-    if (!sh->flush_queued) {
-        sh->flush_queued = true;
-        rb_loop_defer(sh->loop, &sh->flush);
-    }
-}
-
 static int shard_admit(rb_storage_shard *sh, rb_err *err, const char *what)
 {
-    if (sh->inflight_count >= RB_MEMORY_INFLIGHT_MAX) {
+    if (sh->tells.admitted >= RB_MEMORY_INFLIGHT_MAX) {
         return rb_err_set(err, RB_ELIMIT, 0, "memory %s on shard %u: %u requests in flight", what,
                           sh->shard_id, RB_MEMORY_INFLIGHT_MAX);
     }
-    sh->inflight_count++;
+    sh->tells.admitted++;
     return 0;
 }
 
@@ -520,7 +478,7 @@ static int memory_append(rb_storage_shard *sh, rb_append_req *req)
         return rc;
     }
     append_run(sh->st, req, total);
-    shard_complete(sh, &req->task, rb_storage__append_told);
+    rb_storage__tell_later(&sh->tells, &req->task, rb_storage__append_told);
     return 0;
 }
 
@@ -626,7 +584,7 @@ static int memory_read(rb_storage_shard *sh, rb_read_req *req)
         range_read(sh->st, req, &req->ranges[i], &stopped);
     }
     RB_ASSERT(req->arena_used <= req->arena_cap);
-    shard_complete(sh, &req->task, rb_storage__read_told);
+    rb_storage__tell_later(&sh->tells, &req->task, rb_storage__read_told);
     return 0;
 }
 
@@ -663,7 +621,7 @@ static int memory_heads(rb_storage_shard *sh, rb_heads_req *req)
             unlock(&t->lock);
         }
     }
-    shard_complete(sh, &req->task, rb_storage__heads_told);
+    rb_storage__tell_later(&sh->tells, &req->task, rb_storage__heads_told);
     return 0;
 }
 
@@ -773,7 +731,7 @@ static int memory_shard_open(rb_storage *st, rb_loop *loop, uint32_t shard_id,
     sh->st = st;
     sh->loop = loop;
     sh->shard_id = shard_id;
-    sh->flush.fn = shard_flush;
+    rb_storage__tells_init(&sh->tells, loop);
     atomic_fetch_add(&st->shard_count, 1);
     *out = sh;
     return 0;
@@ -784,9 +742,7 @@ static void memory_shard_close(rb_storage_shard *sh)
     if (sh == NULL) {
         return;
     }
-    /* Every done must have run: a pending one would touch freed memory. */
-    RB_ASSERT(sh->inflight_count == 0);
-    RB_ASSERT(!sh->flush_queued);
+    rb_storage__tells_deinit(&sh->tells);
     atomic_fetch_sub(&sh->st->shard_count, 1);
     free(sh);
 }

@@ -251,14 +251,11 @@ struct rb_storage_shard {
     pg_conn *conns;
     pg_job *jobs;
     pg_job *job_free;
-    uint32_t request_count; /* requests whose done has not run */
-    pg_job *wait_head;      /* jobs waiting for a connection */
+    pg_job *wait_head; /* jobs waiting for a connection */
     pg_job *wait_tail;
-    rb_task *done_head;
-    rb_task *done_tail;
-    rb_task flush;
-    bool flush_queued;
-    uint8_t *scratch; /* parameter arrays; libpq copies them when sending */
+    rb_storage_tells tells; /* done requests, told in call order; admitted
+                             * counts requests whose done has not run */
+    uint8_t *scratch;       /* parameter arrays; libpq copies them when sending */
     size_t scratch_cap;
     /* Per-call scratch of RB_CATCHUP_TOPICS_MAX entries (never kept across
      * calls): a statement's ordinality to a range, names, array columns. */
@@ -332,39 +329,6 @@ static void id_put(rb_storage_shard *sh, rb_bytes name, int64_t id)
 
 /* ---- completions ---- */
 
-static void shard_flush(rb_task *task)
-{
-    rb_storage_shard *sh = RB_CONTAINER_OF(task, rb_storage_shard, flush);
-    sh->flush_queued = false;
-    /* Take the list first: a done may issue new requests. */
-    rb_task *t = sh->done_head;
-    sh->done_head = NULL;
-    sh->done_tail = NULL;
-    while (t != NULL) {
-        rb_task *next = t->next;
-        RB_ASSERT(sh->request_count > 0);
-        sh->request_count--;
-        t->fn(t);
-        t = next;
-    }
-}
-
-static void tell_later(rb_storage_shard *sh, rb_task *task, void (*fn)(rb_task *task))
-{
-    task->fn = fn;
-    task->next = NULL;
-    if (sh->done_tail == NULL) {
-        sh->done_head = task;
-    } else {
-        sh->done_tail->next = task;
-    }
-    sh->done_tail = task;
-    if (!sh->flush_queued) {
-        sh->flush_queued = true;
-        rb_loop_defer(sh->loop, &sh->flush);
-    }
-}
-
 static void job_put(rb_storage_shard *sh, pg_job *j)
 {
     j->next = sh->job_free;
@@ -376,14 +340,14 @@ static void job_finish(rb_storage_shard *sh, pg_job *j)
 {
     switch (j->kind) {
     case JOB_APPEND:
-        tell_later(sh, &j->req.append->task, rb_storage__append_told);
+        rb_storage__tell_later(&sh->tells, &j->req.append->task, rb_storage__append_told);
         break;
     case JOB_LOOKUP:
     case JOB_READ:
-        tell_later(sh, &j->req.read->task, rb_storage__read_told);
+        rb_storage__tell_later(&sh->tells, &j->req.read->task, rb_storage__read_told);
         break;
     case JOB_HEADS:
-        tell_later(sh, &j->req.heads->task, rb_storage__heads_told);
+        rb_storage__tell_later(&sh->tells, &j->req.heads->task, rb_storage__heads_told);
         break;
     default:
         RB_ASSERT(!"internal jobs are not finished here");
@@ -1388,7 +1352,7 @@ static bool topic_ok(rb_bytes topic)
 /* A job for a request, or a refusal (the request's done never runs). */
 static pg_job *admit(rb_storage_shard *sh, job_kind kind, int *status, rb_err *err)
 {
-    if (sh->request_count >= RB_PG_REQUESTS_MAX) {
+    if (sh->tells.admitted >= RB_PG_REQUESTS_MAX) {
         *status = rb_err_set(err, RB_ELIMIT, 0, "postgres %s on shard %u: %u requests in flight",
                              kind_name(kind), sh->shard_id, RB_PG_REQUESTS_MAX);
         return NULL;
@@ -1406,7 +1370,7 @@ static pg_job *admit(rb_storage_shard *sh, job_kind kind, int *status, rb_err *e
     j->kind = kind;
     j->status = status;
     j->err = err;
-    sh->request_count++;
+    sh->tells.admitted++;
     return j;
 }
 
@@ -1819,7 +1783,7 @@ static int pg_shard_open(rb_storage *st, rb_loop *loop, uint32_t shard_id, rb_st
     sh->st = st;
     sh->loop = loop;
     sh->shard_id = shard_id;
-    sh->flush.fn = shard_flush;
+    rb_storage__tells_init(&sh->tells, loop);
     sh->watchdog.fn = watchdog_fire;
     /* Retention runs from one shard of the daemon. */
     sh->retain_on = shard_id == 0 && (st->retention_messages > 0 || st->retention_age_s > 0);
@@ -1848,8 +1812,7 @@ static void pg_shard_close(rb_storage_shard *sh)
         return;
     }
     /* Every done must have run: a pending one would touch freed memory. */
-    RB_ASSERT(sh->request_count == 0);
-    RB_ASSERT(!sh->flush_queued);
+    rb_storage__tells_deinit(&sh->tells);
     for (uint32_t i = 0; i < sh->st->pool_size; i++) {
         pg_conn *c = &sh->conns[i];
         rb_timer_disarm(sh->loop, &c->retry);

@@ -2,6 +2,8 @@
  * own files; this one only maps the config's choice to an ops table. */
 #include "storage/storage.h"
 
+#include "common/assert.h"
+
 const rb_storage_ops *rb_storage_ops_for(const rb_config *cfg)
 {
     switch (cfg->storage_backend) {
@@ -31,4 +33,50 @@ void rb_storage__heads_told(rb_task *task)
 {
     rb_heads_req *req = RB_CONTAINER_OF(task, rb_heads_req, task);
     req->done(req);
+}
+
+static void tells_flush(rb_task *task)
+{
+    rb_storage_tells *t = RB_CONTAINER_OF(task, rb_storage_tells, flush);
+    rb_task *done = t->head;
+    t->head = NULL;
+    t->tail = NULL;
+    t->flush_queued = false;
+    /* A done may issue new requests: they join a fresh list and a fresh
+     * flush, so none runs inside its own call. */
+    while (done != NULL) {
+        rb_task *next = done->next;
+        RB_ASSERT(t->admitted > 0);
+        t->admitted--;
+        done->fn(done);
+        done = next;
+    }
+}
+
+void rb_storage__tells_init(rb_storage_tells *t, rb_loop *loop)
+{
+    *t = (rb_storage_tells){.loop = loop};
+    t->flush.fn = tells_flush;
+}
+
+void rb_storage__tell_later(rb_storage_tells *t, rb_task *task, void (*fn)(rb_task *task))
+{
+    task->fn = fn;
+    task->next = NULL;
+    if (t->tail == NULL) {
+        t->head = task;
+    } else {
+        t->tail->next = task;
+    }
+    t->tail = task;
+    if (!t->flush_queued) {
+        t->flush_queued = true;
+        rb_loop_defer(t->loop, &t->flush);
+    }
+}
+
+void rb_storage__tells_deinit(const rb_storage_tells *t)
+{
+    RB_ASSERT(t->admitted == 0);
+    RB_ASSERT(!t->flush_queued);
 }

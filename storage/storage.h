@@ -129,8 +129,25 @@ typedef struct rb_storage_ops {
 extern const rb_storage_ops rb_storage_memory_ops;
 extern const rb_storage_ops rb_storage_postgres_ops;
 
-/* For backends: task bodies that run a request's done callback, for
- * rb_loop_defer of the request's embedded task. */
+/* For backends: the requests a shard has finished, told in call order from
+ * one deferred task, so that no done runs inside the call that issued it.
+ * `admitted` counts requests whose done has not run yet. */
+typedef struct rb_storage_tells {
+    rb_loop *loop;
+    rb_task flush; /* deferred on the loop while head is not empty */
+    rb_task *head;
+    rb_task *tail;
+    bool flush_queued;
+    uint32_t admitted;
+} rb_storage_tells;
+
+void rb_storage__tells_init(rb_storage_tells *t, rb_loop *loop);
+/* Queues a finished request (its embedded task); fn runs its done later. */
+void rb_storage__tell_later(rb_storage_tells *t, rb_task *task, void (*fn)(rb_task *task));
+/* Asserts every done has run (a pending one would touch freed memory). */
+void rb_storage__tells_deinit(const rb_storage_tells *t);
+
+/* Task bodies that run a request's done callback. */
 void rb_storage__append_told(rb_task *task);
 void rb_storage__read_told(rb_task *task);
 void rb_storage__heads_told(rb_task *task);
