@@ -218,3 +218,66 @@ class Subscriber(Client):
             self.problems.append(f"{self.name}: {kind} on {topic}: got {seq}, expected {exp}")
         self.expect[topic] = seq + 1
         self.last[topic] = seq
+
+
+def run_random_streams(drv, pubs, subs, topics, rng, steps, publishes_max, payload):
+    """The randomized contract check: for `steps` rounds, each publisher
+    sends up to `publishes_max` messages (payload(rng, publisher, step)) to
+    random topics while each subscriber whose waves are complete may add
+    topics with random cursors (0, now, or up to head + 3) or remove some.
+    Then every wave must complete, acks must be dense per topic, and after
+    markers published to every topic each subscriber must have reached the
+    head with no problem, no error, and every topic live."""
+
+    def head(t):
+        return max((s for p in pubs for s in p.acks.get(t, [])), default=0)
+
+    def mutate_one(s):
+        on = list(s.expect)
+        if on and rng.random() < 0.35:
+            s.mutate(removes=rng.sample(on, rng.randint(1, len(on))))
+            return
+        off = [t for t in topics if t not in s.expect]
+        if not off:
+            return
+        adds = []
+        for t in rng.sample(off, rng.randint(1, len(off))):
+            r = rng.random()
+            adds.append((t, 0 if r < 0.3 else "now" if r < 0.55 else rng.randint(0, head(t) + 3)))
+        s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds})
+
+    def waves_done(s):
+        return all(m in s.completed for m in range(1, s.next_mutate))
+
+    for step in range(steps):
+        for p in pubs:
+            for _ in range(rng.randint(0, publishes_max)):
+                p.publish(rng.choice(topics), payload(rng, p, step))
+        for s in subs:
+            if waves_done(s) and rng.random() < 0.5:
+                mutate_one(s)
+        for _ in range(rng.randint(1, 4)):
+            drv.step(0.01)
+    drv.run_until(lambda: all(not p.inflight for p in pubs), 30, "acks")
+    for s in subs:
+        drv.run_until(lambda: waves_done(s), 30, f"{s.name} waves")
+    # Markers published after every wave completed reach every subscriber of
+    # the topic, whatever cursor its add had (at most head + 3 at the time).
+    for t in topics:
+        for _ in range(4):
+            pubs[0].publish(t, "marker")
+    drv.run_until(lambda: not pubs[0].inflight, 30, "marker acks")
+    heads = {t: head(t) for t in topics}
+    for t in topics:
+        acked = sorted(x for p in pubs for x in p.acks.get(t, []))
+        assert acked == list(range(1, heads[t] + 1)), f"acks of {t} are not dense"
+    for s in subs:
+        try:
+            drv.run_until(lambda: all(e == heads[t] + 1 for t, e in s.expect.items()), 30,
+                          f"{s.name} to reach the heads")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: heads {heads}, expect {s.expect}, "
+                                 f"problems {s.problems}, errors {s.errors}") from None
+        assert s.problems == [], s.problems
+        assert s.errors == [], s.errors
+        assert s.live == set(s.expect), (s.live, set(s.expect))

@@ -11,7 +11,7 @@ import pytest
 
 import rbproto as rp
 from conftest import RSS_BOUNDS_APPLY
-from streamcheck import Driver, Publisher, Subscriber
+from streamcheck import Driver, Publisher, Subscriber, run_random_streams
 
 
 @pytest.fixture(params=["memory", "postgres"])
@@ -449,62 +449,9 @@ def test_randomized_streams_against_the_published_log(make_daemon, seed):
     pubs = [Publisher(drv, d0.port, f"p{i}") for i in range(3)]
     subs = [Subscriber(drv, d0.port, f"s{i}") for i in range(4)]
     drv.run_until(lambda: all(p.started for p in pubs), 5, "publishers")
-
-    def head(t):
-        return max((s for p in pubs for s in p.acks.get(t, [])), default=0)
-
-    def mutate_one(s):
-        on = [t for t in s.expect]
-        if on and rng.random() < 0.35:
-            s.mutate(removes=rng.sample(on, rng.randint(1, len(on))))
-            return
-        off = [t for t in topics if t not in s.expect]
-        if not off:
-            return
-        adds = []
-        for t in rng.sample(off, rng.randint(1, len(off))):
-            r = rng.random()
-            cur = 0 if r < 0.3 else "now" if r < 0.55 else rng.randint(0, head(t) + 3)
-            adds.append((t, cur))
-        s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds})
-
     try:
-        for step in range(60):
-            for p in pubs:
-                for _ in range(rng.randint(0, 25)):
-                    p.publish(rng.choice(topics), f"{p.name}:{step}:{rng.random()}")
-            for s in subs:
-                waiting = [m for m in range(1, s.next_mutate) if m not in s.completed]
-                if not waiting and rng.random() < 0.5:
-                    mutate_one(s)
-            for _ in range(rng.randint(1, 4)):
-                drv.step(0.01)
-        drv.run_until(lambda: all(not p.inflight for p in pubs), 30, "acks")
-        for s in subs:
-            drv.run_until(lambda: all(m in s.completed for m in range(1, s.next_mutate)), 30,
-                          f"{s.name} waves")
-        # Markers published after every wave completed reach every
-        # subscriber of the topic, whatever cursor its add had (a cursor is
-        # at most head + 3 at the time of its add).
-        for t in topics:
-            for _ in range(4):
-                pubs[0].publish(t, "marker")
-        drv.run_until(lambda: not pubs[0].inflight, 30, "marker acks")
-        heads = {t: head(t) for t in topics}
-        for t in topics:
-            assert sorted(x for p in pubs for x in p.acks.get(t, [])) == list(range(1, heads[t] + 1))
-
-        def caught_up(s):
-            return all(exp == heads[t] + 1 for t, exp in s.expect.items())
-
-        for s in subs:
-            try:
-                drv.run_until(lambda: caught_up(s), 30, f"{s.name} to reach the heads")
-            except AssertionError as e:
-                raise AssertionError(f"{e}: heads {heads}, expect {s.expect}, "
-                                     f"problems {s.problems}, errors {s.errors}") from None
-            assert s.problems == [], s.problems
-            assert s.live == set(s.expect), (s.live, set(s.expect))
+        run_random_streams(drv, pubs, subs, topics, rng, steps=60, publishes_max=25,
+                           payload=lambda r, p, step: f"{p.name}:{step}:{r.random()}")
     except AssertionError as e:
         raise AssertionError(f"seed {seed}: {e}") from e
 

@@ -17,7 +17,7 @@ import pytest
 import rbproto as rp
 import rbtransport as rt
 from conftest import free_port, run_cli
-from streamcheck import Driver, Publisher, Subscriber
+from streamcheck import Driver, Publisher, Subscriber, run_random_streams
 
 KINDS = ("tcp", "tls", "ws", "wss")
 
@@ -68,52 +68,10 @@ def test_randomized_streams_on_mixed_transports(alld, certs, seed):
     pubs = [client(Publisher, i, f"p{i}") for i in range(4)]
     subs = [client(Subscriber, i + 1, f"s{i}") for i in range(4)]
     drv.run_until(lambda: all(p.started for p in pubs), 10, "publishers")
-
-    def head(t):
-        return max((s for p in pubs for s in p.acks.get(t, [])), default=0)
-
-    def mutate_one(s):
-        on = list(s.expect)
-        if on and rng.random() < 0.35:
-            s.mutate(removes=rng.sample(on, rng.randint(1, len(on))))
-            return
-        off = [t for t in topics if t not in s.expect]
-        if not off:
-            return
-        adds = []
-        for t in rng.sample(off, rng.randint(1, len(off))):
-            r = rng.random()
-            adds.append((t, 0 if r < 0.3 else "now" if r < 0.55 else rng.randint(0, head(t) + 3)))
-        s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds})
-
     try:
-        for step in range(50):
-            for p in pubs:
-                for _ in range(rng.randint(0, 20)):
-                    p.publish(rng.choice(topics), f"{p.name}:{step}:{rng.random()}" * rng.randint(1, 40))
-            for s in subs:
-                if all(m in s.completed for m in range(1, s.next_mutate)) and rng.random() < 0.5:
-                    mutate_one(s)
-            for _ in range(rng.randint(1, 3)):
-                drv.step(0.01)
-        drv.run_until(lambda: all(not p.inflight for p in pubs), 30, "acks")
-        for s in subs:
-            drv.run_until(lambda: all(m in s.completed for m in range(1, s.next_mutate)), 30,
-                          f"{s.name} waves")
-        for t in topics:
-            for _ in range(3):
-                pubs[0].publish(t, "marker")
-        drv.run_until(lambda: not pubs[0].inflight, 30, "marker acks")
-        heads = {t: head(t) for t in topics}
-        for t in topics:
-            acked = sorted(x for p in pubs for x in p.acks.get(t, []))
-            assert acked == list(range(1, heads[t] + 1)), t
-        for s in subs:
-            drv.run_until(lambda: all(e == heads[t] + 1 for t, e in s.expect.items()), 30,
-                          f"{s.name} to reach the heads {heads}: {s.expect} {s.problems}")
-            assert s.problems == [], s.problems
-            assert s.errors == [], s.errors
-            assert s.live == set(s.expect), (s.live, set(s.expect))
+        run_random_streams(
+            drv, pubs, subs, topics, rng, steps=50, publishes_max=20,
+            payload=lambda r, p, step: f"{p.name}:{step}:{r.random()}" * r.randint(1, 40))
     except AssertionError as e:
         raise AssertionError(f"seed {seed}: {e}") from e
     finally:
