@@ -53,7 +53,10 @@ CONFIG_SRC     := $(sort $(wildcard config/*.c))
 STORAGE_SRC    := $(sort $(wildcard storage/*.c))
 TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
-CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c client/bench.c,$(wildcard client/*.c)))
+CLIENT_LIB_SRC := $(sort $(wildcard client/*.c))
+CLI_SRC        := $(sort $(wildcard cli/*.c))
+# bench/ also holds peerload.c, the peer driver built by bench/Makefile.
+BENCH_SRC      := bench/bench.c
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
@@ -61,6 +64,7 @@ obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
 CORE_OBJ   := $(call obj,$(COMMON_SRC) $(CONFIG_SRC))
 SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
+CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
 LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c) $(CLIENT_OBJ)
 
@@ -103,10 +107,16 @@ $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(LIBSO): $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ $(CLIENT_LIBS)
+# libringbus exports ringbus_* alone: its objects hide every symbol that
+# ringbus.h does not mark RINGBUS_API, and the version script makes the rest
+# local (tests/integration/test_library.py checks the built .so with nm -D).
+$(LIB_OBJ): CFLAGS += -fvisibility=hidden
 
-$(RINGBUS): $(call obj,client/cli.c client/bench.c) $(LIB_OBJ)
+$(LIBSO): $(LIB_OBJ) client/libringbus.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -Wl,--version-script=client/libringbus.map \
+	  -o $@ $(LIB_OBJ) $(CLIENT_LIBS)
+
+$(RINGBUS): $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
@@ -119,7 +129,7 @@ $(BUILDDIR)/suites.h: $(UNIT_SRC)
 $(BUILDDIR)/obj/tests/unit/main.o: $(BUILDDIR)/suites.h
 $(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
 
-$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ)
+$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
 
 run: all
@@ -145,7 +155,7 @@ tsan:
 	$(MAKE) --no-print-directory VARIANT=tsan test-unit test-fuzz test-integration
 
 FORMAT_FILES = $(sort $(wildcard common/*.[ch] config/*.[ch] storage/*.[ch] transports/*.[ch] \
-               server/*.[ch] client/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
+               server/*.[ch] client/*.[ch] cli/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
 
 format:
 	clang-format -i $(FORMAT_FILES)
