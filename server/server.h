@@ -17,6 +17,7 @@
 #include "common/pool.h"
 #include "common/queue.h"
 #include "config/config.h"
+#include "server/admin.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
 #include "transports/layer.h"
@@ -189,6 +190,7 @@ struct rb_server {
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
+    rb_admin admin; /* the HTTP routes, server/admin.c */
     atomic_uint_fast64_t next_conn_id;
 };
 
