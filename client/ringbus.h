@@ -182,6 +182,13 @@ typedef struct ringbus_options {
      * Only for tests and debugging: anyone on the path can then read and
      * change the traffic. */
     bool tls_insecure;
+    /* ws:// and wss://: the Origin header of the WebSocket upgrade request,
+     * e.g. "https://app.example.com", for servers whose listener has an
+     * `origins` allow-list (a listener with origins refuses an upgrade
+     * without a listed Origin). NULL = no Origin header. 1..255 bytes of
+     * printable ASCII without spaces, else RINGBUS_EINVAL. Ignored by
+     * other schemes. Borrowed during connect. */
+    const char *ws_origin;
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */
