@@ -20,10 +20,6 @@
 #include "common/assert.h"
 #include "common/frame.h"
 
-#ifndef RB_VERSION
-#define RB_VERSION "0.1.0"
-#endif
-
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
 

@@ -20,7 +20,7 @@
 #include "common/limits.h"
 
 #ifndef RB_VERSION
-#define RB_VERSION "0.1.0"
+#error "RB_VERSION comes from the Makefile (the VERSION file)"
 #endif
 
 static_assert((int)RINGBUS_ESYS == (int)RB_ESYS, "public codes mirror rb_err codes");

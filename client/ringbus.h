@@ -96,7 +96,10 @@ RINGBUS_API const char *ringbus_error_name(int code);
  * string. Thread-safe. */
 RINGBUS_API const char *ringbus_wire_code_name(int wire_code);
 
-/* The library version, e.g. "0.1.0". Static string. Thread-safe. */
+/* The library version: a semantic version, with the commit as build
+ * metadata when it was built from a git checkout, e.g. "0.2.0" or
+ * "0.2.0+g1a2b3c4" (the same string as `ringbusd --version`, `ringbus
+ * --version` and ringbus.pc of the same build). Static string. Thread-safe. */
 RINGBUS_API const char *ringbus_version(void);
 
 /* ---- events ---- */
