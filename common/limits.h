@@ -126,6 +126,9 @@
 #define RB_CONFIG_NESTING_MAX    8
 #define RB_PATH_BYTES_MAX        4096
 #define RB_ADDRESS_BYTES_MAX     256
+/* The Postgres password file's first line, with its terminator: a password
+ * is a secret, not a document. */
+#define RB_PG_PASSWORD_BYTES_MAX 1024
 
 /* Server id sent in STARTED. */
 #define RB_SERVER_ID_BYTES_MAX 64
