@@ -537,6 +537,14 @@ static void on_frame(rb_conn *c, const rb_frame *f)
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);
         break;
+    case RB_FRAME_AUTH:
+        /* AUTH replaces a token; a connection that did not sign in with one
+         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
+         * refused AUTH. */
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        break;
     default: {
         char msg[96];
         snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
