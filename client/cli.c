@@ -174,6 +174,18 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_error(c, ev->code, ev->message);
         emit(c);
         return;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        rb_json_put_raw(b, "{\"event\":\"topic_error\"", 22);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "mutate_id");
+        rb_json_put_u64(b, ev->mutate_id);
+        put_key(b, "code");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        put_key(b, "message");
+        rb_json_put_str(b, ev->message, strlen(ev->message));
+        break;
     case RINGBUS_EVENT_CLOSED:
         rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
         put_key(b, "status");
@@ -722,6 +734,10 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
         return (a->history_only && ev->mutate_id == 1) ? 0 : -1;
     case RINGBUS_EVENT_ERROR:
     case RINGBUS_EVENT_CLOSED:
+        return EXIT_RUNTIME;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        /* The topic left the stream: what sub was asked to follow is gone. */
+        say("sub: topic %s: %s", ev->topic, ev->message);
         return EXIT_RUNTIME;
     case RINGBUS_EVENT_TOPICS_LIVE:
         break;
