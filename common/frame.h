@@ -36,8 +36,9 @@ typedef enum rb_frame_kind {
     RB_FRAME_MESSAGES = 10,
     RB_FRAME_TOPICS_LIVE = 11,
     RB_FRAME_CATCHUP_COMPLETE = 12,
-    /* 13 (AUTH) and 14 (GOING_AWAY) are reserved for frames not built yet;
-     * until they are, they are unknown kinds (bad_frame). */
+    RB_FRAME_AUTH = 13, /* fresh credentials on an open connection (token refresh) */
+    /* 14 (GOING_AWAY) is reserved for a frame not built yet; until it is,
+     * it is an unknown kind (bad_frame). */
     RB_FRAME_TOPIC_ERROR = 15,
     RB_FRAME_KIND_LAST = RB_FRAME_TOPIC_ERROR,
 } rb_frame_kind;
@@ -126,6 +127,7 @@ typedef struct rb_message_item {
  * TOPICS_LIVE      u32 count, count x topic
  * CATCHUP_COMPLETE u64 mutate_id
  * TOPIC_ERROR      u64 mutate_id, topic, u16 code, str16 message
+ * AUTH             blob16 credentials (client: new credentials; server: empty = accepted)
  * [u64 epoch] is a field appended after the first release: a peer that
  * predates it omits it (decoded as 0 with has_epoch false); encoders always
  * write it. A body must be consumed exactly: trailing bytes are bad_frame.
@@ -195,6 +197,9 @@ typedef struct rb_frame {
             uint16_t code;
             rb_bytes message;
         } topic_error;
+        struct {
+            rb_bytes credentials; /* rb_credentials_decode reads them */
+        } auth;
     } u;
 } rb_frame;
 
@@ -206,7 +211,7 @@ typedef struct rb_frame {
  * RB_WIRE_TOO_LARGE (size above max_frame_bytes),
  * RB_WIRE_UNSUPPORTED_VERSION (version != RB_PROTOCOL_VERSION; checked after
  * size, so that the size is known to be sane), RB_WIRE_BAD_FRAME for a kind
- * this codec does not know (0, 13, 14, above RB_FRAME_KIND_LAST). */
+ * this codec does not know (0, 14, above RB_FRAME_KIND_LAST). */
 int rb_frame_header_decode(const uint8_t *p, size_t len, uint32_t max_frame_bytes,
                            rb_frame_header *hdr, rb_err *err);
 
@@ -249,6 +254,7 @@ size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_
  * wave); message is at most RB_SHORT_STRING_BYTES_MAX bytes. */
 size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
                                    rb_bytes topic, uint16_t code, rb_bytes message);
+size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials);
 
 /* MUTATE: adds and removes as arrays; epoch is the store epoch the cursors
  * belong to (0 = none known). */
@@ -281,9 +287,43 @@ size_t rb_frame_encode_messages_head(uint8_t *out, size_t cap, uint64_t corr_id,
  * refuses it with too_large (docs/PROTOCOL.md). */
 size_t rb_frame_message_payload_max(uint32_t max_frame_bytes, size_t topic_len);
 
+/* ---- credentials (HELLO and AUTH), docs/PROTOCOL.md section 6.5 ----
+ * The frame decoder keeps credentials opaque (a blob16); the server reads
+ * them with rb_credentials_decode when it authenticates. Layout:
+ *   empty                       none (anonymous, or a client certificate)
+ *   u8 1, u16 len + token       TOKEN: a JWS compact JWT, 1..RB_AUTH_TOKEN_BYTES_MAX
+ *                               bytes of base64url and '.'
+ *   u8 2, u8 len + user,        PASSWORD: user 1..255 bytes of UTF-8 without control
+ *         u16 len + password    characters or spaces; password 1..RB_AUTH_PASSWORD_BYTES_MAX
+ *                               opaque bytes
+ * consumed exactly, like a frame body. */
+typedef enum rb_cred_kind {
+    RB_CRED_NONE = 0,
+    RB_CRED_TOKEN = 1,
+    RB_CRED_PASSWORD = 2,
+} rb_cred_kind;
+
+typedef struct rb_credentials {
+    uint8_t kind;      /* rb_cred_kind */
+    rb_bytes token;    /* TOKEN */
+    rb_bytes user;     /* PASSWORD */
+    rb_bytes password; /* PASSWORD */
+} rb_credentials;
+
+/* Decodes raw into *out (views into raw). Returns 0, or RB_EINVAL with
+ * err->cause = RB_WIRE_UNAUTHORIZED and a message that names the field but
+ * never echoes secret bytes (e.g. "credentials: token: byte 7 is not
+ * base64url or '.'"). */
+int rb_credentials_decode(rb_bytes raw, rb_credentials *out, rb_err *err);
+
+/* Encoders: write the credentials at out and return their size, or 0 when
+ * they do not fit in cap. Inputs must satisfy the rules above (asserted). */
+size_t rb_credentials_encode_token(uint8_t *out, size_t cap, rb_bytes token);
+size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, rb_bytes password);
+
 /* ---- names and validation ---- */
 
-/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN" (also for the reserved 13, 14). */
+/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN" (also for the reserved 14). */
 const char *rb_frame_kind_name(uint8_t kind);
 /* "ok", "bad_frame", "resource_exhausted", ... (DESIGN §3) or "unknown". */
 const char *rb_wire_code_name(uint16_t code);

@@ -170,6 +170,8 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
     case RB_FRAME_TOPIC_ERROR:
         return rb_frame_encode_topic_error(out, cap, 0, 5, str("orders.eu"), RB_WIRE_CURSOR_AHEAD,
                                            str("cursor 10 is beyond the head 5"));
+    case RB_FRAME_AUTH:
+        return rb_frame_encode_auth(out, cap, 11, raw("\1\3\0abc", 6));
     default:
         ck_abort_msg("no sample for kind %u", (unsigned)kind);
         return 0;
@@ -775,12 +777,12 @@ START_TEST(test_frame_kind_zero_and_past_last_are_bad_frame)
 }
 END_TEST
 
-/* 13 and 14 are reserved for AUTH and GOING_AWAY, not built yet. */
+/* 14 is reserved for GOING_AWAY, not built yet. */
 START_TEST(test_frame_reserved_kinds_are_bad_frame)
 {
     rb_frame_header h;
     rb_err err;
-    for (uint8_t kind = 13; kind <= 14; kind++) {
+    for (uint8_t kind = 14; kind <= 14; kind++) {
         header(buf, 24, 1, kind, 0);
         ck_assert_int_eq(hdr_decode(buf, &h, &err), RB_EPROTO);
         ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
