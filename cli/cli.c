@@ -55,8 +55,10 @@ static const char usage_text[] =
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
     "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
     "                                   exits 1 when --timeout ends the run before --count\n"
-    "                                   messages (or the --history-only history) arrived\n"
-    "  stream                           JSON commands on stdin, JSON events on stdout\n"
+    "                                   messages (or the --history-only history) arrived,\n"
+    "                                   and on a topic_error (a cursor the store cannot serve)\n"
+    "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
+    "                                   first event is started (server_id, epoch)\n"
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
@@ -938,9 +940,9 @@ static int stream_mutate(cli *c, const rb_cmd *cmd, ringbus_error *err)
         adds[i].cursor = cmd->adds[i].cursor;
         adds[i].is_now = cmd->adds[i].is_now;
     }
-    int rc = ringbus_mutate(c->conn, cmd->mutate_id, adds, cmd->add_count,
-                            (const char *const *)cmd->removes, cmd->remove_count, cmd->history_only,
-                            err);
+    int rc = ringbus_mutate_epoch(c->conn, cmd->mutate_id, cmd->epoch, adds, cmd->add_count,
+                                  (const char *const *)cmd->removes, cmd->remove_count,
+                                  cmd->history_only, err);
     free(adds);
     return rc;
 }
@@ -1062,6 +1064,14 @@ static int cmd_stream(cli *c, int argc, char **argv)
     if (rc != 0) {
         return rc;
     }
+    /* The epoch goes with the cursors a script saves (docs/PROTOCOL.md 8.1). */
+    rb_json_put_raw(&c->out, "{\"event\":\"started\"", 18);
+    put_key(&c->out, "server_id");
+    rb_json_put_str(&c->out, ringbus_server_id(c->conn), strlen(ringbus_server_id(c->conn)));
+    put_key(&c->out, "epoch");
+    rb_json_put_u64(&c->out, ringbus_epoch(c->conn));
+    rb_json_put_raw(&c->out, "}", 1);
+    emit(c);
     line_reader lr = {0};
     bool closing = false;
     int idle_ms = 0;

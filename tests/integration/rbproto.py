@@ -544,9 +544,17 @@ class Conn:
     frames read while waiting for something else (publish with wait=True)
     are kept and returned by later recv calls, in order."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7400, timeout: float = 5.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 7400, timeout: float = 5.0,
+                 rcvbuf: int | None = None):
+        """rcvbuf sets SO_RCVBUF before connecting (a slow reader's window)."""
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.pending: collections.deque[Frame] = collections.deque()

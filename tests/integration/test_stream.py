@@ -395,6 +395,34 @@ def test_readd_below_what_was_sent_replays_and_above_is_a_noop(daemon):
     assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["re"]]
 
 
+def test_readd_of_a_topic_still_catching_up_follows_the_replay_rule(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "cu", 3000, payload=lambda i: "x" * 200)
+    # Not below what was sent: a no-op; the topic stays in wave 1, which
+    # reports it, and wave 2 does not wait for it.
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("cu", 0)]) + rp.encode_mutate(2, 2, adds=[("cu", 0)]))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == 1, 20)
+    done = [f["mutate_id"] for f in frames if f.kind == rp.CATCHUP_COMPLETE]
+    assert done == [2, 1], done
+    msgs = [(s, f["mutate_id"]) for f in frames if f.kind == rp.MESSAGES for _, s, _ in f["items"]]
+    assert msgs == [(s, 1) for s in range(1, 3001)]
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["cu"]]
+    # Below what was sent: the topic restarts from the lower cursor in wave
+    # 2; wave 1 stops waiting for it and never announces it live.
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("cu", 2000)]) +
+             rp.encode_mutate(2, 2, adds=[("cu", 0)]))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == 2, 20)
+    assert [f["mutate_id"] for f in frames if f.kind == rp.CATCHUP_COMPLETE] == [1, 2]
+    first_done = next(i for i, f in enumerate(frames) if f.kind == rp.CATCHUP_COMPLETE)
+    assert all(f.kind != rp.TOPICS_LIVE for f in frames[:first_done])
+    wave2 = [s for f in frames if f.kind == rp.MESSAGES and f["mutate_id"] == 2
+             for _, s, _ in f["items"]]
+    assert wave2 == list(range(1, 3001))
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["cu"]]
+
+
 def test_two_subscribers_see_the_same_sequence(daemon):
     d = Driver()
     p = Publisher(d, daemon.port)
@@ -474,6 +502,34 @@ def test_retention_cursor_too_old_is_an_explicit_error(make_daemon):
     frames, msgs = collect_until_complete(sub, 2)
     assert topic_errors(frames) == []
     assert [s for _, s, _ in msgs] == list(range(21, 31))
+
+
+@pytest.mark.parametrize("storage", ["memory"])  # trimmed at once by [storage.memory] retention
+def test_retention_overtaking_a_running_catchup_is_a_topic_error(make_daemon):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 131072\n"
+                          "[storage.memory]\nretention_messages = 20000\n")
+    pub = conn(d)
+    body = "r" * 1000
+    for k in range(40):
+        publish_n(pub, "ov", 500, start_corr=k * 500 + 1, payload=lambda i: body)
+    # A subscriber with a small receive buffer that does not read: its
+    # catch-up stops when the socket and the send queue are full, far
+    # below the head.
+    sub = rp.Conn("127.0.0.1", d.port, timeout=20, rcvbuf=4096)
+    assert sub.hello().kind == rp.STARTED
+    sub.send(rp.encode_mutate(1, 1, adds=[("ov", 0)]))
+    time.sleep(1.0)
+    # Retention now drops every seq the catch-up has not sent yet.
+    for k in range(40, 80):
+        publish_n(pub, "ov", 500, start_corr=k * 500 + 1, payload=lambda i: body)
+    frames, msgs = collect_until_complete(sub, 1, timeout=60)
+    seqs = [s for _, s, _ in msgs]
+    assert seqs == list(range(1, len(seqs) + 1)) and 0 < len(seqs) < 20000, len(seqs)
+    assert topic_errors(frames) == [("ov", "out_of_range", 1)], topic_errors(frames)
+    err = next(f for f in frames if f.kind == rp.TOPIC_ERROR)
+    assert f"retention overtook the catch-up: seqs {len(seqs) + 1}..20000 were trimmed" \
+        in err["message"], err["message"]
+    assert [f for f in frames if f.kind in (rp.ERROR, rp.TOPICS_LIVE)] == []
 
 
 def test_half_close_drains_waves_then_closes_ok(daemon):

@@ -265,10 +265,12 @@ START_TEST(test_cmd_full_mutate_parses_every_field)
     const char *line = "{\"mutate_id\":7,\"add\":[{\"topic\":\"a\",\"cursor\":0},"
                        "{\"topic\":\"b\",\"cursor\":\"now\"},{\"topic\":\"c\",\"cursor\":42},"
                        "{\"topic\":\"d\"},{\"topic\":\"e\",\"cursor\":\"9\"}],"
-                       "\"remove\":[\"x\",\"y\"],\"history_only\":true}";
+                       "\"remove\":[\"x\",\"y\"],\"history_only\":true,"
+                       "\"epoch\":18446744073709551615}";
     ck_assert_msg(parse_cmd(line, &cmd, &e) == 0, "%s", e.msg);
     ck_assert_int_eq(cmd.kind, RB_CMD_MUTATE);
     ck_assert_uint_eq(cmd.mutate_id, 7);
+    ck_assert_uint_eq(cmd.epoch, UINT64_MAX);
     ck_assert(cmd.history_only);
     ck_assert_uint_eq(cmd.add_count, 5);
     ck_assert_str_eq(cmd.adds[0].topic, "a");
@@ -338,6 +340,8 @@ START_TEST(test_cmd_malformed_lines_are_rejected_with_a_reason)
         {"{\"mutate_id\":0,\"add\":[{\"topic\":\"a\"}]}", "mutate_id: required"},
         {"{\"mutate_id\":-1,\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":1.5,\"add\":[]}", "mutate_id"},
+        {"{\"mutate_id\":1,\"add\":[],\"epoch\":-3}", "epoch: must be an integer"},
+        {"{\"mutate_id\":1,\"add\":[],\"epoch\":\"7\"}", "epoch: must be an integer"},
         {"{\"mutate_id\":\"7\",\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":9223372036854775808,\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":1,\"add\":{\"topic\":\"a\"}}", "add: must be an array"},
