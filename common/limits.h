@@ -38,6 +38,35 @@
 #define RB_CONNS_PER_SHARD_DEFAULT 16384
 #define RB_CONNS_PER_SHARD_MAX     1048576
 
+/* Connection limits ([limits]): all shards and listeners together, per
+ * source address, and new connections per second per address. */
+#define RB_CONNS_TOTAL_DEFAULT           65536
+#define RB_CONNS_TOTAL_MAX               (1u << 24)
+#define RB_CONNS_PER_ADDRESS_DEFAULT     1024
+#define RB_CONN_RATE_PER_ADDRESS_DEFAULT 100
+#define RB_RATE_PER_SECOND_MAX           1000000000u
+/* Per connection: publishes per second (a token bucket) and Mutates. */
+#define RB_PUBLISH_RATE_DEFAULT       100000
+#define RB_MUTATES_PER_SECOND_DEFAULT 1000
+
+/* Authentication ([auth]): the delay before an unauthorized answer, failed
+ * sign-ins per minute per address before refusing outright, JWT clock skew
+ * (bounded: a wide skew would let expired tokens live on) and the threads
+ * that verify password hashes off the shards. */
+#define RB_AUTH_FAILURE_DELAY_MS_DEFAULT    1000
+#define RB_AUTH_FAILURE_DELAY_MS_MAX        60000
+#define RB_AUTH_FAILURES_PER_MINUTE_DEFAULT 30
+#define RB_AUTH_CLOCK_SKEW_S_DEFAULT        30
+#define RB_AUTH_CLOCK_SKEW_S_MAX            300
+#define RB_AUTH_WORKERS_DEFAULT             2
+#define RB_AUTH_WORKERS_MAX                 16
+/* argon2id cost parameters a password_hash may name: memory bounds what
+ * one verification allocates (times the workers), time bounds its CPU. */
+#define RB_ARGON2_MEMORY_KIB_MIN  8
+#define RB_ARGON2_MEMORY_KIB_MAX  (256u * 1024u)
+#define RB_ARGON2_TIME_COST_MAX   16
+#define RB_ARGON2_PARALLELISM_MAX 16
+
 /* Accepts handled per loop turn, so a connect storm cannot starve reads. */
 #define RB_ACCEPT_PER_TURN_MAX 16
 /* Completions reaped per loop turn before timers and queues get a turn. */
