@@ -40,6 +40,15 @@ typedef struct fake_link {
 static rb_server srv;
 static rb_shard sh;
 
+/* The store is not used by these tests; STARTED announces its epoch. */
+static uint64_t fake_epoch(rb_storage *st)
+{
+    (void)st;
+    return 0x5e55105e55105e55ull;
+}
+
+static const rb_storage_ops fake_store = {.name = "fake", .epoch = fake_epoch};
+
 static void fake_finish_shutdown(fake_link *f)
 {
     if (f->shut && rb_sendq_bytes(rb_session_sendq(f->c)) == 0 && !f->closed) {
@@ -141,6 +150,7 @@ static void shard_setup(uint64_t send_queue_bytes)
     srv.cfg.max_frame_bytes = RB_FRAME_BYTES_MIN;
     srv.cfg.send_queue_bytes = send_queue_bytes;
     sh.server = &srv;
+    srv.storage_ops = &fake_store;
     rb_loop_options opt = {.sq_entries = 64, .recv_buf_count = 8, .recv_buf_bytes = 4096};
     ck_assert_int_eq(rb_loop_init(&sh.loop, &opt, &err), 0);
     ck_assert_int_eq(rb_pool_init(&sh.chunk_pool, "chunks", RB_CHUNK_BYTES, 256, &err), 0);
@@ -148,6 +158,7 @@ static void shard_setup(uint64_t send_queue_bytes)
     ck_assert_int_eq(rb_pool_init(&sh.rxbig_pool, "big", srv.cfg.max_frame_bytes, 2, &err), 0);
     sh.send_budget.limit_bytes = rb_send_budget_bytes(&srv.cfg);
     ck_assert_int_eq(rb_conn_table_init(&sh, &err), 0);
+    ck_assert_int_eq(rb_stream_shard_init(&sh, &err), 0);
 }
 
 static void shard_teardown(void)
@@ -162,6 +173,7 @@ static void shard_teardown(void)
         ck_assert_int_eq(sh.conns[i].state, RB_CONN_FREE);
     }
     ck_assert_uint_eq(sh.send_budget.used_bytes, 0);
+    rb_stream_shard_deinit(&sh);
     rb_conn_table_deinit(&sh);
     rb_pool_deinit(&sh.rxbig_pool);
     rb_pool_deinit(&sh.seg_pool);
