@@ -87,6 +87,17 @@
 #define RB_SEND_IOV_MAX             64
 /* Chunks small frames are encoded into, from a per-shard pool. */
 #define RB_CHUNK_BYTES 16384
+/* Room each send queue keeps beyond its quota for the closing frames
+ * (ERROR and CLOSE, each at most 16 + 4 + RB_ERR_MSG_BYTES_MAX bytes), so
+ * a connection closed for its backlog still learns why: one chunk. */
+#define RB_SEND_CLOSE_RESERVE_BYTES RB_CHUNK_BYTES
+/* What a send-queue segment referencing a shared block costs beyond the
+ * bytes it references (the segment, and the block it keeps alive), so a
+ * queue of tiny fan-out frames cannot hold segments without bound. */
+#define RB_SEND_SEG_CHARGE_BYTES 256
+/* Chunks a layered link's wire queue may hold: two encode passes of
+ * RB_STACK_WIRE_BYTES_PER_PASS (256 KiB) plus record and closing overhead. */
+#define RB_LINK_WIRE_CHUNKS_MAX 36
 
 /* Cross-shard queues: slots per (producer, consumer) pair. */
 #define RB_SHARD_QUEUE_SLOTS 4096
@@ -158,6 +169,9 @@
 #define RB_CONFIG_NESTING_MAX    8
 #define RB_PATH_BYTES_MAX        4096
 #define RB_ADDRESS_BYTES_MAX     256
+/* The Postgres password file's first line, with its terminator: a password
+ * is a secret, not a document. */
+#define RB_PG_PASSWORD_BYTES_MAX 1024
 
 /* Server id sent in STARTED. */
 #define RB_SERVER_ID_BYTES_MAX 64
@@ -188,10 +202,11 @@
 #define RB_XMSG_DATA_BYTES (64u * 1024u)
 /* Receive buffers for frames larger than a chunk, per shard. */
 #define RB_SHARD_RXBIG_MAX 64
-/* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory at
- * 1 GiB per shard; each connection is further held to send_queue_bytes. */
+/* Chunks per shard beyond the send queues' budget (server/sendq.h, which
+ * holds every connection to its quota): 65536 x 16 KiB = 1 GiB for small
+ * receive frames and streams' copies. */
 #define RB_SHARD_CHUNK_MAX 65536
-/* Send-queue and pending-buffer segments per shard. */
+/* Pending-buffer segments per shard, beyond the send queues' own. */
 #define RB_SHARD_SEG_MAX (1u << 20)
 /* Waves (Mutates adding topics) in flight per stream. */
 #define RB_STREAM_WAVES_MAX 64
