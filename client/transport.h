@@ -49,6 +49,10 @@ struct rb_client_transport {
     const char *ca_file;
     bool insecure;
     const char *alpn;
+    /* tls, wss: the client certificate chain and key (PEM files), both or
+     * neither, borrowed during connect. */
+    const char *cert_file;
+    const char *key_file;
     /* ws, wss: the Origin header of the upgrade request (NULL: none),
      * borrowed during connect; options_check in ringbus.c has vetted it. */
     const char *ws_origin;
