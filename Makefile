@@ -86,8 +86,8 @@ LIBA       := $(BUILDDIR)/libringbus.a
 LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
 
-.PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
-        format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
+.PHONY: all build run test test-unit test-integration test-fuzz test-chaos chaos test-asan tsan \
+        check format format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -164,7 +164,7 @@ run: all
 	$(RINGBUSD)
 
 test: all
-	$(MAKE) --no-print-directory test-unit test-fuzz test-integration
+	$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-chaos
 
 test-unit: build
 	$(UNIT)
@@ -172,9 +172,20 @@ test-unit: build
 test-integration: build
 	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
+# The chaos suite (tests/chaos, docs/RELIABILITY.md): faults under load and
+# one history checker for G1-G4. `make test` runs its short form (a few
+# minutes); `make chaos` the long form (CHAOS_TRIALS=N, CHAOS_LOAD_S=S and
+# CHAOS_SEED=N override it; CHAOS_RESULTS=FILE appends one line per scenario).
+test-chaos: build
+	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+
+chaos: all
+	CHAOS_PROFILE=long RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  tests/chaos
+
 test-asan:
 	$(MAKE) --no-print-directory VARIANT=asan build
-	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration
+	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration test-chaos
 
 check: test-asan
 
