@@ -13,13 +13,16 @@ VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
-PKGS      := liburing libsystemd libpq wolfssl
+# QUIC: ngtcp2 with its GnuTLS crypto backend, and nghttp3 for HTTP/3.
+QUIC_PKGS := libngtcp2 libngtcp2_crypto_gnutls libnghttp3 gnutls
+PKGS      := liburing libsystemd libpq wolfssl $(QUIC_PKGS)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
+QUIC_LIBS := $(shell pkg-config --libs $(QUIC_PKGS) 2>/dev/null)
 # -lssl goes before -lwolfssl: wolfSSL exports a few OpenSSL names, and the
 # OpenSSL that libpq loads must bind to OpenSSL's own. libwslay has no .pc.
 PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq 2>/dev/null) -lssl -lcrypto \
-             $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay
-CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay -lpthread
+             $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS)
+CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
