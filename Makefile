@@ -72,6 +72,8 @@ RINGBUS    := $(BUILDDIR)/ringbus
 LIBA       := $(BUILDDIR)/libringbus.a
 LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
+# A QUIC/HTTP/3 test peer on the engine (tests/integration/quic_peer.c).
+QUIC_PEER  := $(BUILDDIR)/quic_peer
 
 .PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
         format-check install clean setup deps bench fuzz fuzz-smoke
@@ -82,7 +84,7 @@ all: build
 	@ln -sf $(VARIANT)/libringbus.a build/libringbus.a
 	@ln -sf $(VARIANT)/libringbus.so build/libringbus.so
 
-build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT)
+build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT) $(QUIC_PEER)
 
 # Installs the Debian packages the build and the tests need, once.
 deps:
@@ -124,6 +126,9 @@ $(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
 
 $(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
+
+$(QUIC_PEER): $(call obj,tests/integration/quic_peer.c) $(SERVER_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 run: all
 	$(RINGBUSD)

@@ -878,6 +878,12 @@ static int stream_reset_cb(ngtcp2_conn *conn, int64_t sid, uint64_t final_size, 
 static int stop_sending_cb(ngtcp2_conn *conn, int64_t sid, uint64_t app_error, void *user_data,
                            void *sud)
 {
+    rb_quic_conn *qc = user_data;
+    if (qc->app_ops != NULL && qc->app_ops->stop_sending != NULL) {
+        return qc->app_ops->stop_sending(qc->app, sid, app_error) == 0
+                   ? 0
+                   : NGTCP2_ERR_CALLBACK_FAILURE;
+    }
     return stream_reset_cb(conn, sid, 0, app_error, user_data, sud);
 }
 

@@ -154,8 +154,10 @@ typedef struct rb_quic_app_ops {
     int (*recv)(void *app, int64_t stream_id, const uint8_t *p, size_t len, bool fin);
     /* len more bytes of stream_id were acknowledged, in order. */
     int (*acked)(void *app, int64_t stream_id, uint64_t len);
-    /* The peer reset the stream or asked us to stop sending on it. */
+    /* The peer reset its sending side of the stream (RESET_STREAM). */
     int (*reset)(void *app, int64_t stream_id, uint64_t app_error);
+    /* The peer asked us to stop sending on the stream (STOP_SENDING). */
+    int (*stop_sending)(void *app, int64_t stream_id, uint64_t app_error);
     /* The stream is closed in both directions. */
     int (*closed)(void *app, int64_t stream_id, uint64_t app_error);
     /* Flow control on stream_id opened again. */
