@@ -118,7 +118,8 @@
 #define RB_PATH_BYTES_MAX        4096
 #define RB_ADDRESS_BYTES_MAX     256
 
-/* Server id sent in STARTED. */
+/* Bytes of the server id sent in STARTED: what the config accepts and what
+ * libringbus accepts from a server. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
 /* ---- the daemon's per-shard tables and pools (server/) ---- */
