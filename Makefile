@@ -222,12 +222,16 @@ SECONDS ?= 60
 .SECONDARY: $(call obj,$(wildcard tests/fuzz/*.c))
 FUZZ_SMOKE_SECONDS ?= 10
 
+# Every target links the daemon's objects, libringbus and the CLI's parsers
+# (not its main), so a target may reach any of them.
+FUZZ_LINK_OBJ := $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
+
 $(BUILDDIR)/fuzz/replay_%: $(call obj,tests/fuzz/replay.c) $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o \
-                          $(SERVER_OBJ) $(CLIENT_OBJ)
+                          $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
-$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(SERVER_OBJ) $(CLIENT_OBJ)
+$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
 

@@ -16,6 +16,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/link.h"
 #include "server/server.h"
 #include "transports/tls.h"
 
@@ -214,7 +215,7 @@ static void on_remote(void *ctx, uint64_t data)
     if (kind == RB_REMOTE_NEW_CONN) {
         uint32_t listener_index = (uint32_t)(payload >> 32);
         RB_ASSERT(listener_index < sh->server->listener_count);
-        rb_conn_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
+        rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
     }
     /* RB_REMOTE_QUEUE: the inboxes are drained every turn anyway. */
 }
@@ -242,7 +243,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     if (res >= 0) {
         rb_shard *target = least_loaded(sh->server);
         if (target == sh) {
-            rb_conn_adopt(sh, res, l, false);
+            rb_link_tcp_adopt(sh, res, l, false);
         } else {
             /* Pending counts as load at once, so a burst spreads out. The
              * listener travels with the fd: TLS and WS start on the target. */
@@ -251,7 +252,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
             uint64_t payload = (uint64_t)l->index << 32 | (uint32_t)res;
             if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, payload)) != 0) {
                 atomic_fetch_sub(&target->conn_count, 1);
-                rb_conn_adopt(sh, res, l, false);
+                rb_link_tcp_adopt(sh, res, l, false);
             }
         }
     } else if (res != -ECANCELED) {
@@ -387,6 +388,7 @@ static int shard_setup(rb_shard *sh, rb_err *err)
     rb_loop_set_remote_handler(sh->loop, on_remote, sh);
     rc = shard_pools_init(sh, err);
     rc = rc ? rc : rb_conn_table_init(sh, err);
+    rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     rc = rc ? rc : srv->storage_ops->shard_open(srv->storage, sh->loop, sh->id, &sh->storage, err);
     rc = rc ? rc : rb_owner_init(sh, err);
     rc = rc ? rc : rb_stream_shard_init(sh, err);
@@ -454,6 +456,7 @@ static void shard_teardown(rb_shard *sh)
     if (sh->storage != NULL) {
         srv->storage_ops->shard_close(sh->storage);
     }
+    rb_link_tcp_table_deinit(sh);
     rb_conn_table_deinit(sh);
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         if (sh->outbox[i] != NULL) {
