@@ -83,6 +83,7 @@ SERVER_FRAMES = [
     ("MESSAGES", rp.encode_messages(5, 0, [("t", 1, b"x")])),
     ("TOPICS_LIVE", rp.encode_topics_live(5, ["t"])),
     ("CATCHUP_COMPLETE", rp.encode_catchup_complete(5, 1)),
+    ("TOPIC_ERROR", rp.encode_topic_error(5, 1, "t", rp.CURSOR_AHEAD, "x")),
 ]
 
 
