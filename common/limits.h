@@ -173,7 +173,8 @@
  * is a secret, not a document. */
 #define RB_PG_PASSWORD_BYTES_MAX 1024
 
-/* Server id sent in STARTED. */
+/* Bytes of the server id sent in STARTED: what the config accepts and what
+ * libringbus accepts from a server. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
 /* ---- the daemon's per-shard tables and pools (server/) ---- */
