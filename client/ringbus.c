@@ -534,6 +534,29 @@ static int event_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p, 
 
 /* ---- closing ---- */
 
+/* Copies message into out (cap bytes, NUL-terminated) as valid UTF-8: a
+ * byte that does not start a whole, valid sequence becomes '?'. The text
+ * may carry what a server sent (a WebSocket Close reason), and the CLOSE
+ * frame built from it must decode. */
+static void utf8_clean(char *out, size_t cap, const char *message)
+{
+    const uint8_t *in = (const uint8_t *)message;
+    size_t len = strnlen(message, cap - 1);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = in[i] < 0x80 ? 1 : in[i] < 0xe0 ? 2 : in[i] < 0xf0 ? 3 : 4;
+        if (i + n <= len && rb_utf8_valid(in + i, n)) {
+            memcpy(out + o, in + i, n);
+            o += n;
+            i += n;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* Closes the transport, fails the publishes in flight and produces the
  * CLOSED event (from a CLOSE frame at p, or one built here). */
 static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, const rb_frame *f,
@@ -549,8 +572,10 @@ static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, c
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
     rb_frame built;
     if (f == NULL) {
-        size_t msg_len = strnlen(message, RB_ERR_MSG_BYTES_MAX - 1);
-        size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(message, msg_len));
+        char clean[RB_ERR_MSG_BYTES_MAX];
+        utf8_clean(clean, sizeof clean, message);
+        size_t n =
+            rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(clean, strlen(clean)));
         rb_err e = {0};
         int rc = rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &built, &e);
         RB_ASSERT(rc == 0);

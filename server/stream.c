@@ -404,7 +404,12 @@ static void send_catchup_complete(rb_conn *c, const wave *w)
     uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
     /* Server-initiated: tied to its MUTATE by mutate_id, corr_id 0. */
     size_t n = rb_frame_encode_catchup_complete(buf, sizeof buf, 0, w->mutate_id);
-    rb_conn_append(c, buf, n);
+    if (rb_conn_append(c, buf, n) != 0) {
+        /* Never a silently missing CATCHUP_COMPLETE: the client learns why. */
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "send queue full: no room for CATCHUP_COMPLETE of mutate %llu",
+                      (unsigned long long)w->mutate_id);
+    }
 }
 
 /* A per-topic outcome (docs/PROTOCOL.md §8.5): TOPIC_ERROR naming the
@@ -532,7 +537,10 @@ static void send_topics_live(entry *e)
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + 1 + RB_TOPIC_BYTES_MAX];
     rb_bytes t = {(const uint8_t *)e->name, e->name_len};
     size_t n = rb_frame_encode_topics_live(buf, sizeof buf, 0, &t, 1);
-    rb_conn_append(e->stream->conn, buf, n);
+    if (rb_conn_append(e->stream->conn, buf, n) != 0) {
+        rb_conn_close(e->stream->conn, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "send queue full: no room for TOPICS_LIVE");
+    }
 }
 
 static void cq_push(rb_subs *s, entry *e);
@@ -611,7 +619,7 @@ static entry *cq_pop(rb_subs *s)
 static bool conn_paused(const rb_conn *c)
 {
     uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
-    return c->tx_bytes > limit;
+    return rb_sendq_bytes(&c->sendq) > limit;
 }
 
 static void catchup_pump(rb_subs *s)
@@ -699,12 +707,10 @@ static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t coun
         if (fcount > 0 && (!more || fbytes + sz > limit)) {
             uint8_t head[RB_FRAME_MESSAGES_HEAD_BYTES];
             rb_frame_encode_messages_head(head, sizeof head, 0, mid, fcount, fbytes);
-            if (rb_conn_append(c, head, sizeof head) != 0 ||
-                rb_conn_append(c, start, fbytes) != 0) {
-                /* Part of a frame may be queued: a CLOSE frame after it
-                 * would be garbage, so the connection ends without one. */
-                RB_LOG_WARN(c->id, "server send buffers exhausted mid-frame: closing");
-                rb_conn_abort(c);
+            if (rb_conn_append_frame(c, head, sizeof head, start, fbytes) != 0) {
+                /* Nothing of the frame was queued: CLOSE can follow. */
+                rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                              "send queue full during catch-up of topic %s", e->name);
                 return false;
             }
             start += fbytes;
