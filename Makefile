@@ -9,7 +9,19 @@ DESTDIR   ?=
 CC        ?= cc
 PYTHON    ?= /usr/bin/python3
 
-VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+# One semantic version for ringbusd --version, ringbus --version,
+# ringbus_version() and ringbus.pc: the VERSION file, then the commit as
+# build metadata (0.2.0+g1234abc, .dirty when tracked files changed) when
+# this directory is a git checkout and git runs; else VERSION alone (a
+# tarball or `git archive` export).
+VERSION_BASE := $(shell cat VERSION 2>/dev/null)
+ifeq ($(VERSION_BASE),)
+$(error VERSION is missing or empty: it holds the release version, e.g. 0.2.0)
+endif
+GIT_HASH  := $(shell [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ] && \
+               git rev-parse --short=7 HEAD 2>/dev/null)
+GIT_DIRTY := $(if $(GIT_HASH),$(shell git status --porcelain --untracked-files=no 2>/dev/null))
+VERSION   := $(VERSION_BASE)$(if $(GIT_HASH),+g$(GIT_HASH)$(if $(GIT_DIRTY),.dirty))
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
@@ -29,7 +41,7 @@ CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 WARN   := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
           -Wvla -Wdate-time
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -g -fno-omit-frame-pointer -fPIC \
-          -ffile-prefix-map=$(CURDIR)=. -I. -DRB_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+          -ffile-prefix-map=$(CURDIR)=. -I. $(PKG_CFLAGS)
 
 ifeq ($(VARIANT),asan)
 OPT_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -DRB_SLOW_CHECKS
@@ -56,7 +68,10 @@ CONFIG_SRC     := $(sort $(wildcard config/*.c))
 STORAGE_SRC    := $(sort $(wildcard storage/*.c))
 TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
-CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c client/bench.c,$(wildcard client/*.c)))
+CLIENT_LIB_SRC := $(sort $(wildcard client/*.c))
+CLI_SRC        := $(sort $(wildcard cli/*.c))
+# bench/ also holds peerload.c, the peer driver built by bench/Makefile.
+BENCH_SRC      := bench/bench.c
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
@@ -64,6 +79,7 @@ obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
 CORE_OBJ   := $(call obj,$(COMMON_SRC) $(CONFIG_SRC))
 SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
+CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
 LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c) $(CLIENT_OBJ)
 
@@ -76,7 +92,7 @@ UNIT       := $(BUILDDIR)/unit_tests
 QUIC_PEER  := $(BUILDDIR)/quic_peer
 
 .PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
-        format-check install clean setup deps bench fuzz fuzz-smoke
+        format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -108,10 +124,32 @@ $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(LIBSO): $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ $(CLIENT_LIBS)
+# Only the files that print the version get it, and they are rebuilt when
+# it changes (the stamp is rewritten only then), so a new commit never
+# leaves a stale version in an incremental build.
+VERSION_OBJ   := $(call obj,server/main.c client/ringbus.c)
+VERSION_STAMP := $(BUILDDIR)/version.stamp
+$(VERSION_OBJ): CFLAGS += -DRB_VERSION='"$(VERSION)"'
+$(VERSION_OBJ): $(VERSION_STAMP)
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
+FORCE:
 
-$(RINGBUS): $(call obj,client/cli.c client/bench.c) $(LIB_OBJ)
+# Prints the version the build stamps into the binaries.
+version:
+	@echo '$(VERSION)'
+
+# libringbus exports ringbus_* alone: its objects hide every symbol that
+# ringbus.h does not mark RINGBUS_API, and the version script makes the rest
+# local (tests/integration/test_library.py checks the built .so with nm -D).
+$(LIB_OBJ): CFLAGS += -fvisibility=hidden
+
+$(LIBSO): $(LIB_OBJ) client/libringbus.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -Wl,--version-script=client/libringbus.map \
+	  -o $@ $(LIB_OBJ) $(CLIENT_LIBS)
+
+$(RINGBUS): $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
@@ -124,7 +162,7 @@ $(BUILDDIR)/suites.h: $(UNIT_SRC)
 $(BUILDDIR)/obj/tests/unit/main.o: $(BUILDDIR)/suites.h
 $(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
 
-$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ)
+$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
 
 $(QUIC_PEER): $(call obj,tests/integration/quic_peer.c) $(SERVER_OBJ)
@@ -153,7 +191,7 @@ tsan:
 	$(MAKE) --no-print-directory VARIANT=tsan test-unit test-fuzz test-integration
 
 FORMAT_FILES = $(sort $(wildcard common/*.[ch] config/*.[ch] storage/*.[ch] transports/*.[ch] \
-               server/*.[ch] client/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
+               server/*.[ch] client/*.[ch] cli/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
 
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -192,12 +230,16 @@ SECONDS ?= 60
 .SECONDARY: $(call obj,$(wildcard tests/fuzz/*.c))
 FUZZ_SMOKE_SECONDS ?= 10
 
+# Every target links the daemon's objects, libringbus and the CLI's parsers
+# (not its main), so a target may reach any of them.
+FUZZ_LINK_OBJ := $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
+
 $(BUILDDIR)/fuzz/replay_%: $(call obj,tests/fuzz/replay.c) $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o \
-                          $(SERVER_OBJ) $(CLIENT_OBJ)
+                          $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
-$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(SERVER_OBJ) $(CLIENT_OBJ)
+$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
 

@@ -17,6 +17,7 @@
 #include "common/pool.h"
 #include "common/queue.h"
 #include "config/config.h"
+#include "server/sendq.h"
 #include "storage/storage.h"
 #include "transports/layer.h"
 #include "transports/tls.h"
@@ -27,21 +28,8 @@ typedef struct rb_conn rb_conn;
 typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
-
-/* Segments of a connection's send queue and of a stream's pending buffer:
- * either an owned chunk (data is the chunk) or a reference to a shared
- * block (fan-out without copying). */
-typedef struct rb_block rb_block;
-typedef struct rb_seg rb_seg;
-struct rb_seg {
-    rb_seg *next;
-    uint8_t *data;
-    uint32_t len; /* bytes filled */
-    uint32_t off; /* bytes already sent */
-    uint32_t cap;
-    rb_block *ref;  /* shared block this segment points into, or NULL */
-    uint8_t *chunk; /* owned chunk from the shard's chunk pool, or NULL */
-};
+typedef struct rb_link rb_link;
+typedef struct rb_link_tcp rb_link_tcp;
 
 /* An immutable, reference-counted block of encoded MESSAGES items of one
  * topic's committed batch, shared by every shard and stream it fans out to.
@@ -103,26 +91,17 @@ typedef enum rb_conn_state {
     RB_CONN_CLOSED,   /* fd closed; waiting for the last completions */
 } rb_conn_state;
 
+/* A client session: the protocol state of one connection, over a link
+ * (server/link.h) that carries its bytes. */
 struct rb_conn {
     rb_shard *shard;
-    uint64_t id; /* unique per process, for logs */
+    rb_link *link; /* NULL once the link released everything */
+    uint64_t id;   /* unique per process, for logs */
     uint32_t index;
     uint32_t gen; /* bumped on reuse, so stale replies are dropped */
-    int fd;
     rb_conn_state state;
-    uint8_t inflight_count; /* ring operations not yet completed */
-    bool recv_armed;
-    bool sending;
     bool flush_queued;
     bool pong_wait;
-    bool closing_status_sent;
-    bool layers_closed;    /* rb_stack_close has run */
-    bool peer_eof;         /* the peer closed its side */
-    bool lingering;        /* all sent; reading to discard until the peer closes */
-    uint16_t close_status; /* the status rb_conn_close sent, for the layers' close */
-    rb_op recv_op;
-    rb_op send_op;
-    rb_op close_op;
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;
@@ -135,18 +114,8 @@ struct rb_conn {
     uint8_t *rx_buf; /* a frame straddling receive buffers */
     uint32_t rx_len;
     uint32_t rx_need;
-    /* send queue */
-    rb_seg *tx_head;
-    rb_seg *tx_tail;
-    uint64_t tx_bytes;
-    struct iovec *tx_iov; /* from the shard's iov pool while a send is in flight */
-    struct msghdr tx_msg;
-    /* transport layers (empty for tcp) and the socket bytes they made from
-     * the send queue: with layers, sendmsg writes these */
-    rb_stack stack;
-    rb_seg *wire_head;
-    rb_seg *wire_tail;
-    uint64_t wire_bytes;
+    /* send queue: frames until the link releases them */
+    rb_sendq sendq;
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */
@@ -179,8 +148,11 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
+    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
+    rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     /* memory */
     rb_pool chunk_pool;
+    rb_send_budget send_budget; /* charged by the connections' send queues */
     rb_pool seg_pool;
     rb_pool iov_pool;
     rb_pool rxbig_pool;
@@ -258,22 +230,29 @@ void rb_outbox_commit(rb_shard *sh, uint32_t to, size_t len);
 /* Sends every envelope being filled (end of turn). */
 void rb_outbox_flush_all(rb_shard *sh);
 
-/* server/conn.c */
-/* Takes over an fd accepted on listener l; counted: the acceptor already
- * added it to the shard's load. TLS and WS layers start here, on the
- * owning shard, before any byte is read. */
-void rb_conn_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted);
+/* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
-/* Appends a frame encoded by `enc` into the send queue. Returns 0 or
- * RB_ELIMIT when the queue is over its bound (the caller closes). */
+/* Space for a frame of len <= RB_CHUNK_BYTES bytes at the tail of the send
+ * queue, or NULL when refused (the caller closes with resource_exhausted);
+ * rb_conn_commit queues the len bytes written there. */
 uint8_t *rb_conn_reserve(rb_conn *c, size_t len);
 void rb_conn_commit(rb_conn *c, size_t len);
+/* Queues one frame (copied) whole. Returns 0, or RB_ELIMIT with nothing
+ * queued (over the connection's quota or the shard's budget): every caller
+ * closes with resource_exhausted. */
 int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len);
+/* Queues head_len bytes at head and len bytes at p (both copied) as one
+ * frame. Returns 0, or RB_ELIMIT with nothing queued. */
+int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const uint8_t *p,
+                         size_t len);
 /* Queues a frame whose head (head_len bytes, copied) is followed by len
  * bytes at p inside block b (referenced, not copied). Returns 0, or
  * RB_ELIMIT with nothing queued. */
 int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
                              const uint8_t *p, size_t len);
+/* Queues ERROR{corr_id, code, message}. When the send queue refuses it,
+ * the connection is closed with resource_exhausted instead (the error is
+ * never silently lost) and RB_ELIMIT is returned. */
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Sends CLOSE{status, message} (or ERROR first when error_code != 0),

@@ -16,6 +16,8 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/link.h"
+#include "server/sendq.h"
 #include "server/server.h"
 #include "transports/tls.h"
 
@@ -214,7 +216,7 @@ static void on_remote(void *ctx, uint64_t data)
     if (kind == RB_REMOTE_NEW_CONN) {
         uint32_t listener_index = (uint32_t)(payload >> 32);
         RB_ASSERT(listener_index < sh->server->listener_count);
-        rb_conn_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
+        rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
     }
     /* RB_REMOTE_QUEUE: the inboxes are drained every turn anyway. */
 }
@@ -242,7 +244,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     if (res >= 0) {
         rb_shard *target = least_loaded(sh->server);
         if (target == sh) {
-            rb_conn_adopt(sh, res, l, false);
+            rb_link_tcp_adopt(sh, res, l, false);
         } else {
             /* Pending counts as load at once, so a burst spreads out. The
              * listener travels with the fd: TLS and WS start on the target. */
@@ -251,7 +253,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
             uint64_t payload = (uint64_t)l->index << 32 | (uint32_t)res;
             if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, payload)) != 0) {
                 atomic_fetch_sub(&target->conn_count, 1);
-                rb_conn_adopt(sh, res, l, false);
+                rb_link_tcp_adopt(sh, res, l, false);
             }
         }
     } else if (res != -ECANCELED) {
@@ -269,11 +271,31 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
 
 /* ---- shard thread ---- */
 
+/* A pool's item count: counts past what a pool indexes are capped. */
+static uint32_t pool_count(uint64_t n)
+{
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
 static int shard_pools_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
-    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, RB_SHARD_CHUNK_MAX, err);
-    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), RB_SHARD_SEG_MAX, err);
+    /* Send memory is sized so every connection can reach its quota at
+     * once (the budget), plus each link's wire queue and one receive
+     * chunk per connection: a pool never runs dry under a connection that
+     * keeps to its quota. Pools allocate on demand, so this bounds memory
+     * without reserving it. */
+    sh->send_budget.limit_bytes = rb_send_budget_bytes(cfg);
+    sh->send_budget.used_bytes = 0;
+    uint64_t conns = cfg->max_connections;
+    uint64_t chunks = sh->send_budget.limit_bytes / RB_CHUNK_BYTES +
+                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1) + RB_SHARD_CHUNK_MAX;
+    uint64_t segs =
+        conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
+                 RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +
+        RB_SHARD_SEG_MAX;
+    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, pool_count(chunks), err);
+    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), pool_count(segs), err);
     rc = rc ? rc
             : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
                            cfg->max_connections, err);
@@ -387,6 +409,7 @@ static int shard_setup(rb_shard *sh, rb_err *err)
     rb_loop_set_remote_handler(sh->loop, on_remote, sh);
     rc = shard_pools_init(sh, err);
     rc = rc ? rc : rb_conn_table_init(sh, err);
+    rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     rc = rc ? rc : srv->storage_ops->shard_open(srv->storage, sh->loop, sh->id, &sh->storage, err);
     rc = rc ? rc : rb_owner_init(sh, err);
     rc = rc ? rc : rb_stream_shard_init(sh, err);
@@ -454,6 +477,7 @@ static void shard_teardown(rb_shard *sh)
     if (sh->storage != NULL) {
         srv->storage_ops->shard_close(sh->storage);
     }
+    rb_link_tcp_table_deinit(sh);
     rb_conn_table_deinit(sh);
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         if (sh->outbox[i] != NULL) {

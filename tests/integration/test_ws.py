@@ -285,6 +285,33 @@ def test_protocol_errors_get_their_close_codes(wsd, frames, code):
     w.close()
 
 
+@pytest.mark.parametrize("frames", [
+    # A whole message that declares (and is) 8 bytes: shorter than a header.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 8) + b"\x01\x04\x00\x00")],
+    # A 6-byte message: its size field says 20, but the message ends.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 20) + b"\x01\x04")],
+    # A first fragment whose size field is below the header: refused
+    # before the rest of the message could come.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 9), fin=False)],
+])
+def test_a_message_shorter_than_a_frame_header_is_refused_at_once(wsd, frames):
+    """One WS message is exactly one frame: a message that cannot hold a
+    frame header gets ERROR bad_frame and Close 1002 at once, not a wait
+    for bytes from the next message until the handshake timeout."""
+    w = ws_conn(wsd)
+    w.sendall(rp.encode_hello(1))
+    assert rp.decode(w.recv(4096))[0].kind == rp.STARTED
+    t0 = time.monotonic()
+    for f in frames:
+        w.sock.sendall(f)
+    assert w.wait_close() == 1002
+    assert time.monotonic() - t0 < 1.0
+    got = rp.decode_all(bytes(w.pending))
+    assert [f.kind for f in got] == [rp.ERROR, rp.CLOSE], got
+    assert got[0]["code_name"] == "bad_frame" and "exactly one frame" in got[0]["message"]
+    w.close()
+
+
 def test_oversized_message_is_closed_1009_before_it_is_buffered(wsd):
     w = ws_conn(wsd)
     w.sendall(rp.encode_hello(1))

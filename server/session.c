@@ -1,0 +1,736 @@
+/* Client sessions of one shard: the slot table, reassembly of frames from
+ * the link's bytes into the shared frame decoder, the bounded send queue
+ * the link drains, the session timer (handshake, keepalive, pong deadline,
+ * partial-frame deadline, close grace) and the close sequence with its
+ * half-close drain. A session reaches its peer only through its link
+ * (server/link.h): it never knows whether that is a TCP socket with tls/ws
+ * layers or anything else. Frames are handed to server/owner.c (PUBLISH)
+ * and server/stream.c (MUTATE); this file answers HELLO, PING, PONG and
+ * CLOSE itself. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "server/link.h"
+#include "server/server.h"
+
+#define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
+
+static void conn_timer_fired(rb_timer *t);
+static void conn_rearm_timer(rb_conn *c);
+static void conn_queue_flush(rb_conn *c);
+static void conn_queue_flush_raw(rb_conn *c);
+static void conn_try_free(rb_conn *c);
+static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
+static bool conn_reading(const rb_conn *c);
+static void finish_close(rb_conn *c);
+
+int rb_conn_table_init(rb_shard *sh, rb_err *err)
+{
+    const rb_config *cfg = &sh->server->cfg;
+    sh->conn_max = cfg->max_connections;
+    sh->conns = calloc(sh->conn_max, sizeof *sh->conns);
+    if (sh->conns == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u connection slots", sh->id, sh->conn_max);
+    }
+    for (uint32_t i = sh->conn_max; i-- > 0;) {
+        rb_conn *c = &sh->conns[i];
+        c->index = i;
+        c->shard = sh;
+        c->free_next = sh->conn_free;
+        sh->conn_free = c;
+    }
+    return 0;
+}
+
+void rb_conn_table_deinit(rb_shard *sh)
+{
+    free(sh->conns);
+    sh->conns = NULL;
+}
+
+rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen)
+{
+    if (index >= sh->conn_max) {
+        return NULL;
+    }
+    rb_conn *c = &sh->conns[index];
+    if (c->gen != gen || c->state == RB_CONN_FREE || c->state == RB_CONN_CLOSED) {
+        return NULL;
+    }
+    return c;
+}
+
+rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
+{
+    rb_conn *c = sh->conn_free;
+    if (c == NULL) {
+        return NULL;
+    }
+    sh->conn_free = c->free_next;
+    RB_ASSERT(c->state == RB_CONN_FREE);
+    RB_ASSERT(c->link == NULL);
+    uint32_t gen = c->gen + 1;
+    uint32_t index = c->index;
+    memset(c, 0, sizeof *c);
+    c->shard = sh;
+    c->link = l;
+    c->index = index;
+    c->gen = gen;
+    c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
+    rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
+                  rb_send_quota_bytes(&sh->server->cfg));
+    c->state = RB_CONN_HANDSHAKE;
+    c->timer.fn = conn_timer_fired;
+    c->last_tx_ms = rb_loop_now_ms(sh->loop);
+    atomic_fetch_add(&sh->conn_count, 1);
+    conn_rearm_timer(c);
+    return c;
+}
+
+/* ---- send queue ---- */
+
+bool rb_conn_send_full(const rb_conn *c, uint64_t extra)
+{
+    /* Over send_queue_bytes, or a frame of extra bytes (a new chunk and a
+     * block reference at worst) would be refused by the quota. */
+    const rb_sendq *q = &c->sendq;
+    return rb_sendq_bytes(q) + extra > c->shard->server->cfg.send_queue_bytes ||
+           q->charge_bytes + extra + RB_SEND_SEG_CHARGE_BYTES + RB_CHUNK_BYTES > q->quota_bytes;
+}
+
+uint8_t *rb_conn_reserve(rb_conn *c, size_t len)
+{
+    return rb_sendq_reserve(&c->sendq, len);
+}
+
+void rb_conn_commit(rb_conn *c, size_t len)
+{
+    rb_sendq_commit(&c->sendq, len);
+    conn_queue_flush(c);
+}
+
+int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len)
+{
+    if (rb_sendq_append(&c->sendq, p, len, 0) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const uint8_t *p,
+                         size_t len)
+{
+    if (rb_sendq_append2(&c->sendq, head, head_len, p, len) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+/* The closing frames may use the send queue's reserve beyond the quota. */
+static int append_closing(rb_conn *c, const uint8_t *p, size_t len)
+{
+    if (rb_sendq_append(&c->sendq, p, len, RB_SENDQ_RESERVE) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
+                             const uint8_t *p, size_t len)
+{
+    if (rb_sendq_append_ref(&c->sendq, head, head_len, b, p, len) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+static void tx_drop_all(rb_conn *c)
+{
+    rb_sendq_drop_all(&c->sendq);
+}
+
+/* Queues the connection for a send pass at the end of the turn. */
+static void conn_queue_flush_raw(rb_conn *c)
+{
+    if (c->flush_queued) {
+        return;
+    }
+    c->flush_queued = true;
+    c->flush_next = c->shard->flush_list;
+    c->shard->flush_list = c;
+}
+
+/* The same for frames: they count as traffic for the keepalive. */
+static void conn_queue_flush(rb_conn *c)
+{
+    c->last_tx_ms = rb_loop_now_ms(c->shard->loop);
+    conn_queue_flush_raw(c);
+}
+
+void rb_conn_flush_all(rb_shard *sh)
+{
+    rb_conn *c = sh->flush_list;
+    sh->flush_list = NULL;
+    while (c != NULL) {
+        rb_conn *next = c->flush_next;
+        c->flush_queued = false;
+        if (c->link != NULL && c->state != RB_CONN_CLOSED) {
+            c->link->ops->start_send(c->link);
+        }
+        conn_try_free(c);
+        c = next;
+    }
+}
+
+static void finish_close(rb_conn *c)
+{
+    if (c->state == RB_CONN_CLOSED) {
+        return;
+    }
+    c->state = RB_CONN_CLOSED;
+    rb_timer_disarm(c->shard->loop, &c->timer);
+    rb_stream_conn_closed(c);
+    if (c->link != NULL) {
+        /* The link may release at once, freeing the slot. */
+        c->link->ops->close(c->link);
+        return;
+    }
+    conn_try_free(c);
+}
+
+/* ---- closing ---- */
+
+static void conn_try_free(rb_conn *c)
+{
+    /* A slot still on the flush list is freed by rb_conn_flush_all: reused
+     * now, its cleared link would cut the list. */
+    if (c->state != RB_CONN_CLOSED || c->link != NULL || c->flush_queued) {
+        return;
+    }
+    rb_shard *sh = c->shard;
+    tx_drop_all(c);
+    if (c->rx_buf != NULL) {
+        rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
+        c->rx_buf = NULL;
+    }
+    RB_LOG_DEBUG(c->id, "freed");
+    c->state = RB_CONN_FREE;
+    c->free_next = sh->conn_free;
+    sh->conn_free = c;
+    atomic_fetch_sub(&sh->conn_count, 1);
+}
+
+void rb_conn_abort(rb_conn *c)
+{
+    finish_close(c);
+}
+
+void rb_session_link_released(rb_conn *c)
+{
+    RB_ASSERT(c->state == RB_CONN_CLOSED);
+    RB_ASSERT(c->link != NULL);
+    c->link = NULL;
+    conn_try_free(c);
+}
+
+void rb_session_link_down(rb_conn *c)
+{
+    finish_close(c);
+}
+
+void rb_session_peer_eof(rb_conn *c)
+{
+    /* Our own close or a half-close drain finishes on its own clock. */
+    if (c->state != RB_CONN_CLOSING && c->state != RB_CONN_DRAINING) {
+        finish_close(c);
+    }
+}
+
+/* Stops taking frames; the link decides whether it still reads to discard. */
+static void stop_reading(rb_conn *c)
+{
+    c->link->ops->stop_reading(c->link);
+}
+
+void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
+{
+    /* A layer ended the input cleanly (close_notify, WS Close, an HTTP
+     * answer): what is queued goes out if the link can carry it, then the
+     * link closes in order, all within the close grace. */
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
+        return;
+    }
+    if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
+        RB_LOG_INFO(c->id, "closing: %s", why);
+    } else {
+        RB_LOG_DEBUG(c->id, "closing: %s", why);
+    }
+    c->state = RB_CONN_CLOSING;
+    stop_reading(c);
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    conn_rearm_timer(c);
+    c->link->ops->shutdown(c->link, RB_WIRE_OK);
+}
+
+void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
+{
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
+        return;
+    }
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    if (status != RB_WIRE_OK && status != RB_WIRE_GOING_AWAY) {
+        RB_LOG_INFO(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+    } else {
+        RB_LOG_DEBUG(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+    }
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+    rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
+    size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
+    RB_ASSERT(n > 0);
+    c->state = RB_CONN_CLOSING;
+    stop_reading(c);
+    if (!c->link->ops->ready(c->link)) {
+        /* Before the link's handshake is done no frame can go out: the
+         * link closes on its own (an HTTP answer, or nothing). */
+        tx_drop_all(c);
+    } else if (append_closing(c, buf, n) != 0) {
+        finish_close(c);
+        return;
+    }
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    conn_rearm_timer(c);
+    c->link->ops->shutdown(c->link, status);
+}
+
+int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+    rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
+    size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
+    RB_ASSERT(n > 0);
+    if (rb_conn_append(c, buf, n) != 0) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full: no room for ERROR %s",
+                      rb_wire_code_name(code));
+        return RB_ELIMIT;
+    }
+    return 0;
+}
+
+/* An error that ends the connection: ERROR{code} then CLOSE{code}, both
+ * in the send queue's reserve when the quota is spent. */
+static void conn_fail(rb_conn *c, uint16_t code, const char *msg)
+{
+    if (conn_reading(c) || c->state == RB_CONN_DRAINING) {
+        uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+        rb_bytes m = {(const uint8_t *)msg, strnlen(msg, RB_ERR_MSG_BYTES_MAX - 1)};
+        size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, m);
+        RB_ASSERT(n > 0);
+        (void)append_closing(c, buf, n);
+    }
+    rb_conn_close(c, code, "%s", msg);
+}
+
+void rb_conn_shutdown_all(rb_shard *sh)
+{
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        rb_conn *c = &sh->conns[i];
+        if (c->state == RB_CONN_HANDSHAKE && !c->link->answers_before_hello) {
+            finish_close(c);
+        } else if (c->state == RB_CONN_HANDSHAKE) {
+            /* A pending WS upgrade is answered 503; TLS just closes. */
+            rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
+        } else if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
+            rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
+        }
+    }
+}
+
+void rb_conn_maybe_finish_drain(rb_conn *c)
+{
+    /* CLOSE ok promises that everything before it was delivered, so it
+     * waits for the waves, the acks and the send queue. */
+    if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
+        rb_sendq_bytes(&c->sendq) == 0) {
+        rb_conn_close(c, RB_WIRE_OK, "closed");
+    }
+}
+
+/* ---- timer ---- */
+
+static void conn_rearm_timer(rb_conn *c)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    uint64_t due;
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_DRAINING) {
+        due = c->close_deadline_ms;
+    } else if (c->state == RB_CONN_HANDSHAKE) {
+        due = c->last_tx_ms + cfg->handshake_timeout_ms;
+    } else if (c->pong_wait) {
+        due = c->ping_sent_ms + cfg->pong_timeout_ms;
+    } else {
+        due = c->last_tx_ms + cfg->keepalive_ms;
+    }
+    if (c->partial_since_ms != 0 && c->state != RB_CONN_CLOSING) {
+        uint64_t pd = c->partial_since_ms + cfg->handshake_timeout_ms;
+        due = pd < due ? pd : due;
+    }
+    rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
+}
+
+static void send_ping(rb_conn *c)
+{
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
+    c->ping_nonce = c->ping_nonce * 6364136223846793005ull + c->id + 1442695040888963407ull;
+    size_t n = rb_frame_encode_ping(buf, sizeof buf, 0, c->ping_nonce);
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        return;
+    }
+    c->pong_wait = true;
+    c->ping_sent_ms = rb_loop_now_ms(c->shard->loop);
+}
+
+static void conn_timer_fired(rb_timer *t)
+{
+    rb_conn *c = CONN_FROM(t, timer);
+    const rb_config *cfg = &c->shard->server->cfg;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    if (c->state == RB_CONN_CLOSING) {
+        if (c->link->ops->lingering(c->link)) {
+            RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
+        } else {
+            uint64_t unsent = rb_sendq_unsent(&c->sendq) + c->link->ops->unsent_bytes(c->link);
+            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
+                        (unsigned long long)unsent);
+        }
+        finish_close(c);
+        return;
+    }
+    if (c->state == RB_CONN_DRAINING && now >= c->close_deadline_ms) {
+        c->state = RB_CONN_OPEN;
+        rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "half-close drain exceeded the close grace");
+        /* The one grace is spent: one more flush attempt, then close. */
+        c->close_deadline_ms = now + RB_LOOP_TICK_MS;
+        conn_rearm_timer(c);
+        return;
+    }
+    if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {
+        conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
+        return;
+    }
+    if (c->state == RB_CONN_HANDSHAKE) {
+        if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
+            bool layers = !c->link->ops->ready(c->link);
+            RB_LOG_INFO(c->id, "%s within %u ms",
+                        layers ? "transport handshake not completed" : "no HELLO",
+                        cfg->handshake_timeout_ms);
+            conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
+            return;
+        }
+    } else if (c->state == RB_CONN_OPEN) {
+        if (c->pong_wait && now >= c->ping_sent_ms + cfg->pong_timeout_ms) {
+            rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "no PONG within %u ms",
+                          cfg->pong_timeout_ms);
+            return;
+        }
+        if (!c->pong_wait && now >= c->last_tx_ms + cfg->keepalive_ms) {
+            send_ping(c);
+        }
+    }
+    if (c->state != RB_CONN_CLOSED && c->state != RB_CONN_FREE) {
+        conn_rearm_timer(c);
+    }
+}
+
+/* ---- receive and frame dispatch ---- */
+
+static void on_hello(rb_conn *c, const rb_frame *f)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    if (c->state != RB_CONN_HANDSHAKE) {
+        conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
+        return;
+    }
+    if (f->u.hello.protocol_version != RB_PROTOCOL_VERSION) {
+        char msg[96];
+        snprintf(msg, sizeof msg, "protocol version %u not supported (server speaks %u)",
+                 f->u.hello.protocol_version, RB_PROTOCOL_VERSION);
+        conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
+        return;
+    }
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 24 + RB_SERVER_ID_BYTES_MAX];
+    rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
+    size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
+                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id);
+    RB_ASSERT(n > 0);
+    c->state = RB_CONN_OPEN;
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
+        return;
+    }
+    conn_rearm_timer(c);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr);
+}
+
+static void on_frame(rb_conn *c, const rb_frame *f)
+{
+    uint8_t kind = f->hdr.kind;
+    if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
+        conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
+        return;
+    }
+    switch (kind) {
+    case RB_FRAME_HELLO:
+        on_hello(c, f);
+        break;
+    case RB_FRAME_PING: {
+        uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
+        size_t n = rb_frame_encode_pong(buf, sizeof buf, f->hdr.corr_id, f->u.ping.nonce);
+        if (rb_conn_append(c, buf, n) != 0) {
+            conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        }
+        break;
+    }
+    case RB_FRAME_PONG:
+        /* Only the current nonce counts: an old or wrong echo changes nothing. */
+        if (c->pong_wait && f->u.ping.nonce == c->ping_nonce) {
+            c->pong_wait = false;
+            conn_rearm_timer(c);
+        }
+        break;
+    case RB_FRAME_CLOSE:
+        if (f->u.close.status == RB_WIRE_OK) {
+            c->state = RB_CONN_DRAINING;
+            stop_reading(c);
+            c->close_deadline_ms =
+                rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+            conn_rearm_timer(c);
+            rb_conn_maybe_finish_drain(c);
+        } else {
+            RB_LOG_DEBUG(c->id, "client closed with %s", rb_wire_code_name(f->u.close.status));
+            finish_close(c);
+        }
+        break;
+    case RB_FRAME_PUBLISH:
+        rb_owner_on_publish(c, f);
+        break;
+    case RB_FRAME_MUTATE:
+        rb_stream_on_mutate(c, f);
+        break;
+    case RB_FRAME_AUTH:
+        /* AUTH replaces a token; a connection that did not sign in with one
+         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
+         * refused AUTH. */
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        break;
+    default: {
+        char msg[96];
+        snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
+        conn_fail(c, RB_WIRE_BAD_FRAME, msg);
+        break;
+    }
+    }
+}
+
+static bool conn_reading(const rb_conn *c)
+{
+    return c->state == RB_CONN_HANDSHAKE || c->state == RB_CONN_OPEN;
+}
+
+/* Decodes one whole frame at p and dispatches it; false when the connection
+ * was failed. */
+static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
+{
+    rb_frame f;
+    rb_err err;
+    int rc = rb_frame_decode(p, len, c->shard->server->cfg.max_frame_bytes, &f, &err);
+    if (rc != 0) {
+        conn_fail(c, (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME), err.msg);
+        return false;
+    }
+    on_frame(c, &f);
+    return conn_reading(c);
+}
+
+/* Checks a complete header; false when the connection was failed. */
+static bool check_header(rb_conn *c, const uint8_t *p, rb_frame_header *hdr)
+{
+    rb_err err;
+    int rc = rb_frame_header_decode(p, RB_FRAME_HEADER_BYTES, c->shard->server->cfg.max_frame_bytes,
+                                    hdr, &err);
+    if (rc != 0) {
+        conn_fail(c, (uint16_t)err.cause, err.msg);
+        return false;
+    }
+    return true;
+}
+
+/* Starts buffering a frame of hdr->size bytes whose first `have` bytes are
+ * at p. The buffer is a chunk for frames that fit one, else a large buffer
+ * from the shard's bounded pool of max_frame_bytes buffers. */
+static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t *p, size_t have)
+{
+    rb_shard *sh = c->shard;
+    c->rx_need = hdr->size;
+    c->rx_buf =
+        hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool) : rb_pool_get(&sh->rxbig_pool);
+    if (c->rx_buf == NULL) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
+        return false;
+    }
+    memcpy(c->rx_buf, p, have);
+    c->rx_len = (uint32_t)have;
+    if (c->partial_since_ms == 0) {
+        c->partial_since_ms = rb_loop_now_ms(sh->loop);
+        conn_rearm_timer(c);
+    }
+    return true;
+}
+
+static void end_partial(rb_conn *c)
+{
+    rb_shard *sh = c->shard;
+    if (c->rx_buf != NULL) {
+        rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
+        c->rx_buf = NULL;
+    }
+    c->rx_len = 0;
+    c->rx_need = 0;
+    c->hdr_len = 0;
+    c->partial_since_ms = 0;
+}
+
+/* Continues a partly received header or frame; returns bytes consumed or
+ * -1 when the connection was failed. */
+static ssize_t feed_partial(rb_conn *c, const uint8_t *p, size_t len)
+{
+    size_t used = 0;
+    if (c->rx_buf == NULL) {
+        size_t take = RB_FRAME_HEADER_BYTES - c->hdr_len;
+        take = take < len ? take : len;
+        memcpy(c->hdr_bytes + c->hdr_len, p, take);
+        c->hdr_len += (uint32_t)take;
+        used = take;
+        if (c->hdr_len < RB_FRAME_HEADER_BYTES) {
+            return (ssize_t)used;
+        }
+        rb_frame_header hdr;
+        if (!check_header(c, c->hdr_bytes, &hdr)) {
+            return -1;
+        }
+        if (!start_partial(c, &hdr, c->hdr_bytes, RB_FRAME_HEADER_BYTES)) {
+            return -1;
+        }
+        c->hdr_len = 0;
+    }
+    size_t take = c->rx_need - c->rx_len;
+    take = take < len - used ? take : len - used;
+    memcpy(c->rx_buf + c->rx_len, p + used, take);
+    c->rx_len += (uint32_t)take;
+    used += take;
+    if (c->rx_len == c->rx_need) {
+        bool ok = handle_frame(c, c->rx_buf, c->rx_len);
+        end_partial(c);
+        if (!ok) {
+            return -1;
+        }
+    }
+    return (ssize_t)used;
+}
+
+/* The shared frame decoder: whole frames are decoded in place in the
+ * receive buffer; only a frame that straddles buffers is copied. */
+static void conn_feed(rb_conn *c, const uint8_t *p, size_t len)
+{
+    while (len > 0 && conn_reading(c)) {
+        if (c->hdr_len > 0 || c->rx_buf != NULL) {
+            ssize_t used = feed_partial(c, p, len);
+            if (used < 0) {
+                return;
+            }
+            p += used;
+            len -= (size_t)used;
+            continue;
+        }
+        if (len < RB_FRAME_HEADER_BYTES) {
+            memcpy(c->hdr_bytes, p, len);
+            c->hdr_len = (uint32_t)len;
+            if (c->partial_since_ms == 0) {
+                c->partial_since_ms = rb_loop_now_ms(c->shard->loop);
+                conn_rearm_timer(c);
+            }
+            return;
+        }
+        rb_frame_header hdr;
+        if (!check_header(c, p, &hdr)) {
+            return;
+        }
+        if (hdr.size > len) {
+            if (start_partial(c, &hdr, p, len)) {
+                return;
+            }
+            return;
+        }
+        if (!handle_frame(c, p, hdr.size)) {
+            return;
+        }
+        p += hdr.size;
+        len -= hdr.size;
+    }
+}
+
+/* ---- the link's side ---- */
+
+bool rb_session_reading(const rb_conn *c)
+{
+    return conn_reading(c);
+}
+
+void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
+{
+    conn_feed(c, p, len);
+}
+
+rb_sendq *rb_session_sendq(rb_conn *c)
+{
+    return &c->sendq;
+}
+
+void rb_session_send_drained(rb_conn *c)
+{
+    if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
+        rb_stream_on_send_drained(c);
+    }
+}
+
+void rb_session_want_send(rb_conn *c)
+{
+    conn_queue_flush_raw(c);
+}
+
+void rb_session_fail(rb_conn *c, uint16_t code, const char *msg)
+{
+    conn_fail(c, code, msg);
+}
