@@ -292,6 +292,8 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
 int rb_stream_shard_init(rb_shard *sh, rb_err *err);
 void rb_stream_shard_deinit(rb_shard *sh);
 void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
+/* The store epoch this shard's streams check cursors against (STARTED). */
+uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m);
 void rb_stream_conn_closed(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
