@@ -29,7 +29,7 @@ PKGS      := liburing libsystemd libpq wolfssl
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
 # -lssl goes before -lwolfssl: wolfSSL exports a few OpenSSL names, and the
 # OpenSSL that libpq loads must bind to OpenSSL's own. libwslay has no .pc.
-PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson 2>/dev/null) \
+PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson libxxhash 2>/dev/null) \
              -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay
 CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
