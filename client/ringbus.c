@@ -1103,9 +1103,12 @@ static int read_reply(ringbus_conn *conn, int64_t deadline_ns, rb_err *err)
             conn->rx_off = f.hdr.size;
             return rc;
         }
+        const char *hint = rb_client_tcp_answer_hint(&conn->tp, conn->rx, conn->rx_len);
         if (rc != RB_EAGAIN) {
-            return rb_err_set(err, RB_EPROTO, e.cause, "connect %s: bad frame from server: %s",
-                              conn->url_text, e.msg);
+            return hint != NULL
+                       ? rb_err_set(err, RB_EPROTO, e.cause, "connect %s: %s", conn->url_text, hint)
+                       : rb_err_set(err, RB_EPROTO, e.cause,
+                                    "connect %s: bad frame from server: %s", conn->url_text, e.msg);
         }
         if (conn->rx_len >= RB_FRAME_HEADER_BYTES) {
             rb_frame_header hdr;
@@ -1122,8 +1125,8 @@ static int read_reply(ringbus_conn *conn, int64_t deadline_ns, rb_err *err)
             conn->tp.ops->read(&conn->tp, conn->rx + conn->rx_len, conn->rx_cap - conn->rx_len, &e);
         if (n == 0) {
             return rb_err_set(err, RB_ECLOSED, 0,
-                              "connect %s: server closed the connection during the handshake",
-                              conn->url_text);
+                              "connect %s: server closed the connection during the handshake%s%s",
+                              conn->url_text, hint != NULL ? ": " : "", hint != NULL ? hint : "");
         }
         if (n < 0 && n != RB_EAGAIN) {
             return rb_err_set(err, (int)n, e.cause, "connect %s: %s", conn->url_text, e.msg);

@@ -387,8 +387,9 @@ static int run(rb_server *srv)
         _exit(1);
     }
     atomic_store(&srv->ready, true);
-    RB_LOG_INFO(0, "ready: %u shards, storage %s, version %s", srv->shard_count,
-                srv->storage_ops->name, RB_VERSION);
+    RB_LOG_INFO(0, "ready: %u shards, storage %s (epoch %016llx), version %s", srv->shard_count,
+                srv->storage_ops->name, (unsigned long long)srv->storage_ops->epoch(srv->storage),
+                RB_VERSION);
     sd_notify(0, "READY=1\nSTATUS=serving");
     wait_for_stop(srv, &set);
     sd_notify(0, "STOPPING=1");

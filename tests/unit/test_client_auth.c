@@ -96,7 +96,7 @@ static _Noreturn void peer_serve(int fd)
     PEER_CHECK(memcmp(f.u.hello.credentials.ptr, want_cred, want_cred_len) == 0);
     send_all(fd, out,
              rb_frame_encode_started(out, sizeof out, f.hdr.corr_id, 30000, 3, PEER_MAX_FRAME,
-                                     str_bytes("peer"), 1));
+                                     str_bytes("peer"), 0));
     while (peer_read(fd, in, &f)) {
         if (f.hdr.kind == RB_FRAME_AUTH) {
             rb_credentials c;
