@@ -143,6 +143,8 @@
 #define RB_SHARD_XMSG_MAX 65536
 /* Shared fan-out blocks per shard (each max_frame_bytes). */
 #define RB_SHARD_BLOCK_MAX 65536
+/* Envelope kinds a shard's mailbox can route (server/mailbox.h). */
+#define RB_MAIL_KINDS_MAX 16
 /* Bytes of encoded records one envelope carries. */
 #define RB_XMSG_DATA_BYTES (64u * 1024u)
 /* Receive buffers for frames larger than a chunk, per shard. */

@@ -100,7 +100,9 @@ struct rb_owner {
     rb_pool waiter_pool;
 };
 
-int rb_owner_init(rb_shard *sh, rb_err *err)
+static void owner_on_xmsg(void *ctx, rb_xmsg *m);
+
+static int owner_init(rb_shard *sh, rb_err *err)
 {
     rb_owner *o = calloc(1, sizeof *o);
     if (o == NULL) {
@@ -120,10 +122,15 @@ int rb_owner_init(rb_shard *sh, rb_err *err)
             : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), RB_OWNER_REFRESHES_MAX,
                            err);
     sh->owner = o;
+    if (rc == 0) {
+        rb_mailbox_register(&sh->mail, RB_XK_PUBLISH, owner_on_xmsg, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_ACK, owner_on_xmsg, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_INTEREST, owner_on_xmsg, sh);
+    }
     return rc;
 }
 
-void rb_owner_deinit(rb_shard *sh)
+static void owner_deinit(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     if (o == NULL) {
@@ -152,7 +159,7 @@ void rb_owner_deinit(rb_shard *sh)
     sh->owner = NULL;
 }
 
-bool rb_owner_idle(rb_shard *sh)
+static bool owner_idle(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL;
@@ -224,7 +231,7 @@ static void send_ack(rb_shard *sh, const reply_to *r, rb_topic *t, uint64_t seq,
 {
     size_t msg_len = msg != NULL ? strlen(msg) : 0;
     size_t len = ACK_REC_FIXED + t->name_len + msg_len;
-    uint8_t *p = rb_outbox_reserve(sh, r->shard, RB_XK_ACK, len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, r->shard, RB_XK_ACK, len);
     if (p == NULL) {
         /* No envelope: the publisher's connection never gets this ack and
          * will see its publish time out; the shard logs it once here. */
@@ -241,7 +248,7 @@ static void send_ack(rb_shard *sh, const reply_to *r, rb_topic *t, uint64_t seq,
     p = rb_rec_put(p, t->name, t->name_len);
     p = rb_rec_put(p, &ml, 2);
     rb_rec_put(p, msg, msg_len);
-    rb_outbox_commit(sh, r->shard, len);
+    rb_mailbox_commit(&sh->mail, r->shard, len);
 }
 
 static void release_src(rb_xmsg *m)
@@ -274,7 +281,7 @@ static bool has_interest(const rb_topic *t)
 
 static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
 {
-    rb_block *blk = rb_shard_block_get(sh);
+    rb_block *blk = rb_mailbox_block(&sh->mail);
     if (blk == NULL) {
         return NULL;
     }
@@ -310,7 +317,7 @@ static void fan_out(rb_shard *sh, rb_topic *t, const batch *b)
         if ((t->interest[s / 64] & (1ull << (s % 64))) == 0) {
             continue;
         }
-        rb_xmsg *m = rb_shard_xmsg_get(sh);
+        rb_xmsg *m = rb_mailbox_xmsg(&sh->mail);
         if (m == NULL) {
             RB_LOG_WARN(0, "topic %s: no envelope for fan-out to shard %u", t->name, s);
             continue;
@@ -318,10 +325,7 @@ static void fan_out(rb_shard *sh, rb_topic *t, const batch *b)
         m->kind = RB_XK_BLOCK;
         rb_block_ref(blk);
         m->ptr = blk;
-        if (rb_shard_send(sh, s, m) != 0) {
-            RB_LOG_WARN(0, "topic %s: queue to shard %u full; its streams repair", t->name, s);
-            rb_xmsg_put(m);
-        }
+        rb_mailbox_send(&sh->mail, s, m);
     }
     rb_block_unref(blk);
 }
@@ -393,7 +397,7 @@ static void start_append(rb_topic *t)
     o->busy++;
 }
 
-void rb_owner_flush(rb_shard *sh)
+static void owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     start_refreshes(o);
@@ -413,7 +417,7 @@ static void send_head(rb_shard *sh, rb_topic *t, uint16_t to, uint32_t idx, uint
                       uint64_t token, int32_t status)
 {
     size_t len = HEAD_REC_FIXED + t->name_len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_HEAD, len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_HEAD, len);
     if (p == NULL) {
         RB_LOG_ERROR(0, "topic %s: no envelope for a head reply to shard %u", t->name, to);
         return;
@@ -425,7 +429,7 @@ static void send_head(rb_shard *sh, rb_topic *t, uint16_t to, uint32_t idx, uint
     p = rb_rec_put(p, &status, 4);
     p = rb_rec_put(p, &t->name_len, 1);
     rb_rec_put(p, t->name, t->name_len);
-    rb_outbox_commit(sh, to, len);
+    rb_mailbox_commit(&sh->mail, to, len);
 }
 
 static void reply_waiters(rb_owner *o, rb_topic *t, int32_t status)
@@ -561,7 +565,7 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
 {
     uint32_t to = rb_topic_owner_shard(sh->server, topic, topic_len);
     size_t len = INT_REC_FIXED + topic_len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_INTEREST, len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_INTEREST, len);
     if (p == NULL) {
         return RB_ELIMIT;
     }
@@ -573,7 +577,7 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
     p = rb_rec_put(p, &token, 8);
     p = rb_rec_put(p, &topic_len, 1);
     rb_rec_put(p, topic, topic_len);
-    rb_outbox_commit(sh, to, len);
+    rb_mailbox_commit(&sh->mail, to, len);
     return 0;
 }
 
@@ -689,8 +693,9 @@ static void on_ack_record(rb_shard *sh, const uint8_t *p, const uint8_t **next)
     rb_conn_maybe_finish_drain(c);
 }
 
-void rb_owner_on_xmsg(rb_shard *sh, rb_xmsg *m)
+static void owner_on_xmsg(void *ctx, rb_xmsg *m)
 {
+    rb_shard *sh = ctx;
     const uint8_t *p = m->data;
     const uint8_t *end = m->data + m->bytes;
     if (m->kind == RB_XK_PUBLISH) {
@@ -752,7 +757,7 @@ void rb_owner_on_publish(rb_conn *c, const rb_frame *f)
     }
     uint32_t to = rb_topic_owner_shard(sh->server, topic.ptr, topic.len);
     size_t len = PUB_REC_FIXED + topic.len + payload.len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_PUBLISH, len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_PUBLISH, len);
     if (p == NULL) {
         rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
                            "shard queues are full; retry the publish");
@@ -767,6 +772,14 @@ void rb_owner_on_publish(rb_conn *c, const rb_frame *f)
     p = rb_rec_put(p, &tlen, 1);
     p = rb_rec_put(p, topic.ptr, topic.len);
     rb_rec_put(p, payload.ptr, payload.len);
-    rb_outbox_commit(sh, to, len);
+    rb_mailbox_commit(&sh->mail, to, len);
     c->publishes_in_flight++;
 }
+
+const rb_subsystem rb_owner_subsystem = {
+    .name = "owners",
+    .init = owner_init,
+    .flush = owner_flush,
+    .idle = owner_idle,
+    .deinit = owner_deinit,
+};
