@@ -31,6 +31,10 @@ BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -g -fno-omit-frame-pointer -fPIC \
 ifeq ($(VARIANT),asan)
 OPT_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -DRB_SLOW_CHECKS
 OPT_LDFLAGS := -fsanitize=address,undefined
+else ifeq ($(VARIANT),libfuzzer)
+OPT_CFLAGS := -O1 -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all \
+              -DRB_SLOW_CHECKS
+OPT_LDFLAGS := -fsanitize=address,undefined
 else ifeq ($(VARIANT),tsan)
 OPT_CFLAGS := -O1 -fsanitize=thread -DRB_SLOW_CHECKS
 OPT_LDFLAGS := -fsanitize=thread
@@ -49,7 +53,10 @@ CONFIG_SRC     := $(sort $(wildcard config/*.c))
 STORAGE_SRC    := $(sort $(wildcard storage/*.c))
 TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
-CLIENT_LIB_SRC := $(sort $(filter-out client/cli.c client/bench.c,$(wildcard client/*.c)))
+CLIENT_LIB_SRC := $(sort $(wildcard client/*.c))
+CLI_SRC        := $(sort $(wildcard cli/*.c))
+# bench/ also holds peerload.c, the peer driver built by bench/Makefile.
+BENCH_SRC      := bench/bench.c
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
 obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
@@ -57,6 +64,7 @@ obj = $(patsubst %.c,$(BUILDDIR)/obj/%.o,$(1))
 CORE_OBJ   := $(call obj,$(COMMON_SRC) $(CONFIG_SRC))
 SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_SRC))
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
+CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
 LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c) $(CLIENT_OBJ)
 
@@ -66,8 +74,8 @@ LIBA       := $(BUILDDIR)/libringbus.a
 LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
 
-.PHONY: all build run test test-unit test-integration test-asan tsan check format format-check \
-        install clean setup deps bench
+.PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
+        format-check install clean setup deps bench fuzz fuzz-smoke
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -99,10 +107,16 @@ $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
 
-$(LIBSO): $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -o $@ $^ $(CLIENT_LIBS)
+# libringbus exports ringbus_* alone: its objects hide every symbol that
+# ringbus.h does not mark RINGBUS_API, and the version script makes the rest
+# local (tests/integration/test_library.py checks the built .so with nm -D).
+$(LIB_OBJ): CFLAGS += -fvisibility=hidden
 
-$(RINGBUS): $(call obj,client/cli.c client/bench.c) $(LIB_OBJ)
+$(LIBSO): $(LIB_OBJ) client/libringbus.map
+	$(CC) $(LDFLAGS) -shared -Wl,-soname,libringbus.so.0 -Wl,--version-script=client/libringbus.map \
+	  -o $@ $(LIB_OBJ) $(CLIENT_LIBS)
+
+$(RINGBUS): $(CLI_OBJ) $(LIB_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
@@ -115,14 +129,14 @@ $(BUILDDIR)/suites.h: $(UNIT_SRC)
 $(BUILDDIR)/obj/tests/unit/main.o: $(BUILDDIR)/suites.h
 $(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
 
-$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ)
+$(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
 
 run: all
 	$(RINGBUSD)
 
 test: all
-	$(MAKE) --no-print-directory test-unit test-integration
+	$(MAKE) --no-print-directory test-unit test-fuzz test-integration
 
 test-unit: build
 	$(UNIT)
@@ -132,16 +146,16 @@ test-integration: build
 
 test-asan:
 	$(MAKE) --no-print-directory VARIANT=asan build
-	$(MAKE) --no-print-directory VARIANT=asan test-unit test-integration
+	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration
 
 check: test-asan
 
 tsan:
 	$(MAKE) --no-print-directory VARIANT=tsan build
-	$(MAKE) --no-print-directory VARIANT=tsan test-unit test-integration
+	$(MAKE) --no-print-directory VARIANT=tsan test-unit test-fuzz test-integration
 
 FORMAT_FILES = $(sort $(wildcard common/*.[ch] config/*.[ch] storage/*.[ch] transports/*.[ch] \
-               server/*.[ch] client/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
+               server/*.[ch] client/*.[ch] cli/*.[ch] tests/unit/*.[ch] tests/fuzz/*.[ch] bench/*.[ch]))
 
 format:
 	clang-format -i $(FORMAT_FILES)
@@ -166,6 +180,48 @@ install: all
 	  > $(DESTDIR)$(PREFIX)/lib/systemd/system/ringbusd.service
 	install -m 644 systemd/ringbusd.sysusers $(DESTDIR)$(PREFIX)/lib/sysusers.d/ringbusd.conf
 	install -m 644 systemd/ringbusd.tmpfiles $(DESTDIR)$(PREFIX)/lib/tmpfiles.d/ringbusd.conf
+
+# Fuzz targets (tests/fuzz/fuzz_NAME.c, seeds in tests/fuzz/corpus/NAME).
+# `make test-fuzz` replays every corpus through its target, linked with
+# tests/fuzz/replay.c and built like the rest of the variant (so under
+# ASan+UBSan in `make test-asan`). `make fuzz T=NAME [SECONDS=60]` builds
+# the target with clang's libFuzzer and fuzzes it; new inputs go to
+# build/libfuzzer/corpus/NAME, crashes to build/libfuzzer/crash-NAME-*.
+# `make fuzz-smoke` fuzzes every target for FUZZ_SMOKE_SECONDS each.
+FUZZ_TARGETS := $(sort $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c)))
+FUZZ_REPLAY  := $(addprefix $(BUILDDIR)/fuzz/replay_,$(FUZZ_TARGETS))
+SECONDS ?= 60
+.SECONDARY: $(call obj,$(wildcard tests/fuzz/*.c))
+FUZZ_SMOKE_SECONDS ?= 10
+
+$(BUILDDIR)/fuzz/replay_%: $(call obj,tests/fuzz/replay.c) $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o \
+                          $(SERVER_OBJ) $(CLIENT_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
+
+$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(SERVER_OBJ) $(CLIENT_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
+
+test-fuzz: $(FUZZ_REPLAY)
+	@for t in $(FUZZ_TARGETS); do \
+	  printf 'fuzz replay %-8s ' "$$t"; \
+	  $(BUILDDIR)/fuzz/replay_$$t tests/fuzz/corpus/$$t || exit 1; \
+	done
+
+fuzz:
+	@test -n "$(T)" || { echo "usage: make fuzz T=<$(FUZZ_TARGETS)> [SECONDS=60]"; exit 2; }
+	@test -f tests/fuzz/fuzz_$(T).c || { echo "no target tests/fuzz/fuzz_$(T).c"; exit 2; }
+	@command -v clang-14 >/dev/null 2>&1 || scripts/setup.sh --fuzz
+	$(MAKE) --no-print-directory VARIANT=libfuzzer CC=clang-14 build/libfuzzer/fuzz/fuzz_$(T)
+	@mkdir -p build/libfuzzer/corpus/$(T)
+	build/libfuzzer/fuzz/fuzz_$(T) -max_total_time=$(SECONDS) -timeout=10 -rss_limit_mb=2048 \
+	  -artifact_prefix=build/libfuzzer/crash-$(T)- build/libfuzzer/corpus/$(T) tests/fuzz/corpus/$(T)
+
+fuzz-smoke:
+	@for t in $(FUZZ_TARGETS); do \
+	  $(MAKE) --no-print-directory fuzz T=$$t SECONDS=$(FUZZ_SMOKE_SECONDS) || exit 1; \
+	done
 
 # Side-by-side benchmarks with NATS and Redis (docs/BENCHMARKS.md).
 bench: all

@@ -1,6 +1,6 @@
 /* peerload: `ringbus bench` against the systems a user would consider
  * instead of ringbus, so that every figure comes from the same engine
- * (client/bench.c: pacing, windows, order checks, the latency histogram,
+ * (bench/bench.c: pacing, windows, order checks, the latency histogram,
  * the figures). This file holds only the wire protocols, as rb_bench
  * drivers:
  *
@@ -34,7 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client/bench.h"
+#include "bench/bench.h"
 
 /* A connection's send buffer grows to this, as ringbus's default. */
 #define TX_BYTES_MAX ((size_t)8 << 20)

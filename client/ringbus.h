@@ -34,6 +34,15 @@
 extern "C" {
 #endif
 
+/* Marks what the shared library exports: libringbus is built with hidden
+ * visibility and a version script, so ringbus_* functions are its only
+ * dynamic symbols. */
+#if defined(__GNUC__)
+#define RINGBUS_API __attribute__((visibility("default")))
+#else
+#define RINGBUS_API
+#endif
+
 /* ---- errors ---- */
 
 /* Library error codes (negative; 0 is success). */
@@ -80,15 +89,15 @@ typedef struct ringbus_error {
 
 /* The name of a RINGBUS_E... code ("ESYS", "ETIMEDOUT", ...; "EUNKNOWN" for
  * anything else). Returns a static string. Thread-safe. */
-const char *ringbus_error_name(int code);
+RINGBUS_API const char *ringbus_error_name(int code);
 
 /* The stable name of a wire code ("ok", "invalid_topic",
  * "resource_exhausted", ...; "unknown" for anything else). Returns a static
  * string. Thread-safe. */
-const char *ringbus_wire_code_name(int wire_code);
+RINGBUS_API const char *ringbus_wire_code_name(int wire_code);
 
 /* The library version, e.g. "0.1.0". Static string. Thread-safe. */
-const char *ringbus_version(void);
+RINGBUS_API const char *ringbus_version(void);
 
 /* ---- events ---- */
 
@@ -176,7 +185,7 @@ typedef struct ringbus_options {
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */
-void ringbus_options_init(ringbus_options *options);
+RINGBUS_API void ringbus_options_init(ringbus_options *options);
 
 typedef struct ringbus_conn ringbus_conn;
 
@@ -194,33 +203,33 @@ typedef struct ringbus_conn ringbus_conn;
  * RINGBUS_EUNSUPPORTED, RINGBUS_ESYS (e.g. connection refused),
  * RINGBUS_ETIMEDOUT, RINGBUS_ESERVER (the server answered ERROR, e.g.
  * unauthorized) or RINGBUS_EPROTO, and leaves *conn NULL. */
-int ringbus_connect(const char *url, const ringbus_options *options, ringbus_conn **conn,
-                    ringbus_error *err);
+RINGBUS_API int ringbus_connect(const char *url, const ringbus_options *options,
+                                ringbus_conn **conn, ringbus_error *err);
 
 /* Closes the connection at once (without the CLOSE handshake; see
  * ringbus_half_close for a clean close) and frees it. Publish callbacks still
  * pending run with RINGBUS_ECLOSED before it returns; no event callback runs.
  * conn may be NULL. Must not be called from a callback. */
-void ringbus_close(ringbus_conn *conn);
+RINGBUS_API void ringbus_close(ringbus_conn *conn);
 
 /* Handshake results, valid for the connection's life. server_id is owned by
  * the connection (NUL-terminated). */
-uint32_t ringbus_keepalive_ms(const ringbus_conn *conn);
-uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn);
-uint64_t ringbus_capabilities(const ringbus_conn *conn);
-const char *ringbus_server_id(const ringbus_conn *conn);
+RINGBUS_API uint32_t ringbus_keepalive_ms(const ringbus_conn *conn);
+RINGBUS_API uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn);
+RINGBUS_API uint64_t ringbus_capabilities(const ringbus_conn *conn);
+RINGBUS_API const char *ringbus_server_id(const ringbus_conn *conn);
 
 /* ---- polling ---- */
 
 /* The socket to poll for readability, or -1 once the connection is closed.
  * Owned by the connection: do not read, write or close it. */
-int ringbus_fd(const ringbus_conn *conn);
+RINGBUS_API int ringbus_fd(const ringbus_conn *conn);
 
 /* True when buffered output is waiting: poll for POLLOUT too. Also true
  * when a TLS or WebSocket layer already holds input that poll cannot see
  * (the socket is then writable, so the poll returns at once and the next
  * ringbus_process reads it): always ask for POLLOUT when this is true. */
-bool ringbus_want_write(const ringbus_conn *conn);
+RINGBUS_API bool ringbus_want_write(const ringbus_conn *conn);
 
 /* Writes buffered output (one write), reads what is available, answers
  * server PINGs, runs publish callbacks and dispatches events to the event
@@ -230,18 +239,19 @@ bool ringbus_want_write(const ringbus_conn *conn);
  * and its CLOSED event has been produced, RINGBUS_EINVAL from a callback,
  * RINGBUS_ENOMEM. Transport and protocol failures are not returned: they
  * close the connection and produce a CLOSED event. */
-int ringbus_process(ringbus_conn *conn, int timeout_ms, ringbus_error *err);
+RINGBUS_API int ringbus_process(ringbus_conn *conn, int timeout_ms, ringbus_error *err);
 
 /* Writes buffered output once without blocking. Returns 0 (output may
  * remain; see ringbus_want_write) or RINGBUS_ECLOSED. */
-int ringbus_flush(ringbus_conn *conn, ringbus_error *err);
+RINGBUS_API int ringbus_flush(ringbus_conn *conn, ringbus_error *err);
 
 /* Returns the next event, waiting at most timeout_ms (>= 0) for it. Only
  * without an event callback (else RINGBUS_EINVAL). Returns 1 with *ev filled
  * (its pointers valid until the next call on the connection), 0 when the
  * timeout expired, RINGBUS_ECLOSED after the CLOSED event was returned, or
  * another negative code. */
-int ringbus_next_event(ringbus_conn *conn, ringbus_event *ev, int timeout_ms, ringbus_error *err);
+RINGBUS_API int ringbus_next_event(ringbus_conn *conn, ringbus_event *ev, int timeout_ms,
+                                   ringbus_error *err);
 
 /* ---- publishing ---- */
 
@@ -270,18 +280,18 @@ typedef void (*ringbus_publish_cb)(const ringbus_publish_result *res, void *ctx)
  * *corr_id (may be NULL); RINGBUS_EAGAIN when the window or the send buffer
  * is full (process, then retry); RINGBUS_ELIMIT when the frame exceeds
  * max_frame_bytes; RINGBUS_EINVAL; RINGBUS_ECLOSED. On failure cb never runs. */
-int ringbus_publish(ringbus_conn *conn, const char *topic, size_t topic_len, const void *payload,
-                    size_t payload_len, uint64_t *corr_id, ringbus_error *err,
-                    ringbus_publish_cb cb, void *ctx);
+RINGBUS_API int ringbus_publish(ringbus_conn *conn, const char *topic, size_t topic_len,
+                                const void *payload, size_t payload_len, uint64_t *corr_id,
+                                ringbus_error *err, ringbus_publish_cb cb, void *ctx);
 
 /* Publishes and waits (at most options->request_timeout_ms) for the ack.
  * Events that arrive meanwhile are dispatched or queued as usual. Returns 0
  * with the seq in *seq (may be NULL), RINGBUS_ESERVER (err->wire_code says
  * why, e.g. RINGBUS_WIRE_INVALID_TOPIC), RINGBUS_ETIMEDOUT, or as
  * ringbus_publish (RINGBUS_EAGAIN is waited out, not returned). */
-int ringbus_publish_sync(ringbus_conn *conn, const char *topic, size_t topic_len,
-                         const void *payload, size_t payload_len, uint64_t *seq,
-                         ringbus_error *err);
+RINGBUS_API int ringbus_publish_sync(ringbus_conn *conn, const char *topic, size_t topic_len,
+                                     const void *payload, size_t payload_len, uint64_t *seq,
+                                     ringbus_error *err);
 
 /* ---- the subscription stream ---- */
 
@@ -299,22 +309,22 @@ typedef struct ringbus_add {
  * history up to the current head and never go live. All arrays and strings
  * are copied before it returns. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT
  * (frame too large), RINGBUS_EAGAIN (send buffer full), RINGBUS_ECLOSED. */
-int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds,
-                   size_t add_count, const char *const *removes, size_t remove_count,
-                   bool history_only, ringbus_error *err);
+RINGBUS_API int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds,
+                               size_t add_count, const char *const *removes, size_t remove_count,
+                               bool history_only, ringbus_error *err);
 
 /* ---- keepalive and closing ---- */
 
 /* Sends a PING and waits (at most options->request_timeout_ms) for its
  * PONG. Returns 0 with the round-trip time in *rtt_ns (may be NULL),
  * RINGBUS_ETIMEDOUT, RINGBUS_ECLOSED. */
-int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err);
+RINGBUS_API int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err);
 
 /* Queues CLOSE(ok) and flushes: the server finishes in-flight waves, sends
  * what remains, then closes with CLOSE(ok), which arrives as the CLOSED
  * event. Publishing and mutating are refused afterwards (RINGBUS_ECLOSED).
  * Returns 0 or RINGBUS_ECLOSED. */
-int ringbus_half_close(ringbus_conn *conn, ringbus_error *err);
+RINGBUS_API int ringbus_half_close(ringbus_conn *conn, ringbus_error *err);
 
 #ifdef __cplusplus
 }

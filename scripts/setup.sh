@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Installs every Debian package that building and testing ringbus needs.
 # Safe to run again. With --if-needed it does nothing when all are present.
+# With --fuzz it also installs clang's libFuzzer for `make fuzz` (not needed
+# by `make test`, which replays the corpora with gcc).
 set -euo pipefail
+
+MODE="${1:-}"
 
 PACKAGES=(
   build-essential pkg-config git clang-format
@@ -13,6 +17,10 @@ PACKAGES=(
   python3 python3-pytest
   systemd
 )
+
+if [ "$MODE" = "--fuzz" ]; then
+  PACKAGES+=(clang-14 libclang-rt-14-dev)
+fi
 
 # Node.js and npm: the machine's own when it has them (a NodeSource build
 # ships npm inside nodejs and conflicts with Debian's npm package).
@@ -27,7 +35,7 @@ for p in "${PACKAGES[@]}"; do
   fi
 done
 
-if [ "${1:-}" = "--if-needed" ] && [ ${#missing[@]} -eq 0 ]; then
+if [ "$MODE" = "--if-needed" ] && [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
 if [ ${#missing[@]} -eq 0 ]; then

@@ -50,6 +50,7 @@ struct entry {
     bool queued;
     bool reading;
     bool dead;
+    bool marked; /* named by a remove of the Mutate being validated */
     rb_seg *pend_head;
     rb_seg *pend_tail;
     uint64_t pend_bytes;
@@ -938,56 +939,106 @@ static bool mutate_error(rb_conn *c, uint64_t corr, uint16_t code, const char *f
     return false;
 }
 
+/* Marks (or unmarks) the entries the Mutate's removes name, each once,
+ * and returns how many changed: with mark, the removes that will take a
+ * topic off the stream (a topic named twice or not on the stream makes no
+ * room). */
+static uint32_t removes_mark(rb_stream *st, const rb_frame *f, bool mark)
+{
+    uint32_t changed = 0;
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, f->u.mutate.removes, f->u.mutate.remove_count);
+    rb_bytes topic;
+    while (st != NULL && rb_frame_next_topic(&it, &topic)) {
+        entry *e = entry_find(st, topic.ptr, topic.len);
+        if (e != NULL && e->marked != mark) {
+            e->marked = mark;
+            changed++;
+        }
+    }
+    return changed;
+}
+
+/* The mutate_id rules (DESIGN §3): nonzero with adds, never a wave still
+ * in flight (with or without adds), and a free wave slot. */
+static bool mutate_id_valid(rb_conn *c, const rb_frame *f, uint32_t unique)
+{
+    uint64_t corr = f->hdr.corr_id;
+    uint64_t mid = f->u.mutate.mutate_id;
+    rb_stream *st = c->stream;
+    if (unique > 0 && mid == 0) {
+        return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
+                            "mutate_id must be nonzero when adding topics");
+    }
+    for (uint32_t i = 0; mid != 0 && st != NULL && i < RB_STREAM_WAVES_MAX; i++) {
+        if (st->waves[i].used && st->waves[i].mutate_id == mid) {
+            return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
+                                "mutate_id %llu is a wave still in flight",
+                                (unsigned long long)mid);
+        }
+    }
+    if (unique > 0 && st != NULL && st->wave_count >= RB_STREAM_WAVES_MAX) {
+        return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "more than %d waves in flight",
+                            RB_STREAM_WAVES_MAX);
+    }
+    return true;
+}
+
+/* Checks the adds against the stream with the removes marked, and counts
+ * into *added the topics that will be new on the stream afterwards. */
+static bool adds_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t unique, uint64_t *added)
+{
+    rb_stream *st = c->stream;
+    bool history_only = (f->u.mutate.flags & RB_MUTATE_HISTORY_ONLY) != 0;
+    rb_err err;
+    *added = 0;
+    for (uint32_t i = 0; i < unique; i++) {
+        add_item *a = &s->scratch[i];
+        if (rb_topic_validate(a->topic, true, &err) != 0) {
+            return mutate_error(c, f->hdr.corr_id, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
+        }
+        entry *e = st != NULL ? entry_find(st, a->topic.ptr, a->topic.len) : NULL;
+        bool stays = e != NULL && !e->marked;
+        if (stays && history_only) {
+            return mutate_error(c, f->hdr.corr_id, RB_WIRE_INVALID_ARGUMENT,
+                                "history_only add of topic %.*s that is live or catching up",
+                                (int)a->topic.len, (const char *)a->topic.ptr);
+        }
+        *added += stays ? 0 : 1;
+    }
+    return true;
+}
+
 /* Checks the whole Mutate before any part applies. */
 static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t unique)
 {
     const rb_config *cfg = &s->shard->server->cfg;
-    uint64_t corr = f->hdr.corr_id;
-    uint64_t mid = f->u.mutate.mutate_id;
     rb_stream *st = c->stream;
-    bool history_only = (f->u.mutate.flags & RB_MUTATE_HISTORY_ONLY) != 0;
     rb_err err;
-    if (unique > 0) {
-        if (mid == 0) {
-            return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
-                                "mutate_id must be nonzero when adding topics");
-        }
-        for (uint32_t i = 0; st != NULL && i < RB_STREAM_WAVES_MAX; i++) {
-            if (st->waves[i].used && st->waves[i].mutate_id == mid) {
-                return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
-                                    "mutate_id %llu is a wave still in flight",
-                                    (unsigned long long)mid);
-            }
-        }
-        if (st != NULL && st->wave_count >= RB_STREAM_WAVES_MAX) {
-            return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "more than %d waves in flight",
-                                RB_STREAM_WAVES_MAX);
-        }
-    }
-    uint64_t total = st != NULL ? st->entry_count : 0;
-    for (uint32_t i = 0; i < unique; i++) {
-        add_item *a = &s->scratch[i];
-        if (rb_topic_validate(a->topic, true, &err) != 0) {
-            return mutate_error(c, corr, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
-        }
-        entry *e = st != NULL ? entry_find(st, a->topic.ptr, a->topic.len) : NULL;
-        if (e != NULL && history_only) {
-            return mutate_error(c, corr, RB_WIRE_INVALID_ARGUMENT,
-                                "history_only add of topic %.*s that is live or catching up",
-                                (int)a->topic.len, (const char *)a->topic.ptr);
-        }
-        total += e == NULL ? 1 : 0;
+    if (!mutate_id_valid(c, f, unique)) {
+        return false;
     }
     rb_frame_iter it;
     rb_frame_iter_init(&it, f->u.mutate.removes, f->u.mutate.remove_count);
     rb_bytes topic;
     while (rb_frame_next_topic(&it, &topic)) {
         if (rb_topic_validate(topic, true, &err) != 0) {
-            return mutate_error(c, corr, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
+            return mutate_error(c, f->hdr.corr_id, RB_WIRE_INVALID_TOPIC, "%s", err.msg);
         }
     }
-    if (total > cfg->topics_per_stream + (uint64_t)f->u.mutate.remove_count) {
-        return mutate_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
+    /* Only removes of topics on the stream make room, and a topic removed
+     * and added back by this Mutate counts as added. */
+    uint32_t removed = removes_mark(st, f, true);
+    uint64_t added = 0;
+    bool ok = adds_valid(s, c, f, unique, &added);
+    uint32_t unmarked = removes_mark(st, f, false);
+    RB_ASSERT(unmarked == removed);
+    if (!ok) {
+        return false;
+    }
+    uint64_t total = (st != NULL ? st->entry_count : 0) - removed + added;
+    if (total > cfg->topics_per_stream) {
+        return mutate_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
                             "a stream may hold at most %u topics", cfg->topics_per_stream);
     }
     return true;

@@ -4,13 +4,8 @@
  * back byte for byte and decode to the same values. UTF-8 and topic checks
  * run on the raw input too. Any other outcome traps.
  *
- * Build and run (clang 14 with libFuzzer; the seeds stay read-only when a
- * scratch corpus directory comes first):
- *   mkdir -p build /tmp/fuzz-frame
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I. \
- *     tests/fuzz/fuzz_frame.c common/frame.c common/err.c common/log.c -o build/fuzz_frame
- *   build/fuzz_frame -max_total_time=60 /tmp/fuzz-frame tests/fuzz/corpus/frame
- */
+ * Build and run with `make fuzz T=frame` (clang 14 with libFuzzer);
+ * `make test` replays tests/fuzz/corpus/frame through the same target. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>

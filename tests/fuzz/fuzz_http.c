@@ -13,14 +13,8 @@
  *    never exceed max_frame_bytes per message nor the input's size.
  * Any other outcome traps (or trips ASan/UBSan).
  *
- * Build and run (clang 14 with libFuzzer; the seeds stay read-only when a
- * scratch corpus directory comes first):
- *   mkdir -p build /tmp/fuzz-http
- *   clang -g -O1 -fsanitize=fuzzer,address,undefined -std=c11 -D_GNU_SOURCE -I. \
- *     tests/fuzz/fuzz_http.c transports/http.c transports/ws.c transports/layer.c \
- *     common/frame.c common/err.c common/log.c -lwslay -lwolfssl -o build/fuzz_http
- *   build/fuzz_http -max_total_time=60 /tmp/fuzz-http tests/fuzz/corpus/http
- */
+ * Build and run with `make fuzz T=http` (clang 14 with libFuzzer);
+ * `make test` replays tests/fuzz/corpus/http through the same target. */
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>

@@ -228,6 +228,59 @@ def test_mutate_id_zero_with_adds_is_invalid(daemon):
     assert f.kind == rp.ERROR and f["code_name"] == "invalid_argument" and f.corr == 4
 
 
+def test_removes_only_mutate_reusing_an_in_flight_mutate_id_is_invalid_and_changes_nothing(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "long", 3000, payload=lambda i: "x" * 200)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("keep", "now")]))
+    collect_until_complete(sub, 1)
+    # Wave 2 is still catching up when the second MUTATE (same id, only
+    # removes) arrives in the same write.
+    sub.send(rp.encode_mutate(2, 2, adds=[("long", 0)]) +
+             rp.encode_mutate(3, 2, removes=["keep"]))
+    frames, msgs = collect_until_complete(sub, 2)
+    errs = [f for f in frames if f.kind == rp.ERROR]
+    assert [(f.corr, f["code_name"]) for f in errs] == [(3, "invalid_argument")], errs
+    assert "in flight" in errs[0]["message"]
+    assert [s for _, s, _ in msgs] == list(range(1, 3001))
+    sub.send(rp.encode_ping(8, 8))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.PONG)
+    assert [f for f in frames if f.kind == rp.CATCHUP_COMPLETE] == [], "a second completion of 2"
+    # Nothing was applied: "keep" is still on the stream.
+    publish_n(pub, "keep", 1, start_corr=5000)
+    f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [(t, s) for t, s, _ in f["items"]] == [("keep", 1)]
+
+
+def _add_topics(sub, mutate_id, names):
+    sub.send(rp.encode_mutate(mutate_id, mutate_id, adds=[(n, "now") for n in names]))
+    frames, _ = collect_until_complete(sub, mutate_id)
+    return [f for f in frames if f.kind == rp.ERROR]
+
+
+def test_topics_per_stream_counts_only_effective_removes(make_daemon):
+    d = make_daemon(extra="[limits]\ntopics_per_stream = 50\n")
+    sub = conn(d)
+    assert _add_topics(sub, 1, [f"t{i}" for i in range(50)]) == []
+    # Removing topics that are not on the stream makes no room.
+    sub.send(rp.encode_mutate(2, 2, adds=[("extra", "now")],
+                              removes=[f"absent{i}" for i in range(100)]))
+    f = sub.recv()
+    assert f.kind == rp.ERROR and f.corr == 2 and f["code_name"] == "resource_exhausted", f.fields
+    # Nor does naming one present topic many times, or removing a topic the
+    # same MUTATE adds back.
+    sub.send(rp.encode_mutate(3, 3, adds=[("t0", 0), ("extra", "now")], removes=["t0"] * 5))
+    f = sub.recv()
+    assert f.kind == rp.ERROR and f.corr == 3 and f["code_name"] == "resource_exhausted", f.fields
+    # Real removes make room one for one.
+    sub.send(rp.encode_mutate(4, 4, adds=[("n1", "now"), ("n2", "now")], removes=["t1", "t2"]))
+    frames, _ = collect_until_complete(sub, 4)
+    assert [f for f in frames if f.kind == rp.ERROR] == []
+    sub.send(rp.encode_mutate(5, 5, adds=[("one-too-many", "now")]))
+    f = sub.recv()
+    assert f.kind == rp.ERROR and f.corr == 5 and f["code_name"] == "resource_exhausted", f.fields
+
+
 def test_duplicate_adds_collapse_to_the_lowest_cursor(daemon):
     pub = conn(daemon)
     publish_n(pub, "dup", 6)

@@ -14,8 +14,8 @@
 
 #include <check.h>
 
-#include "client/cmdjson.h"
-#include "client/json.h"
+#include "cli/cmdjson.h"
+#include "cli/json.h"
 #include "client/ringbus.h"
 #include "client/url.h"
 #include "common/frame.h"

@@ -1,14 +1,14 @@
 /* Stream commands: JSON lines validated whole into rb_cmd. Topic content
  * beyond its length is left to the server (which answers invalid_topic), so
  * that the CLI shows the server's own error. */
-#include "client/cmdjson.h"
+#include "cli/cmdjson.h"
 
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/json.h"
+#include "cli/json.h"
 #include "common/limits.h"
 
 static int bad(rb_err *err, const char *what)

@@ -6,8 +6,8 @@
  * that every system is measured by the same code. Connections are
  * poll-driven, one thread per connection group (publishers, subscribers);
  * the hot loop does not allocate. */
-#ifndef RB_CLIENT_BENCH_H
-#define RB_CLIENT_BENCH_H
+#ifndef RB_BENCH_BENCH_H
+#define RB_BENCH_BENCH_H
 
 #include <stdbool.h>
 #include <stddef.h>

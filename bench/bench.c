@@ -7,7 +7,7 @@
  * publisher index, the topic index and a counter per (publisher, topic),
  * so that every subscriber checks count, order and latency the same way
  * whatever the system. */
-#include "client/bench.h"
+#include "bench/bench.h"
 
 #include <errno.h>
 #include <inttypes.h>

@@ -1,6 +1,6 @@
 /* JSON output with escaping, base64, and a recursive-descent parser bounded
  * in depth (RB_JSON_DEPTH_MAX) and by the caller's line length. */
-#include "client/json.h"
+#include "cli/json.h"
 
 #include <stdio.h>
 #include <stdlib.h>

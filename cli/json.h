@@ -1,8 +1,8 @@
 /* JSON for the CLI: an output buffer that escapes strings, base64, and a
  * small bounded parser for command lines read from stdin. It owns only
  * syntax; what a command means is left to cmdjson.c. */
-#ifndef RB_CLIENT_JSON_H
-#define RB_CLIENT_JSON_H
+#ifndef RB_CLI_JSON_H
+#define RB_CLI_JSON_H
 
 #include <stdbool.h>
 #include <stddef.h>

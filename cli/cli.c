@@ -12,9 +12,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "client/bench.h"
-#include "client/cmdjson.h"
-#include "client/json.h"
+#include "bench/bench.h"
+#include "cli/cmdjson.h"
+#include "cli/json.h"
 #include "client/ringbus.h"
 #include "common/assert.h"
 #include "common/frame.h"

@@ -5,8 +5,8 @@
  *   {"publish":{"topic":"a","data":"x"}}   (or "data_b64":"eA==")
  * This module turns a line into an rb_cmd, rejecting anything else with a
  * message that names the field; sending it is left to cli.c. */
-#ifndef RB_CLIENT_CMDJSON_H
-#define RB_CLIENT_CMDJSON_H
+#ifndef RB_CLI_CMDJSON_H
+#define RB_CLI_CMDJSON_H
 
 #include <stdbool.h>
 #include <stddef.h>
