@@ -47,8 +47,14 @@
 /* Chunks small frames are encoded into, from a per-shard pool. */
 #define RB_CHUNK_BYTES 16384
 
-/* Cross-shard queues: slots per (producer, consumer) pair. */
-#define RB_SHARD_QUEUE_SLOTS 4096
+/* Cross-shard queues: slots per (producer, consumer) pair, [limits]
+ * shard_queue_slots (a power of two). A full queue holds the producer's
+ * envelopes back in order (it never drops them), so the slots only set how
+ * much is in flight between two shards; the cap keeps the slot arrays
+ * (shards^2 x slots x 8 bytes) small. */
+#define RB_SHARD_QUEUE_SLOTS_DEFAULT 4096
+#define RB_SHARD_QUEUE_SLOTS_MIN     2
+#define RB_SHARD_QUEUE_SLOTS_MAX     65536
 
 /* Streams (DESIGN §4). */
 #define RB_PENDING_BYTES_DEFAULT     (64u << 20)
@@ -139,8 +145,22 @@
 #define RB_CONN_PUBLISHES_IN_FLIGHT_MAX 65536
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define RB_SHARD_SQ_ENTRIES 1024
-/* Envelopes per shard in flight between shards. */
-#define RB_SHARD_XMSG_MAX 65536
+/* Envelopes (RB_XMSG_DATA_BYTES of records each) per shard in flight
+ * between shards, [limits] shard_envelopes: 4096 x 64 KiB = 256 MiB at
+ * most. A publish holds its envelope until it is acked (the envelope then
+ * carries the ack home if the owner has none of its own), so this bounds
+ * the publishes in flight from one shard; when they are all out the
+ * intake refuses publishes with resource_exhausted. */
+#define RB_SHARD_XMSG_DEFAULT 4096
+#define RB_SHARD_XMSG_MIN     4
+#define RB_SHARD_XMSG_MAX     65536
+/* Envelopes without data per shard: one carries one fan-out block to one
+ * shard (each ~64 bytes). */
+#define RB_SHARD_BARE_XMSG_MAX 65536
+/* A topic owner holds back new appends while the queue to a shard that
+ * subscribes to the topic has this many envelopes waiting (its consumer
+ * is behind): publishers wait for acks instead of memory filling. */
+#define RB_OWNER_FANOUT_BACKLOG_MAX 256
 /* Shared fan-out blocks per shard (each max_frame_bytes). */
 #define RB_SHARD_BLOCK_MAX 65536
 /* Envelope kinds a shard's mailbox can route (server/mailbox.h). */

@@ -58,6 +58,8 @@ typedef struct rb_config {
     uint64_t send_queue_bytes;     /* default 8 MiB, >= max_frame_bytes */
     uint64_t pending_buffer_bytes; /* default 64 MiB, >= max_frame_bytes */
     uint32_t topics_per_stream;    /* default 100000 */
+    uint32_t shard_queue_slots;    /* per shard pair, a power of two, default 4096 */
+    uint32_t shard_envelopes;      /* 64 KiB envelopes per shard, default 4096 */
 
     /* [timeouts], milliseconds, each in [1, RB_DURATION_MS_MAX] */
     uint32_t keepalive_ms;         /* default 30000 */

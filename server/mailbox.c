@@ -53,12 +53,18 @@ int rb_mailbox_init(rb_mailbox *mb, const rb_mailbox_options *opt, rb_err *err)
     if (rc != 0) {
         goto undo_queues;
     }
-    rc = rb_pool_init(&mb->block_pool, "blocks", sizeof(rb_block) + opt->block_bytes,
-                      opt->block_max, err);
+    rc = rb_pool_init(&mb->bare_pool, "block envelopes", sizeof(rb_xmsg), opt->bare_max, err);
     if (rc != 0) {
         goto undo_xmsg_pool;
     }
+    rc = rb_pool_init(&mb->block_pool, "blocks", sizeof(rb_block) + opt->block_bytes,
+                      opt->block_max, err);
+    if (rc != 0) {
+        goto undo_bare_pool;
+    }
     return 0;
+undo_bare_pool:
+    rb_pool_deinit(&mb->bare_pool);
 undo_xmsg_pool:
     rb_pool_deinit(&mb->xmsg_pool);
 undo_queues:
@@ -103,6 +109,7 @@ void rb_mailbox_deinit(rb_mailbox *mb)
         return;
     }
     rb_pool_deinit(&mb->block_pool);
+    rb_pool_deinit(&mb->bare_pool);
     rb_pool_deinit(&mb->xmsg_pool);
     for (uint32_t i = 0; i < mb->count; i++) {
         rb_spsc_deinit(&mb->inbox[i]);
@@ -134,6 +141,18 @@ rb_xmsg *rb_mailbox_xmsg(rb_mailbox *mb)
     m->from_shard = (uint16_t)mb->id;
     m->cap = RB_XMSG_DATA_BYTES;
     m->data = (uint8_t *)(m + 1);
+    return m;
+}
+
+rb_xmsg *rb_mailbox_xmsg_bare(rb_mailbox *mb)
+{
+    rb_xmsg *m = rb_pool_get(&mb->bare_pool);
+    if (m == NULL) {
+        return NULL;
+    }
+    memset(m, 0, sizeof *m);
+    m->home = &mb->bare_pool;
+    m->from_shard = (uint16_t)mb->id;
     return m;
 }
 
@@ -306,6 +325,9 @@ void rb_mailbox_flush(rb_mailbox *mb)
 static void dispatch(rb_mailbox *mb, rb_xmsg *m)
 {
     RB_ASSERT(m->kind > 0 && m->kind < RB_MAIL_KINDS_MAX);
+    if (mb->handlers[m->kind].fn == NULL) {
+        RB_LOG_ERROR(0, "envelope of kind %u from shard %u has no handler", m->kind, m->from_shard);
+    }
     RB_ASSERT(mb->handlers[m->kind].fn != NULL);
     mb->handlers[m->kind].fn(mb->handlers[m->kind].ctx, m);
 }

@@ -66,6 +66,7 @@ struct rb_xmsg {
     rb_xmsg *next; /* backlog link while waiting for a queue slot */
     uint16_t kind;
     uint16_t from_shard;
+    uint8_t mark;     /* free for the receiver's use; 0 when sent */
     uint32_t count;   /* records in data */
     uint32_t pending; /* records not yet finished by the receiver */
     rb_pool *home;
@@ -96,6 +97,7 @@ struct rb_mailbox {
     void *wake_ctx;
     uint32_t block_bytes;
     rb_pool xmsg_pool;
+    rb_pool bare_pool;
     rb_pool block_pool;
     struct {
         rb_mail_fn *fn;
@@ -109,6 +111,7 @@ typedef struct rb_mailbox_options {
     rb_mailbox *const *all; /* [count], kept; entries need not be initialized yet */
     uint32_t queue_slots;   /* per (producer, consumer) pair, a power of two */
     uint32_t xmsg_max;      /* envelopes this mailbox may have out at once */
+    uint32_t bare_max;      /* envelopes without data (a block in ptr) */
     uint32_t block_max;     /* blocks this mailbox may have out at once */
     uint32_t block_bytes;   /* data bytes of a block */
     rb_mail_wake_fn *wake;
@@ -132,6 +135,10 @@ void rb_mailbox_register(rb_mailbox *mb, uint16_t kind, rb_mail_fn *fn, void *ct
 
 /* An empty envelope from this mailbox's pool, or NULL when the pool is dry. */
 rb_xmsg *rb_mailbox_xmsg(rb_mailbox *mb);
+
+/* An envelope without record space (cap 0) for a block in ptr, from this
+ * mailbox's pool of them, or NULL. */
+rb_xmsg *rb_mailbox_xmsg_bare(rb_mailbox *mb);
 
 /* Gives an envelope back to its home pool, with the block it holds. */
 void rb_xmsg_put(rb_xmsg *m);

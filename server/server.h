@@ -149,6 +149,7 @@ struct rb_shard {
     rb_mailbox mail;
     bool mail_ready;
     uint32_t subsystems_inited; /* init hooks that succeeded, undone by deinit */
+    bool poll_soon;             /* a subsystem waits for something nobody wakes it for */
     rb_remote_fn *remote[RB_REMOTE_KINDS_MAX];
     /* storage */
     rb_storage_shard *storage;
@@ -185,6 +186,9 @@ int rb_server_start(rb_server *srv, rb_err *err);
 void rb_server_stop(rb_server *srv);
 void rb_server_join(rb_server *srv);
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len);
+/* The next turn waits at most a millisecond: a subsystem retries work that
+ * waits for memory or queue slots other shards free without waking it. */
+void rb_shard_poll_soon(rb_shard *sh);
 /* Registers the handler of MSG_RING data of `kind` on this shard. */
 void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn);
 
@@ -247,9 +251,8 @@ void rb_conn_maybe_finish_drain(rb_conn *c);
 /* server/acceptor.c: listeners and fd hand-over */
 extern const rb_subsystem rb_acceptor_subsystem;
 
-/* server/owner.c: topic owners (publishing, group commit, fan-out) */
+/* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;
-void rb_owner_on_publish(rb_conn *c, const rb_frame *f);
 /* Interest ops a stream's shard sends to a topic's owner: SUB when the
  * shard's first local subscriber of the topic appears (the owner starts
  * fanning out to it and replies with its head), UNSUB when the last one

@@ -30,6 +30,11 @@ static bool wake_shard(void *ctx, uint32_t to)
     return rb_loop_wake_remote(sh->loop, fd, RB_REMOTE(RB_REMOTE_QUEUE, sh->id)) == 0;
 }
 
+void rb_shard_poll_soon(rb_shard *sh)
+{
+    sh->poll_soon = true;
+}
+
 void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn)
 {
     RB_ASSERT(kind > 0 && kind < RB_REMOTE_KINDS_MAX);
@@ -126,6 +131,10 @@ static void shard_turns(rb_shard *sh)
             break;
         }
         int wait_ms = rb_mailbox_wait_ms(&sh->mail, sh->stopping ? 50 : 1000);
+        if (sh->poll_soon && wait_ms > 1) {
+            wait_ms = 1;
+        }
+        sh->poll_soon = false;
         if (rb_loop_run_once(sh->loop, wait_ms, &err) != 0) {
             RB_LOG_ERROR(0, "%s", err.msg);
             break;
@@ -148,8 +157,9 @@ static int shard_setup(rb_shard *sh, rb_err *err)
     rb_mailbox_options mo = {.id = sh->id,
                              .count = srv->shard_count,
                              .all = srv->mailboxes,
-                             .queue_slots = RB_SHARD_QUEUE_SLOTS,
-                             .xmsg_max = RB_SHARD_XMSG_MAX,
+                             .queue_slots = srv->cfg.shard_queue_slots,
+                             .xmsg_max = srv->cfg.shard_envelopes,
+                             .bare_max = RB_SHARD_BARE_XMSG_MAX,
                              .block_max = RB_SHARD_BLOCK_MAX,
                              .block_bytes = srv->cfg.max_frame_bytes,
                              .wake = wake_shard,

@@ -3,6 +3,7 @@
  * hooks of the parts that have no subsystem table of their own yet: the
  * storage handle and the connection table with its buffer pools. */
 #include "common/assert.h"
+#include "server/publish.h"
 #include "server/server.h"
 
 static int storage_init(rb_shard *sh, rb_err *err)
@@ -93,8 +94,8 @@ static const rb_subsystem conns_subsystem = {
 };
 
 const rb_subsystem *const rb_shard_subsystems[] = {
-    &conns_subsystem,     &storage_subsystem,     &rb_owner_subsystem,
-    &rb_stream_subsystem, &rb_acceptor_subsystem,
+    &conns_subsystem,    &storage_subsystem,   &rb_publish_subsystem,
+    &rb_owner_subsystem, &rb_stream_subsystem, &rb_acceptor_subsystem,
 };
 
 const uint32_t rb_shard_subsystem_count =

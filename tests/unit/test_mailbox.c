@@ -64,6 +64,7 @@ static void setup_with(uint32_t queue_slots, uint32_t xmsg_max, uint32_t block_m
                                 .all = fx.all,
                                 .queue_slots = queue_slots,
                                 .xmsg_max = xmsg_max,
+                                .bare_max = xmsg_max,
                                 .block_max = block_max,
                                 .block_bytes = 256 * 1024,
                                 .wake = wake};
