@@ -9,7 +9,19 @@ DESTDIR   ?=
 CC        ?= cc
 PYTHON    ?= /usr/bin/python3
 
-VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo 0.1.0)
+# One semantic version for ringbusd --version, ringbus --version,
+# ringbus_version() and ringbus.pc: the VERSION file, then the commit as
+# build metadata (0.2.0+g1234abc, .dirty when tracked files changed) when
+# this directory is a git checkout and git runs; else VERSION alone (a
+# tarball or `git archive` export).
+VERSION_BASE := $(shell cat VERSION 2>/dev/null)
+ifeq ($(VERSION_BASE),)
+$(error VERSION is missing or empty: it holds the release version, e.g. 0.2.0)
+endif
+GIT_HASH  := $(shell [ "$$(git rev-parse --show-toplevel 2>/dev/null)" = "$(CURDIR)" ] && \
+               git rev-parse --short=7 HEAD 2>/dev/null)
+GIT_DIRTY := $(if $(GIT_HASH),$(shell git status --porcelain --untracked-files=no 2>/dev/null))
+VERSION   := $(VERSION_BASE)$(if $(GIT_HASH),+g$(GIT_HASH)$(if $(GIT_DIRTY),.dirty))
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
@@ -26,7 +38,7 @@ CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 WARN   := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2 \
           -Wvla -Wdate-time
 BASE_CFLAGS := -std=c11 -D_GNU_SOURCE $(WARN) -g -fno-omit-frame-pointer -fPIC \
-          -ffile-prefix-map=$(CURDIR)=. -I. -DRB_VERSION='"$(VERSION)"' $(PKG_CFLAGS)
+          -ffile-prefix-map=$(CURDIR)=. -I. $(PKG_CFLAGS)
 
 ifeq ($(VARIANT),asan)
 OPT_CFLAGS := -O1 -fsanitize=address,undefined -fno-sanitize-recover=all -DRB_SLOW_CHECKS
@@ -75,7 +87,7 @@ LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
 
 .PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
-        format-check install clean setup deps bench fuzz fuzz-smoke
+        format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -106,6 +118,22 @@ $(RINGBUSD): $(SERVER_OBJ) $(call obj,server/main.c)
 $(LIBA): $(LIB_OBJ)
 	@rm -f $@
 	ar rcs $@ $^
+
+# Only the files that print the version get it, and they are rebuilt when
+# it changes (the stamp is rewritten only then), so a new commit never
+# leaves a stale version in an incremental build.
+VERSION_OBJ   := $(call obj,server/main.c client/ringbus.c)
+VERSION_STAMP := $(BUILDDIR)/version.stamp
+$(VERSION_OBJ): CFLAGS += -DRB_VERSION='"$(VERSION)"'
+$(VERSION_OBJ): $(VERSION_STAMP)
+$(VERSION_STAMP): FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(VERSION)' | cmp -s - $@ || echo '$(VERSION)' > $@
+FORCE:
+
+# Prints the version the build stamps into the binaries.
+version:
+	@echo '$(VERSION)'
 
 # libringbus exports ringbus_* alone: its objects hide every symbol that
 # ringbus.h does not mark RINGBUS_API, and the version script makes the rest
@@ -194,12 +222,16 @@ SECONDS ?= 60
 .SECONDARY: $(call obj,$(wildcard tests/fuzz/*.c))
 FUZZ_SMOKE_SECONDS ?= 10
 
+# Every target links the daemon's objects, libringbus and the CLI's parsers
+# (not its main), so a target may reach any of them.
+FUZZ_LINK_OBJ := $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
+
 $(BUILDDIR)/fuzz/replay_%: $(call obj,tests/fuzz/replay.c) $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o \
-                          $(SERVER_OBJ) $(CLIENT_OBJ)
+                          $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
-$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(SERVER_OBJ) $(CLIENT_OBJ)
+$(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LINK_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
 

@@ -4,6 +4,7 @@
  * runtime failure, 2 a usage error. The protocol itself is left to the
  * library; JSON syntax to json.c and stream commands to cmdjson.c. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -18,10 +19,6 @@
 #include "client/ringbus.h"
 #include "common/assert.h"
 #include "common/frame.h"
-
-#ifndef RB_VERSION
-#define RB_VERSION "0.1.0"
-#endif
 
 #define EXIT_RUNTIME 1
 #define EXIT_USAGE   2
@@ -38,22 +35,27 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               COMMAND [ARGS]\n"
+    "               [--origin ORIGIN] COMMAND [ARGS]\n"
     "\n"
     "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
     "                     IPv6 as tcp://[::1]:7400, tls://host[:port],\n"
     "                     ws://host[:port][/path], wss://host[:port][/path]\n"
     "  --ca FILE          tls, wss: trust the CAs in FILE (PEM) instead of the system store\n"
     "  --insecure         tls, wss: do not verify the server certificate (testing only)\n"
+    "  --origin ORIGIN    ws, wss: send this Origin header (for listeners with origins)\n"
     "  --timeout SECONDS  connect and request timeout (default 10)\n"
     "  --name NAME        client name sent to the server\n"
     "  --help, --version\n"
     "\n"
     "commands:\n"
     "  ping [--count N]                 round-trip time to the server\n"
-    "  pub TOPIC [PAYLOAD]              publish PAYLOAD, or each stdin line; print each ack\n"
+    "  pub TOPIC [PAYLOAD]              publish PAYLOAD, or each stdin line (a trailing CR\n"
+    "                                   is dropped); print each ack\n"
+    "  pub --file PATH TOPIC            publish the whole file (- = all of stdin) as one message\n"
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
-    "                                   subscribe; CURSOR is a seq, 0 or now (default)\n"
+    "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
+    "                                   exits 1 when --timeout ends the run before --count\n"
+    "                                   messages (or the --history-only history) arrived\n"
     "  stream                           JSON commands on stdin, JSON events on stdout\n"
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
@@ -62,6 +64,7 @@ typedef struct cli {
     const char *name;
     const char *ca_file; /* --ca */
     bool insecure;       /* --insecure */
+    const char *origin;  /* --origin */
     int timeout_ms;
     ringbus_conn *conn;
     rb_json_buf out;
@@ -258,6 +261,13 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
         c->ca_file = v;
         return 1;
     }
+    if (is_opt(arg, "--origin")) {
+        if ((v = opt_value(argc, argv, i, "--origin")) == NULL) {
+            return -usage_error("--origin needs an origin such as https://app.example.com");
+        }
+        c->origin = v;
+        return 1;
+    }
     if (strcmp(arg, "--insecure") == 0) {
         c->insecure = true;
         return 1;
@@ -296,6 +306,7 @@ static int cli_connect(cli *c, bool with_callback)
     o.publish_window = PUB_WINDOW;
     o.tls_ca_file = c->ca_file;
     o.tls_insecure = c->insecure;
+    o.ws_origin = c->origin;
     if (with_callback) {
         o.on_event = on_event;
         o.event_ctx = c;
@@ -503,7 +514,9 @@ static int pub_lines(pub_state *ps, line_reader *lr)
         if (rc <= 0) {
             return rc < 0 ? EXIT_RUNTIME : 0;
         }
-        rc = pub_one(ps, line, len);
+        /* A file written on Windows ends its lines with CR LF: the CR is
+         * not part of the payload. */
+        rc = pub_one(ps, line, len > 0 && line[len - 1] == '\r' ? len - 1 : len);
         if (rc != 0) {
             return rc == PUB_WAIT ? 0 : rc;
         }
@@ -589,16 +602,90 @@ static int pub_stdin(pub_state *ps)
     return rc;
 }
 
+/* Reads all of fd (a file, or stdin for "-") into *out, refusing more than
+ * limit bytes: the payload of one message cannot exceed the server's
+ * max_frame_bytes. Returns 0 or an exit status after saying why. */
+static int read_whole(int fd, const char *path, size_t limit, char **out, size_t *out_len)
+{
+    size_t cap = limit < 65536 ? limit + 1 : 65536, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (buf == NULL) {
+            say("pub --file %s: out of memory", path);
+            return EXIT_RUNTIME;
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n < 0) {
+            say("pub --file %s: read: %s", path, strerror(errno));
+            free(buf);
+            return EXIT_RUNTIME;
+        }
+        len += (size_t)n;
+        if (len > limit) {
+            say("pub --file %s: larger than the server's max_frame_bytes (%zu)", path, limit);
+            free(buf);
+            return EXIT_RUNTIME;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (len == cap) {
+            cap = cap * 2 > limit + 1 ? limit + 1 : cap * 2;
+            char *p = realloc(buf, cap);
+            if (p == NULL) {
+                free(buf);
+            }
+            buf = p;
+        }
+    }
+    *out = buf;
+    *out_len = len;
+    return 0;
+}
+
+/* pub --file: the whole file (or all of stdin) is one message. */
+static int pub_file(pub_state *ps, const char *path)
+{
+    int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        say("pub --file %s: open: %s", path, strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    char *payload = NULL;
+    size_t len = 0;
+    int rc = read_whole(fd, path, ringbus_max_frame_bytes(ps->c->conn), &payload, &len);
+    if (fd != STDIN_FILENO) {
+        close(fd);
+    }
+    if (rc == 0) {
+        rc = pub_one(ps, payload, len);
+        RB_ASSERT(rc != PUB_WAIT); /* the first publish always has room */
+        rc = rc == 0 ? pub_wait_one(ps) : rc;
+    }
+    free(payload);
+    return rc;
+}
+
 static int cmd_pub(cli *c, int argc, char **argv)
 {
     const char *pos[2] = {NULL, NULL};
+    const char *file = NULL;
     int pos_count = 0;
     for (int i = 0; i < argc; i++) {
         int g = argv[i][0] == '-' && argv[i][1] == '-' ? global_opt(c, argc, argv, &i) : 0;
         if (g < 0) {
             return -g;
         }
-        if (g == 0 && pos_count < 2) {
+        if (g == 0 && is_opt(argv[i], "--file")) {
+            if ((file = opt_value(argc, argv, &i, "--file")) == NULL || file[0] == '\0') {
+                return usage_error("--file needs a PATH (- for stdin)");
+            }
+        } else if (g == 0 && argv[i][0] == '-' && argv[i][1] == '-') {
+            return usage_error("pub: unknown option");
+        } else if (g == 0 && pos_count < 2) {
             pos[pos_count++] = argv[i];
         } else if (g == 0) {
             return usage_error("pub: too many arguments (TOPIC [PAYLOAD])");
@@ -607,12 +694,17 @@ static int cmd_pub(cli *c, int argc, char **argv)
     if (pos_count == 0) {
         return usage_error("pub: missing TOPIC");
     }
+    if (file != NULL && pos[1] != NULL) {
+        return usage_error("pub: give PAYLOAD or --file, not both");
+    }
     pub_state *ps = calloc(1, sizeof *ps);
     int rc = ps != NULL ? cli_connect(c, true) : EXIT_RUNTIME;
     if (rc == 0) {
         ps->c = c;
         ps->topic = pos[0];
-        if (pos[1] != NULL) {
+        if (file != NULL) {
+            rc = pub_file(ps, file);
+        } else if (pos[1] != NULL) {
             rc = pub_one(ps, pos[1], strlen(pos[1]));
             RB_ASSERT(rc != PUB_WAIT); /* the first publish always has room */
             rc = rc == 0 ? pub_wait_one(ps) : rc;
@@ -729,14 +821,37 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     return -1;
 }
 
+/* The --timeout ran out. Without --count or --history-only it is how long
+ * to listen, so the run succeeded; with them, the run ended before what was
+ * asked for arrived, and that is a failure a script must see. */
+static int sub_timed_out(const sub_args *a, uint64_t messages)
+{
+    if (a->count != 0) {
+        say("sub: timed out after %g s with %llu of %llu messages", a->timeout_ms / 1000.0,
+            (unsigned long long)messages, (unsigned long long)a->count);
+        return EXIT_RUNTIME;
+    }
+    if (a->history_only) {
+        say("sub: timed out after %g s before the history was complete (%llu messages)",
+            a->timeout_ms / 1000.0, (unsigned long long)messages);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
 static int sub_loop(cli *c, const sub_args *a)
 {
     uint64_t messages = 0;
-    int waited_ms = 0;
+    /* A wall-clock deadline: a steady trickle of events must not extend it. */
+    int64_t deadline_ms = a->timeout_ms != 0 ? now_ms() + a->timeout_ms : 0;
     for (;;) {
         int wait_ms = TICK_MS;
-        if (a->timeout_ms != 0) {
-            wait_ms = a->timeout_ms - waited_ms < TICK_MS ? a->timeout_ms - waited_ms : TICK_MS;
+        if (deadline_ms != 0) {
+            int64_t left_ms = deadline_ms - now_ms();
+            if (left_ms <= 0) {
+                return sub_timed_out(a, messages);
+            }
+            wait_ms = left_ms < TICK_MS ? (int)left_ms : TICK_MS;
         }
         ringbus_event ev;
         ringbus_error err;
@@ -746,10 +861,6 @@ static int sub_loop(cli *c, const sub_args *a)
             return EXIT_RUNTIME;
         }
         if (rc == 0) {
-            waited_ms += wait_ms;
-            if (a->timeout_ms != 0 && waited_ms >= a->timeout_ms) {
-                return 0;
-            }
             continue;
         }
         int status = sub_event(c, a, &ev, &messages);

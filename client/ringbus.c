@@ -20,7 +20,7 @@
 #include "common/limits.h"
 
 #ifndef RB_VERSION
-#define RB_VERSION "0.1.0"
+#error "RB_VERSION comes from the Makefile (the VERSION file)"
 #endif
 
 static_assert((int)RINGBUS_ESYS == (int)RB_ESYS, "public codes mirror rb_err codes");
@@ -763,6 +763,28 @@ static int process(ringbus_conn *conn, int timeout_ms, rb_err *err)
 
 /* ---- connecting ---- */
 
+/* An Origin goes into the upgrade request as it is: printable ASCII without
+ * spaces (so no CR or LF can split the header), and no longer than a
+ * listener's origins entry may be. */
+static int origin_check(const char *origin, rb_err *err)
+{
+    if (origin == NULL) {
+        return 0;
+    }
+    size_t len = strnlen(origin, RB_ADDRESS_BYTES_MAX);
+    if (len == 0 || len >= RB_ADDRESS_BYTES_MAX) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: ws_origin must be 1 to %d bytes",
+                          RB_ADDRESS_BYTES_MAX - 1);
+    }
+    for (size_t i = 0; i < len; i++) {
+        if (origin[i] <= 0x20 || origin[i] >= 0x7f) {
+            return rb_err_set(err, RB_EINVAL, 0,
+                              "options: ws_origin byte %zu is not printable ASCII", i + 1);
+        }
+    }
+    return 0;
+}
+
 static int options_check(const ringbus_options *o, rb_err *err)
 {
     if (o->connect_timeout_ms < 0 || o->request_timeout_ms < 0) {
@@ -785,7 +807,7 @@ static int options_check(const ringbus_options *o, rb_err *err)
     if (name_len > RB_SHORT_STRING_BYTES_MAX || !rb_utf8_valid((const uint8_t *)name, name_len)) {
         return rb_err_set(err, RB_EINVAL, 0, "options: client_name is not short UTF-8");
     }
-    return 0;
+    return origin_check(o->ws_origin, err);
 }
 
 static uint32_t pow2_at_least(uint32_t n)
@@ -981,10 +1003,12 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
     conn->tp.ops = ops;
     conn->tp.ca_file = o->tls_ca_file;
     conn->tp.insecure = o->tls_insecure;
+    conn->tp.ws_origin = o->ws_origin;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);
     conn->tp.ca_file = NULL; /* borrowed for connect only */
+    conn->tp.ws_origin = NULL;
     if (rc == 0) {
         rc = send_hello(conn, o, deadline_ns, err);
     }

@@ -96,7 +96,10 @@ RINGBUS_API const char *ringbus_error_name(int code);
  * string. Thread-safe. */
 RINGBUS_API const char *ringbus_wire_code_name(int wire_code);
 
-/* The library version, e.g. "0.1.0". Static string. Thread-safe. */
+/* The library version: a semantic version, with the commit as build
+ * metadata when it was built from a git checkout, e.g. "0.2.0" or
+ * "0.2.0+g1a2b3c4" (the same string as `ringbusd --version`, `ringbus
+ * --version` and ringbus.pc of the same build). Static string. Thread-safe. */
 RINGBUS_API const char *ringbus_version(void);
 
 /* ---- events ---- */
@@ -182,6 +185,13 @@ typedef struct ringbus_options {
      * Only for tests and debugging: anyone on the path can then read and
      * change the traffic. */
     bool tls_insecure;
+    /* ws:// and wss://: the Origin header of the WebSocket upgrade request,
+     * e.g. "https://app.example.com", for servers whose listener has an
+     * `origins` allow-list (a listener with origins refuses an upgrade
+     * without a listed Origin). NULL = no Origin header. 1..255 bytes of
+     * printable ASCII without spaces, else RINGBUS_EINVAL. Ignored by
+     * other schemes. Borrowed during connect. */
+    const char *ws_origin;
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */

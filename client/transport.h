@@ -49,6 +49,9 @@ struct rb_client_transport {
     const char *ca_file;
     bool insecure;
     const char *alpn;
+    /* ws, wss: the Origin header of the upgrade request (NULL: none),
+     * borrowed during connect; options_check in ringbus.c has vetted it. */
+    const char *ws_origin;
     void *layer; /* the tls or ws transport's state, owned by it */
 };
 

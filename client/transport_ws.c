@@ -312,8 +312,8 @@ static int check_answer(const char *head, const uint8_t *body, size_t body_len, 
     return 0;
 }
 
-static int upgrade(ws_client *w, const rb_url *url, const char *url_text, int64_t deadline_ns,
-                   rb_err *err)
+static int upgrade(ws_client *w, const rb_url *url, const char *origin, const char *url_text,
+                   int64_t deadline_ns, rb_err *err)
 {
     uint8_t nonce[16];
     char key[32], accept[32];
@@ -327,12 +327,14 @@ static int upgrade(ws_client *w, const rb_url *url, const char *url_text, int64_
     base64(digest, sizeof digest, accept);
     char host[RB_ADDRESS_BYTES_MAX + 16];
     snprintf(host, sizeof host, url->host_is_ipv6 ? "[%s]:%u" : "%s:%u", url->host, url->port);
-    char req[RB_URL_PATH_BYTES_MAX + sizeof host + 256];
+    char req[RB_URL_PATH_BYTES_MAX + sizeof host + RB_ADDRESS_BYTES_MAX + 256];
     n = snprintf(req, sizeof req,
                  "GET %s HTTP/1.1\r\nHost: %s\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                  "Sec-WebSocket-Key: %s\r\nSec-WebSocket-Version: 13\r\n"
-                 "Sec-WebSocket-Protocol: ringbus.v1\r\nUser-Agent: libringbus\r\n\r\n",
-                 url->path, host, key);
+                 "Sec-WebSocket-Protocol: ringbus.v1\r\n%s%s%sUser-Agent: libringbus\r\n\r\n",
+                 url->path, host, key, origin != NULL ? "Origin: " : "",
+                 origin != NULL ? origin : "", origin != NULL ? "\r\n" : "");
+    RB_ASSERT(n > 0 && (size_t)n < sizeof req);
     if (out_reserve(w, (size_t)n) != 0) {
         return rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url_text);
     }
@@ -593,7 +595,7 @@ static int ws_connect_over(rb_client_transport *tp, const rb_client_transport_op
         rc = lower->connect(&w->lower, url, url_text, deadline_ns, err);
     }
     tp->fd = w->lower.fd;
-    rc = rc ? rc : upgrade(w, url, url_text, deadline_ns, err);
+    rc = rc ? rc : upgrade(w, url, tp->ws_origin, url_text, deadline_ns, err);
     if (rc != 0) {
         ws_close(tp);
     }

@@ -216,6 +216,7 @@ static const char *const kind_names[] = {
     [RB_FRAME_MESSAGES] = "MESSAGES",
     [RB_FRAME_TOPICS_LIVE] = "TOPICS_LIVE",
     [RB_FRAME_CATCHUP_COMPLETE] = "CATCHUP_COMPLETE",
+    [RB_FRAME_AUTH] = "AUTH",
 };
 
 static const char *const wire_code_names[] = {
@@ -576,6 +577,9 @@ static void decode_body(reader *r, rb_frame *f)
     case RB_FRAME_CATCHUP_COMPLETE:
         f->u.catchup_complete.mutate_id = rd_u64(r, "mutate_id");
         break;
+    case RB_FRAME_AUTH:
+        f->u.auth.credentials = rd_prefixed(r, 2, "credentials", false);
+        break;
     }
 }
 
@@ -821,6 +825,18 @@ size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_
     return encode_u64_body(out, cap, RB_FRAME_CATCHUP_COMPLETE, corr_id, mutate_id);
 }
 
+size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials)
+{
+    assert_blob16(credentials);
+    size_t size = RB_FRAME_HEADER_BYTES + 2 + credentials.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, RB_FRAME_AUTH, corr_id);
+    p = put_blob16(p, credentials);
+    return done(out, p, size);
+}
+
 size_t rb_frame_encode_publish(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
                                rb_bytes idempotency_key, rb_bytes payload)
 {
@@ -967,4 +983,128 @@ size_t rb_frame_message_payload_max(uint32_t max_frame_bytes, size_t topic_len)
     size_t overhead = RB_FRAME_MESSAGES_HEAD_BYTES + rb_frame_messages_item_size(topic_len, 0);
     RB_ASSERT(max_frame_bytes >= overhead);
     return max_frame_bytes - overhead;
+}
+
+/* ---- credentials ----
+ * The reader of frame bodies is reused with kind_name "credentials", so a
+ * truncated field reads "credentials: token: truncated (...)". Its errors
+ * are bad_frame; they are rewritten to unauthorized on the way out, since
+ * credentials the server cannot read are credentials it refuses. */
+
+static bool token_byte_ok(uint8_t b)
+{
+    return (b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') || b == '-' ||
+           b == '_' || b == '.';
+}
+
+static void decode_token(reader *r, rb_credentials *out)
+{
+    out->token = rd_prefixed(r, 2, "token", false);
+    if (r->rc != 0) {
+        return;
+    }
+    if (out->token.len == 0 || out->token.len > RB_AUTH_TOKEN_BYTES_MAX) {
+        bad(r, "token: %zu bytes, not in [1, %d]", out->token.len, RB_AUTH_TOKEN_BYTES_MAX);
+        return;
+    }
+    for (size_t i = 0; i < out->token.len; i++) {
+        if (!token_byte_ok(out->token.ptr[i])) {
+            /* The byte itself is not echoed: it is part of a secret. */
+            bad(r, "token: byte %zu is not base64url or '.'", i);
+            return;
+        }
+    }
+}
+
+static void decode_password(reader *r, rb_credentials *out)
+{
+    out->user = rd_prefixed(r, 1, "user", true);
+    out->password = rd_prefixed(r, 2, "password", false);
+    if (r->rc != 0) {
+        return;
+    }
+    if (out->user.len == 0) {
+        bad(r, "user: empty");
+        return;
+    }
+    size_t off = 0;
+    while (off < out->user.len) {
+        uint32_t cp;
+        size_t n = utf8_next(out->user.ptr + off, out->user.len - off, &cp);
+        RB_ASSERT(n > 0); /* rd_prefixed checked the UTF-8 */
+        if (is_control(cp) || is_white_space(cp)) {
+            bad(r, "user: control character or space at byte %zu", off);
+            return;
+        }
+        off += n;
+    }
+    if (out->password.len == 0 || out->password.len > RB_AUTH_PASSWORD_BYTES_MAX) {
+        bad(r, "password: %zu bytes, not in [1, %d]", out->password.len,
+            RB_AUTH_PASSWORD_BYTES_MAX);
+    }
+}
+
+int rb_credentials_decode(rb_bytes raw, rb_credentials *out, rb_err *err)
+{
+    RB_ASSERT(out != NULL);
+    RB_ASSERT(raw.ptr != NULL || raw.len == 0);
+    memset(out, 0, sizeof *out);
+    if (raw.len == 0) {
+        out->kind = RB_CRED_NONE;
+        return 0;
+    }
+    reader r = {.pos = raw.ptr, .end = raw.ptr + raw.len, .kind_name = "credentials", .err = err};
+    out->kind = rd_u8(&r, "kind");
+    if (out->kind == RB_CRED_TOKEN) {
+        decode_token(&r, out);
+    } else if (out->kind == RB_CRED_PASSWORD) {
+        decode_password(&r, out);
+    } else {
+        bad(&r, "kind %u unknown (1 token, 2 user and password)", (unsigned)out->kind);
+    }
+    if (r.rc == 0 && left(&r) != 0) {
+        bad(&r, "%zu trailing bytes", left(&r));
+    }
+    if (r.rc != 0) {
+        if (err != NULL) {
+            err->code = RB_EINVAL;
+            err->cause = RB_WIRE_UNAUTHORIZED;
+        }
+        memset(out, 0, sizeof *out);
+        return RB_EINVAL;
+    }
+    return 0;
+}
+
+size_t rb_credentials_encode_token(uint8_t *out, size_t cap, rb_bytes token)
+{
+    RB_ASSERT(token.len >= 1);
+    RB_ASSERT(token.len <= RB_AUTH_TOKEN_BYTES_MAX);
+    RB_ASSERT(token.ptr != NULL);
+    size_t size = 1 + 2 + token.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_u8(out, RB_CRED_TOKEN);
+    p = put_blob16(p, token);
+    return done(out, p, size);
+}
+
+size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, rb_bytes password)
+{
+    RB_ASSERT(user.len >= 1);
+    RB_ASSERT(user.len <= RB_AUTH_USER_BYTES_MAX);
+    RB_ASSERT(user.ptr != NULL);
+    RB_ASSERT(password.len >= 1);
+    RB_ASSERT(password.len <= RB_AUTH_PASSWORD_BYTES_MAX);
+    RB_ASSERT(password.ptr != NULL);
+    size_t size = 1 + 1 + user.len + 2 + password.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_u8(out, RB_CRED_PASSWORD);
+    p = put_u8(p, (uint8_t)user.len);
+    p = put_bytes(p, user);
+    p = put_blob16(p, password);
+    return done(out, p, size);
 }

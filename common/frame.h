@@ -36,7 +36,8 @@ typedef enum rb_frame_kind {
     RB_FRAME_MESSAGES = 10,
     RB_FRAME_TOPICS_LIVE = 11,
     RB_FRAME_CATCHUP_COMPLETE = 12,
-    RB_FRAME_KIND_LAST = RB_FRAME_CATCHUP_COMPLETE,
+    RB_FRAME_AUTH = 13, /* fresh credentials on an open connection (token refresh) */
+    RB_FRAME_KIND_LAST = RB_FRAME_AUTH,
 } rb_frame_kind;
 
 /* Stable wire codes of ERROR frames and CLOSE statuses. */
@@ -119,6 +120,7 @@ typedef struct rb_message_item {
  *                  item = topic, u64 seq, blob32 payload
  * TOPICS_LIVE      u32 count, count x topic
  * CATCHUP_COMPLETE u64 mutate_id
+ * AUTH             blob16 credentials (client: new credentials; server: empty = accepted)
  * A body must be consumed exactly: trailing bytes are bad_frame. Topics are
  * only checked for length 1..255 here; rb_topic_validate checks the rest. */
 typedef struct rb_frame {
@@ -175,6 +177,9 @@ typedef struct rb_frame {
         struct {
             uint64_t mutate_id;
         } catchup_complete;
+        struct {
+            rb_bytes credentials; /* rb_credentials_decode reads them */
+        } auth;
     } u;
 } rb_frame;
 
@@ -224,6 +229,7 @@ size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, r
                                    uint64_t seq);
 size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_id,
                                         uint64_t mutate_id);
+size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials);
 
 /* MUTATE: adds and removes as arrays. */
 size_t rb_frame_encode_mutate(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
@@ -254,6 +260,40 @@ size_t rb_frame_encode_messages_head(uint8_t *out, size_t cap, uint64_t corr_id,
  * A PUBLISH with a larger payload could never be delivered, so the server
  * refuses it with too_large (docs/PROTOCOL.md). */
 size_t rb_frame_message_payload_max(uint32_t max_frame_bytes, size_t topic_len);
+
+/* ---- credentials (HELLO and AUTH), docs/PROTOCOL.md section 6.5 ----
+ * The frame decoder keeps credentials opaque (a blob16); the server reads
+ * them with rb_credentials_decode when it authenticates. Layout:
+ *   empty                       none (anonymous, or a client certificate)
+ *   u8 1, u16 len + token       TOKEN: a JWS compact JWT, 1..RB_AUTH_TOKEN_BYTES_MAX
+ *                               bytes of base64url and '.'
+ *   u8 2, u8 len + user,        PASSWORD: user 1..255 bytes of UTF-8 without control
+ *         u16 len + password    characters or spaces; password 1..RB_AUTH_PASSWORD_BYTES_MAX
+ *                               opaque bytes
+ * consumed exactly, like a frame body. */
+typedef enum rb_cred_kind {
+    RB_CRED_NONE = 0,
+    RB_CRED_TOKEN = 1,
+    RB_CRED_PASSWORD = 2,
+} rb_cred_kind;
+
+typedef struct rb_credentials {
+    uint8_t kind;      /* rb_cred_kind */
+    rb_bytes token;    /* TOKEN */
+    rb_bytes user;     /* PASSWORD */
+    rb_bytes password; /* PASSWORD */
+} rb_credentials;
+
+/* Decodes raw into *out (views into raw). Returns 0, or RB_EINVAL with
+ * err->cause = RB_WIRE_UNAUTHORIZED and a message that names the field but
+ * never echoes secret bytes (e.g. "credentials: token: byte 7 is not
+ * base64url or '.'"). */
+int rb_credentials_decode(rb_bytes raw, rb_credentials *out, rb_err *err);
+
+/* Encoders: write the credentials at out and return their size, or 0 when
+ * they do not fit in cap. Inputs must satisfy the rules above (asserted). */
+size_t rb_credentials_encode_token(uint8_t *out, size_t cap, rb_bytes token);
+size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, rb_bytes password);
 
 /* ---- names and validation ---- */
 

@@ -20,6 +20,15 @@
 /* Idempotency keys are short opaque tokens. */
 #define RB_IDEMPOTENCY_KEY_BYTES_MAX 255
 
+/* Credentials (HELLO, AUTH): a JWT above 8 KiB is refused before it is
+ * parsed, so a token cannot make the verifier allocate much; user names are
+ * short like topics; passwords are bounded so a hash input is bounded. */
+#define RB_AUTH_TOKEN_BYTES_MAX    8192
+#define RB_AUTH_USER_BYTES_MAX     255
+#define RB_AUTH_PASSWORD_BYTES_MAX 1024
+/* The largest encoded credentials: kind, u16 length and the token. */
+#define RB_AUTH_CREDENTIALS_BYTES_MAX (1 + 2 + RB_AUTH_TOKEN_BYTES_MAX)
+
 /* Shards: one per core; the cap bounds the per-shard tables sized by it. */
 #define RB_SHARDS_MAX 256
 /* Listeners a config may declare. */
@@ -123,6 +132,9 @@
 #define RB_CONFIG_NESTING_MAX    8
 #define RB_PATH_BYTES_MAX        4096
 #define RB_ADDRESS_BYTES_MAX     256
+/* The Postgres password file's first line, with its terminator: a password
+ * is a secret, not a document. */
+#define RB_PG_PASSWORD_BYTES_MAX 1024
 
 /* Server id sent in STARTED. */
 #define RB_SERVER_ID_BYTES_MAX 64

@@ -7,6 +7,7 @@
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "server/link.h"
 #include "server/server.h"
 
 /* A new connection's payload is the listener index above the fd. */
@@ -16,7 +17,7 @@ static void on_new_conn(rb_shard *sh, uint64_t payload)
 {
     uint32_t listener_index = (uint32_t)(payload >> 32);
     RB_ASSERT(listener_index < sh->server->listener_count);
-    rb_conn_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
+    rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
 }
 
 static rb_shard *least_loaded(rb_server *srv)
@@ -40,7 +41,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     if (res >= 0) {
         rb_shard *target = least_loaded(sh->server);
         if (target == sh) {
-            rb_conn_adopt(sh, res, l, false);
+            rb_link_tcp_adopt(sh, res, l, false);
         } else {
             /* Pending counts as load at once, so a burst spreads out. The
              * listener travels with the fd: TLS and WS start on the target. */
@@ -49,7 +50,7 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
             uint64_t payload = (uint64_t)l->index << 32 | (uint32_t)res;
             if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, payload)) != 0) {
                 atomic_fetch_sub(&target->conn_count, 1);
-                rb_conn_adopt(sh, res, l, false);
+                rb_link_tcp_adopt(sh, res, l, false);
             }
         }
     } else if (res != -ECANCELED) {

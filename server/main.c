@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "config/config.h"
 #include "server/server.h"
+#include "storage/pgwire.h"
 #include "transports/tls.h"
 
 /* Connections queued in the kernel before the acceptor takes them. */
@@ -33,12 +34,18 @@ static void usage(FILE *out)
                  "\n"
                  "  -c, --config PATH        load the TOML configuration at PATH\n"
                  "      --migrate-only       apply the storage schema migrations and exit\n"
-                 "      --check-config PATH  validate PATH, print errors as file:line:column\n"
+                 "      --check-config PATH  validate PATH (errors as file:line:column) and check\n"
+                 "                           the files it names: TLS cert/key pairs (a test\n"
+                 "                           signature), client_ca, the Postgres password_file\n"
                  "  -v, --version            print the version\n"
                  "  -h, --help               print this help\n");
 }
 
-static int listen_one(rb_listener *l, rb_err *err)
+/* Binds the listener's socket; listen() comes later (listen_all), when
+ * storage is ready, so that until then a client's connect is refused at
+ * once instead of waiting in the backlog for a HELLO answer that cannot
+ * come. Binding now still makes a port in use a start-up error. */
+static int bind_one(rb_listener *l, rb_err *err)
 {
     struct sockaddr_storage ss;
     socklen_t ss_len;
@@ -71,13 +78,26 @@ static int listen_one(rb_listener *l, rb_err *err)
         return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: bind", name, l->cfg.address,
                           l->cfg.port);
     }
-    if (listen(fd, LISTEN_BACKLOG) == -1) {
-        int e = errno;
-        close(fd);
-        return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: listen", name, l->cfg.address,
-                          l->cfg.port);
-    }
     l->fd = fd;
+    return 0;
+}
+
+/* What start-up checks of a listener before it binds, and what
+ * --check-config checks the same way: the transport is built in, and a
+ * tls or wss listener's cert, key and client_ca load and belong together.
+ * *tls is the loaded context (the caller's), or NULL for other transports. */
+static int listener_prepare(const rb_listener_config *cfg, uint32_t index, rb_tls_server **tls,
+                            rb_err *err)
+{
+    *tls = NULL;
+    if (cfg->transport == RB_TRANSPORT_QUIC) {
+        return rb_err_set(err, RB_EUNSUPPORTED, 0,
+                          "listener %u: transport \"%s\" is not built into this version", index,
+                          rb_transport_name(cfg->transport));
+    }
+    if (cfg->transport == RB_TRANSPORT_TLS || cfg->transport == RB_TRANSPORT_WSS) {
+        return rb_tls_server_new(tls, cfg, err);
+    }
     return 0;
 }
 
@@ -88,25 +108,61 @@ static int open_listeners(rb_server *srv, rb_err *err)
         l->cfg = srv->cfg.listeners[i];
         l->fd = -1;
         l->index = i;
-        if (l->cfg.transport == RB_TRANSPORT_QUIC) {
-            return rb_err_set(err, RB_EUNSUPPORTED, 0,
-                              "listener %u: transport \"%s\" is not built into this version", i,
-                              rb_transport_name(l->cfg.transport));
-        }
-        int rc = 0;
-        if (l->cfg.transport == RB_TRANSPORT_TLS || l->cfg.transport == RB_TRANSPORT_WSS) {
-            rc = rb_tls_server_new(&l->tls, &l->cfg, err);
-        }
-        rc = rc ? rc : listen_one(l, err);
+        int rc = listener_prepare(&l->cfg, i, &l->tls, err);
+        rc = rc ? rc : bind_one(l, err);
         if (rc != 0) {
             rb_tls_server_free(l->tls);
             l->tls = NULL;
             return rc;
         }
         srv->listener_count++;
+    }
+    return 0;
+}
+
+/* Storage is ready: the bound sockets start listening. */
+static int listen_all(rb_server *srv, rb_err *err)
+{
+    for (uint32_t i = 0; i < srv->listener_count; i++) {
+        rb_listener *l = &srv->listeners[i];
+        if (listen(l->fd, LISTEN_BACKLOG) == -1) {
+            return rb_err_set(err, RB_ESYS, errno, "%s listen %s:%u: listen",
+                              rb_transport_name(l->cfg.transport), l->cfg.address, l->cfg.port);
+        }
         RB_LOG_INFO(0, "listening on %s://%s:%u", rb_transport_name(l->cfg.transport),
                     l->cfg.address, l->cfg.port);
     }
+    return 0;
+}
+
+/* ringbusd --check-config: after the file itself, the files start-up
+ * opens are opened and checked the same way (certificates and keys, the
+ * Postgres password file). Nothing is bound. */
+static int check_config(const char *path)
+{
+    static rb_config cfg;
+    rb_err err;
+    rb_err_clear(&err);
+    int rc = rb_config_load_file(path, &cfg, &err);
+    if (rc == 0) {
+        rc = rb_tls_global_init(&err);
+        for (uint32_t i = 0; rc == 0 && i < cfg.listener_count; i++) {
+            rb_tls_server *tls = NULL;
+            rc = listener_prepare(&cfg.listeners[i], i, &tls, &err);
+            rb_tls_server_free(tls);
+        }
+        rb_tls_global_deinit();
+    }
+    if (rc == 0 && cfg.storage_backend == RB_STORAGE_POSTGRES && cfg.pg_password_file[0] != '\0') {
+        char password[RB_PG_PASSWORD_BYTES_MAX];
+        rc = rb_pgwire_read_password(cfg.pg_password_file, password, sizeof password, &err);
+        explicit_bzero(password, sizeof password);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "%s\n", err.msg);
+        return 1;
+    }
+    printf("%s: ok\n", path);
     return 0;
 }
 
@@ -242,7 +298,8 @@ static int run(rb_server *srv)
         return 0;
     }
     srv->shard_count = srv->cfg.shards;
-    rc = rb_server_start(srv, &err);
+    rc = listen_all(srv, &err);
+    rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
         /* Shards that started are told to stop and joined. */
@@ -310,12 +367,7 @@ int main(int argc, char **argv)
     rb_err err;
     rb_err_clear(&err);
     if (check_path != NULL) {
-        if (rb_config_load_file(check_path, &srv.cfg, &err) != 0) {
-            fprintf(stderr, "%s\n", err.msg);
-            return 1;
-        }
-        printf("%s: ok\n", check_path);
-        return 0;
+        return check_config(check_path);
     }
     if (config_path != NULL) {
         if (rb_config_load_file(config_path, &srv.cfg, &err) != 0) {

@@ -29,6 +29,8 @@ typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
+typedef struct rb_link rb_link;
+typedef struct rb_link_tcp rb_link_tcp;
 
 /* Segments of a connection's send queue and of a stream's pending buffer:
  * either an owned chunk (data is the chunk) or a reference to a shared
@@ -64,26 +66,17 @@ typedef enum rb_conn_state {
     RB_CONN_CLOSED,   /* fd closed; waiting for the last completions */
 } rb_conn_state;
 
+/* A client session: the protocol state of one connection, over a link
+ * (server/link.h) that carries its bytes. */
 struct rb_conn {
     rb_shard *shard;
-    uint64_t id; /* unique per process, for logs */
+    rb_link *link; /* NULL once the link released everything */
+    uint64_t id;   /* unique per process, for logs */
     uint32_t index;
     uint32_t gen; /* bumped on reuse, so stale replies are dropped */
-    int fd;
     rb_conn_state state;
-    uint8_t inflight_count; /* ring operations not yet completed */
-    bool recv_armed;
-    bool sending;
     bool flush_queued;
     bool pong_wait;
-    bool closing_status_sent;
-    bool layers_closed;    /* rb_stack_close has run */
-    bool peer_eof;         /* the peer closed its side */
-    bool lingering;        /* all sent; reading to discard until the peer closes */
-    uint16_t close_status; /* the status rb_conn_close sent, for the layers' close */
-    rb_op recv_op;
-    rb_op send_op;
-    rb_op close_op;
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;
@@ -96,18 +89,10 @@ struct rb_conn {
     uint8_t *rx_buf; /* a frame straddling receive buffers */
     uint32_t rx_len;
     uint32_t rx_need;
-    /* send queue */
+    /* send queue: frames until the link releases them */
     rb_seg *tx_head;
     rb_seg *tx_tail;
     uint64_t tx_bytes;
-    struct iovec *tx_iov; /* from the shard's iov pool while a send is in flight */
-    struct msghdr tx_msg;
-    /* transport layers (empty for tcp) and the socket bytes they made from
-     * the send queue: with layers, sendmsg writes these */
-    rb_stack stack;
-    rb_seg *wire_head;
-    rb_seg *wire_tail;
-    uint64_t wire_bytes;
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */
@@ -140,6 +125,7 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
+    rb_link_tcp *tcp_links; /* [conn_max], server/link_tcp.c */
     /* memory */
     rb_pool chunk_pool;
     rb_pool seg_pool;
@@ -217,11 +203,7 @@ typedef struct rb_subsystem {
 extern const rb_subsystem *const rb_shard_subsystems[];
 extern const uint32_t rb_shard_subsystem_count;
 
-/* server/conn.c */
-/* Takes over an fd accepted on listener l; counted: the acceptor already
- * added it to the shard's load. TLS and WS layers start here, on the
- * owning shard, before any byte is read. */
-void rb_conn_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted);
+/* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
 /* Appends a frame encoded by `enc` into the send queue. Returns 0 or
  * RB_ELIMIT when the queue is over its bound (the caller closes). */

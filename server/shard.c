@@ -15,6 +15,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/link.h"
 #include "server/server.h"
 #include "transports/tls.h"
 

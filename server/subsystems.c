@@ -3,6 +3,7 @@
  * hooks of the parts that have no subsystem table of their own yet: the
  * storage handle and the connection table with its buffer pools. */
 #include "common/assert.h"
+#include "server/link.h"
 #include "server/publish.h"
 #include "server/server.h"
 
@@ -38,6 +39,7 @@ static int conns_init(rb_shard *sh, rb_err *err)
             : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
                            RB_SHARD_RXBIG_MAX, err);
     rc = rc ? rc : rb_conn_table_init(sh, err);
+    rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     return rc;
 }
 
@@ -69,6 +71,7 @@ static bool conns_idle(rb_shard *sh)
  * zeroed pool is safe (no items, a destroyed zero mutex). */
 static void conns_deinit(rb_shard *sh)
 {
+    rb_link_tcp_table_deinit(sh);
     rb_conn_table_deinit(sh);
     if (sh->chunk_pool.name != NULL) {
         rb_pool_deinit(&sh->chunk_pool);

@@ -1532,7 +1532,7 @@ static int pg_heads(rb_storage_shard *sh, rb_heads_req *req)
 
 static int params_from_config(const rb_config *cfg, rb_pgwire_params *p, rb_err *err)
 {
-    char password[1024] = "";
+    char password[RB_PG_PASSWORD_BYTES_MAX] = "";
     int rc = 0;
     if (cfg->pg_password_file[0] != '\0') {
         rc = rb_pgwire_read_password(cfg->pg_password_file, password, sizeof password, err);

@@ -16,6 +16,8 @@
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
+/* wolfSSL's own EVP layer (its compatibility header, not OpenSSL's). */
+#include <wolfssl/openssl/evp.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 
 #include "common/assert.h"
@@ -94,13 +96,68 @@ static int file_check(const rb_listener_config *cfg, const char *what, const cha
     return 0;
 }
 
+/* The reason wolfSSL recorded for the last failed load: its error queue
+ * holds the real cause (a file that is not PEM, a bad base64 body), while
+ * the call itself returns only WOLFSSL_FAILURE. */
+static const char *load_reason(int rc, char *buf, size_t len)
+{
+    unsigned long e = wolfSSL_ERR_get_error();
+    if (e == 0 && rc != WOLFSSL_FAILURE) {
+        e = (unsigned long)rc;
+    }
+    if (e == 0) {
+        snprintf(buf, len, "not a usable PEM file (wolfSSL gave no reason)");
+        return buf;
+    }
+    return wolf_reason((int)e, buf, len);
+}
+
 static int load_fail(const rb_listener_config *cfg, const char *what, const char *path, int rc,
                      rb_err *err)
 {
     char reason[128];
     return rb_err_set(err, RB_ECONFIG, rc, "%s listener %s:%u: %s %s: %s",
                       rb_transport_name(cfg->transport), cfg->address, cfg->port, what, path,
-                      wolf_reason(rc, reason, sizeof reason));
+                      load_reason(rc, reason, sizeof reason));
+}
+
+/* Signs a probe with the private key and verifies it with the
+ * certificate's public key: wolfSSL_CTX_check_private_key compares RSA
+ * moduli but passes an ECDSA key that belongs to another certificate.
+ * Returns 1 when the pair verifies, 0 when it does not, -1 when the key
+ * type cannot sign through EVP (then only wolfSSL's own check applies). */
+static int pair_signs(WOLFSSL_CTX *ctx)
+{
+    static const unsigned char probe[] = "ringbus certificate and key check";
+    WOLFSSL_X509 *cert = wolfSSL_CTX_get0_certificate(ctx);                      /* the context's */
+    WOLFSSL_EVP_PKEY *priv = wolfSSL_CTX_get0_privatekey(ctx);                   /* the context's */
+    WOLFSSL_EVP_PKEY *pub = cert != NULL ? wolfSSL_X509_get_pubkey(cert) : NULL; /* ours */
+    WOLFSSL_EVP_MD_CTX *md = wolfSSL_EVP_MD_CTX_new();
+    unsigned char sig[1024]; /* an RSA-8192 signature fits */
+    size_t sig_len = sizeof sig;
+    int verdict = -1;
+    if (priv != NULL && pub != NULL && md != NULL &&
+        wolfSSL_EVP_DigestSignInit(md, NULL, wolfSSL_EVP_sha256(), NULL, priv) == 1 &&
+        wolfSSL_EVP_DigestSignUpdate(md, probe, sizeof probe) == 1 &&
+        wolfSSL_EVP_DigestSignFinal(md, sig, &sig_len) == 1) {
+        wolfSSL_EVP_MD_CTX_free(md);
+        md = wolfSSL_EVP_MD_CTX_new();
+        verdict = md != NULL &&
+                  wolfSSL_EVP_DigestVerifyInit(md, NULL, wolfSSL_EVP_sha256(), NULL, pub) == 1 &&
+                  wolfSSL_EVP_DigestVerifyUpdate(md, probe, sizeof probe) == 1 &&
+                  wolfSSL_EVP_DigestVerifyFinal(md, sig, sig_len) == 1;
+    }
+    wolfSSL_EVP_MD_CTX_free(md);
+    wolfSSL_EVP_PKEY_free(pub);
+    wolfSSL_ERR_clear_error();
+    return verdict;
+}
+
+static int mismatch(const rb_listener_config *cfg, const char *how, rb_err *err)
+{
+    return rb_err_set(err, RB_ECONFIG, 0, "%s listener %s:%u: key %s does not match cert %s (%s)",
+                      rb_transport_name(cfg->transport), cfg->address, cfg->port, cfg->key,
+                      cfg->cert, how);
 }
 
 static int ctx_load(WOLFSSL_CTX *ctx, const rb_listener_config *cfg, rb_err *err)
@@ -113,22 +170,27 @@ static int ctx_load(WOLFSSL_CTX *ctx, const rb_listener_config *cfg, rb_err *err
     if (rc != 0) {
         return rc;
     }
+    wolfSSL_ERR_clear_error();
     if ((rc = wolfSSL_CTX_use_certificate_chain_file(ctx, cfg->cert)) != WOLFSSL_SUCCESS) {
         return load_fail(cfg, "cert", cfg->cert, rc, err);
     }
+    wolfSSL_ERR_clear_error();
     rc = wolfSSL_CTX_use_PrivateKey_file(ctx, cfg->key, WOLFSSL_FILETYPE_PEM);
     if (rc != WOLFSSL_SUCCESS) {
         return load_fail(cfg, "key", cfg->key, rc, err);
     }
     if (wolfSSL_CTX_check_private_key(ctx) != WOLFSSL_SUCCESS) {
-        return rb_err_set(err, RB_ECONFIG, 0, "%s listener %s:%u: key %s does not match cert %s",
-                          rb_transport_name(cfg->transport), cfg->address, cfg->port, cfg->key,
-                          cfg->cert);
+        wolfSSL_ERR_clear_error();
+        return mismatch(cfg, "wolfSSL's key check failed", err);
+    }
+    if (pair_signs(ctx) == 0) {
+        return mismatch(cfg, "a signature made with the key does not verify with the cert", err);
     }
     if (cfg->client_ca[0] == '\0') {
         wolfSSL_CTX_set_verify(ctx, WOLFSSL_VERIFY_NONE, NULL);
         return 0;
     }
+    wolfSSL_ERR_clear_error();
     rc = wolfSSL_CTX_load_verify_locations(ctx, cfg->client_ca, NULL);
     if (rc != WOLFSSL_SUCCESS) {
         return load_fail(cfg, "client_ca", cfg->client_ca, rc, err);

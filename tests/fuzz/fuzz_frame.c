@@ -175,6 +175,8 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
                                            f->u.publish_ack.seq);
     case RB_FRAME_CATCHUP_COMPLETE:
         return rb_frame_encode_catchup_complete(out, cap, corr, f->u.catchup_complete.mutate_id);
+    case RB_FRAME_AUTH:
+        return rb_frame_encode_auth(out, cap, corr, f->u.auth.credentials);
     default:
         return encode_lists(f, out, cap);
     }
@@ -237,9 +239,41 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
                a->u.publish_ack.seq == b->u.publish_ack.seq;
     case RB_FRAME_CATCHUP_COMPLETE:
         return a->u.catchup_complete.mutate_id == b->u.catchup_complete.mutate_id;
+    case RB_FRAME_AUTH:
+        return bytes_eq(a->u.auth.credentials, b->u.auth.credentials);
     default:
         return lists_equal(a, b);
     }
+}
+
+/* ---- credentials (HELLO, AUTH) ---- */
+
+/* Credentials that decode must re-encode to the same bytes. */
+static void check_credentials(rb_bytes raw)
+{
+    rb_credentials c;
+    rb_err err;
+    int rc = rb_credentials_decode(raw, &c, &err);
+    CHECK(rc == 0 || rc == RB_EINVAL);
+    if (rc != 0) {
+        CHECK(err.cause == RB_WIRE_UNAUTHORIZED);
+        CHECK(c.kind == RB_CRED_NONE);
+        return;
+    }
+    uint8_t out[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t n = 0;
+    if (c.kind == RB_CRED_NONE) {
+        CHECK(raw.len == 0);
+        return;
+    }
+    if (c.kind == RB_CRED_TOKEN) {
+        n = rb_credentials_encode_token(out, sizeof out, c.token);
+    } else {
+        CHECK(c.kind == RB_CRED_PASSWORD);
+        n = rb_credentials_encode_password(out, sizeof out, c.user, c.password);
+    }
+    CHECK(n == raw.len);
+    CHECK(memcmp(out, raw.ptr, n) == 0);
 }
 
 /* ---- the target ---- */
@@ -293,6 +327,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     }
     CHECK(f.hdr.size <= size);
+    if (f.hdr.kind == RB_FRAME_HELLO) {
+        check_credentials(f.u.hello.credentials);
+    } else if (f.hdr.kind == RB_FRAME_AUTH) {
+        check_credentials(f.u.auth.credentials);
+    }
     walk_lists(&f);
     check_round_trip(data, &f);
     return 0;

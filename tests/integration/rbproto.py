@@ -42,6 +42,7 @@ MUTATE = 9
 MESSAGES = 10
 TOPICS_LIVE = 11
 CATCHUP_COMPLETE = 12
+AUTH = 13
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -56,6 +57,7 @@ KIND_NAMES = {
     MESSAGES: "MESSAGES",
     TOPICS_LIVE: "TOPICS_LIVE",
     CATCHUP_COMPLETE: "CATCHUP_COMPLETE",
+    AUTH: "AUTH",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 
@@ -263,6 +265,68 @@ def encode_catchup_complete(corr: int, mutate_id: int) -> bytes:
     return encode_frame(CATCHUP_COMPLETE, corr, struct.pack("<Q", mutate_id))
 
 
+def encode_auth(corr: int, creds: bytes = b"") -> bytes:
+    """AUTH: fresh credentials (client), or empty = accepted (server)."""
+    return encode_frame(AUTH, corr, _str16(creds))
+
+
+# ---- credentials (HELLO and AUTH; PROTOCOL.md section 6.5) ------------------
+
+CRED_NONE = 0
+CRED_TOKEN = 1
+CRED_PASSWORD = 2
+AUTH_TOKEN_BYTES_MAX = 8192
+AUTH_PASSWORD_BYTES_MAX = 1024
+_TOKEN_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_.")
+
+
+def creds_token(token: str | bytes) -> bytes:
+    """Credentials carrying a JWT (compact form)."""
+    raw = _b(token)
+    return bytes([CRED_TOKEN]) + struct.pack("<H", len(raw)) + raw
+
+
+def creds_password(user: str | bytes, password: str | bytes) -> bytes:
+    """Credentials carrying a user name and a password."""
+    u, pw = _b(user), _b(password)
+    if not 1 <= len(u) <= 255:
+        raise ValueError("user name must be 1..255 bytes")
+    return bytes([CRED_PASSWORD, len(u)]) + u + struct.pack("<H", len(pw)) + pw
+
+
+def decode_creds(raw: bytes) -> dict:
+    """Decodes credentials; raises ProtocolError(UNAUTHORIZED) when they
+    are malformed, as the server refuses them."""
+    if not raw:
+        return {"kind": CRED_NONE}
+    r = _Reader("credentials", bytes(raw))
+    r.code = UNAUTHORIZED
+    kind = r.u8("kind")
+    if kind == CRED_TOKEN:
+        token = r.blob16("token")
+        if not 1 <= len(token) <= AUTH_TOKEN_BYTES_MAX:
+            r.fail(f"token: {len(token)} bytes, not in [1, {AUTH_TOKEN_BYTES_MAX}]")
+        bad = next((i for i, b in enumerate(token) if b not in _TOKEN_ALPHABET), None)
+        if bad is not None:
+            r.fail(f"token: byte {bad} is not base64url or '.'")
+        out = {"kind": kind, "token": token.decode("ascii")}
+    elif kind == CRED_PASSWORD:
+        user = r.text(r.take(r.u8("user"), "user"), "user")
+        password = r.blob16("password")
+        if not user:
+            r.fail("user: empty")
+        if any(ord(ch) < 0x20 or 0x7F <= ord(ch) <= 0x9F or ch.isspace() for ch in user):
+            r.fail("user: control character or space")
+        if not 1 <= len(password) <= AUTH_PASSWORD_BYTES_MAX:
+            r.fail(f"password: {len(password)} bytes, not in [1, {AUTH_PASSWORD_BYTES_MAX}]")
+        out = {"kind": kind, "user": user, "password": password}
+    else:
+        r.fail(f"kind {kind} unknown (1 token, 2 user and password)")
+    if r.pos != len(r.body):
+        r.fail(f"{len(r.body) - r.pos} trailing bytes")
+    return out
+
+
 # ---- decoding ---------------------------------------------------------------
 
 
@@ -271,9 +335,10 @@ class _Reader:
         self.kind_name = kind_name
         self.body = body
         self.pos = 0
+        self.code = BAD_FRAME
 
     def fail(self, why: str):
-        raise ProtocolError(BAD_FRAME, f"{self.kind_name}: {why}")
+        raise ProtocolError(self.code, f"{self.kind_name}: {why}")
 
     def take(self, n: int, what: str) -> bytes:
         if len(self.body) - self.pos < n:
@@ -390,6 +455,8 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         return {"topics": [r.topic(f"topic {i}: topic") for i in range(r.count("count", 2))]}
     if kind == CATCHUP_COMPLETE:
         return {"mutate_id": r.u64("mutate_id")}
+    if kind == AUTH:
+        return {"credentials": r.blob16("credentials")}
     raise AssertionError(kind)
 
 

@@ -1,6 +1,7 @@
 """The `ringbus` CLI against the real daemon: ping, pub, sub and stream,
 their JSON lines, exit statuses and one-line errors."""
 
+import base64
 import json
 import queue
 import re
@@ -8,6 +9,9 @@ import subprocess
 import threading
 import time
 
+import pytest
+
+import rbtransport as rt
 from conftest import RINGBUS, free_port, run_cli
 
 LINE_WAIT_S = 10
@@ -299,3 +303,120 @@ def test_unknown_command_and_help():
         assert word in out.stdout
     out = run_cli("--version")
     assert out.returncode == 0 and out.stdout.startswith("ringbus ")
+
+
+def test_sub_count_not_reached_before_the_timeout_exits_nonzero(daemon):
+    publish(daemon, "few", ["only"])
+    start = time.monotonic()
+    out = run_cli("--url", daemon.url, "sub", "--count", "3", "--timeout", "0.5", "few@0")
+    assert out.returncode == 1, out
+    assert time.monotonic() - start < 5
+    assert out.stderr == "ringbus: sub: timed out after 0.5 s with 1 of 3 messages\n"
+    assert [ev["data"] for ev in events(out.stdout) if ev["event"] == "message"] == ["only"]
+
+
+def test_sub_timeout_counts_wall_clock_while_messages_keep_coming(daemon):
+    """A trickle of messages must not stretch --timeout: the deadline is
+    measured from the start, not from the last quiet wait."""
+    sub = Live("--url", daemon.url, "sub", "--count", "1000", "--timeout", "2", "drip")
+    sub.until(lambda ev: ev["event"] == "catchup_complete")
+    start = time.monotonic()
+    while sub.proc.poll() is None and time.monotonic() - start < 8:
+        run_cli("--url", daemon.url, "pub", "drip", "x")
+        time.sleep(0.2)
+    assert sub.proc.poll() == 1, "sub outlived its --timeout while messages trickled in"
+    assert time.monotonic() - start < 6
+    assert "timed out after 2 s with" in sub.proc.stderr.read()
+
+
+def history(d, topic):
+    out = run_cli("--url", d.url, "sub", "--history-only", "--timeout", "10", f"{topic}@0")
+    assert out.returncode == 0, out.stderr
+    return [ev for ev in events(out.stdout) if ev["event"] == "message"]
+
+
+def test_pub_file_publishes_the_whole_file_as_one_message(daemon, tmp_path):
+    body = "first line\r\nsecond line\n\nlast, no newline"
+    path = tmp_path / "doc.txt"
+    path.write_bytes(body.encode())
+    out = run_cli("--url", daemon.url, "pub", "--file", str(path), "doc")
+    assert out.returncode == 0, out.stderr
+    assert events(out.stdout) == [{"topic": "doc", "seq": 1}]
+    msgs = history(daemon, "doc")
+    assert [m["data"] for m in msgs] == [body]
+
+
+def test_pub_file_dash_reads_all_of_stdin_including_binary(daemon):
+    body = bytes(range(256)) * 40  # NULs, CRs and newlines: one message all the same
+    out = subprocess.run([str(RINGBUS), "--url", daemon.url, "pub", "doc", "--file", "-"],
+                         input=body, capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(l) for l in out.stdout.decode().splitlines()] == [{"topic": "doc", "seq": 1}]
+    msgs = history(daemon, "doc")
+    assert len(msgs) == 1
+    assert base64.b64decode(msgs[0]["data_b64"]) == body
+
+
+def test_pub_file_empty_file_is_one_empty_message(daemon, tmp_path):
+    path = tmp_path / "empty"
+    path.write_bytes(b"")
+    out = run_cli("--url", daemon.url, "pub", "--file", str(path), "void")
+    assert out.returncode == 0, out.stderr
+    assert [m["data"] for m in history(daemon, "void")] == [""]
+
+
+def test_pub_file_errors_are_one_clear_line(daemon, tmp_path):
+    out = run_cli("--url", daemon.url, "pub", "--file", str(tmp_path / "missing"), "t")
+    assert out.returncode == 1
+    assert out.stderr == (f"ringbus: pub --file {tmp_path / 'missing'}: open: "
+                          "No such file or directory\n")
+    out = run_cli("--url", daemon.url, "pub", "--file", str(tmp_path), "t")
+    assert out.returncode == 1
+    assert out.stderr.endswith(": read: Is a directory\n")
+    out = run_cli("--url", daemon.url, "pub", "--file", str(tmp_path / "x"), "t", "payload")
+    assert out.returncode == 2
+    assert "PAYLOAD or --file, not both" in out.stderr
+    out = run_cli("--url", daemon.url, "pub", "--file")
+    assert out.returncode == 2
+    assert "--file needs a PATH" in out.stderr
+
+
+def test_pub_file_larger_than_max_frame_bytes_is_refused_before_sending(make_daemon, tmp_path):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 65536\n")
+    path = tmp_path / "big"
+    path.write_bytes(b"x" * 70000)
+    out = run_cli("--url", d.url, "pub", "--file", str(path), "big")
+    assert out.returncode == 1
+    assert out.stderr == (f"ringbus: pub --file {path}: larger than the server's "
+                          "max_frame_bytes (65536)\n")
+    assert history(d, "big") == []
+
+
+def test_pub_lines_drop_a_trailing_cr(daemon):
+    out = run_cli("--url", daemon.url, "pub", "crlf", input="one\r\ntwo\r\nthree\n\r\nfour\r")
+    assert out.returncode == 0, out.stderr
+    assert [m["data"] for m in history(daemon, "crlf")] == ["one", "two", "three", "", "four"]
+
+
+@pytest.mark.parametrize("kind", ["ws", "wss"])
+def test_origin_option_passes_a_listener_with_origins(make_daemon, tmp_path, kind):
+    certs = rt.Certs(tmp_path)
+    port = free_port()
+    d = make_daemon(listeners=rt.listener(kind, port, certs, origins=["https://app.example"]))
+    u = f"{kind}://localhost:{port}/ringbus"
+    out = run_cli("--url", u, "--ca", certs.ca, "pub", "o", "refused")
+    assert out.returncode == 1
+    assert "403" in out.stderr, out.stderr
+    out = run_cli("--url", u, "--ca", certs.ca, "--origin", "https://other.example", "pub", "o",
+                  "refused")
+    assert out.returncode == 1 and "403" in out.stderr, out.stderr
+    out = run_cli("--url", u, "--ca", certs.ca, "--origin", "https://app.example", "pub", "o",
+                  "passed")
+    assert out.returncode == 0, out.stderr
+    assert events(out.stdout) == [{"topic": "o", "seq": 1}]
+
+
+def test_origin_with_control_characters_is_a_usage_error(daemon):
+    out = run_cli("--url", daemon.url, "--origin", "https://a\r\nX-Evil: 1", "ping")
+    assert out.returncode == 2
+    assert out.stderr == "ringbus: options: ws_origin byte 10 is not printable ASCII\n"

@@ -52,6 +52,12 @@ def test_make_install_into_destdir_gives_a_usable_library(tmp_path, daemon):
                PKG_CONFIG_PATH=str(dest / "usr/lib/pkgconfig"))
     flags = subprocess.run(["pkg-config", "--cflags", "--libs", "ringbus"], env=env,
                            capture_output=True, text=True, check=True).stdout.split()
+    # ringbus.pc carries the version the binaries report (test_version.py).
+    pc_version = subprocess.run(["pkg-config", "--modversion", "ringbus"], env=env,
+                                capture_output=True, text=True, check=True).stdout.strip()
+    cli = subprocess.run([str(dest / "usr/bin/ringbus"), "--version"], capture_output=True,
+                         text=True, check=True, timeout=30).stdout.split()
+    assert cli == ["ringbus", pc_version]
     src = tmp_path / "prog.c"
     src.write_text(PROGRAM)
     exe = tmp_path / "prog"

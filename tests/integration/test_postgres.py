@@ -154,6 +154,52 @@ def test_postgres_down_at_startup_then_ready_when_it_comes_up(pg_cluster, tmp_pa
         assert d.bad_log_lines() == []
 
 
+def test_connects_are_refused_not_left_unanswered_while_storage_is_not_ready(pg_cluster,
+                                                                             tmp_path):
+    """README: ready only when storage is reachable. Until then the port is
+    bound (so a port in use still fails start-up) but does not listen: a
+    client's connect is refused at once instead of waiting for a HELLO
+    answer that cannot come."""
+    db = pg_cluster.createdb()
+    pg_cluster.stop()
+    d = Daemon(tmp_path, storage="postgres", conninfo=pg_cluster.conninfo(db))
+    d._log = open(d.log_path, "wb")
+    d.proc = subprocess.Popen([str(RINGBUSD), "--config", str(d.config_path)], stdout=d._log,
+                              stderr=subprocess.STDOUT, env=d.env)
+    try:
+        deadline = time.monotonic() + 15
+        while "storage not ready" not in d.log():
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.log()
+            time.sleep(0.02)
+        for _ in range(3):
+            t0 = time.monotonic()
+            try:
+                c = rp.Conn("127.0.0.1", d.port, timeout=3)
+            except ConnectionRefusedError:
+                pass
+            else:
+                try:
+                    answer = c.hello(timeout=3)
+                except OSError as e:
+                    answer = e
+                raise AssertionError(f"connected while storage is down; HELLO got {answer}")
+            assert time.monotonic() - t0 < 1
+        assert "listening on" not in d.log()
+        pg_cluster.start()
+        deadline = time.monotonic() + 15
+        while "ready:" not in d.log():
+            assert time.monotonic() < deadline and d.proc.poll() is None, d.log()
+            time.sleep(0.02)
+        log = d.log()
+        assert log.index("storage not ready") < log.index("listening on") < log.index("ready:")
+        assert conn(d).publish("after", "x", corr=1).kind == rp.PUBLISH_ACK
+    finally:
+        if pg_cluster.pid is None:
+            pg_cluster.start()
+        assert d.stop() == 0
+        assert d.bad_log_lines() == []
+
+
 def test_postgres_restart_under_load_never_acks_falsely(make_daemon, pg_cluster, pg_db):
     d = make_daemon(storage="postgres", conninfo=pg_db.conninfo)
     c = conn(d, timeout=30)

@@ -108,6 +108,41 @@ def test_max_length_topic_round_trips_and_256_does_not_encode():
 # ---- documented bytes (docs/PROTOCOL.md worked examples) -------------------------
 
 
+def test_auth_round_trips_credentials():
+    f = one(rp.encode_auth(9, rp.creds_token("h.p.s")))
+    assert (f.kind, f.kind_name, f.corr) == (rp.AUTH, "AUTH", 9)
+    assert rp.decode_creds(f["credentials"]) == {"kind": rp.CRED_TOKEN, "token": "h.p.s"}
+
+
+def test_auth_accept_matches_documented_bytes():
+    assert rp.encode_auth(5) == bytes.fromhex("12000000010d0000" "0500000000000000" "0000")
+
+
+def test_credentials_match_documented_bytes():
+    assert rp.creds_token("a.b") == bytes.fromhex("010300612e62")
+    assert rp.creds_password("bo", "pw") == bytes.fromhex("0202626f02007077")
+    assert rp.decode_creds(b"") == {"kind": rp.CRED_NONE}
+    assert rp.decode_creds(bytes.fromhex("0202626f02007077")) == {
+        "kind": rp.CRED_PASSWORD, "user": "bo", "password": b"pw"}
+
+
+@pytest.mark.parametrize("raw, why", [
+    (b"\x07", "kind 7 unknown"),
+    (b"\x01\x00\x00", "token: 0 bytes"),
+    (b"\x01\x03\x00a%b", "token: byte 1 is not base64url"),
+    (b"\x01\x01\x00a\x00", "1 trailing bytes"),
+    (b"\x02\x00\x01\x00p", "user: empty"),
+    (b"\x02\x03a b\x01\x00p", "user: control character or space"),
+    (b"\x02\x01a\x00\x00", "password: 0 bytes"),
+    (b"\x02\x05bob", "truncated"),
+])
+def test_malformed_credentials_are_unauthorized(raw, why):
+    with pytest.raises(rp.ProtocolError) as e:
+        rp.decode_creds(raw)
+    assert e.value.code == rp.UNAUTHORIZED
+    assert why in str(e.value)
+
+
 def test_hello_matches_documented_bytes():
     want = bytes.fromhex("19000000 0101 0000 0100000000000000 0100 0300 636c69 0000")
     assert rp.encode_hello(1, name="cli") == want
@@ -134,6 +169,7 @@ ALL_SAMPLES = [
     rp.encode_messages(0, 1, [("a", 1, b"x")]),
     rp.encode_topics_live(0, ["a"]),
     rp.encode_catchup_complete(0, 1),
+    rp.encode_auth(1, rp.creds_token("a.b.c")),
 ]
 
 
@@ -187,7 +223,7 @@ def test_unknown_version_kind_and_flags_are_refused():
     with pytest.raises(rp.ProtocolError) as e:
         rp.decode(rp.encode_hello(1, version=2))
     assert e.value.code == rp.UNSUPPORTED_VERSION
-    for kind in (0, 13, 255):
+    for kind in (0, 14, 255):
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(rp.encode_frame(kind, 0, b""))
         assert e.value.code == rp.BAD_FRAME

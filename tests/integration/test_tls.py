@@ -18,7 +18,7 @@ import pytest
 
 import rbproto as rp
 import rbtransport as rt
-from conftest import free_port
+from conftest import RINGBUSD, free_port
 
 HANDSHAKE_MS = 1000
 
@@ -272,3 +272,105 @@ def test_sighup_reloads_the_certificate_for_new_connections_only(make_daemon, tm
     d.proc.send_signal(signal.SIGHUP)
     wait_log(d, "keeping the previous certificate")
     assert hello_over(port, new).kind == rp.STARTED
+    # The line gives wolfSSL's reason, not the text of its success code.
+    line = [ln for ln in d.log().splitlines() if "keeping the previous" in ln][-1]
+    assert f"cert {cert}: " in line and f"cert {cert}: ok" not in line, line
+
+
+def test_sighup_with_a_non_pem_certificate_names_the_librarys_reason(make_daemon, tmp_path):
+    certs = rt.Certs(tmp_path)
+    live = tmp_path / "live.pem"
+    shutil.copy(certs.cert, live)
+    port = free_port()
+    d = make_daemon(listeners=rt.listener("tls", port, types.SimpleNamespace(cert=str(live),
+                                                                             key=certs.key)))
+    live.write_text("this file is not PEM at all\n")
+    d.proc.send_signal(signal.SIGHUP)
+    wait_log(d, "keeping the previous certificate")
+    line = [ln for ln in d.log().splitlines() if "keeping the previous" in ln][-1]
+    assert "PEM" in line and ": ok;" not in line, line
+    assert hello_over(port, certs).kind == rp.STARTED
+
+
+# ---- certificate and key pairs, --check-config -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ecdsa_mismatch(tmp_path_factory):
+    """Two EC P-256 leaves of one CA: cert of the first, key of the second
+    (wolfSSL_CTX_check_private_key passes this pair)."""
+    d = tmp_path_factory.mktemp("mismatch")
+    ca = rt.make_ca(d)
+    one = rt.make_leaf(d, ca, "one")
+    two = rt.make_leaf(d, ca, "two")
+    return types.SimpleNamespace(ca=ca[0], cert=one[0], key=two[1], good_key=one[1])
+
+
+def tls_config(tmp_path, cert, key, extra=""):
+    cfg = tmp_path / "tls.toml"
+    cfg.write_text(extra + rt.listener("tls", free_port(), types.SimpleNamespace(cert=cert,
+                                                                                 key=key)))
+    return cfg
+
+
+def check_config(cfg):
+    return subprocess.run([str(RINGBUSD), "--check-config", str(cfg)], capture_output=True,
+                          text=True, timeout=30)
+
+
+def test_check_config_refuses_an_ecdsa_key_of_another_certificate(ecdsa_mismatch, tmp_path):
+    out = check_config(tls_config(tmp_path, ecdsa_mismatch.cert, ecdsa_mismatch.key))
+    assert out.returncode == 1, out
+    assert f"key {ecdsa_mismatch.key} does not match cert {ecdsa_mismatch.cert}" in out.stderr
+    good = check_config(tls_config(tmp_path, ecdsa_mismatch.cert, ecdsa_mismatch.good_key))
+    assert good.returncode == 0, good.stderr
+
+
+def test_start_refuses_an_ecdsa_key_of_another_certificate(ecdsa_mismatch, tmp_path):
+    cfg = tls_config(tmp_path, ecdsa_mismatch.cert, ecdsa_mismatch.key)
+    out = subprocess.run([str(RINGBUSD), "--config", str(cfg)], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 1
+    assert "does not match cert" in out.stderr, out.stderr
+
+
+def test_sighup_keeps_the_old_pair_when_the_new_ecdsa_key_does_not_match(
+        make_daemon, ecdsa_mismatch, tmp_path):
+    cert, key = tmp_path / "server.pem", tmp_path / "server.key"
+    shutil.copy(ecdsa_mismatch.cert, cert)
+    shutil.copy(ecdsa_mismatch.good_key, key)
+    port = free_port()
+    d = make_daemon(listeners=rt.listener("tls", port, types.SimpleNamespace(cert=str(cert),
+                                                                             key=str(key))))
+    shutil.copy(ecdsa_mismatch.key, key)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_log(d, "keeping the previous certificate")
+    assert "now serves" not in d.log()
+    assert "does not match cert" in d.log()
+    ca = types.SimpleNamespace(ca=ecdsa_mismatch.ca)
+    assert hello_over(port, ca).kind == rp.STARTED
+
+
+def test_check_config_opens_the_certificate_files_like_start_up(tmp_path):
+    missing = tmp_path / "missing.pem"
+    out = check_config(tls_config(tmp_path, str(missing), str(tmp_path / "missing.key")))
+    assert out.returncode == 1
+    assert f"cert {missing}" in out.stderr, out.stderr
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    out = check_config(tls_config(tmp_path, str(junk), str(junk)))
+    assert out.returncode == 1
+    assert f"cert {junk}: " in out.stderr and "PEM" in out.stderr, out.stderr
+
+
+def test_check_config_reads_the_postgres_password_file_like_start_up(tmp_path):
+    pw = tmp_path / "pw"
+    pw.write_text("x" * 5000 + "\n")
+    cfg = tmp_path / "pg.toml"
+    cfg.write_text(f'[storage]\nbackend = "postgres"\n[storage.postgres]\n'
+                   f'conninfo = "host=/nonexistent dbname=x"\npassword_file = "{pw}"\n')
+    out = check_config(cfg)
+    assert out.returncode == 1
+    assert f"password_file {pw}: first line over" in out.stderr, out.stderr
+    pw.write_text("secret\n")
+    assert check_config(cfg).returncode == 0

@@ -166,6 +166,8 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
         return rb_frame_encode_topics_live(out, cap, 0, sample_live, 2);
     case RB_FRAME_CATCHUP_COMPLETE:
         return rb_frame_encode_catchup_complete(out, cap, 0, 5);
+    case RB_FRAME_AUTH:
+        return rb_frame_encode_auth(out, cap, 11, raw("\1\3\0abc", 6));
     default:
         ck_abort_msg("no sample for kind %u", (unsigned)kind);
         return 0;

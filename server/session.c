@@ -1,36 +1,26 @@
-/* Connections of one shard: the slot table, multishot receive into the
- * shared frame decoder, the bounded send queue flushed with one sendmsg per
- * connection per turn, the connection timer (handshake, keepalive, pong
- * deadline, partial-frame deadline, close grace) and the close sequence.
- * A tls, ws or wss connection has a transport stack (transports/layer.h):
- * received bytes pass through it before the frame decoder, and at flush
- * time queued frames are encoded by it into socket bytes (the wire queue)
- * that sendmsg writes; plain tcp writes the send queue itself, zero-copy.
- * Frames are handed to server/owner.c (PUBLISH) and server/stream.c
- * (MUTATE); this file answers HELLO, PING, PONG and CLOSE itself. */
-#include <errno.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
+/* Client sessions of one shard: the slot table, reassembly of frames from
+ * the link's bytes into the shared frame decoder, the bounded send queue
+ * the link drains, the session timer (handshake, keepalive, pong deadline,
+ * partial-frame deadline, close grace) and the close sequence with its
+ * half-close drain. A session reaches its peer only through its link
+ * (server/link.h): it never knows whether that is a TCP socket with tls/ws
+ * layers or anything else. Frames are handed to server/owner.c (PUBLISH)
+ * and server/stream.c (MUTATE); this file answers HELLO, PING, PONG and
+ * CLOSE itself. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <unistd.h>
+#include <sys/types.h>
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "server/link.h"
 #include "server/publish.h"
 #include "server/server.h"
-#include "transports/tls.h"
-#include "transports/ws.h"
 
 #define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
 
-static void conn_recv_done(rb_op *op, int res, uint32_t flags);
-static void conn_send_done(rb_op *op, int res, uint32_t flags);
-static void conn_close_done(rb_op *op, int res, uint32_t flags);
 static void conn_timer_fired(rb_timer *t);
 static void conn_rearm_timer(rb_conn *c);
 static void conn_queue_flush(rb_conn *c);
@@ -38,11 +28,8 @@ static void conn_queue_flush_raw(rb_conn *c);
 static void conn_try_free(rb_conn *c);
 static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
 static void tx_consume(rb_conn *c, size_t n);
-static void conn_closing_drained(rb_conn *c);
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
-static void stop_reading(rb_conn *c);
-static bool conn_lingers(const rb_conn *c);
 
 int rb_conn_table_init(rb_shard *sh, rb_err *err)
 {
@@ -55,7 +42,6 @@ int rb_conn_table_init(rb_shard *sh, rb_err *err)
     for (uint32_t i = sh->conn_max; i-- > 0;) {
         rb_conn *c = &sh->conns[i];
         c->index = i;
-        c->fd = -1;
         c->shard = sh;
         c->free_next = sh->conn_free;
         sh->conn_free = c;
@@ -81,151 +67,36 @@ rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen)
     return c;
 }
 
-/* A refused tcp connection gets one ERROR frame written directly: the
- * socket is new, so its send buffer has room, and the fd is closed at once.
- * Layered transports could not read a bare frame: they are just closed. */
-static void refuse_fd(int fd, const rb_listener *l, uint16_t code, const char *why)
+rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
 {
-    if (l->cfg.transport != RB_TRANSPORT_TCP) {
-        close(fd);
-        return;
-    }
-    uint8_t buf[256];
-    rb_bytes msg = {(const uint8_t *)why, strlen(why)};
-    size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, msg);
-    if (n > 0) {
-        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
-        (void)w;
-    }
-    close(fd);
-}
-
-/* ---- the transport stack's sinks ---- */
-
-static bool sink_deliver(void *owner, const uint8_t *p, size_t len)
-{
-    rb_conn *c = owner;
-    if (!conn_reading(c)) {
-        return false;
-    }
-    conn_feed(c, p, len);
-    return conn_reading(c);
-}
-
-static int wire_append(rb_conn *c, const uint8_t *p, size_t len);
-
-static int sink_wire(void *owner, const uint8_t *p, size_t len)
-{
-    return wire_append(owner, p, len);
-}
-
-/* A layer ended the input cleanly (close_notify, WS Close, an HTTP answer):
- * what is queued goes out if the layers can carry it, then the layers
- * close, all within the close grace. */
-static void sink_ended(void *owner, rb_layer_end how, const char *why)
-{
-    rb_conn *c = owner;
-    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
-        return;
-    }
-    if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
-        RB_LOG_INFO(c->id, "closing: %s", why);
-    } else {
-        RB_LOG_DEBUG(c->id, "closing: %s", why);
-    }
-    c->state = RB_CONN_CLOSING;
-    c->close_status = RB_WIRE_OK;
-    stop_reading(c);
-    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
-    conn_rearm_timer(c);
-    conn_queue_flush_raw(c);
-}
-
-static int conn_stack_build(rb_conn *c, const rb_listener *l, rb_err *err)
-{
-    rb_server *srv = c->shard->server;
-    rb_stack_sink sink = {
-        .deliver = sink_deliver, .wire = sink_wire, .ended = sink_ended, .owner = c};
-    rb_stack_init(&c->stack, &sink);
-    rb_layer *layer;
-    if (l->tls != NULL) {
-        int rc = rb_tls_layer_new(&layer, l->tls, err);
-        if (rc != 0) {
-            return rc;
-        }
-        rb_stack_push(&c->stack, layer);
-    }
-    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
-        rb_ws_options o = {
-            .listener = &l->cfg, .max_frame_bytes = srv->cfg.max_frame_bytes, .ready = &srv->ready};
-        int rc = rb_ws_layer_new(&layer, &o, err);
-        if (rc != 0) {
-            return rc;
-        }
-        rb_stack_push(&c->stack, layer);
-    }
-    return 0;
-}
-
-void rb_conn_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
-{
-    if (counted) {
-        /* The acceptor counted it as this shard's load while handing it over. */
-        atomic_fetch_sub(&sh->conn_count, 1);
-    }
-    if (sh->stopping) {
-        refuse_fd(fd, l, RB_WIRE_UNAVAILABLE, "server is shutting down");
-        return;
-    }
     rb_conn *c = sh->conn_free;
     if (c == NULL) {
-        RB_LOG_WARN(0, "connection table full (%u): refusing fd %d", sh->conn_max, fd);
-        refuse_fd(fd, l, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
-        return;
+        return NULL;
     }
     sh->conn_free = c->free_next;
     RB_ASSERT(c->state == RB_CONN_FREE);
-    RB_ASSERT(c->inflight_count == 0);
+    RB_ASSERT(c->link == NULL);
     uint32_t gen = c->gen + 1;
     uint32_t index = c->index;
     memset(c, 0, sizeof *c);
     c->shard = sh;
+    c->link = l;
     c->index = index;
     c->gen = gen;
-    c->fd = fd;
     c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
     c->state = RB_CONN_HANDSHAKE;
-    c->recv_op.done = conn_recv_done;
-    c->send_op.done = conn_send_done;
-    c->close_op.done = conn_close_done;
     c->timer.fn = conn_timer_fired;
     c->last_tx_ms = rb_loop_now_ms(sh->loop);
     atomic_fetch_add(&sh->conn_count, 1);
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    rb_err err;
-    if (l->cfg.transport != RB_TRANSPORT_TCP && conn_stack_build(c, l, &err) != 0) {
-        RB_LOG_ERROR(c->id, "%s transport: %s", rb_transport_name(l->cfg.transport), err.msg);
-        rb_conn_abort(c);
-        return;
-    }
-    if (rb_loop_recv_multishot(sh->loop, fd, &c->recv_op) != 0) {
-        RB_LOG_ERROR(c->id, "no submission entry for recv");
-        rb_conn_abort(c);
-        return;
-    }
-    c->recv_armed = true;
-    c->inflight_count++;
     conn_rearm_timer(c);
-    RB_LOG_DEBUG(c->id, "accepted fd %d on %s://%s:%u", fd, rb_transport_name(l->cfg.transport),
-                 l->cfg.address, l->cfg.port);
+    return c;
 }
 
 /* ---- send queue ---- */
 
-static rb_seg *seg_new(rb_conn *c)
+rb_seg *rb_seg_new(rb_shard *sh)
 {
-    rb_seg *s = rb_pool_get(&c->shard->seg_pool);
+    rb_seg *s = rb_pool_get(&sh->seg_pool);
     if (s == NULL) {
         return NULL;
     }
@@ -233,7 +104,7 @@ static rb_seg *seg_new(rb_conn *c)
     return s;
 }
 
-static void seg_free(rb_shard *sh, rb_seg *s)
+void rb_seg_free(rb_shard *sh, rb_seg *s)
 {
     if (s->chunk != NULL) {
         rb_pool_put(&sh->chunk_pool, s->chunk);
@@ -268,7 +139,7 @@ uint8_t *rb_conn_reserve(rb_conn *c, size_t len)
     if (t != NULL && t->chunk != NULL && t->cap - t->len >= len) {
         return t->data + t->len;
     }
-    rb_seg *s = seg_new(c);
+    rb_seg *s = rb_seg_new(c->shard);
     if (s == NULL) {
         return NULL;
     }
@@ -325,7 +196,7 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
     /* Everything is obtained before anything is queued, so a refusal
      * never leaves half a frame in the send queue. */
     uint8_t *h = rb_conn_reserve(c, head_len);
-    rb_seg *s = h != NULL ? seg_new(c) : NULL;
+    rb_seg *s = h != NULL ? rb_seg_new(c->shard) : NULL;
     if (s == NULL) {
         return RB_ELIMIT;
     }
@@ -342,12 +213,12 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
     return 0;
 }
 
-static void segs_drop_all(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes)
+void rb_segs_drop_all(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes)
 {
     rb_seg *s = *head;
     while (s != NULL) {
         rb_seg *next = s->next;
-        seg_free(sh, s);
+        rb_seg_free(sh, s);
         s = next;
     }
     *head = NULL;
@@ -357,13 +228,13 @@ static void segs_drop_all(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *
 
 static void tx_drop_all(rb_conn *c)
 {
-    segs_drop_all(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes);
+    rb_segs_drop_all(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes);
 }
 
 /* Queues the connection for a send pass at the end of the turn. */
 static void conn_queue_flush_raw(rb_conn *c)
 {
-    if (c->flush_queued || c->sending) {
+    if (c->flush_queued) {
         return;
     }
     c->flush_queued = true;
@@ -378,145 +249,6 @@ static void conn_queue_flush(rb_conn *c)
     conn_queue_flush_raw(c);
 }
 
-/* Appends socket bytes made by the layers to the wire queue (chunks from
- * the shard's pool). Returns 0 or RB_ELIMIT. */
-static int wire_append(rb_conn *c, const uint8_t *p, size_t len)
-{
-    rb_shard *sh = c->shard;
-    while (len > 0) {
-        rb_seg *t = c->wire_tail;
-        if (t == NULL || t->len == t->cap) {
-            t = seg_new(c);
-            uint8_t *chunk = t != NULL ? rb_pool_get(&sh->chunk_pool) : NULL;
-            if (chunk == NULL) {
-                if (t != NULL) {
-                    rb_pool_put(&sh->seg_pool, t);
-                }
-                return RB_ELIMIT;
-            }
-            t->chunk = t->data = chunk;
-            t->cap = RB_CHUNK_BYTES;
-            if (c->wire_tail == NULL) {
-                c->wire_head = t;
-            } else {
-                c->wire_tail->next = t;
-            }
-            c->wire_tail = t;
-        }
-        size_t n = t->cap - t->len < len ? t->cap - t->len : len;
-        memcpy(t->data + t->len, p, n);
-        t->len += (uint32_t)n;
-        c->wire_bytes += n;
-        p += n;
-        len -= n;
-    }
-    conn_queue_flush_raw(c);
-    return 0;
-}
-
-/* True when a send pass has something to write. */
-static bool conn_output_pending(const rb_conn *c)
-{
-    if (rb_stack_empty(&c->stack)) {
-        return c->tx_bytes > 0;
-    }
-    return c->wire_bytes > 0 || (c->tx_bytes > 0 && rb_stack_ready(&c->stack));
-}
-
-/* Encodes queued frames through the layers into the wire queue, a bounded
- * amount per pass. Returns false when the connection was closed. */
-static bool conn_encode(rb_conn *c)
-{
-    rb_err err;
-    while (c->tx_bytes > 0 && c->wire_bytes < RB_STACK_WIRE_BYTES_PER_PASS &&
-           rb_stack_ready(&c->stack)) {
-        rb_seg *s = c->tx_head;
-        size_t n = s->len - s->off;
-        if (n == 0) {
-            /* A sent and reset chunk left before newer segments. */
-            RB_ASSERT(s->next != NULL);
-            c->tx_head = s->next;
-            seg_free(c->shard, s);
-            continue;
-        }
-        n = n < RB_STACK_WIRE_BYTES_PER_PASS ? n : RB_STACK_WIRE_BYTES_PER_PASS;
-        if (rb_stack_send(&c->stack, s->data + s->off, n, &err) != 0) {
-            RB_LOG_INFO(c->id, "transport: %s", err.msg);
-            finish_close(c);
-            return false;
-        }
-        tx_consume(c, n);
-    }
-    if (rb_stack_flush(&c->stack, &err) != 0) {
-        RB_LOG_INFO(c->id, "transport: %s", err.msg);
-        finish_close(c);
-        return false;
-    }
-    return true;
-}
-
-/* The segments sendmsg writes: the send queue, or the wire queue when the
- * connection has layers (encoded first). NULL when there is nothing. */
-static rb_seg *conn_send_head(rb_conn *c)
-{
-    if (rb_stack_empty(&c->stack)) {
-        return c->tx_head;
-    }
-    if (!conn_encode(c)) {
-        return NULL;
-    }
-    if (c->wire_bytes == 0 && c->state == RB_CONN_CLOSING) {
-        /* The layers write their closing bytes, sent in this pass. */
-        conn_closing_drained(c);
-        if (c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
-            return NULL;
-        }
-    }
-    return c->wire_head;
-}
-
-static void conn_start_send(rb_conn *c)
-{
-    if (c->sending || c->state == RB_CONN_CLOSED || c->fd < 0) {
-        return;
-    }
-    rb_seg *head = conn_send_head(c);
-    if (head == NULL || c->state == RB_CONN_CLOSED) {
-        return;
-    }
-    if (c->tx_iov == NULL) {
-        c->tx_iov = rb_pool_get(&c->shard->iov_pool);
-        if (c->tx_iov == NULL) {
-            /* Every iov array is in flight; try again next turn. */
-            conn_queue_flush(c);
-            return;
-        }
-    }
-    int n = 0;
-    for (rb_seg *s = head; s != NULL && n < RB_SEND_IOV_MAX; s = s->next) {
-        if (s->len == s->off) {
-            continue;
-        }
-        c->tx_iov[n].iov_base = s->data + s->off;
-        c->tx_iov[n].iov_len = s->len - s->off;
-        n++;
-    }
-    if (n == 0) {
-        rb_pool_put(&c->shard->iov_pool, c->tx_iov);
-        c->tx_iov = NULL;
-        return;
-    }
-    memset(&c->tx_msg, 0, sizeof c->tx_msg);
-    c->tx_msg.msg_iov = c->tx_iov;
-    c->tx_msg.msg_iovlen = (size_t)n;
-    if (rb_loop_sendmsg(c->shard->loop, c->fd, &c->tx_msg, &c->send_op) != 0) {
-        conn_queue_flush(c);
-        return;
-    }
-    c->sending = true;
-    c->inflight_count++;
-}
-
 void rb_conn_flush_all(rb_shard *sh)
 {
     rb_conn *c = sh->flush_list;
@@ -524,13 +256,15 @@ void rb_conn_flush_all(rb_shard *sh)
     while (c != NULL) {
         rb_conn *next = c->flush_next;
         c->flush_queued = false;
-        conn_start_send(c);
+        if (c->link != NULL && c->state != RB_CONN_CLOSED) {
+            c->link->ops->start_send(c->link);
+        }
         conn_try_free(c);
         c = next;
     }
 }
 
-static void segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes, size_t n)
+void rb_segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes, size_t n)
 {
     while (n > 0) {
         rb_seg *s = *head;
@@ -547,14 +281,14 @@ static void segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *b
             if (*head == NULL) {
                 *tail = NULL;
             }
-            seg_free(sh, s);
+            rb_seg_free(sh, s);
         }
     }
 }
 
 static void tx_consume(rb_conn *c, size_t n)
 {
-    segs_consume(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes, n);
+    rb_segs_consume(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes, n);
 }
 
 static void finish_close(rb_conn *c)
@@ -565,75 +299,12 @@ static void finish_close(rb_conn *c)
     c->state = RB_CONN_CLOSED;
     rb_timer_disarm(c->shard->loop, &c->timer);
     rb_stream_conn_closed(c);
-    if (c->fd >= 0) {
-        rb_loop_cancel_fd(c->shard->loop, c->fd, NULL);
-        if (rb_loop_close(c->shard->loop, c->fd, &c->close_op) == 0) {
-            c->inflight_count++;
-        } else {
-            close(c->fd);
-        }
-        c->fd = -1;
+    if (c->link != NULL) {
+        /* The link may release at once, freeing the slot. */
+        c->link->ops->close(c->link);
+        return;
     }
     conn_try_free(c);
-}
-
-static void conn_send_done(rb_op *op, int res, uint32_t flags)
-{
-    (void)flags;
-    rb_conn *c = CONN_FROM(op, send_op);
-    RB_ASSERT(c->sending);
-    c->sending = false;
-    c->inflight_count--;
-    if (c->state == RB_CONN_CLOSED) {
-        conn_try_free(c);
-        return;
-    }
-    if (res < 0) {
-        if (res == -EAGAIN || res == -EINTR) {
-            conn_queue_flush(c);
-            return;
-        }
-        RB_LOG_DEBUG(c->id, "send: %s", strerror(-res));
-        finish_close(c);
-        return;
-    }
-    if (rb_stack_empty(&c->stack)) {
-        tx_consume(c, (size_t)res);
-    } else {
-        segs_consume(c->shard, &c->wire_head, &c->wire_tail, &c->wire_bytes, (size_t)res);
-    }
-    if (conn_output_pending(c)) {
-        conn_queue_flush_raw(c);
-        return;
-    }
-    rb_pool_put(&c->shard->iov_pool, c->tx_iov);
-    c->tx_iov = NULL;
-    if (c->state == RB_CONN_CLOSING) {
-        conn_closing_drained(c);
-        return;
-    }
-    rb_stream_on_send_drained(c);
-}
-
-/* Everything queued before the close went out: the layers write their
- * closing bytes (WS Close, TLS close_notify), then the socket closes. */
-static void conn_closing_drained(rb_conn *c)
-{
-    if (!rb_stack_empty(&c->stack) && !c->layers_closed) {
-        c->layers_closed = true;
-        rb_stack_close(&c->stack, c->close_status);
-        if (c->wire_bytes > 0) {
-            conn_queue_flush_raw(c);
-            return;
-        }
-    }
-    shutdown(c->fd, SHUT_WR);
-    if (conn_lingers(c) && c->recv_armed) {
-        /* The peer sees our FIN and closes; its EOF or the grace ends it. */
-        c->lingering = true;
-        return;
-    }
-    finish_close(c);
 }
 
 /* ---- closing ---- */
@@ -642,17 +313,11 @@ static void conn_try_free(rb_conn *c)
 {
     /* A slot still on the flush list is freed by rb_conn_flush_all: reused
      * now, its cleared link would cut the list. */
-    if (c->state != RB_CONN_CLOSED || c->inflight_count > 0 || c->flush_queued) {
+    if (c->state != RB_CONN_CLOSED || c->link != NULL || c->flush_queued) {
         return;
     }
     rb_shard *sh = c->shard;
     tx_drop_all(c);
-    segs_drop_all(sh, &c->wire_head, &c->wire_tail, &c->wire_bytes);
-    rb_stack_deinit(&c->stack);
-    if (c->tx_iov != NULL) {
-        rb_pool_put(&sh->iov_pool, c->tx_iov);
-        c->tx_iov = NULL;
-    }
     if (c->rx_buf != NULL) {
         rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
         c->rx_buf = NULL;
@@ -664,39 +329,56 @@ static void conn_try_free(rb_conn *c)
     atomic_fetch_sub(&sh->conn_count, 1);
 }
 
-static void conn_close_done(rb_op *op, int res, uint32_t flags)
-{
-    (void)res;
-    (void)flags;
-    rb_conn *c = CONN_FROM(op, close_op);
-    c->inflight_count--;
-    conn_try_free(c);
-}
-
 void rb_conn_abort(rb_conn *c)
 {
     finish_close(c);
 }
 
-/* True while a closing tls or ws connection still reads, only to discard:
- * closing a socket with unread input makes the kernel send a reset that
- * can destroy the peer's copy of our last frames (a peer still writing,
- * like a WebSocket client in mid-message, then never reads our Close). */
-static bool conn_lingers(const rb_conn *c)
+void rb_session_link_released(rb_conn *c)
 {
-    return !rb_stack_empty(&c->stack) && !c->peer_eof &&
-           (c->state == RB_CONN_CLOSING || c->state == RB_CONN_DRAINING);
+    RB_ASSERT(c->state == RB_CONN_CLOSED);
+    RB_ASSERT(c->link != NULL);
+    c->link = NULL;
+    conn_try_free(c);
 }
 
+void rb_session_link_down(rb_conn *c)
+{
+    finish_close(c);
+}
+
+void rb_session_peer_eof(rb_conn *c)
+{
+    /* Our own close or a half-close drain finishes on its own clock. */
+    if (c->state != RB_CONN_CLOSING && c->state != RB_CONN_DRAINING) {
+        finish_close(c);
+    }
+}
+
+/* Stops taking frames; the link decides whether it still reads to discard. */
 static void stop_reading(rb_conn *c)
 {
-    if (conn_lingers(c)) {
+    c->link->ops->stop_reading(c->link);
+}
+
+void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
+{
+    /* A layer ended the input cleanly (close_notify, WS Close, an HTTP
+     * answer): what is queued goes out if the link can carry it, then the
+     * link closes in order, all within the close grace. */
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
         return;
     }
-    if (c->recv_armed && c->fd >= 0) {
-        /* The cancelled recv's completion still arrives and is ignored. */
-        rb_loop_cancel_fd(c->shard->loop, c->fd, NULL);
+    if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
+        RB_LOG_INFO(c->id, "closing: %s", why);
+    } else {
+        RB_LOG_DEBUG(c->id, "closing: %s", why);
     }
+    c->state = RB_CONN_CLOSING;
+    stop_reading(c);
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    conn_rearm_timer(c);
+    c->link->ops->shutdown(c->link, RB_WIRE_OK);
 }
 
 void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
@@ -719,19 +401,18 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_CLOSING;
-    c->close_status = status;
     stop_reading(c);
-    if (!rb_stack_empty(&c->stack) && !rb_stack_ready(&c->stack)) {
-        /* Before the handshake is done no frame can go out: the layers
-         * close on their own (an HTTP answer, or nothing). */
+    if (!c->link->ops->ready(c->link)) {
+        /* Before the link's handshake is done no frame can go out: the
+         * link closes on its own (an HTTP answer, or nothing). */
         tx_drop_all(c);
-        conn_queue_flush_raw(c);
     } else if (rb_conn_append(c, buf, n) != 0) {
         finish_close(c);
         return;
     }
     c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
     conn_rearm_timer(c);
+    c->link->ops->shutdown(c->link, status);
 }
 
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
@@ -759,7 +440,7 @@ void rb_conn_shutdown_all(rb_shard *sh)
 {
     for (uint32_t i = 0; i < sh->conn_max; i++) {
         rb_conn *c = &sh->conns[i];
-        if (c->state == RB_CONN_HANDSHAKE && rb_stack_empty(&c->stack)) {
+        if (c->state == RB_CONN_HANDSHAKE && !c->link->answers_before_hello) {
             finish_close(c);
         } else if (c->state == RB_CONN_HANDSHAKE) {
             /* A pending WS upgrade is answered 503; TLS just closes. */
@@ -822,11 +503,12 @@ static void conn_timer_fired(rb_timer *t)
     const rb_config *cfg = &c->shard->server->cfg;
     uint64_t now = rb_loop_now_ms(c->shard->loop);
     if (c->state == RB_CONN_CLOSING) {
-        if (c->lingering) {
+        if (c->link->ops->lingering(c->link)) {
             RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
         } else {
+            uint64_t unsent = c->tx_bytes + c->link->ops->unsent_bytes(c->link);
             RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
-                        (unsigned long long)(c->tx_bytes + c->wire_bytes));
+                        (unsigned long long)unsent);
         }
         finish_close(c);
         return;
@@ -845,7 +527,7 @@ static void conn_timer_fired(rb_timer *t)
     }
     if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
-            bool layers = !rb_stack_empty(&c->stack) && !rb_stack_ready(&c->stack);
+            bool layers = !c->link->ops->ready(c->link);
             RB_LOG_INFO(c->id, "%s within %u ms",
                         layers ? "transport handshake not completed" : "no HELLO",
                         cfg->handshake_timeout_ms);
@@ -862,7 +544,7 @@ static void conn_timer_fired(rb_timer *t)
             send_ping(c);
         }
     }
-    if (c->state != RB_CONN_CLOSED) {
+    if (c->state != RB_CONN_CLOSED && c->state != RB_CONN_FREE) {
         conn_rearm_timer(c);
     }
 }
@@ -939,6 +621,14 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         break;
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);
+        break;
+    case RB_FRAME_AUTH:
+        /* AUTH replaces a token; a connection that did not sign in with one
+         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
+         * refused AUTH. */
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
         break;
     default: {
         char msg[96];
@@ -1096,69 +786,55 @@ static void conn_feed(rb_conn *c, const uint8_t *p, size_t len)
     }
 }
 
-/* Received bytes through the layers; what they wrote meanwhile (handshake
- * records, an HTTP answer, a Pong) is flushed into the wire queue. */
-static void conn_stack_recv(rb_conn *c, const uint8_t *p, size_t len)
+/* ---- the link's side ---- */
+
+bool rb_session_reading(const rb_conn *c)
 {
-    rb_err err;
-    int rc = rb_stack_recv(&c->stack, p, len, &err);
-    if (rc != 0 && conn_reading(c)) {
-        conn_fail(c, (uint16_t)err.cause, err.msg);
+    return conn_reading(c);
+}
+
+void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
+{
+    conn_feed(c, p, len);
+}
+
+rb_seg *rb_session_send_head(rb_conn *c)
+{
+    /* A reserved but uncommitted chunk can be left empty before newer
+     * segments; it goes back to the pool here. */
+    rb_seg *s = c->tx_head;
+    while (s != NULL && s->len == s->off && s->next != NULL) {
+        c->tx_head = s->next;
+        rb_seg_free(c->shard, s);
+        s = c->tx_head;
     }
-    if (c->state != RB_CONN_CLOSED && rb_stack_flush(&c->stack, &err) != 0) {
-        RB_LOG_INFO(c->id, "transport: %s", err.msg);
-        finish_close(c);
+    return c->tx_bytes > 0 ? s : NULL;
+}
+
+uint64_t rb_session_send_bytes(const rb_conn *c)
+{
+    return c->tx_bytes;
+}
+
+void rb_session_sent(rb_conn *c, size_t n)
+{
+    RB_ASSERT(n <= c->tx_bytes);
+    tx_consume(c, n);
+}
+
+void rb_session_send_drained(rb_conn *c)
+{
+    if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
+        rb_stream_on_send_drained(c);
     }
 }
 
-static void conn_recv_done(rb_op *op, int res, uint32_t flags)
+void rb_session_want_send(rb_conn *c)
 {
-    rb_conn *c = CONN_FROM(op, recv_op);
-    rb_loop *loop = c->shard->loop;
-    bool more = (flags & RB_LOOP_F_MORE) != 0;
-    if ((flags & RB_LOOP_F_BUFFER) != 0) {
-        uint16_t bid = RB_LOOP_BUFFER_ID(flags);
-        if (res > 0 && conn_reading(c)) {
-            if (rb_stack_empty(&c->stack)) {
-                conn_feed(c, rb_loop_buf(loop, bid), (size_t)res);
-            } else {
-                conn_stack_recv(c, rb_loop_buf(loop, bid), (size_t)res);
-            }
-        }
-        rb_loop_buf_return(loop, bid);
-    }
-    if (more) {
-        return;
-    }
-    c->recv_armed = false;
-    c->inflight_count--;
-    if (c->state == RB_CONN_CLOSED) {
-        conn_try_free(c);
-        return;
-    }
-    if (res == 0) {
-        RB_LOG_DEBUG(c->id, "peer closed");
-        c->peer_eof = true;
-        if ((c->state != RB_CONN_CLOSING && c->state != RB_CONN_DRAINING) || c->lingering) {
-            finish_close(c);
-        }
-        return;
-    }
-    if (res < 0 && res != -ENOBUFS && res != -EINTR && res != -EAGAIN) {
-        if (res != -ECANCELED) {
-            RB_LOG_DEBUG(c->id, "recv: %s", strerror(-res));
-            finish_close(c);
-        }
-        return;
-    }
-    /* The multishot recv ended (buffers ran dry, or the kernel chose to
-     * stop): re-arm while the connection still reads. */
-    if (conn_reading(c) || conn_lingers(c)) {
-        if (rb_loop_recv_multishot(loop, c->fd, &c->recv_op) != 0) {
-            finish_close(c);
-            return;
-        }
-        c->recv_armed = true;
-        c->inflight_count++;
-    }
+    conn_queue_flush_raw(c);
+}
+
+void rb_session_fail(rb_conn *c, uint16_t code, const char *msg)
+{
+    conn_fail(c, code, msg);
 }

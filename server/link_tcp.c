@@ -1,0 +1,610 @@
+/* TCP links: the accepted socket under a session. This file owns the fd
+ * (TCP_NODELAY, multishot receive, sendmsg, shutdown(SHUT_WR), the linger
+ * before close) and the connection's transport stack (transports/layer.h):
+ * tls, ws or wss layers decode received bytes before the session sees them,
+ * and at flush time encode the session's queued frames into socket bytes
+ * (the wire queue) that sendmsg writes. Plain tcp writes the session's send
+ * queue itself, zero-copy, and releases bytes as the socket takes them.
+ * The client protocol is server/session.c's. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/assert.h"
+#include "common/log.h"
+#include "server/link.h"
+#include "server/server.h"
+#include "transports/tls.h"
+#include "transports/ws.h"
+
+struct rb_link_tcp {
+    rb_link base;
+    rb_shard *shard;
+    rb_conn *session; /* NULL while the slot is free */
+    uint64_t id;      /* the session's, for logs */
+    int fd;
+    uint8_t inflight_count; /* ring operations not yet completed */
+    bool recv_armed;
+    bool sending;
+    bool shutting;      /* shutdown was asked: close in order once all is sent */
+    bool closed;        /* close ran: the fd is closed or closing */
+    bool layers_closed; /* rb_stack_close has run */
+    bool peer_eof;      /* the peer closed its side */
+    bool lingering;     /* all sent; reading to discard until the peer closes */
+    uint16_t close_status;
+    rb_op recv_op;
+    rb_op send_op;
+    rb_op close_op;
+    struct iovec *tx_iov; /* from the shard's iov pool while a send is in flight */
+    struct msghdr tx_msg;
+    /* transport layers (empty for tcp) and the socket bytes they made from
+     * the send queue: with layers, sendmsg writes these */
+    rb_stack stack;
+    rb_seg *wire_head;
+    rb_seg *wire_tail;
+    uint64_t wire_bytes;
+};
+
+#define TCP_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_link_tcp, field)
+#define TCP_OF(link)         RB_CONTAINER_OF(link, rb_link_tcp, base)
+
+static void tcp_recv_done(rb_op *op, int res, uint32_t flags);
+static void tcp_send_done(rb_op *op, int res, uint32_t flags);
+static void tcp_close_done(rb_op *op, int res, uint32_t flags);
+static void tcp_closing_drained(rb_link_tcp *t);
+static void tcp_down(rb_link_tcp *t);
+static void tcp_try_release(rb_link_tcp *t);
+
+int rb_link_tcp_table_init(rb_shard *sh, rb_err *err)
+{
+    sh->tcp_links = calloc(sh->conn_max, sizeof *sh->tcp_links);
+    if (sh->tcp_links == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u tcp links", sh->id, sh->conn_max);
+    }
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        sh->tcp_links[i].fd = -1;
+        sh->tcp_links[i].shard = sh;
+    }
+    return 0;
+}
+
+void rb_link_tcp_table_deinit(rb_shard *sh)
+{
+    free(sh->tcp_links);
+    sh->tcp_links = NULL;
+}
+
+/* A refused tcp connection gets one ERROR frame written directly: the
+ * socket is new, so its send buffer has room, and the fd is closed at once.
+ * Layered transports could not read a bare frame: they are just closed. */
+static void refuse_fd(int fd, const rb_listener *l, uint16_t code, const char *why)
+{
+    if (l->cfg.transport != RB_TRANSPORT_TCP) {
+        close(fd);
+        return;
+    }
+    uint8_t buf[256];
+    rb_bytes msg = {(const uint8_t *)why, strlen(why)};
+    size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, msg);
+    if (n > 0) {
+        ssize_t w = send(fd, buf, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        (void)w;
+    }
+    close(fd);
+}
+
+/* True while a closing tls or ws link still reads, only to discard:
+ * closing a socket with unread input makes the kernel send a reset that
+ * can destroy the peer's copy of our last frames (a peer still writing,
+ * like a WebSocket client in mid-message, then never reads our Close). */
+static bool tcp_lingers(const rb_link_tcp *t)
+{
+    return !rb_stack_empty(&t->stack) && !t->peer_eof && !t->closed &&
+           !rb_session_reading(t->session);
+}
+
+/* ---- the transport stack's sinks ---- */
+
+static bool sink_deliver(void *owner, const uint8_t *p, size_t len)
+{
+    rb_link_tcp *t = owner;
+    if (!rb_session_reading(t->session)) {
+        return false;
+    }
+    rb_session_recv(t->session, p, len);
+    return rb_session_reading(t->session);
+}
+
+/* Appends socket bytes made by the layers to the wire queue (chunks from
+ * the shard's pool). Returns 0 or RB_ELIMIT. */
+static int sink_wire(void *owner, const uint8_t *p, size_t len)
+{
+    rb_link_tcp *t = owner;
+    rb_shard *sh = t->shard;
+    while (len > 0) {
+        rb_seg *s = t->wire_tail;
+        if (s == NULL || s->len == s->cap) {
+            s = rb_seg_new(sh);
+            uint8_t *chunk = s != NULL ? rb_pool_get(&sh->chunk_pool) : NULL;
+            if (chunk == NULL) {
+                if (s != NULL) {
+                    rb_pool_put(&sh->seg_pool, s);
+                }
+                return RB_ELIMIT;
+            }
+            s->chunk = s->data = chunk;
+            s->cap = RB_CHUNK_BYTES;
+            if (t->wire_tail == NULL) {
+                t->wire_head = s;
+            } else {
+                t->wire_tail->next = s;
+            }
+            t->wire_tail = s;
+        }
+        size_t n = s->cap - s->len < len ? s->cap - s->len : len;
+        memcpy(s->data + s->len, p, n);
+        s->len += (uint32_t)n;
+        t->wire_bytes += n;
+        p += n;
+        len -= n;
+    }
+    rb_session_want_send(t->session);
+    return 0;
+}
+
+static void sink_ended(void *owner, rb_layer_end how, const char *why)
+{
+    rb_link_tcp *t = owner;
+    rb_session_ended(t->session, how, why);
+}
+
+static int tcp_stack_build(rb_link_tcp *t, const rb_listener *l, rb_err *err)
+{
+    rb_server *srv = t->shard->server;
+    rb_stack_sink sink = {
+        .deliver = sink_deliver, .wire = sink_wire, .ended = sink_ended, .owner = t};
+    rb_stack_init(&t->stack, &sink);
+    rb_layer *layer;
+    if (l->tls != NULL) {
+        int rc = rb_tls_layer_new(&layer, l->tls, err);
+        if (rc != 0) {
+            return rc;
+        }
+        rb_stack_push(&t->stack, layer);
+    }
+    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
+        rb_ws_options o = {
+            .listener = &l->cfg, .max_frame_bytes = srv->cfg.max_frame_bytes, .ready = &srv->ready};
+        int rc = rb_ws_layer_new(&layer, &o, err);
+        if (rc != 0) {
+            return rc;
+        }
+        rb_stack_push(&t->stack, layer);
+    }
+    return 0;
+}
+
+/* "address:port" (IPv6 in brackets) of the peer, or "?" when unknown. */
+static void peer_text(int fd, char *out, size_t cap)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    char host[INET6_ADDRSTRLEN] = "?";
+    snprintf(out, cap, "?");
+    if (getpeername(fd, (struct sockaddr *)&ss, &len) != 0) {
+        return;
+    }
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const struct sockaddr_in *)&ss;
+        inet_ntop(AF_INET, &a->sin_addr, host, sizeof host);
+        snprintf(out, cap, "%s:%u", host, ntohs(a->sin_port));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
+        inet_ntop(AF_INET6, &a->sin6_addr, host, sizeof host);
+        snprintf(out, cap, "[%s]:%u", host, ntohs(a->sin6_port));
+    }
+}
+
+static const rb_link_ops tcp_ops;
+
+/* Resets slot t for fd; the session is attached by the caller. */
+static void tcp_reset(rb_link_tcp *t, int fd, const rb_listener *l)
+{
+    rb_shard *sh = t->shard;
+    RB_ASSERT(t->inflight_count == 0);
+    RB_ASSERT(t->session == NULL);
+    memset(t, 0, sizeof *t);
+    t->shard = sh;
+    t->fd = fd;
+    t->base.ops = &tcp_ops;
+    t->base.kind = l->cfg.transport;
+    t->base.answers_before_hello = l->cfg.transport != RB_TRANSPORT_TCP;
+    t->recv_op.done = tcp_recv_done;
+    t->send_op.done = tcp_send_done;
+    t->close_op.done = tcp_close_done;
+    peer_text(fd, t->base.peer, sizeof t->base.peer);
+}
+
+void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
+{
+    if (counted) {
+        /* The acceptor counted it as this shard's load while handing it over. */
+        atomic_fetch_sub(&sh->conn_count, 1);
+    }
+    if (sh->stopping) {
+        refuse_fd(fd, l, RB_WIRE_UNAVAILABLE, "server is shutting down");
+        return;
+    }
+    if (sh->conn_free == NULL) {
+        RB_LOG_WARN(0, "connection table full (%u): refusing fd %d", sh->conn_max, fd);
+        refuse_fd(fd, l, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
+        return;
+    }
+    /* Session slot i is carried by tcp link i: both are free together. */
+    rb_link_tcp *t = &sh->tcp_links[sh->conn_free->index];
+    tcp_reset(t, fd, l);
+    rb_conn *c = rb_session_open(sh, &t->base);
+    RB_ASSERT(c != NULL);
+    t->session = c;
+    t->id = c->id;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    rb_err err;
+    if (l->cfg.transport != RB_TRANSPORT_TCP && tcp_stack_build(t, l, &err) != 0) {
+        RB_LOG_ERROR(t->id, "%s transport: %s", rb_transport_name(l->cfg.transport), err.msg);
+        tcp_down(t);
+        return;
+    }
+    if (rb_loop_recv_multishot(sh->loop, fd, &t->recv_op) != 0) {
+        RB_LOG_ERROR(t->id, "no submission entry for recv");
+        tcp_down(t);
+        return;
+    }
+    t->recv_armed = true;
+    t->inflight_count++;
+    RB_LOG_DEBUG(t->id, "accepted fd %d from %s on %s://%s:%u", fd, t->base.peer,
+                 rb_transport_name(l->cfg.transport), l->cfg.address, l->cfg.port);
+}
+
+/* ---- sending ---- */
+
+/* True when a send pass has something to write. */
+static bool tcp_output_pending(rb_link_tcp *t)
+{
+    if (rb_stack_empty(&t->stack)) {
+        return rb_session_send_bytes(t->session) > 0;
+    }
+    return t->wire_bytes > 0 ||
+           (rb_session_send_bytes(t->session) > 0 && rb_stack_ready(&t->stack));
+}
+
+/* Encodes queued frames through the layers into the wire queue, a bounded
+ * amount per pass; the session's bytes are released as the layers take
+ * them. Returns false when the link went down. */
+static bool tcp_encode(rb_link_tcp *t)
+{
+    rb_err err;
+    rb_conn *c = t->session;
+    while (rb_session_send_bytes(c) > 0 && t->wire_bytes < RB_STACK_WIRE_BYTES_PER_PASS &&
+           rb_stack_ready(&t->stack)) {
+        rb_seg *s = rb_session_send_head(c);
+        size_t n = s->len - s->off;
+        n = n < RB_STACK_WIRE_BYTES_PER_PASS ? n : RB_STACK_WIRE_BYTES_PER_PASS;
+        if (rb_stack_send(&t->stack, s->data + s->off, n, &err) != 0) {
+            RB_LOG_INFO(t->id, "transport: %s", err.msg);
+            tcp_down(t);
+            return false;
+        }
+        rb_session_sent(c, n);
+    }
+    if (rb_stack_flush(&t->stack, &err) != 0) {
+        RB_LOG_INFO(t->id, "transport: %s", err.msg);
+        tcp_down(t);
+        return false;
+    }
+    return true;
+}
+
+/* The segments sendmsg writes: the session's send queue, or the wire queue
+ * when the link has layers (encoded first). NULL when there is nothing. */
+static rb_seg *tcp_send_head(rb_link_tcp *t)
+{
+    if (rb_stack_empty(&t->stack)) {
+        rb_seg *head = rb_session_send_head(t->session);
+        if (head == NULL && t->shutting) {
+            tcp_closing_drained(t);
+        }
+        return head;
+    }
+    if (!tcp_encode(t)) {
+        return NULL;
+    }
+    if (t->wire_bytes == 0 && t->shutting) {
+        /* The layers write their closing bytes, sent in this pass. */
+        tcp_closing_drained(t);
+        if (t->closed) {
+            return NULL;
+        }
+    }
+    return t->wire_head;
+}
+
+static void tcp_start_send(rb_link *link)
+{
+    rb_link_tcp *t = TCP_OF(link);
+    if (t->sending || t->closed) {
+        return;
+    }
+    rb_seg *head = tcp_send_head(t);
+    if (head == NULL || t->closed) {
+        return;
+    }
+    if (t->tx_iov == NULL) {
+        t->tx_iov = rb_pool_get(&t->shard->iov_pool);
+        if (t->tx_iov == NULL) {
+            /* Every iov array is in flight; try again next turn. */
+            rb_session_want_send(t->session);
+            return;
+        }
+    }
+    int n = 0;
+    for (rb_seg *s = head; s != NULL && n < RB_SEND_IOV_MAX; s = s->next) {
+        if (s->len == s->off) {
+            continue;
+        }
+        t->tx_iov[n].iov_base = s->data + s->off;
+        t->tx_iov[n].iov_len = s->len - s->off;
+        n++;
+    }
+    if (n == 0) {
+        rb_pool_put(&t->shard->iov_pool, t->tx_iov);
+        t->tx_iov = NULL;
+        return;
+    }
+    memset(&t->tx_msg, 0, sizeof t->tx_msg);
+    t->tx_msg.msg_iov = t->tx_iov;
+    t->tx_msg.msg_iovlen = (size_t)n;
+    if (rb_loop_sendmsg(t->shard->loop, t->fd, &t->tx_msg, &t->send_op) != 0) {
+        rb_session_want_send(t->session);
+        return;
+    }
+    t->sending = true;
+    t->inflight_count++;
+}
+
+static void tcp_send_done(rb_op *op, int res, uint32_t flags)
+{
+    (void)flags;
+    rb_link_tcp *t = TCP_FROM(op, send_op);
+    RB_ASSERT(t->sending);
+    t->sending = false;
+    t->inflight_count--;
+    if (t->closed) {
+        tcp_try_release(t);
+        return;
+    }
+    if (res < 0) {
+        if (res == -EAGAIN || res == -EINTR) {
+            rb_session_want_send(t->session);
+            return;
+        }
+        RB_LOG_DEBUG(t->id, "send: %s", strerror(-res));
+        tcp_down(t);
+        return;
+    }
+    if (rb_stack_empty(&t->stack)) {
+        rb_session_sent(t->session, (size_t)res);
+    } else {
+        rb_segs_consume(t->shard, &t->wire_head, &t->wire_tail, &t->wire_bytes, (size_t)res);
+    }
+    if (tcp_output_pending(t)) {
+        rb_session_want_send(t->session);
+        return;
+    }
+    rb_pool_put(&t->shard->iov_pool, t->tx_iov);
+    t->tx_iov = NULL;
+    if (t->shutting) {
+        tcp_closing_drained(t);
+        return;
+    }
+    rb_session_send_drained(t->session);
+}
+
+/* Everything queued before the shutdown went out: the layers write their
+ * closing bytes (WS Close, TLS close_notify), then the write side shuts. */
+static void tcp_closing_drained(rb_link_tcp *t)
+{
+    if (!rb_stack_empty(&t->stack) && !t->layers_closed) {
+        t->layers_closed = true;
+        rb_stack_close(&t->stack, t->close_status);
+        if (t->wire_bytes > 0) {
+            rb_session_want_send(t->session);
+            return;
+        }
+    }
+    shutdown(t->fd, SHUT_WR);
+    if (tcp_lingers(t) && t->recv_armed) {
+        /* The peer sees our FIN and closes; its EOF or the grace ends it. */
+        t->lingering = true;
+        return;
+    }
+    tcp_down(t);
+}
+
+/* ---- receiving ---- */
+
+/* Received bytes through the layers; what they wrote meanwhile (handshake
+ * records, an HTTP answer, a Pong) is flushed into the wire queue. */
+static void tcp_stack_recv(rb_link_tcp *t, const uint8_t *p, size_t len)
+{
+    rb_err err;
+    int rc = rb_stack_recv(&t->stack, p, len, &err);
+    if (rc != 0 && rb_session_reading(t->session)) {
+        rb_session_fail(t->session, (uint16_t)err.cause, err.msg);
+    }
+    if (!t->closed && rb_stack_flush(&t->stack, &err) != 0) {
+        RB_LOG_INFO(t->id, "transport: %s", err.msg);
+        tcp_down(t);
+    }
+}
+
+static void tcp_recv_done(rb_op *op, int res, uint32_t flags)
+{
+    rb_link_tcp *t = TCP_FROM(op, recv_op);
+    rb_loop *loop = t->shard->loop;
+    bool more = (flags & RB_LOOP_F_MORE) != 0;
+    if ((flags & RB_LOOP_F_BUFFER) != 0) {
+        uint16_t bid = RB_LOOP_BUFFER_ID(flags);
+        if (res > 0 && !t->closed && rb_session_reading(t->session)) {
+            if (rb_stack_empty(&t->stack)) {
+                rb_session_recv(t->session, rb_loop_buf(loop, bid), (size_t)res);
+            } else {
+                tcp_stack_recv(t, rb_loop_buf(loop, bid), (size_t)res);
+            }
+        }
+        rb_loop_buf_return(loop, bid);
+    }
+    if (more) {
+        return;
+    }
+    t->recv_armed = false;
+    t->inflight_count--;
+    if (t->closed) {
+        tcp_try_release(t);
+        return;
+    }
+    if (res == 0) {
+        RB_LOG_DEBUG(t->id, "peer closed");
+        t->peer_eof = true;
+        if (t->lingering) {
+            tcp_down(t);
+        } else {
+            rb_session_peer_eof(t->session);
+        }
+        return;
+    }
+    if (res < 0 && res != -ENOBUFS && res != -EINTR && res != -EAGAIN) {
+        if (res != -ECANCELED) {
+            RB_LOG_DEBUG(t->id, "recv: %s", strerror(-res));
+            tcp_down(t);
+        }
+        return;
+    }
+    /* The multishot recv ended (buffers ran dry, or the kernel chose to
+     * stop): re-arm while the session still reads or the link lingers. */
+    if (rb_session_reading(t->session) || tcp_lingers(t)) {
+        if (rb_loop_recv_multishot(loop, t->fd, &t->recv_op) != 0) {
+            tcp_down(t);
+            return;
+        }
+        t->recv_armed = true;
+        t->inflight_count++;
+    }
+}
+
+/* ---- closing ---- */
+
+/* The link failed or finished: the session closes, which closes the link. */
+static void tcp_down(rb_link_tcp *t)
+{
+    if (!t->closed) {
+        rb_session_link_down(t->session);
+    }
+}
+
+static void tcp_try_release(rb_link_tcp *t)
+{
+    if (!t->closed || t->inflight_count > 0 || t->session == NULL) {
+        return;
+    }
+    rb_shard *sh = t->shard;
+    rb_segs_drop_all(sh, &t->wire_head, &t->wire_tail, &t->wire_bytes);
+    rb_stack_deinit(&t->stack);
+    if (t->tx_iov != NULL) {
+        rb_pool_put(&sh->iov_pool, t->tx_iov);
+        t->tx_iov = NULL;
+    }
+    rb_conn *c = t->session;
+    t->session = NULL;
+    rb_session_link_released(c);
+}
+
+static void tcp_close_done(rb_op *op, int res, uint32_t flags)
+{
+    (void)res;
+    (void)flags;
+    rb_link_tcp *t = TCP_FROM(op, close_op);
+    t->inflight_count--;
+    tcp_try_release(t);
+}
+
+static void tcp_close(rb_link *link)
+{
+    rb_link_tcp *t = TCP_OF(link);
+    if (t->closed) {
+        return;
+    }
+    t->closed = true;
+    if (t->fd >= 0) {
+        rb_loop_cancel_fd(t->shard->loop, t->fd, NULL);
+        if (rb_loop_close(t->shard->loop, t->fd, &t->close_op) == 0) {
+            t->inflight_count++;
+        } else {
+            close(t->fd);
+        }
+        t->fd = -1;
+    }
+    tcp_try_release(t);
+}
+
+static void tcp_stop_reading(rb_link *link)
+{
+    rb_link_tcp *t = TCP_OF(link);
+    if (tcp_lingers(t)) {
+        return;
+    }
+    if (t->recv_armed && t->fd >= 0) {
+        /* The cancelled recv's completion still arrives and is ignored. */
+        rb_loop_cancel_fd(t->shard->loop, t->fd, NULL);
+    }
+}
+
+static void tcp_shutdown(rb_link *link, uint16_t wire_status)
+{
+    rb_link_tcp *t = TCP_OF(link);
+    t->shutting = true;
+    t->close_status = wire_status;
+    rb_session_want_send(t->session);
+}
+
+static bool tcp_ready(const rb_link *link)
+{
+    const rb_link_tcp *t = TCP_OF(link);
+    return rb_stack_empty(&t->stack) || rb_stack_ready(&t->stack);
+}
+
+static bool tcp_lingering(const rb_link *link)
+{
+    return TCP_OF(link)->lingering;
+}
+
+static uint64_t tcp_unsent_bytes(const rb_link *link)
+{
+    return TCP_OF(link)->wire_bytes;
+}
+
+static const rb_link_ops tcp_ops = {
+    .start_send = tcp_start_send,
+    .stop_reading = tcp_stop_reading,
+    .shutdown = tcp_shutdown,
+    .close = tcp_close,
+    .ready = tcp_ready,
+    .lingering = tcp_lingering,
+    .unsent_bytes = tcp_unsent_bytes,
+};
