@@ -173,6 +173,9 @@
  * subscribes to the topic has this many envelopes waiting (its consumer
  * is behind): publishers wait for acks instead of memory filling. */
 #define RB_OWNER_FANOUT_BACKLOG_MAX 256
+/* Topics per hole read of a topic owner's sequencer (one read in flight
+ * per shard; the rest wait for the next). */
+#define RB_OWNER_HOLE_TOPICS_MAX 64
 /* Shared fan-out blocks per shard (each max_frame_bytes). */
 #define RB_SHARD_BLOCK_MAX 65536
 /* Envelope kinds a shard's mailbox can route (server/mailbox.h). */

@@ -47,6 +47,9 @@ struct rb_block {
     uint8_t topic_len;
     char topic[RB_TOPIC_BYTES_MAX + 1];
     uint8_t *data; /* points at the bytes after this header */
+    /* the producing owner's, before the block is shared */
+    rb_block *seq_next;
+    uint64_t fan_left[RB_SHARDS_MAX / 64];
 };
 
 /* Kinds of envelopes. Each kind has exactly one handler per shard,

@@ -20,6 +20,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "server/publish.h"
+#include "server/seq.h"
 #include "server/server.h"
 
 /* Interest record: op, conn index, gen, token, topic len, topic. */
@@ -90,7 +91,22 @@ struct rb_topic {
     rb_topic *refresh_next;
     rb_topic *reply_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
+    rb_seq seq;                            /* what was fanned out, in seq order */
+    bool hole_queued;                      /* on the owner's hole list */
+    uint64_t hole_after;                   /* the hole the sequencer asked for */
+    uint64_t hole_ceiling;
+    rb_topic *hole_next;
 };
+
+/* One storage read of the holes of many topics (DESIGN §2: holes are
+ * fetched once per topic at the owner). */
+typedef struct hole_reader {
+    rb_read_req req;
+    rb_read_range ranges[RB_OWNER_HOLE_TOPICS_MAX];
+    rb_topic *topics[RB_OWNER_HOLE_TOPICS_MAX];
+    uint8_t *arena;
+    bool busy;
+} hole_reader;
 
 struct rb_owner {
     rb_shard *shard;
@@ -102,8 +118,13 @@ struct rb_owner {
     rb_topic *refresh_head;
     rb_topic *refresh_tail;
     rb_topic *replies; /* topics with head replies left to send */
-    batch *done_head;  /* committed batches waiting for fan-out, in order */
+    batch *done_head;  /* committed batches waiting for their block, in order */
     batch *done_tail;
+    rb_block *send_head; /* released blocks waiting for envelopes, in order */
+    rb_block *send_tail;
+    rb_topic *holes_head; /* topics whose sequencer asked for a hole */
+    rb_topic *holes_tail;
+    hole_reader holes;
     rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
@@ -132,6 +153,16 @@ static int owner_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc
             : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), RB_OWNER_REFRESHES_MAX,
                            err);
+    /* Two frames of rows: one row of any accepted size always fits. */
+    size_t arena = 2 * (size_t)sh->server->cfg.max_frame_bytes;
+    o->holes.arena = rc == 0 ? malloc(arena) : NULL;
+    if (rc == 0 && o->holes.arena == NULL) {
+        rc = rb_err_set(err, RB_ENOMEM, 0, "shard %u: hole reader", sh->id);
+    }
+    o->holes.req.ranges = o->holes.ranges;
+    o->holes.req.arena = o->holes.arena;
+    o->holes.req.arena_cap = arena;
+    o->holes.req.ctx = o;
     sh->owner = o;
     if (rc == 0) {
         rb_mailbox_register(&sh->mail, RB_XK_PUBLISH, on_publish_envelope, sh);
@@ -161,10 +192,18 @@ static void owner_deinit(rb_shard *sh)
                 t->answers = w->next;
                 rb_pool_put(&o->waiter_pool, w);
             }
+            rb_seq_deinit(&t->seq);
             rb_pool_put(&o->topic_pool, t);
             t = next;
         }
     }
+    RB_ASSERT(!o->holes.busy);
+    while (o->send_head != NULL) {
+        rb_block *b = o->send_head;
+        o->send_head = b->seq_next;
+        rb_block_unref(b);
+    }
+    free(o->holes.arena);
     free(o->buckets);
     rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
@@ -178,7 +217,7 @@ static bool owner_idle(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL && o->done_head == NULL &&
-           o->replies == NULL;
+           o->replies == NULL && o->send_head == NULL && !o->holes.busy;
 }
 
 static void grow_buckets(rb_owner *o)
@@ -218,6 +257,7 @@ static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len, uint64_
     }
     memset(t, 0, sizeof *t);
     t->owner = o;
+    rb_seq_init(&t->seq);
     t->name_len = (uint8_t)len;
     memcpy(t->name, name, len);
     if (o->topic_count >= o->bucket_count) {
@@ -295,66 +335,226 @@ static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
     return blk;
 }
 
-/* Sends committed batch b to every shard that subscribed to its topic when
- * it committed. False when a block or an envelope is missing: b stays
- * first in line and is retried next turn. */
-static bool fan_out(rb_shard *sh, batch *b)
+static bool any_interest(const rb_topic *t)
 {
-    rb_topic *t = b->topic;
-    if (!b->fan_planned) {
-        memcpy(b->fan_left, t->interest, sizeof b->fan_left);
-        b->fan_planned = true;
+    for (size_t i = 0; i < RB_SHARDS_MAX / 64; i++) {
+        if (t->interest[i] != 0) {
+            return true;
+        }
     }
-    for (uint32_t s = 0; s < sh->server->shard_count; s++) {
-        if ((b->fan_left[s / 64] & (1ull << (s % 64))) == 0) {
-            continue;
-        }
-        if (b->blk == NULL && (b->blk = build_block(sh, t, b)) == NULL) {
-            return false;
-        }
-        rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
-        if (m == NULL) {
-            return false;
-        }
-        m->kind = RB_XK_BLOCK;
-        rb_block_ref(b->blk);
-        m->ptr = b->blk;
-        rb_mailbox_send(&sh->mail, s, m);
-        b->fan_left[s / 64] &= ~(1ull << (s % 64));
+    return false;
+}
+
+/* The sequencer released b (in seq order): it goes to the shards that
+ * subscribe now, after the blocks released before it. */
+static void seq_release(void *ctx, rb_block *b)
+{
+    rb_topic *t = ctx;
+    rb_owner *o = t->owner;
+    memcpy(b->fan_left, t->interest, sizeof b->fan_left);
+    b->seq_next = NULL;
+    if (o->send_tail == NULL) {
+        o->send_head = b;
+    } else {
+        o->send_tail->seq_next = b;
     }
-    return true;
+    o->send_tail = b;
+}
+
+static void seq_fetch(void *ctx, uint64_t after, uint64_t ceiling)
+{
+    rb_topic *t = ctx;
+    rb_owner *o = t->owner;
+    RB_ASSERT(!t->hole_queued);
+    t->hole_after = after;
+    t->hole_ceiling = ceiling;
+    t->hole_queued = true;
+    t->hole_next = NULL;
+    if (o->holes_tail == NULL) {
+        o->holes_head = t;
+    } else {
+        o->holes_tail->hole_next = t;
+    }
+    o->holes_tail = t;
+}
+
+static const rb_seq_ops seq_ops = {.release = seq_release, .fetch = seq_fetch};
+
+/* Sends released blocks, in order, as far as envelopes allow. */
+static void send_released(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    while (o->send_head != NULL) {
+        rb_block *b = o->send_head;
+        for (uint32_t s = 0; s < sh->server->shard_count; s++) {
+            if ((b->fan_left[s / 64] & (1ull << (s % 64))) == 0) {
+                continue;
+            }
+            rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
+            if (m == NULL) {
+                rb_shard_poll_soon(sh);
+                return;
+            }
+            m->kind = RB_XK_BLOCK;
+            rb_block_ref(b);
+            m->ptr = b;
+            rb_mailbox_send(&sh->mail, s, m);
+            b->fan_left[s / 64] &= ~(1ull << (s % 64));
+        }
+        o->send_head = b->seq_next;
+        if (o->send_head == NULL) {
+            o->send_tail = NULL;
+        }
+        rb_block_unref(b);
+    }
 }
 
 static void start_append(rb_topic *t);
 
-/* Fans out and acks committed batches in commit order, as far as memory
- * allows. The acks wait for the fan-out: the block is built from the
- * publishes' bytes, which their acks overwrite. */
+/* Turns committed batches into blocks for the sequencer and acks them, in
+ * commit order, as far as block memory allows. The acks wait for the
+ * block: it is built from the publishes' bytes, which their acks
+ * overwrite. */
 static void finish_committed(rb_owner *o)
 {
     rb_shard *sh = o->shard;
     while (o->done_head != NULL) {
         batch *b = o->done_head;
-        if (!fan_out(sh, b)) {
-            rb_shard_poll_soon(sh);
-            return;
+        rb_topic *t = b->topic;
+        if (any_interest(t)) {
+            rb_block *blk = build_block(sh, t, b);
+            if (blk == NULL) {
+                rb_shard_poll_soon(sh);
+                break;
+            }
+            rb_seq_commit(&t->seq, blk, &seq_ops, t);
+        } else {
+            rb_seq_skip(&t->seq, b->req.last_seq);
         }
         o->done_head = b->next;
         if (o->done_head == NULL) {
             o->done_tail = NULL;
         }
-        if (b->blk != NULL) {
-            rb_block_unref(b->blk);
-        }
         for (uint32_t i = 0; i < b->count; i++) {
             ack_ref(sh, &b->pubs[i], b->req.first_seq + i, RB_WIRE_OK, RB_PUBLISH_OK);
         }
-        rb_topic *t = b->topic;
         rb_pool_put(&o->batch_pool, b);
         if (t->fill_head != NULL) {
             start_append(t);
         }
     }
+    send_released(o);
+}
+
+/* ---- hole reads ---- */
+
+/* Cuts the rows of one range into blocks for the sequencer. Returns the
+ * last seq handed over (after when none could be). */
+static uint64_t rows_to_blocks(rb_shard *sh, rb_topic *t, const uint8_t *rows, size_t bytes,
+                               uint32_t count, uint64_t after)
+{
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, (rb_bytes){rows, bytes}, count);
+    rb_message_item m;
+    rb_block *blk = NULL;
+    uint64_t fed = after;
+    const uint8_t *p = rows;
+    while (rb_frame_next_item(&it, &m)) {
+        size_t sz = rb_frame_messages_item_size(m.topic.len, m.payload.len);
+        if (blk != NULL && blk->bytes + sz > blk->cap) {
+            fed = blk->last_seq;
+            rb_seq_fill(&t->seq, blk, &seq_ops, t);
+            blk = NULL;
+        }
+        if (blk == NULL) {
+            blk = rb_mailbox_block(&sh->mail);
+            if (blk == NULL) {
+                return fed;
+            }
+            blk->first_seq = m.seq;
+            blk->topic_len = t->name_len;
+            memcpy(blk->topic, t->name, t->name_len);
+            blk->topic[t->name_len] = '\0';
+        }
+        RB_ASSERT(sz <= blk->cap);
+        memcpy(blk->data + blk->bytes, p, sz);
+        blk->bytes += (uint32_t)sz;
+        blk->count++;
+        blk->last_seq = m.seq;
+        p += sz;
+    }
+    if (blk != NULL) {
+        fed = blk->last_seq;
+        rb_seq_fill(&t->seq, blk, &seq_ops, t);
+    }
+    return fed;
+}
+
+static void hole_read_done(rb_read_req *req)
+{
+    rb_owner *o = req->ctx;
+    rb_shard *sh = o->shard;
+    o->holes.busy = false;
+    o->busy--;
+    for (uint32_t i = 0; i < req->range_count; i++) {
+        rb_topic *t = o->holes.topics[i];
+        const rb_read_range *rg = &o->holes.ranges[i];
+        uint64_t upto = 0;
+        if (req->status == 0 && rg->status == 0) {
+            uint64_t fed = rows_to_blocks(sh, t, req->arena + rg->rows_offset, rg->rows_bytes,
+                                          rg->row_count, rg->after);
+            bool all = fed == (rg->row_count > 0 ? rg->last_seq : rg->after);
+            upto = !all ? fed : rg->complete ? rg->ceiling : rg->last_seq;
+        } else if (req->status == 0 && rg->status == RB_ERANGE && rg->oldest_seq > 0) {
+            /* Retention removed the start of the hole: go on from what is left. */
+            upto = rg->oldest_seq - 1;
+        } else {
+            RB_LOG_WARN(0, "topic %s: reading the hole after seq %llu failed; retrying", t->name,
+                        (unsigned long long)rg->after);
+            rb_shard_poll_soon(sh);
+        }
+        rb_seq_fill_done(&t->seq, upto, &seq_ops, t);
+    }
+    send_released(o);
+}
+
+static void start_hole_read(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    hole_reader *hr = &o->holes;
+    if (hr->busy || o->holes_head == NULL) {
+        return;
+    }
+    uint32_t n = 0;
+    while (o->holes_head != NULL && n < RB_OWNER_HOLE_TOPICS_MAX) {
+        rb_topic *t = o->holes_head;
+        o->holes_head = t->hole_next;
+        t->hole_queued = false;
+        rb_read_range *rg = &hr->ranges[n];
+        memset(rg, 0, sizeof *rg);
+        rg->topic = (rb_bytes){(const uint8_t *)t->name, t->name_len};
+        rg->after = t->hole_after;
+        rg->ceiling = t->hole_ceiling;
+        rg->rows_max = sh->server->cfg.catchup_rows_per_topic;
+        hr->topics[n++] = t;
+    }
+    if (o->holes_head == NULL) {
+        o->holes_tail = NULL;
+    }
+    hr->req.range_count = n;
+    hr->req.status = 0;
+    hr->req.arena_used = 0;
+    hr->req.done = hole_read_done;
+    if (sh->server->storage_ops->read(sh->storage, &hr->req) != 0) {
+        /* Storage refused: every range is asked for again next turn. */
+        for (uint32_t i = 0; i < n; i++) {
+            rb_seq_fill_done(&hr->topics[i]->seq, 0, &seq_ops, hr->topics[i]);
+        }
+        rb_shard_poll_soon(sh);
+        return;
+    }
+    hr->busy = true;
+    o->busy++;
 }
 
 static void start_refreshes(rb_owner *o);
@@ -401,7 +601,8 @@ static void start_append(rb_topic *t)
     if (t->inflight != NULL || t->fill_head == NULL) {
         return;
     }
-    if (o->done_head != NULL || fanout_backed_up(sh, t)) {
+    if (o->done_head != NULL || o->send_head != NULL || rb_seq_holding(&t->seq) ||
+        fanout_backed_up(sh, t)) {
         /* Back-pressure: committed work waits for memory or a subscriber's
          * queue; the publishes wait in their batch. */
         topic_mark_dirty(t);
@@ -440,6 +641,7 @@ static void owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     finish_committed(o);
+    start_hole_read(o);
     send_replies_left(o);
     start_refreshes(o);
     rb_topic *t = o->dirty;
@@ -544,6 +746,12 @@ static void refresh_done(rb_heads_req *req)
             t->head = r->heads[i];
         }
         reply_waiters(o, t, req->status == 0 ? 0 : RB_ESTORAGE);
+        if (req->status == 0 && any_interest(t)) {
+            /* Another node may have committed past what was fanned out:
+             * the sequencer reads the difference now, not at the next
+             * publish here. */
+            rb_seq_head(&t->seq, t->head, &seq_ops, t);
+        }
     }
     rb_pool_put(&o->refresh_pool, r);
 }
