@@ -55,8 +55,10 @@ static const char usage_text[] =
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
     "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
     "                                   exits 1 when --timeout ends the run before --count\n"
-    "                                   messages (or the --history-only history) arrived\n"
-    "  stream                           JSON commands on stdin, JSON events on stdout\n"
+    "                                   messages (or the --history-only history) arrived,\n"
+    "                                   and on a topic_error (a cursor the store cannot serve)\n"
+    "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
+    "                                   first event is started (server_id, epoch)\n"
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
@@ -177,6 +179,18 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_error(c, ev->code, ev->message);
         emit(c);
         return;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        rb_json_put_raw(b, "{\"event\":\"topic_error\"", 22);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "mutate_id");
+        rb_json_put_u64(b, ev->mutate_id);
+        put_key(b, "code");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        put_key(b, "message");
+        rb_json_put_str(b, ev->message, strlen(ev->message));
+        break;
     case RINGBUS_EVENT_CLOSED:
         rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
         put_key(b, "status");
@@ -815,6 +829,10 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     case RINGBUS_EVENT_ERROR:
     case RINGBUS_EVENT_CLOSED:
         return EXIT_RUNTIME;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        /* The topic left the stream: what sub was asked to follow is gone. */
+        say("sub: topic %s: %s", ev->topic, ev->message);
+        return EXIT_RUNTIME;
     case RINGBUS_EVENT_TOPICS_LIVE:
         break;
     }
@@ -922,9 +940,9 @@ static int stream_mutate(cli *c, const rb_cmd *cmd, ringbus_error *err)
         adds[i].cursor = cmd->adds[i].cursor;
         adds[i].is_now = cmd->adds[i].is_now;
     }
-    int rc = ringbus_mutate(c->conn, cmd->mutate_id, adds, cmd->add_count,
-                            (const char *const *)cmd->removes, cmd->remove_count, cmd->history_only,
-                            err);
+    int rc = ringbus_mutate_epoch(c->conn, cmd->mutate_id, cmd->epoch, adds, cmd->add_count,
+                                  (const char *const *)cmd->removes, cmd->remove_count,
+                                  cmd->history_only, err);
     free(adds);
     return rc;
 }
@@ -1046,6 +1064,14 @@ static int cmd_stream(cli *c, int argc, char **argv)
     if (rc != 0) {
         return rc;
     }
+    /* The epoch goes with the cursors a script saves (docs/PROTOCOL.md 8.1). */
+    rb_json_put_raw(&c->out, "{\"event\":\"started\"", 18);
+    put_key(&c->out, "server_id");
+    rb_json_put_str(&c->out, ringbus_server_id(c->conn), strlen(ringbus_server_id(c->conn)));
+    put_key(&c->out, "epoch");
+    rb_json_put_u64(&c->out, ringbus_epoch(c->conn));
+    rb_json_put_raw(&c->out, "}", 1);
+    emit(c);
     line_reader lr = {0};
     bool closing = false;
     int idle_ms = 0;

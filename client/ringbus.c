@@ -39,7 +39,11 @@ static_assert((int)RINGBUS_WIRE_UNAVAILABLE == (int)RB_WIRE_UNAVAILABLE,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_WIRE_INVALID_TOPIC == (int)RB_WIRE_INVALID_TOPIC,
               "wire codes mirror frame.h");
-static_assert((int)RINGBUS_WIRE_OUT_OF_RANGE == (int)RB_WIRE_CODE_LAST,
+static_assert((int)RINGBUS_WIRE_OUT_OF_RANGE == (int)RB_WIRE_OUT_OF_RANGE,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_EPOCH_MISMATCH == (int)RB_WIRE_EPOCH_MISMATCH,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CODE_LAST,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_ERROR_MESSAGE_BYTES == (int)RB_ERR_MSG_BYTES_MAX, "messages fit");
 
@@ -94,6 +98,7 @@ struct ringbus_conn {
     uint32_t keepalive_ms;
     uint32_t max_frame_bytes;
     uint64_t capabilities;
+    uint64_t epoch; /* from STARTED; 0 when the server announced none */
     char server_id[RB_SERVER_ID_BYTES_MAX + 1];
 
     int request_timeout_ms;
@@ -404,6 +409,29 @@ static int fill_message(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it
     return 0;
 }
 
+/* The topic and the message share the scratch buffer, one after the other. */
+static int fill_topic_error(ringbus_conn *conn, const rb_frame *f, ringbus_event *ev)
+{
+    rb_bytes t = f->u.topic_error.topic;
+    rb_bytes m = f->u.topic_error.message;
+    char *p = scratch_reserve(&conn->scratch, &conn->scratch_cap, t.len + 1 + m.len + 1);
+    if (p == NULL) {
+        return RB_ENOMEM;
+    }
+    memcpy(p, t.ptr, t.len);
+    p[t.len] = '\0';
+    if (m.len > 0) {
+        memcpy(p + t.len + 1, m.ptr, m.len);
+    }
+    p[t.len + 1 + m.len] = '\0';
+    ev->topic = p;
+    ev->topic_len = t.len;
+    ev->message = p + t.len + 1;
+    ev->code = f->u.topic_error.code;
+    ev->mutate_id = f->u.topic_error.mutate_id;
+    return 0;
+}
+
 /* Fills *ev with the next event of frame f (it walks MESSAGES items). The
  * strings live in conn->scratch until the next event. */
 static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, ringbus_event *ev)
@@ -421,6 +449,9 @@ static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, 
         ev->kind = RINGBUS_EVENT_CATCHUP_COMPLETE;
         ev->mutate_id = f->u.catchup_complete.mutate_id;
         return 0;
+    case RB_FRAME_TOPIC_ERROR:
+        ev->kind = RINGBUS_EVENT_TOPIC_ERROR;
+        return fill_topic_error(conn, f, ev);
     case RB_FRAME_ERROR:
         ev->kind = RINGBUS_EVENT_ERROR;
         ev->code = f->u.error.code;
@@ -503,6 +534,29 @@ static int event_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p, 
 
 /* ---- closing ---- */
 
+/* Copies message into out (cap bytes, NUL-terminated) as valid UTF-8: a
+ * byte that does not start a whole, valid sequence becomes '?'. The text
+ * may carry what a server sent (a WebSocket Close reason), and the CLOSE
+ * frame built from it must decode. */
+static void utf8_clean(char *out, size_t cap, const char *message)
+{
+    const uint8_t *in = (const uint8_t *)message;
+    size_t len = strnlen(message, cap - 1);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = in[i] < 0x80 ? 1 : in[i] < 0xe0 ? 2 : in[i] < 0xf0 ? 3 : 4;
+        if (i + n <= len && rb_utf8_valid(in + i, n)) {
+            memcpy(out + o, in + i, n);
+            o += n;
+            i += n;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* Closes the transport, fails the publishes in flight and produces the
  * CLOSED event (from a CLOSE frame at p, or one built here). */
 static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, const rb_frame *f,
@@ -518,8 +572,10 @@ static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, c
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
     rb_frame built;
     if (f == NULL) {
-        size_t msg_len = strnlen(message, RB_ERR_MSG_BYTES_MAX - 1);
-        size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(message, msg_len));
+        char clean[RB_ERR_MSG_BYTES_MAX];
+        utf8_clean(clean, sizeof clean, message);
+        size_t n =
+            rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(clean, strlen(clean)));
         rb_err e = {0};
         int rc = rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &built, &e);
         RB_ASSERT(rc == 0);
@@ -601,6 +657,7 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
     case RB_FRAME_MESSAGES:
     case RB_FRAME_TOPICS_LIVE:
     case RB_FRAME_CATCHUP_COMPLETE:
+    case RB_FRAME_TOPIC_ERROR:
         return event_frame(conn, f, p, false);
     default:
         snprintf(why, sizeof why, "unexpected %s frame from the server",
@@ -910,6 +967,7 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
     }
     conn->keepalive_ms = f->u.started.keepalive_ms;
     conn->capabilities = f->u.started.capabilities;
+    conn->epoch = f->u.started.epoch;
     conn->max_frame_bytes = max;
     memcpy(conn->server_id, f->u.started.server_id.ptr, f->u.started.server_id.len);
     conn->server_id[f->u.started.server_id.len] = '\0';
@@ -1083,6 +1141,11 @@ uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn)
 uint64_t ringbus_capabilities(const ringbus_conn *conn)
 {
     return conn->capabilities;
+}
+
+uint64_t ringbus_epoch(const ringbus_conn *conn)
+{
+    return conn->epoch;
 }
 
 const char *ringbus_server_id(const ringbus_conn *conn)
@@ -1358,7 +1421,7 @@ static int mutate_check(uint64_t mutate_id, const ringbus_add *adds, size_t add_
     if ((mutate_id & RINGBUS_CORR_MUTATE) != 0 || (add_count > 0 && mutate_id == 0)) {
         return rb_err_set(err, RB_EINVAL, 0, "mutate: mutate_id must be in 1..2^63-1");
     }
-    *need = RB_FRAME_HEADER_BYTES + 8 + 1 + 4 + 4;
+    *need = RB_FRAME_HEADER_BYTES + 8 + 1 + 4 + 4 + 8;
     for (size_t i = 0; i < add_count + remove_count; i++) {
         const char *t = i < add_count ? adds[i].topic : removes[i - add_count];
         size_t len = t != NULL ? strnlen(t, RB_TOPIC_BYTES_MAX + 1) : 0;
@@ -1371,8 +1434,9 @@ static int mutate_check(uint64_t mutate_id, const ringbus_add *adds, size_t add_
     return 0;
 }
 
-static int mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds, size_t add_count,
-                  const char *const *removes, size_t remove_count, bool history_only, rb_err *err)
+static int mutate(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch, const ringbus_add *adds,
+                  size_t add_count, const char *const *removes, size_t remove_count,
+                  bool history_only, rb_err *err)
 {
     size_t need = 0;
     int rc = check_open(conn, "mutate", err);
@@ -1404,7 +1468,7 @@ static int mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *add
     size_t n = rb_frame_encode_mutate(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
                                       RINGBUS_CORR_MUTATE | mutate_id, mutate_id,
                                       history_only ? RB_MUTATE_HISTORY_ONLY : 0, a,
-                                      (uint32_t)add_count, r, (uint32_t)remove_count);
+                                      (uint32_t)add_count, r, (uint32_t)remove_count, epoch);
     RB_ASSERT(n == need);
     conn->tx_len += n;
     free(a);
@@ -1417,7 +1481,17 @@ int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *ad
                    bool history_only, ringbus_error *err)
 {
     rb_err e = {0};
-    int rc = mutate(conn, mutate_id, adds, add_count, removes, remove_count, history_only, &e);
+    int rc = mutate(conn, mutate_id, 0, adds, add_count, removes, remove_count, history_only, &e);
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
+                         const ringbus_add *adds, size_t add_count, const char *const *removes,
+                         size_t remove_count, bool history_only, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc =
+        mutate(conn, mutate_id, epoch, adds, add_count, removes, remove_count, history_only, &e);
     return rc == 0 ? 0 : export_err(err, &e);
 }
 

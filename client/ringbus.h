@@ -75,7 +75,9 @@ enum {
     RINGBUS_WIRE_INTERNAL = 10,
     RINGBUS_WIRE_INVALID_ARGUMENT = 11,
     RINGBUS_WIRE_GOING_AWAY = 12,
-    RINGBUS_WIRE_OUT_OF_RANGE = 13,
+    RINGBUS_WIRE_OUT_OF_RANGE = 13,   /* TOPIC_ERROR: cursor older than retained */
+    RINGBUS_WIRE_EPOCH_MISMATCH = 14, /* TOPIC_ERROR: cursor from another store epoch */
+    RINGBUS_WIRE_CURSOR_AHEAD = 15,   /* TOPIC_ERROR: cursor beyond the topic's head */
 };
 
 #define RINGBUS_ERROR_MESSAGE_BYTES 256
@@ -110,6 +112,7 @@ typedef enum ringbus_event_kind {
     RINGBUS_EVENT_CATCHUP_COMPLETE = 3, /* every topic of a Mutate's wave is live or done */
     RINGBUS_EVENT_ERROR = 4,            /* an uncorrelated or Mutate error from the server */
     RINGBUS_EVENT_CLOSED = 5,           /* the connection is closed; always the last event */
+    RINGBUS_EVENT_TOPIC_ERROR = 6,      /* one topic of a wave (or a live topic) left the stream */
 } ringbus_event_kind;
 
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
@@ -129,12 +132,22 @@ typedef struct ringbus_event {
     uint64_t seq;
     const void *payload;
     size_t payload_len;
-    /* MESSAGE (see above) and CATCHUP_COMPLETE. */
+    /* MESSAGE (see above), CATCHUP_COMPLETE and TOPIC_ERROR. */
     uint64_t mutate_id;
     /* TOPICS_LIVE: topic_count NUL-terminated names. */
     const char *const *topics;
     size_t topic_count;
     /* ERROR: code and message; corr_id is the request it answers (0 = none).
+     * An ERROR answering a Mutate means the Mutate changed nothing.
+     * TOPIC_ERROR: a per-topic outcome of an accepted Mutate: topic (and
+     * topic_len) names the topic, which is no longer on the stream; code is
+     * RINGBUS_WIRE_OUT_OF_RANGE (cursor older than retained, or retention
+     * overtook the catch-up), RINGBUS_WIRE_EPOCH_MISMATCH,
+     * RINGBUS_WIRE_CURSOR_AHEAD, RINGBUS_WIRE_UNAVAILABLE (storage) or
+     * RINGBUS_WIRE_RESOURCE_EXHAUSTED; mutate_id is the wave (0 for a live
+     * topic), which still ends with its CATCHUP_COMPLETE. Resume such a
+     * topic from a cursor you choose (0 for all retained history) with a
+     * new Mutate.
      * CLOSED: code is the close status (RINGBUS_WIRE_OK after a clean
      * close) and message says why. A connection that fails locally (reset,
      * bad frame) reports RINGBUS_WIRE_UNAVAILABLE or the protocol error. */
@@ -228,6 +241,12 @@ RINGBUS_API uint32_t ringbus_keepalive_ms(const ringbus_conn *conn);
 RINGBUS_API uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn);
 RINGBUS_API uint64_t ringbus_capabilities(const ringbus_conn *conn);
 RINGBUS_API const char *ringbus_server_id(const ringbus_conn *conn);
+/* The store epoch from STARTED (nonzero; 0 from a server that predates
+ * epochs). Cursors count seqs of one epoch: keep the epoch with the cursors
+ * you save and pass it to ringbus_mutate_epoch when you resume. The memory
+ * store gets a new epoch each time ringbusd starts; a Postgres database
+ * keeps its epoch. */
+RINGBUS_API uint64_t ringbus_epoch(const ringbus_conn *conn);
 
 /* ---- polling ---- */
 
@@ -312,16 +331,29 @@ typedef struct ringbus_add {
 } ringbus_add;
 
 /* Queues one MUTATE: removes apply before adds, atomically. mutate_id must
- * be nonzero when adds is not empty and not equal a wave still in flight;
- * the server answers with MESSAGE events (history carries mutate_id),
- * TOPICS_LIVE, then one CATCHUP_COMPLETE(mutate_id), or an ERROR event whose
- * corr_id is RINGBUS_CORR_MUTATE | mutate_id. history_only adds deliver the
+ * be nonzero when adds is not empty and never equal a wave still in flight
+ * (with or without adds); the server answers with MESSAGE events (history
+ * carries mutate_id), TOPICS_LIVE, TOPIC_ERROR for a topic whose cursor the
+ * store cannot honour, then one CATCHUP_COMPLETE(mutate_id); or an ERROR
+ * event whose corr_id is RINGBUS_CORR_MUTATE | mutate_id, and then nothing
+ * of the Mutate applied. The cursors carry no epoch (see
+ * ringbus_mutate_epoch). history_only adds deliver the
  * history up to the current head and never go live. All arrays and strings
  * are copied before it returns. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT
  * (frame too large), RINGBUS_EAGAIN (send buffer full), RINGBUS_ECLOSED. */
 RINGBUS_API int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds,
                                size_t add_count, const char *const *removes, size_t remove_count,
                                bool history_only, ringbus_error *err);
+
+/* As ringbus_mutate, with the epoch the adds' cursors belong to (as
+ * ringbus_epoch returned when they were received; 0 = none known, the same
+ * as ringbus_mutate). An add whose cursor (other than 0 and now) is from
+ * another epoch is refused alone with a TOPIC_ERROR event
+ * (RINGBUS_WIRE_EPOCH_MISMATCH); the rest of the Mutate applies. */
+RINGBUS_API int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
+                                     const ringbus_add *adds, size_t add_count,
+                                     const char *const *removes, size_t remove_count,
+                                     bool history_only, ringbus_error *err);
 
 /* ---- keepalive and closing ---- */
 

@@ -38,6 +38,35 @@
 #define RB_CONNS_PER_SHARD_DEFAULT 16384
 #define RB_CONNS_PER_SHARD_MAX     1048576
 
+/* Connection limits ([limits]): all shards and listeners together, per
+ * source address, and new connections per second per address. */
+#define RB_CONNS_TOTAL_DEFAULT           65536
+#define RB_CONNS_TOTAL_MAX               (1u << 24)
+#define RB_CONNS_PER_ADDRESS_DEFAULT     1024
+#define RB_CONN_RATE_PER_ADDRESS_DEFAULT 100
+#define RB_RATE_PER_SECOND_MAX           1000000000u
+/* Per connection: publishes per second (a token bucket) and Mutates. */
+#define RB_PUBLISH_RATE_DEFAULT       100000
+#define RB_MUTATES_PER_SECOND_DEFAULT 1000
+
+/* Authentication ([auth]): the delay before an unauthorized answer, failed
+ * sign-ins per minute per address before refusing outright, JWT clock skew
+ * (bounded: a wide skew would let expired tokens live on) and the threads
+ * that verify password hashes off the shards. */
+#define RB_AUTH_FAILURE_DELAY_MS_DEFAULT    1000
+#define RB_AUTH_FAILURE_DELAY_MS_MAX        60000
+#define RB_AUTH_FAILURES_PER_MINUTE_DEFAULT 30
+#define RB_AUTH_CLOCK_SKEW_S_DEFAULT        30
+#define RB_AUTH_CLOCK_SKEW_S_MAX            300
+#define RB_AUTH_WORKERS_DEFAULT             2
+#define RB_AUTH_WORKERS_MAX                 16
+/* argon2id cost parameters a password_hash may name: memory bounds what
+ * one verification allocates (times the workers), time bounds its CPU. */
+#define RB_ARGON2_MEMORY_KIB_MIN  8
+#define RB_ARGON2_MEMORY_KIB_MAX  (256u * 1024u)
+#define RB_ARGON2_TIME_COST_MAX   16
+#define RB_ARGON2_PARALLELISM_MAX 16
+
 /* Accepts handled per loop turn, so a connect storm cannot starve reads. */
 #define RB_ACCEPT_PER_TURN_MAX 16
 /* Completions reaped per loop turn before timers and queues get a turn. */
@@ -55,6 +84,17 @@
 #define RB_SEND_IOV_MAX             64
 /* Chunks small frames are encoded into, from a per-shard pool. */
 #define RB_CHUNK_BYTES 16384
+/* Room each send queue keeps beyond its quota for the closing frames
+ * (ERROR and CLOSE, each at most 16 + 4 + RB_ERR_MSG_BYTES_MAX bytes), so
+ * a connection closed for its backlog still learns why: one chunk. */
+#define RB_SEND_CLOSE_RESERVE_BYTES RB_CHUNK_BYTES
+/* What a send-queue segment referencing a shared block costs beyond the
+ * bytes it references (the segment, and the block it keeps alive), so a
+ * queue of tiny fan-out frames cannot hold segments without bound. */
+#define RB_SEND_SEG_CHARGE_BYTES 256
+/* Chunks a layered link's wire queue may hold: two encode passes of
+ * RB_STACK_WIRE_BYTES_PER_PASS (256 KiB) plus record and closing overhead. */
+#define RB_LINK_WIRE_CHUNKS_MAX 36
 
 /* Cross-shard queues: slots per (producer, consumer) pair, [limits]
  * shard_queue_slots (a power of two). A full queue holds the producer's
@@ -184,10 +224,11 @@
 #define RB_XMSG_DATA_BYTES (64u * 1024u)
 /* Receive buffers for frames larger than a chunk, per shard. */
 #define RB_SHARD_RXBIG_MAX 64
-/* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory at
- * 1 GiB per shard; each connection is further held to send_queue_bytes. */
+/* Chunks per shard beyond the send queues' budget (server/sendq.h, which
+ * holds every connection to its quota): 65536 x 16 KiB = 1 GiB for small
+ * receive frames and streams' copies. */
 #define RB_SHARD_CHUNK_MAX 65536
-/* Send-queue and pending-buffer segments per shard. */
+/* Pending-buffer segments per shard, beyond the send queues' own. */
 #define RB_SHARD_SEG_MAX (1u << 20)
 /* Waves (Mutates adding topics) in flight per stream. */
 #define RB_STREAM_WAVES_MAX 64

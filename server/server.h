@@ -18,6 +18,7 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "server/mailbox.h"
+#include "server/sendq.h"
 #include "storage/storage.h"
 #include "transports/layer.h"
 #include "transports/tls.h"
@@ -31,21 +32,6 @@ typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
-
-/* Segments of a connection's send queue and of a stream's pending buffer:
- * either an owned chunk (data is the chunk) or a reference to a shared
- * block (fan-out without copying). */
-typedef struct rb_block rb_block;
-typedef struct rb_seg rb_seg;
-struct rb_seg {
-    rb_seg *next;
-    uint8_t *data;
-    uint32_t len; /* bytes filled */
-    uint32_t off; /* bytes already sent */
-    uint32_t cap;
-    rb_block *ref;  /* shared block this segment points into, or NULL */
-    uint8_t *chunk; /* owned chunk from the shard's chunk pool, or NULL */
-};
 
 /* Kinds of messages sent to a shard through MSG_RING data; each has one
  * handler per shard (rb_shard_on_remote). */
@@ -90,9 +76,7 @@ struct rb_conn {
     uint32_t rx_len;
     uint32_t rx_need;
     /* send queue: frames until the link releases them */
-    rb_seg *tx_head;
-    rb_seg *tx_tail;
-    uint64_t tx_bytes;
+    rb_sendq sendq;
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */
@@ -125,9 +109,11 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
-    rb_link_tcp *tcp_links; /* [conn_max], server/link_tcp.c */
+    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
+    rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     /* memory */
     rb_pool chunk_pool;
+    rb_send_budget send_budget; /* charged by the connections' send queues */
     rb_pool seg_pool;
     rb_pool iov_pool;
     rb_pool rxbig_pool;
@@ -205,16 +191,27 @@ extern const uint32_t rb_shard_subsystem_count;
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
-/* Appends a frame encoded by `enc` into the send queue. Returns 0 or
- * RB_ELIMIT when the queue is over its bound (the caller closes). */
+/* Space for a frame of len <= RB_CHUNK_BYTES bytes at the tail of the send
+ * queue, or NULL when refused (the caller closes with resource_exhausted);
+ * rb_conn_commit queues the len bytes written there. */
 uint8_t *rb_conn_reserve(rb_conn *c, size_t len);
 void rb_conn_commit(rb_conn *c, size_t len);
+/* Queues one frame (copied) whole. Returns 0, or RB_ELIMIT with nothing
+ * queued (over the connection's quota or the shard's budget): every caller
+ * closes with resource_exhausted. */
 int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len);
+/* Queues head_len bytes at head and len bytes at p (both copied) as one
+ * frame. Returns 0, or RB_ELIMIT with nothing queued. */
+int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const uint8_t *p,
+                         size_t len);
 /* Queues a frame whose head (head_len bytes, copied) is followed by len
  * bytes at p inside block b (referenced, not copied). Returns 0, or
  * RB_ELIMIT with nothing queued. */
 int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
                              const uint8_t *p, size_t len);
+/* Queues ERROR{corr_id, code, message}. When the send queue refuses it,
+ * the connection is closed with resource_exhausted instead (the error is
+ * never silently lost) and RB_ELIMIT is returned. */
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 /* Sends CLOSE{status, message} (or ERROR first when error_code != 0),
@@ -251,6 +248,8 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;
 void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
+/* The store epoch this shard's streams check cursors against (STARTED). */
+uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_conn_closed(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
 void rb_stream_on_send_drained(rb_conn *c);

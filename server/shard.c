@@ -16,6 +16,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "server/link.h"
+#include "server/sendq.h"
 #include "server/server.h"
 #include "transports/tls.h"
 

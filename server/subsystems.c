@@ -5,6 +5,7 @@
 #include "common/assert.h"
 #include "server/link.h"
 #include "server/publish.h"
+#include "server/sendq.h"
 #include "server/server.h"
 
 static int storage_init(rb_shard *sh, rb_err *err)
@@ -27,11 +28,31 @@ static const rb_subsystem storage_subsystem = {
     .deinit = storage_deinit,
 };
 
+/* A pool's item count: counts past what a pool indexes are capped. */
+static uint32_t pool_count(uint64_t n)
+{
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
 static int conns_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
-    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, RB_SHARD_CHUNK_MAX, err);
-    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), RB_SHARD_SEG_MAX, err);
+    /* Send memory is sized so every connection can reach its quota at
+     * once (the budget), plus each link's wire queue and one receive
+     * chunk per connection: a pool never runs dry under a connection that
+     * keeps to its quota. Pools allocate on demand, so this bounds memory
+     * without reserving it. */
+    sh->send_budget.limit_bytes = rb_send_budget_bytes(cfg);
+    sh->send_budget.used_bytes = 0;
+    uint64_t conns = cfg->max_connections;
+    uint64_t chunks = sh->send_budget.limit_bytes / RB_CHUNK_BYTES +
+                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1) + RB_SHARD_CHUNK_MAX;
+    uint64_t segs =
+        conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
+                 RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +
+        RB_SHARD_SEG_MAX;
+    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, pool_count(chunks), err);
+    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), pool_count(segs), err);
     rc = rc ? rc
             : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
                            cfg->max_connections, err);

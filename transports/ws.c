@@ -207,12 +207,28 @@ static void http_reply(ws_layer *w, int status, const char *extra, const char *b
     w->phase = WS_DONE;
 }
 
-/* Answers a request and tells the owner the layer is done. */
-static void http_answer(ws_layer *w, int status, const char *extra, const char *body)
+/* Answers a request and tells the owner the layer is done. The reason
+ * for the log names the request (method, target and any Origin, as the
+ * peer sent them: the log escapes them). */
+static void http_answer(ws_layer *w, const rb_http_request *req, int status, const char *extra,
+                        const char *body)
 {
     http_reply(w, status, extra, body);
-    char why[256];
-    snprintf(why, sizeof why, "HTTP %d: %.200s", status, body);
+    char why[512];
+    int n = snprintf(why, sizeof why, "HTTP %d: %.200s", status, body);
+    const rb_http_header *origin = req != NULL ? rb_http_find(req, "Origin") : NULL;
+    if (req != NULL && n > 0 && (size_t)n < sizeof why) {
+        n += snprintf(why + n, sizeof why - (size_t)n, " (%.*s %.*s", (int)req->method.len,
+                      req->method.ptr, (int)(req->target.len < 160 ? req->target.len : 160),
+                      req->target.ptr);
+    }
+    if (origin != NULL && n > 0 && (size_t)n < sizeof why) {
+        n += snprintf(why + n, sizeof why - (size_t)n, ", Origin %.*s",
+                      (int)(origin->value.len < 100 ? origin->value.len : 100), origin->value.ptr);
+    }
+    if (req != NULL && n > 0 && (size_t)n < sizeof why) {
+        snprintf(why + n, sizeof why - (size_t)n, ")");
+    }
     rb_layer_ended(&w->base, RB_LAYER_END_DONE, why);
 }
 
@@ -338,22 +354,23 @@ static int handle_request(ws_layer *w, const rb_http_request *req, rb_err *err)
     rb_http_span path = target_path(req);
     bool health = span_is(path, RB_WS_HEALTH_PATH);
     if (!rb_http_span_eq(req->method, "GET")) {
-        http_answer(w, 405, "Allow: GET\r\n", "only GET is supported");
+        http_answer(w, req, 405, "Allow: GET\r\n", "only GET is supported");
         return 0;
     }
     if (health) {
         bool ready = atomic_load(w->opt.ready);
-        http_answer(w, ready ? 200 : 503, "", ready ? "ok" : "not ready (starting or stopping)");
+        http_answer(w, req, ready ? 200 : 503, "",
+                    ready ? "ok" : "not ready (starting or stopping)");
         return 0;
     }
     if (!span_is(path, w->opt.listener->path)) {
-        http_answer(w, 404, "", "no WebSocket endpoint at this path");
+        http_answer(w, req, 404, "", "no WebSocket endpoint at this path");
         return 0;
     }
     const char *why = NULL;
     int status = check_upgrade(w, req, &why);
     if (status != 0) {
-        http_answer(w, status, status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", why);
+        http_answer(w, req, status, status == 426 ? "Sec-WebSocket-Version: 13\r\n" : "", why);
         return 0;
     }
     return accept_upgrade(w, req, err);
@@ -374,7 +391,7 @@ static int http_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
         return 0;
     }
     if (rc != 0) {
-        http_answer(w, perr.cause, "", perr.msg);
+        http_answer(w, NULL, perr.cause, "", perr.msg);
         return 0;
     }
     rc = handle_request(w, &req, err);
@@ -430,6 +447,12 @@ static int frame_begin(ws_layer *w, const struct wslay_frame_iocb *io, rb_err *e
         if (w->in_message) {
             return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "new message inside a fragmented one");
         }
+        if (io->fin && io->payload_length < RB_FRAME_HEADER_BYTES) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                           "a binary message must carry exactly one frame (%llu bytes are "
+                           "fewer than the %u-byte frame header)",
+                           (unsigned long long)io->payload_length, RB_FRAME_HEADER_BYTES);
+        }
         w->in_message = true;
         w->msg_bytes = 0;
         break;
@@ -465,6 +488,14 @@ static int message_data(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
         w->msg_size[w->msg_bytes + i] = p[i];
     }
     w->msg_bytes += len;
+    if (w->msg_bytes >= 4 && declared_size(w) < RB_FRAME_HEADER_BYTES) {
+        /* One message is exactly one frame: a size below the header can
+         * never be completed by the next message. */
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                       "a binary message must carry exactly one frame (its size %u is below "
+                       "the %u-byte frame header)",
+                       declared_size(w), RB_FRAME_HEADER_BYTES);
+    }
     if (w->msg_bytes >= 4 && w->msg_bytes > declared_size(w)) {
         return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
                        "a binary message must carry exactly one frame");
@@ -513,7 +544,7 @@ static int frame_end(ws_layer *w, bool fin, rb_err *err)
             return 0;
         }
         w->in_message = false;
-        if (w->msg_bytes < 4 || w->msg_bytes != declared_size(w)) {
+        if (w->msg_bytes < RB_FRAME_HEADER_BYTES || w->msg_bytes != declared_size(w)) {
             return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
                            "a binary message must carry exactly one frame");
         }

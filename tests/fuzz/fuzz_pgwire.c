@@ -39,6 +39,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 #define PASSWORD_BYTES 256
 #define ELEMS_MAX      64
 
+/* The password of a postgresql:// URI (user:password@host) never appears
+ * in a refusal. */
+static void check_uri_password_hidden(const char *conninfo, const char *msg)
+{
+    const char *scheme = strstr(conninfo, "://");
+    if (scheme == NULL) {
+        return;
+    }
+    const char *info = scheme + 3;
+    size_t len = strcspn(info, "/?#");
+    const char *at = memchr(info, '@', len);
+    const char *colon = at != NULL ? memchr(info, ':', (size_t)(at - info)) : NULL;
+    if (colon == NULL || at - colon - 1 < 4) {
+        return;
+    }
+    char secret[256];
+    snprintf(secret, sizeof secret, "%.*s", (int)(at - colon - 1), colon + 1);
+    CHECK(strstr(msg, secret) == NULL);
+}
+
 static void check_params(const char *conninfo, const char *password)
 {
     rb_pgwire_params p;
@@ -47,7 +67,11 @@ static void check_params(const char *conninfo, const char *password)
     if (rc != 0) {
         CHECK(rc == RB_ECONFIG || rc == RB_ELIMIT || rc == RB_ENOMEM);
         CHECK(err.msg[0] != '\0');
-        CHECK(strlen(password) < 3 || strstr(err.msg, password) == NULL);
+        /* The separate password is added after parsing, so it can appear
+         * only as a part of conninfo itself; a URI's password never does. */
+        CHECK(strlen(password) < 3 || strstr(conninfo, password) != NULL ||
+              strstr(err.msg, password) == NULL);
+        check_uri_password_hidden(conninfo, err.msg);
         CHECK(p.count == 0 && p.owned_count == 0);
         return;
     }

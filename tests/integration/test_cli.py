@@ -225,6 +225,43 @@ def test_stream_add_remove_and_close_print_events_in_order(daemon):
         st.kill()
 
 
+def test_stream_reports_the_epoch_and_topic_errors(daemon):
+    publish(daemon, "te", ["t1", "t2"])
+    st = Live("--url", daemon.url, "stream")
+    try:
+        (started,) = st.until(lambda ev: ev["event"] == "started")
+        epoch = started["epoch"]
+        assert epoch > 0 and "server_id" in started
+        st.send({"mutate_id": 3, "add": [{"topic": "te", "cursor": 10}, {"topic": "ok", "cursor": 0}],
+                 "epoch": epoch})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        errs = [ev for ev in wave if ev["event"] == "topic_error"]
+        assert [(e["topic"], e["mutate_id"], e["code"]) for e in errs] == [("te", 3, "cursor_ahead")]
+        assert "beyond the head 2" in errs[0]["message"]
+        assert [t for ev in wave if ev["event"] == "topics_live" for t in ev["topics"]] == ["ok"]
+        st.send({"mutate_id": 4, "add": [{"topic": "te", "cursor": 1}], "epoch": epoch ^ 1})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["code"]) for ev in wave if ev["event"] == "topic_error"] \
+            == [("te", "epoch_mismatch")]
+        st.send({"mutate_id": 5, "add": [{"topic": "te", "cursor": 1}], "epoch": epoch})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["seq"]) for ev in wave if ev["event"] == "message"] == [("te", 2)]
+        st.send({"close": True})
+        rc, _ = st.finish()
+        assert rc == 0
+    finally:
+        st.kill()
+
+
+def test_sub_exits_nonzero_on_a_topic_error(daemon):
+    publish(daemon, "sube", ["a"])
+    out = run_cli("--url", daemon.url, "sub", "--timeout", "10", "sube@5")
+    assert out.returncode == 1
+    evs = events(out.stdout)
+    assert [(ev["event"], ev.get("code")) for ev in evs] == [("topic_error", "cursor_ahead")], evs
+    assert out.stderr.startswith("ringbus: sub: topic sube: "), out.stderr
+
+
 def test_stream_eof_on_stdin_half_closes(daemon):
     line = json.dumps({"mutate_id": 1, "add": [{"topic": "e", "cursor": 0}]})
     out = run_cli("--url", daemon.url, "stream", input=line + "\n")

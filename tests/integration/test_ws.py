@@ -88,14 +88,14 @@ def test_node_ws_exchanges_fragmented_frames_pings_and_closes_normally(wsd, cert
     ca = certs.ca if kind == "wss" else "-"
     lines = run_peer(node_ws + [url(wsd, kind), ca, "frag:" + HELLO, "ping",
                                 publish("node." + kind), "close"])
-    assert lines == ["OPEN proto=ringbus.v1", "RECV kind=2 len=36", "PONG",
+    assert lines == ["OPEN proto=ringbus.v1", "RECV kind=2 len=44", "PONG",
                      f"RECV kind=8 len={16 + 1 + len('node.' + kind) + 8}", "CLOSE code=1000"]
 
 
 @pytest.mark.parametrize("step,code", [("text", 1003), (f"big:{MAX_FRAME + 1}", 1009)])
 def test_node_ws_gets_1003_for_text_and_1009_for_oversized(wsd, node_ws, step, code):
     lines = run_peer(node_ws + [url(wsd), "-", HELLO, step])
-    assert lines[:2] == ["OPEN proto=ringbus.v1", "RECV kind=2 len=36"]
+    assert lines[:2] == ["OPEN proto=ringbus.v1", "RECV kind=2 len=44"]
     assert lines[-1] == f"CLOSE code={code}", lines
     # The ringbus ERROR and CLOSE frames come first, as binary messages.
     assert lines[2].startswith("RECV kind=3") and lines[3].startswith("RECV kind=6"), lines
@@ -108,7 +108,7 @@ def test_node_ws_bad_upgrades_get_http_errors(wsd, node_ws):
     bus = f"ws://127.0.0.1:{wsd.ports['origin']}/bus"
     assert run_peer(node_ws + [bus, "-", "origin:https://evil.example", HELLO]) == ["HTTP 403"]
     assert run_peer(node_ws + [bus, "-", f"origin:{ORIGIN}", HELLO, "close"])[:2] == [
-        "OPEN proto=ringbus.v1", "RECV kind=2 len=36"]
+        "OPEN proto=ringbus.v1", "RECV kind=2 len=44"]
 
 
 # ---- libwebsockets ---------------------------------------------------------------
@@ -119,7 +119,7 @@ def test_libwebsockets_exchanges_frames_and_gets_close_codes(wsd, certs, lws_cli
     ca = certs.ca if kind == "wss" else "-"
     base = [lws_client, "localhost", str(wsd.ports[kind]), "/ringbus", ca]
     lines = run_peer(base + [HELLO, publish("lws." + kind), "close"])
-    assert lines[:3] == ["OPEN", "RECV kind=2 len=36", f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8}"]
+    assert lines[:3] == ["OPEN", "RECV kind=2 len=44", f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8}"]
     lines = run_peer(base + [HELLO, "text"])
     assert "PEERCLOSE code=1003" in lines, lines
     lines = run_peer(base + [HELLO, f"big:{MAX_FRAME + 100}"])
@@ -282,6 +282,33 @@ def test_protocol_errors_get_their_close_codes(wsd, frames, code):
     for f in frames:
         w.sock.sendall(f)
     assert w.wait_close() == code
+    w.close()
+
+
+@pytest.mark.parametrize("frames", [
+    # A whole message that declares (and is) 8 bytes: shorter than a header.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 8) + b"\x01\x04\x00\x00")],
+    # A 6-byte message: its size field says 20, but the message ends.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 20) + b"\x01\x04")],
+    # A first fragment whose size field is below the header: refused
+    # before the rest of the message could come.
+    [rt.ws_frame(rt.OP_BINARY, struct.pack("<I", 9), fin=False)],
+])
+def test_a_message_shorter_than_a_frame_header_is_refused_at_once(wsd, frames):
+    """One WS message is exactly one frame: a message that cannot hold a
+    frame header gets ERROR bad_frame and Close 1002 at once, not a wait
+    for bytes from the next message until the handshake timeout."""
+    w = ws_conn(wsd)
+    w.sendall(rp.encode_hello(1))
+    assert rp.decode(w.recv(4096))[0].kind == rp.STARTED
+    t0 = time.monotonic()
+    for f in frames:
+        w.sock.sendall(f)
+    assert w.wait_close() == 1002
+    assert time.monotonic() - t0 < 1.0
+    got = rp.decode_all(bytes(w.pending))
+    assert [f.kind for f in got] == [rp.ERROR, rp.CLOSE], got
+    assert got[0]["code_name"] == "bad_frame" and "exactly one frame" in got[0]["message"]
     w.close()
 
 
