@@ -216,8 +216,18 @@
 /* Topics per hole read of a topic owner's sequencer (one read in flight
  * per shard; the rest wait for the next). */
 #define RB_OWNER_HOLE_TOPICS_MAX 64
-/* Shared fan-out blocks per shard (each max_frame_bytes). */
-#define RB_SHARD_BLOCK_MAX 65536
+/* Shared fan-out blocks per shard: size classes from 512 bytes growing 4x
+ * up to max_frame_bytes, all within [limits] shard_block_bytes (default
+ * 512 MiB, at least 2 x max_frame_bytes). When the budget is spent, owners
+ * hold committed batches and appends back until blocks come home. */
+#define RB_BLOCK_CLASS_MIN_BYTES     512u
+#define RB_BLOCK_CLASSES_MAX         12
+#define RB_SHARD_BLOCK_BYTES_DEFAULT (512ull << 20)
+#define RB_SHARD_BLOCK_BYTES_MAX     (1ull << 40)
+/* Pools one thread keeps return caches for, and the items a cache holds
+ * before they go home in one batch (server/freelist.c). */
+#define RB_FREELIST_RETURN_POOLS_MAX 16
+#define RB_FREELIST_RETURN_BATCH     64
 /* Envelope kinds a shard's mailbox can route (server/mailbox.h). */
 #define RB_MAIL_KINDS_MAX 16
 /* Bytes of encoded records one envelope carries. */

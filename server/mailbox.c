@@ -21,6 +21,36 @@ struct rb_mail_lane {
 #define DRAIN_BATCH  64
 #define DRAIN_ROUNDS 16
 
+/* Block classes: data capacities growing 4x from RB_BLOCK_CLASS_MIN_BYTES,
+ * the last one exactly block_bytes; all draw on one byte budget. */
+static int blocks_init(rb_mailbox *mb, const rb_mailbox_options *opt, rb_err *err)
+{
+    mb->block_budget.limit_bytes = opt->block_budget;
+    mb->block_budget.used_bytes = 0;
+    uint32_t n = 0;
+    uint64_t cap = RB_BLOCK_CLASS_MIN_BYTES;
+    while (cap < opt->block_bytes && n + 1 < RB_BLOCK_CLASSES_MAX) {
+        mb->block_caps[n++] = (uint32_t)cap;
+        cap *= 4;
+    }
+    mb->block_caps[n++] = opt->block_bytes;
+    for (uint32_t i = 0; i < n; i++) {
+        size_t item = sizeof(rb_block) + mb->block_caps[i];
+        uint64_t max = opt->block_budget / item + 1;
+        int rc = rb_freelist_init(&mb->blocks[i], "blocks", item,
+                                  max > UINT32_MAX ? UINT32_MAX : (uint32_t)max, opt->home,
+                                  &mb->block_budget, err);
+        if (rc != 0) {
+            for (uint32_t k = 0; k < i; k++) {
+                rb_freelist_deinit(&mb->blocks[k]);
+            }
+            return rc;
+        }
+    }
+    mb->block_class_count = n;
+    return 0;
+}
+
 int rb_mailbox_init(rb_mailbox *mb, const rb_mailbox_options *opt, rb_err *err)
 {
     RB_ASSERT(opt->count >= 1 && opt->id < opt->count);
@@ -48,25 +78,25 @@ int rb_mailbox_init(rb_mailbox *mb, const rb_mailbox_options *opt, rb_err *err)
     if (rc != 0) {
         goto undo_queues;
     }
-    rc = rb_pool_init(&mb->xmsg_pool, "envelopes", sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES,
-                      opt->xmsg_max, err);
+    rc = rb_freelist_init(&mb->xmsg_pool, "envelopes", sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES,
+                          opt->xmsg_max, opt->home, NULL, err);
     if (rc != 0) {
         goto undo_queues;
     }
-    rc = rb_pool_init(&mb->bare_pool, "block envelopes", sizeof(rb_xmsg), opt->bare_max, err);
+    rc = rb_freelist_init(&mb->bare_pool, "block envelopes", sizeof(rb_xmsg), opt->bare_max,
+                          opt->home, NULL, err);
     if (rc != 0) {
         goto undo_xmsg_pool;
     }
-    rc = rb_pool_init(&mb->block_pool, "blocks", sizeof(rb_block) + opt->block_bytes,
-                      opt->block_max, err);
+    rc = blocks_init(mb, opt, err);
     if (rc != 0) {
         goto undo_bare_pool;
     }
     return 0;
 undo_bare_pool:
-    rb_pool_deinit(&mb->bare_pool);
+    rb_freelist_deinit(&mb->bare_pool);
 undo_xmsg_pool:
-    rb_pool_deinit(&mb->xmsg_pool);
+    rb_freelist_deinit(&mb->xmsg_pool);
 undo_queues:
     for (uint32_t i = 0; i < made; i++) {
         rb_spsc_deinit(&mb->inbox[i]);
@@ -101,6 +131,7 @@ void rb_mailbox_discard(rb_mailbox *mb)
             rb_xmsg_put(m);
         }
     }
+    rb_freelist_flush_returns();
 }
 
 void rb_mailbox_deinit(rb_mailbox *mb)
@@ -108,9 +139,11 @@ void rb_mailbox_deinit(rb_mailbox *mb)
     if (mb->lanes == NULL) {
         return;
     }
-    rb_pool_deinit(&mb->block_pool);
-    rb_pool_deinit(&mb->bare_pool);
-    rb_pool_deinit(&mb->xmsg_pool);
+    for (uint32_t i = 0; i < mb->block_class_count; i++) {
+        rb_freelist_deinit(&mb->blocks[i]);
+    }
+    rb_freelist_deinit(&mb->bare_pool);
+    rb_freelist_deinit(&mb->xmsg_pool);
     for (uint32_t i = 0; i < mb->count; i++) {
         rb_spsc_deinit(&mb->inbox[i]);
     }
@@ -132,7 +165,7 @@ void rb_mailbox_register(rb_mailbox *mb, uint16_t kind, rb_mail_fn *fn, void *ct
 
 rb_xmsg *rb_mailbox_xmsg(rb_mailbox *mb)
 {
-    rb_xmsg *m = rb_pool_get(&mb->xmsg_pool);
+    rb_xmsg *m = rb_freelist_get(&mb->xmsg_pool);
     if (m == NULL) {
         return NULL;
     }
@@ -146,7 +179,7 @@ rb_xmsg *rb_mailbox_xmsg(rb_mailbox *mb)
 
 rb_xmsg *rb_mailbox_xmsg_bare(rb_mailbox *mb)
 {
-    rb_xmsg *m = rb_pool_get(&mb->bare_pool);
+    rb_xmsg *m = rb_freelist_get(&mb->bare_pool);
     if (m == NULL) {
         return NULL;
     }
@@ -161,24 +194,34 @@ void rb_xmsg_put(rb_xmsg *m)
     if (m->ptr != NULL) {
         rb_block_unref(m->ptr);
     }
-    rb_pool_put(m->home, m);
+    rb_freelist_put(m->home, m);
 }
 
-rb_block *rb_mailbox_block(rb_mailbox *mb)
+rb_block *rb_mailbox_block(rb_mailbox *mb, size_t bytes)
 {
-    rb_block *b = rb_pool_get(&mb->block_pool);
+    uint32_t c = 0;
+    while (c < mb->block_class_count && mb->block_caps[c] < bytes) {
+        c++;
+    }
+    if (c == mb->block_class_count) {
+        return NULL;
+    }
+    rb_block *b = rb_freelist_get(&mb->blocks[c]);
+    /* The budget is spent: a free block of a larger class will do. */
+    for (uint32_t k = c + 1; b == NULL && k < mb->block_class_count; k++) {
+        if (rb_freelist_has_free(&mb->blocks[k])) {
+            b = rb_freelist_get(&mb->blocks[k]);
+            c = k;
+        }
+    }
     if (b == NULL) {
         return NULL;
     }
+    memset(b, 0, sizeof *b);
     atomic_init(&b->refs, 1);
-    b->home = &mb->block_pool;
-    b->cap = mb->block_bytes;
+    b->home = &mb->blocks[c];
+    b->cap = mb->block_caps[c];
     b->data = (uint8_t *)(b + 1);
-    b->bytes = 0;
-    b->count = 0;
-    b->first_seq = 0;
-    b->last_seq = 0;
-    b->topic_len = 0;
     return b;
 }
 
@@ -190,7 +233,7 @@ void rb_block_ref(rb_block *b)
 void rb_block_unref(rb_block *b)
 {
     if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        rb_pool_put(b->home, b);
+        rb_freelist_put(b->home, b);
     }
 }
 
@@ -278,7 +321,7 @@ uint8_t *rb_mailbox_reserve(rb_mailbox *mb, uint32_t to, uint16_t kind, size_t l
     m->kind = kind;
     if (len > m->cap) {
         /* A record larger than an envelope travels in a block's bytes. */
-        rb_block *b = rb_mailbox_block(mb);
+        rb_block *b = rb_mailbox_block(mb, len);
         if (b == NULL) {
             rb_xmsg_put(m);
             return NULL;
@@ -308,6 +351,8 @@ uint32_t rb_mailbox_backlog(const rb_mailbox *mb, uint32_t to)
 
 void rb_mailbox_flush(rb_mailbox *mb)
 {
+    /* Envelopes and blocks of other shards freed here this turn go home. */
+    rb_freelist_flush_returns();
     for (uint32_t i = 0; i < mb->count; i++) {
         lane_close_outbox(mb, i);
         lane_push(mb, i);

@@ -26,19 +26,20 @@
 
 #include "common/err.h"
 #include "common/limits.h"
-#include "common/pool.h"
 #include "common/queue.h"
+#include "server/freelist.h"
 
 typedef struct rb_mailbox rb_mailbox;
 typedef struct rb_block rb_block;
 typedef struct rb_xmsg rb_xmsg;
 
 /* An immutable, reference-counted block of encoded MESSAGES items of one
- * topic, shared by every shard and stream it fans out to. It goes back to
- * its home pool when the last reference drops. */
+ * topic, shared by every shard and stream it fans out to. Blocks come in
+ * size classes (a small batch does not pin a max_frame_bytes block); it
+ * goes back to its home shard's free list when the last reference drops. */
 struct rb_block {
     atomic_uint refs;
-    rb_pool *home;
+    rb_freelist *home;
     uint64_t first_seq;
     uint64_t last_seq;
     uint32_t count;
@@ -72,7 +73,7 @@ struct rb_xmsg {
     uint8_t mark;     /* free for the receiver's use; 0 when sent */
     uint32_t count;   /* records in data */
     uint32_t pending; /* records not yet finished by the receiver */
-    rb_pool *home;
+    rb_freelist *home;
     rb_block *ptr;  /* RB_XK_BLOCK's block, or the large buffer behind data */
     uint32_t bytes; /* used bytes of data */
     uint32_t cap;
@@ -98,10 +99,13 @@ struct rb_mailbox {
     bool inbox_left;        /* the last drain stopped at its bound */
     rb_mail_wake_fn *wake;
     void *wake_ctx;
-    uint32_t block_bytes;
-    rb_pool xmsg_pool;
-    rb_pool bare_pool;
-    rb_pool block_pool;
+    uint32_t block_bytes; /* data bytes of the largest block class */
+    uint32_t block_class_count;
+    uint32_t block_caps[RB_BLOCK_CLASSES_MAX];
+    rb_freelist_budget block_budget;
+    rb_freelist xmsg_pool;
+    rb_freelist bare_pool;
+    rb_freelist blocks[RB_BLOCK_CLASSES_MAX];
     struct {
         rb_mail_fn *fn;
         void *ctx;
@@ -115,8 +119,9 @@ typedef struct rb_mailbox_options {
     uint32_t queue_slots;   /* per (producer, consumer) pair, a power of two */
     uint32_t xmsg_max;      /* envelopes this mailbox may have out at once */
     uint32_t bare_max;      /* envelopes without data (a block in ptr) */
-    uint32_t block_max;     /* blocks this mailbox may have out at once */
-    uint32_t block_bytes;   /* data bytes of a block */
+    uint32_t home;          /* rb_freelist home of the shard's thread (0 in tests) */
+    uint64_t block_budget;  /* bytes all this mailbox's blocks may take */
+    uint32_t block_bytes;   /* data bytes of the largest block (max_frame_bytes) */
     rb_mail_wake_fn *wake;
     void *wake_ctx;
 } rb_mailbox_options;
@@ -146,8 +151,10 @@ rb_xmsg *rb_mailbox_xmsg_bare(rb_mailbox *mb);
 /* Gives an envelope back to its home pool, with the block it holds. */
 void rb_xmsg_put(rb_xmsg *m);
 
-/* An empty block with refs 1 from this mailbox's pool, or NULL. */
-rb_block *rb_mailbox_block(rb_mailbox *mb);
+/* An empty block with refs 1 and room for at least `bytes` (at most the
+ * largest class), from the smallest class that has one, or NULL when the
+ * block budget is spent and no class large enough has a free block. */
+rb_block *rb_mailbox_block(rb_mailbox *mb, size_t bytes);
 void rb_block_ref(rb_block *b);
 void rb_block_unref(rb_block *b);
 

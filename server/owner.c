@@ -315,7 +315,7 @@ static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
 
 static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
 {
-    rb_block *blk = rb_mailbox_block(&sh->mail);
+    rb_block *blk = rb_mailbox_block(&sh->mail, b->item_bytes);
     if (blk == NULL) {
         return NULL;
     }
@@ -453,39 +453,48 @@ static void finish_committed(rb_owner *o)
 static uint64_t rows_to_blocks(rb_shard *sh, rb_topic *t, const uint8_t *rows, size_t bytes,
                                uint32_t count, uint64_t after)
 {
+    size_t cap = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES;
     rb_frame_iter it;
     rb_frame_iter_init(&it, (rb_bytes){rows, bytes}, count);
     rb_message_item m;
-    rb_block *blk = NULL;
     uint64_t fed = after;
     const uint8_t *p = rows;
-    while (rb_frame_next_item(&it, &m)) {
-        size_t sz = rb_frame_messages_item_size(m.topic.len, m.payload.len);
-        if (blk != NULL && blk->bytes + sz > blk->cap) {
-            fed = blk->last_seq;
-            rb_seq_fill(&t->seq, blk, &seq_ops, t);
-            blk = NULL;
-        }
-        if (blk == NULL) {
-            blk = rb_mailbox_block(&sh->mail);
-            if (blk == NULL) {
-                return fed;
+    bool more = rb_frame_next_item(&it, &m);
+    while (more) {
+        /* The items that fit one frame make one block of the right class. */
+        rb_frame_iter look = it;
+        rb_message_item x = m;
+        size_t take = 0;
+        uint32_t n = 0;
+        bool more_x = true;
+        while (more_x) {
+            size_t sz = rb_frame_messages_item_size(x.topic.len, x.payload.len);
+            if (n > 0 && take + sz > cap) {
+                break;
             }
-            blk->first_seq = m.seq;
-            blk->topic_len = t->name_len;
-            memcpy(blk->topic, t->name, t->name_len);
-            blk->topic[t->name_len] = '\0';
+            take += sz;
+            n++;
+            more_x = rb_frame_next_item(&look, &x);
         }
-        RB_ASSERT(sz <= blk->cap);
-        memcpy(blk->data + blk->bytes, p, sz);
-        blk->bytes += (uint32_t)sz;
-        blk->count++;
+        rb_block *blk = rb_mailbox_block(&sh->mail, take);
+        if (blk == NULL) {
+            return fed;
+        }
+        blk->first_seq = m.seq;
+        blk->topic_len = t->name_len;
+        memcpy(blk->topic, t->name, t->name_len);
+        blk->topic[t->name_len] = '\0';
+        memcpy(blk->data, p, take);
+        blk->bytes = (uint32_t)take;
+        blk->count = n;
+        for (uint32_t i = 1; i < n; i++) {
+            rb_frame_next_item(&it, &m);
+        }
         blk->last_seq = m.seq;
-        p += sz;
-    }
-    if (blk != NULL) {
+        p += take;
         fed = blk->last_seq;
         rb_seq_fill(&t->seq, blk, &seq_ops, t);
+        more = rb_frame_next_item(&it, &m);
     }
     return fed;
 }

@@ -162,7 +162,8 @@ static int shard_setup(rb_shard *sh, rb_err *err)
                              .queue_slots = srv->cfg.shard_queue_slots,
                              .xmsg_max = srv->cfg.shard_envelopes,
                              .bare_max = RB_SHARD_BARE_XMSG_MAX,
-                             .block_max = RB_SHARD_BLOCK_MAX,
+                             .home = sh->id + 1,
+                             .block_budget = srv->cfg.shard_block_bytes,
                              .block_bytes = srv->cfg.max_frame_bytes,
                              .wake = wake_shard,
                              .wake_ctx = sh};
@@ -204,6 +205,7 @@ static void *shard_main(void *arg)
 {
     rb_shard *sh = arg;
     rb_log_set_shard((int)sh->id);
+    rb_freelist_bind_thread(sh->id + 1);
     if (sh->server->cfg.pin_shards) {
         pin_thread(sh);
     }
@@ -224,6 +226,7 @@ static void *shard_main(void *arg)
         }
     }
     shard_turns(sh);
+    rb_freelist_flush_returns();
     rb_tls_thread_exit();
     RB_LOG_DEBUG(0, "stopped");
     return NULL;

@@ -65,7 +65,8 @@ static void setup_with(uint32_t queue_slots, uint32_t xmsg_max, uint32_t block_m
                                 .queue_slots = queue_slots,
                                 .xmsg_max = xmsg_max,
                                 .bare_max = xmsg_max,
-                                .block_max = block_max,
+                                .block_budget =
+                                    (uint64_t)block_max * (sizeof(rb_block) + 256 * 1024),
                                 .block_bytes = 256 * 1024,
                                 .wake = wake};
         rb_err err;
@@ -223,7 +224,7 @@ START_TEST(test_mailbox_record_larger_than_an_envelope_travels_in_a_block)
     ck_assert_ptr_nonnull(p);
     memset(p, 0, len);
     /* The block pool (one block) is now empty: a second large record waits. */
-    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0]));
+    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0], 256 * 1024));
     rb_mailbox_commit(&fx.mb[0], 1, len);
     /* Larger than a block: refused outright. */
     ck_assert_ptr_null(rb_mailbox_reserve(&fx.mb[0], 2, RB_XK_PUBLISH, 256 * 1024 + 1));
@@ -233,7 +234,8 @@ START_TEST(test_mailbox_record_larger_than_an_envelope_travels_in_a_block)
     ck_assert_ptr_nonnull(m->ptr);
     ck_assert_uint_eq(m->bytes, len);
     rb_xmsg_put(m);
-    rb_block *b = rb_mailbox_block(&fx.mb[0]);
+    /* The block came home: the same class has one again. */
+    rb_block *b = rb_mailbox_block(&fx.mb[0], len);
     ck_assert_ptr_nonnull(b);
     rb_block_unref(b);
     teardown_all();
@@ -243,15 +245,50 @@ END_TEST
 START_TEST(test_mailbox_block_returns_to_its_pool_on_last_unref)
 {
     setup_with(8, 16, 1);
-    rb_block *b = rb_mailbox_block(&fx.mb[0]);
+    rb_block *b = rb_mailbox_block(&fx.mb[0], 256 * 1024);
     ck_assert_ptr_nonnull(b);
     rb_block_ref(b);
     rb_block_unref(b);
-    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0]));
+    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0], 256 * 1024));
     rb_block_unref(b);
-    b = rb_mailbox_block(&fx.mb[0]);
+    b = rb_mailbox_block(&fx.mb[0], 256 * 1024);
     ck_assert_ptr_nonnull(b);
     rb_block_unref(b);
+    teardown_all();
+}
+END_TEST
+
+START_TEST(test_mailbox_small_block_takes_the_smallest_class)
+{
+    setup_with(8, 16, 4);
+    rb_block *small = rb_mailbox_block(&fx.mb[0], 100);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_uint_eq(small->cap, RB_BLOCK_CLASS_MIN_BYTES);
+    rb_block *mid = rb_mailbox_block(&fx.mb[0], 3000);
+    ck_assert_uint_eq(mid->cap, 4 * 4 * RB_BLOCK_CLASS_MIN_BYTES);
+    rb_block *big = rb_mailbox_block(&fx.mb[0], 256 * 1024);
+    ck_assert_uint_eq(big->cap, 256 * 1024);
+    /* More than the largest class: none. */
+    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0], 256 * 1024 + 1));
+    rb_block_unref(small);
+    rb_block_unref(mid);
+    rb_block_unref(big);
+    teardown_all();
+}
+END_TEST
+
+START_TEST(test_mailbox_spent_block_budget_lends_a_larger_free_block)
+{
+    /* Budget for one largest block and nothing else. */
+    setup_with(8, 16, 1);
+    rb_block *big = rb_mailbox_block(&fx.mb[0], 256 * 1024);
+    ck_assert_ptr_nonnull(big);
+    ck_assert_ptr_null(rb_mailbox_block(&fx.mb[0], 10));
+    rb_block_unref(big);
+    rb_block *small = rb_mailbox_block(&fx.mb[0], 10);
+    ck_assert_ptr_nonnull(small);
+    ck_assert_uint_eq(small->cap, 256 * 1024);
+    rb_block_unref(small);
     teardown_all();
 }
 END_TEST
@@ -313,6 +350,8 @@ Suite *rb_mailbox_suite(void)
     tcase_add_test(tc, test_mailbox_envelope_pool_at_its_limit_refuses_then_recovers);
     tcase_add_test(tc, test_mailbox_record_larger_than_an_envelope_travels_in_a_block);
     tcase_add_test(tc, test_mailbox_block_returns_to_its_pool_on_last_unref);
+    tcase_add_test(tc, test_mailbox_small_block_takes_the_smallest_class);
+    tcase_add_test(tc, test_mailbox_spent_block_budget_lends_a_larger_free_block);
     tcase_add_test(tc, test_mailbox_send_to_itself_asks_for_no_sleep);
     tcase_add_test(tc, test_mailbox_discard_returns_queued_envelopes);
     tcase_add_test_raise_signal(tc, test_mailbox_unregistered_kind_asserts, SIGABRT);

@@ -56,7 +56,7 @@ static void setup(void)
                             .queue_slots = 2,
                             .xmsg_max = 4,
                             .bare_max = 4,
-                            .block_max = 64,
+                            .block_budget = 64 * (sizeof(rb_block) + 64),
                             .block_bytes = 64,
                             .wake = no_wake};
     rb_err err;
@@ -73,7 +73,7 @@ static void teardown(void)
 
 static rb_block *blk(uint64_t first, uint64_t last)
 {
-    rb_block *b = rb_mailbox_block(&mb);
+    rb_block *b = rb_mailbox_block(&mb, 64);
     ck_assert_ptr_nonnull(b);
     b->first_seq = first;
     b->last_seq = last;
