@@ -551,6 +551,17 @@ static void send_topics_live(entry *e)
 
 static void cq_push(rb_subs *s, entry *e);
 
+/* True when the send queue is more than half full, by its bytes or by the
+ * memory they are charged (chunks and block references against the
+ * connection's quota): catch-up (the history and the merge of buffered
+ * blocks) waits for it to drain. */
+static bool conn_paused(const rb_conn *c)
+{
+    const rb_sendq *q = &c->sendq;
+    uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
+    return rb_sendq_bytes(q) > limit || q->charge_bytes > q->quota_bytes / RB_CATCHUP_PAUSE_DIVISOR;
+}
+
 /* Catch-up reached the ceiling: merge the pending blocks through the hwm,
  * then go live (or finish a history_only entry). */
 static void catchup_finish(rb_subs *s, entry *e)
@@ -563,6 +574,15 @@ static void catchup_finish(rb_subs *s, entry *e)
         if (b->first_seq > e->hwm + 1) {
             /* A hole between what we have and what was buffered: read it. */
             e->ceiling = b->first_seq - 1;
+            e->state = E_CATCHUP;
+            cq_push(s, e);
+            return;
+        }
+        if (conn_paused(e->stream->conn)) {
+            /* The buffered blocks are held to pending_buffer_bytes, not to
+             * the room left in the send queue: like the history, wait for
+             * the queue to drain (the catch-up queue resumes the merge)
+             * rather than reap a client that is reading. */
             e->state = E_CATCHUP;
             cq_push(s, e);
             return;
@@ -620,12 +640,6 @@ static entry *cq_pop(rb_subs *s)
         e->queued = false;
     }
     return e;
-}
-
-static bool conn_paused(const rb_conn *c)
-{
-    uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
-    return rb_sendq_bytes(&c->sendq) > limit;
 }
 
 static void catchup_pump(rb_subs *s)
