@@ -43,6 +43,7 @@ class ChaosPub(streamcheck.Client):
     def on_frame(self, f):
         if f.kind == rp.STARTED:
             self.started = True
+            self.world.hist.add("started", self.sid, f["epoch"])
         elif f.kind == rp.PUBLISH_ACK and f.corr in self.inflight:
             del self.inflight[f.corr]
             self.world.hist.add("ack", self.sid, f.corr, f["topic"], f["seq"])
@@ -62,13 +63,38 @@ class ChaosSub(streamcheck.Client):
         self.world = world
         self.sid = world.hist.new_session(name, "sub")
         self.paused_until = 0.0
-        adds = [(t, c) for t, c in sorted(cursors.items())]
-        self.world.hist.add("mutate", self.sid, 1, [(t, c, 0) for t, c in adds], [], False)
-        self.send(rp.encode_mutate(1, 1, adds=adds))
+        self.epoch = None
+        self.next_mid = 1
+        # The cursors are the epoch's the subscriber saved with them (0:
+        # none yet); the MUTATE goes before STARTED, so the server checks it.
+        self.add(sorted(cursors.items()), world.epochs[name])
+
+    def add(self, adds, epoch):
+        mid = self.next_mid
+        self.next_mid += 1
+        self.world.hist.add("mutate", self.sid, mid, [(t, c, 0) for t, c in adds], [], False,
+                            epoch)
+        self.send(rp.encode_mutate(mid, mid, adds=adds, epoch=epoch))
 
     def on_frame(self, f):
         h = self.world.hist
-        if f.kind == rp.MESSAGES:
+        if f.kind == rp.STARTED:
+            self.epoch = f["epoch"]
+            h.add("started", self.sid, self.epoch)
+            if self.world.epochs[self.name] != self.epoch:
+                # A new epoch (or the first): every saved cursor counted
+                # another store. The adds already sent must come back as
+                # epoch_mismatch (then each is added again from 0).
+                self.world.cursors[self.name] = {}
+                self.world.epochs[self.name] = self.epoch
+        elif f.kind == rp.TOPIC_ERROR:
+            h.add("topic_error", self.sid, f["mutate_id"], f["topic"], f["code"])
+            if f["code"] == rp.EPOCH_MISMATCH:
+                # The store lost what the cursors counted (a memory store
+                # restarted): start the topic over in the new epoch.
+                self.world.epoch_resets += 1
+                self.add([(f["topic"], 0)], self.epoch)
+        elif f.kind == rp.MESSAGES:
             last = self.world.cursors[self.name]
             for topic, seq, payload in f["items"]:
                 key = payload.split(b"|", 1)[0].decode(errors="replace")
@@ -105,6 +131,8 @@ class World:
         self.pub_names = [f"p{i}" for i in range(pubs)]
         self.sub_names = [f"s{i}" for i in range(subs)]
         self.cursors = {n: {} for n in self.sub_names}
+        self.epochs = {n: 0 for n in self.sub_names}  # of the saved cursors
+        self.epoch_resets = 0
         self.clients = {}
         self.next_try = {}
         self.acks = 0
