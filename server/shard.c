@@ -496,6 +496,7 @@ static void shard_teardown(rb_shard *sh)
 
 int rb_server_start(rb_server *srv, rb_err *err)
 {
+    srv->admin.ready = &srv->ready;
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
     if (srv->shards == NULL) {

@@ -11,6 +11,7 @@
 
 #include "common/pattern.h"
 #include "server/policy.h"
+#include "tests/unit/death.h"
 
 Suite *rb_policy_suite(void);
 
@@ -272,6 +273,7 @@ END_TEST
 
 START_TEST(test_policy_invalid_topic_argument_aborts)
 {
+    RB_DEATH_TEST();
     rb_policy *p = rb_policy_new();
     (void)rb_policy_allows(p, RB_POLICY_PUBLISH, (rb_bytes){(const uint8_t *)"", 0});
 }
