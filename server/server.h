@@ -30,6 +30,8 @@ typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
+typedef struct rb_link_quic rb_link_quic;
+typedef struct rb_quic_ep rb_quic_ep;
 
 /* An immutable, reference-counted block of encoded MESSAGES items of one
  * topic's committed batch, shared by every shard and stream it fans out to.
@@ -62,11 +64,12 @@ enum {
  * receiver interprets. Kinds below 100 go to server/owner.c, the rest to
  * server/stream.c. Records are encoded back to back in data. */
 enum {
-    RB_XK_PUBLISH = 1,  /* records: publishes for topics the receiver owns */
-    RB_XK_ACK = 2,      /* records: publish acks and errors for the receiver's conns */
-    RB_XK_INTEREST = 3, /* records: subscribe, unsubscribe, head queries */
-    RB_XK_HEAD = 101,   /* records: head replies to interest records */
-    RB_XK_BLOCK = 102,  /* ptr: a committed block to fan out locally */
+    RB_XK_PUBLISH = 1,      /* records: publishes for topics the receiver owns */
+    RB_XK_ACK = 2,          /* records: publish acks and errors for the receiver's conns */
+    RB_XK_INTEREST = 3,     /* records: subscribe, unsubscribe, head queries */
+    RB_XK_HEAD = 101,       /* records: head replies to interest records */
+    RB_XK_BLOCK = 102,      /* ptr: a committed block to fan out locally */
+    RB_XK_QUIC_DGRAM = 200, /* records: datagrams for the receiver's QUIC connections */
 };
 
 typedef struct rb_xmsg rb_xmsg;
@@ -150,6 +153,8 @@ struct rb_shard {
     rb_conn *flush_list;
     rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
+    rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
+    rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
     /* memory */
     rb_pool chunk_pool;
     rb_send_budget send_budget; /* charged by the connections' send queues */
@@ -190,6 +195,8 @@ struct rb_server {
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
     atomic_uint_fast64_t next_conn_id;
+    /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
+    uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
 
 /* In-process record fields (native byte order; records never leave the

@@ -168,6 +168,8 @@ static void dispatch_xmsg(rb_shard *sh, rb_xmsg *m)
 {
     if (m->kind < 100) {
         rb_owner_on_xmsg(sh, m);
+    } else if (m->kind == RB_XK_QUIC_DGRAM) {
+        rb_quic_ep_on_xmsg(sh, m);
     } else {
         rb_stream_on_xmsg(sh, m);
     }
@@ -379,6 +381,8 @@ static void shard_turns(rb_shard *sh)
         rb_owner_flush(sh);
         rb_outbox_flush_all(sh);
         rb_conn_flush_all(sh);
+        rb_quic_ep_flush(sh);
+        rb_outbox_flush_all(sh);
         send_wakes(sh);
         if (shard_done(sh)) {
             break;
@@ -410,6 +414,7 @@ static int shard_setup(rb_shard *sh, rb_err *err)
     rc = shard_pools_init(sh, err);
     rc = rc ? rc : rb_conn_table_init(sh, err);
     rc = rc ? rc : rb_link_tcp_table_init(sh, err);
+    rc = rc ? rc : rb_quic_ep_init(sh, err);
     rc = rc ? rc : srv->storage_ops->shard_open(srv->storage, sh->loop, sh->id, &sh->storage, err);
     rc = rc ? rc : rb_owner_init(sh, err);
     rc = rc ? rc : rb_stream_shard_init(sh, err);
@@ -457,12 +462,17 @@ static void *shard_main(void *arg)
     }
     for (uint32_t i = 0; i < sh->listener_count; i++) {
         rb_listener *l = &sh->listeners[i];
+        if (l->cfg.transport == RB_TRANSPORT_QUIC) {
+            /* Every shard reads its own UDP socket (quic_ep.c). */
+            continue;
+        }
         l->shard = sh;
         l->accept_op.done = accept_done;
         if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
             l->armed = true;
         }
     }
+    rb_quic_ep_start(sh);
     shard_turns(sh);
     rb_tls_thread_exit();
     RB_LOG_DEBUG(0, "stopped");
@@ -477,6 +487,7 @@ static void shard_teardown(rb_shard *sh)
     if (sh->storage != NULL) {
         srv->storage_ops->shard_close(sh->storage);
     }
+    rb_quic_ep_deinit(sh);
     rb_link_tcp_table_deinit(sh);
     rb_conn_table_deinit(sh);
     for (uint32_t i = 0; i < srv->shard_count; i++) {
