@@ -113,19 +113,8 @@ void rb_link_tcp_table_deinit(rb_shard *sh);
  * load. A refused fd gets an ERROR (plain tcp) and is closed. */
 void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted);
 
-/* ---- server/quic_ep.c: the shard's UDP endpoint for quic listeners ---- */
-
-/* Opens one SO_REUSEPORT UDP socket and QUIC engine per quic listener on
- * shard sh (nothing without quic listeners). */
-int rb_quic_ep_init(rb_shard *sh, rb_err *err);
-void rb_quic_ep_deinit(rb_shard *sh);
-/* Starts receiving (on the shard's thread, once its loop runs). */
-void rb_quic_ep_start(rb_shard *sh);
-/* End of turn: the engines write what their connections have to send (in
- * sendmmsg batches) and the fine timer is armed for their next expiry. */
-void rb_quic_ep_flush(rb_shard *sh);
-/* Datagrams another shard received for this shard's connections. */
-void rb_quic_ep_on_xmsg(rb_shard *sh, rb_xmsg *m);
+/* ---- server/quic_ep.c: the shard's UDP endpoints for quic listeners, a
+ * subsystem (rb_quic_subsystem in server/server.h) ---- */
 
 /* ---- server/link_quic.c: a session over a QUIC connection's bus stream ---- */
 

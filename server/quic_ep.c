@@ -22,6 +22,7 @@
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "server/admin.h"
 #include "server/link.h"
 #include "server/server.h"
 #include "transports/h3.h"
@@ -192,7 +193,7 @@ static bool forward(ep_sock *s, uint32_t owner, const struct sockaddr_storage *f
                     socklen_t from_len, const uint8_t *p, size_t len)
 {
     rb_shard *sh = s->ep->sh;
-    uint8_t *rec = rb_outbox_reserve(sh, owner, RB_XK_QUIC_DGRAM, sizeof(fwd_head) + len);
+    uint8_t *rec = rb_mailbox_reserve(&sh->mail, owner, RB_XK_QUIC_DGRAM, sizeof(fwd_head) + len);
     if (rec == NULL) {
         return false;
     }
@@ -200,7 +201,7 @@ static bool forward(ep_sock *s, uint32_t owner, const struct sockaddr_storage *f
     memcpy(&h.addr, from, from_len);
     memcpy(rec, &h, sizeof h);
     memcpy(rec + sizeof h, p, len);
-    rb_outbox_commit(sh, owner, sizeof h + len);
+    rb_mailbox_commit(&sh->mail, owner, sizeof h + len);
     s->ep->forwarded++;
     return true;
 }
@@ -255,8 +256,9 @@ static void sock_poll_done(rb_op *op, int res, uint32_t flags)
     sock_arm(s);
 }
 
-void rb_quic_ep_on_xmsg(rb_shard *sh, rb_xmsg *m)
+static void on_mail(void *ctx, rb_xmsg *m)
 {
+    rb_shard *sh = ctx;
     rb_quic_ep *ep = sh->quic_ep;
     const uint8_t *p = m->data;
     uint64_t now = mono_ns();
@@ -281,25 +283,35 @@ void rb_quic_ep_on_xmsg(rb_shard *sh, rb_xmsg *m)
 
 /* ---- connections: sessions (ringbus/1) and HTTP/3 ---- */
 
-/* The HTTP/3 routes until the admin router plugs in: /healthz as on the
- * ws listeners (200 while ready, 503 while starting or stopping). */
+/* HTTP/3 requests go through the daemon's one router (server/admin.c),
+ * the same table the ws listeners' HTTP/1.1 phase uses. Its answers are
+ * plain text; a newline is added as on HTTP/1.1. */
+typedef struct h3_answer {
+    char body[RB_ERR_MSG_BYTES_MAX];
+} h3_answer;
+
 static int h3_route(void *ctx, rb_h3 *h3, int64_t sid, const rb_h3_request *req,
                     rb_h3_response *resp)
 {
     (void)h3;
     (void)sid;
     rb_shard *sh = ctx;
+    rb_http_request hreq;
+    memset(&hreq, 0, sizeof hreq);
+    hreq.method = (rb_http_span){req->method, strlen(req->method)};
+    hreq.target = (rb_http_span){req->path, strlen(req->path)};
+    hreq.version_minor = 1;
+    rb_http_response hresp = {0};
+    static _Thread_local h3_answer answer; /* copied by rb_h3 on return */
     resp->content_type = "text/plain; charset=utf-8";
-    if (strcmp(req->path, "/healthz") == 0) {
-        bool ready = atomic_load(&sh->server->ready) && !sh->stopping;
-        resp->status = ready ? 200 : 503;
-        resp->body = (const uint8_t *)(ready ? "ok\n" : "not ready (starting or stopping)\n");
-        resp->body_len = strlen((const char *)resp->body);
-    } else {
-        resp->status = 404;
-        resp->body = (const uint8_t *)"not found\n";
-        resp->body_len = 10;
+    if (!rb_admin_route(&sh->server->admin, &hreq, &hresp)) {
+        hresp.status = 404;
+        hresp.body = "not found";
     }
+    resp->status = (uint16_t)hresp.status;
+    int n = snprintf(answer.body, sizeof answer.body, "%s\n", hresp.body != NULL ? hresp.body : "");
+    resp->body = (const uint8_t *)answer.body;
+    resp->body_len = n > 0 && (size_t)n < sizeof answer.body ? (size_t)n : 0;
     return RB_H3_ANSWERED;
 }
 
@@ -411,7 +423,7 @@ static int sock_engine(ep_sock *s, rb_shard *sh, const rb_listener *l, rb_err *e
     return rb_quic_engine_new(&s->e, &qcfg, &h, err);
 }
 
-int rb_quic_ep_init(rb_shard *sh, rb_err *err)
+static int quic_init(rb_shard *sh, rb_err *err)
 {
     rb_server *srv = sh->server;
     uint32_t n = 0;
@@ -433,6 +445,7 @@ int rb_quic_ep_init(rb_shard *sh, rb_err *err)
     if (ep->timer_fd < 0) {
         return rb_err_set(err, RB_ESYS, errno, "shard %u: quic timerfd", sh->id);
     }
+    rb_mailbox_register(&sh->mail, RB_XK_QUIC_DGRAM, on_mail, sh);
     int rc = rb_link_quic_table_init(sh, err);
     for (uint32_t i = 0; rc == 0 && i < srv->listener_count; i++) {
         const rb_listener *l = &srv->listeners[i];
@@ -450,7 +463,7 @@ int rb_quic_ep_init(rb_shard *sh, rb_err *err)
     return rc;
 }
 
-void rb_quic_ep_start(rb_shard *sh)
+static void quic_start(rb_shard *sh)
 {
     rb_quic_ep *ep = sh->quic_ep;
     for (uint32_t i = 0; ep != NULL && i < ep->count; i++) {
@@ -458,7 +471,7 @@ void rb_quic_ep_start(rb_shard *sh)
     }
 }
 
-void rb_quic_ep_flush(rb_shard *sh)
+static void quic_flush(rb_shard *sh)
 {
     rb_quic_ep *ep = sh->quic_ep;
     if (ep == NULL) {
@@ -472,7 +485,7 @@ void rb_quic_ep_flush(rb_shard *sh)
     timer_arm(ep);
 }
 
-void rb_quic_ep_deinit(rb_shard *sh)
+static void quic_deinit(rb_shard *sh)
 {
     rb_quic_ep *ep = sh->quic_ep;
     if (ep == NULL) {
@@ -491,3 +504,11 @@ void rb_quic_ep_deinit(rb_shard *sh)
     free(ep);
     sh->quic_ep = NULL;
 }
+
+const rb_subsystem rb_quic_subsystem = {
+    .name = "quic",
+    .init = quic_init,
+    .start = quic_start,
+    .flush = quic_flush,
+    .deinit = quic_deinit,
+};

@@ -16,6 +16,7 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "server/link.h"
+#include "server/publish.h"
 #include "server/server.h"
 
 #define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
@@ -477,10 +478,11 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
-    uint8_t buf[RB_FRAME_HEADER_BYTES + 24 + RB_SERVER_ID_BYTES_MAX];
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
     size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
-                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id);
+                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id,
+                                       rb_stream_epoch(c->shard));
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
     if (rb_conn_append(c, buf, n) != 0) {
@@ -532,7 +534,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         }
         break;
     case RB_FRAME_PUBLISH:
-        rb_owner_on_publish(c, f);
+        rb_publish_on_frame(c, f);
         break;
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);
