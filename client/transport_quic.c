@@ -31,9 +31,12 @@
 /* The receive window (and buffer) of the bus stream. */
 #define QUIC_CLIENT_WINDOW_BYTES (1u << 20)
 /* Datagrams read per pass, so one pass stays short. */
-#define QUIC_CLIENT_RECV_PER_PASS 64
+#define QUIC_CLIENT_RECV_PER_PASS 128
 /* How long close waits for the server to acknowledge what was written. */
 #define QUIC_CLIENT_CLOSE_FLUSH_MS 200
+/* Datagrams per sendmmsg / recvmmsg. */
+#define QUIC_CLIENT_BATCH       32
+#define QUIC_CLIENT_DGRAM_BYTES 2048
 
 typedef struct quic_client {
     rb_quic_engine *e;
@@ -52,22 +55,47 @@ typedef struct quic_client {
     uint8_t *tx;
     uint64_t tx_written;
     uint64_t tx_acked;
+    uint64_t timer_at; /* what the timerfd is armed for */
+    /* datagrams written by the engine, sent in one sendmmsg */
+    uint32_t out_count;
+    struct mmsghdr out_msgs[QUIC_CLIENT_BATCH];
+    struct iovec out_iov[QUIC_CLIENT_BATCH];
+    uint8_t out_buf[QUIC_CLIENT_BATCH][RB_QUIC_DATAGRAM_BYTES_MAX];
 } quic_client;
+
+/* Sends the batch; a full socket buffer loses the rest (QUIC resends). */
+static void out_flush(quic_client *q)
+{
+    uint32_t done = 0;
+    while (done < q->out_count) {
+        int n = sendmmsg(q->udp, q->out_msgs + done, q->out_count - done, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            break;
+        }
+        done += (uint32_t)n;
+    }
+    q->out_count = 0;
+}
 
 static int client_send(void *ctx, const rb_quic_path *path, const uint8_t *p, size_t len)
 {
     (void)path;
     quic_client *q = ctx;
-    for (;;) {
-        if (send(q->udp, p, len, MSG_NOSIGNAL) >= 0) {
-            return 0;
-        }
-        if (errno != EINTR) {
-            /* A full socket buffer or an ICMP error: the datagram counts
-             * as lost and the engine's loss recovery resends. */
-            return RB_ELIMIT;
-        }
+    if (q->out_count == QUIC_CLIENT_BATCH) {
+        out_flush(q);
     }
+    RB_ASSERT(len <= RB_QUIC_DATAGRAM_BYTES_MAX);
+    uint32_t i = q->out_count++;
+    memcpy(q->out_buf[i], p, len);
+    q->out_iov[i].iov_base = q->out_buf[i];
+    q->out_iov[i].iov_len = len;
+    memset(&q->out_msgs[i], 0, sizeof q->out_msgs[i]);
+    q->out_msgs[i].msg_hdr.msg_iov = &q->out_iov[i];
+    q->out_msgs[i].msg_hdr.msg_iovlen = 1;
+    return 0;
 }
 
 static int client_established(void *ctx, rb_quic_conn *qc, rb_quic_alpn alpn)
@@ -119,7 +147,12 @@ static void client_closed(void *ctx, rb_quic_conn *qc, const rb_quic_end *end)
 
 static void arm_timer(quic_client *q)
 {
+    out_flush(q);
     uint64_t at = rb_quic_engine_expiry(q->e);
+    if (at == q->timer_at) {
+        return;
+    }
+    q->timer_at = at;
     struct itimerspec its = {0};
     if (at != UINT64_MAX) {
         /* 0 would disarm: an expiry already due fires a nanosecond in. */
@@ -133,16 +166,33 @@ static void arm_timer(quic_client *q)
 /* Reads what the socket holds, runs due timers, writes, re-arms. */
 static void pump(quic_client *q)
 {
-    static uint8_t buf[65536];
-    for (int i = 0; i < QUIC_CLIENT_RECV_PER_PASS; i++) {
-        ssize_t n = recv(q->udp, buf, sizeof buf, 0);
-        if (n < 0) {
+    static _Thread_local uint8_t buf[QUIC_CLIENT_BATCH][QUIC_CLIENT_DGRAM_BYTES];
+    struct mmsghdr msgs[QUIC_CLIENT_BATCH];
+    struct iovec iov[QUIC_CLIENT_BATCH];
+    for (int pass = 0; pass < QUIC_CLIENT_RECV_PER_PASS / QUIC_CLIENT_BATCH; pass++) {
+        for (int i = 0; i < QUIC_CLIENT_BATCH; i++) {
+            iov[i].iov_base = buf[i];
+            iov[i].iov_len = sizeof buf[i];
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(q->udp, msgs, QUIC_CLIENT_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
             break;
         }
-        rb_quic_engine_recv(q->e, &q->path, buf, (size_t)n, (uint64_t)rb_client_now_ns());
+        uint64_t now = (uint64_t)rb_client_now_ns();
+        for (int i = 0; i < n; i++) {
+            rb_quic_engine_recv(q->e, &q->path, buf[i], msgs[i].msg_len, now);
+        }
+        if (n < QUIC_CLIENT_BATCH) {
+            break;
+        }
     }
     uint64_t expirations;
-    (void)read(q->timer, &expirations, sizeof expirations);
+    if (read(q->timer, &expirations, sizeof expirations) == (ssize_t)sizeof expirations) {
+        q->timer_at = 0; /* fired: arm it again below */
+    }
     rb_quic_engine_timeout(q->e, (uint64_t)rb_client_now_ns());
     arm_timer(q);
 }
@@ -261,6 +311,7 @@ static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *
     }
     q->udp = -1;
     q->timer = -1;
+    q->timer_at = UINT64_MAX;
     tp->layer = q;
     q->rx = malloc(QUIC_CLIENT_WINDOW_BYTES);
     q->tx = malloc(QUIC_CLIENT_TX_BYTES);
@@ -353,6 +404,7 @@ static void close_gracefully(quic_client *q)
     if (q->qc != NULL) {
         rb_quic_conn_close(q->qc, RB_WIRE_OK, "client closed", (uint64_t)rb_client_now_ns());
         q->qc = NULL;
+        out_flush(q);
     }
 }
 

@@ -175,7 +175,7 @@ static const rb_link_ops quic_ops = {
 static void peer_text(const rb_quic_conn *qc, char *out, size_t cap)
 {
     const rb_quic_addr *a = rb_quic_conn_remote(qc);
-    char host[64] = "?";
+    char host[INET6_ADDRSTRLEN] = "?";
     unsigned port = 0;
     if (a->ss.ss_family == AF_INET) {
         const struct sockaddr_in *sin = (const struct sockaddr_in *)&a->ss;
@@ -186,7 +186,9 @@ static void peer_text(const rb_quic_conn *qc, char *out, size_t cap)
         inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof host);
         port = ntohs(sin6->sin6_port);
     }
-    snprintf(out, cap, "[%s]:%u", host, port);
+    /* A full address and port always fit RB_LINK_PEER_BYTES_MAX. */
+    int n = snprintf(out, cap, "[%s]:%u", host, port & 0xffffu);
+    RB_ASSERT(n > 0 && (size_t)n < cap);
 }
 
 int rb_link_quic_open(rb_shard *sh, const rb_listener *l, rb_quic_conn *qc)
