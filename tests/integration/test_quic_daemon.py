@@ -315,3 +315,32 @@ def test_randomized_streams_over_quic_and_tcp(quicd, certs):
                 c.close()
     finally:
         relay.stop()
+
+
+def test_subscriber_that_does_not_read_is_closed_resource_exhausted(quicd, certs):
+    # The QUIC subscriber never reads: the relay's buffer fills, then the
+    # QUIC stream's flow control holds the daemon's bytes in the session's
+    # send queue, which ends in resource_exhausted as on tcp.
+    relay = Relay(qurl(quicd.port), certs.ca)
+    try:
+        with rp.Conn(port=relay.port, timeout=10) as sub, rp.Conn(port=quicd.tcp_port,
+                                                                  timeout=30) as pub:
+            assert sub.hello(name="q-slow").kind == rp.STARTED
+            sub.mutate(2, 1, adds=[("q.slow", "now")])
+            sub.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+            assert pub.hello(name="q-pub").kind == rp.STARTED
+            payload = b"s" * 60_000
+            closed = False
+            for i in range(600):
+                ack = pub.publish("q.slow", payload, corr=10 + i)
+                assert ack.kind == rp.PUBLISH_ACK, ack
+                if i % 50 == 49 and "subscriber too slow" in quicd.daemon.log():
+                    closed = True
+                    break
+            assert closed or "subscriber too slow" in quicd.daemon.log()
+            assert sub.closed_within(15)
+    finally:
+        relay.stop()
+    # Everyone else is unaffected.
+    out = run_cli("--url", qurl(quicd.port), "--ca", certs.ca, "ping")
+    assert out.returncode == 0, out.stderr
