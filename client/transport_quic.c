@@ -56,6 +56,7 @@ typedef struct quic_client {
     uint64_t tx_written;
     uint64_t tx_acked;
     uint64_t timer_at; /* what the timerfd is armed for */
+    bool refused;      /* ICMP port unreachable: nobody serves this address */
     /* datagrams written by the engine, sent in one sendmmsg */
     uint32_t out_count;
     struct mmsghdr out_msgs[QUIC_CLIENT_BATCH];
@@ -73,6 +74,7 @@ static void out_flush(quic_client *q)
             continue;
         }
         if (n <= 0) {
+            q->refused = q->refused || (n < 0 && errno == ECONNREFUSED);
             break;
         }
         done += (uint32_t)n;
@@ -179,6 +181,7 @@ static void pump(quic_client *q)
         }
         int n = recvmmsg(q->udp, msgs, QUIC_CLIENT_BATCH, MSG_DONTWAIT, NULL);
         if (n <= 0) {
+            q->refused = q->refused || (n < 0 && errno == ECONNREFUSED);
             break;
         }
         uint64_t now = (uint64_t)rb_client_now_ns();
@@ -199,38 +202,23 @@ static void pump(quic_client *q)
 
 static void quic_close(rb_client_transport *tp);
 
-/* A connected UDP socket to the first address of url that takes one. */
-static int open_udp(quic_client *q, const rb_url *url, const char *url_text, rb_err *err)
+/* A UDP socket connected to ai (a connected socket reports ICMP errors). */
+static int open_udp(quic_client *q, const struct addrinfo *ai, const char *url_text, rb_err *err)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV};
-    char port[8];
-    snprintf(port, sizeof port, "%u", (unsigned)url->port);
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(url->host, port, &hints, &res);
-    if (rc != 0) {
-        return rb_err_set(err, RB_ESYS, 0, "connect %s: resolve %s: %s", url_text, url->host,
-                          gai_strerror(rc));
-    }
-    rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            rc = rb_err_set(err, RB_ESYS, errno, "connect %s", url_text);
-            if (fd >= 0) {
-                close(fd);
-            }
-            continue;
+    int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
         }
-        memcpy(&q->path.remote.ss, ai->ai_addr, ai->ai_addrlen);
-        q->path.remote.len = ai->ai_addrlen;
-        q->path.local.len = sizeof q->path.local.ss;
-        (void)getsockname(fd, (struct sockaddr *)&q->path.local.ss, &q->path.local.len);
-        q->udp = fd;
-        rc = 0;
-        break;
+        return rb_err_set(err, RB_ESYS, e, "connect %s", url_text);
     }
-    freeaddrinfo(res);
-    return rc;
+    memcpy(&q->path.remote.ss, ai->ai_addr, ai->ai_addrlen);
+    q->path.remote.len = ai->ai_addrlen;
+    q->path.local.len = sizeof q->path.local.ss;
+    (void)getsockname(fd, (struct sockaddr *)&q->path.local.ss, &q->path.local.len);
+    q->udp = fd;
+    return 0;
 }
 
 static int open_epoll(rb_client_transport *tp, quic_client *q, const char *url_text, rb_err *err)
@@ -286,6 +274,9 @@ static int handshake(rb_client_transport *tp, quic_client *q, const char *url_te
                      int64_t deadline_ns, rb_err *err)
 {
     while (!q->established) {
+        if (q->refused) {
+            return rb_err_set(err, RB_ESYS, ECONNREFUSED, "connect %s: QUIC handshake", url_text);
+        }
         if (q->closed) {
             bool verify = strstr(q->close_msg, "TLS") != NULL;
             return rb_err_set(err, RB_ESYS, 0, "connect %s: QUIC handshake: %s%s", url_text,
@@ -301,10 +292,10 @@ static int handshake(rb_client_transport *tp, quic_client *q, const char *url_te
     return 0;
 }
 
-static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
-                        int64_t deadline_ns, rb_err *err)
+/* One attempt on one address; tp->layer holds what it set up. */
+static int connect_one(rb_client_transport *tp, const struct addrinfo *ai, const rb_url *url,
+                       const char *url_text, int64_t deadline_ns, rb_err *err)
 {
-    RB_ASSERT(tp->fd == -1);
     quic_client *q = calloc(1, sizeof *q);
     if (q == NULL) {
         return rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url_text);
@@ -318,13 +309,41 @@ static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *
     int rc = q->rx == NULL || q->tx == NULL
                  ? rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url_text)
                  : 0;
-    rc = rc ? rc : open_udp(q, url, url_text, err);
+    rc = rc ? rc : open_udp(q, ai, url_text, err);
     rc = rc ? rc : open_epoll(tp, q, url_text, err);
     rc = rc ? rc : start_engine(tp, q, url, url_text, err);
     rc = rc ? rc : handshake(tp, q, url_text, deadline_ns, err);
+    return rc;
+}
+
+/* Tries each address of url in turn: an address nobody serves (ICMP port
+ * unreachable, as for ::1 when the server listens on 127.0.0.1 only) moves
+ * on to the next; a timeout or a TLS failure ends the attempt. */
+static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
+                        int64_t deadline_ns, rb_err *err)
+{
+    RB_ASSERT(tp->fd == -1);
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV};
+    char port[8];
+    snprintf(port, sizeof port, "%u", (unsigned)url->port);
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(url->host, port, &hints, &res);
     if (rc != 0) {
-        quic_close(tp);
+        return rb_err_set(err, RB_ESYS, 0, "connect %s: resolve %s: %s", url_text, url->host,
+                          gai_strerror(rc));
     }
+    rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        rc = connect_one(tp, ai, url, url_text, deadline_ns, err);
+        if (rc == 0) {
+            break;
+        }
+        quic_close(tp);
+        if (err == NULL || err->cause != ECONNREFUSED) {
+            break;
+        }
+    }
+    freeaddrinfo(res);
     return rc;
 }
 
