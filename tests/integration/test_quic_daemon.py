@@ -1,8 +1,9 @@
 """The daemon's quic listener (issue 11): sessions over QUIC links on every
 shard, libringbus and the CLI over quic://, HTTP/3 on the same UDP port for
-Debian's gtlsclient, a lossy and reordering UDP path, a client that rebinds
-its port mid-connection (the datagram lands on another shard and is
-forwarded to the owner), and bad input on the bus stream. Raw-frame test
+Debian's gtlsclient and headless Chromium, a lossy and reordering UDP path,
+a client that rebinds its port mid-connection (the datagram lands on
+another shard and is forwarded to the owner), the randomized stream check
+on mixed transports, and bad input on the bus stream. Raw-frame test
 clients reach the listener through quic_relay (a TCP-to-QUIC relay on
 libringbus's quic transport), so the daemon always sees real QUIC."""
 
@@ -42,10 +43,13 @@ def quicd(tmp_path_factory, certs):
     """A daemon with 4 shards (so datagrams meet other shards' sockets), a
     quic listener and a quic listener with Retry."""
     port, retry_port, tcp_port = free_udp_port(), free_udp_port(), free_port()
+    others = {k: free_port() for k in ("tls", "ws", "wss")}
     listeners = (rt.listener("tcp", tcp_port) + rt.listener("quic", port, certs) +
-                 rt.listener("quic", retry_port, certs, quic_retry=True))
+                 rt.listener("quic", retry_port, certs, quic_retry=True) +
+                 "".join(rt.listener(k, p, certs) for k, p in others.items()))
     sd = rt.SharedDaemon(tmp_path_factory, "quicd", listeners, shards=4)
     sd.port, sd.retry_port, sd.tcp_port = port, retry_port, tcp_port
+    sd.ports = dict(others, tcp=tcp_port)
     yield sd
     sd.finish()
 
@@ -290,26 +294,35 @@ def test_oversized_frame_closes_only_that_connection(quicd, certs):
         relay.stop()
 
 
-def test_randomized_streams_over_quic_and_tcp(quicd, certs):
-    """The randomized stream check with half the clients on QUIC (through
-    the relay) and half on tcp: order, no gap, no duplicate."""
+@pytest.mark.parametrize("seed", [31, 32])
+def test_randomized_streams_on_quic_tcp_tls_ws_wss(quicd, certs, seed):
+    """The randomized stream check with publishers and subscribers spread
+    over quic (through the relay), tcp, tls, ws and wss at once: order, no
+    gap, no duplicate, markers in place."""
     from streamcheck import Driver, Publisher, Subscriber, run_random_streams
+    kinds = ("quic", "tcp", "tls", "ws", "wss")
     relay = Relay(qurl(quicd.port), certs.ca)
     try:
-        rng = random.Random(31)
-        topics = [f"qmix.{i}" for i in range(4)]
+        rng = random.Random(seed)
+        topics = [f"qmix{seed}.{i}" for i in range(5)]
         drv = Driver()
 
-        def port(i):
-            return relay.port if i % 2 == 0 else quicd.tcp_port
+        def client(cls, i, name):
+            kind = kinds[i % len(kinds)]
+            if kind == "quic":
+                return cls(drv, relay.port, f"{name}-quic")
+            return cls(drv, quicd.ports[kind], f"{name}-{kind}",
+                       transport=rt.nb_factory(kind, certs))
 
-        pubs = [Publisher(drv, port(i), f"p{i}") for i in range(4)]
-        subs = [Subscriber(drv, port(i + 1), f"s{i}") for i in range(4)]
+        pubs = [client(Publisher, i, f"p{i}") for i in range(5)]
+        subs = [client(Subscriber, i + 2, f"s{i}") for i in range(5)]
         drv.run_until(lambda: all(p.started for p in pubs), 20, "publishers")
         try:
             run_random_streams(
                 drv, pubs, subs, topics, rng, steps=40, publishes_max=20,
                 payload=lambda r, p, step: f"{p.name}:{step}:{r.random()}" * r.randint(1, 40))
+        except AssertionError as e:
+            raise AssertionError(f"seed {seed}: {e}") from e
         finally:
             for c in pubs + subs:
                 c.close()
