@@ -18,6 +18,7 @@
 #include "server/auth.h"
 #include "server/server.h"
 #include "storage/pgwire.h"
+#include "transports/quic.h"
 #include "transports/tls.h"
 
 /* Connections queued in the kernel before the acceptor takes them. */
@@ -52,6 +53,10 @@ static void usage(FILE *out)
  * come. Binding now still makes a port in use a start-up error. */
 static int bind_one(rb_listener *l, rb_err *err)
 {
+    if (l->cfg.transport == RB_TRANSPORT_QUIC) {
+        /* Each shard binds its own UDP socket (SO_REUSEPORT) at start. */
+        return 0;
+    }
     struct sockaddr_storage ss;
     socklen_t ss_len;
     memset(&ss, 0, sizeof ss);
@@ -87,6 +92,38 @@ static int bind_one(rb_listener *l, rb_err *err)
     return 0;
 }
 
+static int quic_check_send(void *ctx, const rb_quic_path *path, const uint8_t *p, size_t len)
+{
+    (void)ctx;
+    (void)path;
+    (void)p;
+    (void)len;
+    return 0;
+}
+
+/* A quic listener: its cert and key load into a QUIC engine (GnuTLS) the
+ * way each shard's will; client certificates are not offered on QUIC. */
+static int quic_prepare(const rb_listener_config *cfg, uint32_t index, rb_err *err)
+{
+    if (cfg->client_ca[0] != '\0') {
+        return rb_err_set(err, RB_ECONFIG, 0,
+                          "listener %u: client_ca is not supported on quic listeners", index);
+    }
+    rb_quic_config qc;
+    rb_quic_config_default(&qc, RB_QUIC_SERVER);
+    qc.conns_max = 1;
+    qc.cert_file = cfg->cert;
+    qc.key_file = cfg->key;
+    rb_quic_handler h = {.send = quic_check_send};
+    rb_quic_engine *e = NULL;
+    rb_err e2;
+    if (rb_quic_engine_new(&e, &qc, &h, &e2) != 0) {
+        return rb_err_set(err, RB_ECONFIG, 0, "listener %u: %s", index, e2.msg);
+    }
+    rb_quic_engine_free(e);
+    return 0;
+}
+
 /* What start-up checks of a listener before it binds, and what
  * --check-config checks the same way: the transport is built in, and a
  * tls or wss listener's cert, key and client_ca load and belong together.
@@ -96,9 +133,7 @@ static int listener_prepare(const rb_listener_config *cfg, uint32_t index, rb_tl
 {
     *tls = NULL;
     if (cfg->transport == RB_TRANSPORT_QUIC) {
-        return rb_err_set(err, RB_EUNSUPPORTED, 0,
-                          "listener %u: transport \"%s\" is not built into this version", index,
-                          rb_transport_name(cfg->transport));
+        return quic_prepare(cfg, index, err);
     }
     if (cfg->transport == RB_TRANSPORT_TLS || cfg->transport == RB_TRANSPORT_WSS) {
         return rb_tls_server_new(tls, cfg, err);
@@ -108,6 +143,10 @@ static int listener_prepare(const rb_listener_config *cfg, uint32_t index, rb_tl
 
 static int open_listeners(rb_server *srv, rb_err *err)
 {
+    int src = rb_quic_secret_generate(srv->quic_secret, err);
+    if (src != 0) {
+        return src;
+    }
     for (uint32_t i = 0; i < srv->cfg.listener_count; i++) {
         rb_listener *l = &srv->listeners[i];
         l->cfg = srv->cfg.listeners[i];
@@ -130,7 +169,7 @@ static int listen_all(rb_server *srv, rb_err *err)
 {
     for (uint32_t i = 0; i < srv->listener_count; i++) {
         rb_listener *l = &srv->listeners[i];
-        if (listen(l->fd, LISTEN_BACKLOG) == -1) {
+        if (l->cfg.transport != RB_TRANSPORT_QUIC && listen(l->fd, LISTEN_BACKLOG) == -1) {
             return rb_err_set(err, RB_ESYS, errno, "%s listen %s:%u: listen",
                               rb_transport_name(l->cfg.transport), l->cfg.address, l->cfg.port);
         }

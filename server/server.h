@@ -33,6 +33,8 @@ typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
+typedef struct rb_link_quic rb_link_quic;
+typedef struct rb_quic_ep rb_quic_ep;
 
 /* Kinds of messages sent to a shard through MSG_RING data; each has one
  * handler per shard (rb_shard_on_remote). */
@@ -112,6 +114,8 @@ struct rb_shard {
     rb_conn *flush_list;
     rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
+    rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
+    rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
     /* memory */
     rb_pool chunk_pool;
     rb_send_budget send_budget; /* charged by the connections' send queues */
@@ -153,6 +157,8 @@ struct rb_server {
     atomic_bool ready;
     rb_admin admin; /* the HTTP routes, server/admin.c */
     atomic_uint_fast64_t next_conn_id;
+    /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
+    uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
 
 /* server/shard.c: the thread and its turn */
@@ -240,6 +246,8 @@ void rb_conn_maybe_finish_drain(rb_conn *c);
 
 /* server/acceptor.c: listeners and fd hand-over */
 extern const rb_subsystem rb_acceptor_subsystem;
+/* server/quic_ep.c: the quic listeners' UDP endpoints */
+extern const rb_subsystem rb_quic_subsystem;
 
 /* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;

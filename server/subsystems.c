@@ -118,8 +118,14 @@ static const rb_subsystem conns_subsystem = {
 };
 
 const rb_subsystem *const rb_shard_subsystems[] = {
-    &conns_subsystem,    &storage_subsystem,   &rb_publish_subsystem,
-    &rb_owner_subsystem, &rb_stream_subsystem, &rb_acceptor_subsystem,
+    &conns_subsystem,
+    &storage_subsystem,
+    &rb_publish_subsystem,
+    &rb_owner_subsystem,
+    &rb_stream_subsystem,
+    &rb_acceptor_subsystem,
+    /* After the connections' flush, so the sessions' bytes go out this turn. */
+    &rb_quic_subsystem,
 };
 
 const uint32_t rb_shard_subsystem_count =

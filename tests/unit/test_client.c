@@ -1109,10 +1109,12 @@ START_TEST(test_client_unsupported_scheme_and_bad_url_fail_clearly)
     ringbus_conn *conn = NULL;
     ringbus_error err = {0};
     ringbus_options o = test_options();
-    /* quic:// is built: with nothing listening the handshake times out. */
-    o.connect_timeout_ms = 300;
-    ck_assert_int_eq(ringbus_connect("quic://127.0.0.1:1", &o, &conn, &err), RINGBUS_ETIMEDOUT);
-    ck_assert_msg(strstr(err.message, "QUIC handshake: timed out") != NULL, "%s", err.message);
+    /* quic:// is built: a port nobody serves answers with ICMP, which ends
+     * the handshake at once. */
+    o.connect_timeout_ms = 3000;
+    ck_assert_int_eq(ringbus_connect("quic://127.0.0.1:1", &o, &conn, &err), RINGBUS_ESYS);
+    ck_assert_msg(strstr(err.message, "QUIC handshake: Connection refused") != NULL, "%s",
+                  err.message);
     ck_assert_int_eq(ringbus_connect("nope://x", NULL, &conn, &err), RINGBUS_EINVAL);
     ck_assert_ptr_null(conn);
     o.connect_timeout_ms = -1;
