@@ -962,10 +962,21 @@ static void on_interest_envelope(void *ctx, rb_xmsg *m)
     rb_xmsg_put(m);
 }
 
+/* Topics and their hash buckets, batches, head queries, heads requests and
+ * the hole reader's arena, each pool at its bound. */
+static uint64_t owner_memory_bytes(const rb_config *cfg)
+{
+    return (uint64_t)RB_OWNER_TOPICS_MAX * (sizeof(rb_topic) + 2 * sizeof(rb_topic *)) +
+           (uint64_t)RB_OWNER_BATCHES_MAX * sizeof(batch) +
+           (uint64_t)RB_OWNER_WAITERS_MAX * sizeof(waiter) +
+           (uint64_t)RB_OWNER_REFRESHES_MAX * sizeof(refresh) + 2ull * cfg->max_frame_bytes;
+}
+
 const rb_subsystem rb_owner_subsystem = {
     .name = "owners",
     .init = owner_init,
     .flush = owner_flush,
     .idle = owner_idle,
     .deinit = owner_deinit,
+    .memory_bytes = owner_memory_bytes,
 };

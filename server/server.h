@@ -183,11 +183,19 @@ typedef struct rb_subsystem {
     void (*stop)(rb_shard *sh, bool grace_over);
     bool (*idle)(rb_shard *sh);
     void (*deinit)(rb_shard *sh);
+    /* The most bytes this subsystem's state of one shard may take under
+     * cfg (its pools at their bounds): the terms of docs/OPERATIONS.md's
+     * memory formula. */
+    uint64_t (*memory_bytes)(const rb_config *cfg);
 } rb_subsystem;
 
 /* server/subsystems.c: the subsystems every shard runs, in order. */
 extern const rb_subsystem *const rb_shard_subsystems[];
 extern const uint32_t rb_shard_subsystem_count;
+
+/* The most bytes one shard may take under cfg: its loop, its mailbox and
+ * every subsystem's memory_bytes (docs/OPERATIONS.md "Memory"). */
+uint64_t rb_shard_memory_bytes(const rb_config *cfg);
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);

@@ -284,6 +284,12 @@ int rb_server_start(rb_server *srv, rb_err *err)
             return sh->start_rc;
         }
     }
+    uint64_t per_shard = rb_shard_memory_bytes(&srv->cfg);
+    RB_LOG_INFO(0,
+                "memory bound: %llu MiB per shard, %llu MiB for %u shards and the process "
+                "(docs/OPERATIONS.md)",
+                (unsigned long long)(per_shard >> 20),
+                (unsigned long long)((per_shard * n + RB_PROCESS_BASE_BYTES) >> 20), n);
     return 0;
 }
 
