@@ -22,6 +22,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/interest.h"
 #include "server/server.h"
 
 enum {
@@ -283,8 +284,8 @@ static bool sub_register(rb_subs *s, entry *e)
         s->count++;
         op = RB_INTEREST_SUB;
     }
-    if (rb_owner_interest(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
-                          e->name_len) != 0) {
+    if (rb_interest_send(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
+                         e->name_len) != 0) {
         if (t->count == 0) {
             /* Undo the new subtopic: nothing was sent for it. */
             uint32_t b = (uint32_t)(h & (s->bucket_count - 1));
@@ -324,8 +325,8 @@ static void sub_unregister(rb_subs *s, entry *e)
     if (--t->count > 0) {
         return;
     }
-    if (rb_owner_interest(s->shard, RB_INTEREST_UNSUB, NULL, 0, (const uint8_t *)t->name,
-                          t->name_len) != 0) {
+    if (rb_interest_send(s->shard, RB_INTEREST_UNSUB, NULL, 0, (const uint8_t *)t->name,
+                         t->name_len) != 0) {
         /* The owner keeps sending this shard blocks nobody reads; they are
          * dropped on arrival. */
         RB_LOG_WARN(0, "topic %s: unsubscribe could not be queued", t->name);
@@ -1146,8 +1147,8 @@ static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t w
     st->entry_count++;
     int rc;
     if (history_only) {
-        rc = rb_owner_interest(s->shard, RB_INTEREST_QUERY, st->conn, e->token,
-                               (const uint8_t *)e->name, e->name_len);
+        rc = rb_interest_send(s->shard, RB_INTEREST_QUERY, st->conn, e->token,
+                              (const uint8_t *)e->name, e->name_len);
     } else {
         rc = sub_register(s, e) ? 0 : RB_ELIMIT;
     }

@@ -164,23 +164,3 @@ const rb_subsystem *const rb_shard_subsystems[] = {
 
 const uint32_t rb_shard_subsystem_count =
     (uint32_t)(sizeof rb_shard_subsystems / sizeof rb_shard_subsystems[0]);
-
-uint64_t rb_shard_memory_bytes(const rb_config *cfg)
-{
-    /* The loop's receive buffers and ring, the mailbox's queues (one per
-     * producing shard), envelopes and blocks. */
-    uint64_t bytes = (uint64_t)RB_RECV_BUF_COUNT * RB_RECV_BUF_BYTES + RB_SHARD_SQ_ENTRIES * 192ull;
-    bytes += (uint64_t)cfg->shards * cfg->shard_queue_slots * sizeof(void *);
-    bytes += (uint64_t)cfg->shard_envelopes * (sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES);
-    bytes += (uint64_t)RB_SHARD_BARE_XMSG_MAX * sizeof(rb_xmsg);
-    bytes += cfg->shard_block_bytes + cfg->max_frame_bytes;
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        if (rb_shard_subsystems[i]->memory_bytes != NULL) {
-            uint64_t b = rb_shard_subsystems[i]->memory_bytes(cfg);
-            RB_LOG_DEBUG(0, "memory bound of %s: %llu KiB per shard", rb_shard_subsystems[i]->name,
-                         (unsigned long long)(b >> 10));
-            bytes += b;
-        }
-    }
-    return bytes;
-}
