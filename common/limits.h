@@ -228,6 +228,13 @@
 #define RB_BLOCK_CLASSES_MAX         12
 #define RB_SHARD_BLOCK_BYTES_DEFAULT (512ull << 20)
 #define RB_SHARD_BLOCK_BYTES_MAX     (1ull << 40)
+/* What one TLS connection may take inside wolfSSL and its layer (session,
+ * record buffers, the 16 KiB gather buffer; about 90 KiB was measured), for
+ * the memory formula. */
+#define RB_TLS_CONN_BYTES_MAX (128u << 10)
+/* The process beside its shards, for the memory formula: code, libraries
+ * (libpq, OpenSSL, wolfSSL), the main thread and touched thread stacks. */
+#define RB_PROCESS_BASE_BYTES (32u << 20)
 /* Pools one thread keeps return caches for, and the items a cache holds
  * before they go home in one batch (server/freelist.c). */
 #define RB_FREELIST_RETURN_POOLS_MAX 16
@@ -248,8 +255,6 @@
 #define RB_STREAM_WAVES_MAX 64
 /* Stream topic entries per shard across its streams (each ~330 bytes). */
 #define RB_SHARD_ENTRIES_MAX (1u << 22)
-/* Distinct subscribed topics per shard. */
-#define RB_SHARD_SUBTOPICS_MAX (1u << 22)
 /* Catch-up stops feeding a stream whose send queue is over
  * send_queue_bytes / this, so history never overflows it. */
 #define RB_CATCHUP_PAUSE_DIVISOR 2

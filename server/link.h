@@ -103,6 +103,9 @@ void rb_session_link_released(rb_conn *c);
 
 /* ---- server/link_tcp.c ---- */
 
+/* Bytes of one TCP link slot (for the memory formula). */
+size_t rb_link_tcp_bytes(void);
+
 /* The shard's TCP links, one per session slot. */
 int rb_link_tcp_table_init(rb_shard *sh, rb_err *err);
 void rb_link_tcp_table_deinit(rb_shard *sh);

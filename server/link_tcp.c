@@ -62,6 +62,11 @@ static void tcp_closing_drained(rb_link_tcp *t);
 static void tcp_down(rb_link_tcp *t);
 static void tcp_try_release(rb_link_tcp *t);
 
+size_t rb_link_tcp_bytes(void)
+{
+    return sizeof(rb_link_tcp);
+}
+
 int rb_link_tcp_table_init(rb_shard *sh, rb_err *err)
 {
     sh->tcp_links = calloc(sh->conn_max, sizeof *sh->tcp_links);

@@ -423,6 +423,8 @@ static int run(rb_server *srv)
     }
     srv->shard_count = srv->cfg.shards;
     rc = listen_all(srv, &err);
+    srv->subsystems = rb_shard_subsystems;
+    srv->subsystem_count = rb_shard_subsystem_count;
     rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);

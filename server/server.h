@@ -31,6 +31,7 @@ typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
+typedef struct rb_subsystem rb_subsystem;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
 typedef struct rb_link_quic rb_link_quic;
@@ -148,7 +149,9 @@ struct rb_server {
     rb_config cfg;
     uint32_t shard_count;
     rb_shard *shards;
-    rb_mailbox **mailboxes; /* [shard_count], &shards[i].mail */
+    rb_mailbox **mailboxes;                       /* [shard_count], &shards[i].mail */
+    const struct rb_subsystem *const *subsystems; /* what every shard runs, in order */
+    uint32_t subsystem_count;
     const rb_storage_ops *storage_ops;
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
@@ -191,11 +194,20 @@ typedef struct rb_subsystem {
     void (*stop)(rb_shard *sh, bool grace_over);
     bool (*idle)(rb_shard *sh);
     void (*deinit)(rb_shard *sh);
+    /* The most bytes this subsystem's state of one shard may take under
+     * cfg (its pools at their bounds): the terms of docs/OPERATIONS.md's
+     * memory formula. */
+    uint64_t (*memory_bytes)(const rb_config *cfg);
 } rb_subsystem;
 
-/* server/subsystems.c: the subsystems every shard runs, in order. */
+/* server/subsystems.c: the subsystems every shard runs, in order; main
+ * hands them to the server (rb_server.subsystems) before rb_server_start. */
 extern const rb_subsystem *const rb_shard_subsystems[];
 extern const uint32_t rb_shard_subsystem_count;
+
+/* The most bytes one shard may take under cfg: its loop, its mailbox and
+ * every subsystem's memory_bytes (docs/OPERATIONS.md "Memory"). */
+uint64_t rb_shard_memory_bytes(const rb_server *srv);
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
@@ -251,18 +263,6 @@ extern const rb_subsystem rb_quic_subsystem;
 
 /* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;
-/* Interest ops a stream's shard sends to a topic's owner: SUB when the
- * shard's first local subscriber of the topic appears (the owner starts
- * fanning out to it and replies with its head), UNSUB when the last one
- * goes, QUERY for a head reply alone. Replies come back as RB_XK_HEAD
- * records naming the connection and token. */
-enum {
-    RB_INTEREST_SUB = 1,
-    RB_INTEREST_UNSUB = 2,
-    RB_INTEREST_QUERY = 3
-};
-int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token,
-                      const uint8_t *topic, uint8_t topic_len);
 
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;

@@ -12,7 +12,6 @@
 
 #include "common/limits.h"
 #include "server/freelist.h"
-#include "tests/unit/death.h"
 
 START_TEST(test_freelist_grows_to_max_then_refuses)
 {
@@ -64,7 +63,6 @@ END_TEST
 
 START_TEST(test_freelist_item_not_back_at_deinit_asserts)
 {
-    RB_DEATH_TEST();
     rb_freelist fl;
     rb_err err;
     ck_assert_int_eq(rb_freelist_init(&fl, "t", 64, 2, 0, NULL, &err), 0);
@@ -74,7 +72,7 @@ START_TEST(test_freelist_item_not_back_at_deinit_asserts)
 END_TEST
 
 #define ITEMS  512
-#define ROUNDS 200
+#define ROUNDS 20
 
 typedef struct xfer {
     rb_freelist *fl;
@@ -88,7 +86,7 @@ static void *returner(void *arg)
     rb_freelist_bind_thread(2);
     for (int r = 0; r < ROUNDS; r++) {
         while (__atomic_load_n(&x->stage, __ATOMIC_ACQUIRE) != 1) {
-            sched_yield(); /* a loaded machine may have one core for both */
+            sched_yield();
         }
         for (int i = 0; i < ITEMS; i++) {
             rb_freelist_put(x->fl, x->slots[i]);
