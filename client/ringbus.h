@@ -118,6 +118,8 @@ typedef enum ringbus_event_kind {
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
  * ERROR event's corr_id names the Mutate it answers. */
 #define RINGBUS_CORR_MUTATE (UINT64_C(1) << 63)
+/* Correlation ids of AUTH frames (ringbus_refresh_token) carry this bit. */
+#define RINGBUS_CORR_AUTH (UINT64_C(1) << 62)
 
 /* One event. All pointers are owned by the connection. With an event
  * callback they are valid until the callback returns; with
@@ -205,6 +207,20 @@ typedef struct ringbus_options {
      * printable ASCII without spaces, else RINGBUS_EINVAL. Ignored by
      * other schemes. Borrowed during connect. */
     const char *ws_origin;
+    /* Sign-in (docs/PROTOCOL.md 6.5), instead of raw credentials: a JWT
+     * (1..8192 bytes of base64url and '.'), or a user name (1..255 bytes
+     * of UTF-8, no spaces or control characters) with a password
+     * (1..1024 bytes). At most one of credentials, token and user; user
+     * needs password. Else RINGBUS_EINVAL. Borrowed during connect. */
+    const char *token;
+    const char *user;
+    const void *password;
+    size_t password_len;
+    /* tls:// and wss://: a client certificate (PEM file, the chain may
+     * follow) and its private key (PEM file), for listeners with
+     * client_ca. Both or neither. Borrowed during connect. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */
@@ -356,6 +372,16 @@ RINGBUS_API int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uin
                                      bool history_only, ringbus_error *err);
 
 /* ---- keepalive and closing ---- */
+
+/* Replaces the connection's token before it expires (docs/PROTOCOL.md
+ * 6.5): sends AUTH with token and waits (at most options->request_timeout_ms,
+ * processing other frames meanwhile) for the server's answer. The token must
+ * name the same sub as the one the connection signed in with. Returns 0
+ * once the server accepted it; RINGBUS_ESERVER with err->wire_code
+ * RINGBUS_WIRE_UNAUTHORIZED when refused (the server then closes the
+ * connection); RINGBUS_EINVAL for a malformed token or from a callback;
+ * RINGBUS_ETIMEDOUT; RINGBUS_ECLOSED. token is borrowed. */
+RINGBUS_API int ringbus_refresh_token(ringbus_conn *conn, const char *token, ringbus_error *err);
 
 /* Sends a PING and waits (at most options->request_timeout_ms) for its
  * PONG. Returns 0 with the round-trip time in *rtt_ns (may be NULL),

@@ -60,6 +60,9 @@
 #define RB_AUTH_CLOCK_SKEW_S_MAX            300
 #define RB_AUTH_WORKERS_DEFAULT             2
 #define RB_AUTH_WORKERS_MAX                 16
+/* Sign-ins waiting for an auth worker (all shards together); beyond it a
+ * HELLO is refused with resource_exhausted rather than queued without end. */
+#define RB_AUTH_QUEUE_MAX 4096
 /* argon2id cost parameters a password_hash may name: memory bounds what
  * one verification allocates (times the workers), time bounds its CPU. */
 #define RB_ARGON2_MEMORY_KIB_MIN  8

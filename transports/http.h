@@ -20,6 +20,9 @@
 #define RB_HTTP_HEAD_BYTES_MAX 8192
 /* Header fields per request; more is 431 too. */
 #define RB_HTTP_HEADERS_MAX 64
+/* Bytes of a request method: a longer run of token characters is not a
+ * request and is refused at once rather than buffered. */
+#define RB_HTTP_METHOD_BYTES_MAX 32
 
 typedef struct rb_http_span {
     const char *ptr;

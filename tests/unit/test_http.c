@@ -34,6 +34,27 @@ START_TEST(test_http_incomplete_head_wants_more)
 }
 END_TEST
 
+START_TEST(test_http_bytes_that_cannot_start_a_request_are_refused_at_once)
+{
+    rb_http_request req;
+    rb_err err = {0};
+    /* A ringbus HELLO and a TLS ClientHello: no line end yet, no waiting. */
+    static const uint8_t hello[] = {0x20, 0, 0, 0, 1, 1, 0, 0};
+    static const uint8_t client_hello[] = {0x16, 0x03, 0x01, 0x00, 0xf4, 0x01};
+    ck_assert_int_eq(rb_http_parse_request(hello, sizeof hello, &req, &err), RB_EPROTO);
+    ck_assert_int_eq(err.cause, 400);
+    ck_assert_str_eq(err.msg, "malformed request line: bad method");
+    ck_assert_int_eq(rb_http_parse_request(client_hello, sizeof client_hello, &req, &err),
+                     RB_EPROTO);
+    ck_assert_int_eq(parse(" GET", &req, &err), RB_EPROTO);
+    /* 32 token characters may still be a method; 33 are not. */
+    ck_assert_int_eq(parse("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEF", &req, &err), RB_EAGAIN);
+    ck_assert_int_eq(parse("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFG", &req, &err), RB_EPROTO);
+    ck_assert_int_eq(parse("GE", &req, &err), RB_EAGAIN);
+    ck_assert_int_eq(parse("GET /a", &req, &err), RB_EAGAIN);
+}
+END_TEST
+
 START_TEST(test_http_minimal_request_parses_with_trimmed_values)
 {
     rb_http_request req;
@@ -383,6 +404,7 @@ Suite *rb_http_suite(void)
     Suite *s = suite_create("http");
     TCase *tc = tcase_create("parser");
     tcase_add_test(tc, test_http_incomplete_head_wants_more);
+    tcase_add_test(tc, test_http_bytes_that_cannot_start_a_request_are_refused_at_once);
     tcase_add_test(tc, test_http_minimal_request_parses_with_trimmed_values);
     tcase_add_test(tc, test_http_tokens_are_case_insensitive_and_trimmed);
     tcase_add_test(tc, test_http_malformed_heads_are_400);
