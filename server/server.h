@@ -31,6 +31,10 @@ typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
+/* A client frame that a subsystem other than the session takes (publish
+ * intake today): subsystems register theirs at init, so the session calls
+ * none of them by name. */
+typedef void rb_client_frame_fn(rb_conn *c, const rb_frame *f);
 typedef struct rb_subsystem rb_subsystem;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
@@ -113,7 +117,8 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
-    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
+    rb_client_frame_fn *client_frames[RB_FRAME_KIND_LAST + 1]; /* rb_session_take_frames */
+    rb_link_tcp *tcp_links;                                    /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
     rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
@@ -245,6 +250,9 @@ void rb_conn_abort(rb_conn *c);
 /* True when a frame of extra bytes would take the send queue over
  * send_queue_bytes or be refused by its quota. */
 bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
+/* Hands every client frame of `kind` on this shard to fn (once per kind,
+ * from a subsystem's init hook). */
+void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn);
 /* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
 /* Daemon stop: every session is sent CLOSE going_away (or cut while it
