@@ -59,7 +59,7 @@ RECOVER_S = 30
 LIMITS = "[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
 # The memory store keeps a whole run (retention would make the read-back
 # start above seq 1).
-MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 268_435_456\n"
+MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 1_073_741_824\n"
 READBACK_S = 120
 
 
@@ -182,11 +182,13 @@ class Run:
         return f"chaos {self.name} seed {self.seed}"
 
     def finish(self):
-        behind = self.world.settle(SETTLE_S, self.heads)
-        self.world.drop_all()
-        storage = self.storage() if self.memory else None
-        self.daemon.stop()
-        self._archive_log()
+        try:
+            behind = self.world.settle(SETTLE_S, self.heads)
+            self.world.drop_all()
+            storage = self.storage() if self.memory else None
+        finally:
+            self.daemon.stop()
+            self._archive_log()
         if storage is None:
             storage = self.storage()
         violations, stats = history.check(self.hist.events, storage,

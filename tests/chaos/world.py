@@ -3,7 +3,9 @@ tests/integration/streamcheck.py's non-blocking Driver, every operation
 logged to a History (history.py). A client whose connection ends (daemon
 killed, drained, lag close, churn) is replaced by a new connection under
 the same name: a publisher starts a new session, a durable subscriber adds
-each of its topics again with the last seq it has as cursor. The World
+each of its topics again with the last seq it has as cursor, sent with
+the epoch those cursors belong to (and starts a topic over from 0 when the
+server answers epoch_mismatch: the store restarted empty). The World
 also performs the client-side faults: connection churn, stalled readers,
 and clients that vanish in the middle of a frame."""
 
