@@ -257,13 +257,16 @@ class World:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.idle_pubs():
             self.step(publishes=0)
+        if not self.idle_pubs():
+            # Publishes still unanswered at the deadline: not settled, and
+            # storage heads read now could still move.
+            return {"(publishers)": "publishes still unanswered after %.0f s" % timeout_s}
         heads = heads_fn()
-        while time.monotonic() < deadline:
+        while True:
             behind = {n: {t: self.cursors[n].get(t, 0) for t in self.topics
                           if self.cursors[n].get(t, 0) < heads.get(t, 0)}
                       for n in self.sub_names}
             behind = {n: b for n, b in behind.items() if b}
-            if not behind:
-                return {}
+            if not behind or time.monotonic() >= deadline:
+                return behind
             self.step(publishes=0)
-        return behind
