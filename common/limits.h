@@ -72,6 +72,12 @@
 
 /* Accepts handled per loop turn, so a connect storm cannot starve reads. */
 #define RB_ACCEPT_PER_TURN_MAX 16
+
+/* Start-up binds a listener port that is in use this many times, this far
+ * apart, before giving up (a restart racing the previous process's exit). */
+#define RB_BIND_ATTEMPTS_MAX 5
+#define RB_BIND_RETRY_MS     200u
+
 /* Completions reaped per loop turn before timers and queues get a turn. */
 #define RB_CQE_PER_TURN_MAX 256
 

@@ -13,6 +13,7 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "common/limits.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "server/auth.h"
@@ -82,11 +83,22 @@ static int bind_one(rb_listener *l, rb_err *err)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, ss_len) == -1) {
+    /* A port still held for a moment after a restart (the previous
+     * process's sockets, another program between its stop and our start)
+     * gets a few more tries before it is a start-up error. */
+    for (unsigned attempt = 1;; attempt++) {
+        if (bind(fd, (struct sockaddr *)&ss, ss_len) == 0) {
+            break;
+        }
         int e = errno;
-        close(fd);
-        return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: bind", name, l->cfg.address,
-                          l->cfg.port);
+        if (e != EADDRINUSE || attempt >= RB_BIND_ATTEMPTS_MAX) {
+            close(fd);
+            return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: bind", name, l->cfg.address,
+                              l->cfg.port);
+        }
+        RB_LOG_WARN(0, "%s listen %s:%u: address in use, trying again in %u ms (%u of %u)", name,
+                    l->cfg.address, l->cfg.port, RB_BIND_RETRY_MS, attempt, RB_BIND_ATTEMPTS_MAX);
+        usleep(RB_BIND_RETRY_MS * 1000u);
     }
     l->fd = fd;
     return 0;
