@@ -239,7 +239,9 @@ typedef struct ringbus_conn ringbus_conn;
  * wss://host[:port][/path] (7403, the same paths).
  * tls:// and wss:// verify the server certificate against the system store
  * or options->tls_ca_file and check that it names host; host is sent as
- * SNI. quic:// is recognised and returns RINGBUS_EUNSUPPORTED for now.
+ * SNI. quic://host[:port] (7404/udp) runs the same protocol on one QUIC
+ * stream (TLS 1.3 with ALPN ringbus/1, verified the same way); the fd of
+ * ringbus_fd is then an epoll fd that also wakes for QUIC's timers.
  * options may be NULL (defaults); url and options are borrowed. On success
  * returns 0 and stores a new connection in *conn, owned by the caller until
  * ringbus_close. On failure returns RINGBUS_EINVAL (bad URL or options),

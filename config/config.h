@@ -127,6 +127,9 @@ typedef struct rb_config {
     uint32_t publish_rate;                /* publishes per second per connection, default 100000 */
     uint32_t publish_burst;               /* token bucket depth, default = publish_rate */
     uint32_t mutates_per_second;          /* per connection, default 1000 */
+    uint32_t shard_queue_slots;           /* per shard pair, a power of two, default 4096 */
+    uint32_t shard_envelopes;             /* 64 KiB envelopes per shard, default 4096 */
+    uint64_t shard_block_bytes;           /* fan-out blocks per shard, default 512 MiB */
 
     /* [auth] */
     rb_auth_mode auth_mode;            /* mode = "none" | "required" */
