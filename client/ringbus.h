@@ -170,8 +170,11 @@ typedef void (*ringbus_event_cb)(const ringbus_event *ev, void *ctx);
 typedef struct ringbus_options {
     /* Sent in HELLO; NULL means "libringbus". Borrowed during connect. */
     const char *client_name;
-    /* Opaque credentials sent in HELLO (at most 65535 bytes); NULL = none.
-     * Borrowed during connect. */
+    /* Credentials sent in HELLO as they are (at most 65535 bytes), in the
+     * format of docs/PROTOCOL.md §6.5 (empty, a token, or a user and
+     * password); NULL = none. Not checked yet: this server version does not
+     * authenticate and accepts every HELLO whatever it carries, so they
+     * protect nothing. Borrowed during connect. */
     const void *credentials;
     size_t credentials_len;
     /* Bounds the name lookup, TCP connect and HELLO -> STARTED. 0 = 10000. */
@@ -231,17 +234,21 @@ typedef struct ringbus_conn ringbus_conn;
 /* Connects to url and completes the handshake (TLS, the WebSocket upgrade,
  * then HELLO -> STARTED), blocking for at most options->connect_timeout_ms.
  * URLs: tcp://host[:port] (default port 7400), IPv6 as tcp://[::1]:7400;
- * tls://host[:port] (7401); ws://host[:port][/path] (7402, path default
- * "/"; the server's default is /ringbus); wss://host[:port][/path] (7403).
+ * tls://host[:port] (7401); ws://host[:port][/path] (7402; without a path
+ * the path is /ringbus, the server's default; "ws://host/" asks for "/");
+ * wss://host[:port][/path] (7403, the same paths).
  * tls:// and wss:// verify the server certificate against the system store
  * or options->tls_ca_file and check that it names host; host is sent as
- * SNI. quic:// is recognised and returns RINGBUS_EUNSUPPORTED for now.
+ * SNI. quic://host[:port] (7404/udp) runs the same protocol on one QUIC
+ * stream (TLS 1.3 with ALPN ringbus/1, verified the same way); the fd of
+ * ringbus_fd is then an epoll fd that also wakes for QUIC's timers.
  * options may be NULL (defaults); url and options are borrowed. On success
  * returns 0 and stores a new connection in *conn, owned by the caller until
  * ringbus_close. On failure returns RINGBUS_EINVAL (bad URL or options),
  * RINGBUS_EUNSUPPORTED, RINGBUS_ESYS (e.g. connection refused),
  * RINGBUS_ETIMEDOUT, RINGBUS_ESERVER (the server answered ERROR, e.g.
- * unauthorized) or RINGBUS_EPROTO, and leaves *conn NULL. */
+ * resource_exhausted at its connection limit; err->wire_code says which) or
+ * RINGBUS_EPROTO, and leaves *conn NULL. */
 RINGBUS_API int ringbus_connect(const char *url, const ringbus_options *options,
                                 ringbus_conn **conn, ringbus_error *err);
 
@@ -346,14 +353,16 @@ typedef struct ringbus_add {
     bool is_now;       /* true: no history, live from now (cursor ignored) */
 } ringbus_add;
 
-/* Queues one MUTATE: removes apply before adds, atomically. mutate_id must
- * be nonzero when adds is not empty and never equal a wave still in flight
- * (with or without adds); the server answers with MESSAGE events (history
- * carries mutate_id), TOPICS_LIVE, TOPIC_ERROR for a topic whose cursor the
- * store cannot honour, then one CATCHUP_COMPLETE(mutate_id); or an ERROR
- * event whose corr_id is RINGBUS_CORR_MUTATE | mutate_id, and then nothing
- * of the Mutate applied. The cursors carry no epoch (see
- * ringbus_mutate_epoch). history_only adds deliver the
+/* Queues one MUTATE: removes apply before adds, atomically. mutate_id is
+ * 1..2^63-1 when adds is not empty (0..2^63-1 without adds; the top bit is
+ * RINGBUS_CORR_MUTATE), else RINGBUS_EINVAL, and must never equal a wave
+ * still in flight (with or without adds; the server refuses that); the
+ * server answers with MESSAGE events (history carries mutate_id),
+ * TOPICS_LIVE, TOPIC_ERROR for a topic whose cursor the store cannot
+ * honour, then one CATCHUP_COMPLETE(mutate_id); or an ERROR event whose
+ * corr_id is RINGBUS_CORR_MUTATE | mutate_id, and then nothing of the Mutate
+ * applied. The cursors carry no epoch (see ringbus_mutate_epoch).
+ * history_only adds deliver the
  * history up to the current head and never go live. All arrays and strings
  * are copied before it returns. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT
  * (frame too large), RINGBUS_EAGAIN (send buffer full), RINGBUS_ECLOSED. */

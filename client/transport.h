@@ -67,6 +67,7 @@ extern const rb_client_transport_ops rb_client_tcp_ops;
 extern const rb_client_transport_ops rb_client_tls_ops;
 extern const rb_client_transport_ops rb_client_ws_ops;
 extern const rb_client_transport_ops rb_client_wss_ops;
+extern const rb_client_transport_ops rb_client_quic_ops;
 
 /* The ops of a scheme, or NULL when it has no transport yet. */
 const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme);

@@ -99,8 +99,14 @@
  * RB_STACK_WIRE_BYTES_PER_PASS (256 KiB) plus record and closing overhead. */
 #define RB_LINK_WIRE_CHUNKS_MAX 36
 
-/* Cross-shard queues: slots per (producer, consumer) pair. */
-#define RB_SHARD_QUEUE_SLOTS 4096
+/* Cross-shard queues: slots per (producer, consumer) pair, [limits]
+ * shard_queue_slots (a power of two). A full queue holds the producer's
+ * envelopes back in order (it never drops them), so the slots only set how
+ * much is in flight between two shards; the cap keeps the slot arrays
+ * (shards^2 x slots x 8 bytes) small. */
+#define RB_SHARD_QUEUE_SLOTS_DEFAULT 4096
+#define RB_SHARD_QUEUE_SLOTS_MIN     2
+#define RB_SHARD_QUEUE_SLOTS_MAX     65536
 
 /* Streams (DESIGN §4). */
 #define RB_PENDING_BYTES_DEFAULT     (64u << 20)
@@ -173,7 +179,8 @@
  * is a secret, not a document. */
 #define RB_PG_PASSWORD_BYTES_MAX 1024
 
-/* Server id sent in STARTED. */
+/* Bytes of the server id sent in STARTED: what the config accepts and what
+ * libringbus accepts from a server. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
 /* ---- the daemon's per-shard tables and pools (server/) ---- */
@@ -194,10 +201,39 @@
 #define RB_CONN_PUBLISHES_IN_FLIGHT_MAX 65536
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define RB_SHARD_SQ_ENTRIES 1024
-/* Envelopes per shard in flight between shards. */
-#define RB_SHARD_XMSG_MAX 65536
-/* Shared fan-out blocks per shard (each max_frame_bytes). */
-#define RB_SHARD_BLOCK_MAX 65536
+/* Envelopes (RB_XMSG_DATA_BYTES of records each) per shard in flight
+ * between shards, [limits] shard_envelopes: 4096 x 64 KiB = 256 MiB at
+ * most. A publish holds its envelope until it is acked (the envelope then
+ * carries the ack home if the owner has none of its own), so this bounds
+ * the publishes in flight from one shard; when they are all out the
+ * intake refuses publishes with resource_exhausted. */
+#define RB_SHARD_XMSG_DEFAULT 4096
+#define RB_SHARD_XMSG_MIN     4
+#define RB_SHARD_XMSG_MAX     65536
+/* Envelopes without data per shard: one carries one fan-out block to one
+ * shard (each ~64 bytes). */
+#define RB_SHARD_BARE_XMSG_MAX 65536
+/* A topic owner holds back new appends while the queue to a shard that
+ * subscribes to the topic has this many envelopes waiting (its consumer
+ * is behind): publishers wait for acks instead of memory filling. */
+#define RB_OWNER_FANOUT_BACKLOG_MAX 256
+/* Topics per hole read of a topic owner's sequencer (one read in flight
+ * per shard; the rest wait for the next). */
+#define RB_OWNER_HOLE_TOPICS_MAX 64
+/* Shared fan-out blocks per shard: size classes from 512 bytes growing 4x
+ * up to max_frame_bytes, all within [limits] shard_block_bytes (default
+ * 512 MiB, at least 2 x max_frame_bytes). When the budget is spent, owners
+ * hold committed batches and appends back until blocks come home. */
+#define RB_BLOCK_CLASS_MIN_BYTES     512u
+#define RB_BLOCK_CLASSES_MAX         12
+#define RB_SHARD_BLOCK_BYTES_DEFAULT (512ull << 20)
+#define RB_SHARD_BLOCK_BYTES_MAX     (1ull << 40)
+/* Pools one thread keeps return caches for, and the items a cache holds
+ * before they go home in one batch (server/freelist.c). */
+#define RB_FREELIST_RETURN_POOLS_MAX 16
+#define RB_FREELIST_RETURN_BATCH     64
+/* Envelope kinds a shard's mailbox can route (server/mailbox.h). */
+#define RB_MAIL_KINDS_MAX 16
 /* Bytes of encoded records one envelope carries. */
 #define RB_XMSG_DATA_BYTES (64u * 1024u)
 /* Receive buffers for frames larger than a chunk, per shard. */

@@ -129,6 +129,9 @@ static const field limits_fields[] = {
     U32("publish_rate", publish_rate, 1, RB_RATE_PER_SECOND_MAX),
     U32("publish_burst", publish_burst, 1, RB_RATE_PER_SECOND_MAX),
     U32("mutates_per_second", mutates_per_second, 1, RB_RATE_PER_SECOND_MAX),
+    U32("shard_queue_slots", shard_queue_slots, RB_SHARD_QUEUE_SLOTS_MIN, RB_SHARD_QUEUE_SLOTS_MAX),
+    U32("shard_envelopes", shard_envelopes, RB_SHARD_XMSG_MIN, RB_SHARD_XMSG_MAX),
+    U64("shard_block_bytes", shard_block_bytes, 1, RB_SHARD_BLOCK_BYTES_MAX),
 };
 static const section limits_section = {"limits", limits_fields, COUNT(limits_fields)};
 
@@ -1271,6 +1274,13 @@ static int check_cross(loader *ld)
     if (rc == 0) {
         rc = check_at_least_frame(ld, "pending_buffer_bytes", cfg->pending_buffer_bytes);
     }
+    if (rc == 0) {
+        rc = check_at_least_frame(ld, "shard_block_bytes", cfg->shard_block_bytes / 2);
+    }
+    if (rc == 0 && (cfg->shard_queue_slots & (cfg->shard_queue_slots - 1)) != 0) {
+        rc = fail_value(ld, lookup(ld, "limits", "shard_queue_slots"), "limits.shard_queue_slots",
+                        "%u is not a power of two", cfg->shard_queue_slots);
+    }
     if (rc == 0 && cfg->storage_backend == RB_STORAGE_POSTGRES && cfg->pg_conninfo[0] == '\0') {
         rc = fail_value(ld, lookup(ld, "storage", "backend"), "storage.backend",
                         "\"postgres\" needs storage.postgres.conninfo (a libpq connection string)");
@@ -1312,6 +1322,9 @@ void rb_config_defaults(rb_config *cfg)
     cfg->send_queue_bytes = RB_SEND_QUEUE_BYTES_DEFAULT;
     cfg->pending_buffer_bytes = RB_PENDING_BYTES_DEFAULT;
     cfg->topics_per_stream = RB_TOPICS_PER_STREAM_DEFAULT;
+    cfg->shard_queue_slots = RB_SHARD_QUEUE_SLOTS_DEFAULT;
+    cfg->shard_envelopes = RB_SHARD_XMSG_DEFAULT;
+    cfg->shard_block_bytes = RB_SHARD_BLOCK_BYTES_DEFAULT;
     cfg->keepalive_ms = RB_KEEPALIVE_MS_DEFAULT;
     cfg->pong_timeout_ms = RB_PONG_TIMEOUT_MS_DEFAULT;
     cfg->handshake_timeout_ms = RB_HANDSHAKE_MS_DEFAULT;

@@ -110,10 +110,10 @@ typedef struct rb_listener_config {
 
 typedef struct rb_config {
     /* top level */
-    uint32_t shards;                        /* shards; default = online CPUs (>= 1) */
-    bool pin_shards;                        /* pin_shards = false */
-    char log_level[16];                     /* log_level = "info" */
-    char server_id[RB_SERVER_ID_BYTES_MAX]; /* server_id; default = hostname */
+    uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
+    bool pin_shards;                            /* pin_shards = false */
+    char log_level[16];                         /* log_level = "info" */
+    char server_id[RB_SERVER_ID_BYTES_MAX + 1]; /* server_id; default = hostname */
 
     /* [limits] */
     uint32_t max_connections;             /* per shard, default RB_CONNS_PER_SHARD_DEFAULT */
@@ -127,6 +127,9 @@ typedef struct rb_config {
     uint32_t publish_rate;                /* publishes per second per connection, default 100000 */
     uint32_t publish_burst;               /* token bucket depth, default = publish_rate */
     uint32_t mutates_per_second;          /* per connection, default 1000 */
+    uint32_t shard_queue_slots;           /* per shard pair, a power of two, default 4096 */
+    uint32_t shard_envelopes;             /* 64 KiB envelopes per shard, default 4096 */
+    uint64_t shard_block_bytes;           /* fan-out blocks per shard, default 512 MiB */
 
     /* [auth] */
     rb_auth_mode auth_mode;            /* mode = "none" | "required" */

@@ -298,8 +298,9 @@ static void wait_for_stop(rb_server *srv, const sigset_t *set)
 }
 
 /* Waits until the storage backend can serve (Postgres reached and
- * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT.
- * Returns false when told to stop first. */
+ * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT, and
+ * SIGHUP as when serving (a certificate replaced meanwhile must not wait
+ * for a second SIGHUP). Returns false when told to stop first. */
 static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
 {
     if (srv->storage_ops->ready == NULL || srv->storage_ops->ready(srv->storage)) {
@@ -310,6 +311,10 @@ static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
     while (!srv->storage_ops->ready(srv->storage)) {
         struct timespec wait = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
         int sig = sigtimedwait(set, NULL, &wait);
+        if (sig == SIGHUP) {
+            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
+            reload_tls(srv);
+        }
         if (sig == SIGTERM || sig == SIGINT) {
             RB_LOG_INFO(0, "%s received while waiting for storage: stopping",
                         sig == SIGTERM ? "SIGTERM" : "SIGINT");

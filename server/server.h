@@ -18,6 +18,7 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "server/admin.h"
+#include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
 #include "transports/layer.h"
@@ -29,59 +30,19 @@ typedef struct rb_conn rb_conn;
 typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
+typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
 
-/* An immutable, reference-counted block of encoded MESSAGES items of one
- * topic's committed batch, shared by every shard and stream it fans out to.
- * It goes back to its home pool when the last reference drops. */
-struct rb_block {
-    atomic_uint refs;
-    rb_pool *home;
-    uint64_t first_seq;
-    uint64_t last_seq;
-    uint32_t count;
-    uint32_t bytes; /* item bytes used in data */
-    uint32_t cap;
-    uint8_t topic_len;
-    char topic[RB_TOPIC_BYTES_MAX + 1];
-    uint8_t *data; /* points at the bytes after this header */
-};
-
-void rb_block_ref(rb_block *b);
-void rb_block_unref(rb_block *b);
-
-/* Kinds of messages sent to a shard through MSG_RING data. */
+/* Kinds of messages sent to a shard through MSG_RING data; each has one
+ * handler per shard (rb_shard_on_remote). */
 enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
+    RB_REMOTE_KINDS_MAX = 4
 };
 #define RB_REMOTE_KIND_SHIFT     56
 #define RB_REMOTE(kind, payload) (((uint64_t)(kind) << RB_REMOTE_KIND_SHIFT) | (uint64_t)(payload))
-
-/* A message between shards: a pooled envelope with a kind and a body the
- * receiver interprets. Kinds below 100 go to server/owner.c, the rest to
- * server/stream.c. Records are encoded back to back in data. */
-enum {
-    RB_XK_PUBLISH = 1,  /* records: publishes for topics the receiver owns */
-    RB_XK_ACK = 2,      /* records: publish acks and errors for the receiver's conns */
-    RB_XK_INTEREST = 3, /* records: subscribe, unsubscribe, head queries */
-    RB_XK_HEAD = 101,   /* records: head replies to interest records */
-    RB_XK_BLOCK = 102,  /* ptr: a committed block to fan out locally */
-};
-
-typedef struct rb_xmsg rb_xmsg;
-struct rb_xmsg {
-    uint16_t kind;
-    uint16_t from_shard;
-    uint32_t count;   /* records in data */
-    uint32_t pending; /* records not yet finished by the receiver */
-    rb_pool *home;
-    rb_block *ptr;  /* RB_XK_BLOCK's block, or the large buffer behind data */
-    uint32_t bytes; /* used bytes of data */
-    uint32_t cap;
-    uint8_t *data; /* encoded records, cap bytes */
-};
 
 typedef enum rb_conn_state {
     RB_CONN_FREE = 0,
@@ -157,13 +118,12 @@ struct rb_shard {
     rb_pool seg_pool;
     rb_pool iov_pool;
     rb_pool rxbig_pool;
-    rb_pool xmsg_pool;
-    rb_pool block_pool;
-    /* queues from every other shard (consumer: this shard) */
-    rb_spsc *inbox;        /* [shard_count], inbox[i] is produced by shard i */
-    uint8_t *wake_pending; /* [shard_count] shards to wake at the end of the turn */
-    rb_xmsg **outbox;      /* [shard_count] records being filled for each shard */
-    bool self_pending;     /* this shard queued envelopes to itself this turn */
+    /* envelopes and blocks, and the queues from every shard */
+    rb_mailbox mail;
+    bool mail_ready;
+    uint32_t subsystems_inited; /* init hooks that succeeded, undone by deinit */
+    bool poll_soon;             /* a subsystem waits for something nobody wakes it for */
+    rb_remote_fn *remote[RB_REMOTE_KINDS_MAX];
     /* storage */
     rb_storage_shard *storage;
     /* topic owners and local subscriptions */
@@ -184,6 +144,7 @@ struct rb_server {
     rb_config cfg;
     uint32_t shard_count;
     rb_shard *shards;
+    rb_mailbox **mailboxes; /* [shard_count], &shards[i].mail */
     const rb_storage_ops *storage_ops;
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
@@ -194,43 +155,41 @@ struct rb_server {
     atomic_uint_fast64_t next_conn_id;
 };
 
-/* In-process record fields (native byte order; records never leave the
- * process). */
-static inline uint8_t *rb_rec_put(uint8_t *p, const void *v, size_t n)
-{
-    if (n == 0) {
-        return p;
-    }
-    memcpy(p, v, n);
-    return p + n;
-}
-
-static inline const uint8_t *rb_rec_get(const uint8_t *p, void *v, size_t n)
-{
-    memcpy(v, p, n);
-    return p + n;
-}
-
-/* server/shard.c */
+/* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);
 void rb_server_stop(rb_server *srv);
 void rb_server_join(rb_server *srv);
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len);
-/* Queues an envelope for shard `to` (sent at the end of the turn). Returns
- * 0 or RB_ELIMIT when the queue to that shard is full. */
-int rb_shard_send(rb_shard *sh, uint32_t to, rb_xmsg *m);
-rb_xmsg *rb_shard_xmsg_get(rb_shard *sh);
-/* Returns an envelope (and the block it holds) to its home pool. */
-void rb_xmsg_put(rb_xmsg *m);
-rb_block *rb_shard_block_get(rb_shard *sh);
-/* Space for a record of len bytes in the envelope of `kind` being filled
- * for shard `to`; an envelope of another kind or without room is sent
- * first, so records reach `to` in the order they were written. NULL when
- * no envelope can be had (the caller refuses the work). */
-uint8_t *rb_outbox_reserve(rb_shard *sh, uint32_t to, uint16_t kind, size_t len);
-void rb_outbox_commit(rb_shard *sh, uint32_t to, size_t len);
-/* Sends every envelope being filled (end of turn). */
-void rb_outbox_flush_all(rb_shard *sh);
+/* The next turn waits at most a millisecond: a subsystem retries work that
+ * waits for memory or queue slots other shards free without waking it. */
+void rb_shard_poll_soon(rb_shard *sh);
+/* Registers the handler of MSG_RING data of `kind` on this shard. */
+void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn);
+
+/* A subsystem's per-shard hooks, run by the shard in the order of
+ * rb_shard_subsystems (deinit in reverse). Every hook may be NULL.
+ *   init:   on the shard thread before its first turn; a failure stops the
+ *           daemon's start (the hooks already run are undone by deinit);
+ *   start:  once every shard has finished init;
+ *   flush:  at the end of every turn, before envelopes are sent;
+ *   stop:   when the daemon stops (grace_over false), and again when the
+ *           close grace has run out (grace_over true: drop what is left);
+ *   idle:   while stopping: true when nothing of it is in flight, so the
+ *           thread may end;
+ *   deinit: after every shard thread has ended. */
+typedef struct rb_subsystem {
+    const char *name;
+    int (*init)(rb_shard *sh, rb_err *err);
+    void (*start)(rb_shard *sh);
+    void (*flush)(rb_shard *sh);
+    void (*stop)(rb_shard *sh, bool grace_over);
+    bool (*idle)(rb_shard *sh);
+    void (*deinit)(rb_shard *sh);
+} rb_subsystem;
+
+/* server/subsystems.c: the subsystems every shard runs, in order. */
+extern const rb_subsystem *const rb_shard_subsystems[];
+extern const uint32_t rb_shard_subsystem_count;
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
@@ -279,13 +238,11 @@ void rb_conn_table_deinit(rb_shard *sh);
  * queue are done. */
 void rb_conn_maybe_finish_drain(rb_conn *c);
 
-/* server/owner.c: topic owners (publishing, group commit, fan-out) */
-int rb_owner_init(rb_shard *sh, rb_err *err);
-void rb_owner_deinit(rb_shard *sh);
-void rb_owner_on_publish(rb_conn *c, const rb_frame *f);
-void rb_owner_on_xmsg(rb_shard *sh, rb_xmsg *m);
-void rb_owner_flush(rb_shard *sh);
-bool rb_owner_idle(rb_shard *sh);
+/* server/acceptor.c: listeners and fd hand-over */
+extern const rb_subsystem rb_acceptor_subsystem;
+
+/* server/owner.c: topic owners (batches, appends, fan-out, interest) */
+extern const rb_subsystem rb_owner_subsystem;
 /* Interest ops a stream's shard sends to a topic's owner: SUB when the
  * shard's first local subscriber of the topic appears (the owner starts
  * fanning out to it and replies with its head), UNSUB when the last one
@@ -300,16 +257,12 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
                       const uint8_t *topic, uint8_t topic_len);
 
 /* server/stream.c: subscription streams */
-int rb_stream_shard_init(rb_shard *sh, rb_err *err);
-void rb_stream_shard_deinit(rb_shard *sh);
+extern const rb_subsystem rb_stream_subsystem;
 void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
 /* The store epoch this shard's streams check cursors against (STARTED). */
 uint64_t rb_stream_epoch(const rb_shard *sh);
-void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m);
 void rb_stream_conn_closed(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
-/* True when no catch-up read is in flight on the shard. */
-bool rb_stream_idle(rb_shard *sh);
 void rb_stream_on_send_drained(rb_conn *c);
 
 #endif

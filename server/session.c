@@ -16,6 +16,7 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "server/link.h"
+#include "server/publish.h"
 #include "server/server.h"
 
 #define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
@@ -533,7 +534,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         }
         break;
     case RB_FRAME_PUBLISH:
-        rb_owner_on_publish(c, f);
+        rb_publish_on_frame(c, f);
         break;
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);

@@ -121,7 +121,9 @@ struct rb_subs {
 static void read_done(rb_read_req *req);
 static entry *cq_pop(rb_subs *s);
 
-int rb_stream_shard_init(rb_shard *sh, rb_err *err)
+static void stream_on_xmsg(void *ctx, rb_xmsg *m);
+
+static int stream_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
     rb_subs *s = calloc(1, sizeof *s);
@@ -164,6 +166,10 @@ int rb_stream_shard_init(rb_shard *sh, rb_err *err)
     rc =
         rc ? rc
            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections, err);
+    if (rc == 0) {
+        rb_mailbox_register(&sh->mail, RB_XK_HEAD, stream_on_xmsg, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_BLOCK, stream_on_xmsg, sh);
+    }
     return rc;
 }
 
@@ -173,7 +179,7 @@ uint64_t rb_stream_epoch(const rb_shard *sh)
     return sh->subs->epoch;
 }
 
-bool rb_stream_idle(rb_shard *sh)
+static bool stream_idle(rb_shard *sh)
 {
     rb_subs *s = sh->subs;
     for (uint32_t i = 0; i < s->reader_count; i++) {
@@ -184,7 +190,7 @@ bool rb_stream_idle(rb_shard *sh)
     return true;
 }
 
-void rb_stream_shard_deinit(rb_shard *sh)
+static void stream_deinit(rb_shard *sh)
 {
     rb_subs *s = sh->subs;
     if (s == NULL) {
@@ -903,8 +909,9 @@ static void on_block(rb_subs *s, rb_block *b)
     }
 }
 
-void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m)
+static void stream_on_xmsg(void *ctx, rb_xmsg *m)
 {
+    rb_shard *sh = ctx;
     rb_subs *s = sh->subs;
     if (m->kind == RB_XK_BLOCK) {
         on_block(s, m->ptr);
@@ -1270,3 +1277,10 @@ void rb_stream_on_send_drained(rb_conn *c)
         catchup_pump(c->shard->subs);
     }
 }
+
+const rb_subsystem rb_stream_subsystem = {
+    .name = "streams",
+    .init = stream_init,
+    .idle = stream_idle,
+    .deinit = stream_deinit,
+};

@@ -129,6 +129,8 @@ struct rb_quic_engine {
     gnutls_priority_t prio;
     char server_name[256];
     bool name_is_addr;
+    uint8_t name_bin[16];
+    gnutls_typed_vdata_st vdata;
     bool insecure;
     rb_quic_conn *conns;
     uint32_t conns_max;
@@ -997,16 +999,17 @@ static int tls_client_verify(rb_quic_engine *e, gnutls_session_t s)
         gnutls_session_set_verify_cert(s, e->server_name, 0);
         return 0;
     }
-    uint8_t bin[16];
-    gnutls_typed_vdata_st data = {.type = GNUTLS_DT_IP_ADDRESS, .data = bin};
-    if (inet_pton(AF_INET, e->server_name, bin) == 1) {
-        data.size = 4;
-    } else if (inet_pton(AF_INET6, e->server_name, bin) == 1) {
-        data.size = 16;
+    /* GnuTLS keeps a pointer to the address: it lives in the engine. */
+    e->vdata.type = GNUTLS_DT_IP_ADDRESS;
+    e->vdata.data = e->name_bin;
+    if (inet_pton(AF_INET, e->server_name, e->name_bin) == 1) {
+        e->vdata.size = 4;
+    } else if (inet_pton(AF_INET6, e->server_name, e->name_bin) == 1) {
+        e->vdata.size = 16;
     } else {
         return -1;
     }
-    gnutls_session_set_verify_cert2(s, &data, 1, 0);
+    gnutls_session_set_verify_cert2(s, &e->vdata, 1, 0);
     return 0;
 }
 

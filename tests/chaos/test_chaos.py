@@ -1,7 +1,8 @@
 """Chaos scenarios: the real ringbusd on a real Postgres under load from
 publishers and durable subscribers (world.py), one fault injected per
 trial, and the whole history checked against G1–G4 (history.py) together
-with what Postgres holds at the end.
+with what Postgres holds at the end. The mem_* scenarios run the client
+faults on the memory store and read what it holds back through the daemon.
 
 Each scenario is seeded; the seed is printed and named in every failure
 (CHAOS_SEED=N reruns it). CHAOS_PROFILE=short (the default, part of `make
@@ -24,6 +25,7 @@ sys.path.insert(0, str(HERE))
 
 from conftest import BAD_LOG_MARKERS, Daemon  # noqa: E402
 from pg import pg_cluster, pg_db  # noqa: E402,F401
+import rbproto as rp  # noqa: E402
 
 import history  # noqa: E402
 import world as chaos_world  # noqa: E402
@@ -39,6 +41,11 @@ TRIALS = {
     "slow_subscribers": (2, 10),
     "churn": (2, 10),
     "vanish": (2, 10),
+    # The memory store (no restarts: it is lost on restart by design); what
+    # it holds is read back through the daemon.
+    "mem_slow_subscribers": (1, 5),
+    "mem_churn": (1, 5),
+    "mem_vanish": (1, 5),
 }
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "1.5" if PROFILE == "short" else "6"))
 PG_STOP_S = float(os.environ.get("CHAOS_PG_STOP_S", "10"))
@@ -47,6 +54,10 @@ SETTLE_S = 60
 RECOVER_S = 30
 # Small bounds, so that a stalled subscriber meets them within a trial.
 LIMITS = "[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
+# The memory store keeps a whole run (retention would make the read-back
+# start above seq 1).
+MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 268_435_456\n"
+READBACK_S = 120
 
 
 def trials(name):
@@ -65,17 +76,22 @@ class Run:
         self.cluster = cluster
         self.db = db
         self.tmp = tmp_path
-        # pg.py runs Postgres with synchronous_commit off (the integration
-        # tests kill the daemon, not Postgres); a Postgres crash loses such
-        # commits, so the chaos database waits for the WAL flush.
-        db.psql(f"ALTER DATABASE {db.name} SET synchronous_commit = on")
-        self.daemon = Daemon(tmp_path, shards=2, storage="postgres", conninfo=db.conninfo,
-                             extra=LIMITS)
+        self.memory = name.startswith("mem_")
+        if self.memory:
+            self.daemon = Daemon(tmp_path, shards=2, storage="memory", extra=LIMITS + MEMORY)
+        else:
+            # pg.py runs Postgres with synchronous_commit off (the
+            # integration tests kill the daemon, not Postgres); a Postgres
+            # crash loses such commits, so this database waits for the WAL.
+            db.psql(f"ALTER DATABASE {db.name} SET synchronous_commit = on")
+            self.daemon = Daemon(tmp_path, shards=2, storage="postgres", conninfo=db.conninfo,
+                                 extra=LIMITS)
         self.daemon.start()
         self.logs = []
         self.hist = history.History()
         self.world = chaos_world.World(self.hist, self.daemon.port, self.rng, TOPICS)
         self.faults = 0
+        self.readback_lag_closes = 0
 
     # -- the daemon
 
@@ -102,9 +118,11 @@ class Run:
             assert time.monotonic() < deadline, f"{self.tag()}: no ack {RECOVER_S}s after {what}"
             self.world.step()
 
-    # -- storage, straight from Postgres
+    # -- storage: straight from Postgres, or read back through the daemon
 
     def storage(self):
+        if self.memory:
+            return self.read_back()
         rows = self.db.psql("SELECT t.name, m.seq, split_part(convert_from(m.payload, 'UTF8'), "
                             "'|', 1) FROM messages m JOIN topics t ON t.id = m.topic_id", 120)
         out = {}
@@ -113,7 +131,44 @@ class Run:
         return out
 
     def heads(self):
+        if self.memory:
+            return {t: len(rows) for t, rows in self.read_back().items()}
         return {n: int(h) for n, h in self.db.psql("SELECT name, head FROM topics")}
+
+    def read_back(self):
+        """Every stored message, by history_only adds of each topic on a
+        fresh connection (the daemon must be running). A read-back closed
+        with resource_exhausted resumes from what it has, as any client."""
+        out = {t: {} for t in TOPICS}
+        deadline = time.monotonic() + READBACK_S
+        while time.monotonic() < deadline:
+            if self._read_back_once(out):
+                return out
+        raise AssertionError(f"{self.tag()}: read-back incomplete after {READBACK_S}s")
+
+    def _read_back_once(self, out):
+        cursors = [(t, max(out[t], default=0)) for t in TOPICS]
+        with rp.Conn(port=self.daemon.port, timeout=READBACK_S) as c:
+            assert c.hello(name="readback").kind == rp.STARTED
+            c.mutate(2, 1, adds=cursors, history_only=True)
+            while True:
+                try:
+                    f = c.recv()
+                except EOFError:
+                    return False
+                if f.kind == rp.PING:
+                    c.pong(f["nonce"])
+                elif f.kind == rp.MESSAGES:
+                    for topic, seq, payload in f["items"]:
+                        out[topic][seq] = payload.split(b"|", 1)[0].decode(errors="replace")
+                elif f.kind == rp.CATCHUP_COMPLETE:
+                    return True
+                elif f.kind in (rp.CLOSE, rp.ERROR) and f["code" if f.kind == rp.ERROR
+                                                            else "status"] == rp.RESOURCE_EXHAUSTED:
+                    self.readback_lag_closes += 1
+                    return False
+                else:
+                    raise AssertionError(f"{self.tag()}: read-back got {f.kind} {f.fields}")
 
     # -- the end
 
@@ -123,9 +178,11 @@ class Run:
     def finish(self):
         behind = self.world.settle(SETTLE_S, self.heads)
         self.world.drop_all()
+        storage = self.storage() if self.memory else None
         self.daemon.stop()
         self._archive_log()
-        storage = self.storage()
+        if storage is None:
+            storage = self.storage()
         violations, stats = history.check(self.hist.events, storage,
                                           durable_subs=self.world.sub_names, topics=TOPICS)
         if behind:
@@ -135,6 +192,7 @@ class Run:
         if bad:
             violations.append(f"daemon log: {bad[:5]}")
         stats.update(faults=self.faults, reconnects=self.world.reconnects,
+                     readback_lag_closes=self.readback_lag_closes,
                      publish_errors=self.world.errors, sub_closes=self.world.sub_closes,
                      stored=sum(len(r) for r in storage.values()))
         summary = f"{self.tag()}: {json.dumps(stats, sort_keys=True)}"
@@ -223,7 +281,7 @@ def fault_vanish(run):
         run.world.step()
 
 
-FAULTS = {n: globals()[f"fault_{n}"] for n in TRIALS}
+FAULTS = {n: globals()[f"fault_{n.removeprefix('mem_')}"] for n in TRIALS}
 
 
 @pytest.mark.parametrize("scenario", list(TRIALS))
@@ -239,6 +297,10 @@ def test_chaos(scenario, tmp_path, pg_cluster, pg_db, capsys):  # noqa: F811
             FAULTS[scenario](run)
             run.faults += 1
         run.world.run(LOAD_S / 2)
+    except BaseException:
+        if run.daemon.proc is not None:
+            run.daemon.kill9()
+        raise
     finally:
         if pg_cluster.pid is None:
             pg_cluster.start()

@@ -17,6 +17,9 @@ import streamcheck
 WINDOW = 64
 # A client that could not connect waits this long before trying again.
 RETRY_S = 0.1
+# A publisher told `unavailable` (or any error) waits this long before its
+# next publish, as a real client backs off.
+BACKOFF_S = 0.02
 
 
 class ChaosPub(streamcheck.Client):
@@ -27,6 +30,7 @@ class ChaosPub(streamcheck.Client):
         self.corr = 1
         self.inflight = {}
         self.started = False
+        self.backoff_until = 0.0
 
     def publish(self, topic):
         self.corr += 1
@@ -46,6 +50,7 @@ class ChaosPub(streamcheck.Client):
         elif f.kind == rp.ERROR and f.corr in self.inflight:
             del self.inflight[f.corr]
             self.world.hist.add("err", self.sid, f.corr, f["code"])
+            self.backoff_until = time.monotonic() + BACKOFF_S
             self.world.errors[f["code"]] = self.world.errors.get(f["code"], 0) + 1
         elif f.kind == rp.CLOSE:
             self.world.hist.add("end", self.sid, "close", f["status"])
@@ -165,7 +170,7 @@ class World:
         self.ensure_connected()
         for name in self.pub_names:
             c = self.clients.get(name)
-            if c is None or c.closed or not c.started:
+            if c is None or c.closed or not c.started or time.monotonic() < c.backoff_until:
                 continue
             for _ in range(publishes):
                 if len(c.inflight) >= WINDOW:

@@ -237,6 +237,8 @@ int main(int argc, char **argv)
 {
     rb_quic_config cfg;
     rb_quic_config_default(&cfg, RB_QUIC_SERVER);
+    /* One echo reference per received packet's worth of bytes. */
+    cfg.send_refs_max = RB_QUIC_SEND_REFS_MAX;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--cert") == 0 && i + 1 < argc) {
             cfg.cert_file = argv[++i];

@@ -16,6 +16,7 @@
 #include "common/frame.h"
 #include "common/loop.h"
 #include "storage/storage.h"
+#include "tests/unit/death.h"
 
 static const rb_storage_ops *ops = &rb_storage_memory_ops;
 
@@ -741,6 +742,7 @@ END_TEST
 
 START_TEST(test_memory_shard_close_with_pending_done_asserts)
 {
+    RB_DEATH_TEST();
     fx f;
     fx_open(&f, 10, 1 << 20);
     int calls = 0;

@@ -6,14 +6,19 @@
  * printed on failure), the handshake limit, owner routing, migration,
  * idle timeout and garbage input. */
 #include <arpa/inet.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <check.h>
 
+#include "client/transport.h"
+#include "client/url.h"
 #include "common/frame.h"
 #include "transports/quic.h"
 
@@ -1175,6 +1180,151 @@ START_TEST(test_quic_garbage_datagrams_are_dropped)
 }
 END_TEST
 
+/* ---- libringbus's quic transport over real UDP ---- */
+
+typedef struct peer_proc {
+    pid_t pid;
+    uint16_t port;
+} peer_proc;
+
+/* Starts build/<variant>/quic_peer (next to this binary): an engine that
+ * echoes the bus stream. */
+static peer_proc peer_start(void)
+{
+    char exe[1024];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 32);
+    ck_assert(n > 0);
+    exe[n] = '\0';
+    char *slash = strrchr(exe, '/');
+    ck_assert_ptr_nonnull(slash);
+    strcpy(slash + 1, "quic_peer");
+    int fds[2];
+    ck_assert_int_eq(pipe(fds), 0);
+    peer_proc p = {0};
+    p.pid = fork();
+    ck_assert_int_ge(p.pid, 0);
+    if (p.pid == 0) {
+        dup2(fds[1], 1);
+        close(fds[0]);
+        execl(exe, exe, "--cert", cert_file, "--key", key_file, (char *)NULL);
+        _exit(127);
+    }
+    close(fds[1]);
+    char line[64] = {0};
+    size_t got = 0;
+    while (got < sizeof line - 1 && read(fds[0], line + got, 1) == 1 && line[got] != '\n') {
+        got++;
+    }
+    close(fds[0]);
+    unsigned port = 0;
+    ck_assert_msg(sscanf(line, "port %u", &port) == 1, "quic_peer said \"%s\"", line);
+    p.port = (uint16_t)port;
+    return p;
+}
+
+static void peer_stop(peer_proc *p)
+{
+    kill(p->pid, SIGTERM);
+    int status = 0;
+    waitpid(p->pid, &status, 0);
+    ck_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static void transport_connect(rb_client_transport *tp, uint16_t port, const char *ca)
+{
+    char text[128];
+    snprintf(text, sizeof text, "quic://127.0.0.1:%u", port);
+    rb_url url;
+    rb_err err = {0};
+    ck_assert_int_eq(rb_url_parse(text, &url, &err), 0);
+    memset(tp, 0, sizeof *tp);
+    tp->fd = -1;
+    tp->ca_file = ca;
+    tp->ops = rb_client_transport_for(RB_URL_QUIC);
+    ck_assert_ptr_nonnull(tp->ops);
+    int rc = tp->ops->connect(tp, &url, text, rb_client_now_ns() + 5000000000ll, &err);
+    ck_assert_msg(rc == 0, "connect: %s", err.msg);
+}
+
+START_TEST(test_quic_client_transport_echoes_through_a_real_socket)
+{
+    peer_proc p = peer_start();
+    rb_client_transport tp;
+    transport_connect(&tp, p.port, cert_file);
+    size_t len = 3000000;
+    uint8_t *out = malloc(len), *in = malloc(len);
+    fill_pattern(out, len, 5);
+    size_t sent = 0, got = 0;
+    int64_t deadline = rb_client_now_ns() + 20000000000ll;
+    rb_err err = {0};
+    while (got < len && rb_client_now_ns() < deadline) {
+        if (sent < len) {
+            ssize_t n = tp.ops->write(&tp, out + sent, len - sent, &err);
+            ck_assert_msg(n > 0 || n == RB_EAGAIN, "write: %s", err.msg);
+            sent += n > 0 ? (size_t)n : 0;
+        }
+        struct pollfd pfd = {.fd = tp.fd, .events = POLLIN};
+        (void)poll(&pfd, 1, 10);
+        for (;;) {
+            ssize_t n = tp.ops->read(&tp, in + got, len - got, &err);
+            ck_assert_msg(n > 0 || n == RB_EAGAIN, "read: %s", err.msg);
+            if (n == RB_EAGAIN) {
+                break;
+            }
+            got += (size_t)n;
+        }
+    }
+    ck_assert_uint_eq(got, len);
+    ck_assert(memcmp(in, out, len) == 0);
+    tp.ops->close(&tp);
+    ck_assert_int_eq(tp.fd, -1);
+    free(out);
+    free(in);
+    peer_stop(&p);
+}
+END_TEST
+
+START_TEST(test_quic_client_transport_refuses_an_untrusted_server)
+{
+    peer_proc p = peer_start();
+    char text[128];
+    snprintf(text, sizeof text, "quic://127.0.0.1:%u", p.port);
+    rb_url url;
+    rb_err err = {0};
+    ck_assert_int_eq(rb_url_parse(text, &url, &err), 0);
+    rb_client_transport tp = {.fd = -1, .ops = rb_client_transport_for(RB_URL_QUIC)};
+    /* The system store does not know the test's self-signed certificate. */
+    int rc = tp.ops->connect(&tp, &url, text, rb_client_now_ns() + 5000000000ll, &err);
+    ck_assert_int_ne(rc, 0);
+    ck_assert_ptr_nonnull(strstr(err.msg, "QUIC handshake"));
+    ck_assert_int_eq(tp.fd, -1);
+    peer_stop(&p);
+}
+END_TEST
+
+START_TEST(test_quic_client_transport_times_out_without_a_server)
+{
+    /* A bound socket that never answers. */
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    rb_quic_addr a;
+    addr_v4(&a, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a.ss, a.len), 0);
+    a.len = sizeof a.ss;
+    getsockname(fd, (struct sockaddr *)&a.ss, &a.len);
+    char text[128];
+    snprintf(text, sizeof text, "quic://127.0.0.1:%u", addr_port(&a));
+    rb_url url;
+    rb_err err = {0};
+    ck_assert_int_eq(rb_url_parse(text, &url, &err), 0);
+    rb_client_transport tp = {.fd = -1, .ops = rb_client_transport_for(RB_URL_QUIC)};
+    tp.insecure = true;
+    int rc = tp.ops->connect(&tp, &url, text, rb_client_now_ns() + 300000000ll, &err);
+    ck_assert_int_eq(rc, RB_ETIMEDOUT);
+    ck_assert_ptr_nonnull(strstr(err.msg, "timed out"));
+    close(fd);
+}
+END_TEST
+
 Suite *rb_quic_suite(void);
 
 Suite *rb_quic_suite(void)
@@ -1222,6 +1372,13 @@ Suite *rb_quic_suite(void)
     tcase_add_test(tc, test_quic_dcid_names_the_owner);
     tcase_add_test(tc, test_quic_nat_rebinding_keeps_the_connection);
     tcase_add_test(tc, test_quic_garbage_datagrams_are_dropped);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("client");
+    tcase_add_unchecked_fixture(tc, setup_cert, teardown_cert);
+    tcase_set_timeout(tc, 60);
+    tcase_add_test(tc, test_quic_client_transport_echoes_through_a_real_socket);
+    tcase_add_test(tc, test_quic_client_transport_refuses_an_untrusted_server);
+    tcase_add_test(tc, test_quic_client_transport_times_out_without_a_server);
     suite_add_tcase(s, tc);
     return s;
 }
