@@ -158,7 +158,7 @@ static void shard_setup(uint64_t send_queue_bytes)
     ck_assert_int_eq(rb_pool_init(&sh.rxbig_pool, "big", srv.cfg.max_frame_bytes, 2, &err), 0);
     sh.send_budget.limit_bytes = rb_send_budget_bytes(&srv.cfg);
     ck_assert_int_eq(rb_conn_table_init(&sh, &err), 0);
-    ck_assert_int_eq(rb_stream_shard_init(&sh, &err), 0);
+    ck_assert_int_eq(rb_stream_subsystem.init(&sh, &err), 0);
 }
 
 static void shard_teardown(void)
@@ -173,7 +173,7 @@ static void shard_teardown(void)
         ck_assert_int_eq(sh.conns[i].state, RB_CONN_FREE);
     }
     ck_assert_uint_eq(sh.send_budget.used_bytes, 0);
-    rb_stream_shard_deinit(&sh);
+    rb_stream_subsystem.deinit(&sh);
     rb_conn_table_deinit(&sh);
     rb_pool_deinit(&sh.rxbig_pool);
     rb_pool_deinit(&sh.seg_pool);
