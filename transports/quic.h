@@ -293,7 +293,7 @@ void rb_quic_bus_finish(rb_quic_conn *qc);
  * as its application error code and reason (at most 255 bytes are sent).
  * The owner's bytes are released at once (no bus_acked follows) and no
  * callback runs for qc again; the engine keeps the connection through its
- * closing period and frees it. */
+ * closing period and frees it. now_ns 0 reads CLOCK_MONOTONIC. */
 void rb_quic_conn_close(rb_quic_conn *qc, uint16_t wire_status, const char *reason,
                         uint64_t now_ns);
 
