@@ -34,6 +34,7 @@
 #define EP_DGRAM_BYTES_MAX 2048
 
 _Static_assert(sizeof(((rb_server *)0)->quic_secret) == RB_QUIC_SECRET_BYTES, "secret size");
+_Static_assert(RB_SHARDS_MAX - 1 <= RB_QUIC_OWNER_MAX, "a shard id fits a connection ID");
 
 /* A forwarded datagram: listener index, address, bytes. */
 typedef struct fwd_head {

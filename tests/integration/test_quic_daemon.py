@@ -27,12 +27,6 @@ GTLSCLIENT = shutil.which("gtlsclient")
 RELAY = BUILD / "quic_relay"
 
 
-def free_udp_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory):
     return rt.Certs(tmp_path_factory.mktemp("certs"))
@@ -42,7 +36,8 @@ def certs(tmp_path_factory):
 def quicd(tmp_path_factory, certs):
     """A daemon with 4 shards (so datagrams meet other shards' sockets), a
     quic listener and a quic listener with Retry."""
-    port, retry_port, tcp_port = free_udp_port(), free_udp_port(), free_port()
+    # free_port checks that TCP and UDP can both bind the port.
+    port, retry_port, tcp_port = free_port(), free_port(), free_port()
     others = {k: free_port() for k in ("tls", "ws", "wss")}
     listeners = (rt.listener("tcp", tcp_port) + rt.listener("quic", port, certs) +
                  rt.listener("quic", retry_port, certs, quic_retry=True) +
