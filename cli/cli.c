@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +36,24 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               [--origin ORIGIN] COMMAND [ARGS]\n"
+    "               [--origin ORIGIN] [--token TOKEN | --token-file FILE |\n"
+    "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
+    "               COMMAND [ARGS]\n"
     "\n"
     "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
     "                     IPv6 as tcp://[::1]:7400, tls://host[:port],\n"
-    "                     ws://host[:port][/path], wss://host[:port][/path]\n"
-    "  --ca FILE          tls, wss: trust the CAs in FILE (PEM) instead of the system store\n"
-    "  --insecure         tls, wss: do not verify the server certificate (testing only)\n"
+    "                     ws://host[:port][/path], wss://host[:port][/path],\n"
+    "                     quic://host[:port] (UDP)\n"
+    "  --ca FILE          tls, wss, quic: trust the CAs in FILE (PEM) instead of the system store\n"
+    "  --insecure         tls, wss, quic: do not verify the server certificate (testing only)\n"
     "  --origin ORIGIN    ws, wss: send this Origin header (for listeners with origins)\n"
+    "  --token TOKEN      sign in with a JWT (visible to other local users in ps;\n"
+    "                     prefer --token-file)\n"
+    "  --token-file FILE  sign in with the JWT in FILE (one trailing newline is dropped)\n"
+    "  --user NAME        sign in as NAME with the password in --password-file\n"
+    "  --password-file FILE  the password: FILE's first line\n"
+    "  --cert FILE, --key FILE  tls, wss: client certificate and key (PEM) for\n"
+    "                     listeners with client_ca\n"
     "  --timeout SECONDS  connect and request timeout (default 10)\n"
     "  --name NAME        client name sent to the server\n"
     "  --help, --version\n"
@@ -64,9 +75,15 @@ static const char usage_text[] =
 typedef struct cli {
     const char *url;
     const char *name;
-    const char *ca_file; /* --ca */
-    bool insecure;       /* --insecure */
-    const char *origin;  /* --origin */
+    const char *ca_file;       /* --ca */
+    bool insecure;             /* --insecure */
+    const char *origin;        /* --origin */
+    const char *token;         /* --token */
+    const char *token_file;    /* --token-file */
+    const char *user;          /* --user */
+    const char *password_file; /* --password-file */
+    const char *cert_file;     /* --cert */
+    const char *key_file;      /* --key */
     int timeout_ms;
     ringbus_conn *conn;
     rb_json_buf out;
@@ -286,6 +303,28 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
         c->insecure = true;
         return 1;
     }
+    static const struct {
+        const char *name;
+        size_t offset;
+        const char *needs;
+    } files[] = {
+        {"--token-file", offsetof(cli, token_file), "a file holding a JWT"},
+        {"--token", offsetof(cli, token), "a JWT"},
+        {"--user", offsetof(cli, user), "a user name"},
+        {"--password-file", offsetof(cli, password_file), "a file holding the password"},
+        {"--cert", offsetof(cli, cert_file), "a PEM certificate file"},
+        {"--key", offsetof(cli, key_file), "a PEM key file"},
+    };
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
+        if (is_opt(arg, files[k].name)) {
+            if ((v = opt_value(argc, argv, i, files[k].name)) == NULL) {
+                say("%s needs %s (try --help)", files[k].name, files[k].needs);
+                return -EXIT_USAGE;
+            }
+            *(const char **)(void *)((char *)c + files[k].offset) = v;
+            return 1;
+        }
+    }
     if (is_opt(arg, "--name")) {
         if ((v = opt_value(argc, argv, i, "--name")) == NULL) {
             return -usage_error("--name needs a name");
@@ -304,6 +343,75 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
 }
 
 /* ---- connecting ---- */
+
+/* Secrets read from files: a token or a password. */
+#define SECRET_FILE_BYTES_MAX 16384
+
+/* Reads the first line of path (without CR LF) into out. Returns its
+ * length, or -1 after saying why. */
+static long read_secret(const char *path, const char *what, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        say("%s %s: %s", what, path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(out, 1, cap - 1, f);
+    bool more = n == cap - 1 && fgetc(f) != EOF;
+    fclose(f);
+    char *nl = memchr(out, '\n', n);
+    if (nl == NULL && more) {
+        explicit_bzero(out, cap);
+        say("%s %s: longer than %zu bytes", what, path, cap - 2);
+        return -1;
+    }
+    n = nl != NULL ? (size_t)(nl - out) : n;
+    if (n > 0 && out[n - 1] == '\r') {
+        n--;
+    }
+    out[n] = '\0';
+    if (n == 0) {
+        say("%s %s: empty", what, path);
+        return -1;
+    }
+    return (long)n;
+}
+
+/* Fills the sign-in options from the flags; secret is the caller's buffer
+ * for a token or password read from a file. Returns 0 or an exit status. */
+static int sign_in_options(const cli *c, ringbus_options *o, char *secret, size_t cap)
+{
+    if (c->token != NULL && c->token_file != NULL) {
+        return usage_error("give --token or --token-file, not both");
+    }
+    if ((c->token != NULL || c->token_file != NULL) && c->user != NULL) {
+        return usage_error("give a token or --user, not both");
+    }
+    if ((c->user == NULL) != (c->password_file == NULL)) {
+        return usage_error("--user and --password-file go together");
+    }
+    if ((c->cert_file == NULL) != (c->key_file == NULL)) {
+        return usage_error("--cert and --key go together");
+    }
+    o->token = c->token;
+    o->user = c->user;
+    o->tls_cert_file = c->cert_file;
+    o->tls_key_file = c->key_file;
+    if (c->token_file != NULL) {
+        if (read_secret(c->token_file, "--token-file", secret, cap) < 0) {
+            return EXIT_RUNTIME;
+        }
+        o->token = secret;
+    } else if (c->password_file != NULL) {
+        long n = read_secret(c->password_file, "--password-file", secret, cap);
+        if (n < 0) {
+            return EXIT_RUNTIME;
+        }
+        o->password = secret;
+        o->password_len = (size_t)n;
+    }
+    return 0;
+}
 
 static void on_event(const ringbus_event *ev, void *ctx)
 {
@@ -325,8 +433,14 @@ static int cli_connect(cli *c, bool with_callback)
         o.on_event = on_event;
         o.event_ctx = c;
     }
+    static char secret[SECRET_FILE_BYTES_MAX];
+    int status = sign_in_options(c, &o, secret, sizeof secret);
+    if (status != 0) {
+        return status;
+    }
     ringbus_error err;
     int rc = ringbus_connect(c->url, &o, &c->conn, &err);
+    explicit_bzero(secret, sizeof secret);
     if (rc != 0) {
         say("%s", err.message);
         return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;

@@ -123,6 +123,11 @@ struct ringbus_conn {
     bool pong_seen;
     int64_t pong_ns;
 
+    uint64_t auth_corr; /* the AUTH in flight (ringbus_refresh_token), 0 = none */
+    bool auth_answered;
+    uint16_t auth_code; /* 0 = accepted, else the ERROR's code */
+    char auth_msg[RB_ERR_MSG_BYTES_MAX];
+
     evnode *evq_head, *evq_tail; /* owned */
     size_t evq_bytes;
     char *scratch; /* owned; strings of the current event */
@@ -316,7 +321,7 @@ static pending *slot_alloc(ringbus_conn *conn)
     RB_ASSERT(conn->inflight_count < conn->window);
     uint64_t corr = conn->next_corr;
     for (uint32_t i = 0; i <= conn->slot_mask; i++, corr++) {
-        if (corr == 0 || (corr & RINGBUS_CORR_MUTATE) != 0) {
+        if (corr == 0 || (corr & (RINGBUS_CORR_MUTATE | RINGBUS_CORR_AUTH)) != 0) {
             corr = 1;
         }
         pending *p = &conn->slots[corr & conn->slot_mask];
@@ -637,8 +642,24 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
             conn->pong_ns = rb_client_now_ns();
         }
         return 0;
+    case RB_FRAME_AUTH:
+        if (conn->auth_corr == 0 || f->hdr.corr_id != conn->auth_corr) {
+            conn_fail_proto(conn, RB_WIRE_BAD_FRAME, "AUTH answer without an AUTH in flight");
+            return 0;
+        }
+        conn->auth_answered = true;
+        conn->auth_code = 0;
+        return 0;
     case RB_FRAME_PUBLISH_ACK:
     case RB_FRAME_ERROR:
+        if (f->hdr.kind == RB_FRAME_ERROR && conn->auth_corr != 0 &&
+            f->hdr.corr_id == conn->auth_corr) {
+            conn->auth_answered = true;
+            conn->auth_code = f->u.error.code;
+            snprintf(conn->auth_msg, sizeof conn->auth_msg, "%.*s", (int)f->u.error.message.len,
+                     (const char *)f->u.error.message.ptr);
+            return 0;
+        }
         slot = slot_find(conn, f->hdr.corr_id);
         if (slot != NULL) {
             on_publish_reply(conn, slot, f);
@@ -842,6 +863,66 @@ static int origin_check(const char *origin, rb_err *err)
     return 0;
 }
 
+/* Builds the HELLO credentials of token or user + password into out;
+ * *len 0 when the options name neither. */
+static int sign_in_credentials(const ringbus_options *o, uint8_t *out, size_t cap, size_t *len,
+                               rb_err *err)
+{
+    *len = 0;
+    if (o->token != NULL) {
+        size_t n = strnlen(o->token, RB_AUTH_TOKEN_BYTES_MAX + 1);
+        if (n == 0 || n > RB_AUTH_TOKEN_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: token is empty or above %d bytes",
+                              RB_AUTH_TOKEN_BYTES_MAX);
+        }
+        *len = rb_credentials_encode_token(out, cap, bytes_of(o->token, n));
+    } else if (o->user != NULL) {
+        size_t n = strnlen(o->user, RB_AUTH_USER_BYTES_MAX + 1);
+        if (n == 0 || n > RB_AUTH_USER_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: user is empty or above %d bytes",
+                              RB_AUTH_USER_BYTES_MAX);
+        }
+        if (o->password == NULL || o->password_len == 0 ||
+            o->password_len > RB_AUTH_PASSWORD_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: user needs a password of 1..%d bytes",
+                              RB_AUTH_PASSWORD_BYTES_MAX);
+        }
+        *len = rb_credentials_encode_password(out, cap, bytes_of(o->user, n),
+                                              bytes_of(o->password, o->password_len));
+    } else {
+        return 0;
+    }
+    rb_credentials c;
+    rb_err why;
+    if (rb_credentials_decode((rb_bytes){out, *len}, &c, &why) != 0) {
+        explicit_bzero(out, *len);
+        *len = 0;
+        /* "credentials: token: byte 3 is not base64url or '.'" */
+        return rb_err_set(err, RB_EINVAL, 0, "options: %s", why.msg + strlen("credentials: "));
+    }
+    return 0;
+}
+
+static int sign_in_check(const ringbus_options *o, rb_err *err)
+{
+    int given = (o->credentials != NULL) + (o->token != NULL) + (o->user != NULL);
+    if (given > 1) {
+        return rb_err_set(err, RB_EINVAL, 0,
+                          "options: give only one of credentials, token and user");
+    }
+    if (o->user == NULL && o->password != NULL) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: password without user");
+    }
+    if ((o->tls_cert_file == NULL) != (o->tls_key_file == NULL)) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: tls_cert_file and tls_key_file go together");
+    }
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t len = 0;
+    int rc = sign_in_credentials(o, cred, sizeof cred, &len, err);
+    explicit_bzero(cred, sizeof cred);
+    return rc;
+}
+
 static int options_check(const ringbus_options *o, rb_err *err)
 {
     if (o->connect_timeout_ms < 0 || o->request_timeout_ms < 0) {
@@ -858,6 +939,10 @@ static int options_check(const ringbus_options *o, rb_err *err)
         (o->credentials == NULL && o->credentials_len != 0)) {
         return rb_err_set(err, RB_EINVAL, 0, "options: credentials longer than %d bytes",
                           RB_SHORT_STRING_BYTES_MAX);
+    }
+    int rc = sign_in_check(o, err);
+    if (rc != 0) {
+        return rc;
     }
     const char *name = o->client_name != NULL ? o->client_name : "libringbus";
     size_t name_len = strnlen(name, RB_SHORT_STRING_BYTES_MAX + 1);
@@ -931,13 +1016,21 @@ static int send_hello(ringbus_conn *conn, const ringbus_options *o, int64_t dead
     const char *name = o->client_name != NULL ? o->client_name : "libringbus";
     rb_bytes name_b = bytes_of(name, strlen(name));
     rb_bytes cred_b = bytes_of(o->credentials, o->credentials_len);
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t cred_len = 0;
+    int rc = sign_in_credentials(o, cred, sizeof cred, &cred_len, err);
+    if (rc == 0 && cred_len > 0) {
+        cred_b = (rb_bytes){cred, cred_len};
+    }
     size_t need = RB_FRAME_HEADER_BYTES + 2 + 2 + name_b.len + 2 + cred_b.len;
-    int rc = tx_reserve(conn, need, true, err);
+    rc = rc ? rc : tx_reserve(conn, need, true, err);
     if (rc != 0) {
+        explicit_bzero(cred, sizeof cred);
         return rc;
     }
     conn->tx_len +=
         rb_frame_encode_hello(conn->tx, conn->tx_cap, 0, RB_PROTOCOL_VERSION, name_b, cred_b);
+    explicit_bzero(cred, sizeof cred);
     RB_ASSERT(conn->tx_len == need);
     while (out_pending(conn)) {
         tx_flush(conn);
@@ -1010,9 +1103,12 @@ static int read_reply(ringbus_conn *conn, int64_t deadline_ns, rb_err *err)
             conn->rx_off = f.hdr.size;
             return rc;
         }
+        const char *hint = rb_client_tcp_answer_hint(&conn->tp, conn->rx, conn->rx_len);
         if (rc != RB_EAGAIN) {
-            return rb_err_set(err, RB_EPROTO, e.cause, "connect %s: bad frame from server: %s",
-                              conn->url_text, e.msg);
+            return hint != NULL
+                       ? rb_err_set(err, RB_EPROTO, e.cause, "connect %s: %s", conn->url_text, hint)
+                       : rb_err_set(err, RB_EPROTO, e.cause,
+                                    "connect %s: bad frame from server: %s", conn->url_text, e.msg);
         }
         if (conn->rx_len >= RB_FRAME_HEADER_BYTES) {
             rb_frame_header hdr;
@@ -1029,8 +1125,8 @@ static int read_reply(ringbus_conn *conn, int64_t deadline_ns, rb_err *err)
             conn->tp.ops->read(&conn->tp, conn->rx + conn->rx_len, conn->rx_cap - conn->rx_len, &e);
         if (n == 0) {
             return rb_err_set(err, RB_ECLOSED, 0,
-                              "connect %s: server closed the connection during the handshake",
-                              conn->url_text);
+                              "connect %s: server closed the connection during the handshake%s%s",
+                              conn->url_text, hint != NULL ? ": " : "", hint != NULL ? hint : "");
         }
         if (n < 0 && n != RB_EAGAIN) {
             return rb_err_set(err, (int)n, e.cause, "connect %s: %s", conn->url_text, e.msg);
@@ -1062,11 +1158,15 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
     conn->tp.ca_file = o->tls_ca_file;
     conn->tp.insecure = o->tls_insecure;
     conn->tp.ws_origin = o->ws_origin;
+    conn->tp.cert_file = o->tls_cert_file;
+    conn->tp.key_file = o->tls_key_file;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);
     conn->tp.ca_file = NULL; /* borrowed for connect only */
     conn->tp.ws_origin = NULL;
+    conn->tp.cert_file = NULL;
+    conn->tp.key_file = NULL;
     if (rc == 0) {
         rc = send_hello(conn, o, deadline_ns, err);
     }
@@ -1523,6 +1623,58 @@ static int ping(ringbus_conn *conn, uint64_t *rtt_ns, rb_err *err)
         *rtt_ns = (uint64_t)(conn->pong_ns - start_ns);
     }
     return 0;
+}
+
+static int refresh_token(ringbus_conn *conn, const char *token, rb_err *err)
+{
+    int rc = check_open(conn, "refresh_token", err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (token == NULL) {
+        return rb_err_set(err, RB_EINVAL, 0, "refresh_token: token is NULL");
+    }
+    ringbus_options o;
+    ringbus_options_init(&o);
+    o.token = token;
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t len = 0;
+    rc = sign_in_credentials(&o, cred, sizeof cred, &len, err);
+    if (rc != 0 || (rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 2 + len, true, err)) != 0) {
+        return rc;
+    }
+    conn->auth_corr = RINGBUS_CORR_AUTH | (conn->auth_corr + 1);
+    conn->auth_answered = false;
+    conn->tx_len += rb_frame_encode_auth(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
+                                         conn->auth_corr, (rb_bytes){cred, len});
+    int64_t deadline_ns = rb_client_now_ns() + (int64_t)conn->request_timeout_ms * 1000000;
+    while (!conn->auth_answered) {
+        if (conn->state == CONN_DEAD) {
+            return rb_err_set(err, RB_ECLOSED, 0, "refresh_token: connection closed");
+        }
+        if (rb_client_ms_until(deadline_ns) == 0) {
+            return rb_err_set(err, RB_ETIMEDOUT, 0, "refresh_token: no answer to AUTH in time");
+        }
+        rc = process(conn, rb_client_ms_until(deadline_ns), err);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (conn->auth_code != 0) {
+        return rb_err_set(err, RB_CLIENT_ESERVER, conn->auth_code, "refresh_token: %s: %s",
+                          rb_wire_code_name(conn->auth_code), conn->auth_msg);
+    }
+    return 0;
+}
+
+int ringbus_refresh_token(ringbus_conn *conn, const char *token, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = not_in_callback(conn, "ringbus_refresh_token", &e);
+    if (rc == 0) {
+        rc = refresh_token(conn, token, &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
 }
 
 int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err)

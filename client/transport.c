@@ -1,8 +1,8 @@
 /* The client transport table and the plain TCP transport: name lookup with
  * a deadline (getaddrinfo_a), nonblocking connect tried on each address in
  * turn, TCP_NODELAY, and nonblocking reads and writes. TLS and WebSocket
- * live in transport_tls.c and transport_ws.c behind the same ops table;
- * QUIC is not built yet. */
+ * live in transport_tls.c and transport_ws.c, QUIC in transport_quic.c,
+ * behind the same ops table. */
 #include "client/transport.h"
 
 #include <errno.h>
@@ -283,9 +283,67 @@ const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme)
     case RB_URL_WSS:
         return &rb_client_wss_ops;
     case RB_URL_QUIC:
-        return NULL;
+        return &rb_client_quic_ops;
     }
     return NULL;
+}
+
+typedef enum answer_kind {
+    ANSWER_UNKNOWN = 0,
+    ANSWER_HTTP,
+    ANSWER_TLS,
+    ANSWER_FRAMES,
+} answer_kind;
+
+static answer_kind answer_classify(const uint8_t *p, size_t len)
+{
+    if (len >= 5 && memcmp(p, "HTTP/", 5) == 0) {
+        return ANSWER_HTTP;
+    }
+    /* A TLS record: alert (21) or handshake (22), version 3.x. */
+    if (len >= 3 && (p[0] == 21 || p[0] == 22) && p[1] == 3 && p[2] <= 4) {
+        return ANSWER_TLS;
+    }
+    rb_frame_header hdr;
+    rb_err e;
+    if (len >= RB_FRAME_HEADER_BYTES &&
+        rb_frame_header_decode(p, len, RB_FRAME_BYTES_MAX, &hdr, &e) == 0 &&
+        (hdr.kind == RB_FRAME_ERROR || hdr.kind == RB_FRAME_CLOSE)) {
+        return ANSWER_FRAMES;
+    }
+    return ANSWER_UNKNOWN;
+}
+
+const char *rb_client_answer_hint(rb_url_scheme layer, const uint8_t *p, size_t len)
+{
+    answer_kind k = answer_classify(p, len);
+    switch (layer) {
+    case RB_URL_TCP:
+        return k == ANSWER_HTTP  ? "the server answered HTTP: is this a ws:// URL?"
+               : k == ANSWER_TLS ? "the server answered TLS: is this a tls:// URL?"
+                                 : NULL;
+    case RB_URL_TLS:
+        return k == ANSWER_HTTP ? "the server answered plain HTTP, not TLS: is this a ws:// URL?"
+               : k == ANSWER_FRAMES
+                   ? "the server answered plain ringbus frames, not TLS: is this a tcp:// URL?"
+                   : NULL;
+    case RB_URL_WS:
+        return k == ANSWER_TLS ? "the server answered TLS: is this a wss:// URL?"
+               : k == ANSWER_FRAMES
+                   ? "the server answered ringbus frames, not HTTP: is this a tcp:// URL?"
+                   : NULL;
+    case RB_URL_WSS:
+        return k == ANSWER_FRAMES
+                   ? "the server answered ringbus frames, not HTTP: is this a tls:// URL?"
+                   : NULL;
+    default:
+        return NULL;
+    }
+}
+
+const char *rb_client_tcp_answer_hint(const rb_client_transport *tp, const uint8_t *p, size_t len)
+{
+    return tp->ops == &rb_client_tcp_ops ? rb_client_answer_hint(RB_URL_TCP, p, len) : NULL;
 }
 
 int rb_client_wait(const rb_client_transport *tp, short events, int64_t deadline_ns,

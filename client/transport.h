@@ -13,6 +13,7 @@
 
 #include "client/url.h"
 #include "common/err.h"
+#include "common/frame.h"
 
 /* The server refused a request (cause = wire code); equals RINGBUS_ESERVER. */
 #define RB_CLIENT_ESERVER (-100)
@@ -49,6 +50,10 @@ struct rb_client_transport {
     const char *ca_file;
     bool insecure;
     const char *alpn;
+    /* tls, wss: the client certificate chain and key (PEM files), both or
+     * neither, borrowed during connect. */
+    const char *cert_file;
+    const char *key_file;
     /* ws, wss: the Origin header of the upgrade request (NULL: none),
      * borrowed during connect; options_check in ringbus.c has vetted it. */
     const char *ws_origin;
@@ -62,6 +67,7 @@ extern const rb_client_transport_ops rb_client_tcp_ops;
 extern const rb_client_transport_ops rb_client_tls_ops;
 extern const rb_client_transport_ops rb_client_ws_ops;
 extern const rb_client_transport_ops rb_client_wss_ops;
+extern const rb_client_transport_ops rb_client_quic_ops;
 
 /* The ops of a scheme, or NULL when it has no transport yet. */
 const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme);
@@ -70,6 +76,23 @@ const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme);
  * deadline_ns passes; returns 0 or RB_ETIMEDOUT / RB_ESYS naming what. */
 int rb_client_wait(const rb_client_transport *tp, short events, int64_t deadline_ns,
                    const char *url_text, const char *what, rb_err *err);
+
+/* Bytes of a server's first answer kept to recognise a foreign protocol. */
+#define RB_CLIENT_ANSWER_PEEK_BYTES 16
+
+/* Recognises a server's first bytes that are not what the layer that read
+ * them expects, and says which URL was probably meant: an HTTP answer to a
+ * tcp:// or tls:// client ("the server answered HTTP: is this a ws://
+ * URL?"), a TLS record to a tcp:// or ws:// client, and plain ringbus
+ * frames to a ws:// or tls:// client. `layer` is the scheme of the layer
+ * that read p (RB_URL_TLS for the raw bytes under wss, RB_URL_WSS for the
+ * decrypted ones above it). Returns a static string, or NULL when p is not
+ * recognised (or too short to tell). */
+const char *rb_client_answer_hint(rb_url_scheme layer, const uint8_t *p, size_t len);
+
+/* The same for the bytes a connection read before its first frame, when
+ * the transport is plain tcp (other transports check below the frames). */
+const char *rb_client_tcp_answer_hint(const rb_client_transport *tp, const uint8_t *p, size_t len);
 
 /* CLOCK_MONOTONIC in nanoseconds. */
 int64_t rb_client_now_ns(void);

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 /* wolfssl/options.h configures the other wolfSSL headers: it comes first. */
@@ -18,6 +19,7 @@
 #include <wolfssl/options.h>
 #include <wolfssl/error-ssl.h>
 #include <wolfssl/ssl.h>
+#include <wolfssl/wolfio.h>
 #include <wolfssl/wolfcrypt/ecc.h>
 #include <wolfssl/wolfcrypt/error-crypt.h>
 /* clang-format on */
@@ -29,6 +31,10 @@ typedef struct tls_client {
     WOLFSSL_CTX *ctx;
     WOLFSSL *ssl;
     bool more; /* the last read filled the caller's buffer: input may be buffered */
+    /* The server's first bytes as wolfSSL read them, to name a server
+     * that does not speak TLS. */
+    uint8_t first[RB_CLIENT_ANSWER_PEEK_BYTES];
+    size_t first_len;
 } tls_client;
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
@@ -51,6 +57,68 @@ static bool is_address(const char *host)
     return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }
 
+/* Signs a probe with the client key and verifies it with the
+ * certificate's public key: wolfSSL_CTX_check_private_key passes an ECDSA
+ * key of another certificate (the server's listener check does the same,
+ * in transports/tls.c, which the library does not link). False only when
+ * the pair demonstrably does not verify. */
+static bool client_pair_ok(WOLFSSL_CTX *ctx)
+{
+    static const unsigned char probe[] = "ringbus client certificate and key check";
+    WOLFSSL_X509 *cert = wolfSSL_CTX_get0_certificate(ctx);
+    WOLFSSL_EVP_PKEY *priv = wolfSSL_CTX_get0_privatekey(ctx);
+    WOLFSSL_EVP_PKEY *pub = cert != NULL ? wolfSSL_X509_get_pubkey(cert) : NULL;
+    WOLFSSL_EVP_MD_CTX *md = wolfSSL_EVP_MD_CTX_new();
+    unsigned char sig[1024];
+    size_t sig_len = sizeof sig;
+    bool ok = true;
+    if (priv != NULL && pub != NULL && md != NULL &&
+        wolfSSL_EVP_DigestSignInit(md, NULL, wolfSSL_EVP_sha256(), NULL, priv) == 1 &&
+        wolfSSL_EVP_DigestSignUpdate(md, probe, sizeof probe) == 1 &&
+        wolfSSL_EVP_DigestSignFinal(md, sig, &sig_len) == 1) {
+        wolfSSL_EVP_MD_CTX_free(md);
+        md = wolfSSL_EVP_MD_CTX_new();
+        ok = md != NULL &&
+             wolfSSL_EVP_DigestVerifyInit(md, NULL, wolfSSL_EVP_sha256(), NULL, pub) == 1 &&
+             wolfSSL_EVP_DigestVerifyUpdate(md, probe, sizeof probe) == 1 &&
+             wolfSSL_EVP_DigestVerifyFinal(md, sig, sig_len) == 1;
+    }
+    wolfSSL_EVP_MD_CTX_free(md);
+    wolfSSL_EVP_PKEY_free(pub);
+    wolfSSL_ERR_clear_error();
+    return ok;
+}
+
+/* The client certificate for listeners with client_ca (mutual TLS). */
+static int setup_client_cert(rb_client_transport *tp, tls_client *t, const char *url_text,
+                             rb_err *err)
+{
+    if (tp->cert_file == NULL) {
+        return 0;
+    }
+    char why[96];
+    int rc = wolfSSL_CTX_use_certificate_chain_file(t->ctx, tp->cert_file);
+    if (rc != WOLFSSL_SUCCESS) {
+        return rb_err_set(
+            err, RB_EINVAL, 0, "connect %s: client certificate %s: %s", url_text, tp->cert_file,
+            access(tp->cert_file, R_OK) != 0 ? "cannot be read" : reason(rc, why, sizeof why));
+    }
+    rc = wolfSSL_CTX_use_PrivateKey_file(t->ctx, tp->key_file, WOLFSSL_FILETYPE_PEM);
+    if (rc == WOLFSSL_SUCCESS) {
+        rc = wolfSSL_CTX_check_private_key(t->ctx);
+    }
+    if (rc == WOLFSSL_SUCCESS && !client_pair_ok(t->ctx)) {
+        rc = WOLFSSL_FAILURE;
+    }
+    if (rc != WOLFSSL_SUCCESS) {
+        return rb_err_set(err, RB_EINVAL, 0, "connect %s: client key %s: %s", url_text,
+                          tp->key_file,
+                          access(tp->key_file, R_OK) != 0 ? "cannot be read"
+                                                          : "not a PEM key of the certificate");
+    }
+    return 0;
+}
+
 /* Trust anchors and the name to check, unless insecure. */
 static int setup_verify(rb_client_transport *tp, tls_client *t, const char *url_text, rb_err *err)
 {
@@ -69,13 +137,30 @@ static int setup_verify(rb_client_transport *tp, tls_client *t, const char *url_
     return 0;
 }
 
+/* wolfSSL's own socket read, keeping a copy of the first bytes the server
+ * sent (to name a server that does not speak TLS if the handshake fails). */
+static int recv_keep_first(WOLFSSL *ssl, char *buf, int sz, void *ctx)
+{
+    int n = EmbedReceive(ssl, buf, sz, ctx);
+    tls_client *t = wolfSSL_get_app_data(ssl);
+    if (n > 0 && t != NULL && t->first_len < sizeof t->first) {
+        size_t take = sizeof t->first - t->first_len;
+        take = take < (size_t)n ? take : (size_t)n;
+        memcpy(t->first + t->first_len, buf, take);
+        t->first_len += take;
+    }
+    return n;
+}
+
 static int setup_ssl(rb_client_transport *tp, tls_client *t, const rb_url *url,
                      const char *url_text, rb_err *err)
 {
     t->ssl = wolfSSL_new(t->ctx);
-    if (t->ssl == NULL || wolfSSL_set_fd(t->ssl, tp->fd) != WOLFSSL_SUCCESS) {
+    if (t->ssl == NULL || wolfSSL_set_fd(t->ssl, tp->fd) != WOLFSSL_SUCCESS ||
+        wolfSSL_set_app_data(t->ssl, t) != WOLFSSL_SUCCESS) {
         return rb_err_set(err, RB_ENOMEM, 0, "connect %s: TLS: out of memory", url_text);
     }
+    wolfSSL_SSLSetIORecv(t->ssl, recv_keep_first);
     size_t host_len = strlen(url->host);
     bool address = is_address(url->host);
     int ok = WOLFSSL_SUCCESS;
@@ -114,6 +199,18 @@ static int handshake(rb_client_transport *tp, tls_client *t, const char *url_tex
             bool verify = e == ASN_NO_SIGNER_E || e == DOMAIN_NAME_MISMATCH ||
                           e == IPADDR_MISMATCH || e == ASN_AFTER_DATE_E || e == ASN_BEFORE_DATE_E ||
                           e == ASN_SELF_SIGNED_E;
+            if (t->first_len < sizeof t->first) {
+                /* wolfSSL stopped at a bad record header: the bytes after
+                 * it are still in the socket. */
+                ssize_t more = recv(tp->fd, t->first + t->first_len, sizeof t->first - t->first_len,
+                                    MSG_PEEK | MSG_DONTWAIT);
+                t->first_len += more > 0 ? (size_t)more : 0;
+            }
+            const char *hint = rb_client_answer_hint(RB_URL_TLS, t->first, t->first_len);
+            if (hint != NULL) {
+                return rb_err_set(err, RB_EPROTO, 0, "connect %s: TLS handshake: %s", url_text,
+                                  hint);
+            }
             return rb_err_set(err, RB_ESYS, 0, "connect %s: TLS handshake: %s%s", url_text,
                               reason(e, why, sizeof why),
                               verify ? " (server certificate not trusted; see --ca)" : "");
@@ -149,6 +246,7 @@ static int tls_connect(rb_client_transport *tp, const rb_url *url, const char *u
         rc = rb_err_set(err, RB_ENOMEM, 0, "connect %s: TLS: out of memory", url_text);
     }
     rc = rc ? rc : setup_verify(tp, t, url_text, err);
+    rc = rc ? rc : setup_client_cert(tp, t, url_text, err);
     rc = rc ? rc : setup_ssl(tp, t, url, url_text, err);
     rc = rc ? rc : handshake(tp, t, url_text, deadline_ns, err);
     if (rc != 0) {

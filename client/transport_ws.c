@@ -228,17 +228,21 @@ static long read_head(ws_client *w, const char *url_text, int64_t deadline_ns, r
         if (end != NULL) {
             return (long)(end - w->pre) + 4;
         }
-        if (w->pre_len == sizeof w->pre) {
-            return rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME,
-                              "connect %s: WebSocket upgrade answer over %d bytes", url_text,
-                              WS_HEAD_BYTES_MAX);
+        rb_url_scheme layer = w->lower.ops == &rb_client_tcp_ops ? RB_URL_WS : RB_URL_WSS;
+        const char *hint = rb_client_answer_hint(layer, w->pre, w->pre_len);
+        if (w->pre_len == sizeof w->pre || (hint != NULL && w->pre_len >= RB_FRAME_HEADER_BYTES)) {
+            return hint != NULL ? rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME,
+                                             "connect %s: WebSocket upgrade: %s", url_text, hint)
+                                : rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME,
+                                             "connect %s: WebSocket upgrade answer over %d bytes",
+                                             url_text, WS_HEAD_BYTES_MAX);
         }
         ssize_t n =
             w->lower.ops->read(&w->lower, w->pre + w->pre_len, sizeof w->pre - w->pre_len, err);
         if (n == 0) {
             return rb_err_set(err, RB_ECLOSED, 0,
-                              "connect %s: server closed the connection during the upgrade",
-                              url_text);
+                              "connect %s: server closed the connection during the upgrade%s%s",
+                              url_text, hint != NULL ? ": " : "", hint != NULL ? hint : "");
         }
         if (n > 0) {
             w->pre_len += (size_t)n;
@@ -586,6 +590,8 @@ static int ws_connect_over(rb_client_transport *tp, const rb_client_transport_op
     w->lower.fd = -1;
     w->lower.ca_file = tp->ca_file;
     w->lower.insecure = tp->insecure;
+    w->lower.cert_file = tp->cert_file;
+    w->lower.key_file = tp->key_file;
     w->lower.alpn = "http/1.1";
     struct wslay_frame_callbacks cb = {wslay_push_unused, wslay_pull, wslay_genmask_unused};
     int rc = wslay_frame_context_init(&w->fr, &cb, w) == 0

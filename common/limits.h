@@ -60,6 +60,9 @@
 #define RB_AUTH_CLOCK_SKEW_S_MAX            300
 #define RB_AUTH_WORKERS_DEFAULT             2
 #define RB_AUTH_WORKERS_MAX                 16
+/* Sign-ins waiting for an auth worker (all shards together); beyond it a
+ * HELLO is refused with resource_exhausted rather than queued without end. */
+#define RB_AUTH_QUEUE_MAX 4096
 /* argon2id cost parameters a password_hash may name: memory bounds what
  * one verification allocates (times the workers), time bounds its CPU. */
 #define RB_ARGON2_MEMORY_KIB_MIN  8
@@ -176,7 +179,8 @@
  * is a secret, not a document. */
 #define RB_PG_PASSWORD_BYTES_MAX 1024
 
-/* Server id sent in STARTED. */
+/* Bytes of the server id sent in STARTED: what the config accepts and what
+ * libringbus accepts from a server. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
 /* ---- the daemon's per-shard tables and pools (server/) ---- */

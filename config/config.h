@@ -110,10 +110,10 @@ typedef struct rb_listener_config {
 
 typedef struct rb_config {
     /* top level */
-    uint32_t shards;                        /* shards; default = online CPUs (>= 1) */
-    bool pin_shards;                        /* pin_shards = false */
-    char log_level[16];                     /* log_level = "info" */
-    char server_id[RB_SERVER_ID_BYTES_MAX]; /* server_id; default = hostname */
+    uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
+    bool pin_shards;                            /* pin_shards = false */
+    char log_level[16];                         /* log_level = "info" */
+    char server_id[RB_SERVER_ID_BYTES_MAX + 1]; /* server_id; default = hostname */
 
     /* [limits] */
     uint32_t max_connections;             /* per shard, default RB_CONNS_PER_SHARD_DEFAULT */

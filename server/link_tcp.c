@@ -160,8 +160,9 @@ static int tcp_stack_build(rb_link_tcp *t, const rb_listener *l, rb_err *err)
         rb_stack_push(&t->stack, layer);
     }
     if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
-        rb_ws_options o = {
-            .listener = &l->cfg, .max_frame_bytes = srv->cfg.max_frame_bytes, .ready = &srv->ready};
+        rb_ws_options o = {.listener = &l->cfg,
+                           .max_frame_bytes = srv->cfg.max_frame_bytes,
+                           .router = rb_admin_router(&srv->admin)};
         int rc = rb_ws_layer_new(&layer, &o, err);
         if (rc != 0) {
             return rc;

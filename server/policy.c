@@ -294,3 +294,18 @@ bool rb_policy_allows(const rb_policy *p, rb_policy_action action, rb_bytes topi
     uint8_t got = match(p, p->root[action], topic, 0, true);
     return (got & END_DENY) == 0 && (got & END_ALLOW) != 0;
 }
+
+bool rb_policy_allows_mutate(const rb_policy *p, const rb_frame *f, rb_bytes *denied)
+{
+    RB_ASSERT(f->hdr.kind == RB_FRAME_MUTATE);
+    rb_frame_iter it;
+    rb_mutate_add add;
+    rb_frame_iter_init(&it, f->u.mutate.adds, f->u.mutate.add_count);
+    while (rb_frame_next_add(&it, &add)) {
+        if (!rb_policy_allows(p, RB_POLICY_SUBSCRIBE, add.topic)) {
+            *denied = add.topic;
+            return false;
+        }
+    }
+    return true;
+}

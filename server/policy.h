@@ -53,6 +53,13 @@ int rb_policy_add(rb_policy *p, rb_policy_action action, bool deny, rb_bytes pat
  * (rb_topic_validate with reserved names allowed). */
 bool rb_policy_allows(const rb_policy *p, rb_policy_action action, rb_bytes topic);
 
+/* Mutate validation: true when every add of the decoded MUTATE f (live or
+ * history_only: both read the topic) is allowed to subscribe; otherwise
+ * false with *denied set to the first add refused, so that the whole
+ * Mutate can be rejected with forbidden before any part applies. Removes
+ * need no permission. The adds must be valid topic names. */
+bool rb_policy_allows_mutate(const rb_policy *p, const rb_frame *f, rb_bytes *denied);
+
 /* Patterns added to the lists of action (allow + deny), for logs. */
 uint32_t rb_policy_pattern_count(const rb_policy *p, rb_policy_action action);
 

@@ -17,6 +17,7 @@
 #include "common/pool.h"
 #include "common/queue.h"
 #include "config/config.h"
+#include "server/admin.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -153,6 +154,7 @@ struct rb_server {
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
+    rb_admin admin; /* the HTTP routes, server/admin.c */
     atomic_uint_fast64_t next_conn_id;
 };
 
@@ -226,17 +228,26 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
  * never silently lost) and RB_ELIMIT is returned. */
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Sends CLOSE{status, message} (or ERROR first when error_code != 0),
- * stops reading and closes after the flush or the close grace. */
+/* Queues CLOSE{status, message} (in the send queue's closing reserve),
+ * stops reading and asks the link to shut down once everything queued is
+ * written; the close grace bounds it. */
 void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Drops the send queue and closes now (without flushing); the slot is
+ * freed once the link released everything. */
 void rb_conn_abort(rb_conn *c);
+/* True when a frame of extra bytes would take the send queue over
+ * send_queue_bytes or be refused by its quota. */
 bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
+/* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
+/* Daemon stop: every session is sent CLOSE going_away (or cut while it
+ * still waits for HELLO on a link that has nothing to answer). */
 void rb_conn_shutdown_all(rb_shard *sh);
 int rb_conn_table_init(rb_shard *sh, rb_err *err);
 void rb_conn_table_deinit(rb_shard *sh);
-/* Drops the send queue and closes now (without flushing). */
+/* A half-closed session sends CLOSE ok once its waves, acks and send
+ * queue are done. */
 void rb_conn_maybe_finish_drain(rb_conn *c);
 
 /* server/acceptor.c: listeners and fd hand-over */

@@ -271,6 +271,7 @@ static void shard_teardown(rb_shard *sh)
 int rb_server_start(rb_server *srv, rb_err *err)
 {
     RB_ASSERT(srv->subsystems != NULL && srv->subsystem_count > 0);
+    srv->admin.ready = &srv->ready;
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
     srv->mailboxes = calloc(n, sizeof *srv->mailboxes);

@@ -973,7 +973,10 @@ static int collect_adds(rb_subs *s, const rb_frame *f)
                                      .cursor = add.cursor,
                                      .now = add.cursor_kind == RB_CURSOR_NOW};
     }
-    qsort(s->scratch, n, sizeof *s->scratch, add_cmp);
+    if (n > 1) {
+        /* A removes-only Mutate has no adds (and scratch may be NULL). */
+        qsort(s->scratch, n, sizeof *s->scratch, add_cmp);
+    }
     uint32_t u = 0;
     for (uint32_t k = 0; k < n; k++) {
         add_item *cur = &s->scratch[k];

@@ -35,7 +35,6 @@
 
 #include "common/assert.h"
 #include "common/limits.h"
-#include "common/log.h"
 #include "storage/storage.h"
 
 /* Topics one process stores: bounds the table (and so the memory that
@@ -721,8 +720,6 @@ static int memory_open(const rb_config *cfg, rb_storage **out, rb_err *err)
         st->retention_messages < MEMORY_ENTRIES_MIN ? MEMORY_ENTRIES_MIN : st->retention_messages);
     st->max_frame_bytes = cfg->max_frame_bytes;
     st->epoch = epoch;
-    RB_LOG_INFO(0, "memory storage: epoch %016llx (new seq space: nothing kept from before)",
-                (unsigned long long)epoch);
     *out = st;
     return 0;
 undo_stripes:

@@ -23,6 +23,7 @@
  *   database (a new seq space) gets a new one. Read as a u64. */
 #include "storage/pg_schema.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,8 +83,12 @@ static int exec(PGconn *pg, const char *sql, const char *what, PGresult **out, r
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         const char *msg = res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg);
-        int rc = rb_err_set(err, RB_ESTORAGE, 0, "postgres migrate: %s: %.*s", what,
-                            (int)strcspn(msg, "\n"), msg);
+        const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        /* 42501 insufficient_privilege: a role that may not create tables. */
+        bool denied = state != NULL && strcmp(state, "42501") == 0;
+        int rc = rb_err_set(
+            err, RB_ESTORAGE, 0, "postgres migrate: %s: %.*s%s", what, (int)strcspn(msg, "\n"), msg,
+            denied ? " (apply the schema as its owner: ringbusd --migrate-only)" : "");
         PQclear(res);
         return rc;
     }
@@ -143,16 +148,38 @@ static int apply(PGconn *pg, const migration *m, rb_err *err)
     return exec(pg, sql, what, NULL, err);
 }
 
-/* Inside the locked transaction. */
+/* Whether ringbus_schema exists (on the search_path, as the migrations
+ * create it). */
+static int schema_table_exists(PGconn *pg, bool *exists, rb_err *err)
+{
+    PGresult *res = NULL;
+    int rc = exec(pg, "SELECT to_regclass('ringbus_schema') IS NOT NULL", "look up ringbus_schema",
+                  &res, err);
+    if (rc != 0) {
+        return rc;
+    }
+    *exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+/* Inside the locked transaction. A database whose schema is current gets no
+ * DDL at all, so the daemon may run as a role that can only read and write
+ * the tables (docs/OPERATIONS.md, "Postgres set-up"); only pending
+ * migrations need the right to create in the schema. */
 static int migrate_locked(PGconn *pg, uint32_t *version_out, uint32_t *applied_out,
                           uint64_t *epoch_out, rb_err *err)
 {
-    int rc = exec(pg,
+    bool exists = false;
+    int rc = schema_table_exists(pg, &exists, err);
+    if (rc == 0 && !exists) {
+        rc = exec(pg,
                   "CREATE TABLE IF NOT EXISTS ringbus_schema (\n"
                   "    version integer PRIMARY KEY,\n"
                   "    description text NOT NULL,\n"
                   "    applied_at timestamptz NOT NULL DEFAULT now())",
                   "create ringbus_schema", NULL, err);
+    }
     uint32_t version = 0;
     rc = rc ? rc : current_version(pg, &version, err);
     if (rc != 0) {

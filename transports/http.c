@@ -108,9 +108,29 @@ static int parse_field(const uint8_t *p, size_t len, rb_http_header *h, rb_err *
     return 0;
 }
 
+/* True while p could still begin a request line: a method of token
+ * characters, then a space. Bytes that cannot (a ringbus frame, a TLS
+ * ClientHello) are refused as soon as they arrive, not when a head that
+ * will never end reaches the limit or the handshake timeout. */
+static bool method_prefix_ok(const uint8_t *p, size_t len)
+{
+    for (size_t i = 0; i < len && i <= RB_HTTP_METHOD_BYTES_MAX; i++) {
+        if (p[i] == ' ') {
+            return i > 0;
+        }
+        if (!is_tchar(p[i])) {
+            return false;
+        }
+    }
+    return len <= RB_HTTP_METHOD_BYTES_MAX;
+}
+
 int rb_http_parse_request(const uint8_t *p, size_t len, rb_http_request *req, rb_err *err)
 {
     size_t scan = len < RB_HTTP_HEAD_BYTES_MAX ? len : RB_HTTP_HEAD_BYTES_MAX;
+    if (!method_prefix_ok(p, scan)) {
+        return rb_err_set(err, RB_EPROTO, 400, "malformed request line: bad method");
+    }
     size_t head = head_end(p, scan);
     if (head == 0) {
         if (len >= RB_HTTP_HEAD_BYTES_MAX) {
@@ -200,4 +220,15 @@ bool rb_http_has_token(rb_http_span value, const char *token)
         i++;
     }
     return false;
+}
+
+rb_http_span rb_http_target_path(const rb_http_request *req)
+{
+    const char *q = memchr(req->target.ptr, '?', req->target.len);
+    return (rb_http_span){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
+}
+
+bool rb_http_span_is(rb_http_span span, const char *text)
+{
+    return span.len == strlen(text) && memcmp(span.ptr, text, span.len) == 0;
 }

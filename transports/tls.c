@@ -43,6 +43,7 @@ typedef struct tls_layer {
     uint8_t *stage; /* plaintext waiting to fill a record (TLS_RECORD_BYTES, owned) */
     size_t stage_len;
     rb_err *io_err; /* where the write callback reports a refused write */
+    bool started;   /* the first bytes arrived */
     bool handshake_done;
     bool failed;
     bool peer_closed;
@@ -342,11 +343,38 @@ static int read_records(tls_layer *t, rb_err *err)
     }
 }
 
+/* The first bytes of a connection that are not a TLS handshake record:
+ * the client speaks something else to a TLS port. It gets a plaintext
+ * fatal alert (unexpected_message), which lets a ringbus client say "the
+ * server answered TLS"; the log says what the client sent. */
+static int not_tls(tls_layer *t, const uint8_t *p, size_t len, rb_err *err)
+{
+    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 10};
+    rb_err ignored;
+    (void)rb_layer_down(&t->base, alert, sizeof alert, &ignored);
+    t->failed = true;
+    const char *what = "bytes that are not TLS";
+    if (len >= 4 && (memcmp(p, "GET ", 4) == 0 || memcmp(p, "POST", 4) == 0 ||
+                     memcmp(p, "HEAD", 4) == 0 || memcmp(p, "PUT ", 4) == 0)) {
+        what = "plain HTTP (a ws:// or http:// client?)";
+    } else if (len >= RB_FRAME_HEADER_BYTES && p[4] == RB_PROTOCOL_VERSION &&
+               p[5] == RB_FRAME_HELLO) {
+        what = "a plain ringbus HELLO (a tcp:// client?)";
+    }
+    return rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME, "TLS handshake: the client sent %s", what);
+}
+
 static int tls_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
 {
     tls_layer *t = TLS_FROM(l);
     if (t->failed || t->peer_closed) {
         return RB_ECLOSED;
+    }
+    if (!t->handshake_done && !t->started && len > 0) {
+        t->started = true;
+        if (p[0] != 22) {
+            return not_tls(t, p, len, err);
+        }
     }
     t->in = p;
     t->in_len = len;

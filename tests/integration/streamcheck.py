@@ -169,6 +169,7 @@ class Subscriber(Client):
         self.adds_sent = {}  # mutate_id -> {topic: (cursor, known head, epoch ok)}
         self.expected_errors = {}  # corr -> wire code name of an ERROR provoked on purpose
         self.topic_errors = []  # (topic, code name)
+        self.must_refuse = {}  # mutate_id -> topics that must get TOPIC_ERROR epoch_mismatch
 
     def mutate(self, adds=(), removes=(), history_only=False, now_bounds=None, epoch="right",
                hold=False):
@@ -178,6 +179,8 @@ class Subscriber(Client):
         self.next_mutate += 1
         bounds = now_bounds or {}
         self.adds_sent[mid] = {t: (c, bounds.get(t, 0), epoch != "wrong") for t, c in adds}
+        # A SEQ cursor other than 0 under a wrong epoch must be refused.
+        self.must_refuse[mid] = {t for t, c in adds if epoch == "wrong" and c not in ("now", 0)}
         for topic, cursor in adds:
             if cursor == "now":
                 self.expect[topic] = ("now", bounds.get(topic, 0))
@@ -223,6 +226,7 @@ class Subscriber(Client):
         self.expect.pop(topic, None)
         self.live.discard(topic)
         self.wave_topics[mid].discard(topic)
+        self.must_refuse.get(mid, set()).discard(topic)
 
     def on_frame(self, f):
         if f.kind == rp.STARTED:
@@ -246,6 +250,10 @@ class Subscriber(Client):
                 self.problems.append(
                     f"{self.name}: CATCHUP_COMPLETE {mid} before TOPICS_LIVE of "
                     f"{sorted(self.wave_topics[mid])}")
+            if self.must_refuse.get(mid):
+                self.problems.append(
+                    f"{self.name}: wave {mid} accepted cursors of a wrong epoch for "
+                    f"{sorted(self.must_refuse[mid])}")
             self.completed.append(mid)
             for t in self.removing.pop(mid, []):
                 self.expect.pop(t, None)
@@ -284,8 +292,9 @@ def run_random_streams(drv, pubs, subs, topics, rng, steps, publishes_max, paylo
     id, which must be refused whole. Then every wave must complete, acks
     must be dense per topic, and after markers published to every topic
     each subscriber must have reached the head of every topic it holds with
-    no problem, no unprovoked error, every held topic live, and every
-    TOPIC_ERROR justified (wrong epoch, or a cursor above the known head)."""
+    no problem, no unprovoked error, every held topic live, every
+    TOPIC_ERROR justified (wrong epoch, or a cursor above the known head)
+    and every nonzero SEQ cursor under a wrong epoch refused."""
 
     def head(t):
         return max((s for p in pubs for s in p.acks.get(t, [])), default=0)

@@ -5,6 +5,7 @@ import base64
 import json
 import queue
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -324,10 +325,14 @@ def test_unreachable_server_fails_with_one_line():
     assert out.stderr == f"ringbus: connect {url}: Connection refused\n"
 
 
-def test_unsupported_scheme_says_so():
-    out = run_cli("--url", "quic://127.0.0.1", "ping")
+def test_quic_without_a_server_times_out_clearly():
+    # quic:// is built: a port nobody answers on ends in a handshake timeout.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = run_cli("--url", f"quic://127.0.0.1:{port}", "--timeout", "1", "ping")
     assert out.returncode != 0
-    assert "not supported yet" in out.stderr
+    assert "QUIC handshake: timed out" in out.stderr, out.stderr
 
 
 def test_unknown_command_and_help():
@@ -457,3 +462,42 @@ def test_origin_with_control_characters_is_a_usage_error(daemon):
     out = run_cli("--url", daemon.url, "--origin", "https://a\r\nX-Evil: 1", "ping")
     assert out.returncode == 2
     assert out.stderr == "ringbus: options: ws_origin byte 10 is not printable ASCII\n"
+
+
+# ---- a URL of the wrong scheme ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def every_transport(tmp_path_factory):
+    """One daemon with a listener of each transport."""
+    certs = rt.Certs(tmp_path_factory.mktemp("certs"))
+    ports = {k: free_port() for k in ("tcp", "tls", "ws", "wss")}
+    listeners = "".join(rt.listener(k, p, certs) for k, p in ports.items())
+    sd = rt.SharedDaemon(tmp_path_factory, "every", listeners)
+    sd.ports, sd.certs = ports, certs
+    yield sd
+    sd.finish()
+
+
+@pytest.mark.parametrize("scheme,listener,says", [
+    ("tcp", "ws", "the server answered HTTP: is this a ws:// URL?"),
+    ("tcp", "wss", "the server answered TLS: is this a tls:// URL?"),
+    ("tcp", "tls", "the server answered TLS: is this a tls:// URL?"),
+    ("tls", "tcp", "the server answered plain ringbus frames, not TLS: is this a tcp:// URL?"),
+    ("tls", "ws", "the server answered plain HTTP, not TLS: is this a ws:// URL?"),
+    ("ws", "tcp", "the server answered ringbus frames, not HTTP: is this a tcp:// URL?"),
+    ("ws", "tls", "the server answered TLS: is this a wss:// URL?"),
+    ("wss", "tcp", "the server answered plain ringbus frames, not TLS: is this a tcp:// URL?"),
+])
+def test_a_url_of_the_wrong_scheme_names_what_the_server_speaks(every_transport, scheme,
+                                                                listener, says):
+    """libringbus recognises an HTTP answer, a TLS record or plain ringbus
+    frames where it expected something else, and the CLI says so on one
+    line (not "frame size 1347703880 above max_frame_bytes")."""
+    path = "/ringbus" if scheme in ("ws", "wss") else ""
+    url = f"{scheme}://127.0.0.1:{every_transport.ports[listener]}{path}"
+    out = run_cli("--url", url, "--ca", every_transport.certs.ca, "--timeout", "5", "ping")
+    assert out.returncode != 0
+    assert says in out.stderr, out.stderr
+    assert "above max_frame_bytes" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -5,13 +5,19 @@ schema migrations, TLS and passwords, a slow Postgres that must not stall
 the shard's loop, and retention. The stream suite (test_stream.py) runs on
 this store too."""
 
+import itertools
 import os
+import pathlib
+import re
 import subprocess
 import threading
 import time
 
 import rbproto as rp
 from conftest import RINGBUSD, Daemon
+from pg import PG_BIN
+
+SETUP_NAMES = itertools.count(1)
 
 PAYLOAD = "p" * 200
 
@@ -436,3 +442,47 @@ def test_age_retention_keeps_each_topics_newest_message(make_daemon, pg_db):
     assert stored(pg_db, "aged") == ([(20, "a19")], 20)
     assert history(d, "aged")[0] == [(20, "a19")]
     assert c.publish("aged", "next", corr=100)["seq"] == 21
+
+
+def documented_setup_sql():
+    """The SQL block of docs/OPERATIONS.md "Postgres set-up", as written."""
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text()
+    section = text.split("## Postgres set-up\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_documented_setup_lets_the_daemon_run_as_a_role_that_only_reads_and_writes(
+        pg_cluster, tmp_path, make_daemon):
+    """The set-up of OPERATIONS.md run as written (names made unique): the
+    owner applies the schema with --migrate-only, then the daemon runs as a
+    role without the right to create tables, publishes and reads."""
+    n = next(SETUP_NAMES)
+    owner, app = f"rbsetup{os.getpid()}_{n}_owner", f"rbsetup{os.getpid()}_{n}"
+    sql = documented_setup_sql().replace("ringbus_owner", "OWNER_ROLE")
+    sql = re.sub(r"\bringbus\b", app, sql).replace("OWNER_ROLE", owner)
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg_cluster.sock,
+                    "-p", str(pg_cluster.port), "-U", "postgres", "-d", "postgres", "-f", "-"],
+                   input=sql, check=True, capture_output=True, text=True, timeout=60)
+    as_app = write_config(tmp_path, pg_cluster.conninfo(app, user=app), "app.toml")
+    # The daemon's role may not apply the schema, and says who should.
+    out = subprocess.run([str(RINGBUSD), "--config", str(as_app), "--migrate-only"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "permission denied for schema public" in out.stderr
+    assert "(apply the schema as its owner: ringbusd --migrate-only)" in out.stderr
+    as_owner = write_config(tmp_path, pg_cluster.conninfo(app, user=owner), "owner.toml")
+    out = subprocess.run([str(RINGBUSD), "--config", str(as_owner), "--migrate-only"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    owners = pg_cluster.psql(app, "SELECT tablename, tableowner FROM pg_tables "
+                                  "WHERE schemaname = 'public' ORDER BY 1")
+    assert owners == [["messages", owner], ["ringbus_epoch", owner], ["ringbus_schema", owner],
+                      ["topics", owner]]
+    d = make_daemon(storage="postgres", conninfo=pg_cluster.conninfo(app, user=app))
+    c = conn(d)
+    assert c.publish("setup", "one", corr=1)["seq"] == 1
+    assert c.publish("setup", "two", corr=2)["seq"] == 2
+    c.mutate(3, 1, adds=[("setup", 0)])
+    f = c.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [(t, s, p) for t, s, p in f["items"]][:2] == [("setup", 1, b"one"), ("setup", 2, b"two")]
+    assert "permission denied" not in d.log()

@@ -3,6 +3,7 @@ ringbusd: every kind round-trips, the documented example bytes match, and
 malformed input raises ProtocolError with the right wire code. The Conn
 tests talk to a scripted in-process socket, not to the daemon."""
 
+import pathlib
 import socket
 import struct
 import threading
@@ -198,6 +199,40 @@ def test_started_mutate_messages_and_topic_error_match_documented_bytes():
     assert rp.encode_topic_error(0, 5, "a", rp.CURSOR_AHEAD, "cursor 10 is beyond the head 5") \
         == bytes.fromhex("3c000000 010f 0000 0000000000000000 0500000000000000 0161 0f00 1e00") \
         + b"cursor 10 is beyond the head 5"
+
+
+def documented_example(title, index=0):
+    """The bytes of a worked example of docs/PROTOCOL.md §11: the hex before
+    the comment on each line of the index-th code block under `### title`."""
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
+    section = text.split("## 11. Worked examples", 1)[1].split(f"### {title}\n", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    block = section.split("```\n")[1 + 2 * index]
+    out = bytearray()
+    for line in block.splitlines():
+        out += bytes.fromhex(line.split("  ", 1)[0])
+    return bytes(out)
+
+
+def test_mutate_worked_example_matches_the_codec():
+    want = rp.encode_mutate(3, 5, adds=[("a", 10), ("b", "now")], removes=["c"],
+                            epoch=0x1122334455667788)
+    assert documented_example("MUTATE") == want
+
+
+def test_publish_ack_worked_example_matches_the_codec():
+    assert documented_example("PUBLISH") == rp.encode_publish(2, "orders", b"hi")
+    assert documented_example("PUBLISH", 1) == rp.encode_publish_ack(2, "orders", 42)
+
+
+def test_messages_worked_example_is_the_history_of_the_mutate_example():
+    """The MUTATE example adds a after seq 10 and b with cursor NOW: its
+    history can only hold a's messages above 10, never b's."""
+    raw = documented_example("MESSAGES")
+    assert raw == rp.encode_messages(0, 5, [("a", 11, b"x"), ("a", 12, b"")])
+    f = one(raw)
+    assert f["mutate_id"] == 5
+    assert all(t == "a" and s > 10 for t, s, _ in f["items"])
 
 
 # ---- partial and malformed input --------------------------------------------------

@@ -78,7 +78,33 @@ def test_client_that_never_reads_fills_only_its_own_quota(make_daemon):
     assert other.recv_until(lambda f: f.kind == rp.PONG)["nonce"] == 42
 
     rss1 = d.rss_kib()
+    print(f"flooder: daemon rss {rss0} KiB -> {rss1} KiB")
     if RSS_BOUNDS_APPLY:
         # The flooder held at most its quota and reserve (256 KiB + a few
         # chunks), not the 48 MiB it asked for.
         assert rss1 - rss0 < 24 * 1024, (rss0, rss1)
+
+
+def test_catchup_complete_that_does_not_fit_closes_instead_of_vanishing(make_daemon):
+    # Every MUTATE here is answered by CATCHUP_COMPLETE alone (it only
+    # removes a topic the stream does not have); the client reads none of
+    # them. Once its queue is at its quota, the next CATCHUP_COMPLETE cannot
+    # be queued: the connection is closed with resource_exhausted saying
+    # so, never left waiting for a CATCHUP_COMPLETE that was dropped.
+    d = make_daemon(shards=1, extra="[limits]\nmax_frame_bytes = 65536\n"
+                                    "send_queue_bytes = 65536\n")
+    c = rp.Conn("127.0.0.1", d.port, timeout=20)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.hello()
+    batch = b"".join(rp.encode_mutate(i, i, removes=["absent"]) for i in range(1, 20001))
+    try:
+        for k in range(20):
+            c.sock.sendall(batch)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    want = "closing: resource_exhausted: send queue full: no room for CATCHUP_COMPLETE"
+    assert wait_log(d, want), d.log()[-3000:]
+    other = rp.Conn("127.0.0.1", d.port)
+    other.hello()
+    other.mutate(1, 1, removes=["absent"])
+    assert other.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)["mutate_id"] == 1

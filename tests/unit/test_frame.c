@@ -11,6 +11,7 @@
 #include <check.h>
 
 #include "common/frame.h"
+#include "tests/unit/death.h"
 
 #define MAX_FRAME RB_FRAME_BYTES_DEFAULT
 #define BUF_BYTES 65536
@@ -1246,12 +1247,14 @@ END_TEST
 
 START_TEST(test_frame_encoding_an_empty_topic_aborts)
 {
+    RB_DEATH_TEST();
     rb_frame_encode_publish_ack(buf, sizeof buf, 0, str(""), 1);
 }
 END_TEST
 
 START_TEST(test_frame_encoding_now_add_with_cursor_aborts)
 {
+    RB_DEATH_TEST();
     rb_mutate_add add = {str("t"), RB_CURSOR_NOW, 5};
     rb_frame_encode_mutate(buf, sizeof buf, 0, 1, 0, &add, 1, NULL, 0, 0);
 }

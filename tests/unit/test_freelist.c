@@ -12,6 +12,7 @@
 
 #include "common/limits.h"
 #include "server/freelist.h"
+#include "tests/unit/death.h"
 
 START_TEST(test_freelist_grows_to_max_then_refuses)
 {
@@ -63,6 +64,7 @@ END_TEST
 
 START_TEST(test_freelist_item_not_back_at_deinit_asserts)
 {
+    RB_DEATH_TEST();
     rb_freelist fl;
     rb_err err;
     ck_assert_int_eq(rb_freelist_init(&fl, "t", 64, 2, 0, NULL, &err), 0);

@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "common/frame.h"
+#include "server/admin.h"
 #include "transports/http.h"
 #include "transports/layer.h"
 #include "transports/ws.h"
@@ -30,6 +31,27 @@ START_TEST(test_http_incomplete_head_wants_more)
     ck_assert_int_eq(parse("", &req, &err), RB_EAGAIN);
     ck_assert_int_eq(parse("GET / HTTP/1.1\r\nHost: a\r\n", &req, &err), RB_EAGAIN);
     ck_assert_int_eq(parse("GET / HTTP/1.1\r\nHost: a\r\n\r", &req, &err), RB_EAGAIN);
+}
+END_TEST
+
+START_TEST(test_http_bytes_that_cannot_start_a_request_are_refused_at_once)
+{
+    rb_http_request req;
+    rb_err err = {0};
+    /* A ringbus HELLO and a TLS ClientHello: no line end yet, no waiting. */
+    static const uint8_t hello[] = {0x20, 0, 0, 0, 1, 1, 0, 0};
+    static const uint8_t client_hello[] = {0x16, 0x03, 0x01, 0x00, 0xf4, 0x01};
+    ck_assert_int_eq(rb_http_parse_request(hello, sizeof hello, &req, &err), RB_EPROTO);
+    ck_assert_int_eq(err.cause, 400);
+    ck_assert_str_eq(err.msg, "malformed request line: bad method");
+    ck_assert_int_eq(rb_http_parse_request(client_hello, sizeof client_hello, &req, &err),
+                     RB_EPROTO);
+    ck_assert_int_eq(parse(" GET", &req, &err), RB_EPROTO);
+    /* 32 token characters may still be a method; 33 are not. */
+    ck_assert_int_eq(parse("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEF", &req, &err), RB_EAGAIN);
+    ck_assert_int_eq(parse("ABCDEFGHIJKLMNOPQRSTUVWXYZABCDEFG", &req, &err), RB_EPROTO);
+    ck_assert_int_eq(parse("GE", &req, &err), RB_EAGAIN);
+    ck_assert_int_eq(parse("GET /a", &req, &err), RB_EAGAIN);
 }
 END_TEST
 
@@ -175,6 +197,7 @@ static void t_ended(void *owner, rb_layer_end how, const char *why)
 
 static rb_listener_config ws_cfg;
 static atomic_bool ws_ready;
+static rb_admin ws_admin;
 
 static void ws_stack(rb_stack *st, sinks *s)
 {
@@ -184,7 +207,9 @@ static void ws_stack(rb_stack *st, sinks *s)
     atomic_store(&ws_ready, true);
     rb_stack_sink sink = {t_deliver, t_wire, t_ended, s};
     rb_stack_init(st, &sink);
-    rb_ws_options o = {.listener = &ws_cfg, .max_frame_bytes = 4096, .ready = &ws_ready};
+    ws_admin.ready = &ws_ready;
+    rb_ws_options o = {
+        .listener = &ws_cfg, .max_frame_bytes = 4096, .router = rb_admin_router(&ws_admin)};
     rb_layer *l;
     rb_err err;
     ck_assert_int_eq(rb_ws_layer_new(&l, &o, &err), 0);
@@ -379,6 +404,7 @@ Suite *rb_http_suite(void)
     Suite *s = suite_create("http");
     TCase *tc = tcase_create("parser");
     tcase_add_test(tc, test_http_incomplete_head_wants_more);
+    tcase_add_test(tc, test_http_bytes_that_cannot_start_a_request_are_refused_at_once);
     tcase_add_test(tc, test_http_minimal_request_parses_with_trimmed_values);
     tcase_add_test(tc, test_http_tokens_are_case_insensitive_and_trimmed);
     tcase_add_test(tc, test_http_malformed_heads_are_400);

@@ -11,6 +11,7 @@
 
 #include "common/pattern.h"
 #include "server/policy.h"
+#include "tests/unit/death.h"
 
 Suite *rb_policy_suite(void);
 
@@ -272,6 +273,7 @@ END_TEST
 
 START_TEST(test_policy_invalid_topic_argument_aborts)
 {
+    RB_DEATH_TEST();
     rb_policy *p = rb_policy_new();
     (void)rb_policy_allows(p, RB_POLICY_PUBLISH, (rb_bytes){(const uint8_t *)"", 0});
 }
@@ -348,6 +350,43 @@ START_TEST(test_policy_agrees_with_a_reference_matcher)
 }
 END_TEST
 
+/* ---- Mutate validation ---- */
+
+static bool mutate_ok(const rb_policy *p, uint8_t flags, const char *const *adds, size_t n,
+                      rb_bytes *denied)
+{
+    static uint8_t buf[4096];
+    rb_mutate_add a[8];
+    for (size_t i = 0; i < n; i++) {
+        a[i] = (rb_mutate_add){.topic = str(adds[i]), .cursor_kind = RB_CURSOR_SEQ};
+    }
+    rb_bytes removes[1] = {str("secret.x")};
+    size_t len =
+        rb_frame_encode_mutate(buf, sizeof buf, 1, 9, flags, a, (uint32_t)n, removes, 1, 0);
+    rb_frame f;
+    rb_err err;
+    ck_assert_int_eq(rb_frame_decode(buf, len, RB_FRAME_BYTES_DEFAULT, &f, &err), 0);
+    return rb_policy_allows_mutate(p, &f, denied);
+}
+
+START_TEST(test_policy_mutate_is_refused_whole_naming_the_first_forbidden_add)
+{
+    rb_policy *p =
+        with((const char *const[]){"orders.>", NULL}, (const char *const[]){"orders.secret", NULL});
+    rb_bytes denied = {0};
+    ck_assert(mutate_ok(p, 0, (const char *const[]){"orders.a", "orders.b"}, 2, &denied));
+    ck_assert(
+        !mutate_ok(p, 0, (const char *const[]){"orders.a", "news.x", "orders.secret"}, 3, &denied));
+    ck_assert(denied.len == 6 && memcmp(denied.ptr, "news.x", 6) == 0);
+    /* history_only reads too: it needs subscribe permission. */
+    ck_assert(
+        !mutate_ok(p, RB_MUTATE_HISTORY_ONLY, (const char *const[]){"orders.secret"}, 1, &denied));
+    /* Removes need nothing ("secret.x" is removed in every Mutate above). */
+    ck_assert(mutate_ok(p, 0, (const char *const[]){NULL}, 0, &denied));
+    rb_policy_free(p);
+}
+END_TEST
+
 /* ---- cost ---- */
 
 static double time_checks(const rb_policy *p, const char *topic, int n)
@@ -415,6 +454,7 @@ Suite *rb_policy_suite(void)
     tcase_add_test(tc, test_policy_list_limit_is_enforced);
     tcase_add_test_raise_signal(tc, test_policy_invalid_topic_argument_aborts, SIGABRT);
     tcase_add_test(tc, test_policy_agrees_with_a_reference_matcher);
+    tcase_add_test(tc, test_policy_mutate_is_refused_whole_naming_the_first_forbidden_add);
     suite_add_tcase(s, tc);
     tc = tcase_create("cost");
     tcase_set_timeout(tc, 30);

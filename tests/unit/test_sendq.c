@@ -12,6 +12,7 @@
 #include "common/limits.h"
 #include "server/sendq.h"
 #include "server/server.h"
+#include "tests/unit/death.h"
 
 typedef struct fixture {
     rb_pool chunks;
@@ -234,6 +235,7 @@ END_TEST
 
 START_TEST(test_sendq_release_beyond_written_aborts)
 {
+    RB_DEATH_TEST();
     fixture f;
     fx_init(&f, 8, 1 << 20, 1 << 20);
     ck_assert_int_eq(rb_sendq_append(&f.q, (const uint8_t *)"abcd", 4, 0), 0);
