@@ -74,7 +74,7 @@ START_TEST(test_freelist_item_not_back_at_deinit_asserts)
 END_TEST
 
 #define ITEMS  512
-#define ROUNDS 20
+#define ROUNDS 200
 
 typedef struct xfer {
     rb_freelist *fl;
@@ -88,7 +88,7 @@ static void *returner(void *arg)
     rb_freelist_bind_thread(2);
     for (int r = 0; r < ROUNDS; r++) {
         while (__atomic_load_n(&x->stage, __ATOMIC_ACQUIRE) != 1) {
-            sched_yield();
+            sched_yield(); /* a loaded machine may have one core for both */
         }
         for (int i = 0; i < ITEMS; i++) {
             rb_freelist_put(x->fl, x->slots[i]);
