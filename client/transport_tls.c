@@ -308,7 +308,7 @@ static bool tls_read_pending(const rb_client_transport *tp)
     return t != NULL && (t->more || wolfSSL_pending(t->ssl) > 0);
 }
 
-const rb_client_transport_ops rb_client_tls_ops = {
+const rb_client_transport_ops rb_client_tls_wolf_ops = {
     .name = "tls",
     .connect = tls_connect,
     .read = tls_read,
