@@ -36,7 +36,8 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               [--tls-library openssl|wolfssl] [--origin ORIGIN] [--token TOKEN | --token-file FILE |\n"
+    "               [--tls-library openssl|wolfssl] [--origin ORIGIN] [--token TOKEN | "
+    "--token-file FILE |\n"
     "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
     "               COMMAND [ARGS]\n"
     "\n"

@@ -277,8 +277,8 @@ const rb_client_transport_ops rb_client_tcp_ops = {
 static int tls_any_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
                            int64_t deadline_ns, rb_err *err)
 {
-    tp->tls_impl = tp->tls_library == RINGBUS_TLS_WOLFSSL ? &rb_client_tls_wolf_ops
-                                                          : &rb_client_tls_ossl_ops;
+    tp->tls_impl =
+        tp->tls_library == RINGBUS_TLS_WOLFSSL ? &rb_client_tls_wolf_ops : &rb_client_tls_ossl_ops;
     return tp->tls_impl->connect(tp, url, url_text, deadline_ns, err);
 }
 

@@ -1,9 +1,9 @@
 /* Client transports: each is a small ops table over a byte stream
  * (connect, read, write, close): tcp (transport.c), tls on OpenSSL
- * (transport_tls_ossl.c, the default) or wolfSSL (transport_tls.c) and ws / wss, which run the WebSocket layer over a tcp
- * or tls transport of their own (transport_ws.c). The connection logic in
- * ringbus.c sees only bytes. This header also holds the client's internal
- * error code and clock. */
+ * (transport_tls_ossl.c, the default) or wolfSSL (transport_tls.c) and ws / wss, which run the
+ * WebSocket layer over a tcp or tls transport of their own (transport_ws.c). The connection logic
+ * in ringbus.c sees only bytes. This header also holds the client's internal error code and clock.
+ */
 #ifndef RB_CLIENT_TRANSPORT_H
 #define RB_CLIENT_TRANSPORT_H
 

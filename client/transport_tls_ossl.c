@@ -58,10 +58,9 @@ static int setup_client_cert(rb_client_transport *tp, ossl_client *t, const char
     }
     char why[160];
     if (SSL_CTX_use_certificate_chain_file(t->ctx, tp->cert_file) != 1) {
-        return rb_err_set(err, RB_EINVAL, 0, "connect %s: client certificate %s: %s", url_text,
-                          tp->cert_file,
-                          access(tp->cert_file, R_OK) != 0 ? "cannot be read"
-                                                           : last_reason(why, sizeof why));
+        return rb_err_set(
+            err, RB_EINVAL, 0, "connect %s: client certificate %s: %s", url_text, tp->cert_file,
+            access(tp->cert_file, R_OK) != 0 ? "cannot be read" : last_reason(why, sizeof why));
     }
     if (SSL_CTX_use_PrivateKey_file(t->ctx, tp->key_file, SSL_FILETYPE_PEM) != 1 ||
         SSL_CTX_check_private_key(t->ctx) != 1) {
@@ -74,8 +73,7 @@ static int setup_client_cert(rb_client_transport *tp, ossl_client *t, const char
     return 0;
 }
 
-static int setup_verify(rb_client_transport *tp, ossl_client *t, const char *url_text,
-                        rb_err *err)
+static int setup_verify(rb_client_transport *tp, ossl_client *t, const char *url_text, rb_err *err)
 {
     if (tp->insecure) {
         SSL_CTX_set_verify(t->ctx, SSL_VERIFY_NONE, NULL);
@@ -93,8 +91,8 @@ static int setup_verify(rb_client_transport *tp, ossl_client *t, const char *url
 
 /* Keeps a copy of the first bytes the server sent (to name a server that
  * does not speak TLS if the handshake fails). */
-static long keep_first(BIO *b, int oper, const char *argp, size_t len, int argi, long argl,
-                       int ret, size_t *processed)
+static long keep_first(BIO *b, int oper, const char *argp, size_t len, int argi, long argl, int ret,
+                       size_t *processed)
 {
     (void)len;
     (void)argi;
