@@ -148,3 +148,44 @@ export async function waitFor(cond, timeoutMs = 20000, what = 'condition') {
     await sleep(10);
   }
 }
+
+const PG_BIN = '/usr/lib/postgresql/15/bin';
+
+function asPostgres(cmd, args) {
+  return execFileSync('runuser', ['-u', 'postgres', '--', cmd, ...args], { stdio: 'pipe', timeout: 60000 });
+}
+
+/**
+ * A throwaway Postgres 15 cluster (as tests/integration/pg.py makes it):
+ * initdb as the postgres user into a temp dir, loopback TCP on a free
+ * port, fsync off (tests kill the daemon, never the machine).
+ */
+export class PgCluster {
+  async start() {
+    this.dir = tmpDir('rbjspg-');
+    fs.chmodSync(this.dir, 0o755);
+    this.data = path.join(this.dir, 'data');
+    this.sock = path.join(this.dir, 'sock');
+    fs.mkdirSync(this.sock);
+    execFileSync('chown', ['-R', 'postgres:postgres', this.dir]);
+    this.port = await freePort();
+    asPostgres(`${PG_BIN}/initdb`, ['-D', this.data, '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--no-sync', '--no-instructions']);
+    fs.appendFileSync(
+      path.join(this.data, 'postgresql.conf'),
+      `listen_addresses = '127.0.0.1'\nport = ${this.port}\nunix_socket_directories = '${this.sock}'\n` +
+        'fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 100\n',
+    );
+    asPostgres(`${PG_BIN}/pg_ctl`, ['-D', this.data, '-l', path.join(this.dir, 'postgres.log'), '-w', '-t', '30', 'start']);
+    return this;
+  }
+  conninfo() {
+    return `host=127.0.0.1 port=${this.port} user=postgres dbname=postgres`;
+  }
+  stop() {
+    try {
+      asPostgres(`${PG_BIN}/pg_ctl`, ['-D', this.data, '-m', 'immediate', '-w', 'stop']);
+    } finally {
+      fs.rmSync(this.dir, { recursive: true, force: true });
+    }
+  }
+}
