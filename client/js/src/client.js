@@ -20,6 +20,7 @@ import {
   encodePing,
   encodePong,
   encodePublish,
+  encodePublishKeyed,
   mutateAddBytes,
   toBytes,
 } from './codec.js';
@@ -626,6 +627,9 @@ export class Client {
     for (const item of f.items) {
       const sub = this._subs.get(item.topic);
       if (!sub) continue; // removed meanwhile
+      // Until a topic goes live its messages carry its wave's id (PROTOCOL
+      // §8.4): others were sent before a remove and re-add of the topic.
+      if (!sub.live && sub.wave !== undefined && f.mutateId !== sub.wave) continue;
       if (sub.cursor !== null && item.seq <= sub.cursor) continue; // already delivered
       sub.cursor = item.seq;
       sub.now = false;
@@ -782,6 +786,17 @@ export class Client {
   _send(conn, frame) {
     if (!conn?.ws || conn.ws.readyState !== 1) return false;
     try {
+      // Node's `ws`: frames sent in one turn of the event loop leave in one
+      // write (the socket is corked until the turn ends), not one each.
+      const sock = conn.ws._socket;
+      if (sock?.cork && !conn.corked) {
+        conn.corked = true;
+        sock.cork();
+        queueMicrotask(() => {
+          conn.corked = false;
+          sock.uncork();
+        });
+      }
       conn.ws.send(frame);
       return true;
     } catch {
@@ -802,19 +817,13 @@ export class Client {
     if (this._state === 'closed' || this._state === 'closing') {
       return Promise.reject(new RingbusError(Code.unavailable, 'the client is closed'));
     }
-    let key = options.key;
-    if (key == null) {
-      key = new Uint8Array(16);
-      key.set(this._keyPrefix, 0);
-      const n = this._keyCounter++;
-      const dv = new DataView(key.buffer);
-      dv.setUint32(8, n % 2 ** 32, true);
-      dv.setUint32(12, Math.floor(n / 2 ** 32), true);
-    }
     const corr = this._corr++;
     let frame;
     try {
-      frame = encodePublish(corr, topic, payload, key);
+      frame =
+        options.key == null
+          ? encodePublishKeyed(corr, topic, payload, this._keyPrefix, this._keyCounter++)
+          : encodePublish(corr, topic, payload, options.key);
     } catch (e) {
       return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
     }
@@ -1008,6 +1017,7 @@ export class Client {
         conn.mutates.set(mid, { group: id, corr });
         conn.mutateByCorr.set(corr, mid);
         g?.mutates.add(mid);
+        for (const a of chunk) this._subs.get(a.topic).wave = mid;
         this._send(conn, encodeMutate(corr, mid, chunk, [], b.historyOnly, b.epoch));
         chunk = [];
         bytes = 0;

@@ -104,10 +104,21 @@ export function toBytes(value) {
   throw new TypeError('expected a string or a Uint8Array');
 }
 
+const topicCache = new Map();
+const TOPIC_CACHE_ENTRIES_MAX = 256;
+
 function topicBytes(topic) {
+  if (typeof topic === 'string') {
+    const hit = topicCache.get(topic);
+    if (hit) return hit;
+  }
   const raw = toBytes(topic);
   if (raw.length < 1 || raw.length > TOPIC_BYTES_MAX) {
     throw new RangeError(`topic of ${raw.length} bytes: a topic is 1..${TOPIC_BYTES_MAX} bytes`);
+  }
+  if (typeof topic === 'string') {
+    if (topicCache.size >= TOPIC_CACHE_ENTRIES_MAX) topicCache.clear();
+    topicCache.set(topic, raw);
   }
   return raw;
 }
@@ -251,6 +262,22 @@ export function encodePublish(corr, topic, payload, key = null) {
   return w.done();
 }
 
+/** PUBLISH with a generated 16-byte idempotency key, written in place:
+ * the 8 bytes of prefix, then counter as a u64. */
+export function encodePublishKeyed(corr, topic, payload, prefix, counter) {
+  const t = topicBytes(topic);
+  const p = toBytes(payload);
+  const w = new Writer(Kind.PUBLISH, corr, 1 + t.length + 1 + 16 + 4 + p.length);
+  w.u8(t.length);
+  w.bytes(t);
+  w.u8(16);
+  w.bytes(prefix);
+  w.u64(counter);
+  w.u32(p.length);
+  w.bytes(p);
+  return w.done();
+}
+
 /** The bytes one MUTATE add takes, and the fixed part of a MUTATE frame
  * (header, mutate_id, flags, both counts, epoch). */
 export function mutateAddBytes(topic) {
@@ -302,6 +329,7 @@ class Reader {
     this.view = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
     this.pos = start;
     this.end = end;
+    this.lastTopic = null;
   }
   fail(why) {
     throw new ProtocolError(Code.bad_frame, `${this.kind}: ${why}`);
@@ -363,7 +391,22 @@ class Reader {
   topic(what = 'topic') {
     const n = this.u8(`${what} length`);
     if (n === 0) this.fail(`${what} length 0`);
-    return this.text(this.take(n, what), what);
+    const raw = this.take(n, what);
+    // A batch usually repeats one topic: decode its bytes once.
+    const last = this.lastTopic;
+    if (last && last.raw.length === n) {
+      let same = true;
+      for (let i = 0; i < n; i++) {
+        if (last.raw[i] !== raw[i]) {
+          same = false;
+          break;
+        }
+      }
+      if (same) return last.text;
+    }
+    const text = this.text(raw, what);
+    this.lastTopic = { raw, text };
+    return text;
   }
   count(what, minBytes) {
     const n = this.u32(what);

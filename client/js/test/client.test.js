@@ -3,7 +3,7 @@
 // its events and iterators, typed errors, PING, half-close.
 import { test, before, after, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { Daemon, waitFor } from './harness.js';
+import { Daemon, sleep, waitFor } from './harness.js';
 import { connect, Code, RingbusError, Client } from '../src/index.js';
 
 let d;
@@ -122,6 +122,42 @@ for (const kind of ['ws', 'wss']) {
     });
   });
 }
+
+test('a remove and re-add drops live messages sent before the remove (they carry no wave id)', async () => {
+  const c = await connect(d.wsUrl, { maxAttempts: 3 });
+  const pub = await connect(d.wsUrl, { maxAttempts: 3 });
+  const t = fresh('readd');
+  await c.add(t);
+  const seen = [];
+  c.on('message', (m) => seen.push(m.seq));
+  const burst = [];
+  const publishing = (async () => {
+    for (let i = 0; i < 300; i++) {
+      burst.push(pub.publish(t, `b${i}`));
+      if (i % 25 === 24) await sleep(2);
+    }
+  })();
+  // Remove and re-add from 10 inside a message callback: the frames read
+  // with this one (live, sent before the remove) are delivered next.
+  let at = 0;
+  let readd;
+  const off = c.on('message', (m) => {
+    if (m.seq !== 30) return;
+    off();
+    at = seen.length;
+    c.remove(t);
+    readd = c.add(t, { cursor: 10 });
+  });
+  await waitFor(() => readd, 10000, 'the burst to flow');
+  await publishing;
+  await Promise.all(burst);
+  await readd;
+  await waitFor(() => seen.at(-1) === 300, 20000, 'the re-add to reach the head');
+  const after = seen.slice(at);
+  assert.deepEqual(after, Array.from({ length: 290 }, (_, i) => i + 11));
+  await c.close();
+  await pub.close();
+});
 
 test('an iterator that is not read fails with resource_exhausted at its bound', async () => {
   const c = await connect(d.wsUrl, { maxAttempts: 3, maxBufferedMessages: 10 });
