@@ -5,15 +5,18 @@
 // time from the first publish to the subscriber's COUNT-th message.
 // Prints one JSON line: {"client":"node","count":..,"msgs_per_s":..}.
 //
-//   node client/js/bench/pubsub.mjs URL [COUNT] [SIZE] [WINDOW]
+//   node client/js/bench/pubsub.mjs URL [COUNT] [SIZE] [WINDOW] [CAFILE]
+// (CAFILE: the CA a wss:// server's certificate chains to.)
+import fs from 'node:fs';
 import { connect } from '../src/index.js';
 
-const [url, countArg = '100000', sizeArg = '256', windowArg = '4096'] = process.argv.slice(2);
+const [url, countArg = '100000', sizeArg = '256', windowArg = '4096', ca] = process.argv.slice(2);
+const tls = ca ? { wsOptions: { ca: fs.readFileSync(ca) } } : {};
 const count = Number(countArg);
 const size = Number(sizeArg);
 const topic = `bench.js.${process.pid}.${Date.now()}`;
-const sub = await connect(url, { name: 'bench-sub', maxAttempts: 1 });
-const pub = await connect(url, { name: 'bench-pub', maxAttempts: 1, maxInFlight: Number(windowArg), maxQueuedPublishes: count });
+const sub = await connect(url, { ...tls, name: 'bench-sub', maxAttempts: 1 });
+const pub = await connect(url, { ...tls, name: 'bench-pub', maxAttempts: 1, maxInFlight: Number(windowArg), maxQueuedPublishes: count });
 let got = 0;
 let resolveDone;
 const done = new Promise((r) => (resolveDone = r));
