@@ -277,11 +277,14 @@
 /* A REQUEST's timeout_ms: 0 means the default; above the cap is refused. */
 #define RB_RPC_TIMEOUT_MS_DEFAULT 10000
 #define RB_RPC_TIMEOUT_MS_MAX     (10u * 60u * 1000u)
-/* Per connection: calls it has in flight as a caller, requests in flight
- * to it as a responder, and methods it registers (fixed in this version). */
+/* Per connection ([limits] rpc_calls_per_connection,
+ * rpc_serves_per_connection, rpc_methods_per_connection): calls it has in
+ * flight as a caller, requests in flight to it as a responder, and methods
+ * it registers; the cap keeps their list walks short. */
 #define RB_RPC_CALLS_PER_CONN_DEFAULT   256
 #define RB_RPC_SERVES_PER_CONN_DEFAULT  256
 #define RB_RPC_METHODS_PER_CONN_DEFAULT 64
+#define RB_RPC_PER_CONN_MAX             65536
 /* Per shard: call and serve slots (each ~100 bytes), and the methods its
  * connections register plus the directory part it owns (each ~530 bytes).
  * Beyond them a call or REGISTER is refused with resource_exhausted. */

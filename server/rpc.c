@@ -430,10 +430,10 @@ static void on_request_frame(rb_conn *c, const rb_frame *f)
                           f->u.request.payload.len, payload_max(c->shard));
         return;
     }
-    if (c->rpc_call_count >= RB_RPC_CALLS_PER_CONN_DEFAULT) {
+    uint32_t calls_max = c->shard->server->cfg.rpc_calls_per_connection;
+    if (c->rpc_call_count >= calls_max) {
         send_outcome_text(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                          "more than %u calls in flight on this connection",
-                          RB_RPC_CALLS_PER_CONN_DEFAULT);
+                          "more than %u calls in flight on this connection", calls_max);
         return;
     }
     rb_rpc_call *call = call_alloc(rpc, c, corr, timeout_ms);
@@ -715,11 +715,12 @@ static void on_register_frame(rb_conn *c, const rb_frame *f)
         return;
     }
     rb_rpc_method *m = rpc->method_free;
-    if (c->rpc_method_count >= RB_RPC_METHODS_PER_CONN_DEFAULT || m == NULL) {
+    uint32_t methods_max = c->shard->server->cfg.rpc_methods_per_connection;
+    if (c->rpc_method_count >= methods_max || m == NULL) {
         rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
                            "REGISTER: more than %u methods on this connection, or the shard's "
                            "method table is full",
-                           RB_RPC_METHODS_PER_CONN_DEFAULT);
+                           methods_max);
         return;
     }
     rec r = reg_rec(c, OP_REGISTER, corr, method, service);
@@ -848,7 +849,8 @@ static void on_deliver(rb_rpc *rpc, const rec *r)
         outcome_to(rpc->sh, r, RB_WIRE_RECIPIENT_DISCONNECTED, "the responder went away");
         return;
     }
-    if (c->rpc_serve_count >= RB_RPC_SERVES_PER_CONN_DEFAULT || rpc->serve_free == NULL) {
+    if (c->rpc_serve_count >= rpc->sh->server->cfg.rpc_serves_per_connection ||
+        rpc->serve_free == NULL) {
         outcome_to(rpc->sh, r, RB_WIRE_RESPONDER_BUSY,
                    "the responder has its limit of requests in flight");
         return;

@@ -301,11 +301,33 @@ def test_payload_too_large_and_in_flight_bound(daemon):
         big = b"x" * (1024 * 1024 - 1024 + 1)
         caller.send(rp.encode_request(14, resp.client_id, "m", big))
         assert [f["code"] for f in outcome(caller, 14)] == [rp.PAYLOAD_TOO_LARGE]
-        # 256 calls in flight per caller; the next one is refused at once.
+        # 256 calls in flight per caller (the default); the next one is refused at once.
         for j in range(256):
             caller.send(rp.encode_request(3000 + j, resp.client_id, "m", b"", timeout_ms=30000))
         caller.send(rp.encode_request(4000, resp.client_id, "m", b""))
         assert outcome(caller, 4000)[-1]["code"] == rp.RESOURCE_EXHAUSTED
+
+
+def test_configured_limits_per_connection(make_daemon):
+    d = make_daemon(extra="[limits]\nrpc_calls_per_connection = 2\n"
+                          "rpc_serves_per_connection = 1\nrpc_methods_per_connection = 1\n")
+    with connect(d) as caller, connect(d) as other, connect(d) as resp, connect(d) as resp2:
+        assert register(resp, "m", corr=1).kind == rp.REGISTER
+        assert register(resp2, "m", corr=1).kind == rp.REGISTER
+        f = register(resp, "n", corr=2)
+        assert f.kind == rp.ERROR and f["code"] == rp.RESOURCE_EXHAUSTED
+        # One request in flight to the responder; the next caller hears busy.
+        caller.send(rp.encode_request(1, resp.client_id, "m", b"", timeout_ms=20000))
+        resp.recv_until(lambda f: f.kind == rp.REQUEST)
+        other.send(rp.encode_request(1, resp.client_id, "m", b""))
+        assert outcome(other, 1)[-1]["code"] == rp.RESPONDER_BUSY
+        # Two calls in flight per caller; the third is refused.
+        caller.send(rp.encode_request(2, "nobody", "m", b""))
+        assert outcome(caller, 2)[-1]["code"] == rp.RECIPIENT_NOT_FOUND
+        caller.send(rp.encode_request(3, resp2.client_id, "m", b"", timeout_ms=20000))
+        resp2.recv_until(lambda f: f.kind == rp.REQUEST)
+        caller.send(rp.encode_request(4, resp2.client_id, "m", b""))
+        assert outcome(caller, 4)[-1]["code"] == rp.RESOURCE_EXHAUSTED
 
 
 # ---- the CLI: ringbus serve and ringbus call (over libringbus) ----
