@@ -186,10 +186,12 @@ typedef struct ringbus_event {
 } ringbus_event;
 
 /* Receives events when set in ringbus_options. It runs inside
- * ringbus_process, ringbus_publish_sync and ringbus_ping. From inside it,
- * only ringbus_publish, ringbus_mutate, ringbus_half_close and the accessors
- * may be called on the same connection; other calls return RINGBUS_EINVAL
- * (ringbus_close must not be called). ctx is the options' event_ctx. */
+ * ringbus_process, ringbus_publish_sync, ringbus_ping and the other waiting
+ * calls. From inside it, only ringbus_publish, ringbus_mutate,
+ * ringbus_half_close, ringbus_call, ringbus_call_cancel,
+ * ringbus_request_ack, ringbus_respond and the accessors may be called on
+ * the same connection; other calls return RINGBUS_EINVAL (ringbus_close
+ * must not be called). ctx is the options' event_ctx. */
 typedef void (*ringbus_event_cb)(const ringbus_event *ev, void *ctx);
 
 /* ---- connecting ---- */

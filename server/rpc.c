@@ -389,6 +389,7 @@ static void call_timer_fired(rb_timer *t)
         return;
     }
     call_free(rpc, call);
+    rb_conn_maybe_finish_drain(c);
 }
 
 static bool call_corr_in_use(const rb_conn *c, uint64_t corr)
@@ -498,6 +499,7 @@ static void on_outcome(rb_rpc *rpc, const rec *r)
     }
     send_response(c, call->corr, r->code, r->message, r->payload);
     call_free(rpc, call);
+    rb_conn_maybe_finish_drain(c);
 }
 
 /* An outcome for call (a_*) from a directory or responder shard. */

@@ -374,9 +374,9 @@ void rb_conn_shutdown_all(rb_shard *sh)
 void rb_conn_maybe_finish_drain(rb_conn *c)
 {
     /* CLOSE ok promises that everything before it was delivered, so it
-     * waits for the waves, the acks and the send queue. */
+     * waits for the waves, the acks, the calls' outcomes and the send queue. */
     if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
-        rb_sendq_bytes(&c->sendq) == 0) {
+        c->rpc_call_count == 0 && rb_sendq_bytes(&c->sendq) == 0) {
         rb_conn_close(c, RB_WIRE_OK, "closed");
     }
 }

@@ -245,6 +245,20 @@ def test_cancel_frees_the_call(daemon):
         assert outcome(caller, 12)[-1]["payload"] == b"y"
 
 
+def test_half_close_waits_for_the_calls_outcome(daemon):
+    with connect(daemon) as caller, connect(daemon) as resp:
+        assert register(resp, "m").kind == rp.REGISTER
+        caller.send(rp.encode_request(15, resp.client_id, "m", b"x", timeout_ms=5000))
+        req = resp.recv_until(lambda f: f.kind == rp.REQUEST)
+        caller.send_close()
+        time.sleep(0.3)
+        resp.send(rp.encode_response(req.corr, rp.OK, "", b"before close"))
+        frames = caller.recv_all_until(lambda f: f.kind == rp.CLOSE)
+        got = [f for f in frames if f.kind == rp.RESPONSE]
+        assert len(got) == 1 and got[0]["payload"] == b"before close"
+        assert frames[-1]["status"] == rp.OK
+
+
 def test_register_twice_is_an_error_and_unregister_ends_serving(daemon):
     with connect(daemon) as caller, connect(daemon) as resp:
         assert register(resp, "m", corr=1).kind == rp.REGISTER
@@ -406,3 +420,69 @@ def test_cli_service_group_spreads_calls(daemon):
     finally:
         for p, _ in procs:
             stop(p)
+
+
+def test_state_is_freed_on_every_outcome(make_daemon):
+    """With one call per caller and one request per responder allowed, each
+    outcome in turn must free both, or the next call would be refused."""
+    d = make_daemon(extra="[limits]\nrpc_calls_per_connection = 1\n"
+                          "rpc_serves_per_connection = 1\n")
+    with connect(d) as caller, connect(d) as resp:
+        assert register(resp, "m").kind == rp.REGISTER
+
+        def routed(corr, timeout_ms=20000, ack=True):
+            caller.send(rp.encode_request(corr, resp.client_id, "m", b"x", timeout_ms=timeout_ms))
+            req = resp.recv_until(lambda f: f.kind == rp.REQUEST)
+            if ack:
+                resp.send(rp.encode_request_ack(req.corr))
+                caller.recv_until(lambda f: f.kind == rp.REQUEST_ACK and f.corr == corr)
+            return req
+
+        # cancel
+        routed(1)
+        caller.send(rp.encode_request_ack(1, rp.REQUEST_ACK_CANCEL))
+        assert outcome(caller, 1)[-1]["code"] == rp.CANCELLED
+        # response timeout (after the ack)
+        routed(2, timeout_ms=100)
+        assert outcome(caller, 2)[-1]["code"] == rp.RESPONSE_TIMEOUT
+        # an answer
+        req = routed(3)
+        resp.send(rp.encode_response(req.corr, rp.OK, "", b"a"))
+        assert outcome(caller, 3)[-1]["code"] == rp.OK
+        # an application error
+        req = routed(4)
+        resp.send(rp.encode_response(req.corr, rp.APPLICATION_ERROR, "no"))
+        assert outcome(caller, 4)[-1]["code"] == rp.APPLICATION_ERROR
+        # unknown method and recipient not found
+        caller.send(rp.encode_request(5, resp.client_id, "other", b""))
+        assert outcome(caller, 5)[-1]["code"] == rp.UNKNOWN_METHOD
+        caller.send(rp.encode_request(6, "nobody", "m", b""))
+        assert outcome(caller, 6)[-1]["code"] == rp.RECIPIENT_NOT_FOUND
+        # Both slots are free again: the next call goes through and is answered.
+        req = routed(7)
+        resp.send(rp.encode_response(req.corr, rp.OK, "", b"last"))
+        assert outcome(caller, 7)[-1]["payload"] == b"last"
+    # A caller that disconnects mid-call frees the responder's slot too.
+    with connect(d) as resp:
+        assert register(resp, "m").kind == rp.REGISTER
+        gone = connect(d)
+        gone.send(rp.encode_request(1, resp.client_id, "m", b"", timeout_ms=20000))
+        req = resp.recv_until(lambda f: f.kind == rp.REQUEST)
+        resp.send(rp.encode_request_ack(req.corr))
+        gone.recv_until(lambda f: f.kind == rp.REQUEST_ACK)
+        gone.close()
+        with connect(d) as caller:
+            deadline = time.monotonic() + 10
+            while True:
+                caller.send(rp.encode_request(9, resp.client_id, "m", b"", timeout_ms=20000))
+                got = None
+                try:
+                    got = resp.recv_until(lambda f: f.kind == rp.REQUEST, timeout=0.5)
+                except TimeoutError:
+                    pass
+                if got is not None:
+                    resp.send(rp.encode_response(got.corr, rp.OK, "", b"ok"))
+                    assert outcome(caller, 9)[-1]["code"] == rp.OK
+                    break
+                assert outcome(caller, 9)[-1]["code"] == rp.RESPONDER_BUSY
+                assert time.monotonic() < deadline, "the responder's slot was never freed"
