@@ -486,3 +486,27 @@ def test_state_is_freed_on_every_outcome(make_daemon):
                     break
                 assert outcome(caller, 9)[-1]["code"] == rp.RESPONDER_BUSY
                 assert time.monotonic() < deadline, "the responder's slot was never freed"
+
+
+@pytest.mark.parametrize("kind", ["tls", "ws", "wss", "quic"])
+def test_cli_calls_across_transports(make_daemon, tmp_path, kind):
+    """A responder on plain TCP answers a caller on each other transport:
+    RPC lives above the link, so every transport reaches every other."""
+    import rbtransport as rt
+    from ports import free_port
+    (tmp_path / "certs").mkdir()
+    certs = rt.Certs(tmp_path / "certs")
+    tcp_port, other_port = free_port(), free_port()
+    d = make_daemon(listeners=rt.listener("tcp", tcp_port) + rt.listener(kind, other_port, certs))
+    d.url = f"tcp://127.0.0.1:{tcp_port}"
+    proc, client_id = start_serve(d, "rev", "--", "rev")
+    try:
+        host = "localhost" if kind in ("tls", "wss", "quic") else "127.0.0.1"
+        path = "/ringbus" if kind in ("ws", "wss") else ""
+        url = f"{kind}://{host}:{other_port}{path}"
+        out = subprocess.run([str(RINGBUS), "--url", url, "--ca", str(certs.ca), "call",
+                              client_id, "rev", "abc\n"], capture_output=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout == b"cba\n"
+    finally:
+        stop(proc)
