@@ -72,7 +72,7 @@ TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 CLIENT_LIB_SRC := $(sort $(wildcard client/*.c))
 CLI_SRC        := $(sort $(wildcard cli/*.c))
-# bench/ also holds peerload.c, the peer driver built by bench/Makefile.
+# bench/ also holds peerload.c and rpcload.c, the peer drivers built by bench/Makefile.
 BENCH_SRC      := bench/bench.c
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
