@@ -100,7 +100,7 @@ struct field {
     }
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-#define T_ALL        0x1Fu
+#define T_ALL        0x3Fu
 #define T_TLS        ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
 #define T_WS         ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
 #define T_QUIC       (1u << RB_TRANSPORT_QUIC)
@@ -242,8 +242,10 @@ static const field listener_fields[] = {
 };
 static const section listener_section = {"listener", listener_fields, COUNT(listener_fields)};
 
-static const char *const transport_names[] = {"tcp", "tls", "ws", "wss", "quic"};
-static const uint16_t transport_ports[] = {7400, 7401, 7402, 7403, 7404};
+static const char *const transport_names[] = {"tcp", "tls", "ws", "wss", "quic", "http"};
+static const uint16_t transport_ports[] = {7400, 7401, 7402, 7403, 7404, 7420};
+_Static_assert(sizeof transport_names / sizeof transport_names[0] == RB_TRANSPORT_KINDS,
+               "a name per transport");
 
 /* ---- errors ---- */
 
@@ -608,7 +610,7 @@ static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     }
     char shown[32];
     show(shown, sizeof shown, text, len);
-    return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic", shown);
+    return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic, http", shown);
 }
 
 static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
@@ -745,8 +747,9 @@ static int load_listener(loader *ld, const rb_toml_value *t, size_t number, rb_l
     memset(l, 0, sizeof *l);
     const rb_toml_value *tv = rb_toml_get(t, "transport");
     if (tv == NULL) {
-        return fail_value(ld, t, prefix,
-                          "missing required key \"transport\" (one of tcp, tls, ws, wss, quic)");
+        return fail_value(
+            ld, t, prefix,
+            "missing required key \"transport\" (one of tcp, tls, ws, wss, quic, http)");
     }
     char path[PATH_BYTES_MAX];
     snprintf(path, sizeof path, "%s.transport", prefix);

@@ -159,7 +159,10 @@ static int tcp_stack_build(rb_link_tcp *t, const rb_listener *l, rb_err *err)
         }
         rb_stack_push(&t->stack, layer);
     }
-    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
+    /* An http listener is the WebSocket layer's HTTP phase without an
+     * upgrade path: every request goes to the admin routes. */
+    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS ||
+        l->cfg.transport == RB_TRANSPORT_HTTP) {
         rb_ws_options o = {.listener = &l->cfg,
                            .max_frame_bytes = srv->cfg.max_frame_bytes,
                            .router = rb_admin_router(&srv->admin)};

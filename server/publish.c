@@ -215,6 +215,11 @@ static void deliver_ack(rb_conn *c, uint64_t corr, rb_bytes topic, uint64_t seq,
 {
     RB_ASSERT(c->publishes_in_flight > 0);
     c->publishes_in_flight--;
+    if (code == RB_WIRE_OK) {
+        RB_STAT_ADD(c->shard, publishes_ok, 1);
+    } else {
+        RB_STAT_ADD(c->shard, publishes_failed, 1);
+    }
     if (c->state == RB_CONN_CLOSING) {
         return;
     }

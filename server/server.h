@@ -89,6 +89,7 @@ struct rb_conn {
     rb_conn *free_next;
     /* publishing and the stream */
     uint32_t publishes_in_flight;
+    uint8_t transport; /* rb_transport_kind of its link, for the counters */
     rb_stream *stream;
     /* RPC (server/rpc.c): the identity others call it by (STARTED's
      * client_id; server-assigned for anonymous connections), its calls in
@@ -113,8 +114,33 @@ typedef struct rb_listener {
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
 } rb_listener;
 
+/* A shard's counters for /metrics (server/admin.c). Only the shard's own
+ * thread writes them (RB_STAT_ADD: a relaxed store, no lock, no atomic
+ * read-modify-write); a scrape on any thread reads them relaxed and sums
+ * the shards. Gauges go up and down the same way. */
+typedef struct rb_shard_stats {
+    uint64_t accepted[RB_TRANSPORT_KINDS]; /* sessions opened, by listener transport */
+    uint64_t open[RB_TRANSPORT_KINDS];     /* gauge: sessions open now */
+    uint64_t frames_in;                    /* client frames decoded */
+    uint64_t bytes_in;                     /* frame bytes received */
+    uint64_t publishes_ok;                 /* publishes acknowledged */
+    uint64_t publishes_failed;             /* publishes answered with an error */
+    uint64_t deliveries;                   /* messages queued to subscribers */
+    uint64_t delivery_bytes;               /* their encoded bytes */
+    uint64_t slow_consumer_closes;         /* subscribers closed for a full send queue */
+    uint64_t loop_turns;                   /* turns of the shard's loop */
+    uint64_t last_turn_ms;                 /* CLOCK_MONOTONIC ms of the last turn's start */
+} rb_shard_stats;
+
+#define RB_STAT_ADD(sh, field, n)                                                                  \
+    __atomic_store_n(&(sh)->stats.field, (sh)->stats.field + (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_SUB(sh, field, n)                                                                  \
+    __atomic_store_n(&(sh)->stats.field, (sh)->stats.field - (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_GET(sh, field) __atomic_load_n(&(sh)->stats.field, __ATOMIC_RELAXED)
+
 struct rb_shard {
     rb_server *server;
+    rb_shard_stats stats;
     uint32_t id;
     pthread_t thread;
     rb_loop *loop;

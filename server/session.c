@@ -92,6 +92,9 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
                   rb_send_quota_bytes(&sh->server->cfg));
     c->state = RB_CONN_HANDSHAKE;
+    c->transport = (uint8_t)l->kind;
+    RB_STAT_ADD(sh, accepted[c->transport], 1);
+    RB_STAT_ADD(sh, open[c->transport], 1);
     c->timer.fn = conn_timer_fired;
     c->last_tx_ms = rb_loop_now_ms(sh->loop);
     atomic_fetch_add(&sh->conn_count, 1);
@@ -235,6 +238,7 @@ static void conn_try_free(rb_conn *c)
     c->free_next = sh->conn_free;
     sh->conn_free = c;
     atomic_fetch_sub(&sh->conn_count, 1);
+    RB_STAT_SUB(sh, open[c->transport], 1);
 }
 
 void rb_conn_abort(rb_conn *c)
@@ -513,6 +517,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
 static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
+    RB_STAT_ADD(c->shard, frames_in, 1);
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
         conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
@@ -729,6 +734,7 @@ bool rb_session_reading(const rb_conn *c)
 
 void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
 {
+    RB_STAT_ADD(c->shard, bytes_in, len);
     conn_feed(c, p, len);
 }
 

@@ -530,6 +530,7 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
         return true;
     }
     if (rb_conn_send_full(c, bytes + RB_FRAME_MESSAGES_HEAD_BYTES)) {
+        RB_STAT_ADD(c->shard, slow_consumer_closes, 1);
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
                       "subscriber too slow: send queue over %llu bytes at topic %s seq %llu",
                       (unsigned long long)c->shard->server->cfg.send_queue_bytes, e->name,
@@ -542,6 +543,8 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
         return false;
     }
+    RB_STAT_ADD(c->shard, deliveries, count);
+    RB_STAT_ADD(c->shard, delivery_bytes, bytes);
     e->hwm = b->last_seq;
     return true;
 }

@@ -560,9 +560,10 @@ END_TEST
 static const error_case listener_errors[] = {
     {"[[listener]]\naddress = '0.0.0.0'",
      "c.toml:1:1: listener[1]: missing required key \"transport\" (one of tcp, tls, ws, wss, "
-     "quic)"},
-    {"[[listener]]\ntransport = 'http'",
-     "c.toml:2:13: listener[1].transport: \"http\" is not one of tcp, tls, ws, wss, quic"},
+     "quic, http)"},
+    {"[[listener]]\ntransport = 'https'",
+     "c.toml:2:13: listener[1].transport: \"https\" is not one of tcp, tls, ws, wss, quic, "
+     "http"},
     {"[[listener]]\ntransport = 'tcp'\naddress = 'localhost'",
      "c.toml:3:11: listener[1].address: \"localhost\" is not an IPv4 or IPv6 address literal"},
     {"[[listener]]\ntransport = 'tcp'\naddress = '[::1]'",
