@@ -762,11 +762,13 @@ START_TEST(test_config_example_settings_are_valid_and_show_the_defaults)
     /* Machine-dependent defaults are shown with sample values. */
     ck_assert_uint_eq(cfg.shards, 4);
     ck_assert_str_eq(cfg.server_id, "node-1");
-    ck_assert_uint_eq(cfg.listener_count, 5);
+    ck_assert_uint_eq(cfg.listener_count, 6);
     for (uint32_t i = 0; i < 5; i++) {
         ck_assert_int_eq(cfg.listeners[i].transport, (rb_transport_kind)i);
         ck_assert_uint_eq(cfg.listeners[i].port, 7400 + i);
     }
+    ck_assert_int_eq(cfg.listeners[5].transport, RB_TRANSPORT_HTTP);
+    ck_assert_uint_eq(cfg.listeners[5].port, 7420);
     ck_assert_uint_eq(cfg.listeners[3].origin_count, 1);
     /* Everything else equals the embedded default. */
     static rb_config want;
