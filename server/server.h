@@ -35,6 +35,14 @@ typedef struct rb_link_tcp rb_link_tcp;
  * block (fan-out without copying). */
 typedef struct rb_block rb_block;
 typedef struct rb_seg rb_seg;
+
+/* A position in a byte stream of frames: bytes left of the current frame
+ * (0 at a boundary), and the part of its u32 size field seen so far. */
+typedef struct rb_frame_cursor {
+    uint32_t left;
+    uint8_t size_have;
+    uint8_t size[4];
+} rb_frame_cursor;
 struct rb_seg {
     rb_seg *next;
     uint8_t *data;
@@ -116,6 +124,7 @@ struct rb_conn {
     rb_conn_state state;
     bool flush_queued;
     bool pong_wait;
+    bool peer_logged; /* a connection-level error named the peer's address */
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;
@@ -132,6 +141,11 @@ struct rb_conn {
     rb_seg *tx_head;
     rb_seg *tx_tail;
     uint64_t tx_bytes;
+    /* Where the frame at the queue head ends, so that a reap can drop the
+     * frames not started and put its CLOSE right behind the one the link
+     * is writing. */
+    rb_frame_cursor tx_frame;
+    bool tx_trimmed; /* the unstarted frames were dropped for the closing frames */
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */

@@ -285,9 +285,139 @@ void rb_segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes
     }
 }
 
+/* Moves cursor fc over n queued bytes starting `from` bytes into the send
+ * queue. Every frame starts with its u32 size, so this reads 4 bytes per
+ * frame and skips the rest. */
+static void frames_walk(const rb_conn *c, rb_frame_cursor *fc, size_t from, size_t n)
+{
+    const rb_seg *s = c->tx_head;
+    size_t at = s != NULL ? s->off : 0;
+    /* Bounded by from + n: each pass moves at least one byte or segment. */
+    while (n > 0) {
+        RB_ASSERT(s != NULL);
+        if (at == s->len) {
+            s = s->next;
+            at = s != NULL ? s->off : 0;
+            continue;
+        }
+        if (from > 0) {
+            size_t skip = s->len - at < from ? s->len - at : from;
+            at += skip;
+            from -= skip;
+            continue;
+        }
+        if (fc->left == 0) {
+            /* At a frame start, or inside its size field. */
+            fc->size[fc->size_have++] = s->data[at++];
+            n--;
+            if (fc->size_have == 4) {
+                uint32_t size = (uint32_t)fc->size[0] | (uint32_t)fc->size[1] << 8 |
+                                (uint32_t)fc->size[2] << 16 | (uint32_t)fc->size[3] << 24;
+                /* The server encodes every frame it queues. */
+                RB_ASSERT(size >= RB_FRAME_HEADER_BYTES);
+                fc->left = size - 4;
+                fc->size_have = 0;
+            }
+            continue;
+        }
+        size_t step = s->len - at;
+        step = step < n ? step : n;
+        step = step < fc->left ? step : fc->left;
+        at += step;
+        n -= step;
+        fc->left -= (uint32_t)step;
+    }
+}
+
 static void tx_consume(rb_conn *c, size_t n)
 {
+    frames_walk(c, &c->tx_frame, 0, n);
     rb_segs_consume(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes, n);
+}
+
+/* Copies len queued bytes starting at offset `from` of the queue; false
+ * when fewer are queued. */
+static bool tx_peek(const rb_conn *c, size_t from, uint8_t *out, size_t len)
+{
+    for (const rb_seg *s = c->tx_head; s != NULL && len > 0; s = s->next) {
+        size_t avail = s->len - s->off;
+        if (from >= avail) {
+            from -= avail;
+            continue;
+        }
+        size_t take = avail - from < len ? avail - from : len;
+        memcpy(out, s->data + s->off + from, take);
+        out += take;
+        len -= take;
+        from = 0;
+    }
+    return len == 0;
+}
+
+/* Queued bytes up to the end of the frame that byte `at` of the queue
+ * falls in (at itself when it is a frame boundary). */
+static uint64_t frame_end_after(const rb_conn *c, uint64_t at)
+{
+    rb_frame_cursor fc = c->tx_frame;
+    frames_walk(c, &fc, 0, at);
+    if (fc.size_have == 0) {
+        return at + fc.left;
+    }
+    uint8_t size[4];
+    memcpy(size, fc.size, fc.size_have);
+    bool whole = tx_peek(c, at, size + fc.size_have, 4u - fc.size_have);
+    RB_ASSERT(whole);
+    uint32_t total = (uint32_t)size[0] | (uint32_t)size[1] << 8 | (uint32_t)size[2] << 16 |
+                     (uint32_t)size[3] << 24;
+    return at + total - fc.size_have;
+}
+
+/* A reaped connection's queued frames cannot reach a client that does not
+ * read them, and they would stand between it and the CLOSE that says why.
+ * Drops every queued frame the link has not started; the rest of the one
+ * it is writing stays, so the closing frames follow on a frame boundary
+ * (the client resumes from its cursor: nothing is lost silently, G4). */
+static void tx_drop_unstarted(rb_conn *c)
+{
+    if (c->tx_trimmed) {
+        return;
+    }
+    c->tx_trimmed = true;
+    /* Bytes the link has handed to the socket may be written still: they
+     * and the rest of their last frame stay. */
+    uint64_t busy = c->link->ops->busy_bytes(c->link);
+    RB_ASSERT(busy <= c->tx_bytes);
+    uint64_t keep = frame_end_after(c, busy);
+    RB_ASSERT(keep <= c->tx_bytes);
+    uint64_t dropped = c->tx_bytes - keep;
+    rb_seg **link = &c->tx_head;
+    rb_seg *last = NULL;
+    uint64_t left = keep;
+    while (*link != NULL && left > 0) {
+        rb_seg *s = *link;
+        uint64_t avail = s->len - s->off;
+        if (avail >= left) {
+            s->len = s->off + (uint32_t)left;
+            left = 0;
+        } else {
+            left -= avail;
+        }
+        last = s;
+        link = &s->next;
+    }
+    rb_seg *rest = *link;
+    *link = NULL;
+    c->tx_tail = last;
+    c->tx_bytes = keep;
+    while (rest != NULL) {
+        rb_seg *next = rest->next;
+        rb_seg_free(c->shard, rest);
+        rest = next;
+    }
+    if (dropped > 0) {
+        RB_LOG_DEBUG(c->id, "dropped %llu queued bytes the client will not get",
+                     (unsigned long long)dropped);
+    }
 }
 
 static void finish_close(rb_conn *c)
@@ -360,6 +490,18 @@ static void stop_reading(rb_conn *c)
     c->link->ops->stop_reading(c->link);
 }
 
+const char *rb_session_peer_once(rb_conn *c)
+{
+    /* One per shard thread: the caller logs it before the next call. */
+    static _Thread_local char note[RB_LINK_PEER_BYTES_MAX + 16];
+    if (c->peer_logged || c->link == NULL) {
+        return "";
+    }
+    c->peer_logged = true;
+    snprintf(note, sizeof note, " (peer %s)", c->link->peer);
+    return note;
+}
+
 void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
 {
     /* A layer ended the input cleanly (close_notify, WS Close, an HTTP
@@ -369,7 +511,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
         return;
     }
     if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
-        RB_LOG_INFO(c->id, "closing: %s", why);
+        RB_LOG_INFO(c->id, "closing: %s%s", why, rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s", why);
     }
@@ -391,7 +533,8 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (status != RB_WIRE_OK && status != RB_WIRE_GOING_AWAY) {
-        RB_LOG_INFO(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+        RB_LOG_INFO(c->id, "closing: %s: %s%s", rb_wire_code_name(status), msg,
+                    rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
     }
@@ -399,6 +542,9 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
     size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
     RB_ASSERT(n > 0);
+    if (status == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+        tx_drop_unstarted(c);
+    }
     c->state = RB_CONN_CLOSING;
     stop_reading(c);
     if (!c->link->ops->ready(c->link)) {
@@ -428,10 +574,17 @@ int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *
     return rb_conn_append(c, buf, n);
 }
 
-/* An error that ends the connection: ERROR{code} then CLOSE{code}. */
-static void conn_fail(rb_conn *c, uint16_t code, const char *msg)
+/* An error that ends the connection: ERROR{code} then CLOSE{code}; the
+ * ERROR carries the offending frame's corr_id when its header was read. */
+static void conn_fail(rb_conn *c, uint64_t corr_id, uint16_t code, const char *msg)
 {
-    rb_conn_send_error(c, 0, code, "%s", msg);
+    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
+        return;
+    }
+    if (code == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+        tx_drop_unstarted(c);
+    }
+    rb_conn_send_error(c, corr_id, code, "%s", msg);
     rb_conn_close(c, code, "%s", msg);
 }
 
@@ -489,7 +642,7 @@ static void send_ping(rb_conn *c)
     c->ping_nonce = c->ping_nonce * 6364136223846793005ull + c->id + 1442695040888963407ull;
     size_t n = rb_frame_encode_ping(buf, sizeof buf, 0, c->ping_nonce);
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         return;
     }
     c->pong_wait = true;
@@ -506,8 +659,8 @@ static void conn_timer_fired(rb_timer *t)
             RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
         } else {
             uint64_t unsent = c->tx_bytes + c->link->ops->unsent_bytes(c->link);
-            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
-                        (unsigned long long)unsent);
+            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent%s",
+                        (unsigned long long)unsent, rb_session_peer_once(c));
         }
         finish_close(c);
         return;
@@ -521,16 +674,16 @@ static void conn_timer_fired(rb_timer *t)
         return;
     }
     if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {
-        conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
+        conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
         return;
     }
     if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
             bool layers = !c->link->ops->ready(c->link);
-            RB_LOG_INFO(c->id, "%s within %u ms",
+            RB_LOG_INFO(c->id, "%s within %u ms%s",
                         layers ? "transport handshake not completed" : "no HELLO",
-                        cfg->handshake_timeout_ms);
-            conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
+                        cfg->handshake_timeout_ms, rb_session_peer_once(c));
+            conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
             return;
         }
     } else if (c->state == RB_CONN_OPEN) {
@@ -554,14 +707,14 @@ static void on_hello(rb_conn *c, const rb_frame *f)
 {
     const rb_config *cfg = &c->shard->server->cfg;
     if (c->state != RB_CONN_HANDSHAKE) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "HELLO sent twice");
         return;
     }
     if (f->u.hello.protocol_version != RB_PROTOCOL_VERSION) {
         char msg[96];
         snprintf(msg, sizeof msg, "protocol version %u not supported (server speaks %u)",
                  f->u.hello.protocol_version, RB_PROTOCOL_VERSION);
-        conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
     uint8_t buf[RB_FRAME_HEADER_BYTES + 24 + RB_SERVER_ID_BYTES_MAX];
@@ -580,7 +733,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
     }
     switch (kind) {
@@ -591,7 +744,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
         size_t n = rb_frame_encode_pong(buf, sizeof buf, f->hdr.corr_id, f->u.ping.nonce);
         if (rb_conn_append(c, buf, n) != 0) {
-            conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+            conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         }
         break;
     }
@@ -632,7 +785,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
     default: {
         char msg[96];
         snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
-        conn_fail(c, RB_WIRE_BAD_FRAME, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, msg);
         break;
     }
     }
@@ -643,6 +796,17 @@ static bool conn_reading(const rb_conn *c)
     return c->state == RB_CONN_HANDSHAKE || c->state == RB_CONN_OPEN;
 }
 
+/* The corr_id field of a frame header at p (16 bytes were read), whether
+ * or not the rest of the header is valid: fatal errors echo it. */
+static uint64_t header_corr_id(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = v << 8 | p[8 + i];
+    }
+    return v;
+}
+
 /* Decodes one whole frame at p and dispatches it; false when the connection
  * was failed. */
 static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
@@ -651,7 +815,8 @@ static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
     rb_err err;
     int rc = rb_frame_decode(p, len, c->shard->server->cfg.max_frame_bytes, &f, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME), err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME),
+                  err.msg);
         return false;
     }
     on_frame(c, &f);
@@ -665,7 +830,7 @@ static bool check_header(rb_conn *c, const uint8_t *p, rb_frame_header *hdr)
     int rc = rb_frame_header_decode(p, RB_FRAME_HEADER_BYTES, c->shard->server->cfg.max_frame_bytes,
                                     hdr, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)err.cause, err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)err.cause, err.msg);
         return false;
     }
     return true;
@@ -681,7 +846,8 @@ static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t 
     c->rx_buf =
         hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool) : rb_pool_get(&sh->rxbig_pool);
     if (c->rx_buf == NULL) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
+        conn_fail(c, hdr->corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                  "no receive buffer for a large frame");
         return false;
     }
     memcpy(c->rx_buf, p, have);
@@ -835,5 +1001,5 @@ void rb_session_want_send(rb_conn *c)
 
 void rb_session_fail(rb_conn *c, uint16_t code, const char *msg)
 {
-    conn_fail(c, code, msg);
+    conn_fail(c, 0, code, msg);
 }
