@@ -25,13 +25,17 @@ VERSION   := $(VERSION_BASE)$(if $(GIT_HASH),+g$(GIT_HASH)$(if $(GIT_DIRTY),.dir
 SOURCE_DATE_EPOCH ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 export SOURCE_DATE_EPOCH
 
-PKGS      := liburing libsystemd libpq wolfssl
+# QUIC: ngtcp2 with its GnuTLS crypto backend, and nghttp3 for HTTP/3.
+QUIC_PKGS := libngtcp2 libngtcp2_crypto_gnutls libnghttp3 gnutls
+PKGS      := liburing libsystemd libpq wolfssl $(QUIC_PKGS)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
+QUIC_LIBS := $(shell pkg-config --libs $(QUIC_PKGS) 2>/dev/null)
 # -lssl goes before -lwolfssl: wolfSSL exports a few OpenSSL names, and the
 # OpenSSL that libpq loads must bind to OpenSSL's own. libwslay has no .pc.
-PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq 2>/dev/null) -lssl -lcrypto \
-             $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay
-CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay -lpthread
+PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson libxxhash \
+               2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay \
+             $(QUIC_LIBS)
+CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -78,16 +82,18 @@ SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_S
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
 CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
-LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c) $(CLIENT_OBJ)
+LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c) $(CLIENT_OBJ)
 
 RINGBUSD   := $(BUILDDIR)/ringbusd
 RINGBUS    := $(BUILDDIR)/ringbus
 LIBA       := $(BUILDDIR)/libringbus.a
 LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
+# A QUIC/HTTP/3 test peer on the engine (tests/integration/quic_peer.c).
+QUIC_PEER  := $(BUILDDIR)/quic_peer
 
-.PHONY: all build run test test-unit test-integration test-fuzz test-asan tsan check format \
-        format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
+.PHONY: all build run test test-unit test-integration test-fuzz test-chaos chaos test-asan tsan \
+        check format format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -95,7 +101,7 @@ all: build
 	@ln -sf $(VARIANT)/libringbus.a build/libringbus.a
 	@ln -sf $(VARIANT)/libringbus.so build/libringbus.so
 
-build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT)
+build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT) $(QUIC_PEER)
 
 # Installs the Debian packages the build and the tests need, once.
 deps:
@@ -160,11 +166,14 @@ $(BUILDDIR)/obj/tests/unit/main.o: CFLAGS += -I$(BUILDDIR)
 $(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter-out cli/cli.c,$(CLI_SRC)))
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
 
+$(QUIC_PEER): $(call obj,tests/integration/quic_peer.c) $(SERVER_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
 run: all
 	$(RINGBUSD)
 
 test: all
-	$(MAKE) --no-print-directory test-unit test-fuzz test-integration
+	$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-chaos
 
 test-unit: build
 	$(UNIT)
@@ -172,9 +181,20 @@ test-unit: build
 test-integration: build
 	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
+# The chaos suite (tests/chaos, docs/RELIABILITY.md): faults under load and
+# one history checker for G1-G4. `make test` runs its short form (a few
+# minutes); `make chaos` the long form (CHAOS_TRIALS=N, CHAOS_LOAD_S=S and
+# CHAOS_SEED=N override it; CHAOS_RESULTS=FILE appends one line per scenario).
+test-chaos: build
+	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+
+chaos: all
+	CHAOS_PROFILE=long RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  tests/chaos
+
 test-asan:
 	$(MAKE) --no-print-directory VARIANT=asan build
-	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration
+	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration test-chaos
 
 check: test-asan
 
@@ -232,6 +252,19 @@ $(BUILDDIR)/fuzz/replay_%: $(call obj,tests/fuzz/replay.c) $(BUILDDIR)/obj/tests
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
 
 $(BUILDDIR)/fuzz/fuzz_%: $(BUILDDIR)/obj/tests/fuzz/fuzz_%.o $(FUZZ_LINK_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
+
+# fuzz_pgrows.c includes storage/postgres.c (to reach its static result
+# handlers), so it links everything but that object.
+FUZZ_PGROWS_OBJ := $(filter-out $(call obj,storage/postgres.c),$(FUZZ_LINK_OBJ))
+
+$(BUILDDIR)/fuzz/replay_pgrows: $(call obj,tests/fuzz/replay.c) \
+                               $(BUILDDIR)/obj/tests/fuzz/fuzz_pgrows.o $(FUZZ_PGROWS_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS) -lm
+
+$(BUILDDIR)/fuzz/fuzz_pgrows: $(BUILDDIR)/obj/tests/fuzz/fuzz_pgrows.o $(FUZZ_PGROWS_OBJ)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -fsanitize=fuzzer -o $@ $^ $(LIBS) -lm
 

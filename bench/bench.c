@@ -1445,9 +1445,12 @@ static void rbd_event(const ringbus_event *ev, void *ctx)
         rb_bench_sink_complete(d->sink);
         break;
     case RINGBUS_EVENT_ERROR:
+    case RINGBUS_EVENT_TOPIC_ERROR:
     case RINGBUS_EVENT_CLOSED:
         snprintf(why, sizeof why, "%s: %s: %s",
-                 ev->kind == RINGBUS_EVENT_ERROR ? "server error" : "closed",
+                 ev->kind == RINGBUS_EVENT_ERROR         ? "server error"
+                 : ev->kind == RINGBUS_EVENT_TOPIC_ERROR ? "topic error"
+                                                         : "closed",
                  ringbus_wire_code_name(ev->code), ev->message);
         rb_bench_sink_closed(d->sink, why);
         break;

@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,14 +36,24 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               [--origin ORIGIN] COMMAND [ARGS]\n"
+    "               [--origin ORIGIN] [--token TOKEN | --token-file FILE |\n"
+    "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
+    "               COMMAND [ARGS]\n"
     "\n"
     "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
     "                     IPv6 as tcp://[::1]:7400, tls://host[:port],\n"
-    "                     ws://host[:port][/path], wss://host[:port][/path]\n"
-    "  --ca FILE          tls, wss: trust the CAs in FILE (PEM) instead of the system store\n"
-    "  --insecure         tls, wss: do not verify the server certificate (testing only)\n"
+    "                     ws://host[:port][/path], wss://host[:port][/path],\n"
+    "                     quic://host[:port] (UDP)\n"
+    "  --ca FILE          tls, wss, quic: trust the CAs in FILE (PEM) instead of the system store\n"
+    "  --insecure         tls, wss, quic: do not verify the server certificate (testing only)\n"
     "  --origin ORIGIN    ws, wss: send this Origin header (for listeners with origins)\n"
+    "  --token TOKEN      sign in with a JWT (visible to other local users in ps;\n"
+    "                     prefer --token-file)\n"
+    "  --token-file FILE  sign in with the JWT in FILE (one trailing newline is dropped)\n"
+    "  --user NAME        sign in as NAME with the password in --password-file\n"
+    "  --password-file FILE  the password: FILE's first line\n"
+    "  --cert FILE, --key FILE  tls, wss: client certificate and key (PEM) for\n"
+    "                     listeners with client_ca\n"
     "  --timeout SECONDS  connect and request timeout (default 10)\n"
     "  --name NAME        client name sent to the server\n"
     "  --help, --version\n"
@@ -55,16 +66,24 @@ static const char usage_text[] =
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
     "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
     "                                   exits 1 when --timeout ends the run before --count\n"
-    "                                   messages (or the --history-only history) arrived\n"
-    "  stream                           JSON commands on stdin, JSON events on stdout\n"
+    "                                   messages (or the --history-only history) arrived,\n"
+    "                                   and on a topic_error (a cursor the store cannot serve)\n"
+    "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
+    "                                   first event is started (server_id, epoch)\n"
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
     const char *url;
     const char *name;
-    const char *ca_file; /* --ca */
-    bool insecure;       /* --insecure */
-    const char *origin;  /* --origin */
+    const char *ca_file;       /* --ca */
+    bool insecure;             /* --insecure */
+    const char *origin;        /* --origin */
+    const char *token;         /* --token */
+    const char *token_file;    /* --token-file */
+    const char *user;          /* --user */
+    const char *password_file; /* --password-file */
+    const char *cert_file;     /* --cert */
+    const char *key_file;      /* --key */
     int timeout_ms;
     ringbus_conn *conn;
     rb_json_buf out;
@@ -177,6 +196,18 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_error(c, ev->code, ev->message);
         emit(c);
         return;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        rb_json_put_raw(b, "{\"event\":\"topic_error\"", 22);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "mutate_id");
+        rb_json_put_u64(b, ev->mutate_id);
+        put_key(b, "code");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        put_key(b, "message");
+        rb_json_put_str(b, ev->message, strlen(ev->message));
+        break;
     case RINGBUS_EVENT_CLOSED:
         rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
         put_key(b, "status");
@@ -272,6 +303,28 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
         c->insecure = true;
         return 1;
     }
+    static const struct {
+        const char *name;
+        size_t offset;
+        const char *needs;
+    } files[] = {
+        {"--token-file", offsetof(cli, token_file), "a file holding a JWT"},
+        {"--token", offsetof(cli, token), "a JWT"},
+        {"--user", offsetof(cli, user), "a user name"},
+        {"--password-file", offsetof(cli, password_file), "a file holding the password"},
+        {"--cert", offsetof(cli, cert_file), "a PEM certificate file"},
+        {"--key", offsetof(cli, key_file), "a PEM key file"},
+    };
+    for (size_t k = 0; k < sizeof files / sizeof files[0]; k++) {
+        if (is_opt(arg, files[k].name)) {
+            if ((v = opt_value(argc, argv, i, files[k].name)) == NULL) {
+                say("%s needs %s (try --help)", files[k].name, files[k].needs);
+                return -EXIT_USAGE;
+            }
+            *(const char **)(void *)((char *)c + files[k].offset) = v;
+            return 1;
+        }
+    }
     if (is_opt(arg, "--name")) {
         if ((v = opt_value(argc, argv, i, "--name")) == NULL) {
             return -usage_error("--name needs a name");
@@ -290,6 +343,75 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
 }
 
 /* ---- connecting ---- */
+
+/* Secrets read from files: a token or a password. */
+#define SECRET_FILE_BYTES_MAX 16384
+
+/* Reads the first line of path (without CR LF) into out. Returns its
+ * length, or -1 after saying why. */
+static long read_secret(const char *path, const char *what, char *out, size_t cap)
+{
+    FILE *f = fopen(path, "rb");
+    if (f == NULL) {
+        say("%s %s: %s", what, path, strerror(errno));
+        return -1;
+    }
+    size_t n = fread(out, 1, cap - 1, f);
+    bool more = n == cap - 1 && fgetc(f) != EOF;
+    fclose(f);
+    char *nl = memchr(out, '\n', n);
+    if (nl == NULL && more) {
+        explicit_bzero(out, cap);
+        say("%s %s: longer than %zu bytes", what, path, cap - 2);
+        return -1;
+    }
+    n = nl != NULL ? (size_t)(nl - out) : n;
+    if (n > 0 && out[n - 1] == '\r') {
+        n--;
+    }
+    out[n] = '\0';
+    if (n == 0) {
+        say("%s %s: empty", what, path);
+        return -1;
+    }
+    return (long)n;
+}
+
+/* Fills the sign-in options from the flags; secret is the caller's buffer
+ * for a token or password read from a file. Returns 0 or an exit status. */
+static int sign_in_options(const cli *c, ringbus_options *o, char *secret, size_t cap)
+{
+    if (c->token != NULL && c->token_file != NULL) {
+        return usage_error("give --token or --token-file, not both");
+    }
+    if ((c->token != NULL || c->token_file != NULL) && c->user != NULL) {
+        return usage_error("give a token or --user, not both");
+    }
+    if ((c->user == NULL) != (c->password_file == NULL)) {
+        return usage_error("--user and --password-file go together");
+    }
+    if ((c->cert_file == NULL) != (c->key_file == NULL)) {
+        return usage_error("--cert and --key go together");
+    }
+    o->token = c->token;
+    o->user = c->user;
+    o->tls_cert_file = c->cert_file;
+    o->tls_key_file = c->key_file;
+    if (c->token_file != NULL) {
+        if (read_secret(c->token_file, "--token-file", secret, cap) < 0) {
+            return EXIT_RUNTIME;
+        }
+        o->token = secret;
+    } else if (c->password_file != NULL) {
+        long n = read_secret(c->password_file, "--password-file", secret, cap);
+        if (n < 0) {
+            return EXIT_RUNTIME;
+        }
+        o->password = secret;
+        o->password_len = (size_t)n;
+    }
+    return 0;
+}
 
 static void on_event(const ringbus_event *ev, void *ctx)
 {
@@ -311,8 +433,14 @@ static int cli_connect(cli *c, bool with_callback)
         o.on_event = on_event;
         o.event_ctx = c;
     }
+    static char secret[SECRET_FILE_BYTES_MAX];
+    int status = sign_in_options(c, &o, secret, sizeof secret);
+    if (status != 0) {
+        return status;
+    }
     ringbus_error err;
     int rc = ringbus_connect(c->url, &o, &c->conn, &err);
+    explicit_bzero(secret, sizeof secret);
     if (rc != 0) {
         say("%s", err.message);
         return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
@@ -815,6 +943,10 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     case RINGBUS_EVENT_ERROR:
     case RINGBUS_EVENT_CLOSED:
         return EXIT_RUNTIME;
+    case RINGBUS_EVENT_TOPIC_ERROR:
+        /* The topic left the stream: what sub was asked to follow is gone. */
+        say("sub: topic %s: %s", ev->topic, ev->message);
+        return EXIT_RUNTIME;
     case RINGBUS_EVENT_TOPICS_LIVE:
         break;
     }
@@ -922,9 +1054,9 @@ static int stream_mutate(cli *c, const rb_cmd *cmd, ringbus_error *err)
         adds[i].cursor = cmd->adds[i].cursor;
         adds[i].is_now = cmd->adds[i].is_now;
     }
-    int rc = ringbus_mutate(c->conn, cmd->mutate_id, adds, cmd->add_count,
-                            (const char *const *)cmd->removes, cmd->remove_count, cmd->history_only,
-                            err);
+    int rc = ringbus_mutate_epoch(c->conn, cmd->mutate_id, cmd->epoch, adds, cmd->add_count,
+                                  (const char *const *)cmd->removes, cmd->remove_count,
+                                  cmd->history_only, err);
     free(adds);
     return rc;
 }
@@ -1046,6 +1178,14 @@ static int cmd_stream(cli *c, int argc, char **argv)
     if (rc != 0) {
         return rc;
     }
+    /* The epoch goes with the cursors a script saves (docs/PROTOCOL.md 8.1). */
+    rb_json_put_raw(&c->out, "{\"event\":\"started\"", 18);
+    put_key(&c->out, "server_id");
+    rb_json_put_str(&c->out, ringbus_server_id(c->conn), strlen(ringbus_server_id(c->conn)));
+    put_key(&c->out, "epoch");
+    rb_json_put_u64(&c->out, ringbus_epoch(c->conn));
+    rb_json_put_raw(&c->out, "}", 1);
+    emit(c);
     line_reader lr = {0};
     bool closing = false;
     int idle_ms = 0;

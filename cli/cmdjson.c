@@ -150,6 +150,7 @@ static int parse_mutate(const rb_json_value *doc, rb_cmd *cmd, rb_err *err)
     const rb_json_value *ho = rb_json_get(doc, "history_only");
     const rb_json_value *add = rb_json_get(doc, "add");
     const rb_json_value *rem = rb_json_get(doc, "remove");
+    const rb_json_value *epoch = rb_json_get(doc, "epoch");
     cmd->kind = RB_CMD_MUTATE;
     if (add == NULL && rem == NULL) {
         return bad(err, "command has nothing to do: expected add, remove, close or publish");
@@ -160,6 +161,10 @@ static int parse_mutate(const rb_json_value *doc, rb_cmd *cmd, rb_err *err)
     if (ho != NULL && ho->type != RB_JSON_BOOL) {
         return bad(err, "history_only: must be true or false");
     }
+    if (epoch != NULL && (epoch->type != RB_JSON_NUMBER || !epoch->is_uint)) {
+        return bad(err, "epoch: must be an integer in 0..2^64-1 (from the started event)");
+    }
+    cmd->epoch = epoch != NULL ? epoch->uint_value : 0;
     cmd->mutate_id = id != NULL ? id->uint_value : 0;
     cmd->history_only = ho != NULL && ho->boolean;
     int rc = add != NULL ? parse_adds(add, cmd, err) : 0;
@@ -214,8 +219,8 @@ static int parse_publish(const rb_json_value *pub, rb_cmd *cmd, rb_err *err)
 
 static int parse_doc(const rb_json_value *doc, rb_cmd *cmd, rb_err *err)
 {
-    static const char *const keys[] = {"mutate_id", "add",     "remove", "history_only",
-                                       "close",     "publish", NULL};
+    static const char *const keys[] = {"mutate_id", "add",   "remove",  "history_only",
+                                       "epoch",     "close", "publish", NULL};
     if (doc->type != RB_JSON_OBJECT) {
         return bad(err, "a command must be a JSON object");
     }

@@ -1,6 +1,6 @@
 /* The commands of `ringbus stream`, one JSON object per stdin line:
  *   {"mutate_id":7,"add":[{"topic":"a","cursor":0},{"topic":"b","cursor":"now"}],
- *    "remove":["c"],"history_only":false}
+ *    "remove":["c"],"history_only":false,"epoch":1234}
  *   {"close":true}
  *   {"publish":{"topic":"a","data":"x"}}   (or "data_b64":"eA==")
  * This module turns a line into an rb_cmd, rejecting anything else with a
@@ -30,6 +30,7 @@ typedef struct rb_cmd {
     rb_cmd_kind kind;
     /* MUTATE */
     uint64_t mutate_id; /* nonzero when add_count > 0 */
+    uint64_t epoch;     /* the cursors' store epoch; 0 = none known */
     bool history_only;
     rb_cmd_add *adds; /* owned */
     size_t add_count;

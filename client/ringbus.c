@@ -39,7 +39,11 @@ static_assert((int)RINGBUS_WIRE_UNAVAILABLE == (int)RB_WIRE_UNAVAILABLE,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_WIRE_INVALID_TOPIC == (int)RB_WIRE_INVALID_TOPIC,
               "wire codes mirror frame.h");
-static_assert((int)RINGBUS_WIRE_OUT_OF_RANGE == (int)RB_WIRE_CODE_LAST,
+static_assert((int)RINGBUS_WIRE_OUT_OF_RANGE == (int)RB_WIRE_OUT_OF_RANGE,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_EPOCH_MISMATCH == (int)RB_WIRE_EPOCH_MISMATCH,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CODE_LAST,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_ERROR_MESSAGE_BYTES == (int)RB_ERR_MSG_BYTES_MAX, "messages fit");
 
@@ -94,6 +98,7 @@ struct ringbus_conn {
     uint32_t keepalive_ms;
     uint32_t max_frame_bytes;
     uint64_t capabilities;
+    uint64_t epoch; /* from STARTED; 0 when the server announced none */
     char server_id[RB_SERVER_ID_BYTES_MAX + 1];
 
     int request_timeout_ms;
@@ -117,6 +122,11 @@ struct ringbus_conn {
     uint64_t ping_nonce;
     bool pong_seen;
     int64_t pong_ns;
+
+    uint64_t auth_corr; /* the AUTH in flight (ringbus_refresh_token), 0 = none */
+    bool auth_answered;
+    uint16_t auth_code; /* 0 = accepted, else the ERROR's code */
+    char auth_msg[RB_ERR_MSG_BYTES_MAX];
 
     evnode *evq_head, *evq_tail; /* owned */
     size_t evq_bytes;
@@ -311,7 +321,7 @@ static pending *slot_alloc(ringbus_conn *conn)
     RB_ASSERT(conn->inflight_count < conn->window);
     uint64_t corr = conn->next_corr;
     for (uint32_t i = 0; i <= conn->slot_mask; i++, corr++) {
-        if (corr == 0 || (corr & RINGBUS_CORR_MUTATE) != 0) {
+        if (corr == 0 || (corr & (RINGBUS_CORR_MUTATE | RINGBUS_CORR_AUTH)) != 0) {
             corr = 1;
         }
         pending *p = &conn->slots[corr & conn->slot_mask];
@@ -404,6 +414,29 @@ static int fill_message(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it
     return 0;
 }
 
+/* The topic and the message share the scratch buffer, one after the other. */
+static int fill_topic_error(ringbus_conn *conn, const rb_frame *f, ringbus_event *ev)
+{
+    rb_bytes t = f->u.topic_error.topic;
+    rb_bytes m = f->u.topic_error.message;
+    char *p = scratch_reserve(&conn->scratch, &conn->scratch_cap, t.len + 1 + m.len + 1);
+    if (p == NULL) {
+        return RB_ENOMEM;
+    }
+    memcpy(p, t.ptr, t.len);
+    p[t.len] = '\0';
+    if (m.len > 0) {
+        memcpy(p + t.len + 1, m.ptr, m.len);
+    }
+    p[t.len + 1 + m.len] = '\0';
+    ev->topic = p;
+    ev->topic_len = t.len;
+    ev->message = p + t.len + 1;
+    ev->code = f->u.topic_error.code;
+    ev->mutate_id = f->u.topic_error.mutate_id;
+    return 0;
+}
+
 /* Fills *ev with the next event of frame f (it walks MESSAGES items). The
  * strings live in conn->scratch until the next event. */
 static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, ringbus_event *ev)
@@ -421,6 +454,9 @@ static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, 
         ev->kind = RINGBUS_EVENT_CATCHUP_COMPLETE;
         ev->mutate_id = f->u.catchup_complete.mutate_id;
         return 0;
+    case RB_FRAME_TOPIC_ERROR:
+        ev->kind = RINGBUS_EVENT_TOPIC_ERROR;
+        return fill_topic_error(conn, f, ev);
     case RB_FRAME_ERROR:
         ev->kind = RINGBUS_EVENT_ERROR;
         ev->code = f->u.error.code;
@@ -503,6 +539,29 @@ static int event_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p, 
 
 /* ---- closing ---- */
 
+/* Copies message into out (cap bytes, NUL-terminated) as valid UTF-8: a
+ * byte that does not start a whole, valid sequence becomes '?'. The text
+ * may carry what a server sent (a WebSocket Close reason), and the CLOSE
+ * frame built from it must decode. */
+static void utf8_clean(char *out, size_t cap, const char *message)
+{
+    const uint8_t *in = (const uint8_t *)message;
+    size_t len = strnlen(message, cap - 1);
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        size_t n = in[i] < 0x80 ? 1 : in[i] < 0xe0 ? 2 : in[i] < 0xf0 ? 3 : 4;
+        if (i + n <= len && rb_utf8_valid(in + i, n)) {
+            memcpy(out + o, in + i, n);
+            o += n;
+            i += n;
+        } else {
+            out[o++] = '?';
+            i++;
+        }
+    }
+    out[o] = '\0';
+}
+
 /* Closes the transport, fails the publishes in flight and produces the
  * CLOSED event (from a CLOSE frame at p, or one built here). */
 static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, const rb_frame *f,
@@ -518,8 +577,10 @@ static void conn_die(ringbus_conn *conn, uint16_t status, const char *message, c
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
     rb_frame built;
     if (f == NULL) {
-        size_t msg_len = strnlen(message, RB_ERR_MSG_BYTES_MAX - 1);
-        size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(message, msg_len));
+        char clean[RB_ERR_MSG_BYTES_MAX];
+        utf8_clean(clean, sizeof clean, message);
+        size_t n =
+            rb_frame_encode_close(buf, sizeof buf, 0, status, bytes_of(clean, strlen(clean)));
         rb_err e = {0};
         int rc = rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &built, &e);
         RB_ASSERT(rc == 0);
@@ -581,8 +642,24 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
             conn->pong_ns = rb_client_now_ns();
         }
         return 0;
+    case RB_FRAME_AUTH:
+        if (conn->auth_corr == 0 || f->hdr.corr_id != conn->auth_corr) {
+            conn_fail_proto(conn, RB_WIRE_BAD_FRAME, "AUTH answer without an AUTH in flight");
+            return 0;
+        }
+        conn->auth_answered = true;
+        conn->auth_code = 0;
+        return 0;
     case RB_FRAME_PUBLISH_ACK:
     case RB_FRAME_ERROR:
+        if (f->hdr.kind == RB_FRAME_ERROR && conn->auth_corr != 0 &&
+            f->hdr.corr_id == conn->auth_corr) {
+            conn->auth_answered = true;
+            conn->auth_code = f->u.error.code;
+            snprintf(conn->auth_msg, sizeof conn->auth_msg, "%.*s", (int)f->u.error.message.len,
+                     (const char *)f->u.error.message.ptr);
+            return 0;
+        }
         slot = slot_find(conn, f->hdr.corr_id);
         if (slot != NULL) {
             on_publish_reply(conn, slot, f);
@@ -601,6 +678,7 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
     case RB_FRAME_MESSAGES:
     case RB_FRAME_TOPICS_LIVE:
     case RB_FRAME_CATCHUP_COMPLETE:
+    case RB_FRAME_TOPIC_ERROR:
         return event_frame(conn, f, p, false);
     default:
         snprintf(why, sizeof why, "unexpected %s frame from the server",
@@ -785,6 +863,66 @@ static int origin_check(const char *origin, rb_err *err)
     return 0;
 }
 
+/* Builds the HELLO credentials of token or user + password into out;
+ * *len 0 when the options name neither. */
+static int sign_in_credentials(const ringbus_options *o, uint8_t *out, size_t cap, size_t *len,
+                               rb_err *err)
+{
+    *len = 0;
+    if (o->token != NULL) {
+        size_t n = strnlen(o->token, RB_AUTH_TOKEN_BYTES_MAX + 1);
+        if (n == 0 || n > RB_AUTH_TOKEN_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: token is empty or above %d bytes",
+                              RB_AUTH_TOKEN_BYTES_MAX);
+        }
+        *len = rb_credentials_encode_token(out, cap, bytes_of(o->token, n));
+    } else if (o->user != NULL) {
+        size_t n = strnlen(o->user, RB_AUTH_USER_BYTES_MAX + 1);
+        if (n == 0 || n > RB_AUTH_USER_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: user is empty or above %d bytes",
+                              RB_AUTH_USER_BYTES_MAX);
+        }
+        if (o->password == NULL || o->password_len == 0 ||
+            o->password_len > RB_AUTH_PASSWORD_BYTES_MAX) {
+            return rb_err_set(err, RB_EINVAL, 0, "options: user needs a password of 1..%d bytes",
+                              RB_AUTH_PASSWORD_BYTES_MAX);
+        }
+        *len = rb_credentials_encode_password(out, cap, bytes_of(o->user, n),
+                                              bytes_of(o->password, o->password_len));
+    } else {
+        return 0;
+    }
+    rb_credentials c;
+    rb_err why;
+    if (rb_credentials_decode((rb_bytes){out, *len}, &c, &why) != 0) {
+        explicit_bzero(out, *len);
+        *len = 0;
+        /* "credentials: token: byte 3 is not base64url or '.'" */
+        return rb_err_set(err, RB_EINVAL, 0, "options: %s", why.msg + strlen("credentials: "));
+    }
+    return 0;
+}
+
+static int sign_in_check(const ringbus_options *o, rb_err *err)
+{
+    int given = (o->credentials != NULL) + (o->token != NULL) + (o->user != NULL);
+    if (given > 1) {
+        return rb_err_set(err, RB_EINVAL, 0,
+                          "options: give only one of credentials, token and user");
+    }
+    if (o->user == NULL && o->password != NULL) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: password without user");
+    }
+    if ((o->tls_cert_file == NULL) != (o->tls_key_file == NULL)) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: tls_cert_file and tls_key_file go together");
+    }
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t len = 0;
+    int rc = sign_in_credentials(o, cred, sizeof cred, &len, err);
+    explicit_bzero(cred, sizeof cred);
+    return rc;
+}
+
 static int options_check(const ringbus_options *o, rb_err *err)
 {
     if (o->connect_timeout_ms < 0 || o->request_timeout_ms < 0) {
@@ -801,6 +939,10 @@ static int options_check(const ringbus_options *o, rb_err *err)
         (o->credentials == NULL && o->credentials_len != 0)) {
         return rb_err_set(err, RB_EINVAL, 0, "options: credentials longer than %d bytes",
                           RB_SHORT_STRING_BYTES_MAX);
+    }
+    int rc = sign_in_check(o, err);
+    if (rc != 0) {
+        return rc;
     }
     const char *name = o->client_name != NULL ? o->client_name : "libringbus";
     size_t name_len = strnlen(name, RB_SHORT_STRING_BYTES_MAX + 1);
@@ -874,13 +1016,21 @@ static int send_hello(ringbus_conn *conn, const ringbus_options *o, int64_t dead
     const char *name = o->client_name != NULL ? o->client_name : "libringbus";
     rb_bytes name_b = bytes_of(name, strlen(name));
     rb_bytes cred_b = bytes_of(o->credentials, o->credentials_len);
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t cred_len = 0;
+    int rc = sign_in_credentials(o, cred, sizeof cred, &cred_len, err);
+    if (rc == 0 && cred_len > 0) {
+        cred_b = (rb_bytes){cred, cred_len};
+    }
     size_t need = RB_FRAME_HEADER_BYTES + 2 + 2 + name_b.len + 2 + cred_b.len;
-    int rc = tx_reserve(conn, need, true, err);
+    rc = rc ? rc : tx_reserve(conn, need, true, err);
     if (rc != 0) {
+        explicit_bzero(cred, sizeof cred);
         return rc;
     }
     conn->tx_len +=
         rb_frame_encode_hello(conn->tx, conn->tx_cap, 0, RB_PROTOCOL_VERSION, name_b, cred_b);
+    explicit_bzero(cred, sizeof cred);
     RB_ASSERT(conn->tx_len == need);
     while (out_pending(conn)) {
         tx_flush(conn);
@@ -910,6 +1060,7 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
     }
     conn->keepalive_ms = f->u.started.keepalive_ms;
     conn->capabilities = f->u.started.capabilities;
+    conn->epoch = f->u.started.epoch;
     conn->max_frame_bytes = max;
     memcpy(conn->server_id, f->u.started.server_id.ptr, f->u.started.server_id.len);
     conn->server_id[f->u.started.server_id.len] = '\0';
@@ -1007,11 +1158,15 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
     conn->tp.ca_file = o->tls_ca_file;
     conn->tp.insecure = o->tls_insecure;
     conn->tp.ws_origin = o->ws_origin;
+    conn->tp.cert_file = o->tls_cert_file;
+    conn->tp.key_file = o->tls_key_file;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);
     conn->tp.ca_file = NULL; /* borrowed for connect only */
     conn->tp.ws_origin = NULL;
+    conn->tp.cert_file = NULL;
+    conn->tp.key_file = NULL;
     if (rc == 0) {
         rc = send_hello(conn, o, deadline_ns, err);
     }
@@ -1086,6 +1241,11 @@ uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn)
 uint64_t ringbus_capabilities(const ringbus_conn *conn)
 {
     return conn->capabilities;
+}
+
+uint64_t ringbus_epoch(const ringbus_conn *conn)
+{
+    return conn->epoch;
 }
 
 const char *ringbus_server_id(const ringbus_conn *conn)
@@ -1361,7 +1521,7 @@ static int mutate_check(uint64_t mutate_id, const ringbus_add *adds, size_t add_
     if ((mutate_id & RINGBUS_CORR_MUTATE) != 0 || (add_count > 0 && mutate_id == 0)) {
         return rb_err_set(err, RB_EINVAL, 0, "mutate: mutate_id must be in 1..2^63-1");
     }
-    *need = RB_FRAME_HEADER_BYTES + 8 + 1 + 4 + 4;
+    *need = RB_FRAME_HEADER_BYTES + 8 + 1 + 4 + 4 + 8;
     for (size_t i = 0; i < add_count + remove_count; i++) {
         const char *t = i < add_count ? adds[i].topic : removes[i - add_count];
         size_t len = t != NULL ? strnlen(t, RB_TOPIC_BYTES_MAX + 1) : 0;
@@ -1374,8 +1534,9 @@ static int mutate_check(uint64_t mutate_id, const ringbus_add *adds, size_t add_
     return 0;
 }
 
-static int mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *adds, size_t add_count,
-                  const char *const *removes, size_t remove_count, bool history_only, rb_err *err)
+static int mutate(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch, const ringbus_add *adds,
+                  size_t add_count, const char *const *removes, size_t remove_count,
+                  bool history_only, rb_err *err)
 {
     size_t need = 0;
     int rc = check_open(conn, "mutate", err);
@@ -1407,7 +1568,7 @@ static int mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *add
     size_t n = rb_frame_encode_mutate(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
                                       RINGBUS_CORR_MUTATE | mutate_id, mutate_id,
                                       history_only ? RB_MUTATE_HISTORY_ONLY : 0, a,
-                                      (uint32_t)add_count, r, (uint32_t)remove_count);
+                                      (uint32_t)add_count, r, (uint32_t)remove_count, epoch);
     RB_ASSERT(n == need);
     conn->tx_len += n;
     free(a);
@@ -1420,7 +1581,17 @@ int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *ad
                    bool history_only, ringbus_error *err)
 {
     rb_err e = {0};
-    int rc = mutate(conn, mutate_id, adds, add_count, removes, remove_count, history_only, &e);
+    int rc = mutate(conn, mutate_id, 0, adds, add_count, removes, remove_count, history_only, &e);
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
+                         const ringbus_add *adds, size_t add_count, const char *const *removes,
+                         size_t remove_count, bool history_only, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc =
+        mutate(conn, mutate_id, epoch, adds, add_count, removes, remove_count, history_only, &e);
     return rc == 0 ? 0 : export_err(err, &e);
 }
 
@@ -1452,6 +1623,58 @@ static int ping(ringbus_conn *conn, uint64_t *rtt_ns, rb_err *err)
         *rtt_ns = (uint64_t)(conn->pong_ns - start_ns);
     }
     return 0;
+}
+
+static int refresh_token(ringbus_conn *conn, const char *token, rb_err *err)
+{
+    int rc = check_open(conn, "refresh_token", err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (token == NULL) {
+        return rb_err_set(err, RB_EINVAL, 0, "refresh_token: token is NULL");
+    }
+    ringbus_options o;
+    ringbus_options_init(&o);
+    o.token = token;
+    uint8_t cred[RB_AUTH_CREDENTIALS_BYTES_MAX];
+    size_t len = 0;
+    rc = sign_in_credentials(&o, cred, sizeof cred, &len, err);
+    if (rc != 0 || (rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 2 + len, true, err)) != 0) {
+        return rc;
+    }
+    conn->auth_corr = RINGBUS_CORR_AUTH | (conn->auth_corr + 1);
+    conn->auth_answered = false;
+    conn->tx_len += rb_frame_encode_auth(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
+                                         conn->auth_corr, (rb_bytes){cred, len});
+    int64_t deadline_ns = rb_client_now_ns() + (int64_t)conn->request_timeout_ms * 1000000;
+    while (!conn->auth_answered) {
+        if (conn->state == CONN_DEAD) {
+            return rb_err_set(err, RB_ECLOSED, 0, "refresh_token: connection closed");
+        }
+        if (rb_client_ms_until(deadline_ns) == 0) {
+            return rb_err_set(err, RB_ETIMEDOUT, 0, "refresh_token: no answer to AUTH in time");
+        }
+        rc = process(conn, rb_client_ms_until(deadline_ns), err);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (conn->auth_code != 0) {
+        return rb_err_set(err, RB_CLIENT_ESERVER, conn->auth_code, "refresh_token: %s: %s",
+                          rb_wire_code_name(conn->auth_code), conn->auth_msg);
+    }
+    return 0;
+}
+
+int ringbus_refresh_token(ringbus_conn *conn, const char *token, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = not_in_callback(conn, "ringbus_refresh_token", &e);
+    if (rc == 0) {
+        rc = refresh_token(conn, token, &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
 }
 
 int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err)

@@ -75,7 +75,9 @@ enum {
     RINGBUS_WIRE_INTERNAL = 10,
     RINGBUS_WIRE_INVALID_ARGUMENT = 11,
     RINGBUS_WIRE_GOING_AWAY = 12,
-    RINGBUS_WIRE_OUT_OF_RANGE = 13,
+    RINGBUS_WIRE_OUT_OF_RANGE = 13,   /* TOPIC_ERROR: cursor older than retained */
+    RINGBUS_WIRE_EPOCH_MISMATCH = 14, /* TOPIC_ERROR: cursor from another store epoch */
+    RINGBUS_WIRE_CURSOR_AHEAD = 15,   /* TOPIC_ERROR: cursor beyond the topic's head */
 };
 
 #define RINGBUS_ERROR_MESSAGE_BYTES 256
@@ -110,11 +112,14 @@ typedef enum ringbus_event_kind {
     RINGBUS_EVENT_CATCHUP_COMPLETE = 3, /* every topic of a Mutate's wave is live or done */
     RINGBUS_EVENT_ERROR = 4,            /* an uncorrelated or Mutate error from the server */
     RINGBUS_EVENT_CLOSED = 5,           /* the connection is closed; always the last event */
+    RINGBUS_EVENT_TOPIC_ERROR = 6,      /* one topic of a wave (or a live topic) left the stream */
 } ringbus_event_kind;
 
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
  * ERROR event's corr_id names the Mutate it answers. */
 #define RINGBUS_CORR_MUTATE (UINT64_C(1) << 63)
+/* Correlation ids of AUTH frames (ringbus_refresh_token) carry this bit. */
+#define RINGBUS_CORR_AUTH (UINT64_C(1) << 62)
 
 /* One event. All pointers are owned by the connection. With an event
  * callback they are valid until the callback returns; with
@@ -129,12 +134,22 @@ typedef struct ringbus_event {
     uint64_t seq;
     const void *payload;
     size_t payload_len;
-    /* MESSAGE (see above) and CATCHUP_COMPLETE. */
+    /* MESSAGE (see above), CATCHUP_COMPLETE and TOPIC_ERROR. */
     uint64_t mutate_id;
     /* TOPICS_LIVE: topic_count NUL-terminated names. */
     const char *const *topics;
     size_t topic_count;
     /* ERROR: code and message; corr_id is the request it answers (0 = none).
+     * An ERROR answering a Mutate means the Mutate changed nothing.
+     * TOPIC_ERROR: a per-topic outcome of an accepted Mutate: topic (and
+     * topic_len) names the topic, which is no longer on the stream; code is
+     * RINGBUS_WIRE_OUT_OF_RANGE (cursor older than retained, or retention
+     * overtook the catch-up), RINGBUS_WIRE_EPOCH_MISMATCH,
+     * RINGBUS_WIRE_CURSOR_AHEAD, RINGBUS_WIRE_UNAVAILABLE (storage) or
+     * RINGBUS_WIRE_RESOURCE_EXHAUSTED; mutate_id is the wave (0 for a live
+     * topic), which still ends with its CATCHUP_COMPLETE. Resume such a
+     * topic from a cursor you choose (0 for all retained history) with a
+     * new Mutate.
      * CLOSED: code is the close status (RINGBUS_WIRE_OK after a clean
      * close) and message says why. A connection that fails locally (reset,
      * bad frame) reports RINGBUS_WIRE_UNAVAILABLE or the protocol error. */
@@ -155,8 +170,11 @@ typedef void (*ringbus_event_cb)(const ringbus_event *ev, void *ctx);
 typedef struct ringbus_options {
     /* Sent in HELLO; NULL means "libringbus". Borrowed during connect. */
     const char *client_name;
-    /* Opaque credentials sent in HELLO (at most 65535 bytes); NULL = none.
-     * Borrowed during connect. */
+    /* Credentials sent in HELLO as they are (at most 65535 bytes), in the
+     * format of docs/PROTOCOL.md §6.5 (empty, a token, or a user and
+     * password); NULL = none. Not checked yet: this server version does not
+     * authenticate and accepts every HELLO whatever it carries, so they
+     * protect nothing. Borrowed during connect. */
     const void *credentials;
     size_t credentials_len;
     /* Bounds the name lookup, TCP connect and HELLO -> STARTED. 0 = 10000. */
@@ -192,6 +210,20 @@ typedef struct ringbus_options {
      * printable ASCII without spaces, else RINGBUS_EINVAL. Ignored by
      * other schemes. Borrowed during connect. */
     const char *ws_origin;
+    /* Sign-in (docs/PROTOCOL.md 6.5), instead of raw credentials: a JWT
+     * (1..8192 bytes of base64url and '.'), or a user name (1..255 bytes
+     * of UTF-8, no spaces or control characters) with a password
+     * (1..1024 bytes). At most one of credentials, token and user; user
+     * needs password. Else RINGBUS_EINVAL. Borrowed during connect. */
+    const char *token;
+    const char *user;
+    const void *password;
+    size_t password_len;
+    /* tls:// and wss://: a client certificate (PEM file, the chain may
+     * follow) and its private key (PEM file), for listeners with
+     * client_ca. Both or neither. Borrowed during connect. */
+    const char *tls_cert_file;
+    const char *tls_key_file;
 } ringbus_options;
 
 /* Fills *options with the defaults (all zero/NULL). */
@@ -202,17 +234,21 @@ typedef struct ringbus_conn ringbus_conn;
 /* Connects to url and completes the handshake (TLS, the WebSocket upgrade,
  * then HELLO -> STARTED), blocking for at most options->connect_timeout_ms.
  * URLs: tcp://host[:port] (default port 7400), IPv6 as tcp://[::1]:7400;
- * tls://host[:port] (7401); ws://host[:port][/path] (7402, path default
- * "/"; the server's default is /ringbus); wss://host[:port][/path] (7403).
+ * tls://host[:port] (7401); ws://host[:port][/path] (7402; without a path
+ * the path is /ringbus, the server's default; "ws://host/" asks for "/");
+ * wss://host[:port][/path] (7403, the same paths).
  * tls:// and wss:// verify the server certificate against the system store
  * or options->tls_ca_file and check that it names host; host is sent as
- * SNI. quic:// is recognised and returns RINGBUS_EUNSUPPORTED for now.
+ * SNI. quic://host[:port] (7404/udp) runs the same protocol on one QUIC
+ * stream (TLS 1.3 with ALPN ringbus/1, verified the same way); the fd of
+ * ringbus_fd is then an epoll fd that also wakes for QUIC's timers.
  * options may be NULL (defaults); url and options are borrowed. On success
  * returns 0 and stores a new connection in *conn, owned by the caller until
  * ringbus_close. On failure returns RINGBUS_EINVAL (bad URL or options),
  * RINGBUS_EUNSUPPORTED, RINGBUS_ESYS (e.g. connection refused),
  * RINGBUS_ETIMEDOUT, RINGBUS_ESERVER (the server answered ERROR, e.g.
- * unauthorized) or RINGBUS_EPROTO, and leaves *conn NULL. */
+ * resource_exhausted at its connection limit; err->wire_code says which) or
+ * RINGBUS_EPROTO, and leaves *conn NULL. */
 RINGBUS_API int ringbus_connect(const char *url, const ringbus_options *options,
                                 ringbus_conn **conn, ringbus_error *err);
 
@@ -228,6 +264,12 @@ RINGBUS_API uint32_t ringbus_keepalive_ms(const ringbus_conn *conn);
 RINGBUS_API uint32_t ringbus_max_frame_bytes(const ringbus_conn *conn);
 RINGBUS_API uint64_t ringbus_capabilities(const ringbus_conn *conn);
 RINGBUS_API const char *ringbus_server_id(const ringbus_conn *conn);
+/* The store epoch from STARTED (nonzero; 0 from a server that predates
+ * epochs). Cursors count seqs of one epoch: keep the epoch with the cursors
+ * you save and pass it to ringbus_mutate_epoch when you resume. The memory
+ * store gets a new epoch each time ringbusd starts; a Postgres database
+ * keeps its epoch. */
+RINGBUS_API uint64_t ringbus_epoch(const ringbus_conn *conn);
 
 /* ---- polling ---- */
 
@@ -311,11 +353,16 @@ typedef struct ringbus_add {
     bool is_now;       /* true: no history, live from now (cursor ignored) */
 } ringbus_add;
 
-/* Queues one MUTATE: removes apply before adds, atomically. mutate_id must
- * be nonzero when adds is not empty and not equal a wave still in flight;
- * the server answers with MESSAGE events (history carries mutate_id),
- * TOPICS_LIVE, then one CATCHUP_COMPLETE(mutate_id), or an ERROR event whose
- * corr_id is RINGBUS_CORR_MUTATE | mutate_id. history_only adds deliver the
+/* Queues one MUTATE: removes apply before adds, atomically. mutate_id is
+ * 1..2^63-1 when adds is not empty (0..2^63-1 without adds; the top bit is
+ * RINGBUS_CORR_MUTATE), else RINGBUS_EINVAL, and must never equal a wave
+ * still in flight (with or without adds; the server refuses that); the
+ * server answers with MESSAGE events (history carries mutate_id),
+ * TOPICS_LIVE, TOPIC_ERROR for a topic whose cursor the store cannot
+ * honour, then one CATCHUP_COMPLETE(mutate_id); or an ERROR event whose
+ * corr_id is RINGBUS_CORR_MUTATE | mutate_id, and then nothing of the Mutate
+ * applied. The cursors carry no epoch (see ringbus_mutate_epoch).
+ * history_only adds deliver the
  * history up to the current head and never go live. All arrays and strings
  * are copied before it returns. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT
  * (frame too large), RINGBUS_EAGAIN (send buffer full), RINGBUS_ECLOSED. */
@@ -323,7 +370,27 @@ RINGBUS_API int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const rin
                                size_t add_count, const char *const *removes, size_t remove_count,
                                bool history_only, ringbus_error *err);
 
+/* As ringbus_mutate, with the epoch the adds' cursors belong to (as
+ * ringbus_epoch returned when they were received; 0 = none known, the same
+ * as ringbus_mutate). An add whose cursor (other than 0 and now) is from
+ * another epoch is refused alone with a TOPIC_ERROR event
+ * (RINGBUS_WIRE_EPOCH_MISMATCH); the rest of the Mutate applies. */
+RINGBUS_API int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
+                                     const ringbus_add *adds, size_t add_count,
+                                     const char *const *removes, size_t remove_count,
+                                     bool history_only, ringbus_error *err);
+
 /* ---- keepalive and closing ---- */
+
+/* Replaces the connection's token before it expires (docs/PROTOCOL.md
+ * 6.5): sends AUTH with token and waits (at most options->request_timeout_ms,
+ * processing other frames meanwhile) for the server's answer. The token must
+ * name the same sub as the one the connection signed in with. Returns 0
+ * once the server accepted it; RINGBUS_ESERVER with err->wire_code
+ * RINGBUS_WIRE_UNAUTHORIZED when refused (the server then closes the
+ * connection); RINGBUS_EINVAL for a malformed token or from a callback;
+ * RINGBUS_ETIMEDOUT; RINGBUS_ECLOSED. token is borrowed. */
+RINGBUS_API int ringbus_refresh_token(ringbus_conn *conn, const char *token, ringbus_error *err);
 
 /* Sends a PING and waits (at most options->request_timeout_ms) for its
  * PONG. Returns 0 with the round-trip time in *rtt_ns (may be NULL),

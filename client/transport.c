@@ -1,8 +1,8 @@
 /* The client transport table and the plain TCP transport: name lookup with
  * a deadline (getaddrinfo_a), nonblocking connect tried on each address in
  * turn, TCP_NODELAY, and nonblocking reads and writes. TLS and WebSocket
- * live in transport_tls.c and transport_ws.c behind the same ops table;
- * QUIC is not built yet. */
+ * live in transport_tls.c and transport_ws.c, QUIC in transport_quic.c,
+ * behind the same ops table. */
 #include "client/transport.h"
 
 #include <errno.h>
@@ -283,7 +283,7 @@ const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme)
     case RB_URL_WSS:
         return &rb_client_wss_ops;
     case RB_URL_QUIC:
-        return NULL;
+        return &rb_client_quic_ops;
     }
     return NULL;
 }

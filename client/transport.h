@@ -50,6 +50,10 @@ struct rb_client_transport {
     const char *ca_file;
     bool insecure;
     const char *alpn;
+    /* tls, wss: the client certificate chain and key (PEM files), both or
+     * neither, borrowed during connect. */
+    const char *cert_file;
+    const char *key_file;
     /* ws, wss: the Origin header of the upgrade request (NULL: none),
      * borrowed during connect; options_check in ringbus.c has vetted it. */
     const char *ws_origin;
@@ -63,6 +67,7 @@ extern const rb_client_transport_ops rb_client_tcp_ops;
 extern const rb_client_transport_ops rb_client_tls_ops;
 extern const rb_client_transport_ops rb_client_ws_ops;
 extern const rb_client_transport_ops rb_client_wss_ops;
+extern const rb_client_transport_ops rb_client_quic_ops;
 
 /* The ops of a scheme, or NULL when it has no transport yet. */
 const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme);

@@ -57,6 +57,68 @@ static bool is_address(const char *host)
     return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }
 
+/* Signs a probe with the client key and verifies it with the
+ * certificate's public key: wolfSSL_CTX_check_private_key passes an ECDSA
+ * key of another certificate (the server's listener check does the same,
+ * in transports/tls.c, which the library does not link). False only when
+ * the pair demonstrably does not verify. */
+static bool client_pair_ok(WOLFSSL_CTX *ctx)
+{
+    static const unsigned char probe[] = "ringbus client certificate and key check";
+    WOLFSSL_X509 *cert = wolfSSL_CTX_get0_certificate(ctx);
+    WOLFSSL_EVP_PKEY *priv = wolfSSL_CTX_get0_privatekey(ctx);
+    WOLFSSL_EVP_PKEY *pub = cert != NULL ? wolfSSL_X509_get_pubkey(cert) : NULL;
+    WOLFSSL_EVP_MD_CTX *md = wolfSSL_EVP_MD_CTX_new();
+    unsigned char sig[1024];
+    size_t sig_len = sizeof sig;
+    bool ok = true;
+    if (priv != NULL && pub != NULL && md != NULL &&
+        wolfSSL_EVP_DigestSignInit(md, NULL, wolfSSL_EVP_sha256(), NULL, priv) == 1 &&
+        wolfSSL_EVP_DigestSignUpdate(md, probe, sizeof probe) == 1 &&
+        wolfSSL_EVP_DigestSignFinal(md, sig, &sig_len) == 1) {
+        wolfSSL_EVP_MD_CTX_free(md);
+        md = wolfSSL_EVP_MD_CTX_new();
+        ok = md != NULL &&
+             wolfSSL_EVP_DigestVerifyInit(md, NULL, wolfSSL_EVP_sha256(), NULL, pub) == 1 &&
+             wolfSSL_EVP_DigestVerifyUpdate(md, probe, sizeof probe) == 1 &&
+             wolfSSL_EVP_DigestVerifyFinal(md, sig, sig_len) == 1;
+    }
+    wolfSSL_EVP_MD_CTX_free(md);
+    wolfSSL_EVP_PKEY_free(pub);
+    wolfSSL_ERR_clear_error();
+    return ok;
+}
+
+/* The client certificate for listeners with client_ca (mutual TLS). */
+static int setup_client_cert(rb_client_transport *tp, tls_client *t, const char *url_text,
+                             rb_err *err)
+{
+    if (tp->cert_file == NULL) {
+        return 0;
+    }
+    char why[96];
+    int rc = wolfSSL_CTX_use_certificate_chain_file(t->ctx, tp->cert_file);
+    if (rc != WOLFSSL_SUCCESS) {
+        return rb_err_set(
+            err, RB_EINVAL, 0, "connect %s: client certificate %s: %s", url_text, tp->cert_file,
+            access(tp->cert_file, R_OK) != 0 ? "cannot be read" : reason(rc, why, sizeof why));
+    }
+    rc = wolfSSL_CTX_use_PrivateKey_file(t->ctx, tp->key_file, WOLFSSL_FILETYPE_PEM);
+    if (rc == WOLFSSL_SUCCESS) {
+        rc = wolfSSL_CTX_check_private_key(t->ctx);
+    }
+    if (rc == WOLFSSL_SUCCESS && !client_pair_ok(t->ctx)) {
+        rc = WOLFSSL_FAILURE;
+    }
+    if (rc != WOLFSSL_SUCCESS) {
+        return rb_err_set(err, RB_EINVAL, 0, "connect %s: client key %s: %s", url_text,
+                          tp->key_file,
+                          access(tp->key_file, R_OK) != 0 ? "cannot be read"
+                                                          : "not a PEM key of the certificate");
+    }
+    return 0;
+}
+
 /* Trust anchors and the name to check, unless insecure. */
 static int setup_verify(rb_client_transport *tp, tls_client *t, const char *url_text, rb_err *err)
 {
@@ -184,6 +246,7 @@ static int tls_connect(rb_client_transport *tp, const rb_url *url, const char *u
         rc = rb_err_set(err, RB_ENOMEM, 0, "connect %s: TLS: out of memory", url_text);
     }
     rc = rc ? rc : setup_verify(tp, t, url_text, err);
+    rc = rc ? rc : setup_client_cert(tp, t, url_text, err);
     rc = rc ? rc : setup_ssl(tp, t, url, url_text, err);
     rc = rc ? rc : handshake(tp, t, url_text, deadline_ns, err);
     if (rc != 0) {

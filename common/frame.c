@@ -216,6 +216,7 @@ static const char *const kind_names[] = {
     [RB_FRAME_MESSAGES] = "MESSAGES",
     [RB_FRAME_TOPICS_LIVE] = "TOPICS_LIVE",
     [RB_FRAME_CATCHUP_COMPLETE] = "CATCHUP_COMPLETE",
+    [RB_FRAME_TOPIC_ERROR] = "TOPIC_ERROR",
     [RB_FRAME_AUTH] = "AUTH",
 };
 
@@ -234,6 +235,8 @@ static const char *const wire_code_names[] = {
     [RB_WIRE_INVALID_ARGUMENT] = "invalid_argument",
     [RB_WIRE_GOING_AWAY] = "going_away",
     [RB_WIRE_OUT_OF_RANGE] = "out_of_range",
+    [RB_WIRE_EPOCH_MISMATCH] = "epoch_mismatch",
+    [RB_WIRE_CURSOR_AHEAD] = "cursor_ahead",
 };
 
 _Static_assert(sizeof kind_names / sizeof kind_names[0] == RB_FRAME_KIND_LAST + 1,
@@ -241,9 +244,16 @@ _Static_assert(sizeof kind_names / sizeof kind_names[0] == RB_FRAME_KIND_LAST + 
 _Static_assert(sizeof wire_code_names / sizeof wire_code_names[0] == RB_WIRE_CODE_LAST + 1,
                "a name for every wire code");
 
+/* Kinds inside 1..RB_FRAME_KIND_LAST may be reserved numbers without a
+ * frame yet (no name): those are unknown too. */
+static bool kind_known(uint8_t kind)
+{
+    return kind != 0 && kind <= RB_FRAME_KIND_LAST && kind_names[kind] != NULL;
+}
+
 const char *rb_frame_kind_name(uint8_t kind)
 {
-    if (kind == 0 || kind > RB_FRAME_KIND_LAST) {
+    if (!kind_known(kind)) {
         return "UNKNOWN";
     }
     return kind_names[kind];
@@ -290,7 +300,7 @@ static int header_check(const rb_frame_header *hdr, uint32_t max_frame_bytes, rb
                           "protocol version %u unsupported (this server speaks %d)",
                           (unsigned)hdr->version, RB_PROTOCOL_VERSION);
     }
-    if (hdr->kind == 0 || hdr->kind > RB_FRAME_KIND_LAST) {
+    if (!kind_known(hdr->kind)) {
         return rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME, "frame kind %u unknown",
                           (unsigned)hdr->kind);
     }
@@ -476,6 +486,11 @@ static void decode_started(reader *r, rb_frame *f)
     f->u.started.capabilities = rd_u64(r, "capabilities");
     f->u.started.max_frame_bytes = rd_u32(r, "max_frame_bytes");
     f->u.started.server_id = rd_prefixed(r, 2, "server_id", true);
+    /* Appended later: a server that predates epochs ends here. */
+    if (r->rc == 0 && left(r) > 0) {
+        f->u.started.epoch = rd_u64(r, "epoch");
+        f->u.started.has_epoch = r->rc == 0;
+    }
 }
 
 static void decode_publish(reader *r, rb_frame *f)
@@ -518,6 +533,19 @@ static void decode_mutate(reader *r, rb_frame *f)
     f->u.mutate.adds = (rb_bytes){start, (size_t)(r->pos - start)};
     f->u.mutate.remove_count = rd_count(r, "remove_count", TOPIC_BYTES_MIN);
     f->u.mutate.removes = rd_topic_list(r, f->u.mutate.remove_count, "remove");
+    /* Appended later: a client that predates epochs ends here. */
+    if (r->rc == 0 && left(r) > 0) {
+        f->u.mutate.epoch = rd_u64(r, "epoch");
+        f->u.mutate.has_epoch = r->rc == 0;
+    }
+}
+
+static void decode_topic_error(reader *r, rb_frame *f)
+{
+    f->u.topic_error.mutate_id = rd_u64(r, "mutate_id");
+    f->u.topic_error.topic = rd_topic(r);
+    f->u.topic_error.code = rd_u16(r, "code");
+    f->u.topic_error.message = rd_prefixed(r, 2, "message", true);
 }
 
 static void decode_messages(reader *r, rb_frame *f)
@@ -576,6 +604,9 @@ static void decode_body(reader *r, rb_frame *f)
         break;
     case RB_FRAME_CATCHUP_COMPLETE:
         f->u.catchup_complete.mutate_id = rd_u64(r, "mutate_id");
+        break;
+    case RB_FRAME_TOPIC_ERROR:
+        decode_topic_error(r, f);
         break;
     case RB_FRAME_AUTH:
         f->u.auth.credentials = rd_prefixed(r, 2, "credentials", false);
@@ -754,10 +785,11 @@ size_t rb_frame_encode_hello(uint8_t *out, size_t cap, uint64_t corr_id, uint16_
 }
 
 size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
-                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id)
+                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
+                               uint64_t epoch)
 {
     assert_str16(server_id);
-    size_t size = RB_FRAME_HEADER_BYTES + 4 + 8 + 4 + 2 + server_id.len;
+    size_t size = RB_FRAME_HEADER_BYTES + 4 + 8 + 4 + 2 + server_id.len + 8;
     if (size > cap) {
         return 0;
     }
@@ -766,6 +798,7 @@ size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint3
     p = put_u64(p, capabilities);
     p = put_u32(p, max_frame_bytes);
     p = put_blob16(p, server_id);
+    p = put_u64(p, epoch);
     return done(out, p, size);
 }
 
@@ -823,6 +856,23 @@ size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_
                                         uint64_t mutate_id)
 {
     return encode_u64_body(out, cap, RB_FRAME_CATCHUP_COMPLETE, corr_id, mutate_id);
+}
+
+size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
+                                   rb_bytes topic, uint16_t code, rb_bytes message)
+{
+    assert_topic(topic);
+    assert_str16(message);
+    size_t size = RB_FRAME_HEADER_BYTES + 8 + 1 + topic.len + 2 + 2 + message.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, RB_FRAME_TOPIC_ERROR, corr_id);
+    p = put_u64(p, mutate_id);
+    p = put_topic(p, topic);
+    p = put_u16(p, code);
+    p = put_blob16(p, message);
+    return done(out, p, size);
 }
 
 size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials)
@@ -898,11 +948,11 @@ static size_t add_list_size(const rb_mutate_add *adds, uint32_t count)
 
 size_t rb_frame_encode_mutate(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
                               uint8_t flags, const rb_mutate_add *adds, uint32_t add_count,
-                              const rb_bytes *removes, uint32_t remove_count)
+                              const rb_bytes *removes, uint32_t remove_count, uint64_t epoch)
 {
     RB_ASSERT((flags & ~RB_MUTATE_HISTORY_ONLY) == 0);
     size_t size = RB_FRAME_HEADER_BYTES + 8 + 1 + 4 + add_list_size(adds, add_count) + 4 +
-                  topic_list_size(removes, remove_count);
+                  topic_list_size(removes, remove_count) + 8;
     if (size > cap) {
         return 0;
     }
@@ -919,6 +969,7 @@ size_t rb_frame_encode_mutate(uint8_t *out, size_t cap, uint64_t corr_id, uint64
     for (uint32_t i = 0; i < remove_count; i++) {
         p = put_topic(p, removes[i]);
     }
+    p = put_u64(p, epoch);
     return done(out, p, size);
 }
 

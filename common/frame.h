@@ -37,7 +37,10 @@ typedef enum rb_frame_kind {
     RB_FRAME_TOPICS_LIVE = 11,
     RB_FRAME_CATCHUP_COMPLETE = 12,
     RB_FRAME_AUTH = 13, /* fresh credentials on an open connection (token refresh) */
-    RB_FRAME_KIND_LAST = RB_FRAME_AUTH,
+    /* 14 (GOING_AWAY) is reserved for a frame not built yet; until it is,
+     * it is an unknown kind (bad_frame). */
+    RB_FRAME_TOPIC_ERROR = 15,
+    RB_FRAME_KIND_LAST = RB_FRAME_TOPIC_ERROR,
 } rb_frame_kind;
 
 /* Stable wire codes of ERROR frames and CLOSE statuses. */
@@ -55,8 +58,10 @@ typedef enum rb_wire_code {
     RB_WIRE_INTERNAL = 10,
     RB_WIRE_INVALID_ARGUMENT = 11,
     RB_WIRE_GOING_AWAY = 12,
-    RB_WIRE_OUT_OF_RANGE = 13, /* a cursor older than what storage retains */
-    RB_WIRE_CODE_LAST = RB_WIRE_OUT_OF_RANGE,
+    RB_WIRE_OUT_OF_RANGE = 13,   /* a cursor older than what storage retains */
+    RB_WIRE_EPOCH_MISMATCH = 14, /* a cursor from another store epoch */
+    RB_WIRE_CURSOR_AHEAD = 15,   /* a cursor beyond the topic's head */
+    RB_WIRE_CODE_LAST = RB_WIRE_CURSOR_AHEAD,
 } rb_wire_code;
 
 /* Mutate add cursor kinds. */
@@ -107,7 +112,8 @@ typedef struct rb_message_item {
  *   blob16  = u16 len + bytes (opaque)
  *   blob32  = u32 len + bytes (opaque)
  * HELLO            u16 protocol_version, str16 client_name, blob16 credentials
- * STARTED          u32 keepalive_ms, u64 capabilities, u32 max_frame_bytes, str16 server_id
+ * STARTED          u32 keepalive_ms, u64 capabilities, u32 max_frame_bytes, str16 server_id,
+ *                  [u64 epoch]
  * ERROR            u16 code, str16 message
  * PING, PONG       u64 nonce
  * CLOSE            u16 status, str16 message
@@ -115,14 +121,18 @@ typedef struct rb_message_item {
  * PUBLISH_ACK      topic, u64 seq
  * MUTATE           u64 mutate_id, u8 flags, u32 add_count,
  *                  add_count x (topic, u8 cursor_kind, u64 cursor),
- *                  u32 remove_count, remove_count x topic
+ *                  u32 remove_count, remove_count x topic, [u64 epoch]
  * MESSAGES         u64 mutate_id, u32 count, count x item
  *                  item = topic, u64 seq, blob32 payload
  * TOPICS_LIVE      u32 count, count x topic
  * CATCHUP_COMPLETE u64 mutate_id
+ * TOPIC_ERROR      u64 mutate_id, topic, u16 code, str16 message
  * AUTH             blob16 credentials (client: new credentials; server: empty = accepted)
- * A body must be consumed exactly: trailing bytes are bad_frame. Topics are
- * only checked for length 1..255 here; rb_topic_validate checks the rest. */
+ * [u64 epoch] is a field appended after the first release: a peer that
+ * predates it omits it (decoded as 0 with has_epoch false); encoders always
+ * write it. A body must be consumed exactly: trailing bytes are bad_frame.
+ * Topics are only checked for length 1..255 here; rb_topic_validate checks
+ * the rest. */
 typedef struct rb_frame {
     rb_frame_header hdr;
     union {
@@ -136,6 +146,8 @@ typedef struct rb_frame {
             uint64_t capabilities;
             uint32_t max_frame_bytes;
             rb_bytes server_id;
+            uint64_t epoch; /* the store's epoch; 0 when has_epoch is false */
+            bool has_epoch;
         } started;
         struct {
             uint16_t code;
@@ -164,6 +176,8 @@ typedef struct rb_frame {
             uint32_t remove_count;
             rb_bytes adds;    /* raw add list, walk with rb_frame_next_add */
             rb_bytes removes; /* raw topic list, walk with rb_frame_next_topic */
+            uint64_t epoch;   /* epoch of the cursors; 0 = none known (or omitted) */
+            bool has_epoch;
         } mutate;
         struct {
             uint64_t mutate_id;
@@ -178,6 +192,12 @@ typedef struct rb_frame {
             uint64_t mutate_id;
         } catchup_complete;
         struct {
+            uint64_t mutate_id;
+            rb_bytes topic;
+            uint16_t code;
+            rb_bytes message;
+        } topic_error;
+        struct {
             rb_bytes credentials; /* rb_credentials_decode reads them */
         } auth;
     } u;
@@ -191,7 +211,7 @@ typedef struct rb_frame {
  * RB_WIRE_TOO_LARGE (size above max_frame_bytes),
  * RB_WIRE_UNSUPPORTED_VERSION (version != RB_PROTOCOL_VERSION; checked after
  * size, so that the size is known to be sane), RB_WIRE_BAD_FRAME for a kind
- * outside 1..RB_FRAME_KIND_LAST. */
+ * this codec does not know (0, 14, above RB_FRAME_KIND_LAST). */
 int rb_frame_header_decode(const uint8_t *p, size_t len, uint32_t max_frame_bytes,
                            rb_frame_header *hdr, rb_err *err);
 
@@ -216,7 +236,8 @@ bool rb_frame_next_item(rb_frame_iter *it, rb_message_item *out);
 size_t rb_frame_encode_hello(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t protocol_version,
                              rb_bytes client_name, rb_bytes credentials);
 size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
-                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id);
+                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
+                               uint64_t epoch);
 size_t rb_frame_encode_error(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
                              rb_bytes message);
 size_t rb_frame_encode_ping(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t nonce);
@@ -229,12 +250,17 @@ size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, r
                                    uint64_t seq);
 size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_id,
                                         uint64_t mutate_id);
+/* TOPIC_ERROR: a per-topic outcome of the wave mutate_id (0 outside a
+ * wave); message is at most RB_SHORT_STRING_BYTES_MAX bytes. */
+size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
+                                   rb_bytes topic, uint16_t code, rb_bytes message);
 size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials);
 
-/* MUTATE: adds and removes as arrays. */
+/* MUTATE: adds and removes as arrays; epoch is the store epoch the cursors
+ * belong to (0 = none known). */
 size_t rb_frame_encode_mutate(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
                               uint8_t flags, const rb_mutate_add *adds, uint32_t add_count,
-                              const rb_bytes *removes, uint32_t remove_count);
+                              const rb_bytes *removes, uint32_t remove_count, uint64_t epoch);
 
 /* TOPICS_LIVE from an array of topics. */
 size_t rb_frame_encode_topics_live(uint8_t *out, size_t cap, uint64_t corr_id,
@@ -297,7 +323,7 @@ size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, r
 
 /* ---- names and validation ---- */
 
-/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN". */
+/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN" (also for the reserved 14). */
 const char *rb_frame_kind_name(uint8_t kind);
 /* "ok", "bad_frame", "resource_exhausted", ... (DESIGN §3) or "unknown". */
 const char *rb_wire_code_name(uint16_t code);

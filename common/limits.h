@@ -38,6 +38,38 @@
 #define RB_CONNS_PER_SHARD_DEFAULT 16384
 #define RB_CONNS_PER_SHARD_MAX     1048576
 
+/* Connection limits ([limits]): all shards and listeners together, per
+ * source address, and new connections per second per address. */
+#define RB_CONNS_TOTAL_DEFAULT           65536
+#define RB_CONNS_TOTAL_MAX               (1u << 24)
+#define RB_CONNS_PER_ADDRESS_DEFAULT     1024
+#define RB_CONN_RATE_PER_ADDRESS_DEFAULT 100
+#define RB_RATE_PER_SECOND_MAX           1000000000u
+/* Per connection: publishes per second (a token bucket) and Mutates. */
+#define RB_PUBLISH_RATE_DEFAULT       100000
+#define RB_MUTATES_PER_SECOND_DEFAULT 1000
+
+/* Authentication ([auth]): the delay before an unauthorized answer, failed
+ * sign-ins per minute per address before refusing outright, JWT clock skew
+ * (bounded: a wide skew would let expired tokens live on) and the threads
+ * that verify password hashes off the shards. */
+#define RB_AUTH_FAILURE_DELAY_MS_DEFAULT    1000
+#define RB_AUTH_FAILURE_DELAY_MS_MAX        60000
+#define RB_AUTH_FAILURES_PER_MINUTE_DEFAULT 30
+#define RB_AUTH_CLOCK_SKEW_S_DEFAULT        30
+#define RB_AUTH_CLOCK_SKEW_S_MAX            300
+#define RB_AUTH_WORKERS_DEFAULT             2
+#define RB_AUTH_WORKERS_MAX                 16
+/* Sign-ins waiting for an auth worker (all shards together); beyond it a
+ * HELLO is refused with resource_exhausted rather than queued without end. */
+#define RB_AUTH_QUEUE_MAX 4096
+/* argon2id cost parameters a password_hash may name: memory bounds what
+ * one verification allocates (times the workers), time bounds its CPU. */
+#define RB_ARGON2_MEMORY_KIB_MIN  8
+#define RB_ARGON2_MEMORY_KIB_MAX  (256u * 1024u)
+#define RB_ARGON2_TIME_COST_MAX   16
+#define RB_ARGON2_PARALLELISM_MAX 16
+
 /* Accepts handled per loop turn, so a connect storm cannot starve reads. */
 #define RB_ACCEPT_PER_TURN_MAX 16
 /* Completions reaped per loop turn before timers and queues get a turn. */
@@ -62,9 +94,26 @@
  * even when the client has stopped reading (as long as the kernel's send
  * buffer, 4 MiB at most by default, is larger than what it holds). */
 #define RB_KERNEL_UNSENT_BYTES_MAX (1024u * 1024u)
+/* Room each send queue keeps beyond its quota for the closing frames
+ * (ERROR and CLOSE, each at most 16 + 4 + RB_ERR_MSG_BYTES_MAX bytes), so
+ * a connection closed for its backlog still learns why: one chunk. */
+#define RB_SEND_CLOSE_RESERVE_BYTES RB_CHUNK_BYTES
+/* What a send-queue segment referencing a shared block costs beyond the
+ * bytes it references (the segment, and the block it keeps alive), so a
+ * queue of tiny fan-out frames cannot hold segments without bound. */
+#define RB_SEND_SEG_CHARGE_BYTES 256
+/* Chunks a layered link's wire queue may hold: two encode passes of
+ * RB_STACK_WIRE_BYTES_PER_PASS (256 KiB) plus record and closing overhead. */
+#define RB_LINK_WIRE_CHUNKS_MAX 36
 
-/* Cross-shard queues: slots per (producer, consumer) pair. */
-#define RB_SHARD_QUEUE_SLOTS 4096
+/* Cross-shard queues: slots per (producer, consumer) pair, [limits]
+ * shard_queue_slots (a power of two). A full queue holds the producer's
+ * envelopes back in order (it never drops them), so the slots only set how
+ * much is in flight between two shards; the cap keeps the slot arrays
+ * (shards^2 x slots x 8 bytes) small. */
+#define RB_SHARD_QUEUE_SLOTS_DEFAULT 4096
+#define RB_SHARD_QUEUE_SLOTS_MIN     2
+#define RB_SHARD_QUEUE_SLOTS_MAX     65536
 
 /* Streams (DESIGN §4). */
 #define RB_PENDING_BYTES_DEFAULT     (64u << 20)
@@ -137,7 +186,8 @@
  * is a secret, not a document. */
 #define RB_PG_PASSWORD_BYTES_MAX 1024
 
-/* Server id sent in STARTED. */
+/* Bytes of the server id sent in STARTED: what the config accepts and what
+ * libringbus accepts from a server. */
 #define RB_SERVER_ID_BYTES_MAX 64
 
 /* ---- the daemon's per-shard tables and pools (server/) ---- */
@@ -158,18 +208,48 @@
 #define RB_CONN_PUBLISHES_IN_FLIGHT_MAX 65536
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define RB_SHARD_SQ_ENTRIES 1024
-/* Envelopes per shard in flight between shards. */
-#define RB_SHARD_XMSG_MAX 65536
-/* Shared fan-out blocks per shard (each max_frame_bytes). */
-#define RB_SHARD_BLOCK_MAX 65536
+/* Envelopes (RB_XMSG_DATA_BYTES of records each) per shard in flight
+ * between shards, [limits] shard_envelopes: 4096 x 64 KiB = 256 MiB at
+ * most. A publish holds its envelope until it is acked (the envelope then
+ * carries the ack home if the owner has none of its own), so this bounds
+ * the publishes in flight from one shard; when they are all out the
+ * intake refuses publishes with resource_exhausted. */
+#define RB_SHARD_XMSG_DEFAULT 4096
+#define RB_SHARD_XMSG_MIN     4
+#define RB_SHARD_XMSG_MAX     65536
+/* Envelopes without data per shard: one carries one fan-out block to one
+ * shard (each ~64 bytes). */
+#define RB_SHARD_BARE_XMSG_MAX 65536
+/* A topic owner holds back new appends while the queue to a shard that
+ * subscribes to the topic has this many envelopes waiting (its consumer
+ * is behind): publishers wait for acks instead of memory filling. */
+#define RB_OWNER_FANOUT_BACKLOG_MAX 256
+/* Topics per hole read of a topic owner's sequencer (one read in flight
+ * per shard; the rest wait for the next). */
+#define RB_OWNER_HOLE_TOPICS_MAX 64
+/* Shared fan-out blocks per shard: size classes from 512 bytes growing 4x
+ * up to max_frame_bytes, all within [limits] shard_block_bytes (default
+ * 512 MiB, at least 2 x max_frame_bytes). When the budget is spent, owners
+ * hold committed batches and appends back until blocks come home. */
+#define RB_BLOCK_CLASS_MIN_BYTES     512u
+#define RB_BLOCK_CLASSES_MAX         12
+#define RB_SHARD_BLOCK_BYTES_DEFAULT (512ull << 20)
+#define RB_SHARD_BLOCK_BYTES_MAX     (1ull << 40)
+/* Pools one thread keeps return caches for, and the items a cache holds
+ * before they go home in one batch (server/freelist.c). */
+#define RB_FREELIST_RETURN_POOLS_MAX 16
+#define RB_FREELIST_RETURN_BATCH     64
+/* Envelope kinds a shard's mailbox can route (server/mailbox.h). */
+#define RB_MAIL_KINDS_MAX 16
 /* Bytes of encoded records one envelope carries. */
 #define RB_XMSG_DATA_BYTES (64u * 1024u)
 /* Receive buffers for frames larger than a chunk, per shard. */
 #define RB_SHARD_RXBIG_MAX 64
-/* Chunks per shard: 65536 x 16 KiB bounds send and small receive memory at
- * 1 GiB per shard; each connection is further held to send_queue_bytes. */
+/* Chunks per shard beyond the send queues' budget (server/sendq.h, which
+ * holds every connection to its quota): 65536 x 16 KiB = 1 GiB for small
+ * receive frames and streams' copies. */
 #define RB_SHARD_CHUNK_MAX 65536
-/* Send-queue and pending-buffer segments per shard. */
+/* Pending-buffer segments per shard, beyond the send queues' own. */
 #define RB_SHARD_SEG_MAX (1u << 20)
 /* Waves (Mutates adding topics) in flight per stream. */
 #define RB_STREAM_WAVES_MAX 64

@@ -18,6 +18,7 @@
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "common/pattern.h"
 #include "config/toml.h"
 
 /* Postgres connections per shard: 64 x RB_SHARDS_MAX already exceeds what
@@ -112,6 +113,9 @@ static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void
 static int ws_path_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 
 static const field limits_fields[] = {
     U32("max_connections", max_connections, 1, RB_CONNS_PER_SHARD_MAX),
@@ -119,6 +123,15 @@ static const field limits_fields[] = {
     U64("send_queue_bytes", send_queue_bytes, 1, RB_SEND_QUEUE_BYTES_MAX),
     U64("pending_buffer_bytes", pending_buffer_bytes, 1, RB_PENDING_BYTES_MAX),
     U32("topics_per_stream", topics_per_stream, 1, RB_TOPICS_PER_STREAM_MAX),
+    U32("max_connections_total", max_connections_total, 1, RB_CONNS_TOTAL_MAX),
+    U32("max_connections_per_address", max_connections_per_address, 1, RB_CONNS_TOTAL_MAX),
+    U32("connection_rate_per_address", connection_rate_per_address, 1, RB_RATE_PER_SECOND_MAX),
+    U32("publish_rate", publish_rate, 1, RB_RATE_PER_SECOND_MAX),
+    U32("publish_burst", publish_burst, 1, RB_RATE_PER_SECOND_MAX),
+    U32("mutates_per_second", mutates_per_second, 1, RB_RATE_PER_SECOND_MAX),
+    U32("shard_queue_slots", shard_queue_slots, RB_SHARD_QUEUE_SLOTS_MIN, RB_SHARD_QUEUE_SLOTS_MAX),
+    U32("shard_envelopes", shard_envelopes, RB_SHARD_XMSG_MIN, RB_SHARD_XMSG_MAX),
+    U64("shard_block_bytes", shard_block_bytes, 1, RB_SHARD_BLOCK_BYTES_MAX),
 };
 static const section limits_section = {"limits", limits_fields, COUNT(limits_fields)};
 
@@ -162,12 +175,23 @@ static const field storage_fields[] = {
 };
 static const section storage_section = {"storage", storage_fields, COUNT(storage_fields)};
 
+static const field auth_fields[] = {
+    CUSTOM("mode", auth_mode_fn),
+    U32("failure_delay_ms", auth_failure_delay_ms, 1, RB_AUTH_FAILURE_DELAY_MS_MAX),
+    U32("failures_per_minute", auth_failures_per_minute, 1, RB_RATE_PER_SECOND_MAX),
+    U32("clock_skew_s", auth_clock_skew_s, 0, RB_AUTH_CLOCK_SKEW_S_MAX),
+    U32("workers", auth_workers, 1, RB_AUTH_WORKERS_MAX),
+    CUSTOM("user", auth_users_fn),
+    CUSTOM("jwt_key", auth_jwt_keys_fn),
+};
+static const section auth_section = {"auth", auth_fields, COUNT(auth_fields)};
+
 static const field root_fields[] = {
     U32("shards", shards, 1, RB_SHARDS_MAX), BOOL("pin_shards", pin_shards),
     CUSTOM("log_level", log_level_fn),       CUSTOM("server_id", server_id_fn),
     SECTION("limits", limits_section),       SECTION("timeouts", timeouts_section),
     SECTION("catchup", catchup_section),     SECTION("storage", storage_section),
-    CUSTOM("listener", listeners_fn),
+    SECTION("auth", auth_section),           CUSTOM("listener", listeners_fn),
 };
 static const section root_section = {"", root_fields, COUNT(root_fields)};
 
@@ -196,6 +220,12 @@ static const field listener_fields[] = {
      .offset = offsetof(rb_listener_config, client_ca),
      .bytes = RB_PATH_BYTES_MAX,
      .transports = T_TLS},
+    {.name = "max_connections",
+     .kind = FK_U32,
+     .offset = offsetof(rb_listener_config, max_connections),
+     .min = 1,
+     .max = RB_CONNS_TOTAL_MAX,
+     .transports = T_ALL},
     {.name = "path", .kind = FK_CUSTOM, .fn = ws_path_fn, .transports = T_WS},
     {.name = "origins", .kind = FK_CUSTOM, .fn = origins_fn, .transports = T_WS},
 };
@@ -505,6 +535,37 @@ static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void
     return 0;
 }
 
+/* Checks that file is a readable regular file; when head is not NULL,
+ * reads up to head_cap - 1 of its first bytes into head (NUL-terminated)
+ * and its size into *size. */
+static int check_file(loader *ld, const char *path, const rb_toml_value *v, const char *file,
+                      char *head, size_t head_cap, uint64_t *size)
+{
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd == -1) {
+        int e = errno;
+        char why[128];
+        return fail_value(ld, v, path, "cannot read \"%s\": %s", file,
+                          strerror_r(e, why, sizeof why));
+    }
+    struct stat st;
+    bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    ssize_t n = 0;
+    if (regular && head != NULL) {
+        n = read(fd, head, head_cap - 1);
+        head[n > 0 ? n : 0] = '\0';
+        *size = (uint64_t)st.st_size;
+    }
+    close(fd);
+    if (!regular) {
+        return fail_value(ld, v, path, "\"%s\" is not a regular file", file);
+    }
+    if (n < 0) {
+        return fail_value(ld, v, path, "cannot read \"%s\"", file);
+    }
+    return 0;
+}
+
 /* The daemon reads the password file later; checking it now makes
  * --check-config and start-up fail early with the file's name. */
 static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
@@ -514,20 +575,7 @@ static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v
     if (rc < 0 || cfg->pg_password_file[0] == '\0') {
         return rc;
     }
-    int fd = open(cfg->pg_password_file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd == -1) {
-        int e = errno;
-        char why[128];
-        return fail_value(ld, v, path, "cannot read \"%s\": %s", cfg->pg_password_file,
-                          strerror_r(e, why, sizeof why));
-    }
-    struct stat st;
-    bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
-    close(fd);
-    if (!regular) {
-        return fail_value(ld, v, path, "\"%s\" is not a regular file", cfg->pg_password_file);
-    }
-    return 0;
+    return check_file(ld, path, v, cfg->pg_password_file, NULL, 0, NULL);
 }
 
 /* ---- listeners ---- */
@@ -763,6 +811,430 @@ static int listeners_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     return check_listener_clashes(ld, v);
 }
 
+static const rb_toml_value *lookup(const loader *ld, const char *section_name, const char *key);
+
+/* ---- [auth] ---- */
+
+static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (strcmp(text, "none") == 0) {
+        cfg->auth_mode = RB_AUTH_MODE_NONE;
+    } else if (strcmp(text, "required") == 0) {
+        cfg->auth_mode = RB_AUTH_MODE_REQUIRED;
+    } else {
+        char shown[32];
+        show(shown, sizeof shown, text, len);
+        return fail_value(ld, v, path, "\"%s\" is not one of none, required", shown);
+    }
+    return 0;
+}
+
+/* Remembers "file:line:column" of v for errors found after load. */
+static void where_of(const loader *ld, const rb_toml_value *v, const char *path, char *out,
+                     size_t cap)
+{
+    snprintf(out, cap, "%.200s:%u:%u: %s", ld->name, rb_toml_line(v), rb_toml_column(v), path);
+}
+
+/* Unpadded standard base64 of at least min_bytes decoded bytes. */
+static bool b64_field_ok(const char *s, size_t len, size_t min_bytes)
+{
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '+' || c == '/')) {
+            return false;
+        }
+    }
+    return len % 4 != 1 && len * 3 / 4 >= min_bytes;
+}
+
+/* A PHC argon2id string: $argon2id$v=19$m=M,t=T,p=P$salt$hash with the
+ * cost parameters inside the limits of common/limits.h, so a hash in the
+ * file cannot make one verification take gigabytes or minutes. */
+static int check_password_hash(loader *ld, const char *path, const rb_toml_value *v, const char *h)
+{
+    unsigned m = 0;
+    unsigned t = 0;
+    unsigned p = 0;
+    int used = 0;
+    if (strncmp(h, "$argon2id$", 10) != 0) {
+        return fail_value(ld, v, path,
+                          "not an argon2id hash (make one with ringbusd --hash-password)");
+    }
+    if (sscanf(h, "$argon2id$v=19$m=%u,t=%u,p=%u$%n", &m, &t, &p, &used) != 3 || used == 0) {
+        return fail_value(ld, v, path, "expected $argon2id$v=19$m=M,t=T,p=P$salt$hash");
+    }
+    if (m < RB_ARGON2_MEMORY_KIB_MIN || m > RB_ARGON2_MEMORY_KIB_MAX || t < 1 ||
+        t > RB_ARGON2_TIME_COST_MAX || p < 1 || p > RB_ARGON2_PARALLELISM_MAX) {
+        return fail_value(ld, v, path,
+                          "m=%u,t=%u,p=%u outside m in [%u, %u], t in [1, %u], p in [1, %u]", m, t,
+                          p, RB_ARGON2_MEMORY_KIB_MIN, RB_ARGON2_MEMORY_KIB_MAX,
+                          RB_ARGON2_TIME_COST_MAX, RB_ARGON2_PARALLELISM_MAX);
+    }
+    const char *salt = h + used;
+    const char *dollar = strchr(salt, '$');
+    if (dollar == NULL || !b64_field_ok(salt, (size_t)(dollar - salt), 8) ||
+        !b64_field_ok(dollar + 1, strlen(dollar + 1), 16)) {
+        return fail_value(ld, v, path, "salt (>= 8 bytes) or hash (>= 16 bytes) is not base64");
+    }
+    return 0;
+}
+
+static int user_name_check(loader *ld, const char *path, const rb_toml_value *v, const char *name)
+{
+    size_t len = strlen(name);
+    uint8_t cred[RB_AUTH_USER_BYTES_MAX + 8];
+    rb_credentials c;
+    if (len == 0 || len > RB_AUTH_USER_BYTES_MAX) {
+        return fail_value(ld, v, path, "must be 1..%d bytes", RB_AUTH_USER_BYTES_MAX);
+    }
+    /* The rules of a user name on the wire, checked by the wire decoder. */
+    size_t n =
+        rb_credentials_encode_password(cred, sizeof cred, (rb_bytes){(const uint8_t *)name, len},
+                                       (rb_bytes){(const uint8_t *)"x", 1});
+    rb_err why;
+    if (rb_credentials_decode((rb_bytes){cred, n}, &c, &why) != 0) {
+        return fail_value(ld, v, path, "%s", why.msg + strlen("credentials: user: "));
+    }
+    return 0;
+}
+
+static int pattern_list_fn(loader *ld, const char *path, const rb_toml_value *v,
+                           rb_pattern_range *range)
+{
+    rb_config *cfg = ld->cfg;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of topic patterns");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_PATTERNS_PER_LIST_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_PATTERNS_PER_LIST_MAX), path,
+                          "more than %d patterns", RB_PATTERNS_PER_LIST_MAX);
+    }
+    range->first = cfg->auth_pattern_count;
+    range->count = 0;
+    for (size_t i = 0; i < count; i++) {
+        char item_path[PATH_BYTES_MAX];
+        const rb_toml_value *item = rb_toml_item(v, i);
+        const char *text = NULL;
+        size_t len = 0;
+        snprintf(item_path, sizeof item_path, "%.80s[%zu]", path, i + 1);
+        rc = get_string(ld, item_path, item, &text, &len);
+        if (rc < 0) {
+            return rc;
+        }
+        rb_err why;
+        if (rb_pattern_validate((rb_bytes){(const uint8_t *)text, len}, &why) != 0) {
+            return fail_value(ld, item, item_path, "%s", why.msg);
+        }
+        if (cfg->auth_pattern_count >= RB_AUTH_PATTERNS_MAX ||
+            cfg->auth_pattern_bytes_len + len > RB_AUTH_PATTERN_BYTES_MAX) {
+            return fail_value(ld, item, item_path,
+                              "more than %d patterns (or %u bytes) in all users",
+                              RB_AUTH_PATTERNS_MAX, RB_AUTH_PATTERN_BYTES_MAX);
+        }
+        memcpy(cfg->auth_pattern_bytes + cfg->auth_pattern_bytes_len, text, len);
+        cfg->auth_patterns[cfg->auth_pattern_count++] =
+            (rb_pattern_ref){.off = cfg->auth_pattern_bytes_len, .len = (uint8_t)len};
+        cfg->auth_pattern_bytes_len += (uint32_t)len;
+        range->count++;
+    }
+    return 0;
+}
+
+static const char *const perm_list_names[RB_PERM_LISTS] = {
+    [RB_PERM_PUBLISH] = "publish",
+    [RB_PERM_SUBSCRIBE] = "subscribe",
+    [RB_PERM_PUBLISH_DENY] = "publish_deny",
+    [RB_PERM_SUBSCRIBE_DENY] = "subscribe_deny",
+};
+
+static const field user_fields[] = {
+    {.name = "name"},         {.name = "password_hash"}, {.name = "publish"},
+    {.name = "subscribe"},    {.name = "publish_deny"},  {.name = "subscribe_deny"},
+    {.name = "publish_rate"},
+};
+static const section user_section = {"auth.user", user_fields, COUNT(user_fields)};
+
+static int load_user_key(loader *ld, const char *path, const rb_toml_key *k, const rb_toml_value *v,
+                         rb_auth_user_config *u)
+{
+    for (int i = 0; i < RB_PERM_LISTS; i++) {
+        if (strlen(perm_list_names[i]) == k->len &&
+            memcmp(k->text, perm_list_names[i], k->len) == 0) {
+            return pattern_list_fn(ld, path, v, &u->lists[i]);
+        }
+    }
+    if (k->len == 4 && memcmp(k->text, "name", 4) == 0) {
+        int rc = copy_string(ld, path, v, u->name, sizeof u->name);
+        return rc < 0 ? rc : user_name_check(ld, path, v, u->name);
+    }
+    if (k->len == 13 && memcmp(k->text, "password_hash", 13) == 0) {
+        int rc = copy_string(ld, path, v, u->password_hash, sizeof u->password_hash);
+        return rc < 0 ? rc : check_password_hash(ld, path, v, u->password_hash);
+    }
+    if (k->len == 12 && memcmp(k->text, "publish_rate", 12) == 0) {
+        uint64_t n = 0;
+        int rc = get_integer(ld, path, v, 1, RB_RATE_PER_SECOND_MAX, &n);
+        u->publish_rate = (uint32_t)n;
+        return rc;
+    }
+    return unknown_key(ld, &user_section, ld->cfg->auth_user_count == 0 ? "auth.user" : "auth.user",
+                       k);
+}
+
+static int load_user(loader *ld, const rb_toml_value *t, size_t number, rb_auth_user_config *u)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "auth.user[%zu]", number);
+    int rc = expect_type(ld, prefix, t, RB_TOML_TABLE, "a table ([[auth.user]])");
+    if (rc < 0) {
+        return rc;
+    }
+    memset(u, 0, sizeof *u);
+    where_of(ld, t, prefix, u->where, sizeof u->where);
+    for (size_t i = 0; i < rb_toml_count(t); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(t, i, &k);
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, prefix, k.text, k.len);
+        rc = load_user_key(ld, path, &k, v, u);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (u->name[0] == '\0') {
+        return fail_value(ld, t, prefix, "missing required key \"name\"");
+    }
+    return 0;
+}
+
+static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of tables ([[auth.user]])");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_AUTH_USERS_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_AUTH_USERS_MAX), path, "more than %d users",
+                          RB_AUTH_USERS_MAX);
+    }
+    for (size_t i = 0; i < count; i++) {
+        rb_auth_user_config *u = &cfg->auth_users[i];
+        rc = load_user(ld, rb_toml_item(v, i), i + 1, u);
+        if (rc < 0) {
+            return rc;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->auth_users[j].name, u->name) == 0) {
+                char prefix[32];
+                snprintf(prefix, sizeof prefix, "auth.user[%zu]", i + 1);
+                const rb_toml_value *first = rb_toml_item(v, j);
+                return fail_value(ld, rb_toml_get(rb_toml_item(v, i), "name"), prefix,
+                                  "name \"%s\" already used by auth.user[%zu] (at %u:%u)", u->name,
+                                  j + 1, rb_toml_line(first), rb_toml_column(first));
+            }
+        }
+        cfg->auth_user_count++;
+    }
+    return 0;
+}
+
+static const field jwt_key_fields[] = {
+    {.name = "kid"},
+    {.name = "algorithm"},
+    {.name = "secret_file"},
+    {.name = "public_key_file"},
+};
+static const section jwt_key_section = {"auth.jwt_key", jwt_key_fields, COUNT(jwt_key_fields)};
+static const char *const jwt_alg_names[] = {"HS256", "RS256", "ES256"};
+
+/* An HS256 secret shorter than the hash (32 bytes) is guessable; a key file
+ * above 64 KiB is not a key. */
+#define JWT_SECRET_BYTES_MIN   32
+#define JWT_KEY_FILE_BYTES_MAX (64u * 1024u)
+
+static int check_key_file(loader *ld, const char *path, const rb_toml_value *v,
+                          const rb_jwt_key_config *key)
+{
+    char head[4096];
+    uint64_t size = 0;
+    int rc = check_file(ld, path, v, key->path, head, sizeof head, &size);
+    if (rc < 0) {
+        return rc;
+    }
+    if (size > JWT_KEY_FILE_BYTES_MAX) {
+        return fail_value(ld, v, path, "\"%s\" is %llu bytes, above %u", key->path,
+                          (unsigned long long)size, JWT_KEY_FILE_BYTES_MAX);
+    }
+    if (key->algorithm == RB_JWT_HS256) {
+        /* One trailing newline (from echo or an editor) is not part of it. */
+        uint64_t n =
+            size > 0 && size <= sizeof head - 1 && head[size - 1] == '\n' ? size - 1 : size;
+        if (n < JWT_SECRET_BYTES_MIN) {
+            return fail_value(ld, v, path, "\"%s\" holds %llu bytes; HS256 needs at least %d",
+                              key->path, (unsigned long long)n, JWT_SECRET_BYTES_MIN);
+        }
+        return 0;
+    }
+    if (strstr(head, "-----BEGIN PUBLIC KEY-----") == NULL) {
+        return fail_value(ld, v, path, "\"%s\" holds no PEM public key (BEGIN PUBLIC KEY)",
+                          key->path);
+    }
+    return 0;
+}
+
+static int load_jwt_key_fields(loader *ld, const rb_toml_value *t, const char *prefix,
+                               rb_jwt_key_config *key, const rb_toml_value **file_v,
+                               const char **file_key)
+{
+    for (size_t i = 0; i < rb_toml_count(t); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(t, i, &k);
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, prefix, k.text, k.len);
+        const field *f = find_field(&jwt_key_section, &k);
+        int rc = 0;
+        if (f == NULL) {
+            return unknown_key(ld, &jwt_key_section, "auth.jwt_key", &k);
+        } else if (strcmp(f->name, "kid") == 0) {
+            rc = copy_string(ld, path, v, key->kid, sizeof key->kid);
+            if (rc == 0 && key->kid[0] == '\0') {
+                rc = fail_value(ld, v, path,
+                                "must not be empty (leave it out to match tokens without kid)");
+            }
+        } else if (strcmp(f->name, "algorithm") == 0) {
+            const char *text = NULL;
+            size_t len = 0;
+            rc = get_string(ld, path, v, &text, &len);
+            size_t a = 0;
+            while (rc == 0 && a < COUNT(jwt_alg_names) && strcmp(text, jwt_alg_names[a]) != 0) {
+                a++;
+            }
+            if (rc == 0 && a == COUNT(jwt_alg_names)) {
+                char shown[32];
+                show(shown, sizeof shown, text, len);
+                rc = fail_value(ld, v, path, "\"%s\" is not one of HS256, RS256, ES256", shown);
+            }
+            key->algorithm = (rb_jwt_alg)a;
+        } else if (*file_v != NULL) {
+            rc = fail_value(ld, v, path, "give only one of secret_file and public_key_file");
+        } else {
+            *file_v = v;
+            *file_key = f->name;
+            rc = copy_string(ld, path, v, key->path, sizeof key->path);
+        }
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int load_jwt_key(loader *ld, const rb_toml_value *t, size_t number, rb_jwt_key_config *key)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "auth.jwt_key[%zu]", number);
+    int rc = expect_type(ld, prefix, t, RB_TOML_TABLE, "a table ([[auth.jwt_key]])");
+    if (rc < 0) {
+        return rc;
+    }
+    memset(key, 0, sizeof *key);
+    const rb_toml_value *file_v = NULL;
+    const char *file_key = NULL;
+    rc = load_jwt_key_fields(ld, t, prefix, key, &file_v, &file_key);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rb_toml_get(t, "algorithm") == NULL) {
+        return fail_value(ld, t, prefix,
+                          "missing required key \"algorithm\" (HS256, RS256, ES256)");
+    }
+    const char *want = key->algorithm == RB_JWT_HS256 ? "secret_file" : "public_key_file";
+    if (file_v == NULL) {
+        return fail_value(ld, t, prefix, "%s needs \"%s\"", jwt_alg_names[key->algorithm], want);
+    }
+    char path[PATH_BYTES_MAX];
+    snprintf(path, sizeof path, "%s.%s", prefix, file_key);
+    if (strcmp(file_key, want) != 0) {
+        return fail_value(ld, file_v, path, "%s takes \"%s\", not \"%s\"",
+                          jwt_alg_names[key->algorithm], want, file_key);
+    }
+    if (key->path[0] == '\0') {
+        return fail_value(ld, file_v, path, "must not be empty");
+    }
+    where_of(ld, file_v, path, key->where, sizeof key->where);
+    return check_key_file(ld, path, file_v, key);
+}
+
+static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of tables ([[auth.jwt_key]])");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_AUTH_JWT_KEYS_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_AUTH_JWT_KEYS_MAX), path, "more than %d keys",
+                          RB_AUTH_JWT_KEYS_MAX);
+    }
+    for (size_t i = 0; i < count; i++) {
+        rb_jwt_key_config *key = &cfg->auth_jwt_keys[i];
+        rc = load_jwt_key(ld, rb_toml_item(v, i), i + 1, key);
+        if (rc < 0) {
+            return rc;
+        }
+        for (size_t j = 0; j < i; j++) {
+            if (strcmp(cfg->auth_jwt_keys[j].kid, key->kid) == 0) {
+                char prefix[32];
+                snprintf(prefix, sizeof prefix, "auth.jwt_key[%zu]", i + 1);
+                return fail_value(ld, rb_toml_item(v, i), prefix,
+                                  key->kid[0] != '\0'
+                                      ? "kid \"%s\" already used by auth.jwt_key[%zu]"
+                                      : "%sa second key without kid (auth.jwt_key[%zu] has none); "
+                                        "give each a kid",
+                                  key->kid, j + 1);
+            }
+        }
+        cfg->auth_jwt_key_count++;
+    }
+    return 0;
+}
+
+/* auth.mode = "required" with no way to sign in would refuse everyone. */
+static int check_auth(loader *ld)
+{
+    const rb_config *cfg = ld->cfg;
+    if (cfg->auth_mode != RB_AUTH_MODE_REQUIRED) {
+        return 0;
+    }
+    bool any = cfg->auth_jwt_key_count > 0;
+    for (uint32_t i = 0; i < cfg->auth_user_count && !any; i++) {
+        any = cfg->auth_users[i].password_hash[0] != '\0';
+    }
+    for (uint32_t i = 0; i < cfg->listener_count && !any; i++) {
+        any = cfg->listeners[i].client_ca[0] != '\0' && cfg->auth_user_count > 0;
+    }
+    if (!any) {
+        return fail_value(ld, lookup(ld, "auth", "mode"), "auth.mode",
+                          "\"required\" needs a [[auth.jwt_key]], a [[auth.user]] with a "
+                          "password_hash, or users and a listener with client_ca");
+    }
+    return 0;
+}
+
 /* ---- checks across keys ---- */
 
 /* The value at section.key in the document, or NULL. */
@@ -802,11 +1274,18 @@ static int check_cross(loader *ld)
     if (rc == 0) {
         rc = check_at_least_frame(ld, "pending_buffer_bytes", cfg->pending_buffer_bytes);
     }
+    if (rc == 0) {
+        rc = check_at_least_frame(ld, "shard_block_bytes", cfg->shard_block_bytes / 2);
+    }
+    if (rc == 0 && (cfg->shard_queue_slots & (cfg->shard_queue_slots - 1)) != 0) {
+        rc = fail_value(ld, lookup(ld, "limits", "shard_queue_slots"), "limits.shard_queue_slots",
+                        "%u is not a power of two", cfg->shard_queue_slots);
+    }
     if (rc == 0 && cfg->storage_backend == RB_STORAGE_POSTGRES && cfg->pg_conninfo[0] == '\0') {
         rc = fail_value(ld, lookup(ld, "storage", "backend"), "storage.backend",
                         "\"postgres\" needs storage.postgres.conninfo (a libpq connection string)");
     }
-    return rc;
+    return rc ? rc : check_auth(ld);
 }
 
 /* ---- public ---- */
@@ -843,6 +1322,9 @@ void rb_config_defaults(rb_config *cfg)
     cfg->send_queue_bytes = RB_SEND_QUEUE_BYTES_DEFAULT;
     cfg->pending_buffer_bytes = RB_PENDING_BYTES_DEFAULT;
     cfg->topics_per_stream = RB_TOPICS_PER_STREAM_DEFAULT;
+    cfg->shard_queue_slots = RB_SHARD_QUEUE_SLOTS_DEFAULT;
+    cfg->shard_envelopes = RB_SHARD_XMSG_DEFAULT;
+    cfg->shard_block_bytes = RB_SHARD_BLOCK_BYTES_DEFAULT;
     cfg->keepalive_ms = RB_KEEPALIVE_MS_DEFAULT;
     cfg->pong_timeout_ms = RB_PONG_TIMEOUT_MS_DEFAULT;
     cfg->handshake_timeout_ms = RB_HANDSHAKE_MS_DEFAULT;
@@ -856,11 +1338,49 @@ void rb_config_defaults(rb_config *cfg)
     cfg->pg_pool_size = 2;
     cfg->pg_statement_timeout_ms = 5000;
     cfg->pg_batch_messages = 1024;
+    cfg->max_connections_total = RB_CONNS_TOTAL_DEFAULT;
+    cfg->max_connections_per_address = RB_CONNS_PER_ADDRESS_DEFAULT;
+    cfg->connection_rate_per_address = RB_CONN_RATE_PER_ADDRESS_DEFAULT;
+    cfg->publish_rate = RB_PUBLISH_RATE_DEFAULT;
+    cfg->publish_burst = RB_PUBLISH_RATE_DEFAULT;
+    cfg->mutates_per_second = RB_MUTATES_PER_SECOND_DEFAULT;
+    cfg->auth_mode = RB_AUTH_MODE_NONE;
+    cfg->auth_failure_delay_ms = RB_AUTH_FAILURE_DELAY_MS_DEFAULT;
+    cfg->auth_failures_per_minute = RB_AUTH_FAILURES_PER_MINUTE_DEFAULT;
+    cfg->auth_clock_skew_s = RB_AUTH_CLOCK_SKEW_S_DEFAULT;
+    cfg->auth_workers = RB_AUTH_WORKERS_DEFAULT;
     cfg->listener_count = 1;
     rb_listener_config *l = &cfg->listeners[0];
     l->transport = RB_TRANSPORT_TCP;
     snprintf(l->address, sizeof l->address, "%s", DEFAULT_ADDRESS);
     l->port = transport_ports[RB_TRANSPORT_TCP];
+    l->max_connections = cfg->max_connections_total;
+}
+
+/* Defaults that follow other keys, applied once the file is loaded. */
+static void derive_defaults(rb_config *cfg)
+{
+    if (cfg->publish_burst == 0) {
+        cfg->publish_burst = cfg->publish_rate;
+    }
+    for (uint32_t i = 0; i < cfg->listener_count; i++) {
+        if (cfg->listeners[i].max_connections == 0) {
+            cfg->listeners[i].max_connections = cfg->max_connections_total;
+        }
+    }
+}
+
+rb_bytes rb_config_pattern(const rb_config *cfg, uint32_t i)
+{
+    RB_ASSERT(i < cfg->auth_pattern_count);
+    const rb_pattern_ref *r = &cfg->auth_patterns[i];
+    return (rb_bytes){(const uint8_t *)cfg->auth_pattern_bytes + r->off, r->len};
+}
+
+const char *rb_jwt_alg_name(rb_jwt_alg alg)
+{
+    RB_ASSERT((size_t)alg < COUNT(jwt_alg_names));
+    return jwt_alg_names[alg];
 }
 
 int rb_config_load_string(const char *text, size_t len, const char *name, rb_config *cfg,
@@ -869,6 +1389,7 @@ int rb_config_load_string(const char *text, size_t len, const char *name, rb_con
     RB_ASSERT(cfg != NULL);
     RB_ASSERT(name != NULL);
     rb_config_defaults(cfg);
+    cfg->publish_burst = 0; /* follows publish_rate unless the file sets it */
     rb_toml doc;
     int rc = rb_toml_parse(&doc, text, len, name, err);
     if (rc < 0) {
@@ -877,6 +1398,7 @@ int rb_config_load_string(const char *text, size_t len, const char *name, rb_con
     loader ld = {.name = name, .err = err, .cfg = cfg, .root = rb_toml_root(&doc)};
     rc = load_section(&ld, &root_section, ld.root, cfg);
     if (rc == 0) {
+        derive_defaults(cfg);
         rc = check_cross(&ld);
     }
     rb_toml_deinit(&doc);

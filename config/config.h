@@ -13,6 +13,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/frame.h"
 #include "common/limits.h"
 
 typedef enum rb_transport_kind {
@@ -27,6 +28,67 @@ typedef enum rb_storage_backend {
     RB_STORAGE_MEMORY = 0,
     RB_STORAGE_POSTGRES = 1,
 } rb_storage_backend;
+
+typedef enum rb_auth_mode {
+    RB_AUTH_MODE_NONE = 0,     /* no credentials needed (the embedded default) */
+    RB_AUTH_MODE_REQUIRED = 1, /* every connection signs in */
+} rb_auth_mode;
+
+typedef enum rb_jwt_alg {
+    RB_JWT_HS256 = 0,
+    RB_JWT_RS256 = 1,
+    RB_JWT_ES256 = 2,
+} rb_jwt_alg;
+
+/* The four permission lists of a user, in rb_auth_user_config.lists. */
+typedef enum rb_perm_list {
+    RB_PERM_PUBLISH = 0,
+    RB_PERM_SUBSCRIBE = 1,
+    RB_PERM_PUBLISH_DENY = 2,
+    RB_PERM_SUBSCRIBE_DENY = 3,
+    RB_PERM_LISTS = 4,
+} rb_perm_list;
+
+/* Users and JWT keys a config may declare; users beyond a few hundred
+ * belong in tokens, which need no config entry. */
+#define RB_AUTH_USERS_MAX    1024
+#define RB_AUTH_JWT_KEYS_MAX 16
+/* Permission patterns of all users together, and their bytes. */
+#define RB_AUTH_PATTERNS_MAX      16384
+#define RB_AUTH_PATTERN_BYTES_MAX (512u * 1024u)
+/* An argon2id hash string in PHC form ($argon2id$v=19$m=..,t=..,p=..$salt$hash). */
+#define RB_AUTH_HASH_BYTES_MAX 256
+/* A JWT header's kid. */
+#define RB_AUTH_KID_BYTES_MAX 128
+/* "file:line:column: key" of a config entry, kept for errors found after
+ * load (a key file that does not parse). */
+#define RB_CONFIG_WHERE_BYTES_MAX 320
+
+typedef struct rb_pattern_range {
+    uint32_t first; /* index into rb_config.auth_patterns */
+    uint32_t count;
+} rb_pattern_range;
+
+typedef struct rb_auth_user_config {
+    char name[RB_AUTH_USER_BYTES_MAX + 1];      /* name = "alice" */
+    char password_hash[RB_AUTH_HASH_BYTES_MAX]; /* password_hash = "$argon2id$..." */
+    uint32_t publish_rate;                      /* publish_rate; 0 = limits.publish_rate */
+    rb_pattern_range lists[RB_PERM_LISTS];      /* publish, subscribe, publish_deny, ... */
+    char where[RB_CONFIG_WHERE_BYTES_MAX];      /* "file:line:col" of the entry */
+} rb_auth_user_config;
+
+typedef struct rb_jwt_key_config {
+    char kid[RB_AUTH_KID_BYTES_MAX + 1];   /* kid = "k1"; empty = matches tokens without kid */
+    rb_jwt_alg algorithm;                  /* algorithm = "HS256" | "RS256" | "ES256" */
+    char path[RB_PATH_BYTES_MAX];          /* secret_file (HS256) or public_key_file */
+    char where[RB_CONFIG_WHERE_BYTES_MAX]; /* "file:line:col: auth.jwt_key[N].secret_file" */
+} rb_jwt_key_config;
+
+/* One permission pattern of rb_config.auth_patterns. */
+typedef struct rb_pattern_ref {
+    uint32_t off; /* into rb_config.auth_pattern_bytes */
+    uint8_t len;
+} rb_pattern_ref;
 
 /* Origins a WS listener accepts; none listed means any. */
 #define RB_WS_ORIGINS_MAX 16
@@ -43,21 +105,46 @@ typedef struct rb_listener_config {
     char path[RB_ADDRESS_BYTES_MAX]; /* path = "/ringbus" */
     uint32_t origin_count;
     char origins[RB_WS_ORIGINS_MAX][RB_ADDRESS_BYTES_MAX]; /* origins = ["https://a"] */
+    uint32_t max_connections; /* max_connections; default limits.max_connections_total */
 } rb_listener_config;
 
 typedef struct rb_config {
     /* top level */
-    uint32_t shards;                        /* shards; default = online CPUs (>= 1) */
-    bool pin_shards;                        /* pin_shards = false */
-    char log_level[16];                     /* log_level = "info" */
-    char server_id[RB_SERVER_ID_BYTES_MAX]; /* server_id; default = hostname */
+    uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
+    bool pin_shards;                            /* pin_shards = false */
+    char log_level[16];                         /* log_level = "info" */
+    char server_id[RB_SERVER_ID_BYTES_MAX + 1]; /* server_id; default = hostname */
 
     /* [limits] */
-    uint32_t max_connections;      /* per shard, default RB_CONNS_PER_SHARD_DEFAULT */
-    uint32_t max_frame_bytes;      /* default 1 MiB, range [4096, 64 MiB] */
-    uint64_t send_queue_bytes;     /* default 8 MiB, >= max_frame_bytes */
-    uint64_t pending_buffer_bytes; /* default 64 MiB, >= max_frame_bytes */
-    uint32_t topics_per_stream;    /* default 100000 */
+    uint32_t max_connections;             /* per shard, default RB_CONNS_PER_SHARD_DEFAULT */
+    uint32_t max_frame_bytes;             /* default 1 MiB, range [4096, 64 MiB] */
+    uint64_t send_queue_bytes;            /* default 8 MiB, >= max_frame_bytes */
+    uint64_t pending_buffer_bytes;        /* default 64 MiB, >= max_frame_bytes */
+    uint32_t topics_per_stream;           /* default 100000 */
+    uint32_t max_connections_total;       /* all shards and listeners, default 65536 */
+    uint32_t max_connections_per_address; /* default 1024 */
+    uint32_t connection_rate_per_address; /* new connections per second, default 100 */
+    uint32_t publish_rate;                /* publishes per second per connection, default 100000 */
+    uint32_t publish_burst;               /* token bucket depth, default = publish_rate */
+    uint32_t mutates_per_second;          /* per connection, default 1000 */
+    uint32_t shard_queue_slots;           /* per shard pair, a power of two, default 4096 */
+    uint32_t shard_envelopes;             /* 64 KiB envelopes per shard, default 4096 */
+    uint64_t shard_block_bytes;           /* fan-out blocks per shard, default 512 MiB */
+
+    /* [auth] */
+    rb_auth_mode auth_mode;            /* mode = "none" | "required" */
+    uint32_t auth_failure_delay_ms;    /* failure_delay_ms = 1000 */
+    uint32_t auth_failures_per_minute; /* failures_per_minute = 30 (per source address) */
+    uint32_t auth_clock_skew_s;        /* clock_skew_s = 30 (exp/nbf leeway), <= 300 */
+    uint32_t auth_workers;             /* workers = 2 (password hashing threads) */
+    uint32_t auth_user_count;          /* [[auth.user]] */
+    rb_auth_user_config auth_users[RB_AUTH_USERS_MAX];
+    uint32_t auth_jwt_key_count; /* [[auth.jwt_key]] */
+    rb_jwt_key_config auth_jwt_keys[RB_AUTH_JWT_KEYS_MAX];
+    uint32_t auth_pattern_count;
+    rb_pattern_ref auth_patterns[RB_AUTH_PATTERNS_MAX];
+    uint32_t auth_pattern_bytes_len;
+    char auth_pattern_bytes[RB_AUTH_PATTERN_BYTES_MAX];
 
     /* [timeouts], milliseconds, each in [1, RB_DURATION_MS_MAX] */
     uint32_t keepalive_ms;         /* default 30000 */
@@ -103,6 +190,12 @@ int rb_config_load_string(const char *text, size_t len, const char *name, rb_con
 /* Reads the file at path (at most RB_CONFIG_FILE_BYTES_MAX) and loads it as
  * above; an unreadable file is RB_ESYS naming the path. */
 int rb_config_load_file(const char *path, rb_config *cfg, rb_err *err);
+
+/* Pattern i of cfg->auth_patterns as bytes (valid while cfg is). */
+rb_bytes rb_config_pattern(const rb_config *cfg, uint32_t i);
+
+/* "HS256", "RS256", "ES256". */
+const char *rb_jwt_alg_name(rb_jwt_alg alg);
 
 /* "tcp", "tls", "ws", "wss", "quic". */
 const char *rb_transport_name(rb_transport_kind kind);

@@ -12,6 +12,7 @@ PACKAGES=(
   liburing-dev libsystemd-dev check libsubunit-dev
   libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libwslay-dev
   libpq-dev libssl-dev postgresql openssl gnutls-bin
+  libjwt-dev libargon2-dev libjansson-dev libxxhash-dev python3-jwt python3-cryptography
   chromium libwebsockets-dev ngtcp2-client
   nats-server redis-server gnuplot-nox
   python3 python3-pytest

@@ -15,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "server/sendq.h"
 #include "server/server.h"
 #include "transports/layer.h"
 
@@ -75,14 +76,13 @@ bool rb_session_reading(const rb_conn *c);
 /* Frame bytes from the peer (any split); decoded and dispatched. */
 void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len);
 
-/* The first segment of the send queue (NULL when empty) and its bytes. */
-rb_seg *rb_session_send_head(rb_conn *c);
-uint64_t rb_session_send_bytes(const rb_conn *c);
+/* The session's send queue (server/sendq.h). The link writes from its
+ * written cursor (rb_sendq_peek, rb_sendq_written) and releases what the
+ * peer acknowledged or what it needs no more (rb_sendq_release); the
+ * session only appends. */
+rb_sendq *rb_session_sendq(rb_conn *c);
 
-/* Releases the first n queued bytes: written (tcp) or acknowledged. */
-void rb_session_sent(rb_conn *c, size_t n);
-
-/* Everything queued was released and the link holds nothing more. */
+/* Everything queued was written and the link holds nothing more. */
 void rb_session_send_drained(rb_conn *c);
 
 /* Asks for a start_send at the end of the turn. */
@@ -109,13 +109,6 @@ void rb_session_link_down(rb_conn *c);
 
 /* After close: the link holds nothing; the session slot may be reused. */
 void rb_session_link_released(rb_conn *c);
-
-/* Segment lists of the shard's pools, for a link's own queues. */
-rb_seg *rb_seg_new(rb_shard *sh);
-void rb_seg_free(rb_shard *sh, rb_seg *s);
-/* Drops the first n bytes, returning emptied segments to their pools. */
-void rb_segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes, size_t n);
-void rb_segs_drop_all(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes);
 
 /* ---- server/link_tcp.c ---- */
 

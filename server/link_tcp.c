@@ -46,10 +46,11 @@ struct rb_link_tcp {
     /* transport layers (empty for tcp) and the socket bytes they made from
      * the send queue: with layers, sendmsg writes these */
     rb_stack stack;
-    rb_seg *wire_head;
-    rb_seg *wire_tail;
-    uint64_t wire_bytes;
+    rb_sendq wire;
 };
+
+/* What a layered link's wire queue may hold (common/limits.h). */
+#define WIRE_QUOTA_BYTES ((uint64_t)RB_LINK_WIRE_CHUNKS_MAX * RB_CHUNK_BYTES)
 
 #define TCP_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_link_tcp, field)
 #define TCP_OF(link)         RB_CONTAINER_OF(link, rb_link_tcp, base)
@@ -67,10 +68,10 @@ int rb_link_tcp_table_init(rb_shard *sh, rb_err *err)
     if (sh->tcp_links == NULL) {
         return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u tcp links", sh->id, sh->conn_max);
     }
-    for (uint32_t i = 0; i < sh->conn_max; i++) {
-        sh->tcp_links[i].fd = -1;
-        sh->tcp_links[i].shard = sh;
-    }
+    /* Slots are set up when taken (tcp_reset): untouched, the table costs
+     * no memory until connections arrive. */
+    sh->wire_budget.limit_bytes = (uint64_t)sh->conn_max * WIRE_QUOTA_BYTES;
+    sh->wire_budget.used_bytes = 0;
     return 0;
 }
 
@@ -121,38 +122,13 @@ static bool sink_deliver(void *owner, const uint8_t *p, size_t len)
     return rb_session_reading(t->session);
 }
 
-/* Appends socket bytes made by the layers to the wire queue (chunks from
- * the shard's pool). Returns 0 or RB_ELIMIT. */
+/* Socket bytes made by the layers go to the wire queue (copied). Returns 0
+ * or RB_ELIMIT past the wire queue's bound. */
 static int sink_wire(void *owner, const uint8_t *p, size_t len)
 {
     rb_link_tcp *t = owner;
-    rb_shard *sh = t->shard;
-    while (len > 0) {
-        rb_seg *s = t->wire_tail;
-        if (s == NULL || s->len == s->cap) {
-            s = rb_seg_new(sh);
-            uint8_t *chunk = s != NULL ? rb_pool_get(&sh->chunk_pool) : NULL;
-            if (chunk == NULL) {
-                if (s != NULL) {
-                    rb_pool_put(&sh->seg_pool, s);
-                }
-                return RB_ELIMIT;
-            }
-            s->chunk = s->data = chunk;
-            s->cap = RB_CHUNK_BYTES;
-            if (t->wire_tail == NULL) {
-                t->wire_head = s;
-            } else {
-                t->wire_tail->next = s;
-            }
-            t->wire_tail = s;
-        }
-        size_t n = s->cap - s->len < len ? s->cap - s->len : len;
-        memcpy(s->data + s->len, p, n);
-        s->len += (uint32_t)n;
-        t->wire_bytes += n;
-        p += n;
-        len -= n;
+    if (rb_sendq_append(&t->wire, p, len, 0) != 0) {
+        return RB_ELIMIT;
     }
     rb_session_want_send(t->session);
     return 0;
@@ -179,8 +155,9 @@ static int tcp_stack_build(rb_link_tcp *t, const rb_listener *l, rb_err *err)
         rb_stack_push(&t->stack, layer);
     }
     if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
-        rb_ws_options o = {
-            .listener = &l->cfg, .max_frame_bytes = srv->cfg.max_frame_bytes, .ready = &srv->ready};
+        rb_ws_options o = {.listener = &l->cfg,
+                           .max_frame_bytes = srv->cfg.max_frame_bytes,
+                           .router = rb_admin_router(&srv->admin)};
         int rc = rb_ws_layer_new(&layer, &o, err);
         if (rc != 0) {
             return rc;
@@ -213,10 +190,9 @@ static void peer_text(int fd, char *out, size_t cap)
 
 static const rb_link_ops tcp_ops;
 
-/* Resets slot t for fd; the session is attached by the caller. */
-static void tcp_reset(rb_link_tcp *t, int fd, const rb_listener *l)
+/* Resets slot t of shard sh for fd; the session is attached by the caller. */
+static void tcp_reset(rb_shard *sh, rb_link_tcp *t, int fd, const rb_listener *l)
 {
-    rb_shard *sh = t->shard;
     RB_ASSERT(t->inflight_count == 0);
     RB_ASSERT(t->session == NULL);
     memset(t, 0, sizeof *t);
@@ -229,6 +205,7 @@ static void tcp_reset(rb_link_tcp *t, int fd, const rb_listener *l)
     t->send_op.done = tcp_send_done;
     t->close_op.done = tcp_close_done;
     peer_text(fd, t->base.peer, sizeof t->base.peer);
+    rb_sendq_init(&t->wire, &sh->chunk_pool, &sh->seg_pool, &sh->wire_budget, WIRE_QUOTA_BYTES);
 }
 
 void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
@@ -251,7 +228,7 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
     }
     /* Session slot i is carried by tcp link i: both are free together. */
     rb_link_tcp *t = &sh->tcp_links[sh->conn_free->index];
-    tcp_reset(t, fd, l);
+    tcp_reset(sh, t, fd, l);
     rb_conn *c = rb_session_open(sh, &t->base);
     RB_ASSERT(c != NULL);
     t->session = c;
@@ -280,34 +257,43 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
 
 /* ---- sending ---- */
 
+/* The queue sendmsg writes: the session's own (plain tcp, zero-copy) or
+ * the wire queue the layers fill. */
+static rb_sendq *tcp_out(rb_link_tcp *t)
+{
+    return rb_stack_empty(&t->stack) ? rb_session_sendq(t->session) : &t->wire;
+}
+
 /* True when a send pass has something to write. */
 static bool tcp_output_pending(rb_link_tcp *t)
 {
+    uint64_t queued = rb_sendq_unsent(rb_session_sendq(t->session));
     if (rb_stack_empty(&t->stack)) {
-        return rb_session_send_bytes(t->session) > 0;
+        return queued > 0;
     }
-    return t->wire_bytes > 0 ||
-           (rb_session_send_bytes(t->session) > 0 && rb_stack_ready(&t->stack));
+    return rb_sendq_unsent(&t->wire) > 0 || (queued > 0 && rb_stack_ready(&t->stack));
 }
 
 /* Encodes queued frames through the layers into the wire queue, a bounded
  * amount per pass; the session's bytes are released as the layers take
- * them. Returns false when the link went down. */
+ * them (the wire queue holds them from then on). Returns false when the
+ * link went down. */
 static bool tcp_encode(rb_link_tcp *t)
 {
     rb_err err;
-    rb_conn *c = t->session;
-    while (rb_session_send_bytes(c) > 0 && t->wire_bytes < RB_STACK_WIRE_BYTES_PER_PASS &&
+    rb_sendq *q = rb_session_sendq(t->session);
+    while (rb_sendq_unsent(q) > 0 && rb_sendq_unsent(&t->wire) < RB_STACK_WIRE_BYTES_PER_PASS &&
            rb_stack_ready(&t->stack)) {
-        rb_seg *s = rb_session_send_head(c);
-        size_t n = s->len - s->off;
+        size_t n;
+        const uint8_t *p = rb_sendq_peek_one(q, &n);
         n = n < RB_STACK_WIRE_BYTES_PER_PASS ? n : RB_STACK_WIRE_BYTES_PER_PASS;
-        if (rb_stack_send(&t->stack, s->data + s->off, n, &err) != 0) {
+        if (rb_stack_send(&t->stack, p, n, &err) != 0) {
             RB_LOG_INFO(t->id, "transport: %s%s", err.msg, rb_session_peer_once(t->session));
             tcp_down(t);
             return false;
         }
-        rb_session_sent(c, n);
+        rb_sendq_written(q, n);
+        rb_sendq_release(q, n);
     }
     if (rb_stack_flush(&t->stack, &err) != 0) {
         RB_LOG_INFO(t->id, "transport: %s%s", err.msg, rb_session_peer_once(t->session));
@@ -317,28 +303,22 @@ static bool tcp_encode(rb_link_tcp *t)
     return true;
 }
 
-/* The segments sendmsg writes: the session's send queue, or the wire queue
- * when the link has layers (encoded first). NULL when there is nothing. */
-static rb_seg *tcp_send_head(rb_link_tcp *t)
+/* Prepares a send pass: encodes through the layers, and when a shutdown
+ * waits and all is written, closes in order. True when there is something
+ * to write. */
+static bool tcp_prepare_send(rb_link_tcp *t)
 {
-    if (rb_stack_empty(&t->stack)) {
-        rb_seg *head = rb_session_send_head(t->session);
-        if (head == NULL && t->shutting) {
-            tcp_closing_drained(t);
-        }
-        return head;
+    if (!rb_stack_empty(&t->stack) && !tcp_encode(t)) {
+        return false;
     }
-    if (!tcp_encode(t)) {
-        return NULL;
-    }
-    if (t->wire_bytes == 0 && t->shutting) {
-        /* The layers write their closing bytes, sent in this pass. */
+    if (rb_sendq_unsent(tcp_out(t)) == 0 && t->shutting) {
+        /* Layers write their closing bytes, sent in this pass. */
         tcp_closing_drained(t);
         if (t->closed) {
-            return NULL;
+            return false;
         }
     }
-    return t->wire_head;
+    return rb_sendq_unsent(tcp_out(t)) > 0;
 }
 
 static void tcp_start_send(rb_link *link)
@@ -347,8 +327,7 @@ static void tcp_start_send(rb_link *link)
     if (t->sending || t->closed) {
         return;
     }
-    rb_seg *head = tcp_send_head(t);
-    if (head == NULL || t->closed) {
+    if (!tcp_prepare_send(t) || t->closed) {
         return;
     }
     if (t->tx_iov == NULL) {
@@ -359,15 +338,7 @@ static void tcp_start_send(rb_link *link)
             return;
         }
     }
-    int n = 0;
-    for (rb_seg *s = head; s != NULL && n < RB_SEND_IOV_MAX; s = s->next) {
-        if (s->len == s->off) {
-            continue;
-        }
-        t->tx_iov[n].iov_base = s->data + s->off;
-        t->tx_iov[n].iov_len = s->len - s->off;
-        n++;
-    }
+    int n = rb_sendq_peek(tcp_out(t), t->tx_iov, RB_SEND_IOV_MAX);
     if (n == 0) {
         rb_pool_put(&t->shard->iov_pool, t->tx_iov);
         t->tx_iov = NULL;
@@ -404,11 +375,10 @@ static void tcp_send_done(rb_op *op, int res, uint32_t flags)
         tcp_down(t);
         return;
     }
-    if (rb_stack_empty(&t->stack)) {
-        rb_session_sent(t->session, (size_t)res);
-    } else {
-        rb_segs_consume(t->shard, &t->wire_head, &t->wire_tail, &t->wire_bytes, (size_t)res);
-    }
+    /* TCP keeps no copy: what the socket took is released. */
+    rb_sendq *q = tcp_out(t);
+    rb_sendq_written(q, (size_t)res);
+    rb_sendq_release(q, (size_t)res);
     if (tcp_output_pending(t)) {
         rb_session_want_send(t->session);
         return;
@@ -429,7 +399,7 @@ static void tcp_closing_drained(rb_link_tcp *t)
     if (!rb_stack_empty(&t->stack) && !t->layers_closed) {
         t->layers_closed = true;
         rb_stack_close(&t->stack, t->close_status);
-        if (t->wire_bytes > 0) {
+        if (rb_sendq_unsent(&t->wire) > 0) {
             rb_session_want_send(t->session);
             return;
         }
@@ -530,7 +500,7 @@ static void tcp_try_release(rb_link_tcp *t)
         return;
     }
     rb_shard *sh = t->shard;
-    rb_segs_drop_all(sh, &t->wire_head, &t->wire_tail, &t->wire_bytes);
+    rb_sendq_drop_all(&t->wire);
     rb_stack_deinit(&t->stack);
     if (t->tx_iov != NULL) {
         rb_pool_put(&sh->iov_pool, t->tx_iov);
@@ -610,7 +580,7 @@ static bool tcp_lingering(const rb_link *link)
 
 static uint64_t tcp_unsent_bytes(const rb_link *link)
 {
-    return TCP_OF(link)->wire_bytes;
+    return rb_sendq_unsent(&TCP_OF(link)->wire);
 }
 
 static uint64_t tcp_busy_bytes(const rb_link *link)

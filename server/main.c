@@ -15,6 +15,7 @@
 
 #include "common/log.h"
 #include "config/config.h"
+#include "server/auth.h"
 #include "server/server.h"
 #include "storage/pgwire.h"
 #include "transports/tls.h"
@@ -27,6 +28,7 @@ static void usage(FILE *out)
     fprintf(out, "usage: ringbusd [--config PATH]\n"
                  "       ringbusd --config PATH --migrate-only\n"
                  "       ringbusd --check-config PATH\n"
+                 "       ringbusd --hash-password < password\n"
                  "       ringbusd --version | --help\n"
                  "\n"
                  "Without --config, ringbusd runs the embedded default: the memory store and\n"
@@ -36,7 +38,10 @@ static void usage(FILE *out)
                  "      --migrate-only       apply the storage schema migrations and exit\n"
                  "      --check-config PATH  validate PATH (errors as file:line:column) and check\n"
                  "                           the files it names: TLS cert/key pairs (a test\n"
-                 "                           signature), client_ca, the Postgres password_file\n"
+                 "                           signature), client_ca, the Postgres password_file,\n"
+                 "                           JWT key files ([[auth.jwt_key]])\n"
+                 "      --hash-password      read a password on stdin (one line), print its\n"
+                 "                           argon2id hash for [[auth.user]] password_hash\n"
                  "  -v, --version            print the version\n"
                  "  -h, --help               print this help\n");
 }
@@ -153,6 +158,11 @@ static int check_config(const char *path)
         }
         rb_tls_global_deinit();
     }
+    if (rc == 0) {
+        rb_auth *auth = NULL;
+        rc = rb_auth_new(&cfg, &auth, &err);
+        rb_auth_free(auth);
+    }
     if (rc == 0 && cfg.storage_backend == RB_STORAGE_POSTGRES && cfg.pg_password_file[0] != '\0') {
         char password[RB_PG_PASSWORD_BYTES_MAX];
         rc = rb_pgwire_read_password(cfg.pg_password_file, password, sizeof password, &err);
@@ -196,6 +206,68 @@ static void reload_tls(rb_server *srv)
     }
 }
 
+/* ringbusd --hash-password: one line of stdin (without its newline) to an
+ * argon2id PHC string on stdout. */
+static int hash_password(void)
+{
+    char line[RB_AUTH_PASSWORD_BYTES_MAX + 2];
+    size_t len = fread(line, 1, sizeof line, stdin);
+    if (ferror(stdin)) {
+        fprintf(stderr, "ringbusd: --hash-password: cannot read stdin\n");
+        return 1;
+    }
+    char *nl = memchr(line, '\n', len);
+    if (nl != NULL) {
+        len = (size_t)(nl - line);
+    } else if (len > RB_AUTH_PASSWORD_BYTES_MAX) {
+        explicit_bzero(line, sizeof line);
+        fprintf(stderr, "ringbusd: --hash-password: password above %d bytes\n",
+                RB_AUTH_PASSWORD_BYTES_MAX);
+        return 1;
+    }
+    if (len > 0 && line[len - 1] == '\r') {
+        len--;
+    }
+    char hash[RB_AUTH_HASH_BYTES_MAX];
+    rb_err err;
+    int rc = rb_auth_hash_password((rb_bytes){(const uint8_t *)line, len}, hash, sizeof hash, &err);
+    explicit_bzero(line, sizeof line);
+    if (rc != 0) {
+        fprintf(stderr, "ringbusd: --hash-password: %s\n", err.msg);
+        return 1;
+    }
+    printf("%s\n", hash);
+    return 0;
+}
+
+static bool is_loopback(const char *address)
+{
+    return strncmp(address, "127.", 4) == 0 || strcmp(address, "::1") == 0;
+}
+
+/* Loads the [auth] keys and users (what --check-config and start-up check
+ * beyond the file itself). Sign-in is not enforced by the sessions yet, so
+ * mode "required" is refused rather than served open. */
+static int check_auth(const rb_config *cfg, rb_auth **out, rb_err *err)
+{
+    int rc = rb_auth_new(cfg, out, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (cfg->auth_mode == RB_AUTH_MODE_NONE) {
+        for (uint32_t i = 0; i < cfg->listener_count; i++) {
+            const rb_listener_config *l = &cfg->listeners[i];
+            if (!is_loopback(l->address)) {
+                RB_LOG_WARN(0,
+                            "auth.mode = \"none\": anyone who reaches %s://%s:%u may publish and "
+                            "subscribe",
+                            rb_transport_name(l->transport), l->address, l->port);
+            }
+        }
+    }
+    return 0;
+}
+
 /* Blocks the signals ringbusd handles so that only sigwait sees them. */
 static void block_signals(sigset_t *set)
 {
@@ -226,8 +298,9 @@ static void wait_for_stop(rb_server *srv, const sigset_t *set)
 }
 
 /* Waits until the storage backend can serve (Postgres reached and
- * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT.
- * Returns false when told to stop first. */
+ * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT, and
+ * SIGHUP as when serving (a certificate replaced meanwhile must not wait
+ * for a second SIGHUP). Returns false when told to stop first. */
 static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
 {
     if (srv->storage_ops->ready == NULL || srv->storage_ops->ready(srv->storage)) {
@@ -238,6 +311,10 @@ static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
     while (!srv->storage_ops->ready(srv->storage)) {
         struct timespec wait = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
         int sig = sigtimedwait(set, NULL, &wait);
+        if (sig == SIGHUP) {
+            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
+            reload_tls(srv);
+        }
         if (sig == SIGTERM || sig == SIGINT) {
             RB_LOG_INFO(0, "%s received while waiting for storage: stopping",
                         sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -275,7 +352,15 @@ static int run(rb_server *srv)
     }
     sigset_t set;
     block_signals(&set);
-    int rc = rb_tls_global_init(&err);
+    rb_auth *auth = NULL;
+    int rc = check_auth(&srv->cfg, &auth, &err);
+    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_REQUIRED) {
+        rc = rb_err_set(&err, RB_EUNSUPPORTED, 0,
+                        "auth.mode = \"required\": this build validates users and keys but its "
+                        "sessions do not check credentials yet; refusing to serve unauthenticated");
+    }
+    rb_auth_free(auth);
+    rc = rc ? rc : rb_tls_global_init(&err);
     rc = rc ? rc : open_listeners(srv, &err);
     if (rc == 0) {
         srv->storage_ops = rb_storage_ops_for(&srv->cfg);
@@ -307,8 +392,9 @@ static int run(rb_server *srv)
         _exit(1);
     }
     atomic_store(&srv->ready, true);
-    RB_LOG_INFO(0, "ready: %u shards, storage %s, version %s", srv->shard_count,
-                srv->storage_ops->name, RB_VERSION);
+    RB_LOG_INFO(0, "ready: %u shards, storage %s (epoch %016llx), version %s", srv->shard_count,
+                srv->storage_ops->name, (unsigned long long)srv->storage_ops->epoch(srv->storage),
+                RB_VERSION);
     sd_notify(0, "READY=1\nSTATUS=serving");
     wait_for_stop(srv, &set);
     sd_notify(0, "STOPPING=1");
@@ -325,12 +411,10 @@ static int run(rb_server *srv)
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"check-config", required_argument, NULL, 'k'},
+        {"config", required_argument, NULL, 'c'},  {"check-config", required_argument, NULL, 'k'},
         {"migrate-only", no_argument, NULL, 'm'}, /* storage schema, then exit */
-        {"version", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"hash-password", no_argument, NULL, 'p'}, {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
     const char *check_path = NULL;
@@ -347,6 +431,8 @@ int main(int argc, char **argv)
         case 'm':
             migrate = true;
             break;
+        case 'p':
+            return hash_password();
         case 'v':
             printf("ringbusd %s\n", RB_VERSION);
             return 0;

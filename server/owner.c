@@ -1,41 +1,39 @@
 /* Topic owners (DESIGN §2): a topic is owned by shard hash(topic) % shards.
- * The owner is the only appender of its topics: it batches the publishes
- * that reach it from every shard (group commit: all that arrive while an
- * append is in flight go in the next one), learns the seq range at commit,
- * acks the publishers through their shards, and fans each committed batch
- * out once per interested shard as one shared, reference-counted block.
- * It also keeps which shards have live subscribers per topic and answers
- * their head queries (the ceiling of the live gate).
+ * The owner is the only appender of its topics on this node: it batches the
+ * publishes that reach it from every shard's intake (group commit: all that
+ * arrive while an append is in flight go in the next one), learns the seq
+ * range at commit, acks the publishers (server/publish.c carries the acks)
+ * and fans each committed batch out once per interested shard as one
+ * shared, reference-counted block. It also keeps which shards have live
+ * subscribers per topic and answers their head queries (the ceiling of the
+ * live gate).
  *
- * This file also owns the publisher side: validating a PUBLISH on the
- * connection's shard, forwarding it, and turning ack records into
- * PUBLISH_ACK or ERROR frames. */
+ * Nothing committed is dropped for lack of memory: committed batches wait,
+ * in commit order, until their block and envelopes can be had, and while
+ * they wait (or a subscribing shard's queue is backed up) no new append
+ * starts, so publishers see their acks slow down instead. Head replies that
+ * find no envelope are retried the same way. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/publish.h"
+#include "server/seq.h"
 #include "server/server.h"
 
-/* Publish record: conn index, gen, corr, payload len, topic len, topic,
- * payload. */
-#define PUB_REC_FIXED (4 + 4 + 8 + 4 + 1)
-/* Ack record: conn index, gen, corr, seq, code, topic len, topic, message
- * len, message. */
-#define ACK_REC_FIXED (4 + 4 + 8 + 8 + 2 + 1 + 2)
 /* Interest record: op, conn index, gen, token, topic len, topic. */
 #define INT_REC_FIXED (1 + 4 + 4 + 8 + 1)
 /* Head record: conn index, gen, token, head, status, topic len, topic. */
 #define HEAD_REC_FIXED (4 + 4 + 8 + 8 + 4 + 1)
 
-typedef struct reply_to {
+/* Where a batched publish came from: its envelope and record, enough to
+ * decode it again for the ack. */
+typedef struct pub_ref {
     rb_xmsg *src;
-    uint32_t conn_index;
-    uint32_t conn_gen;
-    uint64_t corr;
-    uint16_t shard;
-} reply_to;
+    uint8_t *slot;
+} pub_ref;
 
 typedef struct rb_topic rb_topic;
 
@@ -45,8 +43,13 @@ typedef struct batch {
     uint32_t count;
     uint32_t item_bytes;
     rb_append_req req;
+    /* after commit: the block being fanned out and the shards it has not
+     * reached yet */
+    rb_block *blk;
+    bool fan_planned;
+    uint64_t fan_left[RB_SHARDS_MAX / 64];
     rb_bytes payloads[RB_OWNER_BATCH_MESSAGES_MAX];
-    reply_to replies[RB_OWNER_BATCH_MESSAGES_MAX];
+    pub_ref pubs[RB_OWNER_BATCH_MESSAGES_MAX];
 } batch;
 
 typedef struct waiter {
@@ -55,6 +58,8 @@ typedef struct waiter {
     uint32_t conn_index;
     uint32_t conn_gen;
     uint64_t token;
+    uint64_t head; /* the answer, once answered */
+    int32_t status;
 } waiter;
 
 /* One heads request for many topics: the ceilings of the live gate. */
@@ -80,10 +85,28 @@ struct rb_topic {
     batch *inflight;
     batch *fill_head;
     batch *fill_tail;
-    waiter *waiters; /* head queries answered by the next refresh */
+    waiter *waiters;   /* head queries answered by the next refresh */
+    waiter *answers;   /* answered, waiting for an envelope */
+    bool replies_left; /* answered but some replies found no envelope */
     rb_topic *refresh_next;
+    rb_topic *reply_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
+    rb_seq seq;                            /* what was fanned out, in seq order */
+    bool hole_queued;                      /* on the owner's hole list */
+    uint64_t hole_after;                   /* the hole the sequencer asked for */
+    uint64_t hole_ceiling;
+    rb_topic *hole_next;
 };
+
+/* One storage read of the holes of many topics (DESIGN §2: holes are
+ * fetched once per topic at the owner). */
+typedef struct hole_reader {
+    rb_read_req req;
+    rb_read_range ranges[RB_OWNER_HOLE_TOPICS_MAX];
+    rb_topic *topics[RB_OWNER_HOLE_TOPICS_MAX];
+    uint8_t *arena;
+    bool busy;
+} hole_reader;
 
 struct rb_owner {
     rb_shard *shard;
@@ -94,13 +117,24 @@ struct rb_owner {
     uint32_t busy; /* appends and head refreshes in flight */
     rb_topic *refresh_head;
     rb_topic *refresh_tail;
+    rb_topic *replies; /* topics with head replies left to send */
+    batch *done_head;  /* committed batches waiting for their block, in order */
+    batch *done_tail;
+    rb_block *send_head; /* released blocks waiting for envelopes, in order */
+    rb_block *send_tail;
+    rb_topic *holes_head; /* topics whose sequencer asked for a hole */
+    rb_topic *holes_tail;
+    hole_reader holes;
     rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
     rb_pool waiter_pool;
 };
 
-int rb_owner_init(rb_shard *sh, rb_err *err)
+static void on_publish_envelope(void *ctx, rb_xmsg *m);
+static void on_interest_envelope(void *ctx, rb_xmsg *m);
+
+static int owner_init(rb_shard *sh, rb_err *err)
 {
     rb_owner *o = calloc(1, sizeof *o);
     if (o == NULL) {
@@ -119,11 +153,25 @@ int rb_owner_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc
             : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), RB_OWNER_REFRESHES_MAX,
                            err);
+    /* Two frames of rows: one row of any accepted size always fits. */
+    size_t arena = 2 * (size_t)sh->server->cfg.max_frame_bytes;
+    o->holes.arena = rc == 0 ? malloc(arena) : NULL;
+    if (rc == 0 && o->holes.arena == NULL) {
+        rc = rb_err_set(err, RB_ENOMEM, 0, "shard %u: hole reader", sh->id);
+    }
+    o->holes.req.ranges = o->holes.ranges;
+    o->holes.req.arena = o->holes.arena;
+    o->holes.req.arena_cap = arena;
+    o->holes.req.ctx = o;
     sh->owner = o;
+    if (rc == 0) {
+        rb_mailbox_register(&sh->mail, RB_XK_PUBLISH, on_publish_envelope, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_INTEREST, on_interest_envelope, sh);
+    }
     return rc;
 }
 
-void rb_owner_deinit(rb_shard *sh)
+static void owner_deinit(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     if (o == NULL) {
@@ -139,10 +187,23 @@ void rb_owner_deinit(rb_shard *sh)
                 t->waiters = w->next;
                 rb_pool_put(&o->waiter_pool, w);
             }
+            while (t->answers != NULL) {
+                waiter *w = t->answers;
+                t->answers = w->next;
+                rb_pool_put(&o->waiter_pool, w);
+            }
+            rb_seq_deinit(&t->seq);
             rb_pool_put(&o->topic_pool, t);
             t = next;
         }
     }
+    RB_ASSERT(!o->holes.busy);
+    while (o->send_head != NULL) {
+        rb_block *b = o->send_head;
+        o->send_head = b->seq_next;
+        rb_block_unref(b);
+    }
+    free(o->holes.arena);
     free(o->buckets);
     rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
@@ -152,10 +213,11 @@ void rb_owner_deinit(rb_shard *sh)
     sh->owner = NULL;
 }
 
-bool rb_owner_idle(rb_shard *sh)
+static bool owner_idle(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
-    return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL;
+    return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL && o->done_head == NULL &&
+           o->replies == NULL && o->send_head == NULL && !o->holes.busy;
 }
 
 static void grow_buckets(rb_owner *o)
@@ -182,9 +244,8 @@ static void grow_buckets(rb_owner *o)
 
 /* The owner state of a topic, created on first use; NULL when the shard's
  * topic bound is reached. A new topic loads its head from storage. */
-static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len)
+static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len, uint64_t h)
 {
-    uint64_t h = rb_hash_bytes(name, len);
     for (rb_topic *t = o->buckets[h & (o->bucket_count - 1)]; t != NULL; t = t->hash_next) {
         if (t->name_len == len && memcmp(t->name, name, len) == 0) {
             return t;
@@ -196,6 +257,7 @@ static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len)
     }
     memset(t, 0, sizeof *t);
     t->owner = o;
+    rb_seq_init(&t->seq);
     t->name_len = (uint8_t)len;
     memcpy(t->name, name, len);
     if (o->topic_count >= o->bucket_count) {
@@ -219,53 +281,32 @@ static void topic_mark_dirty(rb_topic *t)
 
 /* ---- acks ---- */
 
-static void send_ack(rb_shard *sh, const reply_to *r, rb_topic *t, uint64_t seq, uint16_t code,
-                     const char *msg)
+static void ack_ref(rb_shard *sh, const pub_ref *r, uint64_t seq, uint16_t code,
+                    rb_publish_reason reason)
 {
-    size_t msg_len = msg != NULL ? strlen(msg) : 0;
-    size_t len = ACK_REC_FIXED + t->name_len + msg_len;
-    uint8_t *p = rb_outbox_reserve(sh, r->shard, RB_XK_ACK, len);
-    if (p == NULL) {
-        /* No envelope: the publisher's connection never gets this ack and
-         * will see its publish time out; the shard logs it once here. */
-        RB_LOG_ERROR(0, "no envelope for an ack to shard %u", r->shard);
-        return;
-    }
-    uint16_t ml = (uint16_t)msg_len;
-    p = rb_rec_put(p, &r->conn_index, 4);
-    p = rb_rec_put(p, &r->conn_gen, 4);
-    p = rb_rec_put(p, &r->corr, 8);
-    p = rb_rec_put(p, &seq, 8);
-    p = rb_rec_put(p, &code, 2);
-    p = rb_rec_put(p, &t->name_len, 1);
-    p = rb_rec_put(p, t->name, t->name_len);
-    p = rb_rec_put(p, &ml, 2);
-    rb_rec_put(p, msg, msg_len);
-    rb_outbox_commit(sh, r->shard, len);
+    rb_publish pub;
+    const uint8_t *cursor = r->slot;
+    bool ok = rb_publish_next(r->src, &cursor, &pub);
+    RB_ASSERT(ok);
+    rb_publish_ack(sh, &pub, seq, code, reason);
 }
 
-static void release_src(rb_xmsg *m)
-{
-    RB_ASSERT(m->pending > 0);
-    if (--m->pending == 0) {
-        rb_xmsg_put(m);
-    }
-}
-
-static void fail_batch(rb_shard *sh, batch *b, uint16_t code, const char *msg)
+static void fail_batch(rb_shard *sh, batch *b, uint16_t code, rb_publish_reason reason)
 {
     for (uint32_t i = 0; i < b->count; i++) {
-        send_ack(sh, &b->replies[i], b->topic, 0, code, msg);
-        release_src(b->replies[i].src);
+        ack_ref(sh, &b->pubs[i], 0, code, reason);
     }
 }
 
 /* ---- fan-out ---- */
 
-static bool has_interest(const rb_topic *t)
+/* True when a shard that subscribes to t is backed up: new appends of t
+ * wait, so its subscribers are not buried. */
+static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
 {
-    for (size_t i = 0; i < RB_SHARDS_MAX / 64; i++) {
-        if (t->interest[i] != 0) {
+    for (uint32_t s = 0; s < sh->server->shard_count; s++) {
+        if ((t->interest[s / 64] & (1ull << (s % 64))) != 0 &&
+            rb_mailbox_backlog(&sh->mail, s) >= RB_OWNER_FANOUT_BACKLOG_MAX) {
             return true;
         }
     }
@@ -274,7 +315,7 @@ static bool has_interest(const rb_topic *t)
 
 static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
 {
-    rb_block *blk = rb_shard_block_get(sh);
+    rb_block *blk = rb_mailbox_block(&sh->mail, b->item_bytes);
     if (blk == NULL) {
         return NULL;
     }
@@ -294,42 +335,239 @@ static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
     return blk;
 }
 
-static void fan_out(rb_shard *sh, rb_topic *t, const batch *b)
+static bool any_interest(const rb_topic *t)
 {
-    if (!has_interest(t)) {
-        return;
-    }
-    rb_block *blk = build_block(sh, t, b);
-    if (blk == NULL) {
-        /* Subscribers will see a seq jump and repair from storage. */
-        RB_LOG_WARN(0, "topic %s: no block for fan-out of seq %llu..%llu", t->name,
-                    (unsigned long long)b->req.first_seq, (unsigned long long)b->req.last_seq);
-        return;
-    }
-    for (uint32_t s = 0; s < sh->server->shard_count; s++) {
-        if ((t->interest[s / 64] & (1ull << (s % 64))) == 0) {
-            continue;
-        }
-        rb_xmsg *m = rb_shard_xmsg_get(sh);
-        if (m == NULL) {
-            RB_LOG_WARN(0, "topic %s: no envelope for fan-out to shard %u", t->name, s);
-            continue;
-        }
-        m->kind = RB_XK_BLOCK;
-        rb_block_ref(blk);
-        m->ptr = blk;
-        if (rb_shard_send(sh, s, m) != 0) {
-            RB_LOG_WARN(0, "topic %s: queue to shard %u full; its streams repair", t->name, s);
-            rb_xmsg_put(m);
+    for (size_t i = 0; i < RB_SHARDS_MAX / 64; i++) {
+        if (t->interest[i] != 0) {
+            return true;
         }
     }
-    rb_block_unref(blk);
+    return false;
 }
 
-/* ---- appends ---- */
+/* The sequencer released b (in seq order): it goes to the shards that
+ * subscribe now, after the blocks released before it. */
+static void seq_release(void *ctx, rb_block *b)
+{
+    rb_topic *t = ctx;
+    rb_owner *o = t->owner;
+    memcpy(b->fan_left, t->interest, sizeof b->fan_left);
+    b->seq_next = NULL;
+    if (o->send_tail == NULL) {
+        o->send_head = b;
+    } else {
+        o->send_tail->seq_next = b;
+    }
+    o->send_tail = b;
+}
+
+static void seq_fetch(void *ctx, uint64_t after, uint64_t ceiling)
+{
+    rb_topic *t = ctx;
+    rb_owner *o = t->owner;
+    RB_ASSERT(!t->hole_queued);
+    t->hole_after = after;
+    t->hole_ceiling = ceiling;
+    t->hole_queued = true;
+    t->hole_next = NULL;
+    if (o->holes_tail == NULL) {
+        o->holes_head = t;
+    } else {
+        o->holes_tail->hole_next = t;
+    }
+    o->holes_tail = t;
+}
+
+static const rb_seq_ops seq_ops = {.release = seq_release, .fetch = seq_fetch};
+
+/* Sends released blocks, in order, as far as envelopes allow. */
+static void send_released(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    while (o->send_head != NULL) {
+        rb_block *b = o->send_head;
+        for (uint32_t s = 0; s < sh->server->shard_count; s++) {
+            if ((b->fan_left[s / 64] & (1ull << (s % 64))) == 0) {
+                continue;
+            }
+            rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
+            if (m == NULL) {
+                rb_shard_poll_soon(sh);
+                return;
+            }
+            m->kind = RB_XK_BLOCK;
+            rb_block_ref(b);
+            m->ptr = b;
+            rb_mailbox_send(&sh->mail, s, m);
+            b->fan_left[s / 64] &= ~(1ull << (s % 64));
+        }
+        o->send_head = b->seq_next;
+        if (o->send_head == NULL) {
+            o->send_tail = NULL;
+        }
+        rb_block_unref(b);
+    }
+}
 
 static void start_append(rb_topic *t);
+
+/* Turns committed batches into blocks for the sequencer and acks them, in
+ * commit order, as far as block memory allows. The acks wait for the
+ * block: it is built from the publishes' bytes, which their acks
+ * overwrite. */
+static void finish_committed(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    while (o->done_head != NULL) {
+        batch *b = o->done_head;
+        rb_topic *t = b->topic;
+        if (any_interest(t)) {
+            rb_block *blk = build_block(sh, t, b);
+            if (blk == NULL) {
+                rb_shard_poll_soon(sh);
+                break;
+            }
+            rb_seq_commit(&t->seq, blk, &seq_ops, t);
+        } else {
+            rb_seq_skip(&t->seq, b->req.last_seq);
+        }
+        o->done_head = b->next;
+        if (o->done_head == NULL) {
+            o->done_tail = NULL;
+        }
+        for (uint32_t i = 0; i < b->count; i++) {
+            ack_ref(sh, &b->pubs[i], b->req.first_seq + i, RB_WIRE_OK, RB_PUBLISH_OK);
+        }
+        rb_pool_put(&o->batch_pool, b);
+        if (t->fill_head != NULL) {
+            start_append(t);
+        }
+    }
+    send_released(o);
+}
+
+/* ---- hole reads ---- */
+
+/* Cuts the rows of one range into blocks for the sequencer. Returns the
+ * last seq handed over (after when none could be). */
+static uint64_t rows_to_blocks(rb_shard *sh, rb_topic *t, const uint8_t *rows, size_t bytes,
+                               uint32_t count, uint64_t after)
+{
+    size_t cap = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES;
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, (rb_bytes){rows, bytes}, count);
+    rb_message_item m;
+    uint64_t fed = after;
+    const uint8_t *p = rows;
+    bool more = rb_frame_next_item(&it, &m);
+    while (more) {
+        /* The items that fit one frame make one block of the right class. */
+        rb_frame_iter look = it;
+        rb_message_item x = m;
+        size_t take = 0;
+        uint32_t n = 0;
+        bool more_x = true;
+        while (more_x) {
+            size_t sz = rb_frame_messages_item_size(x.topic.len, x.payload.len);
+            if (n > 0 && take + sz > cap) {
+                break;
+            }
+            take += sz;
+            n++;
+            more_x = rb_frame_next_item(&look, &x);
+        }
+        rb_block *blk = rb_mailbox_block(&sh->mail, take);
+        if (blk == NULL) {
+            return fed;
+        }
+        blk->first_seq = m.seq;
+        blk->topic_len = t->name_len;
+        memcpy(blk->topic, t->name, t->name_len);
+        blk->topic[t->name_len] = '\0';
+        memcpy(blk->data, p, take);
+        blk->bytes = (uint32_t)take;
+        blk->count = n;
+        for (uint32_t i = 1; i < n; i++) {
+            rb_frame_next_item(&it, &m);
+        }
+        blk->last_seq = m.seq;
+        p += take;
+        fed = blk->last_seq;
+        rb_seq_fill(&t->seq, blk, &seq_ops, t);
+        more = rb_frame_next_item(&it, &m);
+    }
+    return fed;
+}
+
+static void hole_read_done(rb_read_req *req)
+{
+    rb_owner *o = req->ctx;
+    rb_shard *sh = o->shard;
+    o->holes.busy = false;
+    o->busy--;
+    for (uint32_t i = 0; i < req->range_count; i++) {
+        rb_topic *t = o->holes.topics[i];
+        const rb_read_range *rg = &o->holes.ranges[i];
+        uint64_t upto = 0;
+        if (req->status == 0 && rg->status == 0) {
+            uint64_t fed = rows_to_blocks(sh, t, req->arena + rg->rows_offset, rg->rows_bytes,
+                                          rg->row_count, rg->after);
+            bool all = fed == (rg->row_count > 0 ? rg->last_seq : rg->after);
+            upto = !all ? fed : rg->complete ? rg->ceiling : rg->last_seq;
+        } else if (req->status == 0 && rg->status == RB_ERANGE && rg->oldest_seq > 0) {
+            /* Retention removed the start of the hole: go on from what is left. */
+            upto = rg->oldest_seq - 1;
+        } else {
+            RB_LOG_WARN(0, "topic %s: reading the hole after seq %llu failed; retrying", t->name,
+                        (unsigned long long)rg->after);
+            rb_shard_poll_soon(sh);
+        }
+        rb_seq_fill_done(&t->seq, upto, &seq_ops, t);
+    }
+    send_released(o);
+}
+
+static void start_hole_read(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    hole_reader *hr = &o->holes;
+    if (hr->busy || o->holes_head == NULL) {
+        return;
+    }
+    uint32_t n = 0;
+    while (o->holes_head != NULL && n < RB_OWNER_HOLE_TOPICS_MAX) {
+        rb_topic *t = o->holes_head;
+        o->holes_head = t->hole_next;
+        t->hole_queued = false;
+        rb_read_range *rg = &hr->ranges[n];
+        memset(rg, 0, sizeof *rg);
+        rg->topic = (rb_bytes){(const uint8_t *)t->name, t->name_len};
+        rg->after = t->hole_after;
+        rg->ceiling = t->hole_ceiling;
+        rg->rows_max = sh->server->cfg.catchup_rows_per_topic;
+        hr->topics[n++] = t;
+    }
+    if (o->holes_head == NULL) {
+        o->holes_tail = NULL;
+    }
+    hr->req.range_count = n;
+    hr->req.status = 0;
+    hr->req.arena_used = 0;
+    hr->req.done = hole_read_done;
+    if (sh->server->storage_ops->read(sh->storage, &hr->req) != 0) {
+        /* Storage refused: every range is asked for again next turn. */
+        for (uint32_t i = 0; i < n; i++) {
+            rb_seq_fill_done(&hr->topics[i]->seq, 0, &seq_ops, hr->topics[i]);
+        }
+        rb_shard_poll_soon(sh);
+        return;
+    }
+    hr->busy = true;
+    o->busy++;
+}
+
 static void start_refreshes(rb_owner *o);
+static void topic_mark_dirty(rb_topic *t);
 
 static void append_done(rb_append_req *req)
 {
@@ -342,22 +580,27 @@ static void append_done(rb_append_req *req)
     o->busy--;
     if (req->status != 0) {
         RB_LOG_ERROR(0, "topic %s: append of %u failed: %s", t->name, b->count, req->err.msg);
-        fail_batch(sh, b, RB_WIRE_UNAVAILABLE, "storage unavailable: publish not committed");
+        fail_batch(sh, b, RB_WIRE_UNAVAILABLE, RB_PUBLISH_STORAGE_UNAVAILABLE);
+        rb_pool_put(&o->batch_pool, b);
+        if (t->fill_head != NULL) {
+            start_append(t);
+        }
+        return;
+    }
+    RB_ASSERT(req->last_seq - req->first_seq + 1 == b->count);
+    if (req->last_seq > t->head) {
+        t->head = req->last_seq;
+    }
+    b->next = NULL;
+    b->blk = NULL;
+    b->fan_planned = false;
+    if (o->done_tail == NULL) {
+        o->done_head = b;
     } else {
-        RB_ASSERT(req->last_seq - req->first_seq + 1 == b->count);
-        if (req->last_seq > t->head) {
-            t->head = req->last_seq;
-        }
-        fan_out(sh, t, b);
-        for (uint32_t i = 0; i < b->count; i++) {
-            send_ack(sh, &b->replies[i], t, req->first_seq + i, RB_WIRE_OK, NULL);
-            release_src(b->replies[i].src);
-        }
+        o->done_tail->next = b;
     }
-    rb_pool_put(&o->batch_pool, b);
-    if (t->fill_head != NULL) {
-        start_append(t);
-    }
+    o->done_tail = b;
+    finish_committed(o);
 }
 
 static void start_append(rb_topic *t)
@@ -365,6 +608,14 @@ static void start_append(rb_topic *t)
     rb_owner *o = t->owner;
     rb_shard *sh = o->shard;
     if (t->inflight != NULL || t->fill_head == NULL) {
+        return;
+    }
+    if (o->done_head != NULL || o->send_head != NULL || rb_seq_holding(&t->seq) ||
+        fanout_backed_up(sh, t)) {
+        /* Back-pressure: committed work waits for memory or a subscriber's
+         * queue; the publishes wait in their batch. */
+        topic_mark_dirty(t);
+        rb_shard_poll_soon(sh);
         return;
     }
     batch *b = t->fill_head;
@@ -382,7 +633,7 @@ static void start_append(rb_topic *t)
     int rc = sh->server->storage_ops->append(sh->storage, &b->req);
     if (rc != 0) {
         fail_batch(sh, b, rc == RB_ELIMIT ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE,
-                   "storage refused the append");
+                   RB_PUBLISH_STORAGE_REFUSED);
         rb_pool_put(&o->batch_pool, b);
         if (t->fill_head != NULL) {
             topic_mark_dirty(t);
@@ -393,9 +644,14 @@ static void start_append(rb_topic *t)
     o->busy++;
 }
 
-void rb_owner_flush(rb_shard *sh)
+static void send_replies_left(rb_owner *o);
+
+static void owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
+    finish_committed(o);
+    start_hole_read(o);
+    send_replies_left(o);
     start_refreshes(o);
     rb_topic *t = o->dirty;
     o->dirty = NULL;
@@ -409,32 +665,75 @@ void rb_owner_flush(rb_shard *sh)
 
 /* ---- head loading and interest ---- */
 
-static void send_head(rb_shard *sh, rb_topic *t, uint16_t to, uint32_t idx, uint32_t gen,
-                      uint64_t token, int32_t status)
+static bool send_head(rb_shard *sh, const char *name, uint8_t name_len, uint64_t head,
+                      const waiter *w, int32_t status)
 {
-    size_t len = HEAD_REC_FIXED + t->name_len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_HEAD, len);
+    size_t len = HEAD_REC_FIXED + name_len;
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, w->shard, RB_XK_HEAD, len);
     if (p == NULL) {
-        RB_LOG_ERROR(0, "topic %s: no envelope for a head reply to shard %u", t->name, to);
-        return;
+        return false;
     }
-    p = rb_rec_put(p, &idx, 4);
-    p = rb_rec_put(p, &gen, 4);
-    p = rb_rec_put(p, &token, 8);
-    p = rb_rec_put(p, &t->head, 8);
+    p = rb_rec_put(p, &w->conn_index, 4);
+    p = rb_rec_put(p, &w->conn_gen, 4);
+    p = rb_rec_put(p, &w->token, 8);
+    p = rb_rec_put(p, &head, 8);
     p = rb_rec_put(p, &status, 4);
-    p = rb_rec_put(p, &t->name_len, 1);
-    rb_rec_put(p, t->name, t->name_len);
-    rb_outbox_commit(sh, to, len);
+    p = rb_rec_put(p, &name_len, 1);
+    rb_rec_put(p, name, name_len);
+    rb_mailbox_commit(&sh->mail, w->shard, len);
+    return true;
 }
 
+/* Sends t's answered head replies; those that find no envelope stay, in
+ * order, for the next turn. */
+static void send_answers(rb_owner *o, rb_topic *t)
+{
+    while (t->answers != NULL) {
+        waiter *w = t->answers;
+        if (!send_head(o->shard, t->name, t->name_len, w->head, w, w->status)) {
+            if (!t->replies_left) {
+                t->replies_left = true;
+                t->reply_next = o->replies;
+                o->replies = t;
+            }
+            rb_shard_poll_soon(o->shard);
+            return;
+        }
+        t->answers = w->next;
+        rb_pool_put(&o->waiter_pool, w);
+    }
+}
+
+static void send_replies_left(rb_owner *o)
+{
+    rb_topic *t = o->replies;
+    o->replies = NULL;
+    while (t != NULL) {
+        rb_topic *next = t->reply_next;
+        t->replies_left = false;
+        send_answers(o, t);
+        t = next;
+    }
+}
+
+/* The waiting head queries get their answer: the head now, or status. */
 static void reply_waiters(rb_owner *o, rb_topic *t, int32_t status)
 {
+    waiter **tail = &t->answers;
+    while (*tail != NULL) {
+        tail = &(*tail)->next;
+    }
     while (t->waiters != NULL) {
         waiter *w = t->waiters;
         t->waiters = w->next;
-        send_head(o->shard, t, w->shard, w->conn_index, w->conn_gen, w->token, status);
-        rb_pool_put(&o->waiter_pool, w);
+        w->head = t->head;
+        w->status = status;
+        w->next = NULL;
+        *tail = w;
+        tail = &w->next;
+    }
+    if (!t->replies_left) {
+        send_answers(o, t);
     }
 }
 
@@ -456,6 +755,12 @@ static void refresh_done(rb_heads_req *req)
             t->head = r->heads[i];
         }
         reply_waiters(o, t, req->status == 0 ? 0 : RB_ESTORAGE);
+        if (req->status == 0 && any_interest(t)) {
+            /* Another node may have committed past what was fanned out:
+             * the sequencer reads the difference now, not at the next
+             * publish here. */
+            rb_seq_head(&t->seq, t->head, &seq_ops, t);
+        }
     }
     rb_pool_put(&o->refresh_pool, r);
 }
@@ -531,9 +836,13 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
     p = rb_rec_get(p, &gen, 4);
     p = rb_rec_get(p, &token, 8);
     p = rb_rec_get(p, &tlen, 1);
-    rb_topic *t = topic_get(o, p, tlen);
+    waiter q = {.shard = from, .conn_index = idx, .conn_gen = gen, .token = token};
+    rb_topic *t = topic_get(o, p, tlen, rb_hash_bytes(p, tlen));
     if (t == NULL) {
-        RB_LOG_ERROR(0, "owner topic table full (%u)", RB_OWNER_TOPICS_MAX);
+        if (op != RB_INTEREST_UNSUB && !send_head(sh, (const char *)p, tlen, 0, &q, RB_ELIMIT)) {
+            RB_LOG_ERROR(0, "owner topic table full (%u) and no envelope for the refusal",
+                         RB_OWNER_TOPICS_MAX);
+        }
         return;
     }
     if (op == RB_INTEREST_UNSUB) {
@@ -547,11 +856,14 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
      * covers what other nodes committed too. */
     waiter *w = rb_pool_get(&o->waiter_pool);
     if (w == NULL) {
-        send_head(sh, t, from, idx, gen, token, RB_ELIMIT);
+        if (!send_head(sh, t->name, t->name_len, t->head, &q, RB_ELIMIT)) {
+            RB_LOG_ERROR(0, "topic %s: head queries full (%u) and no envelope for the refusal",
+                         t->name, RB_OWNER_WAITERS_MAX);
+        }
         return;
     }
-    *w = (waiter){
-        .next = t->waiters, .shard = from, .conn_index = idx, .conn_gen = gen, .token = token};
+    *w = q;
+    w->next = t->waiters;
     t->waiters = w;
     queue_refresh(o, t);
 }
@@ -561,7 +873,7 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
 {
     uint32_t to = rb_topic_owner_shard(sh->server, topic, topic_len);
     size_t len = INT_REC_FIXED + topic_len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_INTEREST, len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_INTEREST, len);
     if (p == NULL) {
         return RB_ELIMIT;
     }
@@ -573,7 +885,7 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
     p = rb_rec_put(p, &token, 8);
     p = rb_rec_put(p, &topic_len, 1);
     rb_rec_put(p, topic, topic_len);
-    rb_outbox_commit(sh, to, len);
+    rb_mailbox_commit(&sh->mail, to, len);
     return 0;
 }
 
@@ -604,169 +916,56 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     return b;
 }
 
-static void on_publish_record(rb_shard *sh, rb_xmsg *m, const uint8_t *p, const uint8_t **next)
+static void on_publish(rb_shard *sh, const rb_publish *pub)
 {
-    reply_to r = {.src = m, .shard = m->from_shard};
-    uint32_t plen;
-    uint8_t tlen;
-    p = rb_rec_get(p, &r.conn_index, 4);
-    p = rb_rec_get(p, &r.conn_gen, 4);
-    p = rb_rec_get(p, &r.corr, 8);
-    p = rb_rec_get(p, &plen, 4);
-    p = rb_rec_get(p, &tlen, 1);
-    const uint8_t *topic = p;
-    const uint8_t *payload = p + tlen;
-    *next = payload + plen;
-    rb_topic *t = topic_get(sh->owner, topic, tlen);
-    uint16_t code = RB_WIRE_RESOURCE_EXHAUSTED;
-    const char *why = "owner shard is at its topic limit";
-    batch *b = NULL;
-    if (t != NULL) {
-        b = fill_batch(t, rb_frame_messages_item_size(tlen, plen));
-        why = "owner shard is at its batch limit";
-    }
-    if (b == NULL) {
-        rb_topic tmp;
-        tmp.name_len = tlen;
-        memcpy(tmp.name, topic, tlen);
-        send_ack(sh, &r, t != NULL ? t : &tmp, 0, code, why);
-        release_src(m);
+    size_t item = rb_frame_messages_item_size(pub->topic.len, pub->payload.len);
+    rb_topic *t = topic_get(sh->owner, pub->topic.ptr, pub->topic.len, pub->topic_hash);
+    if (t == NULL) {
+        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_TOPIC_LIMIT);
         return;
     }
-    b->payloads[b->count] = (rb_bytes){payload, plen};
-    b->replies[b->count] = r;
+    batch *b = fill_batch(t, item);
+    if (b == NULL) {
+        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_BATCH_LIMIT);
+        return;
+    }
+    b->payloads[b->count] = pub->payload;
+    b->pubs[b->count] = (pub_ref){.src = pub->src, .slot = pub->slot};
     b->count++;
-    b->item_bytes += (uint32_t)rb_frame_messages_item_size(tlen, plen);
+    b->item_bytes += (uint32_t)item;
     topic_mark_dirty(t);
 }
 
-/* ---- acks arriving at the publisher's shard ---- */
-
-static void on_ack_record(rb_shard *sh, const uint8_t *p, const uint8_t **next)
+static void on_publish_envelope(void *ctx, rb_xmsg *m)
 {
-    uint32_t idx;
-    uint32_t gen;
-    uint64_t corr;
-    uint64_t seq;
-    uint16_t code;
-    uint8_t tlen;
-    uint16_t mlen;
-    p = rb_rec_get(p, &idx, 4);
-    p = rb_rec_get(p, &gen, 4);
-    p = rb_rec_get(p, &corr, 8);
-    p = rb_rec_get(p, &seq, 8);
-    p = rb_rec_get(p, &code, 2);
-    p = rb_rec_get(p, &tlen, 1);
-    rb_bytes topic = {p, tlen};
-    p += tlen;
-    p = rb_rec_get(p, &mlen, 2);
-    *next = p + mlen;
-    rb_conn *c = rb_conn_lookup(sh, idx, gen);
-    if (c == NULL) {
-        return;
+    rb_shard *sh = ctx;
+    rb_publish pub;
+    const uint8_t *cursor = NULL;
+    /* The envelope lives until every publish in it is acked. */
+    rb_publish_begin(m);
+    while (rb_publish_next(m, &cursor, &pub)) {
+        on_publish(sh, &pub);
     }
-    RB_ASSERT(c->publishes_in_flight > 0);
-    c->publishes_in_flight--;
-    if (c->state == RB_CONN_CLOSING) {
-        return;
-    }
-    if (code == RB_WIRE_OK) {
-        uint8_t *out = rb_conn_reserve(c, RB_FRAME_HEADER_BYTES + 1 + RB_TOPIC_BYTES_MAX + 8);
-        if (out == NULL) {
-            rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
-            return;
-        }
-        size_t n = rb_frame_encode_publish_ack(out, RB_CHUNK_BYTES, corr, topic, seq);
-        rb_conn_commit(c, n);
-    } else {
-        rb_conn_send_error(c, corr, code, "%.*s", (int)mlen, (const char *)(p));
-    }
-    if (rb_conn_send_full(c, 0)) {
-        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
-                      "send queue over its limit: the client does not read its acks");
-        return;
-    }
-    rb_conn_maybe_finish_drain(c);
+    rb_publish_end(sh, m);
 }
 
-void rb_owner_on_xmsg(rb_shard *sh, rb_xmsg *m)
+static void on_interest_envelope(void *ctx, rb_xmsg *m)
 {
+    rb_shard *sh = ctx;
     const uint8_t *p = m->data;
-    const uint8_t *end = m->data + m->bytes;
-    if (m->kind == RB_XK_PUBLISH) {
-        /* The envelope lives until every publish in it is committed. */
-        m->pending = m->count + 1;
-        for (uint32_t i = 0; i < m->count; i++) {
-            on_publish_record(sh, m, p, &p);
-        }
-        RB_ASSERT(p == end);
-        release_src(m);
-        return;
+    for (uint32_t i = 0; i < m->count; i++) {
+        uint8_t tlen = p[INT_REC_FIXED - 1];
+        on_interest(sh, m->from_shard, p);
+        p += INT_REC_FIXED + tlen;
     }
-    if (m->kind == RB_XK_ACK) {
-        for (uint32_t i = 0; i < m->count; i++) {
-            on_ack_record(sh, p, &p);
-        }
-    } else if (m->kind == RB_XK_INTEREST) {
-        for (uint32_t i = 0; i < m->count; i++) {
-            uint8_t tlen = p[INT_REC_FIXED - 1];
-            on_interest(sh, m->from_shard, p);
-            p += INT_REC_FIXED + tlen;
-        }
-    }
-    RB_ASSERT(p == end);
+    RB_ASSERT(p == m->data + m->bytes);
     rb_xmsg_put(m);
 }
 
-/* ---- PUBLISH on the connection's shard ---- */
-
-void rb_owner_on_publish(rb_conn *c, const rb_frame *f)
-{
-    rb_shard *sh = c->shard;
-    uint64_t corr = f->hdr.corr_id;
-    rb_bytes topic = f->u.publish.topic;
-    rb_bytes payload = f->u.publish.payload;
-    rb_err err;
-    if (c->state != RB_CONN_OPEN) {
-        return;
-    }
-    if (rb_topic_validate(topic, false, &err) != 0) {
-        uint16_t code =
-            topic.len > 0 && topic.ptr[0] == '$' ? RB_WIRE_FORBIDDEN : RB_WIRE_INVALID_TOPIC;
-        rb_conn_send_error(c, corr, code, "%s", err.msg);
-        return;
-    }
-    size_t max_payload = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES -
-                         rb_frame_messages_item_size(topic.len, 0);
-    if (payload.len > max_payload) {
-        rb_conn_send_error(c, corr, RB_WIRE_TOO_LARGE,
-                           "payload of %zu bytes exceeds the limit of %zu for this topic",
-                           payload.len, max_payload);
-        return;
-    }
-    if (c->publishes_in_flight >= RB_CONN_PUBLISHES_IN_FLIGHT_MAX) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "more than %u publishes awaiting their ack",
-                           RB_CONN_PUBLISHES_IN_FLIGHT_MAX);
-        return;
-    }
-    uint32_t to = rb_topic_owner_shard(sh->server, topic.ptr, topic.len);
-    size_t len = PUB_REC_FIXED + topic.len + payload.len;
-    uint8_t *p = rb_outbox_reserve(sh, to, RB_XK_PUBLISH, len);
-    if (p == NULL) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "shard queues are full; retry the publish");
-        return;
-    }
-    uint32_t plen = (uint32_t)payload.len;
-    uint8_t tlen = (uint8_t)topic.len;
-    p = rb_rec_put(p, &c->index, 4);
-    p = rb_rec_put(p, &c->gen, 4);
-    p = rb_rec_put(p, &corr, 8);
-    p = rb_rec_put(p, &plen, 4);
-    p = rb_rec_put(p, &tlen, 1);
-    p = rb_rec_put(p, topic.ptr, topic.len);
-    rb_rec_put(p, payload.ptr, payload.len);
-    rb_outbox_commit(sh, to, len);
-    c->publishes_in_flight++;
-}
+const rb_subsystem rb_owner_subsystem = {
+    .name = "owners",
+    .init = owner_init,
+    .flush = owner_flush,
+    .idle = owner_idle,
+    .deinit = owner_deinit,
+};

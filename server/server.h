@@ -17,6 +17,9 @@
 #include "common/pool.h"
 #include "common/queue.h"
 #include "config/config.h"
+#include "server/admin.h"
+#include "server/mailbox.h"
+#include "server/sendq.h"
 #include "storage/storage.h"
 #include "transports/layer.h"
 #include "transports/tls.h"
@@ -27,82 +30,19 @@ typedef struct rb_conn rb_conn;
 typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
+typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
 
-/* Segments of a connection's send queue and of a stream's pending buffer:
- * either an owned chunk (data is the chunk) or a reference to a shared
- * block (fan-out without copying). */
-typedef struct rb_block rb_block;
-typedef struct rb_seg rb_seg;
-
-/* A position in a byte stream of frames: bytes left of the current frame
- * (0 at a boundary), and the part of its u32 size field seen so far. */
-typedef struct rb_frame_cursor {
-    uint32_t left;
-    uint8_t size_have;
-    uint8_t size[4];
-} rb_frame_cursor;
-struct rb_seg {
-    rb_seg *next;
-    uint8_t *data;
-    uint32_t len; /* bytes filled */
-    uint32_t off; /* bytes already sent */
-    uint32_t cap;
-    rb_block *ref;  /* shared block this segment points into, or NULL */
-    uint8_t *chunk; /* owned chunk from the shard's chunk pool, or NULL */
-};
-
-/* An immutable, reference-counted block of encoded MESSAGES items of one
- * topic's committed batch, shared by every shard and stream it fans out to.
- * It goes back to its home pool when the last reference drops. */
-struct rb_block {
-    atomic_uint refs;
-    rb_pool *home;
-    uint64_t first_seq;
-    uint64_t last_seq;
-    uint32_t count;
-    uint32_t bytes; /* item bytes used in data */
-    uint32_t cap;
-    uint8_t topic_len;
-    char topic[RB_TOPIC_BYTES_MAX + 1];
-    uint8_t *data; /* points at the bytes after this header */
-};
-
-void rb_block_ref(rb_block *b);
-void rb_block_unref(rb_block *b);
-
-/* Kinds of messages sent to a shard through MSG_RING data. */
+/* Kinds of messages sent to a shard through MSG_RING data; each has one
+ * handler per shard (rb_shard_on_remote). */
 enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
+    RB_REMOTE_KINDS_MAX = 4
 };
 #define RB_REMOTE_KIND_SHIFT     56
 #define RB_REMOTE(kind, payload) (((uint64_t)(kind) << RB_REMOTE_KIND_SHIFT) | (uint64_t)(payload))
-
-/* A message between shards: a pooled envelope with a kind and a body the
- * receiver interprets. Kinds below 100 go to server/owner.c, the rest to
- * server/stream.c. Records are encoded back to back in data. */
-enum {
-    RB_XK_PUBLISH = 1,  /* records: publishes for topics the receiver owns */
-    RB_XK_ACK = 2,      /* records: publish acks and errors for the receiver's conns */
-    RB_XK_INTEREST = 3, /* records: subscribe, unsubscribe, head queries */
-    RB_XK_HEAD = 101,   /* records: head replies to interest records */
-    RB_XK_BLOCK = 102,  /* ptr: a committed block to fan out locally */
-};
-
-typedef struct rb_xmsg rb_xmsg;
-struct rb_xmsg {
-    uint16_t kind;
-    uint16_t from_shard;
-    uint32_t count;   /* records in data */
-    uint32_t pending; /* records not yet finished by the receiver */
-    rb_pool *home;
-    rb_block *ptr;  /* RB_XK_BLOCK's block, or the large buffer behind data */
-    uint32_t bytes; /* used bytes of data */
-    uint32_t cap;
-    uint8_t *data; /* encoded records, cap bytes */
-};
 
 typedef enum rb_conn_state {
     RB_CONN_FREE = 0,
@@ -125,6 +65,7 @@ struct rb_conn {
     bool flush_queued;
     bool pong_wait;
     bool peer_logged; /* a connection-level error named the peer's address */
+    bool tx_trimmed;  /* the unstarted frames were dropped for the closing frames */
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;
@@ -138,14 +79,7 @@ struct rb_conn {
     uint32_t rx_len;
     uint32_t rx_need;
     /* send queue: frames until the link releases them */
-    rb_seg *tx_head;
-    rb_seg *tx_tail;
-    uint64_t tx_bytes;
-    /* Where the frame at the queue head ends, so that a reap can drop the
-     * frames not started and put its CLOSE right behind the one the link
-     * is writing. */
-    rb_frame_cursor tx_frame;
-    bool tx_trimmed; /* the unstarted frames were dropped for the closing frames */
+    rb_sendq sendq;
     rb_conn *flush_next;
     rb_conn *free_next;
     /* publishing and the stream */
@@ -178,19 +112,20 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
-    rb_link_tcp *tcp_links; /* [conn_max], server/link_tcp.c */
+    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
+    rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     /* memory */
     rb_pool chunk_pool;
+    rb_send_budget send_budget; /* charged by the connections' send queues */
     rb_pool seg_pool;
     rb_pool iov_pool;
     rb_pool rxbig_pool;
-    rb_pool xmsg_pool;
-    rb_pool block_pool;
-    /* queues from every other shard (consumer: this shard) */
-    rb_spsc *inbox;        /* [shard_count], inbox[i] is produced by shard i */
-    uint8_t *wake_pending; /* [shard_count] shards to wake at the end of the turn */
-    rb_xmsg **outbox;      /* [shard_count] records being filled for each shard */
-    bool self_pending;     /* this shard queued envelopes to itself this turn */
+    /* envelopes and blocks, and the queues from every shard */
+    rb_mailbox mail;
+    bool mail_ready;
+    uint32_t subsystems_inited; /* init hooks that succeeded, undone by deinit */
+    bool poll_soon;             /* a subsystem waits for something nobody wakes it for */
+    rb_remote_fn *remote[RB_REMOTE_KINDS_MAX];
     /* storage */
     rb_storage_shard *storage;
     /* topic owners and local subscriptions */
@@ -211,87 +146,105 @@ struct rb_server {
     rb_config cfg;
     uint32_t shard_count;
     rb_shard *shards;
+    rb_mailbox **mailboxes; /* [shard_count], &shards[i].mail */
     const rb_storage_ops *storage_ops;
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
+    rb_admin admin; /* the HTTP routes, server/admin.c */
     atomic_uint_fast64_t next_conn_id;
 };
 
-/* In-process record fields (native byte order; records never leave the
- * process). */
-static inline uint8_t *rb_rec_put(uint8_t *p, const void *v, size_t n)
-{
-    if (n == 0) {
-        return p;
-    }
-    memcpy(p, v, n);
-    return p + n;
-}
-
-static inline const uint8_t *rb_rec_get(const uint8_t *p, void *v, size_t n)
-{
-    memcpy(v, p, n);
-    return p + n;
-}
-
-/* server/shard.c */
+/* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);
 void rb_server_stop(rb_server *srv);
 void rb_server_join(rb_server *srv);
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len);
-/* Queues an envelope for shard `to` (sent at the end of the turn). Returns
- * 0 or RB_ELIMIT when the queue to that shard is full. */
-int rb_shard_send(rb_shard *sh, uint32_t to, rb_xmsg *m);
-rb_xmsg *rb_shard_xmsg_get(rb_shard *sh);
-/* Returns an envelope (and the block it holds) to its home pool. */
-void rb_xmsg_put(rb_xmsg *m);
-rb_block *rb_shard_block_get(rb_shard *sh);
-/* Space for a record of len bytes in the envelope of `kind` being filled
- * for shard `to`; an envelope of another kind or without room is sent
- * first, so records reach `to` in the order they were written. NULL when
- * no envelope can be had (the caller refuses the work). */
-uint8_t *rb_outbox_reserve(rb_shard *sh, uint32_t to, uint16_t kind, size_t len);
-void rb_outbox_commit(rb_shard *sh, uint32_t to, size_t len);
-/* Sends every envelope being filled (end of turn). */
-void rb_outbox_flush_all(rb_shard *sh);
+/* The next turn waits at most a millisecond: a subsystem retries work that
+ * waits for memory or queue slots other shards free without waking it. */
+void rb_shard_poll_soon(rb_shard *sh);
+/* Registers the handler of MSG_RING data of `kind` on this shard. */
+void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn);
+
+/* A subsystem's per-shard hooks, run by the shard in the order of
+ * rb_shard_subsystems (deinit in reverse). Every hook may be NULL.
+ *   init:   on the shard thread before its first turn; a failure stops the
+ *           daemon's start (the hooks already run are undone by deinit);
+ *   start:  once every shard has finished init;
+ *   flush:  at the end of every turn, before envelopes are sent;
+ *   stop:   when the daemon stops (grace_over false), and again when the
+ *           close grace has run out (grace_over true: drop what is left);
+ *   idle:   while stopping: true when nothing of it is in flight, so the
+ *           thread may end;
+ *   deinit: after every shard thread has ended. */
+typedef struct rb_subsystem {
+    const char *name;
+    int (*init)(rb_shard *sh, rb_err *err);
+    void (*start)(rb_shard *sh);
+    void (*flush)(rb_shard *sh);
+    void (*stop)(rb_shard *sh, bool grace_over);
+    bool (*idle)(rb_shard *sh);
+    void (*deinit)(rb_shard *sh);
+} rb_subsystem;
+
+/* server/subsystems.c: the subsystems every shard runs, in order. */
+extern const rb_subsystem *const rb_shard_subsystems[];
+extern const uint32_t rb_shard_subsystem_count;
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
-/* Appends a frame encoded by `enc` into the send queue. Returns 0 or
- * RB_ELIMIT when the queue is over its bound (the caller closes). */
+/* Space for a frame of len <= RB_CHUNK_BYTES bytes at the tail of the send
+ * queue, or NULL when refused (the caller closes with resource_exhausted);
+ * rb_conn_commit queues the len bytes written there. */
 uint8_t *rb_conn_reserve(rb_conn *c, size_t len);
 void rb_conn_commit(rb_conn *c, size_t len);
+/* Queues one frame (copied) whole. Returns 0, or RB_ELIMIT with nothing
+ * queued (over the connection's quota or the shard's budget): every caller
+ * closes with resource_exhausted. */
 int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len);
+/* Queues head_len bytes at head and len bytes at p (both copied) as one
+ * frame. Returns 0, or RB_ELIMIT with nothing queued. */
+int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const uint8_t *p,
+                         size_t len);
 /* Queues a frame whose head (head_len bytes, copied) is followed by len
  * bytes at p inside block b (referenced, not copied). Returns 0, or
  * RB_ELIMIT with nothing queued. */
 int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
                              const uint8_t *p, size_t len);
+/* Queues ERROR{corr_id, code, message}. When the send queue refuses it,
+ * the connection is closed with resource_exhausted instead (the error is
+ * never silently lost) and RB_ELIMIT is returned. */
 int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Sends CLOSE{status, message} (or ERROR first when error_code != 0),
- * stops reading and closes after the flush or the close grace. */
+/* Queues CLOSE{status, message} (in the send queue's closing reserve),
+ * stops reading and asks the link to shut down once everything queued is
+ * written; the close grace bounds it. */
 void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* Drops the send queue and closes now (without flushing); the slot is
+ * freed once the link released everything. */
 void rb_conn_abort(rb_conn *c);
+/* True when a frame of extra bytes would take the send queue over
+ * send_queue_bytes or be refused by its quota. */
 bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
+/* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
+/* Daemon stop: every session is sent CLOSE going_away (or cut while it
+ * still waits for HELLO on a link that has nothing to answer). */
 void rb_conn_shutdown_all(rb_shard *sh);
 int rb_conn_table_init(rb_shard *sh, rb_err *err);
 void rb_conn_table_deinit(rb_shard *sh);
-/* Drops the send queue and closes now (without flushing). */
+/* A half-closed session sends CLOSE ok once its waves, acks and send
+ * queue are done. */
 void rb_conn_maybe_finish_drain(rb_conn *c);
 
-/* server/owner.c: topic owners (publishing, group commit, fan-out) */
-int rb_owner_init(rb_shard *sh, rb_err *err);
-void rb_owner_deinit(rb_shard *sh);
-void rb_owner_on_publish(rb_conn *c, const rb_frame *f);
-void rb_owner_on_xmsg(rb_shard *sh, rb_xmsg *m);
-void rb_owner_flush(rb_shard *sh);
-bool rb_owner_idle(rb_shard *sh);
+/* server/acceptor.c: listeners and fd hand-over */
+extern const rb_subsystem rb_acceptor_subsystem;
+
+/* server/owner.c: topic owners (batches, appends, fan-out, interest) */
+extern const rb_subsystem rb_owner_subsystem;
 /* Interest ops a stream's shard sends to a topic's owner: SUB when the
  * shard's first local subscriber of the topic appears (the owner starts
  * fanning out to it and replies with its head), UNSUB when the last one
@@ -306,14 +259,12 @@ int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token
                       const uint8_t *topic, uint8_t topic_len);
 
 /* server/stream.c: subscription streams */
-int rb_stream_shard_init(rb_shard *sh, rb_err *err);
-void rb_stream_shard_deinit(rb_shard *sh);
+extern const rb_subsystem rb_stream_subsystem;
 void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
-void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m);
+/* The store epoch this shard's streams check cursors against (STARTED). */
+uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_conn_closed(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
-/* True when no catch-up read is in flight on the shard. */
-bool rb_stream_idle(rb_shard *sh);
 void rb_stream_on_send_drained(rb_conn *c);
 
 #endif

@@ -16,6 +16,7 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "server/link.h"
+#include "server/publish.h"
 #include "server/server.h"
 
 #define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
@@ -26,7 +27,6 @@ static void conn_queue_flush(rb_conn *c);
 static void conn_queue_flush_raw(rb_conn *c);
 static void conn_try_free(rb_conn *c);
 static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
-static void tx_consume(rb_conn *c, size_t n);
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
 
@@ -83,6 +83,9 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     c->index = index;
     c->gen = gen;
     c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
+    rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
+                  rb_send_quota_bytes(&sh->server->cfg));
+    rb_sendq_track_frames(&c->sendq);
     c->state = RB_CONN_HANDSHAKE;
     c->timer.fn = conn_timer_fired;
     c->last_tx_ms = rb_loop_now_ms(sh->loop);
@@ -93,97 +96,50 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
 
 /* ---- send queue ---- */
 
-rb_seg *rb_seg_new(rb_shard *sh)
-{
-    rb_seg *s = rb_pool_get(&sh->seg_pool);
-    if (s == NULL) {
-        return NULL;
-    }
-    memset(s, 0, sizeof *s);
-    return s;
-}
-
-void rb_seg_free(rb_shard *sh, rb_seg *s)
-{
-    if (s->chunk != NULL) {
-        rb_pool_put(&sh->chunk_pool, s->chunk);
-    }
-    if (s->ref != NULL) {
-        rb_block_unref(s->ref);
-    }
-    rb_pool_put(&sh->seg_pool, s);
-}
-
-static void seg_link(rb_conn *c, rb_seg *s)
-{
-    if (c->tx_tail == NULL) {
-        c->tx_head = s;
-    } else {
-        c->tx_tail->next = s;
-    }
-    c->tx_tail = s;
-}
-
 bool rb_conn_send_full(const rb_conn *c, uint64_t extra)
 {
-    return c->tx_bytes + extra > c->shard->server->cfg.send_queue_bytes;
+    /* Over send_queue_bytes, or a frame of extra bytes (a new chunk and a
+     * block reference at worst) would be refused by the quota. */
+    const rb_sendq *q = &c->sendq;
+    return rb_sendq_bytes(q) + extra > c->shard->server->cfg.send_queue_bytes ||
+           q->charge_bytes + extra + RB_SEND_SEG_CHARGE_BYTES + RB_CHUNK_BYTES > q->quota_bytes;
 }
 
-/* Returns space for len contiguous bytes at the tail of the send queue
- * (len <= RB_CHUNK_BYTES), or NULL when no chunk can be had. */
 uint8_t *rb_conn_reserve(rb_conn *c, size_t len)
 {
-    RB_ASSERT(len <= RB_CHUNK_BYTES);
-    rb_seg *t = c->tx_tail;
-    if (t != NULL && t->chunk != NULL && t->cap - t->len >= len) {
-        return t->data + t->len;
-    }
-    rb_seg *s = rb_seg_new(c->shard);
-    if (s == NULL) {
-        return NULL;
-    }
-    s->chunk = rb_pool_get(&c->shard->chunk_pool);
-    if (s->chunk == NULL) {
-        rb_pool_put(&c->shard->seg_pool, s);
-        return NULL;
-    }
-    s->data = s->chunk;
-    s->cap = RB_CHUNK_BYTES;
-    seg_link(c, s);
-    return s->data;
+    return rb_sendq_reserve(&c->sendq, len);
 }
 
 void rb_conn_commit(rb_conn *c, size_t len)
 {
-    rb_seg *t = c->tx_tail;
-    RB_ASSERT(t != NULL && t->chunk != NULL);
-    RB_ASSERT(t->len + len <= t->cap);
-    t->len += (uint32_t)len;
-    c->tx_bytes += len;
+    rb_sendq_commit(&c->sendq, len);
     conn_queue_flush(c);
 }
 
 int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len)
 {
-    while (len > 0) {
-        size_t room = 0;
-        rb_seg *t = c->tx_tail;
-        if (t != NULL && t->chunk != NULL) {
-            room = t->cap - t->len;
-        }
-        if (room == 0) {
-            if (rb_conn_reserve(c, RB_CHUNK_BYTES) == NULL) {
-                return RB_ELIMIT;
-            }
-            t = c->tx_tail;
-            room = t->cap - t->len;
-        }
-        size_t n = len < room ? len : room;
-        memcpy(t->data + t->len, p, n);
-        t->len += (uint32_t)n;
-        c->tx_bytes += n;
-        p += n;
-        len -= n;
+    if (rb_sendq_append(&c->sendq, p, len, 0) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const uint8_t *p,
+                         size_t len)
+{
+    if (rb_sendq_append2(&c->sendq, head, head_len, p, len) != 0) {
+        return RB_ELIMIT;
+    }
+    conn_queue_flush(c);
+    return 0;
+}
+
+/* The closing frames may use the send queue's reserve beyond the quota. */
+static int append_closing(rb_conn *c, const uint8_t *p, size_t len)
+{
+    if (rb_sendq_append(&c->sendq, p, len, RB_SENDQ_RESERVE) != 0) {
+        return RB_ELIMIT;
     }
     conn_queue_flush(c);
     return 0;
@@ -192,42 +148,34 @@ int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len)
 int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, rb_block *b,
                              const uint8_t *p, size_t len)
 {
-    /* Everything is obtained before anything is queued, so a refusal
-     * never leaves half a frame in the send queue. */
-    uint8_t *h = rb_conn_reserve(c, head_len);
-    rb_seg *s = h != NULL ? rb_seg_new(c->shard) : NULL;
-    if (s == NULL) {
+    if (rb_sendq_append_ref(&c->sendq, head, head_len, b, p, len) != 0) {
         return RB_ELIMIT;
     }
-    memcpy(h, head, head_len);
-    rb_conn_commit(c, head_len);
-    rb_block_ref(b);
-    s->ref = b;
-    s->data = (uint8_t *)p;
-    s->len = (uint32_t)len;
-    s->cap = (uint32_t)len;
-    seg_link(c, s);
-    c->tx_bytes += len;
     conn_queue_flush(c);
     return 0;
 }
 
-void rb_segs_drop_all(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes)
+/* A reaped connection's queued frames cannot reach a client that does not
+ * read them, and they would stand between it and the CLOSE that says why:
+ * the frames the link has not started go (the client resumes from its
+ * cursor: nothing is lost silently, G4); the one it is writing is
+ * finished, and the closing frames follow it. */
+static void tx_drop_unstarted(rb_conn *c)
 {
-    rb_seg *s = *head;
-    while (s != NULL) {
-        rb_seg *next = s->next;
-        rb_seg_free(sh, s);
-        s = next;
+    if (c->tx_trimmed) {
+        return;
     }
-    *head = NULL;
-    *tail = NULL;
-    *bytes = 0;
+    c->tx_trimmed = true;
+    uint64_t dropped = rb_sendq_drop_unstarted(&c->sendq, c->link->ops->busy_bytes(c->link));
+    if (dropped > 0) {
+        RB_LOG_DEBUG(c->id, "dropped %llu queued bytes the client will not get",
+                     (unsigned long long)dropped);
+    }
 }
 
 static void tx_drop_all(rb_conn *c)
 {
-    rb_segs_drop_all(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes);
+    rb_sendq_drop_all(&c->sendq);
 }
 
 /* Queues the connection for a send pass at the end of the turn. */
@@ -260,163 +208,6 @@ void rb_conn_flush_all(rb_shard *sh)
         }
         conn_try_free(c);
         c = next;
-    }
-}
-
-void rb_segs_consume(rb_shard *sh, rb_seg **head, rb_seg **tail, uint64_t *bytes, size_t n)
-{
-    while (n > 0) {
-        rb_seg *s = *head;
-        RB_ASSERT(s != NULL);
-        size_t avail = s->len - s->off;
-        size_t take = n < avail ? n : avail;
-        s->off += (uint32_t)take;
-        n -= take;
-        *bytes -= take;
-        if (s->off == s->len) {
-            /* Sent segments go back to the pool at once, the tail chunk
-             * too: an idle connection holds no send memory. */
-            *head = s->next;
-            if (*head == NULL) {
-                *tail = NULL;
-            }
-            rb_seg_free(sh, s);
-        }
-    }
-}
-
-/* Moves cursor fc over n queued bytes starting `from` bytes into the send
- * queue. Every frame starts with its u32 size, so this reads 4 bytes per
- * frame and skips the rest. */
-static void frames_walk(const rb_conn *c, rb_frame_cursor *fc, size_t from, size_t n)
-{
-    const rb_seg *s = c->tx_head;
-    size_t at = s != NULL ? s->off : 0;
-    /* Bounded by from + n: each pass moves at least one byte or segment. */
-    while (n > 0) {
-        RB_ASSERT(s != NULL);
-        if (at == s->len) {
-            s = s->next;
-            at = s != NULL ? s->off : 0;
-            continue;
-        }
-        if (from > 0) {
-            size_t skip = s->len - at < from ? s->len - at : from;
-            at += skip;
-            from -= skip;
-            continue;
-        }
-        if (fc->left == 0) {
-            /* At a frame start, or inside its size field. */
-            fc->size[fc->size_have++] = s->data[at++];
-            n--;
-            if (fc->size_have == 4) {
-                uint32_t size = (uint32_t)fc->size[0] | (uint32_t)fc->size[1] << 8 |
-                                (uint32_t)fc->size[2] << 16 | (uint32_t)fc->size[3] << 24;
-                /* The server encodes every frame it queues. */
-                RB_ASSERT(size >= RB_FRAME_HEADER_BYTES);
-                fc->left = size - 4;
-                fc->size_have = 0;
-            }
-            continue;
-        }
-        size_t step = s->len - at;
-        step = step < n ? step : n;
-        step = step < fc->left ? step : fc->left;
-        at += step;
-        n -= step;
-        fc->left -= (uint32_t)step;
-    }
-}
-
-static void tx_consume(rb_conn *c, size_t n)
-{
-    frames_walk(c, &c->tx_frame, 0, n);
-    rb_segs_consume(c->shard, &c->tx_head, &c->tx_tail, &c->tx_bytes, n);
-}
-
-/* Copies len queued bytes starting at offset `from` of the queue; false
- * when fewer are queued. */
-static bool tx_peek(const rb_conn *c, size_t from, uint8_t *out, size_t len)
-{
-    for (const rb_seg *s = c->tx_head; s != NULL && len > 0; s = s->next) {
-        size_t avail = s->len - s->off;
-        if (from >= avail) {
-            from -= avail;
-            continue;
-        }
-        size_t take = avail - from < len ? avail - from : len;
-        memcpy(out, s->data + s->off + from, take);
-        out += take;
-        len -= take;
-        from = 0;
-    }
-    return len == 0;
-}
-
-/* Queued bytes up to the end of the frame that byte `at` of the queue
- * falls in (at itself when it is a frame boundary). */
-static uint64_t frame_end_after(const rb_conn *c, uint64_t at)
-{
-    rb_frame_cursor fc = c->tx_frame;
-    frames_walk(c, &fc, 0, at);
-    if (fc.size_have == 0) {
-        return at + fc.left;
-    }
-    uint8_t size[4];
-    memcpy(size, fc.size, fc.size_have);
-    bool whole = tx_peek(c, at, size + fc.size_have, 4u - fc.size_have);
-    RB_ASSERT(whole);
-    uint32_t total = (uint32_t)size[0] | (uint32_t)size[1] << 8 | (uint32_t)size[2] << 16 |
-                     (uint32_t)size[3] << 24;
-    return at + total - fc.size_have;
-}
-
-/* A reaped connection's queued frames cannot reach a client that does not
- * read them, and they would stand between it and the CLOSE that says why.
- * Drops every queued frame the link has not started; the rest of the one
- * it is writing stays, so the closing frames follow on a frame boundary
- * (the client resumes from its cursor: nothing is lost silently, G4). */
-static void tx_drop_unstarted(rb_conn *c)
-{
-    if (c->tx_trimmed) {
-        return;
-    }
-    c->tx_trimmed = true;
-    /* Bytes the link has handed to the socket may be written still: they
-     * and the rest of their last frame stay. */
-    uint64_t busy = c->link->ops->busy_bytes(c->link);
-    RB_ASSERT(busy <= c->tx_bytes);
-    uint64_t keep = frame_end_after(c, busy);
-    RB_ASSERT(keep <= c->tx_bytes);
-    uint64_t dropped = c->tx_bytes - keep;
-    rb_seg **link = &c->tx_head;
-    rb_seg *last = NULL;
-    uint64_t left = keep;
-    while (*link != NULL && left > 0) {
-        rb_seg *s = *link;
-        uint64_t avail = s->len - s->off;
-        if (avail >= left) {
-            s->len = s->off + (uint32_t)left;
-            left = 0;
-        } else {
-            left -= avail;
-        }
-        last = s;
-        link = &s->next;
-    }
-    rb_seg *rest = *link;
-    *link = NULL;
-    c->tx_tail = last;
-    c->tx_bytes = keep;
-    while (rest != NULL) {
-        rb_seg *next = rest->next;
-        rb_seg_free(c->shard, rest);
-        rest = next;
-    }
-    if (dropped > 0) {
-        RB_LOG_DEBUG(c->id, "dropped %llu queued bytes the client will not get",
-                     (unsigned long long)dropped);
     }
 }
 
@@ -551,7 +342,7 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
         /* Before the link's handshake is done no frame can go out: the
          * link closes on its own (an HTTP answer, or nothing). */
         tx_drop_all(c);
-    } else if (rb_conn_append(c, buf, n) != 0) {
+    } else if (append_closing(c, buf, n) != 0) {
         finish_close(c);
         return;
     }
@@ -571,20 +362,28 @@ int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *
     rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
     size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
     RB_ASSERT(n > 0);
-    return rb_conn_append(c, buf, n);
+    if (rb_conn_append(c, buf, n) != 0) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full: no room for ERROR %s",
+                      rb_wire_code_name(code));
+        return RB_ELIMIT;
+    }
+    return 0;
 }
 
-/* An error that ends the connection: ERROR{code} then CLOSE{code}; the
- * ERROR carries the offending frame's corr_id when its header was read. */
+/* An error that ends the connection: ERROR{code} then CLOSE{code}, both
+ * in the send queue's reserve when the quota is spent. */
 static void conn_fail(rb_conn *c, uint64_t corr_id, uint16_t code, const char *msg)
 {
-    if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED || c->state == RB_CONN_FREE) {
-        return;
+    if (conn_reading(c) || c->state == RB_CONN_DRAINING) {
+        if (code == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+            tx_drop_unstarted(c);
+        }
+        uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
+        rb_bytes m = {(const uint8_t *)msg, strnlen(msg, RB_ERR_MSG_BYTES_MAX - 1)};
+        size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
+        RB_ASSERT(n > 0);
+        (void)append_closing(c, buf, n);
     }
-    if (code == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
-        tx_drop_unstarted(c);
-    }
-    rb_conn_send_error(c, corr_id, code, "%s", msg);
     rb_conn_close(c, code, "%s", msg);
 }
 
@@ -608,7 +407,7 @@ void rb_conn_maybe_finish_drain(rb_conn *c)
     /* CLOSE ok promises that everything before it was delivered, so it
      * waits for the waves, the acks and the send queue. */
     if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
-        c->tx_bytes == 0) {
+        rb_sendq_bytes(&c->sendq) == 0) {
         rb_conn_close(c, RB_WIRE_OK, "closed");
     }
 }
@@ -658,7 +457,7 @@ static void conn_timer_fired(rb_timer *t)
         if (c->link->ops->lingering(c->link)) {
             RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
         } else {
-            uint64_t unsent = c->tx_bytes + c->link->ops->unsent_bytes(c->link);
+            uint64_t unsent = rb_sendq_unsent(&c->sendq) + c->link->ops->unsent_bytes(c->link);
             RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent%s",
                         (unsigned long long)unsent, rb_session_peer_once(c));
         }
@@ -717,13 +516,17 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
-    uint8_t buf[RB_FRAME_HEADER_BYTES + 24 + RB_SERVER_ID_BYTES_MAX];
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
     size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
-                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id);
+                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id,
+                                       rb_stream_epoch(c->shard));
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
-    rb_conn_append(c, buf, n);
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
+        return;
+    }
     conn_rearm_timer(c);
     RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
                  (const char *)f->u.hello.client_name.ptr);
@@ -769,7 +572,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         }
         break;
     case RB_FRAME_PUBLISH:
-        rb_owner_on_publish(c, f);
+        rb_publish_on_frame(c, f);
         break;
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);
@@ -963,28 +766,9 @@ void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
     conn_feed(c, p, len);
 }
 
-rb_seg *rb_session_send_head(rb_conn *c)
+rb_sendq *rb_session_sendq(rb_conn *c)
 {
-    /* A reserved but uncommitted chunk can be left empty before newer
-     * segments; it goes back to the pool here. */
-    rb_seg *s = c->tx_head;
-    while (s != NULL && s->len == s->off && s->next != NULL) {
-        c->tx_head = s->next;
-        rb_seg_free(c->shard, s);
-        s = c->tx_head;
-    }
-    return c->tx_bytes > 0 ? s : NULL;
-}
-
-uint64_t rb_session_send_bytes(const rb_conn *c)
-{
-    return c->tx_bytes;
-}
-
-void rb_session_sent(rb_conn *c, size_t n)
-{
-    RB_ASSERT(n <= c->tx_bytes);
-    tx_consume(c, n);
+    return &c->sendq;
 }
 
 void rb_session_send_drained(rb_conn *c)

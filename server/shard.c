@@ -1,9 +1,8 @@
-/* Shards: one thread per core, each with its own loop, connection table,
- * pools, storage handle, topic owners and subscriptions. This file owns the
- * shard thread and its loop turn, the acceptor (shard 0 accepts on every
- * listener and hands each fd to the least-loaded shard before any byte is
- * read), the bounded queues between shards woken with MSG_RING, and the
- * graceful stop. */
+/* Shards: one thread per core, each with its own loop, mailbox and the
+ * per-shard state of every subsystem. This file owns the shard thread and
+ * its loop turn, the MSG_RING wake-ups between shards and the graceful
+ * stop; it runs the hooks of the subsystems listed in rb_shard_subsystems
+ * (server/subsystems.c) and calls none of them by name. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -17,6 +16,7 @@
 #include "common/hash.h"
 #include "common/log.h"
 #include "server/link.h"
+#include "server/sendq.h"
 #include "server/server.h"
 #include "transports/tls.h"
 
@@ -25,280 +25,70 @@ uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t
     return (uint32_t)(rb_hash_bytes(topic, len) % srv->shard_count);
 }
 
-void rb_block_ref(rb_block *b)
+static bool wake_shard(void *ctx, uint32_t to)
 {
-    atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
+    rb_shard *sh = ctx;
+    int fd = atomic_load(&sh->server->shards[to].ring_fd);
+    return rb_loop_wake_remote(sh->loop, fd, RB_REMOTE(RB_REMOTE_QUEUE, sh->id)) == 0;
 }
 
-void rb_block_unref(rb_block *b)
+void rb_shard_poll_soon(rb_shard *sh)
 {
-    if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        rb_pool_put(b->home, b);
-    }
+    sh->poll_soon = true;
 }
 
-rb_block *rb_shard_block_get(rb_shard *sh)
+void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn)
 {
-    rb_block *b = rb_pool_get(&sh->block_pool);
-    if (b == NULL) {
-        return NULL;
-    }
-    atomic_init(&b->refs, 1);
-    b->home = &sh->block_pool;
-    b->cap = sh->server->cfg.max_frame_bytes;
-    b->data = (uint8_t *)(b + 1);
-    b->bytes = 0;
-    b->count = 0;
-    return b;
+    RB_ASSERT(kind > 0 && kind < RB_REMOTE_KINDS_MAX);
+    RB_ASSERT(sh->remote[kind] == NULL);
+    sh->remote[kind] = fn;
 }
-
-rb_xmsg *rb_shard_xmsg_get(rb_shard *sh)
-{
-    rb_xmsg *m = rb_pool_get(&sh->xmsg_pool);
-    if (m == NULL) {
-        return NULL;
-    }
-    memset(m, 0, sizeof *m);
-    m->home = &sh->xmsg_pool;
-    m->from_shard = (uint16_t)sh->id;
-    m->cap = RB_XMSG_DATA_BYTES;
-    m->data = (uint8_t *)(m + 1);
-    m->ptr = NULL;
-    return m;
-}
-
-void rb_xmsg_put(rb_xmsg *m)
-{
-    if (m->ptr != NULL) {
-        rb_block_unref(m->ptr);
-    }
-    rb_pool_put(m->home, m);
-}
-
-static int push_now(rb_shard *sh, uint32_t to, rb_xmsg *m)
-{
-    rb_shard *dst = &sh->server->shards[to];
-    if (!rb_spsc_push(&dst->inbox[sh->id], m)) {
-        return RB_ELIMIT;
-    }
-    sh->wake_pending[to] = 1;
-    if (to == sh->id) {
-        sh->self_pending = true;
-    }
-    return 0;
-}
-
-static int outbox_flush(rb_shard *sh, uint32_t to)
-{
-    rb_xmsg *m = sh->outbox[to];
-    if (m == NULL) {
-        return 0;
-    }
-    if (push_now(sh, to, m) != 0) {
-        return RB_ELIMIT;
-    }
-    sh->outbox[to] = NULL;
-    return 0;
-}
-
-int rb_shard_send(rb_shard *sh, uint32_t to, rb_xmsg *m)
-{
-    /* Records already written for `to` go first, to keep their order. */
-    if (outbox_flush(sh, to) != 0) {
-        return RB_ELIMIT;
-    }
-    return push_now(sh, to, m);
-}
-
-void rb_outbox_flush_all(rb_shard *sh)
-{
-    for (uint32_t i = 0; i < sh->server->shard_count; i++) {
-        if (outbox_flush(sh, i) != 0) {
-            RB_LOG_WARN(0, "queue to shard %u is full; retrying next turn", i);
-        }
-    }
-}
-
-uint8_t *rb_outbox_reserve(rb_shard *sh, uint32_t to, uint16_t kind, size_t len)
-{
-    rb_xmsg *m = sh->outbox[to];
-    if (m != NULL && (m->kind != kind || m->cap - m->bytes < len)) {
-        if (outbox_flush(sh, to) != 0) {
-            return NULL;
-        }
-        m = NULL;
-    }
-    if (m != NULL) {
-        return m->data + m->bytes;
-    }
-    m = rb_shard_xmsg_get(sh);
-    if (m == NULL) {
-        return NULL;
-    }
-    m->kind = kind;
-    if (len > m->cap) {
-        /* A record larger than an envelope travels in a frame-sized block. */
-        rb_block *b = rb_shard_block_get(sh);
-        if (b == NULL || len > b->cap) {
-            if (b != NULL) {
-                rb_block_unref(b);
-            }
-            rb_xmsg_put(m);
-            return NULL;
-        }
-        m->ptr = b;
-        m->data = b->data;
-        m->cap = b->cap;
-    }
-    sh->outbox[to] = m;
-    return m->data;
-}
-
-void rb_outbox_commit(rb_shard *sh, uint32_t to, size_t len)
-{
-    rb_xmsg *m = sh->outbox[to];
-    RB_ASSERT(m != NULL);
-    RB_ASSERT(m->bytes + len <= m->cap);
-    m->bytes += (uint32_t)len;
-    m->count++;
-}
-
-static void dispatch_xmsg(rb_shard *sh, rb_xmsg *m)
-{
-    if (m->kind < 100) {
-        rb_owner_on_xmsg(sh, m);
-    } else {
-        rb_stream_on_xmsg(sh, m);
-    }
-}
-
-static void drain_inboxes(rb_shard *sh)
-{
-    void *items[64];
-    for (uint32_t i = 0; i < sh->server->shard_count; i++) {
-        uint32_t n;
-        /* Bounded per turn so one busy producer cannot starve the rest. */
-        uint32_t rounds = 16;
-        while (rounds-- > 0 && (n = rb_spsc_pop_many(&sh->inbox[i], items, 64)) > 0) {
-            for (uint32_t k = 0; k < n; k++) {
-                dispatch_xmsg(sh, items[k]);
-            }
-        }
-    }
-}
-
-static void send_wakes(rb_shard *sh)
-{
-    for (uint32_t i = 0; i < sh->server->shard_count; i++) {
-        if (sh->wake_pending[i] == 0) {
-            continue;
-        }
-        sh->wake_pending[i] = 0;
-        if (i == sh->id) {
-            continue;
-        }
-        int fd = atomic_load(&sh->server->shards[i].ring_fd);
-        if (rb_loop_wake_remote(sh->loop, fd, RB_REMOTE(RB_REMOTE_QUEUE, sh->id)) != 0) {
-            sh->wake_pending[i] = 1;
-        }
-    }
-}
-
-/* A new connection's payload is the listener index above the fd. */
-_Static_assert(RB_LISTENERS_MAX <= (1u << (RB_REMOTE_KIND_SHIFT - 32)), "index fits the payload");
 
 static void on_remote(void *ctx, uint64_t data)
 {
     rb_shard *sh = ctx;
     uint64_t kind = data >> RB_REMOTE_KIND_SHIFT;
     uint64_t payload = data & ((1ull << RB_REMOTE_KIND_SHIFT) - 1);
-    if (kind == RB_REMOTE_NEW_CONN) {
-        uint32_t listener_index = (uint32_t)(payload >> 32);
-        RB_ASSERT(listener_index < sh->server->listener_count);
-        rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
-    }
-    /* RB_REMOTE_QUEUE: the inboxes are drained every turn anyway. */
-}
-
-/* ---- acceptor ---- */
-
-static rb_shard *least_loaded(rb_server *srv)
-{
-    rb_shard *best = &srv->shards[0];
-    unsigned best_count = atomic_load(&best->conn_count);
-    for (uint32_t i = 1; i < srv->shard_count; i++) {
-        unsigned n = atomic_load(&srv->shards[i].conn_count);
-        if (n < best_count) {
-            best = &srv->shards[i];
-            best_count = n;
-        }
-    }
-    return best;
-}
-
-static void accept_done(rb_op *op, int res, uint32_t flags)
-{
-    rb_listener *l = RB_CONTAINER_OF(op, rb_listener, accept_op);
-    rb_shard *sh = l->shard;
-    if (res >= 0) {
-        rb_shard *target = least_loaded(sh->server);
-        if (target == sh) {
-            rb_link_tcp_adopt(sh, res, l, false);
-        } else {
-            /* Pending counts as load at once, so a burst spreads out. The
-             * listener travels with the fd: TLS and WS start on the target. */
-            atomic_fetch_add(&target->conn_count, 1);
-            int tfd = atomic_load(&target->ring_fd);
-            uint64_t payload = (uint64_t)l->index << 32 | (uint32_t)res;
-            if (rb_loop_wake_remote(sh->loop, tfd, RB_REMOTE(RB_REMOTE_NEW_CONN, payload)) != 0) {
-                atomic_fetch_sub(&target->conn_count, 1);
-                rb_link_tcp_adopt(sh, res, l, false);
-            }
-        }
-    } else if (res != -ECANCELED) {
-        RB_LOG_WARN(0, "accept on %s:%u: %s", l->cfg.address, l->cfg.port, strerror(-res));
-    }
-    if ((flags & RB_LOOP_F_MORE) == 0) {
-        l->armed = false;
-        if (!sh->stopping && res != -ECANCELED) {
-            if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
-                l->armed = true;
-            }
-        }
+    /* RB_REMOTE_QUEUE only wakes the loop: the mailbox is drained every
+     * turn anyway. */
+    if (kind < RB_REMOTE_KINDS_MAX && sh->remote[kind] != NULL) {
+        sh->remote[kind](sh, payload);
     }
 }
 
 /* ---- shard thread ---- */
 
-static int shard_pools_init(rb_shard *sh, rb_err *err)
+/* ---- subsystem hooks ---- */
+
+static void subsystems_flush(rb_shard *sh)
 {
-    const rb_config *cfg = &sh->server->cfg;
-    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, RB_SHARD_CHUNK_MAX, err);
-    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), RB_SHARD_SEG_MAX, err);
-    rc = rc ? rc
-            : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
-                           cfg->max_connections, err);
-    rc = rc ? rc
-            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
-                           RB_SHARD_RXBIG_MAX, err);
-    rc = rc ? rc
-            : rb_pool_init(&sh->xmsg_pool, "envelopes", sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES,
-                           RB_SHARD_XMSG_MAX, err);
-    rc = rc ? rc
-            : rb_pool_init(&sh->block_pool, "blocks", sizeof(rb_block) + cfg->max_frame_bytes,
-                           RB_SHARD_BLOCK_MAX, err);
-    return rc;
+    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
+        if (rb_shard_subsystems[i]->flush != NULL) {
+            rb_shard_subsystems[i]->flush(sh);
+        }
+    }
 }
 
-static void shard_pools_deinit(rb_shard *sh)
+static void subsystems_stop(rb_shard *sh, bool grace_over)
 {
-    rb_pool_deinit(&sh->block_pool);
-    rb_pool_deinit(&sh->xmsg_pool);
-    rb_pool_deinit(&sh->rxbig_pool);
-    rb_pool_deinit(&sh->iov_pool);
-    rb_pool_deinit(&sh->seg_pool);
-    rb_pool_deinit(&sh->chunk_pool);
+    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
+        if (rb_shard_subsystems[i]->stop != NULL) {
+            rb_shard_subsystems[i]->stop(sh, grace_over);
+        }
+    }
 }
+
+static bool subsystems_idle(rb_shard *sh)
+{
+    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
+        if (rb_shard_subsystems[i]->idle != NULL && !rb_shard_subsystems[i]->idle(sh)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* ---- shard thread ---- */
 
 static void stop_done(rb_op *op, int res, uint32_t flags)
 {
@@ -312,13 +102,7 @@ static void stop_done(rb_op *op, int res, uint32_t flags)
     sh->stopping = true;
     sh->stop_deadline_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.close_grace_ms + 500;
     RB_LOG_INFO(0, "stopping: %u connections", atomic_load(&sh->conn_count));
-    for (uint32_t i = 0; i < sh->listener_count; i++) {
-        rb_listener *l = &sh->listeners[i];
-        if (l->armed) {
-            rb_loop_cancel_fd(sh->loop, l->fd, NULL);
-        }
-    }
-    rb_conn_shutdown_all(sh);
+    subsystems_stop(sh, false);
 }
 
 static bool shard_done(rb_shard *sh)
@@ -326,25 +110,13 @@ static bool shard_done(rb_shard *sh)
     if (!sh->stopping) {
         return false;
     }
-    bool conns_gone = true;
-    for (uint32_t i = 0; i < sh->conn_max; i++) {
-        if (sh->conns[i].state != RB_CONN_FREE) {
-            conns_gone = false;
-            break;
-        }
-    }
-    if (conns_gone && rb_owner_idle(sh) && rb_stream_idle(sh)) {
+    if (subsystems_idle(sh)) {
         return true;
     }
     if (rb_loop_now_ms(sh->loop) >= sh->stop_deadline_ms) {
         /* Past the grace: drop whatever has not flushed. */
-        for (uint32_t i = 0; i < sh->conn_max; i++) {
-            rb_conn *c = &sh->conns[i];
-            if (c->state != RB_CONN_FREE && c->state != RB_CONN_CLOSED) {
-                rb_conn_abort(c);
-            }
-        }
-        return conns_gone && rb_owner_idle(sh) && rb_stream_idle(sh);
+        subsystems_stop(sh, true);
+        return subsystems_idle(sh);
     }
     return false;
 }
@@ -352,26 +124,24 @@ static bool shard_done(rb_shard *sh)
 static void shard_turns(rb_shard *sh)
 {
     /* The shard's one endless loop: it ends only when the daemon stops and
-     * every connection of the shard is gone. */
+     * every subsystem of the shard is idle. */
     for (;;) {
         rb_err err;
-        rb_owner_flush(sh);
-        rb_outbox_flush_all(sh);
-        rb_conn_flush_all(sh);
-        send_wakes(sh);
+        subsystems_flush(sh);
+        rb_mailbox_flush(&sh->mail);
         if (shard_done(sh)) {
             break;
         }
-        int wait_ms = sh->stopping ? 50 : 1000;
-        if (sh->self_pending) {
-            wait_ms = 0;
-            sh->self_pending = false;
+        int wait_ms = rb_mailbox_wait_ms(&sh->mail, sh->stopping ? 50 : 1000);
+        if (sh->poll_soon && wait_ms > 1) {
+            wait_ms = 1;
         }
+        sh->poll_soon = false;
         if (rb_loop_run_once(sh->loop, wait_ms, &err) != 0) {
             RB_LOG_ERROR(0, "%s", err.msg);
             break;
         }
-        drain_inboxes(sh);
+        rb_mailbox_drain(&sh->mail);
     }
 }
 
@@ -386,14 +156,29 @@ static int shard_setup(rb_shard *sh, rb_err *err)
         return rc;
     }
     rb_loop_set_remote_handler(sh->loop, on_remote, sh);
-    rc = shard_pools_init(sh, err);
-    rc = rc ? rc : rb_conn_table_init(sh, err);
-    rc = rc ? rc : rb_link_tcp_table_init(sh, err);
-    rc = rc ? rc : srv->storage_ops->shard_open(srv->storage, sh->loop, sh->id, &sh->storage, err);
-    rc = rc ? rc : rb_owner_init(sh, err);
-    rc = rc ? rc : rb_stream_shard_init(sh, err);
+    rb_mailbox_options mo = {.id = sh->id,
+                             .count = srv->shard_count,
+                             .all = srv->mailboxes,
+                             .queue_slots = srv->cfg.shard_queue_slots,
+                             .xmsg_max = srv->cfg.shard_envelopes,
+                             .bare_max = RB_SHARD_BARE_XMSG_MAX,
+                             .home = sh->id + 1,
+                             .block_budget = srv->cfg.shard_block_bytes,
+                             .block_bytes = srv->cfg.max_frame_bytes,
+                             .wake = wake_shard,
+                             .wake_ctx = sh};
+    rc = rb_mailbox_init(&sh->mail, &mo, err);
     if (rc != 0) {
         return rc;
+    }
+    sh->mail_ready = true;
+    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
+        const rb_subsystem *ss = rb_shard_subsystems[i];
+        rc = ss->init != NULL ? ss->init(sh, err) : 0;
+        if (rc != 0) {
+            return rc;
+        }
+        sh->subsystems_inited = i + 1;
     }
     sh->stop_op.done = stop_done;
     if (rb_loop_poll(sh->loop, srv->stop_fd, POLLIN, &sh->stop_op) != 0) {
@@ -420,6 +205,7 @@ static void *shard_main(void *arg)
 {
     rb_shard *sh = arg;
     rb_log_set_shard((int)sh->id);
+    rb_freelist_bind_thread(sh->id + 1);
     if (sh->server->cfg.pin_shards) {
         pin_thread(sh);
     }
@@ -434,15 +220,13 @@ static void *shard_main(void *arg)
             sched_yield();
         }
     }
-    for (uint32_t i = 0; i < sh->listener_count; i++) {
-        rb_listener *l = &sh->listeners[i];
-        l->shard = sh;
-        l->accept_op.done = accept_done;
-        if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
-            l->armed = true;
+    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
+        if (rb_shard_subsystems[i]->start != NULL) {
+            rb_shard_subsystems[i]->start(sh);
         }
     }
     shard_turns(sh);
+    rb_freelist_flush_returns();
     rb_tls_thread_exit();
     RB_LOG_DEBUG(0, "stopped");
     return NULL;
@@ -450,34 +234,25 @@ static void *shard_main(void *arg)
 
 static void shard_teardown(rb_shard *sh)
 {
-    rb_server *srv = sh->server;
-    rb_stream_shard_deinit(sh);
-    rb_owner_deinit(sh);
-    if (sh->storage != NULL) {
-        srv->storage_ops->shard_close(sh->storage);
-    }
-    rb_link_tcp_table_deinit(sh);
-    rb_conn_table_deinit(sh);
-    for (uint32_t i = 0; i < srv->shard_count; i++) {
-        if (sh->outbox[i] != NULL) {
-            rb_xmsg_put(sh->outbox[i]);
-            sh->outbox[i] = NULL;
+    for (uint32_t i = sh->subsystems_inited; i-- > 0;) {
+        if (rb_shard_subsystems[i]->deinit != NULL) {
+            rb_shard_subsystems[i]->deinit(sh);
         }
     }
-    /* Envelopes still queued to this shard go back to their pools. */
-    for (uint32_t i = 0; i < srv->shard_count; i++) {
-        void *m;
-        while ((m = rb_spsc_pop(&sh->inbox[i])) != NULL) {
-            rb_xmsg_put(m);
-        }
+    sh->subsystems_inited = 0;
+    if (sh->mail_ready) {
+        /* Envelopes still queued or being filled go back to their pools. */
+        rb_mailbox_discard(&sh->mail);
     }
 }
 
 int rb_server_start(rb_server *srv, rb_err *err)
 {
+    srv->admin.ready = &srv->ready;
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
-    if (srv->shards == NULL) {
+    srv->mailboxes = calloc(n, sizeof *srv->mailboxes);
+    if (srv->shards == NULL || srv->mailboxes == NULL) {
         return rb_err_set(err, RB_ENOMEM, 0, "%u shards", n);
     }
     srv->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -489,18 +264,7 @@ int rb_server_start(rb_server *srv, rb_err *err)
         sh->server = srv;
         sh->id = i;
         atomic_init(&sh->ring_fd, -1);
-        sh->inbox = calloc(n, sizeof *sh->inbox);
-        sh->wake_pending = calloc(n, 1);
-        sh->outbox = calloc(n, sizeof *sh->outbox);
-        if (sh->inbox == NULL || sh->wake_pending == NULL || sh->outbox == NULL) {
-            return rb_err_set(err, RB_ENOMEM, 0, "shard %u queues", i);
-        }
-        for (uint32_t k = 0; k < n; k++) {
-            int rc = rb_spsc_init(&sh->inbox[k], RB_SHARD_QUEUE_SLOTS, err);
-            if (rc != 0) {
-                return rc;
-            }
-        }
+        srv->mailboxes[i] = &sh->mail;
     }
     srv->shards[0].listeners = srv->listeners;
     srv->shards[0].listener_count = srv->listener_count;
@@ -537,22 +301,18 @@ void rb_server_join(rb_server *srv)
         pthread_join(srv->shards[i].thread, NULL);
     }
     for (uint32_t i = 0; i < srv->shard_count; i++) {
-        rb_shard *sh = &srv->shards[i];
-        shard_teardown(sh);
+        shard_teardown(&srv->shards[i]);
     }
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         rb_shard *sh = &srv->shards[i];
+        if (sh->mail_ready) {
+            rb_mailbox_deinit(&sh->mail);
+        }
         if (sh->loop != NULL) {
             rb_loop_deinit(sh->loop);
         }
-        shard_pools_deinit(sh);
-        for (uint32_t k = 0; k < srv->shard_count; k++) {
-            rb_spsc_deinit(&sh->inbox[k]);
-        }
-        free(sh->inbox);
-        free(sh->wake_pending);
-        free(sh->outbox);
     }
+    free(srv->mailboxes);
     free(srv->shards);
     close(srv->stop_fd);
 }

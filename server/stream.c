@@ -42,8 +42,9 @@ struct entry {
     subtopic *sub;
     uint64_t token;
     uint64_t ceiling;
-    uint64_t hwm;  /* highest seq delivered, or the cursor */
-    uint32_t wave; /* wave slot + 1, 0 when not part of a wave */
+    uint64_t cursor; /* the add's cursor (the head for "now") */
+    uint64_t hwm;    /* highest seq delivered, or the cursor */
+    uint32_t wave;   /* wave slot + 1, 0 when not part of a wave */
     uint8_t state;
     bool history_only;
     bool from_now;
@@ -114,12 +115,15 @@ struct rb_subs {
     uint32_t reader_count;
     add_item *scratch;
     uint32_t scratch_cap;
+    uint64_t epoch; /* the store's epoch, announced in STARTED */
 };
 
 static void read_done(rb_read_req *req);
 static entry *cq_pop(rb_subs *s);
 
-int rb_stream_shard_init(rb_shard *sh, rb_err *err)
+static void stream_on_xmsg(void *ctx, rb_xmsg *m);
+
+static int stream_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
     rb_subs *s = calloc(1, sizeof *s);
@@ -128,6 +132,8 @@ int rb_stream_shard_init(rb_shard *sh, rb_err *err)
     }
     sh->subs = s;
     s->shard = sh;
+    /* Shards start once storage is ready, so the epoch is known. */
+    s->epoch = sh->server->storage_ops->epoch(sh->server->storage);
     s->bucket_count = 1024;
     s->buckets = calloc(s->bucket_count, sizeof *s->buckets);
     s->reader_count = cfg->catchup_queries_in_flight;
@@ -160,10 +166,20 @@ int rb_stream_shard_init(rb_shard *sh, rb_err *err)
     rc =
         rc ? rc
            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections, err);
+    if (rc == 0) {
+        rb_mailbox_register(&sh->mail, RB_XK_HEAD, stream_on_xmsg, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_BLOCK, stream_on_xmsg, sh);
+    }
     return rc;
 }
 
-bool rb_stream_idle(rb_shard *sh)
+uint64_t rb_stream_epoch(const rb_shard *sh)
+{
+    RB_ASSERT(sh->subs != NULL && sh->subs->epoch != 0);
+    return sh->subs->epoch;
+}
+
+static bool stream_idle(rb_shard *sh)
 {
     rb_subs *s = sh->subs;
     for (uint32_t i = 0; i < s->reader_count; i++) {
@@ -174,7 +190,7 @@ bool rb_stream_idle(rb_shard *sh)
     return true;
 }
 
-void rb_stream_shard_deinit(rb_shard *sh)
+static void stream_deinit(rb_shard *sh)
 {
     rb_subs *s = sh->subs;
     if (s == NULL) {
@@ -394,7 +410,27 @@ static void send_catchup_complete(rb_conn *c, const wave *w)
     uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
     /* Server-initiated: tied to its MUTATE by mutate_id, corr_id 0. */
     size_t n = rb_frame_encode_catchup_complete(buf, sizeof buf, 0, w->mutate_id);
-    rb_conn_append(c, buf, n);
+    if (rb_conn_append(c, buf, n) != 0) {
+        /* Never a silently missing CATCHUP_COMPLETE: the client learns why. */
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "send queue full: no room for CATCHUP_COMPLETE of mutate %llu",
+                      (unsigned long long)w->mutate_id);
+    }
+}
+
+/* A per-topic outcome (docs/PROTOCOL.md §8.5): TOPIC_ERROR naming the
+ * topic, in the wave mutate_id (0 for a live topic outside a wave). */
+static void send_topic_error(rb_conn *c, uint64_t mutate_id, rb_bytes topic, uint16_t code,
+                             const char *msg)
+{
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 8 + 1 + RB_TOPIC_BYTES_MAX + 4 + RB_ERR_MSG_BYTES_MAX];
+    size_t len = strnlen(msg, RB_ERR_MSG_BYTES_MAX - 1);
+    size_t n = rb_frame_encode_topic_error(buf, sizeof buf, 0, mutate_id, topic, code,
+                                           (rb_bytes){(const uint8_t *)msg, len});
+    RB_ASSERT(n > 0);
+    if (rb_conn_append(c, buf, n) != 0) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+    }
 }
 
 static void wave_entry_done(rb_stream *st, entry *e)
@@ -433,6 +469,28 @@ static void entry_remove(rb_subs *s, entry *e, bool complete_wave)
     if (!e->queued && !e->reading) {
         rb_pool_put(&s->entry_pool, e);
     }
+}
+
+static uint64_t entry_mutate_id(const entry *e)
+{
+    return e->wave != 0 ? e->stream->waves[e->wave - 1].mutate_id : 0;
+}
+
+/* Ends e with a per-topic outcome: TOPIC_ERROR in its wave, then the topic
+ * leaves the stream (its wave completes without it). */
+static void entry_fail(rb_subs *s, entry *e, uint16_t code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void entry_fail(rb_subs *s, entry *e, uint16_t code, const char *fmt, ...)
+{
+    char msg[RB_ERR_MSG_BYTES_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    send_topic_error(e->stream->conn, entry_mutate_id(e),
+                     (rb_bytes){(const uint8_t *)e->name, e->name_len}, code, msg);
+    entry_remove(s, e, true);
 }
 
 static bool conn_live(const rb_conn *c)
@@ -485,12 +543,10 @@ static void send_topics_live(entry *e)
     uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + 1 + RB_TOPIC_BYTES_MAX];
     rb_bytes t = {(const uint8_t *)e->name, e->name_len};
     size_t n = rb_frame_encode_topics_live(buf, sizeof buf, 0, &t, 1);
-    rb_conn_append(e->stream->conn, buf, n);
-}
-
-static uint64_t entry_mutate_id(const entry *e)
-{
-    return e->wave != 0 ? e->stream->waves[e->wave - 1].mutate_id : 0;
+    if (rb_conn_append(e->stream->conn, buf, n) != 0) {
+        rb_conn_close(e->stream->conn, RB_WIRE_RESOURCE_EXHAUSTED,
+                      "send queue full: no room for TOPICS_LIVE");
+    }
 }
 
 static void cq_push(rb_subs *s, entry *e);
@@ -569,7 +625,7 @@ static entry *cq_pop(rb_subs *s)
 static bool conn_paused(const rb_conn *c)
 {
     uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
-    return c->tx_bytes > limit;
+    return rb_sendq_bytes(&c->sendq) > limit;
 }
 
 static void catchup_pump(rb_subs *s)
@@ -657,12 +713,10 @@ static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t coun
         if (fcount > 0 && (!more || fbytes + sz > limit)) {
             uint8_t head[RB_FRAME_MESSAGES_HEAD_BYTES];
             rb_frame_encode_messages_head(head, sizeof head, 0, mid, fcount, fbytes);
-            if (rb_conn_append(c, head, sizeof head) != 0 ||
-                rb_conn_append(c, start, fbytes) != 0) {
-                /* Part of a frame may be queued: a CLOSE frame after it
-                 * would be garbage, so the connection ends without one. */
-                RB_LOG_WARN(c->id, "server send buffers exhausted mid-frame: closing");
-                rb_conn_abort(c);
+            if (rb_conn_append_frame(c, head, sizeof head, start, fbytes) != 0) {
+                /* Nothing of the frame was queued: CLOSE can follow. */
+                rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
+                              "send queue full during catch-up of topic %s", e->name);
                 return false;
             }
             start += fbytes;
@@ -685,18 +739,21 @@ static void range_done(rb_subs *s, entry *e, const rb_read_req *req, const rb_re
         return;
     }
     if (req->status != 0 || (rg->status != 0 && rg->status != RB_ERANGE)) {
-        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0, RB_WIRE_UNAVAILABLE,
-                           "topic %s: history read failed: %s", e->name,
-                           req->status != 0 ? req->err.msg : "storage error");
-        entry_remove(s, e, true);
+        entry_fail(s, e, RB_WIRE_UNAVAILABLE, "topic %s: history read failed: %s", e->name,
+                   req->status != 0 ? req->err.msg : "storage error");
+        return;
+    }
+    if (rg->status == RB_ERANGE && e->hwm == e->cursor) {
+        entry_fail(s, e, RB_WIRE_OUT_OF_RANGE,
+                   "topic %s: cursor %llu is older than the oldest retained seq %llu", e->name,
+                   (unsigned long long)e->hwm, (unsigned long long)rg->oldest_seq);
         return;
     }
     if (rg->status == RB_ERANGE) {
-        rb_conn_send_error(c, e->wave ? e->stream->waves[e->wave - 1].corr : 0,
-                           RB_WIRE_OUT_OF_RANGE,
-                           "topic %s: cursor %llu is older than the oldest retained seq %llu",
-                           e->name, (unsigned long long)e->hwm, (unsigned long long)rg->oldest_seq);
-        entry_remove(s, e, true);
+        entry_fail(s, e, RB_WIRE_OUT_OF_RANGE,
+                   "topic %s: retention overtook the catch-up: seqs %llu..%llu were trimmed "
+                   "before they were sent",
+                   e->name, (unsigned long long)e->hwm + 1, (unsigned long long)rg->oldest_seq - 1);
         return;
     }
     if (rg->row_count > 0 &&
@@ -740,6 +797,14 @@ static void head_ready(rb_subs *s, entry *e, uint64_t head)
     e->ceiling = head;
     if (e->from_now) {
         e->hwm = head;
+        e->cursor = head;
+    }
+    if (e->hwm > head) {
+        /* Never a silent jump: the client holds seqs this store never had
+         * (another epoch, or a cursor made up). */
+        entry_fail(s, e, RB_WIRE_CURSOR_AHEAD, "topic %s: cursor %llu is beyond the head %llu",
+                   e->name, (unsigned long long)e->hwm, (unsigned long long)head);
+        return;
     }
     if (e->hwm >= e->ceiling) {
         catchup_finish(s, e);
@@ -774,12 +839,10 @@ static void on_head_record(rb_subs *s, const uint8_t *p, const uint8_t **next)
     }
     if (status != 0) {
         bool limit = status == RB_ELIMIT;
-        rb_conn_send_error(c, e->wave ? c->stream->waves[e->wave - 1].corr : 0,
-                           limit ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE, "topic %s: %s",
-                           e->name,
-                           limit ? "owner shard is at its head-query limit"
-                                 : "storage unavailable: the topic's head cannot be read");
-        entry_remove(s, e, true);
+        entry_fail(s, e, limit ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE, "topic %s: %s",
+                   e->name,
+                   limit ? "owner shard is at its head-query limit"
+                         : "storage unavailable: the topic's head cannot be read");
         return;
     }
     head_ready(s, e, head);
@@ -846,8 +909,9 @@ static void on_block(rb_subs *s, rb_block *b)
     }
 }
 
-void rb_stream_on_xmsg(rb_shard *sh, rb_xmsg *m)
+static void stream_on_xmsg(void *ctx, rb_xmsg *m)
 {
+    rb_shard *sh = ctx;
     rb_subs *s = sh->subs;
     if (m->kind == RB_XK_BLOCK) {
         on_block(s, m->ptr);
@@ -901,7 +965,10 @@ static int collect_adds(rb_subs *s, const rb_frame *f)
                                      .cursor = add.cursor,
                                      .now = add.cursor_kind == RB_CURSOR_NOW};
     }
-    qsort(s->scratch, n, sizeof *s->scratch, add_cmp);
+    if (n > 1) {
+        /* A removes-only Mutate has no adds (and scratch may be NULL). */
+        qsort(s->scratch, n, sizeof *s->scratch, add_cmp);
+    }
     uint32_t u = 0;
     for (uint32_t k = 0; k < n; k++) {
         add_item *cur = &s->scratch[k];
@@ -1064,6 +1131,7 @@ static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t w
     e->name_len = (uint8_t)a->topic.len;
     memcpy(e->name, a->topic.ptr, a->topic.len);
     e->hwm = a->now ? 0 : a->cursor;
+    e->cursor = e->hwm;
     e->from_now = a->now;
     e->history_only = history_only;
     e->state = E_WAIT_HEAD;
@@ -1113,8 +1181,19 @@ static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t un
     /* Held by the wave itself until every add is placed, so an entry that
      * completes at once cannot end the wave early. */
     w->remaining = 1;
+    uint64_t epoch = f->u.mutate.epoch;
+    char msg[RB_ERR_MSG_BYTES_MAX];
     for (uint32_t i = 0; i < unique; i++) {
         add_item *a = &s->scratch[i];
+        if (epoch != 0 && epoch != s->epoch && !a->now && a->cursor != 0) {
+            /* The cursor counts seqs of another seq space: "from the
+             * beginning" and "now" mean the same in every epoch. */
+            snprintf(msg, sizeof msg, "topic %.*s: cursor %llu is from epoch %016llx, not %016llx",
+                     (int)a->topic.len, (const char *)a->topic.ptr, (unsigned long long)a->cursor,
+                     (unsigned long long)epoch, (unsigned long long)s->epoch);
+            send_topic_error(st->conn, w->mutate_id, a->topic, RB_WIRE_EPOCH_MISMATCH, msg);
+            continue;
+        }
         entry *e = entry_find(st, a->topic.ptr, a->topic.len);
         if (e != NULL) {
             /* Re-add: replay only from below what was already sent. */
@@ -1126,9 +1205,9 @@ static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t un
         w->remaining++;
         if (entry_add(s, st, a, slot, history_only) == NULL) {
             w->remaining--;
-            rb_conn_send_error(st->conn, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
-                               "topic %.*s: subscription limit of this shard reached",
-                               (int)a->topic.len, (const char *)a->topic.ptr);
+            snprintf(msg, sizeof msg, "topic %.*s: subscription limit of this shard reached",
+                     (int)a->topic.len, (const char *)a->topic.ptr);
+            send_topic_error(st->conn, w->mutate_id, a->topic, RB_WIRE_RESOURCE_EXHAUSTED, msg);
         }
     }
     entry dummy = {.stream = st, .wave = slot + 1};
@@ -1198,3 +1277,10 @@ void rb_stream_on_send_drained(rb_conn *c)
         catchup_pump(c->shard->subs);
     }
 }
+
+const rb_subsystem rb_stream_subsystem = {
+    .name = "streams",
+    .init = stream_init,
+    .idle = stream_idle,
+    .deinit = stream_deinit,
+};

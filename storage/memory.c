@@ -25,11 +25,13 @@
  * 24 bytes x next_pow2(retention_messages) of entries. The entry ring grows
  * by doubling, under the topic's lock, up to that bound. */
 #include <assert.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 
 #include "common/assert.h"
 #include "common/limits.h"
@@ -99,6 +101,7 @@ struct rb_storage {
     uint64_t retention_bytes;
     uint64_t entries_cap_max; /* next power of two >= retention_messages */
     uint32_t max_frame_bytes;
+    uint64_t epoch; /* random and nonzero, chosen at open; immutable */
 };
 
 struct rb_storage_shard {
@@ -672,9 +675,24 @@ static void stripes_deinit(rb_storage *st, uint32_t stripe_count)
     }
 }
 
+/* A fresh nonzero epoch: every start of the memory store begins a new seq
+ * space, and clients must be able to tell (0 means "no epoch known"). */
+static int epoch_new(uint64_t *epoch, rb_err *err)
+{
+    *epoch = 0;
+    while (*epoch == 0) {
+        if (getrandom(epoch, sizeof *epoch, 0) != (ssize_t)sizeof *epoch) {
+            return rb_err_set(err, RB_ESYS, errno, "memory storage: epoch: getrandom");
+        }
+    }
+    return 0;
+}
+
 static int memory_open(const rb_config *cfg, rb_storage **out, rb_err *err)
 {
+    uint64_t epoch = 0;
     int rc = config_check(cfg, err);
+    rc = rc ? rc : epoch_new(&epoch, err);
     if (rc != 0) {
         return rc;
     }
@@ -701,6 +719,7 @@ static int memory_open(const rb_config *cfg, rb_storage **out, rb_err *err)
     st->entries_cap_max = pow2_at_least(
         st->retention_messages < MEMORY_ENTRIES_MIN ? MEMORY_ENTRIES_MIN : st->retention_messages);
     st->max_frame_bytes = cfg->max_frame_bytes;
+    st->epoch = epoch;
     *out = st;
     return 0;
 undo_stripes:
@@ -747,6 +766,12 @@ static void memory_shard_close(rb_storage_shard *sh)
     free(sh);
 }
 
+static uint64_t memory_epoch(rb_storage *st)
+{
+    RB_ASSERT(st->epoch != 0);
+    return st->epoch;
+}
+
 const rb_storage_ops rb_storage_memory_ops = {
     .name = "memory",
     .open = memory_open,
@@ -756,4 +781,5 @@ const rb_storage_ops rb_storage_memory_ops = {
     .append = memory_append,
     .read = memory_read,
     .heads = memory_heads,
+    .epoch = memory_epoch,
 };

@@ -16,9 +16,14 @@
  *   primary key starts with it); hash partitioning by topic_id would be a
  *   later migration if vacuum of one large table becomes the bottleneck.
  * - Autovacuum runs more often on messages than the default 20%, since
- *   retention deletes continuously. */
+ *   retention deletes continuously.
+ * - ringbus_epoch holds the database's epoch (DESIGN §5a): one random
+ *   nonzero bigint created by migration 2 and never changed, so every node
+ *   and every restart on this database announce the same epoch, and a new
+ *   database (a new seq space) gets a new one. Read as a u64. */
 #include "storage/pg_schema.h"
 
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -52,6 +57,16 @@ static const migration migrations[] = {
      "    PRIMARY KEY (topic_id, seq)\n"
      ") WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_insert_scale_factor = "
      "0.05);\n"},
+    {2, "the store epoch",
+     "CREATE TABLE ringbus_epoch (\n"
+     "    single boolean PRIMARY KEY DEFAULT true CHECK (single),\n"
+     "    epoch bigint NOT NULL CHECK (epoch <> 0),\n"
+     "    created_at timestamptz NOT NULL DEFAULT now()\n"
+     ");\n"
+     "INSERT INTO ringbus_epoch (epoch)\n"
+     "SELECT CASE WHEN e = 0 THEN 1 ELSE e END FROM\n"
+     "    (SELECT ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint AS e) "
+     "r;\n"},
 };
 
 #define MIGRATION_COUNT (sizeof migrations / sizeof migrations[0])
@@ -68,8 +83,12 @@ static int exec(PGconn *pg, const char *sql, const char *what, PGresult **out, r
     ExecStatusType st = PQresultStatus(res);
     if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK) {
         const char *msg = res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(pg);
-        int rc = rb_err_set(err, RB_ESTORAGE, 0, "postgres migrate: %s: %.*s", what,
-                            (int)strcspn(msg, "\n"), msg);
+        const char *state = res != NULL ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+        /* 42501 insufficient_privilege: a role that may not create tables. */
+        bool denied = state != NULL && strcmp(state, "42501") == 0;
+        int rc = rb_err_set(
+            err, RB_ESTORAGE, 0, "postgres migrate: %s: %.*s%s", what, (int)strcspn(msg, "\n"), msg,
+            denied ? " (apply the schema as its owner: ringbusd --migrate-only)" : "");
         PQclear(res);
         return rc;
     }
@@ -94,6 +113,27 @@ static int current_version(PGconn *pg, uint32_t *version, rb_err *err)
     return 0;
 }
 
+static int read_epoch(PGconn *pg, uint64_t *epoch, rb_err *err)
+{
+    PGresult *res = NULL;
+    int rc = exec(pg, "SELECT epoch FROM ringbus_epoch", "read epoch", &res, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (PQntuples(res) != 1 || PQgetisnull(res, 0, 0)) {
+        PQclear(res);
+        return rb_err_set(err, RB_ESTORAGE, 0,
+                          "postgres migrate: ringbus_epoch must hold exactly one epoch");
+    }
+    /* Stored as a signed bigint; the wire carries the same 64 bits. */
+    *epoch = (uint64_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    PQclear(res);
+    if (*epoch == 0) {
+        return rb_err_set(err, RB_ESTORAGE, 0, "postgres migrate: ringbus_epoch holds epoch 0");
+    }
+    return 0;
+}
+
 static int apply(PGconn *pg, const migration *m, rb_err *err)
 {
     char what[96];
@@ -108,15 +148,38 @@ static int apply(PGconn *pg, const migration *m, rb_err *err)
     return exec(pg, sql, what, NULL, err);
 }
 
-/* Inside the locked transaction. */
-static int migrate_locked(PGconn *pg, uint32_t *version_out, uint32_t *applied_out, rb_err *err)
+/* Whether ringbus_schema exists (on the search_path, as the migrations
+ * create it). */
+static int schema_table_exists(PGconn *pg, bool *exists, rb_err *err)
 {
-    int rc = exec(pg,
+    PGresult *res = NULL;
+    int rc = exec(pg, "SELECT to_regclass('ringbus_schema') IS NOT NULL", "look up ringbus_schema",
+                  &res, err);
+    if (rc != 0) {
+        return rc;
+    }
+    *exists = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    PQclear(res);
+    return 0;
+}
+
+/* Inside the locked transaction. A database whose schema is current gets no
+ * DDL at all, so the daemon may run as a role that can only read and write
+ * the tables (docs/OPERATIONS.md, "Postgres set-up"); only pending
+ * migrations need the right to create in the schema. */
+static int migrate_locked(PGconn *pg, uint32_t *version_out, uint32_t *applied_out,
+                          uint64_t *epoch_out, rb_err *err)
+{
+    bool exists = false;
+    int rc = schema_table_exists(pg, &exists, err);
+    if (rc == 0 && !exists) {
+        rc = exec(pg,
                   "CREATE TABLE IF NOT EXISTS ringbus_schema (\n"
                   "    version integer PRIMARY KEY,\n"
                   "    description text NOT NULL,\n"
                   "    applied_at timestamptz NOT NULL DEFAULT now())",
                   "create ringbus_schema", NULL, err);
+    }
     uint32_t version = 0;
     rc = rc ? rc : current_version(pg, &version, err);
     if (rc != 0) {
@@ -140,14 +203,15 @@ static int migrate_locked(PGconn *pg, uint32_t *version_out, uint32_t *applied_o
         }
     }
     *version_out = version;
-    return rc;
+    return rc ? rc : read_epoch(pg, epoch_out, err);
 }
 
 int rb_pg_schema_migrate(const rb_pgwire_params *params, uint32_t *version_out,
-                         uint32_t *applied_out, rb_err *err)
+                         uint32_t *applied_out, uint64_t *epoch_out, rb_err *err)
 {
     *version_out = 0;
     *applied_out = 0;
+    *epoch_out = 0;
     PGconn *pg = PQconnectdbParams(params->keywords, params->values, 0);
     if (pg == NULL || PQstatus(pg) != CONNECTION_OK) {
         const char *msg = pg != NULL ? PQerrorMessage(pg) : "out of memory";
@@ -164,7 +228,7 @@ int rb_pg_schema_migrate(const rb_pgwire_params *params, uint32_t *version_out,
     rc = rc ? rc
             : exec(pg, "SELECT pg_advisory_xact_lock(" PG_SCHEMA_LOCK_KEY ")", "advisory lock",
                    NULL, err);
-    rc = rc ? rc : migrate_locked(pg, version_out, applied_out, err);
+    rc = rc ? rc : migrate_locked(pg, version_out, applied_out, epoch_out, err);
     rc = rc ? rc : exec(pg, "COMMIT", "commit", NULL, err);
     if (rc != 0) {
         *applied_out = 0;

@@ -13,11 +13,12 @@
 /* Connects with params and, inside one transaction that holds an advisory
  * lock (so two daemons starting at once apply each migration once), applies
  * every migration newer than the database's version. *version_out is the
- * version afterwards, *applied_out how many were applied now. A database
+ * version afterwards, *applied_out how many were applied now, *epoch_out
+ * the database's epoch (nonzero, created once by a migration). A database
  * newer than this binary is an error (RB_EUNSUPPORTED); Postgres unreachable
  * or failing is RB_ESTORAGE. */
 int rb_pg_schema_migrate(const rb_pgwire_params *params, uint32_t *version_out,
-                         uint32_t *applied_out, rb_err *err);
+                         uint32_t *applied_out, uint64_t *epoch_out, rb_err *err);
 
 /* The newest schema version this binary has. */
 uint32_t rb_pg_schema_latest(void);

@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -182,13 +183,35 @@ int rb_pgwire_params_set(rb_pgwire_params *p, const char *keyword, const char *v
     return 0;
 }
 
+/* True when conninfo carries a password: a URI's user info with a ':' or
+ * a password keyword. */
+static bool has_password(const char *conninfo)
+{
+    const char *scheme = strstr(conninfo, "://");
+    if (scheme != NULL) {
+        const char *info = scheme + 3;
+        size_t len = strcspn(info, "/?#");
+        const char *at = memchr(info, '@', len);
+        if (at != NULL && memchr(info, ':', (size_t)(at - info)) != NULL) {
+            return true;
+        }
+    }
+    return strstr(conninfo, "password") != NULL;
+}
+
 static int params_parse(rb_pgwire_params *p, const char *conninfo, rb_err *err)
 {
     char *why = NULL;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &why);
     if (opts == NULL) {
-        int rc = rb_err_set(err, RB_ECONFIG, 0, "postgres conninfo: %s",
-                            why != NULL ? why : "out of memory");
+        /* libpq quotes the malformed part, or the whole URI, in its reason:
+         * with a password in the string, the quoted text is left out. */
+        const char *reason = why != NULL ? why : "out of memory";
+        bool withhold = why != NULL && strchr(why, '"') != NULL && has_password(conninfo);
+        int rc =
+            rb_err_set(err, RB_ECONFIG, 0, "postgres conninfo: %.*s%s",
+                       withhold ? (int)strcspn(reason, "\"") : (int)strlen(reason), reason,
+                       withhold ? "(the quoted part is not shown: it may hold the password)" : "");
         PQfreemem(why);
         return rc;
     }

@@ -241,6 +241,7 @@ struct rb_storage {
     pthread_cond_t boot_cond;
     bool boot_stop; /* guarded by boot_lock */
     atomic_bool ready;
+    atomic_uint_fast64_t epoch; /* stored before ready becomes true */
     atomic_uint shard_count;
 };
 
@@ -1606,11 +1607,15 @@ static void *boot_main(void *arg)
         rb_err_clear(&err);
         uint32_t version = 0;
         uint32_t applied = 0;
+        uint64_t epoch = 0;
         int rc = pin_host(&st->params, &err);
-        rc = rc ? rc : rb_pg_schema_migrate(&st->params, &version, &applied, &err);
+        rc = rc ? rc : rb_pg_schema_migrate(&st->params, &version, &applied, &epoch, &err);
         if (rc == 0) {
-            RB_LOG_INFO(0, "postgres: reachable, schema version %u (%u migrations applied now)",
-                        version, applied);
+            RB_LOG_INFO(0,
+                        "postgres: reachable, schema version %u (%u migrations applied now), "
+                        "epoch %016llx",
+                        version, applied, (unsigned long long)epoch);
+            atomic_store(&st->epoch, epoch);
             atomic_store(&st->ready, true);
             return NULL;
         }
@@ -1653,6 +1658,7 @@ static int pg_open(const rb_config *cfg, rb_storage **out, rb_err *err)
     st->retention_messages = (int64_t)cfg->pg_retention_messages;
     st->retention_age_s = (int64_t)cfg->pg_retention_age_s;
     atomic_init(&st->ready, false);
+    atomic_init(&st->epoch, 0);
     atomic_init(&st->shard_count, 0);
     RB_ASSERT(st->pool_size >= 1 && st->batch_messages >= 1);
     int rc = params_from_config(cfg, &st->params, err);
@@ -1690,6 +1696,14 @@ static bool pg_ready(rb_storage *st)
     return atomic_load(&st->ready);
 }
 
+static uint64_t pg_epoch(rb_storage *st)
+{
+    RB_ASSERT(atomic_load(&st->ready));
+    uint64_t epoch = atomic_load(&st->epoch);
+    RB_ASSERT(epoch != 0);
+    return epoch;
+}
+
 static int pg_migrate(const rb_config *cfg, rb_err *err)
 {
     rb_pgwire_params params;
@@ -1699,10 +1713,12 @@ static int pg_migrate(const rb_config *cfg, rb_err *err)
     }
     uint32_t version = 0;
     uint32_t applied = 0;
-    rc = rb_pg_schema_migrate(&params, &version, &applied, err);
+    uint64_t epoch = 0;
+    rc = rb_pg_schema_migrate(&params, &version, &applied, &epoch, err);
     rb_pgwire_params_deinit(&params);
     if (rc == 0) {
-        RB_LOG_INFO(0, "postgres: schema version %u (%u migrations applied now)", version, applied);
+        RB_LOG_INFO(0, "postgres: schema version %u (%u migrations applied now), epoch %016llx",
+                    version, applied, (unsigned long long)epoch);
     }
     return rc;
 }
@@ -1836,5 +1852,6 @@ const rb_storage_ops rb_storage_postgres_ops = {
     .read = pg_read,
     .heads = pg_heads,
     .ready = pg_ready,
+    .epoch = pg_epoch,
     .migrate = pg_migrate,
 };

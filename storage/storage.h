@@ -121,6 +121,13 @@ typedef struct rb_storage_ops {
      * returns at once and the backend keeps trying, logging why, so the
      * daemon can wait for this before it starts its shards. Any thread. */
     bool (*ready)(rb_storage *st);
+    /* The store's epoch (DESIGN §5a): a nonzero u64 naming its seq space,
+     * so that a cursor is only meaningful in the epoch it came from.
+     * memory: random, chosen at open (a restart starts a new seq space);
+     * postgres: created once per database by the schema migration and
+     * read when the backend becomes ready. Valid once ready is true (at
+     * once when ready is NULL) and fixed until close. Any thread. */
+    uint64_t (*epoch)(rb_storage *st);
     /* Optional (NULL: nothing to migrate). Applies the backend's schema
      * migrations and returns (ringbusd --migrate-only); blocking. */
     int (*migrate)(const rb_config *cfg, rb_err *err);

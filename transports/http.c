@@ -221,3 +221,14 @@ bool rb_http_has_token(rb_http_span value, const char *token)
     }
     return false;
 }
+
+rb_http_span rb_http_target_path(const rb_http_request *req)
+{
+    const char *q = memchr(req->target.ptr, '?', req->target.len);
+    return (rb_http_span){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
+}
+
+bool rb_http_span_is(rb_http_span span, const char *text)
+{
+    return span.len == strlen(text) && memcmp(span.ptr, text, span.len) == 0;
+}

@@ -2,7 +2,9 @@
  * /healthz (RFC 9112 request line and header fields, no bodies, no
  * obsolete line folding). It never allocates and never keeps state: the
  * result is views into the caller's bytes, valid while those are. What the
- * request means (upgrade, health check) is left to transports/ws.c. */
+ * request means is left to its users: the WebSocket upgrade to
+ * transports/ws.c, other routes (/healthz) to an rb_http_router
+ * (server/admin.c). */
 #ifndef RB_TRANSPORTS_HTTP_H
 #define RB_TRANSPORTS_HTTP_H
 
@@ -61,5 +63,28 @@ bool rb_http_has_token(rb_http_span value, const char *token);
 
 /* True when span equals text, case-insensitively. */
 bool rb_http_span_eq(rb_http_span span, const char *text);
+
+/* An answer to a plain HTTP request (no body of more than a line). */
+typedef struct rb_http_response {
+    int status;                /* 200, 404, 405, 503, ... */
+    const char *extra_headers; /* "Name: value\r\n" lines, or "" */
+    const char *body;          /* text; a newline is added */
+} rb_http_response;
+
+/* The HTTP routes an HTTP/1.1 (or later HTTP/3) front end serves besides
+ * its own protocol: route returns true with *resp filled when the request's
+ * path is one of its routes, false to let the caller answer 404. It runs on
+ * the connection's thread and must not block. The strings in *resp are
+ * static. */
+typedef struct rb_http_router {
+    bool (*route)(void *ctx, const rb_http_request *req, rb_http_response *resp);
+    void *ctx;
+} rb_http_router;
+
+/* The request target's path: the part before any '?'. */
+rb_http_span rb_http_target_path(const rb_http_request *req);
+
+/* True when span equals text exactly (paths are case-sensitive). */
+bool rb_http_span_is(rb_http_span span, const char *text);
 
 #endif

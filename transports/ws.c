@@ -1,5 +1,6 @@
-/* The WebSocket layer: the upgrade handshake and /healthz in its HTTP
- * phase, then RFC 6455 framing. Incoming frames are parsed by wslay's frame
+/* The WebSocket layer: the upgrade handshake in its HTTP phase (other
+ * paths go to the listener's HTTP router, server/admin.c), then RFC 6455
+ * framing. Incoming frames are parsed by wslay's frame
  * parser and checked here (masking, reserved bits, opcodes, fragments,
  * sizes); outgoing ringbus frames are framed here as one binary message
  * each, found by the size in their header. SHA-1 comes from wolfCrypt, so
@@ -232,18 +233,6 @@ static void http_answer(ws_layer *w, const rb_http_request *req, int status, con
     rb_layer_ended(&w->base, RB_LAYER_END_DONE, why);
 }
 
-/* The request target's path (the part before any '?'). */
-static rb_http_span target_path(const rb_http_request *req)
-{
-    const char *q = memchr(req->target.ptr, '?', req->target.len);
-    return (rb_http_span){req->target.ptr, q ? (size_t)(q - req->target.ptr) : req->target.len};
-}
-
-static bool span_is(rb_http_span s, const char *text)
-{
-    return s.len == strlen(text) && memcmp(s.ptr, text, s.len) == 0;
-}
-
 static bool key_ok(const rb_http_header *h)
 {
     /* 16 random bytes in base64: 22 characters and "==". */
@@ -316,7 +305,7 @@ static int check_upgrade(const ws_layer *w, const rb_http_request *req, const ch
     if (*why != NULL) {
         return 400;
     }
-    if (!span_is(ver->value, "13")) {
+    if (!rb_http_span_is(ver->value, "13")) {
         *why = "unsupported Sec-WebSocket-Version (this server speaks 13)";
         return 426;
     }
@@ -351,19 +340,17 @@ static int accept_upgrade(ws_layer *w, const rb_http_request *req, rb_err *err)
  * error of the layers below. */
 static int handle_request(ws_layer *w, const rb_http_request *req, rb_err *err)
 {
-    rb_http_span path = target_path(req);
-    bool health = span_is(path, RB_WS_HEALTH_PATH);
+    rb_http_span path = rb_http_target_path(req);
     if (!rb_http_span_eq(req->method, "GET")) {
         http_answer(w, req, 405, "Allow: GET\r\n", "only GET is supported");
         return 0;
     }
-    if (health) {
-        bool ready = atomic_load(w->opt.ready);
-        http_answer(w, req, ready ? 200 : 503, "",
-                    ready ? "ok" : "not ready (starting or stopping)");
+    rb_http_response resp;
+    if (w->opt.router.route != NULL && w->opt.router.route(w->opt.router.ctx, req, &resp)) {
+        http_answer(w, req, resp.status, resp.extra_headers, resp.body);
         return 0;
     }
-    if (!span_is(path, w->opt.listener->path)) {
+    if (!rb_http_span_is(path, w->opt.listener->path)) {
         http_answer(w, req, 404, "", "no WebSocket endpoint at this path");
         return 0;
     }

@@ -1,31 +1,27 @@
 /* The server's WebSocket layer (RFC 6455): the HTTP/1.1 upgrade (path,
- * Origin allow-list, subprotocol ringbus.v1, Sec-WebSocket-Accept), the
- * GET /healthz answer, then framing with wslay's frame parser: one binary
- * message carries exactly one ringbus frame; text messages are closed with
- * 1003, messages over max_frame_bytes with 1009 before they are buffered,
- * Ping is answered, fragments are reassembled as a byte stream, Close is
- * echoed. It runs over tcp (ws) or over the tls layer (wss). Sockets,
- * timers and the frame decoder are the owner's. */
+ * Origin allow-list, subprotocol ringbus.v1, Sec-WebSocket-Accept), other
+ * GET paths answered by the listener's HTTP router (/healthz), then framing with wslay's frame
+ * parser: one binary message carries exactly one ringbus frame; text messages are closed with 1003,
+ * messages over max_frame_bytes with 1009 before they are buffered, Ping is answered, fragments are
+ * reassembled as a byte stream, Close is echoed. It runs over tcp (ws) or over the tls layer (wss).
+ * Sockets, timers and the frame decoder are the owner's. */
 #ifndef RB_TRANSPORTS_WS_H
 #define RB_TRANSPORTS_WS_H
 
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
 #include "common/err.h"
 #include "config/config.h"
+#include "transports/http.h"
 #include "transports/layer.h"
 
 /* The subprotocol a client must offer. */
 #define RB_WS_SUBPROTOCOL "ringbus.v1"
-/* The health-check path answered on every WS listener. */
-#define RB_WS_HEALTH_PATH "/healthz"
-
 typedef struct rb_ws_options {
     const rb_listener_config *listener; /* path and origins; borrowed for the layer's life */
     uint32_t max_frame_bytes;
-    const atomic_bool *ready; /* the daemon's readiness for /healthz; borrowed */
+    rb_http_router router; /* routes besides the upgrade path; route NULL: none */
 } rb_ws_options;
 
 /* Makes a layer waiting for the upgrade request. Returns 0 and *out (owned

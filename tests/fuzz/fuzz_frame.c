@@ -87,6 +87,36 @@ static rb_bytes *collect_topics(rb_bytes raw, uint32_t count)
     return topics;
 }
 
+/* An older peer's frame lacks the appended epoch: it is this codec's
+ * encoding (written to a scratch buffer tail bytes larger) minus its last
+ * tail bytes, with the size fixed. Returns the size written to out or 0. */
+static size_t strip_tail(uint8_t *out, size_t cap, const uint8_t *full, size_t n, size_t tail)
+{
+    if (n == 0 || n - tail > cap) {
+        return 0;
+    }
+    uint32_t size = (uint32_t)(n - tail);
+    memcpy(out, full, size);
+    out[0] = (uint8_t)size;
+    out[1] = (uint8_t)(size >> 8);
+    out[2] = (uint8_t)(size >> 16);
+    out[3] = (uint8_t)(size >> 24);
+    return size;
+}
+
+static size_t encode_started(const rb_frame *f, uint8_t *out, size_t cap)
+{
+    size_t tail = f->u.started.has_epoch ? 0 : 8;
+    uint8_t *full = malloc(cap + tail);
+    CHECK(full != NULL);
+    size_t n = rb_frame_encode_started(full, cap + tail, f->hdr.corr_id, f->u.started.keepalive_ms,
+                                       f->u.started.capabilities, f->u.started.max_frame_bytes,
+                                       f->u.started.server_id, f->u.started.epoch);
+    n = strip_tail(out, cap, full, n, tail);
+    free(full);
+    return n;
+}
+
 static size_t encode_mutate(const rb_frame *f, uint8_t *out, size_t cap)
 {
     uint32_t add_count = f->u.mutate.add_count;
@@ -98,9 +128,14 @@ static size_t encode_mutate(const rb_frame *f, uint8_t *out, size_t cap)
         CHECK(rb_frame_next_add(&it, &adds[i]));
     }
     rb_bytes *removes = collect_topics(f->u.mutate.removes, f->u.mutate.remove_count);
-    size_t n =
-        rb_frame_encode_mutate(out, cap, f->hdr.corr_id, f->u.mutate.mutate_id, f->u.mutate.flags,
-                               adds, add_count, removes, f->u.mutate.remove_count);
+    size_t tail = f->u.mutate.has_epoch ? 0 : 8;
+    uint8_t *full = malloc(cap + tail);
+    CHECK(full != NULL);
+    size_t n = rb_frame_encode_mutate(full, cap + tail, f->hdr.corr_id, f->u.mutate.mutate_id,
+                                      f->u.mutate.flags, adds, add_count, removes,
+                                      f->u.mutate.remove_count, f->u.mutate.epoch);
+    n = strip_tail(out, cap, full, n, tail);
+    free(full);
     free(adds);
     free(removes);
     return n;
@@ -156,9 +191,7 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
         return rb_frame_encode_hello(out, cap, corr, f->u.hello.protocol_version,
                                      f->u.hello.client_name, f->u.hello.credentials);
     case RB_FRAME_STARTED:
-        return rb_frame_encode_started(out, cap, corr, f->u.started.keepalive_ms,
-                                       f->u.started.capabilities, f->u.started.max_frame_bytes,
-                                       f->u.started.server_id);
+        return encode_started(f, out, cap);
     case RB_FRAME_ERROR:
         return rb_frame_encode_error(out, cap, corr, f->u.error.code, f->u.error.message);
     case RB_FRAME_PING:
@@ -175,6 +208,10 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
                                            f->u.publish_ack.seq);
     case RB_FRAME_CATCHUP_COMPLETE:
         return rb_frame_encode_catchup_complete(out, cap, corr, f->u.catchup_complete.mutate_id);
+    case RB_FRAME_TOPIC_ERROR:
+        return rb_frame_encode_topic_error(out, cap, corr, f->u.topic_error.mutate_id,
+                                           f->u.topic_error.topic, f->u.topic_error.code,
+                                           f->u.topic_error.message);
     case RB_FRAME_AUTH:
         return rb_frame_encode_auth(out, cap, corr, f->u.auth.credentials);
     default:
@@ -192,6 +229,8 @@ static int lists_equal(const rb_frame *a, const rb_frame *b)
                a->u.mutate.flags == b->u.mutate.flags &&
                a->u.mutate.add_count == b->u.mutate.add_count &&
                a->u.mutate.remove_count == b->u.mutate.remove_count &&
+               a->u.mutate.epoch == b->u.mutate.epoch &&
+               a->u.mutate.has_epoch == b->u.mutate.has_epoch &&
                bytes_eq(a->u.mutate.adds, b->u.mutate.adds) &&
                bytes_eq(a->u.mutate.removes, b->u.mutate.removes);
     case RB_FRAME_MESSAGES:
@@ -220,7 +259,9 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
         return a->u.started.keepalive_ms == b->u.started.keepalive_ms &&
                a->u.started.capabilities == b->u.started.capabilities &&
                a->u.started.max_frame_bytes == b->u.started.max_frame_bytes &&
-               bytes_eq(a->u.started.server_id, b->u.started.server_id);
+               bytes_eq(a->u.started.server_id, b->u.started.server_id) &&
+               a->u.started.epoch == b->u.started.epoch &&
+               a->u.started.has_epoch == b->u.started.has_epoch;
     case RB_FRAME_ERROR:
         return a->u.error.code == b->u.error.code &&
                bytes_eq(a->u.error.message, b->u.error.message);
@@ -239,6 +280,11 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
                a->u.publish_ack.seq == b->u.publish_ack.seq;
     case RB_FRAME_CATCHUP_COMPLETE:
         return a->u.catchup_complete.mutate_id == b->u.catchup_complete.mutate_id;
+    case RB_FRAME_TOPIC_ERROR:
+        return a->u.topic_error.mutate_id == b->u.topic_error.mutate_id &&
+               bytes_eq(a->u.topic_error.topic, b->u.topic_error.topic) &&
+               a->u.topic_error.code == b->u.topic_error.code &&
+               bytes_eq(a->u.topic_error.message, b->u.topic_error.message);
     case RB_FRAME_AUTH:
         return bytes_eq(a->u.auth.credentials, b->u.auth.credentials);
     default:

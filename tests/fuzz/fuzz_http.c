@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "common/frame.h"
+#include "server/admin.h"
 #include "transports/http.h"
 #include "transports/layer.h"
 #include "transports/ws.h"
@@ -116,6 +117,7 @@ static void s_ended(void *owner, rb_layer_end how, const char *why)
 
 static rb_listener_config cfg;
 static atomic_bool ready = true;
+static rb_admin admin = {.ready = &ready};
 
 static void stack_new(rb_stack *st, sinks *s)
 {
@@ -123,7 +125,8 @@ static void stack_new(rb_stack *st, sinks *s)
     strcpy(cfg.path, "/ringbus");
     rb_stack_sink sink = {s_deliver, s_wire, s_ended, s};
     rb_stack_init(st, &sink);
-    rb_ws_options o = {.listener = &cfg, .max_frame_bytes = MAX_FRAME, .ready = &ready};
+    rb_ws_options o = {
+        .listener = &cfg, .max_frame_bytes = MAX_FRAME, .router = rb_admin_router(&admin)};
     rb_layer *l;
     rb_err err;
     CHECK(rb_ws_layer_new(&l, &o, &err) == 0);

@@ -31,6 +31,9 @@ def session_seeds():
         + p.encode_error(3, p.UNAVAILABLE, "storage down"),
         "seed_wave": s + hist + p.encode_topics_live(0, ["a", "b"]) + live
         + p.encode_catchup_complete(0, 1),
+        "seed_wave_topic_error": s + p.encode_topic_error(0, 1, "a", p.EPOCH_MISMATCH, "epoch")
+        + p.encode_topics_live(0, ["b"]) + p.encode_catchup_complete(0, 1),
+        "seed_started_without_epoch": p.encode_started(0, server_id="old", epoch=None) + live,
         "seed_ping_close": s + p.encode_ping(0, 42) + p.encode_pong(0, 9)
         + p.encode_close(0, p.OK, "done"),
         "seed_mutate_error": s + p.encode_error(p_corr_mutate(1), p.INVALID_ARGUMENT, "dup"),

@@ -43,6 +43,8 @@ MESSAGES = 10
 TOPICS_LIVE = 11
 CATCHUP_COMPLETE = 12
 AUTH = 13
+# 14 (GOING_AWAY) is reserved, not in this protocol yet.
+TOPIC_ERROR = 15
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -58,6 +60,7 @@ KIND_NAMES = {
     TOPICS_LIVE: "TOPICS_LIVE",
     CATCHUP_COMPLETE: "CATCHUP_COMPLETE",
     AUTH: "AUTH",
+    TOPIC_ERROR: "TOPIC_ERROR",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 
@@ -76,6 +79,8 @@ INTERNAL = 10
 INVALID_ARGUMENT = 11
 GOING_AWAY = 12
 OUT_OF_RANGE = 13
+EPOCH_MISMATCH = 14
+CURSOR_AHEAD = 15
 
 CODE_NAMES = {
     OK: "ok",
@@ -92,6 +97,8 @@ CODE_NAMES = {
     INVALID_ARGUMENT: "invalid_argument",
     GOING_AWAY: "going_away",
     OUT_OF_RANGE: "out_of_range",
+    EPOCH_MISMATCH: "epoch_mismatch",
+    CURSOR_AHEAD: "cursor_ahead",
 }
 CODES = {name: code for code, name in CODE_NAMES.items()}
 
@@ -186,8 +193,12 @@ def encode_hello(corr: int, version: int = PROTOCOL_VERSION, name: str | bytes =
 
 
 def encode_started(corr: int, keepalive_ms: int = 30000, capabilities: int = CAP_STREAM | CAP_PUBLISH,
-                   max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT, server_id: str | bytes = "") -> bytes:
+                   max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT, server_id: str | bytes = "",
+                   epoch: int | None = 1) -> bytes:
+    """STARTED; epoch None leaves the appended field out (an older server)."""
     body = struct.pack("<IQI", keepalive_ms, capabilities, max_frame_bytes) + _str16(server_id)
+    if epoch is not None:
+        body += struct.pack("<Q", epoch)
     return encode_frame(STARTED, corr, body)
 
 
@@ -227,10 +238,13 @@ def encode_mutate(
     removes: Iterable[str | bytes] = (),
     history_only: bool = False,
     flags: int | None = None,
+    epoch: int | None = 0,
 ) -> bytes:
     """MUTATE. Each add is (topic, cursor) where cursor is an int (deliver
-    seq > cursor; 0 = from the beginning) or "now". `flags` overrides the
-    flags byte for malformed-frame tests."""
+    seq > cursor; 0 = from the beginning) or "now". `epoch` is the store
+    epoch the cursors belong to (0 = none known; None leaves the appended
+    field out, as an older client does). `flags` overrides the flags byte
+    for malformed-frame tests."""
     adds = list(adds)
     removes = list(removes)
     if flags is None:
@@ -244,6 +258,8 @@ def encode_mutate(
     body += struct.pack("<I", len(removes))
     for topic in removes:
         body += _topic(topic)
+    if epoch is not None:
+        body += struct.pack("<Q", epoch)
     return encode_frame(MUTATE, corr, bytes(body))
 
 
@@ -263,6 +279,12 @@ def encode_topics_live(corr: int, topics: Iterable[str | bytes]) -> bytes:
 
 def encode_catchup_complete(corr: int, mutate_id: int) -> bytes:
     return encode_frame(CATCHUP_COMPLETE, corr, struct.pack("<Q", mutate_id))
+
+
+def encode_topic_error(corr: int, mutate_id: int, topic: str | bytes, code: int,
+                       message: str | bytes = "") -> bytes:
+    body = struct.pack("<Q", mutate_id) + _topic(topic) + struct.pack("<H", code) + _str16(message)
+    return encode_frame(TOPIC_ERROR, corr, body)
 
 
 def encode_auth(corr: int, creds: bytes = b"") -> bytes:
@@ -410,8 +432,12 @@ def _decode_mutate(r: _Reader) -> dict:
         else:
             r.fail(f"add {i}: cursor_kind {cursor_kind} unknown")
     removes = [r.topic(f"remove {i}: topic") for i in range(r.count("remove_count", 2))]
-    return {"mutate_id": mutate_id, "flags": flags, "history_only": bool(flags & MUTATE_HISTORY_ONLY),
-            "adds": adds, "removes": removes}
+    out = {"mutate_id": mutate_id, "flags": flags, "history_only": bool(flags & MUTATE_HISTORY_ONLY),
+           "adds": adds, "removes": removes, "epoch": 0, "has_epoch": False}
+    if r.pos < len(r.body):  # appended field: older clients omit it
+        out["epoch"] = r.u64("epoch")
+        out["has_epoch"] = True
+    return out
 
 
 def _decode_messages(r: _Reader) -> dict:
@@ -430,8 +456,12 @@ def _decode_body(kind: int, r: _Reader) -> dict:
                 "credentials": r.blob16("credentials")}
     if kind == STARTED:
         keepalive_ms, caps, max_frame = r.unpack("IQI", "started")
-        return {"keepalive_ms": keepalive_ms, "capabilities": caps, "max_frame_bytes": max_frame,
-                "server_id": r.str16("server_id")}
+        out = {"keepalive_ms": keepalive_ms, "capabilities": caps, "max_frame_bytes": max_frame,
+               "server_id": r.str16("server_id"), "epoch": 0, "has_epoch": False}
+        if r.pos < len(r.body):  # appended field: older servers omit it
+            out["epoch"] = r.u64("epoch")
+            out["has_epoch"] = True
+        return out
     if kind in (ERROR, CLOSE):
         code = r.u16("code" if kind == ERROR else "status")
         out = {"code": code, "code_name": CODE_NAMES.get(code, "unknown"), "message": r.str16("message")}
@@ -455,6 +485,12 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         return {"topics": [r.topic(f"topic {i}: topic") for i in range(r.count("count", 2))]}
     if kind == CATCHUP_COMPLETE:
         return {"mutate_id": r.u64("mutate_id")}
+    if kind == TOPIC_ERROR:
+        mutate_id = r.u64("mutate_id")
+        topic = r.topic()
+        code = r.u16("code")
+        return {"mutate_id": mutate_id, "topic": topic, "code": code,
+                "code_name": CODE_NAMES.get(code, "unknown"), "message": r.str16("message")}
     if kind == AUTH:
         return {"credentials": r.blob16("credentials")}
     raise AssertionError(kind)
@@ -508,9 +544,17 @@ class Conn:
     frames read while waiting for something else (publish with wait=True)
     are kept and returned by later recv calls, in order."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 7400, timeout: float = 5.0):
+    def __init__(self, host: str = "127.0.0.1", port: int = 7400, timeout: float = 5.0,
+                 rcvbuf: int | None = None):
+        """rcvbuf sets SO_RCVBUF before connecting (a slow reader's window)."""
         self.timeout = timeout
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+        if rcvbuf is None:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+            self.sock.settimeout(timeout)
+            self.sock.connect((host, port))
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.buf = bytearray()
         self.pending: collections.deque[Frame] = collections.deque()
@@ -552,8 +596,9 @@ class Conn:
         finally:
             self.pending.extend(held)
 
-    def mutate(self, corr: int, mutate_id: int, adds=(), removes=(), history_only: bool = False) -> None:
-        self.send(encode_mutate(corr, mutate_id, adds, removes, history_only))
+    def mutate(self, corr: int, mutate_id: int, adds=(), removes=(), history_only: bool = False,
+               epoch: int | None = 0) -> None:
+        self.send(encode_mutate(corr, mutate_id, adds, removes, history_only, epoch=epoch))
 
     def ping(self, nonce: int) -> None:
         """Sends PING{nonce}; the server answers PONG with the same nonce."""

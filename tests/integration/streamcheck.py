@@ -148,7 +148,10 @@ class Publisher(Client):
 class Subscriber(Client):
     """Tracks, per topic, the episode opened by an add and checks every
     message against it: the first seq is cursor+1 (or above the head known
-    when a `now` add was sent), then each next seq is the previous + 1."""
+    when a `now` add was sent), then each next seq is the previous + 1.
+    A TOPIC_ERROR must be one the add made possible (a cursor from another
+    epoch, or beyond the head known when the add was sent) and ends the
+    episode; an ERROR must be one the test provoked on purpose."""
 
     def __init__(self, driver, port, name="sub", strict_errors=True, transport=None):
         super().__init__(driver, port, name, transport)
@@ -162,24 +165,75 @@ class Subscriber(Client):
         self.next_mutate = 1
         self.strict_errors = strict_errors
         self.problems = []
+        self.epoch = None  # from STARTED
+        self.adds_sent = {}  # mutate_id -> {topic: (cursor, known head, epoch ok)}
+        self.expected_errors = {}  # corr -> wire code name of an ERROR provoked on purpose
+        self.topic_errors = []  # (topic, code name)
+        self.must_refuse = {}  # mutate_id -> topics that must get TOPIC_ERROR epoch_mismatch
 
-    def mutate(self, adds=(), removes=(), history_only=False, now_bounds=None):
+    def mutate(self, adds=(), removes=(), history_only=False, now_bounds=None, epoch="right",
+               hold=False):
+        """epoch: "right" (STARTED's), "zero" (none known) or "wrong". hold
+        keeps the frame for the next send, so that both go in one write."""
         mid = self.next_mutate
         self.next_mutate += 1
+        bounds = now_bounds or {}
+        self.adds_sent[mid] = {t: (c, bounds.get(t, 0), epoch != "wrong") for t, c in adds}
+        # A SEQ cursor other than 0 under a wrong epoch must be refused.
+        self.must_refuse[mid] = {t for t, c in adds if epoch == "wrong" and c not in ("now", 0)}
         for topic, cursor in adds:
             if cursor == "now":
-                self.expect[topic] = ("now", (now_bounds or {}).get(topic, 0))
+                self.expect[topic] = ("now", bounds.get(topic, 0))
             else:
                 self.expect[topic] = cursor + 1
             self.live.discard(topic)
         self.removing[mid] = [t for t in removes if t not in {a for a, _ in adds}]
         self.wave_topics[mid] = {t for t, _ in adds} if not history_only else set()
-        self.send(rp.encode_mutate(mid, mid, adds=adds, removes=removes,
-                                   history_only=history_only))
+        wire_epoch = {"right": self.epoch or 0, "zero": 0, "wrong": (self.epoch or 0) ^ 0xE90C}[epoch]
+        frame = rp.encode_mutate(mid, mid, adds=adds, removes=removes,
+                                 history_only=history_only, epoch=wire_epoch)
+        if hold:
+            self.outbuf += frame
+        else:
+            self.send(frame)
         return mid
 
+    def reuse_in_flight(self, mid, removes):
+        """A removes-only MUTATE reusing the id of wave mid, sent while that
+        wave is in flight: invalid_argument, and none of its removes apply."""
+        corr = 10_000_000 + mid
+        self.expected_errors[corr] = "invalid_argument"
+        self.send(rp.encode_mutate(corr, mid, removes=removes))
+
+    def on_topic_error(self, f):
+        mid, topic, code = f["mutate_id"], f["topic"], f["code_name"]
+        self.topic_errors.append((topic, code))
+        sent = self.adds_sent.get(mid, {}).get(topic)
+        if sent is None or mid not in self.wave_topics:
+            self.problems.append(f"{self.name}: TOPIC_ERROR {f.fields} for no add of wave {mid}")
+            return
+        cursor, known_head, epoch_ok = sent
+        seq_cursor = cursor if cursor != "now" else None
+        if code == "epoch_mismatch":
+            ok = not epoch_ok and seq_cursor not in (None, 0)
+        elif code == "cursor_ahead":
+            ok = epoch_ok and seq_cursor is not None and seq_cursor > known_head
+        else:
+            ok = False
+        if not ok:
+            self.problems.append(f"{self.name}: unjustified TOPIC_ERROR {f.fields} for "
+                                 f"cursor {cursor} (head {known_head}, epoch ok {epoch_ok})")
+        self.expect.pop(topic, None)
+        self.live.discard(topic)
+        self.wave_topics[mid].discard(topic)
+        self.must_refuse.get(mid, set()).discard(topic)
+
     def on_frame(self, f):
-        if f.kind == rp.MESSAGES:
+        if f.kind == rp.STARTED:
+            self.epoch = f["epoch"]
+        elif f.kind == rp.TOPIC_ERROR:
+            self.on_topic_error(f)
+        elif f.kind == rp.MESSAGES:
             for topic, seq, payload in f["items"]:
                 self.check_message(topic, seq)
                 self.messages.append((topic, seq, payload, f["mutate_id"]))
@@ -196,10 +250,18 @@ class Subscriber(Client):
                 self.problems.append(
                     f"{self.name}: CATCHUP_COMPLETE {mid} before TOPICS_LIVE of "
                     f"{sorted(self.wave_topics[mid])}")
+            if self.must_refuse.get(mid):
+                self.problems.append(
+                    f"{self.name}: wave {mid} accepted cursors of a wrong epoch for "
+                    f"{sorted(self.must_refuse[mid])}")
             self.completed.append(mid)
             for t in self.removing.pop(mid, []):
                 self.expect.pop(t, None)
                 self.live.discard(t)
+        elif f.kind == rp.ERROR and f.corr in self.expected_errors:
+            want = self.expected_errors.pop(f.corr)
+            if f["code_name"] != want:
+                self.problems.append(f"{self.name}: error {f.fields}, expected {want}")
         elif f.kind == rp.ERROR and self.strict_errors:
             self.problems.append(f"{self.name}: error {f.fields}")
 
@@ -224,10 +286,15 @@ def run_random_streams(drv, pubs, subs, topics, rng, steps, publishes_max, paylo
     """The randomized contract check: for `steps` rounds, each publisher
     sends up to `publishes_max` messages (payload(rng, publisher, step)) to
     random topics while each subscriber whose waves are complete may add
-    topics with random cursors (0, now, or up to head + 3) or remove some.
-    Then every wave must complete, acks must be dense per topic, and after
-    markers published to every topic each subscriber must have reached the
-    head with no problem, no error, and every topic live."""
+    topics with random cursors (0, now, or up to head + 3) under the right
+    epoch, no epoch or (sometimes) a wrong one, or remove some; right after
+    an add wave it sometimes sends a removes-only MUTATE reusing the wave's
+    id, which must be refused whole. Then every wave must complete, acks
+    must be dense per topic, and after markers published to every topic
+    each subscriber must have reached the head of every topic it holds with
+    no problem, no unprovoked error, every held topic live, every
+    TOPIC_ERROR justified (wrong epoch, or a cursor above the known head)
+    and every nonzero SEQ cursor under a wrong epoch refused."""
 
     def head(t):
         return max((s for p in pubs for s in p.acks.get(t, [])), default=0)
@@ -244,7 +311,16 @@ def run_random_streams(drv, pubs, subs, topics, rng, steps, publishes_max, paylo
         for t in rng.sample(off, rng.randint(1, len(off))):
             r = rng.random()
             adds.append((t, 0 if r < 0.3 else "now" if r < 0.55 else rng.randint(0, head(t) + 3)))
-        s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds})
+        r = rng.random()
+        epoch = "wrong" if r < 0.1 else "zero" if r < 0.3 else "right"
+        # Reuse the id while the wave is surely in flight: a cursor-0 add of
+        # a topic with history needs a storage read, and both MUTATEs go out
+        # in one write.
+        reuse = on and rng.random() < 0.3 and any(c == 0 and head(t) > 0 for t, c in adds)
+        mid = s.mutate(adds=adds, now_bounds={t: head(t) for t, _ in adds}, epoch=epoch,
+                       hold=reuse)
+        if reuse:
+            s.reuse_in_flight(mid, rng.sample(on, rng.randint(1, len(on))))
 
     def waves_done(s):
         return all(m in s.completed for m in range(1, s.next_mutate))
@@ -279,5 +355,7 @@ def run_random_streams(drv, pubs, subs, topics, rng, steps, publishes_max, paylo
             raise AssertionError(f"{e}: heads {heads}, expect {s.expect}, "
                                  f"problems {s.problems}, errors {s.errors}") from None
         assert s.problems == [], s.problems
-        assert s.errors == [], s.errors
+        assert s.expected_errors == {}, f"provoked errors never came: {s.expected_errors}"
+        provoked = sum(1 for e in s.errors if e["code_name"] == "invalid_argument")
+        assert len(s.errors) == provoked, s.errors
         assert s.live == set(s.expect), (s.live, set(s.expect))

@@ -5,6 +5,7 @@ import base64
 import json
 import queue
 import re
+import socket
 import subprocess
 import threading
 import time
@@ -225,6 +226,43 @@ def test_stream_add_remove_and_close_print_events_in_order(daemon):
         st.kill()
 
 
+def test_stream_reports_the_epoch_and_topic_errors(daemon):
+    publish(daemon, "te", ["t1", "t2"])
+    st = Live("--url", daemon.url, "stream")
+    try:
+        (started,) = st.until(lambda ev: ev["event"] == "started")
+        epoch = started["epoch"]
+        assert epoch > 0 and "server_id" in started
+        st.send({"mutate_id": 3, "add": [{"topic": "te", "cursor": 10}, {"topic": "ok", "cursor": 0}],
+                 "epoch": epoch})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        errs = [ev for ev in wave if ev["event"] == "topic_error"]
+        assert [(e["topic"], e["mutate_id"], e["code"]) for e in errs] == [("te", 3, "cursor_ahead")]
+        assert "beyond the head 2" in errs[0]["message"]
+        assert [t for ev in wave if ev["event"] == "topics_live" for t in ev["topics"]] == ["ok"]
+        st.send({"mutate_id": 4, "add": [{"topic": "te", "cursor": 1}], "epoch": epoch ^ 1})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["code"]) for ev in wave if ev["event"] == "topic_error"] \
+            == [("te", "epoch_mismatch")]
+        st.send({"mutate_id": 5, "add": [{"topic": "te", "cursor": 1}], "epoch": epoch})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["seq"]) for ev in wave if ev["event"] == "message"] == [("te", 2)]
+        st.send({"close": True})
+        rc, _ = st.finish()
+        assert rc == 0
+    finally:
+        st.kill()
+
+
+def test_sub_exits_nonzero_on_a_topic_error(daemon):
+    publish(daemon, "sube", ["a"])
+    out = run_cli("--url", daemon.url, "sub", "--timeout", "10", "sube@5")
+    assert out.returncode == 1
+    evs = events(out.stdout)
+    assert [(ev["event"], ev.get("code")) for ev in evs] == [("topic_error", "cursor_ahead")], evs
+    assert out.stderr.startswith("ringbus: sub: topic sube: "), out.stderr
+
+
 def test_stream_eof_on_stdin_half_closes(daemon):
     line = json.dumps({"mutate_id": 1, "add": [{"topic": "e", "cursor": 0}]})
     out = run_cli("--url", daemon.url, "stream", input=line + "\n")
@@ -287,10 +325,14 @@ def test_unreachable_server_fails_with_one_line():
     assert out.stderr == f"ringbus: connect {url}: Connection refused\n"
 
 
-def test_unsupported_scheme_says_so():
-    out = run_cli("--url", "quic://127.0.0.1", "ping")
+def test_quic_without_a_server_times_out_clearly():
+    # quic:// is built: a port nobody answers on ends in a handshake timeout.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        out = run_cli("--url", f"quic://127.0.0.1:{port}", "--timeout", "1", "ping")
     assert out.returncode != 0
-    assert "not supported yet" in out.stderr
+    assert "QUIC handshake: timed out" in out.stderr, out.stderr
 
 
 def test_unknown_command_and_help():

@@ -5,13 +5,19 @@ schema migrations, TLS and passwords, a slow Postgres that must not stall
 the shard's loop, and retention. The stream suite (test_stream.py) runs on
 this store too."""
 
+import itertools
 import os
+import pathlib
+import re
 import subprocess
 import threading
 import time
 
 import rbproto as rp
 from conftest import RINGBUSD, Daemon
+from pg import PG_BIN
+
+SETUP_NAMES = itertools.count(1)
 
 PAYLOAD = "p" * 200
 
@@ -31,11 +37,12 @@ def stored(db, topic):
 
 
 def history(d, topic, cursor=0, timeout=20):
-    """Every (seq, payload) a history_only add of topic@cursor delivers."""
+    """Every (seq, payload) a history_only add of topic@cursor delivers,
+    and the ERROR and TOPIC_ERROR frames of its wave."""
     c = conn(d)
     c.mutate(1, 1, adds=[(topic, cursor)], history_only=True)
     frames = c.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE, timeout)
-    errors = [f for f in frames if f.kind == rp.ERROR]
+    errors = [f for f in frames if f.kind in (rp.ERROR, rp.TOPIC_ERROR)]
     msgs = [(s, bytes(p).decode()) for f in frames if f.kind == rp.MESSAGES
             for (_, s, p) in f["items"]]
     c.sock.close()
@@ -318,9 +325,12 @@ def test_migrate_only_applies_the_schema_once_and_exits(pg_db, tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert "schema is up to date" in out.stdout
-    assert pg_db.psql("SELECT version FROM ringbus_schema") == [["1"]]
+    assert pg_db.psql("SELECT version FROM ringbus_schema ORDER BY version") == [["1"], ["2"]]
     assert {r[0] for r in pg_db.psql("SELECT tablename FROM pg_tables WHERE schemaname='public'")} \
-        == {"ringbus_schema", "topics", "messages"}
+        == {"ringbus_schema", "topics", "messages", "ringbus_epoch"}
+    # The epoch is created once: the second run kept it.
+    (epoch,), = pg_db.psql("SELECT epoch FROM ringbus_epoch")
+    assert int(epoch) != 0 and f"epoch {int(epoch) & (2**64 - 1):016x}" in out.stderr + out.stdout
     dead = write_config(tmp_path, "host=127.0.0.1 port=1 dbname=x connect_timeout=2", "dead.toml")
     out = subprocess.run([str(RINGBUSD), "--config", str(dead), "--migrate-only"],
                          capture_output=True, text=True, timeout=30)
@@ -336,13 +346,22 @@ def test_daemons_migrating_at_once_do_not_race(pg_db, tmp_path, make_daemon):
     outs = [p.communicate(timeout=30)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
     assert sum("applied schema migration 1" in o for o in outs) == 1, outs
-    assert pg_db.psql("SELECT count(*) FROM ringbus_schema") == [["1"]]
-    # Daemons starting together on a fresh database, too.
+    assert sum("applied schema migration 2" in o for o in outs) == 1, outs
+    assert pg_db.psql("SELECT count(*) FROM ringbus_schema") == [["2"]]
+    assert pg_db.psql("SELECT count(*) FROM ringbus_epoch") == [["1"]]
+    # Daemons starting together on a fresh database, too; they share the
+    # database's one epoch, which differs from the first database's.
     other = pg_db.cluster.createdb()
     info = pg_db.cluster.conninfo(other)
     ds = [make_daemon(storage="postgres", conninfo=info) for _ in range(2)]
     assert sum("applied schema migration 1" in d.log() for d in ds) == 1
     assert conn(ds[1]).publish("m", "x", corr=1)["seq"] == 1
+    epochs = set()
+    for d in ds:
+        with rp.Conn("127.0.0.1", d.port) as c:
+            epochs.add(c.hello()["epoch"])
+    (first,), = pg_db.psql("SELECT epoch FROM ringbus_epoch")
+    assert len(epochs) == 1 and epochs != {int(first) & (2**64 - 1)}, epochs
 
 
 # ---- TLS and passwords ----
@@ -376,10 +395,14 @@ def test_cursor_beyond_bigint_is_clamped_not_wrapped(make_daemon, pg_db):
     d = make_daemon(storage="postgres", conninfo=pg_db.conninfo)
     c = conn(d)
     publish_all(c, [("big", "a"), ("big", "b")])
-    msgs, errors = history(d, "big", cursor=2**63 + 5)
-    assert msgs == [] and errors == []
-    msgs, errors = history(d, "big", cursor=2**63 - 1)
-    assert msgs == [] and errors == []
+    # Beyond the head either way: an explicit cursor_ahead, never a wrap
+    # to a negative bigint that would replay everything.
+    for cursor in (2**63 + 5, 2**63 - 1):
+        msgs, errors = history(d, "big", cursor=cursor)
+        assert msgs == [] and [(e.kind, e["code_name"]) for e in errors] \
+            == [(rp.TOPIC_ERROR, "cursor_ahead")]
+    msgs, errors = history(d, "big", cursor=1)
+    assert msgs == [(2, "b")] and errors == []
 
 
 def test_retention_deletes_old_rows_in_bounded_batches(make_daemon, pg_db):
@@ -403,7 +426,8 @@ def test_retention_deletes_old_rows_in_bounded_batches(make_daemon, pg_db):
     assert sum(batches) == 4900 and max(batches) <= 2000 and len([b for b in batches if b]) >= 3
     # A cursor older than what is kept is an explicit error, never a gap.
     msgs, errors = history(d, "ret", cursor=5)
-    assert msgs == [] and [e["code_name"] for e in errors] == ["out_of_range"]
+    assert msgs == [] and [(e.kind, e["code_name"], e["topic"]) for e in errors] \
+        == [(rp.TOPIC_ERROR, "out_of_range", "ret")]
     msgs, errors = history(d, "ret", cursor=0)
     assert [s for s, _ in msgs] == list(range(4901, 5001)) and errors == []
 
@@ -418,3 +442,47 @@ def test_age_retention_keeps_each_topics_newest_message(make_daemon, pg_db):
     assert stored(pg_db, "aged") == ([(20, "a19")], 20)
     assert history(d, "aged")[0] == [(20, "a19")]
     assert c.publish("aged", "next", corr=100)["seq"] == 21
+
+
+def documented_setup_sql():
+    """The SQL block of docs/OPERATIONS.md "Postgres set-up", as written."""
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md").read_text()
+    section = text.split("## Postgres set-up\n", 1)[1].split("\n## ", 1)[0]
+    return section.split("```sql\n", 1)[1].split("```", 1)[0]
+
+
+def test_documented_setup_lets_the_daemon_run_as_a_role_that_only_reads_and_writes(
+        pg_cluster, tmp_path, make_daemon):
+    """The set-up of OPERATIONS.md run as written (names made unique): the
+    owner applies the schema with --migrate-only, then the daemon runs as a
+    role without the right to create tables, publishes and reads."""
+    n = next(SETUP_NAMES)
+    owner, app = f"rbsetup{os.getpid()}_{n}_owner", f"rbsetup{os.getpid()}_{n}"
+    sql = documented_setup_sql().replace("ringbus_owner", "OWNER_ROLE")
+    sql = re.sub(r"\bringbus\b", app, sql).replace("OWNER_ROLE", owner)
+    subprocess.run([f"{PG_BIN}/psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", pg_cluster.sock,
+                    "-p", str(pg_cluster.port), "-U", "postgres", "-d", "postgres", "-f", "-"],
+                   input=sql, check=True, capture_output=True, text=True, timeout=60)
+    as_app = write_config(tmp_path, pg_cluster.conninfo(app, user=app), "app.toml")
+    # The daemon's role may not apply the schema, and says who should.
+    out = subprocess.run([str(RINGBUSD), "--config", str(as_app), "--migrate-only"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "permission denied for schema public" in out.stderr
+    assert "(apply the schema as its owner: ringbusd --migrate-only)" in out.stderr
+    as_owner = write_config(tmp_path, pg_cluster.conninfo(app, user=owner), "owner.toml")
+    out = subprocess.run([str(RINGBUSD), "--config", str(as_owner), "--migrate-only"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    owners = pg_cluster.psql(app, "SELECT tablename, tableowner FROM pg_tables "
+                                  "WHERE schemaname = 'public' ORDER BY 1")
+    assert owners == [["messages", owner], ["ringbus_epoch", owner], ["ringbus_schema", owner],
+                      ["topics", owner]]
+    d = make_daemon(storage="postgres", conninfo=pg_cluster.conninfo(app, user=app))
+    c = conn(d)
+    assert c.publish("setup", "one", corr=1)["seq"] == 1
+    assert c.publish("setup", "two", corr=2)["seq"] == 2
+    c.mutate(3, 1, adds=[("setup", 0)])
+    f = c.recv_until(lambda f: f.kind == rp.MESSAGES)
+    assert [(t, s, p) for t, s, p in f["items"]][:2] == [("setup", 1, b"one"), ("setup", 2, b"two")]
+    assert "permission denied" not in d.log()

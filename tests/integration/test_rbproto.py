@@ -3,6 +3,7 @@ ringbusd: every kind round-trips, the documented example bytes match, and
 malformed input raises ProtocolError with the right wire code. The Conn
 tests talk to a scripted in-process socket, not to the daemon."""
 
+import pathlib
 import socket
 import struct
 import threading
@@ -33,7 +34,18 @@ def test_started_round_trips():
                               max_frame_bytes=4096, server_id="node-1"))
     assert f.kind == rp.STARTED
     assert f.fields == {"keepalive_ms": 1500, "capabilities": rp.CAP_STREAM,
-                        "max_frame_bytes": 4096, "server_id": "node-1"}
+                        "max_frame_bytes": 4096, "server_id": "node-1", "epoch": 1, "has_epoch": True}
+    f = one(rp.encode_started(1, epoch=2**64 - 1))
+    assert f["epoch"] == 2**64 - 1 and f["has_epoch"]
+
+
+def test_started_of_an_older_server_has_no_epoch():
+    buf = rp.encode_started(1, server_id="old", epoch=None)
+    assert len(buf) == 16 + 4 + 8 + 4 + 2 + 3
+    f = one(buf)
+    assert f["server_id"] == "old" and f["epoch"] == 0 and f["has_epoch"] is False
+    with pytest.raises(rp.ProtocolError, match="epoch"):
+        rp.decode(struct.pack("<I", len(buf) + 4) + buf[4:] + b"\x01\x02\x03\x04")
 
 
 def test_error_round_trips_with_code_name():
@@ -74,11 +86,28 @@ def test_mutate_round_trips_cursors_removes_and_history_only():
     assert f["mutate_id"] == 77 and f["history_only"] is True and f["flags"] == 1
     assert f["adds"] == [("a", 0), ("b", 42), ("c", "now")]
     assert f["removes"] == ["d"]
+    assert f["epoch"] == 0 and f["has_epoch"] is True
+
+
+def test_mutate_carries_an_epoch_and_an_older_client_omits_it():
+    f = one(rp.encode_mutate(5, 1, adds=[("a", 3)], epoch=0xDEADBEEF00000001))
+    assert f["epoch"] == 0xDEADBEEF00000001 and f["has_epoch"] is True
+    old = rp.encode_mutate(5, 1, adds=[("a", 3)], epoch=None)
+    f = one(old)
+    assert f["epoch"] == 0 and f["has_epoch"] is False and f["adds"] == [("a", 3)]
+
+
+def test_topic_error_round_trips():
+    f = one(rp.encode_topic_error(0, 7, "日本.注文", rp.EPOCH_MISMATCH, "other epoch"))
+    assert (f.kind, f.kind_name, f.corr) == (rp.TOPIC_ERROR, "TOPIC_ERROR", 0)
+    assert f.fields == {"mutate_id": 7, "topic": "日本.注文", "code": rp.EPOCH_MISMATCH,
+                        "code_name": "epoch_mismatch", "message": "other epoch"}
+    assert rp.CODE_NAMES[rp.CURSOR_AHEAD] == "cursor_ahead"
 
 
 def test_mutate_with_empty_lists_round_trips():
     buf = rp.encode_mutate(5, 0)
-    assert len(buf) == 16 + 8 + 1 + 4 + 4
+    assert len(buf) == 16 + 8 + 1 + 4 + 4 + 8
     f = one(buf)
     assert f["adds"] == [] and f["removes"] == [] and f["history_only"] is False
 
@@ -153,6 +182,59 @@ def test_publish_matches_documented_bytes():
     assert rp.encode_publish(2, "orders", b"hi") == want
 
 
+def test_started_mutate_messages_and_topic_error_match_documented_bytes():
+    epoch = 0x1122334455667788
+    assert rp.encode_started(1, capabilities=3, server_id="n1", epoch=epoch) == bytes.fromhex(
+        "2c000000 0102 0000 0100000000000000 30750000 0300000000000000 00001000 0200 6e31"
+        "8877665544332211")
+    mutate = rp.encode_mutate(3, 5, adds=[("a", 10), ("b", "now")], removes=["c"], epoch=epoch)
+    assert mutate == bytes.fromhex(
+        "41000000 0109 0000 0300000000000000 0500000000000000 00 02000000"
+        "0161 00 0a00000000000000 0162 01 0000000000000000 01000000 0163 8877665544332211")
+    old = rp.encode_mutate(3, 5, adds=[("a", 10), ("b", "now")], removes=["c"], epoch=None)
+    assert len(old) == 57 and old[4:] == mutate[4:57]
+    assert rp.encode_messages(0, 5, [("a", 11, b"x"), ("a", 12, b"")]) == bytes.fromhex(
+        "39000000 010a 0000 0000000000000000 0500000000000000 02000000"
+        "0161 0b00000000000000 01000000 78 0161 0c00000000000000 00000000")
+    assert rp.encode_topic_error(0, 5, "a", rp.CURSOR_AHEAD, "cursor 10 is beyond the head 5") \
+        == bytes.fromhex("3c000000 010f 0000 0000000000000000 0500000000000000 0161 0f00 1e00") \
+        + b"cursor 10 is beyond the head 5"
+
+
+def documented_example(title, index=0):
+    """The bytes of a worked example of docs/PROTOCOL.md §11: the hex before
+    the comment on each line of the index-th code block under `### title`."""
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
+    section = text.split("## 11. Worked examples", 1)[1].split(f"### {title}\n", 1)[1]
+    section = section.split("\n### ", 1)[0]
+    block = section.split("```\n")[1 + 2 * index]
+    out = bytearray()
+    for line in block.splitlines():
+        out += bytes.fromhex(line.split("  ", 1)[0])
+    return bytes(out)
+
+
+def test_mutate_worked_example_matches_the_codec():
+    want = rp.encode_mutate(3, 5, adds=[("a", 10), ("b", "now")], removes=["c"],
+                            epoch=0x1122334455667788)
+    assert documented_example("MUTATE") == want
+
+
+def test_publish_ack_worked_example_matches_the_codec():
+    assert documented_example("PUBLISH") == rp.encode_publish(2, "orders", b"hi")
+    assert documented_example("PUBLISH", 1) == rp.encode_publish_ack(2, "orders", 42)
+
+
+def test_messages_worked_example_is_the_history_of_the_mutate_example():
+    """The MUTATE example adds a after seq 10 and b with cursor NOW: its
+    history can only hold a's messages above 10, never b's."""
+    raw = documented_example("MESSAGES")
+    assert raw == rp.encode_messages(0, 5, [("a", 11, b"x"), ("a", 12, b"")])
+    f = one(raw)
+    assert f["mutate_id"] == 5
+    assert all(t == "a" and s > 10 for t, s, _ in f["items"])
+
+
 # ---- partial and malformed input --------------------------------------------------
 
 
@@ -169,8 +251,12 @@ ALL_SAMPLES = [
     rp.encode_messages(0, 1, [("a", 1, b"x")]),
     rp.encode_topics_live(0, ["a"]),
     rp.encode_catchup_complete(0, 1),
+    rp.encode_topic_error(0, 1, "t", rp.CURSOR_AHEAD, "cursor 10 is beyond the head 5"),
     rp.encode_auth(1, rp.creds_token("a.b.c")),
 ]
+
+# Where a sample may legally end early: before its appended epoch field.
+OPTIONAL_TAIL = {rp.STARTED: 8, rp.MUTATE: 8}
 
 
 def test_samples_cover_every_kind():
@@ -187,6 +273,9 @@ def test_every_short_prefix_is_incomplete(sample):
 def test_size_shorter_than_body_is_bad_frame_at_every_offset(sample):
     for cut in range(16, len(sample)):
         lying = struct.pack("<I", cut) + sample[4:cut]
+        if cut == len(sample) - OPTIONAL_TAIL.get(sample[5], -1):
+            assert one(lying).fields["has_epoch"] is False
+            continue
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(lying)
         assert e.value.code == rp.BAD_FRAME
@@ -223,7 +312,7 @@ def test_unknown_version_kind_and_flags_are_refused():
     with pytest.raises(rp.ProtocolError) as e:
         rp.decode(rp.encode_hello(1, version=2))
     assert e.value.code == rp.UNSUPPORTED_VERSION
-    for kind in (0, 14, 255):
+    for kind in (0, 14, 16, 255):
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(rp.encode_frame(kind, 0, b""))
         assert e.value.code == rp.BAD_FRAME

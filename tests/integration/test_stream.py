@@ -155,16 +155,104 @@ def test_cursor_in_the_middle_starts_after_it(daemon):
     assert [s for _, s, _ in msgs] == [16, 17, 18, 19, 20]
 
 
-def test_cursor_above_head_waits_for_that_seq(daemon):
+def topic_errors(frames):
+    return [(f["topic"], f["code_name"], f["mutate_id"]) for f in frames if f.kind == rp.TOPIC_ERROR]
+
+
+def test_cursor_beyond_the_head_is_a_topic_error_and_the_rest_applies(daemon):
     pub = conn(daemon)
-    publish_n(pub, "ahead", 3)
+    publish_n(pub, "ahead", 5)
+    publish_n(pub, "fine", 2, start_corr=50)
     sub = conn(daemon)
-    sub.send(rp.encode_mutate(1, 1, adds=[("ahead", 5)]))
-    _, msgs = collect_until_complete(sub, 1)
-    assert msgs == []
-    publish_n(pub, "ahead", 4, start_corr=70)
+    sub.send(rp.encode_mutate(1, 1, adds=[("ahead", 10), ("fine", 0)]))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert topic_errors(frames) == [("ahead", "cursor_ahead", 1)], frames
+    err = next(f for f in frames if f.kind == rp.TOPIC_ERROR)
+    assert "cursor 10 is beyond the head 5" in err["message"]
+    assert [f for f in frames if f.kind == rp.ERROR] == []
+    assert [(t, s) for t, s, _ in msgs] == [("fine", 1), ("fine", 2)]
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["fine"]]
+    # The topic is not on the stream: new messages do not arrive, and the
+    # client may add it again from a cursor it chooses.
+    publish_n(pub, "ahead", 1, start_corr=60)
+    sub.send(rp.encode_mutate(2, 2, adds=[("ahead", 5)]))
+    frames, msgs = collect_until_complete(sub, 2)
+    assert topic_errors(frames) == [] and [(t, s) for t, s, _ in msgs] == [("ahead", 6)]
+
+
+def test_cursor_equal_to_the_head_is_caught_up(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "at", 3)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("at", 3)]))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert msgs == [] and topic_errors(frames) == []
+    publish_n(pub, "at", 1, start_corr=70)
     f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
-    assert [s for _, s, _ in f["items"]] == [6, 7][: len(f["items"])]
+    assert [s for _, s, _ in f["items"]] == [4]
+
+
+def test_duplicate_adds_of_now_and_u64_max_keep_the_seq_cursor(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "mx", 2)
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("mx", "now"), ("mx", 2**64 - 1)]))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert msgs == [] and topic_errors(frames) == [("mx", "cursor_ahead", 1)], frames
+
+
+def test_epoch_is_announced_and_a_foreign_epoch_is_a_topic_error(daemon):
+    pub = rp.Conn("127.0.0.1", daemon.port, timeout=10)
+    started = pub.hello()
+    epoch = started["epoch"]
+    assert started["has_epoch"] and epoch != 0
+    publish_n(pub, "ep", 5)
+    sub = rp.Conn("127.0.0.1", daemon.port, timeout=10)
+    assert sub.hello()["epoch"] == epoch
+    wrong = epoch ^ 0x5555
+    sub.send(rp.encode_mutate(1, 1, adds=[("ep", 3), ("ep0", 0), ("epn", "now")], epoch=wrong))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert topic_errors(frames) == [("ep", "epoch_mismatch", 1)], frames
+    live = sorted(t for f in frames if f.kind == rp.TOPICS_LIVE for t in f["topics"])
+    assert live == ["ep0", "epn"]  # 0 and now mean the same in every epoch
+    # The right epoch, and no epoch at all (0, or an older client's MUTATE
+    # without the field), resume normally.
+    for mid, e in ((2, epoch), (3, 0), (4, None)):
+        sub.send(rp.encode_mutate(mid, mid, adds=[("ep", 3)], removes=["ep"], epoch=e))
+        frames, msgs = collect_until_complete(sub, mid)
+        assert topic_errors(frames) == [] and [s for _, s, _ in msgs] == [4, 5], (mid, frames)
+
+
+def test_restart_starts_a_new_epoch_on_memory_and_keeps_it_on_postgres(make_daemon, storage):
+    d = make_daemon()
+    c = rp.Conn("127.0.0.1", d.port, timeout=10)
+    before = c.hello()["epoch"]
+    publish_n(c, "rs", 5)
+    c.close()
+    assert d.stop() == 0
+    d.start()
+    sub = rp.Conn("127.0.0.1", d.port, timeout=10)
+    after = sub.hello()["epoch"]
+    if storage == "postgres":
+        # Same database, same seq space: the old cursors still hold.
+        assert after == before
+        sub.send(rp.encode_mutate(1, 1, adds=[("rs", 3)], epoch=before))
+        frames, msgs = collect_until_complete(sub, 1)
+        assert topic_errors(frames) == [] and [s for _, s, _ in msgs] == [4, 5]
+        return
+    # The memory store lost everything: seqs start again at 1, and a client
+    # resuming with the old epoch is told instead of silently missing 1-3.
+    assert after not in (0, before)
+    publish_n(sub, "rs", 5, start_corr=300)
+    sub.send(rp.encode_mutate(1, 1, adds=[("rs", 3)], epoch=before))
+    frames, msgs = collect_until_complete(sub, 1)
+    assert topic_errors(frames) == [("rs", "epoch_mismatch", 1)] and msgs == [], frames
+    sub.send(rp.encode_mutate(2, 2, adds=[("rs", 10)], epoch=after))
+    frames, msgs = collect_until_complete(sub, 2)
+    assert topic_errors(frames) == [("rs", "cursor_ahead", 2)] and msgs == [], frames
+    sub.send(rp.encode_mutate(3, 3, adds=[("rs", 0)], epoch=before))
+    frames, msgs = collect_until_complete(sub, 3)
+    assert topic_errors(frames) == [] and [s for _, s, _ in msgs] == [1, 2, 3, 4, 5]
 
 
 def test_mutate_remove_stops_delivery_and_completes(daemon):
@@ -307,6 +395,34 @@ def test_readd_below_what_was_sent_replays_and_above_is_a_noop(daemon):
     assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["re"]]
 
 
+def test_readd_of_a_topic_still_catching_up_follows_the_replay_rule(daemon):
+    pub = conn(daemon)
+    publish_n(pub, "cu", 3000, payload=lambda i: "x" * 200)
+    # Not below what was sent: a no-op; the topic stays in wave 1, which
+    # reports it, and wave 2 does not wait for it.
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("cu", 0)]) + rp.encode_mutate(2, 2, adds=[("cu", 0)]))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == 1, 20)
+    done = [f["mutate_id"] for f in frames if f.kind == rp.CATCHUP_COMPLETE]
+    assert done == [2, 1], done
+    msgs = [(s, f["mutate_id"]) for f in frames if f.kind == rp.MESSAGES for _, s, _ in f["items"]]
+    assert msgs == [(s, 1) for s in range(1, 3001)]
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["cu"]]
+    # Below what was sent: the topic restarts from the lower cursor in wave
+    # 2; wave 1 stops waiting for it and never announces it live.
+    sub = conn(daemon)
+    sub.send(rp.encode_mutate(1, 1, adds=[("cu", 2000)]) +
+             rp.encode_mutate(2, 2, adds=[("cu", 0)]))
+    frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == 2, 20)
+    assert [f["mutate_id"] for f in frames if f.kind == rp.CATCHUP_COMPLETE] == [1, 2]
+    first_done = next(i for i, f in enumerate(frames) if f.kind == rp.CATCHUP_COMPLETE)
+    assert all(f.kind != rp.TOPICS_LIVE for f in frames[:first_done])
+    wave2 = [s for f in frames if f.kind == rp.MESSAGES and f["mutate_id"] == 2
+             for _, s, _ in f["items"]]
+    assert wave2 == list(range(1, 3001))
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["cu"]]
+
+
 def test_two_subscribers_see_the_same_sequence(daemon):
     d = Driver()
     p = Publisher(d, daemon.port)
@@ -373,14 +489,47 @@ def test_retention_cursor_too_old_is_an_explicit_error(make_daemon):
     publish_n(pub, "ret", 30)
     sub = rp.Conn("127.0.0.1", d.port)
     sub.hello()
-    sub.send(rp.encode_mutate(1, 1, adds=[("ret", 5)]))
+    sub.send(rp.encode_mutate(1, 1, adds=[("ret", 5), ("other", 0)]))
     frames, msgs = collect_until_complete(sub, 1)
-    errs = [f for f in frames if f.kind == rp.ERROR]
-    assert len(errs) == 1 and errs[0]["code_name"] == "out_of_range", frames
+    assert [f for f in frames if f.kind == rp.ERROR] == [], "a per-topic outcome, not ERROR"
+    assert topic_errors(frames) == [("ret", "out_of_range", 1)], frames
+    err = next(f for f in frames if f.kind == rp.TOPIC_ERROR)
+    assert "older than the oldest retained seq 21" in err["message"]
     assert msgs == []
+    assert [f["topics"] for f in frames if f.kind == rp.TOPICS_LIVE] == [["other"]]
+    # Cursor 0 means everything retained: it starts at the oldest, no error.
     sub.send(rp.encode_mutate(2, 2, adds=[("ret", 0)]))
-    _, msgs = collect_until_complete(sub, 2)
+    frames, msgs = collect_until_complete(sub, 2)
+    assert topic_errors(frames) == []
     assert [s for _, s, _ in msgs] == list(range(21, 31))
+
+
+@pytest.mark.parametrize("storage", ["memory"])  # trimmed at once by [storage.memory] retention
+def test_retention_overtaking_a_running_catchup_is_a_topic_error(make_daemon):
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 131072\n"
+                          "[storage.memory]\nretention_messages = 20000\n")
+    pub = conn(d)
+    body = "r" * 1000
+    for k in range(40):
+        publish_n(pub, "ov", 500, start_corr=k * 500 + 1, payload=lambda i: body)
+    # A subscriber with a small receive buffer that does not read: its
+    # catch-up stops when the socket and the send queue are full, far
+    # below the head.
+    sub = rp.Conn("127.0.0.1", d.port, timeout=20, rcvbuf=4096)
+    assert sub.hello().kind == rp.STARTED
+    sub.send(rp.encode_mutate(1, 1, adds=[("ov", 0)]))
+    time.sleep(1.0)
+    # Retention now drops every seq the catch-up has not sent yet.
+    for k in range(40, 80):
+        publish_n(pub, "ov", 500, start_corr=k * 500 + 1, payload=lambda i: body)
+    frames, msgs = collect_until_complete(sub, 1, timeout=60)
+    seqs = [s for _, s, _ in msgs]
+    assert seqs == list(range(1, len(seqs) + 1)) and 0 < len(seqs) < 20000, len(seqs)
+    assert topic_errors(frames) == [("ov", "out_of_range", 1)], topic_errors(frames)
+    err = next(f for f in frames if f.kind == rp.TOPIC_ERROR)
+    assert f"retention overtook the catch-up: seqs {len(seqs) + 1}..20000 were trimmed" \
+        in err["message"], err["message"]
+    assert [f for f in frames if f.kind in (rp.ERROR, rp.TOPICS_LIVE)] == []
 
 
 def test_half_close_drains_waves_then_closes_ok(daemon):
@@ -485,6 +634,44 @@ def test_pending_buffer_overflow_during_catchup_is_resource_exhausted(make_daemo
     assert f"conn {slow_id}: freed" in d.log()
     # ...and publishing goes on for everyone else.
     assert publish_n(pub, "pend", 1, start_corr=90000)[0] == 3401
+
+
+
+def test_live_messages_buffered_during_catchup_carry_the_waves_id(make_daemon):
+    """PROTOCOL §8.4: messages committed while a topic catches up are
+    buffered and delivered before its TOPICS_LIVE, in frames that carry the
+    wave's mutate_id like the history; only after TOPICS_LIVE do frames
+    carry 0."""
+    d = make_daemon(extra="[limits]\nmax_frame_bytes = 16384\nsend_queue_bytes = 65536\n"
+                          "pending_buffer_bytes = 4194304\n")
+    pub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    pub.hello()
+    # 16 MB of history: more than the kernel's socket buffers hold for a
+    # client that does not read, so catch-up pauses on the send queue.
+    history = 8000
+    for k in range(history // 1000):
+        publish_n(pub, "buf", 1000, start_corr=k * 1000 + 1, payload=lambda i: "h" * 2000)
+    sub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    sub.hello()
+    sub.send(rp.encode_mutate(9, 9, adds=[("buf", 0)]))
+    # The subscriber does not read yet: these commits land in the pending
+    # buffer while its catch-up waits.
+    time.sleep(0.3)
+    publish_n(pub, "buf", 100, start_corr=50000, payload=lambda i: f"live{i}")
+    frames = sub.recv_all_until(lambda f: f.kind == rp.TOPICS_LIVE, timeout=30)
+    before = [(f["mutate_id"], s) for f in frames if f.kind == rp.MESSAGES
+              for (_, s, _) in f["items"]]
+    assert {mid for mid, _ in before} == {9}
+    assert [s for _, s in before][:history] == list(range(1, history + 1))
+    buffered = [s for _, s in before if s > history]
+    assert buffered, "no live message was buffered during catch-up"
+    assert sub.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)["mutate_id"] == 9
+    seqs = [s for _, s in before]
+    while seqs[-1] < history + 100:
+        f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+        assert f["mutate_id"] == 0
+        seqs += [s for (_, s, _) in f["items"]]
+    assert seqs == list(range(1, history + 101))
 
 
 # ---- randomized ----

@@ -18,7 +18,7 @@ import pytest
 
 import rbproto as rp
 import rbtransport as rt
-from conftest import RINGBUSD, free_port
+from conftest import RINGBUSD, Daemon, free_port
 
 HANDSHAKE_MS = 1000
 
@@ -290,6 +290,28 @@ def test_sighup_with_a_non_pem_certificate_names_the_librarys_reason(make_daemon
     line = [ln for ln in d.log().splitlines() if "keeping the previous" in ln][-1]
     assert "PEM" in line and ": ok;" not in line, line
     assert hello_over(port, certs).kind == rp.STARTED
+
+
+
+def test_sighup_while_waiting_for_storage_reloads_too(tmp_path):
+    """A certificate replaced while the daemon waits for Postgres is served
+    once it is ready, without a second SIGHUP."""
+    certs = rt.Certs(tmp_path)
+    port = free_port()
+    d = Daemon(tmp_path, storage="postgres", listeners=rt.listener("tls", port, certs),
+               conninfo=f"host=127.0.0.1 port={free_port()} dbname=none connect_timeout=1")
+    d._log = open(d.log_path, "wb")
+    d.proc = subprocess.Popen([str(RINGBUSD), "--config", str(d.config_path)], stdout=d._log,
+                              stderr=subprocess.STDOUT, env=d.env)
+    try:
+        wait_log(d, "storage not ready", timeout=15)
+        d.proc.send_signal(signal.SIGHUP)
+        wait_log(d, f"reload: tls://127.0.0.1:{port} now serves {certs.cert}")
+        assert "ready:" not in d.log()
+    finally:
+        assert d.stop() == 0
+    assert "SIGTERM received while waiting for storage: stopping" in d.log()
+    assert d.bad_log_lines() == []
 
 
 # ---- certificate and key pairs, --check-config -----------------------------------------

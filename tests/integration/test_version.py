@@ -95,10 +95,14 @@ def test_build_without_git_uses_the_version_file(tmp_path):
     # git must not find this (or any enclosing) repository, nor run usefully.
     env = dict(os.environ, GIT_DIR=str(tmp_path / "no-such-git"),
                GIT_CEILING_DIRECTORIES=str(tmp_path))
-    env.pop("MAKEFLAGS", None)
+    # The suite may run inside `make VARIANT=asan ...`: nothing of the outer
+    # make (its variables travel in these) may reach the export's build.
+    for var in ("MAKEFLAGS", "MFLAGS", "MAKEOVERRIDES", "MAKELEVEL", "VARIANT", "BUILDDIR"):
+        env.pop(var, None)
     build = tree / "build" / "release"
     targets = [str(build.relative_to(tree) / t) for t in ("ringbusd", "ringbus", "libringbus.so")]
-    out = subprocess.run(["make", "-s", "-j2", "--no-print-directory", *targets], cwd=tree,
+    out = subprocess.run(["make", "-s", "-j2", "--no-print-directory", "VARIANT=release", *targets],
+                         cwd=tree,
                          env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stderr[-4000:]
     plain = version_file(tree)

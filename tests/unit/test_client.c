@@ -265,10 +265,12 @@ START_TEST(test_cmd_full_mutate_parses_every_field)
     const char *line = "{\"mutate_id\":7,\"add\":[{\"topic\":\"a\",\"cursor\":0},"
                        "{\"topic\":\"b\",\"cursor\":\"now\"},{\"topic\":\"c\",\"cursor\":42},"
                        "{\"topic\":\"d\"},{\"topic\":\"e\",\"cursor\":\"9\"}],"
-                       "\"remove\":[\"x\",\"y\"],\"history_only\":true}";
+                       "\"remove\":[\"x\",\"y\"],\"history_only\":true,"
+                       "\"epoch\":18446744073709551615}";
     ck_assert_msg(parse_cmd(line, &cmd, &e) == 0, "%s", e.msg);
     ck_assert_int_eq(cmd.kind, RB_CMD_MUTATE);
     ck_assert_uint_eq(cmd.mutate_id, 7);
+    ck_assert_uint_eq(cmd.epoch, UINT64_MAX);
     ck_assert(cmd.history_only);
     ck_assert_uint_eq(cmd.add_count, 5);
     ck_assert_str_eq(cmd.adds[0].topic, "a");
@@ -338,6 +340,8 @@ START_TEST(test_cmd_malformed_lines_are_rejected_with_a_reason)
         {"{\"mutate_id\":0,\"add\":[{\"topic\":\"a\"}]}", "mutate_id: required"},
         {"{\"mutate_id\":-1,\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":1.5,\"add\":[]}", "mutate_id"},
+        {"{\"mutate_id\":1,\"add\":[],\"epoch\":-3}", "epoch: must be an integer"},
+        {"{\"mutate_id\":1,\"add\":[],\"epoch\":\"7\"}", "epoch: must be an integer"},
         {"{\"mutate_id\":\"7\",\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":9223372036854775808,\"add\":[]}", "mutate_id"},
         {"{\"mutate_id\":1,\"add\":{\"topic\":\"a\"}}", "add: must be an array"},
@@ -408,6 +412,7 @@ enum {
 };
 
 #define PEER_MAX_FRAME 65536u
+#define PEER_EPOCH     0x8000000000000001ull
 
 typedef struct peer {
     pid_t pid;
@@ -481,6 +486,18 @@ static void peer_on_mutate(int fd, const rb_frame *f, uint8_t *out)
     rb_bytes t;
     rb_frame_iter_init(&it, f->u.mutate.removes, 1);
     PEER_CHECK(rb_frame_next_topic(&it, &t) && bytes_eq(t, "c"));
+    PEER_CHECK(f->u.mutate.has_epoch);
+    if (f->u.mutate.epoch != 0) {
+        /* Cursors of another epoch: "a" is refused alone, "b" goes live. */
+        PEER_CHECK(f->u.mutate.epoch == PEER_EPOCH - 1);
+        peer_send(fd, out,
+                  rb_frame_encode_topic_error(out, 4096, 0, 5, str_bytes("a"),
+                                              RB_WIRE_EPOCH_MISMATCH, str_bytes("other epoch")));
+        rb_bytes b = str_bytes("b");
+        peer_send(fd, out, rb_frame_encode_topics_live(out, 4096, 0, &b, 1));
+        peer_send(fd, out, rb_frame_encode_catchup_complete(out, 4096, 0, 5));
+        return;
+    }
 
     size_t items =
         rb_frame_encode_messages_item(out + 64, 4096, str_bytes("a"), 1, str_bytes("one"));
@@ -526,7 +543,8 @@ static void peer_handshake(int fd, int flags, uint8_t *in, uint8_t *out)
         _exit(0);
     }
     peer_send(fd, out,
-              rb_frame_encode_started(out, 4096, 0, 1234, 3, PEER_MAX_FRAME, str_bytes("peer-1")));
+              rb_frame_encode_started(out, 4096, 0, 1234, 3, PEER_MAX_FRAME, str_bytes("peer-1"),
+                                      PEER_EPOCH));
     if (flags & PEER_EOF) {
         _exit(0);
     }
@@ -674,6 +692,7 @@ START_TEST(test_client_connect_reports_started_fields)
     ck_assert_uint_eq(ringbus_max_frame_bytes(conn), PEER_MAX_FRAME);
     ck_assert_uint_eq(ringbus_capabilities(conn), 3);
     ck_assert_str_eq(ringbus_server_id(conn), "peer-1");
+    ck_assert_uint_eq(ringbus_epoch(conn), PEER_EPOCH);
     ck_assert_int_ge(ringbus_fd(conn), 0);
     ck_assert(!ringbus_want_write(conn));
     close_cleanly(conn, &p);
@@ -852,6 +871,25 @@ static void expect_mutate_events(ringbus_conn *conn)
 static const ringbus_add test_adds[2] = {{"a", 0, false}, {"b", 0, true}};
 static const char *const test_removes[1] = {"c"};
 
+/* ringbus.h: mutate_id is 1..2^63-1 with adds (0 allowed without): the top
+ * bit marks a Mutate's correlation id. */
+START_TEST(test_client_mutate_id_range_is_checked)
+{
+    peer p = peer_start(0);
+    ringbus_options o = test_options();
+    ringbus_conn *conn = connect_peer(&p, &o);
+    ringbus_error err = {0};
+    ck_assert_int_eq(ringbus_mutate(conn, 0, test_adds, 1, NULL, 0, false, &err), RINGBUS_EINVAL);
+    ck_assert_int_eq(ringbus_mutate(conn, RINGBUS_CORR_MUTATE, test_adds, 1, NULL, 0, false, &err),
+                     RINGBUS_EINVAL);
+    ck_assert_str_eq(err.message, "mutate: mutate_id must be in 1..2^63-1");
+    ck_assert_int_eq(ringbus_mutate(conn, UINT64_MAX, NULL, 0, test_removes, 1, false, &err),
+                     RINGBUS_EINVAL);
+    ck_assert(!ringbus_want_write(conn));
+    close_cleanly(conn, &p);
+}
+END_TEST
+
 START_TEST(test_client_mutate_yields_messages_live_and_complete_in_order)
 {
     peer p = peer_start(PEER_EXPECT_MUTATE);
@@ -860,6 +898,32 @@ START_TEST(test_client_mutate_yields_messages_live_and_complete_in_order)
     ringbus_error err = {0};
     ck_assert_int_eq(ringbus_mutate(conn, 5, test_adds, 2, test_removes, 1, false, &err), 0);
     expect_mutate_events(conn);
+    close_cleanly(conn, &p);
+}
+END_TEST
+
+START_TEST(test_client_mutate_carries_the_epoch_and_topic_error_is_an_event)
+{
+    peer p = peer_start(PEER_EXPECT_MUTATE);
+    ringbus_options o = test_options();
+    ringbus_conn *conn = connect_peer(&p, &o);
+    ringbus_error err = {0};
+    ck_assert_int_eq(
+        ringbus_mutate_epoch(conn, 5, PEER_EPOCH - 1, test_adds, 2, test_removes, 1, false, &err),
+        0);
+    ringbus_event ev;
+    ck_assert_int_eq(ringbus_next_event(conn, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_TOPIC_ERROR);
+    ck_assert_str_eq(ev.topic, "a");
+    ck_assert_uint_eq(ev.topic_len, 1);
+    ck_assert_int_eq(ev.code, RINGBUS_WIRE_EPOCH_MISMATCH);
+    ck_assert_str_eq(ev.message, "other epoch");
+    ck_assert_uint_eq(ev.mutate_id, 5);
+    ck_assert_str_eq(ringbus_wire_code_name(ev.code), "epoch_mismatch");
+    ck_assert_int_eq(ringbus_next_event(conn, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_TOPICS_LIVE);
+    ck_assert_int_eq(ringbus_next_event(conn, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_CATCHUP_COMPLETE);
     close_cleanly(conn, &p);
 }
 END_TEST
@@ -1044,11 +1108,13 @@ START_TEST(test_client_unsupported_scheme_and_bad_url_fail_clearly)
 {
     ringbus_conn *conn = NULL;
     ringbus_error err = {0};
-    ck_assert_int_eq(ringbus_connect("quic://127.0.0.1", NULL, &conn, &err), RINGBUS_EUNSUPPORTED);
-    ck_assert_msg(strstr(err.message, "not supported yet") != NULL, "%s", err.message);
+    ringbus_options o = test_options();
+    /* quic:// is built: with nothing listening the handshake times out. */
+    o.connect_timeout_ms = 300;
+    ck_assert_int_eq(ringbus_connect("quic://127.0.0.1:1", &o, &conn, &err), RINGBUS_ETIMEDOUT);
+    ck_assert_msg(strstr(err.message, "QUIC handshake: timed out") != NULL, "%s", err.message);
     ck_assert_int_eq(ringbus_connect("nope://x", NULL, &conn, &err), RINGBUS_EINVAL);
     ck_assert_ptr_null(conn);
-    ringbus_options o = test_options();
     o.connect_timeout_ms = -1;
     ck_assert_int_eq(ringbus_connect("tcp://127.0.0.1:1", &o, &conn, &err), RINGBUS_EINVAL);
 }
@@ -1103,7 +1169,9 @@ Suite *rb_client_suite(void)
     tcase_add_test(conn, test_client_pipelines_publishes_through_a_small_window);
     tcase_add_test(conn, test_client_full_window_refuses_with_eagain);
     tcase_add_test(conn, test_client_publish_arguments_are_checked);
+    tcase_add_test(conn, test_client_mutate_id_range_is_checked);
     tcase_add_test(conn, test_client_mutate_yields_messages_live_and_complete_in_order);
+    tcase_add_test(conn, test_client_mutate_carries_the_epoch_and_topic_error_is_an_event);
     tcase_add_test(conn, test_client_event_callback_receives_each_event_once);
     tcase_add_test(conn, test_client_half_close_refuses_new_requests);
     tcase_add_test(conn, test_client_server_eof_yields_closed_unavailable);

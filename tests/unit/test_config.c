@@ -116,7 +116,7 @@ START_TEST(test_config_default_server_id_is_the_hostname)
     ck_assert_int_eq(gethostname(host, sizeof host), 0);
     static rb_config cfg;
     rb_config_defaults(&cfg);
-    ck_assert_int_eq(strncmp(cfg.server_id, host, RB_SERVER_ID_BYTES_MAX - 1), 0);
+    ck_assert_int_eq(strncmp(cfg.server_id, host, RB_SERVER_ID_BYTES_MAX), 0);
     ck_assert_uint_gt(strlen(cfg.server_id), 0);
 }
 END_TEST
@@ -352,8 +352,8 @@ static const error_case bad_strings[] = {
      "c.toml:1:13: log_level: \"INFO\" is not one of error, warn, info, debug"},
     {"server_id = ''", "c.toml:1:13: server_id: must not be empty"},
     {"server_id = 'a b'", "c.toml:1:13: server_id: must not contain spaces or control characters"},
-    {"server_id = '0123456789012345678901234567890123456789012345678901234567890123'",
-     "c.toml:1:13: server_id: 64 bytes is longer than the limit of 63"},
+    {"server_id = '01234567890123456789012345678901234567890123456789012345678901234'",
+     "c.toml:1:13: server_id: 65 bytes is longer than the limit of 64"},
     {"[storage]\nbackend = 'sqlite'",
      "c.toml:2:11: storage.backend: \"sqlite\" is not one of memory, postgres"},
 };
@@ -361,6 +361,15 @@ static const error_case bad_strings[] = {
 START_TEST(test_config_bad_string_value_is_explained)
 {
     expect_error(bad_strings[_i].text, bad_strings[_i].msg);
+}
+END_TEST
+
+/* STARTED may carry RB_SERVER_ID_BYTES_MAX bytes; the config takes as many. */
+START_TEST(test_config_server_id_of_the_wire_maximum_loads)
+{
+    const rb_config *cfg =
+        load_ok("server_id = '0123456789012345678901234567890123456789012345678901234567890123'");
+    ck_assert_uint_eq(strlen(cfg->server_id), RB_SERVER_ID_BYTES_MAX);
 }
 END_TEST
 
@@ -747,6 +756,18 @@ START_TEST(test_config_example_documents_every_key)
         "send_queue_bytes",
         "pending_buffer_bytes",
         "topics_per_stream",
+        "max_connections_total",
+        "max_connections_per_address",
+        "connection_rate_per_address",
+        "publish_rate",
+        "publish_burst",
+        "mutates_per_second",
+        "[auth]",
+        "mode",
+        "failure_delay_ms",
+        "failures_per_minute",
+        "clock_skew_s",
+        "workers",
         "[timeouts]",
         "keepalive_ms",
         "pong_timeout_ms",
@@ -819,6 +840,7 @@ Suite *rb_config_suite(void)
     tcase_add_loop_test(tc, test_config_out_of_range_value_names_key_and_range, 0,
                         COUNT(out_of_range));
     tcase_add_loop_test(tc, test_config_bad_string_value_is_explained, 0, COUNT(bad_strings));
+    tcase_add_test(tc, test_config_server_id_of_the_wire_maximum_loads);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cross_key_rules");

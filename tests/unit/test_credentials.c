@@ -9,6 +9,7 @@
 #include <check.h>
 
 #include "common/frame.h"
+#include "tests/unit/death.h"
 
 Suite *rb_credentials_suite(void);
 
@@ -210,6 +211,7 @@ END_TEST
 
 START_TEST(test_credentials_encoding_an_empty_user_aborts)
 {
+    RB_DEATH_TEST();
     (void)rb_credentials_encode_password(buf, sizeof buf, str(""), str("pw"));
 }
 END_TEST

@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "common/frame.h"
+#include "server/admin.h"
 #include "transports/http.h"
 #include "transports/layer.h"
 #include "transports/ws.h"
@@ -196,6 +197,7 @@ static void t_ended(void *owner, rb_layer_end how, const char *why)
 
 static rb_listener_config ws_cfg;
 static atomic_bool ws_ready;
+static rb_admin ws_admin;
 
 static void ws_stack(rb_stack *st, sinks *s)
 {
@@ -205,7 +207,9 @@ static void ws_stack(rb_stack *st, sinks *s)
     atomic_store(&ws_ready, true);
     rb_stack_sink sink = {t_deliver, t_wire, t_ended, s};
     rb_stack_init(st, &sink);
-    rb_ws_options o = {.listener = &ws_cfg, .max_frame_bytes = 4096, .ready = &ws_ready};
+    ws_admin.ready = &ws_ready;
+    rb_ws_options o = {
+        .listener = &ws_cfg, .max_frame_bytes = 4096, .router = rb_admin_router(&ws_admin)};
     rb_layer *l;
     rb_err err;
     ck_assert_int_eq(rb_ws_layer_new(&l, &o, &err), 0);

@@ -10,6 +10,7 @@
 #include <check.h>
 
 #include "common/log.h"
+#include "tests/unit/death.h"
 
 static const char *esc(const char *in, size_t len)
 {
@@ -79,6 +80,7 @@ END_TEST
 
 START_TEST(test_log_escape_tiny_buffer_aborts)
 {
+    RB_DEATH_TEST();
     char out[4];
     rb_log_escape(out, sizeof out, "x", 1);
 }

@@ -16,6 +16,7 @@
 #include "common/frame.h"
 #include "common/loop.h"
 #include "storage/storage.h"
+#include "tests/unit/death.h"
 
 static const rb_storage_ops *ops = &rb_storage_memory_ops;
 
@@ -741,6 +742,7 @@ END_TEST
 
 START_TEST(test_memory_shard_close_with_pending_done_asserts)
 {
+    RB_DEATH_TEST();
     fx f;
     fx_open(&f, 10, 1 << 20);
     int calls = 0;
@@ -1125,6 +1127,23 @@ START_TEST(test_memory_two_threads_append_and_read_without_gap_or_dup)
 }
 END_TEST
 
+/* Every start is a new seq space: a fresh nonzero epoch, fixed while open. */
+START_TEST(test_memory_epoch_is_nonzero_fixed_and_new_at_each_open)
+{
+    fx a;
+    fx b;
+    fx_open(&a, 100, 1 << 20);
+    fx_open(&b, 100, 1 << 20);
+    uint64_t ea = ops->epoch(a.st);
+    ck_assert_uint_ne(ea, 0);
+    ck_assert_uint_eq(ops->epoch(a.st), ea);
+    ck_assert_uint_ne(ops->epoch(b.st), 0);
+    ck_assert_uint_ne(ops->epoch(b.st), ea);
+    fx_close(&b);
+    fx_close(&a);
+}
+END_TEST
+
 Suite *rb_memory_store_suite(void);
 
 Suite *rb_memory_store_suite(void)
@@ -1132,6 +1151,7 @@ Suite *rb_memory_store_suite(void)
     Suite *s = suite_create("memory_store");
     TCase *tc = tcase_create("append");
     tcase_add_test(tc, test_memory_first_append_gets_seq_1_to_n);
+    tcase_add_test(tc, test_memory_epoch_is_nonzero_fixed_and_new_at_each_open);
     tcase_add_test(tc, test_memory_appends_get_dense_seqs_per_topic);
     tcase_add_test(tc, test_memory_done_never_runs_before_the_call_returns);
     suite_add_tcase(s, tc);

@@ -10,6 +10,7 @@
 #include <check.h>
 
 #include "common/queue.h"
+#include "tests/unit/death.h"
 
 /* Items are small integers disguised as pointers (never NULL). */
 static void *item(uintptr_t n)
@@ -185,6 +186,7 @@ END_TEST
 
 START_TEST(test_queue_push_null_asserts)
 {
+    RB_DEATH_TEST();
     rb_spsc q;
     init_or_fail(&q, 4);
     rb_spsc_push(&q, NULL);

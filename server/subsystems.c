@@ -1,0 +1,126 @@
+/* The wiring of a shard: which subsystems every shard runs, in order
+ * (init and the turn's flush in this order, deinit in reverse), and the
+ * hooks of the parts that have no subsystem table of their own yet: the
+ * storage handle and the connection table with its buffer pools. */
+#include "common/assert.h"
+#include "server/link.h"
+#include "server/publish.h"
+#include "server/sendq.h"
+#include "server/server.h"
+
+static int storage_init(rb_shard *sh, rb_err *err)
+{
+    rb_server *srv = sh->server;
+    return srv->storage_ops->shard_open(srv->storage, sh->loop, sh->id, &sh->storage, err);
+}
+
+static void storage_deinit(rb_shard *sh)
+{
+    if (sh->storage != NULL) {
+        sh->server->storage_ops->shard_close(sh->storage);
+        sh->storage = NULL;
+    }
+}
+
+static const rb_subsystem storage_subsystem = {
+    .name = "storage",
+    .init = storage_init,
+    .deinit = storage_deinit,
+};
+
+/* A pool's item count: counts past what a pool indexes are capped. */
+static uint32_t pool_count(uint64_t n)
+{
+    return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
+}
+
+static int conns_init(rb_shard *sh, rb_err *err)
+{
+    const rb_config *cfg = &sh->server->cfg;
+    /* Send memory is sized so every connection can reach its quota at
+     * once (the budget), plus each link's wire queue and one receive
+     * chunk per connection: a pool never runs dry under a connection that
+     * keeps to its quota. Pools allocate on demand, so this bounds memory
+     * without reserving it. */
+    sh->send_budget.limit_bytes = rb_send_budget_bytes(cfg);
+    sh->send_budget.used_bytes = 0;
+    uint64_t conns = cfg->max_connections;
+    uint64_t chunks = sh->send_budget.limit_bytes / RB_CHUNK_BYTES +
+                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1) + RB_SHARD_CHUNK_MAX;
+    uint64_t segs =
+        conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
+                 RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +
+        RB_SHARD_SEG_MAX;
+    int rc = rb_pool_init(&sh->chunk_pool, "chunks", RB_CHUNK_BYTES, pool_count(chunks), err);
+    rc = rc ? rc : rb_pool_init(&sh->seg_pool, "segments", sizeof(rb_seg), pool_count(segs), err);
+    rc = rc ? rc
+            : rb_pool_init(&sh->iov_pool, "iovecs", sizeof(struct iovec) * RB_SEND_IOV_MAX,
+                           cfg->max_connections, err);
+    rc = rc ? rc
+            : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
+                           RB_SHARD_RXBIG_MAX, err);
+    rc = rc ? rc : rb_conn_table_init(sh, err);
+    rc = rc ? rc : rb_link_tcp_table_init(sh, err);
+    return rc;
+}
+
+static void conns_stop(rb_shard *sh, bool grace_over)
+{
+    if (!grace_over) {
+        rb_conn_shutdown_all(sh);
+        return;
+    }
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        rb_conn *c = &sh->conns[i];
+        if (c->state != RB_CONN_FREE && c->state != RB_CONN_CLOSED) {
+            rb_conn_abort(c);
+        }
+    }
+}
+
+static bool conns_idle(rb_shard *sh)
+{
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        if (sh->conns[i].state != RB_CONN_FREE) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The pools are deinit only if they were set up; rb_pool_deinit of a
+ * zeroed pool is safe (no items, a destroyed zero mutex). */
+static void conns_deinit(rb_shard *sh)
+{
+    rb_link_tcp_table_deinit(sh);
+    rb_conn_table_deinit(sh);
+    if (sh->chunk_pool.name != NULL) {
+        rb_pool_deinit(&sh->chunk_pool);
+    }
+    if (sh->seg_pool.name != NULL) {
+        rb_pool_deinit(&sh->seg_pool);
+    }
+    if (sh->iov_pool.name != NULL) {
+        rb_pool_deinit(&sh->iov_pool);
+    }
+    if (sh->rxbig_pool.name != NULL) {
+        rb_pool_deinit(&sh->rxbig_pool);
+    }
+}
+
+static const rb_subsystem conns_subsystem = {
+    .name = "connections",
+    .init = conns_init,
+    .flush = rb_conn_flush_all,
+    .stop = conns_stop,
+    .idle = conns_idle,
+    .deinit = conns_deinit,
+};
+
+const rb_subsystem *const rb_shard_subsystems[] = {
+    &conns_subsystem,    &storage_subsystem,   &rb_publish_subsystem,
+    &rb_owner_subsystem, &rb_stream_subsystem, &rb_acceptor_subsystem,
+};
+
+const uint32_t rb_shard_subsystem_count =
+    (uint32_t)(sizeof rb_shard_subsystems / sizeof rb_shard_subsystems[0]);

@@ -1,0 +1,120 @@
+"""The checker on hand-made histories: a clean one passes, and each kind of
+contract break is reported under its guarantee. (test_chaos.py runs it on
+real ones; docs/RELIABILITY.md shows it failing on broken daemons.)"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+
+import history  # noqa: E402
+
+
+def clean():
+    """p publishes a#1, a#2; s subscribes from 0, gets a#1 as history, goes
+    live, gets a#2 live."""
+    return [
+        ("session", 1, "p", "pub"),
+        ("session", 2, "s", "sub"),
+        ("mutate", 2, 1, [("a", 0, 0)], [], False),
+        ("pub", 1, 2, "a", "k1"),
+        ("ack", 1, 2, "a", 1),
+        ("msg", 2, "a", 1, "k1", 1),
+        ("live", 2, "a"),
+        ("complete", 2, 1),
+        ("pub", 1, 3, "a", "k2"),
+        ("ack", 1, 3, "a", 2),
+        ("msg", 2, "a", 2, "k2", 0),
+    ]
+
+
+STORAGE = {"a": {1: "k1", 2: "k2"}}
+
+
+def run(events, storage=None):
+    v, stats = history.check(events, STORAGE if storage is None else storage,
+                             durable_subs=["s"], topics=["a"])
+    return v, stats
+
+
+def test_clean_history_has_no_violation():
+    v, stats = run(clean())
+    assert v == []
+    assert stats["acks"] == 2 and stats["deliveries"] == 2
+
+
+def test_acked_message_missing_from_storage_is_g2():
+    v, _ = run(clean(), {"a": {1: "k1"}})
+    assert any(x.startswith("G2: acked a#2") for x in v), v
+
+
+def test_storage_hole_is_g1():
+    v, _ = run(clean(), {"a": {1: "k1", 3: "k2"}})
+    assert any("not dense" in x for x in v), v
+
+
+def test_seq_acked_twice_is_g1():
+    ev = clean()
+    ev[9] = ("ack", 1, 3, "a", 1)
+    v, _ = run(ev)
+    assert any("acked twice" in x for x in v), v
+
+
+def test_live_message_before_topics_live_is_g3():
+    ev = clean()
+    ev[5] = ("msg", 2, "a", 1, "k1", 0)  # mutate_id 0: a live frame
+    v, _ = run(ev)
+    assert any("live before the gate" in x for x in v), v
+
+
+def test_gap_and_duplicate_are_g3():
+    ev = clean()
+    del ev[5]  # a#1 never delivered
+    v, _ = run(ev)
+    assert any("gap on a" in x for x in v), v
+    assert any("missing [1]" in x for x in v), v
+    ev = clean() + [("msg", 2, "a", 2, "k2", 0)]
+    v, _ = run(ev)
+    assert any("duplicate" in x for x in v), v
+
+
+def test_catchup_complete_before_topics_live_is_g3():
+    ev = clean()
+    ev[6], ev[7] = ev[7], ev[6]
+    v, _ = run(ev)
+    assert any("before TOPICS_LIVE of ['a']" in x for x in v), v
+
+
+def test_delivery_differing_from_storage_is_g1():
+    ev = clean()
+    ev[10] = ("msg", 2, "a", 2, "other", 0)
+    v, _ = run(ev)
+    assert any(x.startswith("G1: s got a#2") for x in v), v
+
+
+def test_torn_publish_committed_is_g2():
+    v, _ = run(clean() + [("torn", "a", "k2")])
+    assert any("torn publish" in x for x in v), v
+
+
+def test_resume_across_sessions_from_cursor_is_clean():
+    """s loses its connection after a#1 and resumes from cursor 1."""
+    ev = clean()[:8] + [
+        ("end", 2, "eof", None),
+        ("session", 3, "s", "sub"),
+        ("mutate", 3, 1, [("a", 1, 0)], [], False),
+        ("pub", 1, 3, "a", "k2"),
+        ("ack", 1, 3, "a", 2),
+        ("msg", 3, "a", 2, "k2", 1),
+        ("live", 3, "a"),
+        ("complete", 3, 1),
+    ]
+    v, _ = run(ev)
+    assert v == []
+
+
+def test_lost_publish_committed_is_indeterminate_not_a_violation():
+    ev = clean()[:8] + [("pub", 1, 3, "a", "k2"), ("msg", 2, "a", 2, "k2", 0)]
+    v, stats = run(ev)
+    assert v == []
+    assert stats["lost"] == 1 and stats["indeterminate_committed"] == 1

@@ -1,0 +1,122 @@
+"""The per-connection limits of docs/PROTOCOL.md §10 that a client meets,
+each driven to its edge and one past it: publishes awaiting their ack,
+waves in flight per stream, the server_id length, and server-only frame
+kinds sent by a client."""
+
+import subprocess
+
+import pytest
+
+import rbproto as rp
+from conftest import RINGBUSD, run_cli
+
+PUBLISHES_AWAITING_ACK_MAX = 65536
+WAVES_IN_FLIGHT_MAX = 64
+SERVER_ID_BYTES_MAX = 64
+
+
+def test_publish_past_65536_awaiting_ack_is_resource_exhausted_and_the_rest_are_acked(
+        make_daemon, pg_db):
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, shards=1)
+    c = rp.Conn("127.0.0.1", d.port, timeout=30)
+    c.hello()
+    assert c.publish("held", "first", corr=1).kind == rp.PUBLISH_ACK
+    # A lock on the topics table holds every append, so acks cannot come.
+    lock = pg_db.cluster.session(pg_db.name)
+    try:
+        lock.stdin.write("BEGIN; LOCK TABLE topics IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        lock.stdin.flush()
+        assert lock.stdout.readline().strip() == "locked"
+        n = PUBLISHES_AWAITING_ACK_MAX + 1
+        for base in range(0, n, 4096):
+            c.send(b"".join(rp.encode_publish(10 + i, "held", "x")
+                            for i in range(base, min(base + 4096, n))))
+        f = c.recv()
+        assert f.kind == rp.ERROR, f.fields
+        assert f.corr == 10 + PUBLISHES_AWAITING_ACK_MAX
+        assert f.fields["code_name"] == "resource_exhausted"
+        assert f.fields["message"] == "more than 65536 publishes awaiting their ack"
+        lock.stdin.write("COMMIT;\n")
+        lock.stdin.flush()
+    finally:
+        lock.stdin.close()
+        lock.wait(timeout=30)
+    seqs = []
+    while len(seqs) < PUBLISHES_AWAITING_ACK_MAX:
+        f = c.recv()
+        assert f.kind == rp.PUBLISH_ACK, f.fields
+        seqs.append(f["seq"])
+    assert seqs == list(range(2, 2 + PUBLISHES_AWAITING_ACK_MAX))
+    # The connection stayed open: the next publish is accepted.
+    assert c.publish("held", "after", corr=2)["seq"] == 2 + PUBLISHES_AWAITING_ACK_MAX
+
+
+def test_mutate_past_64_waves_in_flight_is_resource_exhausted_and_changes_nothing(daemon):
+    c = rp.Conn("127.0.0.1", daemon.port, timeout=10)
+    c.hello()
+    # All 65 arrive in one read, so none of the first 64 waves can finish
+    # before the 65th is checked.
+    n = WAVES_IN_FLIGHT_MAX + 1
+    c.send(b"".join(rp.encode_mutate(i, i, adds=[(f"w{i}", 0)]) for i in range(1, n + 1)))
+    done, errors, live = set(), [], set()
+    while len(done) + len(errors) < n:
+        f = c.recv()
+        if f.kind == rp.CATCHUP_COMPLETE:
+            done.add(f["mutate_id"])
+        elif f.kind == rp.TOPICS_LIVE:
+            live.update(f["topics"])
+        elif f.kind == rp.ERROR:
+            errors.append((f.corr, f.fields["code_name"], f.fields["message"]))
+    assert done == set(range(1, n))
+    assert errors == [(n, "resource_exhausted", "MUTATE: more than 64 waves in flight")]
+    assert f"w{n}" not in live
+    # The connection stays open and the 65th wave is accepted once the others are done.
+    c.mutate(200, n, adds=[(f"w{n}", 0)])
+    f = c.recv_until(lambda f: f.kind in (rp.CATCHUP_COMPLETE, rp.ERROR))
+    assert f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == n
+
+
+SERVER_FRAMES = [
+    ("STARTED", rp.encode_started(5)),
+    ("ERROR", rp.encode_error(5, rp.INTERNAL, "x")),
+    ("PUBLISH_ACK", rp.encode_publish_ack(5, "t", 1)),
+    ("MESSAGES", rp.encode_messages(5, 0, [("t", 1, b"x")])),
+    ("TOPICS_LIVE", rp.encode_topics_live(5, ["t"])),
+    ("CATCHUP_COMPLETE", rp.encode_catchup_complete(5, 1)),
+    ("TOPIC_ERROR", rp.encode_topic_error(5, 1, "t", rp.CURSOR_AHEAD, "x")),
+]
+
+
+@pytest.mark.parametrize("name,frame", SERVER_FRAMES, ids=[n for n, _ in SERVER_FRAMES])
+def test_a_server_only_kind_sent_by_a_client_is_bad_frame(daemon, name, frame):
+    c = rp.Conn("127.0.0.1", daemon.port, timeout=5)
+    c.hello()
+    c.send(frame)
+    f = c.recv()
+    assert f.kind == rp.ERROR
+    assert f.fields["code_name"] == "bad_frame"
+    assert f.fields["message"] == f"{name} is not a client frame"
+    assert c.closed_within(3)
+
+
+@pytest.mark.parametrize("length", [SERVER_ID_BYTES_MAX, SERVER_ID_BYTES_MAX + 1])
+def test_server_id_of_64_bytes_is_served_and_65_is_a_config_error(make_daemon, tmp_path, length):
+    server_id = "n" * length
+    if length > SERVER_ID_BYTES_MAX:
+        path = tmp_path / "long.toml"
+        path.write_text(f'server_id = "{server_id}"\n')
+        out = subprocess.run([str(RINGBUSD), "--check-config", str(path)], capture_output=True,
+                             text=True, timeout=30)
+        assert out.returncode == 1
+        assert out.stderr == (f"{path}:1:13: server_id: {length} bytes is longer than the limit "
+                              f"of {SERVER_ID_BYTES_MAX}\n")
+        return
+    d = make_daemon(extra=f'server_id = "{server_id}"\n')
+    c = rp.Conn("127.0.0.1", d.port, timeout=5)
+    f = c.hello()
+    assert f.kind == rp.STARTED and f["server_id"] == server_id
+    # libringbus (through the CLI) accepts the longest id too.
+    out = run_cli("--url", d.url, "ping")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"pong from {server_id}: rtt ")
+

@@ -1,0 +1,110 @@
+"""Send queues: each connection is held to its own quota, so a client that
+never reads fills only its own queue and is closed with resource_exhausted
+(saying why), while every other connection of the shard keeps sending and
+receiving. The shard's send memory is derived from the config so that a
+connection within its quota is never refused for another's backlog."""
+import socket
+import time
+
+import rbproto as rp
+from conftest import RSS_BOUNDS_APPLY
+
+
+def wait_log(d, text, timeout=15):
+    deadline = time.monotonic() + timeout
+    while text not in d.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return text in d.log()
+
+
+def publish_n(c, topic, n, start_corr, payload):
+    for i in range(n):
+        c.send(rp.encode_publish(start_corr + i, topic, payload))
+    seqs = []
+    for _ in range(n):
+        f = c.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR))
+        assert f.kind == rp.PUBLISH_ACK, f.fields
+        seqs.append(f["seq"])
+    return seqs
+
+
+def flood_pings(sock, count, batch=20000):
+    """Sends count PINGs without reading a byte; stops when the server
+    closes (a reset or a broken pipe ends the sending)."""
+    frame = rp.encode_ping(0, 7)
+    sent = 0
+    try:
+        while sent < count:
+            n = min(batch, count - sent)
+            sock.sendall(frame * n)
+            sent += n
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    return sent
+
+
+def test_client_that_never_reads_fills_only_its_own_quota(make_daemon):
+    # One shard, so the flooder shares its pools and budget with the others.
+    d = make_daemon(shards=1, extra="[limits]\nmax_frame_bytes = 65536\n"
+                                    "send_queue_bytes = 262144\n")
+    sub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    sub.hello()
+    sub.mutate(1, 1, adds=[("steady", "now")])
+    sub.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+    pub = rp.Conn("127.0.0.1", d.port, timeout=20)
+    pub.hello()
+    rss0 = d.rss_kib()
+
+    flooder = rp.Conn("127.0.0.1", d.port, timeout=20)
+    flooder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.hello()
+    # 48 MiB of PONGs asked for, far past the quota and the kernel's
+    # socket buffers: before the quota they piled up in the shard's shared
+    # chunk pool without bound.
+    flood_pings(flooder.sock, 2_000_000)
+    assert wait_log(d, "closing: resource_exhausted: send queue full"), d.log()[-3000:]
+
+    # Everyone else carries on: acks for the publisher, messages for the
+    # subscriber, a PONG for a new connection.
+    seqs = publish_n(pub, "steady", 50, 100, "z" * 1000)
+    got = []
+    while len(got) < 50:
+        f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
+        got += [s for (_, s, _) in f["items"]]
+    assert got == seqs
+    other = rp.Conn("127.0.0.1", d.port)
+    other.hello()
+    other.ping(42)
+    assert other.recv_until(lambda f: f.kind == rp.PONG)["nonce"] == 42
+
+    rss1 = d.rss_kib()
+    print(f"flooder: daemon rss {rss0} KiB -> {rss1} KiB")
+    if RSS_BOUNDS_APPLY:
+        # The flooder held at most its quota and reserve (256 KiB + a few
+        # chunks), not the 48 MiB it asked for.
+        assert rss1 - rss0 < 24 * 1024, (rss0, rss1)
+
+
+def test_catchup_complete_that_does_not_fit_closes_instead_of_vanishing(make_daemon):
+    # Every MUTATE here is answered by CATCHUP_COMPLETE alone (it only
+    # removes a topic the stream does not have); the client reads none of
+    # them. Once its queue is at its quota, the next CATCHUP_COMPLETE cannot
+    # be queued: the connection is closed with resource_exhausted saying
+    # so, never left waiting for a CATCHUP_COMPLETE that was dropped.
+    d = make_daemon(shards=1, extra="[limits]\nmax_frame_bytes = 65536\n"
+                                    "send_queue_bytes = 65536\n")
+    c = rp.Conn("127.0.0.1", d.port, timeout=20)
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    c.hello()
+    batch = b"".join(rp.encode_mutate(i, i, removes=["absent"]) for i in range(1, 20001))
+    try:
+        for k in range(20):
+            c.sock.sendall(batch)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    want = "closing: resource_exhausted: send queue full: no room for CATCHUP_COMPLETE"
+    assert wait_log(d, want), d.log()[-3000:]
+    other = rp.Conn("127.0.0.1", d.port)
+    other.hello()
+    other.mutate(1, 1, removes=["absent"])
+    assert other.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)["mutate_id"] == 1
