@@ -12,6 +12,8 @@ import threading
 import time
 
 import rbproto as rp
+import rbtransport as rt
+from conftest import free_port
 
 # The default send queue (8 MiB): more than the kernel's socket buffers
 # hold (tcp_wmem allows 4 MiB), so a CLOSE queued behind it could never
@@ -129,3 +131,30 @@ def test_a_publisher_that_does_not_read_its_acks_gets_its_close(make_daemon):
     assert_told_why(got, "does not read its acks")
     acks = [f.corr for f in got if f.kind == rp.PUBLISH_ACK]
     assert acks == list(range(1, len(acks) + 1)), "the acks it got are the first ones, in order"
+
+
+def test_a_wss_subscriber_that_stops_reading_gets_its_close_inside_tls(make_daemon, tmp_path):
+    """The same through the tls and ws layers: the CLOSE, then WebSocket
+    Close 1008, reach a WSS client that read nothing while it was reaped."""
+    certs = rt.Certs(tmp_path)
+    tcp, wss = free_port(), free_port()
+    d = make_daemon(listeners=rt.listener("tcp", tcp) + rt.listener("wss", wss, certs),
+                    extra=LIMITS)
+    raw = socket.create_connection(("127.0.0.1", wss), timeout=20)
+    raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    ctx = rt.client_context(certs.ca, alpn=("http/1.1",))
+    sock = ctx.wrap_socket(raw, server_hostname="localhost")
+    w = rt.BlockingWS(sock, "localhost")
+    w.sendall(rp.encode_hello(1))
+    assert rp.decode(w.recv(4096))[0].kind == rp.STARTED
+    w.sendall(rp.encode_mutate(2, 1, adds=[("flood", "now")]))
+    pub = rp.Conn("127.0.0.1", tcp, timeout=20)
+    pub.hello()
+    for batch in range(100):
+        publish_n(pub, "flood", 200, batch * 1000 + 1, "y" * 4000)
+        if "subscriber too slow" in d.log():
+            break
+    wait_freed(d, "subscriber too slow")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    assert w.wait_close(timeout=30) == 1008
+    assert_told_why(rp.decode_all(bytes(w.pending)), "subscriber too slow")
