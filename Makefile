@@ -35,7 +35,8 @@ QUIC_LIBS := $(shell pkg-config --libs $(QUIC_PKGS) 2>/dev/null)
 PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson libxxhash \
                2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay \
              $(QUIC_LIBS)
-CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) -lpthread
+CLIENT_LIBS := -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) \
+               -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 

@@ -36,7 +36,8 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               [--origin ORIGIN] [--token TOKEN | --token-file FILE |\n"
+    "               [--tls-library openssl|wolfssl] [--origin ORIGIN] [--token TOKEN | "
+    "--token-file FILE |\n"
     "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
     "               COMMAND [ARGS]\n"
     "\n"
@@ -46,6 +47,7 @@ static const char usage_text[] =
     "                     quic://host[:port] (UDP)\n"
     "  --ca FILE          tls, wss, quic: trust the CAs in FILE (PEM) instead of the system store\n"
     "  --insecure         tls, wss, quic: do not verify the server certificate (testing only)\n"
+    "  --tls-library LIB  tls, wss: openssl (default) or wolfssl\n"
     "  --origin ORIGIN    ws, wss: send this Origin header (for listeners with origins)\n"
     "  --token TOKEN      sign in with a JWT (visible to other local users in ps;\n"
     "                     prefer --token-file)\n"
@@ -77,6 +79,7 @@ typedef struct cli {
     const char *name;
     const char *ca_file;       /* --ca */
     bool insecure;             /* --insecure */
+    int tls_library;           /* --tls-library: RINGBUS_TLS_OPENSSL | RINGBUS_TLS_WOLFSSL */
     const char *origin;        /* --origin */
     const char *token;         /* --token */
     const char *token_file;    /* --token-file */
@@ -303,6 +306,14 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
         c->insecure = true;
         return 1;
     }
+    if (is_opt(arg, "--tls-library")) {
+        if ((v = opt_value(argc, argv, i, "--tls-library")) == NULL ||
+            (strcmp(v, "openssl") != 0 && strcmp(v, "wolfssl") != 0)) {
+            return -usage_error("--tls-library needs openssl or wolfssl");
+        }
+        c->tls_library = strcmp(v, "wolfssl") == 0 ? RINGBUS_TLS_WOLFSSL : RINGBUS_TLS_OPENSSL;
+        return 1;
+    }
     static const struct {
         const char *name;
         size_t offset;
@@ -428,6 +439,7 @@ static int cli_connect(cli *c, bool with_callback)
     o.publish_window = PUB_WINDOW;
     o.tls_ca_file = c->ca_file;
     o.tls_insecure = c->insecure;
+    o.tls_library = c->tls_library;
     o.ws_origin = c->origin;
     if (with_callback) {
         o.on_event = on_event;
@@ -1238,7 +1250,7 @@ static int run(cli *c, int argc, char **argv)
         return cmd_stream(c, sub_argc, sub_argv);
     }
     if (strcmp(cmd, "bench") == 0) {
-        rb_bench_set_tls(c->ca_file, c->insecure);
+        rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

@@ -928,6 +928,10 @@ static int options_check(const ringbus_options *o, rb_err *err)
     if (o->connect_timeout_ms < 0 || o->request_timeout_ms < 0) {
         return rb_err_set(err, RB_EINVAL, 0, "options: negative timeout");
     }
+    if (o->tls_library != RINGBUS_TLS_OPENSSL && o->tls_library != RINGBUS_TLS_WOLFSSL) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: tls_library %d is not a RINGBUS_TLS_ value",
+                          o->tls_library);
+    }
     if (o->publish_window > WINDOW_MAX) {
         return rb_err_set(err, RB_EINVAL, 0, "options: publish_window above %u", WINDOW_MAX);
     }
@@ -1160,6 +1164,7 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
     conn->tp.ws_origin = o->ws_origin;
     conn->tp.cert_file = o->tls_cert_file;
     conn->tp.key_file = o->tls_key_file;
+    conn->tp.tls_library = o->tls_library;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);

@@ -224,7 +224,14 @@ typedef struct ringbus_options {
      * client_ca. Both or neither. Borrowed during connect. */
     const char *tls_cert_file;
     const char *tls_key_file;
+    /* tls:// and wss://: the TLS library, RINGBUS_TLS_OPENSSL (0, the
+     * default: OpenSSL 3, AES-NI) or RINGBUS_TLS_WOLFSSL. Anything else is
+     * RINGBUS_EINVAL. */
+    int tls_library;
 } ringbus_options;
+
+#define RINGBUS_TLS_OPENSSL 0
+#define RINGBUS_TLS_WOLFSSL 1
 
 /* Fills *options with the defaults (all zero/NULL). */
 RINGBUS_API void ringbus_options_init(ringbus_options *options);

@@ -100,10 +100,11 @@ struct field {
     }
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-#define T_ALL  0x1Fu
-#define T_TLS  ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
-#define T_WS   ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
-#define T_QUIC (1u << RB_TRANSPORT_QUIC)
+#define T_ALL        0x1Fu
+#define T_TLS        ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
+#define T_WS         ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
+#define T_QUIC       (1u << RB_TRANSPORT_QUIC)
+#define T_TLS_STREAM ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS))
 
 static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -114,6 +115,7 @@ static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void
 static int ws_path_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -221,6 +223,7 @@ static const field listener_fields[] = {
      .offset = offsetof(rb_listener_config, client_ca),
      .bytes = RB_PATH_BYTES_MAX,
      .transports = T_TLS},
+    {.name = "tls_library", .kind = FK_CUSTOM, .fn = tls_library_fn, .transports = T_TLS_STREAM},
     {.name = "max_connections",
      .kind = FK_U32,
      .offset = offsetof(rb_listener_config, max_connections),
@@ -605,6 +608,28 @@ static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic", shown);
 }
 
+static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (strcmp(text, "openssl") == 0) {
+        l->tls_library = RB_TLS_LIBRARY_OPENSSL;
+        return 0;
+    }
+    if (strcmp(text, "wolfssl") == 0) {
+        l->tls_library = RB_TLS_LIBRARY_WOLFSSL;
+        return 0;
+    }
+    char shown[32];
+    show(shown, sizeof shown, text, len);
+    return fail_value(ld, v, path, "\"%s\" is not one of openssl, wolfssl", shown);
+}
+
 static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
     rb_listener_config *l = base;
@@ -674,6 +699,9 @@ static const char *transports_text(uint32_t mask)
 {
     if (mask == T_QUIC) {
         return "quic";
+    }
+    if (mask == T_TLS_STREAM) {
+        return "tls, wss";
     }
     return mask == T_TLS ? "tls, wss, quic" : "ws, wss";
 }

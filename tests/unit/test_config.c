@@ -472,6 +472,18 @@ START_TEST(test_config_listener_defaults_depend_on_transport)
     ck_assert_str_eq(cfg->listeners[2].path, "/ringbus");
     ck_assert_str_eq(cfg->listeners[3].path, "/ringbus");
     ck_assert_str_eq(cfg->listeners[4].client_ca, "ca.pem");
+    ck_assert_int_eq(cfg->listeners[1].tls_library, RB_TLS_LIBRARY_OPENSSL);
+    ck_assert_int_eq(cfg->listeners[3].tls_library, RB_TLS_LIBRARY_OPENSSL);
+}
+END_TEST
+
+START_TEST(test_config_tls_library_is_per_listener)
+{
+    const rb_config *cfg = load_ok(
+        "[[listener]]\ntransport = 'tls'\ncert = 'c'\nkey = 'k'\ntls_library = 'wolfssl'\n"
+        "[[listener]]\ntransport = 'wss'\ncert = 'c'\nkey = 'k'\ntls_library = 'openssl'\n");
+    ck_assert_int_eq(cfg->listeners[0].tls_library, RB_TLS_LIBRARY_WOLFSSL);
+    ck_assert_int_eq(cfg->listeners[1].tls_library, RB_TLS_LIBRARY_OPENSSL);
 }
 END_TEST
 
@@ -569,6 +581,10 @@ static const error_case listener_errors[] = {
      "c.toml:3:1: listener[1].origins: not valid for transport \"quic\" (only ws, wss)"},
     {"[[listener]]\ntransport = 'tls'\ncert='c'\nkey='k'\nquic_retry = true",
      "c.toml:5:1: listener[1].quic_retry: not valid for transport \"tls\" (only quic)"},
+    {"[[listener]]\ntransport = 'tls'\ncert='c'\nkey='k'\ntls_library = 'gnutls'",
+     "c.toml:5:15: listener[1].tls_library: \"gnutls\" is not one of openssl, wolfssl"},
+    {"[[listener]]\ntransport = 'quic'\ncert='c'\nkey='k'\ntls_library = 'openssl'",
+     "c.toml:5:1: listener[1].tls_library: not valid for transport \"quic\" (only tls, wss)"},
     {"[[listener]]\ntransport = 'ws'\npath = 'ringbus'",
      "c.toml:3:8: listener[1].path: must start with '/'"},
     {"[[listener]]\ntransport = 'ws'\npath = '/a b'",
@@ -865,6 +881,7 @@ Suite *rb_config_suite(void)
 
     tc = tcase_create("listeners");
     tcase_add_test(tc, test_config_listener_defaults_depend_on_transport);
+    tcase_add_test(tc, test_config_tls_library_is_per_listener);
     tcase_add_test(tc, test_config_listener_keys_are_loaded);
     tcase_add_test(tc, test_config_quic_retry_is_loaded);
     tcase_add_test(tc, test_config_empty_listener_array_keeps_the_default);
