@@ -8,8 +8,11 @@ daemon has freed the connection."""
 
 import re
 import socket
+import ssl
 import threading
 import time
+
+import pytest
 
 import rbproto as rp
 import rbtransport as rt
@@ -133,20 +136,41 @@ def test_a_publisher_that_does_not_read_its_acks_gets_its_close(make_daemon):
     assert acks == list(range(1, len(acks) + 1)), "the acks it got are the first ones, in order"
 
 
-def test_a_wss_subscriber_that_stops_reading_gets_its_close_inside_tls(make_daemon, tmp_path):
-    """The same through the tls and ws layers: the CLOSE, then WebSocket
-    Close 1008, reach a WSS client that read nothing while it was reaped."""
+def read_tls_to_eof(sock, timeout=30):
+    """Everything a tls client gets until close_notify or EOF."""
+    sock.settimeout(timeout)
+    data = bytearray()
+    while True:
+        try:
+            chunk = sock.recv(1 << 16)
+        except (ConnectionResetError, ssl.SSLError):
+            break
+        if not chunk:
+            break
+        data += chunk
+    return rp.decode_all(bytes(data))
+
+
+@pytest.mark.parametrize("kind", ["tls", "ws", "wss"])
+def test_a_layered_subscriber_that_stops_reading_gets_its_close(make_daemon, tmp_path, kind):
+    """The same through the tls and ws layers: the CLOSE (then, on ws and
+    wss, WebSocket Close 1008) reaches a client that read nothing while it
+    was reaped."""
     certs = rt.Certs(tmp_path)
-    tcp, wss = free_port(), free_port()
-    d = make_daemon(listeners=rt.listener("tcp", tcp) + rt.listener("wss", wss, certs),
+    tcp, port = free_port(), free_port()
+    d = make_daemon(listeners=rt.listener("tcp", tcp) + rt.listener(kind, port, certs),
                     extra=LIMITS)
-    raw = socket.create_connection(("127.0.0.1", wss), timeout=20)
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    ctx = rt.client_context(certs.ca, alpn=("http/1.1",))
-    sock = ctx.wrap_socket(raw, server_hostname="localhost")
-    w = rt.BlockingWS(sock, "localhost")
+    sock = raw
+    if kind in ("tls", "wss"):
+        alpn = (rt.ALPN,) if kind == "tls" else ("http/1.1",)
+        sock = rt.client_context(certs.ca, alpn=alpn).wrap_socket(raw,
+                                                                 server_hostname="localhost")
+    w = rt.BlockingWS(sock, "localhost", timeout=20) if kind != "tls" else sock
     w.sendall(rp.encode_hello(1))
-    assert rp.decode(w.recv(4096))[0].kind == rp.STARTED
+    first = rp.decode(w.recv(4096))[0]
+    assert first is not None and first.kind == rp.STARTED
     w.sendall(rp.encode_mutate(2, 1, adds=[("flood", "now")]))
     pub = rp.Conn("127.0.0.1", tcp, timeout=20)
     pub.hello()
@@ -156,5 +180,8 @@ def test_a_wss_subscriber_that_stops_reading_gets_its_close_inside_tls(make_daem
             break
     wait_freed(d, "subscriber too slow")
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    if kind == "tls":
+        assert_told_why(read_tls_to_eof(sock), "subscriber too slow")
+        return
     assert w.wait_close(timeout=30) == 1008
     assert_told_why(rp.decode_all(bytes(w.pending)), "subscriber too slow")
