@@ -1455,6 +1455,8 @@ static void rbd_event(const ringbus_event *ev, void *ctx)
         rb_bench_sink_closed(d->sink, why);
         break;
     case RINGBUS_EVENT_TOPICS_LIVE:
+    case RINGBUS_EVENT_REQUEST:
+    case RINGBUS_EVENT_RESPONSE:
         break;
     }
 }

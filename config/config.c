@@ -126,6 +126,9 @@ static const field limits_fields[] = {
     U64("send_queue_bytes", send_queue_bytes, 1, RB_SEND_QUEUE_BYTES_MAX),
     U64("pending_buffer_bytes", pending_buffer_bytes, 1, RB_PENDING_BYTES_MAX),
     U32("topics_per_stream", topics_per_stream, 1, RB_TOPICS_PER_STREAM_MAX),
+    U32("rpc_calls_per_connection", rpc_calls_per_connection, 1, RB_RPC_PER_CONN_MAX),
+    U32("rpc_serves_per_connection", rpc_serves_per_connection, 1, RB_RPC_PER_CONN_MAX),
+    U32("rpc_methods_per_connection", rpc_methods_per_connection, 1, RB_RPC_PER_CONN_MAX),
     U32("max_connections_total", max_connections_total, 1, RB_CONNS_TOTAL_MAX),
     U32("max_connections_per_address", max_connections_per_address, 1, RB_CONNS_TOTAL_MAX),
     U32("connection_rate_per_address", connection_rate_per_address, 1, RB_RATE_PER_SECOND_MAX),
@@ -1358,6 +1361,9 @@ void rb_config_defaults(rb_config *cfg)
     cfg->send_queue_bytes = RB_SEND_QUEUE_BYTES_DEFAULT;
     cfg->pending_buffer_bytes = RB_PENDING_BYTES_DEFAULT;
     cfg->topics_per_stream = RB_TOPICS_PER_STREAM_DEFAULT;
+    cfg->rpc_calls_per_connection = RB_RPC_CALLS_PER_CONN_DEFAULT;
+    cfg->rpc_serves_per_connection = RB_RPC_SERVES_PER_CONN_DEFAULT;
+    cfg->rpc_methods_per_connection = RB_RPC_METHODS_PER_CONN_DEFAULT;
     cfg->shard_queue_slots = RB_SHARD_QUEUE_SLOTS_DEFAULT;
     cfg->shard_envelopes = RB_SHARD_XMSG_DEFAULT;
     cfg->shard_block_bytes = RB_SHARD_BLOCK_BYTES_DEFAULT;

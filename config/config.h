@@ -130,6 +130,9 @@ typedef struct rb_config {
     uint64_t send_queue_bytes;            /* default 8 MiB, >= max_frame_bytes */
     uint64_t pending_buffer_bytes;        /* default 64 MiB, >= max_frame_bytes */
     uint32_t topics_per_stream;           /* default 100000 */
+    uint32_t rpc_calls_per_connection;    /* RPC calls in flight as a caller, default 256 */
+    uint32_t rpc_serves_per_connection;   /* requests in flight to a responder, default 256 */
+    uint32_t rpc_methods_per_connection;  /* methods a connection registers, default 64 */
     uint32_t max_connections_total;       /* all shards and listeners, default 65536 */
     uint32_t max_connections_per_address; /* default 1024 */
     uint32_t connection_rate_per_address; /* new connections per second, default 100 */

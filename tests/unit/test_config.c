@@ -86,6 +86,9 @@ START_TEST(test_config_defaults_match_the_design)
     ck_assert_uint_eq(cfg.send_queue_bytes, 8u << 20);
     ck_assert_uint_eq(cfg.pending_buffer_bytes, 64u << 20);
     ck_assert_uint_eq(cfg.topics_per_stream, 100000);
+    ck_assert_uint_eq(cfg.rpc_calls_per_connection, 256);
+    ck_assert_uint_eq(cfg.rpc_serves_per_connection, 256);
+    ck_assert_uint_eq(cfg.rpc_methods_per_connection, 64);
     ck_assert_uint_eq(cfg.keepalive_ms, 30000);
     ck_assert_uint_eq(cfg.pong_timeout_ms, 30000);
     ck_assert_uint_eq(cfg.handshake_timeout_ms, 10000);
@@ -313,6 +316,8 @@ static const error_case out_of_range[] = {
      "c.toml:2:24: limits.pending_buffer_bytes: 0 is out of range [1, 1073741824]"},
     {"[limits]\nmax_connections = 0",
      "c.toml:2:19: limits.max_connections: 0 is out of range [1, 1048576]"},
+    {"[limits]\nrpc_calls_per_connection = 65537",
+     "c.toml:2:28: limits.rpc_calls_per_connection: 65537 is out of range [1, 65536]"},
     {"[limits]\ntopics_per_stream = 1000001",
      "c.toml:2:21: limits.topics_per_stream: 1000001 is out of range [1, 1000000]"},
     {"[catchup]\ntopics_per_query = 0",
