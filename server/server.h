@@ -71,6 +71,8 @@ struct rb_conn {
     rb_conn_state state;
     bool flush_queued;
     bool pong_wait;
+    bool peer_logged; /* a connection-level error named the peer's address */
+    bool tx_trimmed;  /* the unstarted frames were dropped for the closing frames */
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;

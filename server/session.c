@@ -81,6 +81,8 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     sh->conn_free = c->free_next;
     RB_ASSERT(c->state == RB_CONN_FREE);
     RB_ASSERT(c->link == NULL);
+    /* Every link says what of the queue it holds (the reap trims the rest). */
+    RB_ASSERT(l->ops->busy_bytes != NULL);
     uint32_t gen = c->gen + 1;
     uint32_t index = c->index;
     memset(c, 0, sizeof *c);
@@ -91,6 +93,7 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
     rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
                   rb_send_quota_bytes(&sh->server->cfg));
+    rb_sendq_track_frames(&c->sendq);
     c->state = RB_CONN_HANDSHAKE;
     c->transport = (uint8_t)l->kind;
     RB_STAT_ADD(sh, accepted[c->transport], 1);
@@ -161,6 +164,24 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
     }
     conn_queue_flush(c);
     return 0;
+}
+
+/* A reaped connection's queued frames cannot reach a client that does not
+ * read them, and they would stand between it and the CLOSE that says why:
+ * the frames the link has not started go (the client resumes from its
+ * cursor: nothing is lost silently, G4); the one it is writing is
+ * finished, and the closing frames follow it. */
+static void tx_drop_unstarted(rb_conn *c)
+{
+    if (c->tx_trimmed) {
+        return;
+    }
+    c->tx_trimmed = true;
+    uint64_t dropped = rb_sendq_drop_unstarted(&c->sendq, c->link->ops->busy_bytes(c->link));
+    if (dropped > 0) {
+        RB_LOG_DEBUG(c->id, "dropped %llu queued bytes the client will not get",
+                     (unsigned long long)dropped);
+    }
 }
 
 static void tx_drop_all(rb_conn *c)
@@ -273,6 +294,18 @@ static void stop_reading(rb_conn *c)
     c->link->ops->stop_reading(c->link);
 }
 
+const char *rb_session_peer_once(rb_conn *c)
+{
+    /* One per shard thread: the caller logs it before the next call. */
+    static _Thread_local char note[RB_LINK_PEER_BYTES_MAX + 16];
+    if (c->peer_logged || c->link == NULL) {
+        return "";
+    }
+    c->peer_logged = true;
+    snprintf(note, sizeof note, " (peer %s)", c->link->peer);
+    return note;
+}
+
 void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
 {
     /* A layer ended the input cleanly (close_notify, WS Close, an HTTP
@@ -282,7 +315,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
         return;
     }
     if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
-        RB_LOG_INFO(c->id, "closing: %s", why);
+        RB_LOG_INFO(c->id, "closing: %s%s", why, rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s", why);
     }
@@ -304,7 +337,8 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (status != RB_WIRE_OK && status != RB_WIRE_GOING_AWAY) {
-        RB_LOG_INFO(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+        RB_LOG_INFO(c->id, "closing: %s: %s%s", rb_wire_code_name(status), msg,
+                    rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
     }
@@ -312,6 +346,9 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
     size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
     RB_ASSERT(n > 0);
+    if (status == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+        tx_drop_unstarted(c);
+    }
     c->state = RB_CONN_CLOSING;
     stop_reading(c);
     if (!c->link->ops->ready(c->link)) {
@@ -348,12 +385,15 @@ int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *
 
 /* An error that ends the connection: ERROR{code} then CLOSE{code}, both
  * in the send queue's reserve when the quota is spent. */
-static void conn_fail(rb_conn *c, uint16_t code, const char *msg)
+static void conn_fail(rb_conn *c, uint64_t corr_id, uint16_t code, const char *msg)
 {
     if (conn_reading(c) || c->state == RB_CONN_DRAINING) {
+        if (code == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+            tx_drop_unstarted(c);
+        }
         uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
         rb_bytes m = {(const uint8_t *)msg, strnlen(msg, RB_ERR_MSG_BYTES_MAX - 1)};
-        size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, m);
+        size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
         RB_ASSERT(n > 0);
         (void)append_closing(c, buf, n);
     }
@@ -414,7 +454,7 @@ static void send_ping(rb_conn *c)
     c->ping_nonce = c->ping_nonce * 6364136223846793005ull + c->id + 1442695040888963407ull;
     size_t n = rb_frame_encode_ping(buf, sizeof buf, 0, c->ping_nonce);
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         return;
     }
     c->pong_wait = true;
@@ -431,8 +471,8 @@ static void conn_timer_fired(rb_timer *t)
             RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
         } else {
             uint64_t unsent = rb_sendq_unsent(&c->sendq) + c->link->ops->unsent_bytes(c->link);
-            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
-                        (unsigned long long)unsent);
+            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent%s",
+                        (unsigned long long)unsent, rb_session_peer_once(c));
         }
         finish_close(c);
         return;
@@ -446,16 +486,16 @@ static void conn_timer_fired(rb_timer *t)
         return;
     }
     if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {
-        conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
+        conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
         return;
     }
     if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
             bool layers = !c->link->ops->ready(c->link);
-            RB_LOG_INFO(c->id, "%s within %u ms",
+            RB_LOG_INFO(c->id, "%s within %u ms%s",
                         layers ? "transport handshake not completed" : "no HELLO",
-                        cfg->handshake_timeout_ms);
-            conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
+                        cfg->handshake_timeout_ms, rb_session_peer_once(c));
+            conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
             return;
         }
     } else if (c->state == RB_CONN_OPEN) {
@@ -479,14 +519,14 @@ static void on_hello(rb_conn *c, const rb_frame *f)
 {
     const rb_config *cfg = &c->shard->server->cfg;
     if (c->state != RB_CONN_HANDSHAKE) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "HELLO sent twice");
         return;
     }
     if (f->u.hello.protocol_version != RB_PROTOCOL_VERSION) {
         char msg[96];
         snprintf(msg, sizeof msg, "protocol version %u not supported (server speaks %u)",
                  f->u.hello.protocol_version, RB_PROTOCOL_VERSION);
-        conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
@@ -506,7 +546,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
         return;
     }
     conn_rearm_timer(c);
@@ -519,7 +559,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
     uint8_t kind = f->hdr.kind;
     RB_STAT_ADD(c->shard, frames_in, 1);
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
     }
     switch (kind) {
@@ -530,7 +570,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
         size_t n = rb_frame_encode_pong(buf, sizeof buf, f->hdr.corr_id, f->u.ping.nonce);
         if (rb_conn_append(c, buf, n) != 0) {
-            conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+            conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         }
         break;
     }
@@ -572,7 +612,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         }
         char msg[96];
         snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
-        conn_fail(c, RB_WIRE_BAD_FRAME, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, msg);
         break;
     }
     }
@@ -583,6 +623,17 @@ static bool conn_reading(const rb_conn *c)
     return c->state == RB_CONN_HANDSHAKE || c->state == RB_CONN_OPEN;
 }
 
+/* The corr_id field of a frame header at p (16 bytes were read), whether
+ * or not the rest of the header is valid: fatal errors echo it. */
+static uint64_t header_corr_id(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = v << 8 | p[8 + i];
+    }
+    return v;
+}
+
 /* Decodes one whole frame at p and dispatches it; false when the connection
  * was failed. */
 static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
@@ -591,7 +642,8 @@ static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
     rb_err err;
     int rc = rb_frame_decode(p, len, c->shard->server->cfg.max_frame_bytes, &f, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME), err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME),
+                  err.msg);
         return false;
     }
     on_frame(c, &f);
@@ -605,7 +657,7 @@ static bool check_header(rb_conn *c, const uint8_t *p, rb_frame_header *hdr)
     int rc = rb_frame_header_decode(p, RB_FRAME_HEADER_BYTES, c->shard->server->cfg.max_frame_bytes,
                                     hdr, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)err.cause, err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)err.cause, err.msg);
         return false;
     }
     return true;
@@ -621,7 +673,8 @@ static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t 
     c->rx_buf =
         hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool) : rb_pool_get(&sh->rxbig_pool);
     if (c->rx_buf == NULL) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
+        conn_fail(c, hdr->corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                  "no receive buffer for a large frame");
         return false;
     }
     memcpy(c->rx_buf, p, have);
@@ -757,5 +810,5 @@ void rb_session_want_send(rb_conn *c)
 
 void rb_session_fail(rb_conn *c, uint16_t code, const char *msg)
 {
-    conn_fail(c, code, msg);
+    conn_fail(c, 0, code, msg);
 }

@@ -118,7 +118,9 @@ def test_closed_flooder_reads_why_in_error_and_close(make_daemon):
     flooder.hello()
     flood_pings(flooder.sock, 1_000_000)
     assert wait_log(d, "closing: resource_exhausted: send queue full")
-    # Reading now, the client finds its PONGs, then ERROR and CLOSE with
+    # Reading now, the client finds the PONGs that had started to go out
+    # (the reap drops the queued ones it cannot read: none when the whole
+    # flood was answered in one turn), then ERROR and CLOSE with
     # resource_exhausted (queued in the closing reserve), then the end: the
     # server kept reading its unread PINGs, so no reset destroyed them.
     kinds = []
@@ -130,7 +132,7 @@ def test_closed_flooder_reads_why_in_error_and_close(make_daemon):
             last[f.kind] = f
     except EOFError:
         pass
-    assert set(kinds) == {rp.PONG, rp.ERROR, rp.CLOSE}, set(kinds)
+    assert set(kinds) <= {rp.PONG, rp.ERROR, rp.CLOSE}, set(kinds)
     assert kinds[-2:] == [rp.ERROR, rp.CLOSE]
     assert last[rp.ERROR]["code"] == rp.RESOURCE_EXHAUSTED
     assert last[rp.CLOSE]["status"] == rp.RESOURCE_EXHAUSTED

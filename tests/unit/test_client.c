@@ -17,6 +17,7 @@
 #include "cli/cmdjson.h"
 #include "cli/json.h"
 #include "client/ringbus.h"
+#include "client/transport.h"
 #include "client/url.h"
 #include "common/frame.h"
 
@@ -1160,11 +1161,59 @@ START_TEST(test_client_names_codes)
 }
 END_TEST
 
+/* ---- naming a server that speaks something else ---- */
+
+START_TEST(test_client_answer_hint_names_http_tls_and_plain_frames)
+{
+    static const uint8_t http[] = "HTTP/1.1 400 Bad Request\r\n";
+    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 10};
+    uint8_t frame[64];
+    size_t n = rb_frame_encode_error(frame, sizeof frame, 0, RB_WIRE_TOO_LARGE,
+                                     (rb_bytes){(const uint8_t *)"x", 1});
+    ck_assert_uint_gt(n, 0);
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TCP, http, sizeof http - 1),
+                     "the server answered HTTP: is this a ws:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TCP, alert, sizeof alert),
+                     "the server answered TLS: is this a tls:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WS, alert, sizeof alert),
+                     "the server answered TLS: is this a wss:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WS, frame, n),
+                     "the server answered ringbus frames, not HTTP: is this a tcp:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TLS, frame, n),
+                     "the server answered plain ringbus frames, not TLS: is this a tcp:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TLS, http, sizeof http - 1),
+                     "the server answered plain HTTP, not TLS: is this a ws:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WSS, frame, n),
+                     "the server answered ringbus frames, not HTTP: is this a tls:// URL?");
+}
+END_TEST
+
+START_TEST(test_client_answer_hint_stays_quiet_when_unsure)
+{
+    static const uint8_t http[] = "HTTP/1.1 101 Switching Protocols\r\n";
+    uint8_t frame[64];
+    size_t n = rb_frame_encode_error(frame, sizeof frame, 0, RB_WIRE_TOO_LARGE,
+                                     (rb_bytes){(const uint8_t *)"x", 1});
+    /* What the layer expects, too few bytes to tell, and noise. */
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_WS, http, sizeof http - 1));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, frame, n));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, (const uint8_t *)"HTTP", 4));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_WS, frame, RB_FRAME_HEADER_BYTES - 1));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, (const uint8_t *)"", 0));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TLS, (const uint8_t *)"\x16\x03\x03", 3));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_QUIC, http, sizeof http - 1));
+}
+END_TEST
+
 Suite *rb_client_suite(void);
 
 Suite *rb_client_suite(void)
 {
     Suite *s = suite_create("client");
+    TCase *hint = tcase_create("answer hints");
+    tcase_add_test(hint, test_client_answer_hint_names_http_tls_and_plain_frames);
+    tcase_add_test(hint, test_client_answer_hint_stays_quiet_when_unsure);
+    suite_add_tcase(s, hint);
     TCase *url = tcase_create("url");
     tcase_add_test(url, test_url_tcp_with_port_parses);
     tcase_add_test(url, test_url_without_port_uses_scheme_default);
