@@ -352,14 +352,17 @@ static int run(rb_server *srv)
     }
     sigset_t set;
     block_signals(&set);
-    rb_auth *auth = NULL;
-    int rc = check_auth(&srv->cfg, &auth, &err);
-    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_REQUIRED) {
-        rc = rb_err_set(&err, RB_EUNSUPPORTED, 0,
-                        "auth.mode = \"required\": this build validates users and keys but its "
-                        "sessions do not check credentials yet; refusing to serve unauthenticated");
+    int rc = check_auth(&srv->cfg, &srv->auth, &err);
+    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_NONE) {
+        rc = rb_auth_verify(srv->auth, (rb_bytes){NULL, 0}, 0, &srv->anonymous, &err);
     }
-    rb_auth_free(auth);
+    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_REQUIRED &&
+        rb_auth_has_passwords(srv->auth)) {
+        rc = rb_err_set(
+            &err, RB_EUNSUPPORTED, 0,
+            "auth.mode = \"required\" with [[auth.user]] password_hash: this build "
+            "signs in tokens but does not serve password sign-in yet; refusing to start");
+    }
     rc = rc ? rc : rb_tls_global_init(&err);
     rc = rc ? rc : open_listeners(srv, &err);
     if (rc == 0) {
@@ -374,6 +377,7 @@ static int run(rb_server *srv)
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
         close_listeners(srv);
+        rb_auth_free(srv->auth);
         return 1;
     }
     if (!wait_storage_ready(srv, &set)) {
@@ -404,6 +408,7 @@ static int run(rb_server *srv)
     close_listeners(srv);
     rb_tls_global_deinit();
     srv->storage_ops->close(srv->storage);
+    rb_auth_free(srv->auth);
     RB_LOG_INFO(0, "stopped");
     return 0;
 }

@@ -18,6 +18,7 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "server/admin.h"
+#include "server/auth.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -83,6 +84,13 @@ struct rb_conn {
     /* publishing and the stream */
     uint32_t publishes_in_flight;
     rb_stream *stream;
+    /* who signed in (server/auth.h): NULL until HELLO is accepted; the
+     * shared anonymous identity under auth.mode = "none", else owned */
+    rb_identity *identity;
+    uint64_t expires_mono_ms; /* the token's exp on this loop's clock; 0 = none */
+    uint64_t refuse_at_ms;    /* a refused sign-in is answered then; 0 = none */
+    uint64_t refuse_corr;
+    char *refuse_msg; /* owned while refuse_at_ms is set */
 };
 
 typedef struct rb_listener {
@@ -151,9 +159,17 @@ struct rb_server {
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
-    rb_admin admin; /* the HTTP routes, server/admin.c */
+    rb_admin admin;        /* the HTTP routes, server/admin.c */
+    rb_auth *auth;         /* the credential verifier (immutable), server/auth.c */
+    rb_identity anonymous; /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
 };
+
+/* server/session.c: may the connection's identity do action on topic
+ * (policy checks at publish intake and Mutate validation), and its name
+ * for log lines. */
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
+const char *rb_conn_who(const rb_conn *c);
 
 /* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "common/assert.h"
 #include "common/log.h"
@@ -29,6 +30,8 @@ static void conn_try_free(rb_conn *c);
 static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
+static void identity_drop(rb_conn *c);
+static void refuse_now(rb_conn *c);
 
 int rb_conn_table_init(rb_shard *sh, rb_err *err)
 {
@@ -223,6 +226,7 @@ static void conn_try_free(rb_conn *c)
         rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
         c->rx_buf = NULL;
     }
+    identity_drop(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
     c->free_next = sh->conn_free;
@@ -394,6 +398,12 @@ static void conn_rearm_timer(rb_conn *c)
         uint64_t pd = c->partial_since_ms + cfg->handshake_timeout_ms;
         due = pd < due ? pd : due;
     }
+    if (c->refuse_at_ms != 0 && c->refuse_at_ms < due) {
+        due = c->refuse_at_ms;
+    }
+    if (c->expires_mono_ms != 0 && c->state == RB_CONN_OPEN && c->expires_mono_ms < due) {
+        due = c->expires_mono_ms;
+    }
     rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
 }
 
@@ -438,7 +448,16 @@ static void conn_timer_fired(rb_timer *t)
         conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
         return;
     }
-    if (c->state == RB_CONN_HANDSHAKE) {
+    if (c->refuse_at_ms != 0 && c->state == RB_CONN_HANDSHAKE) {
+        if (now >= c->refuse_at_ms) {
+            refuse_now(c);
+            return;
+        }
+    } else if (c->state == RB_CONN_OPEN && c->expires_mono_ms != 0 && now >= c->expires_mono_ms) {
+        RB_LOG_INFO(c->id, "token of %s expired", rb_conn_who(c));
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "token expired");
+        return;
+    } else if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
             bool layers = !c->link->ops->ready(c->link);
             RB_LOG_INFO(c->id, "%s within %u ms",
@@ -464,6 +483,106 @@ static void conn_timer_fired(rb_timer *t)
 
 /* ---- receive and frame dispatch ---- */
 
+/* Wall-clock seconds, for token exp and nbf (a monotonic clock knows no
+ * dates). */
+static int64_t wall_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+/* A refused sign-in is answered after auth.failure_delay_ms, so guessing
+ * costs time; meanwhile nothing more is read from the connection. */
+static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    char shown[RB_ERR_MSG_BYTES_MAX];
+    rb_log_escape(shown, sizeof shown, why, strlen(why));
+    RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
+    stop_reading(c);
+    free(c->refuse_msg);
+    c->refuse_msg = strdup(why);
+    c->refuse_corr = corr;
+    c->refuse_at_ms = rb_loop_now_ms(c->shard->loop) + cfg->auth_failure_delay_ms;
+    conn_rearm_timer(c);
+}
+
+static void refuse_now(rb_conn *c)
+{
+    const char *msg = c->refuse_msg != NULL ? c->refuse_msg : "unauthorized";
+    c->refuse_at_ms = 0;
+    rb_conn_send_error(c, c->refuse_corr, RB_WIRE_UNAUTHORIZED, "%s", msg);
+    rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "sign-in refused");
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* Verifies HELLO's (or AUTH's) credentials into a new identity for c.
+ * Returns 0, or RB_EINVAL with the reason in err. Password credentials
+ * are not verified on a shard (argon2id is slow by design). */
+static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *err)
+{
+    rb_server *srv = c->shard->server;
+    if (srv->auth == NULL) {
+        *out = &srv->anonymous; /* servers built without a verifier (unit tests) */
+        return 0;
+    }
+    if (rb_auth_is_slow(credentials)) {
+        return rb_err_set(err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                          "password sign-in is not served by this version; use a token");
+    }
+    rb_identity id;
+    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (id.source == RB_IDENTITY_ANONYMOUS) {
+        *out = &srv->anonymous;
+        return 0;
+    }
+    *out = malloc(sizeof **out);
+    if (*out == NULL) {
+        rb_identity_release(&id);
+        return rb_err_set(err, RB_ENOMEM, RB_WIRE_INTERNAL, "out of memory for the identity");
+    }
+    **out = id;
+    return 0;
+}
+
+static void identity_drop(rb_conn *c)
+{
+    if (c->identity != NULL && c->identity != &c->shard->server->anonymous) {
+        rb_identity_release(c->identity);
+        free(c->identity);
+    }
+    c->identity = NULL;
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* The token's exp on the loop's clock: the connection closes then. */
+static void set_expiry(rb_conn *c)
+{
+    c->expires_mono_ms = 0;
+    if (c->identity->expires_at_s != 0) {
+        int64_t left_s = c->identity->expires_at_s - wall_now_s();
+        uint64_t left_ms = left_s > 0 ? (uint64_t)left_s * 1000 : 0;
+        c->expires_mono_ms = rb_loop_now_ms(c->shard->loop) + left_ms;
+    }
+}
+
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic)
+{
+    RB_ASSERT(c->identity != NULL);
+    return c->identity->policy == NULL || rb_policy_allows(c->identity->policy, action, topic);
+}
+
+const char *rb_conn_who(const rb_conn *c)
+{
+    return c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : "anonymous";
+}
+
 static void on_hello(rb_conn *c, const rb_frame *f)
 {
     const rb_config *cfg = &c->shard->server->cfg;
@@ -478,6 +597,12 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
+    rb_err err;
+    if (sign_in(c, f->u.hello.credentials, &c->identity, &err) != 0) {
+        refuse_later(c, f->hdr.corr_id, err.msg);
+        return;
+    }
+    set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
     size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
@@ -490,8 +615,50 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         return;
     }
     conn_rearm_timer(c);
-    RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
-                 (const char *)f->u.hello.client_name.ptr);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s as %s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
+}
+
+/* AUTH replaces the token of a connection that signed in with one, for
+ * the same sub (PROTOCOL.md 6.5). */
+static void on_auth(rb_conn *c, const rb_frame *f)
+{
+    rb_err err;
+    rb_identity *fresh = NULL;
+    if (c->identity == NULL || c->identity->source != RB_IDENTITY_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        return;
+    }
+    rb_credentials cr;
+    if (rb_credentials_decode(f->u.auth.credentials, &cr, &err) != 0 || cr.kind != RB_CRED_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "AUTH: not a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token");
+        return;
+    }
+    if (sign_in(c, f->u.auth.credentials, &fresh, &err) != 0 ||
+        strcmp(fresh->name, c->identity->name) != 0) {
+        const char *why = fresh != NULL ? "AUTH: the token names another sub" : err.msg;
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "%s", why);
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH refused");
+        if (fresh != NULL) {
+            rb_identity_release(fresh);
+            free(fresh);
+        }
+        return;
+    }
+    rb_identity_release(c->identity);
+    free(c->identity);
+    c->identity = fresh;
+    set_expiry(c);
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 2];
+    size_t n = rb_frame_encode_auth(buf, sizeof buf, f->hdr.corr_id, (rb_bytes){NULL, 0});
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        return;
+    }
+    conn_rearm_timer(c);
 }
 
 static void on_frame(rb_conn *c, const rb_frame *f)
@@ -540,12 +707,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         rb_stream_on_mutate(c, f);
         break;
     case RB_FRAME_AUTH:
-        /* AUTH replaces a token; a connection that did not sign in with one
-         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
-         * refused AUTH. */
-        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
-                           "AUTH: this connection did not sign in with a token");
-        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        on_auth(c, f);
         break;
     default: {
         char msg[96];

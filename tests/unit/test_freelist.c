@@ -2,6 +2,7 @@
  * the home thread, byte budgets shared by pools, and items freed on other
  * threads coming home in batches with none lost or handed out twice. */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -11,6 +12,7 @@
 
 #include "common/limits.h"
 #include "server/freelist.h"
+#include "tests/unit/death.h"
 
 START_TEST(test_freelist_grows_to_max_then_refuses)
 {
@@ -62,6 +64,7 @@ END_TEST
 
 START_TEST(test_freelist_item_not_back_at_deinit_asserts)
 {
+    RB_DEATH_TEST();
     rb_freelist fl;
     rb_err err;
     ck_assert_int_eq(rb_freelist_init(&fl, "t", 64, 2, 0, NULL, &err), 0);
@@ -85,6 +88,7 @@ static void *returner(void *arg)
     rb_freelist_bind_thread(2);
     for (int r = 0; r < ROUNDS; r++) {
         while (__atomic_load_n(&x->stage, __ATOMIC_ACQUIRE) != 1) {
+            sched_yield(); /* a busy machine: let the other side run */
         }
         for (int i = 0; i < ITEMS; i++) {
             rb_freelist_put(x->fl, x->slots[i]);
@@ -119,6 +123,7 @@ START_TEST(test_freelist_items_freed_on_another_thread_come_home_in_batches)
         }
         __atomic_store_n(&x.stage, 1, __ATOMIC_RELEASE);
         while (__atomic_load_n(&x.stage, __ATOMIC_ACQUIRE) != 2) {
+            sched_yield();
         }
         x.stage = 0;
     }

@@ -12,6 +12,7 @@
 #include <check.h>
 
 #include "server/limiter.h"
+#include "tests/unit/death.h"
 
 Suite *rb_limiter_suite(void);
 
@@ -89,6 +90,7 @@ END_TEST
 
 START_TEST(test_bucket_zero_rate_aborts)
 {
+    RB_DEATH_TEST();
     rb_bucket b;
     rb_bucket_init(&b, 0, 1, 0);
 }
@@ -212,6 +214,7 @@ END_TEST
 
 START_TEST(test_addr_release_of_an_unknown_address_aborts)
 {
+    RB_DEATH_TEST();
     rb_addr_table *t = table(16, 10, 1, 10);
     rb_addr_key a = v4("10.0.0.1");
     rb_addr_release(t, &a);

@@ -11,6 +11,7 @@
 #include <check.h>
 
 #include "server/mailbox.h"
+#include "tests/unit/death.h"
 
 #define SHARDS 3
 
@@ -322,6 +323,7 @@ END_TEST
 
 START_TEST(test_mailbox_unregistered_kind_asserts)
 {
+    RB_DEATH_TEST();
     setup_with(8, 16, 4);
     put_record(0, 1, RB_XK_HEAD, 1);
     rb_mailbox_flush(&fx.mb[0]);
@@ -331,6 +333,7 @@ END_TEST
 
 START_TEST(test_mailbox_second_handler_for_a_kind_asserts)
 {
+    RB_DEATH_TEST();
     setup_with(8, 16, 4);
     rb_mailbox_register(&fx.mb[0], RB_XK_ACK, record_handler, NULL);
 }

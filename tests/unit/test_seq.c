@@ -11,6 +11,7 @@
 #include <check.h>
 
 #include "server/seq.h"
+#include "tests/unit/death.h"
 
 static rb_mailbox mb;
 static rb_mailbox *all[1];
@@ -245,6 +246,7 @@ END_TEST
 
 START_TEST(test_seq_fill_without_a_read_asserts)
 {
+    RB_DEATH_TEST();
     rb_seq q;
     rb_seq_init(&q);
     rb_seq_fill_done(&q, 3, &ops, NULL);
