@@ -6,7 +6,6 @@ assertion or a sanitizer report fails the test that started it."""
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import time
 
@@ -14,6 +13,7 @@ import pytest
 
 # The throwaway Postgres cluster (pg_cluster, pg_db, pg_conninfo).
 from pg import pg_cluster, pg_conninfo, pg_db  # noqa: F401
+from ports import free_port  # noqa: F401
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILD = pathlib.Path(os.environ.get("RINGBUS_BUILD", "build/release"))
@@ -39,10 +39,6 @@ STOP_WAIT_S = 15
 READY_WAIT_S = 15
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Daemon:

@@ -13,22 +13,17 @@ import itertools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 
 import pytest
 
+from ports import free_port
+
 PG_BIN = "/usr/lib/postgresql/15/bin"
 START_WAIT_S = 30
 STOP_WAIT_S = 30
-
-
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _as_postgres(*cmd, **kw):
@@ -45,7 +40,7 @@ class PgCluster:
         self.data = os.path.join(self.dir, "data")
         self.sock = os.path.join(self.dir, "sock")
         self.logfile = os.path.join(self.dir, "postgres.log")
-        self.port = _free_port()
+        self.port = free_port()
         self.pid = None
         self._names = itertools.count(1)
         os.mkdir(self.sock)

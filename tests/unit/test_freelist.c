@@ -88,7 +88,7 @@ static void *returner(void *arg)
     rb_freelist_bind_thread(2);
     for (int r = 0; r < ROUNDS; r++) {
         while (__atomic_load_n(&x->stage, __ATOMIC_ACQUIRE) != 1) {
-            sched_yield(); /* a busy machine: let the other side run */
+            sched_yield(); /* a loaded machine may have one core for both */
         }
         for (int i = 0; i < ITEMS; i++) {
             rb_freelist_put(x->fl, x->slots[i]);
