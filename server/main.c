@@ -356,12 +356,8 @@ static int run(rb_server *srv)
     if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_NONE) {
         rc = rb_auth_verify(srv->auth, (rb_bytes){NULL, 0}, 0, &srv->anonymous, &err);
     }
-    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_REQUIRED &&
-        rb_auth_has_passwords(srv->auth)) {
-        rc = rb_err_set(
-            &err, RB_EUNSUPPORTED, 0,
-            "auth.mode = \"required\" with [[auth.user]] password_hash: this build "
-            "signs in tokens but does not serve password sign-in yet; refusing to start");
+    if (rc == 0 && rb_auth_has_passwords(srv->auth)) {
+        rc = rb_auth_pool_start(&srv->auth_pool, srv->auth, srv->cfg.auth_workers, &err);
     }
     rc = rc ? rc : rb_tls_global_init(&err);
     rc = rc ? rc : open_listeners(srv, &err);
@@ -377,10 +373,13 @@ static int run(rb_server *srv)
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
         close_listeners(srv);
+        rb_auth_pool_stop(srv->auth_pool);
         rb_auth_free(srv->auth);
         return 1;
     }
     if (!wait_storage_ready(srv, &set)) {
+        rb_auth_pool_stop(srv->auth_pool);
+        srv->auth_pool = NULL;
         close_listeners(srv);
         rb_tls_global_deinit();
         srv->storage_ops->close(srv->storage);
@@ -403,6 +402,10 @@ static int run(rb_server *srv)
     wait_for_stop(srv, &set);
     sd_notify(0, "STOPPING=1");
     atomic_store(&srv->ready, false);
+    /* Sign-ins still queued are cancelled; running ones still reach their
+     * shard, which runs until rb_server_stop. */
+    rb_auth_pool_stop(srv->auth_pool);
+    srv->auth_pool = NULL;
     rb_server_stop(srv);
     rb_server_join(srv);
     close_listeners(srv);

@@ -32,6 +32,8 @@ static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
 static void identity_drop(rb_conn *c);
 static void refuse_now(rb_conn *c);
+static void send_started(rb_conn *c, uint64_t corr);
+static void check_password(rb_conn *c, const rb_frame *f);
 
 int rb_conn_table_init(rb_shard *sh, rb_err *err)
 {
@@ -529,8 +531,12 @@ static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *
         return 0;
     }
     if (rb_auth_is_slow(credentials)) {
-        return rb_err_set(err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
-                          "password sign-in is not served by this version; use a token");
+        if (srv->auth_pool == NULL) {
+            /* No user has a password (the pool runs only then). */
+            return rb_err_set(err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                              "unknown user or wrong password");
+        }
+        return RB_EAGAIN; /* the caller hands it to the auth workers */
     }
     rb_identity id;
     int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
@@ -585,7 +591,6 @@ const char *rb_conn_who(const rb_conn *c)
 
 static void on_hello(rb_conn *c, const rb_frame *f)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
     if (c->state != RB_CONN_HANDSHAKE) {
         conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
         return;
@@ -598,14 +603,27 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         return;
     }
     rb_err err;
-    if (sign_in(c, f->u.hello.credentials, &c->identity, &err) != 0) {
+    int rc = sign_in(c, f->u.hello.credentials, &c->identity, &err);
+    if (rc == RB_EAGAIN) {
+        check_password(c, f);
+        return;
+    }
+    if (rc != 0) {
         refuse_later(c, f->hdr.corr_id, err.msg);
         return;
     }
+    send_started(c, f->hdr.corr_id);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s as %s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
+}
+
+static void send_started(rb_conn *c, uint64_t corr)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
     set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
-    size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
+    size_t n = rb_frame_encode_started(buf, sizeof buf, corr, cfg->keepalive_ms,
                                        RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id,
                                        rb_stream_epoch(c->shard));
     RB_ASSERT(n > 0);
@@ -615,8 +633,100 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         return;
     }
     conn_rearm_timer(c);
-    RB_LOG_DEBUG(c->id, "HELLO from %.*s as %s", (int)f->u.hello.client_name.len,
-                 (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
+}
+
+/* ---- password sign-in on the auth workers ---- */
+
+/* A password check in flight: the job and where its answer goes. The
+ * connection may be gone when it comes back (index + gen tell). */
+typedef struct auth_wait {
+    rb_auth_job job;
+    rb_shard *shard;
+    uint32_t conn_index;
+    uint32_t conn_gen;
+    uint64_t corr;
+} auth_wait;
+
+/* On a worker thread: push onto the shard's list and wake its loop. */
+static void password_checked(rb_auth_job *job, void *ctx)
+{
+    auth_wait *w = ctx;
+    rb_shard *sh = w->shard;
+    rb_auth_job *head = atomic_load(&sh->auth_done);
+    do {
+        job->next = head;
+    } while (!atomic_compare_exchange_weak(&sh->auth_done, &head, job));
+    if (job->worker_loop != NULL) {
+        (void)rb_loop_wake_remote(job->worker_loop, atomic_load(&sh->ring_fd),
+                                  RB_REMOTE(RB_REMOTE_AUTH, 0));
+    }
+}
+
+static void check_password(rb_conn *c, const rb_frame *f)
+{
+    rb_server *srv = c->shard->server;
+    auth_wait *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the sign-in");
+        return;
+    }
+    rb_bytes cred = f->u.hello.credentials;
+    RB_ASSERT(cred.len <= sizeof w->job.credentials);
+    memcpy(w->job.credentials, cred.ptr, cred.len);
+    w->job.credentials_len = (uint32_t)cred.len;
+    w->job.now_s = wall_now_s();
+    w->job.done = password_checked;
+    w->job.ctx = w;
+    w->shard = c->shard;
+    w->conn_index = c->index;
+    w->conn_gen = c->gen;
+    w->corr = f->hdr.corr_id;
+    int rc = rb_auth_pool_submit(srv->auth_pool, &w->job);
+    if (rc != 0) {
+        explicit_bzero(w, sizeof *w);
+        free(w);
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "too many sign-ins waiting; try again");
+        return;
+    }
+    c->signing_in = true;
+}
+
+static void password_answer(rb_shard *sh, auth_wait *w)
+{
+    rb_conn *c = rb_conn_lookup(sh, w->conn_index, w->conn_gen);
+    bool waiting = c != NULL && c->signing_in && c->state == RB_CONN_HANDSHAKE;
+    if (c != NULL) {
+        c->signing_in = false;
+    }
+    if (!waiting || w->job.rc != 0) {
+        if (waiting) {
+            refuse_later(c, w->corr, w->job.err.msg);
+        }
+        rb_identity_release(&w->job.identity);
+        return;
+    }
+    c->identity = malloc(sizeof *c->identity);
+    if (c->identity == NULL) {
+        rb_identity_release(&w->job.identity);
+        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the identity");
+        return;
+    }
+    *c->identity = w->job.identity;
+    send_started(c, w->corr);
+    RB_LOG_DEBUG(c->id, "signed in as %s", rb_conn_who(c));
+}
+
+void rb_session_auth_done(rb_shard *sh, uint64_t payload)
+{
+    (void)payload;
+    rb_auth_job *job = atomic_exchange(&sh->auth_done, NULL);
+    while (job != NULL) {
+        rb_auth_job *next = job->next;
+        auth_wait *w = job->ctx;
+        password_answer(sh, w);
+        free(w);
+        job = next;
+    }
 }
 
 /* AUTH replaces the token of a connection that signed in with one, for
@@ -664,6 +774,10 @@ static void on_auth(rb_conn *c, const rb_frame *f)
 static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
+    if (c->signing_in || c->refuse_at_ms != 0) {
+        conn_fail(c, RB_WIRE_BAD_FRAME, "a frame before STARTED (wait for it after HELLO)");
+        return;
+    }
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
         conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;

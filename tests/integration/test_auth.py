@@ -75,18 +75,6 @@ def test_check_config_loads_key_files_and_names_the_position(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_required_mode_with_password_users_is_refused_until_passwords_are_served(tmp_path):
-    hash_ = ringbusd("--hash-password", input="pw\n").stdout.strip()
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[auth]\nmode = "required"\n[[auth.user]]\nname = "alice"\n'
-                   f'password_hash = "{hash_}"\n')
-    assert ringbusd("--check-config", str(cfg)).returncode == 0
-    r = subprocess.run([str(RINGBUSD), "--config", str(cfg)], capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 1
-    assert "does not serve password sign-in yet" in r.stderr
-
-
 def test_mode_none_warns_about_listeners_off_loopback(make_daemon):
     from conftest import free_port
     port = free_port()
