@@ -82,15 +82,18 @@ SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_S
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
 CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
-LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c) $(CLIENT_OBJ)
+LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c \
+                        transports/tls_pair.c) $(CLIENT_OBJ)
 
 RINGBUSD   := $(BUILDDIR)/ringbusd
 RINGBUS    := $(BUILDDIR)/ringbus
 LIBA       := $(BUILDDIR)/libringbus.a
 LIBSO      := $(BUILDDIR)/libringbus.so
 UNIT       := $(BUILDDIR)/unit_tests
-# A QUIC/HTTP/3 test peer on the engine (tests/integration/quic_peer.c).
+# A QUIC/HTTP/3 test peer on the engine (tests/integration/quic_peer.c),
+# and a TCP-to-QUIC relay on libringbus's quic transport (quic_relay.c).
 QUIC_PEER  := $(BUILDDIR)/quic_peer
+QUIC_RELAY := $(BUILDDIR)/quic_relay
 
 .PHONY: all build run test test-unit test-integration test-fuzz test-chaos chaos test-asan tsan \
         check format format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
@@ -101,7 +104,7 @@ all: build
 	@ln -sf $(VARIANT)/libringbus.a build/libringbus.a
 	@ln -sf $(VARIANT)/libringbus.so build/libringbus.so
 
-build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT) $(QUIC_PEER)
+build: deps $(RINGBUSD) $(RINGBUS) $(LIBA) $(LIBSO) $(UNIT) $(QUIC_PEER) $(QUIC_RELAY)
 
 # Installs the Debian packages the build and the tests need, once.
 deps:
@@ -167,6 +170,9 @@ $(UNIT): $(call obj,$(UNIT_SRC)) $(SERVER_OBJ) $(CLIENT_OBJ) $(call obj,$(filter
 	$(CC) $(LDFLAGS) -o $@ $^ $(CHECK_LIBS) $(LIBS) -lm
 
 $(QUIC_PEER): $(call obj,tests/integration/quic_peer.c) $(SERVER_OBJ)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(QUIC_RELAY): $(call obj,tests/integration/quic_relay.c) $(SERVER_OBJ) $(CLIENT_OBJ)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
 run: all

@@ -1470,6 +1470,15 @@ static int ms_until(int64_t deadline_ns)
     return left <= 0 ? 0 : (int)((left + 999999) / 1000000);
 }
 
+static const char *rbd_ca_file;
+static bool rbd_insecure;
+
+void rb_bench_set_tls(const char *ca_file, bool insecure)
+{
+    rbd_ca_file = ca_file;
+    rbd_insecure = insecure;
+}
+
 static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb_bench_sink *sink,
                        void **conn, char *why, size_t why_bytes)
 {
@@ -1482,6 +1491,8 @@ static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb
     ringbus_options o;
     ringbus_options_init(&o);
     o.client_name = "ringbus-bench";
+    o.tls_ca_file = rbd_ca_file;
+    o.tls_insecure = rbd_insecure;
     o.connect_timeout_ms = ms_until(deadline_ns) > 0 ? ms_until(deadline_ns) : 1;
     o.publish_window = window;
     o.on_event = rbd_event;

@@ -1,26 +1,27 @@
 #!/usr/bin/env bash
-# Pub/sub throughput of 256-byte messages over tcp://, tls://, ws:// and
-# wss://, each as a ratio of tcp:// in the same run (docs/BENCHMARKS.md,
-# "Transports").
+# Pub/sub throughput of SIZE-byte messages (default 256) over tcp://, tls://,
+# ws://, wss:// and quic://, each as a ratio of tcp:// in the same run
+# (docs/BENCHMARKS.md, "Transports").
 #
-# One ringbusd (memory store) listens on all four transports on 127.0.0.1.
+# One ringbusd (memory store) listens on all five transports on 127.0.0.1.
 # For each transport, in rounds: a `ringbus sub --count N` subscriber (from
-# now) and then a `ringbus pub` publishing N lines of 256 bytes, both over
+# now) and then a `ringbus pub` publishing N lines of SIZE bytes, both over
 # that transport. The rate is N divided by the time from the publisher's
 # start to the subscriber's N-th message; a transport's figure is the median
 # of its rounds. Transports take turns within each round, so drift in the
 # machine's load touches all of them alike.
 #
-#   bench/transports.sh [N] [ROUNDS]      (defaults 100000 and 3)
+#   bench/transports.sh [N] [ROUNDS] [SIZE]   (defaults 100000, 3 and 256)
 #   RINGBUS_BUILD=build/release           (where ringbusd and ringbus are)
 set -euo pipefail
 
 N=${1:-100000}
 ROUNDS=${2:-3}
+SIZE=${3:-256}
 BUILD=${RINGBUS_BUILD:-build/release}
 RINGBUSD=$BUILD/ringbusd
 RINGBUS=$BUILD/ringbus
-KINDS=(tcp tls ws wss)
+KINDS=(tcp tls ws wss quic)
 
 tmp=$(mktemp -d)
 daemon=""
@@ -57,11 +58,11 @@ declare -A PORT
   echo 'pending_buffer_bytes = 1073741824'
   echo '[storage.memory]'
   echo "retention_messages = $((N + 1))"
-  echo "retention_bytes = $((N * 512 + (1 << 20)))"
+  echo "retention_bytes = $((N * (SIZE + 256) + (1 << 20)))"
   for k in "${KINDS[@]}"; do
     PORT[$k]=$(free_port)
     printf '[[listener]]\ntransport = "%s"\naddress = "127.0.0.1"\nport = %s\n' "$k" "${PORT[$k]}"
-    if [ "$k" = tls ] || [ "$k" = wss ]; then
+    if [ "$k" = tls ] || [ "$k" = wss ] || [ "$k" = quic ]; then
       printf 'cert = "%s"\nkey = "%s"\n' "$tmp/server.pem" "$tmp/server.key"
     fi
   done
@@ -74,8 +75,8 @@ for _ in $(seq 200); do
 done
 grep -q "ready:" "$tmp/ringbusd.log" || { cat "$tmp/ringbusd.log"; exit 1; }
 
-# N lines of 256 bytes each (the newline is not part of the payload).
-head -c $((N * 256)) /dev/zero | tr '\0' 'x' | fold -w 256 > "$tmp/payloads"
+# N lines of SIZE bytes each (the newline is not part of the payload).
+head -c $((N * SIZE)) /dev/zero | tr '\0' 'x' | fold -w "$SIZE" > "$tmp/payloads"
 
 now() { date +%s.%N; }
 
@@ -114,7 +115,7 @@ done
 median() { tr ' ' '\n' | grep -v '^$' | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
 
 tcp=$(echo "${RATES[tcp]}" | median)
-echo "ringbus pub/sub over each transport: $N messages of 256 bytes per run, median of $ROUNDS rounds"
+echo "ringbus pub/sub over each transport: $N messages of $SIZE bytes per run, median of $ROUNDS rounds"
 echo "machine: $(nproc) CPUs, $(uname -sr), ringbusd $("$RINGBUSD" --version | cut -d' ' -f2)"
 printf '%-10s %12s %10s   %s\n' transport "msg/s" "vs tcp" "rounds (msg/s)"
 for k in "${KINDS[@]}"; do

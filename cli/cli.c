@@ -1238,6 +1238,7 @@ static int run(cli *c, int argc, char **argv)
         return cmd_stream(c, sub_argc, sub_argv);
     }
     if (strcmp(cmd, "bench") == 0) {
+        rb_bench_set_tls(c->ca_file, c->insecure);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

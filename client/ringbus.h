@@ -349,7 +349,7 @@ RINGBUS_API int ringbus_publish_sync(ringbus_conn *conn, const char *topic, size
 
 typedef struct ringbus_add {
     const char *topic; /* NUL-terminated, 1..255 bytes */
-    uint64_t cursor;   /* the last seq the client has; 0 = from the beginning */
+    uint64_t cursor;   /* the last seq the client has; 0 = all that is retained */
     bool is_now;       /* true: no history, live from now (cursor ignored) */
 } ringbus_add;
 

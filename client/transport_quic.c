@@ -31,9 +31,12 @@
 /* The receive window (and buffer) of the bus stream. */
 #define QUIC_CLIENT_WINDOW_BYTES (1u << 20)
 /* Datagrams read per pass, so one pass stays short. */
-#define QUIC_CLIENT_RECV_PER_PASS 64
+#define QUIC_CLIENT_RECV_PER_PASS 128
 /* How long close waits for the server to acknowledge what was written. */
 #define QUIC_CLIENT_CLOSE_FLUSH_MS 200
+/* Datagrams per sendmmsg / recvmmsg. */
+#define QUIC_CLIENT_BATCH       32
+#define QUIC_CLIENT_DGRAM_BYTES 2048
 
 typedef struct quic_client {
     rb_quic_engine *e;
@@ -52,22 +55,49 @@ typedef struct quic_client {
     uint8_t *tx;
     uint64_t tx_written;
     uint64_t tx_acked;
+    uint64_t timer_at; /* what the timerfd is armed for */
+    bool refused;      /* ICMP port unreachable: nobody serves this address */
+    /* datagrams written by the engine, sent in one sendmmsg */
+    uint32_t out_count;
+    struct mmsghdr out_msgs[QUIC_CLIENT_BATCH];
+    struct iovec out_iov[QUIC_CLIENT_BATCH];
+    uint8_t out_buf[QUIC_CLIENT_BATCH][RB_QUIC_DATAGRAM_BYTES_MAX];
 } quic_client;
+
+/* Sends the batch; a full socket buffer loses the rest (QUIC resends). */
+static void out_flush(quic_client *q)
+{
+    uint32_t done = 0;
+    while (done < q->out_count) {
+        int n = sendmmsg(q->udp, q->out_msgs + done, q->out_count - done, MSG_NOSIGNAL);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        if (n <= 0) {
+            q->refused = q->refused || (n < 0 && errno == ECONNREFUSED);
+            break;
+        }
+        done += (uint32_t)n;
+    }
+    q->out_count = 0;
+}
 
 static int client_send(void *ctx, const rb_quic_path *path, const uint8_t *p, size_t len)
 {
     (void)path;
     quic_client *q = ctx;
-    for (;;) {
-        if (send(q->udp, p, len, MSG_NOSIGNAL) >= 0) {
-            return 0;
-        }
-        if (errno != EINTR) {
-            /* A full socket buffer or an ICMP error: the datagram counts
-             * as lost and the engine's loss recovery resends. */
-            return RB_ELIMIT;
-        }
+    if (q->out_count == QUIC_CLIENT_BATCH) {
+        out_flush(q);
     }
+    RB_ASSERT(len <= RB_QUIC_DATAGRAM_BYTES_MAX);
+    uint32_t i = q->out_count++;
+    memcpy(q->out_buf[i], p, len);
+    q->out_iov[i].iov_base = q->out_buf[i];
+    q->out_iov[i].iov_len = len;
+    memset(&q->out_msgs[i], 0, sizeof q->out_msgs[i]);
+    q->out_msgs[i].msg_hdr.msg_iov = &q->out_iov[i];
+    q->out_msgs[i].msg_hdr.msg_iovlen = 1;
+    return 0;
 }
 
 static int client_established(void *ctx, rb_quic_conn *qc, rb_quic_alpn alpn)
@@ -119,7 +149,12 @@ static void client_closed(void *ctx, rb_quic_conn *qc, const rb_quic_end *end)
 
 static void arm_timer(quic_client *q)
 {
+    out_flush(q);
     uint64_t at = rb_quic_engine_expiry(q->e);
+    if (at == q->timer_at) {
+        return;
+    }
+    q->timer_at = at;
     struct itimerspec its = {0};
     if (at != UINT64_MAX) {
         /* 0 would disarm: an expiry already due fires a nanosecond in. */
@@ -133,54 +168,57 @@ static void arm_timer(quic_client *q)
 /* Reads what the socket holds, runs due timers, writes, re-arms. */
 static void pump(quic_client *q)
 {
-    static uint8_t buf[65536];
-    for (int i = 0; i < QUIC_CLIENT_RECV_PER_PASS; i++) {
-        ssize_t n = recv(q->udp, buf, sizeof buf, 0);
-        if (n < 0) {
+    static _Thread_local uint8_t buf[QUIC_CLIENT_BATCH][QUIC_CLIENT_DGRAM_BYTES];
+    struct mmsghdr msgs[QUIC_CLIENT_BATCH];
+    struct iovec iov[QUIC_CLIENT_BATCH];
+    for (int pass = 0; pass < QUIC_CLIENT_RECV_PER_PASS / QUIC_CLIENT_BATCH; pass++) {
+        for (int i = 0; i < QUIC_CLIENT_BATCH; i++) {
+            iov[i].iov_base = buf[i];
+            iov[i].iov_len = sizeof buf[i];
+            memset(&msgs[i], 0, sizeof msgs[i]);
+            msgs[i].msg_hdr.msg_iov = &iov[i];
+            msgs[i].msg_hdr.msg_iovlen = 1;
+        }
+        int n = recvmmsg(q->udp, msgs, QUIC_CLIENT_BATCH, MSG_DONTWAIT, NULL);
+        if (n <= 0) {
+            q->refused = q->refused || (n < 0 && errno == ECONNREFUSED);
             break;
         }
-        rb_quic_engine_recv(q->e, &q->path, buf, (size_t)n, (uint64_t)rb_client_now_ns());
+        uint64_t now = (uint64_t)rb_client_now_ns();
+        for (int i = 0; i < n; i++) {
+            rb_quic_engine_recv(q->e, &q->path, buf[i], msgs[i].msg_len, now);
+        }
+        if (n < QUIC_CLIENT_BATCH) {
+            break;
+        }
     }
     uint64_t expirations;
-    (void)read(q->timer, &expirations, sizeof expirations);
+    if (read(q->timer, &expirations, sizeof expirations) == (ssize_t)sizeof expirations) {
+        q->timer_at = 0; /* fired: arm it again below */
+    }
     rb_quic_engine_timeout(q->e, (uint64_t)rb_client_now_ns());
     arm_timer(q);
 }
 
 static void quic_close(rb_client_transport *tp);
 
-/* A connected UDP socket to the first address of url that takes one. */
-static int open_udp(quic_client *q, const rb_url *url, const char *url_text, rb_err *err)
+/* A UDP socket connected to ai (a connected socket reports ICMP errors). */
+static int open_udp(quic_client *q, const struct addrinfo *ai, const char *url_text, rb_err *err)
 {
-    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV};
-    char port[8];
-    snprintf(port, sizeof port, "%u", (unsigned)url->port);
-    struct addrinfo *res = NULL;
-    int rc = getaddrinfo(url->host, port, &hints, &res);
-    if (rc != 0) {
-        return rb_err_set(err, RB_ESYS, 0, "connect %s: resolve %s: %s", url_text, url->host,
-                          gai_strerror(rc));
-    }
-    rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
-    for (struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
-            rc = rb_err_set(err, RB_ESYS, errno, "connect %s", url_text);
-            if (fd >= 0) {
-                close(fd);
-            }
-            continue;
+    int fd = socket(ai->ai_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, ai->ai_addr, ai->ai_addrlen) != 0) {
+        int e = errno;
+        if (fd >= 0) {
+            close(fd);
         }
-        memcpy(&q->path.remote.ss, ai->ai_addr, ai->ai_addrlen);
-        q->path.remote.len = ai->ai_addrlen;
-        q->path.local.len = sizeof q->path.local.ss;
-        (void)getsockname(fd, (struct sockaddr *)&q->path.local.ss, &q->path.local.len);
-        q->udp = fd;
-        rc = 0;
-        break;
+        return rb_err_set(err, RB_ESYS, e, "connect %s", url_text);
     }
-    freeaddrinfo(res);
-    return rc;
+    memcpy(&q->path.remote.ss, ai->ai_addr, ai->ai_addrlen);
+    q->path.remote.len = ai->ai_addrlen;
+    q->path.local.len = sizeof q->path.local.ss;
+    (void)getsockname(fd, (struct sockaddr *)&q->path.local.ss, &q->path.local.len);
+    q->udp = fd;
+    return 0;
 }
 
 static int open_epoll(rb_client_transport *tp, quic_client *q, const char *url_text, rb_err *err)
@@ -236,6 +274,9 @@ static int handshake(rb_client_transport *tp, quic_client *q, const char *url_te
                      int64_t deadline_ns, rb_err *err)
 {
     while (!q->established) {
+        if (q->refused) {
+            return rb_err_set(err, RB_ESYS, ECONNREFUSED, "connect %s: QUIC handshake", url_text);
+        }
         if (q->closed) {
             bool verify = strstr(q->close_msg, "TLS") != NULL;
             return rb_err_set(err, RB_ESYS, 0, "connect %s: QUIC handshake: %s%s", url_text,
@@ -251,29 +292,58 @@ static int handshake(rb_client_transport *tp, quic_client *q, const char *url_te
     return 0;
 }
 
-static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
-                        int64_t deadline_ns, rb_err *err)
+/* One attempt on one address; tp->layer holds what it set up. */
+static int connect_one(rb_client_transport *tp, const struct addrinfo *ai, const rb_url *url,
+                       const char *url_text, int64_t deadline_ns, rb_err *err)
 {
-    RB_ASSERT(tp->fd == -1);
     quic_client *q = calloc(1, sizeof *q);
     if (q == NULL) {
         return rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url_text);
     }
     q->udp = -1;
     q->timer = -1;
+    q->timer_at = UINT64_MAX;
     tp->layer = q;
     q->rx = malloc(QUIC_CLIENT_WINDOW_BYTES);
     q->tx = malloc(QUIC_CLIENT_TX_BYTES);
     int rc = q->rx == NULL || q->tx == NULL
                  ? rb_err_set(err, RB_ENOMEM, 0, "connect %s: out of memory", url_text)
                  : 0;
-    rc = rc ? rc : open_udp(q, url, url_text, err);
+    rc = rc ? rc : open_udp(q, ai, url_text, err);
     rc = rc ? rc : open_epoll(tp, q, url_text, err);
     rc = rc ? rc : start_engine(tp, q, url, url_text, err);
     rc = rc ? rc : handshake(tp, q, url_text, deadline_ns, err);
+    return rc;
+}
+
+/* Tries each address of url in turn: an address nobody serves (ICMP port
+ * unreachable, as for ::1 when the server listens on 127.0.0.1 only) moves
+ * on to the next; a timeout or a TLS failure ends the attempt. */
+static int quic_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
+                        int64_t deadline_ns, rb_err *err)
+{
+    RB_ASSERT(tp->fd == -1);
+    struct addrinfo hints = {.ai_socktype = SOCK_DGRAM, .ai_flags = AI_NUMERICSERV};
+    char port[8];
+    snprintf(port, sizeof port, "%u", (unsigned)url->port);
+    struct addrinfo *res = NULL;
+    int rc = getaddrinfo(url->host, port, &hints, &res);
     if (rc != 0) {
-        quic_close(tp);
+        return rb_err_set(err, RB_ESYS, 0, "connect %s: resolve %s: %s", url_text, url->host,
+                          gai_strerror(rc));
     }
+    rc = rb_err_set(err, RB_ESYS, 0, "connect %s: no address", url_text);
+    for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
+        rc = connect_one(tp, ai, url, url_text, deadline_ns, err);
+        if (rc == 0) {
+            break;
+        }
+        quic_close(tp);
+        if (err == NULL || err->cause != ECONNREFUSED) {
+            break;
+        }
+    }
+    freeaddrinfo(res);
     return rc;
 }
 
@@ -353,6 +423,7 @@ static void close_gracefully(quic_client *q)
     if (q->qc != NULL) {
         rb_quic_conn_close(q->qc, RB_WIRE_OK, "client closed", (uint64_t)rb_client_now_ns());
         q->qc = NULL;
+        out_flush(q);
     }
 }
 

@@ -26,6 +26,7 @@
 
 #include "client/transport.h"
 #include "common/assert.h"
+#include "transports/tls_pair.h"
 
 typedef struct tls_client {
     WOLFSSL_CTX *ctx;
@@ -57,38 +58,6 @@ static bool is_address(const char *host)
     return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }
 
-/* Signs a probe with the client key and verifies it with the
- * certificate's public key: wolfSSL_CTX_check_private_key passes an ECDSA
- * key of another certificate (the server's listener check does the same,
- * in transports/tls.c, which the library does not link). False only when
- * the pair demonstrably does not verify. */
-static bool client_pair_ok(WOLFSSL_CTX *ctx)
-{
-    static const unsigned char probe[] = "ringbus client certificate and key check";
-    WOLFSSL_X509 *cert = wolfSSL_CTX_get0_certificate(ctx);
-    WOLFSSL_EVP_PKEY *priv = wolfSSL_CTX_get0_privatekey(ctx);
-    WOLFSSL_EVP_PKEY *pub = cert != NULL ? wolfSSL_X509_get_pubkey(cert) : NULL;
-    WOLFSSL_EVP_MD_CTX *md = wolfSSL_EVP_MD_CTX_new();
-    unsigned char sig[1024];
-    size_t sig_len = sizeof sig;
-    bool ok = true;
-    if (priv != NULL && pub != NULL && md != NULL &&
-        wolfSSL_EVP_DigestSignInit(md, NULL, wolfSSL_EVP_sha256(), NULL, priv) == 1 &&
-        wolfSSL_EVP_DigestSignUpdate(md, probe, sizeof probe) == 1 &&
-        wolfSSL_EVP_DigestSignFinal(md, sig, &sig_len) == 1) {
-        wolfSSL_EVP_MD_CTX_free(md);
-        md = wolfSSL_EVP_MD_CTX_new();
-        ok = md != NULL &&
-             wolfSSL_EVP_DigestVerifyInit(md, NULL, wolfSSL_EVP_sha256(), NULL, pub) == 1 &&
-             wolfSSL_EVP_DigestVerifyUpdate(md, probe, sizeof probe) == 1 &&
-             wolfSSL_EVP_DigestVerifyFinal(md, sig, sig_len) == 1;
-    }
-    wolfSSL_EVP_MD_CTX_free(md);
-    wolfSSL_EVP_PKEY_free(pub);
-    wolfSSL_ERR_clear_error();
-    return ok;
-}
-
 /* The client certificate for listeners with client_ca (mutual TLS). */
 static int setup_client_cert(rb_client_transport *tp, tls_client *t, const char *url_text,
                              rb_err *err)
@@ -107,7 +76,7 @@ static int setup_client_cert(rb_client_transport *tp, tls_client *t, const char 
     if (rc == WOLFSSL_SUCCESS) {
         rc = wolfSSL_CTX_check_private_key(t->ctx);
     }
-    if (rc == WOLFSSL_SUCCESS && !client_pair_ok(t->ctx)) {
+    if (rc == WOLFSSL_SUCCESS && rb_tls_pair_signs(t->ctx) == 0) {
         rc = WOLFSSL_FAILURE;
     }
     if (rc != WOLFSSL_SUCCESS) {

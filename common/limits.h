@@ -72,6 +72,12 @@
 
 /* Accepts handled per loop turn, so a connect storm cannot starve reads. */
 #define RB_ACCEPT_PER_TURN_MAX 16
+
+/* Start-up binds a listener port that is in use this many times, this far
+ * apart, before giving up (a restart racing the previous process's exit). */
+#define RB_BIND_ATTEMPTS_MAX 5
+#define RB_BIND_RETRY_MS     200u
+
 /* Completions reaped per loop turn before timers and queues get a turn. */
 #define RB_CQE_PER_TURN_MAX 256
 
@@ -228,6 +234,13 @@
 #define RB_BLOCK_CLASSES_MAX         12
 #define RB_SHARD_BLOCK_BYTES_DEFAULT (512ull << 20)
 #define RB_SHARD_BLOCK_BYTES_MAX     (1ull << 40)
+/* What one TLS connection may take inside wolfSSL and its layer (session,
+ * record buffers, the 16 KiB gather buffer; about 90 KiB was measured), for
+ * the memory formula. */
+#define RB_TLS_CONN_BYTES_MAX (128u << 10)
+/* The process beside its shards, for the memory formula: code, libraries
+ * (libpq, OpenSSL, wolfSSL), the main thread and touched thread stacks. */
+#define RB_PROCESS_BASE_BYTES (32u << 20)
 /* Pools one thread keeps return caches for, and the items a cache holds
  * before they go home in one batch (server/freelist.c). */
 #define RB_FREELIST_RETURN_POOLS_MAX 16
@@ -248,10 +261,60 @@
 #define RB_STREAM_WAVES_MAX 64
 /* Stream topic entries per shard across its streams (each ~330 bytes). */
 #define RB_SHARD_ENTRIES_MAX (1u << 22)
-/* Distinct subscribed topics per shard. */
-#define RB_SHARD_SUBTOPICS_MAX (1u << 22)
 /* Catch-up stops feeding a stream whose send queue is over
  * send_queue_bytes / this, so history never overflows it. */
 #define RB_CATCHUP_PAUSE_DIVISOR 2
+
+/* ---- QUIC and HTTP/3 (transports/quic.c, transports/h3.c) ---- */
+/* A Retry token is honoured this long after it was issued (long enough
+ * for a round trip on any path, short enough that a captured token soon
+ * stops working). */
+#define RB_QUIC_RETRY_TOKEN_MS 10000
+/* Largest datagram the engine writes (ngtcp2's path MTU probing stops
+ * there: an Ethernet MTU minus IPv6 and UDP headers). */
+#define RB_QUIC_DATAGRAM_BYTES_MAX 1452
+/* Datagrams written per connection per write pass, so one busy connection
+ * cannot monopolise a turn (pacing and the send quantum may stop it
+ * earlier; the rest goes at the next timer). */
+#define RB_QUIC_DATAGRAMS_PER_WRITE_MAX 64
+/* Streams besides the bus stream a ringbus/1 peer may open before it is
+ * closed with bad_frame (its stream credit is never renewed either). */
+#define RB_QUIC_REFUSED_STREAMS_MAX 8
+/* Connection IDs a connection may be known by at once (ngtcp2 issues up to
+ * 8, plus the client's original DCIDs). */
+#define RB_QUIC_CIDS_PER_CONN_MAX 8
+/* Connections per engine: default and cap (the server sizes it by
+ * limits.max_connections). */
+#define RB_QUIC_CONNS_DEFAULT 16384
+#define RB_QUIC_CONNS_MAX     1048576
+/* Handshakes in progress per engine (per shard): an Initial flood is
+ * refused with CONNECTION_REFUSED beyond it. */
+#define RB_QUIC_HANDSHAKES_DEFAULT 256
+/* References to send bytes a connection holds until they are
+ * acknowledged: default and cap. */
+#define RB_QUIC_SEND_REFS_DEFAULT 512
+#define RB_QUIC_SEND_REFS_MAX     65536
+/* Receive window per stream (the connection's is twice it): what a peer
+ * may send beyond what the reader consumed. */
+#define RB_QUIC_STREAM_WINDOW_DEFAULT (1u << 20)
+#define RB_QUIC_STREAM_WINDOW_MAX     (64u << 20)
+/* QUIC idle timeout, above keepalive plus pong deadline so the bus's own
+ * PING decides liveness; and the handshake deadline (DESIGN §4). */
+#define RB_QUIC_IDLE_MS_DEFAULT      75000
+#define RB_QUIC_HANDSHAKE_MS_DEFAULT 10000
+/* HTTP/3: a request's path (with its query) and authority. */
+#define RB_H3_PATH_BYTES_MAX      2048
+#define RB_H3_AUTHORITY_BYTES_MAX 256
+/* Requests in progress per HTTP/3 connection (each holds a slot and its
+ * body): default and cap. */
+#define RB_H3_REQUESTS_DEFAULT 16
+#define RB_H3_REQUESTS_MAX     256
+/* QPACK: the dynamic table the peer's encoder may use, the streams it may
+ * block, and the largest header section accepted. */
+#define RB_H3_QPACK_TABLE_BYTES 4096
+#define RB_H3_QPACK_BLOCKED_MAX 16
+#define RB_H3_HEADER_BYTES_MAX  16384
+/* A response body a route may return. */
+#define RB_H3_RESPONSE_BYTES_MAX (64u << 20)
 
 #endif

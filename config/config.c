@@ -100,9 +100,10 @@ struct field {
     }
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-#define T_ALL 0x1Fu
-#define T_TLS ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
-#define T_WS  ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
+#define T_ALL  0x1Fu
+#define T_TLS  ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
+#define T_WS   ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
+#define T_QUIC (1u << RB_TRANSPORT_QUIC)
 
 static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -226,6 +227,10 @@ static const field listener_fields[] = {
      .min = 1,
      .max = RB_CONNS_TOTAL_MAX,
      .transports = T_ALL},
+    {.name = "quic_retry",
+     .kind = FK_BOOL,
+     .offset = offsetof(rb_listener_config, quic_retry),
+     .transports = T_QUIC},
     {.name = "path", .kind = FK_CUSTOM, .fn = ws_path_fn, .transports = T_WS},
     {.name = "origins", .kind = FK_CUSTOM, .fn = origins_fn, .transports = T_WS},
 };
@@ -667,6 +672,9 @@ static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void
 
 static const char *transports_text(uint32_t mask)
 {
+    if (mask == T_QUIC) {
+        return "quic";
+    }
     return mask == T_TLS ? "tls, wss, quic" : "ws, wss";
 }
 

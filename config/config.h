@@ -106,6 +106,8 @@ typedef struct rb_listener_config {
     uint32_t origin_count;
     char origins[RB_WS_ORIGINS_MAX][RB_ADDRESS_BYTES_MAX]; /* origins = ["https://a"] */
     uint32_t max_connections; /* max_connections; default limits.max_connections_total */
+    /* quic */
+    bool quic_retry; /* quic_retry = false: validate addresses with Retry first */
 } rb_listener_config;
 
 typedef struct rb_config {

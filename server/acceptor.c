@@ -79,6 +79,10 @@ static void acceptor_start(rb_shard *sh)
 {
     for (uint32_t i = 0; i < sh->listener_count; i++) {
         rb_listener *l = &sh->listeners[i];
+        if (l->cfg.transport == RB_TRANSPORT_QUIC) {
+            /* Every shard reads its own UDP socket (server/quic_ep.c). */
+            continue;
+        }
         l->shard = sh;
         l->accept_op.done = accept_done;
         if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {

@@ -103,6 +103,9 @@ void rb_session_link_released(rb_conn *c);
 
 /* ---- server/link_tcp.c ---- */
 
+/* Bytes of one TCP link slot (for the memory formula). */
+size_t rb_link_tcp_bytes(void);
+
 /* The shard's TCP links, one per session slot. */
 int rb_link_tcp_table_init(rb_shard *sh, rb_err *err);
 void rb_link_tcp_table_deinit(rb_shard *sh);
@@ -112,5 +115,23 @@ void rb_link_tcp_table_deinit(rb_shard *sh);
  * multishot receive. counted: the acceptor already added it to the shard's
  * load. A refused fd gets an ERROR (plain tcp) and is closed. */
 void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted);
+
+/* ---- server/quic_ep.c: the shard's UDP endpoints for quic listeners, a
+ * subsystem (rb_quic_subsystem in server/server.h) ---- */
+
+/* ---- server/link_quic.c: a session over a QUIC connection's bus stream ---- */
+
+typedef struct rb_quic_conn rb_quic_conn;
+typedef struct rb_quic_end rb_quic_end;
+
+int rb_link_quic_table_init(rb_shard *sh, rb_err *err);
+void rb_link_quic_table_deinit(rb_shard *sh);
+/* A ringbus/1 connection finished its handshake on listener l: a session
+ * starts on it. Returns 0, or -1 when the session table is full. */
+int rb_link_quic_open(rb_shard *sh, const rb_listener *l, rb_quic_conn *qc);
+/* Engine events for the connection's link. */
+void rb_link_quic_recv(rb_quic_conn *qc, const uint8_t *p, size_t len, bool fin);
+void rb_link_quic_acked(rb_quic_conn *qc, uint64_t len);
+void rb_link_quic_gone(rb_quic_conn *qc, const rb_quic_end *end);
 
 #endif

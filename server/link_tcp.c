@@ -62,6 +62,11 @@ static void tcp_closing_drained(rb_link_tcp *t);
 static void tcp_down(rb_link_tcp *t);
 static void tcp_try_release(rb_link_tcp *t);
 
+size_t rb_link_tcp_bytes(void)
+{
+    return sizeof(rb_link_tcp);
+}
+
 int rb_link_tcp_table_init(rb_shard *sh, rb_err *err)
 {
     sh->tcp_links = calloc(sh->conn_max, sizeof *sh->tcp_links);
@@ -100,14 +105,14 @@ static void refuse_fd(int fd, const rb_listener *l, uint16_t code, const char *w
     close(fd);
 }
 
-/* True while a closing tls or ws link still reads, only to discard:
- * closing a socket with unread input makes the kernel send a reset that
- * can destroy the peer's copy of our last frames (a peer still writing,
- * like a WebSocket client in mid-message, then never reads our Close). */
+/* True while a closing link still reads, only to discard: closing a
+ * socket with unread input makes the kernel send a reset that can destroy
+ * the peer's copy of our last frames (a peer still writing, like a client
+ * flooding PINGs or a WebSocket client in mid-message, then never reads
+ * our ERROR and CLOSE). Plain tcp and layered links alike. */
 static bool tcp_lingers(const rb_link_tcp *t)
 {
-    return !rb_stack_empty(&t->stack) && !t->peer_eof && !t->closed &&
-           !rb_session_reading(t->session);
+    return !t->peer_eof && !t->closed && !rb_session_reading(t->session);
 }
 
 /* ---- the transport stack's sinks ---- */

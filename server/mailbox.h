@@ -56,11 +56,13 @@ struct rb_block {
 /* Kinds of envelopes. Each kind has exactly one handler per shard,
  * registered by the subsystem that owns it (rb_mailbox_register). */
 enum {
-    RB_XK_PUBLISH = 1,  /* publish intake -> owner: publishes of owned topics */
-    RB_XK_ACK = 2,      /* owner -> publish intake: acks and errors of publishes */
-    RB_XK_INTEREST = 3, /* streams -> owner: subscribe, unsubscribe, head queries */
-    RB_XK_HEAD = 4,     /* owner -> streams: head replies to interest records */
-    RB_XK_BLOCK = 5,    /* owner -> streams: ptr is a committed block to fan out */
+    RB_XK_PUBLISH = 1,    /* publish intake -> owner: publishes of owned topics */
+    RB_XK_ACK = 2,        /* owner -> publish intake: acks and errors of publishes */
+    RB_XK_INTEREST = 3,   /* streams -> owner: subscribe, unsubscribe, head queries */
+    RB_XK_HEAD = 4,       /* owner -> streams: head replies to interest records */
+    RB_XK_BLOCK = 5,      /* owner -> streams: ptr is a committed block to fan out */
+    RB_XK_QUIC_DGRAM = 6, /* QUIC endpoint -> QUIC endpoint: datagrams for the
+                           * receiver's connections (server/quic_ep.c) */
 };
 
 /* An envelope: a kind and records encoded back to back in data (or, for

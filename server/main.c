@@ -13,11 +13,13 @@
 
 #include <systemd/sd-daemon.h>
 
+#include "common/limits.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "server/auth.h"
 #include "server/server.h"
 #include "storage/pgwire.h"
+#include "transports/quic.h"
 #include "transports/tls.h"
 
 /* Connections queued in the kernel before the acceptor takes them. */
@@ -52,6 +54,10 @@ static void usage(FILE *out)
  * come. Binding now still makes a port in use a start-up error. */
 static int bind_one(rb_listener *l, rb_err *err)
 {
+    if (l->cfg.transport == RB_TRANSPORT_QUIC) {
+        /* Each shard binds its own UDP socket (SO_REUSEPORT) at start. */
+        return 0;
+    }
     struct sockaddr_storage ss;
     socklen_t ss_len;
     memset(&ss, 0, sizeof ss);
@@ -77,13 +83,56 @@ static int bind_one(rb_listener *l, rb_err *err)
     }
     int one = 1;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&ss, ss_len) == -1) {
+    /* A port still held for a moment after a restart (the previous
+     * process's sockets, another program between its stop and our start)
+     * gets a few more tries before it is a start-up error. */
+    for (unsigned attempt = 1;; attempt++) {
+        if (bind(fd, (struct sockaddr *)&ss, ss_len) == 0) {
+            break;
+        }
         int e = errno;
-        close(fd);
-        return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: bind", name, l->cfg.address,
-                          l->cfg.port);
+        if (e != EADDRINUSE || attempt >= RB_BIND_ATTEMPTS_MAX) {
+            close(fd);
+            return rb_err_set(err, RB_ESYS, e, "%s listen %s:%u: bind", name, l->cfg.address,
+                              l->cfg.port);
+        }
+        RB_LOG_WARN(0, "%s listen %s:%u: address in use, trying again in %u ms (%u of %u)", name,
+                    l->cfg.address, l->cfg.port, RB_BIND_RETRY_MS, attempt, RB_BIND_ATTEMPTS_MAX);
+        usleep(RB_BIND_RETRY_MS * 1000u);
     }
     l->fd = fd;
+    return 0;
+}
+
+static int quic_check_send(void *ctx, const rb_quic_path *path, const uint8_t *p, size_t len)
+{
+    (void)ctx;
+    (void)path;
+    (void)p;
+    (void)len;
+    return 0;
+}
+
+/* A quic listener: its cert and key load into a QUIC engine (GnuTLS) the
+ * way each shard's will; client certificates are not offered on QUIC. */
+static int quic_prepare(const rb_listener_config *cfg, uint32_t index, rb_err *err)
+{
+    if (cfg->client_ca[0] != '\0') {
+        return rb_err_set(err, RB_ECONFIG, 0,
+                          "listener %u: client_ca is not supported on quic listeners", index);
+    }
+    rb_quic_config qc;
+    rb_quic_config_default(&qc, RB_QUIC_SERVER);
+    qc.conns_max = 1;
+    qc.cert_file = cfg->cert;
+    qc.key_file = cfg->key;
+    rb_quic_handler h = {.send = quic_check_send};
+    rb_quic_engine *e = NULL;
+    rb_err e2;
+    if (rb_quic_engine_new(&e, &qc, &h, &e2) != 0) {
+        return rb_err_set(err, RB_ECONFIG, 0, "listener %u: %s", index, e2.msg);
+    }
+    rb_quic_engine_free(e);
     return 0;
 }
 
@@ -96,9 +145,7 @@ static int listener_prepare(const rb_listener_config *cfg, uint32_t index, rb_tl
 {
     *tls = NULL;
     if (cfg->transport == RB_TRANSPORT_QUIC) {
-        return rb_err_set(err, RB_EUNSUPPORTED, 0,
-                          "listener %u: transport \"%s\" is not built into this version", index,
-                          rb_transport_name(cfg->transport));
+        return quic_prepare(cfg, index, err);
     }
     if (cfg->transport == RB_TRANSPORT_TLS || cfg->transport == RB_TRANSPORT_WSS) {
         return rb_tls_server_new(tls, cfg, err);
@@ -108,6 +155,10 @@ static int listener_prepare(const rb_listener_config *cfg, uint32_t index, rb_tl
 
 static int open_listeners(rb_server *srv, rb_err *err)
 {
+    int src = rb_quic_secret_generate(srv->quic_secret, err);
+    if (src != 0) {
+        return src;
+    }
     for (uint32_t i = 0; i < srv->cfg.listener_count; i++) {
         rb_listener *l = &srv->listeners[i];
         l->cfg = srv->cfg.listeners[i];
@@ -130,7 +181,7 @@ static int listen_all(rb_server *srv, rb_err *err)
 {
     for (uint32_t i = 0; i < srv->listener_count; i++) {
         rb_listener *l = &srv->listeners[i];
-        if (listen(l->fd, LISTEN_BACKLOG) == -1) {
+        if (l->cfg.transport != RB_TRANSPORT_QUIC && listen(l->fd, LISTEN_BACKLOG) == -1) {
             return rb_err_set(err, RB_ESYS, errno, "%s listen %s:%u: listen",
                               rb_transport_name(l->cfg.transport), l->cfg.address, l->cfg.port);
         }
@@ -387,6 +438,8 @@ static int run(rb_server *srv)
     }
     srv->shard_count = srv->cfg.shards;
     rc = listen_all(srv, &err);
+    srv->subsystems = rb_shard_subsystems;
+    srv->subsystem_count = rb_shard_subsystem_count;
     rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);

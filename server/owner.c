@@ -19,12 +19,11 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/interest.h"
 #include "server/publish.h"
 #include "server/seq.h"
 #include "server/server.h"
 
-/* Interest record: op, conn index, gen, token, topic len, topic. */
-#define INT_REC_FIXED (1 + 4 + 4 + 8 + 1)
 /* Head record: conn index, gen, token, head, status, topic len, topic. */
 #define HEAD_REC_FIXED (4 + 4 + 8 + 8 + 4 + 1)
 
@@ -868,27 +867,6 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
     queue_refresh(o, t);
 }
 
-int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token,
-                      const uint8_t *topic, uint8_t topic_len)
-{
-    uint32_t to = rb_topic_owner_shard(sh->server, topic, topic_len);
-    size_t len = INT_REC_FIXED + topic_len;
-    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_INTEREST, len);
-    if (p == NULL) {
-        return RB_ELIMIT;
-    }
-    uint32_t idx = c != NULL ? c->index : 0;
-    uint32_t gen = c != NULL ? c->gen : 0;
-    p = rb_rec_put(p, &op, 1);
-    p = rb_rec_put(p, &idx, 4);
-    p = rb_rec_put(p, &gen, 4);
-    p = rb_rec_put(p, &token, 8);
-    p = rb_rec_put(p, &topic_len, 1);
-    rb_rec_put(p, topic, topic_len);
-    rb_mailbox_commit(&sh->mail, to, len);
-    return 0;
-}
-
 /* ---- publishes arriving at the owner ---- */
 
 static batch *fill_batch(rb_topic *t, size_t item_bytes)
@@ -954,12 +932,22 @@ static void on_interest_envelope(void *ctx, rb_xmsg *m)
     rb_shard *sh = ctx;
     const uint8_t *p = m->data;
     for (uint32_t i = 0; i < m->count; i++) {
-        uint8_t tlen = p[INT_REC_FIXED - 1];
+        uint8_t tlen = p[RB_INTEREST_REC_FIXED - 1];
         on_interest(sh, m->from_shard, p);
-        p += INT_REC_FIXED + tlen;
+        p += RB_INTEREST_REC_FIXED + tlen;
     }
     RB_ASSERT(p == m->data + m->bytes);
     rb_xmsg_put(m);
+}
+
+/* Topics and their hash buckets, batches, head queries, heads requests and
+ * the hole reader's arena, each pool at its bound. */
+static uint64_t owner_memory_bytes(const rb_config *cfg)
+{
+    return (uint64_t)RB_OWNER_TOPICS_MAX * (sizeof(rb_topic) + 2 * sizeof(rb_topic *)) +
+           (uint64_t)RB_OWNER_BATCHES_MAX * sizeof(batch) +
+           (uint64_t)RB_OWNER_WAITERS_MAX * sizeof(waiter) +
+           (uint64_t)RB_OWNER_REFRESHES_MAX * sizeof(refresh) + 2ull * cfg->max_frame_bytes;
 }
 
 const rb_subsystem rb_owner_subsystem = {
@@ -968,4 +956,5 @@ const rb_subsystem rb_owner_subsystem = {
     .flush = owner_flush,
     .idle = owner_idle,
     .deinit = owner_deinit,
+    .memory_bytes = owner_memory_bytes,
 };

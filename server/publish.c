@@ -51,7 +51,8 @@ rb_conn *rb_reply_conn(rb_shard *sh, const rb_reply_addr *addr)
 
 /* ---- intake, on the connection's shard ---- */
 
-void rb_publish_on_frame(rb_conn *c, const rb_frame *f)
+/* A PUBLISH frame from c (HELLO done), handed over by the session. */
+static void on_publish_frame(rb_conn *c, const rb_frame *f)
 {
     rb_shard *sh = c->shard;
     uint64_t corr = f->hdr.corr_id;
@@ -285,6 +286,7 @@ static int publish_init(rb_shard *sh, rb_err *err)
 {
     (void)err;
     rb_mailbox_register(&sh->mail, RB_XK_ACK, on_ack_envelope, sh);
+    rb_session_take_frames(sh, RB_FRAME_PUBLISH, on_publish_frame);
     return 0;
 }
 

@@ -65,12 +65,10 @@ typedef struct rb_publish {
     uint8_t *slot; /* its record in src */
 } rb_publish;
 
-/* The subsystem: registers the RB_XK_ACK handler. */
+/* The subsystem: registers the RB_XK_ACK handler and takes the sessions'
+ * PUBLISH frames (rb_session_take_frames). A refused publish is answered
+ * with ERROR; otherwise the ack follows when the owner has committed it. */
 extern const rb_subsystem rb_publish_subsystem;
-
-/* A PUBLISH frame from c (HELLO done). Answers with ERROR when the publish
- * is refused; otherwise the ack follows when the owner has committed it. */
-void rb_publish_on_frame(rb_conn *c, const rb_frame *f);
 
 /* Owner side. A PUBLISH envelope m is held from rb_publish_begin until
  * rb_publish_end and the ack of each of its publishes, whichever is last;

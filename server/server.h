@@ -33,8 +33,15 @@ typedef struct rb_stream rb_stream;
 typedef struct rb_owner rb_owner;
 typedef struct rb_subs rb_subs;
 typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
+/* A client frame that a subsystem other than the session takes (publish
+ * intake today): subsystems register theirs at init, so the session calls
+ * none of them by name. */
+typedef void rb_client_frame_fn(rb_conn *c, const rb_frame *f);
+typedef struct rb_subsystem rb_subsystem;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
+typedef struct rb_link_quic rb_link_quic;
+typedef struct rb_quic_ep rb_quic_ep;
 
 /* Kinds of messages sent to a shard through MSG_RING data; each has one
  * handler per shard (rb_shard_on_remote). */
@@ -121,8 +128,11 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
-    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
+    rb_client_frame_fn *client_frames[RB_FRAME_KIND_LAST + 1]; /* rb_session_take_frames */
+    rb_link_tcp *tcp_links;                                    /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
+    rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
+    rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
     /* memory */
     rb_pool chunk_pool;
     rb_send_budget send_budget; /* charged by the connections' send queues */
@@ -156,7 +166,9 @@ struct rb_server {
     rb_config cfg;
     uint32_t shard_count;
     rb_shard *shards;
-    rb_mailbox **mailboxes; /* [shard_count], &shards[i].mail */
+    rb_mailbox **mailboxes;                       /* [shard_count], &shards[i].mail */
+    const struct rb_subsystem *const *subsystems; /* what every shard runs, in order */
+    uint32_t subsystem_count;
     const rb_storage_ops *storage_ops;
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
@@ -168,6 +180,8 @@ struct rb_server {
     rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
+    /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
+    uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
 
 /* server/session.c: may the connection's identity do action on topic
@@ -208,11 +222,20 @@ typedef struct rb_subsystem {
     void (*stop)(rb_shard *sh, bool grace_over);
     bool (*idle)(rb_shard *sh);
     void (*deinit)(rb_shard *sh);
+    /* The most bytes this subsystem's state of one shard may take under
+     * cfg (its pools at their bounds): the terms of docs/OPERATIONS.md's
+     * memory formula. */
+    uint64_t (*memory_bytes)(const rb_config *cfg);
 } rb_subsystem;
 
-/* server/subsystems.c: the subsystems every shard runs, in order. */
+/* server/subsystems.c: the subsystems every shard runs, in order; main
+ * hands them to the server (rb_server.subsystems) before rb_server_start. */
 extern const rb_subsystem *const rb_shard_subsystems[];
 extern const uint32_t rb_shard_subsystem_count;
+
+/* The most bytes one shard may take under cfg: its loop, its mailbox and
+ * every subsystem's memory_bytes (docs/OPERATIONS.md "Memory"). */
+uint64_t rb_shard_memory_bytes(const rb_server *srv);
 
 /* server/session.c: the client protocol of a connection over its link */
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen);
@@ -250,6 +273,9 @@ void rb_conn_abort(rb_conn *c);
 /* True when a frame of extra bytes would take the send queue over
  * send_queue_bytes or be refused by its quota. */
 bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
+/* Hands every client frame of `kind` on this shard to fn (once per kind,
+ * from a subsystem's init hook). */
+void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn);
 /* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
 /* Daemon stop: every session is sent CLOSE going_away (or cut while it
@@ -263,21 +289,11 @@ void rb_conn_maybe_finish_drain(rb_conn *c);
 
 /* server/acceptor.c: listeners and fd hand-over */
 extern const rb_subsystem rb_acceptor_subsystem;
+/* server/quic_ep.c: the quic listeners' UDP endpoints */
+extern const rb_subsystem rb_quic_subsystem;
 
 /* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;
-/* Interest ops a stream's shard sends to a topic's owner: SUB when the
- * shard's first local subscriber of the topic appears (the owner starts
- * fanning out to it and replies with its head), UNSUB when the last one
- * goes, QUERY for a head reply alone. Replies come back as RB_XK_HEAD
- * records naming the connection and token. */
-enum {
-    RB_INTEREST_SUB = 1,
-    RB_INTEREST_UNSUB = 2,
-    RB_INTEREST_QUERY = 3
-};
-int rb_owner_interest(rb_shard *sh, uint8_t op, const rb_conn *c, uint64_t token,
-                      const uint8_t *topic, uint8_t topic_len);
 
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;

@@ -17,7 +17,6 @@
 #include "common/assert.h"
 #include "common/log.h"
 #include "server/link.h"
-#include "server/publish.h"
 #include "server/server.h"
 
 #define CONN_FROM(ptr, field) RB_CONTAINER_OF(ptr, rb_conn, field)
@@ -28,6 +27,13 @@ static void conn_queue_flush(rb_conn *c);
 static void conn_queue_flush_raw(rb_conn *c);
 static void conn_try_free(rb_conn *c);
 static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
+void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn)
+{
+    RB_ASSERT(kind >= 1 && kind <= RB_FRAME_KIND_LAST && fn != NULL);
+    RB_ASSERT(sh->client_frames[kind] == NULL);
+    sh->client_frames[kind] = fn;
+}
+
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
 static void identity_drop(rb_conn *c);
@@ -814,9 +820,6 @@ static void on_frame(rb_conn *c, const rb_frame *f)
             finish_close(c);
         }
         break;
-    case RB_FRAME_PUBLISH:
-        rb_publish_on_frame(c, f);
-        break;
     case RB_FRAME_MUTATE:
         rb_stream_on_mutate(c, f);
         break;
@@ -824,6 +827,10 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         on_auth(c, f);
         break;
     default: {
+        if (kind <= RB_FRAME_KIND_LAST && c->shard->client_frames[kind] != NULL) {
+            c->shard->client_frames[kind](c, f);
+            break;
+        }
         char msg[96];
         snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
         conn_fail(c, RB_WIRE_BAD_FRAME, msg);

@@ -1,8 +1,9 @@
 /* Shards: one thread per core, each with its own loop, mailbox and the
  * per-shard state of every subsystem. This file owns the shard thread and
  * its loop turn, the MSG_RING wake-ups between shards and the graceful
- * stop; it runs the hooks of the subsystems listed in rb_shard_subsystems
- * (server/subsystems.c) and calls none of them by name. */
+ * stop; it runs the hooks of the subsystems it is given (rb_server.
+ * subsystems, the list of server/subsystems.c) and calls none of them by
+ * name. */
 #include <errno.h>
 #include <poll.h>
 #include <pthread.h>
@@ -58,30 +59,51 @@ static void on_remote(void *ctx, uint64_t data)
 
 /* ---- shard thread ---- */
 
+uint64_t rb_shard_memory_bytes(const rb_server *srv)
+{
+    const rb_config *cfg = &srv->cfg;
+    /* The loop's receive buffers and ring, the mailbox's queues (one per
+     * producing shard), envelopes and blocks. */
+    uint64_t bytes = (uint64_t)RB_RECV_BUF_COUNT * RB_RECV_BUF_BYTES + RB_SHARD_SQ_ENTRIES * 192ull;
+    bytes += (uint64_t)cfg->shards * cfg->shard_queue_slots * sizeof(void *);
+    bytes += (uint64_t)cfg->shard_envelopes * (sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES);
+    bytes += (uint64_t)RB_SHARD_BARE_XMSG_MAX * sizeof(rb_xmsg);
+    bytes += cfg->shard_block_bytes + cfg->max_frame_bytes;
+    for (uint32_t i = 0; i < srv->subsystem_count; i++) {
+        if (srv->subsystems[i]->memory_bytes != NULL) {
+            uint64_t b = srv->subsystems[i]->memory_bytes(cfg);
+            RB_LOG_DEBUG(0, "memory bound of %s: %llu KiB per shard", srv->subsystems[i]->name,
+                         (unsigned long long)(b >> 10));
+            bytes += b;
+        }
+    }
+    return bytes;
+}
+
 /* ---- subsystem hooks ---- */
 
 static void subsystems_flush(rb_shard *sh)
 {
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        if (rb_shard_subsystems[i]->flush != NULL) {
-            rb_shard_subsystems[i]->flush(sh);
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        if (sh->server->subsystems[i]->flush != NULL) {
+            sh->server->subsystems[i]->flush(sh);
         }
     }
 }
 
 static void subsystems_stop(rb_shard *sh, bool grace_over)
 {
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        if (rb_shard_subsystems[i]->stop != NULL) {
-            rb_shard_subsystems[i]->stop(sh, grace_over);
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        if (sh->server->subsystems[i]->stop != NULL) {
+            sh->server->subsystems[i]->stop(sh, grace_over);
         }
     }
 }
 
 static bool subsystems_idle(rb_shard *sh)
 {
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        if (rb_shard_subsystems[i]->idle != NULL && !rb_shard_subsystems[i]->idle(sh)) {
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        if (sh->server->subsystems[i]->idle != NULL && !sh->server->subsystems[i]->idle(sh)) {
             return false;
         }
     }
@@ -172,8 +194,8 @@ static int shard_setup(rb_shard *sh, rb_err *err)
         return rc;
     }
     sh->mail_ready = true;
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        const rb_subsystem *ss = rb_shard_subsystems[i];
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        const rb_subsystem *ss = sh->server->subsystems[i];
         rc = ss->init != NULL ? ss->init(sh, err) : 0;
         if (rc != 0) {
             return rc;
@@ -220,9 +242,9 @@ static void *shard_main(void *arg)
             sched_yield();
         }
     }
-    for (uint32_t i = 0; i < rb_shard_subsystem_count; i++) {
-        if (rb_shard_subsystems[i]->start != NULL) {
-            rb_shard_subsystems[i]->start(sh);
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        if (sh->server->subsystems[i]->start != NULL) {
+            sh->server->subsystems[i]->start(sh);
         }
     }
     shard_turns(sh);
@@ -235,8 +257,8 @@ static void *shard_main(void *arg)
 static void shard_teardown(rb_shard *sh)
 {
     for (uint32_t i = sh->subsystems_inited; i-- > 0;) {
-        if (rb_shard_subsystems[i]->deinit != NULL) {
-            rb_shard_subsystems[i]->deinit(sh);
+        if (sh->server->subsystems[i]->deinit != NULL) {
+            sh->server->subsystems[i]->deinit(sh);
         }
     }
     sh->subsystems_inited = 0;
@@ -248,6 +270,7 @@ static void shard_teardown(rb_shard *sh)
 
 int rb_server_start(rb_server *srv, rb_err *err)
 {
+    RB_ASSERT(srv->subsystems != NULL && srv->subsystem_count > 0);
     srv->admin.ready = &srv->ready;
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
@@ -285,6 +308,12 @@ int rb_server_start(rb_server *srv, rb_err *err)
             return sh->start_rc;
         }
     }
+    uint64_t per_shard = rb_shard_memory_bytes(srv);
+    RB_LOG_INFO(0,
+                "memory bound: %llu MiB per shard, %llu MiB for %u shards and the process "
+                "(docs/OPERATIONS.md)",
+                (unsigned long long)(per_shard >> 20),
+                (unsigned long long)((per_shard * n + RB_PROCESS_BASE_BYTES) >> 20), n);
     return 0;
 }
 

@@ -22,6 +22,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/interest.h"
 #include "server/server.h"
 
 enum {
@@ -123,6 +124,14 @@ static entry *cq_pop(rb_subs *s);
 
 static void stream_on_xmsg(void *ctx, rb_xmsg *m);
 
+/* Entries of one shard: every stream at topics_per_stream, within the
+ * shard's bound (subscribed topics are at most as many). */
+static uint32_t stream_entries_max(const rb_config *cfg)
+{
+    uint64_t n = (uint64_t)cfg->max_connections * cfg->topics_per_stream;
+    return n < RB_SHARD_ENTRIES_MAX ? (uint32_t)n : RB_SHARD_ENTRIES_MAX;
+}
+
 static int stream_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
@@ -159,10 +168,9 @@ static int stream_init(rb_shard *sh, rb_err *err)
         r->req.ctx = r;
         r->subs = s;
     }
-    int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), RB_SHARD_ENTRIES_MAX, err);
-    rc =
-        rc ? rc
-           : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), RB_SHARD_SUBTOPICS_MAX, err);
+    uint32_t entries = stream_entries_max(cfg);
+    int rc = rb_pool_init(&s->entry_pool, "entries", sizeof(entry), entries, err);
+    rc = rc ? rc : rb_pool_init(&s->sub_pool, "subtopics", sizeof(subtopic), entries, err);
     rc =
         rc ? rc
            : rb_pool_init(&s->stream_pool, "streams", sizeof(rb_stream), cfg->max_connections, err);
@@ -276,8 +284,8 @@ static bool sub_register(rb_subs *s, entry *e)
         s->count++;
         op = RB_INTEREST_SUB;
     }
-    if (rb_owner_interest(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
-                          e->name_len) != 0) {
+    if (rb_interest_send(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
+                         e->name_len) != 0) {
         if (t->count == 0) {
             /* Undo the new subtopic: nothing was sent for it. */
             uint32_t b = (uint32_t)(h & (s->bucket_count - 1));
@@ -317,8 +325,8 @@ static void sub_unregister(rb_subs *s, entry *e)
     if (--t->count > 0) {
         return;
     }
-    if (rb_owner_interest(s->shard, RB_INTEREST_UNSUB, NULL, 0, (const uint8_t *)t->name,
-                          t->name_len) != 0) {
+    if (rb_interest_send(s->shard, RB_INTEREST_UNSUB, NULL, 0, (const uint8_t *)t->name,
+                         t->name_len) != 0) {
         /* The owner keeps sending this shard blocks nobody reads; they are
          * dropped on arrival. */
         RB_LOG_WARN(0, "topic %s: unsubscribe could not be queued", t->name);
@@ -551,6 +559,17 @@ static void send_topics_live(entry *e)
 
 static void cq_push(rb_subs *s, entry *e);
 
+/* True when the send queue is more than half full, by its bytes or by the
+ * memory they are charged (chunks and block references against the
+ * connection's quota): catch-up (the history and the merge of buffered
+ * blocks) waits for it to drain. */
+static bool conn_paused(const rb_conn *c)
+{
+    const rb_sendq *q = &c->sendq;
+    uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
+    return rb_sendq_bytes(q) > limit || q->charge_bytes > q->quota_bytes / RB_CATCHUP_PAUSE_DIVISOR;
+}
+
 /* Catch-up reached the ceiling: merge the pending blocks through the hwm,
  * then go live (or finish a history_only entry). */
 static void catchup_finish(rb_subs *s, entry *e)
@@ -563,6 +582,15 @@ static void catchup_finish(rb_subs *s, entry *e)
         if (b->first_seq > e->hwm + 1) {
             /* A hole between what we have and what was buffered: read it. */
             e->ceiling = b->first_seq - 1;
+            e->state = E_CATCHUP;
+            cq_push(s, e);
+            return;
+        }
+        if (conn_paused(e->stream->conn)) {
+            /* The buffered blocks are held to pending_buffer_bytes, not to
+             * the room left in the send queue: like the history, wait for
+             * the queue to drain (the catch-up queue resumes the merge)
+             * rather than reap a client that is reading. */
             e->state = E_CATCHUP;
             cq_push(s, e);
             return;
@@ -620,12 +648,6 @@ static entry *cq_pop(rb_subs *s)
         e->queued = false;
     }
     return e;
-}
-
-static bool conn_paused(const rb_conn *c)
-{
-    uint64_t limit = c->shard->server->cfg.send_queue_bytes / RB_CATCHUP_PAUSE_DIVISOR;
-    return rb_sendq_bytes(&c->sendq) > limit;
 }
 
 static void catchup_pump(rb_subs *s)
@@ -1151,8 +1173,8 @@ static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t w
     st->entry_count++;
     int rc;
     if (history_only) {
-        rc = rb_owner_interest(s->shard, RB_INTEREST_QUERY, st->conn, e->token,
-                               (const uint8_t *)e->name, e->name_len);
+        rc = rb_interest_send(s->shard, RB_INTEREST_QUERY, st->conn, e->token,
+                              (const uint8_t *)e->name, e->name_len);
     } else {
         rc = sub_register(s, e) ? 0 : RB_ELIMIT;
     }
@@ -1287,9 +1309,24 @@ void rb_stream_on_send_drained(rb_conn *c)
     }
 }
 
+/* Entries and subtopics with their hash tables (each at most twice its
+ * entries), streams, the catch-up readers and the Mutate scratch array. */
+static uint64_t stream_memory_bytes(const rb_config *cfg)
+{
+    uint64_t readers = (uint64_t)cfg->catchup_queries_in_flight *
+                       (2ull * cfg->max_frame_bytes +
+                        cfg->catchup_topics_per_query * (sizeof(rb_read_range) + sizeof(entry *)));
+    uint64_t entries = stream_entries_max(cfg);
+    return entries * (sizeof(entry) + 2 * sizeof(entry *)) +
+           entries * (sizeof(subtopic) + 2 * sizeof(subtopic *)) +
+           (uint64_t)cfg->max_connections * (sizeof(rb_stream) + 16 * sizeof(entry *)) + readers +
+           (uint64_t)cfg->max_frame_bytes / 11 * sizeof(add_item);
+}
+
 const rb_subsystem rb_stream_subsystem = {
     .name = "streams",
     .init = stream_init,
     .idle = stream_idle,
     .deinit = stream_deinit,
+    .memory_bytes = stream_memory_bytes,
 };

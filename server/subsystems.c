@@ -3,6 +3,7 @@
  * hooks of the parts that have no subsystem table of their own yet: the
  * storage handle and the connection table with its buffer pools. */
 #include "common/assert.h"
+#include "common/log.h"
 #include "server/link.h"
 #include "server/publish.h"
 #include "server/sendq.h"
@@ -22,10 +23,23 @@ static void storage_deinit(rb_shard *sh)
     }
 }
 
+/* Postgres: each connection's pipeline (statements sent and results not
+ * yet read, on both sides of libpq) and the topic id cache. The memory
+ * store's retained messages are a term of their own (docs/OPERATIONS.md). */
+static uint64_t storage_memory_bytes(const rb_config *cfg)
+{
+    if (cfg->storage_backend != RB_STORAGE_POSTGRES) {
+        return 0;
+    }
+    return (uint64_t)cfg->pg_pool_size * 2 * RB_PG_PIPELINE_BYTES_MAX +
+           (uint64_t)RB_PG_ID_CACHE_SLOTS * 16 + RB_PG_ID_CACHE_NAME_BYTES;
+}
+
 static const rb_subsystem storage_subsystem = {
     .name = "storage",
     .init = storage_init,
     .deinit = storage_deinit,
+    .memory_bytes = storage_memory_bytes,
 };
 
 /* A pool's item count: counts past what a pool indexes are capped. */
@@ -65,6 +79,31 @@ static int conns_init(rb_shard *sh, rb_err *err)
     }
     rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     return rc;
+}
+
+/* Slots, send memory (the pools sized above), iovecs, large receive
+ * frames, and the TLS state of each connection when a listener has TLS. */
+static uint64_t conns_memory_bytes(const rb_config *cfg)
+{
+    uint64_t conns = cfg->max_connections;
+    /* The pool's slack beyond the budgets is never reached: send queues
+     * are held to the send budget, wire queues to theirs, and a
+     * connection receives into at most one chunk. */
+    uint64_t chunks =
+        rb_send_budget_bytes(cfg) / RB_CHUNK_BYTES + conns * (RB_LINK_WIRE_CHUNKS_MAX + 1);
+    uint64_t segs =
+        conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
+                 RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +
+        RB_SHARD_SEG_MAX;
+    bool tls = false;
+    for (uint32_t i = 0; i < cfg->listener_count; i++) {
+        rb_transport_kind k = cfg->listeners[i].transport;
+        tls = tls || k == RB_TRANSPORT_TLS || k == RB_TRANSPORT_WSS;
+    }
+    return conns * (sizeof(rb_conn) + rb_link_tcp_bytes() + sizeof(struct iovec) * RB_SEND_IOV_MAX +
+                    (tls ? RB_TLS_CONN_BYTES_MAX : 0)) +
+           chunks * RB_CHUNK_BYTES + segs * sizeof(rb_seg) +
+           (uint64_t)RB_SHARD_RXBIG_MAX * cfg->max_frame_bytes;
 }
 
 static void conns_stop(rb_shard *sh, bool grace_over)
@@ -118,11 +157,18 @@ static const rb_subsystem conns_subsystem = {
     .stop = conns_stop,
     .idle = conns_idle,
     .deinit = conns_deinit,
+    .memory_bytes = conns_memory_bytes,
 };
 
 const rb_subsystem *const rb_shard_subsystems[] = {
-    &conns_subsystem,    &storage_subsystem,   &rb_publish_subsystem,
-    &rb_owner_subsystem, &rb_stream_subsystem, &rb_acceptor_subsystem,
+    &conns_subsystem,
+    &storage_subsystem,
+    &rb_publish_subsystem,
+    &rb_owner_subsystem,
+    &rb_stream_subsystem,
+    &rb_acceptor_subsystem,
+    /* After the connections' flush, so the sessions' bytes go out this turn. */
+    &rb_quic_subsystem,
 };
 
 const uint32_t rb_shard_subsystem_count =

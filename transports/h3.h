@@ -15,23 +15,12 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/limits.h"
 #include "transports/quic.h"
 
 typedef struct rb_h3 rb_h3;
 
-/* Bytes of a request path (with its query) and of its authority. */
-#define RB_H3_PATH_BYTES_MAX      2048
-#define RB_H3_AUTHORITY_BYTES_MAX 256
-/* Requests in progress per connection (each holds a slot and its body). */
-#define RB_H3_REQUESTS_DEFAULT 16
-#define RB_H3_REQUESTS_MAX     256
-/* QPACK: the dynamic table we let the peer's encoder use, the streams it
- * may block, and the largest header section we accept. */
-#define RB_H3_QPACK_TABLE_BYTES 4096
-#define RB_H3_QPACK_BLOCKED_MAX 16
-#define RB_H3_HEADER_BYTES_MAX  16384
-/* A response body the route may return. */
-#define RB_H3_RESPONSE_BYTES_MAX (64u << 20)
+/* The bounds (RB_H3_..._MAX) are in common/limits.h. */
 
 typedef struct rb_h3_request {
     const char *method;    /* NUL-terminated, valid during the route call */

@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <gnutls/crypto.h>
@@ -433,10 +434,14 @@ static void conn_free(rb_quic_conn *qc)
     free(qc->refs);
     free(qc->close_pkt);
     uint32_t index = qc->index;
-    /* A dirty flag stays in the dirty list; the slot is skipped there. */
+    /* The slot may still be in the dirty list: its flag survives, so a
+     * reuse before the next write cannot list it twice (the list holds
+     * each slot at most once). */
+    bool dirty = qc->dirty;
     memset(qc, 0, sizeof *qc);
     qc->e = e;
     qc->index = index;
+    qc->dirty = dirty;
     qc->heap_pos = UINT32_MAX;
     qc->state = CS_FREE;
     qc->bus_sid = -1;
@@ -1662,10 +1667,11 @@ void rb_quic_engine_write(rb_quic_engine *e, uint64_t now_ns)
      * the one being written, so the list is drained from the end. */
     while (e->dirty_count > 0) {
         rb_quic_conn *qc = &e->conns[e->dirty[--e->dirty_count]];
-        if (!qc->dirty) {
+        RB_ASSERT(qc->dirty);
+        qc->dirty = false;
+        if (qc->state == CS_FREE) {
             continue;
         }
-        qc->dirty = false;
         qc->bus_blocked = false;
         conn_write(qc, now_ns);
     }
@@ -1826,9 +1832,18 @@ const rb_quic_addr *rb_quic_conn_remote(const rb_quic_conn *qc)
     return &m->path.remote;
 }
 
+static uint64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void close_common(rb_quic_conn *qc, bool app, uint64_t code, const char *reason,
                          uint64_t now_ns)
 {
+    /* 0: the caller has no clock at hand (a link's close). */
+    now_ns = now_ns != 0 ? now_ns : mono_ns();
     if (qc->state != CS_HANDSHAKE && qc->state != CS_OPEN) {
         qc->told = true;
         return;

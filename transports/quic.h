@@ -35,6 +35,7 @@
 #include <sys/socket.h>
 
 #include "common/err.h"
+#include "common/limits.h"
 
 typedef struct rb_quic_engine rb_quic_engine;
 typedef struct rb_quic_conn rb_quic_conn;
@@ -51,30 +52,7 @@ typedef struct rb_quic_conn rb_quic_conn;
  * tokens; every engine of a process shares it, so any shard can answer for
  * any other. */
 #define RB_QUIC_SECRET_BYTES 32
-/* A Retry token is honoured this long after it was issued. */
-#define RB_QUIC_RETRY_TOKEN_MS 10000
-/* Largest datagram the engine writes (ngtcp2 probes up to it). */
-#define RB_QUIC_DATAGRAM_BYTES_MAX 1452
-/* Datagrams written per connection per rb_quic_engine_write call, so one
- * busy connection cannot monopolise a turn (ngtcp2's send quantum and
- * pacing may stop it earlier). */
-#define RB_QUIC_DATAGRAMS_PER_WRITE_MAX 64
-/* Streams other than the bus stream a ringbus/1 peer may open before it is
- * closed with bad_frame (its stream credit is never renewed either). */
-#define RB_QUIC_REFUSED_STREAMS_MAX 8
-/* Connection IDs a connection may be known by at once (ngtcp2's
- * active_connection_id_limit plus the client's original DCIDs). */
-#define RB_QUIC_CIDS_PER_CONN_MAX 8
-/* Default and cap of the per-engine bounds (config in rb_quic_config). */
-#define RB_QUIC_CONNS_DEFAULT         16384
-#define RB_QUIC_CONNS_MAX             1048576
-#define RB_QUIC_HANDSHAKES_DEFAULT    256
-#define RB_QUIC_SEND_REFS_DEFAULT     512
-#define RB_QUIC_SEND_REFS_MAX         65536
-#define RB_QUIC_STREAM_WINDOW_DEFAULT (1u << 20)
-#define RB_QUIC_STREAM_WINDOW_MAX     (64u << 20)
-#define RB_QUIC_IDLE_MS_DEFAULT       75000
-#define RB_QUIC_HANDSHAKE_MS_DEFAULT  10000
+/* The engine's bounds (RB_QUIC_..._MAX, _DEFAULT) are in common/limits.h. */
 
 /* The application error code a refused stream is reset with. CONNECTION_
  * CLOSE frames carry RB_WIRE_ codes (0..255) as application errors; stream
@@ -293,7 +271,7 @@ void rb_quic_bus_finish(rb_quic_conn *qc);
  * as its application error code and reason (at most 255 bytes are sent).
  * The owner's bytes are released at once (no bus_acked follows) and no
  * callback runs for qc again; the engine keeps the connection through its
- * closing period and frees it. */
+ * closing period and frees it. now_ns 0 reads CLOCK_MONOTONIC. */
 void rb_quic_conn_close(rb_quic_conn *qc, uint16_t wire_status, const char *reason,
                         uint64_t now_ns);
 

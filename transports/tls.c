@@ -22,6 +22,7 @@
 
 #include "common/assert.h"
 #include "common/frame.h"
+#include "transports/tls_pair.h"
 
 /* TLS 1.3 suites, ChaCha20-Poly1305 first: without AES-NI it is the
  * fastest, and the server's order wins. */
@@ -122,38 +123,6 @@ static int load_fail(const rb_listener_config *cfg, const char *what, const char
                       load_reason(rc, reason, sizeof reason));
 }
 
-/* Signs a probe with the private key and verifies it with the
- * certificate's public key: wolfSSL_CTX_check_private_key compares RSA
- * moduli but passes an ECDSA key that belongs to another certificate.
- * Returns 1 when the pair verifies, 0 when it does not, -1 when the key
- * type cannot sign through EVP (then only wolfSSL's own check applies). */
-static int pair_signs(WOLFSSL_CTX *ctx)
-{
-    static const unsigned char probe[] = "ringbus certificate and key check";
-    WOLFSSL_X509 *cert = wolfSSL_CTX_get0_certificate(ctx);                      /* the context's */
-    WOLFSSL_EVP_PKEY *priv = wolfSSL_CTX_get0_privatekey(ctx);                   /* the context's */
-    WOLFSSL_EVP_PKEY *pub = cert != NULL ? wolfSSL_X509_get_pubkey(cert) : NULL; /* ours */
-    WOLFSSL_EVP_MD_CTX *md = wolfSSL_EVP_MD_CTX_new();
-    unsigned char sig[1024]; /* an RSA-8192 signature fits */
-    size_t sig_len = sizeof sig;
-    int verdict = -1;
-    if (priv != NULL && pub != NULL && md != NULL &&
-        wolfSSL_EVP_DigestSignInit(md, NULL, wolfSSL_EVP_sha256(), NULL, priv) == 1 &&
-        wolfSSL_EVP_DigestSignUpdate(md, probe, sizeof probe) == 1 &&
-        wolfSSL_EVP_DigestSignFinal(md, sig, &sig_len) == 1) {
-        wolfSSL_EVP_MD_CTX_free(md);
-        md = wolfSSL_EVP_MD_CTX_new();
-        verdict = md != NULL &&
-                  wolfSSL_EVP_DigestVerifyInit(md, NULL, wolfSSL_EVP_sha256(), NULL, pub) == 1 &&
-                  wolfSSL_EVP_DigestVerifyUpdate(md, probe, sizeof probe) == 1 &&
-                  wolfSSL_EVP_DigestVerifyFinal(md, sig, sig_len) == 1;
-    }
-    wolfSSL_EVP_MD_CTX_free(md);
-    wolfSSL_EVP_PKEY_free(pub);
-    wolfSSL_ERR_clear_error();
-    return verdict;
-}
-
 static int mismatch(const rb_listener_config *cfg, const char *how, rb_err *err)
 {
     return rb_err_set(err, RB_ECONFIG, 0, "%s listener %s:%u: key %s does not match cert %s (%s)",
@@ -184,7 +153,7 @@ static int ctx_load(WOLFSSL_CTX *ctx, const rb_listener_config *cfg, rb_err *err
         wolfSSL_ERR_clear_error();
         return mismatch(cfg, "wolfSSL's key check failed", err);
     }
-    if (pair_signs(ctx) == 0) {
+    if (rb_tls_pair_signs(ctx) == 0) {
         return mismatch(cfg, "a signature made with the key does not verify with the cert", err);
     }
     if (cfg->client_ca[0] == '\0') {

@@ -5,16 +5,19 @@ Every operation a chaos client performs is appended to a History as a
 tuple whose first element names it:
 
   ("session", sid, name, role)            a connection opened (role "pub"/"sub")
+  ("started", sid, epoch)                 its STARTED, with the store's epoch
   ("pub", sid, corr, topic, payload)      a PUBLISH was sent
   ("ack", sid, corr, topic, seq)          its PUBLISH_ACK arrived
   ("err", sid, corr, code)                its ERROR arrived
-  ("mutate", sid, mid, adds, removes, history_only)
+  ("mutate", sid, mid, adds, removes, history_only, epoch)
                                           a MUTATE was sent; adds are
                                           (topic, cursor, now_bound) with
-                                          cursor an int or "now"
+                                          cursor an int or "now"; epoch is
+                                          the one its cursors belong to
   ("msg", sid, topic, seq, payload, mid)  a delivered message
   ("live", sid, topic)                    TOPICS_LIVE named topic
   ("complete", sid, mid)                  CATCHUP_COMPLETE
+  ("topic_error", sid, mid, topic, code)  TOPIC_ERROR: the topic left the stream
   ("end", sid, how, code)                 the connection ended: how is
                                           "close" (a CLOSE frame, code its
                                           status), "eof" or "local"
@@ -40,6 +43,11 @@ G3/G4 across connections: a durable subscriber resumes from the last seq
     it has after every close (explicit lag, shutdown, kill), so over its
     whole life it must have every stored message of its topics exactly
     once, up to the final head.
+Epochs: an add whose cursor (> 0) comes from another epoch than the
+    connection's STARTED must end in TOPIC_ERROR epoch_mismatch, with
+    nothing delivered for it; no other add may get one. When the store
+    changed epoch during the run (the memory store restarted), only
+    connections of the final epoch are compared with storage.
 
 Publishes answered with an error, or whose connection died first, are
 indeterminate (a commit whose ack was lost is allowed); they are counted,
@@ -66,21 +74,24 @@ class History:
 class _Episode:
     """One topic on one subscriber connection, from its add."""
 
-    __slots__ = ("next", "now_bound", "mid", "live", "history_only", "removing")
+    __slots__ = ("next", "now_bound", "mid", "live", "history_only", "removing", "epoch")
 
-    def __init__(self, cursor, now_bound, mid, history_only):
+    def __init__(self, cursor, now_bound, mid, history_only, epoch):
         self.next = None if cursor == "now" else cursor + 1
         self.now_bound = now_bound
         self.mid = mid
         self.live = False
         self.history_only = history_only
         self.removing = False
+        # The epoch of a cursor above 0 (cursor 0 and now hold in any epoch).
+        self.epoch = epoch if cursor != "now" and cursor > 0 else 0
 
 
 class _Session:
     def __init__(self, name, role):
         self.name = name
         self.role = role
+        self.epoch = None  # from STARTED
         self.episodes = {}  # topic -> _Episode
         self.waves = {}  # mid -> set of topics awaiting TOPICS_LIVE
         self.removes = {}  # mid -> topics removed by it
@@ -88,13 +99,15 @@ class _Session:
         self.ended = None
 
 
-def check(events, storage, durable_subs=(), topics=()):
+def check(events, storage, durable_subs=(), topics=(), epoch=None):
     """Returns (violations, stats). storage: topic -> {seq: payload};
     durable_subs: names of subscribers that must end with every stored
-    message of `topics` exactly once."""
+    message of `topics` exactly once; epoch: the store's epoch at the end
+    (None: it never changed), when only that epoch's connections count."""
     v = []
     stats = {"publishes": 0, "acks": 0, "errors": 0, "lost": 0, "deliveries": 0,
-             "sessions": 0, "lag_closes": 0, "indeterminate_committed": 0, "torn": 0}
+             "sessions": 0, "lag_closes": 0, "indeterminate_committed": 0, "torn": 0,
+             "epoch_mismatches": 0, "other_epoch_deliveries": 0}
     _check_storage(storage, v)
     sessions = {}
     sent = {}  # (sid, corr) -> (topic, payload)
@@ -107,11 +120,15 @@ def check(events, storage, durable_subs=(), topics=()):
         if kind == "session":
             sessions[ev[1]] = _Session(ev[2], ev[3])
             stats["sessions"] += 1
+        elif kind == "started":
+            sessions[ev[1]].epoch = ev[2]
         elif kind == "pub":
-            sent[(ev[1], ev[2])] = (ev[3], ev[4])
+            if _counts(sessions[ev[1]], epoch):
+                sent[(ev[1], ev[2])] = (ev[3], ev[4])
             stats["publishes"] += 1
         elif kind == "ack":
-            _on_ack(ev, sent, answered, acked, storage, v)
+            if _counts(sessions[ev[1]], epoch):
+                _on_ack(ev, sent, answered, acked, storage, v)
             stats["acks"] += 1
         elif kind == "err":
             answered.add((ev[1], ev[2]))
@@ -122,10 +139,15 @@ def check(events, storage, durable_subs=(), topics=()):
             stats["torn"] += 1
             if ev[2] in storage.get(ev[1], {}).values():
                 v.append(f"G2: torn publish {ev[2]!r} on {ev[1]} was committed")
-        elif kind in ("mutate", "msg", "live", "complete", "end"):
+        elif kind in ("mutate", "msg", "live", "complete", "end", "topic_error"):
             s = sessions[ev[1]]
+            if kind == "topic_error" and ev[4] == EPOCH_MISMATCH:
+                stats["epoch_mismatches"] += 1
             if kind == "msg":
                 stats["deliveries"] += 1
+            if kind == "msg" and not _counts(s, epoch):
+                stats["other_epoch_deliveries"] += 1
+            elif kind == "msg":
                 life.setdefault(s.name, {}).setdefault(ev[2], []).append(ev[3])
                 if ev[3] not in storage.get(ev[2], {}) or storage[ev[2]][ev[3]] != ev[4]:
                     v.append(f"G1: {s.name} got {ev[2]}#{ev[3]} = {ev[4]!r}, storage has "
@@ -142,6 +164,14 @@ def check(events, storage, durable_subs=(), topics=()):
     for name in durable_subs:
         _check_life(name, life.get(name, {}), storage, topics, v)
     return v, stats
+
+
+EPOCH_MISMATCH = 14
+
+
+def _counts(s, epoch):
+    """Whether session s belongs to the epoch storage was read in."""
+    return epoch is None or s.epoch == epoch
 
 
 def _check_storage(storage, v):
@@ -180,18 +210,34 @@ def _on_stream(s, ev, v):
         v.append(f"{who}: {kind} after the connection ended")
         return
     if kind == "mutate":
-        _, _, mid, adds, removes, history_only = ev
+        _, _, mid, adds, removes, history_only, epoch = ev
         for t in removes:
             if t in s.episodes:
                 s.episodes[t].removing = True
         s.removes[mid] = list(removes)
         for topic, cursor, bound in adds:
-            s.episodes[topic] = _Episode(cursor, bound, mid, history_only)
-        s.waves[mid] = set() if history_only else {t for t, _, _ in adds}
+            s.episodes[topic] = _Episode(cursor, bound, mid, history_only, epoch)
+        s.waves[mid] = {t for t, _, _ in adds if not history_only or _stale(s, s.episodes[t])}
+    elif kind == "topic_error":
+        _, _, mid, topic, code = ev
+        ep = s.episodes.get(topic)
+        if ep is None or ep.mid != mid:
+            v.append(f"G3: {who}: TOPIC_ERROR {code} for {topic}, not an add of wave {mid}")
+            return
+        if code == EPOCH_MISMATCH and not _stale(s, ep):
+            v.append(f"epoch: {who}: epoch_mismatch for {topic}, cursor of epoch {ep.epoch}, "
+                     f"connection epoch {s.epoch}")
+        elif code != EPOCH_MISMATCH:
+            v.append(f"G3: {who}: TOPIC_ERROR {code} for {topic} (next seq {ep.next})")
+        del s.episodes[topic]
+        s.waves.get(mid, set()).discard(topic)
     elif kind == "msg":
         _on_msg(s, who, ev, v)
     elif kind == "live":
         ep = s.episodes.get(ev[2])
+        if ep is not None and _stale(s, ep):
+            v.append(f"epoch: {who}: {ev[2]} went live from a cursor of epoch {ep.epoch} on "
+                     f"a connection of epoch {s.epoch}: a silent jump")
         if ep is None or ep.live or ep.history_only:
             v.append(f"G3: {who}: TOPICS_LIVE {ev[2]} unexpected (not added, already live "
                      f"or history_only)")
@@ -214,12 +260,20 @@ def _on_stream(s, ev, v):
         s.ended = ev[2:]
 
 
+def _stale(s, ep):
+    """An add whose cursor is from another epoch than the connection's."""
+    return ep.epoch != 0 and s.epoch is not None and ep.epoch != s.epoch
+
+
 def _on_msg(s, who, ev, v):
     _, _, topic, seq, _, mid = ev
     ep = s.episodes.get(topic)
     if ep is None:
         v.append(f"G3: {who}: {topic}#{seq} on a topic not on the stream")
         return
+    if _stale(s, ep):
+        v.append(f"epoch: {who}: {topic}#{seq} delivered for a cursor of epoch {ep.epoch} on "
+                 f"a connection of epoch {s.epoch}: a silent jump")
     if ep.next is None:
         if seq <= ep.now_bound:
             v.append(f"G3: {who}: {topic}#{seq} for a 'now' add above head {ep.now_bound}")

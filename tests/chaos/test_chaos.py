@@ -46,6 +46,9 @@ TRIALS = {
     "mem_slow_subscribers": (1, 5),
     "mem_churn": (1, 5),
     "mem_vanish": (1, 5),
+    # The memory store restarted (kill -9 or SIGTERM): a new epoch, every
+    # saved cursor must come back as TOPIC_ERROR epoch_mismatch.
+    "mem_restart": (2, 10),
 }
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "1.5" if PROFILE == "short" else "6"))
 PG_STOP_S = float(os.environ.get("CHAOS_PG_STOP_S", "10"))
@@ -56,7 +59,7 @@ RECOVER_S = 30
 LIMITS = "[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
 # The memory store keeps a whole run (retention would make the read-back
 # start above seq 1).
-MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 268_435_456\n"
+MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 1_073_741_824\n"
 READBACK_S = 120
 
 
@@ -92,6 +95,7 @@ class Run:
         self.world = chaos_world.World(self.hist, self.daemon.port, self.rng, TOPICS)
         self.faults = 0
         self.readback_lag_closes = 0
+        self.epoch = None  # the memory store's at the end (read back)
 
     # -- the daemon
 
@@ -149,7 +153,9 @@ class Run:
     def _read_back_once(self, out):
         cursors = [(t, max(out[t], default=0)) for t in TOPICS]
         with rp.Conn(port=self.daemon.port, timeout=READBACK_S) as c:
-            assert c.hello(name="readback").kind == rp.STARTED
+            started = c.hello(name="readback")
+            assert started.kind == rp.STARTED
+            self.epoch = started["epoch"]
             c.mutate(2, 1, adds=cursors, history_only=True)
             while True:
                 try:
@@ -176,21 +182,26 @@ class Run:
         return f"chaos {self.name} seed {self.seed}"
 
     def finish(self):
-        behind = self.world.settle(SETTLE_S, self.heads)
-        self.world.drop_all()
-        storage = self.storage() if self.memory else None
-        self.daemon.stop()
-        self._archive_log()
+        try:
+            behind = self.world.settle(SETTLE_S, self.heads)
+            self.world.drop_all()
+            storage = self.storage() if self.memory else None
+        finally:
+            self.daemon.stop()
+            self._archive_log()
         if storage is None:
             storage = self.storage()
         violations, stats = history.check(self.hist.events, storage,
-                                          durable_subs=self.world.sub_names, topics=TOPICS)
+                                          durable_subs=self.world.sub_names, topics=TOPICS,
+                                          epoch=self.epoch)
         if behind:
             violations.append(f"subscribers never reached the heads: {behind}")
         bad = [line for log in self.logs for line in log.splitlines()
                if any(m in line for m in BAD_LOG_MARKERS)]
         if bad:
             violations.append(f"daemon log: {bad[:5]}")
+        if self.name == "mem_restart" and stats["epoch_mismatches"] == 0:
+            violations.append("the memory store restarted but no cursor got epoch_mismatch")
         stats.update(faults=self.faults, reconnects=self.world.reconnects,
                      readback_lag_closes=self.readback_lag_closes,
                      publish_errors=self.world.errors, sub_closes=self.world.sub_closes,
@@ -279,6 +290,18 @@ def fault_vanish(run):
         if run.rng.random() < 0.03:
             run.world.torn_other()
         run.world.step()
+
+
+def fault_restart(run):
+    """The memory store's daemon dies or stops, and starts empty."""
+    run.world.run(LOAD_S)
+    if run.rng.random() < 0.5:
+        run.kill9()
+    else:
+        run.sigterm()
+    run.world.run(0.2)
+    run.start()
+    run.wait_acks("memory store restart")
 
 
 FAULTS = {n: globals()[f"fault_{n.removeprefix('mem_')}"] for n in TRIALS}

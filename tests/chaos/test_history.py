@@ -16,7 +16,7 @@ def clean():
     return [
         ("session", 1, "p", "pub"),
         ("session", 2, "s", "sub"),
-        ("mutate", 2, 1, [("a", 0, 0)], [], False),
+        ("mutate", 2, 1, [("a", 0, 0)], [], False, 0),
         ("pub", 1, 2, "a", "k1"),
         ("ack", 1, 2, "a", 1),
         ("msg", 2, "a", 1, "k1", 1),
@@ -102,7 +102,7 @@ def test_resume_across_sessions_from_cursor_is_clean():
     ev = clean()[:8] + [
         ("end", 2, "eof", None),
         ("session", 3, "s", "sub"),
-        ("mutate", 3, 1, [("a", 1, 0)], [], False),
+        ("mutate", 3, 1, [("a", 1, 0)], [], False, 0),
         ("pub", 1, 3, "a", "k2"),
         ("ack", 1, 3, "a", 2),
         ("msg", 3, "a", 2, "k2", 1),
@@ -118,3 +118,39 @@ def test_lost_publish_committed_is_indeterminate_not_a_violation():
     v, stats = run(ev)
     assert v == []
     assert stats["lost"] == 1 and stats["indeterminate_committed"] == 1
+
+
+def restarted():
+    """s's second connection meets a new epoch (7 -> 8) with its cursor 2."""
+    return clean()[:2] + [("started", 2, 7)] + clean()[2:] + [
+        ("end", 2, "eof", None),
+        ("session", 3, "s", "sub"),
+        ("mutate", 3, 1, [("a", 2, 0)], [], False, 7),
+        ("started", 3, 8),
+    ]
+
+
+def test_stale_cursor_answered_epoch_mismatch_is_clean():
+    ev = restarted() + [("topic_error", 3, 1, "a", 14), ("complete", 3, 1)]
+    v, stats = history.check(ev, STORAGE)
+    assert v == [] and stats["epoch_mismatches"] == 1
+
+
+def test_stale_cursor_served_is_a_silent_jump():
+    ev = restarted() + [("msg", 3, "a", 3, "k3", 1), ("live", 3, "a"), ("complete", 3, 1)]
+    v, _ = history.check(ev, {"a": {1: "k1", 2: "k2", 3: "k3"}})
+    assert any("silent jump" in x for x in v), v
+
+
+def test_epoch_mismatch_for_a_current_cursor_is_reported():
+    ev = restarted()[:-1] + [("started", 3, 7), ("topic_error", 3, 1, "a", 14),
+                             ("complete", 3, 1)]
+    v, _ = history.check(ev, STORAGE)
+    assert any("epoch_mismatch for a" in x for x in v), v
+
+
+def test_only_the_final_epoch_is_compared_with_storage():
+    """Storage of epoch 8 is empty: the deliveries of epoch 7 are not judged."""
+    ev = restarted() + [("topic_error", 3, 1, "a", 14), ("complete", 3, 1)]
+    v, stats = history.check(ev, {}, epoch=8)
+    assert v == [] and stats["other_epoch_deliveries"] == 2

@@ -3,7 +3,9 @@ tests/integration/streamcheck.py's non-blocking Driver, every operation
 logged to a History (history.py). A client whose connection ends (daemon
 killed, drained, lag close, churn) is replaced by a new connection under
 the same name: a publisher starts a new session, a durable subscriber adds
-each of its topics again with the last seq it has as cursor. The World
+each of its topics again with the last seq it has as cursor, sent with
+the epoch those cursors belong to (and starts a topic over from 0 when the
+server answers epoch_mismatch: the store restarted empty). The World
 also performs the client-side faults: connection churn, stalled readers,
 and clients that vanish in the middle of a frame."""
 
@@ -43,6 +45,7 @@ class ChaosPub(streamcheck.Client):
     def on_frame(self, f):
         if f.kind == rp.STARTED:
             self.started = True
+            self.world.hist.add("started", self.sid, f["epoch"])
         elif f.kind == rp.PUBLISH_ACK and f.corr in self.inflight:
             del self.inflight[f.corr]
             self.world.hist.add("ack", self.sid, f.corr, f["topic"], f["seq"])
@@ -62,13 +65,38 @@ class ChaosSub(streamcheck.Client):
         self.world = world
         self.sid = world.hist.new_session(name, "sub")
         self.paused_until = 0.0
-        adds = [(t, c) for t, c in sorted(cursors.items())]
-        self.world.hist.add("mutate", self.sid, 1, [(t, c, 0) for t, c in adds], [], False)
-        self.send(rp.encode_mutate(1, 1, adds=adds))
+        self.epoch = None
+        self.next_mid = 1
+        # The cursors are the epoch's the subscriber saved with them (0:
+        # none yet); the MUTATE goes before STARTED, so the server checks it.
+        self.add(sorted(cursors.items()), world.epochs[name])
+
+    def add(self, adds, epoch):
+        mid = self.next_mid
+        self.next_mid += 1
+        self.world.hist.add("mutate", self.sid, mid, [(t, c, 0) for t, c in adds], [], False,
+                            epoch)
+        self.send(rp.encode_mutate(mid, mid, adds=adds, epoch=epoch))
 
     def on_frame(self, f):
         h = self.world.hist
-        if f.kind == rp.MESSAGES:
+        if f.kind == rp.STARTED:
+            self.epoch = f["epoch"]
+            h.add("started", self.sid, self.epoch)
+            if self.world.epochs[self.name] != self.epoch:
+                # A new epoch (or the first): every saved cursor counted
+                # another store. The adds already sent must come back as
+                # epoch_mismatch (then each is added again from 0).
+                self.world.cursors[self.name] = {}
+                self.world.epochs[self.name] = self.epoch
+        elif f.kind == rp.TOPIC_ERROR:
+            h.add("topic_error", self.sid, f["mutate_id"], f["topic"], f["code"])
+            if f["code"] == rp.EPOCH_MISMATCH:
+                # The store lost what the cursors counted (a memory store
+                # restarted): start the topic over in the new epoch.
+                self.world.epoch_resets += 1
+                self.add([(f["topic"], 0)], self.epoch)
+        elif f.kind == rp.MESSAGES:
             last = self.world.cursors[self.name]
             for topic, seq, payload in f["items"]:
                 key = payload.split(b"|", 1)[0].decode(errors="replace")
@@ -105,6 +133,8 @@ class World:
         self.pub_names = [f"p{i}" for i in range(pubs)]
         self.sub_names = [f"s{i}" for i in range(subs)]
         self.cursors = {n: {} for n in self.sub_names}
+        self.epochs = {n: 0 for n in self.sub_names}  # of the saved cursors
+        self.epoch_resets = 0
         self.clients = {}
         self.next_try = {}
         self.acks = 0
@@ -227,13 +257,16 @@ class World:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not self.idle_pubs():
             self.step(publishes=0)
+        if not self.idle_pubs():
+            # Publishes still unanswered at the deadline: not settled, and
+            # storage heads read now could still move.
+            return {"(publishers)": "publishes still unanswered after %.0f s" % timeout_s}
         heads = heads_fn()
-        while time.monotonic() < deadline:
+        while True:
             behind = {n: {t: self.cursors[n].get(t, 0) for t in self.topics
                           if self.cursors[n].get(t, 0) < heads.get(t, 0)}
                       for n in self.sub_names}
             behind = {n: b for n, b in behind.items() if b}
-            if not behind:
-                return {}
+            if not behind or time.monotonic() >= deadline:
+                return behind
             self.step(publishes=0)
-        return behind

@@ -68,12 +68,14 @@ class Certs:
 
 
 def listener(kind, port, certs=None, **extra):
-    """One [[listener]] table; tls and wss get certs' cert and key."""
+    """One [[listener]] table; tls, wss and quic get certs' cert and key."""
     lines = ["[[listener]]", f'transport = "{kind}"', 'address = "127.0.0.1"', f"port = {port}"]
-    if kind in ("tls", "wss"):
+    if kind in ("tls", "wss", "quic"):
         lines += [f'cert = "{certs.cert}"', f'key = "{certs.key}"']
     for k, v in extra.items():
-        if isinstance(v, (list, tuple)):
+        if isinstance(v, bool):
+            v = "true" if v else "false"
+        elif isinstance(v, (list, tuple)):
             v = "[" + ", ".join(f'"{x}"' for x in v) + "]"
         elif isinstance(v, str):
             v = f'"{v}"'

@@ -7,12 +7,14 @@ import resource
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 import rbproto as rp
-from conftest import RINGBUSD, RSS_BOUNDS_APPLY, run_cli
+from conftest import RINGBUSD, RSS_BOUNDS_APPLY, Daemon, run_cli
+from ports import free_port
 
 soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
 resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -64,6 +66,31 @@ def test_port_in_use_is_a_clear_error(daemon, tmp_path):
                          timeout=10)
     assert out.returncode != 0
     assert f"tcp listen 127.0.0.1:{daemon.port}: bind: Address already in use" in out.stderr
+
+
+def test_port_in_use_at_start_is_retried_until_it_is_released(tmp_path):
+    # A restart can race the previous holder's exit: the daemon tries the
+    # bind again for about a second before it gives up.
+    port = free_port()
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.1", port))
+    holder.listen(1)
+    d = Daemon(tmp_path, listeners=f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\n'
+                                   f"port = {port}\n")
+    d.port = port
+    releaser = threading.Timer(0.3, holder.close)
+    releaser.start()
+    try:
+        d.start()
+        assert f"tcp listen 127.0.0.1:{port}: address in use, trying again" in d.log()
+        c = rp.Conn("127.0.0.1", port, timeout=10)
+        c.hello()
+        c.close()
+        assert d.stop() == 0
+    finally:
+        releaser.cancel()
+        holder.close()
+        d.stop()
 
 
 def test_embedded_default_serves_ping_on_7400(tmp_path):

@@ -486,3 +486,29 @@ def test_documented_setup_lets_the_daemon_run_as_a_role_that_only_reads_and_writ
     f = c.recv_until(lambda f: f.kind == rp.MESSAGES)
     assert [(t, s, p) for t, s, p in f["items"]][:2] == [("setup", 1, b"one"), ("setup", 2, b"two")]
     assert "permission denied" not in d.log()
+
+
+def test_storage_down_during_catchup_is_a_topic_error_and_the_wave_completes(make_daemon, pg_db,
+                                                                             pg_cluster):
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo)
+    c = conn(d)
+    publish_all(c, [("down", f"d{i}") for i in range(5)])
+    sub = conn(d, timeout=60)
+    pg_cluster.stop()
+    try:
+        sub.mutate(1, 1, adds=[("down", 0)])
+        frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE, 60)
+    finally:
+        pg_cluster.start()
+    errs = [(f["topic"], f["code_name"], f["mutate_id"]) for f in frames if f.kind == rp.TOPIC_ERROR]
+    assert errs == [("down", "unavailable", 1)], frames
+    assert [f for f in frames if f.kind in (rp.ERROR, rp.MESSAGES, rp.TOPICS_LIVE)] == []
+    # Storage is back: the same add, retried, delivers the history.
+    for attempt in range(100):
+        sub.mutate(2 + attempt, 2 + attempt, adds=[("down", 0)])
+        frames = sub.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE, 30)
+        msgs = [s for f in frames if f.kind == rp.MESSAGES for _, s, _ in f["items"]]
+        if msgs:
+            break
+        time.sleep(0.2)
+    assert msgs == [1, 2, 3, 4, 5]

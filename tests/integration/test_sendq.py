@@ -108,3 +108,29 @@ def test_catchup_complete_that_does_not_fit_closes_instead_of_vanishing(make_dae
     other.hello()
     other.mutate(1, 1, removes=["absent"])
     assert other.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)["mutate_id"] == 1
+
+
+def test_closed_flooder_reads_why_in_error_and_close(make_daemon):
+    d = make_daemon(shards=1, extra="[limits]\nmax_frame_bytes = 65536\n"
+                                    "send_queue_bytes = 65536\n")
+    flooder = rp.Conn("127.0.0.1", d.port, timeout=20)
+    flooder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    flooder.hello()
+    flood_pings(flooder.sock, 1_000_000)
+    assert wait_log(d, "closing: resource_exhausted: send queue full")
+    # Reading now, the client finds its PONGs, then ERROR and CLOSE with
+    # resource_exhausted (queued in the closing reserve), then the end: the
+    # server kept reading its unread PINGs, so no reset destroyed them.
+    kinds = []
+    last = {}
+    try:
+        while True:
+            f = flooder.recv(timeout=10)
+            kinds.append(f.kind)
+            last[f.kind] = f
+    except EOFError:
+        pass
+    assert set(kinds) == {rp.PONG, rp.ERROR, rp.CLOSE}, set(kinds)
+    assert kinds[-2:] == [rp.ERROR, rp.CLOSE]
+    assert last[rp.ERROR]["code"] == rp.RESOURCE_EXHAUSTED
+    assert last[rp.CLOSE]["status"] == rp.RESOURCE_EXHAUSTED

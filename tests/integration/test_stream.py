@@ -637,42 +637,56 @@ def test_pending_buffer_overflow_during_catchup_is_resource_exhausted(make_daemo
 
 
 
-def test_live_messages_buffered_during_catchup_carry_the_waves_id(make_daemon):
-    """PROTOCOL §8.4: messages committed while a topic catches up are
-    buffered and delivered before its TOPICS_LIVE, in frames that carry the
-    wave's mutate_id like the history; only after TOPICS_LIVE do frames
-    carry 0."""
+def buffered_catchup(make_daemon, live_count, live_payload):
+    """A subscriber adds a topic with 16 MB of history and does not read at
+    first, so its catch-up pauses on the send queue (64 KiB) while
+    live_count messages are committed and buffered; then it reads. Returns
+    the frames up to TOPICS_LIVE and every seq it got until the last one."""
     d = make_daemon(extra="[limits]\nmax_frame_bytes = 16384\nsend_queue_bytes = 65536\n"
                           "pending_buffer_bytes = 4194304\n")
     pub = rp.Conn("127.0.0.1", d.port, timeout=20)
     pub.hello()
-    # 16 MB of history: more than the kernel's socket buffers hold for a
-    # client that does not read, so catch-up pauses on the send queue.
+    # More history than the kernel's socket buffers hold for a client that
+    # does not read.
     history = 8000
     for k in range(history // 1000):
         publish_n(pub, "buf", 1000, start_corr=k * 1000 + 1, payload=lambda i: "h" * 2000)
     sub = rp.Conn("127.0.0.1", d.port, timeout=20)
     sub.hello()
     sub.send(rp.encode_mutate(9, 9, adds=[("buf", 0)]))
-    # The subscriber does not read yet: these commits land in the pending
-    # buffer while its catch-up waits.
     time.sleep(0.3)
-    publish_n(pub, "buf", 100, start_corr=50000, payload=lambda i: f"live{i}")
+    publish_n(pub, "buf", live_count, start_corr=50000, payload=live_payload)
     frames = sub.recv_all_until(lambda f: f.kind == rp.TOPICS_LIVE, timeout=30)
-    before = [(f["mutate_id"], s) for f in frames if f.kind == rp.MESSAGES
-              for (_, s, _) in f["items"]]
-    assert {mid for mid, _ in before} == {9}
-    assert [s for _, s in before][:history] == list(range(1, history + 1))
-    buffered = [s for _, s in before if s > history]
-    assert buffered, "no live message was buffered during catch-up"
+    seqs = [s for f in frames if f.kind == rp.MESSAGES for (_, s, _) in f["items"]]
     assert sub.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)["mutate_id"] == 9
-    seqs = [s for _, s in before]
-    while seqs[-1] < history + 100:
+    while seqs[-1] < history + live_count:
         f = sub.recv_until(lambda f: f.kind == rp.MESSAGES)
         assert f["mutate_id"] == 0
         seqs += [s for (_, s, _) in f["items"]]
-    assert seqs == list(range(1, history + 101))
+    assert seqs == list(range(1, history + live_count + 1))
+    return history, frames
 
+
+def test_live_messages_buffered_during_catchup_carry_the_waves_id(make_daemon):
+    """PROTOCOL §8.4: messages committed while a topic catches up are
+    buffered and delivered before its TOPICS_LIVE, in frames that carry the
+    wave's mutate_id like the history; only after TOPICS_LIVE do frames
+    carry 0."""
+    history, frames = buffered_catchup(make_daemon, 100, lambda i: f"live{i}")
+    before = [(f["mutate_id"], s) for f in frames if f.kind == rp.MESSAGES
+              for (_, s, _) in f["items"]]
+    assert {mid for mid, _ in before} == {9}
+    assert [s for _, s in before if s > history], "no live message was buffered"
+
+
+def test_buffered_messages_beyond_the_send_queue_are_delivered_not_reaped(make_daemon):
+    """300 KB buffered during catch-up, more than the 64 KiB send queue: the
+    merge waits for the reading client like the history does (the pending
+    buffer's own bound is 4 MiB), instead of closing it resource_exhausted."""
+    history, frames = buffered_catchup(make_daemon, 300, lambda i: "L" * 1000)
+    assert all(f.kind != rp.CLOSE for f in frames)
+    assert sum(1 for f in frames if f.kind == rp.MESSAGES
+               for (_, s, _) in f["items"] if s > history) > 64
 
 # ---- randomized ----
 

@@ -112,3 +112,8 @@ def test_build_without_git_uses_the_version_file(tmp_path):
     made = subprocess.run(["make", "-s", "--no-print-directory", "version"], cwd=tree, env=env,
                           capture_output=True, text=True, timeout=60, check=True)
     assert made.stdout.strip() == plain
+    # ringbus.pc gets the same version from make install (shown, not run).
+    dry = subprocess.run(["make", "-n", "--no-print-directory", "install", "PREFIX=/usr",
+                          f"DESTDIR={tmp_path / 'root'}"], cwd=tree, env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    assert f"-e 's|@VERSION@|{plain}|g' client/ringbus.pc.in" in dry, dry[-2000:]

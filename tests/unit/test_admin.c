@@ -1,6 +1,6 @@
 /* Tests of the HTTP route table (server/admin.c): /healthz by readiness,
  * a query string ignored, a wrong method on a route, and paths that are
- * not routes left to the caller. */
+ * not routes left to the caller, over HTTP/1.1 and HTTP/3 alike. */
 #include <stdatomic.h>
 #include <string.h>
 
@@ -52,6 +52,28 @@ START_TEST(test_admin_other_paths_are_not_routes)
 }
 END_TEST
 
+START_TEST(test_admin_h3_route_serves_the_same_table)
+{
+    atomic_bool ready = true;
+    rb_admin admin = {.ready = &ready};
+    rb_h3_response resp;
+    rb_h3_request req = {.method = "GET", .path = "/healthz?x=1", .authority = ""};
+    ck_assert_int_eq(rb_admin_h3_route(&admin, NULL, 0, &req, &resp), RB_H3_ANSWERED);
+    ck_assert_uint_eq(resp.status, 200);
+    ck_assert_uint_eq(resp.body_len, 2);
+    ck_assert_mem_eq(resp.body, "ok", 2);
+    atomic_store(&ready, false);
+    ck_assert_int_eq(rb_admin_h3_route(&admin, NULL, 0, &req, &resp), RB_H3_ANSWERED);
+    ck_assert_uint_eq(resp.status, 503);
+    req.method = "POST";
+    rb_admin_h3_route(&admin, NULL, 0, &req, &resp);
+    ck_assert_uint_eq(resp.status, 405);
+    req = (rb_h3_request){.method = "GET", .path = "/nope", .authority = ""};
+    rb_admin_h3_route(&admin, NULL, 0, &req, &resp);
+    ck_assert_uint_eq(resp.status, 404);
+}
+END_TEST
+
 Suite *rb_admin_suite(void);
 
 Suite *rb_admin_suite(void)
@@ -61,6 +83,7 @@ Suite *rb_admin_suite(void)
     tcase_add_test(tc, test_admin_healthz_follows_readiness);
     tcase_add_test(tc, test_admin_wrong_method_on_a_route_is_405);
     tcase_add_test(tc, test_admin_other_paths_are_not_routes);
+    tcase_add_test(tc, test_admin_h3_route_serves_the_same_table);
     suite_add_tcase(s, tc);
     return s;
 }

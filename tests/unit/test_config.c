@@ -492,6 +492,18 @@ START_TEST(test_config_listener_keys_are_loaded)
 }
 END_TEST
 
+START_TEST(test_config_quic_retry_is_loaded)
+{
+    const rb_config *cfg = load_ok("[[listener]]\ntransport = 'quic'\ncert = '/c'\nkey = '/k'\n"
+                                   "quic_retry = true\n[[listener]]\ntransport = 'quic'\n"
+                                   "port = 7405\ncert = '/c'\nkey = '/k'\n");
+    ck_assert_uint_eq(cfg->listener_count, 2);
+    ck_assert(cfg->listeners[0].quic_retry);
+    ck_assert_uint_eq(cfg->listeners[0].port, 7404);
+    ck_assert(!cfg->listeners[1].quic_retry);
+}
+END_TEST
+
 START_TEST(test_config_empty_listener_array_keeps_the_default)
 {
     const rb_config *cfg = load_ok("listener = []\n");
@@ -555,6 +567,8 @@ static const error_case listener_errors[] = {
      "c.toml:5:1: listener[1].path: not valid for transport \"tls\" (only ws, wss)"},
     {"[[listener]]\ntransport = 'quic'\norigins = []",
      "c.toml:3:1: listener[1].origins: not valid for transport \"quic\" (only ws, wss)"},
+    {"[[listener]]\ntransport = 'tls'\ncert='c'\nkey='k'\nquic_retry = true",
+     "c.toml:5:1: listener[1].quic_retry: not valid for transport \"tls\" (only quic)"},
     {"[[listener]]\ntransport = 'ws'\npath = 'ringbus'",
      "c.toml:3:8: listener[1].path: must start with '/'"},
     {"[[listener]]\ntransport = 'ws'\npath = '/a b'",
@@ -852,6 +866,7 @@ Suite *rb_config_suite(void)
     tc = tcase_create("listeners");
     tcase_add_test(tc, test_config_listener_defaults_depend_on_transport);
     tcase_add_test(tc, test_config_listener_keys_are_loaded);
+    tcase_add_test(tc, test_config_quic_retry_is_loaded);
     tcase_add_test(tc, test_config_empty_listener_array_keeps_the_default);
     tcase_add_test(tc, test_config_listeners_up_to_the_limit_are_accepted);
     tcase_add_test(tc, test_config_listener_without_clash_is_accepted);
