@@ -34,7 +34,10 @@ static void usage(FILE *out)
                  "       ringbusd --version | --help\n"
                  "\n"
                  "Without --config, ringbusd runs the embedded default: the memory store and\n"
-                 "one TCP listener on 127.0.0.1:7400.\n"
+                 "one TCP listener on 127.0.0.1:7400, with auth.mode = \"none\" (no sign-in).\n"
+                 "With [auth] mode = \"required\", every connection on every transport signs\n"
+                 "in at HELLO (a JWT, or [[auth.user]] name and password) and its publish and\n"
+                 "subscribe permissions are checked (docs/OPERATIONS.md, Security).\n"
                  "\n"
                  "  -c, --config PATH        load the TOML configuration at PATH\n"
                  "      --migrate-only       apply the storage schema migrations and exit\n"
@@ -297,8 +300,8 @@ static bool is_loopback(const char *address)
 }
 
 /* Loads the [auth] keys and users (what --check-config and start-up check
- * beyond the file itself). Sign-in is not enforced by the sessions yet, so
- * mode "required" is refused rather than served open. */
+ * beyond the file itself); under mode "none" warns about each listener off
+ * loopback, since anyone who reaches it may publish and subscribe. */
 static int check_auth(const rb_config *cfg, rb_auth **out, rb_err *err)
 {
     int rc = rb_auth_new(cfg, out, err);

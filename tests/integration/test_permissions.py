@@ -2,8 +2,9 @@
 made by PyJWT, a third-party implementation) verified at HELLO, refused
 tokens answered unauthorized after the failure delay, the permission matrix
 (publish, subscribe, history-only, mid-stream adds; allow and deny) on tcp,
-tls and ws with forbidden operations changing nothing, token refresh over
-AUTH and expiry closing the connection."""
+tls, ws and quic (through quic_relay, so the daemon sees real QUIC) with
+forbidden operations changing nothing, token refresh over AUTH and expiry
+closing the connection."""
 
 import time
 
@@ -13,10 +14,11 @@ import pytest
 import rbproto as rp
 import rbtransport as rt
 from conftest import free_port
+from test_quic_daemon import Relay
 
 SECRET = "permission-matrix-secret-0123456789abcdef"
 DELAY_MS = 300
-KINDS = ["tcp", "tls", "ws"]
+KINDS = ["tcp", "tls", "ws", "quic"]
 
 
 def token(sub="svc", ttl=600, key=SECRET, alg="HS256", **claims):
@@ -36,11 +38,16 @@ def authd(tmp_path_factory):
              f'[[auth.jwt_key]]\nalgorithm = "HS256"\nsecret_file = "{secret}"\n')
     sd = rt.SharedDaemon(tmp_path_factory, "authd", listeners, extra=extra)
     sd.certs, sd.ports = certs, ports
+    relay = Relay(f"quic://127.0.0.1:{ports['quic']}", certs.ca)
+    sd.relay_port = relay.port
     yield sd
+    relay.stop()
     sd.finish()
 
 
 def conn(authd, kind="tcp"):
+    if kind == "quic":
+        return rt.Conn("tcp", authd.relay_port)
     return rt.Conn(kind, authd.ports[kind], authd.certs)
 
 
