@@ -91,7 +91,10 @@ def test_refused_sign_in_is_unauthorized_after_the_delay(authd, why, make, reaso
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_valid_token_signs_in_on_every_transport(authd, kind):
-    with sign_in(authd, token(publish=["p.>"]), kind) as c:
+    c = conn(authd, kind)
+    started = c.hello(creds=rp.creds_token(token(sub=f"svc-{kind}", publish=["p.>"])))
+    assert (started.kind_name, started["client_id"]) == ("STARTED", f"svc-{kind}"), started
+    with c:
         assert c.publish(f"p.{kind}", b"x", corr=2)["seq"] >= 1
 
 
