@@ -624,6 +624,16 @@ int rb_auth_verify_token(const rb_auth *a, rb_bytes token, int64_t now_s, rb_ide
 
 /* ---- dispatch ---- */
 
+bool rb_auth_has_passwords(const rb_auth *a)
+{
+    return a->dummy_hash[0] != '\0';
+}
+
+rb_auth_mode rb_auth_get_mode(const rb_auth *a)
+{
+    return a->mode;
+}
+
 bool rb_auth_is_slow(rb_bytes credentials)
 {
     return credentials.len > 0 && credentials.ptr[0] == RB_CRED_PASSWORD;

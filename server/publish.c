@@ -68,6 +68,13 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
         rb_conn_send_error(c, corr, code, "%s", err.msg);
         return;
     }
+    /* Permissions (server/policy.c): refused publishes change nothing and
+     * leave the connection open. */
+    if (!rb_conn_may(c, RB_POLICY_PUBLISH, topic)) {
+        rb_conn_send_error(c, corr, RB_WIRE_FORBIDDEN, "%s may not publish to %.*s", rb_conn_who(c),
+                           (int)topic.len, (const char *)topic.ptr);
+        return;
+    }
     size_t max_payload = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES -
                          rb_frame_messages_item_size(topic.len, 0);
     if (payload.len > max_payload) {

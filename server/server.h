@@ -18,6 +18,8 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "server/admin.h"
+#include "server/auth.h"
+#include "server/auth_pool.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -46,6 +48,7 @@ typedef struct rb_quic_ep rb_quic_ep;
 enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
+    RB_REMOTE_AUTH = 3,     /* an auth worker finished password checks (shard.auth_done) */
     RB_REMOTE_KINDS_MAX = 4
 };
 #define RB_REMOTE_KIND_SHIFT     56
@@ -93,6 +96,14 @@ struct rb_conn {
     uint32_t publishes_in_flight;
     uint8_t transport; /* rb_transport_kind of its link, for the counters */
     rb_stream *stream;
+    /* who signed in (server/auth.h): NULL until HELLO is accepted; the
+     * shared anonymous identity under auth.mode = "none", else owned */
+    rb_identity *identity;
+    uint64_t expires_mono_ms; /* the token's exp on this loop's clock; 0 = none */
+    uint64_t refuse_at_ms;    /* a refused sign-in is answered then; 0 = none */
+    uint64_t refuse_corr;
+    char *refuse_msg; /* owned while refuse_at_ms is set */
+    bool signing_in;  /* a password check is with the auth workers */
     /* RPC (server/rpc.c): the identity others call it by (STARTED's
      * client_id; server-assigned for anonymous connections), its calls in
      * flight as a caller, requests in flight to it and its methods. */
@@ -173,6 +184,7 @@ struct rb_shard {
     uint32_t subsystems_inited; /* init hooks that succeeded, undone by deinit */
     bool poll_soon;             /* a subsystem waits for something nobody wakes it for */
     rb_remote_fn *remote[RB_REMOTE_KINDS_MAX];
+    _Atomic(rb_auth_job *) auth_done; /* finished password checks, pushed by workers */
     /* storage */
     rb_storage_shard *storage;
     /* topic owners and local subscriptions */
@@ -204,11 +216,22 @@ struct rb_server {
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
-    rb_admin admin; /* the HTTP routes, server/admin.c */
+    rb_admin admin;          /* the HTTP routes, server/admin.c */
+    rb_auth *auth;           /* the credential verifier (immutable), server/auth.c */
+    rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
+    rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
+
+/* server/session.c: may the connection's identity do action on topic
+ * (policy checks at publish intake and Mutate validation), and its name
+ * for log lines. */
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
+/* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
+void rb_session_auth_done(rb_shard *sh, uint64_t payload);
+const char *rb_conn_who(const rb_conn *c);
 
 /* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "common/assert.h"
 #include "common/log.h"
@@ -35,6 +36,10 @@ void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn
 
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
+static void identity_drop(rb_conn *c);
+static void refuse_now(rb_conn *c);
+static void send_started(rb_conn *c, uint64_t corr);
+static void check_password(rb_conn *c, const rb_frame *f);
 
 int rb_conn_table_init(rb_shard *sh, rb_err *err)
 {
@@ -254,6 +259,7 @@ static void conn_try_free(rb_conn *c)
         rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
         c->rx_buf = NULL;
     }
+    identity_drop(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
     c->free_next = sh->conn_free;
@@ -445,6 +451,12 @@ static void conn_rearm_timer(rb_conn *c)
         uint64_t pd = c->partial_since_ms + cfg->handshake_timeout_ms;
         due = pd < due ? pd : due;
     }
+    if (c->refuse_at_ms != 0 && c->refuse_at_ms < due) {
+        due = c->refuse_at_ms;
+    }
+    if (c->expires_mono_ms != 0 && c->state == RB_CONN_OPEN && c->expires_mono_ms < due) {
+        due = c->expires_mono_ms;
+    }
     rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
 }
 
@@ -489,7 +501,16 @@ static void conn_timer_fired(rb_timer *t)
         conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
         return;
     }
-    if (c->state == RB_CONN_HANDSHAKE) {
+    if (c->refuse_at_ms != 0 && c->state == RB_CONN_HANDSHAKE) {
+        if (now >= c->refuse_at_ms) {
+            refuse_now(c);
+            return;
+        }
+    } else if (c->state == RB_CONN_OPEN && c->expires_mono_ms != 0 && now >= c->expires_mono_ms) {
+        RB_LOG_INFO(c->id, "token of %s expired", rb_conn_who(c));
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "token expired");
+        return;
+    } else if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
             bool layers = !c->link->ops->ready(c->link);
             RB_LOG_INFO(c->id, "%s within %u ms%s",
@@ -515,9 +536,112 @@ static void conn_timer_fired(rb_timer *t)
 
 /* ---- receive and frame dispatch ---- */
 
-static void on_hello(rb_conn *c, const rb_frame *f)
+/* Wall-clock seconds, for token exp and nbf (a monotonic clock knows no
+ * dates). */
+static int64_t wall_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+/* A refused sign-in is answered after auth.failure_delay_ms, so guessing
+ * costs time; meanwhile nothing more is read from the connection. */
+static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
 {
     const rb_config *cfg = &c->shard->server->cfg;
+    char shown[RB_ERR_MSG_BYTES_MAX];
+    rb_log_escape(shown, sizeof shown, why, strlen(why));
+    RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
+    stop_reading(c);
+    free(c->refuse_msg);
+    c->refuse_msg = strdup(why);
+    c->refuse_corr = corr;
+    c->refuse_at_ms = rb_loop_now_ms(c->shard->loop) + cfg->auth_failure_delay_ms;
+    conn_rearm_timer(c);
+}
+
+static void refuse_now(rb_conn *c)
+{
+    const char *msg = c->refuse_msg != NULL ? c->refuse_msg : "unauthorized";
+    c->refuse_at_ms = 0;
+    rb_conn_send_error(c, c->refuse_corr, RB_WIRE_UNAUTHORIZED, "%s", msg);
+    rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "sign-in refused");
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* Verifies HELLO's (or AUTH's) credentials into a new identity for c.
+ * Returns 0, or RB_EINVAL with the reason in err. Password credentials
+ * are not verified on a shard (argon2id is slow by design). */
+static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *err)
+{
+    rb_server *srv = c->shard->server;
+    if (srv->auth == NULL) {
+        *out = &srv->anonymous; /* servers built without a verifier (unit tests) */
+        return 0;
+    }
+    if (rb_auth_is_slow(credentials)) {
+        if (srv->auth_pool == NULL) {
+            /* No user has a password (the pool runs only then). */
+            return rb_err_set(err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                              "unknown user or wrong password");
+        }
+        return RB_EAGAIN; /* the caller hands it to the auth workers */
+    }
+    rb_identity id;
+    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (id.source == RB_IDENTITY_ANONYMOUS) {
+        *out = &srv->anonymous;
+        return 0;
+    }
+    *out = malloc(sizeof **out);
+    if (*out == NULL) {
+        rb_identity_release(&id);
+        return rb_err_set(err, RB_ENOMEM, RB_WIRE_INTERNAL, "out of memory for the identity");
+    }
+    **out = id;
+    return 0;
+}
+
+static void identity_drop(rb_conn *c)
+{
+    if (c->identity != NULL && c->identity != &c->shard->server->anonymous) {
+        rb_identity_release(c->identity);
+        free(c->identity);
+    }
+    c->identity = NULL;
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* The token's exp on the loop's clock: the connection closes then. */
+static void set_expiry(rb_conn *c)
+{
+    c->expires_mono_ms = 0;
+    if (c->identity->expires_at_s != 0) {
+        int64_t left_s = c->identity->expires_at_s - wall_now_s();
+        uint64_t left_ms = left_s > 0 ? (uint64_t)left_s * 1000 : 0;
+        c->expires_mono_ms = rb_loop_now_ms(c->shard->loop) + left_ms;
+    }
+}
+
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic)
+{
+    RB_ASSERT(c->identity != NULL);
+    return c->identity->policy == NULL || rb_policy_allows(c->identity->policy, action, topic);
+}
+
+const char *rb_conn_who(const rb_conn *c)
+{
+    return c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : "anonymous";
+}
+
+static void on_hello(rb_conn *c, const rb_frame *f)
+{
     if (c->state != RB_CONN_HANDSHAKE) {
         conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "HELLO sent twice");
         return;
@@ -529,35 +653,198 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
+    rb_err err;
+    int rc = sign_in(c, f->u.hello.credentials, &c->identity, &err);
+    if (rc == RB_EAGAIN) {
+        check_password(c, f);
+        return;
+    }
+    if (rc != 0) {
+        refuse_later(c, f->hdr.corr_id, err.msg);
+        return;
+    }
+    send_started(c, f->hdr.corr_id);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s as %s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
+}
+
+static void send_started(rb_conn *c, uint64_t corr)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
-    /* Anonymous connections get a server-assigned identity that others
-     * call them by; the connection id is unique in the process and the
-     * prefix is refused as a service name, so nobody can take it over. */
+    /* A signed-in connection is known by its identity (a token's sub, a
+     * user's name); anonymous connections get a server-assigned identity
+     * that others call them by; the connection id is unique in the process
+     * and the prefix is refused as a service name, so nobody can take it
+     * over. */
+    const char *who =
+        c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : NULL;
     int id_len =
-        snprintf(c->client_id, sizeof c->client_id, "anon-%llu", (unsigned long long)c->id);
+        who != NULL && strlen(who) < sizeof c->client_id
+            ? snprintf(c->client_id, sizeof c->client_id, "%s", who)
+            : snprintf(c->client_id, sizeof c->client_id, "anon-%llu", (unsigned long long)c->id);
     RB_ASSERT(id_len > 0 && (size_t)id_len < sizeof c->client_id);
     c->client_id_len = (uint8_t)id_len;
     rb_bytes client_id = {(const uint8_t *)c->client_id, c->client_id_len};
-    size_t n = rb_frame_encode_started_client(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
-                                              RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
-                                              cfg->max_frame_bytes, id, rb_stream_epoch(c->shard),
-                                              client_id);
+    size_t n = rb_frame_encode_started_client(
+        buf, sizeof buf, corr, cfg->keepalive_ms, RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
+        cfg->max_frame_bytes, id, rb_stream_epoch(c->shard), client_id);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
+        conn_fail(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
         return;
     }
     conn_rearm_timer(c);
-    RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
-                 (const char *)f->u.hello.client_name.ptr);
+}
+
+/* ---- password sign-in on the auth workers ---- */
+
+/* A password check in flight: the job and where its answer goes. The
+ * connection may be gone when it comes back (index + gen tell). */
+typedef struct auth_wait {
+    rb_auth_job job;
+    rb_shard *shard;
+    uint32_t conn_index;
+    uint32_t conn_gen;
+    uint64_t corr;
+} auth_wait;
+
+/* On a worker thread: push onto the shard's list and wake its loop. */
+static void password_checked(rb_auth_job *job, void *ctx)
+{
+    auth_wait *w = ctx;
+    rb_shard *sh = w->shard;
+    rb_auth_job *head = atomic_load(&sh->auth_done);
+    do {
+        job->next = head;
+    } while (!atomic_compare_exchange_weak(&sh->auth_done, &head, job));
+    if (job->worker_loop != NULL) {
+        (void)rb_loop_wake_remote(job->worker_loop, atomic_load(&sh->ring_fd),
+                                  RB_REMOTE(RB_REMOTE_AUTH, 0));
+    }
+}
+
+static void check_password(rb_conn *c, const rb_frame *f)
+{
+    rb_server *srv = c->shard->server;
+    auth_wait *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the sign-in");
+        return;
+    }
+    rb_bytes cred = f->u.hello.credentials;
+    RB_ASSERT(cred.len <= sizeof w->job.credentials);
+    memcpy(w->job.credentials, cred.ptr, cred.len);
+    w->job.credentials_len = (uint32_t)cred.len;
+    w->job.now_s = wall_now_s();
+    w->job.done = password_checked;
+    w->job.ctx = w;
+    w->shard = c->shard;
+    w->conn_index = c->index;
+    w->conn_gen = c->gen;
+    w->corr = f->hdr.corr_id;
+    int rc = rb_auth_pool_submit(srv->auth_pool, &w->job);
+    if (rc != 0) {
+        explicit_bzero(w, sizeof *w);
+        free(w);
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "too many sign-ins waiting; try again");
+        return;
+    }
+    c->signing_in = true;
+}
+
+static void password_answer(rb_shard *sh, auth_wait *w)
+{
+    rb_conn *c = rb_conn_lookup(sh, w->conn_index, w->conn_gen);
+    bool waiting = c != NULL && c->signing_in && c->state == RB_CONN_HANDSHAKE;
+    if (c != NULL) {
+        c->signing_in = false;
+    }
+    if (!waiting || w->job.rc != 0) {
+        if (waiting) {
+            refuse_later(c, w->corr, w->job.err.msg);
+        }
+        rb_identity_release(&w->job.identity);
+        return;
+    }
+    c->identity = malloc(sizeof *c->identity);
+    if (c->identity == NULL) {
+        rb_identity_release(&w->job.identity);
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the identity");
+        return;
+    }
+    *c->identity = w->job.identity;
+    send_started(c, w->corr);
+    RB_LOG_DEBUG(c->id, "signed in as %s", rb_conn_who(c));
+}
+
+void rb_session_auth_done(rb_shard *sh, uint64_t payload)
+{
+    (void)payload;
+    rb_auth_job *job = atomic_exchange(&sh->auth_done, NULL);
+    while (job != NULL) {
+        rb_auth_job *next = job->next;
+        auth_wait *w = job->ctx;
+        password_answer(sh, w);
+        free(w);
+        job = next;
+    }
+}
+
+/* AUTH replaces the token of a connection that signed in with one, for
+ * the same sub (PROTOCOL.md 6.5). */
+static void on_auth(rb_conn *c, const rb_frame *f)
+{
+    rb_err err;
+    rb_identity *fresh = NULL;
+    if (c->identity == NULL || c->identity->source != RB_IDENTITY_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        return;
+    }
+    rb_credentials cr;
+    if (rb_credentials_decode(f->u.auth.credentials, &cr, &err) != 0 || cr.kind != RB_CRED_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "AUTH: not a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token");
+        return;
+    }
+    if (sign_in(c, f->u.auth.credentials, &fresh, &err) != 0 ||
+        strcmp(fresh->name, c->identity->name) != 0) {
+        const char *why = fresh != NULL ? "AUTH: the token names another sub" : err.msg;
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "%s", why);
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH refused");
+        if (fresh != NULL) {
+            rb_identity_release(fresh);
+            free(fresh);
+        }
+        return;
+    }
+    rb_identity_release(c->identity);
+    free(c->identity);
+    c->identity = fresh;
+    set_expiry(c);
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 2];
+    size_t n = rb_frame_encode_auth(buf, sizeof buf, f->hdr.corr_id, (rb_bytes){NULL, 0});
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        return;
+    }
+    conn_rearm_timer(c);
 }
 
 static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
     RB_STAT_ADD(c->shard, frames_in, 1);
+    if (c->signing_in || c->refuse_at_ms != 0) {
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME,
+                  "a frame before STARTED (wait for it after HELLO)");
+        return;
+    }
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
         conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
@@ -598,12 +885,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         rb_stream_on_mutate(c, f);
         break;
     case RB_FRAME_AUTH:
-        /* AUTH replaces a token; a connection that did not sign in with one
-         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
-         * refused AUTH. */
-        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
-                           "AUTH: this connection did not sign in with a token");
-        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        on_auth(c, f);
         break;
     default: {
         if (kind <= RB_FRAME_KIND_LAST && c->shard->client_frames[kind] != NULL) {

@@ -1121,6 +1121,15 @@ static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uni
     if (!ok) {
         return false;
     }
+    /* Permissions: one forbidden add rejects the whole Mutate. */
+    for (uint32_t i = 0; i < unique; i++) {
+        rb_bytes t = s->scratch[i].topic;
+        if (!rb_conn_may(c, RB_POLICY_SUBSCRIBE, t)) {
+            return mutate_error(c, f->hdr.corr_id, RB_WIRE_FORBIDDEN,
+                                "%s may not subscribe to %.*s; nothing in this MUTATE applied",
+                                rb_conn_who(c), (int)t.len, (const char *)t.ptr);
+        }
+    }
     uint64_t total = (st != NULL ? st->entry_count : 0) - removed + added;
     if (total > cfg->topics_per_stream) {
         return mutate_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
