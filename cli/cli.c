@@ -1329,6 +1329,8 @@ static int child_run(char **argv, child_io *io, uint32_t timeout_ms)
     }
     pid_t pid = fork();
     if (pid == 0) {
+        /* serve ignores SIGPIPE; the command gets the default back. */
+        signal(SIGPIPE, SIG_DFL);
         dup2(in[0], 0);
         dup2(out[1], 1);
         execvp(argv[0], argv);
@@ -1443,6 +1445,9 @@ static int cmd_serve(cli *c, int argc, char **argv)
     if (i + 1 >= argc) {
         return usage_error("serve: missing -- COMMAND");
     }
+    /* A command that exits without reading all of its stdin makes the
+     * payload write fail with EPIPE, which ends that write, not serve. */
+    signal(SIGPIPE, SIG_IGN);
     int rc = cli_connect(c, false);
     if (rc != 0) {
         return rc;

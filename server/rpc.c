@@ -687,7 +687,9 @@ static int name_check(rb_conn *c, uint64_t corr, const char *what, rb_bytes name
 {
     rb_err err;
     if (rb_topic_validate(name, false, &err) != 0) {
-        rb_conn_send_error(c, corr, RB_WIRE_INVALID_ARGUMENT, "%s: %s", what, err.msg);
+        /* Names follow the topic rules; say so in the name's own terms. */
+        const char *why = strncmp(err.msg, "topic: ", 7) == 0 ? err.msg + 7 : err.msg;
+        rb_conn_send_error(c, corr, RB_WIRE_INVALID_ARGUMENT, "%s: %s", what, why);
         return -1;
     }
     return 0;
@@ -849,6 +851,16 @@ static void on_deliver(rb_rpc *rpc, const rec *r)
     rb_conn *c = rb_conn_lookup(rpc->sh, r->b_index, r->b_gen);
     if (c == NULL || c->state != RB_CONN_OPEN) {
         outcome_to(rpc->sh, r, RB_WIRE_RECIPIENT_DISCONNECTED, "the responder went away");
+        if (c == NULL) {
+            /* Its close normally unregisters it; should that record have
+             * found no envelope, the directory learns it here. */
+            rec u = *r;
+            u.type = REC_REG;
+            u.op = OP_UNREGISTER;
+            u.caller = (rb_bytes){0};
+            u.payload = (rb_bytes){0};
+            (void)rec_send(rpc->sh, directory_shard(rpc->sh, r->name), &u);
+        }
         return;
     }
     if (c->rpc_serve_count >= rpc->sh->server->cfg.rpc_serves_per_connection ||

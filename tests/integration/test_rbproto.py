@@ -433,3 +433,11 @@ def test_conn_publish_waits_for_its_ack_and_keeps_other_frames():
         assert c.recv().corr == 105
         done = c.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
         assert done["mutate_id"] == 3 and c.skipped == []
+
+
+def test_rpc_bytes_match_the_protocol_document():
+    """docs/PROTOCOL.md section 12's worked example, byte for byte."""
+    assert rp.encode_request(7, "anon-2", "echo", b"hi", timeout_ms=5000) == bytes.fromhex(
+        "26000000 01 12 0000 0700000000000000 88130000 06616e6f6e2d32 046563686f 020000006869")
+    assert rp.encode_response(7, rp.OK, "", b"hi") == bytes.fromhex(
+        "1a000000 01 14 0000 0700000000000000 0000 0000 020000006869")
