@@ -15,8 +15,8 @@
  * (DELIVER) -> REQUEST to the responder; its ack and response come back as
  * OUTCOME records to the call. Records ride the mailbox (RB_XK_RPC), so the
  * shards share nothing. Sessions hand REGISTER, UNREGISTER, REQUEST,
- * REQUEST_ACK and RESPONSE frames here; rb_rpc_conn_closed ends what a
- * closing connection had. Across nodes: not yet (the cluster plane). */
+ * REQUEST_ACK and RESPONSE frames here; a close handler registered with the
+ * session (rb_session_on_closed) ends what a closing connection had. Across nodes: not yet (the cluster plane). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -973,7 +973,8 @@ static void on_cancel(rb_rpc *rpc, const rec *r)
     }
 }
 
-void rb_rpc_conn_closed(rb_conn *c)
+/* Ends c's calls, the requests routed to it and its registrations. */
+static void rpc_conn_closed(rb_conn *c)
 {
     rb_rpc *rpc = c->shard->rpc;
     if (rpc == NULL) {
@@ -1089,6 +1090,7 @@ static int rpc_init(rb_shard *sh, rb_err *err)
     rb_session_take_frames(sh, RB_FRAME_REQUEST, on_request_frame);
     rb_session_take_frames(sh, RB_FRAME_REQUEST_ACK, on_request_ack_frame);
     rb_session_take_frames(sh, RB_FRAME_RESPONSE, on_response_frame);
+    rb_session_on_closed(sh, rpc_conn_closed);
     return 0;
 }
 

@@ -37,6 +37,10 @@ typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
  * intake today): subsystems register theirs at init, so the session calls
  * none of them by name. */
 typedef void rb_client_frame_fn(rb_conn *c, const rb_frame *f);
+/* Called when a session closes, before its link does (rb_session_on_closed). */
+typedef void rb_conn_closed_fn(rb_conn *c);
+/* Subsystems that may register a close handler on a shard. */
+#define RB_SESSION_CLOSED_FNS_MAX 4
 typedef struct rb_subsystem rb_subsystem;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
@@ -168,7 +172,9 @@ struct rb_shard {
     uint32_t conn_max;
     rb_conn *flush_list;
     rb_client_frame_fn *client_frames[RB_FRAME_KIND_LAST + 1]; /* rb_session_take_frames */
-    rb_link_tcp *tcp_links;                                    /* [conn_max], server/link_tcp.c */
+    rb_conn_closed_fn *closed_fns[RB_SESSION_CLOSED_FNS_MAX];  /* rb_session_on_closed */
+    uint32_t closed_fn_count;
+    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
     rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
@@ -317,6 +323,9 @@ bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
 /* Hands every client frame of `kind` on this shard to fn (once per kind,
  * from a subsystem's init hook). */
 void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn);
+/* Registers fn to run for every session of sh that closes (a subsystem's
+ * init hook calls it), so the session names no subsystem but the stream. */
+void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn);
 /* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
 /* Daemon stop: every session is sent CLOSE going_away (or cut while it
@@ -338,8 +347,6 @@ extern const rb_subsystem rb_owner_subsystem;
 
 /* server/rpc.c: request/reply between clients (docs/PROTOCOL.md section 12) */
 extern const rb_subsystem rb_rpc_subsystem;
-/* Ends c's calls, the requests routed to it and its registrations. */
-void rb_rpc_conn_closed(rb_conn *c);
 
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;

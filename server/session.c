@@ -34,6 +34,12 @@ void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn
     sh->client_frames[kind] = fn;
 }
 
+void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn)
+{
+    RB_ASSERT(fn != NULL && sh->closed_fn_count < RB_SESSION_CLOSED_FNS_MAX);
+    sh->closed_fns[sh->closed_fn_count++] = fn;
+}
+
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
 static void identity_drop(rb_conn *c);
@@ -235,7 +241,9 @@ static void finish_close(rb_conn *c)
     c->state = RB_CONN_CLOSED;
     rb_timer_disarm(c->shard->loop, &c->timer);
     rb_stream_conn_closed(c);
-    rb_rpc_conn_closed(c);
+    for (uint32_t i = 0; i < c->shard->closed_fn_count; i++) {
+        c->shard->closed_fns[i](c);
+    }
     if (c->link != NULL) {
         /* The link may release at once, freeing the slot. */
         c->link->ops->close(c->link);
