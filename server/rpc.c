@@ -16,7 +16,8 @@
  * OUTCOME records to the call. Records ride the mailbox (RB_XK_RPC), so the
  * shards share nothing. Sessions hand REGISTER, UNREGISTER, REQUEST,
  * REQUEST_ACK and RESPONSE frames here; a close handler registered with the
- * session (rb_session_on_closed) ends what a closing connection had. Across nodes: not yet (the cluster plane). */
+ * session (rb_session_on_closed) ends what a closing connection had. Across nodes: not yet (the
+ * cluster plane). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
