@@ -527,25 +527,43 @@ static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     return 0;
 }
 
-static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+/* A string that must be one of names: *index is its position, else an
+ * error at the value listing the names. */
+static int one_of(loader *ld, const char *path, const rb_toml_value *v, const char *const *names,
+                  size_t count, size_t *index)
 {
-    rb_config *cfg = base;
     const char *text = NULL;
     size_t len = 0;
     int rc = get_string(ld, path, v, &text, &len);
     if (rc < 0) {
         return rc;
     }
-    if (strcmp(text, "memory") == 0) {
-        cfg->storage_backend = RB_STORAGE_MEMORY;
-    } else if (strcmp(text, "postgres") == 0) {
-        cfg->storage_backend = RB_STORAGE_POSTGRES;
-    } else {
-        char shown[32];
-        show(shown, sizeof shown, text, len);
-        return fail_value(ld, v, path, "\"%s\" is not one of memory, postgres", shown);
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            *index = i;
+            return 0;
+        }
     }
-    return 0;
+    char list[128];
+    size_t n = 0;
+    for (size_t i = 0; i < count && n < sizeof list; i++) {
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i > 0 ? ", " : "", names[i]);
+    }
+    char shown[32];
+    show(shown, sizeof shown, text, len);
+    return fail_value(ld, v, path, "\"%s\" is not one of %s", shown, list);
+}
+
+static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    static const char *const names[] = {
+        [RB_STORAGE_MEMORY] = "memory", [RB_STORAGE_POSTGRES] = "postgres"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_config *)base)->storage_backend = (rb_storage_backend)i;
+    }
+    return rc;
 }
 
 /* Checks that file is a readable regular file; when head is not NULL,
@@ -595,44 +613,24 @@ static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v
 
 static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_listener_config *l = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    size_t i = 0;
+    int rc = one_of(ld, path, v, transport_names, COUNT(transport_names), &i);
+    if (rc == 0) {
+        ((rb_listener_config *)base)->transport = (rb_transport_kind)i;
     }
-    for (size_t i = 0; i < COUNT(transport_names); i++) {
-        if (strcmp(text, transport_names[i]) == 0) {
-            l->transport = (rb_transport_kind)i;
-            return 0;
-        }
-    }
-    char shown[32];
-    show(shown, sizeof shown, text, len);
-    return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic, http", shown);
+    return rc;
 }
 
 static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_listener_config *l = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    static const char *const names[] = {
+        [RB_TLS_LIBRARY_OPENSSL] = "openssl", [RB_TLS_LIBRARY_WOLFSSL] = "wolfssl"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_listener_config *)base)->tls_library = (rb_tls_library)i;
     }
-    if (strcmp(text, "openssl") == 0) {
-        l->tls_library = RB_TLS_LIBRARY_OPENSSL;
-        return 0;
-    }
-    if (strcmp(text, "wolfssl") == 0) {
-        l->tls_library = RB_TLS_LIBRARY_WOLFSSL;
-        return 0;
-    }
-    char shown[32];
-    show(shown, sizeof shown, text, len);
-    return fail_value(ld, v, path, "\"%s\" is not one of openssl, wolfssl", shown);
+    return rc;
 }
 
 static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
@@ -859,23 +857,14 @@ static const rb_toml_value *lookup(const loader *ld, const char *section_name, c
 
 static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_config *cfg = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    static const char *const names[] = {
+        [RB_AUTH_MODE_NONE] = "none", [RB_AUTH_MODE_REQUIRED] = "required"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_config *)base)->auth_mode = (rb_auth_mode)i;
     }
-    if (strcmp(text, "none") == 0) {
-        cfg->auth_mode = RB_AUTH_MODE_NONE;
-    } else if (strcmp(text, "required") == 0) {
-        cfg->auth_mode = RB_AUTH_MODE_REQUIRED;
-    } else {
-        char shown[32];
-        show(shown, sizeof shown, text, len);
-        return fail_value(ld, v, path, "\"%s\" is not one of none, required", shown);
-    }
-    return 0;
+    return rc;
 }
 
 /* Remembers "file:line:column" of v for errors found after load. */
