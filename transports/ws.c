@@ -463,19 +463,24 @@ static void unmask(uint8_t *out, const uint8_t *in, size_t len, const uint8_t ke
 
 /* Parses a complete header in w->hdr; returns 1 when it is complete, 0
  * when more bytes are needed, or a negative error. */
-static int head_parse(ws_layer *w, ws_frame_head *h, rb_err *err)
+static uint32_t head_need(const ws_layer *w)
 {
     if (w->hdr_len < 2) {
+        return 2;
+    }
+    uint8_t b1 = w->hdr[1];
+    uint8_t len7 = b1 & 0x7f;
+    return 2u + ((b1 & 0x80) ? 4u : 0u) + (len7 == 126 ? 2u : len7 == 127 ? 8u : 0u);
+}
+
+static int head_parse(ws_layer *w, ws_frame_head *h, rb_err *err)
+{
+    if (w->hdr_len < 2 || w->hdr_len < head_need(w)) {
         return 0;
     }
     uint8_t b0 = w->hdr[0];
     uint8_t b1 = w->hdr[1];
-    uint32_t need = 2 + ((b1 & 0x80) ? 4 : 0);
     uint8_t len7 = b1 & 0x7f;
-    need += len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
-    if (w->hdr_len < need) {
-        return 0;
-    }
     h->fin = (b0 & 0x80) != 0;
     h->rsv = (uint8_t)((b0 >> 4) & 7);
     h->opcode = b0 & 0x0f;
@@ -681,12 +686,17 @@ static int frames_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
     int rc = 0;
     while (rc == 0 && !w->peer_closed && (len > 0 || (w->frame_open && w->frame_left == 0))) {
         if (!w->frame_open) {
-            /* Header bytes, one at a time only up to what the header needs. */
+            /* Header bytes, never more than the header needs: the first
+             * two say how long it is. */
             ws_frame_head h;
             int got = head_parse(w, &h, err);
             while (got == 0 && len > 0) {
-                w->hdr[w->hdr_len++] = *p++;
-                len--;
+                size_t take = head_need(w) - w->hdr_len;
+                take = take < len ? take : len;
+                memcpy(w->hdr + w->hdr_len, p, take);
+                w->hdr_len += (uint32_t)take;
+                p += take;
+                len -= take;
                 got = head_parse(w, &h, err);
             }
             if (got <= 0) {
