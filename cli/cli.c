@@ -1517,7 +1517,10 @@ static int cmd_call(cli *c, int argc, char **argv)
         say("call %s %s: %s", pos[0], pos[1], err.message);
         return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
     }
-    fwrite(res.payload, 1, res.payload_len, stdout);
+    if (res.payload_len > 0) {
+        /* An empty answer may come without a buffer (fwrite wants one). */
+        fwrite(res.payload, 1, res.payload_len, stdout);
+    }
     fflush(stdout);
     return 0;
 }
