@@ -1281,8 +1281,8 @@ static int cluster_id_fn(loader *ld, const char *path, const rb_toml_value *v, v
         return fail_value(ld, v, path, "must not be empty");
     }
     for (const char *c = cfg->cluster_id; *c != '\0'; c++) {
-        if ((unsigned char)*c <= 0x20 || *c == 0x7F) {
-            return fail_value(ld, v, path, "must not contain spaces or control characters");
+        if (!isalnum((unsigned char)*c) && *c != '.' && *c != '_' && *c != '-') {
+            return fail_value(ld, v, path, "may hold only letters, digits, '.', '_' and '-'");
         }
     }
     return 0;

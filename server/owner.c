@@ -90,6 +90,7 @@ struct rb_topic {
     rb_topic *refresh_next;
     rb_topic *reply_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
+    uint32_t peers;                        /* cluster peers with live subscribers (by index) */
     rb_seq seq;                            /* what was fanned out, in seq order */
     bool hole_queued;                      /* on the owner's hole list */
     uint64_t hole_after;                   /* the hole the sequencer asked for */
@@ -132,6 +133,9 @@ struct rb_owner {
 
 static void on_publish_envelope(void *ctx, rb_xmsg *m);
 static void on_interest_envelope(void *ctx, rb_xmsg *m);
+static void on_peer_topic_envelope(void *ctx, rb_xmsg *m);
+static void on_replica_in(void *ctx, rb_xmsg *m);
+_Static_assert(RB_CLUSTER_PEERS_MAX <= 32, "peer bits fit rb_topic.peers");
 
 static int owner_init(rb_shard *sh, rb_err *err)
 {
@@ -166,6 +170,8 @@ static int owner_init(rb_shard *sh, rb_err *err)
     if (rc == 0) {
         rb_mailbox_register(&sh->mail, RB_XK_PUBLISH, on_publish_envelope, sh);
         rb_mailbox_register(&sh->mail, RB_XK_INTEREST, on_interest_envelope, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_PEER_TOPIC, on_peer_topic_envelope, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_REPLICA_IN, on_replica_in, sh);
     }
     return rc;
 }
@@ -410,6 +416,31 @@ static void send_released(rb_owner *o)
 
 static void start_append(rb_topic *t);
 
+void rb_cluster__forward_dropped(void);
+
+/* The committed block goes once to each peer with live subscribers of t,
+ * as a reference to the block local fan-out uses (DESIGN §2). A block that
+ * finds no envelope is not forwarded: the peer's sequencer reads it from
+ * Postgres (its next batch shows the hole, or its repair tick). */
+static void forward_to_peers(rb_shard *sh, const rb_topic *t, rb_block *blk)
+{
+    for (uint32_t i = 0; t->peers >> i != 0; i++) {
+        if ((t->peers & (1u << i)) == 0) {
+            continue;
+        }
+        rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
+        if (m == NULL) {
+            rb_cluster__forward_dropped();
+            continue;
+        }
+        m->kind = RB_XK_REPLICA_OUT;
+        m->count = i;
+        rb_block_ref(blk);
+        m->ptr = blk;
+        rb_mailbox_send(&sh->mail, rb_cluster_peer_shard(sh->server, i), m);
+    }
+}
+
 /* Turns committed batches into blocks for the sequencer and acks them, in
  * commit order, as far as block memory allows. The acks wait for the
  * block: it is built from the publishes' bytes, which their acks
@@ -420,13 +451,19 @@ static void finish_committed(rb_owner *o)
     while (o->done_head != NULL) {
         batch *b = o->done_head;
         rb_topic *t = b->topic;
-        if (any_interest(t)) {
+        if (any_interest(t) || t->peers != 0) {
             rb_block *blk = build_block(sh, t, b);
             if (blk == NULL) {
                 rb_shard_poll_soon(sh);
                 break;
             }
-            rb_seq_commit(&t->seq, blk, &seq_ops, t);
+            forward_to_peers(sh, t, blk);
+            if (any_interest(t)) {
+                rb_seq_commit(&t->seq, blk, &seq_ops, t);
+            } else {
+                rb_seq_skip(&t->seq, b->req.last_seq);
+                rb_block_unref(blk);
+            }
         } else {
             rb_seq_skip(&t->seq, b->req.last_seq);
         }
@@ -822,6 +859,19 @@ static void start_refreshes(rb_owner *o)
     }
 }
 
+/* The node's peers learn when t gains its first or loses its last local
+ * subscriber (server/cluster.c keeps the set and tells every link). */
+static void announce_interest(rb_shard *sh, const rb_topic *t, bool had)
+{
+    bool has = any_interest(t);
+    if (had != has && !rb_cluster_local_interest(sh, t->name, t->name_len, has)) {
+        RB_LOG_WARN(sh->id,
+                    "topic %s: no envelope to tell the cluster's peers (its subscribers get "
+                    "their messages by repair until the next resync)",
+                    t->name);
+    }
+}
+
 static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
 {
     rb_owner *o = sh->owner;
@@ -844,12 +894,15 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
         }
         return;
     }
+    bool had = any_interest(t);
     if (op == RB_INTEREST_UNSUB) {
         t->interest[from / 64] &= ~(1ull << (from % 64));
+        announce_interest(sh, t, had);
         return;
     }
     if (op == RB_INTEREST_SUB) {
         t->interest[from / 64] |= 1ull << (from % 64);
+        announce_interest(sh, t, had);
     }
     /* The ceiling is read from storage after the interest is set, so it
      * covers what other nodes committed too. */
@@ -938,6 +991,93 @@ static void on_interest_envelope(void *ctx, rb_xmsg *m)
     }
     RB_ASSERT(p == m->data + m->bytes);
     rb_xmsg_put(m);
+}
+
+/* ---- the cluster's part ---- */
+
+void rb_owner_repair_all(rb_shard *sh)
+{
+    rb_owner *o = sh->owner;
+    for (uint32_t i = 0; i < o->bucket_count; i++) {
+        for (rb_topic *t = o->buckets[i]; t != NULL; t = t->hash_next) {
+            if (any_interest(t)) {
+                queue_refresh(o, t);
+            }
+        }
+    }
+}
+
+/* Records: op, peer index, on, topic len, 4 unused bytes, topic (written
+ * by server/cluster.c). */
+#define PEER_REC_FIXED 8
+
+static void on_peer_topic_envelope(void *ctx, rb_xmsg *m)
+{
+    rb_shard *sh = ctx;
+    rb_owner *o = sh->owner;
+    const uint8_t *p = m->data;
+    for (uint32_t i = 0; i < m->count; i++) {
+        uint8_t op = p[0];
+        uint8_t peer = p[1];
+        bool on = p[2] != 0;
+        uint8_t tlen = p[3];
+        const uint8_t *name = p + PEER_REC_FIXED;
+        RB_ASSERT(peer < RB_CLUSTER_PEERS_MAX);
+        if (op == 1) {
+            /* A peer's interest, kept even for a topic nobody here reads. */
+            rb_topic *t = topic_get(o, name, tlen, rb_hash_bytes(name, tlen));
+            if (t == NULL) {
+                RB_LOG_WARN(sh->id,
+                            "owner topic table full (%u): peer interest dropped; the "
+                            "peer reads that topic by repair",
+                            RB_OWNER_TOPICS_MAX);
+            } else if (on) {
+                t->peers |= 1u << peer;
+            } else {
+                t->peers &= ~(1u << peer);
+            }
+        } else {
+            /* The link to the peer reset: its interest is resent after the
+             * next handshake, and what it did not deliver is read now. */
+            for (uint32_t b = 0; b < o->bucket_count; b++) {
+                for (rb_topic *t = o->buckets[b]; t != NULL; t = t->hash_next) {
+                    t->peers &= ~(1u << peer);
+                }
+            }
+            rb_owner_repair_all(sh);
+        }
+        p += PEER_REC_FIXED + tlen;
+    }
+    RB_ASSERT(p == m->data + m->bytes);
+    rb_xmsg_put(m);
+}
+
+/* A block a peer committed, in whatever order it arrived: the sequencer
+ * puts it in place (holding it ahead of a hole, dropping what was already
+ * released). */
+static void on_replica_in(void *ctx, rb_xmsg *m)
+{
+    rb_shard *sh = ctx;
+    rb_owner *o = sh->owner;
+    rb_block *b = m->ptr;
+    m->ptr = NULL;
+    rb_xmsg_put(m);
+    const uint8_t *name = (const uint8_t *)b->topic;
+    rb_topic *t = topic_get(o, name, b->topic_len, rb_hash_bytes(name, b->topic_len));
+    if (t == NULL) {
+        rb_block_unref(b);
+        return;
+    }
+    if (b->last_seq > t->head) {
+        t->head = b->last_seq;
+    }
+    if (!any_interest(t)) {
+        rb_seq_skip(&t->seq, b->last_seq);
+        rb_block_unref(b);
+        return;
+    }
+    rb_seq_commit(&t->seq, b, &seq_ops, t);
+    send_released(o);
 }
 
 /* Topics and their hash buckets, batches, head queries, heads requests and

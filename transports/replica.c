@@ -318,7 +318,8 @@ void rb_replica_mac(const uint8_t *secret, size_t secret_len, char role, rb_byte
 {
     RB_ASSERT(role == 'D' || role == 'A');
     RB_ASSERT(cluster_id.len <= 255);
-    uint8_t head[sizeof MAC_LABEL + 1 + 1];
+    /* The label without its NUL, the role, the cluster id's length. */
+    uint8_t head[sizeof MAC_LABEL - 1 + 1 + 1];
     memcpy(head, MAC_LABEL, sizeof MAC_LABEL - 1);
     head[sizeof MAC_LABEL - 1] = (uint8_t)role;
     head[sizeof MAC_LABEL] = (uint8_t)cluster_id.len;

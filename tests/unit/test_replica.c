@@ -199,6 +199,21 @@ START_TEST(test_replica_mac_depends_on_every_input)
 }
 END_TEST
 
+/* The MAC is HMAC-SHA256 over exactly the documented bytes (computed here
+ * with Python's hmac for these inputs), so another implementation can
+ * join: label, role, id length, id, from, to, both nonces. */
+START_TEST(test_replica_mac_is_the_documented_hmac)
+{
+    static const uint8_t want[RB_REPLICA_MAC_BYTES] = {
+        0xcf, 0x53, 0x88, 0x40, 0xb5, 0xd3, 0xf9, 0xdf, 0x47, 0x99, 0x52,
+        0x9b, 0x9b, 0x00, 0x2c, 0xad, 0x94, 0xef, 0x3e, 0x63, 0xf0, 0x04,
+        0xd6, 0xf0, 0x4b, 0x93, 0x61, 0xb5, 0x6c, 0x58, 0x56, 0xd1};
+    uint8_t got[RB_REPLICA_MAC_BYTES];
+    rb_replica_mac(SECRET, 32, 'A', CID, 3, 1, NONCE_D, NONCE_A, got);
+    ck_assert_int_eq(memcmp(got, want, sizeof want), 0);
+}
+END_TEST
+
 START_TEST(test_replica_nonces_are_fresh)
 {
     uint8_t a[RB_REPLICA_NONCE_BYTES];
@@ -226,6 +241,7 @@ Suite *rb_replica_suite(void)
     tc = tcase_create("handshake");
     tcase_add_test(tc, test_replica_mac_depends_on_every_input);
     tcase_add_test(tc, test_replica_nonces_are_fresh);
+    tcase_add_test(tc, test_replica_mac_is_the_documented_hmac);
     suite_add_tcase(s, tc);
     return s;
 }
