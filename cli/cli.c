@@ -1574,6 +1574,7 @@ static int run(cli *c, int argc, char **argv)
     }
     if (strcmp(cmd, "bench") == 0) {
         rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);
+        rb_bench_set_ws_origin(c->origin);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

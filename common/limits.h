@@ -26,8 +26,12 @@
 /* Credentials (HELLO, AUTH): a JWT above 8 KiB is refused before it is
  * parsed, so a token cannot make the verifier allocate much; user names are
  * short like topics; passwords are bounded so a hash input is bounded. */
-#define RB_AUTH_TOKEN_BYTES_MAX    8192
-#define RB_AUTH_USER_BYTES_MAX     255
+#define RB_AUTH_TOKEN_BYTES_MAX 8192
+#define RB_AUTH_USER_BYTES_MAX  255
+/* The prefix of the identities the server gives anonymous connections
+ * ("anon-<connection id>"): no token sub or user name may start with it, so
+ * nobody signs in as another connection's identity. */
+#define RB_ANON_ID_PREFIX          "anon-"
 #define RB_AUTH_PASSWORD_BYTES_MAX 1024
 /* The largest encoded credentials: kind, u16 length and the token. */
 #define RB_AUTH_CREDENTIALS_BYTES_MAX (1 + 2 + RB_AUTH_TOKEN_BYTES_MAX)

@@ -929,6 +929,10 @@ static int user_name_check(loader *ld, const char *path, const rb_toml_value *v,
     if (len == 0 || len > RB_AUTH_USER_BYTES_MAX) {
         return fail_value(ld, v, path, "must be 1..%d bytes", RB_AUTH_USER_BYTES_MAX);
     }
+    if (strncmp(name, RB_ANON_ID_PREFIX, strlen(RB_ANON_ID_PREFIX)) == 0) {
+        return fail_value(ld, v, path, "must not start with \"%s\" (server-assigned ids)",
+                          RB_ANON_ID_PREFIX);
+    }
     /* The rules of a user name on the wire, checked by the wire decoder. */
     size_t n =
         rb_credentials_encode_password(cred, sizeof cred, (rb_bytes){(const uint8_t *)name, len},

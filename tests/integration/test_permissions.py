@@ -75,6 +75,8 @@ def sign_in(authd, tok, kind="tcp"):
     ("oversized", lambda: b"\x01" + (8193).to_bytes(2, "little") + b"A" * 8193, "8193 bytes"),
     ("password without users", lambda: rp.creds_password("alice", "pw"),
      "unknown user or wrong password"),
+    ("sub of a server-assigned id", lambda: rp.creds_token(token(sub="anon-1")),
+     "the prefix of server-assigned ids"),
 ])
 def test_refused_sign_in_is_unauthorized_after_the_delay(authd, why, make, reason):
     with conn(authd) as c:

@@ -223,6 +223,14 @@ def test_mutate_worked_example_matches_the_codec():
     assert documented_example("MUTATE") == want
 
 
+def test_started_worked_example_matches_the_codec():
+    want = rp.encode_started(1, keepalive_ms=30000,
+                             capabilities=rp.CAP_STREAM | rp.CAP_PUBLISH | rp.CAP_RPC,
+                             max_frame_bytes=1 << 20, server_id="n1",
+                             epoch=0x1122334455667788, client_id="anon-1")
+    assert documented_example("STARTED") == want
+
+
 def test_publish_ack_worked_example_matches_the_codec():
     assert documented_example("PUBLISH") == rp.encode_publish(2, "orders", b"hi")
     assert documented_example("PUBLISH", 1) == rp.encode_publish_ack(2, "orders", 42)
