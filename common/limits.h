@@ -389,6 +389,10 @@
  * second bound of silence (a cut cable shows no RST). */
 #define RB_CLUSTER_PING_MS 1000
 #define RB_CLUSTER_DEAD_MS 6000
+/* A link whose receiving waits this long for block memory or an envelope
+ * (its peer backpressured all the while) is dropped and repaired from
+ * Postgres after the redial. */
+#define RB_CLUSTER_RX_STALL_MS_MAX 30000
 /* Redial backoff: first delay and cap (each doubled, with jitter). */
 #define RB_CLUSTER_BACKOFF_MS_MIN 100
 #define RB_CLUSTER_BACKOFF_MS_MAX 10000

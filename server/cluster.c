@@ -79,7 +79,7 @@ typedef struct peer_stats {
     _Atomic uint64_t bytes_in;
     _Atomic uint64_t interest_in; /* topics the peer declared, now */
     _Atomic uint64_t slow_drops;  /* links dropped for a full send queue */
-    _Atomic uint64_t in_dropped;  /* batches not handed on for lack of a block */
+    _Atomic uint64_t rx_stalls;   /* times receiving paused for lack of a block or envelope */
     _Atomic uint64_t tx_bytes;    /* gauge: bytes queued now */
     _Atomic uint64_t last_rx_ms;
 } peer_stats;
@@ -89,7 +89,8 @@ static struct {
     peer_stats peers[RB_CLUSTER_PEERS_MAX];
     _Atomic uint64_t refused;       /* inbound handshakes refused */
     _Atomic uint64_t local_topics;  /* topics with local subscribers */
-    _Atomic uint64_t forward_drops; /* blocks not forwarded for lack of an envelope */
+    _Atomic uint64_t holes_fetched; /* holes the sequencers read from storage */
+    _Atomic uint64_t repaired_seqs; /* seqs those reads delivered */
 } stats;
 
 #define STAT_ADD(field, n) atomic_fetch_add_explicit(&(field), (n), memory_order_relaxed)
@@ -131,6 +132,13 @@ typedef struct peer {
     uint8_t nonce_a[RB_REPLICA_NONCE_BYTES];
     uint32_t resync_bucket; /* the local interest scan after link up; LOCAL_BUCKETS = done */
     uint32_t interest_count;
+    /* Receiving paused: the frame at rx waits for a block or an envelope
+     * (backpressure: the peer's bytes wait in the socket), since stall_ms. */
+    bool rx_stalled;
+    uint64_t stall_ms;
+    /* Shards still to be told that the link reset (before any frame of a
+     * new link is handed to them, so its interest is not wiped). */
+    uint64_t reset_left[RB_SHARDS_MAX / 64];
 } peer;
 
 /* An inbound connection on shard 0 before it is authenticated: nothing
@@ -488,17 +496,51 @@ static void arm_redial(peer *p)
     p->backoff_ms = d * 2 > RB_CLUSTER_BACKOFF_MS_MAX ? RB_CLUSTER_BACKOFF_MS_MAX : d * 2;
 }
 
+/* Tells the shards in reset_left that the link reset, as far as envelopes
+ * allow (the flush hook retries). Returns true when all were told. */
+static bool send_resets(peer *p)
+{
+    rb_shard *sh = p->cl->shard;
+    bool all = true;
+    for (uint32_t s = 0; s < sh->server->shard_count; s++) {
+        uint64_t bit = 1ull << (s % 64);
+        if ((p->reset_left[s / 64] & bit) == 0) {
+            continue;
+        }
+        if (send_prec(sh, s, PREC_RESET, (uint8_t)p->index, false, NULL, 0)) {
+            p->reset_left[s / 64] &= ~bit;
+        } else {
+            all = false;
+        }
+    }
+    if (!all) {
+        rb_shard_poll_soon(sh);
+    }
+    return all;
+}
+
+static bool resets_left(const peer *p)
+{
+    for (size_t i = 0; i < RB_SHARDS_MAX / 64; i++) {
+        if (p->reset_left[i] != 0) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /* Tells every shard's owners the link reset: the peer's interest is gone
  * and whatever it did not deliver is read from Postgres. */
 static void announce_reset(peer *p)
 {
-    rb_shard *sh = p->cl->shard;
-    for (uint32_t s = 0; s < sh->server->shard_count; s++) {
-        if (!send_prec(sh, s, PREC_RESET, (uint8_t)p->index, false, NULL, 0)) {
-            RB_LOG_WARN(sh->id, "cluster: no envelope to reset peer %u's interest on shard %u",
-                        p->cfg->id, s);
-        }
+    if (p->cl->stopping) {
+        return; /* the owners stop too */
     }
+    uint32_t n = p->cl->shard->server->shard_count;
+    for (uint32_t s = 0; s < n; s++) {
+        p->reset_left[s / 64] |= 1ull << (s % 64);
+    }
+    send_resets(p);
 }
 
 static void link_finish_close(peer *p)
@@ -508,6 +550,7 @@ static void link_finish_close(peer *p)
     p->fd = -1;
     tx_clear(p);
     p->rx_len = 0;
+    p->rx_stalled = false;
     p->state = LINK_IDLE;
     STAT_SET(stats.peers[p->index].state, LINK_IDLE);
     STAT_SET(stats.peers[p->index].interest_in, 0);
@@ -585,21 +628,20 @@ static void resync_some(peer *p)
 
 /* ---- frames from an up link ---- */
 
-static void on_batch(peer *p, const rb_replica_batch *b)
+/* A batch goes to its topic's owner in a block of this shard. Returns
+ * false when no block or envelope could be had: the frame waits. */
+static bool on_batch(peer *p, const rb_replica_batch *b)
 {
     rb_shard *sh = p->cl->shard;
-    STAT_ADD(stats.peers[p->index].batches_in, 1);
     rb_block *blk = rb_mailbox_block(&sh->mail, b->items.len);
     rb_xmsg *m = blk != NULL ? rb_mailbox_xmsg_bare(&sh->mail) : NULL;
     if (m == NULL) {
-        /* The owner finds the hole at the next batch or repair tick. */
         if (blk != NULL) {
             rb_block_unref(blk);
         }
-        STAT_ADD(stats.peers[p->index].in_dropped, 1);
-        rb_shard_poll_soon(sh);
-        return;
+        return false;
     }
+    STAT_ADD(stats.peers[p->index].batches_in, 1);
     blk->first_seq = b->first_seq;
     blk->last_seq = b->last_seq;
     blk->count = b->count;
@@ -611,8 +653,17 @@ static void on_batch(peer *p, const rb_replica_batch *b)
     m->kind = RB_XK_REPLICA_IN;
     m->ptr = blk;
     rb_mailbox_send(&sh->mail, rb_topic_owner_shard(sh->server, b->topic.ptr, b->topic.len), m);
+    return true;
 }
 
+/* What a frame handler returns: go on, stop (the link closed), wait. */
+enum {
+    FRAME_OK = 0,
+    FRAME_CLOSED = 1,
+    FRAME_STALL = 2
+};
+
+/* A frame of an up link; -1: a protocol error. */
 static int on_up_frame(peer *p, const rb_replica_frame *f)
 {
     rb_shard *sh = p->cl->shard;
@@ -624,20 +675,17 @@ static int on_up_frame(peer *p, const rb_replica_frame *f)
         if (f->u.interest.on && p->interest_count >= RB_CLUSTER_INTEREST_TOPICS_MAX) {
             return -1;
         }
-        p->interest_count += f->u.interest.on ? 1 : (p->interest_count > 0 ? -1u : 0);
-        STAT_SET(stats.peers[p->index].interest_in, p->interest_count);
         uint32_t to = rb_topic_owner_shard(sh->server, t.ptr, t.len);
         if (!send_prec(sh, to, PREC_INTEREST, (uint8_t)p->index, f->u.interest.on, t.ptr,
                        (uint8_t)t.len)) {
-            /* Without the record the owner would not forward: start over. */
-            link_close(p, "no envelope for an interest record; resyncing");
-            return 1;
+            return FRAME_STALL; /* without the record the owner would not forward */
         }
-        return 0;
+        p->interest_count += f->u.interest.on ? 1 : (p->interest_count > 0 ? -1u : 0);
+        STAT_SET(stats.peers[p->index].interest_in, p->interest_count);
+        return FRAME_OK;
     }
     case RB_REPLICA_BATCH:
-        on_batch(p, &f->u.batch);
-        return 0;
+        return on_batch(p, &f->u.batch) ? FRAME_OK : FRAME_STALL;
     default:
         return -1;
     }
@@ -672,12 +720,33 @@ static int dialer_frame(peer *p, const rb_replica_frame *f)
     return 0;
 }
 
-/* Decodes every whole frame in rx. */
+/* Decodes every whole frame in rx. A frame that has to wait for a block or
+ * an envelope (or for the reset of the link before it to reach every
+ * shard) stays at the start of rx, and receiving pauses until the flush
+ * hook finds room: the peer is backpressured through TCP, and nothing it
+ * sent is dropped. */
+static void stall(peer *p)
+{
+    if (!p->rx_stalled) {
+        p->rx_stalled = true;
+        p->stall_ms = now_ms(p->cl);
+        STAT_ADD(stats.peers[p->index].rx_stalls, 1);
+    }
+    rb_shard_poll_soon(p->cl->shard);
+}
+
 static void link_parse(peer *p)
 {
     uint32_t at = 0;
+    bool was_stalled = p->rx_stalled;
+    p->rx_stalled = false;
     while (p->state == LINK_UP || p->state == LINK_HANDSHAKE) {
         if (p->rx_len - at < RB_REPLICA_HEADER_BYTES) {
+            break;
+        }
+        if (p->state == LINK_UP && resets_left(p) && !send_resets(p)) {
+            p->rx_stalled = was_stalled && at == 0;
+            stall(p);
             break;
         }
         rb_err err = {0};
@@ -692,7 +761,12 @@ static void link_parse(peer *p)
         if (r < 0) {
             link_close(p, rc != 0 ? err.msg : "unexpected frame");
         }
-        if (r != 0) {
+        if (r == FRAME_STALL) {
+            p->rx_stalled = was_stalled && at == 0; /* the wait starts over after progress */
+            stall(p);
+            break;
+        }
+        if (r != FRAME_OK) {
             return;
         }
         at += size;
@@ -725,7 +799,7 @@ static void recv_done(rb_op *op, int res, uint32_t flags)
 
 static void link_recv(peer *p)
 {
-    if (p->recv_busy || (p->state != LINK_UP && p->state != LINK_HANDSHAKE)) {
+    if (p->recv_busy || p->rx_stalled || (p->state != LINK_UP && p->state != LINK_HANDSHAKE)) {
         return;
     }
     RB_ASSERT(p->rx_len < p->rx_cap);
@@ -849,7 +923,14 @@ static void peer_timer(rb_timer *t)
         link_close(p, "the handshake did not finish in time");
         return;
     case LINK_UP:
-        if (now - p->last_rx_ms >= RB_CLUSTER_DEAD_MS) {
+        if (p->rx_stalled && now - p->stall_ms >= RB_CLUSTER_RX_STALL_MS_MAX) {
+            /* Hopelessly short of memory for what the peer sends: start
+             * over; both sides repair from Postgres after the redial. */
+            link_close(p, "receiving waited too long for block memory: dropping the link; it "
+                          "repairs from Postgres");
+            return;
+        }
+        if (!p->rx_stalled && now - p->last_rx_ms >= RB_CLUSTER_DEAD_MS) {
             link_close(p, "nothing received for too long");
             return;
         }
@@ -1315,7 +1396,21 @@ static void cluster_flush(rb_shard *sh)
     }
     for (uint32_t i = 0; i < cl->cfg->cluster_peer_count; i++) {
         peer *p = &cl->peers[i];
-        if (p->cl != NULL && p->state == LINK_UP) {
+        if (p->cl == NULL) {
+            continue;
+        }
+        if (p->state != LINK_UP && resets_left(p)) {
+            send_resets(p);
+        }
+        if (p->state == LINK_UP) {
+            if (p->rx_stalled) {
+                link_parse(p);
+                if (p->rx_stalled) {
+                    rb_shard_poll_soon(sh);
+                } else {
+                    link_recv(p);
+                }
+            }
             resync_some(p);
             link_start_send(p);
         }
@@ -1330,6 +1425,10 @@ static void cluster_stop(rb_shard *sh, bool grace_over)
     }
     cl->stopping = true;
     rb_timer_disarm(sh->loop, &cl->tick);
+    for (uint32_t i = 0; i < cl->cfg->cluster_peer_count; i++) {
+        /* The owners stop too: a link reset no longer needs telling. */
+        memset(cl->peers[i].reset_left, 0, sizeof cl->peers[i].reset_left);
+    }
     if (cl->accept_armed) {
         rb_loop_cancel_fd(sh->loop, cl->listen_fd, NULL);
     }
@@ -1362,7 +1461,8 @@ static bool cluster_idle(rb_shard *sh)
         }
     }
     for (uint32_t i = 0; i < cl->cfg->cluster_peer_count; i++) {
-        if (cl->peers[i].cl != NULL && cl->peers[i].state != LINK_IDLE) {
+        if (cl->peers[i].cl != NULL &&
+            (cl->peers[i].state != LINK_IDLE || resets_left(&cl->peers[i]))) {
             return false;
         }
     }
@@ -1449,11 +1549,13 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
     }
     /* Ids, addresses and the cluster id come from the validated config. */
     PUT("{\"enabled\":true,\"node_id\":%u,\"cluster_id\":\"%s\",\"listener\":\"%s:%u\","
-        "\"local_topics\":%llu,\"refused_handshakes\":%llu,\"forward_drops\":%llu,\"peers\":[",
+        "\"local_topics\":%llu,\"refused_handshakes\":%llu,\"holes_fetched\":%llu,"
+        "\"repaired_seqs\":%llu,\"peers\":[",
         cfg->cluster_node_id, cfg->cluster_id, cfg->cluster_address, cfg->cluster_port,
         (unsigned long long)STAT_GET(stats.local_topics),
         (unsigned long long)STAT_GET(stats.refused),
-        (unsigned long long)STAT_GET(stats.forward_drops));
+        (unsigned long long)STAT_GET(stats.holes_fetched),
+        (unsigned long long)STAT_GET(stats.repaired_seqs));
     uint64_t now = rb_admin_now_ms();
     for (uint32_t i = 0; i < cfg->cluster_peer_count; i++) {
         const rb_peer_config *pc = &cfg->cluster_peers[i];
@@ -1463,7 +1565,7 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
         PUT("%s{\"id\":%u,\"address\":\"%s:%u\",\"dialer\":%s,\"shard\":%u,\"link\":\"%s\","
             "\"links_up\":%llu,\"link_drops\":%llu,\"slow_drops\":%llu,\"batches_out\":%llu,"
             "\"batches_in\":%llu,\"bytes_out\":%llu,\"bytes_in\":%llu,\"interest_in\":%llu,"
-            "\"in_dropped\":%llu,\"tx_queued_bytes\":%llu,\"last_rx_age_ms\":%lld}",
+            "\"rx_stalls\":%llu,\"tx_queued_bytes\":%llu,\"last_rx_age_ms\":%lld}",
             i > 0 ? "," : "", pc->id, pc->address, pc->port,
             cfg->cluster_node_id < pc->id ? "true" : "false", rb_cluster_peer_shard(srv, i),
             st < 5 ? state_names[st] : "?", (unsigned long long)STAT_GET(s->links_up),
@@ -1472,7 +1574,7 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
             (unsigned long long)STAT_GET(s->batches_out),
             (unsigned long long)STAT_GET(s->batches_in), (unsigned long long)STAT_GET(s->bytes_out),
             (unsigned long long)STAT_GET(s->bytes_in), (unsigned long long)STAT_GET(s->interest_in),
-            (unsigned long long)STAT_GET(s->in_dropped), (unsigned long long)STAT_GET(s->tx_bytes),
+            (unsigned long long)STAT_GET(s->rx_stalls), (unsigned long long)STAT_GET(s->tx_bytes),
             rx == 0 || now < rx ? -1LL : (long long)(now - rx));
     }
     PUT("]}");
@@ -1480,9 +1582,8 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
     return n < cap ? n : cap;
 }
 
-/* The owners count blocks they could not forward (no envelope). */
-void rb_cluster__forward_dropped(void);
-void rb_cluster__forward_dropped(void)
+void rb_cluster_count_repair(uint64_t seqs)
 {
-    STAT_ADD(stats.forward_drops, 1);
+    STAT_ADD(stats.holes_fetched, 1);
+    STAT_ADD(stats.repaired_seqs, seqs);
 }

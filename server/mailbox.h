@@ -51,6 +51,10 @@ struct rb_block {
     /* the producing owner's, before the block is shared */
     rb_block *seq_next;
     uint64_t fan_left[RB_SHARDS_MAX / 64];
+    /* the committing owner's: its forward list to cluster peers, and the
+     * peers (by index) the block has not been handed to yet */
+    rb_block *fwd_next;
+    uint32_t peer_left;
 };
 
 /* Kinds of envelopes. Each kind has exactly one handler per shard,

@@ -89,6 +89,8 @@ struct rb_topic {
     bool replies_left; /* answered but some replies found no envelope */
     rb_topic *refresh_next;
     rb_topic *reply_next;
+    bool announce_queued; /* the cluster's peers still have to be told of interest */
+    rb_topic *announce_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
     uint32_t peers;                        /* cluster peers with live subscribers (by index) */
     rb_seq seq;                            /* what was fanned out, in seq order */
@@ -122,6 +124,10 @@ struct rb_owner {
     batch *done_tail;
     rb_block *send_head; /* released blocks waiting for envelopes, in order */
     rb_block *send_tail;
+    rb_block *fwd_head; /* committed blocks waiting for envelopes to peers, in order */
+    rb_block *fwd_tail;
+    rb_topic *announce_head; /* topics whose interest change found no envelope */
+    rb_topic *announce_tail;
     rb_topic *holes_head; /* topics whose sequencer asked for a hole */
     rb_topic *holes_tail;
     hole_reader holes;
@@ -208,6 +214,11 @@ static void owner_deinit(rb_shard *sh)
         o->send_head = b->seq_next;
         rb_block_unref(b);
     }
+    while (o->fwd_head != NULL) {
+        rb_block *b = o->fwd_head;
+        o->fwd_head = b->fwd_next;
+        rb_block_unref(b);
+    }
     free(o->holes.arena);
     free(o->buckets);
     rb_pool_deinit(&o->refresh_pool);
@@ -222,7 +233,8 @@ static bool owner_idle(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL && o->done_head == NULL &&
-           o->replies == NULL && o->send_head == NULL && !o->holes.busy;
+           o->replies == NULL && o->send_head == NULL && o->fwd_head == NULL &&
+           o->announce_head == NULL && !o->holes.busy;
 }
 
 static void grow_buckets(rb_owner *o)
@@ -305,13 +317,21 @@ static void fail_batch(rb_shard *sh, batch *b, uint16_t code, rb_publish_reason 
 
 /* ---- fan-out ---- */
 
-/* True when a shard that subscribes to t is backed up: new appends of t
- * wait, so its subscribers are not buried. */
+/* True when a shard that subscribes to t, or that holds the link of a peer
+ * that does, is backed up: new appends of t wait, so its subscribers are
+ * not buried. */
 static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
 {
     for (uint32_t s = 0; s < sh->server->shard_count; s++) {
         if ((t->interest[s / 64] & (1ull << (s % 64))) != 0 &&
             rb_mailbox_backlog(&sh->mail, s) >= RB_OWNER_FANOUT_BACKLOG_MAX) {
+            return true;
+        }
+    }
+    for (uint32_t i = 0; t->peers >> i != 0; i++) {
+        if ((t->peers & (1u << i)) != 0 &&
+            rb_mailbox_backlog(&sh->mail, rb_cluster_peer_shard(sh->server, i)) >=
+                RB_OWNER_FANOUT_BACKLOG_MAX) {
             return true;
         }
     }
@@ -416,29 +436,66 @@ static void send_released(rb_owner *o)
 
 static void start_append(rb_topic *t);
 
-void rb_cluster__forward_dropped(void);
-
-/* The committed block goes once to each peer with live subscribers of t,
- * as a reference to the block local fan-out uses (DESIGN §2). A block that
- * finds no envelope is not forwarded: the peer's sequencer reads it from
- * Postgres (its next batch shows the hole, or its repair tick). */
-static void forward_to_peers(rb_shard *sh, const rb_topic *t, rb_block *blk)
+/* Hands b to the link shards of the peers left in b->peer_left, in peer
+ * order, as far as envelopes allow. Returns false when one was missing
+ * (what is left stays in peer_left). */
+static bool forward_some(rb_shard *sh, rb_block *b)
 {
-    for (uint32_t i = 0; t->peers >> i != 0; i++) {
-        if ((t->peers & (1u << i)) == 0) {
-            continue;
-        }
+    while (b->peer_left != 0) {
+        uint32_t i = (uint32_t)__builtin_ctz(b->peer_left);
         rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
         if (m == NULL) {
-            rb_cluster__forward_dropped();
-            continue;
+            rb_shard_poll_soon(sh);
+            return false;
         }
         m->kind = RB_XK_REPLICA_OUT;
         m->count = i;
-        rb_block_ref(blk);
-        m->ptr = blk;
+        rb_block_ref(b);
+        m->ptr = b;
         rb_mailbox_send(&sh->mail, rb_cluster_peer_shard(sh->server, i), m);
+        b->peer_left &= ~(1u << i);
     }
+    return true;
+}
+
+/* Sends the forward list on, in order (the flush hook retries). */
+static void send_forwards(rb_owner *o)
+{
+    while (o->fwd_head != NULL) {
+        rb_block *b = o->fwd_head;
+        if (!forward_some(o->shard, b)) {
+            return;
+        }
+        o->fwd_head = b->fwd_next;
+        if (o->fwd_head == NULL) {
+            o->fwd_tail = NULL;
+        }
+        rb_block_unref(b);
+    }
+}
+
+/* The committed block goes once to each peer with live subscribers of t,
+ * as a reference to the block local fan-out uses (DESIGN §2), in commit
+ * order. It is never dropped: a block that finds no envelope waits on the
+ * forward list (holding a reference) with every block committed after it,
+ * and the appends wait until the list is empty (start_append). */
+static void forward_to_peers(rb_owner *o, const rb_topic *t, rb_block *blk)
+{
+    blk->peer_left = t->peers;
+    if (blk->peer_left == 0) {
+        return;
+    }
+    if (o->fwd_head == NULL && forward_some(o->shard, blk)) {
+        return;
+    }
+    rb_block_ref(blk);
+    blk->fwd_next = NULL;
+    if (o->fwd_tail == NULL) {
+        o->fwd_head = blk;
+    } else {
+        o->fwd_tail->fwd_next = blk;
+    }
+    o->fwd_tail = blk;
 }
 
 /* Turns committed batches into blocks for the sequencer and acks them, in
@@ -457,7 +514,7 @@ static void finish_committed(rb_owner *o)
                 rb_shard_poll_soon(sh);
                 break;
             }
-            forward_to_peers(sh, t, blk);
+            forward_to_peers(o, t, blk);
             if (any_interest(t)) {
                 rb_seq_commit(&t->seq, blk, &seq_ops, t);
             } else {
@@ -548,6 +605,9 @@ static void hole_read_done(rb_read_req *req)
         if (req->status == 0 && rg->status == 0) {
             uint64_t fed = rows_to_blocks(sh, t, req->arena + rg->rows_offset, rg->rows_bytes,
                                           rg->row_count, rg->after);
+            if (fed > rg->after) {
+                rb_cluster_count_repair(fed - rg->after);
+            }
             bool all = fed == (rg->row_count > 0 ? rg->last_seq : rg->after);
             upto = !all ? fed : rg->complete ? rg->ceiling : rg->last_seq;
         } else if (req->status == 0 && rg->status == RB_ERANGE && rg->oldest_seq > 0) {
@@ -646,8 +706,8 @@ static void start_append(rb_topic *t)
     if (t->inflight != NULL || t->fill_head == NULL) {
         return;
     }
-    if (o->done_head != NULL || o->send_head != NULL || rb_seq_holding(&t->seq) ||
-        fanout_backed_up(sh, t)) {
+    if (o->done_head != NULL || o->send_head != NULL || o->fwd_head != NULL ||
+        rb_seq_holding(&t->seq) || fanout_backed_up(sh, t)) {
         /* Back-pressure: committed work waits for memory or a subscriber's
          * queue; the publishes wait in their batch. */
         topic_mark_dirty(t);
@@ -681,11 +741,14 @@ static void start_append(rb_topic *t)
 }
 
 static void send_replies_left(rb_owner *o);
+static void send_announces(rb_owner *o);
 
 static void owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
+    send_forwards(o);
     finish_committed(o);
+    send_announces(o);
     start_hole_read(o);
     send_replies_left(o);
     start_refreshes(o);
@@ -860,15 +923,43 @@ static void start_refreshes(rb_owner *o)
 }
 
 /* The node's peers learn when t gains its first or loses its last local
- * subscriber (server/cluster.c keeps the set and tells every link). */
-static void announce_interest(rb_shard *sh, const rb_topic *t, bool had)
+ * subscriber (server/cluster.c keeps the set and tells every link). A
+ * change that finds no envelope waits on the announce list, and the flush
+ * hook sends the topic's state then (the records are idempotent). */
+static void announce_interest(rb_shard *sh, rb_topic *t, bool had)
 {
+    rb_owner *o = sh->owner;
     bool has = any_interest(t);
-    if (had != has && !rb_cluster_local_interest(sh, t->name, t->name_len, has)) {
-        RB_LOG_WARN(sh->id,
-                    "topic %s: no envelope to tell the cluster's peers (its subscribers get "
-                    "their messages by repair until the next resync)",
-                    t->name);
+    if (had == has || t->announce_queued) {
+        return;
+    }
+    if (!rb_cluster_local_interest(sh, t->name, t->name_len, has)) {
+        t->announce_queued = true;
+        t->announce_next = NULL;
+        if (o->announce_tail == NULL) {
+            o->announce_head = t;
+        } else {
+            o->announce_tail->announce_next = t;
+        }
+        o->announce_tail = t;
+        rb_shard_poll_soon(sh);
+    }
+}
+
+static void send_announces(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    while (o->announce_head != NULL) {
+        rb_topic *t = o->announce_head;
+        if (!rb_cluster_local_interest(sh, t->name, t->name_len, any_interest(t))) {
+            rb_shard_poll_soon(sh);
+            return;
+        }
+        t->announce_queued = false;
+        o->announce_head = t->announce_next;
+        if (o->announce_head == NULL) {
+            o->announce_tail = NULL;
+        }
     }
 }
 

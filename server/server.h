@@ -358,6 +358,9 @@ uint32_t rb_cluster_peer_shard(const rb_server *srv, uint32_t peer_index);
 /* The cluster's state as JSON for GET /v1/cluster (any thread). Returns
  * the length written (truncated at cap). */
 size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap);
+/* A sequencer filled a hole of `messages` seqs from storage (counted for
+ * GET /v1/cluster; any thread). */
+void rb_cluster_count_repair(uint64_t messages);
 /* server/owner.c: the owners' part of the cluster: every topic with local
  * subscribers re-reads its head (the repair tick and link changes). */
 void rb_owner_repair_all(rb_shard *sh);

@@ -47,7 +47,10 @@ class Cluster:
                 if j != i:
                     extra += (f'[[cluster.peer]]\nid = {j + 1}\naddress = "127.0.0.1"\n'
                               f'port = {self.replica[j]}\n')
-            self.nodes.append(self._start(i, extra, shards))
+            limits = overrides.get(i, {}).get("limits", "")
+            if limits:
+                extra += f"[limits]\n{limits}\n"
+            self.nodes.append(self._start(i, extra, overrides.get(i, {}).get("shards", shards)))
 
     def _start(self, i, extra, shards):
         port = free_port()
@@ -222,6 +225,60 @@ def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     publish_n(conn(cluster.nodes[2]), "k", 5, tag="after")
     got = live_messages(sub0, 5)
     assert [q for _, q, _ in got] == [101, 102, 103, 104, 105]
+
+
+def test_receiver_short_of_block_memory_backpressures_the_link(make_daemon, pg_db, tmp_path):
+    """Node 2 has block memory for two frames, and a subscriber that does
+    not read pins it: batches from node 1 wait in the link (node 2 stops
+    reading it, TCP holds node 1 back) instead of being dropped, and once the
+    memory is back every forwarded batch is handed on, in order, over the
+    same link."""
+    frame_limit = "max_frame_bytes = 65536\n"
+    c = Cluster(make_daemon, pg_db.conninfo, tmp_path, n=2,
+                overrides={0: {"limits": frame_limit},
+                           1: {"shards": 1, "limits": frame_limit + "shard_block_bytes = 131072"}})
+    c.wait_mesh()
+    reader = subscribe(c.nodes[1], ["bp"])
+    pinner = rp.Conn("127.0.0.1", c.nodes[1].port, timeout=WAIT_S, rcvbuf=4096)
+    assert pinner.hello().kind == rp.STARTED
+    pinner.mutate(1, 1, adds=[("bp", "now")])
+    pinner.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE, WAIT_S)
+    wait_for(lambda: c.state(0)["peers"][0]["interest_in"] >= 1, "interest to reach node 1")
+    pub = conn(c.nodes[0])
+    n = 600
+    payload = "p" * 16000
+    for i in range(n):
+        pub.send(rp.encode_publish(i + 1, "bp", f"{i}:{payload}"))
+    got = []
+
+    def read_some():
+        try:
+            f = reader.recv(0.2)
+        except TimeoutError:
+            return
+        if f.kind == rp.MESSAGES:
+            got.extend(s for (_, s, _) in f["items"])
+
+    # The pinner's unread messages hold node 2's blocks: the link stalls.
+    deadline = time.monotonic() + WAIT_S
+    while c.state(1)["peers"][0]["rx_stalls"] < 1:
+        assert time.monotonic() < deadline, f"no stall: {c.state(1)}"
+        read_some()
+    pinner.close()
+    while len(got) < n:
+        assert time.monotonic() < deadline + WAIT_S, f"{len(got)} of {n}: {c.state(1)}"
+        read_some()
+    assert got == list(range(1, n + 1))
+    acks = 0
+    while acks < n:
+        f = pub.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR))
+        assert f.kind == rp.PUBLISH_ACK, f.fields
+        acks += 1
+    # Nothing was dropped on the way: node 2 handed on every batch node 1
+    # forwarded, and the link never went down.
+    wait_for(lambda: c.state(1)["peers"][0]["batches_in"] == c.state(0)["peers"][0]["batches_out"],
+             "every forwarded batch to be handed on")
+    assert c.state(0)["peers"][0]["link_drops"] == 0 and c.state(1)["peers"][0]["link_drops"] == 0
 
 
 # ---- refusals ----
