@@ -6,8 +6,8 @@
  *
  * A frame: u32 size (the whole frame, header included), u8 version
  * (RB_REPLICA_VERSION), u8 kind, u16 zero; then the body. Integers are
- * little-endian; strings are u8 length + bytes. docs/PROTOCOL.md
- * ("Replica plane") lists every byte.
+ * little-endian; strings are u8 length + bytes. docs/REPLICA.md lists
+ * every byte.
  *
  * Handshake (the lower node id dials):
  *   dialer   -> HELLO{node_id, cluster_id, nonce_d}

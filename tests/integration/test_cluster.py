@@ -402,3 +402,37 @@ def test_cluster_route_when_alone(make_daemon):
     make_daemon(listeners=listeners)
     with urllib.request.urlopen(f"http://127.0.0.1:{http}/v1/cluster", timeout=WAIT_S) as r:
         assert json.loads(r.read()) == {"enabled": False}
+
+
+def test_check_config_validates_the_cluster_section(tmp_path):
+    """--check-config reads the secret as start-up does: a readable-by-group
+    secret and a cluster on the memory store are errors at file:line:column."""
+    import subprocess
+    from conftest import RINGBUSD
+
+    secret = tmp_path / "secret"
+    secret.write_text(SECRET + "\n")
+    os.chmod(secret, 0o600)
+    body = (f'[cluster]\nnode_id = 1\ncluster_id = "prod"\nsecret_file = "{secret}"\n'
+            f'[[cluster.peer]]\nid = 2\naddress = "127.0.0.1"\n')
+    pg = '[storage]\nbackend = "postgres"\n[storage.postgres]\nconninfo = "dbname=x"\n'
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text(pg + body)
+
+    def check(path):
+        return subprocess.run([str(RINGBUSD), "--check-config", str(path)], capture_output=True,
+                              text=True, timeout=WAIT_S)
+
+    out = check(cfg)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == f"{cfg}: ok\n"
+    os.chmod(secret, 0o640)
+    out = check(cfg)
+    assert out.returncode == 1
+    assert f"{cfg}:8:15:" in out.stderr and "group and others must have no access" in out.stderr
+    os.chmod(secret, 0o600)
+    mem = tmp_path / "mem.toml"
+    mem.write_text(body)
+    out = check(mem)
+    assert out.returncode == 1
+    assert str(mem) in out.stderr and "postgres" in out.stderr, out.stderr
