@@ -227,10 +227,11 @@ static bool may_log_refusal(rb_cluster *cl)
 
 /* ---- records between shards ---- */
 
-static bool send_crec(rb_shard *sh, uint32_t to, uint8_t op, uint8_t peer_index, bool on, int fd,
-                      const char *topic, uint8_t topic_len)
+/* One CREC-layout record of kind to shard `to`. */
+static bool send_rec(rb_shard *sh, uint32_t to, uint16_t kind, uint8_t op, uint8_t peer_index,
+                     bool on, int fd, const uint8_t *topic, uint8_t topic_len)
 {
-    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_CLUSTER, CREC_FIXED + topic_len);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, kind, CREC_FIXED + topic_len);
     if (p == NULL) {
         return false;
     }
@@ -246,24 +247,18 @@ static bool send_crec(rb_shard *sh, uint32_t to, uint8_t op, uint8_t peer_index,
     return true;
 }
 
+static bool send_crec(rb_shard *sh, uint32_t to, uint8_t op, uint8_t peer_index, bool on, int fd,
+                      const char *topic, uint8_t topic_len)
+{
+    return send_rec(sh, to, RB_XK_CLUSTER, op, peer_index, on, fd, (const uint8_t *)topic,
+                    topic_len);
+}
+
 /* Peer records to the owners: same layout as CREC, fd unused. */
 static bool send_prec(rb_shard *sh, uint32_t to, uint8_t op, uint8_t peer_index, bool on,
                       const uint8_t *topic, uint8_t topic_len)
 {
-    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_PEER_TOPIC, CREC_FIXED + topic_len);
-    if (p == NULL) {
-        return false;
-    }
-    uint8_t onb = on ? 1 : 0;
-    int32_t fd32 = -1;
-    p = rb_rec_put(p, &op, 1);
-    p = rb_rec_put(p, &peer_index, 1);
-    p = rb_rec_put(p, &onb, 1);
-    p = rb_rec_put(p, &topic_len, 1);
-    p = rb_rec_put(p, &fd32, 4);
-    rb_rec_put(p, topic, topic_len);
-    rb_mailbox_commit(&sh->mail, to, CREC_FIXED + topic_len);
-    return true;
+    return send_rec(sh, to, RB_XK_PEER_TOPIC, op, peer_index, on, -1, topic, topic_len);
 }
 
 bool rb_cluster_local_interest(rb_shard *sh, const char *topic, uint8_t topic_len, bool on)
