@@ -43,8 +43,9 @@ static_assert((int)RINGBUS_WIRE_OUT_OF_RANGE == (int)RB_WIRE_OUT_OF_RANGE,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_WIRE_EPOCH_MISMATCH == (int)RB_WIRE_EPOCH_MISMATCH,
               "wire codes mirror frame.h");
-static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CODE_LAST,
+static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CURSOR_AHEAD,
               "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_DEDUP_FULL == (int)RB_WIRE_CODE_LAST, "wire codes mirror frame.h");
 static_assert((int)RINGBUS_ERROR_MESSAGE_BYTES == (int)RB_ERR_MSG_BYTES_MAX, "messages fit");
 
 /* Defaults and caps of ringbus_options (documented in ringbus.h). */

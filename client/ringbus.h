@@ -78,6 +78,7 @@ enum {
     RINGBUS_WIRE_OUT_OF_RANGE = 13,   /* TOPIC_ERROR: cursor older than retained */
     RINGBUS_WIRE_EPOCH_MISMATCH = 14, /* TOPIC_ERROR: cursor from another store epoch */
     RINGBUS_WIRE_CURSOR_AHEAD = 15,   /* TOPIC_ERROR: cursor beyond the topic's head */
+    RINGBUS_WIRE_DEDUP_FULL = 18,     /* publish: the idempotency-key table is full */
 };
 
 #define RINGBUS_ERROR_MESSAGE_BYTES 256

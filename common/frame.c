@@ -237,6 +237,7 @@ static const char *const wire_code_names[] = {
     [RB_WIRE_OUT_OF_RANGE] = "out_of_range",
     [RB_WIRE_EPOCH_MISMATCH] = "epoch_mismatch",
     [RB_WIRE_CURSOR_AHEAD] = "cursor_ahead",
+    [RB_WIRE_DEDUP_FULL] = "dedup_full",
 };
 
 _Static_assert(sizeof kind_names / sizeof kind_names[0] == RB_FRAME_KIND_LAST + 1,
@@ -261,8 +262,8 @@ const char *rb_frame_kind_name(uint8_t kind)
 
 const char *rb_wire_code_name(uint16_t code)
 {
-    if (code > RB_WIRE_CODE_LAST) {
-        return "unknown";
+    if (code > RB_WIRE_CODE_LAST || wire_code_names[code] == NULL) {
+        return "unknown"; /* also a reserved number without a code yet */
     }
     return wire_code_names[code];
 }
@@ -271,7 +272,7 @@ int rb_wire_code_parse(const char *name, uint16_t *code)
 {
     RB_ASSERT(name != NULL);
     for (uint16_t i = 0; i <= RB_WIRE_CODE_LAST; i++) {
-        if (strcmp(name, wire_code_names[i]) == 0) {
+        if (wire_code_names[i] != NULL && strcmp(name, wire_code_names[i]) == 0) {
             *code = i;
             return 0;
         }
@@ -591,6 +592,11 @@ static void decode_body(reader *r, rb_frame *f)
     case RB_FRAME_PUBLISH_ACK:
         f->u.publish_ack.topic = rd_topic(r);
         f->u.publish_ack.seq = rd_u64(r, "seq");
+        /* Appended later: a server that predates dedup ends here. */
+        if (r->rc == 0 && left(r) > 0) {
+            f->u.publish_ack.flags = rd_u8(r, "flags");
+            f->u.publish_ack.has_flags = r->rc == 0;
+        }
         break;
     case RB_FRAME_MUTATE:
         decode_mutate(r, f);
@@ -909,16 +915,17 @@ size_t rb_frame_encode_publish(uint8_t *out, size_t cap, uint64_t corr_id, rb_by
 }
 
 size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
-                                   uint64_t seq)
+                                   uint64_t seq, uint8_t flags)
 {
     assert_topic(topic);
-    size_t size = RB_FRAME_HEADER_BYTES + 1 + topic.len + 8;
+    size_t size = RB_FRAME_HEADER_BYTES + 1 + topic.len + 8 + 1;
     if (size > cap) {
         return 0;
     }
     uint8_t *p = put_header(out, size, RB_FRAME_PUBLISH_ACK, corr_id);
     p = put_topic(p, topic);
     p = put_u64(p, seq);
+    p = put_u8(p, flags);
     return done(out, p, size);
 }
 

@@ -197,6 +197,18 @@
 #define RB_OWNER_BATCHES_MAX 4096
 /* Topics one shard owns (each ~400 bytes of owner state). */
 #define RB_OWNER_TOPICS_MAX (1u << 20)
+/* Idempotent publish ([dedup]): an idempotency key is remembered per
+ * (topic, key) at the topic's owner shard for window_ms after its commit,
+ * each entry about 300 bytes (the key is copied: up to 255 bytes). The
+ * window is bounded so that a table sized for it stays sane (1 hour). */
+#define RB_DEDUP_WINDOW_MS_DEFAULT      120000u
+#define RB_DEDUP_WINDOW_MS_MAX          3600000u
+#define RB_DEDUP_KEYS_PER_TOPIC_DEFAULT (1u << 16)
+#define RB_DEDUP_KEYS_PER_SHARD_DEFAULT (1u << 18)
+#define RB_DEDUP_KEYS_MAX               (1u << 22)
+/* Retries that wait for the commit of their key's first publish, per
+ * shard (each 24 bytes, holding its publish's envelope). */
+#define RB_DEDUP_WAITERS_MAX 65536u
 /* Head queries per shard waiting for their topic's head refresh. */
 #define RB_OWNER_WAITERS_MAX (1u << 20)
 /* Topics per heads request reading the live gate's ceilings. */

@@ -81,6 +81,10 @@ GOING_AWAY = 12
 OUT_OF_RANGE = 13
 EPOCH_MISMATCH = 14
 CURSOR_AHEAD = 15
+DEDUP_FULL = 18
+
+# PUBLISH_ACK flags
+ACK_DUPLICATE = 0x01
 
 CODE_NAMES = {
     OK: "ok",
@@ -99,6 +103,7 @@ CODE_NAMES = {
     OUT_OF_RANGE: "out_of_range",
     EPOCH_MISMATCH: "epoch_mismatch",
     CURSOR_AHEAD: "cursor_ahead",
+    DEDUP_FULL: "dedup_full",
 }
 CODES = {name: code for code, name in CODE_NAMES.items()}
 
@@ -227,8 +232,10 @@ def encode_publish(corr: int, topic: str | bytes, payload: str | bytes, key: str
     return encode_frame(PUBLISH, corr, body)
 
 
-def encode_publish_ack(corr: int, topic: str | bytes, seq: int) -> bytes:
-    return encode_frame(PUBLISH_ACK, corr, _topic(topic) + struct.pack("<Q", seq))
+def encode_publish_ack(corr: int, topic: str | bytes, seq: int, flags: int | None = 0) -> bytes:
+    """flags None: as a server that predates the appended flags byte."""
+    tail = b"" if flags is None else struct.pack("<B", flags)
+    return encode_frame(PUBLISH_ACK, corr, _topic(topic) + struct.pack("<Q", seq) + tail)
 
 
 def encode_mutate(
@@ -476,7 +483,12 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         key = r.take(r.u8("key length"), "key")
         return {"topic": topic, "key": key, "payload": r.blob32("payload")}
     if kind == PUBLISH_ACK:
-        return {"topic": r.topic(), "seq": r.u64("seq")}
+        out = {"topic": r.topic(), "seq": r.u64("seq")}
+        # Appended later: older servers end after seq.
+        out["has_flags"] = r.pos < len(r.body)
+        out["flags"] = r.u8("flags") if out["has_flags"] else 0
+        out["duplicate"] = bool(out["flags"] & ACK_DUPLICATE)
+        return out
     if kind == MUTATE:
         return _decode_mutate(r)
     if kind == MESSAGES:

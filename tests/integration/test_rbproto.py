@@ -77,6 +77,11 @@ def test_publish_round_trips_with_and_without_key():
 def test_publish_ack_round_trips():
     f = one(rp.encode_publish_ack(3, "orders", 2**63))
     assert (f.kind, f.corr, f["topic"], f["seq"]) == (rp.PUBLISH_ACK, 3, "orders", 2**63)
+    assert f["flags"] == 0 and f["duplicate"] is False
+    f = one(rp.encode_publish_ack(3, "orders", 7, flags=rp.ACK_DUPLICATE))
+    assert f["seq"] == 7 and f["duplicate"] is True
+    f = one(rp.encode_publish_ack(3, "orders", 7, flags=None))  # an older server
+    assert f["seq"] == 7 and f["flags"] == 0 and f["duplicate"] is False
 
 
 def test_mutate_round_trips_cursors_removes_and_history_only():
@@ -256,7 +261,8 @@ ALL_SAMPLES = [
 ]
 
 # Where a sample may legally end early: before its appended epoch field.
-OPTIONAL_TAIL = {rp.STARTED: 8, rp.MUTATE: 8}
+OPTIONAL_TAIL = {rp.STARTED: 8, rp.MUTATE: 8, rp.PUBLISH_ACK: 1}
+OPTIONAL_FLAG = {rp.STARTED: "has_epoch", rp.MUTATE: "has_epoch", rp.PUBLISH_ACK: "has_flags"}
 
 
 def test_samples_cover_every_kind():
@@ -274,7 +280,7 @@ def test_size_shorter_than_body_is_bad_frame_at_every_offset(sample):
     for cut in range(16, len(sample)):
         lying = struct.pack("<I", cut) + sample[4:cut]
         if cut == len(sample) - OPTIONAL_TAIL.get(sample[5], -1):
-            assert one(lying).fields["has_epoch"] is False
+            assert one(lying).fields[OPTIONAL_FLAG[sample[5]]] is False
             continue
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(lying)

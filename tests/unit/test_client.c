@@ -525,7 +525,7 @@ static void peer_on_publish(int fd, const rb_frame *f, uint8_t *out, uint64_t *s
     uint64_t want;
     memcpy(&want, f->u.publish.payload.ptr, 8);
     PEER_CHECK(want == *seq); /* payloads carry their expected seq */
-    peer_send(fd, out, rb_frame_encode_publish_ack(out, 4096, f->hdr.corr_id, topic, *seq));
+    peer_send(fd, out, rb_frame_encode_publish_ack(out, 4096, f->hdr.corr_id, topic, *seq, 0));
 }
 
 /* Answers HELLO as flags say, then sends what the flags ask for. */
