@@ -35,7 +35,8 @@ QUIC_LIBS := $(shell pkg-config --libs $(QUIC_PKGS) 2>/dev/null)
 PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson libxxhash \
                2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay \
              $(QUIC_LIBS)
-CLIENT_LIBS := $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) -lpthread
+CLIENT_LIBS := -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) \
+               -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -71,7 +72,7 @@ TRANSPORTS_SRC := $(sort $(wildcard transports/*.c))
 SERVER_SRC     := $(sort $(filter-out server/main.c,$(wildcard server/*.c)))
 CLIENT_LIB_SRC := $(sort $(wildcard client/*.c))
 CLI_SRC        := $(sort $(wildcard cli/*.c))
-# bench/ also holds peerload.c, the peer driver built by bench/Makefile.
+# bench/ also holds peerload.c and rpcload.c, the peer drivers built by bench/Makefile.
 BENCH_SRC      := bench/bench.c
 UNIT_SRC       := $(sort $(wildcard tests/unit/*.c))
 
@@ -95,7 +96,7 @@ UNIT       := $(BUILDDIR)/unit_tests
 QUIC_PEER  := $(BUILDDIR)/quic_peer
 QUIC_RELAY := $(BUILDDIR)/quic_relay
 
-.PHONY: all build run test test-unit test-integration test-fuzz test-chaos chaos test-asan tsan \
+.PHONY: all build run test test-unit test-integration test-fuzz test-chaos test-js chaos test-asan tsan \
         check format format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
 
 all: build
@@ -179,13 +180,20 @@ run: all
 	$(RINGBUSD)
 
 test: all
-	$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-chaos
+	$(MAKE) --no-print-directory test-unit test-fuzz test-integration test-chaos test-js
 
 test-unit: build
 	$(UNIT)
 
 test-integration: build
 	RINGBUS_BUILD=$(BUILDDIR) $(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+# The JavaScript client (client/js): its node --test suites against the
+# real daemon over ws and wss, the chat page in headless Chromium, the
+# npm pack contents. Node and npm come from scripts/setup.sh.
+test-js: build
+	@client/js/test/node_setup.sh
+	cd client/js && RINGBUS_BUILD=$(abspath $(BUILDDIR)) node --test --test-concurrency=1 test/
 
 # The chaos suite (tests/chaos, docs/RELIABILITY.md): faults under load and
 # one history checker for G1-G4. `make test` runs its short form (a few
@@ -200,7 +208,7 @@ chaos: all
 
 test-asan:
 	$(MAKE) --no-print-directory VARIANT=asan build
-	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration test-chaos
+	$(MAKE) --no-print-directory VARIANT=asan test-unit test-fuzz test-integration test-chaos test-js
 
 check: test-asan
 

@@ -1455,6 +1455,8 @@ static void rbd_event(const ringbus_event *ev, void *ctx)
         rb_bench_sink_closed(d->sink, why);
         break;
     case RINGBUS_EVENT_TOPICS_LIVE:
+    case RINGBUS_EVENT_REQUEST:
+    case RINGBUS_EVENT_RESPONSE:
         break;
     }
 }
@@ -1472,11 +1474,13 @@ static int ms_until(int64_t deadline_ns)
 
 static const char *rbd_ca_file;
 static bool rbd_insecure;
+static int rbd_tls_library;
 
-void rb_bench_set_tls(const char *ca_file, bool insecure)
+void rb_bench_set_tls(const char *ca_file, bool insecure, int tls_library)
 {
     rbd_ca_file = ca_file;
     rbd_insecure = insecure;
+    rbd_tls_library = tls_library;
 }
 
 static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb_bench_sink *sink,
@@ -1493,6 +1497,7 @@ static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb
     o.client_name = "ringbus-bench";
     o.tls_ca_file = rbd_ca_file;
     o.tls_insecure = rbd_insecure;
+    o.tls_library = rbd_tls_library;
     o.connect_timeout_ms = ms_until(deadline_ns) > 0 ? ms_until(deadline_ns) : 1;
     o.publish_window = window;
     o.on_event = rbd_event;

@@ -92,7 +92,7 @@ int rb_bench_cli(int argc, char **argv, const char *url);
 /* TLS settings of the ringbus driver's connections (tls, wss, quic): the
  * CA file (NULL: the system store) and whether to skip verification, as
  * the CLI's --ca and --insecure. The strings are borrowed for the run. */
-void rb_bench_set_tls(const char *ca_file, bool insecure);
+void rb_bench_set_tls(const char *ca_file, bool insecure, int tls_library);
 
 /* The usage text of the bench options (static). */
 const char *rb_bench_usage(void);

@@ -6,11 +6,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -36,7 +38,8 @@
 
 static const char usage_text[] =
     "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
-    "               [--origin ORIGIN] [--token TOKEN | --token-file FILE |\n"
+    "               [--tls-library openssl|wolfssl] [--origin ORIGIN] [--token TOKEN | "
+    "--token-file FILE |\n"
     "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
     "               COMMAND [ARGS]\n"
     "\n"
@@ -46,6 +49,7 @@ static const char usage_text[] =
     "                     quic://host[:port] (UDP)\n"
     "  --ca FILE          tls, wss, quic: trust the CAs in FILE (PEM) instead of the system store\n"
     "  --insecure         tls, wss, quic: do not verify the server certificate (testing only)\n"
+    "  --tls-library LIB  tls, wss: openssl (default) or wolfssl\n"
     "  --origin ORIGIN    ws, wss: send this Origin header (for listeners with origins)\n"
     "  --token TOKEN      sign in with a JWT (visible to other local users in ps;\n"
     "                     prefer --token-file)\n"
@@ -70,6 +74,16 @@ static const char usage_text[] =
     "                                   and on a topic_error (a cursor the store cannot serve)\n"
     "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
     "                                   first event is started (server_id, epoch)\n"
+    "  serve [--as SERVICE] METHOD -- COMMAND [ARGS]\n"
+    "                                   answer calls of METHOD (under this connection's client\n"
+    "                                   id, or in SERVICE's group of responders), one at a time:\n"
+    "                                   COMMAND runs with the payload on stdin; its stdout is\n"
+    "                                   the response (a non-zero exit: an application error);\n"
+    "                                   prints {\"event\":\"serving\",\"client_id\":...} first\n"
+    "  call DESTINATION METHOD [PAYLOAD] [--timeout-ms N]\n"
+    "                                   call METHOD at DESTINATION (a client id or a service);\n"
+    "                                   prints the response payload and exits 0, or prints the\n"
+    "                                   error code name on stderr and exits 1\n"
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
@@ -77,6 +91,7 @@ typedef struct cli {
     const char *name;
     const char *ca_file;       /* --ca */
     bool insecure;             /* --insecure */
+    int tls_library;           /* --tls-library: RINGBUS_TLS_OPENSSL | RINGBUS_TLS_WOLFSSL */
     const char *origin;        /* --origin */
     const char *token;         /* --token */
     const char *token_file;    /* --token-file */
@@ -196,6 +211,21 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_error(c, ev->code, ev->message);
         emit(c);
         return;
+    case RINGBUS_EVENT_REQUEST:
+        rb_json_put_raw(b, "{\"event\":\"request\"", 18);
+        put_key(b, "method");
+        rb_json_put_str(b, ev->method, strlen(ev->method));
+        put_key(b, "caller");
+        rb_json_put_str(b, ev->caller, strlen(ev->caller));
+        put_payload(b, ev->payload, ev->payload_len);
+        break;
+    case RINGBUS_EVENT_RESPONSE:
+        rb_json_put_raw(b, "{\"event\":\"response\"", 19);
+        put_key(b, "code");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        put_payload(b, ev->payload, ev->payload_len);
+        break;
     case RINGBUS_EVENT_TOPIC_ERROR:
         rb_json_put_raw(b, "{\"event\":\"topic_error\"", 22);
         put_key(b, "topic");
@@ -301,6 +331,14 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
     }
     if (strcmp(arg, "--insecure") == 0) {
         c->insecure = true;
+        return 1;
+    }
+    if (is_opt(arg, "--tls-library")) {
+        if ((v = opt_value(argc, argv, i, "--tls-library")) == NULL ||
+            (strcmp(v, "openssl") != 0 && strcmp(v, "wolfssl") != 0)) {
+            return -usage_error("--tls-library needs openssl or wolfssl");
+        }
+        c->tls_library = strcmp(v, "wolfssl") == 0 ? RINGBUS_TLS_WOLFSSL : RINGBUS_TLS_OPENSSL;
         return 1;
     }
     static const struct {
@@ -428,6 +466,7 @@ static int cli_connect(cli *c, bool with_callback)
     o.publish_window = PUB_WINDOW;
     o.tls_ca_file = c->ca_file;
     o.tls_insecure = c->insecure;
+    o.tls_library = c->tls_library;
     o.ws_origin = c->origin;
     if (with_callback) {
         o.on_event = on_event;
@@ -948,6 +987,8 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
         say("sub: topic %s: %s", ev->topic, ev->message);
         return EXIT_RUNTIME;
     case RINGBUS_EVENT_TOPICS_LIVE:
+    case RINGBUS_EVENT_REQUEST:
+    case RINGBUS_EVENT_RESPONSE:
         break;
     }
     return -1;
@@ -1196,6 +1237,286 @@ static int cmd_stream(cli *c, int argc, char **argv)
     return rc;
 }
 
+/* ---- serve and call (request/reply between clients) ---- */
+
+/* What a served COMMAND may print: a response must fit one frame. */
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+#define SERVE_OUTPUT_BYTES_MAX ((size_t)64 << 20)
+
+typedef struct child_io {
+    const uint8_t *in; /* the payload, written to the child's stdin */
+    size_t in_len, in_off;
+    uint8_t *out; /* owned; what the child printed */
+    size_t out_len, out_cap;
+} child_io;
+
+static int child_read(child_io *io, int fd)
+{
+    if (io->out_cap - io->out_len < 65536) {
+        size_t cap = io->out_cap == 0 ? 65536 : io->out_cap * 2;
+        if (cap > SERVE_OUTPUT_BYTES_MAX) {
+            return -1;
+        }
+        uint8_t *p = realloc(io->out, cap);
+        if (p == NULL) {
+            return -1;
+        }
+        io->out = p;
+        io->out_cap = cap;
+    }
+    ssize_t n = read(fd, io->out + io->out_len, io->out_cap - io->out_len);
+    if (n < 0) {
+        return errno == EINTR || errno == EAGAIN ? 1 : -1;
+    }
+    io->out_len += (size_t)n;
+    return n == 0 ? 0 : 1;
+}
+
+/* Feeds the child's stdin and drains its stdout until it closes stdout or
+ * deadline_ms passes. Returns 0, or -1 (timed out, too much output). */
+static int child_pump(child_io *io, int in_fd, int out_fd, int64_t deadline_ns)
+{
+    for (;;) {
+        struct pollfd p[2] = {{.fd = out_fd, .events = POLLIN}, {.fd = in_fd, .events = POLLOUT}};
+        nfds_t n = in_fd >= 0 ? 2 : 1;
+        int64_t left_ms = (deadline_ns - now_ns()) / 1000000;
+        if (left_ms <= 0) {
+            return -1;
+        }
+        if (poll(p, n, (int)(left_ms > 1000 ? 1000 : left_ms)) < 0 && errno != EINTR) {
+            return -1;
+        }
+        if (n == 2 && (p[1].revents & (POLLOUT | POLLERR | POLLHUP))) {
+            ssize_t w = write(in_fd, io->in + io->in_off, io->in_len - io->in_off);
+            if (w > 0) {
+                io->in_off += (size_t)w;
+            }
+            if (w < 0 || io->in_off == io->in_len) {
+                close(in_fd);
+                in_fd = -1;
+            }
+        }
+        if (p[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+            int r = child_read(io, out_fd);
+            if (r <= 0) {
+                if (in_fd >= 0) {
+                    close(in_fd);
+                }
+                return r;
+            }
+        }
+    }
+}
+
+/* Runs argv with io->in on stdin; returns its exit status (128 + signal
+ * when killed, -1 when it could not run or overran timeout_ms). */
+static int child_run(char **argv, child_io *io, uint32_t timeout_ms)
+{
+    int in[2], out[2];
+    if (pipe2(in, O_CLOEXEC) != 0) {
+        return -1;
+    }
+    if (pipe2(out, O_CLOEXEC) != 0) {
+        close(in[0]);
+        close(in[1]);
+        return -1;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(in[0], 0);
+        dup2(out[1], 1);
+        execvp(argv[0], argv);
+        fprintf(stderr, "ringbus: serve: %s: %s\n", argv[0], strerror(errno));
+        _exit(127);
+    }
+    close(in[0]);
+    close(out[1]);
+    if (pid < 0) {
+        close(in[1]);
+        close(out[0]);
+        return -1;
+    }
+    (void)fcntl(in[1], F_SETFL, O_NONBLOCK);
+    int pumped = child_pump(io, in[1], out[0], now_ns() + (int64_t)timeout_ms * 1000000);
+    close(out[0]);
+    if (pumped != 0) {
+        kill(pid, SIGKILL);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+    }
+    if (pumped != 0) {
+        return -1;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+
+/* Answers one REQUEST event by running the command. */
+static int serve_request(cli *c, const ringbus_event *ev, char **cmd)
+{
+    ringbus_error err;
+    if (ringbus_request_ack(c->conn, ev->corr_id, &err) != 0 || ringbus_flush(c->conn, &err) != 0) {
+        say("serve: ack: %s", err.message);
+        return EXIT_RUNTIME;
+    }
+    child_io io = {.in = ev->payload, .in_len = ev->payload_len};
+    int status = child_run(cmd, &io, ev->timeout_ms);
+    char why[96] = "";
+    int code = 0;
+    if (status != 0) {
+        code = RINGBUS_WIRE_APPLICATION_ERROR;
+        if (status < 0) {
+            snprintf(why, sizeof why, "%s did not finish within %u ms", cmd[0], ev->timeout_ms);
+        } else {
+            snprintf(why, sizeof why, "%s exited with status %d", cmd[0], status);
+        }
+    }
+    int rc = ringbus_respond(c->conn, ev->corr_id, code, why, io.out, io.out_len, &err);
+    if (rc == RINGBUS_ELIMIT) {
+        rc = ringbus_respond(c->conn, ev->corr_id, RINGBUS_WIRE_APPLICATION_ERROR,
+                             "the command's output does not fit one frame", NULL, 0, &err);
+    }
+    free(io.out);
+    if (rc != 0 || ringbus_flush(c->conn, &err) != 0) {
+        say("serve: respond: %s", err.message);
+        return EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+static int serve_loop(cli *c, char **cmd)
+{
+    for (;;) {
+        ringbus_event ev;
+        ringbus_error err;
+        int n = ringbus_next_event(c->conn, &ev, TICK_MS, &err);
+        if (n < 0) {
+            say("serve: %s", err.message);
+            return EXIT_RUNTIME;
+        }
+        if (n == 0 || ev.kind != RINGBUS_EVENT_REQUEST) {
+            if (n == 1 && ev.kind == RINGBUS_EVENT_CLOSED) {
+                say("serve: connection closed: %s: %s", ringbus_wire_code_name(ev.code),
+                    ev.message);
+                return EXIT_RUNTIME;
+            }
+            continue;
+        }
+        int rc = serve_request(c, &ev, cmd);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+}
+
+static int cmd_serve(cli *c, int argc, char **argv)
+{
+    const char *service = NULL;
+    const char *method = NULL;
+    int i = 0;
+    for (; i < argc && strcmp(argv[i], "--") != 0; i++) {
+        int g = argv[i][0] == '-' && argv[i][1] == '-' ? global_opt(c, argc, argv, &i) : 0;
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0 && is_opt(argv[i], "--as")) {
+            if ((service = opt_value(argc, argv, &i, "--as")) == NULL || service[0] == '\0') {
+                return usage_error("--as needs a SERVICE name");
+            }
+        } else if (g == 0 && argv[i][0] == '-') {
+            return usage_error("serve: unknown option");
+        } else if (g == 0 && method == NULL) {
+            method = argv[i];
+        } else if (g == 0) {
+            return usage_error("serve: one METHOD, then -- COMMAND [ARGS]");
+        }
+    }
+    if (method == NULL) {
+        return usage_error("serve: missing METHOD");
+    }
+    if (i + 1 >= argc) {
+        return usage_error("serve: missing -- COMMAND");
+    }
+    int rc = cli_connect(c, false);
+    if (rc != 0) {
+        return rc;
+    }
+    ringbus_error err;
+    if (ringbus_register(c->conn, method, service, &err) != 0) {
+        say("serve %s: %s", method, err.message);
+        return EXIT_RUNTIME;
+    }
+    rb_json_buf *b = &c->out;
+    const char *id = ringbus_client_id(c->conn);
+    rb_json_put_raw(b, "{\"event\":\"serving\"", 18);
+    put_key(b, "client_id");
+    rb_json_put_str(b, id, strlen(id));
+    put_key(b, "method");
+    rb_json_put_str(b, method, strlen(method));
+    if (service != NULL) {
+        put_key(b, "service");
+        rb_json_put_str(b, service, strlen(service));
+    }
+    rb_json_put_raw(b, "}", 1);
+    emit(c);
+    return serve_loop(c, argv + i + 1);
+}
+
+static int cmd_call(cli *c, int argc, char **argv)
+{
+    const char *pos[3] = {NULL, NULL, NULL};
+    int pos_count = 0;
+    uint64_t timeout_ms = 0;
+    for (int i = 0; i < argc; i++) {
+        int g = argv[i][0] == '-' && argv[i][1] == '-' ? global_opt(c, argc, argv, &i) : 0;
+        if (g < 0) {
+            return -g;
+        }
+        if (g == 0 && is_opt(argv[i], "--timeout-ms")) {
+            const char *v = opt_value(argc, argv, &i, "--timeout-ms");
+            if (v == NULL || parse_count(v, &timeout_ms) != 0 ||
+                timeout_ms > RB_RPC_TIMEOUT_MS_MAX) {
+                return usage_error("--timeout-ms needs milliseconds in [1, 600000]");
+            }
+        } else if (g == 0 && argv[i][0] == '-' && argv[i][1] == '-') {
+            return usage_error("call: unknown option");
+        } else if (g == 0 && pos_count < 3) {
+            pos[pos_count++] = argv[i];
+        } else if (g == 0) {
+            return usage_error("call: too many arguments (DESTINATION METHOD [PAYLOAD])");
+        }
+    }
+    if (pos_count < 2) {
+        return usage_error("call: missing DESTINATION or METHOD");
+    }
+    int rc = cli_connect(c, false);
+    if (rc != 0) {
+        return rc;
+    }
+    const char *payload = pos[2] != NULL ? pos[2] : "";
+    ringbus_call_result res = {0};
+    ringbus_error err;
+    rc = ringbus_call_sync(c->conn, pos[0], pos[1], payload, strlen(payload), (uint32_t)timeout_ms,
+                           &res, &err);
+    if (rc == RINGBUS_ESERVER) {
+        say("call %s %s: %s: %s", pos[0], pos[1], ringbus_wire_code_name(res.code), res.message);
+        return EXIT_RUNTIME;
+    }
+    if (rc != 0) {
+        say("call %s %s: %s", pos[0], pos[1], err.message);
+        return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+    }
+    fwrite(res.payload, 1, res.payload_len, stdout);
+    fflush(stdout);
+    return 0;
+}
+
 /* ---- main ---- */
 
 static int run(cli *c, int argc, char **argv)
@@ -1237,8 +1558,14 @@ static int run(cli *c, int argc, char **argv)
     if (strcmp(cmd, "stream") == 0) {
         return cmd_stream(c, sub_argc, sub_argv);
     }
+    if (strcmp(cmd, "serve") == 0) {
+        return cmd_serve(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "call") == 0) {
+        return cmd_call(c, sub_argc, sub_argv);
+    }
     if (strcmp(cmd, "bench") == 0) {
-        rb_bench_set_tls(c->ca_file, c->insecure);
+        rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

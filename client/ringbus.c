@@ -45,7 +45,11 @@ static_assert((int)RINGBUS_WIRE_EPOCH_MISMATCH == (int)RB_WIRE_EPOCH_MISMATCH,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CURSOR_AHEAD,
               "wire codes mirror frame.h");
-static_assert((int)RINGBUS_WIRE_DEDUP_FULL == (int)RB_WIRE_CODE_LAST, "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_RECIPIENT_NOT_FOUND == (int)RB_WIRE_RECIPIENT_NOT_FOUND,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_RESPONDER_BUSY == (int)RB_WIRE_RESPONDER_BUSY,
+              "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_DEDUP_FULL == (int)RB_WIRE_DEDUP_FULL, "wire codes mirror frame.h");
 static_assert((int)RINGBUS_ERROR_MESSAGE_BYTES == (int)RB_ERR_MSG_BYTES_MAX, "messages fit");
 
 /* Defaults and caps of ringbus_options (documented in ringbus.h). */
@@ -135,6 +139,20 @@ struct ringbus_conn {
     size_t scratch_cap;
     char *ack_scratch; /* owned; strings of the current publish result */
     size_t ack_scratch_cap;
+
+    /* RPC (docs/PROTOCOL.md section 12) */
+    char client_id[RB_RPC_NAME_BYTES_MAX + 1]; /* from STARTED; "" when none */
+    uint64_t next_call;
+    uint64_t reg_corr; /* the REGISTER/UNREGISTER in flight, 0 = none */
+    bool reg_answered;
+    uint16_t reg_code;
+    char reg_msg[RB_ERR_MSG_BYTES_MAX];
+    uint64_t sync_corr; /* the call ringbus_call_sync waits for, 0 = none */
+    bool sync_answered;
+    uint16_t sync_code;
+    char sync_msg[RB_ERR_MSG_BYTES_MAX];
+    uint8_t *sync_payload; /* owned */
+    size_t sync_payload_len, sync_payload_cap;
 };
 
 /* ---- errors and names ---- */
@@ -438,6 +456,29 @@ static int fill_topic_error(ringbus_conn *conn, const rb_frame *f, ringbus_event
     return 0;
 }
 
+/* A REQUEST: method and caller share the scratch buffer. */
+static int fill_request(ringbus_conn *conn, const rb_frame *f, ringbus_event *ev)
+{
+    rb_bytes m = f->u.request.method;
+    rb_bytes c = f->u.request.peer;
+    char *p = scratch_reserve(&conn->scratch, &conn->scratch_cap, m.len + 1 + c.len + 1);
+    if (p == NULL) {
+        return RB_ENOMEM;
+    }
+    memcpy(p, m.ptr, m.len);
+    p[m.len] = '\0';
+    memcpy(p + m.len + 1, c.ptr, c.len);
+    p[m.len + 1 + c.len] = '\0';
+    ev->method = p;
+    ev->caller = p + m.len + 1;
+    ev->corr_id = f->hdr.corr_id;
+    ev->timeout_ms = f->u.request.timeout_ms;
+    ev->payload = f->u.request.payload.ptr;
+    ev->payload_len = f->u.request.payload.len;
+    ev->message = "";
+    return 0;
+}
+
 /* Fills *ev with the next event of frame f (it walks MESSAGES items). The
  * strings live in conn->scratch until the next event. */
 static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, ringbus_event *ev)
@@ -468,6 +509,17 @@ static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, 
         ev->kind = RINGBUS_EVENT_CLOSED;
         ev->code = f->u.close.status;
         msg = f->u.close.message;
+        break;
+    case RB_FRAME_REQUEST:
+        ev->kind = RINGBUS_EVENT_REQUEST;
+        return fill_request(conn, f, ev);
+    case RB_FRAME_RESPONSE:
+        ev->kind = RINGBUS_EVENT_RESPONSE;
+        ev->code = f->u.response.code;
+        ev->corr_id = f->hdr.corr_id;
+        ev->payload = f->u.response.payload.ptr;
+        ev->payload_len = f->u.response.payload.len;
+        msg = f->u.response.message;
         break;
     default:
         RB_ASSERT(!"only event frames are filled");
@@ -623,6 +675,49 @@ static void on_publish_reply(ringbus_conn *conn, pending *slot, const rb_frame *
     slot_complete(conn, slot, &res);
 }
 
+/* The outcome ringbus_call_sync waits for: kept in the connection. */
+static int sync_answer(ringbus_conn *conn, uint16_t code, rb_bytes message, rb_bytes payload)
+{
+    if (payload.len > conn->sync_payload_cap) {
+        uint8_t *p = realloc(conn->sync_payload, payload.len);
+        if (p == NULL) {
+            code = RB_WIRE_INTERNAL;
+            message = bytes_of("out of memory for the response", 30);
+            payload.len = 0;
+        } else {
+            conn->sync_payload = p;
+            conn->sync_payload_cap = payload.len;
+        }
+    }
+    if (payload.len > 0) {
+        memcpy(conn->sync_payload, payload.ptr, payload.len);
+    }
+    conn->sync_payload_len = payload.len;
+    conn->sync_code = code;
+    snprintf(conn->sync_msg, sizeof conn->sync_msg, "%.*s", (int)message.len,
+             (const char *)message.ptr);
+    conn->sync_answered = true;
+    conn->sync_corr = 0;
+    return 0;
+}
+
+/* An ERROR answering a REGISTER/UNREGISTER or the call being waited for. */
+static bool rpc_error(ringbus_conn *conn, const rb_frame *f)
+{
+    if (conn->reg_corr != 0 && f->hdr.corr_id == conn->reg_corr) {
+        conn->reg_answered = true;
+        conn->reg_code = f->u.error.code;
+        snprintf(conn->reg_msg, sizeof conn->reg_msg, "%.*s", (int)f->u.error.message.len,
+                 (const char *)f->u.error.message.ptr);
+        return true;
+    }
+    if (conn->sync_corr != 0 && f->hdr.corr_id == conn->sync_corr) {
+        sync_answer(conn, f->u.error.code, f->u.error.message, bytes_of(NULL, 0));
+        return true;
+    }
+    return false;
+}
+
 /* Handles one decoded frame at p. Returns the events it produced, or
  * RB_EAGAIN when it must wait for the event queue to drain. */
 static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
@@ -651,8 +746,28 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
         conn->auth_answered = true;
         conn->auth_code = 0;
         return 0;
+    case RB_FRAME_REGISTER:
+    case RB_FRAME_UNREGISTER:
+        if (conn->reg_corr != 0 && f->hdr.corr_id == conn->reg_corr) {
+            conn->reg_answered = true;
+            conn->reg_code = 0;
+        }
+        return 0; /* else an answer that came after its wait gave up */
+    case RB_FRAME_REQUEST_ACK:
+        return 0; /* the responder has the call; its RESPONSE follows */
+    case RB_FRAME_REQUEST:
+        return event_frame(conn, f, p, false);
+    case RB_FRAME_RESPONSE:
+        if (conn->sync_corr != 0 && f->hdr.corr_id == conn->sync_corr) {
+            return sync_answer(conn, f->u.response.code, f->u.response.message,
+                               f->u.response.payload);
+        }
+        return event_frame(conn, f, p, false);
     case RB_FRAME_PUBLISH_ACK:
     case RB_FRAME_ERROR:
+        if (f->hdr.kind == RB_FRAME_ERROR && rpc_error(conn, f)) {
+            return 0;
+        }
         if (f->hdr.kind == RB_FRAME_ERROR && conn->auth_corr != 0 &&
             f->hdr.corr_id == conn->auth_corr) {
             conn->auth_answered = true;
@@ -929,6 +1044,10 @@ static int options_check(const ringbus_options *o, rb_err *err)
     if (o->connect_timeout_ms < 0 || o->request_timeout_ms < 0) {
         return rb_err_set(err, RB_EINVAL, 0, "options: negative timeout");
     }
+    if (o->tls_library != RINGBUS_TLS_OPENSSL && o->tls_library != RINGBUS_TLS_WOLFSSL) {
+        return rb_err_set(err, RB_EINVAL, 0, "options: tls_library %d is not a RINGBUS_TLS_ value",
+                          o->tls_library);
+    }
     if (o->publish_window > WINDOW_MAX) {
         return rb_err_set(err, RB_EINVAL, 0, "options: publish_window above %u", WINDOW_MAX);
     }
@@ -1065,6 +1184,9 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
     conn->max_frame_bytes = max;
     memcpy(conn->server_id, f->u.started.server_id.ptr, f->u.started.server_id.len);
     conn->server_id[f->u.started.server_id.len] = '\0';
+    /* The decoder bounds client_id to RB_RPC_NAME_BYTES_MAX. */
+    memcpy(conn->client_id, f->u.started.client_id.ptr, f->u.started.client_id.len);
+    conn->client_id[f->u.started.client_id.len] = '\0';
     return 0;
 }
 
@@ -1161,6 +1283,7 @@ static int connect_inner(const char *url, const ringbus_options *o, ringbus_conn
     conn->tp.ws_origin = o->ws_origin;
     conn->tp.cert_file = o->tls_cert_file;
     conn->tp.key_file = o->tls_key_file;
+    conn->tp.tls_library = o->tls_library;
     int timeout_ms = o->connect_timeout_ms ? o->connect_timeout_ms : CONNECT_MS_DEFAULT;
     int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     rc = ops->connect(&conn->tp, &u, url, deadline_ns, err);
@@ -1220,6 +1343,7 @@ void ringbus_close(ringbus_conn *conn)
     }
     free(conn->scratch);
     free(conn->ack_scratch);
+    free(conn->sync_payload);
     free(conn->rx);
     free(conn->tx);
     free(conn->slots);
@@ -1701,4 +1825,257 @@ int ringbus_half_close(ringbus_conn *conn, ringbus_error *err)
         tx_flush(conn);
     }
     return 0;
+}
+
+/* ---- request/reply between clients ---- */
+
+const char *ringbus_client_id(const ringbus_conn *conn)
+{
+    return conn->client_id;
+}
+
+static int name_arg(const char *name, size_t min_len, const char *what, rb_err *err)
+{
+    size_t len = name == NULL ? 0 : strlen(name);
+    if (len < min_len || len > RB_RPC_NAME_BYTES_MAX ||
+        !rb_utf8_valid((const uint8_t *)name, len)) {
+        return rb_err_set(err, RB_EINVAL, 0, "%s must be %zu..%d bytes of UTF-8", what, min_len,
+                          RB_RPC_NAME_BYTES_MAX);
+    }
+    return 0;
+}
+
+/* Waits for *answered, processing frames, until deadline_ns. */
+static int wait_answer(ringbus_conn *conn, const bool *answered, int64_t deadline_ns,
+                       const char *what, rb_err *err)
+{
+    while (!*answered) {
+        if (conn->state == CONN_DEAD) {
+            return rb_err_set(err, RB_ECLOSED, 0, "%s: connection closed", what);
+        }
+        if (rb_client_ms_until(deadline_ns) == 0) {
+            return rb_err_set(err, RB_ETIMEDOUT, 0, "%s: no answer in time", what);
+        }
+        int rc = process(conn, rb_client_ms_until(deadline_ns), err);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    return 0;
+}
+
+static int register_method(ringbus_conn *conn, uint8_t kind, const char *method,
+                           const char *service, rb_err *err)
+{
+    const char *what = kind == RB_FRAME_REGISTER ? "register" : "unregister";
+    int rc = check_open(conn, what, err);
+    if (rc != 0 || (rc = name_arg(method, 1, "method", err)) != 0 ||
+        (rc = name_arg(service == NULL ? "" : service, 0, "service", err)) != 0) {
+        return rc;
+    }
+    rb_bytes m = bytes_of(method, strlen(method));
+    rb_bytes svc = bytes_of(service, service == NULL ? 0 : strlen(service));
+    if ((rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 2 + m.len + svc.len, true, err)) != 0) {
+        return rc;
+    }
+    conn->reg_corr = RINGBUS_CORR_REGISTER | ((conn->reg_corr + 1) & (RINGBUS_CORR_REGISTER - 1));
+    conn->reg_answered = false;
+    conn->tx_len += rb_frame_encode_register(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
+                                             kind, conn->reg_corr, m, svc);
+    int64_t deadline_ns = rb_client_now_ns() + (int64_t)conn->request_timeout_ms * 1000000;
+    rc = wait_answer(conn, &conn->reg_answered, deadline_ns, what, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (conn->reg_code != 0) {
+        return rb_err_set(err, RB_CLIENT_ESERVER, conn->reg_code, "%s %s: %s: %s", what, method,
+                          rb_wire_code_name(conn->reg_code), conn->reg_msg);
+    }
+    return 0;
+}
+
+int ringbus_register(ringbus_conn *conn, const char *method, const char *service,
+                     ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = not_in_callback(conn, "ringbus_register", &e);
+    if (rc == 0) {
+        rc = register_method(conn, RB_FRAME_REGISTER, method, service, &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+int ringbus_unregister(ringbus_conn *conn, const char *method, const char *service,
+                       ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = not_in_callback(conn, "ringbus_unregister", &e);
+    if (rc == 0) {
+        rc = register_method(conn, RB_FRAME_UNREGISTER, method, service, &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+static int call(ringbus_conn *conn, const char *destination, const char *method, rb_bytes payload,
+                uint32_t timeout_ms, uint64_t *call_id, rb_err *err)
+{
+    int rc = check_open(conn, "call", err);
+    if (rc != 0 || (rc = name_arg(destination, 1, "destination", err)) != 0 ||
+        (rc = name_arg(method, 1, "method", err)) != 0) {
+        return rc;
+    }
+    if (timeout_ms > RB_RPC_TIMEOUT_MS_MAX) {
+        return rb_err_set(err, RB_EINVAL, 0, "call: timeout_ms above %u", RB_RPC_TIMEOUT_MS_MAX);
+    }
+    rb_bytes d = bytes_of(destination, strlen(destination));
+    rb_bytes m = bytes_of(method, strlen(method));
+    size_t need = RB_FRAME_HEADER_BYTES + 4 + 1 + d.len + 1 + m.len + 4 + payload.len;
+    if (need > conn->max_frame_bytes || need > conn->tx_max) {
+        return rb_err_set(err, RB_ELIMIT, 0, "call: frame of %zu bytes exceeds max_frame_bytes %u",
+                          need, conn->max_frame_bytes);
+    }
+    if ((rc = tx_reserve(conn, need, false, err)) != 0) {
+        return rc;
+    }
+    conn->next_call = (conn->next_call + 1) & (RINGBUS_CORR_CALL - 1);
+    uint64_t id = RINGBUS_CORR_CALL | conn->next_call;
+    size_t n = rb_frame_encode_request(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len, id,
+                                       timeout_ms, d, m, payload);
+    RB_ASSERT(n == need);
+    conn->tx_len += n;
+    if (call_id != NULL) {
+        *call_id = id;
+    }
+    return 0;
+}
+
+int ringbus_call(ringbus_conn *conn, const char *destination, const char *method,
+                 const void *payload, size_t payload_len, uint32_t timeout_ms, uint64_t *call_id,
+                 ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = RB_EINVAL;
+    if (payload == NULL && payload_len != 0) {
+        rb_err_set(&e, RB_EINVAL, 0, "call: NULL payload");
+    } else {
+        rc = call(conn, destination, method, bytes_of(payload, payload_len), timeout_ms, call_id,
+                  &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+static int call_sync(ringbus_conn *conn, const char *destination, const char *method,
+                     rb_bytes payload, uint32_t timeout_ms, ringbus_call_result *res, rb_err *err)
+{
+    uint64_t id;
+    int rc = call(conn, destination, method, payload, timeout_ms, &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    conn->sync_corr = id;
+    conn->sync_answered = false;
+    /* The server answers by the call's timeout; the request timeout on top
+     * covers the trip. */
+    uint32_t wait_ms = timeout_ms == 0 ? RB_RPC_TIMEOUT_MS_DEFAULT : timeout_ms;
+    int64_t deadline_ns =
+        rb_client_now_ns() + ((int64_t)wait_ms + conn->request_timeout_ms) * 1000000;
+    rc = wait_answer(conn, &conn->sync_answered, deadline_ns, "call", err);
+    conn->sync_corr = 0;
+    if (rc != 0) {
+        return rc;
+    }
+    if (res != NULL) {
+        res->code = conn->sync_code;
+        res->message = conn->sync_msg;
+        res->payload = conn->sync_payload;
+        res->payload_len = conn->sync_payload_len;
+    }
+    if (conn->sync_code != 0) {
+        return rb_err_set(err, RB_CLIENT_ESERVER, conn->sync_code, "call %s %s: %s: %s",
+                          destination, method, rb_wire_code_name(conn->sync_code), conn->sync_msg);
+    }
+    return 0;
+}
+
+int ringbus_call_sync(ringbus_conn *conn, const char *destination, const char *method,
+                      const void *payload, size_t payload_len, uint32_t timeout_ms,
+                      ringbus_call_result *res, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = not_in_callback(conn, "ringbus_call_sync", &e);
+    if (rc == 0 && payload == NULL && payload_len != 0) {
+        rc = rb_err_set(&e, RB_EINVAL, 0, "call: NULL payload");
+    }
+    if (rc == 0) {
+        rc = call_sync(conn, destination, method, bytes_of(payload, payload_len), timeout_ms, res,
+                       &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+static int send_ack(ringbus_conn *conn, uint64_t corr, uint8_t flags, rb_err *err)
+{
+    int rc = check_open(conn, "request ack", err);
+    if (rc != 0 || (rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 1, false, err)) != 0) {
+        return rc;
+    }
+    conn->tx_len += rb_frame_encode_request_ack(conn->tx + conn->tx_len,
+                                                conn->tx_cap - conn->tx_len, corr, flags);
+    return 0;
+}
+
+int ringbus_call_cancel(ringbus_conn *conn, uint64_t call_id, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = send_ack(conn, call_id, RB_REQUEST_ACK_CANCEL, &e);
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+int ringbus_request_ack(ringbus_conn *conn, uint64_t request_id, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = send_ack(conn, request_id, 0, &e);
+    return rc == 0 ? 0 : export_err(err, &e);
+}
+
+static int respond(ringbus_conn *conn, uint64_t request_id, int code, const char *message,
+                   rb_bytes payload, rb_err *err)
+{
+    int rc = check_open(conn, "respond", err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (code != 0 && code != RB_WIRE_APPLICATION_ERROR) {
+        return rb_err_set(err, RB_EINVAL, 0, "respond: code must be 0 or application_error");
+    }
+    rb_bytes m = bytes_of(message, message == NULL ? 0 : strlen(message));
+    if (m.len > RB_SHORT_STRING_BYTES_MAX || !rb_utf8_valid(m.ptr, m.len)) {
+        return rb_err_set(err, RB_EINVAL, 0, "respond: message must be UTF-8 of at most %d bytes",
+                          RB_SHORT_STRING_BYTES_MAX);
+    }
+    size_t need = RB_FRAME_RESPONSE_FIXED_BYTES + m.len + payload.len;
+    if (need > conn->max_frame_bytes || need > conn->tx_max) {
+        return rb_err_set(err, RB_ELIMIT, 0,
+                          "respond: frame of %zu bytes exceeds max_frame_bytes %u", need,
+                          conn->max_frame_bytes);
+    }
+    if ((rc = tx_reserve(conn, need, false, err)) != 0) {
+        return rc;
+    }
+    conn->tx_len += rb_frame_encode_response(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
+                                             request_id, (uint16_t)code, m, payload);
+    return 0;
+}
+
+int ringbus_respond(ringbus_conn *conn, uint64_t request_id, int code, const char *message,
+                    const void *payload, size_t payload_len, ringbus_error *err)
+{
+    rb_err e = {0};
+    int rc = RB_EINVAL;
+    if (payload == NULL && payload_len != 0) {
+        rb_err_set(&e, RB_EINVAL, 0, "respond: NULL payload");
+    } else {
+        rc = respond(conn, request_id, code, message, bytes_of(payload, payload_len), &e);
+    }
+    return rc == 0 ? 0 : export_err(err, &e);
 }

@@ -79,6 +79,17 @@ enum {
     RINGBUS_WIRE_EPOCH_MISMATCH = 14, /* TOPIC_ERROR: cursor from another store epoch */
     RINGBUS_WIRE_CURSOR_AHEAD = 15,   /* TOPIC_ERROR: cursor beyond the topic's head */
     RINGBUS_WIRE_DEDUP_FULL = 18,     /* publish: the idempotency-key table is full */
+    /* RPC outcomes (ringbus_call_result.code). */
+    RINGBUS_WIRE_RECIPIENT_NOT_FOUND = 20,    /* nobody serves the destination */
+    RINGBUS_WIRE_UNKNOWN_METHOD = 21,         /* the destination does not serve the method */
+    RINGBUS_WIRE_CONNECTION_TIMEOUT = 22,     /* no ack from the responder within 7 s */
+    RINGBUS_WIRE_RESPONSE_TIMEOUT = 23,       /* no response within the call's timeout */
+    RINGBUS_WIRE_RECIPIENT_DISCONNECTED = 24, /* the responder went away mid-call */
+    RINGBUS_WIRE_PAYLOAD_TOO_LARGE = 25,      /* request or response above the limit */
+    RINGBUS_WIRE_APPLICATION_ERROR = 26,      /* the responder answered with an error */
+    RINGBUS_WIRE_CANCELLED = 27,              /* ringbus_call_cancel */
+    RINGBUS_WIRE_ALREADY_REGISTERED = 28,     /* the connection already serves the method */
+    RINGBUS_WIRE_RESPONDER_BUSY = 29,         /* the responder has its limit in flight */
 };
 
 #define RINGBUS_ERROR_MESSAGE_BYTES 256
@@ -114,6 +125,8 @@ typedef enum ringbus_event_kind {
     RINGBUS_EVENT_ERROR = 4,            /* an uncorrelated or Mutate error from the server */
     RINGBUS_EVENT_CLOSED = 5,           /* the connection is closed; always the last event */
     RINGBUS_EVENT_TOPIC_ERROR = 6,      /* one topic of a wave (or a live topic) left the stream */
+    RINGBUS_EVENT_REQUEST = 7,          /* a call to a method this connection serves */
+    RINGBUS_EVENT_RESPONSE = 8,         /* the one outcome of a ringbus_call */
 } ringbus_event_kind;
 
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
@@ -121,6 +134,9 @@ typedef enum ringbus_event_kind {
 #define RINGBUS_CORR_MUTATE (UINT64_C(1) << 63)
 /* Correlation ids of AUTH frames (ringbus_refresh_token) carry this bit. */
 #define RINGBUS_CORR_AUTH (UINT64_C(1) << 62)
+/* Calls (ringbus_call) and REGISTER/UNREGISTER carry these. */
+#define RINGBUS_CORR_CALL     (UINT64_C(1) << 61)
+#define RINGBUS_CORR_REGISTER (UINT64_C(1) << 60)
 
 /* One event. All pointers are owned by the connection. With an event
  * callback they are valid until the callback returns; with
@@ -157,13 +173,26 @@ typedef struct ringbus_event {
     int code;
     const char *message;
     uint64_t corr_id;
+    /* REQUEST: corr_id is the request id to pass to ringbus_request_ack
+     * and ringbus_respond; method and caller (the calling connection's
+     * client id) are NUL-terminated; payload and payload_len the request;
+     * timeout_ms how long the caller waits (answer within it).
+     * RESPONSE: corr_id is the call id ringbus_call returned; code is 0 or
+     * the outcome's wire code (RINGBUS_WIRE_APPLICATION_ERROR for the
+     * responder's own error, RINGBUS_WIRE_RESPONSE_TIMEOUT, ...), message
+     * says why, payload and payload_len the answer. */
+    const char *method;
+    const char *caller;
+    uint32_t timeout_ms;
 } ringbus_event;
 
 /* Receives events when set in ringbus_options. It runs inside
- * ringbus_process, ringbus_publish_sync and ringbus_ping. From inside it,
- * only ringbus_publish, ringbus_mutate, ringbus_half_close and the accessors
- * may be called on the same connection; other calls return RINGBUS_EINVAL
- * (ringbus_close must not be called). ctx is the options' event_ctx. */
+ * ringbus_process, ringbus_publish_sync, ringbus_ping and the other waiting
+ * calls. From inside it, only ringbus_publish, ringbus_mutate,
+ * ringbus_half_close, ringbus_call, ringbus_call_cancel,
+ * ringbus_request_ack, ringbus_respond and the accessors may be called on
+ * the same connection; other calls return RINGBUS_EINVAL (ringbus_close
+ * must not be called). ctx is the options' event_ctx. */
 typedef void (*ringbus_event_cb)(const ringbus_event *ev, void *ctx);
 
 /* ---- connecting ---- */
@@ -225,7 +254,14 @@ typedef struct ringbus_options {
      * client_ca. Both or neither. Borrowed during connect. */
     const char *tls_cert_file;
     const char *tls_key_file;
+    /* tls:// and wss://: the TLS library, RINGBUS_TLS_OPENSSL (0, the
+     * default: OpenSSL 3, AES-NI) or RINGBUS_TLS_WOLFSSL. Anything else is
+     * RINGBUS_EINVAL. */
+    int tls_library;
 } ringbus_options;
+
+#define RINGBUS_TLS_OPENSSL 0
+#define RINGBUS_TLS_WOLFSSL 1
 
 /* Fills *options with the defaults (all zero/NULL). */
 RINGBUS_API void ringbus_options_init(ringbus_options *options);
@@ -380,6 +416,73 @@ RINGBUS_API int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uin
                                      const ringbus_add *adds, size_t add_count,
                                      const char *const *removes, size_t remove_count,
                                      bool history_only, ringbus_error *err);
+
+/* ---- request/reply between clients (docs/PROTOCOL.md section 12) ---- */
+
+/* The connection's identity from STARTED, which other clients call it by
+ * (a server-assigned "anon-N" for an anonymous connection; "" from a server
+ * that predates RPC). Owned by the connection. */
+RINGBUS_API const char *ringbus_client_id(const ringbus_conn *conn);
+
+/* Serves method (1..255 bytes) under service (NULL or "" = this
+ * connection's client id; else a service name whose responders share the
+ * calls) and waits (at most options->request_timeout_ms, processing other
+ * frames) for the server to accept it. Calls then arrive as REQUEST events.
+ * Returns 0; RINGBUS_ESERVER with err->wire_code
+ * RINGBUS_WIRE_ALREADY_REGISTERED, RINGBUS_WIRE_FORBIDDEN,
+ * RINGBUS_WIRE_INVALID_ARGUMENT or RINGBUS_WIRE_RESOURCE_EXHAUSTED;
+ * RINGBUS_EINVAL; RINGBUS_ETIMEDOUT; RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_register(ringbus_conn *conn, const char *method, const char *service,
+                                 ringbus_error *err);
+/* Stops serving method under service, as ringbus_register. */
+RINGBUS_API int ringbus_unregister(ringbus_conn *conn, const char *method, const char *service,
+                                   ringbus_error *err);
+
+/* Queues a call of method at destination (a client id or a service name)
+ * with payload, waiting at most timeout_ms (0 = 10000; at most 600000) for
+ * the response. The outcome arrives exactly once as a RESPONSE event whose
+ * corr_id is *call_id (may be NULL). Strings and payload are copied.
+ * Returns 0; RINGBUS_EINVAL; RINGBUS_ELIMIT (the frame exceeds
+ * max_frame_bytes); RINGBUS_EAGAIN (send buffer full); RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_call(ringbus_conn *conn, const char *destination, const char *method,
+                             const void *payload, size_t payload_len, uint32_t timeout_ms,
+                             uint64_t *call_id, ringbus_error *err);
+
+typedef struct ringbus_call_result {
+    int code;            /* 0, or the outcome's wire code */
+    const char *message; /* "" or why; owned by the connection */
+    const void *payload; /* the answer; owned by the connection */
+    size_t payload_len;
+} ringbus_call_result;
+
+/* Calls and waits for the outcome (other events are dispatched or queued
+ * meanwhile). The result is valid until the next call on the connection.
+ * Returns 0 when the responder answered ok; RINGBUS_ESERVER when the
+ * outcome is an error (res->code and err->wire_code say which, e.g.
+ * RINGBUS_WIRE_RECIPIENT_NOT_FOUND, RINGBUS_WIRE_APPLICATION_ERROR);
+ * RINGBUS_ETIMEDOUT when not even the server's timeout answer came; or as
+ * ringbus_call. Not from a callback. */
+RINGBUS_API int ringbus_call_sync(ringbus_conn *conn, const char *destination, const char *method,
+                                  const void *payload, size_t payload_len, uint32_t timeout_ms,
+                                  ringbus_call_result *res, ringbus_error *err);
+
+/* Cancels call call_id: its RESPONSE event then carries
+ * RINGBUS_WIRE_CANCELLED (unless the outcome was already on its way).
+ * Returns 0, RINGBUS_EAGAIN, RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_call_cancel(ringbus_conn *conn, uint64_t call_id, ringbus_error *err);
+
+/* Tells the server a REQUEST (request_id = the event's corr_id) arrived;
+ * without it within 7 s the caller gets RINGBUS_WIRE_CONNECTION_TIMEOUT.
+ * Returns 0, RINGBUS_EAGAIN, RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_request_ack(ringbus_conn *conn, uint64_t request_id, ringbus_error *err);
+
+/* Answers request request_id: code 0 with payload, or
+ * RINGBUS_WIRE_APPLICATION_ERROR with message (NULL = "") and optional
+ * payload. A response before the ack is accepted. Returns 0; RINGBUS_EINVAL
+ * (another code); RINGBUS_ELIMIT; RINGBUS_EAGAIN; RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_respond(ringbus_conn *conn, uint64_t request_id, int code,
+                                const char *message, const void *payload, size_t payload_len,
+                                ringbus_error *err);
 
 /* ---- keepalive and closing ---- */
 

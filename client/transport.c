@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "client/ringbus.h"
 #include "common/assert.h"
 
 int64_t rb_client_now_ns(void)
@@ -269,6 +270,50 @@ const rb_client_transport_ops rb_client_tcp_ops = {
     .read = tcp_read,
     .write = tcp_write,
     .close = tcp_close,
+};
+
+/* ---- tls: one of two libraries, chosen per connection ---- */
+
+static int tls_any_connect(rb_client_transport *tp, const rb_url *url, const char *url_text,
+                           int64_t deadline_ns, rb_err *err)
+{
+    tp->tls_impl =
+        tp->tls_library == RINGBUS_TLS_WOLFSSL ? &rb_client_tls_wolf_ops : &rb_client_tls_ossl_ops;
+    return tp->tls_impl->connect(tp, url, url_text, deadline_ns, err);
+}
+
+static ssize_t tls_any_read(rb_client_transport *tp, void *buf, size_t len, rb_err *err)
+{
+    return tp->tls_impl->read(tp, buf, len, err);
+}
+
+static ssize_t tls_any_write(rb_client_transport *tp, const void *buf, size_t len, rb_err *err)
+{
+    return tp->tls_impl->write(tp, buf, len, err);
+}
+
+static void tls_any_close(rb_client_transport *tp)
+{
+    if (tp->tls_impl != NULL) {
+        tp->tls_impl->close(tp);
+        tp->tls_impl = NULL;
+        return;
+    }
+    rb_client_tcp_ops.close(tp);
+}
+
+static bool tls_any_read_pending(const rb_client_transport *tp)
+{
+    return tp->tls_impl != NULL && tp->tls_impl->read_pending(tp);
+}
+
+const rb_client_transport_ops rb_client_tls_ops = {
+    .name = "tls",
+    .connect = tls_any_connect,
+    .read = tls_any_read,
+    .write = tls_any_write,
+    .close = tls_any_close,
+    .read_pending = tls_any_read_pending,
 };
 
 const rb_client_transport_ops *rb_client_transport_for(rb_url_scheme scheme)

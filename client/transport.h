@@ -1,9 +1,9 @@
 /* Client transports: each is a small ops table over a byte stream
- * (connect, read, write, close): tcp (transport.c), tls on wolfSSL
- * (transport_tls.c) and ws / wss, which run the WebSocket layer over a tcp
- * or tls transport of their own (transport_ws.c). The connection logic in
- * ringbus.c sees only bytes. This header also holds the client's internal
- * error code and clock. */
+ * (connect, read, write, close): tcp (transport.c), tls on OpenSSL
+ * (transport_tls_ossl.c, the default) or wolfSSL (transport_tls.c) and ws / wss, which run the
+ * WebSocket layer over a tcp or tls transport of their own (transport_ws.c). The connection logic
+ * in ringbus.c sees only bytes. This header also holds the client's internal error code and clock.
+ */
 #ifndef RB_CLIENT_TRANSPORT_H
 #define RB_CLIENT_TRANSPORT_H
 
@@ -57,6 +57,10 @@ struct rb_client_transport {
     /* ws, wss: the Origin header of the upgrade request (NULL: none),
      * borrowed during connect; options_check in ringbus.c has vetted it. */
     const char *ws_origin;
+    /* tls, wss: the TLS library (a RINGBUS_TLS_* value of ringbus.h; 0 is
+     * OpenSSL), and the implementation connect picked from it. */
+    int tls_library;
+    const struct rb_client_transport_ops *tls_impl;
     void *layer; /* the tls or ws transport's state, owned by it */
 };
 
@@ -64,7 +68,11 @@ struct rb_client_transport {
 #define RB_CLIENT_SYSTEM_CA_FILE "/etc/ssl/certs/ca-certificates.crt"
 
 extern const rb_client_transport_ops rb_client_tcp_ops;
+/* tls: picks rb_client_tls_ossl_ops or rb_client_tls_wolf_ops at connect
+ * from tp->tls_library. */
 extern const rb_client_transport_ops rb_client_tls_ops;
+extern const rb_client_transport_ops rb_client_tls_ossl_ops; /* transport_tls_ossl.c */
+extern const rb_client_transport_ops rb_client_tls_wolf_ops; /* transport_tls.c */
 extern const rb_client_transport_ops rb_client_ws_ops;
 extern const rb_client_transport_ops rb_client_wss_ops;
 extern const rb_client_transport_ops rb_client_quic_ops;

@@ -592,6 +592,7 @@ static int ws_connect_over(rb_client_transport *tp, const rb_client_transport_op
     w->lower.insecure = tp->insecure;
     w->lower.cert_file = tp->cert_file;
     w->lower.key_file = tp->key_file;
+    w->lower.tls_library = tp->tls_library;
     w->lower.alpn = "http/1.1";
     struct wslay_frame_callbacks cb = {wslay_push_unused, wslay_pull, wslay_genmask_unused};
     int rc = wslay_frame_context_init(&w->fr, &cb, w) == 0

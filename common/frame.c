@@ -218,6 +218,11 @@ static const char *const kind_names[] = {
     [RB_FRAME_CATCHUP_COMPLETE] = "CATCHUP_COMPLETE",
     [RB_FRAME_TOPIC_ERROR] = "TOPIC_ERROR",
     [RB_FRAME_AUTH] = "AUTH",
+    [RB_FRAME_REGISTER] = "REGISTER",
+    [RB_FRAME_UNREGISTER] = "UNREGISTER",
+    [RB_FRAME_REQUEST] = "REQUEST",
+    [RB_FRAME_REQUEST_ACK] = "REQUEST_ACK",
+    [RB_FRAME_RESPONSE] = "RESPONSE",
 };
 
 static const char *const wire_code_names[] = {
@@ -238,6 +243,16 @@ static const char *const wire_code_names[] = {
     [RB_WIRE_EPOCH_MISMATCH] = "epoch_mismatch",
     [RB_WIRE_CURSOR_AHEAD] = "cursor_ahead",
     [RB_WIRE_DEDUP_FULL] = "dedup_full",
+    [RB_WIRE_RECIPIENT_NOT_FOUND] = "recipient_not_found",
+    [RB_WIRE_UNKNOWN_METHOD] = "unknown_method",
+    [RB_WIRE_CONNECTION_TIMEOUT] = "connection_timeout",
+    [RB_WIRE_RESPONSE_TIMEOUT] = "response_timeout",
+    [RB_WIRE_RECIPIENT_DISCONNECTED] = "recipient_disconnected",
+    [RB_WIRE_PAYLOAD_TOO_LARGE] = "payload_too_large",
+    [RB_WIRE_APPLICATION_ERROR] = "application_error",
+    [RB_WIRE_CANCELLED] = "cancelled",
+    [RB_WIRE_ALREADY_REGISTERED] = "already_registered",
+    [RB_WIRE_RESPONDER_BUSY] = "responder_busy",
 };
 
 _Static_assert(sizeof kind_names / sizeof kind_names[0] == RB_FRAME_KIND_LAST + 1,
@@ -262,8 +277,9 @@ const char *rb_frame_kind_name(uint8_t kind)
 
 const char *rb_wire_code_name(uint16_t code)
 {
+    /* Reserved numbers inside the range have no name yet. */
     if (code > RB_WIRE_CODE_LAST || wire_code_names[code] == NULL) {
-        return "unknown"; /* also a reserved number without a code yet */
+        return "unknown";
     }
     return wire_code_names[code];
 }
@@ -492,6 +508,33 @@ static void decode_started(reader *r, rb_frame *f)
         f->u.started.epoch = rd_u64(r, "epoch");
         f->u.started.has_epoch = r->rc == 0;
     }
+    /* Appended after the epoch: the connection's identity. */
+    if (r->rc == 0 && left(r) > 0) {
+        f->u.started.client_id = rd_prefixed(r, 2, "client_id", true);
+        f->u.started.has_client_id = r->rc == 0;
+        if (r->rc == 0 && f->u.started.client_id.len > RB_RPC_NAME_BYTES_MAX) {
+            bad(r, "client_id of %zu bytes above %d", f->u.started.client_id.len,
+                RB_RPC_NAME_BYTES_MAX);
+        }
+    }
+}
+
+/* An RPC name (u8 length): UTF-8, at least min_len bytes. */
+static rb_bytes rd_name(reader *r, const char *field, size_t min_len)
+{
+    if (r->rc == 0 && min_len > 0 && left(r) >= 1 && r->pos[0] == 0) {
+        bad(r, "%s length 0", field);
+        return (rb_bytes){r->pos, 0};
+    }
+    return rd_prefixed(r, 1, field, true);
+}
+
+static void decode_request(reader *r, rb_frame *f)
+{
+    f->u.request.timeout_ms = rd_u32(r, "timeout_ms");
+    f->u.request.peer = rd_name(r, "peer", 1);
+    f->u.request.method = rd_name(r, "method", 1);
+    f->u.request.payload = rd_prefixed(r, 4, "payload", false);
 }
 
 static void decode_publish(reader *r, rb_frame *f)
@@ -616,6 +659,25 @@ static void decode_body(reader *r, rb_frame *f)
         break;
     case RB_FRAME_AUTH:
         f->u.auth.credentials = rd_prefixed(r, 2, "credentials", false);
+        break;
+    case RB_FRAME_REGISTER:
+    case RB_FRAME_UNREGISTER:
+        f->u.reg.method = rd_name(r, "method", 1);
+        f->u.reg.service = rd_name(r, "service", 0);
+        break;
+    case RB_FRAME_REQUEST:
+        decode_request(r, f);
+        break;
+    case RB_FRAME_REQUEST_ACK:
+        f->u.request_ack.flags = rd_u8(r, "flags");
+        if (r->rc == 0 && (f->u.request_ack.flags & ~RB_REQUEST_ACK_CANCEL) != 0) {
+            bad(r, "flags 0x%02x: unknown bits", (unsigned)f->u.request_ack.flags);
+        }
+        break;
+    case RB_FRAME_RESPONSE:
+        f->u.response.code = rd_u16(r, "code");
+        f->u.response.message = rd_prefixed(r, 2, "message", true);
+        f->u.response.payload = rd_prefixed(r, 4, "payload", false);
         break;
     }
 }
@@ -790,12 +852,18 @@ size_t rb_frame_encode_hello(uint8_t *out, size_t cap, uint64_t corr_id, uint16_
     return done(out, p, size);
 }
 
-size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
-                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
-                               uint64_t epoch)
+/* STARTED; client_id NULL leaves the appended field out. */
+static size_t encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
+                             uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
+                             uint64_t epoch, const rb_bytes *client_id)
 {
     assert_str16(server_id);
     size_t size = RB_FRAME_HEADER_BYTES + 4 + 8 + 4 + 2 + server_id.len + 8;
+    if (client_id != NULL) {
+        RB_ASSERT(client_id->len <= RB_RPC_NAME_BYTES_MAX);
+        assert_str16(*client_id);
+        size += 2 + client_id->len;
+    }
     if (size > cap) {
         return 0;
     }
@@ -805,7 +873,27 @@ size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint3
     p = put_u32(p, max_frame_bytes);
     p = put_blob16(p, server_id);
     p = put_u64(p, epoch);
+    if (client_id != NULL) {
+        p = put_blob16(p, *client_id);
+    }
     return done(out, p, size);
+}
+
+size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
+                               uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
+                               uint64_t epoch)
+{
+    return encode_started(out, cap, corr_id, keepalive_ms, capabilities, max_frame_bytes, server_id,
+                          epoch, NULL);
+}
+
+size_t rb_frame_encode_started_client(uint8_t *out, size_t cap, uint64_t corr_id,
+                                      uint32_t keepalive_ms, uint64_t capabilities,
+                                      uint32_t max_frame_bytes, rb_bytes server_id, uint64_t epoch,
+                                      rb_bytes client_id)
+{
+    return encode_started(out, cap, corr_id, keepalive_ms, capabilities, max_frame_bytes, server_id,
+                          epoch, &client_id);
 }
 
 /* ERROR and CLOSE share a layout: u16 code, str16 message. */
@@ -1165,4 +1253,106 @@ size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, r
     p = put_bytes(p, user);
     p = put_blob16(p, password);
     return done(out, p, size);
+}
+
+/* ---- RPC ---- */
+
+static void assert_name(rb_bytes name, size_t min_len)
+{
+    RB_ASSERT(name.len >= min_len);
+    RB_ASSERT(name.len <= RB_RPC_NAME_BYTES_MAX);
+    RB_ASSERT(name.ptr != NULL || name.len == 0);
+}
+
+static uint8_t *put_name(uint8_t *p, rb_bytes name)
+{
+    p = put_u8(p, (uint8_t)name.len);
+    return put_bytes(p, name);
+}
+
+size_t rb_frame_encode_register(uint8_t *out, size_t cap, uint8_t kind, uint64_t corr_id,
+                                rb_bytes method, rb_bytes service)
+{
+    RB_ASSERT(kind == RB_FRAME_REGISTER || kind == RB_FRAME_UNREGISTER);
+    assert_name(method, 1);
+    assert_name(service, 0);
+    size_t size = RB_FRAME_HEADER_BYTES + 1 + method.len + 1 + service.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, kind, corr_id);
+    p = put_name(p, method);
+    p = put_name(p, service);
+    return done(out, p, size);
+}
+
+size_t rb_frame_encode_request_head(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t timeout_ms,
+                                    rb_bytes peer, rb_bytes method, size_t payload_len)
+{
+    assert_name(peer, 1);
+    assert_name(method, 1);
+    RB_ASSERT(payload_len <= UINT32_MAX - RB_FRAME_REQUEST_OVERHEAD_BYTES);
+    size_t head = RB_FRAME_HEADER_BYTES + 4 + 1 + peer.len + 1 + method.len + 4;
+    if (head > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, head + payload_len, RB_FRAME_REQUEST, corr_id);
+    p = put_u32(p, timeout_ms);
+    p = put_name(p, peer);
+    p = put_name(p, method);
+    p = put_u32(p, (uint32_t)payload_len);
+    return done(out, p, head);
+}
+
+size_t rb_frame_encode_request(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t timeout_ms,
+                               rb_bytes peer, rb_bytes method, rb_bytes payload)
+{
+    RB_ASSERT(payload.ptr != NULL || payload.len == 0);
+    size_t head =
+        rb_frame_encode_request_head(out, cap, corr_id, timeout_ms, peer, method, payload.len);
+    if (head == 0 || head + payload.len > cap) {
+        return 0;
+    }
+    put_bytes(out + head, payload);
+    return head + payload.len;
+}
+
+size_t rb_frame_encode_request_ack(uint8_t *out, size_t cap, uint64_t corr_id, uint8_t flags)
+{
+    RB_ASSERT((flags & ~RB_REQUEST_ACK_CANCEL) == 0);
+    size_t size = RB_FRAME_HEADER_BYTES + 1;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, RB_FRAME_REQUEST_ACK, corr_id);
+    p = put_u8(p, flags);
+    return done(out, p, size);
+}
+
+size_t rb_frame_encode_response_head(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
+                                     rb_bytes message, size_t payload_len)
+{
+    assert_str16(message);
+    RB_ASSERT(payload_len <= UINT32_MAX - RB_FRAME_RESPONSE_FIXED_BYTES - message.len);
+    size_t head = RB_FRAME_RESPONSE_FIXED_BYTES + message.len;
+    if (head > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, head + payload_len, RB_FRAME_RESPONSE, corr_id);
+    p = put_u16(p, code);
+    p = put_blob16(p, message);
+    p = put_u32(p, (uint32_t)payload_len);
+    return done(out, p, head);
+}
+
+size_t rb_frame_encode_response(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
+                                rb_bytes message, rb_bytes payload)
+{
+    RB_ASSERT(payload.ptr != NULL || payload.len == 0);
+    size_t head = rb_frame_encode_response_head(out, cap, corr_id, code, message, payload.len);
+    if (head == 0 || head + payload.len > cap) {
+        return 0;
+    }
+    put_bytes(out + head, payload);
+    return head + payload.len;
 }

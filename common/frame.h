@@ -40,7 +40,13 @@ typedef enum rb_frame_kind {
     /* 14 (GOING_AWAY) is reserved for a frame not built yet; until it is,
      * it is an unknown kind (bad_frame). */
     RB_FRAME_TOPIC_ERROR = 15,
-    RB_FRAME_KIND_LAST = RB_FRAME_TOPIC_ERROR,
+    /* RPC between clients (docs/PROTOCOL.md section 12). */
+    RB_FRAME_REGISTER = 16,    /* serve a method (client), accepted (server echo) */
+    RB_FRAME_UNREGISTER = 17,  /* stop serving it, or accepted (echo) */
+    RB_FRAME_REQUEST = 18,     /* a call (caller -> server -> responder) */
+    RB_FRAME_REQUEST_ACK = 19, /* the responder has it; or a caller's cancel */
+    RB_FRAME_RESPONSE = 20,    /* the one outcome of a call */
+    RB_FRAME_KIND_LAST = RB_FRAME_RESPONSE,
 } rb_frame_kind;
 
 /* Stable wire codes of ERROR frames and CLOSE statuses. */
@@ -63,7 +69,18 @@ typedef enum rb_wire_code {
     RB_WIRE_CURSOR_AHEAD = 15,   /* a cursor beyond the topic's head */
     /* 16, 17: reserved (auth) */
     RB_WIRE_DEDUP_FULL = 18, /* the idempotency-key table of the topic or the node is full */
-    RB_WIRE_CODE_LAST = RB_WIRE_DEDUP_FULL,
+    /* 19: reserved. RPC outcomes (RESPONSE codes): */
+    RB_WIRE_RECIPIENT_NOT_FOUND = 20,    /* nobody serves the destination */
+    RB_WIRE_UNKNOWN_METHOD = 21,         /* the destination does not serve the method */
+    RB_WIRE_CONNECTION_TIMEOUT = 22,     /* the responder did not ack within 7 s */
+    RB_WIRE_RESPONSE_TIMEOUT = 23,       /* no response within the call's timeout */
+    RB_WIRE_RECIPIENT_DISCONNECTED = 24, /* the responder went away mid-call */
+    RB_WIRE_PAYLOAD_TOO_LARGE = 25,      /* request or response payload above the limit */
+    RB_WIRE_APPLICATION_ERROR = 26,      /* the responder answered with an error */
+    RB_WIRE_CANCELLED = 27,              /* the caller cancelled the call */
+    RB_WIRE_ALREADY_REGISTERED = 28,     /* REGISTER of a method this connection serves */
+    RB_WIRE_RESPONDER_BUSY = 29,         /* the responder has its limit of calls in flight */
+    RB_WIRE_CODE_LAST = RB_WIRE_RESPONDER_BUSY,
 } rb_wire_code;
 
 /* Mutate add cursor kinds. */
@@ -79,6 +96,11 @@ typedef enum rb_wire_code {
 /* STARTED capability bits. */
 #define RB_CAP_STREAM  (1ull << 0)
 #define RB_CAP_PUBLISH (1ull << 1)
+#define RB_CAP_RPC     (1ull << 2)
+
+/* REQUEST_ACK flags byte: a caller's cancel of its own call (corr_id is
+ * the call's); without it the frame is a responder's ack. */
+#define RB_REQUEST_ACK_CANCEL 0x01u
 
 typedef struct rb_bytes {
     const uint8_t *ptr;
@@ -118,7 +140,7 @@ typedef struct rb_message_item {
  *   blob32  = u32 len + bytes (opaque)
  * HELLO            u16 protocol_version, str16 client_name, blob16 credentials
  * STARTED          u32 keepalive_ms, u64 capabilities, u32 max_frame_bytes, str16 server_id,
- *                  [u64 epoch]
+ *                  [u64 epoch], [str16 client_id]
  * ERROR            u16 code, str16 message
  * PING, PONG       u64 nonce
  * CLOSE            u16 status, str16 message
@@ -133,6 +155,13 @@ typedef struct rb_message_item {
  * CATCHUP_COMPLETE u64 mutate_id
  * TOPIC_ERROR      u64 mutate_id, topic, u16 code, str16 message
  * AUTH             blob16 credentials (client: new credentials; server: empty = accepted)
+ *   name8  = u8 len + bytes (UTF-8; method and destination 1..255, service 0..255)
+ * REGISTER,        name8 method, name8 service (0 bytes = the connection's own
+ * UNREGISTER       client_id); the server echoes the frame when it is done
+ * REQUEST          u32 timeout_ms, name8 peer (to the server: the destination;
+ *                  to a responder: the caller's client_id), name8 method, blob32 payload
+ * REQUEST_ACK      u8 flags (RB_REQUEST_ACK_CANCEL)
+ * RESPONSE         u16 code (0 = ok), str16 message, blob32 payload
  * [u64 epoch] is a field appended after the first release: a peer that
  * predates it omits it (decoded as 0 with has_epoch false); encoders always
  * write it. A body must be consumed exactly: trailing bytes are bad_frame.
@@ -153,6 +182,8 @@ typedef struct rb_frame {
             rb_bytes server_id;
             uint64_t epoch; /* the store's epoch; 0 when has_epoch is false */
             bool has_epoch;
+            rb_bytes client_id; /* the connection's identity (<= 255 bytes) */
+            bool has_client_id; /* false from a server that predates it */
         } started;
         struct {
             uint16_t code;
@@ -207,6 +238,24 @@ typedef struct rb_frame {
         struct {
             rb_bytes credentials; /* rb_credentials_decode reads them */
         } auth;
+        struct {
+            rb_bytes method;
+            rb_bytes service; /* len 0 = the connection's own client_id */
+        } reg;                /* REGISTER and UNREGISTER */
+        struct {
+            uint32_t timeout_ms;
+            rb_bytes peer; /* destination (to the server) or caller (to a responder) */
+            rb_bytes method;
+            rb_bytes payload;
+        } request;
+        struct {
+            uint8_t flags;
+        } request_ack;
+        struct {
+            uint16_t code;
+            rb_bytes message;
+            rb_bytes payload;
+        } response;
     } u;
 } rb_frame;
 
@@ -245,6 +294,12 @@ size_t rb_frame_encode_hello(uint8_t *out, size_t cap, uint64_t corr_id, uint16_
 size_t rb_frame_encode_started(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t keepalive_ms,
                                uint64_t capabilities, uint32_t max_frame_bytes, rb_bytes server_id,
                                uint64_t epoch);
+/* STARTED with the appended client_id (the connection's identity, at most
+ * RB_RPC_NAME_BYTES_MAX bytes), as the server sends it. */
+size_t rb_frame_encode_started_client(uint8_t *out, size_t cap, uint64_t corr_id,
+                                      uint32_t keepalive_ms, uint64_t capabilities,
+                                      uint32_t max_frame_bytes, rb_bytes server_id, uint64_t epoch,
+                                      rb_bytes client_id);
 size_t rb_frame_encode_error(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
                              rb_bytes message);
 size_t rb_frame_encode_ping(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t nonce);
@@ -262,6 +317,27 @@ size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_
 size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
                                    rb_bytes topic, uint16_t code, rb_bytes message);
 size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials);
+
+/* RPC. kind is RB_FRAME_REGISTER or RB_FRAME_UNREGISTER; names are at most
+ * RB_RPC_NAME_BYTES_MAX bytes (method and peer at least one). */
+size_t rb_frame_encode_register(uint8_t *out, size_t cap, uint8_t kind, uint64_t corr_id,
+                                rb_bytes method, rb_bytes service);
+size_t rb_frame_encode_request(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t timeout_ms,
+                               rb_bytes peer, rb_bytes method, rb_bytes payload);
+size_t rb_frame_encode_request_ack(uint8_t *out, size_t cap, uint64_t corr_id, uint8_t flags);
+size_t rb_frame_encode_response(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
+                                rb_bytes message, rb_bytes payload);
+/* The heads of REQUEST and RESPONSE: everything up to the payload, for a
+ * frame whose payload_len bytes follow on the wire (the payload is queued
+ * without a copy into a frame buffer). Return the head's size or 0. */
+size_t rb_frame_encode_request_head(uint8_t *out, size_t cap, uint64_t corr_id, uint32_t timeout_ms,
+                                    rb_bytes peer, rb_bytes method, size_t payload_len);
+size_t rb_frame_encode_response_head(uint8_t *out, size_t cap, uint64_t corr_id, uint16_t code,
+                                     rb_bytes message, size_t payload_len);
+/* Bytes of a REQUEST (RESPONSE) frame around its payload, at most. */
+#define RB_FRAME_REQUEST_OVERHEAD_BYTES                                                            \
+    (RB_FRAME_HEADER_BYTES + 4 + 2 * (1 + RB_RPC_NAME_BYTES_MAX) + 4)
+#define RB_FRAME_RESPONSE_FIXED_BYTES (RB_FRAME_HEADER_BYTES + 2 + 2 + 4)
 
 /* MUTATE: adds and removes as arrays; epoch is the store epoch the cursors
  * belong to (0 = none known). */

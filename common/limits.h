@@ -17,6 +17,9 @@
 #define RB_TOPIC_BYTES_MAX 255
 /* Short strings (client name, credentials, messages) have a u16 length. */
 #define RB_SHORT_STRING_BYTES_MAX 65535
+/* RPC names (methods, destinations, services, client ids) are short like
+ * topics: one u8 length on the wire. */
+#define RB_RPC_NAME_BYTES_MAX 255
 /* Idempotency keys are short opaque tokens. */
 #define RB_IDEMPOTENCY_KEY_BYTES_MAX 255
 
@@ -276,6 +279,37 @@
 /* Catch-up stops feeding a stream whose send queue is over
  * send_queue_bytes / this, so history never overflows it. */
 #define RB_CATCHUP_PAUSE_DIVISOR 2
+
+/* ---- RPC between clients (server/rpc.c, docs/PROTOCOL.md section 12) ---- */
+/* A responder must ack a request within this (LiveKit's connection
+ * timeout), and is told at least RB_RPC_RESPONDER_TIMEOUT_MS_MIN so a short
+ * caller deadline does not make it give up before the caller hears back. */
+#define RB_RPC_ACK_TIMEOUT_MS           7000
+#define RB_RPC_RESPONDER_TIMEOUT_MS_MIN 8000
+/* A REQUEST's timeout_ms: 0 means the default; above the cap is refused. */
+#define RB_RPC_TIMEOUT_MS_DEFAULT 10000
+#define RB_RPC_TIMEOUT_MS_MAX     (10u * 60u * 1000u)
+/* Per connection ([limits] rpc_calls_per_connection,
+ * rpc_serves_per_connection, rpc_methods_per_connection): calls it has in
+ * flight as a caller, requests in flight to it as a responder, and methods
+ * it registers; the cap keeps their list walks short. */
+#define RB_RPC_CALLS_PER_CONN_DEFAULT   256
+#define RB_RPC_SERVES_PER_CONN_DEFAULT  256
+#define RB_RPC_METHODS_PER_CONN_DEFAULT 64
+#define RB_RPC_PER_CONN_MAX             65536
+/* Per shard: call and serve slots (each ~100 bytes), and the methods its
+ * connections register plus the directory part it owns (each ~530 bytes).
+ * Beyond them a call or REGISTER is refused with resource_exhausted. */
+#define RB_RPC_CALLS_PER_SHARD_MAX         65536
+#define RB_RPC_SERVES_PER_SHARD_MAX        65536
+#define RB_RPC_REGISTRATIONS_PER_SHARD_MAX 65536
+/* Buckets of a shard's directory (a power of two). */
+#define RB_RPC_DIRECTORY_BUCKETS 16384
+/* Responders one name may have (a service group), so a lookup is bounded. */
+#define RB_RPC_RESPONDERS_PER_NAME_MAX 1024
+/* What an RPC record costs beyond its payload inside the daemon, so that a
+ * request of the largest payload still fits one envelope of max_frame_bytes. */
+#define RB_RPC_RECORD_OVERHEAD_BYTES 1024
 
 /* ---- QUIC and HTTP/3 (transports/quic.c, transports/h3.c) ---- */
 /* A Retry token is honoured this long after it was issued (long enough

@@ -100,10 +100,11 @@ struct field {
     }
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-#define T_ALL  0x1Fu
-#define T_TLS  ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
-#define T_WS   ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
-#define T_QUIC (1u << RB_TRANSPORT_QUIC)
+#define T_ALL        0x1Fu
+#define T_TLS        ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
+#define T_WS         ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
+#define T_QUIC       (1u << RB_TRANSPORT_QUIC)
+#define T_TLS_STREAM ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS))
 
 static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -114,6 +115,7 @@ static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void
 static int ws_path_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int origins_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -124,6 +126,9 @@ static const field limits_fields[] = {
     U64("send_queue_bytes", send_queue_bytes, 1, RB_SEND_QUEUE_BYTES_MAX),
     U64("pending_buffer_bytes", pending_buffer_bytes, 1, RB_PENDING_BYTES_MAX),
     U32("topics_per_stream", topics_per_stream, 1, RB_TOPICS_PER_STREAM_MAX),
+    U32("rpc_calls_per_connection", rpc_calls_per_connection, 1, RB_RPC_PER_CONN_MAX),
+    U32("rpc_serves_per_connection", rpc_serves_per_connection, 1, RB_RPC_PER_CONN_MAX),
+    U32("rpc_methods_per_connection", rpc_methods_per_connection, 1, RB_RPC_PER_CONN_MAX),
     U32("max_connections_total", max_connections_total, 1, RB_CONNS_TOTAL_MAX),
     U32("max_connections_per_address", max_connections_per_address, 1, RB_CONNS_TOTAL_MAX),
     U32("connection_rate_per_address", connection_rate_per_address, 1, RB_RATE_PER_SECOND_MAX),
@@ -229,6 +234,7 @@ static const field listener_fields[] = {
      .offset = offsetof(rb_listener_config, client_ca),
      .bytes = RB_PATH_BYTES_MAX,
      .transports = T_TLS},
+    {.name = "tls_library", .kind = FK_CUSTOM, .fn = tls_library_fn, .transports = T_TLS_STREAM},
     {.name = "max_connections",
      .kind = FK_U32,
      .offset = offsetof(rb_listener_config, max_connections),
@@ -616,6 +622,28 @@ static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic", shown);
 }
 
+static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_listener_config *l = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (strcmp(text, "openssl") == 0) {
+        l->tls_library = RB_TLS_LIBRARY_OPENSSL;
+        return 0;
+    }
+    if (strcmp(text, "wolfssl") == 0) {
+        l->tls_library = RB_TLS_LIBRARY_WOLFSSL;
+        return 0;
+    }
+    char shown[32];
+    show(shown, sizeof shown, text, len);
+    return fail_value(ld, v, path, "\"%s\" is not one of openssl, wolfssl", shown);
+}
+
 static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
     rb_listener_config *l = base;
@@ -685,6 +713,9 @@ static const char *transports_text(uint32_t mask)
 {
     if (mask == T_QUIC) {
         return "quic";
+    }
+    if (mask == T_TLS_STREAM) {
+        return "tls, wss";
     }
     return mask == T_TLS ? "tls, wss, quic" : "ws, wss";
 }
@@ -1341,6 +1372,9 @@ void rb_config_defaults(rb_config *cfg)
     cfg->send_queue_bytes = RB_SEND_QUEUE_BYTES_DEFAULT;
     cfg->pending_buffer_bytes = RB_PENDING_BYTES_DEFAULT;
     cfg->topics_per_stream = RB_TOPICS_PER_STREAM_DEFAULT;
+    cfg->rpc_calls_per_connection = RB_RPC_CALLS_PER_CONN_DEFAULT;
+    cfg->rpc_serves_per_connection = RB_RPC_SERVES_PER_CONN_DEFAULT;
+    cfg->rpc_methods_per_connection = RB_RPC_METHODS_PER_CONN_DEFAULT;
     cfg->shard_queue_slots = RB_SHARD_QUEUE_SLOTS_DEFAULT;
     cfg->shard_envelopes = RB_SHARD_XMSG_DEFAULT;
     cfg->shard_block_bytes = RB_SHARD_BLOCK_BYTES_DEFAULT;

@@ -24,6 +24,12 @@ typedef enum rb_transport_kind {
     RB_TRANSPORT_QUIC = 4,
 } rb_transport_kind;
 
+/* The library a tls or wss listener terminates TLS with. */
+typedef enum rb_tls_library {
+    RB_TLS_LIBRARY_OPENSSL = 0, /* OpenSSL 3: assembly AES-GCM and ChaCha20 (the default) */
+    RB_TLS_LIBRARY_WOLFSSL = 1,
+} rb_tls_library;
+
 typedef enum rb_storage_backend {
     RB_STORAGE_MEMORY = 0,
     RB_STORAGE_POSTGRES = 1,
@@ -101,6 +107,7 @@ typedef struct rb_listener_config {
     char cert[RB_PATH_BYTES_MAX];      /* cert = PEM file (chain allowed); required for TLS */
     char key[RB_PATH_BYTES_MAX];       /* key = PEM file; required for TLS */
     char client_ca[RB_PATH_BYTES_MAX]; /* client_ca = PEM file; empty = no client certs */
+    rb_tls_library tls_library;        /* tls_library = "openssl" | "wolfssl" (tls, wss) */
     /* ws, wss */
     char path[RB_ADDRESS_BYTES_MAX]; /* path = "/ringbus" */
     uint32_t origin_count;
@@ -123,6 +130,9 @@ typedef struct rb_config {
     uint64_t send_queue_bytes;            /* default 8 MiB, >= max_frame_bytes */
     uint64_t pending_buffer_bytes;        /* default 64 MiB, >= max_frame_bytes */
     uint32_t topics_per_stream;           /* default 100000 */
+    uint32_t rpc_calls_per_connection;    /* RPC calls in flight as a caller, default 256 */
+    uint32_t rpc_serves_per_connection;   /* requests in flight to a responder, default 256 */
+    uint32_t rpc_methods_per_connection;  /* methods a connection registers, default 64 */
     uint32_t max_connections_total;       /* all shards and listeners, default 65536 */
     uint32_t max_connections_per_address; /* default 1024 */
     uint32_t connection_rate_per_address; /* new connections per second, default 100 */

@@ -29,6 +29,12 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
   PACKAGES+=(nodejs npm)
 fi
 
+# The JavaScript client's development peer (`ws`, pinned in
+# client/js/package-lock.json) into client/js/node_modules.
+js_deps() {
+  "$(dirname "$0")/../client/js/test/node_setup.sh"
+}
+
 missing=()
 for p in "${PACKAGES[@]}"; do
   if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
@@ -37,10 +43,12 @@ for p in "${PACKAGES[@]}"; do
 done
 
 if [ "$MODE" = "--if-needed" ] && [ ${#missing[@]} -eq 0 ]; then
+  js_deps
   exit 0
 fi
 if [ ${#missing[@]} -eq 0 ]; then
   echo "setup: all packages present"
+  js_deps
   exit 0
 fi
 
@@ -52,3 +60,4 @@ echo "setup: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+js_deps

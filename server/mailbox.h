@@ -63,6 +63,8 @@ enum {
     RB_XK_BLOCK = 5,      /* owner -> streams: ptr is a committed block to fan out */
     RB_XK_QUIC_DGRAM = 6, /* QUIC endpoint -> QUIC endpoint: datagrams for the
                            * receiver's connections (server/quic_ep.c) */
+    RB_XK_RPC = 7,        /* RPC records between callers, the directory and
+                           * responders (server/rpc.c) */
 };
 
 /* An envelope: a kind and records encoded back to back in data (or, for

@@ -90,6 +90,17 @@ struct rb_conn {
     /* publishing and the stream */
     uint32_t publishes_in_flight;
     rb_stream *stream;
+    /* RPC (server/rpc.c): the identity others call it by (STARTED's
+     * client_id; server-assigned for anonymous connections), its calls in
+     * flight as a caller, requests in flight to it and its methods. */
+    uint8_t client_id_len;
+    char client_id[RB_RPC_NAME_BYTES_MAX + 1];
+    struct rb_rpc_call *rpc_calls;
+    struct rb_rpc_serve *rpc_serves;
+    struct rb_rpc_method *rpc_methods;
+    uint32_t rpc_call_count;
+    uint32_t rpc_serve_count;
+    uint32_t rpc_method_count;
 };
 
 typedef struct rb_listener {
@@ -139,6 +150,8 @@ struct rb_shard {
     /* topic owners and local subscriptions */
     rb_owner *owner;
     rb_subs *subs;
+    /* RPC: calls, serves and this shard's part of the directory */
+    struct rb_rpc *rpc;
     /* shutdown */
     int stop_fd;
     rb_op stop_op;
@@ -271,6 +284,11 @@ extern const rb_subsystem rb_quic_subsystem;
 
 /* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;
+
+/* server/rpc.c: request/reply between clients (docs/PROTOCOL.md section 12) */
+extern const rb_subsystem rb_rpc_subsystem;
+/* Ends c's calls, the requests routed to it and its registrations. */
+void rb_rpc_conn_closed(rb_conn *c);
 
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;

@@ -206,6 +206,7 @@ static void finish_close(rb_conn *c)
     c->state = RB_CONN_CLOSED;
     rb_timer_disarm(c->shard->loop, &c->timer);
     rb_stream_conn_closed(c);
+    rb_rpc_conn_closed(c);
     if (c->link != NULL) {
         /* The link may release at once, freeing the slot. */
         c->link->ops->close(c->link);
@@ -373,9 +374,9 @@ void rb_conn_shutdown_all(rb_shard *sh)
 void rb_conn_maybe_finish_drain(rb_conn *c)
 {
     /* CLOSE ok promises that everything before it was delivered, so it
-     * waits for the waves, the acks and the send queue. */
+     * waits for the waves, the acks, the calls' outcomes and the send queue. */
     if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
-        rb_sendq_bytes(&c->sendq) == 0) {
+        c->rpc_call_count == 0 && rb_sendq_bytes(&c->sendq) == 0) {
         rb_conn_close(c, RB_WIRE_OK, "closed");
     }
 }
@@ -484,11 +485,20 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
-    uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX];
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
-    size_t n = rb_frame_encode_started(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
-                                       RB_CAP_STREAM | RB_CAP_PUBLISH, cfg->max_frame_bytes, id,
-                                       rb_stream_epoch(c->shard));
+    /* Anonymous connections get a server-assigned identity that others
+     * call them by; the connection id is unique in the process and the
+     * prefix is refused as a service name, so nobody can take it over. */
+    int id_len =
+        snprintf(c->client_id, sizeof c->client_id, "anon-%llu", (unsigned long long)c->id);
+    RB_ASSERT(id_len > 0 && (size_t)id_len < sizeof c->client_id);
+    c->client_id_len = (uint8_t)id_len;
+    rb_bytes client_id = {(const uint8_t *)c->client_id, c->client_id_len};
+    size_t n = rb_frame_encode_started_client(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
+                                              RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
+                                              cfg->max_frame_bytes, id, rb_stream_epoch(c->shard),
+                                              client_id);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
     if (rb_conn_append(c, buf, n) != 0) {

@@ -22,6 +22,7 @@
 
 #include "common/assert.h"
 #include "common/frame.h"
+#include "transports/tls_ossl.h"
 #include "transports/tls_pair.h"
 
 /* TLS 1.3 suites, ChaCha20-Poly1305 first: without AES-NI it is the
@@ -32,7 +33,8 @@
 
 struct rb_tls_server {
     const rb_listener_config *cfg;
-    pthread_mutex_t lock; /* guards ctx while a connection takes a reference */
+    rb_tls_ossl_server *ossl; /* tls_library = "openssl": all of it is there */
+    pthread_mutex_t lock;     /* guards ctx while a connection takes a reference */
     WOLFSSL_CTX *ctx;
 };
 
@@ -61,11 +63,12 @@ int rb_tls_global_init(rb_err *err)
     if (wolfSSL_Init() != WOLFSSL_SUCCESS) {
         return rb_err_set(err, RB_EUNSUPPORTED, 0, "wolfSSL_Init failed");
     }
-    return 0;
+    return rb_tls_ossl_global_init(err);
 }
 
 void rb_tls_global_deinit(void)
 {
+    rb_tls_ossl_global_deinit();
     wolfSSL_Cleanup();
 }
 
@@ -74,6 +77,7 @@ void rb_tls_thread_exit(void)
 #ifdef FP_ECC
     wc_ecc_fp_free();
 #endif
+    rb_tls_ossl_thread_exit();
 }
 
 static const char *wolf_reason(int code, char *buf, size_t len)
@@ -197,7 +201,8 @@ int rb_tls_server_new(rb_tls_server **out, const rb_listener_config *cfg, rb_err
         return rb_err_set(err, RB_ENOMEM, 0, "tls: out of memory");
     }
     s->cfg = cfg;
-    int rc = ctx_build(&s->ctx, cfg, err);
+    int rc = cfg->tls_library == RB_TLS_LIBRARY_OPENSSL ? rb_tls_ossl_server_new(&s->ossl, cfg, err)
+                                                        : ctx_build(&s->ctx, cfg, err);
     if (rc != 0) {
         free(s);
         return rc;
@@ -209,6 +214,9 @@ int rb_tls_server_new(rb_tls_server **out, const rb_listener_config *cfg, rb_err
 
 int rb_tls_server_reload(rb_tls_server *s, rb_err *err)
 {
+    if (s->ossl != NULL) {
+        return rb_tls_ossl_server_reload(s->ossl, err);
+    }
     WOLFSSL_CTX *fresh;
     int rc = ctx_build(&fresh, s->cfg, err);
     if (rc != 0) {
@@ -228,7 +236,10 @@ void rb_tls_server_free(rb_tls_server *s)
     if (s == NULL) {
         return;
     }
-    wolfSSL_CTX_free(s->ctx);
+    rb_tls_ossl_server_free(s->ossl);
+    if (s->ctx != NULL) {
+        wolfSSL_CTX_free(s->ctx);
+    }
     pthread_mutex_destroy(&s->lock);
     free(s);
 }
@@ -466,6 +477,9 @@ static const char *alpn_list(const rb_listener_config *cfg)
 
 int rb_tls_layer_new(rb_layer **out, rb_tls_server *s, rb_err *err)
 {
+    if (s->ossl != NULL) {
+        return rb_tls_ossl_layer_new(out, s->ossl, err);
+    }
     tls_layer *t = calloc(1, sizeof *t);
     if (t == NULL) {
         return rb_err_set(err, RB_ENOMEM, 0, "tls: out of memory");

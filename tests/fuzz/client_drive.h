@@ -54,6 +54,14 @@ static void drive_check_event(const ringbus_event *ev)
         break;
     case RINGBUS_EVENT_CATCHUP_COMPLETE:
         break;
+    case RINGBUS_EVENT_REQUEST:
+        FAKE_CHECK(ev->method != NULL && strlen(ev->method) >= 1 && strlen(ev->method) <= 255);
+        FAKE_CHECK(ev->caller != NULL && strlen(ev->caller) <= 255);
+        FAKE_CHECK(ev->payload != NULL || ev->payload_len == 0);
+        break;
+    case RINGBUS_EVENT_RESPONSE:
+        FAKE_CHECK(ev->message != NULL && strlen(ev->message) <= 65535);
+        break;
     case RINGBUS_EVENT_TOPIC_ERROR:
         FAKE_CHECK(ev->topic != NULL && ev->topic_len >= 1 && ev->topic_len <= 255);
         FAKE_CHECK(ev->topic[ev->topic_len] == '\0');

@@ -106,6 +106,12 @@ static size_t strip_tail(uint8_t *out, size_t cap, const uint8_t *full, size_t n
 
 static size_t encode_started(const rb_frame *f, uint8_t *out, size_t cap)
 {
+    if (f->u.started.has_client_id) {
+        return rb_frame_encode_started_client(out, cap, f->hdr.corr_id, f->u.started.keepalive_ms,
+                                              f->u.started.capabilities,
+                                              f->u.started.max_frame_bytes, f->u.started.server_id,
+                                              f->u.started.epoch, f->u.started.client_id);
+    }
     size_t tail = f->u.started.has_epoch ? 0 : 8;
     uint8_t *full = malloc(cap + tail);
     CHECK(full != NULL);
@@ -225,6 +231,18 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
                                            f->u.topic_error.message);
     case RB_FRAME_AUTH:
         return rb_frame_encode_auth(out, cap, corr, f->u.auth.credentials);
+    case RB_FRAME_REGISTER:
+    case RB_FRAME_UNREGISTER:
+        return rb_frame_encode_register(out, cap, f->hdr.kind, corr, f->u.reg.method,
+                                        f->u.reg.service);
+    case RB_FRAME_REQUEST:
+        return rb_frame_encode_request(out, cap, corr, f->u.request.timeout_ms, f->u.request.peer,
+                                       f->u.request.method, f->u.request.payload);
+    case RB_FRAME_REQUEST_ACK:
+        return rb_frame_encode_request_ack(out, cap, corr, f->u.request_ack.flags);
+    case RB_FRAME_RESPONSE:
+        return rb_frame_encode_response(out, cap, corr, f->u.response.code, f->u.response.message,
+                                        f->u.response.payload);
     default:
         return encode_lists(f, out, cap);
     }
@@ -272,7 +290,9 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
                a->u.started.max_frame_bytes == b->u.started.max_frame_bytes &&
                bytes_eq(a->u.started.server_id, b->u.started.server_id) &&
                a->u.started.epoch == b->u.started.epoch &&
-               a->u.started.has_epoch == b->u.started.has_epoch;
+               a->u.started.has_epoch == b->u.started.has_epoch &&
+               a->u.started.has_client_id == b->u.started.has_client_id &&
+               bytes_eq(a->u.started.client_id, b->u.started.client_id);
     case RB_FRAME_ERROR:
         return a->u.error.code == b->u.error.code &&
                bytes_eq(a->u.error.message, b->u.error.message);
@@ -300,6 +320,21 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
                bytes_eq(a->u.topic_error.message, b->u.topic_error.message);
     case RB_FRAME_AUTH:
         return bytes_eq(a->u.auth.credentials, b->u.auth.credentials);
+    case RB_FRAME_REGISTER:
+    case RB_FRAME_UNREGISTER:
+        return bytes_eq(a->u.reg.method, b->u.reg.method) &&
+               bytes_eq(a->u.reg.service, b->u.reg.service);
+    case RB_FRAME_REQUEST:
+        return a->u.request.timeout_ms == b->u.request.timeout_ms &&
+               bytes_eq(a->u.request.peer, b->u.request.peer) &&
+               bytes_eq(a->u.request.method, b->u.request.method) &&
+               bytes_eq(a->u.request.payload, b->u.request.payload);
+    case RB_FRAME_REQUEST_ACK:
+        return a->u.request_ack.flags == b->u.request_ack.flags;
+    case RB_FRAME_RESPONSE:
+        return a->u.response.code == b->u.response.code &&
+               bytes_eq(a->u.response.message, b->u.response.message) &&
+               bytes_eq(a->u.response.payload, b->u.response.payload);
     default:
         return lists_equal(a, b);
     }

@@ -45,6 +45,11 @@ CATCHUP_COMPLETE = 12
 AUTH = 13
 # 14 (GOING_AWAY) is reserved, not in this protocol yet.
 TOPIC_ERROR = 15
+REGISTER = 16
+UNREGISTER = 17
+REQUEST = 18
+REQUEST_ACK = 19
+RESPONSE = 20
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -61,6 +66,11 @@ KIND_NAMES = {
     CATCHUP_COMPLETE: "CATCHUP_COMPLETE",
     AUTH: "AUTH",
     TOPIC_ERROR: "TOPIC_ERROR",
+    REGISTER: "REGISTER",
+    UNREGISTER: "UNREGISTER",
+    REQUEST: "REQUEST",
+    REQUEST_ACK: "REQUEST_ACK",
+    RESPONSE: "RESPONSE",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 
@@ -82,6 +92,17 @@ OUT_OF_RANGE = 13
 EPOCH_MISMATCH = 14
 CURSOR_AHEAD = 15
 DEDUP_FULL = 18
+# 16, 17, 19 reserved; RPC outcomes:
+RECIPIENT_NOT_FOUND = 20
+UNKNOWN_METHOD = 21
+CONNECTION_TIMEOUT = 22
+RESPONSE_TIMEOUT = 23
+RECIPIENT_DISCONNECTED = 24
+PAYLOAD_TOO_LARGE = 25
+APPLICATION_ERROR = 26
+CANCELLED = 27
+ALREADY_REGISTERED = 28
+RESPONDER_BUSY = 29
 
 # PUBLISH_ACK flags
 ACK_DUPLICATE = 0x01
@@ -104,6 +125,16 @@ CODE_NAMES = {
     EPOCH_MISMATCH: "epoch_mismatch",
     CURSOR_AHEAD: "cursor_ahead",
     DEDUP_FULL: "dedup_full",
+    RECIPIENT_NOT_FOUND: "recipient_not_found",
+    UNKNOWN_METHOD: "unknown_method",
+    CONNECTION_TIMEOUT: "connection_timeout",
+    RESPONSE_TIMEOUT: "response_timeout",
+    RECIPIENT_DISCONNECTED: "recipient_disconnected",
+    PAYLOAD_TOO_LARGE: "payload_too_large",
+    APPLICATION_ERROR: "application_error",
+    CANCELLED: "cancelled",
+    ALREADY_REGISTERED: "already_registered",
+    RESPONDER_BUSY: "responder_busy",
 }
 CODES = {name: code for code, name in CODE_NAMES.items()}
 
@@ -115,6 +146,11 @@ MUTATE_HISTORY_ONLY = 0x01
 # STARTED capability bits.
 CAP_STREAM = 1 << 0
 CAP_PUBLISH = 1 << 1
+CAP_RPC = 1 << 2
+
+# REQUEST_ACK flags: a caller's cancel of its own call.
+REQUEST_ACK_CANCEL = 0x01
+RPC_NAME_BYTES_MAX = 255
 
 _HEADER = struct.Struct("<IBBHQ")
 assert _HEADER.size == HEADER_BYTES
@@ -199,11 +235,14 @@ def encode_hello(corr: int, version: int = PROTOCOL_VERSION, name: str | bytes =
 
 def encode_started(corr: int, keepalive_ms: int = 30000, capabilities: int = CAP_STREAM | CAP_PUBLISH,
                    max_frame_bytes: int = MAX_FRAME_BYTES_DEFAULT, server_id: str | bytes = "",
-                   epoch: int | None = 1) -> bytes:
-    """STARTED; epoch None leaves the appended field out (an older server)."""
+                   epoch: int | None = 1, client_id: str | bytes | None = None) -> bytes:
+    """STARTED; epoch None leaves the appended field out (an older server),
+    client_id None leaves the field appended after it out."""
     body = struct.pack("<IQI", keepalive_ms, capabilities, max_frame_bytes) + _str16(server_id)
     if epoch is not None:
         body += struct.pack("<Q", epoch)
+        if client_id is not None:
+            body += _str16(client_id)
     return encode_frame(STARTED, corr, body)
 
 
@@ -292,6 +331,38 @@ def encode_topic_error(corr: int, mutate_id: int, topic: str | bytes, code: int,
                        message: str | bytes = "") -> bytes:
     body = struct.pack("<Q", mutate_id) + _topic(topic) + struct.pack("<H", code) + _str16(message)
     return encode_frame(TOPIC_ERROR, corr, body)
+
+
+def _name8(value: str | bytes) -> bytes:
+    raw = _b(value)
+    assert len(raw) <= RPC_NAME_BYTES_MAX
+    return bytes([len(raw)]) + raw
+
+
+def encode_register(corr: int, method: str | bytes, service: str | bytes = "",
+                    kind: int = REGISTER) -> bytes:
+    """REGISTER (or UNREGISTER with kind); service "" = the connection's own client_id."""
+    return encode_frame(kind, corr, _name8(method) + _name8(service))
+
+
+def encode_unregister(corr: int, method: str | bytes, service: str | bytes = "") -> bytes:
+    return encode_register(corr, method, service, kind=UNREGISTER)
+
+
+def encode_request(corr: int, peer: str | bytes, method: str | bytes, payload: str | bytes = b"",
+                   timeout_ms: int = 0) -> bytes:
+    """REQUEST: to the server, peer is the destination; to a responder, the caller."""
+    body = struct.pack("<I", timeout_ms) + _name8(peer) + _name8(method) + _blob32(payload)
+    return encode_frame(REQUEST, corr, body)
+
+
+def encode_request_ack(corr: int, flags: int = 0) -> bytes:
+    return encode_frame(REQUEST_ACK, corr, bytes([flags]))
+
+
+def encode_response(corr: int, code: int = OK, message: str | bytes = "",
+                    payload: str | bytes = b"") -> bytes:
+    return encode_frame(RESPONSE, corr, struct.pack("<H", code) + _str16(message) + _blob32(payload))
 
 
 def encode_auth(corr: int, creds: bytes = b"") -> bytes:
@@ -407,6 +478,12 @@ class _Reader:
     def blob32(self, what: str) -> bytes:
         return self.take(self.u32(what + " length"), what)
 
+    def name8(self, what: str, min_len: int) -> str:
+        n = self.u8(what + " length")
+        if n < min_len:
+            self.fail(f"{what} length {n}")
+        return self.text(self.take(n, what), what)
+
     def topic(self, what: str = "topic") -> str:
         n = self.u8(what + " length")
         if n == 0:
@@ -468,7 +545,22 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         if r.pos < len(r.body):  # appended field: older servers omit it
             out["epoch"] = r.u64("epoch")
             out["has_epoch"] = True
+        out["client_id"] = r.str16("client_id") if r.pos < len(r.body) else ""
         return out
+    if kind in (REGISTER, UNREGISTER):
+        return {"method": r.name8("method", 1), "service": r.name8("service", 0)}
+    if kind == REQUEST:
+        return {"timeout_ms": r.u32("timeout_ms"), "peer": r.name8("peer", 1),
+                "method": r.name8("method", 1), "payload": r.blob32("payload")}
+    if kind == REQUEST_ACK:
+        flags = r.u8("flags")
+        if flags & ~REQUEST_ACK_CANCEL:
+            r.fail(f"flags 0x{flags:02x}: unknown bits")
+        return {"flags": flags}
+    if kind == RESPONSE:
+        code = r.u16("code")
+        return {"code": code, "code_name": CODE_NAMES.get(code, "unknown"),
+                "message": r.str16("message"), "payload": r.blob32("payload")}
     if kind in (ERROR, CLOSE):
         code = r.u16("code" if kind == ERROR else "status")
         out = {"code": code, "code_name": CODE_NAMES.get(code, "unknown"), "message": r.str16("message")}

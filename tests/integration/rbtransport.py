@@ -67,11 +67,20 @@ class Certs:
 # ---- daemon config --------------------------------------------------------------
 
 
+# The TLS library of the tls and wss listeners that listener() writes when
+# the caller names none (None: the daemon's default). test_tls.py runs its
+# tests once per library by setting it.
+TLS_LIBRARY = None
+TLS_LIBRARIES = ("openssl", "wolfssl")
+
+
 def listener(kind, port, certs=None, **extra):
     """One [[listener]] table; tls, wss and quic get certs' cert and key."""
     lines = ["[[listener]]", f'transport = "{kind}"', 'address = "127.0.0.1"', f"port = {port}"]
     if kind in ("tls", "wss", "quic"):
         lines += [f'cert = "{certs.cert}"', f'key = "{certs.key}"']
+    if kind in ("tls", "wss") and TLS_LIBRARY is not None and "tls_library" not in extra:
+        lines.append(f'tls_library = "{TLS_LIBRARY}"')
     for k, v in extra.items():
         if isinstance(v, bool):
             v = "true" if v else "false"

@@ -34,7 +34,10 @@ def test_started_round_trips():
                               max_frame_bytes=4096, server_id="node-1"))
     assert f.kind == rp.STARTED
     assert f.fields == {"keepalive_ms": 1500, "capabilities": rp.CAP_STREAM,
-                        "max_frame_bytes": 4096, "server_id": "node-1", "epoch": 1, "has_epoch": True}
+                        "max_frame_bytes": 4096, "server_id": "node-1", "epoch": 1, "has_epoch": True,
+                        "client_id": ""}
+    f = one(rp.encode_started(1, client_id="anon-7"))
+    assert f["client_id"] == "anon-7" and f["epoch"] == 1
     f = one(rp.encode_started(1, epoch=2**64 - 1))
     assert f["epoch"] == 2**64 - 1 and f["has_epoch"]
 
@@ -245,7 +248,7 @@ def test_messages_worked_example_is_the_history_of_the_mutate_example():
 
 ALL_SAMPLES = [
     rp.encode_hello(1),
-    rp.encode_started(1),
+    rp.encode_started(1, client_id="anon-1"),
     rp.encode_error(1, rp.BAD_FRAME, "x"),
     rp.encode_ping(0, 1),
     rp.encode_pong(0, 1),
@@ -258,11 +261,16 @@ ALL_SAMPLES = [
     rp.encode_catchup_complete(0, 1),
     rp.encode_topic_error(0, 1, "t", rp.CURSOR_AHEAD, "cursor 10 is beyond the head 5"),
     rp.encode_auth(1, rp.creds_token("a.b.c")),
+    rp.encode_register(1, "m", "svc"),
+    rp.encode_unregister(1, "m"),
+    rp.encode_request(1, "anon-2", "m", b"p", timeout_ms=50),
+    rp.encode_request_ack(1, rp.REQUEST_ACK_CANCEL),
+    rp.encode_response(1, rp.APPLICATION_ERROR, "no", b"d"),
 ]
 
-# Where a sample may legally end early: before its appended epoch field.
-OPTIONAL_TAIL = {rp.STARTED: 8, rp.MUTATE: 8, rp.PUBLISH_ACK: 1}
-OPTIONAL_FLAG = {rp.STARTED: "has_epoch", rp.MUTATE: "has_epoch", rp.PUBLISH_ACK: "has_flags"}
+# Where a sample may legally end early: before its appended fields (STARTED:
+# before client_id "anon-1", or before the epoch too; MUTATE: before the epoch).
+OPTIONAL_TAIL = {rp.STARTED: (8, 16), rp.MUTATE: (8,), rp.PUBLISH_ACK: (1,)}
 
 
 def test_samples_cover_every_kind():
@@ -279,8 +287,12 @@ def test_every_short_prefix_is_incomplete(sample):
 def test_size_shorter_than_body_is_bad_frame_at_every_offset(sample):
     for cut in range(16, len(sample)):
         lying = struct.pack("<I", cut) + sample[4:cut]
-        if cut == len(sample) - OPTIONAL_TAIL.get(sample[5], -1):
-            assert one(lying).fields[OPTIONAL_FLAG[sample[5]]] is False
+        if len(sample) - cut in OPTIONAL_TAIL.get(sample[5], ()):
+            f = one(lying)
+            if sample[5] == rp.PUBLISH_ACK:
+                assert f["has_flags"] is False
+            else:
+                assert f["has_epoch"] is (len(sample) - cut == 8 and sample[5] == rp.STARTED)
             continue
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(lying)

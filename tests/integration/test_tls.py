@@ -1,6 +1,8 @@
 """TCP-TLS against the real daemon, with real third-party TLS peers
-(OpenSSL's s_client, GnuTLS's gnutls-cli, Python's ssl): TLS 1.3 only, the
-server's cipher order (ChaCha20-Poly1305 first), ALPN ringbus/1, HELLO and
+(OpenSSL's s_client, GnuTLS's gnutls-cli, Python's ssl), once per TLS
+library (tls_library = "openssl", the default, and "wolfssl"): TLS 1.3
+only, the server's cipher order (AES-128-GCM first on OpenSSL, which has
+AES-NI; ChaCha20-Poly1305 first on wolfSSL, which has not), ALPN ringbus/1, HELLO and
 STARTED carried inside TLS, close_notify both ways, the handshake timeout,
 SIGHUP certificate reload and client certificates (DESIGN §2, issue 5)."""
 
@@ -28,8 +30,22 @@ def certs(tmp_path_factory):
     return rt.Certs(tmp_path_factory.mktemp("certs"))
 
 
+# The cipher suite each library's server order picks for a client that
+# offers all TLS 1.3 suites: (OpenSSL's name, GnuTLS's name).
+FIRST_SUITE = {"openssl": ("TLS_AES_128_GCM_SHA256", "AES-128-GCM"),
+               "wolfssl": ("TLS_CHACHA20_POLY1305_SHA256", "CHACHA20-POLY1305")}
+
+
+@pytest.fixture(scope="module", autouse=True, params=rt.TLS_LIBRARIES)
+def tls_library(request):
+    """Every test of this module runs once per TLS library."""
+    rt.TLS_LIBRARY = request.param
+    yield request.param
+    rt.TLS_LIBRARY = None
+
+
 @pytest.fixture(scope="module")
-def tlsd(tmp_path_factory, certs):
+def tlsd(tmp_path_factory, certs, tls_library):
     """One daemon: a tls listener and a tls listener that wants client
     certificates from the test CA."""
     port, mtls_port = free_port(), free_port()
@@ -75,14 +91,15 @@ def stop(proc):
 # ---- third-party peers ----------------------------------------------------------
 
 
-def test_openssl_s_client_gets_tls13_chacha_first_alpn_and_a_valid_chain(tlsd, certs):
-    # The client prefers AES-256-GCM; the server's order puts ChaCha20 first.
+def test_openssl_s_client_gets_tls13_the_servers_suite_alpn_and_a_valid_chain(
+        tlsd, certs, tls_library):
+    # The client prefers AES-256-GCM; the server's order wins.
     out = s_client(tlsd.port, "-tls1_3", "-ciphersuites",
                    "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256",
                    "-CAfile", certs.ca, "-servername", "localhost", "-verify_hostname",
                    "localhost", "-verify_return_error", "-alpn", "ringbus/1")
     text = out.stdout.decode(errors="replace")
-    assert "New, TLSv1.3, Cipher is TLS_CHACHA20_POLY1305_SHA256" in text, text
+    assert f"New, TLSv1.3, Cipher is {FIRST_SUITE[tls_library][0]}" in text, text
     assert "ALPN protocol: ringbus/1" in text, text
     assert "Verify return code: 0 (ok)" in text, text
 
@@ -106,7 +123,7 @@ def test_openssl_s_client_carries_hello_started_and_a_publish(tlsd, certs):
         stop(proc)
 
 
-def test_gnutls_cli_carries_hello_started_and_a_publish(tlsd, certs):
+def test_gnutls_cli_carries_hello_started_and_a_publish(tlsd, certs, tls_library):
     proc = subprocess.Popen(
         ["gnutls-cli", "--x509cafile", certs.ca, "-p", str(tlsd.port), "localhost",
          "--alpn", "ringbus/1", "--priority", "NORMAL:-VERS-ALL:+VERS-TLS1.3"],
@@ -119,7 +136,7 @@ def test_gnutls_cli_carries_hello_started_and_a_publish(tlsd, certs):
         proc.stdin.flush()
         out = read_until(proc, lambda b: rt.find_frame(b, rp.PUBLISH_ACK) is not None, out)
         text = out.decode(errors="replace")
-        assert "(TLS1.3" in text and "CHACHA20-POLY1305" in text, text
+        assert "(TLS1.3" in text and FIRST_SUITE[tls_library][1] in text, text
         assert "Application protocol: ringbus/1" in text, text
         assert "The certificate is trusted" in text, text
         # EOF on stdin: gnutls-cli sends close_notify and the server answers.

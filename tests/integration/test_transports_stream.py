@@ -1,6 +1,6 @@
 """Every feature over every transport: the randomized stream check of the
 streams issue with publishers and subscribers spread over tcp, tls, ws and
-wss at once; libringbus and the CLI over tls://, ws:// and wss:// (with
+wss at once (tls and wss on both TLS libraries); libringbus and the CLI over tls://, ws:// and wss:// (with
 --ca, refused without it, --insecure only when asked, the host checked
 against the certificate and sent as SNI) (DESIGN §1 G1/G3, §2, issue 5)."""
 
@@ -20,6 +20,9 @@ from conftest import free_port, run_cli
 from streamcheck import Driver, Publisher, Subscriber, run_random_streams
 
 KINDS = ("tcp", "tls", "ws", "wss")
+# tls and wss listeners on the other TLS library (KINDS' use the default).
+WOLF_KINDS = ("tls-wolfssl", "wss-wolfssl")
+MIX = KINDS + WOLF_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -31,11 +34,13 @@ def certs(tmp_path_factory):
 def alld(tmp_path_factory, certs):
     """One daemon with a listener per transport, and a tls listener whose
     certificate names another host."""
-    ports = {k: free_port() for k in KINDS + ("wrongname",)}
+    ports = {k: free_port() for k in KINDS + WOLF_KINDS + ("wrongname",)}
     d = tmp_path_factory.mktemp("wrongname")
     wrong = rt.make_leaf(d, (certs.ca, certs.ca_key), "other", cn="other.example",
                          san="DNS:other.example")
     listeners = "".join(rt.listener(k, ports[k], certs) for k in KINDS)
+    listeners += "".join(rt.listener(k.split("-")[0], ports[k], certs, tls_library="wolfssl")
+                         for k in WOLF_KINDS)
     listeners += rt.listener("tls", ports["wrongname"],
                              types.SimpleNamespace(cert=wrong[0], key=wrong[1]))
     sd = rt.SharedDaemon(tmp_path_factory, "alld", listeners)
@@ -62,11 +67,12 @@ def test_randomized_streams_on_mixed_transports(alld, certs, seed):
     drv = Driver()
 
     def client(cls, i, name):
-        kind = KINDS[i % len(KINDS)]
-        return cls(drv, alld.ports[kind], f"{name}-{kind}", transport=rt.nb_factory(kind, certs))
+        kind = MIX[i % len(MIX)]
+        return cls(drv, alld.ports[kind], f"{name}-{kind}",
+                   transport=rt.nb_factory(kind.split("-")[0], certs))
 
-    pubs = [client(Publisher, i, f"p{i}") for i in range(4)]
-    subs = [client(Subscriber, i + 1, f"s{i}") for i in range(4)]
+    pubs = [client(Publisher, i, f"p{i}") for i in range(len(MIX))]
+    subs = [client(Subscriber, i + 1, f"s{i}") for i in range(len(MIX))]
     drv.run_until(lambda: all(p.started for p in pubs), 10, "publishers")
     try:
         run_random_streams(
@@ -190,3 +196,34 @@ def test_tls_and_websocket_connections_are_handled_on_every_shard(alld, certs):
         assert shards == {"0", "1"}, (kind, shards)
     for c in conns:
         c.close()
+
+
+# ---- both TLS libraries, on both ends ------------------------------------------------
+
+
+@pytest.mark.parametrize("client_lib", rt.TLS_LIBRARIES)
+@pytest.mark.parametrize("kind", ["tls", "wss", "tls-wolfssl", "wss-wolfssl"])
+def test_cli_round_trip_for_every_tls_library_pair(alld, certs, kind, client_lib):
+    """libringbus on OpenSSL or wolfSSL (--tls-library) against listeners on
+    OpenSSL (the default) or wolfSSL: the certificate is verified and the
+    session works either way."""
+    u = f"{kind.split('-')[0]}://localhost:{alld.ports[kind]}"
+    topic = f"libs.{kind}.{client_lib}"
+    base = ["--url", u, "--ca", certs.ca, "--tls-library", client_lib]
+    out = run_cli(*base, "pub", topic, input="a\nb\n")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(l)["seq"] for l in out.stdout.splitlines()] == [1, 2]
+    out = run_cli(*base, "sub", "--history-only", "--timeout", "10", f"{topic}@0")
+    assert out.returncode == 0, out.stderr
+    assert [json.loads(l)["data"] for l in out.stdout.splitlines()
+            if json.loads(l)["event"] == "message"] == ["a", "b"]
+    # Without the CA the server is not trusted, whichever library checks.
+    out = run_cli("--url", u, "--tls-library", client_lib, "ping")
+    assert out.returncode != 0
+    assert "not trusted" in out.stderr, out.stderr
+
+
+def test_cli_refuses_an_unknown_tls_library():
+    out = run_cli("--tls-library", "gnutls", "ping")
+    assert out.returncode == 2, out
+    assert "--tls-library needs openssl or wolfssl" in out.stderr

@@ -9,6 +9,7 @@ import base64
 import functools
 import http.server
 import os
+import re
 import socket
 import signal
 import struct
@@ -69,9 +70,19 @@ def publish(topic, payload="hi", corr=2):
     return rp.encode_publish(corr, topic, payload).hex()
 
 
+# STARTED is 44 bytes plus its appended client_id (str16 "anon-N"), whose
+# length depends on how many connections the daemon has seen.
+STARTED_RECV = "RECV kind=2 len=STARTED"
+
+
+def _started(line):
+    m = re.fullmatch(r"RECV kind=2 len=(\d+)", line)
+    return STARTED_RECV if m and 44 + 2 + len("anon-1") <= int(m.group(1)) <= 44 + 2 + 255 else line
+
+
 def run_peer(cmd, timeout=20):
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    return out.stdout.splitlines()
+    return [_started(line) for line in out.stdout.splitlines()]
 
 
 def url(wsd, kind="ws", path="/ringbus"):
@@ -88,14 +99,14 @@ def test_node_ws_exchanges_fragmented_frames_pings_and_closes_normally(wsd, cert
     ca = certs.ca if kind == "wss" else "-"
     lines = run_peer(node_ws + [url(wsd, kind), ca, "frag:" + HELLO, "ping",
                                 publish("node." + kind), "close"])
-    assert lines == ["OPEN proto=ringbus.v1", "RECV kind=2 len=44", "PONG",
+    assert lines == ["OPEN proto=ringbus.v1", STARTED_RECV, "PONG",
                      f"RECV kind=8 len={16 + 1 + len('node.' + kind) + 8 + 1}", "CLOSE code=1000"]
 
 
 @pytest.mark.parametrize("step,code", [("text", 1003), (f"big:{MAX_FRAME + 1}", 1009)])
 def test_node_ws_gets_1003_for_text_and_1009_for_oversized(wsd, node_ws, step, code):
     lines = run_peer(node_ws + [url(wsd), "-", HELLO, step])
-    assert lines[:2] == ["OPEN proto=ringbus.v1", "RECV kind=2 len=44"]
+    assert lines[:2] == ["OPEN proto=ringbus.v1", STARTED_RECV]
     assert lines[-1] == f"CLOSE code={code}", lines
     # The ringbus ERROR and CLOSE frames come first, as binary messages.
     assert lines[2].startswith("RECV kind=3") and lines[3].startswith("RECV kind=6"), lines
@@ -108,7 +119,7 @@ def test_node_ws_bad_upgrades_get_http_errors(wsd, node_ws):
     bus = f"ws://127.0.0.1:{wsd.ports['origin']}/bus"
     assert run_peer(node_ws + [bus, "-", "origin:https://evil.example", HELLO]) == ["HTTP 403"]
     assert run_peer(node_ws + [bus, "-", f"origin:{ORIGIN}", HELLO, "close"])[:2] == [
-        "OPEN proto=ringbus.v1", "RECV kind=2 len=44"]
+        "OPEN proto=ringbus.v1", STARTED_RECV]
 
 
 # ---- libwebsockets ---------------------------------------------------------------
@@ -119,7 +130,7 @@ def test_libwebsockets_exchanges_frames_and_gets_close_codes(wsd, certs, lws_cli
     ca = certs.ca if kind == "wss" else "-"
     base = [lws_client, "localhost", str(wsd.ports[kind]), "/ringbus", ca]
     lines = run_peer(base + [HELLO, publish("lws." + kind), "close"])
-    assert lines[:3] == ["OPEN", "RECV kind=2 len=44", f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8 + 1}"]
+    assert lines[:3] == ["OPEN", STARTED_RECV, f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8 + 1}"]
     lines = run_peer(base + [HELLO, "text"])
     assert "PEERCLOSE code=1003" in lines, lines
     lines = run_peer(base + [HELLO, f"big:{MAX_FRAME + 100}"])

@@ -86,6 +86,9 @@ START_TEST(test_config_defaults_match_the_design)
     ck_assert_uint_eq(cfg.send_queue_bytes, 8u << 20);
     ck_assert_uint_eq(cfg.pending_buffer_bytes, 64u << 20);
     ck_assert_uint_eq(cfg.topics_per_stream, 100000);
+    ck_assert_uint_eq(cfg.rpc_calls_per_connection, 256);
+    ck_assert_uint_eq(cfg.rpc_serves_per_connection, 256);
+    ck_assert_uint_eq(cfg.rpc_methods_per_connection, 64);
     ck_assert_uint_eq(cfg.keepalive_ms, 30000);
     ck_assert_uint_eq(cfg.pong_timeout_ms, 30000);
     ck_assert_uint_eq(cfg.handshake_timeout_ms, 10000);
@@ -313,6 +316,8 @@ static const error_case out_of_range[] = {
      "c.toml:2:24: limits.pending_buffer_bytes: 0 is out of range [1, 1073741824]"},
     {"[limits]\nmax_connections = 0",
      "c.toml:2:19: limits.max_connections: 0 is out of range [1, 1048576]"},
+    {"[limits]\nrpc_calls_per_connection = 65537",
+     "c.toml:2:28: limits.rpc_calls_per_connection: 65537 is out of range [1, 65536]"},
     {"[limits]\ntopics_per_stream = 1000001",
      "c.toml:2:21: limits.topics_per_stream: 1000001 is out of range [1, 1000000]"},
     {"[catchup]\ntopics_per_query = 0",
@@ -472,6 +477,18 @@ START_TEST(test_config_listener_defaults_depend_on_transport)
     ck_assert_str_eq(cfg->listeners[2].path, "/ringbus");
     ck_assert_str_eq(cfg->listeners[3].path, "/ringbus");
     ck_assert_str_eq(cfg->listeners[4].client_ca, "ca.pem");
+    ck_assert_int_eq(cfg->listeners[1].tls_library, RB_TLS_LIBRARY_OPENSSL);
+    ck_assert_int_eq(cfg->listeners[3].tls_library, RB_TLS_LIBRARY_OPENSSL);
+}
+END_TEST
+
+START_TEST(test_config_tls_library_is_per_listener)
+{
+    const rb_config *cfg = load_ok(
+        "[[listener]]\ntransport = 'tls'\ncert = 'c'\nkey = 'k'\ntls_library = 'wolfssl'\n"
+        "[[listener]]\ntransport = 'wss'\ncert = 'c'\nkey = 'k'\ntls_library = 'openssl'\n");
+    ck_assert_int_eq(cfg->listeners[0].tls_library, RB_TLS_LIBRARY_WOLFSSL);
+    ck_assert_int_eq(cfg->listeners[1].tls_library, RB_TLS_LIBRARY_OPENSSL);
 }
 END_TEST
 
@@ -569,6 +586,10 @@ static const error_case listener_errors[] = {
      "c.toml:3:1: listener[1].origins: not valid for transport \"quic\" (only ws, wss)"},
     {"[[listener]]\ntransport = 'tls'\ncert='c'\nkey='k'\nquic_retry = true",
      "c.toml:5:1: listener[1].quic_retry: not valid for transport \"tls\" (only quic)"},
+    {"[[listener]]\ntransport = 'tls'\ncert='c'\nkey='k'\ntls_library = 'gnutls'",
+     "c.toml:5:15: listener[1].tls_library: \"gnutls\" is not one of openssl, wolfssl"},
+    {"[[listener]]\ntransport = 'quic'\ncert='c'\nkey='k'\ntls_library = 'openssl'",
+     "c.toml:5:1: listener[1].tls_library: not valid for transport \"quic\" (only tls, wss)"},
     {"[[listener]]\ntransport = 'ws'\npath = 'ringbus'",
      "c.toml:3:8: listener[1].path: must start with '/'"},
     {"[[listener]]\ntransport = 'ws'\npath = '/a b'",
@@ -865,6 +886,7 @@ Suite *rb_config_suite(void)
 
     tc = tcase_create("listeners");
     tcase_add_test(tc, test_config_listener_defaults_depend_on_transport);
+    tcase_add_test(tc, test_config_tls_library_is_per_listener);
     tcase_add_test(tc, test_config_listener_keys_are_loaded);
     tcase_add_test(tc, test_config_quic_retry_is_loaded);
     tcase_add_test(tc, test_config_empty_listener_array_keeps_the_default);

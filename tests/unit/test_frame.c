@@ -145,8 +145,9 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
     case RB_FRAME_HELLO:
         return rb_frame_encode_hello(out, cap, 7, 1, str("client"), str("secret"));
     case RB_FRAME_STARTED:
-        return rb_frame_encode_started(out, cap, 7, 30000, RB_CAP_STREAM | RB_CAP_PUBLISH,
-                                       MAX_FRAME, str("node-1"), 0x0123456789abcdefull);
+        return rb_frame_encode_started_client(out, cap, 7, 30000, RB_CAP_STREAM | RB_CAP_PUBLISH,
+                                              MAX_FRAME, str("node-1"), 0x0123456789abcdefull,
+                                              str("anon-1"));
     case RB_FRAME_ERROR:
         return rb_frame_encode_error(out, cap, 9, RB_WIRE_INVALID_TOPIC, str("bad topic"));
     case RB_FRAME_PING:
@@ -173,6 +174,16 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
                                            str("cursor 10 is beyond the head 5"));
     case RB_FRAME_AUTH:
         return rb_frame_encode_auth(out, cap, 11, raw("\1\3\0abc", 6));
+    case RB_FRAME_REGISTER:
+    case RB_FRAME_UNREGISTER:
+        return rb_frame_encode_register(out, cap, kind, 12, str("echo"), str("svc"));
+    case RB_FRAME_REQUEST:
+        return rb_frame_encode_request(out, cap, 13, 5000, str("anon-1"), str("echo"), str("hi"));
+    case RB_FRAME_REQUEST_ACK:
+        return rb_frame_encode_request_ack(out, cap, 13, 0);
+    case RB_FRAME_RESPONSE:
+        return rb_frame_encode_response(out, cap, 13, RB_WIRE_APPLICATION_ERROR, str("no"),
+                                        str("data"));
     default:
         ck_abort_msg("no sample for kind %u", (unsigned)kind);
         return 0;
@@ -225,6 +236,77 @@ START_TEST(test_frame_started_round_trips)
     ck_assert(bytes_is(f.u.started.server_id, "node-é"));
     ck_assert(f.u.started.has_epoch);
     ck_assert_uint_eq(f.u.started.epoch, UINT64_MAX - 1);
+}
+END_TEST
+
+START_TEST(test_frame_started_client_id_round_trips_and_is_optional)
+{
+    rb_frame f;
+    rb_err err;
+    size_t n = rb_frame_encode_started_client(buf, sizeof buf, 1, 30000, RB_CAP_RPC, MAX_FRAME,
+                                              str("node"), 9, str("anon-42"));
+    ck_assert_int_eq(dec(buf, n, &f, &err), 0);
+    ck_assert(f.u.started.has_epoch);
+    ck_assert_uint_eq(f.u.started.epoch, 9);
+    ck_assert(bytes_is(f.u.started.client_id, "anon-42"));
+    /* A server before client ids ends after the epoch. */
+    set_size(buf, (uint32_t)(n - 9));
+    ck_assert_int_eq(dec(buf, n - 9, &f, &err), 0);
+    ck_assert(f.u.started.has_epoch);
+    ck_assert_uint_eq(f.u.started.client_id.len, 0);
+    /* Part of a client id is bad_frame. */
+    set_size(buf, (uint32_t)(n - 1));
+    ck_assert_int_eq(dec(buf, n - 1, &f, &err), RB_EPROTO);
+    ck_assert_msg(strstr(err.msg, "client_id") != NULL, "%s", err.msg);
+}
+END_TEST
+
+START_TEST(test_frame_rpc_frames_round_trip)
+{
+    rb_frame f;
+    rb_err err;
+    size_t n = rb_frame_encode_register(buf, sizeof buf, RB_FRAME_UNREGISTER, 5, str("m"), str(""));
+    ck_assert_int_eq(dec(buf, n, &f, &err), 0);
+    ck_assert_uint_eq(f.hdr.kind, RB_FRAME_UNREGISTER);
+    ck_assert(bytes_is(f.u.reg.method, "m"));
+    ck_assert_uint_eq(f.u.reg.service.len, 0);
+    n = rb_frame_encode_request(buf, sizeof buf, 6, 50, str("svc"), str("méthode"), str("p"));
+    ck_assert_int_eq(dec(buf, n, &f, &err), 0);
+    ck_assert_uint_eq(f.u.request.timeout_ms, 50);
+    ck_assert(bytes_is(f.u.request.peer, "svc"));
+    ck_assert(bytes_is(f.u.request.method, "méthode"));
+    ck_assert(bytes_is(f.u.request.payload, "p"));
+    n = rb_frame_encode_request_ack(buf, sizeof buf, 6, RB_REQUEST_ACK_CANCEL);
+    ck_assert_int_eq(dec(buf, n, &f, &err), 0);
+    ck_assert_uint_eq(f.u.request_ack.flags, RB_REQUEST_ACK_CANCEL);
+    n = rb_frame_encode_response(buf, sizeof buf, 6, RB_WIRE_OK, str(""), str("answer"));
+    ck_assert_int_eq(dec(buf, n, &f, &err), 0);
+    ck_assert_uint_eq(f.u.response.code, RB_WIRE_OK);
+    ck_assert(bytes_is(f.u.response.payload, "answer"));
+}
+END_TEST
+
+START_TEST(test_frame_rpc_empty_method_and_unknown_ack_flags_are_bad_frame)
+{
+    rb_frame f;
+    rb_err err;
+    /* REGISTER with a zero-length method: u8 0, u8 0. */
+    size_t n = rb_frame_encode_register(buf, sizeof buf, RB_FRAME_REGISTER, 1, str("m"), str(""));
+    buf[RB_FRAME_HEADER_BYTES] = 0;
+    buf[RB_FRAME_HEADER_BYTES + 1] = 0;
+    set_size(buf, (uint32_t)(n - 1));
+    ck_assert_int_eq(dec(buf, n - 1, &f, &err), RB_EPROTO);
+    ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
+    ck_assert_msg(strstr(err.msg, "method length 0") != NULL, "%s", err.msg);
+    n = rb_frame_encode_request_ack(buf, sizeof buf, 1, 0);
+    buf[RB_FRAME_HEADER_BYTES] = 0x02;
+    ck_assert_int_eq(dec(buf, n, &f, &err), RB_EPROTO);
+    ck_assert_msg(strstr(err.msg, "flags") != NULL, "%s", err.msg);
+    /* A REQUEST whose destination is empty. */
+    n = rb_frame_encode_request(buf, sizeof buf, 1, 0, str("d"), str("m"), str(""));
+    buf[RB_FRAME_HEADER_BYTES + 4] = 0;
+    ck_assert_int_eq(dec(buf, n, &f, &err), RB_EPROTO);
+    ck_assert_msg(strstr(err.msg, "peer length 0") != NULL, "%s", err.msg);
 }
 END_TEST
 
@@ -571,13 +653,17 @@ static bool kind_reserved(uint8_t kind)
 }
 
 /* Where a frame of kind may legally end early: before an appended field
- * that older peers omit (0 when there is none). */
-static size_t optional_tail_bytes(uint8_t kind)
+ * that older peers omit (0 when there is none). STARTED's sample ends with
+ * a client id of 2 + 6 bytes after its 8-byte epoch: either may be left off. */
+static bool optional_tail(uint8_t kind, size_t tail)
 {
     if (kind == RB_FRAME_PUBLISH_ACK) {
-        return 1; /* flags */
+        return tail == 1; /* flags */
     }
-    return kind == RB_FRAME_STARTED || kind == RB_FRAME_MUTATE ? 8 : 0;
+    if (kind == RB_FRAME_STARTED) {
+        return tail == 8 || tail == 16;
+    }
+    return kind == RB_FRAME_MUTATE && tail == 8;
 }
 
 START_TEST(test_frame_every_short_prefix_needs_more_bytes)
@@ -614,7 +700,7 @@ START_TEST(test_frame_size_shorter_than_body_is_bad_frame_at_every_offset)
         memcpy(buf2, buf, cut);
         set_size(buf2, (uint32_t)cut);
         int rc = dec(buf2, cut, &f, &err);
-        if (optional_tail_bytes(kind) != 0 && cut == n - optional_tail_bytes(kind)) {
+        if (optional_tail(kind, n - cut)) {
             ck_assert_msg(rc == 0, "%s without its appended field: %s", rb_frame_kind_name(kind),
                           err.msg);
             continue;
@@ -1293,6 +1379,10 @@ START_TEST(test_frame_kind_and_code_names_are_stable)
     ck_assert_str_eq(rb_wire_code_name(RB_WIRE_OUT_OF_RANGE), "out_of_range");
     ck_assert_str_eq(rb_wire_code_name(RB_WIRE_CODE_LAST + 1), "unknown");
     ck_assert_str_eq(rb_wire_code_name(RB_WIRE_DEDUP_FULL), "dedup_full");
+    /* 16, 17 and 19 are reserved for frames not built yet. */
+    ck_assert_str_eq(rb_wire_code_name(16), "unknown");
+    ck_assert_str_eq(rb_wire_code_name(RB_WIRE_RECIPIENT_NOT_FOUND), "recipient_not_found");
+    ck_assert_str_eq(rb_wire_code_name(RB_WIRE_RESPONDER_BUSY), "responder_busy");
     for (uint16_t c = 0; c <= RB_WIRE_CODE_LAST; c++) {
         uint16_t back = 999;
         if (strcmp(rb_wire_code_name(c), "unknown") == 0) {
@@ -1609,6 +1699,9 @@ static void add_round_trips(Suite *s)
     tcase_add_test(tc, test_frame_hello_round_trips);
     tcase_add_test(tc, test_frame_hello_with_empty_strings_round_trips);
     tcase_add_test(tc, test_frame_started_round_trips);
+    tcase_add_test(tc, test_frame_started_client_id_round_trips_and_is_optional);
+    tcase_add_test(tc, test_frame_rpc_frames_round_trip);
+    tcase_add_test(tc, test_frame_rpc_empty_method_and_unknown_ack_flags_are_bad_frame);
     tcase_add_test(tc, test_frame_started_without_epoch_decodes_as_no_epoch);
     tcase_add_test(tc, test_frame_mutate_without_epoch_decodes_as_epoch_zero);
     tcase_add_test(tc, test_frame_topic_error_round_trips);

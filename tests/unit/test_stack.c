@@ -119,9 +119,12 @@ static void make_cert(harness *h)
     snprintf(h->cfg.key, sizeof h->cfg.key, "%s/key.pem", h->dir);
 }
 
-static void setup(harness *h)
+/* lib: 0 for OpenSSL (the default), 1 for wolfSSL; every test runs with
+ * both (a loop test). */
+static void setup(harness *h, int lib)
 {
     memset(h, 0, sizeof *h);
+    h->cfg.tls_library = lib == 0 ? RB_TLS_LIBRARY_OPENSSL : RB_TLS_LIBRARY_WOLFSSL;
     rb_err err = {0};
     ck_assert_int_eq(rb_tls_global_init(&err), 0);
     make_cert(h);
@@ -213,7 +216,7 @@ static void upgrade(harness *h)
 START_TEST(test_stack_frames_pass_through_tls_and_ws_both_ways)
 {
     harness *h = calloc(1, sizeof *h);
-    setup(h);
+    setup(h, _i);
     ck_assert(!rb_stack_ready(&h->st));
     handshake(h);
     /* TLS is up, the upgrade is not: frame bytes may not pass yet. */
@@ -248,7 +251,7 @@ END_TEST
 START_TEST(test_stack_close_sends_ws_close_inside_tls_then_close_notify)
 {
     harness *h = calloc(1, sizeof *h);
-    setup(h);
+    setup(h, _i);
     handshake(h);
     upgrade(h);
     rb_stack_close(&h->st, RB_WIRE_GOING_AWAY);
@@ -271,7 +274,7 @@ END_TEST
 START_TEST(test_stack_healthz_is_answered_inside_tls)
 {
     harness *h = calloc(1, sizeof *h);
-    setup(h);
+    setup(h, _i);
     handshake(h);
     const char *req = "GET /healthz HTTP/1.1\r\nHost: h\r\n\r\n";
     client_write(h, req, strlen(req));
@@ -290,11 +293,11 @@ Suite *rb_stack_suite(void);
 Suite *rb_stack_suite(void)
 {
     Suite *s = suite_create("stack");
-    TCase *tc = tcase_create("tls under ws");
+    TCase *tc = tcase_create("tls under ws, on OpenSSL and wolfSSL");
     tcase_set_timeout(tc, 30);
-    tcase_add_test(tc, test_stack_frames_pass_through_tls_and_ws_both_ways);
-    tcase_add_test(tc, test_stack_close_sends_ws_close_inside_tls_then_close_notify);
-    tcase_add_test(tc, test_stack_healthz_is_answered_inside_tls);
+    tcase_add_loop_test(tc, test_stack_frames_pass_through_tls_and_ws_both_ways, 0, 2);
+    tcase_add_loop_test(tc, test_stack_close_sends_ws_close_inside_tls_then_close_notify, 0, 2);
+    tcase_add_loop_test(tc, test_stack_healthz_is_answered_inside_tls, 0, 2);
     suite_add_tcase(s, tc);
     return s;
 }
