@@ -664,6 +664,7 @@ static void on_publish_reply(ringbus_conn *conn, pending *slot, const rb_frame *
         res.topic = s != NULL ? s : "";
         res.topic_len = s != NULL ? f->u.publish_ack.topic.len : 0;
         res.seq = f->u.publish_ack.seq;
+        res.duplicate = (f->u.publish_ack.flags & RB_ACK_DUPLICATE) != 0;
         res.message = "";
     } else {
         s = scratch_str(&conn->ack_scratch, &conn->ack_scratch_cap, f->u.error.message);

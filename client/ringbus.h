@@ -352,6 +352,10 @@ typedef struct ringbus_publish_result {
     size_t topic_len;
     uint64_t seq;     /* the message's seq when status is 0 */
     uint64_t corr_id; /* the publish's correlation id */
+    /* status 0: the publish repeated an idempotency key the server had
+     * already committed within its dedup window, and seq is the original's
+     * (docs/PROTOCOL.md 7.1); false from servers that predate the flag. */
+    bool duplicate;
 } ringbus_publish_result;
 
 /* Runs exactly once per accepted publish. res and its strings are owned by
