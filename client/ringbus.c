@@ -1185,8 +1185,11 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
     conn->max_frame_bytes = max;
     memcpy(conn->server_id, f->u.started.server_id.ptr, f->u.started.server_id.len);
     conn->server_id[f->u.started.server_id.len] = '\0';
-    /* The decoder bounds client_id to RB_RPC_NAME_BYTES_MAX. */
-    memcpy(conn->client_id, f->u.started.client_id.ptr, f->u.started.client_id.len);
+    /* The decoder bounds client_id to RB_RPC_NAME_BYTES_MAX; an older
+     * server omits it (NULL, length 0: memcpy must not see NULL). */
+    if (f->u.started.client_id.len > 0) {
+        memcpy(conn->client_id, f->u.started.client_id.ptr, f->u.started.client_id.len);
+    }
     conn->client_id[f->u.started.client_id.len] = '\0';
     return 0;
 }
