@@ -1483,6 +1483,13 @@ void rb_bench_set_tls(const char *ca_file, bool insecure, int tls_library)
     rbd_tls_library = tls_library;
 }
 
+static const char *rbd_ws_origin;
+
+void rb_bench_set_ws_origin(const char *origin)
+{
+    rbd_ws_origin = origin;
+}
+
 static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb_bench_sink *sink,
                        void **conn, char *why, size_t why_bytes)
 {
@@ -1498,6 +1505,7 @@ static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb
     o.tls_ca_file = rbd_ca_file;
     o.tls_insecure = rbd_insecure;
     o.tls_library = rbd_tls_library;
+    o.ws_origin = rbd_ws_origin;
     o.connect_timeout_ms = ms_until(deadline_ns) > 0 ? ms_until(deadline_ns) : 1;
     o.publish_window = window;
     o.on_event = rbd_event;

@@ -94,6 +94,10 @@ int rb_bench_cli(int argc, char **argv, const char *url);
  * the CLI's --ca and --insecure. The strings are borrowed for the run. */
 void rb_bench_set_tls(const char *ca_file, bool insecure, int tls_library);
 
+/* The Origin header the ringbus driver's ws and wss connections send, as
+ * the CLI's --origin (NULL: none). Borrowed for the run. */
+void rb_bench_set_ws_origin(const char *origin);
+
 /* The usage text of the bench options (static). */
 const char *rb_bench_usage(void);
 

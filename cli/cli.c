@@ -1329,6 +1329,8 @@ static int child_run(char **argv, child_io *io, uint32_t timeout_ms)
     }
     pid_t pid = fork();
     if (pid == 0) {
+        /* serve ignores SIGPIPE; the command gets the default back. */
+        signal(SIGPIPE, SIG_DFL);
         dup2(in[0], 0);
         dup2(out[1], 1);
         execvp(argv[0], argv);
@@ -1443,6 +1445,9 @@ static int cmd_serve(cli *c, int argc, char **argv)
     if (i + 1 >= argc) {
         return usage_error("serve: missing -- COMMAND");
     }
+    /* A command that exits without reading all of its stdin makes the
+     * payload write fail with EPIPE, which ends that write, not serve. */
+    signal(SIGPIPE, SIG_IGN);
     int rc = cli_connect(c, false);
     if (rc != 0) {
         return rc;
@@ -1512,7 +1517,10 @@ static int cmd_call(cli *c, int argc, char **argv)
         say("call %s %s: %s", pos[0], pos[1], err.message);
         return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
     }
-    fwrite(res.payload, 1, res.payload_len, stdout);
+    if (res.payload_len > 0) {
+        /* An empty answer may come without a buffer (fwrite wants one). */
+        fwrite(res.payload, 1, res.payload_len, stdout);
+    }
     fflush(stdout);
     return 0;
 }
@@ -1566,6 +1574,7 @@ static int run(cli *c, int argc, char **argv)
     }
     if (strcmp(cmd, "bench") == 0) {
         rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);
+        rb_bench_set_ws_origin(c->origin);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

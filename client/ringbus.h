@@ -202,9 +202,9 @@ typedef struct ringbus_options {
     const char *client_name;
     /* Credentials sent in HELLO as they are (at most 65535 bytes), in the
      * format of docs/PROTOCOL.md §6.5 (empty, a token, or a user and
-     * password); NULL = none. Not checked yet: this server version does not
-     * authenticate and accepts every HELLO whatever it carries, so they
-     * protect nothing. Borrowed during connect. */
+     * password); NULL = none. The server checks what is sent and answers a
+     * refusal with RINGBUS_WIRE_UNAUTHORIZED; NULL is refused only by a
+     * server with auth.mode = "required". Borrowed during connect. */
     const void *credentials;
     size_t credentials_len;
     /* Bounds the name lookup, TCP connect and HELLO -> STARTED. 0 = 10000. */

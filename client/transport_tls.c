@@ -5,7 +5,6 @@
  * ALPN ringbus/1 (http/1.1 under wss). A read drains every record that is
  * there; when the caller's buffer fills first, read_pending says so. This
  * file includes wolfSSL headers and no OpenSSL ones. */
-#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -56,12 +55,6 @@ static const char *reason(int code, char *buf, size_t len)
 {
     wolfSSL_ERR_error_string_n((unsigned long)code, buf, len);
     return buf;
-}
-
-static bool is_address(const char *host)
-{
-    unsigned char bytes[16];
-    return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }
 
 /* The client certificate for listeners with client_ca (mutual TLS). */
@@ -137,7 +130,7 @@ static int setup_ssl(rb_client_transport *tp, tls_client *t, const rb_url *url,
     }
     wolfSSL_SSLSetIORecv(t->ssl, recv_keep_first);
     size_t host_len = strlen(url->host);
-    bool address = is_address(url->host);
+    bool address = rb_url_host_is_address(url->host);
     int ok = WOLFSSL_SUCCESS;
     if (!address) {
         /* SNI names a host, never an address (RFC 6066). */

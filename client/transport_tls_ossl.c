@@ -4,7 +4,6 @@
  * name (or address) checked, SNI for names, ALPN ringbus/1, an optional
  * client certificate. OpenSSL's AES-GCM uses AES-NI, so AES-128-GCM is
  * offered first. This file includes OpenSSL headers and no wolfSSL ones. */
-#include <arpa/inet.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -42,12 +41,6 @@ static const char *last_reason(char *buf, size_t len)
     }
     ERR_error_string_n(e, buf, len);
     return buf;
-}
-
-static bool is_address(const char *host)
-{
-    unsigned char bytes[16];
-    return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }
 
 static int setup_client_cert(rb_client_transport *tp, ossl_client *t, const char *url_text,
@@ -121,7 +114,7 @@ static int setup_ssl(rb_client_transport *tp, ossl_client *t, const rb_url *url,
     BIO_set_callback_ex(b, keep_first);
     BIO_set_callback_arg(b, (char *)t);
     SSL_set_bio(t->ssl, b, b);
-    bool address = is_address(url->host);
+    bool address = rb_url_host_is_address(url->host);
     int ok = 1;
     if (!address) {
         /* SNI names a host, never an address (RFC 6066). */

@@ -3,6 +3,7 @@
  * connecting are left to the transports. */
 #include "client/url.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -184,4 +185,10 @@ int rb_url_parse(const char *text, rb_url *url, rb_err *err)
     }
     strcpy(url->path, path);
     return 0;
+}
+
+bool rb_url_host_is_address(const char *host)
+{
+    unsigned char bytes[16];
+    return inet_pton(AF_INET, host, bytes) == 1 || inet_pton(AF_INET6, host, bytes) == 1;
 }

@@ -41,4 +41,8 @@ const char *rb_url_scheme_name(rb_url_scheme scheme);
 /* The default port of a scheme (DESIGN §4). */
 uint16_t rb_url_default_port(rb_url_scheme scheme);
 
+/* True when host is an IPv4 or IPv6 literal, not a name (TLS sends SNI
+ * only for names and checks an address against the certificate's IPs). */
+bool rb_url_host_is_address(const char *host);
+
 #endif

@@ -26,8 +26,12 @@
 /* Credentials (HELLO, AUTH): a JWT above 8 KiB is refused before it is
  * parsed, so a token cannot make the verifier allocate much; user names are
  * short like topics; passwords are bounded so a hash input is bounded. */
-#define RB_AUTH_TOKEN_BYTES_MAX    8192
-#define RB_AUTH_USER_BYTES_MAX     255
+#define RB_AUTH_TOKEN_BYTES_MAX 8192
+#define RB_AUTH_USER_BYTES_MAX  255
+/* The prefix of the identities the server gives anonymous connections
+ * ("anon-<connection id>"): no token sub or user name may start with it, so
+ * nobody signs in as another connection's identity. */
+#define RB_ANON_ID_PREFIX          "anon-"
 #define RB_AUTH_PASSWORD_BYTES_MAX 1024
 /* The largest encoded credentials: kind, u16 length and the token. */
 #define RB_AUTH_CREDENTIALS_BYTES_MAX (1 + 2 + RB_AUTH_TOKEN_BYTES_MAX)
@@ -96,6 +100,13 @@
 #define RB_SEND_IOV_MAX             64
 /* Chunks small frames are encoded into, from a per-shard pool. */
 #define RB_CHUNK_BYTES 16384
+/* Bytes the kernel may hold unsent for one connection (TCP_NOTSENT_LOWAT):
+ * enough to keep a fast link busy; beyond it frames wait in the bounded
+ * send queue, where a reap can drop them. When a connection is reaped the
+ * limit is lifted, so its closing frames fit behind what the kernel holds
+ * even when the client has stopped reading (as long as the kernel's send
+ * buffer, 4 MiB at most by default, is larger than what it holds). */
+#define RB_KERNEL_UNSENT_BYTES_MAX (1024u * 1024u)
 /* Room each send queue keeps beyond its quota for the closing frames
  * (ERROR and CLOSE, each at most 16 + 4 + RB_ERR_MSG_BYTES_MAX bytes), so
  * a connection closed for its backlog still learns why: one chunk. */

@@ -340,6 +340,18 @@ int rb_loop_cancel_fd(rb_loop *loop, int fd, rb_op *op)
     return 0;
 }
 
+int rb_loop_cancel_op(rb_loop *loop, rb_op *target)
+{
+    struct io_uring_sqe *sqe = get_sqe(loop);
+    if (sqe == NULL) {
+        return RB_ELIMIT;
+    }
+    io_uring_prep_cancel(sqe, target, 0);
+    io_uring_sqe_set_data(sqe, NULL);
+    sqe->flags |= IOSQE_CQE_SKIP_SUCCESS;
+    return 0;
+}
+
 int rb_loop_close(rb_loop *loop, int fd, rb_op *op)
 {
     struct io_uring_sqe *sqe = get_sqe(loop);

@@ -94,6 +94,10 @@ int rb_loop_poll(rb_loop *loop, int fd, uint32_t poll_mask, rb_op *op);
 int rb_loop_read(rb_loop *loop, int fd, void *buf, size_t len, rb_op *op);
 /* Cancels every operation on fd; their completions still run (-ECANCELED). */
 int rb_loop_cancel_fd(rb_loop *loop, int fd, rb_op *op);
+/* Cancels the one operation `target` (its completion still runs, with
+ * -ECANCELED unless it finished first); other operations on its fd go on.
+ * The cancel itself reports nothing. */
+int rb_loop_cancel_op(rb_loop *loop, rb_op *target);
 /* Closes fd through the ring (op may be NULL: no completion callback). */
 int rb_loop_close(rb_loop *loop, int fd, rb_op *op);
 

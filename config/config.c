@@ -100,7 +100,7 @@ struct field {
     }
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
-#define T_ALL        0x1Fu
+#define T_ALL        0x3Fu
 #define T_TLS        ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS) | (1u << RB_TRANSPORT_QUIC))
 #define T_WS         ((1u << RB_TRANSPORT_WS) | (1u << RB_TRANSPORT_WSS))
 #define T_QUIC       (1u << RB_TRANSPORT_QUIC)
@@ -250,8 +250,10 @@ static const field listener_fields[] = {
 };
 static const section listener_section = {"listener", listener_fields, COUNT(listener_fields)};
 
-static const char *const transport_names[] = {"tcp", "tls", "ws", "wss", "quic"};
-static const uint16_t transport_ports[] = {7400, 7401, 7402, 7403, 7404};
+static const char *const transport_names[] = {"tcp", "tls", "ws", "wss", "quic", "http"};
+static const uint16_t transport_ports[] = {7400, 7401, 7402, 7403, 7404, 7420};
+_Static_assert(sizeof transport_names / sizeof transport_names[0] == RB_TRANSPORT_KINDS,
+               "a name per transport");
 
 /* ---- errors ---- */
 
@@ -533,28 +535,43 @@ static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, vo
     return 0;
 }
 
-static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+/* A string that must be one of names: *index is its position, else an
+ * error at the value listing the names. */
+static int one_of(loader *ld, const char *path, const rb_toml_value *v, const char *const *names,
+                  size_t count, size_t *index)
 {
-    rb_config *cfg = base;
     const char *text = NULL;
     size_t len = 0;
     int rc = get_string(ld, path, v, &text, &len);
     if (rc < 0) {
         return rc;
     }
-    if (strcmp(text, "memory") == 0) {
-        cfg->dedup_window_ms = RB_DEDUP_WINDOW_MS_DEFAULT;
-        cfg->dedup_keys_per_topic = RB_DEDUP_KEYS_PER_TOPIC_DEFAULT;
-        cfg->dedup_keys_per_shard = RB_DEDUP_KEYS_PER_SHARD_DEFAULT;
-        cfg->storage_backend = RB_STORAGE_MEMORY;
-    } else if (strcmp(text, "postgres") == 0) {
-        cfg->storage_backend = RB_STORAGE_POSTGRES;
-    } else {
-        char shown[32];
-        show(shown, sizeof shown, text, len);
-        return fail_value(ld, v, path, "\"%s\" is not one of memory, postgres", shown);
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            *index = i;
+            return 0;
+        }
     }
-    return 0;
+    char list[128];
+    size_t n = 0;
+    for (size_t i = 0; i < count && n < sizeof list; i++) {
+        n += (size_t)snprintf(list + n, sizeof list - n, "%s%s", i > 0 ? ", " : "", names[i]);
+    }
+    char shown[32];
+    show(shown, sizeof shown, text, len);
+    return fail_value(ld, v, path, "\"%s\" is not one of %s", shown, list);
+}
+
+static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    static const char *const names[] = {
+        [RB_STORAGE_MEMORY] = "memory", [RB_STORAGE_POSTGRES] = "postgres"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_config *)base)->storage_backend = (rb_storage_backend)i;
+    }
+    return rc;
 }
 
 /* Checks that file is a readable regular file; when head is not NULL,
@@ -604,44 +621,24 @@ static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v
 
 static int transport_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_listener_config *l = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    size_t i = 0;
+    int rc = one_of(ld, path, v, transport_names, COUNT(transport_names), &i);
+    if (rc == 0) {
+        ((rb_listener_config *)base)->transport = (rb_transport_kind)i;
     }
-    for (size_t i = 0; i < COUNT(transport_names); i++) {
-        if (strcmp(text, transport_names[i]) == 0) {
-            l->transport = (rb_transport_kind)i;
-            return 0;
-        }
-    }
-    char shown[32];
-    show(shown, sizeof shown, text, len);
-    return fail_value(ld, v, path, "\"%s\" is not one of tcp, tls, ws, wss, quic", shown);
+    return rc;
 }
 
 static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_listener_config *l = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    static const char *const names[] = {
+        [RB_TLS_LIBRARY_OPENSSL] = "openssl", [RB_TLS_LIBRARY_WOLFSSL] = "wolfssl"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_listener_config *)base)->tls_library = (rb_tls_library)i;
     }
-    if (strcmp(text, "openssl") == 0) {
-        l->tls_library = RB_TLS_LIBRARY_OPENSSL;
-        return 0;
-    }
-    if (strcmp(text, "wolfssl") == 0) {
-        l->tls_library = RB_TLS_LIBRARY_WOLFSSL;
-        return 0;
-    }
-    char shown[32];
-    show(shown, sizeof shown, text, len);
-    return fail_value(ld, v, path, "\"%s\" is not one of openssl, wolfssl", shown);
+    return rc;
 }
 
 static int address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
@@ -756,8 +753,9 @@ static int load_listener(loader *ld, const rb_toml_value *t, size_t number, rb_l
     memset(l, 0, sizeof *l);
     const rb_toml_value *tv = rb_toml_get(t, "transport");
     if (tv == NULL) {
-        return fail_value(ld, t, prefix,
-                          "missing required key \"transport\" (one of tcp, tls, ws, wss, quic)");
+        return fail_value(
+            ld, t, prefix,
+            "missing required key \"transport\" (one of tcp, tls, ws, wss, quic, http)");
     }
     char path[PATH_BYTES_MAX];
     snprintf(path, sizeof path, "%s.transport", prefix);
@@ -867,23 +865,14 @@ static const rb_toml_value *lookup(const loader *ld, const char *section_name, c
 
 static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
 {
-    rb_config *cfg = base;
-    const char *text = NULL;
-    size_t len = 0;
-    int rc = get_string(ld, path, v, &text, &len);
-    if (rc < 0) {
-        return rc;
+    static const char *const names[] = {
+        [RB_AUTH_MODE_NONE] = "none", [RB_AUTH_MODE_REQUIRED] = "required"};
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        ((rb_config *)base)->auth_mode = (rb_auth_mode)i;
     }
-    if (strcmp(text, "none") == 0) {
-        cfg->auth_mode = RB_AUTH_MODE_NONE;
-    } else if (strcmp(text, "required") == 0) {
-        cfg->auth_mode = RB_AUTH_MODE_REQUIRED;
-    } else {
-        char shown[32];
-        show(shown, sizeof shown, text, len);
-        return fail_value(ld, v, path, "\"%s\" is not one of none, required", shown);
-    }
-    return 0;
+    return rc;
 }
 
 /* Remembers "file:line:column" of v for errors found after load. */
@@ -945,6 +934,10 @@ static int user_name_check(loader *ld, const char *path, const rb_toml_value *v,
     rb_credentials c;
     if (len == 0 || len > RB_AUTH_USER_BYTES_MAX) {
         return fail_value(ld, v, path, "must be 1..%d bytes", RB_AUTH_USER_BYTES_MAX);
+    }
+    if (strncmp(name, RB_ANON_ID_PREFIX, strlen(RB_ANON_ID_PREFIX)) == 0) {
+        return fail_value(ld, v, path, "must not start with \"%s\" (server-assigned ids)",
+                          RB_ANON_ID_PREFIX);
     }
     /* The rules of a user name on the wire, checked by the wire decoder. */
     size_t n =

@@ -22,7 +22,10 @@ typedef enum rb_transport_kind {
     RB_TRANSPORT_WS = 2,
     RB_TRANSPORT_WSS = 3,
     RB_TRANSPORT_QUIC = 4,
+    RB_TRANSPORT_HTTP = 5, /* the HTTP/1.1 admin routes only (/healthz, /metrics, ...) */
 } rb_transport_kind;
+
+#define RB_TRANSPORT_KINDS 6
 
 /* The library a tls or wss listener terminates TLS with. */
 typedef enum rb_tls_library {

@@ -1,8 +1,16 @@
 /* The HTTP route table (server/admin.h). */
 #include "server/admin.h"
 
+#include <dirent.h>
+#include <stdarg.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/limits.h"
+#include "server/server.h"
 
 typedef struct route {
     const char *path;
@@ -10,18 +18,259 @@ typedef struct route {
     void (*answer)(const rb_admin *admin, rb_http_response *resp);
 } route;
 
-/* 200 while the daemon serves, 503 while it starts or stops: what a load
- * balancer's health check wants. */
+/* Dynamic bodies are written here; an answer is valid until the next
+ * route call on the same thread (the front ends copy it before that). */
+static _Thread_local char body_buf[RB_ADMIN_BODY_BYTES_MAX];
+
+typedef struct body {
+    size_t len;
+    bool full;
+} body;
+
+__attribute__((format(printf, 2, 3))) static void put(body *b, const char *fmt, ...)
+{
+    if (b->full) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(body_buf + b->len, sizeof body_buf - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= sizeof body_buf - b->len) {
+        b->full = true;
+        body_buf[b->len] = '\0';
+        return;
+    }
+    b->len += (size_t)n;
+}
+
+static void answer_body(rb_http_response *resp, int status, const char *type, const body *b)
+{
+    resp->status = b->full ? 500 : status;
+    resp->extra_headers = "";
+    resp->content_type = b->full ? NULL : type;
+    resp->body = b->full ? "answer larger than the admin body limit" : body_buf;
+    resp->body_len = b->full ? 0 : b->len;
+}
+
+uint64_t rb_admin_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* The first shard whose loop has not turned within RB_ADMIN_STALL_MS, or
+ * -1; *age_ms says for how long. */
+static int stalled_shard(const rb_server *srv, uint64_t *age_ms)
+{
+    if (srv == NULL || srv->shards == NULL) {
+        return -1;
+    }
+    uint64_t now = rb_admin_now_ms();
+    for (uint32_t i = 0; i < srv->shard_count; i++) {
+        uint64_t last = RB_STAT_GET(&srv->shards[i], last_turn_ms);
+        if (last != 0 && now > last && now - last > RB_ADMIN_STALL_MS) {
+            *age_ms = now - last;
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+/* 200 while every shard's loop turns: what a liveness probe wants. */
 static void healthz(const rb_admin *admin, rb_http_response *resp)
 {
-    bool ready = atomic_load(admin->ready);
-    resp->status = ready ? 200 : 503;
+    uint64_t age = 0;
+    int s = stalled_shard(admin->server, &age);
+    body b = {0};
+    if (s >= 0) {
+        put(&b, "shard %d has not turned for %llu ms", s, (unsigned long long)age);
+        answer_body(resp, 503, NULL, &b);
+        return;
+    }
+    resp->status = 200;
     resp->extra_headers = "";
-    resp->body = ready ? "ok" : "not ready (starting or stopping)";
+    resp->body = "ok";
+}
+
+/* 200 while the daemon serves, 503 while it starts or stops: what a load
+ * balancer's readiness check wants. */
+static void readyz(const rb_admin *admin, rb_http_response *resp)
+{
+    bool ready = atomic_load(admin->ready);
+    uint64_t age = 0;
+    int s = ready ? stalled_shard(admin->server, &age) : -1;
+    resp->extra_headers = "";
+    if (!ready) {
+        resp->status = 503;
+        resp->body = "not ready (waiting for storage, or stopping)";
+        return;
+    }
+    if (s >= 0) {
+        body b = {0};
+        put(&b, "not ready: shard %d has not turned for %llu ms", s, (unsigned long long)age);
+        answer_body(resp, 503, NULL, &b);
+        return;
+    }
+    resp->status = 200;
+    resp->body = "ready";
+}
+
+/* ---- /metrics ---- */
+
+static uint64_t sum(const rb_server *srv, size_t offset)
+{
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < srv->shard_count; i++) {
+        const uint8_t *st = (const uint8_t *)&srv->shards[i].stats + offset;
+        total += __atomic_load_n((const uint64_t *)st, __ATOMIC_RELAXED);
+    }
+    return total;
+}
+
+#define SUM(srv, field) sum((srv), offsetof(rb_shard_stats, field))
+
+static void metric_head(body *b, const char *name, const char *type, const char *help)
+{
+    put(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void counter(body *b, const char *name, const char *help, uint64_t v)
+{
+    metric_head(b, name, "counter", help);
+    put(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+static void gauge(body *b, const char *name, const char *help, uint64_t v)
+{
+    metric_head(b, name, "gauge", help);
+    put(b, "%s %llu\n", name, (unsigned long long)v);
+}
+
+/* Resident memory and open fds of the process, from /proc/self. */
+static void process_metrics(body *b)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    unsigned long size = 0;
+    unsigned long resident = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (f != NULL) {
+        if (fscanf(f, "%lu %lu", &size, &resident) != 2) {
+            resident = 0;
+        }
+        fclose(f);
+    }
+    gauge(b, "ringbus_process_resident_memory_bytes", "Resident memory of the daemon.",
+          (uint64_t)resident * (uint64_t)(page > 0 ? page : 4096));
+    uint64_t fds = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (d != NULL) {
+        while (readdir(d) != NULL) {
+            fds++;
+        }
+        closedir(d);
+        fds = fds >= 3 ? fds - 3 : 0; /* ".", ".." and the directory's own fd */
+    }
+    gauge(b, "ringbus_process_open_fds", "Open file descriptors of the daemon.", fds);
+}
+
+static void metrics(const rb_admin *admin, rb_http_response *resp)
+{
+    const rb_server *srv = admin->server;
+    body b = {0};
+    if (srv == NULL || srv->shards == NULL) {
+        put(&b, "# no server\n");
+        answer_body(resp, 503, NULL, &b);
+        return;
+    }
+    metric_head(&b, "ringbus_connections_accepted_total", "counter",
+                "Client connections accepted, by listener transport.");
+    for (int k = 0; k < RB_TRANSPORT_KINDS; k++) {
+        put(&b, "ringbus_connections_accepted_total{transport=\"%s\"} %llu\n",
+            rb_transport_name((rb_transport_kind)k),
+            (unsigned long long)sum(srv, offsetof(rb_shard_stats, accepted) +
+                                             (size_t)k * sizeof(uint64_t)));
+    }
+    metric_head(&b, "ringbus_connections", "gauge",
+                "Client connections open now, by listener transport.");
+    for (int k = 0; k < RB_TRANSPORT_KINDS; k++) {
+        put(&b, "ringbus_connections{transport=\"%s\"} %llu\n",
+            rb_transport_name((rb_transport_kind)k),
+            (unsigned long long)sum(srv,
+                                    offsetof(rb_shard_stats, open) + (size_t)k * sizeof(uint64_t)));
+    }
+    counter(&b, "ringbus_frames_received_total", "Client frames decoded.", SUM(srv, frames_in));
+    counter(&b, "ringbus_received_bytes_total", "Frame bytes received from clients.",
+            SUM(srv, bytes_in));
+    metric_head(&b, "ringbus_publishes_total", "counter",
+                "Publishes answered by their topic's owner, by outcome (ok: stored and "
+                "acknowledged; error: answered with an error code).");
+    put(&b, "ringbus_publishes_total{outcome=\"ok\"} %llu\n",
+        (unsigned long long)SUM(srv, publishes_ok));
+    put(&b, "ringbus_publishes_total{outcome=\"error\"} %llu\n",
+        (unsigned long long)SUM(srv, publishes_failed));
+    counter(&b, "ringbus_deliveries_total", "Live messages queued to subscribers.",
+            SUM(srv, deliveries));
+    counter(&b, "ringbus_delivery_bytes_total", "Encoded bytes of those messages.",
+            SUM(srv, delivery_bytes));
+    counter(&b, "ringbus_slow_consumer_closes_total",
+            "Subscribers closed with resource_exhausted for a full send queue.",
+            SUM(srv, slow_consumer_closes));
+    metric_head(&b, "ringbus_loop_turns_total", "counter", "Turns of each shard's loop.");
+    for (uint32_t i = 0; i < srv->shard_count; i++) {
+        put(&b, "ringbus_loop_turns_total{shard=\"%u\"} %llu\n", i,
+            (unsigned long long)RB_STAT_GET(&srv->shards[i], loop_turns));
+    }
+    gauge(&b, "ringbus_shards", "Shards (threads) of the daemon.", srv->shard_count);
+    gauge(&b, "ringbus_ready", "1 once storage is ready and the listeners are open.",
+          atomic_load(admin->ready) ? 1 : 0);
+    gauge(&b, "ringbus_uptime_seconds", "Seconds since the daemon started its shards.",
+          (rb_admin_now_ms() - admin->started_ms) / 1000u);
+    process_metrics(&b);
+    answer_body(resp, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
+}
+
+/* ---- /v1/varz ---- */
+
+static void varz(const rb_admin *admin, rb_http_response *resp)
+{
+    const rb_server *srv = admin->server;
+    body b = {0};
+    if (srv == NULL) {
+        put(&b, "{\"error\":\"no server\"}");
+        answer_body(resp, 503, "application/json", &b);
+        return;
+    }
+    const rb_config *c = &srv->cfg;
+    /* The version and server id come from the build and the config file,
+     * never from a peer; they hold no quotes (config validates server_id). */
+    put(&b,
+        "{\"version\":\"%s\",\"server_id\":\"%s\",\"uptime_s\":%llu,\"ready\":%s,"
+        "\"shards\":%u,\"listeners\":[",
+        admin->version != NULL ? admin->version : "", c->server_id,
+        (unsigned long long)((rb_admin_now_ms() - admin->started_ms) / 1000u),
+        atomic_load(admin->ready) ? "true" : "false", srv->shard_count);
+    for (uint32_t i = 0; i < c->listener_count; i++) {
+        const rb_listener_config *l = &c->listeners[i];
+        put(&b, "%s{\"transport\":\"%s\",\"address\":\"%s\",\"port\":%u}", i > 0 ? "," : "",
+            rb_transport_name(l->transport), l->address, l->port);
+    }
+    put(&b,
+        "],\"limits\":{\"max_connections_per_shard\":%u,\"max_frame_bytes\":%u,"
+        "\"send_queue_bytes\":%llu,\"pending_buffer_bytes\":%llu,\"topics_per_stream\":%u},"
+        "\"timeouts_ms\":{\"keepalive\":%u,\"handshake\":%u,\"close_grace\":%u}}",
+        c->max_connections, c->max_frame_bytes, (unsigned long long)c->send_queue_bytes,
+        (unsigned long long)c->pending_buffer_bytes, c->topics_per_stream, c->keepalive_ms,
+        c->handshake_timeout_ms, c->close_grace_ms);
+    answer_body(resp, 200, "application/json", &b);
 }
 
 static const route routes[] = {
     {RB_ADMIN_HEALTH_PATH, "GET", healthz},
+    {"/readyz", "GET", readyz},
+    {"/metrics", "GET", metrics},
+    {"/v1/varz", "GET", varz},
 };
 
 rb_http_router rb_admin_router(const rb_admin *admin)
@@ -34,6 +283,7 @@ rb_http_router rb_admin_router(const rb_admin *admin)
 static bool lookup(const rb_admin *admin, rb_http_span method, rb_http_span path,
                    rb_http_response *resp)
 {
+    memset(resp, 0, sizeof *resp);
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (!rb_http_span_is(path, routes[i].path)) {
             continue;
@@ -69,11 +319,11 @@ int rb_admin_h3_route(void *ctx, rb_h3 *h3, int64_t stream_id, const rb_h3_reque
         r.status = 404;
         r.body = "no such path";
     }
-    /* HTTP/3 has no Allow header here: the body says it. The body is
-     * static text; rb_h3 copies it. */
+    /* HTTP/3 has no Allow header here: the body says it. rb_h3 copies the
+     * body before the next route call. */
     resp->status = (uint16_t)r.status;
-    resp->content_type = "text/plain; charset=utf-8";
+    resp->content_type = r.content_type != NULL ? r.content_type : "text/plain; charset=utf-8";
     resp->body = (const uint8_t *)r.body;
-    resp->body_len = strlen(r.body);
+    resp->body_len = r.body_len != 0 ? r.body_len : strlen(r.body);
     return RB_H3_ANSWERED;
 }

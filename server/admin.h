@@ -1,8 +1,15 @@
-/* The daemon's HTTP routes (GET /healthz today), in one table that every
- * HTTP front end calls: the WebSocket layer's HTTP/1.1 phase on ws and wss
- * listeners (rb_admin_router), HTTP/3 on the QUIC engine (rb_admin_h3_route,
- * once a quic listener serves it), an `http` listener later. Answers are
- * plain text; nothing here does I/O. */
+/* The daemon's HTTP routes, in one table that every HTTP front end calls:
+ * `http` listeners and the HTTP/1.1 phase of ws and wss listeners (the
+ * WebSocket layer, rb_admin_router), HTTP/3 on quic listeners
+ * (rb_admin_h3_route):
+ *   GET /healthz  200 while every shard's loop turned within
+ *                 RB_ADMIN_STALL_MS, else 503 naming the stalled shard;
+ *   GET /readyz   200 once storage is ready and the listeners are open,
+ *                 while not stopping; else 503 with the reason;
+ *   GET /metrics  Prometheus text format (docs/OPERATIONS.md lists the
+ *                 names): per-shard counters summed at scrape;
+ *   GET /v1/varz  JSON: version, uptime, shards, limits.
+ * The only I/O is reading /proc/self at a /metrics scrape. */
 #ifndef RB_SERVER_ADMIN_H
 #define RB_SERVER_ADMIN_H
 
@@ -15,9 +22,23 @@
 /* The health-check path. */
 #define RB_ADMIN_HEALTH_PATH "/healthz"
 
+/* A shard whose loop has not turned for this long fails /healthz (an idle
+ * loop turns at least once a second). */
+#define RB_ADMIN_STALL_MS 3000
+/* The largest answer body (/metrics with RB_SHARDS_MAX shards fits). */
+#define RB_ADMIN_BODY_BYTES_MAX (256u * 1024u)
+
+struct rb_server;
+
 typedef struct rb_admin {
-    const atomic_bool *ready; /* the daemon's readiness; borrowed */
+    const atomic_bool *ready;       /* the daemon's readiness; borrowed */
+    const struct rb_server *server; /* NULL in tests without a server */
+    const char *version;            /* for /v1/varz */
+    uint64_t started_ms;            /* rb_admin_now_ms() at start */
 } rb_admin;
+
+/* CLOCK_MONOTONIC in milliseconds (the shards' loop clock). */
+uint64_t rb_admin_now_ms(void);
 
 /* The router for a (borrowed) admin: pass it to the HTTP front ends. */
 rb_http_router rb_admin_router(const rb_admin *admin);

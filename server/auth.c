@@ -561,6 +561,11 @@ static int read_claims(const rb_auth *a, json_t *claims, int64_t now_s, rb_ident
             &c, NULL) != 0) {
         return unauthorized(err, "%s", "token: sub is missing or not a valid name");
     }
+    if (len >= strlen(RB_ANON_ID_PREFIX) &&
+        memcmp(name, RB_ANON_ID_PREFIX, strlen(RB_ANON_ID_PREFIX)) == 0) {
+        return unauthorized(err, "token: sub starts with \"%s\", the prefix of server-assigned ids",
+                            RB_ANON_ID_PREFIX);
+    }
     out->source = RB_IDENTITY_TOKEN;
     memcpy(out->name, name, len);
     out->name[len] = '\0';
@@ -623,6 +628,16 @@ int rb_auth_verify_token(const rb_auth *a, rb_bytes token, int64_t now_s, rb_ide
 }
 
 /* ---- dispatch ---- */
+
+bool rb_auth_has_passwords(const rb_auth *a)
+{
+    return a->dummy_hash[0] != '\0';
+}
+
+rb_auth_mode rb_auth_get_mode(const rb_auth *a)
+{
+    return a->mode;
+}
 
 bool rb_auth_is_slow(rb_bytes credentials)
 {

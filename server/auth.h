@@ -85,6 +85,12 @@ int rb_auth_verify_password(const rb_auth *auth, rb_bytes user, rb_bytes passwor
 int rb_auth_verify(const rb_auth *auth, rb_bytes credentials, int64_t now_s, rb_identity *out,
                    rb_err *err);
 
+/* True when some user has a password_hash. */
+bool rb_auth_has_passwords(const rb_auth *auth);
+
+/* The configured mode. */
+rb_auth_mode rb_auth_get_mode(const rb_auth *auth);
+
 /* True when credentials need the slow path (a password): the session then
  * hands them to the worker pool instead of verifying inline. */
 bool rb_auth_is_slow(rb_bytes credentials);

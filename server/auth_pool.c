@@ -23,17 +23,29 @@ struct rb_auth_pool {
     pthread_t threads[RB_AUTH_WORKERS_MAX];
 };
 
-static void finish(rb_auth_job *job)
+static void finish(rb_auth_job *job, rb_loop *loop)
 {
     /* The password is not kept past its check. */
     explicit_bzero(job->credentials, sizeof job->credentials);
     job->credentials_len = 0;
+    job->worker_loop = loop;
     job->done(job, job->ctx);
+    if (loop != NULL) {
+        rb_err err;
+        (void)rb_loop_run_once(loop, 0, &err); /* submits the wake-ups */
+    }
 }
 
 static void *worker_main(void *arg)
 {
     rb_auth_pool *p = arg;
+    /* A ring of its own only to post MSG_RING wake-ups to shards. */
+    rb_loop *loop = NULL;
+    rb_loop_options opt = {.sq_entries = 8, .recv_buf_count = 1, .recv_buf_bytes = 64};
+    rb_err lerr;
+    if (rb_loop_init(&loop, &opt, &lerr) != 0) {
+        loop = NULL;
+    }
     pthread_mutex_lock(&p->lock);
     /* A worker's loop: it ends only when the pool stops. */
     for (;;) {
@@ -59,11 +71,12 @@ static void *worker_main(void *arg)
             rb_bytes creds = {job->credentials, job->credentials_len};
             job->rc = rb_auth_verify(p->auth, creds, job->now_s, &job->identity, &job->err);
         }
-        finish(job);
+        finish(job, loop);
         pthread_mutex_lock(&p->lock);
         p->running--;
     }
     pthread_mutex_unlock(&p->lock);
+    rb_loop_deinit(loop);
     return NULL;
 }
 

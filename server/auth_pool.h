@@ -12,6 +12,7 @@
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/loop.h"
 #include "server/auth.h"
 
 typedef struct rb_auth_pool rb_auth_pool;
@@ -29,7 +30,11 @@ struct rb_auth_job {
     int rc; /* 0, RB_EINVAL (unauthorized), RB_ECLOSED (pool stopping) */
     rb_err err;
     rb_identity identity; /* the submitter releases it */
-    /* the pool's */
+    /* The worker's own small loop, valid during done: done may queue
+     * rb_loop_wake_remote on it (to wake the submitter's shard); the
+     * worker submits it after done returns. */
+    rb_loop *worker_loop;
+    /* the pool's while queued; free for the submitter once done runs */
     rb_auth_job *next;
 };
 

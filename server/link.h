@@ -47,6 +47,10 @@ typedef struct rb_link_ops {
     /* Bytes the link holds outside the session's send queue (encoded, not
      * yet written), for logs. */
     uint64_t (*unsent_bytes)(const rb_link *l);
+    /* Bytes at the head of the session's send queue that the link has
+     * handed on (a write in flight) without releasing them yet: the
+     * session must not change them. */
+    uint64_t (*busy_bytes)(const rb_link *l);
 } rb_link_ops;
 
 struct rb_link {
@@ -86,6 +90,11 @@ void rb_session_want_send(rb_conn *c);
 
 /* A layer ended the input cleanly: the session flushes and shuts down. */
 void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why);
+
+/* For logging a connection-level error: " (peer ADDRESS)" the first time
+ * it is asked for on c, "" afterwards, so every connection's address is in
+ * the log once, on its first error line. */
+const char *rb_session_peer_once(rb_conn *c);
 
 /* The peer sent something the link rejects: ERROR and CLOSE with code. */
 void rb_session_fail(rb_conn *c, uint16_t code, const char *msg);

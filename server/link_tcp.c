@@ -159,7 +159,10 @@ static int tcp_stack_build(rb_link_tcp *t, const rb_listener *l, rb_err *err)
         }
         rb_stack_push(&t->stack, layer);
     }
-    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS) {
+    /* An http listener is the WebSocket layer's HTTP phase without an
+     * upgrade path: every request goes to the admin routes. */
+    if (l->cfg.transport == RB_TRANSPORT_WS || l->cfg.transport == RB_TRANSPORT_WSS ||
+        l->cfg.transport == RB_TRANSPORT_HTTP) {
         rb_ws_options o = {.listener = &l->cfg,
                            .max_frame_bytes = srv->cfg.max_frame_bytes,
                            .router = rb_admin_router(&srv->admin)};
@@ -224,7 +227,10 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
         return;
     }
     if (sh->conn_free == NULL) {
-        RB_LOG_WARN(0, "connection table full (%u): refusing fd %d", sh->conn_max, fd);
+        char peer[RB_LINK_PEER_BYTES_MAX];
+        peer_text(fd, peer, sizeof peer);
+        RB_LOG_WARN(0, "connection table full (%u): refusing fd %d (peer %s)", sh->conn_max, fd,
+                    peer);
         refuse_fd(fd, l, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
         return;
     }
@@ -237,9 +243,12 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
     t->id = c->id;
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    int unsent = (int)RB_KERNEL_UNSENT_BYTES_MAX;
+    setsockopt(fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unsent, sizeof unsent);
     rb_err err;
     if (l->cfg.transport != RB_TRANSPORT_TCP && tcp_stack_build(t, l, &err) != 0) {
-        RB_LOG_ERROR(t->id, "%s transport: %s", rb_transport_name(l->cfg.transport), err.msg);
+        RB_LOG_ERROR(t->id, "%s transport: %s%s", rb_transport_name(l->cfg.transport), err.msg,
+                     rb_session_peer_once(c));
         tcp_down(t);
         return;
     }
@@ -287,7 +296,7 @@ static bool tcp_encode(rb_link_tcp *t)
         const uint8_t *p = rb_sendq_peek_one(q, &n);
         n = n < RB_STACK_WIRE_BYTES_PER_PASS ? n : RB_STACK_WIRE_BYTES_PER_PASS;
         if (rb_stack_send(&t->stack, p, n, &err) != 0) {
-            RB_LOG_INFO(t->id, "transport: %s", err.msg);
+            RB_LOG_INFO(t->id, "transport: %s%s", err.msg, rb_session_peer_once(t->session));
             tcp_down(t);
             return false;
         }
@@ -295,7 +304,7 @@ static bool tcp_encode(rb_link_tcp *t)
         rb_sendq_release(q, n);
     }
     if (rb_stack_flush(&t->stack, &err) != 0) {
-        RB_LOG_INFO(t->id, "transport: %s", err.msg);
+        RB_LOG_INFO(t->id, "transport: %s%s", err.msg, rb_session_peer_once(t->session));
         tcp_down(t);
         return false;
     }
@@ -424,7 +433,7 @@ static void tcp_stack_recv(rb_link_tcp *t, const uint8_t *p, size_t len)
         rb_session_fail(t->session, (uint16_t)err.cause, err.msg);
     }
     if (!t->closed && rb_stack_flush(&t->stack, &err) != 0) {
-        RB_LOG_INFO(t->id, "transport: %s", err.msg);
+        RB_LOG_INFO(t->id, "transport: %s%s", err.msg, rb_session_peer_once(t->session));
         tcp_down(t);
     }
 }
@@ -545,14 +554,22 @@ static void tcp_stop_reading(rb_link *link)
         return;
     }
     if (t->recv_armed && t->fd >= 0) {
-        /* The cancelled recv's completion still arrives and is ignored. */
-        rb_loop_cancel_fd(t->shard->loop, t->fd, NULL);
+        /* The cancelled recv's completion still arrives and is ignored. Only
+         * the recv: a send waiting for room must finish, or the frames it
+         * carries (and the CLOSE after them) would be cut off. */
+        rb_loop_cancel_op(t->shard->loop, &t->recv_op);
     }
 }
 
 static void tcp_shutdown(rb_link *link, uint16_t wire_status)
 {
     rb_link_tcp *t = TCP_OF(link);
+    if (wire_status != RB_WIRE_OK && !t->shutting && t->fd >= 0) {
+        /* The room kept free in the kernel's send buffer is for the
+         * closing frames of a client that may have stopped reading. */
+        int unlimited = 0x7fffffff;
+        setsockopt(t->fd, IPPROTO_TCP, TCP_NOTSENT_LOWAT, &unlimited, sizeof unlimited);
+    }
     t->shutting = true;
     t->close_status = wire_status;
     rb_session_want_send(t->session);
@@ -574,6 +591,20 @@ static uint64_t tcp_unsent_bytes(const rb_link *link)
     return rb_sendq_unsent(&TCP_OF(link)->wire);
 }
 
+static uint64_t tcp_busy_bytes(const rb_link *link)
+{
+    const rb_link_tcp *t = TCP_OF(link);
+    if (!t->sending || !rb_stack_empty(&t->stack)) {
+        /* Layers copy what they take: the session's bytes are never busy. */
+        return 0;
+    }
+    uint64_t n = 0;
+    for (size_t i = 0; i < t->tx_msg.msg_iovlen; i++) {
+        n += t->tx_iov[i].iov_len;
+    }
+    return n;
+}
+
 static const rb_link_ops tcp_ops = {
     .start_send = tcp_start_send,
     .stop_reading = tcp_stop_reading,
@@ -582,4 +613,5 @@ static const rb_link_ops tcp_ops = {
     .ready = tcp_ready,
     .lingering = tcp_lingering,
     .unsent_bytes = tcp_unsent_bytes,
+    .busy_bytes = tcp_busy_bytes,
 };

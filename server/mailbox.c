@@ -227,13 +227,18 @@ rb_block *rb_mailbox_block(rb_mailbox *mb, size_t bytes)
 
 void rb_block_ref(rb_block *b)
 {
+    /* A free block has no home (below): a reference to it is a bug. */
+    RB_ASSERT(b->home != NULL);
     atomic_fetch_add_explicit(&b->refs, 1, memory_order_relaxed);
 }
 
 void rb_block_unref(rb_block *b)
 {
+    RB_ASSERT(b->home != NULL);
     if (atomic_fetch_sub_explicit(&b->refs, 1, memory_order_acq_rel) == 1) {
-        rb_freelist_put(b->home, b);
+        rb_freelist *home = b->home;
+        b->home = NULL;
+        rb_freelist_put(home, b);
     }
 }
 

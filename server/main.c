@@ -34,7 +34,10 @@ static void usage(FILE *out)
                  "       ringbusd --version | --help\n"
                  "\n"
                  "Without --config, ringbusd runs the embedded default: the memory store and\n"
-                 "one TCP listener on 127.0.0.1:7400.\n"
+                 "one TCP listener on 127.0.0.1:7400, with auth.mode = \"none\" (no sign-in).\n"
+                 "With [auth] mode = \"required\", every connection on every transport signs\n"
+                 "in at HELLO (a JWT, or [[auth.user]] name and password) and its publish and\n"
+                 "subscribe permissions are checked (docs/OPERATIONS.md, Security).\n"
                  "\n"
                  "  -c, --config PATH        load the TOML configuration at PATH\n"
                  "      --migrate-only       apply the storage schema migrations and exit\n"
@@ -297,8 +300,8 @@ static bool is_loopback(const char *address)
 }
 
 /* Loads the [auth] keys and users (what --check-config and start-up check
- * beyond the file itself). Sign-in is not enforced by the sessions yet, so
- * mode "required" is refused rather than served open. */
+ * beyond the file itself); under mode "none" warns about each listener off
+ * loopback, since anyone who reaches it may publish and subscribe. */
 static int check_auth(const rb_config *cfg, rb_auth **out, rb_err *err)
 {
     int rc = rb_auth_new(cfg, out, err);
@@ -403,14 +406,13 @@ static int run(rb_server *srv)
     }
     sigset_t set;
     block_signals(&set);
-    rb_auth *auth = NULL;
-    int rc = check_auth(&srv->cfg, &auth, &err);
-    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_REQUIRED) {
-        rc = rb_err_set(&err, RB_EUNSUPPORTED, 0,
-                        "auth.mode = \"required\": this build validates users and keys but its "
-                        "sessions do not check credentials yet; refusing to serve unauthenticated");
+    int rc = check_auth(&srv->cfg, &srv->auth, &err);
+    if (rc == 0 && srv->cfg.auth_mode == RB_AUTH_MODE_NONE) {
+        rc = rb_auth_verify(srv->auth, (rb_bytes){NULL, 0}, 0, &srv->anonymous, &err);
     }
-    rb_auth_free(auth);
+    if (rc == 0 && rb_auth_has_passwords(srv->auth)) {
+        rc = rb_auth_pool_start(&srv->auth_pool, srv->auth, srv->cfg.auth_workers, &err);
+    }
     rc = rc ? rc : rb_tls_global_init(&err);
     rc = rc ? rc : open_listeners(srv, &err);
     if (rc == 0) {
@@ -425,9 +427,13 @@ static int run(rb_server *srv)
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
         close_listeners(srv);
+        rb_auth_pool_stop(srv->auth_pool);
+        rb_auth_free(srv->auth);
         return 1;
     }
     if (!wait_storage_ready(srv, &set)) {
+        rb_auth_pool_stop(srv->auth_pool);
+        srv->auth_pool = NULL;
         close_listeners(srv);
         rb_tls_global_deinit();
         srv->storage_ops->close(srv->storage);
@@ -437,6 +443,7 @@ static int run(rb_server *srv)
     rc = listen_all(srv, &err);
     srv->subsystems = rb_shard_subsystems;
     srv->subsystem_count = rb_shard_subsystem_count;
+    srv->admin.version = RB_VERSION;
     rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
@@ -452,11 +459,16 @@ static int run(rb_server *srv)
     wait_for_stop(srv, &set);
     sd_notify(0, "STOPPING=1");
     atomic_store(&srv->ready, false);
+    /* Sign-ins still queued are cancelled; running ones still reach their
+     * shard, which runs until rb_server_stop. */
+    rb_auth_pool_stop(srv->auth_pool);
+    srv->auth_pool = NULL;
     rb_server_stop(srv);
     rb_server_join(srv);
     close_listeners(srv);
     rb_tls_global_deinit();
     srv->storage_ops->close(srv->storage);
+    rb_auth_free(srv->auth);
     RB_LOG_INFO(0, "stopped");
     return 0;
 }

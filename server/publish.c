@@ -75,6 +75,13 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
         rb_conn_send_error(c, corr, code, "%s", err.msg);
         return;
     }
+    /* Permissions (server/policy.c): refused publishes change nothing and
+     * leave the connection open. */
+    if (!rb_conn_may(c, RB_POLICY_PUBLISH, topic)) {
+        rb_conn_send_error(c, corr, RB_WIRE_FORBIDDEN, "%s may not publish to %.*s", rb_conn_who(c),
+                           (int)topic.len, (const char *)topic.ptr);
+        return;
+    }
     size_t max_payload = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES -
                          rb_frame_messages_item_size(topic.len, 0);
     if (payload.len > max_payload) {
@@ -229,6 +236,11 @@ static void deliver_ack(rb_conn *c, uint64_t corr, rb_bytes topic, uint64_t seq,
 {
     RB_ASSERT(c->publishes_in_flight > 0);
     c->publishes_in_flight--;
+    if (code == RB_WIRE_OK) {
+        RB_STAT_ADD(c->shard, publishes_ok, 1);
+    } else {
+        RB_STAT_ADD(c->shard, publishes_failed, 1);
+    }
     if (c->state == RB_CONN_CLOSING) {
         return;
     }

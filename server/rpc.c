@@ -15,8 +15,9 @@
  * (DELIVER) -> REQUEST to the responder; its ack and response come back as
  * OUTCOME records to the call. Records ride the mailbox (RB_XK_RPC), so the
  * shards share nothing. Sessions hand REGISTER, UNREGISTER, REQUEST,
- * REQUEST_ACK and RESPONSE frames here; rb_rpc_conn_closed ends what a
- * closing connection had. Across nodes: not yet (the cluster plane). */
+ * REQUEST_ACK and RESPONSE frames here; a close handler registered with the
+ * session (rb_session_on_closed) ends what a closing connection had. Across nodes: not yet (the
+ * cluster plane). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -687,7 +688,9 @@ static int name_check(rb_conn *c, uint64_t corr, const char *what, rb_bytes name
 {
     rb_err err;
     if (rb_topic_validate(name, false, &err) != 0) {
-        rb_conn_send_error(c, corr, RB_WIRE_INVALID_ARGUMENT, "%s: %s", what, err.msg);
+        /* Names follow the topic rules; say so in the name's own terms. */
+        const char *why = strncmp(err.msg, "topic: ", 7) == 0 ? err.msg + 7 : err.msg;
+        rb_conn_send_error(c, corr, RB_WIRE_INVALID_ARGUMENT, "%s: %s", what, why);
         return -1;
     }
     return 0;
@@ -849,6 +852,16 @@ static void on_deliver(rb_rpc *rpc, const rec *r)
     rb_conn *c = rb_conn_lookup(rpc->sh, r->b_index, r->b_gen);
     if (c == NULL || c->state != RB_CONN_OPEN) {
         outcome_to(rpc->sh, r, RB_WIRE_RECIPIENT_DISCONNECTED, "the responder went away");
+        if (c == NULL) {
+            /* Its close normally unregisters it; should that record have
+             * found no envelope, the directory learns it here. */
+            rec u = *r;
+            u.type = REC_REG;
+            u.op = OP_UNREGISTER;
+            u.caller = (rb_bytes){0};
+            u.payload = (rb_bytes){0};
+            (void)rec_send(rpc->sh, directory_shard(rpc->sh, r->name), &u);
+        }
         return;
     }
     if (c->rpc_serve_count >= rpc->sh->server->cfg.rpc_serves_per_connection ||
@@ -961,7 +974,8 @@ static void on_cancel(rb_rpc *rpc, const rec *r)
     }
 }
 
-void rb_rpc_conn_closed(rb_conn *c)
+/* Ends c's calls, the requests routed to it and its registrations. */
+static void rpc_conn_closed(rb_conn *c)
 {
     rb_rpc *rpc = c->shard->rpc;
     if (rpc == NULL) {
@@ -1077,6 +1091,7 @@ static int rpc_init(rb_shard *sh, rb_err *err)
     rb_session_take_frames(sh, RB_FRAME_REQUEST, on_request_frame);
     rb_session_take_frames(sh, RB_FRAME_REQUEST_ACK, on_request_ack_frame);
     rb_session_take_frames(sh, RB_FRAME_RESPONSE, on_response_frame);
+    rb_session_on_closed(sh, rpc_conn_closed);
     return 0;
 }
 

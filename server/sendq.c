@@ -292,9 +292,153 @@ void rb_sendq_written(rb_sendq *q, size_t n)
     }
 }
 
+void rb_sendq_track_frames(rb_sendq *q)
+{
+    RB_ASSERT(rb_sendq_bytes(q) == 0);
+    q->frames = true;
+    memset(&q->acked_frame, 0, sizeof q->acked_frame);
+}
+
+/* Moves cursor fc over n queued bytes from the acked cursor on. Every
+ * frame starts with its u32 size, so this reads 4 bytes per frame and
+ * skips the rest. */
+static void frames_walk(const rb_sendq *q, rb_frame_cursor *fc, uint64_t n)
+{
+    const rb_seg *s = q->head;
+    size_t at = s != NULL ? s->off : 0;
+    /* Bounded by n: each pass moves at least one byte or one segment. */
+    while (n > 0) {
+        RB_ASSERT(s != NULL);
+        if (at == s->len) {
+            s = s->next;
+            at = s != NULL ? s->off : 0;
+            continue;
+        }
+        if (fc->left == 0) {
+            /* At a frame start, or inside its size field. */
+            fc->size[fc->size_have++] = s->data[at++];
+            n--;
+            if (fc->size_have == 4) {
+                uint32_t size = (uint32_t)fc->size[0] | (uint32_t)fc->size[1] << 8 |
+                                (uint32_t)fc->size[2] << 16 | (uint32_t)fc->size[3] << 24;
+                /* The server encodes every frame it queues. */
+                RB_ASSERT(size >= RB_FRAME_HEADER_BYTES);
+                fc->left = size - 4;
+                fc->size_have = 0;
+            }
+            continue;
+        }
+        size_t step = s->len - at;
+        step = step < n ? step : (size_t)n;
+        step = step < fc->left ? step : fc->left;
+        at += step;
+        n -= step;
+        fc->left -= (uint32_t)step;
+    }
+}
+
+/* Copies len queued bytes from `from` bytes past the acked cursor; false
+ * when fewer are queued. */
+static bool bytes_at(const rb_sendq *q, uint64_t from, uint8_t *out, size_t len)
+{
+    for (const rb_seg *s = q->head; s != NULL && len > 0; s = s->next) {
+        uint64_t avail = s->len - s->off;
+        if (from >= avail) {
+            from -= avail;
+            continue;
+        }
+        size_t take = avail - from < len ? (size_t)(avail - from) : len;
+        memcpy(out, s->data + s->off + from, take);
+        out += take;
+        len -= take;
+        from = 0;
+    }
+    return len == 0;
+}
+
+/* Bytes past the acked cursor up to the end of the frame that the byte
+ * `at` bytes past it falls in (at itself on a boundary). */
+static uint64_t frame_end_after(const rb_sendq *q, uint64_t at)
+{
+    rb_frame_cursor fc = q->acked_frame;
+    frames_walk(q, &fc, at);
+    if (fc.size_have == 0) {
+        return at + fc.left;
+    }
+    uint8_t size[4];
+    memcpy(size, fc.size, fc.size_have);
+    bool whole = bytes_at(q, at, size + fc.size_have, 4u - fc.size_have);
+    RB_ASSERT(whole);
+    uint32_t total = (uint32_t)size[0] | (uint32_t)size[1] << 8 | (uint32_t)size[2] << 16 |
+                     (uint32_t)size[3] << 24;
+    return at + total - fc.size_have;
+}
+
+uint64_t rb_sendq_drop_unstarted(rb_sendq *q, uint64_t busy)
+{
+    if (!q->frames) {
+        return 0;
+    }
+    uint64_t written = q->written_pos - q->acked_pos;
+    RB_ASSERT(written + busy <= rb_sendq_bytes(q));
+    uint64_t keep = frame_end_after(q, written + busy);
+    RB_ASSERT(keep <= rb_sendq_bytes(q));
+    uint64_t dropped = rb_sendq_bytes(q) - keep;
+    if (dropped == 0) {
+        return 0;
+    }
+    rb_seg **link = &q->head;
+    rb_seg *last = NULL;
+    uint64_t left = keep;
+    while (*link != NULL && left > 0) {
+        rb_seg *s = *link;
+        uint64_t avail = s->len - s->off;
+        if (avail >= left) {
+            s->len = s->off + (uint32_t)left;
+            left = 0;
+        } else {
+            left -= avail;
+        }
+        last = s;
+        link = &s->next;
+    }
+    rb_seg *rest = *link;
+    *link = NULL;
+    q->tail = last;
+    if (last == NULL) {
+        q->head = NULL;
+    }
+    while (rest != NULL) {
+        rb_seg *next = rest->next;
+        seg_put(q, rest);
+        rest = next;
+    }
+    q->tail_pos = q->acked_pos + keep;
+    /* The written cursor is within what stayed: find its segment again. */
+    q->wseg = q->head;
+    q->woff = q->head != NULL ? q->head->off : 0;
+    uint64_t n = written;
+    while (n > 0) {
+        rb_seg *s = q->wseg;
+        RB_ASSERT(s != NULL);
+        uint64_t avail = s->len - q->woff;
+        uint64_t take = n < avail ? n : avail;
+        q->woff += (uint32_t)take;
+        n -= take;
+        if (q->woff == s->len && s->next != NULL) {
+            q->wseg = s->next;
+            q->woff = 0;
+        }
+    }
+    return dropped;
+}
+
 void rb_sendq_release(rb_sendq *q, size_t n)
 {
     RB_ASSERT(n <= q->written_pos - q->acked_pos);
+    if (q->frames) {
+        frames_walk(q, &q->acked_frame, n);
+    }
     q->acked_pos += n;
     while (q->head != NULL) {
         rb_seg *s = q->head;
@@ -344,4 +488,5 @@ void rb_sendq_drop_all(rb_sendq *q)
     q->tail_pos = 0;
     q->written_pos = 0;
     q->acked_pos = 0;
+    memset(&q->acked_frame, 0, sizeof q->acked_frame);
 }

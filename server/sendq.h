@@ -46,6 +46,14 @@ struct rb_seg {
     uint8_t *chunk; /* owned chunk from the shard's chunk pool, or NULL */
 };
 
+/* A position in a byte stream of frames: bytes left of the current frame
+ * (0 at a boundary), and the part of its u32 size field seen so far. */
+typedef struct rb_frame_cursor {
+    uint32_t left;
+    uint8_t size_have;
+    uint8_t size[4];
+} rb_frame_cursor;
+
 /* The shard's send memory: the sum of its queues' charges. Derived from
  * the config (rb_send_budget_bytes) so that every connection can reach
  * its quota at once: one connection's backlog never makes another's frames
@@ -68,6 +76,10 @@ typedef struct rb_sendq {
     uint64_t tail_pos;
     uint64_t written_pos;
     uint64_t acked_pos;
+    /* A queue of frames (not of encoded socket bytes) follows their
+     * boundaries at the acked cursor, for rb_sendq_drop_unstarted. */
+    bool frames;
+    rb_frame_cursor acked_frame;
 } rb_sendq;
 
 /* Flags of rb_sendq_append. */
@@ -83,6 +95,18 @@ uint64_t rb_send_budget_bytes(const rb_config *cfg);
  * sizeof(rb_seg) items), charged to budget up to quota_bytes. */
 void rb_sendq_init(rb_sendq *q, rb_pool *chunks, rb_pool *segs, rb_send_budget *budget,
                    uint64_t quota_bytes);
+
+/* The queue holds whole ringbus frames: from now on it follows their
+ * boundaries (4 bytes read per frame released), so that
+ * rb_sendq_drop_unstarted can cut it on one. Call on an empty queue. */
+void rb_sendq_track_frames(rb_sendq *q);
+
+/* Drops every queued frame that has not started to go out: what is
+ * written or released stays, and so do the first `busy` unsent bytes (a
+ * write in flight) and the rest of the frame they end in, so the queue
+ * still ends on a frame boundary. Returns the bytes dropped. Only for a
+ * queue that tracks frames (else it drops nothing). */
+uint64_t rb_sendq_drop_unstarted(rb_sendq *q, uint64_t busy);
 
 /* Returns every chunk, segment and block reference; the queue is empty. */
 void rb_sendq_drop_all(rb_sendq *q);

@@ -18,6 +18,8 @@
 #include "common/queue.h"
 #include "config/config.h"
 #include "server/admin.h"
+#include "server/auth.h"
+#include "server/auth_pool.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -35,6 +37,10 @@ typedef void rb_remote_fn(rb_shard *sh, uint64_t payload);
  * intake today): subsystems register theirs at init, so the session calls
  * none of them by name. */
 typedef void rb_client_frame_fn(rb_conn *c, const rb_frame *f);
+/* Called when a session closes, before its link does (rb_session_on_closed). */
+typedef void rb_conn_closed_fn(rb_conn *c);
+/* Subsystems that may register a close handler on a shard. */
+#define RB_SESSION_CLOSED_FNS_MAX 4
 typedef struct rb_subsystem rb_subsystem;
 typedef struct rb_link rb_link;
 typedef struct rb_link_tcp rb_link_tcp;
@@ -46,6 +52,7 @@ typedef struct rb_quic_ep rb_quic_ep;
 enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
+    RB_REMOTE_AUTH = 3,     /* an auth worker finished password checks (shard.auth_done) */
     RB_REMOTE_KINDS_MAX = 4
 };
 #define RB_REMOTE_KIND_SHIFT     56
@@ -71,6 +78,8 @@ struct rb_conn {
     rb_conn_state state;
     bool flush_queued;
     bool pong_wait;
+    bool peer_logged; /* a connection-level error named the peer's address */
+    bool tx_trimmed;  /* the unstarted frames were dropped for the closing frames */
     rb_timer timer;
     uint64_t last_tx_ms;
     uint64_t ping_sent_ms;
@@ -89,7 +98,16 @@ struct rb_conn {
     rb_conn *free_next;
     /* publishing and the stream */
     uint32_t publishes_in_flight;
+    uint8_t transport; /* rb_transport_kind of its link, for the counters */
     rb_stream *stream;
+    /* who signed in (server/auth.h): NULL until HELLO is accepted; the
+     * shared anonymous identity under auth.mode = "none", else owned */
+    rb_identity *identity;
+    uint64_t expires_mono_ms; /* the token's exp on this loop's clock; 0 = none */
+    uint64_t refuse_at_ms;    /* a refused sign-in is answered then; 0 = none */
+    uint64_t refuse_corr;
+    char *refuse_msg; /* owned while refuse_at_ms is set */
+    bool signing_in;  /* a password check is with the auth workers */
     /* RPC (server/rpc.c): the identity others call it by (STARTED's
      * client_id; server-assigned for anonymous connections), its calls in
      * flight as a caller, requests in flight to it and its methods. */
@@ -113,8 +131,33 @@ typedef struct rb_listener {
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
 } rb_listener;
 
+/* A shard's counters for /metrics (server/admin.c). Only the shard's own
+ * thread writes them (RB_STAT_ADD: a relaxed store, no lock, no atomic
+ * read-modify-write); a scrape on any thread reads them relaxed and sums
+ * the shards. Gauges go up and down the same way. */
+typedef struct rb_shard_stats {
+    uint64_t accepted[RB_TRANSPORT_KINDS]; /* sessions opened, by listener transport */
+    uint64_t open[RB_TRANSPORT_KINDS];     /* gauge: sessions open now */
+    uint64_t frames_in;                    /* client frames decoded */
+    uint64_t bytes_in;                     /* frame bytes received */
+    uint64_t publishes_ok;                 /* publishes acknowledged */
+    uint64_t publishes_failed;             /* publishes answered with an error */
+    uint64_t deliveries;                   /* messages queued to subscribers */
+    uint64_t delivery_bytes;               /* their encoded bytes */
+    uint64_t slow_consumer_closes;         /* subscribers closed for a full send queue */
+    uint64_t loop_turns;                   /* turns of the shard's loop */
+    uint64_t last_turn_ms;                 /* CLOCK_MONOTONIC ms of the last turn's start */
+} rb_shard_stats;
+
+#define RB_STAT_ADD(sh, field, n)                                                                  \
+    __atomic_store_n(&(sh)->stats.field, (sh)->stats.field + (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_SUB(sh, field, n)                                                                  \
+    __atomic_store_n(&(sh)->stats.field, (sh)->stats.field - (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_GET(sh, field) __atomic_load_n(&(sh)->stats.field, __ATOMIC_RELAXED)
+
 struct rb_shard {
     rb_server *server;
+    rb_shard_stats stats;
     uint32_t id;
     pthread_t thread;
     rb_loop *loop;
@@ -129,7 +172,9 @@ struct rb_shard {
     uint32_t conn_max;
     rb_conn *flush_list;
     rb_client_frame_fn *client_frames[RB_FRAME_KIND_LAST + 1]; /* rb_session_take_frames */
-    rb_link_tcp *tcp_links;                                    /* [conn_max], server/link_tcp.c */
+    rb_conn_closed_fn *closed_fns[RB_SESSION_CLOSED_FNS_MAX];  /* rb_session_on_closed */
+    uint32_t closed_fn_count;
+    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
     rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
     rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
     rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
@@ -145,6 +190,7 @@ struct rb_shard {
     uint32_t subsystems_inited; /* init hooks that succeeded, undone by deinit */
     bool poll_soon;             /* a subsystem waits for something nobody wakes it for */
     rb_remote_fn *remote[RB_REMOTE_KINDS_MAX];
+    _Atomic(rb_auth_job *) auth_done; /* finished password checks, pushed by workers */
     /* storage */
     rb_storage_shard *storage;
     /* topic owners and local subscriptions */
@@ -176,11 +222,22 @@ struct rb_server {
     uint32_t listener_count;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
-    rb_admin admin; /* the HTTP routes, server/admin.c */
+    rb_admin admin;          /* the HTTP routes, server/admin.c */
+    rb_auth *auth;           /* the credential verifier (immutable), server/auth.c */
+    rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
+    rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
+
+/* server/session.c: may the connection's identity do action on topic
+ * (policy checks at publish intake and Mutate validation), and its name
+ * for log lines. */
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
+/* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
+void rb_session_auth_done(rb_shard *sh, uint64_t payload);
+const char *rb_conn_who(const rb_conn *c);
 
 /* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);
@@ -266,6 +323,9 @@ bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
 /* Hands every client frame of `kind` on this shard to fn (once per kind,
  * from a subsystem's init hook). */
 void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn);
+/* Registers fn to run for every session of sh that closes (a subsystem's
+ * init hook calls it), so the session names no subsystem but the stream. */
+void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn);
 /* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
 /* Daemon stop: every session is sent CLOSE going_away (or cut while it
@@ -287,8 +347,6 @@ extern const rb_subsystem rb_owner_subsystem;
 
 /* server/rpc.c: request/reply between clients (docs/PROTOCOL.md section 12) */
 extern const rb_subsystem rb_rpc_subsystem;
-/* Ends c's calls, the requests routed to it and its registrations. */
-void rb_rpc_conn_closed(rb_conn *c);
 
 /* server/stream.c: subscription streams */
 extern const rb_subsystem rb_stream_subsystem;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 
 #include "common/assert.h"
 #include "common/log.h"
@@ -33,8 +34,18 @@ void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn
     sh->client_frames[kind] = fn;
 }
 
+void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn)
+{
+    RB_ASSERT(fn != NULL && sh->closed_fn_count < RB_SESSION_CLOSED_FNS_MAX);
+    sh->closed_fns[sh->closed_fn_count++] = fn;
+}
+
 static bool conn_reading(const rb_conn *c);
 static void finish_close(rb_conn *c);
+static void identity_drop(rb_conn *c);
+static void refuse_now(rb_conn *c);
+static void send_started(rb_conn *c, uint64_t corr);
+static void check_password(rb_conn *c, const rb_frame *f);
 
 int rb_conn_table_init(rb_shard *sh, rb_err *err)
 {
@@ -81,6 +92,8 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     sh->conn_free = c->free_next;
     RB_ASSERT(c->state == RB_CONN_FREE);
     RB_ASSERT(c->link == NULL);
+    /* Every link says what of the queue it holds (the reap trims the rest). */
+    RB_ASSERT(l->ops->busy_bytes != NULL);
     uint32_t gen = c->gen + 1;
     uint32_t index = c->index;
     memset(c, 0, sizeof *c);
@@ -91,7 +104,11 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     c->id = atomic_fetch_add(&sh->server->next_conn_id, 1) + 1;
     rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
                   rb_send_quota_bytes(&sh->server->cfg));
+    rb_sendq_track_frames(&c->sendq);
     c->state = RB_CONN_HANDSHAKE;
+    c->transport = (uint8_t)l->kind;
+    RB_STAT_ADD(sh, accepted[c->transport], 1);
+    RB_STAT_ADD(sh, open[c->transport], 1);
     c->timer.fn = conn_timer_fired;
     c->last_tx_ms = rb_loop_now_ms(sh->loop);
     atomic_fetch_add(&sh->conn_count, 1);
@@ -160,6 +177,24 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
     return 0;
 }
 
+/* A reaped connection's queued frames cannot reach a client that does not
+ * read them, and they would stand between it and the CLOSE that says why:
+ * the frames the link has not started go (the client resumes from its
+ * cursor: nothing is lost silently, G4); the one it is writing is
+ * finished, and the closing frames follow it. */
+static void tx_drop_unstarted(rb_conn *c)
+{
+    if (c->tx_trimmed) {
+        return;
+    }
+    c->tx_trimmed = true;
+    uint64_t dropped = rb_sendq_drop_unstarted(&c->sendq, c->link->ops->busy_bytes(c->link));
+    if (dropped > 0) {
+        RB_LOG_DEBUG(c->id, "dropped %llu queued bytes the client will not get",
+                     (unsigned long long)dropped);
+    }
+}
+
 static void tx_drop_all(rb_conn *c)
 {
     rb_sendq_drop_all(&c->sendq);
@@ -206,7 +241,9 @@ static void finish_close(rb_conn *c)
     c->state = RB_CONN_CLOSED;
     rb_timer_disarm(c->shard->loop, &c->timer);
     rb_stream_conn_closed(c);
-    rb_rpc_conn_closed(c);
+    for (uint32_t i = 0; i < c->shard->closed_fn_count; i++) {
+        c->shard->closed_fns[i](c);
+    }
     if (c->link != NULL) {
         /* The link may release at once, freeing the slot. */
         c->link->ops->close(c->link);
@@ -230,11 +267,13 @@ static void conn_try_free(rb_conn *c)
         rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
         c->rx_buf = NULL;
     }
+    identity_drop(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
     c->free_next = sh->conn_free;
     sh->conn_free = c;
     atomic_fetch_sub(&sh->conn_count, 1);
+    RB_STAT_SUB(sh, open[c->transport], 1);
 }
 
 void rb_conn_abort(rb_conn *c)
@@ -269,6 +308,18 @@ static void stop_reading(rb_conn *c)
     c->link->ops->stop_reading(c->link);
 }
 
+const char *rb_session_peer_once(rb_conn *c)
+{
+    /* One per shard thread: the caller logs it before the next call. */
+    static _Thread_local char note[RB_LINK_PEER_BYTES_MAX + 16];
+    if (c->peer_logged || c->link == NULL) {
+        return "";
+    }
+    c->peer_logged = true;
+    snprintf(note, sizeof note, " (peer %s)", c->link->peer);
+    return note;
+}
+
 void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
 {
     /* A layer ended the input cleanly (close_notify, WS Close, an HTTP
@@ -278,7 +329,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
         return;
     }
     if (how == RB_LAYER_END_DONE && strncmp(why, "HTTP 200", 8) != 0) {
-        RB_LOG_INFO(c->id, "closing: %s", why);
+        RB_LOG_INFO(c->id, "closing: %s%s", why, rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s", why);
     }
@@ -300,7 +351,8 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     if (status != RB_WIRE_OK && status != RB_WIRE_GOING_AWAY) {
-        RB_LOG_INFO(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
+        RB_LOG_INFO(c->id, "closing: %s: %s%s", rb_wire_code_name(status), msg,
+                    rb_session_peer_once(c));
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s: %s", rb_wire_code_name(status), msg);
     }
@@ -308,6 +360,9 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     rb_bytes m = {(const uint8_t *)msg, strlen(msg)};
     size_t n = rb_frame_encode_close(buf, sizeof buf, 0, status, m);
     RB_ASSERT(n > 0);
+    if (status == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+        tx_drop_unstarted(c);
+    }
     c->state = RB_CONN_CLOSING;
     stop_reading(c);
     if (!c->link->ops->ready(c->link)) {
@@ -344,12 +399,15 @@ int rb_conn_send_error(rb_conn *c, uint64_t corr_id, uint16_t code, const char *
 
 /* An error that ends the connection: ERROR{code} then CLOSE{code}, both
  * in the send queue's reserve when the quota is spent. */
-static void conn_fail(rb_conn *c, uint16_t code, const char *msg)
+static void conn_fail(rb_conn *c, uint64_t corr_id, uint16_t code, const char *msg)
 {
     if (conn_reading(c) || c->state == RB_CONN_DRAINING) {
+        if (code == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
+            tx_drop_unstarted(c);
+        }
         uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + RB_ERR_MSG_BYTES_MAX];
         rb_bytes m = {(const uint8_t *)msg, strnlen(msg, RB_ERR_MSG_BYTES_MAX - 1)};
-        size_t n = rb_frame_encode_error(buf, sizeof buf, 0, code, m);
+        size_t n = rb_frame_encode_error(buf, sizeof buf, corr_id, code, m);
         RB_ASSERT(n > 0);
         (void)append_closing(c, buf, n);
     }
@@ -401,6 +459,12 @@ static void conn_rearm_timer(rb_conn *c)
         uint64_t pd = c->partial_since_ms + cfg->handshake_timeout_ms;
         due = pd < due ? pd : due;
     }
+    if (c->refuse_at_ms != 0 && c->refuse_at_ms < due) {
+        due = c->refuse_at_ms;
+    }
+    if (c->expires_mono_ms != 0 && c->state == RB_CONN_OPEN && c->expires_mono_ms < due) {
+        due = c->expires_mono_ms;
+    }
     rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
 }
 
@@ -410,7 +474,7 @@ static void send_ping(rb_conn *c)
     c->ping_nonce = c->ping_nonce * 6364136223846793005ull + c->id + 1442695040888963407ull;
     size_t n = rb_frame_encode_ping(buf, sizeof buf, 0, c->ping_nonce);
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         return;
     }
     c->pong_wait = true;
@@ -427,8 +491,8 @@ static void conn_timer_fired(rb_timer *t)
             RB_LOG_DEBUG(c->id, "peer did not close within the close grace");
         } else {
             uint64_t unsent = rb_sendq_unsent(&c->sendq) + c->link->ops->unsent_bytes(c->link);
-            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent",
-                        (unsigned long long)unsent);
+            RB_LOG_INFO(c->id, "close grace expired with %llu bytes unsent%s",
+                        (unsigned long long)unsent, rb_session_peer_once(c));
         }
         finish_close(c);
         return;
@@ -442,16 +506,25 @@ static void conn_timer_fired(rb_timer *t)
         return;
     }
     if (c->partial_since_ms != 0 && now >= c->partial_since_ms + cfg->handshake_timeout_ms) {
-        conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
+        conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "frame not completed in time");
         return;
     }
-    if (c->state == RB_CONN_HANDSHAKE) {
+    if (c->refuse_at_ms != 0 && c->state == RB_CONN_HANDSHAKE) {
+        if (now >= c->refuse_at_ms) {
+            refuse_now(c);
+            return;
+        }
+    } else if (c->state == RB_CONN_OPEN && c->expires_mono_ms != 0 && now >= c->expires_mono_ms) {
+        RB_LOG_INFO(c->id, "token of %s expired", rb_conn_who(c));
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "token expired");
+        return;
+    } else if (c->state == RB_CONN_HANDSHAKE) {
         if (now >= c->last_tx_ms + cfg->handshake_timeout_ms) {
             bool layers = !c->link->ops->ready(c->link);
-            RB_LOG_INFO(c->id, "%s within %u ms",
+            RB_LOG_INFO(c->id, "%s within %u ms%s",
                         layers ? "transport handshake not completed" : "no HELLO",
-                        cfg->handshake_timeout_ms);
-            conn_fail(c, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
+                        cfg->handshake_timeout_ms, rb_session_peer_once(c));
+            conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
             return;
         }
     } else if (c->state == RB_CONN_OPEN) {
@@ -471,50 +544,317 @@ static void conn_timer_fired(rb_timer *t)
 
 /* ---- receive and frame dispatch ---- */
 
-static void on_hello(rb_conn *c, const rb_frame *f)
+/* Wall-clock seconds, for token exp and nbf (a monotonic clock knows no
+ * dates). */
+static int64_t wall_now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec;
+}
+
+/* A refused sign-in is answered after auth.failure_delay_ms, so guessing
+ * costs time; meanwhile nothing more is read from the connection. */
+static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
 {
     const rb_config *cfg = &c->shard->server->cfg;
+    char shown[RB_ERR_MSG_BYTES_MAX];
+    rb_log_escape(shown, sizeof shown, why, strlen(why));
+    RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
+    stop_reading(c);
+    free(c->refuse_msg);
+    c->refuse_msg = strdup(why);
+    c->refuse_corr = corr;
+    c->refuse_at_ms = rb_loop_now_ms(c->shard->loop) + cfg->auth_failure_delay_ms;
+    conn_rearm_timer(c);
+}
+
+static void refuse_now(rb_conn *c)
+{
+    const char *msg = c->refuse_msg != NULL ? c->refuse_msg : "unauthorized";
+    c->refuse_at_ms = 0;
+    rb_conn_send_error(c, c->refuse_corr, RB_WIRE_UNAUTHORIZED, "%s", msg);
+    rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "sign-in refused");
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* Verifies HELLO's (or AUTH's) credentials into a new identity for c.
+ * Returns 0, or RB_EINVAL with the reason in err. Password credentials
+ * are not verified on a shard (argon2id is slow by design). */
+static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *err)
+{
+    rb_server *srv = c->shard->server;
+    if (srv->auth == NULL) {
+        *out = &srv->anonymous; /* servers built without a verifier (unit tests) */
+        return 0;
+    }
+    if (rb_auth_is_slow(credentials)) {
+        if (srv->auth_pool == NULL) {
+            /* No user has a password (the pool runs only then). */
+            return rb_err_set(err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                              "unknown user or wrong password");
+        }
+        return RB_EAGAIN; /* the caller hands it to the auth workers */
+    }
+    rb_identity id;
+    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    if (rc != 0) {
+        return rc;
+    }
+    if (id.source == RB_IDENTITY_ANONYMOUS) {
+        *out = &srv->anonymous;
+        return 0;
+    }
+    *out = malloc(sizeof **out);
+    if (*out == NULL) {
+        rb_identity_release(&id);
+        return rb_err_set(err, RB_ENOMEM, RB_WIRE_INTERNAL, "out of memory for the identity");
+    }
+    **out = id;
+    return 0;
+}
+
+static void identity_drop(rb_conn *c)
+{
+    if (c->identity != NULL && c->identity != &c->shard->server->anonymous) {
+        rb_identity_release(c->identity);
+        free(c->identity);
+    }
+    c->identity = NULL;
+    free(c->refuse_msg);
+    c->refuse_msg = NULL;
+}
+
+/* The token's exp on the loop's clock: the connection closes then. */
+static void set_expiry(rb_conn *c)
+{
+    c->expires_mono_ms = 0;
+    if (c->identity->expires_at_s != 0) {
+        int64_t left_s = c->identity->expires_at_s - wall_now_s();
+        uint64_t left_ms = left_s > 0 ? (uint64_t)left_s * 1000 : 0;
+        c->expires_mono_ms = rb_loop_now_ms(c->shard->loop) + left_ms;
+    }
+}
+
+bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic)
+{
+    RB_ASSERT(c->identity != NULL);
+    return c->identity->policy == NULL || rb_policy_allows(c->identity->policy, action, topic);
+}
+
+const char *rb_conn_who(const rb_conn *c)
+{
+    return c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : "anonymous";
+}
+
+static void on_hello(rb_conn *c, const rb_frame *f)
+{
     if (c->state != RB_CONN_HANDSHAKE) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "HELLO sent twice");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "HELLO sent twice");
         return;
     }
     if (f->u.hello.protocol_version != RB_PROTOCOL_VERSION) {
         char msg[96];
         snprintf(msg, sizeof msg, "protocol version %u not supported (server speaks %u)",
                  f->u.hello.protocol_version, RB_PROTOCOL_VERSION);
-        conn_fail(c, RB_WIRE_UNSUPPORTED_VERSION, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
+    rb_err err;
+    int rc = sign_in(c, f->u.hello.credentials, &c->identity, &err);
+    if (rc == RB_EAGAIN) {
+        check_password(c, f);
+        return;
+    }
+    if (rc != 0) {
+        refuse_later(c, f->hdr.corr_id, err.msg);
+        return;
+    }
+    send_started(c, f->hdr.corr_id);
+    RB_LOG_DEBUG(c->id, "HELLO from %.*s as %s", (int)f->u.hello.client_name.len,
+                 (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
+}
+
+static void send_started(rb_conn *c, uint64_t corr)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
-    /* Anonymous connections get a server-assigned identity that others
-     * call them by; the connection id is unique in the process and the
-     * prefix is refused as a service name, so nobody can take it over. */
+    /* A signed-in connection is known by its identity (a token's sub, a
+     * user's name); anonymous connections get a server-assigned identity
+     * that others call them by; the connection id is unique in the process
+     * and the prefix is refused as a service name, so nobody can take it
+     * over. */
+    const char *who =
+        c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : NULL;
     int id_len =
-        snprintf(c->client_id, sizeof c->client_id, "anon-%llu", (unsigned long long)c->id);
+        who != NULL && strlen(who) < sizeof c->client_id
+            ? snprintf(c->client_id, sizeof c->client_id, "%s", who)
+            : snprintf(c->client_id, sizeof c->client_id, "anon-%llu", (unsigned long long)c->id);
     RB_ASSERT(id_len > 0 && (size_t)id_len < sizeof c->client_id);
     c->client_id_len = (uint8_t)id_len;
     rb_bytes client_id = {(const uint8_t *)c->client_id, c->client_id_len};
-    size_t n = rb_frame_encode_started_client(buf, sizeof buf, f->hdr.corr_id, cfg->keepalive_ms,
-                                              RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
-                                              cfg->max_frame_bytes, id, rb_stream_epoch(c->shard),
-                                              client_id);
+    size_t n = rb_frame_encode_started_client(
+        buf, sizeof buf, corr, cfg->keepalive_ms, RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
+        cfg->max_frame_bytes, id, rb_stream_epoch(c->shard), client_id);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
     if (rb_conn_append(c, buf, n) != 0) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
+        conn_fail(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
         return;
     }
     conn_rearm_timer(c);
-    RB_LOG_DEBUG(c->id, "HELLO from %.*s", (int)f->u.hello.client_name.len,
-                 (const char *)f->u.hello.client_name.ptr);
+}
+
+/* ---- password sign-in on the auth workers ---- */
+
+/* A password check in flight: the job and where its answer goes. The
+ * connection may be gone when it comes back (index + gen tell). */
+typedef struct auth_wait {
+    rb_auth_job job;
+    rb_shard *shard;
+    uint32_t conn_index;
+    uint32_t conn_gen;
+    uint64_t corr;
+} auth_wait;
+
+/* On a worker thread: push onto the shard's list and wake its loop. */
+static void password_checked(rb_auth_job *job, void *ctx)
+{
+    auth_wait *w = ctx;
+    rb_shard *sh = w->shard;
+    rb_auth_job *head = atomic_load(&sh->auth_done);
+    do {
+        job->next = head;
+    } while (!atomic_compare_exchange_weak(&sh->auth_done, &head, job));
+    if (job->worker_loop != NULL) {
+        (void)rb_loop_wake_remote(job->worker_loop, atomic_load(&sh->ring_fd),
+                                  RB_REMOTE(RB_REMOTE_AUTH, 0));
+    }
+}
+
+static void check_password(rb_conn *c, const rb_frame *f)
+{
+    rb_server *srv = c->shard->server;
+    auth_wait *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the sign-in");
+        return;
+    }
+    rb_bytes cred = f->u.hello.credentials;
+    RB_ASSERT(cred.len <= sizeof w->job.credentials);
+    memcpy(w->job.credentials, cred.ptr, cred.len);
+    w->job.credentials_len = (uint32_t)cred.len;
+    w->job.now_s = wall_now_s();
+    w->job.done = password_checked;
+    w->job.ctx = w;
+    w->shard = c->shard;
+    w->conn_index = c->index;
+    w->conn_gen = c->gen;
+    w->corr = f->hdr.corr_id;
+    int rc = rb_auth_pool_submit(srv->auth_pool, &w->job);
+    if (rc != 0) {
+        explicit_bzero(w, sizeof *w);
+        free(w);
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "too many sign-ins waiting; try again");
+        return;
+    }
+    c->signing_in = true;
+}
+
+static void password_answer(rb_shard *sh, auth_wait *w)
+{
+    rb_conn *c = rb_conn_lookup(sh, w->conn_index, w->conn_gen);
+    bool waiting = c != NULL && c->signing_in && c->state == RB_CONN_HANDSHAKE;
+    if (c != NULL) {
+        c->signing_in = false;
+    }
+    if (!waiting || w->job.rc != 0) {
+        if (waiting) {
+            refuse_later(c, w->corr, w->job.err.msg);
+        }
+        rb_identity_release(&w->job.identity);
+        return;
+    }
+    c->identity = malloc(sizeof *c->identity);
+    if (c->identity == NULL) {
+        rb_identity_release(&w->job.identity);
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "no memory for the identity");
+        return;
+    }
+    *c->identity = w->job.identity;
+    send_started(c, w->corr);
+    RB_LOG_DEBUG(c->id, "signed in as %s", rb_conn_who(c));
+}
+
+void rb_session_auth_done(rb_shard *sh, uint64_t payload)
+{
+    (void)payload;
+    rb_auth_job *job = atomic_exchange(&sh->auth_done, NULL);
+    while (job != NULL) {
+        rb_auth_job *next = job->next;
+        auth_wait *w = job->ctx;
+        password_answer(sh, w);
+        free(w);
+        job = next;
+    }
+}
+
+/* AUTH replaces the token of a connection that signed in with one, for
+ * the same sub (PROTOCOL.md 6.5). */
+static void on_auth(rb_conn *c, const rb_frame *f)
+{
+    rb_err err;
+    rb_identity *fresh = NULL;
+    if (c->identity == NULL || c->identity->source != RB_IDENTITY_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
+                           "AUTH: this connection did not sign in with a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        return;
+    }
+    rb_credentials cr;
+    if (rb_credentials_decode(f->u.auth.credentials, &cr, &err) != 0 || cr.kind != RB_CRED_TOKEN) {
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "AUTH: not a token");
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token");
+        return;
+    }
+    if (sign_in(c, f->u.auth.credentials, &fresh, &err) != 0 ||
+        strcmp(fresh->name, c->identity->name) != 0) {
+        const char *why = fresh != NULL ? "AUTH: the token names another sub" : err.msg;
+        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED, "%s", why);
+        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH refused");
+        if (fresh != NULL) {
+            rb_identity_release(fresh);
+            free(fresh);
+        }
+        return;
+    }
+    rb_identity_release(c->identity);
+    free(c->identity);
+    c->identity = fresh;
+    set_expiry(c);
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 2];
+    size_t n = rb_frame_encode_auth(buf, sizeof buf, f->hdr.corr_id, (rb_bytes){NULL, 0});
+    if (rb_conn_append(c, buf, n) != 0) {
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+        return;
+    }
+    conn_rearm_timer(c);
 }
 
 static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
+    RB_STAT_ADD(c->shard, frames_in, 1);
+    if (c->signing_in || c->refuse_at_ms != 0) {
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME,
+                  "a frame before STARTED (wait for it after HELLO)");
+        return;
+    }
     if (c->state == RB_CONN_HANDSHAKE && kind != RB_FRAME_HELLO) {
-        conn_fail(c, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
     }
     switch (kind) {
@@ -525,7 +865,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         uint8_t buf[RB_FRAME_HEADER_BYTES + 8];
         size_t n = rb_frame_encode_pong(buf, sizeof buf, f->hdr.corr_id, f->u.ping.nonce);
         if (rb_conn_append(c, buf, n) != 0) {
-            conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
+            conn_fail(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
         }
         break;
     }
@@ -553,12 +893,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         rb_stream_on_mutate(c, f);
         break;
     case RB_FRAME_AUTH:
-        /* AUTH replaces a token; a connection that did not sign in with one
-         * has nothing to replace, which PROTOCOL.md 6.5 answers like any
-         * refused AUTH. */
-        rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_UNAUTHORIZED,
-                           "AUTH: this connection did not sign in with a token");
-        rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "AUTH without a token to replace");
+        on_auth(c, f);
         break;
     default: {
         if (kind <= RB_FRAME_KIND_LAST && c->shard->client_frames[kind] != NULL) {
@@ -567,7 +902,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         }
         char msg[96];
         snprintf(msg, sizeof msg, "%s is not a client frame", rb_frame_kind_name(kind));
-        conn_fail(c, RB_WIRE_BAD_FRAME, msg);
+        conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, msg);
         break;
     }
     }
@@ -578,6 +913,17 @@ static bool conn_reading(const rb_conn *c)
     return c->state == RB_CONN_HANDSHAKE || c->state == RB_CONN_OPEN;
 }
 
+/* The corr_id field of a frame header at p (16 bytes were read), whether
+ * or not the rest of the header is valid: fatal errors echo it. */
+static uint64_t header_corr_id(const uint8_t *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) {
+        v = v << 8 | p[8 + i];
+    }
+    return v;
+}
+
 /* Decodes one whole frame at p and dispatches it; false when the connection
  * was failed. */
 static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
@@ -586,7 +932,8 @@ static bool handle_frame(rb_conn *c, const uint8_t *p, size_t len)
     rb_err err;
     int rc = rb_frame_decode(p, len, c->shard->server->cfg.max_frame_bytes, &f, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME), err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)(rc == RB_EPROTO ? err.cause : RB_WIRE_BAD_FRAME),
+                  err.msg);
         return false;
     }
     on_frame(c, &f);
@@ -600,7 +947,7 @@ static bool check_header(rb_conn *c, const uint8_t *p, rb_frame_header *hdr)
     int rc = rb_frame_header_decode(p, RB_FRAME_HEADER_BYTES, c->shard->server->cfg.max_frame_bytes,
                                     hdr, &err);
     if (rc != 0) {
-        conn_fail(c, (uint16_t)err.cause, err.msg);
+        conn_fail(c, header_corr_id(p), (uint16_t)err.cause, err.msg);
         return false;
     }
     return true;
@@ -616,7 +963,8 @@ static bool start_partial(rb_conn *c, const rb_frame_header *hdr, const uint8_t 
     c->rx_buf =
         hdr->size <= RB_CHUNK_BYTES ? rb_pool_get(&sh->chunk_pool) : rb_pool_get(&sh->rxbig_pool);
     if (c->rx_buf == NULL) {
-        conn_fail(c, RB_WIRE_RESOURCE_EXHAUSTED, "no receive buffer for a large frame");
+        conn_fail(c, hdr->corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                  "no receive buffer for a large frame");
         return false;
     }
     memcpy(c->rx_buf, p, have);
@@ -729,6 +1077,7 @@ bool rb_session_reading(const rb_conn *c)
 
 void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
 {
+    RB_STAT_ADD(c->shard, bytes_in, len);
     conn_feed(c, p, len);
 }
 
@@ -751,5 +1100,5 @@ void rb_session_want_send(rb_conn *c)
 
 void rb_session_fail(rb_conn *c, uint16_t code, const char *msg)
 {
-    conn_fail(c, code, msg);
+    conn_fail(c, 0, code, msg);
 }

@@ -149,6 +149,8 @@ static void shard_turns(rb_shard *sh)
      * every subsystem of the shard is idle. */
     for (;;) {
         rb_err err;
+        RB_STAT_ADD(sh, loop_turns, 1);
+        __atomic_store_n(&sh->stats.last_turn_ms, rb_loop_now_ms(sh->loop), __ATOMIC_RELAXED);
         subsystems_flush(sh);
         rb_mailbox_flush(&sh->mail);
         if (shard_done(sh)) {
@@ -272,6 +274,8 @@ int rb_server_start(rb_server *srv, rb_err *err)
 {
     RB_ASSERT(srv->subsystems != NULL && srv->subsystem_count > 0);
     srv->admin.ready = &srv->ready;
+    srv->admin.server = srv;
+    srv->admin.started_ms = rb_admin_now_ms();
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
     srv->mailboxes = calloc(n, sizeof *srv->mailboxes);

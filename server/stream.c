@@ -530,6 +530,7 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
         return true;
     }
     if (rb_conn_send_full(c, bytes + RB_FRAME_MESSAGES_HEAD_BYTES)) {
+        RB_STAT_ADD(c->shard, slow_consumer_closes, 1);
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
                       "subscriber too slow: send queue over %llu bytes at topic %s seq %llu",
                       (unsigned long long)c->shard->server->cfg.send_queue_bytes, e->name,
@@ -542,6 +543,8 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
         return false;
     }
+    RB_STAT_ADD(c->shard, deliveries, count);
+    RB_STAT_ADD(c->shard, delivery_bytes, bytes);
     e->hwm = b->last_seq;
     return true;
 }
@@ -1117,6 +1120,15 @@ static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uni
     RB_ASSERT(unmarked == removed);
     if (!ok) {
         return false;
+    }
+    /* Permissions: one forbidden add rejects the whole Mutate. */
+    for (uint32_t i = 0; i < unique; i++) {
+        rb_bytes t = s->scratch[i].topic;
+        if (!rb_conn_may(c, RB_POLICY_SUBSCRIBE, t)) {
+            return mutate_error(c, f->hdr.corr_id, RB_WIRE_FORBIDDEN,
+                                "%s may not subscribe to %.*s; nothing in this MUTATE applied",
+                                rb_conn_who(c), (int)t.len, (const char *)t.ptr);
+        }
     }
     uint64_t total = (st != NULL ? st->entry_count : 0) - removed + added;
     if (total > cfg->topics_per_stream) {

@@ -74,6 +74,9 @@ static int conns_init(rb_shard *sh, rb_err *err)
             : rb_pool_init(&sh->rxbig_pool, "large frames", cfg->max_frame_bytes,
                            RB_SHARD_RXBIG_MAX, err);
     rc = rc ? rc : rb_conn_table_init(sh, err);
+    if (rc == 0) {
+        rb_shard_on_remote(sh, RB_REMOTE_AUTH, rb_session_auth_done);
+    }
     rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     return rc;
 }

@@ -64,18 +64,21 @@ bool rb_http_has_token(rb_http_span value, const char *token);
 /* True when span equals text, case-insensitively. */
 bool rb_http_span_eq(rb_http_span span, const char *text);
 
-/* An answer to a plain HTTP request (no body of more than a line). */
+/* An answer to a plain HTTP request. */
 typedef struct rb_http_response {
     int status;                /* 200, 404, 405, 503, ... */
     const char *extra_headers; /* "Name: value\r\n" lines, or "" */
     const char *body;          /* text; a newline is added */
+    size_t body_len;           /* bytes of body; 0 = strlen(body) */
+    const char *content_type;  /* NULL = "text/plain; charset=utf-8" */
 } rb_http_response;
 
 /* The HTTP routes an HTTP/1.1 (or later HTTP/3) front end serves besides
  * its own protocol: route returns true with *resp filled when the request's
  * path is one of its routes, false to let the caller answer 404. It runs on
  * the connection's thread and must not block. The strings in *resp are
- * static. */
+ * static, or the router's per-thread buffer, valid until its next call on
+ * the same thread: the front end writes them out before that. */
 typedef struct rb_http_router {
     bool (*route)(void *ctx, const rb_http_request *req, rb_http_response *resp);
     void *ctx;

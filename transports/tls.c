@@ -7,12 +7,10 @@
  * OpenSSL ones. */
 #include "transports/tls.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <wolfssl/options.h>
 #include <wolfssl/ssl.h>
@@ -21,15 +19,13 @@
 #include <wolfssl/wolfcrypt/ecc.h>
 
 #include "common/assert.h"
-#include "common/frame.h"
+#include "transports/tls_common.h"
 #include "transports/tls_ossl.h"
 #include "transports/tls_pair.h"
 
 /* TLS 1.3 suites, ChaCha20-Poly1305 first: without AES-NI it is the
  * fastest, and the server's order wins. */
 #define TLS_CIPHERS "TLS13-CHACHA20-POLY1305-SHA256:TLS13-AES128-GCM-SHA256:TLS13-AES256-GCM-SHA384"
-/* Plaintext bytes per record (the TLS maximum). */
-#define TLS_RECORD_BYTES 16384
 
 struct rb_tls_server {
     const rb_listener_config *cfg;
@@ -43,10 +39,9 @@ typedef struct tls_layer {
     WOLFSSL *ssl;
     const uint8_t *in; /* received bytes lent to wolfSSL during tls_recv */
     size_t in_len;
-    uint8_t *stage; /* plaintext waiting to fill a record (TLS_RECORD_BYTES, owned) */
-    size_t stage_len;
-    rb_err *io_err; /* where the write callback reports a refused write */
-    bool started;   /* the first bytes arrived */
+    rb_tls_stage stage; /* plaintext waiting to fill a record */
+    rb_err *io_err;     /* where the write callback reports a refused write */
+    bool started;       /* the first bytes arrived */
     bool handshake_done;
     bool failed;
     bool peer_closed;
@@ -56,7 +51,7 @@ typedef struct tls_layer {
 #define TLS_FROM(l) ((tls_layer *)(l))
 
 /* Decrypted bytes are handed up from here; one per shard thread. */
-static _Thread_local uint8_t plain_scratch[TLS_RECORD_BYTES];
+static _Thread_local uint8_t plain_scratch[RB_TLS_RECORD_BYTES];
 
 int rb_tls_global_init(rb_err *err)
 {
@@ -90,17 +85,6 @@ static const char *wolf_reason(int code, char *buf, size_t len)
 
 static int io_recv(WOLFSSL *ssl, char *buf, int sz, void *ctx);
 static int io_send(WOLFSSL *ssl, char *buf, int sz, void *ctx);
-
-static int file_check(const rb_listener_config *cfg, const char *what, const char *path,
-                      rb_err *err)
-{
-    if (access(path, R_OK) != 0) {
-        return rb_err_set(err, RB_ECONFIG, 0, "%s listener %s:%u: %s %s: %s",
-                          rb_transport_name(cfg->transport), cfg->address, cfg->port, what, path,
-                          strerror(errno));
-    }
-    return 0;
-}
 
 /* The reason wolfSSL recorded for the last failed load: its error queue
  * holds the real cause (a file that is not PEM, a bad base64 body), while
@@ -136,10 +120,10 @@ static int mismatch(const rb_listener_config *cfg, const char *how, rb_err *err)
 
 static int ctx_load(WOLFSSL_CTX *ctx, const rb_listener_config *cfg, rb_err *err)
 {
-    int rc = file_check(cfg, "cert", cfg->cert, err);
-    rc = rc ? rc : file_check(cfg, "key", cfg->key, err);
+    int rc = rb_tls_file_check(cfg, "cert", cfg->cert, err);
+    rc = rc ? rc : rb_tls_file_check(cfg, "key", cfg->key, err);
     if (rc == 0 && cfg->client_ca[0] != '\0') {
-        rc = file_check(cfg, "client_ca", cfg->client_ca, err);
+        rc = rb_tls_file_check(cfg, "client_ca", cfg->client_ca, err);
     }
     if (rc != 0) {
         return rc;
@@ -323,27 +307,6 @@ static int read_records(tls_layer *t, rb_err *err)
     }
 }
 
-/* The first bytes of a connection that are not a TLS handshake record:
- * the client speaks something else to a TLS port. It gets a plaintext
- * fatal alert (unexpected_message), which lets a ringbus client say "the
- * server answered TLS"; the log says what the client sent. */
-static int not_tls(tls_layer *t, const uint8_t *p, size_t len, rb_err *err)
-{
-    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 10};
-    rb_err ignored;
-    (void)rb_layer_down(&t->base, alert, sizeof alert, &ignored);
-    t->failed = true;
-    const char *what = "bytes that are not TLS";
-    if (len >= 4 && (memcmp(p, "GET ", 4) == 0 || memcmp(p, "POST", 4) == 0 ||
-                     memcmp(p, "HEAD", 4) == 0 || memcmp(p, "PUT ", 4) == 0)) {
-        what = "plain HTTP (a ws:// or http:// client?)";
-    } else if (len >= RB_FRAME_HEADER_BYTES && p[4] == RB_PROTOCOL_VERSION &&
-               p[5] == RB_FRAME_HELLO) {
-        what = "a plain ringbus HELLO (a tcp:// client?)";
-    }
-    return rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME, "TLS handshake: the client sent %s", what);
-}
-
 static int tls_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
 {
     tls_layer *t = TLS_FROM(l);
@@ -353,7 +316,10 @@ static int tls_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
     if (!t->handshake_done && !t->started && len > 0) {
         t->started = true;
         if (p[0] != 22) {
-            return not_tls(t, p, len, err);
+            /* Not a TLS handshake record: the client speaks something
+             * else to a TLS port. */
+            t->failed = true;
+            return rb_tls_refuse_not_tls(&t->base, p, len, err);
         }
     }
     t->in = p;
@@ -369,8 +335,9 @@ static int tls_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
     return rc;
 }
 
-static int write_plain(tls_layer *t, const uint8_t *p, size_t len, rb_err *err)
+static int write_plain(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
 {
+    tls_layer *t = TLS_FROM(l);
     t->io_err = err;
     int r = wolfSSL_write(t->ssl, p, (int)len);
     t->io_err = NULL;
@@ -387,43 +354,13 @@ static int tls_send(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
         /* A layer above may try to answer while TLS is not open. */
         return rb_err_set(err, RB_ECLOSED, RB_WIRE_BAD_FRAME, "TLS: not open for writing");
     }
-    while (len > 0) {
-        if (t->stage_len == 0 && len >= TLS_RECORD_BYTES) {
-            /* Whole records go straight from the caller's bytes. */
-            int rc = write_plain(t, p, TLS_RECORD_BYTES, err);
-            if (rc != 0) {
-                return rc;
-            }
-            p += TLS_RECORD_BYTES;
-            len -= TLS_RECORD_BYTES;
-            continue;
-        }
-        size_t take = TLS_RECORD_BYTES - t->stage_len;
-        take = take < len ? take : len;
-        memcpy(t->stage + t->stage_len, p, take);
-        t->stage_len += take;
-        p += take;
-        len -= take;
-        if (t->stage_len == TLS_RECORD_BYTES) {
-            t->stage_len = 0;
-            int rc = write_plain(t, t->stage, TLS_RECORD_BYTES, err);
-            if (rc != 0) {
-                return rc;
-            }
-        }
-    }
-    return 0;
+    return rb_tls_stage_send(&t->stage, l, write_plain, p, len, err);
 }
 
 static int tls_flush(rb_layer *l, rb_err *err)
 {
     tls_layer *t = TLS_FROM(l);
-    if (t->stage_len == 0 || t->failed) {
-        return 0;
-    }
-    size_t n = t->stage_len;
-    t->stage_len = 0;
-    return write_plain(t, t->stage, n, err);
+    return t->failed ? 0 : rb_tls_stage_flush(&t->stage, l, write_plain, err);
 }
 
 static void tls_close(rb_layer *l, uint16_t wire_status)
@@ -455,7 +392,7 @@ static void tls_destroy(rb_layer *l)
     if (t->ssl != NULL) {
         wolfSSL_free(t->ssl);
     }
-    free(t->stage);
+    rb_tls_stage_free(&t->stage);
     free(t);
 }
 
@@ -485,11 +422,10 @@ int rb_tls_layer_new(rb_layer **out, rb_tls_server *s, rb_err *err)
         return rb_err_set(err, RB_ENOMEM, 0, "tls: out of memory");
     }
     t->base.ops = &tls_ops;
-    t->stage = malloc(TLS_RECORD_BYTES);
     pthread_mutex_lock(&s->lock);
     t->ssl = wolfSSL_new(s->ctx);
     pthread_mutex_unlock(&s->lock);
-    if (t->stage == NULL || t->ssl == NULL) {
+    if (t->ssl == NULL) {
         tls_destroy(&t->base);
         return rb_err_set(err, RB_ENOMEM, 0, "tls: out of memory");
     }

@@ -9,12 +9,10 @@
  * file includes OpenSSL headers and no wolfSSL ones. */
 #include "transports/tls_ossl.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include <openssl/bio.h>
 #include <openssl/err.h>
@@ -22,14 +20,12 @@
 #include <openssl/x509.h>
 
 #include "common/assert.h"
-#include "common/frame.h"
+#include "transports/tls_common.h"
 
 /* AES-GCM first: OpenSSL uses AES-NI where the CPU has it, which beats
  * ChaCha20 there. A client that lists ChaCha20 first (one without fast
  * AES, libringbus on wolfSSL) gets ChaCha20 (SSL_OP_PRIORITIZE_CHACHA). */
 #define OSSL_SUITES "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384"
-/* Plaintext bytes per record (the TLS maximum). */
-#define OSSL_RECORD_BYTES 16384
 /* The ALPN protocol of the tls transport, as in tls.h. */
 #define OSSL_ALPN "ringbus/1"
 
@@ -44,9 +40,8 @@ typedef struct ossl_layer {
     SSL *ssl;
     const uint8_t *in; /* received bytes lent to OpenSSL during ossl_recv */
     size_t in_len;
-    uint8_t *stage; /* plaintext waiting to fill a record (OSSL_RECORD_BYTES, owned) */
-    size_t stage_len;
-    rb_err *io_err; /* where the write side reports a refused write */
+    rb_tls_stage stage; /* plaintext waiting to fill a record */
+    rb_err *io_err;     /* where the write side reports a refused write */
     bool write_failed;
     bool started;
     bool handshake_done;
@@ -58,7 +53,7 @@ typedef struct ossl_layer {
 #define OSSL_FROM(l) ((ossl_layer *)(l))
 
 /* Decrypted bytes are handed up from here; one per shard thread. */
-static _Thread_local uint8_t plain_scratch[OSSL_RECORD_BYTES];
+static _Thread_local uint8_t plain_scratch[RB_TLS_RECORD_BYTES];
 
 static BIO_METHOD *bio_method; /* made once by rb_tls_ossl_global_init */
 
@@ -155,17 +150,6 @@ void rb_tls_ossl_thread_exit(void)
 
 /* ---- contexts ---- */
 
-static int file_check(const rb_listener_config *cfg, const char *what, const char *path,
-                      rb_err *err)
-{
-    if (access(path, R_OK) != 0) {
-        return rb_err_set(err, RB_ECONFIG, 0, "%s listener %s:%u: %s %s: %s",
-                          rb_transport_name(cfg->transport), cfg->address, cfg->port, what, path,
-                          strerror(errno));
-    }
-    return 0;
-}
-
 static int load_fail(const rb_listener_config *cfg, const char *what, const char *path, rb_err *err)
 {
     char reason[160];
@@ -205,10 +189,10 @@ static int alpn_select(SSL *ssl, const unsigned char **out, unsigned char *outle
 
 static int ctx_load(SSL_CTX *ctx, const rb_listener_config *cfg, rb_err *err)
 {
-    int rc = file_check(cfg, "cert", cfg->cert, err);
-    rc = rc ? rc : file_check(cfg, "key", cfg->key, err);
+    int rc = rb_tls_file_check(cfg, "cert", cfg->cert, err);
+    rc = rc ? rc : rb_tls_file_check(cfg, "key", cfg->key, err);
     if (rc == 0 && cfg->client_ca[0] != '\0') {
-        rc = file_check(cfg, "client_ca", cfg->client_ca, err);
+        rc = rb_tls_file_check(cfg, "client_ca", cfg->client_ca, err);
     }
     if (rc != 0) {
         return rc;
@@ -376,26 +360,6 @@ static int read_records(ossl_layer *t, rb_err *err)
     }
 }
 
-/* First bytes that are not a TLS handshake record: a plaintext fatal
- * alert (unexpected_message) and a log line saying what the client sent,
- * as the wolfSSL layer does. */
-static int not_tls(ossl_layer *t, const uint8_t *p, size_t len, rb_err *err)
-{
-    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 10};
-    rb_err ignored;
-    (void)rb_layer_down(&t->base, alert, sizeof alert, &ignored);
-    t->failed = true;
-    const char *what = "bytes that are not TLS";
-    if (len >= 4 && (memcmp(p, "GET ", 4) == 0 || memcmp(p, "POST", 4) == 0 ||
-                     memcmp(p, "HEAD", 4) == 0 || memcmp(p, "PUT ", 4) == 0)) {
-        what = "plain HTTP (a ws:// or http:// client?)";
-    } else if (len >= RB_FRAME_HEADER_BYTES && p[4] == RB_PROTOCOL_VERSION &&
-               p[5] == RB_FRAME_HELLO) {
-        what = "a plain ringbus HELLO (a tcp:// client?)";
-    }
-    return rb_err_set(err, RB_EPROTO, RB_WIRE_BAD_FRAME, "TLS handshake: the client sent %s", what);
-}
-
 static int ossl_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
 {
     ossl_layer *t = OSSL_FROM(l);
@@ -405,7 +369,8 @@ static int ossl_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
     if (!t->handshake_done && !t->started && len > 0) {
         t->started = true;
         if (p[0] != 22) {
-            return not_tls(t, p, len, err);
+            t->failed = true;
+            return rb_tls_refuse_not_tls(&t->base, p, len, err);
         }
     }
     t->in = p;
@@ -421,8 +386,9 @@ static int ossl_recv(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
     return rc;
 }
 
-static int write_plain(ossl_layer *t, const uint8_t *p, size_t len, rb_err *err)
+static int write_plain(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
 {
+    ossl_layer *t = OSSL_FROM(l);
     size_t done = 0;
     t->io_err = err;
     int r = SSL_write_ex(t->ssl, p, len, &done);
@@ -439,50 +405,13 @@ static int ossl_send(rb_layer *l, const uint8_t *p, size_t len, rb_err *err)
     if (!t->handshake_done || t->closed || t->failed) {
         return rb_err_set(err, RB_ECLOSED, RB_WIRE_BAD_FRAME, "TLS: not open for writing");
     }
-    while (len > 0) {
-        if (t->stage_len == 0 && len >= OSSL_RECORD_BYTES) {
-            int rc = write_plain(t, p, OSSL_RECORD_BYTES, err);
-            if (rc != 0) {
-                return rc;
-            }
-            p += OSSL_RECORD_BYTES;
-            len -= OSSL_RECORD_BYTES;
-            continue;
-        }
-        if (t->stage == NULL) {
-            /* Taken at the first send, so a connection that only
-             * handshakes or idles holds no staging buffer. */
-            t->stage = malloc(OSSL_RECORD_BYTES);
-            if (t->stage == NULL) {
-                return rb_err_set(err, RB_ENOMEM, RB_WIRE_RESOURCE_EXHAUSTED, "tls: out of memory");
-            }
-        }
-        size_t take = OSSL_RECORD_BYTES - t->stage_len;
-        take = take < len ? take : len;
-        memcpy(t->stage + t->stage_len, p, take);
-        t->stage_len += take;
-        p += take;
-        len -= take;
-        if (t->stage_len == OSSL_RECORD_BYTES) {
-            t->stage_len = 0;
-            int rc = write_plain(t, t->stage, OSSL_RECORD_BYTES, err);
-            if (rc != 0) {
-                return rc;
-            }
-        }
-    }
-    return 0;
+    return rb_tls_stage_send(&t->stage, l, write_plain, p, len, err);
 }
 
 static int ossl_flush(rb_layer *l, rb_err *err)
 {
     ossl_layer *t = OSSL_FROM(l);
-    if (t->stage_len == 0 || t->failed) {
-        return 0;
-    }
-    size_t n = t->stage_len;
-    t->stage_len = 0;
-    return write_plain(t, t->stage, n, err);
+    return t->failed ? 0 : rb_tls_stage_flush(&t->stage, l, write_plain, err);
 }
 
 static void ossl_close(rb_layer *l, uint16_t wire_status)
@@ -511,7 +440,7 @@ static void ossl_destroy(rb_layer *l)
 {
     ossl_layer *t = OSSL_FROM(l);
     SSL_free(t->ssl); /* frees the BIO too */
-    free(t->stage);
+    rb_tls_stage_free(&t->stage);
     free(t);
 }
 

@@ -201,18 +201,28 @@ static const char *status_text(int status)
 }
 
 /* Answers over plain HTTP; nothing else goes out afterwards. */
-static void http_reply(ws_layer *w, int status, const char *extra, const char *body)
+static void http_reply_typed(ws_layer *w, int status, const char *extra, const char *type,
+                             const char *body, size_t body_len)
 {
     char buf[512];
     int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "HTTP/1.1 %d %s\r\nContent-Type: %s\r\n"
                      "Content-Length: %zu\r\nConnection: close\r\nCache-Control: no-store\r\n"
-                     "%s\r\n%s\n",
-                     status, status_text(status), strlen(body) + 1, extra, body);
+                     "%s\r\n",
+                     status, status_text(status), type != NULL ? type : "text/plain; charset=utf-8",
+                     body_len + 1, extra);
     RB_ASSERT(n > 0 && (size_t)n < sizeof buf);
     rb_err err;
-    (void)rb_layer_down(&w->base, (const uint8_t *)buf, (size_t)n, &err);
+    if (rb_layer_down(&w->base, (const uint8_t *)buf, (size_t)n, &err) == 0 &&
+        rb_layer_down(&w->base, (const uint8_t *)body, body_len, &err) == 0) {
+        (void)rb_layer_down(&w->base, (const uint8_t *)"\n", 1, &err);
+    }
     w->phase = WS_DONE;
+}
+
+static void http_reply(ws_layer *w, int status, const char *extra, const char *body)
+{
+    http_reply_typed(w, status, extra, NULL, body, strlen(body));
 }
 
 /* Answers a request and tells the owner the layer is done. The reason
@@ -354,7 +364,17 @@ static int handle_request(ws_layer *w, const rb_http_request *req, rb_err *err)
     }
     rb_http_response resp;
     if (w->opt.router.route != NULL && w->opt.router.route(w->opt.router.ctx, req, &resp)) {
-        http_answer(w, req, resp.status, resp.extra_headers, resp.body);
+        size_t len = resp.body_len != 0 ? resp.body_len : strlen(resp.body);
+        http_reply_typed(w, resp.status, resp.extra_headers, resp.content_type, resp.body, len);
+        char why[128];
+        snprintf(why, sizeof why, "HTTP %d: %zu bytes of %.*s", resp.status, len,
+                 (int)(req->target.len < 64 ? req->target.len : 64), req->target.ptr);
+        rb_layer_ended(&w->base, RB_LAYER_END_DONE, why);
+        return 0;
+    }
+    if (w->opt.listener->transport == RB_TRANSPORT_HTTP) {
+        http_answer(w, req, 404, "",
+                    "no such path (routes: /healthz, /readyz, /metrics, /v1/varz)");
         return 0;
     }
     if (!rb_http_span_is(path, w->opt.listener->path)) {
@@ -443,19 +463,24 @@ static void unmask(uint8_t *out, const uint8_t *in, size_t len, const uint8_t ke
 
 /* Parses a complete header in w->hdr; returns 1 when it is complete, 0
  * when more bytes are needed, or a negative error. */
-static int head_parse(ws_layer *w, ws_frame_head *h, rb_err *err)
+static uint32_t head_need(const ws_layer *w)
 {
     if (w->hdr_len < 2) {
+        return 2;
+    }
+    uint8_t b1 = w->hdr[1];
+    uint8_t len7 = b1 & 0x7f;
+    return 2u + ((b1 & 0x80) ? 4u : 0u) + (len7 == 126 ? 2u : len7 == 127 ? 8u : 0u);
+}
+
+static int head_parse(ws_layer *w, ws_frame_head *h, rb_err *err)
+{
+    if (w->hdr_len < 2 || w->hdr_len < head_need(w)) {
         return 0;
     }
     uint8_t b0 = w->hdr[0];
     uint8_t b1 = w->hdr[1];
-    uint32_t need = 2 + ((b1 & 0x80) ? 4 : 0);
     uint8_t len7 = b1 & 0x7f;
-    need += len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
-    if (w->hdr_len < need) {
-        return 0;
-    }
     h->fin = (b0 & 0x80) != 0;
     h->rsv = (uint8_t)((b0 >> 4) & 7);
     h->opcode = b0 & 0x0f;
@@ -661,12 +686,17 @@ static int frames_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
     int rc = 0;
     while (rc == 0 && !w->peer_closed && (len > 0 || (w->frame_open && w->frame_left == 0))) {
         if (!w->frame_open) {
-            /* Header bytes, one at a time only up to what the header needs. */
+            /* Header bytes, never more than the header needs: the first
+             * two say how long it is. */
             ws_frame_head h;
             int got = head_parse(w, &h, err);
             while (got == 0 && len > 0) {
-                w->hdr[w->hdr_len++] = *p++;
-                len--;
+                size_t take = head_need(w) - w->hdr_len;
+                take = take < len ? take : len;
+                memcpy(w->hdr + w->hdr_len, p, take);
+                w->hdr_len += (uint32_t)take;
+                p += take;
+                len -= take;
                 got = head_parse(w, &h, err);
             }
             if (got <= 0) {

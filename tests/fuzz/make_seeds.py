@@ -40,11 +40,25 @@ def session_seeds():
         "seed_unknown_ack": s + p.encode_publish_ack(99, "a", 1),
         "seed_small_max": started(max_frame=64) + p.encode_messages(0, 0, [("a", 1, b"z" * 80)]),
         "seed_split_frame": s + hist[:10],
+        "seed_rpc": p.encode_started(0, server_id="fuzz", client_id="anon-1")
+        + p.encode_request(5, "anon-2", "echo", b"payload", timeout_ms=8000)
+        + p.encode_request_ack(p_corr_call(1)) + p.encode_response(p_corr_call(1), p.OK, "", b"a")
+        + p.encode_response(p_corr_call(2), p.APPLICATION_ERROR, "no", b"")
+        + p.encode_register(p_corr_register(1), "m") + p.encode_error(p_corr_register(2),
+                                                                     p.ALREADY_REGISTERED, "twice"),
     }
 
 
 def p_corr_mutate(mutate_id):
     return (1 << 63) | mutate_id
+
+
+def p_corr_call(n):
+    return (1 << 61) | n
+
+
+def p_corr_register(n):
+    return (1 << 60) | n
 
 
 def ws_frame(opcode, payload, fin=True, rsv=0, mask=False):

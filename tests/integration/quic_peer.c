@@ -25,6 +25,7 @@
 #define BATCH_MAX       64
 
 typedef struct peer_conn {
+    struct peer_conn *prev, *next; /* the peer's open connections */
     rb_quic_conn *qc;
     rb_h3 *h3;
     uint8_t *ring;
@@ -40,6 +41,7 @@ typedef struct peer {
     rb_quic_engine *e;
     uint32_t window;
     uint64_t sent;
+    peer_conn *conns; /* every connection with state, freed at exit */
 } peer;
 
 static volatile sig_atomic_t stopping;
@@ -90,6 +92,21 @@ static int route(void *ctx, rb_h3 *h3, int64_t sid, const rb_h3_request *req, rb
     return RB_H3_ANSWERED;
 }
 
+static void conn_forget(peer *pr, peer_conn *pc)
+{
+    if (pc->prev != NULL) {
+        pc->prev->next = pc->next;
+    } else {
+        pr->conns = pc->next;
+    }
+    if (pc->next != NULL) {
+        pc->next->prev = pc->prev;
+    }
+    rb_h3_free(pc->h3);
+    free(pc->ring);
+    free(pc);
+}
+
 static int on_established(void *ctx, rb_quic_conn *qc, rb_quic_alpn alpn)
 {
     peer *pr = ctx;
@@ -98,18 +115,30 @@ static int on_established(void *ctx, rb_quic_conn *qc, rb_quic_alpn alpn)
         return -1;
     }
     pc->qc = qc;
+    pc->next = pr->conns;
+    if (pr->conns != NULL) {
+        pr->conns->prev = pc;
+    }
+    pr->conns = pc;
     rb_quic_conn_set_user(qc, pc);
     if (alpn == RB_QUIC_ALPN_H3) {
         rb_h3_config hc = {.max_body_bytes = pr->window, .route = route};
         rb_err err = {0};
         if (rb_h3_new(&pc->h3, qc, &hc, &err) != 0) {
             fprintf(stderr, "quic_peer: %s\n", err.msg);
+            rb_quic_conn_set_user(qc, NULL);
+            conn_forget(pr, pc);
             return -1;
         }
         return 0;
     }
     pc->ring = malloc(ECHO_RING_BYTES);
-    return pc->ring != NULL ? 0 : -1;
+    if (pc->ring == NULL) {
+        rb_quic_conn_set_user(qc, NULL);
+        conn_forget(pr, pc);
+        return -1;
+    }
+    return 0;
 }
 
 /* Echoes p into the ring (two sends when it wraps). */
@@ -167,14 +196,11 @@ static void on_acked(void *ctx, rb_quic_conn *qc, uint64_t len)
 
 static void on_closed(void *ctx, rb_quic_conn *qc, const rb_quic_end *end)
 {
-    (void)ctx;
     (void)end;
     peer_conn *pc = rb_quic_conn_user(qc);
     if (pc != NULL) {
-        rb_h3_free(pc->h3);
-        free(pc->ring);
-        free(pc);
         rb_quic_conn_set_user(qc, NULL);
+        conn_forget(ctx, pc);
     }
 }
 
@@ -273,6 +299,10 @@ int main(int argc, char **argv)
         return 1;
     }
     int rc = run(&pr);
+    /* The engine tells no one about connections still open at exit. */
+    while (pr.conns != NULL) {
+        conn_forget(&pr, pr.conns);
+    }
     rb_quic_engine_free(pr.e);
     close(pr.fd);
     return rc;

@@ -99,6 +99,9 @@ static bool pair_pump(pair *p)
     if (p->down_len < BUF_BYTES) {
         ssize_t n = p->tp.ops->read(&p->tp, p->down + p->down_len, BUF_BYTES - p->down_len, &err);
         if (n == 0 || (n < 0 && n != RB_EAGAIN)) {
+            /* How the QUIC connection ended (the daemon's status in its
+             * CONNECTION_CLOSE), for tests to read. */
+            fprintf(stderr, "quic_relay: ended: %s\n", n == 0 ? "end of stream" : err.msg);
             /* Deliver what arrived before the end. */
             (void)send(p->tcp, p->down, p->down_len, MSG_NOSIGNAL);
             return false;

@@ -75,19 +75,6 @@ def test_check_config_loads_key_files_and_names_the_position(tmp_path):
     assert r.returncode == 0, r.stderr
 
 
-def test_required_mode_is_refused_until_sessions_check_credentials(tmp_path):
-    secret = tmp_path / "jwt.secret"
-    secret.write_text("0123456789abcdef0123456789abcdef\n")
-    cfg = tmp_path / "c.toml"
-    cfg.write_text(f'[auth]\nmode = "required"\n[[auth.jwt_key]]\nalgorithm = "HS256"\n'
-                   f'secret_file = "{secret}"\n')
-    assert ringbusd("--check-config", str(cfg)).returncode == 0
-    r = subprocess.run([str(RINGBUSD), "--config", str(cfg)], capture_output=True, text=True,
-                       timeout=30)
-    assert r.returncode == 1
-    assert "refusing to serve unauthenticated" in r.stderr
-
-
 def test_mode_none_warns_about_listeners_off_loopback(make_daemon):
     from conftest import free_port
     port = free_port()

@@ -6,6 +6,7 @@ here."""
 import json
 import subprocess
 
+import rbtransport as rt
 from conftest import RINGBUS, free_port
 
 TIMEOUT_S = 30
@@ -115,3 +116,19 @@ def test_unreachable_server_is_a_runtime_failure():
     url = f"tcp://127.0.0.1:{free_port()}"
     p = bench(url, "pubsub", "--count", "10", expect_rc=1)
     assert "connect" in p.stderr, p.stderr
+
+
+def test_bench_sends_the_origin_option_to_a_ws_listener_with_origins(make_daemon, tmp_path):
+    port = free_port()
+    d = make_daemon(listeners=rt.listener("ws", port, None, origins=["https://app.example"]))
+    u = f"ws://localhost:{port}/ringbus"
+    p = subprocess.run([str(RINGBUS), "--url", u, "bench", "pubsub", "--count", "200",
+                        "--subscribers", "1", "--duration", "15", "--json"],
+                       capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert p.returncode != 0 and "403" in p.stderr, p.stderr
+    p = subprocess.run([str(RINGBUS), "--url", u, "--origin", "https://app.example", "bench",
+                        "pubsub", "--count", "200", "--subscribers", "1", "--duration", "15",
+                        "--json"], capture_output=True, text=True, timeout=TIMEOUT_S)
+    assert p.returncode == 0, p.stderr
+    fig = json.loads(p.stdout.strip().splitlines()[-1])
+    assert fig["acked"] == 200 and fig["delivered"] == 200 and fig["lost"] == 0

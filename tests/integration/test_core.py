@@ -320,7 +320,9 @@ def test_sighup_is_logged_and_changes_nothing(daemon):
     c = connect(daemon)
     c.hello()
     daemon.proc.send_signal(signal.SIGHUP)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 20
+    while "SIGHUP received" not in daemon.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "SIGHUP received" in daemon.log()
     c.send(rp.encode_ping(1, 3))
     assert c.recv().kind == rp.PONG

@@ -7,6 +7,8 @@ import re
 import socket
 import time
 
+import pytest
+
 import rbproto as rp
 import rbtransport as rt
 from conftest import free_port
@@ -84,3 +86,69 @@ def test_peer_strings_reach_the_log_escaped(make_daemon):
     assert not any(ln.startswith(FORGED.encode()) for ln in lines)
     assert "GET /no\\\\pe%0a" in text
     assert f"Origin https://evil\\t\\u{{0085}}{FORGED}" in text
+
+
+# ---- connection-level errors: the offending corr_id and the peer address -----------
+
+
+FATAL = [
+    # (what is sent after HELLO, the ERROR's code, its corr_id)
+    (rp.encode_frame(99, 41), "bad_frame", 41),                            # unknown kind
+    (rp.encode_frame(rp.PUBLISH, 42, b"\x01"), "bad_frame", 42),           # malformed body
+    (rp.encode_frame(rp.PING, 43, b"", size=1 << 30), "too_large", 43),    # size over the max
+    (rp.encode_frame(rp.PING, 44, b"\x00" * 8, version=9), "unsupported_version", 44),
+    (rp.encode_frame(rp.STARTED, 45), "bad_frame", 45),                    # a server-only kind
+    (rp.encode_hello(46), "bad_frame", 46),                                # HELLO twice
+]
+
+
+@pytest.mark.parametrize("frame,code,corr", FATAL, ids=["kind", "body", "size", "version",
+                                                        "server_kind", "hello_twice"])
+def test_fatal_errors_carry_the_offending_corr_id(daemon, frame, code, corr):
+    """PROTOCOL §3: the ERROR carries the corr_id of the offending frame's
+    header when the server read one."""
+    c = rp.Conn("127.0.0.1", daemon.port, timeout=5)
+    assert c.hello(corr=7).kind == rp.STARTED
+    c.send(frame)
+    f = c.recv_until(lambda f: f.kind == rp.ERROR)
+    assert (f["code_name"], f.corr) == (code, corr), f.fields
+    assert c.recv().kind == rp.CLOSE
+    assert c.closed_within(3)
+
+
+def test_a_frame_before_hello_is_refused_with_its_corr_id(daemon):
+    c = rp.Conn("127.0.0.1", daemon.port, timeout=5)
+    c.send(rp.encode_ping(77, 1))
+    f = c.recv()
+    assert f.kind == rp.ERROR and f.corr == 77 and f["code_name"] == "bad_frame", f.fields
+
+
+def test_connection_errors_name_the_peer_once_per_connection(make_daemon, tmp_path):
+    certs = rt.Certs(tmp_path)
+    tcp, tls = free_port(), free_port()
+    d = make_daemon(listeners=rt.listener("tcp", tcp) + rt.listener("tls", tls, certs),
+                    extra="[timeouts]\nhandshake_timeout_ms = 500\n")
+    peers = {}
+    # A bad frame, a frame over max_frame_bytes, a TLS handshake that fails
+    # (plain ringbus to the TLS port), and a silent client that times out.
+    for name, port, data in [
+        ("bad", tcp, rp.encode_hello(1) + rp.encode_frame(99, 2)),
+        ("large", tcp, rp.encode_frame(rp.PING, 3, b"", size=1 << 30)),
+        ("tls", tls, rp.encode_hello(4)),
+        ("silent", tcp, b""),
+    ]:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        peers[name] = "127.0.0.1:%d" % s.getsockname()[1]
+        s.sendall(data)
+        while s.recv(4096):
+            pass
+        s.close()
+    wait_log(d, "no HELLO within")
+    lines = d.log().splitlines()
+    for name, peer in peers.items():
+        tagged = [ln for ln in lines if f"(peer {peer})" in ln]
+        assert len(tagged) == 1, (name, tagged)
+        conn_id = re.search(r"conn (\d+):", tagged[0]).group(1)
+        errors = [ln for ln in lines if f"conn {conn_id}: " in ln and " info: " in ln]
+        assert errors and errors[0] == tagged[0], (name, errors)
+    assert "TLS handshake: the client sent a plain ringbus HELLO" in d.log()

@@ -64,8 +64,11 @@ class Relay:
         self.port = int(line.split()[1])
 
     def stop(self):
+        """Stops the relay; returns what it wrote to stderr (a line for
+        each QUIC connection that ended, with the daemon's status)."""
         self.proc.terminate()
-        self.proc.wait(timeout=10)
+        _, err = self.proc.communicate(timeout=10)
+        return err.decode(errors="replace")
 
 
 class LossyUdp:
@@ -348,7 +351,14 @@ def test_subscriber_that_does_not_read_is_closed_resource_exhausted(quicd, certs
             assert closed or "subscriber too slow" in quicd.daemon.log()
             assert sub.closed_within(15)
     finally:
-        relay.stop()
+        relay_err = relay.stop()
+    # The subscriber learns why: the CLOSE frame when it got out before the
+    # close grace ended, and always the status in QUIC's CONNECTION_CLOSE.
+    closes = [f for f in sub.skipped if f.kind == rp.CLOSE]
+    if closes:
+        assert sub.skipped[-1].kind == rp.CLOSE
+        assert closes[-1]["status"] == rp.RESOURCE_EXHAUSTED, closes[-1].fields
+    assert "server closed with resource_exhausted" in relay_err, relay_err
     # Everyone else is unaffected.
     out = run_cli("--url", qurl(quicd.port), "--ca", certs.ca, "ping")
     assert out.returncode == 0, out.stderr

@@ -228,6 +228,14 @@ def test_mutate_worked_example_matches_the_codec():
     assert documented_example("MUTATE") == want
 
 
+def test_started_worked_example_matches_the_codec():
+    want = rp.encode_started(1, keepalive_ms=30000,
+                             capabilities=rp.CAP_STREAM | rp.CAP_PUBLISH | rp.CAP_RPC,
+                             max_frame_bytes=1 << 20, server_id="n1",
+                             epoch=0x1122334455667788, client_id="anon-1")
+    assert documented_example("STARTED") == want
+
+
 def test_publish_ack_worked_example_matches_the_codec():
     assert documented_example("PUBLISH") == rp.encode_publish(2, "orders", b"hi")
     assert documented_example("PUBLISH", 1) == rp.encode_publish_ack(2, "orders", 42)
@@ -441,3 +449,11 @@ def test_conn_publish_waits_for_its_ack_and_keeps_other_frames():
         assert c.recv().corr == 105
         done = c.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
         assert done["mutate_id"] == 3 and c.skipped == []
+
+
+def test_rpc_bytes_match_the_protocol_document():
+    """docs/PROTOCOL.md section 12's worked example, byte for byte."""
+    assert rp.encode_request(7, "anon-2", "echo", b"hi", timeout_ms=5000) == bytes.fromhex(
+        "26000000 01 12 0000 0700000000000000 88130000 06616e6f6e2d32 046563686f 020000006869")
+    assert rp.encode_response(7, rp.OK, "", b"hi") == bytes.fromhex(
+        "1a000000 01 14 0000 0700000000000000 0000 0000 020000006869")

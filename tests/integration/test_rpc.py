@@ -510,3 +510,29 @@ def test_cli_calls_across_transports(make_daemon, tmp_path, kind):
         assert out.stdout == b"cba\n"
     finally:
         stop(proc)
+
+
+def test_bad_names_are_invalid_argument(daemon):
+    with connect(daemon) as c:
+        f = register(c, "has space", corr=1)
+        assert f.kind == rp.ERROR and f["code"] == rp.INVALID_ARGUMENT
+        assert "REGISTER method: contains a space" in f["message"]
+        f = register(c, "m", service="$sys", corr=2)
+        assert f.kind == rp.ERROR and f["code"] == rp.INVALID_ARGUMENT
+        # An empty method is a malformed frame: the connection is closed.
+        c.send(rp.encode_frame(rp.REGISTER, 3, b"\x00\x00"))
+        assert c.closed_within(5)
+        assert any(f.kind == rp.ERROR and f["code"] == rp.BAD_FRAME for f in c.skipped)
+
+
+def test_cli_serve_survives_a_command_that_ignores_its_stdin(daemon):
+    proc, client_id = start_serve(daemon, "quick", "--", "true")
+    try:
+        big = "y" * 100000  # more than a pipe holds: the write meets a closed pipe
+        for _ in range(3):
+            out = call(daemon, client_id, "quick", big)
+            assert out.returncode == 0, out.stderr
+            assert out.stdout == b""
+        assert proc.poll() is None
+    finally:
+        stop(proc)

@@ -28,19 +28,38 @@ def publish_n(c, topic, n, start_corr, payload):
     return seqs
 
 
-def flood_pings(sock, count, batch=20000):
-    """Sends count PINGs without reading a byte; stops when the server
-    closes (a reset or a broken pipe ends the sending)."""
-    frame = rp.encode_ping(0, 7)
+def send_flood(sock, chunk, rounds, until=None, deadline_s=60):
+    """Sends chunk rounds times without reading a byte; stops when the
+    server closes (a reset or a broken pipe), when until() holds, or at the
+    deadline. A send that finds no room is not an error: a server that has
+    already closed and stopped taking bytes for a moment (a slow machine)
+    must not fail the test before its log is read. Returns bytes sent."""
+    old = sock.gettimeout()
+    sock.settimeout(0.5)
+    view = memoryview(chunk)
+    total = len(view) * rounds
     sent = 0
+    end = time.monotonic() + deadline_s
     try:
-        while sent < count:
-            n = min(batch, count - sent)
-            sock.sendall(frame * n)
-            sent += n
+        while sent < total and time.monotonic() < end:
+            off = sent % len(view)
+            try:
+                sent += sock.send(view[off:])
+            except socket.timeout:
+                if until is not None and until():
+                    break
     except (BrokenPipeError, ConnectionResetError):
         pass
+    finally:
+        sock.settimeout(old)
     return sent
+
+
+def flood_pings(sock, count, batch=20000, until=None):
+    """Sends count PINGs without reading a byte (see send_flood)."""
+    frame = rp.encode_ping(0, 7)
+    batch = min(batch, count)
+    return send_flood(sock, frame * batch, count // batch, until) // len(frame)
 
 
 def test_client_that_never_reads_fills_only_its_own_quota(make_daemon):
@@ -61,7 +80,7 @@ def test_client_that_never_reads_fills_only_its_own_quota(make_daemon):
     # 48 MiB of PONGs asked for, far past the quota and the kernel's
     # socket buffers: before the quota they piled up in the shard's shared
     # chunk pool without bound.
-    flood_pings(flooder.sock, 2_000_000)
+    flood_pings(flooder.sock, 2_000_000, until=lambda: "send queue full" in d.log())
     assert wait_log(d, "closing: resource_exhausted: send queue full"), d.log()[-3000:]
 
     # Everyone else carries on: acks for the publisher, messages for the
@@ -97,12 +116,8 @@ def test_catchup_complete_that_does_not_fit_closes_instead_of_vanishing(make_dae
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     c.hello()
     batch = b"".join(rp.encode_mutate(i, i, removes=["absent"]) for i in range(1, 20001))
-    try:
-        for k in range(20):
-            c.sock.sendall(batch)
-    except (BrokenPipeError, ConnectionResetError):
-        pass
     want = "closing: resource_exhausted: send queue full: no room for CATCHUP_COMPLETE"
+    send_flood(c.sock, batch, 20, until=lambda: want in d.log())
     assert wait_log(d, want), d.log()[-3000:]
     other = rp.Conn("127.0.0.1", d.port)
     other.hello()
@@ -116,9 +131,11 @@ def test_closed_flooder_reads_why_in_error_and_close(make_daemon):
     flooder = rp.Conn("127.0.0.1", d.port, timeout=20)
     flooder.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     flooder.hello()
-    flood_pings(flooder.sock, 1_000_000)
+    flood_pings(flooder.sock, 1_000_000, until=lambda: "send queue full" in d.log())
     assert wait_log(d, "closing: resource_exhausted: send queue full")
-    # Reading now, the client finds its PONGs, then ERROR and CLOSE with
+    # Reading now, the client finds the PONGs that had started to go out
+    # (the reap drops the queued ones it cannot read: none when the whole
+    # flood was answered in one turn), then ERROR and CLOSE with
     # resource_exhausted (queued in the closing reserve), then the end: the
     # server kept reading its unread PINGs, so no reset destroyed them.
     kinds = []
@@ -130,7 +147,7 @@ def test_closed_flooder_reads_why_in_error_and_close(make_daemon):
             last[f.kind] = f
     except EOFError:
         pass
-    assert set(kinds) == {rp.PONG, rp.ERROR, rp.CLOSE}, set(kinds)
+    assert set(kinds) <= {rp.PONG, rp.ERROR, rp.CLOSE}, set(kinds)
     assert kinds[-2:] == [rp.ERROR, rp.CLOSE]
     assert last[rp.ERROR]["code"] == rp.RESOURCE_EXHAUSTED
     assert last[rp.CLOSE]["status"] == rp.RESOURCE_EXHAUSTED

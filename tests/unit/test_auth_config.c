@@ -201,6 +201,8 @@ static const struct {
     {"[[auth.user]]\nname = \"a b\"\n",
      "c.toml:2:8: auth.user[1].name: control character or space at byte 1"},
     {"[[auth.user]]\nname = \"\"\n", "c.toml:2:8: auth.user[1].name: must be 1..255 bytes"},
+    {"[[auth.user]]\nname = \"anon-7\"\n",
+     "c.toml:2:8: auth.user[1].name: must not start with \"anon-\" (server-assigned ids)"},
     {"[[auth.user]]\nname = \"a\"\n[[auth.user]]\nname = \"a\"\n",
      "c.toml:4:8: auth.user[2]: name \"a\" already used by auth.user[1] (at 1:1)"},
     {"[[auth.user]]\nname = \"a\"\npasword_hash = \"x\"\n",

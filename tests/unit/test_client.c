@@ -17,6 +17,7 @@
 #include "cli/cmdjson.h"
 #include "cli/json.h"
 #include "client/ringbus.h"
+#include "client/transport.h"
 #include "client/url.h"
 #include "common/frame.h"
 
@@ -409,6 +410,7 @@ enum {
     PEER_EOF = 1 << 2,           /* closes right after STARTED */
     PEER_HUGE = 1 << 3,          /* sends a header above max_frame_bytes after STARTED */
     PEER_EXPECT_MUTATE = 1 << 4, /* requires the mutate of mutate_test */
+    PEER_RPC = 1 << 5,           /* sends STARTED with a client id; requires the rpc_test calls */
 };
 
 #define PEER_MAX_FRAME 65536u
@@ -530,6 +532,58 @@ static void peer_on_publish(int fd, const rb_frame *f, uint8_t *out, uint64_t *s
     peer_send(fd, out, rb_frame_encode_publish_ack(out, 4096, f->hdr.corr_id, topic, *seq, flags));
 }
 
+/* RPC as rpc_test expects it: "m" registers once (echoed), again is
+ * already_registered; a call of "echo" is answered with its payload, of
+ * "self" by sending the client a REQUEST (id 99) whose RESPONSE it must
+ * answer with "pong", then the call's RESPONSE; anything else is
+ * recipient_not_found. Returns true once the responder part is done. */
+static bool peer_on_rpc(int fd, const rb_frame *f, uint8_t *out, uint64_t *self_corr)
+{
+    uint64_t corr = f->hdr.corr_id;
+    rb_bytes none = {0};
+    if (f->hdr.kind == RB_FRAME_REGISTER) {
+        static int registered;
+        if (registered++ == 0) {
+            peer_send(fd, out,
+                      rb_frame_encode_register(out, 4096, RB_FRAME_REGISTER, corr, f->u.reg.method,
+                                               f->u.reg.service));
+        } else {
+            peer_send(fd, out,
+                      rb_frame_encode_error(out, 4096, corr, RB_WIRE_ALREADY_REGISTERED,
+                                            str_bytes("twice")));
+        }
+        return false;
+    }
+    if (f->hdr.kind == RB_FRAME_RESPONSE) {
+        PEER_CHECK(corr == 99 && f->u.response.code == 0);
+        PEER_CHECK(bytes_eq(f->u.response.payload, "pong"));
+        peer_send(fd, out,
+                  rb_frame_encode_response(out, 4096, *self_corr, 0, none, str_bytes("done")));
+        return true;
+    }
+    if (f->hdr.kind == RB_FRAME_REQUEST_ACK) {
+        PEER_CHECK(corr == 99 && f->u.request_ack.flags == 0);
+        return false;
+    }
+    PEER_CHECK(f->hdr.kind == RB_FRAME_REQUEST);
+    PEER_CHECK(f->u.request.timeout_ms == 2000);
+    if (bytes_eq(f->u.request.method, "echo")) {
+        peer_send(fd, out, rb_frame_encode_request_ack(out, 4096, corr, 0));
+        peer_send(fd, out,
+                  rb_frame_encode_response(out, 4096, corr, 0, none, f->u.request.payload));
+    } else if (bytes_eq(f->u.request.method, "self")) {
+        *self_corr = corr;
+        peer_send(fd, out,
+                  rb_frame_encode_request(out, 4096, 99, 8000, str_bytes("anon-9"),
+                                          str_bytes("ping"), str_bytes("hi")));
+    } else {
+        peer_send(fd, out,
+                  rb_frame_encode_response(out, 4096, corr, RB_WIRE_RECIPIENT_NOT_FOUND,
+                                           str_bytes("nobody"), none));
+    }
+    return false;
+}
+
 /* Answers HELLO as flags say, then sends what the flags ask for. */
 static void peer_handshake(int fd, int flags, uint8_t *in, uint8_t *out)
 {
@@ -544,9 +598,16 @@ static void peer_handshake(int fd, int flags, uint8_t *in, uint8_t *out)
                                         str_bytes("bad credentials")));
         _exit(0);
     }
-    peer_send(fd, out,
-              rb_frame_encode_started(out, 4096, 0, 1234, 3, PEER_MAX_FRAME, str_bytes("peer-1"),
-                                      PEER_EPOCH));
+    if (flags & PEER_RPC) {
+        peer_send(fd, out,
+                  rb_frame_encode_started_client(out, 4096, 0, 1234, 7, PEER_MAX_FRAME,
+                                                 str_bytes("peer-1"), PEER_EPOCH,
+                                                 str_bytes("anon-5")));
+    } else {
+        peer_send(fd, out,
+                  rb_frame_encode_started(out, 4096, 0, 1234, 3, PEER_MAX_FRAME,
+                                          str_bytes("peer-1"), PEER_EPOCH));
+    }
     if (flags & PEER_EOF) {
         _exit(0);
     }
@@ -573,6 +634,8 @@ static _Noreturn void peer_serve(int fd, int flags)
     peer_handshake(fd, flags, in, out);
     bool pong = false;
     bool mutated = false;
+    bool rpc_done = false;
+    uint64_t self_corr = 0;
     uint64_t seq = 0;
     while (peer_read(fd, in, &f)) {
         switch (f.hdr.kind) {
@@ -590,6 +653,13 @@ static _Noreturn void peer_serve(int fd, int flags)
             peer_on_mutate(fd, &f, out);
             mutated = true;
             break;
+        case RB_FRAME_REGISTER:
+        case RB_FRAME_REQUEST:
+        case RB_FRAME_REQUEST_ACK:
+        case RB_FRAME_RESPONSE:
+            PEER_CHECK(flags & PEER_RPC);
+            rpc_done = peer_on_rpc(fd, &f, out, &self_corr) || rpc_done;
+            break;
         case RB_FRAME_CLOSE:
             if (flags & PEER_HUGE) {
                 /* The client says why it gives up, then hangs up. */
@@ -599,6 +669,7 @@ static _Noreturn void peer_serve(int fd, int flags)
             PEER_CHECK(f.u.close.status == RB_WIRE_OK);
             PEER_CHECK(!(flags & PEER_PING) || pong);
             PEER_CHECK(!(flags & PEER_EXPECT_MUTATE) || mutated);
+            PEER_CHECK(!(flags & PEER_RPC) || rpc_done);
             peer_send(fd, out, rb_frame_encode_close(out, 4096, 0, RB_WIRE_OK, str_bytes("")));
             _exit(0);
         default:
@@ -727,6 +798,54 @@ START_TEST(test_client_publish_sync_returns_the_seq)
                       err.message);
         ck_assert_uint_eq(seq, want);
     }
+    close_cleanly(conn, &p);
+}
+END_TEST
+
+START_TEST(test_client_rpc_register_call_and_respond)
+{
+    peer p = peer_start(PEER_RPC);
+    ringbus_options o = test_options();
+    ringbus_conn *conn = connect_peer(&p, &o);
+    ringbus_error err = {0};
+    ck_assert_str_eq(ringbus_client_id(conn), "anon-5");
+    ck_assert_msg(ringbus_register(conn, "m", NULL, &err) == 0, "%s", err.message);
+    ck_assert_int_eq(ringbus_register(conn, "m", NULL, &err), RINGBUS_ESERVER);
+    ck_assert_int_eq(err.wire_code, RINGBUS_WIRE_ALREADY_REGISTERED);
+    ck_assert_int_eq(ringbus_register(conn, "", NULL, &err), RINGBUS_EINVAL);
+    ringbus_call_result res = {0};
+    ck_assert_msg(ringbus_call_sync(conn, "anon-9", "echo", "abc", 3, 2000, &res, &err) == 0, "%s",
+                  err.message);
+    ck_assert_int_eq(res.code, 0);
+    ck_assert_uint_eq(res.payload_len, 3);
+    ck_assert_mem_eq(res.payload, "abc", 3);
+    ck_assert_int_eq(ringbus_call_sync(conn, "x", "other", NULL, 0, 2000, &res, &err),
+                     RINGBUS_ESERVER);
+    ck_assert_int_eq(res.code, RINGBUS_WIRE_RECIPIENT_NOT_FOUND);
+    ck_assert_int_eq(err.wire_code, RINGBUS_WIRE_RECIPIENT_NOT_FOUND);
+    ck_assert_str_eq(res.message, "nobody");
+    /* An async call whose responder is this connection itself. */
+    uint64_t call_id = 0;
+    ck_assert_int_eq(ringbus_call(conn, "anon-9", "self", NULL, 0, 2000, &call_id, &err), 0);
+    ck_assert(call_id & RINGBUS_CORR_CALL);
+    ringbus_event ev;
+    ck_assert_int_eq(ringbus_next_event(conn, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_REQUEST);
+    ck_assert_str_eq(ev.method, "ping");
+    ck_assert_str_eq(ev.caller, "anon-9");
+    ck_assert_uint_eq(ev.timeout_ms, 8000);
+    ck_assert_uint_eq(ev.payload_len, 2);
+    ck_assert_int_eq(
+        ringbus_respond(conn, ev.corr_id, RINGBUS_WIRE_UNKNOWN_METHOD, NULL, NULL, 0, &err),
+        RINGBUS_EINVAL);
+    ck_assert_int_eq(ringbus_request_ack(conn, ev.corr_id, &err), 0);
+    ck_assert_int_eq(ringbus_respond(conn, ev.corr_id, 0, NULL, "pong", 4, &err), 0);
+    ck_assert_int_eq(ringbus_next_event(conn, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_RESPONSE);
+    ck_assert_uint_eq(ev.corr_id, call_id);
+    ck_assert_int_eq(ev.code, 0);
+    ck_assert_uint_eq(ev.payload_len, 4);
+    ck_assert_mem_eq(ev.payload, "done", 4);
     close_cleanly(conn, &p);
 }
 END_TEST
@@ -1163,11 +1282,59 @@ START_TEST(test_client_names_codes)
 }
 END_TEST
 
+/* ---- naming a server that speaks something else ---- */
+
+START_TEST(test_client_answer_hint_names_http_tls_and_plain_frames)
+{
+    static const uint8_t http[] = "HTTP/1.1 400 Bad Request\r\n";
+    static const uint8_t alert[] = {21, 3, 3, 0, 2, 2, 10};
+    uint8_t frame[64];
+    size_t n = rb_frame_encode_error(frame, sizeof frame, 0, RB_WIRE_TOO_LARGE,
+                                     (rb_bytes){(const uint8_t *)"x", 1});
+    ck_assert_uint_gt(n, 0);
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TCP, http, sizeof http - 1),
+                     "the server answered HTTP: is this a ws:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TCP, alert, sizeof alert),
+                     "the server answered TLS: is this a tls:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WS, alert, sizeof alert),
+                     "the server answered TLS: is this a wss:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WS, frame, n),
+                     "the server answered ringbus frames, not HTTP: is this a tcp:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TLS, frame, n),
+                     "the server answered plain ringbus frames, not TLS: is this a tcp:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_TLS, http, sizeof http - 1),
+                     "the server answered plain HTTP, not TLS: is this a ws:// URL?");
+    ck_assert_str_eq(rb_client_answer_hint(RB_URL_WSS, frame, n),
+                     "the server answered ringbus frames, not HTTP: is this a tls:// URL?");
+}
+END_TEST
+
+START_TEST(test_client_answer_hint_stays_quiet_when_unsure)
+{
+    static const uint8_t http[] = "HTTP/1.1 101 Switching Protocols\r\n";
+    uint8_t frame[64];
+    size_t n = rb_frame_encode_error(frame, sizeof frame, 0, RB_WIRE_TOO_LARGE,
+                                     (rb_bytes){(const uint8_t *)"x", 1});
+    /* What the layer expects, too few bytes to tell, and noise. */
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_WS, http, sizeof http - 1));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, frame, n));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, (const uint8_t *)"HTTP", 4));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_WS, frame, RB_FRAME_HEADER_BYTES - 1));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TCP, (const uint8_t *)"", 0));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_TLS, (const uint8_t *)"\x16\x03\x03", 3));
+    ck_assert_ptr_null(rb_client_answer_hint(RB_URL_QUIC, http, sizeof http - 1));
+}
+END_TEST
+
 Suite *rb_client_suite(void);
 
 Suite *rb_client_suite(void)
 {
     Suite *s = suite_create("client");
+    TCase *hint = tcase_create("answer hints");
+    tcase_add_test(hint, test_client_answer_hint_names_http_tls_and_plain_frames);
+    tcase_add_test(hint, test_client_answer_hint_stays_quiet_when_unsure);
+    suite_add_tcase(s, hint);
     TCase *url = tcase_create("url");
     tcase_add_test(url, test_url_tcp_with_port_parses);
     tcase_add_test(url, test_url_without_port_uses_scheme_default);
@@ -1198,6 +1365,7 @@ Suite *rb_client_suite(void)
     tcase_add_test(conn, test_client_connect_reports_started_fields);
     tcase_add_test(conn, test_client_answers_server_ping_with_pong);
     tcase_add_test(conn, test_client_publish_sync_returns_the_seq);
+    tcase_add_test(conn, test_client_rpc_register_call_and_respond);
     tcase_add_test(conn, test_client_publish_error_ack_carries_wire_code);
     tcase_add_test(conn, test_client_pipelines_publishes_through_a_small_window);
     tcase_add_test(conn, test_client_full_window_refuses_with_eagain);

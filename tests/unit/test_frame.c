@@ -286,6 +286,20 @@ START_TEST(test_frame_rpc_frames_round_trip)
 }
 END_TEST
 
+/* docs/PROTOCOL.md section 12's worked example. */
+START_TEST(test_frame_request_bytes_match_the_protocol_document)
+{
+    static const uint8_t want[] = {
+        0x26, 0, 0,   0,   1,   0x12, 0,   0,   7, 0,   0,   0,   0,   0, 0, 0, 0x88, 0x13, 0,
+        0,    6, 'a', 'n', 'o', 'n',  '-', '2', 4, 'e', 'c', 'h', 'o', 2, 0, 0, 0,    'h',  'i',
+    };
+    size_t n =
+        rb_frame_encode_request(buf, sizeof buf, 7, 5000, str("anon-2"), str("echo"), str("hi"));
+    ck_assert_uint_eq(n, sizeof want);
+    ck_assert_mem_eq(buf, want, sizeof want);
+}
+END_TEST
+
 START_TEST(test_frame_rpc_empty_method_and_unknown_ack_flags_are_bad_frame)
 {
     rb_frame f;
@@ -1701,6 +1715,7 @@ static void add_round_trips(Suite *s)
     tcase_add_test(tc, test_frame_started_round_trips);
     tcase_add_test(tc, test_frame_started_client_id_round_trips_and_is_optional);
     tcase_add_test(tc, test_frame_rpc_frames_round_trip);
+    tcase_add_test(tc, test_frame_request_bytes_match_the_protocol_document);
     tcase_add_test(tc, test_frame_rpc_empty_method_and_unknown_ack_flags_are_bad_frame);
     tcase_add_test(tc, test_frame_started_without_epoch_decodes_as_no_epoch);
     tcase_add_test(tc, test_frame_mutate_without_epoch_decodes_as_epoch_zero);

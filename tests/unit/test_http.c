@@ -371,6 +371,7 @@ START_TEST(test_ws_healthz_and_a_wrong_path_are_answered_over_http)
 
     ws_stack(&st, &s);
     atomic_store(&ws_ready, false);
+    req = "GET /readyz HTTP/1.1\r\nHost: h\r\n\r\n";
     ck_assert_int_eq(rb_stack_recv(&st, (const uint8_t *)req, strlen(req), &err), 0);
     s.wire[s.wire_len] = 0;
     ck_assert_ptr_nonnull(strstr((char *)s.wire, "HTTP/1.1 503 "));

@@ -331,6 +331,19 @@ START_TEST(test_mailbox_unregistered_kind_asserts)
 }
 END_TEST
 
+/* An extra unref of a block already back in its pool stops the daemon at
+ * once, instead of corrupting the pool's free list. */
+START_TEST(test_mailbox_unref_of_a_freed_block_asserts)
+{
+    RB_DEATH_TEST();
+    setup_with(8, 16, 1);
+    rb_block *b = rb_mailbox_block(&fx.mb[0], 1024);
+    ck_assert_ptr_nonnull(b);
+    rb_block_unref(b);
+    rb_block_unref(b);
+}
+END_TEST
+
 START_TEST(test_mailbox_second_handler_for_a_kind_asserts)
 {
     RB_DEATH_TEST();
@@ -359,6 +372,7 @@ Suite *rb_mailbox_suite(void)
     tcase_add_test(tc, test_mailbox_discard_returns_queued_envelopes);
     tcase_add_test_raise_signal(tc, test_mailbox_unregistered_kind_asserts, SIGABRT);
     tcase_add_test_raise_signal(tc, test_mailbox_second_handler_for_a_kind_asserts, SIGABRT);
+    tcase_add_test_raise_signal(tc, test_mailbox_unref_of_a_freed_block_asserts, SIGABRT);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -314,6 +314,108 @@ START_TEST(test_sendq_reserve_commit_queues_in_place)
 }
 END_TEST
 
+/* A frame of len bytes (len >= 16): its size field, then a pattern. */
+static void frame_of(uint8_t *out, size_t len, uint8_t seed)
+{
+    for (size_t i = 0; i < len; i++) {
+        out[i] = (uint8_t)(seed + i);
+    }
+    out[0] = (uint8_t)len;
+    out[1] = (uint8_t)(len >> 8);
+    out[2] = (uint8_t)(len >> 16);
+    out[3] = (uint8_t)(len >> 24);
+}
+
+/* Queues frames of these sizes; returns the bytes queued. */
+static size_t queue_frames(rb_sendq *q, const size_t *sizes, size_t count)
+{
+    size_t total = 0;
+    uint8_t *buf = malloc(3 * RB_CHUNK_BYTES);
+    ck_assert_ptr_nonnull(buf);
+    for (size_t i = 0; i < count; i++) {
+        ck_assert_uint_le(sizes[i], 3 * RB_CHUNK_BYTES);
+        frame_of(buf, sizes[i], (uint8_t)i);
+        ck_assert_int_eq(rb_sendq_append(q, buf, sizes[i], 0), 0);
+        total += sizes[i];
+    }
+    free(buf);
+    return total;
+}
+
+/* Writes and releases n bytes. */
+static void write_n(rb_sendq *q, size_t n)
+{
+    while (n > 0) {
+        size_t len;
+        ck_assert_ptr_nonnull(rb_sendq_peek_one(q, &len));
+        len = len < n ? len : n;
+        rb_sendq_written(q, len);
+        rb_sendq_release(q, len);
+        n -= len;
+    }
+}
+
+START_TEST(test_sendq_drop_unstarted_keeps_the_frame_being_written)
+{
+    fixture f;
+    fx_init(&f, 16, 1 << 20, 1 << 20);
+    rb_sendq_track_frames(&f.q);
+    static const size_t sizes[] = {20, RB_CHUNK_BYTES + 100, 30, 40};
+    queue_frames(&f.q, sizes, 4);
+    /* The first frame and 2 bytes of the second (inside its size field). */
+    write_n(&f.q, 22);
+    uint64_t dropped = rb_sendq_drop_unstarted(&f.q, 0);
+    ck_assert_uint_eq(dropped, 30 + 40);
+    ck_assert_uint_eq(rb_sendq_bytes(&f.q), sizes[1] - 2);
+    /* A closing frame follows the second frame directly. */
+    uint8_t close_frame[24];
+    frame_of(close_frame, sizeof close_frame, 9);
+    ck_assert_int_eq(rb_sendq_append(&f.q, close_frame, sizeof close_frame, RB_SENDQ_RESERVE), 0);
+    write_n(&f.q, sizes[1] - 2);
+    size_t n;
+    const uint8_t *p = rb_sendq_peek_one(&f.q, &n);
+    ck_assert_uint_eq(n, sizeof close_frame);
+    ck_assert_mem_eq(p, close_frame, sizeof close_frame);
+    write_n(&f.q, n);
+    ck_assert_uint_eq(rb_sendq_bytes(&f.q), 0);
+    fx_deinit(&f);
+}
+END_TEST
+
+START_TEST(test_sendq_drop_unstarted_keeps_bytes_in_flight_and_their_frame)
+{
+    fixture f;
+    fx_init(&f, 16, 1 << 20, 1 << 20);
+    rb_sendq_track_frames(&f.q);
+    static const size_t sizes[] = {100, 200, 300, 400};
+    queue_frames(&f.q, sizes, 4);
+    write_n(&f.q, 50);
+    /* A write in flight covers the rest of frame 1 and 10 bytes of frame 2. */
+    uint64_t dropped = rb_sendq_drop_unstarted(&f.q, 50 + 10);
+    ck_assert_uint_eq(dropped, 300 + 400);
+    ck_assert_uint_eq(rb_sendq_bytes(&f.q), 50 + 200);
+    /* On a boundary, with nothing in flight, everything unsent goes. */
+    write_n(&f.q, 250);
+    queue_frames(&f.q, sizes, 2);
+    ck_assert_uint_eq(rb_sendq_drop_unstarted(&f.q, 0), 300);
+    ck_assert_uint_eq(rb_sendq_bytes(&f.q), 0);
+    ck_assert_uint_eq(f.budget.used_bytes, 0);
+    fx_deinit(&f);
+}
+END_TEST
+
+START_TEST(test_sendq_drop_unstarted_without_frame_tracking_drops_nothing)
+{
+    fixture f;
+    fx_init(&f, 16, 1 << 20, 1 << 20);
+    static const size_t sizes[] = {100, 200};
+    queue_frames(&f.q, sizes, 2);
+    ck_assert_uint_eq(rb_sendq_drop_unstarted(&f.q, 0), 0);
+    ck_assert_uint_eq(rb_sendq_bytes(&f.q), 300);
+    fx_deinit(&f);
+}
+END_TEST
+
 Suite *rb_sendq_suite(void);
 Suite *rb_sendq_suite(void)
 {
@@ -334,6 +436,11 @@ Suite *rb_sendq_suite(void)
     tcase_add_test(tc, test_sendq_partial_writes_resume_where_they_stopped);
     tcase_add_test(tc, test_sendq_written_bytes_are_kept_until_acknowledged);
     tcase_add_test_raise_signal(tc, test_sendq_release_beyond_written_aborts, SIGABRT);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("dropping unstarted frames");
+    tcase_add_test(tc, test_sendq_drop_unstarted_keeps_the_frame_being_written);
+    tcase_add_test(tc, test_sendq_drop_unstarted_keeps_bytes_in_flight_and_their_frame);
+    tcase_add_test(tc, test_sendq_drop_unstarted_without_frame_tracking_drops_nothing);
     suite_add_tcase(s, tc);
     tc = tcase_create("block references");
     tcase_add_test(tc, test_sendq_block_reference_is_sent_and_dropped);

@@ -130,6 +130,13 @@ static uint64_t fake_unsent(const rb_link *l)
     return 0;
 }
 
+/* The fake link copies what it writes at once: nothing is ever in flight. */
+static uint64_t fake_busy(const rb_link *l)
+{
+    (void)l;
+    return 0;
+}
+
 static const rb_link_ops fake_ops = {
     .start_send = fake_start_send,
     .stop_reading = fake_stop_reading,
@@ -138,6 +145,7 @@ static const rb_link_ops fake_ops = {
     .ready = fake_ready,
     .lingering = fake_lingering,
     .unsent_bytes = fake_unsent,
+    .busy_bytes = fake_busy,
 };
 
 static void shard_setup(uint64_t send_queue_bytes)
@@ -430,7 +438,9 @@ START_TEST(test_session_over_quota_closes_with_error_and_close_from_the_reserve)
         ck_assert_uint_eq(fr.u.ping.nonce, pongs);
         pongs++;
     }
-    ck_assert_uint_gt(pongs, 0);
+    /* None of the queued PONGs had started to go out: the reap dropped
+     * them, so the closing frames come first (PROTOCOL 8.3). */
+    ck_assert_uint_eq(pongs, 0);
     ck_assert_uint_eq(fr.hdr.kind, RB_FRAME_ERROR);
     ck_assert_uint_eq(fr.u.error.code, RB_WIRE_RESOURCE_EXHAUSTED);
     ck_assert(next_frame(f, &off, &fr));
