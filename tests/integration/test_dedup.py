@@ -10,13 +10,24 @@ import pytest
 
 import rbproto as rp
 
+# Windows long enough that the few round trips a test makes inside one
+# cannot outlast it on a loaded machine (under ASan); the tests that need a
+# window to pass sleep for it, measured from the last commit they depend on.
+WINDOW_S = 3.0
+
+
+def wait_past_window(committed_at):
+    """Sleeps until WINDOW_S (plus a margin) after committed_at: the server
+    committed before the client saw the ack, so its window is over too."""
+    time.sleep(max(0.0, committed_at + WINDOW_S + 0.5 - time.monotonic()))
+
 
 @pytest.fixture(params=["memory", "postgres"])
 def storage(request):
     return request.param
 
 
-def conn(d, timeout=10):
+def conn(d, timeout=60):
     c = rp.Conn("127.0.0.1", d.port, timeout=timeout)
     assert c.hello().kind == rp.STARTED
     return c
@@ -58,11 +69,12 @@ def test_a_retry_inside_the_window_gets_the_original_seq_as_a_duplicate(make_dae
 
 
 def test_a_retry_after_the_window_is_a_new_message(make_daemon):
-    d = make_daemon(extra="[dedup]\nwindow_ms = 300\n")
+    d = make_daemon(extra=f"[dedup]\nwindow_ms = {int(WINDOW_S * 1000)}\n")
     c = conn(d)
     first = acked(c, "dd.late", "a", 1, "k")
+    committed = time.monotonic()
     assert acked(c, "dd.late", "a", 2, "k")["duplicate"] is True
-    time.sleep(0.6)
+    wait_past_window(committed)
     late = acked(c, "dd.late", "a again", 3, "k")
     assert late["duplicate"] is False and late["seq"] == first["seq"] + 1
     # The new commit starts a new window for the key.
@@ -82,10 +94,11 @@ def test_a_key_reused_on_another_topic_is_independent(make_daemon):
 
 
 def test_a_full_topic_table_refuses_new_keys_with_dedup_full(make_daemon):
-    d = make_daemon(extra="[dedup]\nwindow_ms = 1500\nkeys_per_topic = 2\n")
+    d = make_daemon(extra=f"[dedup]\nwindow_ms = {int(WINDOW_S * 1000)}\nkeys_per_topic = 2\n")
     c = conn(d)
     acked(c, "dd.full", "1", 1, "k1")
     acked(c, "dd.full", "2", 2, "k2")
+    committed = time.monotonic()
     f = c.publish("dd.full", "3", corr=3, key="k3")
     assert f.kind == rp.ERROR and f["code"] == rp.DEDUP_FULL, f.fields
     assert "idempotency keys" in f["message"] and "topic" in f["message"]
@@ -95,7 +108,7 @@ def test_a_full_topic_table_refuses_new_keys_with_dedup_full(make_daemon):
     assert acked(c, "dd.other", "x", 5, "k3")["duplicate"] is False
     assert acked(c, "dd.full", "plain", 6, b"")["seq"] == 3
     # Once the window passes the old keys are vacant and new keys fit again.
-    time.sleep(2)
+    wait_past_window(committed)
     assert acked(c, "dd.full", "3", 7, "k3")["duplicate"] is False
     assert history(d, "dd.full") == [(1, "1"), (2, "2"), (3, "plain"), (4, "3")]
 

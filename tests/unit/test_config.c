@@ -192,6 +192,25 @@ START_TEST(test_config_every_key_lands_in_its_field)
 }
 END_TEST
 
+/* [dedup] keys land in their fields whatever comes after them (a later
+ * backend = "memory" once reset them to the defaults). */
+START_TEST(test_config_dedup_keys_land_before_and_after_the_backend)
+{
+    static const char *const texts[] = {
+        "[dedup]\nwindow_ms = 500\nkeys_per_topic = 7\nkeys_per_shard = 9\n"
+        "[storage]\nbackend = 'memory'\n",
+        "[storage]\nbackend = 'memory'\n"
+        "[dedup]\nwindow_ms = 500\nkeys_per_topic = 7\nkeys_per_shard = 9\n",
+    };
+    for (size_t i = 0; i < COUNT(texts); i++) {
+        const rb_config *cfg = load_ok(texts[i]);
+        ck_assert_uint_eq(cfg->dedup_window_ms, 500);
+        ck_assert_uint_eq(cfg->dedup_keys_per_topic, 7);
+        ck_assert_uint_eq(cfg->dedup_keys_per_shard, 9);
+    }
+}
+END_TEST
+
 START_TEST(test_config_dotted_keys_reach_sections)
 {
     const rb_config *cfg =
@@ -560,9 +579,10 @@ END_TEST
 static const error_case listener_errors[] = {
     {"[[listener]]\naddress = '0.0.0.0'",
      "c.toml:1:1: listener[1]: missing required key \"transport\" (one of tcp, tls, ws, wss, "
-     "quic)"},
-    {"[[listener]]\ntransport = 'http'",
-     "c.toml:2:13: listener[1].transport: \"http\" is not one of tcp, tls, ws, wss, quic"},
+     "quic, http)"},
+    {"[[listener]]\ntransport = 'https'",
+     "c.toml:2:13: listener[1].transport: \"https\" is not one of tcp, tls, ws, wss, quic, "
+     "http"},
     {"[[listener]]\ntransport = 'tcp'\naddress = 'localhost'",
      "c.toml:3:11: listener[1].address: \"localhost\" is not an IPv4 or IPv6 address literal"},
     {"[[listener]]\ntransport = 'tcp'\naddress = '[::1]'",
@@ -761,11 +781,13 @@ START_TEST(test_config_example_settings_are_valid_and_show_the_defaults)
     /* Machine-dependent defaults are shown with sample values. */
     ck_assert_uint_eq(cfg.shards, 4);
     ck_assert_str_eq(cfg.server_id, "node-1");
-    ck_assert_uint_eq(cfg.listener_count, 5);
+    ck_assert_uint_eq(cfg.listener_count, 6);
     for (uint32_t i = 0; i < 5; i++) {
         ck_assert_int_eq(cfg.listeners[i].transport, (rb_transport_kind)i);
         ck_assert_uint_eq(cfg.listeners[i].port, 7400 + i);
     }
+    ck_assert_int_eq(cfg.listeners[5].transport, RB_TRANSPORT_HTTP);
+    ck_assert_uint_eq(cfg.listeners[5].port, 7420);
     ck_assert_uint_eq(cfg.listeners[3].origin_count, 1);
     /* Everything else equals the embedded default. */
     static rb_config want;
@@ -861,6 +883,7 @@ Suite *rb_config_suite(void)
 
     tc = tcase_create("values");
     tcase_add_test(tc, test_config_every_key_lands_in_its_field);
+    tcase_add_test(tc, test_config_dedup_keys_land_before_and_after_the_backend);
     tcase_add_test(tc, test_config_dotted_keys_reach_sections);
     tcase_add_test(tc, test_config_range_bounds_are_inclusive);
     tcase_add_test(tc, test_config_every_log_level_is_accepted);
