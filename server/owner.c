@@ -58,6 +58,17 @@ struct dedup_ent {
     uint8_t key[RB_IDEMPOTENCY_KEY_BYTES_MAX];
 };
 
+/* The keys of a batch sent to a durable store (postgres), which claims them
+ * in the append's transaction: held from the append's start to the acks,
+ * only by batches with keys. */
+typedef struct batch_keys {
+    rb_bytes keys[RB_OWNER_BATCH_MESSAGES_MAX];
+    uint64_t dup_seqs[RB_OWNER_BATCH_MESSAGES_MAX]; /* nonzero: a duplicate of that seq */
+} batch_keys;
+
+_Static_assert(RB_OWNER_BATCH_MESSAGES_MAX <= RB_PG_APPEND_KEYED_MAX,
+               "a batch with keys is one keyed append");
+
 typedef struct batch {
     struct batch *next;
     rb_topic *topic;
@@ -72,6 +83,9 @@ typedef struct batch {
     rb_bytes payloads[RB_OWNER_BATCH_MESSAGES_MAX];
     pub_ref pubs[RB_OWNER_BATCH_MESSAGES_MAX];
     dedup_ent *keys[RB_OWNER_BATCH_MESSAGES_MAX]; /* the claimed key of each, or NULL */
+    uint32_t key_count;                           /* how many of them are not NULL */
+    batch_keys *durable;                          /* while a durable store checks the keys */
+    uint32_t stored; /* after commit: publishes stored (the others are duplicates) */
 } batch;
 
 typedef struct waiter {
@@ -158,6 +172,7 @@ struct rb_owner {
     uint64_t dedup_sweep_ms; /* no committed key expires before this */
     rb_pool dedup_pool;
     rb_pool dedup_wait_pool;
+    rb_pool batch_keys_pool;
     rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
@@ -202,6 +217,9 @@ static int owner_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc
             : rb_pool_init(&o->dedup_wait_pool, "idempotent retries", sizeof(dedup_wait),
                            RB_DEDUP_WAITERS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->batch_keys_pool, "keyed appends", sizeof(batch_keys),
+                           RB_OWNER_KEYED_APPENDS_MAX, err);
     size_t arena = 2 * (size_t)sh->server->cfg.max_frame_bytes;
     o->holes.arena = rc == 0 ? malloc(arena) : NULL;
     if (rc == 0 && o->holes.arena == NULL) {
@@ -264,6 +282,7 @@ static void owner_deinit(rb_shard *sh)
     free(o->buckets);
     free(o->dedup_buckets);
     rb_pool_deinit(&o->dedup_wait_pool);
+    rb_pool_deinit(&o->batch_keys_pool);
     rb_pool_deinit(&o->dedup_pool);
     rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
@@ -524,6 +543,35 @@ static dedup_ent *dedup_claim(rb_shard *sh, rb_topic *t, const rb_publish *pub)
     return e;
 }
 
+static void batch_put(rb_owner *o, batch *b)
+{
+    if (b->durable != NULL) {
+        rb_pool_put(&o->batch_keys_pool, b->durable);
+        b->durable = NULL;
+    }
+    rb_pool_put(&o->batch_pool, b);
+}
+
+/* The durable store found pub's key committed as seq (before a restart, or
+ * by another node): the retries that waited get seq as duplicates too, and
+ * the key is vacant here again (the store answers the next retry). */
+static void dedup_found_stored(rb_shard *sh, dedup_ent *e, uint64_t seq)
+{
+    rb_owner *o = sh->owner;
+    while (e->waiters != NULL) {
+        dedup_wait *w = e->waiters;
+        e->waiters = w->next;
+        ack_ref(sh, &w->pub, seq, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+        rb_pool_put(&o->dedup_wait_pool, w);
+    }
+    dedup_free(o, e);
+}
+
+static uint64_t dup_seq_of(const batch *b, uint32_t i)
+{
+    return b->durable != NULL ? b->durable->dup_seqs[i] : 0;
+}
+
 static void fail_batch(rb_shard *sh, batch *b, uint16_t code, rb_publish_reason reason)
 {
     for (uint32_t i = 0; i < b->count; i++) {
@@ -557,17 +605,22 @@ static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
     }
     blk->first_seq = b->req.first_seq;
     blk->last_seq = b->req.last_seq;
-    blk->count = b->count;
+    blk->count = b->stored;
     blk->topic_len = t->name_len;
     memcpy(blk->topic, t->name, t->name_len);
     blk->topic[t->name_len] = '\0';
     rb_bytes topic = {(const uint8_t *)t->name, t->name_len};
+    uint64_t seq = b->req.first_seq;
     for (uint32_t i = 0; i < b->count; i++) {
+        if (dup_seq_of(b, i) != 0) {
+            continue; /* not stored again: its subscribers had it */
+        }
         size_t n = rb_frame_encode_messages_item(blk->data + blk->bytes, blk->cap - blk->bytes,
-                                                 topic, b->req.first_seq + i, b->payloads[i]);
+                                                 topic, seq++, b->payloads[i]);
         RB_ASSERT(n > 0);
         blk->bytes += (uint32_t)n;
     }
+    RB_ASSERT(seq == b->req.last_seq + 1);
     return blk;
 }
 
@@ -657,7 +710,9 @@ static void finish_committed(rb_owner *o)
     while (o->done_head != NULL) {
         batch *b = o->done_head;
         rb_topic *t = b->topic;
-        if (any_interest(t)) {
+        if (b->stored == 0) {
+            /* Every publish was a duplicate: no new seq, nothing to send. */
+        } else if (any_interest(t)) {
             rb_block *blk = build_block(sh, t, b);
             if (blk == NULL) {
                 rb_shard_poll_soon(sh);
@@ -671,13 +726,23 @@ static void finish_committed(rb_owner *o)
         if (o->done_head == NULL) {
             o->done_tail = NULL;
         }
+        /* In publish order, duplicates included (acks of one topic keep
+         * their connection's publish order). */
+        uint64_t seq = b->req.first_seq;
         for (uint32_t i = 0; i < b->count; i++) {
-            ack_ref(sh, &b->pubs[i], b->req.first_seq + i, RB_WIRE_OK, RB_PUBLISH_OK, 0);
-            if (b->keys[i] != NULL) {
-                dedup_commit(sh, b->keys[i], b->req.first_seq + i);
+            uint64_t dup = dup_seq_of(b, i);
+            if (dup != 0) {
+                ack_ref(sh, &b->pubs[i], dup, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+                dedup_found_stored(sh, b->keys[i], dup);
+                continue;
             }
+            ack_ref(sh, &b->pubs[i], seq, RB_WIRE_OK, RB_PUBLISH_OK, 0);
+            if (b->keys[i] != NULL) {
+                dedup_commit(sh, b->keys[i], seq);
+            }
+            seq++;
         }
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             start_append(t);
         }
@@ -820,13 +885,28 @@ static void append_done(rb_append_req *req)
     if (req->status != 0) {
         RB_LOG_ERROR(0, "topic %s: append of %u failed: %s", t->name, b->count, req->err.msg);
         fail_batch(sh, b, RB_WIRE_UNAVAILABLE, RB_PUBLISH_STORAGE_UNAVAILABLE);
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             start_append(t);
         }
         return;
     }
-    RB_ASSERT(req->last_seq - req->first_seq + 1 == b->count);
+    b->stored = b->count;
+    if (b->durable != NULL) {
+        /* Duplicates found by the store: the block carries the others. */
+        rb_bytes topic = {(const uint8_t *)t->name, t->name_len};
+        b->item_bytes = 0;
+        for (uint32_t i = 0; i < b->count; i++) {
+            if (b->durable->dup_seqs[i] != 0) {
+                RB_ASSERT(b->keys[i] != NULL);
+                b->stored--;
+            } else {
+                b->item_bytes +=
+                    (uint32_t)rb_frame_messages_item_size(topic.len, b->payloads[i].len);
+            }
+        }
+    }
+    RB_ASSERT(req->last_seq + 1 - req->first_seq == b->stored);
     if (req->last_seq > t->head) {
         t->head = req->last_seq;
     }
@@ -858,6 +938,15 @@ static void start_append(rb_topic *t)
         return;
     }
     batch *b = t->fill_head;
+    const rb_config *cfg = &sh->server->cfg;
+    bool durable = b->key_count > 0 && cfg->storage_backend != RB_STORAGE_MEMORY;
+    batch_keys *keys = durable ? rb_pool_get(&o->batch_keys_pool) : NULL;
+    if (durable && keys == NULL) {
+        /* Every keyed append slot is busy: the batch waits for one. */
+        topic_mark_dirty(t);
+        rb_shard_poll_soon(sh);
+        return;
+    }
     t->fill_head = b->next;
     if (t->fill_head == NULL) {
         t->fill_tail = NULL;
@@ -867,13 +956,24 @@ static void start_append(rb_topic *t)
     b->req.topic = (rb_bytes){(const uint8_t *)t->name, t->name_len};
     b->req.payloads = b->payloads;
     b->req.count = b->count;
+    b->durable = keys;
+    if (keys != NULL) {
+        for (uint32_t i = 0; i < b->count; i++) {
+            const dedup_ent *e = b->keys[i];
+            keys->keys[i] = e != NULL ? (rb_bytes){e->key, e->key_len} : (rb_bytes){0};
+            keys->dup_seqs[i] = 0;
+        }
+        b->req.keys = keys->keys;
+        b->req.dup_seqs = keys->dup_seqs;
+        b->req.dedup_window_ms = cfg->dedup_window_ms;
+    }
     b->req.done = append_done;
     b->req.ctx = b;
     int rc = sh->server->storage_ops->append(sh->storage, &b->req);
     if (rc != 0) {
         fail_batch(sh, b, rc == RB_ELIMIT ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE,
                    RB_PUBLISH_STORAGE_REFUSED);
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             topic_mark_dirty(t);
         }
@@ -1125,6 +1225,9 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     b->topic = t;
     b->count = 0;
     b->item_bytes = 0;
+    b->key_count = 0;
+    b->durable = NULL;
+    b->stored = 0;
     if (t->fill_tail == NULL) {
         t->fill_head = b;
     } else {
@@ -1159,6 +1262,7 @@ static void on_publish(rb_shard *sh, const rb_publish *pub)
     }
     b->payloads[b->count] = pub->payload;
     b->keys[b->count] = key;
+    b->key_count += key != NULL;
     b->pubs[b->count] = (pub_ref){.src = pub->src, .slot = pub->slot};
     b->count++;
     b->item_bytes += (uint32_t)item;

@@ -148,3 +148,94 @@ def test_concurrent_retries_of_one_key_from_two_connections_commit_once(make_dae
     assert [s for s, _ in stored] == list(range(1, rounds + 1))
     for r, (_, payload) in enumerate(stored):
         assert payload.startswith(f"r{r} from ")
+
+
+# ---- Postgres: the window is in the database (docs/PROTOCOL.md §7.1) ----
+
+def stored_keys(pg_db, topic):
+    """(key, seq) of the topic's rows in idempotency_keys, by seq."""
+    rows = pg_db.psql("SELECT convert_from(k.key, 'UTF8'), k.seq FROM idempotency_keys k "
+                      f"JOIN topics t ON t.id = k.topic_id WHERE t.name = '{topic}' ORDER BY 2")
+    return [(k, int(s)) for k, s in rows]
+
+
+@pytest.mark.parametrize("storage", ["postgres"])
+@pytest.mark.parametrize("how", ["sigterm", "kill9"])
+def test_on_postgres_the_window_survives_a_restart(make_daemon, pg_db, how):
+    d = make_daemon()
+    c = conn(d)
+    assert acked(c, "dd.durable", "one", 1, "k-1")["seq"] == 1
+    assert acked(c, "dd.durable", "two", 2, "k-2")["seq"] == 2
+    assert stored_keys(pg_db, "dd.durable") == [("k-1", 1), ("k-2", 2)]
+    c.sock.close()
+    if how == "kill9":
+        d.kill9()
+    else:
+        assert d.stop() == 0
+    d.start()
+    c = conn(d)
+    # The restarted daemon knows nothing in memory: the database answers,
+    # and again for a second retry (and one from another connection).
+    for corr in (3, 4):
+        again = acked(c, "dd.durable", f"one (retry {corr})", corr, "k-1")
+        assert again["seq"] == 1 and again["duplicate"] is True
+    again = acked(conn(d), "dd.durable", "two (retry)", 1, "k-2")
+    assert again["seq"] == 2 and again["duplicate"] is True
+    # A batch mixing a duplicate with new messages keeps their seqs dense
+    # and their acks in publish order.
+    for corr, (payload, key) in enumerate([("three", "k-3"), ("two (retry 2)", "k-2"),
+                                           ("plain", b""), ("four", "k-4")], start=10):
+        c.publish("dd.durable", payload, corr=corr, key=key, wait=False)
+    got = [c.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR), 60) for _ in range(4)]
+    assert [(f.kind, f.corr, f["seq"], f["duplicate"]) for f in got] == [
+        (rp.PUBLISH_ACK, 10, 3, False), (rp.PUBLISH_ACK, 11, 2, True),
+        (rp.PUBLISH_ACK, 12, 4, False), (rp.PUBLISH_ACK, 13, 5, False)]
+    assert history(d, "dd.durable") == [(1, "one"), (2, "two"), (3, "three"), (4, "plain"),
+                                        (5, "four")]
+    assert stored_keys(pg_db, "dd.durable") == [("k-1", 1), ("k-2", 2), ("k-3", 3), ("k-4", 5)]
+
+
+@pytest.mark.parametrize("storage", ["postgres"])
+def test_on_postgres_two_daemons_on_one_database_commit_a_key_once(make_daemon, pg_db):
+    # Neither daemon's memory knows the other's keys: the unique key in the
+    # append's transaction decides.
+    ds = [make_daemon(shards=2), make_daemon(shards=2)]
+    conns = [conn(d) for d in ds for _ in range(2)]
+    rounds = 100
+    for r in range(rounds):
+        for i, c in enumerate(conns):
+            c.publish("dd.nodes", f"r{r} via {i}", corr=r + 1, key=f"key-{r}", wait=False)
+    answers = {r + 1: [] for r in range(rounds)}
+    for c in conns:
+        for _ in range(rounds):
+            f = c.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR), 60)
+            assert f.kind == rp.PUBLISH_ACK, f.fields
+            answers[f.corr].append((f["seq"], f["duplicate"]))
+    for corr, got in answers.items():
+        assert len(got) == len(conns), (corr, got)
+        assert len({seq for seq, _ in got}) == 1, (corr, got)
+        assert sum(1 for _, dup in got if not dup) == 1, (corr, got)
+    stored = history(ds[0], "dd.nodes")
+    assert [s for s, _ in stored] == list(range(1, rounds + 1))
+    assert len(stored_keys(pg_db, "dd.nodes")) == rounds
+
+
+@pytest.mark.parametrize("storage", ["postgres"])
+def test_on_postgres_an_expired_key_is_vacant_and_pruned(make_daemon, pg_db):
+    d = make_daemon(extra=f"[dedup]\nwindow_ms = {int(WINDOW_S * 1000)}\n")
+    c = conn(d)
+    assert acked(c, "dd.prune", "a", 1, "gone")["seq"] == 1
+    assert acked(c, "dd.prune", "b", 2, "renewed")["seq"] == 2
+    committed = time.monotonic()
+    assert stored_keys(pg_db, "dd.prune") == [("gone", 1), ("renewed", 2)]
+    wait_past_window(committed)
+    # Past the window a retry is a new message, whether or not the pruner
+    # has deleted the row yet; the key's window starts again.
+    late = acked(c, "dd.prune", "b again", 3, "renewed")
+    assert late["seq"] == 3 and late["duplicate"] is False
+    assert acked(c, "dd.prune", "b again 2", 4, "renewed")["duplicate"] is True
+    deadline = time.monotonic() + 30
+    while stored_keys(pg_db, "dd.prune") != [("renewed", 3)]:
+        assert time.monotonic() < deadline, stored_keys(pg_db, "dd.prune")
+        time.sleep(0.1)
+    assert history(d, "dd.prune") == [(1, "a"), (2, "b"), (3, "b again")]
