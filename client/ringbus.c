@@ -47,8 +47,9 @@ static_assert((int)RINGBUS_WIRE_CURSOR_AHEAD == (int)RB_WIRE_CURSOR_AHEAD,
               "wire codes mirror frame.h");
 static_assert((int)RINGBUS_WIRE_RECIPIENT_NOT_FOUND == (int)RB_WIRE_RECIPIENT_NOT_FOUND,
               "wire codes mirror frame.h");
-static_assert((int)RINGBUS_WIRE_RESPONDER_BUSY == (int)RB_WIRE_CODE_LAST,
+static_assert((int)RINGBUS_WIRE_RESPONDER_BUSY == (int)RB_WIRE_RESPONDER_BUSY,
               "wire codes mirror frame.h");
+static_assert((int)RINGBUS_WIRE_DEDUP_FULL == (int)RB_WIRE_DEDUP_FULL, "wire codes mirror frame.h");
 static_assert((int)RINGBUS_ERROR_MESSAGE_BYTES == (int)RB_ERR_MSG_BYTES_MAX, "messages fit");
 
 /* Defaults and caps of ringbus_options (documented in ringbus.h). */
@@ -663,6 +664,7 @@ static void on_publish_reply(ringbus_conn *conn, pending *slot, const rb_frame *
         res.topic = s != NULL ? s : "";
         res.topic_len = s != NULL ? f->u.publish_ack.topic.len : 0;
         res.seq = f->u.publish_ack.seq;
+        res.duplicate = (f->u.publish_ack.flags & RB_ACK_DUPLICATE) != 0;
         res.message = "";
     } else {
         s = scratch_str(&conn->ack_scratch, &conn->ack_scratch_cap, f->u.error.message);
@@ -1193,7 +1195,7 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
     memcpy(conn->server_id, f->u.started.server_id.ptr, f->u.started.server_id.len);
     conn->server_id[f->u.started.server_id.len] = '\0';
     /* The decoder bounds client_id to RB_RPC_NAME_BYTES_MAX; an older
-     * server omits it (no bytes, no pointer). */
+     * server omits it (NULL, length 0: memcpy must not see NULL). */
     if (f->u.started.client_id.len > 0) {
         memcpy(conn->client_id, f->u.started.client_id.ptr, f->u.started.client_id.len);
     }

@@ -78,6 +78,7 @@ enum {
     RINGBUS_WIRE_OUT_OF_RANGE = 13,   /* TOPIC_ERROR: cursor older than retained */
     RINGBUS_WIRE_EPOCH_MISMATCH = 14, /* TOPIC_ERROR: cursor from another store epoch */
     RINGBUS_WIRE_CURSOR_AHEAD = 15,   /* TOPIC_ERROR: cursor beyond the topic's head */
+    RINGBUS_WIRE_DEDUP_FULL = 18,     /* publish: the idempotency-key table is full */
     /* RPC outcomes (ringbus_call_result.code). */
     RINGBUS_WIRE_RECIPIENT_NOT_FOUND = 20,    /* nobody serves the destination */
     RINGBUS_WIRE_UNKNOWN_METHOD = 21,         /* the destination does not serve the method */
@@ -351,6 +352,10 @@ typedef struct ringbus_publish_result {
     size_t topic_len;
     uint64_t seq;     /* the message's seq when status is 0 */
     uint64_t corr_id; /* the publish's correlation id */
+    /* status 0: the publish repeated an idempotency key the server had
+     * already committed within its dedup window, and seq is the original's
+     * (docs/PROTOCOL.md 7.1); false from servers that predate the flag. */
+    bool duplicate;
 } ringbus_publish_result;
 
 /* Runs exactly once per accepted publish. res and its strings are owned by

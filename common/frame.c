@@ -242,6 +242,7 @@ static const char *const wire_code_names[] = {
     [RB_WIRE_OUT_OF_RANGE] = "out_of_range",
     [RB_WIRE_EPOCH_MISMATCH] = "epoch_mismatch",
     [RB_WIRE_CURSOR_AHEAD] = "cursor_ahead",
+    [RB_WIRE_DEDUP_FULL] = "dedup_full",
     [RB_WIRE_RECIPIENT_NOT_FOUND] = "recipient_not_found",
     [RB_WIRE_UNKNOWN_METHOD] = "unknown_method",
     [RB_WIRE_CONNECTION_TIMEOUT] = "connection_timeout",
@@ -634,6 +635,11 @@ static void decode_body(reader *r, rb_frame *f)
     case RB_FRAME_PUBLISH_ACK:
         f->u.publish_ack.topic = rd_topic(r);
         f->u.publish_ack.seq = rd_u64(r, "seq");
+        /* Appended later: a server that predates dedup ends here. */
+        if (r->rc == 0 && left(r) > 0) {
+            f->u.publish_ack.flags = rd_u8(r, "flags");
+            f->u.publish_ack.has_flags = r->rc == 0;
+        }
         break;
     case RB_FRAME_MUTATE:
         decode_mutate(r, f);
@@ -997,16 +1003,17 @@ size_t rb_frame_encode_publish(uint8_t *out, size_t cap, uint64_t corr_id, rb_by
 }
 
 size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
-                                   uint64_t seq)
+                                   uint64_t seq, uint8_t flags)
 {
     assert_topic(topic);
-    size_t size = RB_FRAME_HEADER_BYTES + 1 + topic.len + 8;
+    size_t size = RB_FRAME_HEADER_BYTES + 1 + topic.len + 8 + 1;
     if (size > cap) {
         return 0;
     }
     uint8_t *p = put_header(out, size, RB_FRAME_PUBLISH_ACK, corr_id);
     p = put_topic(p, topic);
     p = put_u64(p, seq);
+    p = put_u8(p, flags);
     return done(out, p, size);
 }
 

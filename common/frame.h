@@ -67,7 +67,9 @@ typedef enum rb_wire_code {
     RB_WIRE_OUT_OF_RANGE = 13,   /* a cursor older than what storage retains */
     RB_WIRE_EPOCH_MISMATCH = 14, /* a cursor from another store epoch */
     RB_WIRE_CURSOR_AHEAD = 15,   /* a cursor beyond the topic's head */
-    /* 16..19 are reserved (auth, dedup). RPC outcomes (RESPONSE codes): */
+    /* 16, 17: reserved (auth) */
+    RB_WIRE_DEDUP_FULL = 18, /* the idempotency-key table of the topic or the node is full */
+    /* 19: reserved. RPC outcomes (RESPONSE codes): */
     RB_WIRE_RECIPIENT_NOT_FOUND = 20,    /* nobody serves the destination */
     RB_WIRE_UNKNOWN_METHOD = 21,         /* the destination does not serve the method */
     RB_WIRE_CONNECTION_TIMEOUT = 22,     /* the responder did not ack within 7 s */
@@ -87,6 +89,9 @@ typedef enum rb_wire_code {
 
 /* Mutate flags byte. */
 #define RB_MUTATE_HISTORY_ONLY 0x01u
+/* PUBLISH_ACK flags: the publish repeated an idempotency key already
+ * committed within the topic's dedup window; seq is the original's. */
+#define RB_ACK_DUPLICATE 0x01u
 
 /* STARTED capability bits. */
 #define RB_CAP_STREAM  (1ull << 0)
@@ -140,7 +145,7 @@ typedef struct rb_message_item {
  * PING, PONG       u64 nonce
  * CLOSE            u16 status, str16 message
  * PUBLISH          topic, u8 key_len + key (0 = none), blob32 payload
- * PUBLISH_ACK      topic, u64 seq
+ * PUBLISH_ACK      topic, u64 seq, [u8 flags] (bit 0 RB_ACK_DUPLICATE)
  * MUTATE           u64 mutate_id, u8 flags, u32 add_count,
  *                  add_count x (topic, u8 cursor_kind, u64 cursor),
  *                  u32 remove_count, remove_count x topic, [u64 epoch]
@@ -199,6 +204,8 @@ typedef struct rb_frame {
         struct {
             rb_bytes topic;
             uint64_t seq;
+            uint8_t flags;  /* RB_ACK_*; 0 when has_flags is false */
+            bool has_flags; /* false: a server that predates the flags */
         } publish_ack;
         struct {
             uint64_t mutate_id;
@@ -302,7 +309,7 @@ size_t rb_frame_encode_close(uint8_t *out, size_t cap, uint64_t corr_id, uint16_
 size_t rb_frame_encode_publish(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
                                rb_bytes idempotency_key, rb_bytes payload);
 size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
-                                   uint64_t seq);
+                                   uint64_t seq, uint8_t flags);
 size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_id,
                                         uint64_t mutate_id);
 /* TOPIC_ERROR: a per-topic outcome of the wave mutate_id (0 outside a

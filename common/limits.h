@@ -182,6 +182,14 @@
 #define RB_PG_RETENTION_ROWS_MAX   2000
 #define RB_PG_RETENTION_STEP_MS    10
 #define RB_PG_RETENTION_IDLE_MS    1000
+/* Idempotency keys on Postgres: an append with keys carries at most
+ * RB_PG_APPEND_KEYED_MAX messages (one owner batch); shard 0 prunes expired
+ * keys in deletes of at most RB_PG_DEDUP_PRUNE_ROWS_MAX rows, the next one
+ * after RB_PG_RETENTION_STEP_MS while a delete is full, else after
+ * RB_PG_DEDUP_PRUNE_IDLE_MS. */
+#define RB_PG_APPEND_KEYED_MAX     1024
+#define RB_PG_DEDUP_PRUNE_ROWS_MAX 2000
+#define RB_PG_DEDUP_PRUNE_IDLE_MS  1000
 
 /* Timeouts (DESIGN §4), in milliseconds, and the cap of any duration. */
 #define RB_KEEPALIVE_MS_DEFAULT    30000
@@ -211,6 +219,22 @@
 #define RB_OWNER_BATCHES_MAX 4096
 /* Topics one shard owns (each ~400 bytes of owner state). */
 #define RB_OWNER_TOPICS_MAX (1u << 20)
+/* Idempotent publish ([dedup]): an idempotency key is remembered per
+ * (topic, key) at the topic's owner shard for window_ms after its commit,
+ * each entry about 300 bytes (the key is copied: up to 255 bytes). The
+ * window is bounded so that a table sized for it stays sane (1 hour). */
+#define RB_DEDUP_WINDOW_MS_DEFAULT      120000u
+#define RB_DEDUP_WINDOW_MS_MAX          3600000u
+#define RB_DEDUP_KEYS_PER_TOPIC_DEFAULT (1u << 16)
+#define RB_DEDUP_KEYS_PER_SHARD_DEFAULT (1u << 18)
+#define RB_DEDUP_KEYS_MAX               (1u << 22)
+/* Retries that wait for the commit of their key's first publish, per
+ * shard (each 24 bytes, holding its publish's envelope). */
+#define RB_DEDUP_WAITERS_MAX 65536u
+/* Appends with idempotency keys in flight per shard on a durable store
+ * (postgres), each holding the batch's keys for the store's check (about
+ * 24 KiB); a keyed batch beyond it waits for one to finish. */
+#define RB_OWNER_KEYED_APPENDS_MAX 64u
 /* Head queries per shard waiting for their topic's head refresh. */
 #define RB_OWNER_WAITERS_MAX (1u << 20)
 /* Topics per heads request reading the live gate's ceilings. */

@@ -157,6 +157,13 @@ static const field catchup_fields[] = {
 };
 static const section catchup_section = {"catchup", catchup_fields, COUNT(catchup_fields)};
 
+static const field dedup_fields[] = {
+    U32("window_ms", dedup_window_ms, 1, RB_DEDUP_WINDOW_MS_MAX),
+    U32("keys_per_topic", dedup_keys_per_topic, 1, RB_DEDUP_KEYS_MAX),
+    U32("keys_per_shard", dedup_keys_per_shard, 1, RB_DEDUP_KEYS_MAX),
+};
+static const section dedup_section = {"dedup", dedup_fields, COUNT(dedup_fields)};
+
 static const field memory_fields[] = {
     U64("retention_messages", memory_retention_messages, 1, RB_MEMORY_RETENTION_MESSAGES_MAX),
     U64("retention_bytes", memory_retention_bytes, 1, RB_MEMORY_RETENTION_BYTES_MAX),
@@ -199,7 +206,7 @@ static const field root_fields[] = {
     SECTION("limits", limits_section),       SECTION("timeouts", timeouts_section),
     SECTION("catchup", catchup_section),     SECTION("storage", storage_section),
     SECTION("auth", auth_section),           CUSTOM("listener", listeners_fn),
-    CUSTOM("cluster", cluster_fn),
+    CUSTOM("cluster", cluster_fn),           SECTION("dedup", dedup_section),
 };
 static const section root_section = {"", root_fields, COUNT(root_fields)};
 
@@ -1614,6 +1621,9 @@ void rb_config_defaults(rb_config *cfg)
     cfg->catchup_topics_per_query = RB_CATCHUP_TOPICS_DEFAULT;
     cfg->catchup_rows_per_topic = RB_CATCHUP_ROWS_DEFAULT;
     cfg->catchup_queries_in_flight = RB_CATCHUP_INFLIGHT_DEFAULT;
+    cfg->dedup_window_ms = RB_DEDUP_WINDOW_MS_DEFAULT;
+    cfg->dedup_keys_per_topic = RB_DEDUP_KEYS_PER_TOPIC_DEFAULT;
+    cfg->dedup_keys_per_shard = RB_DEDUP_KEYS_PER_SHARD_DEFAULT;
     cfg->storage_backend = RB_STORAGE_MEMORY;
     cfg->memory_retention_messages = RB_MEMORY_RETENTION_MESSAGES_DEFAULT;
     cfg->memory_retention_bytes = RB_MEMORY_RETENTION_BYTES_DEFAULT;

@@ -179,6 +179,11 @@ typedef struct rb_config {
     uint32_t catchup_rows_per_topic;    /* rows_per_topic = 64 */
     uint32_t catchup_queries_in_flight; /* queries_in_flight = 4 (per shard) */
 
+    /* [dedup]: idempotent publish (PUBLISH with an idempotency key) */
+    uint32_t dedup_window_ms;      /* window_ms = 120000 */
+    uint32_t dedup_keys_per_topic; /* keys_per_topic = 65536 */
+    uint32_t dedup_keys_per_shard; /* keys_per_shard = 262144 (all topics a shard owns) */
+
     /* [storage] */
     rb_storage_backend storage_backend; /* backend = "memory" | "postgres" */
     /* [storage.memory] */

@@ -13,6 +13,7 @@
  * they wait (or a subscribing shard's queue is backed up) no new append
  * starts, so publishers see their acks slow down instead. Head replies that
  * find no envelope are retried the same way. */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -35,6 +36,38 @@ typedef struct pub_ref {
 } pub_ref;
 
 typedef struct rb_topic rb_topic;
+typedef struct dedup_ent dedup_ent;
+
+/* A retry of a key whose first publish is not committed yet: answered
+ * with that publish's outcome. */
+typedef struct dedup_wait {
+    struct dedup_wait *next;
+    pub_ref pub;
+} dedup_wait;
+
+/* One idempotency key of a topic: pending (seq 0) from the claim until its
+ * publish's append commits or fails, then committed until expires_ms. */
+struct dedup_ent {
+    dedup_ent *hash_next;
+    dedup_ent *fifo_next; /* the topic's committed keys, oldest first */
+    rb_topic *topic;
+    uint64_t seq;
+    uint64_t expires_ms;
+    dedup_wait *waiters;
+    uint8_t key_len;
+    uint8_t key[RB_IDEMPOTENCY_KEY_BYTES_MAX];
+};
+
+/* The keys of a batch sent to a durable store (postgres), which claims them
+ * in the append's transaction: held from the append's start to the acks,
+ * only by batches with keys. */
+typedef struct batch_keys {
+    rb_bytes keys[RB_OWNER_BATCH_MESSAGES_MAX];
+    uint64_t dup_seqs[RB_OWNER_BATCH_MESSAGES_MAX]; /* nonzero: a duplicate of that seq */
+} batch_keys;
+
+_Static_assert(RB_OWNER_BATCH_MESSAGES_MAX <= RB_PG_APPEND_KEYED_MAX,
+               "a batch with keys is one keyed append");
 
 typedef struct batch {
     struct batch *next;
@@ -49,6 +82,10 @@ typedef struct batch {
     uint64_t fan_left[RB_SHARDS_MAX / 64];
     rb_bytes payloads[RB_OWNER_BATCH_MESSAGES_MAX];
     pub_ref pubs[RB_OWNER_BATCH_MESSAGES_MAX];
+    dedup_ent *keys[RB_OWNER_BATCH_MESSAGES_MAX]; /* the claimed key of each, or NULL */
+    uint32_t key_count;                           /* how many of them are not NULL */
+    batch_keys *durable;                          /* while a durable store checks the keys */
+    uint32_t stored; /* after commit: publishes stored (the others are duplicates) */
 } batch;
 
 typedef struct waiter {
@@ -98,6 +135,11 @@ struct rb_topic {
     uint64_t hole_after;                   /* the hole the sequencer asked for */
     uint64_t hole_ceiling;
     rb_topic *hole_next;
+    uint32_t dedup_count;  /* keys pending or committed */
+    dedup_ent *dedup_head; /* committed keys, oldest (first to expire) first */
+    dedup_ent *dedup_tail;
+    bool dedup_listed; /* on the owner's list of topics with committed keys */
+    rb_topic *dedup_next;
 };
 
 /* One storage read of the holes of many topics (DESIGN §2: holes are
@@ -131,6 +173,13 @@ struct rb_owner {
     rb_topic *holes_head; /* topics whose sequencer asked for a hole */
     rb_topic *holes_tail;
     hole_reader holes;
+    dedup_ent **dedup_buckets; /* (topic, key) -> entry */
+    uint32_t dedup_bucket_count;
+    rb_topic *dedup_topics;  /* topics with committed keys */
+    uint64_t dedup_sweep_ms; /* no committed key expires before this */
+    rb_pool dedup_pool;
+    rb_pool dedup_wait_pool;
+    rb_pool batch_keys_pool;
     rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
@@ -163,6 +212,24 @@ static int owner_init(rb_shard *sh, rb_err *err)
             : rb_pool_init(&o->refresh_pool, "refreshes", sizeof(refresh), RB_OWNER_REFRESHES_MAX,
                            err);
     /* Two frames of rows: one row of any accepted size always fits. */
+    const rb_config *cfg = &sh->server->cfg;
+    o->dedup_bucket_count = 1024;
+    while (o->dedup_bucket_count < cfg->dedup_keys_per_shard) {
+        o->dedup_bucket_count *= 2;
+    }
+    o->dedup_buckets = rc == 0 ? calloc(o->dedup_bucket_count, sizeof *o->dedup_buckets) : NULL;
+    if (rc == 0 && o->dedup_buckets == NULL) {
+        rc = rb_err_set(err, RB_ENOMEM, 0, "shard %u: idempotency keys", sh->id);
+    }
+    rc = rc ? rc
+            : rb_pool_init(&o->dedup_pool, "idempotency keys", sizeof(dedup_ent),
+                           cfg->dedup_keys_per_shard, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->dedup_wait_pool, "idempotent retries", sizeof(dedup_wait),
+                           RB_DEDUP_WAITERS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->batch_keys_pool, "keyed appends", sizeof(batch_keys),
+                           RB_OWNER_KEYED_APPENDS_MAX, err);
     size_t arena = 2 * (size_t)sh->server->cfg.max_frame_bytes;
     o->holes.arena = rc == 0 ? malloc(arena) : NULL;
     if (rc == 0 && o->holes.arena == NULL) {
@@ -187,6 +254,15 @@ static void owner_deinit(rb_shard *sh)
     rb_owner *o = sh->owner;
     if (o == NULL) {
         return;
+    }
+    for (uint32_t i = 0; o->dedup_buckets != NULL && i < o->dedup_bucket_count; i++) {
+        dedup_ent *e = o->dedup_buckets[i];
+        while (e != NULL) {
+            dedup_ent *next = e->hash_next;
+            RB_ASSERT(e->waiters == NULL);
+            rb_pool_put(&o->dedup_pool, e);
+            e = next;
+        }
     }
     for (uint32_t i = 0; i < o->bucket_count; i++) {
         rb_topic *t = o->buckets[i];
@@ -221,6 +297,10 @@ static void owner_deinit(rb_shard *sh)
     }
     free(o->holes.arena);
     free(o->buckets);
+    free(o->dedup_buckets);
+    rb_pool_deinit(&o->dedup_wait_pool);
+    rb_pool_deinit(&o->batch_keys_pool);
+    rb_pool_deinit(&o->dedup_pool);
     rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
     rb_pool_deinit(&o->batch_pool);
@@ -299,19 +379,224 @@ static void topic_mark_dirty(rb_topic *t)
 /* ---- acks ---- */
 
 static void ack_ref(rb_shard *sh, const pub_ref *r, uint64_t seq, uint16_t code,
-                    rb_publish_reason reason)
+                    rb_publish_reason reason, uint8_t flags)
 {
     rb_publish pub;
     const uint8_t *cursor = r->slot;
     bool ok = rb_publish_next(r->src, &cursor, &pub);
     RB_ASSERT(ok);
-    rb_publish_ack(sh, &pub, seq, code, reason);
+    rb_publish_ack(sh, &pub, seq, code, reason, flags);
+}
+
+/* ---- idempotency keys ----
+ *
+ * The owner is the only appender of its topics on this node, so looking a
+ * key up and claiming it is one step here: a publish whose key is new
+ * claims it (pending) and joins a batch; a retry that finds it committed
+ * and unexpired is answered with the original seq and RB_ACK_DUPLICATE at
+ * once; a retry that finds it pending waits for the first publish's
+ * outcome (the same seq as a duplicate, or the same error, after which the
+ * key is vacant again). A committed key lives for the window after its
+ * commit; expired keys are dropped oldest first when their topic is next
+ * touched, and from every topic when the shard's table is full. */
+
+static uint64_t dedup_hash(const rb_topic *t, rb_bytes key)
+{
+    return rb_hash_bytes(key.ptr, key.len) ^ ((uint64_t)(uintptr_t)t * 0x9e3779b97f4a7c15ull);
+}
+
+static dedup_ent **dedup_slot(rb_owner *o, const rb_topic *t, rb_bytes key)
+{
+    dedup_ent **pp = &o->dedup_buckets[dedup_hash(t, key) & (o->dedup_bucket_count - 1)];
+    while (*pp != NULL) {
+        dedup_ent *e = *pp;
+        if (e->topic == t && e->key_len == key.len && memcmp(e->key, key.ptr, key.len) == 0) {
+            break;
+        }
+        pp = &e->hash_next;
+    }
+    return pp;
+}
+
+static void dedup_free(rb_owner *o, dedup_ent *e)
+{
+    dedup_ent **pp = dedup_slot(o, e->topic, (rb_bytes){e->key, e->key_len});
+    RB_ASSERT(*pp == e);
+    *pp = e->hash_next;
+    RB_ASSERT(e->topic->dedup_count > 0);
+    e->topic->dedup_count--;
+    rb_pool_put(&o->dedup_pool, e);
+}
+
+/* Drops t's expired keys; returns when the next of them expires (UINT64_MAX
+ * when t holds none committed). */
+static uint64_t dedup_expire(rb_owner *o, rb_topic *t, uint64_t now)
+{
+    while (t->dedup_head != NULL && t->dedup_head->expires_ms <= now) {
+        dedup_ent *e = t->dedup_head;
+        t->dedup_head = e->fifo_next;
+        if (t->dedup_head == NULL) {
+            t->dedup_tail = NULL;
+        }
+        dedup_free(o, e);
+    }
+    return t->dedup_head != NULL ? t->dedup_head->expires_ms : UINT64_MAX;
+}
+
+/* The table is full: drops the expired keys of every topic, at most once
+ * until the earliest remaining key expires. */
+static void dedup_sweep(rb_owner *o, uint64_t now)
+{
+    if (now < o->dedup_sweep_ms) {
+        return;
+    }
+    uint64_t next = UINT64_MAX;
+    rb_topic **pp = &o->dedup_topics;
+    while (*pp != NULL) {
+        rb_topic *t = *pp;
+        uint64_t at = dedup_expire(o, t, now);
+        if (t->dedup_head == NULL) {
+            t->dedup_listed = false;
+            *pp = t->dedup_next;
+            continue;
+        }
+        next = at < next ? at : next;
+        pp = &t->dedup_next;
+    }
+    o->dedup_sweep_ms = next;
+}
+
+/* The key's first publish committed as seq: the key is committed for the
+ * window, and the retries that waited get seq as duplicates. */
+static void dedup_commit(rb_shard *sh, dedup_ent *e, uint64_t seq)
+{
+    rb_owner *o = sh->owner;
+    rb_topic *t = e->topic;
+    e->seq = seq;
+    e->expires_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.dedup_window_ms;
+    e->fifo_next = NULL;
+    if (t->dedup_tail == NULL) {
+        t->dedup_head = e;
+    } else {
+        t->dedup_tail->fifo_next = e;
+    }
+    t->dedup_tail = e;
+    if (!t->dedup_listed) {
+        t->dedup_listed = true;
+        t->dedup_next = o->dedup_topics;
+        o->dedup_topics = t;
+    }
+    if (e->expires_ms < o->dedup_sweep_ms) {
+        o->dedup_sweep_ms = e->expires_ms;
+    }
+    while (e->waiters != NULL) {
+        dedup_wait *w = e->waiters;
+        e->waiters = w->next;
+        ack_ref(sh, &w->pub, seq, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+        rb_pool_put(&o->dedup_wait_pool, w);
+    }
+}
+
+/* The key's first publish failed: the waiting retries get the same error
+ * and the key is vacant. */
+static void dedup_fail(rb_shard *sh, dedup_ent *e, uint16_t code, rb_publish_reason reason)
+{
+    rb_owner *o = sh->owner;
+    while (e->waiters != NULL) {
+        dedup_wait *w = e->waiters;
+        e->waiters = w->next;
+        ack_ref(sh, &w->pub, 0, code, reason, 0);
+        rb_pool_put(&o->dedup_wait_pool, w);
+    }
+    dedup_free(o, e);
+}
+
+/* Looks pub's key up and claims it in one step. Returns the claimed
+ * (pending) entry for a new key, or NULL when pub was answered here: a
+ * duplicate, a retry now waiting for the first publish, or a full table. */
+static dedup_ent *dedup_claim(rb_shard *sh, rb_topic *t, const rb_publish *pub)
+{
+    rb_owner *o = sh->owner;
+    const rb_config *cfg = &sh->server->cfg;
+    uint64_t now = rb_loop_now_ms(sh->loop);
+    dedup_expire(o, t, now);
+    dedup_ent **pp = dedup_slot(o, t, pub->key);
+    dedup_ent *e = *pp;
+    if (e != NULL && e->seq != 0) {
+        ack_ref(sh, &(pub_ref){.src = pub->src, .slot = pub->slot}, e->seq, RB_WIRE_OK,
+                RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+        return NULL;
+    }
+    if (e != NULL) {
+        dedup_wait *w = rb_pool_get(&o->dedup_wait_pool);
+        if (w == NULL) {
+            rb_publish_ack(sh, pub, 0, RB_WIRE_DEDUP_FULL, RB_PUBLISH_DEDUP_TOTAL_FULL, 0);
+            return NULL;
+        }
+        w->pub = (pub_ref){.src = pub->src, .slot = pub->slot};
+        w->next = e->waiters;
+        e->waiters = w;
+        return NULL;
+    }
+    if (t->dedup_count >= cfg->dedup_keys_per_topic) {
+        rb_publish_ack(sh, pub, 0, RB_WIRE_DEDUP_FULL, RB_PUBLISH_DEDUP_TOPIC_FULL, 0);
+        return NULL;
+    }
+    e = rb_pool_get(&o->dedup_pool);
+    if (e == NULL) {
+        dedup_sweep(o, now);
+        e = rb_pool_get(&o->dedup_pool);
+        if (e == NULL) {
+            rb_publish_ack(sh, pub, 0, RB_WIRE_DEDUP_FULL, RB_PUBLISH_DEDUP_TOTAL_FULL, 0);
+            return NULL;
+        }
+        pp = dedup_slot(o, t, pub->key); /* the sweep may have changed the chain */
+    }
+    memset(e, 0, offsetof(dedup_ent, key));
+    e->topic = t;
+    e->key_len = (uint8_t)pub->key.len;
+    memcpy(e->key, pub->key.ptr, pub->key.len);
+    *pp = e;
+    t->dedup_count++;
+    return e;
+}
+
+static void batch_put(rb_owner *o, batch *b)
+{
+    if (b->durable != NULL) {
+        rb_pool_put(&o->batch_keys_pool, b->durable);
+        b->durable = NULL;
+    }
+    rb_pool_put(&o->batch_pool, b);
+}
+
+/* The durable store found pub's key committed as seq (before a restart, or
+ * by another node): the retries that waited get seq as duplicates too, and
+ * the key is vacant here again (the store answers the next retry). */
+static void dedup_found_stored(rb_shard *sh, dedup_ent *e, uint64_t seq)
+{
+    rb_owner *o = sh->owner;
+    while (e->waiters != NULL) {
+        dedup_wait *w = e->waiters;
+        e->waiters = w->next;
+        ack_ref(sh, &w->pub, seq, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+        rb_pool_put(&o->dedup_wait_pool, w);
+    }
+    dedup_free(o, e);
+}
+
+static uint64_t dup_seq_of(const batch *b, uint32_t i)
+{
+    return b->durable != NULL ? b->durable->dup_seqs[i] : 0;
 }
 
 static void fail_batch(rb_shard *sh, batch *b, uint16_t code, rb_publish_reason reason)
 {
     for (uint32_t i = 0; i < b->count; i++) {
-        ack_ref(sh, &b->pubs[i], 0, code, reason);
+        ack_ref(sh, &b->pubs[i], 0, code, reason, 0);
+        if (b->keys[i] != NULL) {
+            dedup_fail(sh, b->keys[i], code, reason);
+        }
     }
 }
 
@@ -346,17 +631,22 @@ static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
     }
     blk->first_seq = b->req.first_seq;
     blk->last_seq = b->req.last_seq;
-    blk->count = b->count;
+    blk->count = b->stored;
     blk->topic_len = t->name_len;
     memcpy(blk->topic, t->name, t->name_len);
     blk->topic[t->name_len] = '\0';
     rb_bytes topic = {(const uint8_t *)t->name, t->name_len};
+    uint64_t seq = b->req.first_seq;
     for (uint32_t i = 0; i < b->count; i++) {
+        if (dup_seq_of(b, i) != 0) {
+            continue; /* not stored again: its subscribers had it */
+        }
         size_t n = rb_frame_encode_messages_item(blk->data + blk->bytes, blk->cap - blk->bytes,
-                                                 topic, b->req.first_seq + i, b->payloads[i]);
+                                                 topic, seq++, b->payloads[i]);
         RB_ASSERT(n > 0);
         blk->bytes += (uint32_t)n;
     }
+    RB_ASSERT(seq == b->req.last_seq + 1);
     return blk;
 }
 
@@ -508,7 +798,9 @@ static void finish_committed(rb_owner *o)
     while (o->done_head != NULL) {
         batch *b = o->done_head;
         rb_topic *t = b->topic;
-        if (any_interest(t) || t->peers != 0) {
+        if (b->stored == 0) {
+            /* Every publish was a duplicate: no new seq, nothing to send. */
+        } else if (any_interest(t) || t->peers != 0) {
             rb_block *blk = build_block(sh, t, b);
             if (blk == NULL) {
                 rb_shard_poll_soon(sh);
@@ -528,10 +820,23 @@ static void finish_committed(rb_owner *o)
         if (o->done_head == NULL) {
             o->done_tail = NULL;
         }
+        /* In publish order, duplicates included (acks of one topic keep
+         * their connection's publish order). */
+        uint64_t seq = b->req.first_seq;
         for (uint32_t i = 0; i < b->count; i++) {
-            ack_ref(sh, &b->pubs[i], b->req.first_seq + i, RB_WIRE_OK, RB_PUBLISH_OK);
+            uint64_t dup = dup_seq_of(b, i);
+            if (dup != 0) {
+                ack_ref(sh, &b->pubs[i], dup, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+                dedup_found_stored(sh, b->keys[i], dup);
+                continue;
+            }
+            ack_ref(sh, &b->pubs[i], seq, RB_WIRE_OK, RB_PUBLISH_OK, 0);
+            if (b->keys[i] != NULL) {
+                dedup_commit(sh, b->keys[i], seq);
+            }
+            seq++;
         }
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             start_append(t);
         }
@@ -677,13 +982,28 @@ static void append_done(rb_append_req *req)
     if (req->status != 0) {
         RB_LOG_ERROR(0, "topic %s: append of %u failed: %s", t->name, b->count, req->err.msg);
         fail_batch(sh, b, RB_WIRE_UNAVAILABLE, RB_PUBLISH_STORAGE_UNAVAILABLE);
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             start_append(t);
         }
         return;
     }
-    RB_ASSERT(req->last_seq - req->first_seq + 1 == b->count);
+    b->stored = b->count;
+    if (b->durable != NULL) {
+        /* Duplicates found by the store: the block carries the others. */
+        rb_bytes topic = {(const uint8_t *)t->name, t->name_len};
+        b->item_bytes = 0;
+        for (uint32_t i = 0; i < b->count; i++) {
+            if (b->durable->dup_seqs[i] != 0) {
+                RB_ASSERT(b->keys[i] != NULL);
+                b->stored--;
+            } else {
+                b->item_bytes +=
+                    (uint32_t)rb_frame_messages_item_size(topic.len, b->payloads[i].len);
+            }
+        }
+    }
+    RB_ASSERT(req->last_seq + 1 - req->first_seq == b->stored);
     if (req->last_seq > t->head) {
         t->head = req->last_seq;
     }
@@ -715,6 +1035,15 @@ static void start_append(rb_topic *t)
         return;
     }
     batch *b = t->fill_head;
+    const rb_config *cfg = &sh->server->cfg;
+    bool durable = b->key_count > 0 && cfg->storage_backend != RB_STORAGE_MEMORY;
+    batch_keys *keys = durable ? rb_pool_get(&o->batch_keys_pool) : NULL;
+    if (durable && keys == NULL) {
+        /* Every keyed append slot is busy: the batch waits for one. */
+        topic_mark_dirty(t);
+        rb_shard_poll_soon(sh);
+        return;
+    }
     t->fill_head = b->next;
     if (t->fill_head == NULL) {
         t->fill_tail = NULL;
@@ -724,13 +1053,24 @@ static void start_append(rb_topic *t)
     b->req.topic = (rb_bytes){(const uint8_t *)t->name, t->name_len};
     b->req.payloads = b->payloads;
     b->req.count = b->count;
+    b->durable = keys;
+    if (keys != NULL) {
+        for (uint32_t i = 0; i < b->count; i++) {
+            const dedup_ent *e = b->keys[i];
+            keys->keys[i] = e != NULL ? (rb_bytes){e->key, e->key_len} : (rb_bytes){0};
+            keys->dup_seqs[i] = 0;
+        }
+        b->req.keys = keys->keys;
+        b->req.dup_seqs = keys->dup_seqs;
+        b->req.dedup_window_ms = cfg->dedup_window_ms;
+    }
     b->req.done = append_done;
     b->req.ctx = b;
     int rc = sh->server->storage_ops->append(sh->storage, &b->req);
     if (rc != 0) {
         fail_batch(sh, b, rc == RB_ELIMIT ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE,
                    RB_PUBLISH_STORAGE_REFUSED);
-        rb_pool_put(&o->batch_pool, b);
+        batch_put(o, b);
         if (t->fill_head != NULL) {
             topic_mark_dirty(t);
         }
@@ -1029,6 +1369,9 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     b->topic = t;
     b->count = 0;
     b->item_bytes = 0;
+    b->key_count = 0;
+    b->durable = NULL;
+    b->stored = 0;
     if (t->fill_tail == NULL) {
         t->fill_head = b;
     } else {
@@ -1043,15 +1386,27 @@ static void on_publish(rb_shard *sh, const rb_publish *pub)
     size_t item = rb_frame_messages_item_size(pub->topic.len, pub->payload.len);
     rb_topic *t = topic_get(sh->owner, pub->topic.ptr, pub->topic.len, pub->topic_hash);
     if (t == NULL) {
-        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_TOPIC_LIMIT);
+        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_TOPIC_LIMIT, 0);
         return;
+    }
+    dedup_ent *key = NULL;
+    if (pub->key.len > 0) {
+        key = dedup_claim(sh, t, pub);
+        if (key == NULL) {
+            return;
+        }
     }
     batch *b = fill_batch(t, item);
     if (b == NULL) {
-        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_BATCH_LIMIT);
+        if (key != NULL) {
+            dedup_fail(sh, key, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_BATCH_LIMIT);
+        }
+        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_BATCH_LIMIT, 0);
         return;
     }
     b->payloads[b->count] = pub->payload;
+    b->keys[b->count] = key;
+    b->key_count += key != NULL;
     b->pubs[b->count] = (pub_ref){.src = pub->src, .slot = pub->slot};
     b->count++;
     b->item_bytes += (uint32_t)item;
@@ -1178,6 +1533,8 @@ static uint64_t owner_memory_bytes(const rb_config *cfg)
     return (uint64_t)RB_OWNER_TOPICS_MAX * (sizeof(rb_topic) + 2 * sizeof(rb_topic *)) +
            (uint64_t)RB_OWNER_BATCHES_MAX * sizeof(batch) +
            (uint64_t)RB_OWNER_WAITERS_MAX * sizeof(waiter) +
+           (uint64_t)cfg->dedup_keys_per_shard * (sizeof(dedup_ent) + 2 * sizeof(dedup_ent *)) +
+           (uint64_t)RB_DEDUP_WAITERS_MAX * sizeof(dedup_wait) +
            (uint64_t)RB_OWNER_REFRESHES_MAX * sizeof(refresh) + 2ull * cfg->max_frame_bytes;
 }
 

@@ -2,9 +2,11 @@
  *
  * Records (native byte order, never leave the process):
  *   publish: u32 record bytes, u32 conn index, u32 conn gen, u64 corr,
- *            u64 topic hash, u32 payload len, u8 topic len, topic, payload
+ *            u64 topic hash, u32 payload len, u8 topic len, u8 key len,
+ *            topic, idempotency key, payload
  *   ack:     u32 record bytes, u8 live, u32 conn index, u32 conn gen,
- *            u64 corr, u64 seq, u16 code, u8 reason, u8 topic len, topic
+ *            u64 corr, u64 seq, u16 code, u8 reason, u8 flags, u8 topic len,
+ *            topic
  * An ack is never longer than the publish it answers, so it can be written
  * over it; its topic even lands on the same bytes. A returned envelope
  * holds one ack per publish: those already sent in an owner's envelope are
@@ -18,8 +20,8 @@
 #include "common/log.h"
 #include "server/server.h"
 
-#define PUB_REC_FIXED (4 + 4 + 4 + 8 + 8 + 4 + 1)
-#define ACK_REC_FIXED (4 + 1 + 4 + 4 + 8 + 8 + 2 + 1 + 1)
+#define PUB_REC_FIXED (4 + 4 + 4 + 8 + 8 + 4 + 1 + 1)
+#define ACK_REC_FIXED (4 + 1 + 4 + 4 + 8 + 8 + 2 + 1 + 1 + 1)
 #define ACK_LIVE_AT   4
 
 _Static_assert(ACK_REC_FIXED <= PUB_REC_FIXED, "an ack fits over its publish");
@@ -35,6 +37,10 @@ static const char *const reason_text[RB_PUBLISH_REASON_COUNT] = {
     [RB_PUBLISH_STORAGE_REFUSED] = "storage refused the append",
     [RB_PUBLISH_TOPIC_LIMIT] = "owner shard is at its topic limit",
     [RB_PUBLISH_BATCH_LIMIT] = "owner shard is at its batch limit",
+    [RB_PUBLISH_DEDUP_TOPIC_FULL] = "the topic holds its limit of idempotency keys within the "
+                                    "dedup window; retry later or publish without a key",
+    [RB_PUBLISH_DEDUP_TOTAL_FULL] = "the owner shard holds its limit of idempotency keys within "
+                                    "the dedup window; retry later or publish without a key",
 };
 
 rb_reply_addr rb_reply_addr_of(const rb_conn *c, uint64_t corr)
@@ -58,6 +64,7 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     uint64_t corr = f->hdr.corr_id;
     rb_bytes topic = f->u.publish.topic;
     rb_bytes payload = f->u.publish.payload;
+    rb_bytes key = f->u.publish.idempotency_key;
     rb_err err;
     if (c->state != RB_CONN_OPEN) {
         return;
@@ -91,7 +98,7 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     }
     uint64_t hash = rb_hash_bytes(topic.ptr, topic.len);
     uint32_t to = (uint32_t)(hash % sh->server->shard_count);
-    size_t len = PUB_REC_FIXED + topic.len + payload.len;
+    size_t len = PUB_REC_FIXED + topic.len + key.len + payload.len;
     uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_PUBLISH, len);
     if (p == NULL) {
         rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
@@ -101,6 +108,7 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     uint32_t rec = (uint32_t)len;
     uint32_t plen = (uint32_t)payload.len;
     uint8_t tlen = (uint8_t)topic.len;
+    uint8_t klen = (uint8_t)key.len;
     p = rb_rec_put(p, &rec, 4);
     p = rb_rec_put(p, &c->index, 4);
     p = rb_rec_put(p, &c->gen, 4);
@@ -108,7 +116,9 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     p = rb_rec_put(p, &hash, 8);
     p = rb_rec_put(p, &plen, 4);
     p = rb_rec_put(p, &tlen, 1);
+    p = rb_rec_put(p, &klen, 1);
     p = rb_rec_put(p, topic.ptr, topic.len);
+    p = rb_rec_put(p, key.ptr, key.len);
     rb_rec_put(p, payload.ptr, payload.len);
     rb_mailbox_commit(&sh->mail, to, len);
     c->publishes_in_flight++;
@@ -134,6 +144,7 @@ bool rb_publish_next(rb_xmsg *m, const uint8_t **cursor, rb_publish *out)
     uint32_t rec;
     uint32_t plen;
     uint8_t tlen;
+    uint8_t klen;
     out->slot = (uint8_t *)p;
     out->src = m;
     out->reply.shard = m->from_shard;
@@ -144,9 +155,11 @@ bool rb_publish_next(rb_xmsg *m, const uint8_t **cursor, rb_publish *out)
     p = rb_rec_get(p, &out->topic_hash, 8);
     p = rb_rec_get(p, &plen, 4);
     p = rb_rec_get(p, &tlen, 1);
+    p = rb_rec_get(p, &klen, 1);
     out->topic = (rb_bytes){p, tlen};
-    out->payload = (rb_bytes){p + tlen, plen};
-    RB_ASSERT(rec == PUB_REC_FIXED + tlen + plen);
+    out->key = (rb_bytes){p + tlen, klen};
+    out->payload = (rb_bytes){p + tlen + klen, plen};
+    RB_ASSERT(rec == PUB_REC_FIXED + tlen + klen + plen);
     *cursor = out->slot + rec;
     RB_ASSERT(*cursor <= m->data + m->bytes);
     return true;
@@ -174,7 +187,7 @@ void rb_publish_end(rb_shard *sh, rb_xmsg *m)
 }
 
 static void put_ack(uint8_t *p, uint32_t rec, const rb_publish *pub, uint64_t seq, uint16_t code,
-                    rb_publish_reason reason)
+                    rb_publish_reason reason, uint8_t flags)
 {
     uint8_t live = 1;
     uint8_t r = (uint8_t)reason;
@@ -187,6 +200,7 @@ static void put_ack(uint8_t *p, uint32_t rec, const rb_publish *pub, uint64_t se
     p = rb_rec_put(p, &seq, 8);
     p = rb_rec_put(p, &code, 2);
     p = rb_rec_put(p, &r, 1);
+    p = rb_rec_put(p, &flags, 1);
     p = rb_rec_put(p, &tlen, 1);
     if (p != pub->topic.ptr) {
         memmove(p, pub->topic.ptr, tlen);
@@ -194,14 +208,14 @@ static void put_ack(uint8_t *p, uint32_t rec, const rb_publish *pub, uint64_t se
 }
 
 void rb_publish_ack(rb_shard *sh, const rb_publish *pub, uint64_t seq, uint16_t code,
-                    rb_publish_reason reason)
+                    rb_publish_reason reason, uint8_t flags)
 {
     RB_ASSERT(reason < RB_PUBLISH_REASON_COUNT);
     RB_ASSERT((code == RB_WIRE_OK) == (reason == RB_PUBLISH_OK));
     size_t len = ACK_REC_FIXED + pub->topic.len;
     uint8_t *p = rb_mailbox_reserve(&sh->mail, pub->reply.shard, RB_XK_ACK, len);
     if (p != NULL) {
-        put_ack(p, (uint32_t)len, pub, seq, code, reason);
+        put_ack(p, (uint32_t)len, pub, seq, code, reason, flags);
         rb_mailbox_commit(&sh->mail, pub->reply.shard, len);
         /* The slot stays a (not live) ack, in case the envelope goes home
          * carrying other acks. */
@@ -209,7 +223,7 @@ void rb_publish_ack(rb_shard *sh, const rb_publish *pub, uint64_t seq, uint16_t 
     } else {
         uint32_t rec;
         memcpy(&rec, pub->slot, 4);
-        put_ack(pub->slot, rec, pub, seq, code, reason);
+        put_ack(pub->slot, rec, pub, seq, code, reason, flags);
         pub->src->mark = MARK_ACKS_INSIDE;
     }
     release(sh, pub->src);
@@ -218,7 +232,7 @@ void rb_publish_ack(rb_shard *sh, const rb_publish *pub, uint64_t seq, uint16_t 
 /* ---- acks arriving at the publisher's shard ---- */
 
 static void deliver_ack(rb_conn *c, uint64_t corr, rb_bytes topic, uint64_t seq, uint16_t code,
-                        uint8_t reason)
+                        uint8_t reason, uint8_t flags)
 {
     RB_ASSERT(c->publishes_in_flight > 0);
     c->publishes_in_flight--;
@@ -231,12 +245,12 @@ static void deliver_ack(rb_conn *c, uint64_t corr, rb_bytes topic, uint64_t seq,
         return;
     }
     if (code == RB_WIRE_OK) {
-        uint8_t *out = rb_conn_reserve(c, RB_FRAME_HEADER_BYTES + 1 + RB_TOPIC_BYTES_MAX + 8);
+        uint8_t *out = rb_conn_reserve(c, RB_FRAME_HEADER_BYTES + 1 + RB_TOPIC_BYTES_MAX + 8 + 1);
         if (out == NULL) {
             rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full");
             return;
         }
-        size_t n = rb_frame_encode_publish_ack(out, RB_CHUNK_BYTES, corr, topic, seq);
+        size_t n = rb_frame_encode_publish_ack(out, RB_CHUNK_BYTES, corr, topic, seq, flags);
         rb_conn_commit(c, n);
     } else {
         const char *why = reason < RB_PUBLISH_REASON_COUNT ? reason_text[reason] : "";
@@ -265,6 +279,7 @@ static void on_ack_envelope(void *ctx, rb_xmsg *m)
         uint64_t seq;
         uint16_t code;
         uint8_t reason;
+        uint8_t flags;
         uint8_t tlen;
         p = rb_rec_get(p, &rec, 4);
         p = rb_rec_get(p, &live, 1);
@@ -274,11 +289,12 @@ static void on_ack_envelope(void *ctx, rb_xmsg *m)
         p = rb_rec_get(p, &seq, 8);
         p = rb_rec_get(p, &code, 2);
         p = rb_rec_get(p, &reason, 1);
+        p = rb_rec_get(p, &flags, 1);
         p = rb_rec_get(p, &tlen, 1);
         if (live) {
             rb_conn *c = rb_reply_conn(sh, &addr);
             if (c != NULL) {
-                deliver_ack(c, addr.corr, (rb_bytes){p, tlen}, seq, code, reason);
+                deliver_ack(c, addr.corr, (rb_bytes){p, tlen}, seq, code, reason, flags);
             }
         }
         p = rec_start + rec;

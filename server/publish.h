@@ -51,6 +51,8 @@ typedef enum rb_publish_reason {
     RB_PUBLISH_STORAGE_REFUSED,     /* storage refused to start the append */
     RB_PUBLISH_TOPIC_LIMIT,         /* the owner shard owns RB_OWNER_TOPICS_MAX topics */
     RB_PUBLISH_BATCH_LIMIT,         /* the owner shard has RB_OWNER_BATCHES_MAX batches */
+    RB_PUBLISH_DEDUP_TOPIC_FULL,    /* the topic holds RB_DEDUP_KEYS_PER_TOPIC_MAX keys */
+    RB_PUBLISH_DEDUP_TOTAL_FULL,    /* the owner shard holds RB_DEDUP_KEYS_MAX keys */
     RB_PUBLISH_REASON_COUNT
 } rb_publish_reason;
 
@@ -60,6 +62,7 @@ typedef struct rb_publish {
     rb_reply_addr reply;
     uint64_t topic_hash;
     rb_bytes topic;
+    rb_bytes key; /* the idempotency key; len 0 = none */
     rb_bytes payload;
     rb_xmsg *src;  /* the envelope, held until every publish in it is acked */
     uint8_t *slot; /* its record in src */
@@ -79,9 +82,10 @@ bool rb_publish_next(rb_xmsg *m, const uint8_t **cursor, rb_publish *out);
 void rb_publish_end(rb_shard *sh, rb_xmsg *m);
 
 /* Answers pub (exactly once per publish): seq when code is RB_WIRE_OK,
- * else code and reason. Never fails; pub's topic and payload are invalid
- * afterwards. sh is the owner's shard. */
+ * else code and reason; flags (RB_ACK_*) go into the PUBLISH_ACK. Never
+ * fails; pub's topic, key and payload are invalid afterwards. sh is the
+ * owner's shard. */
 void rb_publish_ack(rb_shard *sh, const rb_publish *pub, uint64_t seq, uint16_t code,
-                    rb_publish_reason reason);
+                    rb_publish_reason reason, uint8_t flags);
 
 #endif

@@ -20,7 +20,13 @@
  * - ringbus_epoch holds the database's epoch (DESIGN §5a): one random
  *   nonzero bigint created by migration 2 and never changed, so every node
  *   and every restart on this database announce the same epoch, and a new
- *   database (a new seq space) gets a new one. Read as a u64. */
+ *   database (a new seq space) gets a new one. Read as a u64.
+ * - idempotency_keys (migration 3) holds the idempotency keys of the dedup
+ *   window (docs/PROTOCOL.md §7.1): its primary key (topic_id, key) is the
+ *   unique key, written by ringbus_append_keyed in the transaction of the
+ *   append, under the topic's row lock; a row past expires_at is vacant
+ *   and is deleted by the pruner (shard 0, postgres.c) in bounded batches
+ *   through the expires_at index. */
 #include "storage/pg_schema.h"
 
 #include <stdbool.h>
@@ -67,6 +73,67 @@ static const migration migrations[] = {
      "SELECT CASE WHEN e = 0 THEN 1 ELSE e END FROM\n"
      "    (SELECT ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::bigint AS e) "
      "r;\n"},
+    {3, "idempotency keys",
+     "CREATE TABLE idempotency_keys (\n"
+     "    topic_id bigint NOT NULL,\n"
+     "    key bytea NOT NULL CHECK (length(key) BETWEEN 1 AND 255),\n"
+     "    seq bigint NOT NULL CHECK (seq > 0),\n"
+     "    expires_at timestamptz NOT NULL,\n"
+     "    PRIMARY KEY (topic_id, key)\n"
+     ") WITH (autovacuum_vacuum_scale_factor = 0.02);\n"
+     "CREATE INDEX idempotency_keys_expires_at ON idempotency_keys (expires_at);\n"
+     /* One statement per keyed append (postgres.c): the topic's row lock
+      * first, so the keys it reads are every key committed before it, on
+      * any node; then the new messages get the next seqs in order and
+      * their keys, in the same transaction; a key found unexpired is a
+      * duplicate: not stored, answered with its original seq. An expired
+      * row of a key is vacant: overwritten (pruning may not have run). */
+     "CREATE FUNCTION ringbus_append_keyed(p_id bigint, p_name text, p_payloads bytea[],\n"
+     "        p_keys bytea[], p_window_ms bigint)\n"
+     "    RETURNS TABLE (ord bigint, seq bigint, duplicate boolean, topic_id bigint)\n"
+     "    LANGUAGE plpgsql AS $f$\n"
+     "#variable_conflict use_column\n"
+     "DECLARE\n"
+     "    v_id bigint;\n"
+     "    v_head bigint;\n"
+     "    v_new bigint;\n"
+     "BEGIN\n"
+     "    IF p_id > 0 THEN\n"
+     "        SELECT t.id, t.head INTO v_id, v_head FROM topics t WHERE t.id = p_id FOR UPDATE;\n"
+     "    ELSE\n"
+     "        SELECT t.id, t.head INTO v_id, v_head FROM topics t WHERE t.name = p_name\n"
+     "            FOR UPDATE;\n"
+     "    END IF;\n"
+     "    IF v_id IS NULL THEN\n"
+     "        RAISE EXCEPTION 'ringbus_append_keyed: the topic has no row';\n"
+     "    END IF;\n"
+     "    SELECT count(*) INTO v_new FROM unnest(p_keys) AS x(key) WHERE NOT EXISTS (\n"
+     "        SELECT 1 FROM idempotency_keys k WHERE k.topic_id = v_id AND k.key = x.key\n"
+     "            AND length(x.key) > 0 AND k.expires_at > now());\n"
+     "    UPDATE topics SET head = v_head + v_new WHERE id = v_id;\n"
+     "    RETURN QUERY\n"
+     "    WITH u AS (\n"
+     "        SELECT x.ord, x.payload, x.key, k.seq AS old_seq\n"
+     "        FROM unnest(p_payloads, p_keys) WITH ORDINALITY AS x(payload, key, ord)\n"
+     "        LEFT JOIN idempotency_keys k ON k.topic_id = v_id AND k.key = x.key\n"
+     "            AND length(x.key) > 0 AND k.expires_at > now()),\n"
+     "    n AS (\n"
+     "        SELECT u.ord, u.payload, u.key, v_head + row_number() OVER (ORDER BY u.ord) AS nseq\n"
+     "        FROM u WHERE u.old_seq IS NULL),\n"
+     "    m AS (\n"
+     "        INSERT INTO messages (topic_id, seq, payload, published_at)\n"
+     "        SELECT v_id, n.nseq, n.payload, now() FROM n),\n"
+     "    k AS (\n"
+     "        INSERT INTO idempotency_keys AS i (topic_id, key, seq, expires_at)\n"
+     "        SELECT v_id, n.key, n.nseq, now() + p_window_ms * interval '1 millisecond'\n"
+     "        FROM n WHERE length(n.key) > 0\n"
+     "        ON CONFLICT ON CONSTRAINT idempotency_keys_pkey DO UPDATE\n"
+     "            SET seq = EXCLUDED.seq, expires_at = EXCLUDED.expires_at)\n"
+     "    SELECT u.ord, coalesce(u.old_seq, n.nseq), u.old_seq IS NOT NULL, v_id\n"
+     "    FROM u LEFT JOIN n ON n.ord = u.ord\n"
+     "    ORDER BY u.ord;\n"
+     "END\n"
+     "$f$;\n"},
 };
 
 #define MIGRATION_COUNT (sizeof migrations / sizeof migrations[0])

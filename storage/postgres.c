@@ -35,8 +35,9 @@
  * Failures. A connection that fails (reset, Postgres restarted, no answer
  * in time) fails every job it has in flight with RB_ESTORAGE: for an append
  * whose Sync did not come back the commit is unknown, and it is reported as
- * not committed (never a false ack; the message may still be stored, so a
- * retry may store it twice until idempotency keys are deduplicated). The
+ * not committed (never a false ack; the message may still be stored: a
+ * retry without an idempotency key may store it twice, one with a key is
+ * answered as a duplicate by ringbus_append_keyed). The
  * connection reconnects with backoff; while no connection of the shard is
  * up or connecting, requests fail at once with RB_ESTORAGE.
  *
@@ -84,6 +85,8 @@ enum {
     ST_ROWS_NAME,
     ST_READ,
     ST_RETAIN,
+    ST_KEYED,
+    ST_PRUNE,
     ST_COUNT
 };
 
@@ -154,6 +157,24 @@ static const stmt stmts[ST_COUNT] = {
                    5,
                    {RB_PG_OID_INT8, RB_PG_OID_INT8, RB_PG_OID_INT8, RB_PG_OID_INT8,
                     RB_PG_OID_INT8}},
+    /* An append with idempotency keys (pg_schema.c, migration 3): one row
+     * per payload, in order: its seq (the original's when duplicate). $1 is
+     * the cached id or 0 (then $2, the name, finds the row). */
+    [ST_KEYED] = {"rb_keyed",
+                  "SELECT ord, seq, duplicate, topic_id FROM ringbus_append_keyed($1, $2, $3, $4, "
+                  "$5)",
+                  5,
+                  {RB_PG_OID_INT8, RB_PG_OID_TEXT, OID_BYTEA_ARRAY, OID_BYTEA_ARRAY,
+                   RB_PG_OID_INT8}},
+    /* Expired idempotency keys, oldest first, at most $1 of them; a key
+     * renewed meanwhile (a new commit after its window) is kept by the
+     * recheck of expires_at. */
+    [ST_PRUNE] = {"rb_prune",
+                  "DELETE FROM idempotency_keys i USING (SELECT topic_id, key FROM "
+                  "idempotency_keys WHERE expires_at <= now() ORDER BY expires_at LIMIT $1) d "
+                  "WHERE i.topic_id = d.topic_id AND i.key = d.key AND i.expires_at <= now()",
+                  1,
+                  {RB_PG_OID_INT8}},
 };
 
 /* ---- types ---- */
@@ -165,6 +186,7 @@ typedef enum job_kind {
     JOB_READ,
     JOB_HEADS,
     JOB_RETAIN,
+    JOB_PRUNE,
 } job_kind;
 
 typedef struct pg_job pg_job;
@@ -189,6 +211,8 @@ struct pg_job {
     int64_t topic_id; /* the cached id, then the one the UPDATE returned */
     int64_t head;
     uint64_t rows_inserted;
+    bool keyed;         /* sent as ST_KEYED: the rows say which are duplicates */
+    uint32_t new_count; /* keyed: payloads stored (not duplicates) */
 };
 
 typedef enum conn_state {
@@ -278,6 +302,13 @@ struct rb_storage_shard {
     int64_t retain_cursor; /* topics with a greater id are next */
     bool retain_pass_over;
     uint64_t retain_pass_deleted;
+    /* pruning of expired idempotency keys (shard 0) */
+    bool prune_busy;
+    rb_timer prune_timer;
+    pg_job prune;
+    int prune_status;
+    rb_err prune_err;
+    uint64_t prune_deleted;
 };
 
 static void pump(rb_storage_shard *sh);
@@ -358,10 +389,11 @@ static void job_finish(rb_storage_shard *sh, pg_job *j)
 
 static bool is_request(const pg_job *j)
 {
-    return j->kind != JOB_SETUP && j->kind != JOB_RETAIN;
+    return j->kind != JOB_SETUP && j->kind != JOB_RETAIN && j->kind != JOB_PRUNE;
 }
 
 static void retain_synced(rb_storage_shard *sh, pg_job *j);
+static void prune_synced(rb_storage_shard *sh, pg_job *j);
 static void job_fail(pg_job *j, const char *detail);
 
 /* A job that will get no (more) results: fails it and ends it. */
@@ -372,6 +404,8 @@ static void job_abandon(rb_storage_shard *sh, pg_job *j, const char *why)
         job_finish(sh, j);
     } else if (j->kind == JOB_RETAIN) {
         retain_synced(sh, j);
+    } else if (j->kind == JOB_PRUNE) {
+        prune_synced(sh, j);
     }
 }
 
@@ -438,6 +472,33 @@ static int send_setup(pg_conn *c, pg_job *j)
     return 0;
 }
 
+/* The keyed append (after the topic's INSERT when by name): payloads and
+ * keys as two bytea arrays, one after the other in the scratch. */
+static int send_keyed(rb_storage_shard *sh, pg_conn *c, pg_job *j)
+{
+    rb_append_req *req = j->req.append;
+    uint8_t id_buf[8];
+    uint8_t window_buf[8];
+    rb_pgwire_put_int8(id_buf, j->by_name ? 0 : j->topic_id);
+    rb_pgwire_put_int8(window_buf, req->dedup_window_ms);
+    size_t np = rb_pgwire_bytes_array(sh->scratch, sh->scratch_cap, RB_PG_OID_BYTEA, req->payloads,
+                                      req->count);
+    RB_ASSERT(np > 0);
+    size_t nk = rb_pgwire_bytes_array(sh->scratch + np, sh->scratch_cap - np, RB_PG_OID_BYTEA,
+                                      req->keys, req->count);
+    RB_ASSERT(nk > 0);
+    const char *vals[5] = {(const char *)id_buf, (const char *)req->topic.ptr,
+                           (const char *)sh->scratch, (const char *)sh->scratch + np,
+                           (const char *)window_buf};
+    const int lens[5] = {8, (int)req->topic.len, (int)np, (int)nk, 8};
+    if (send_stmt(c, ST_KEYED, vals, lens) != 0) {
+        return -1;
+    }
+    j->stmt_count++;
+    j->bytes += np + nk;
+    return 0;
+}
+
 static int send_append(rb_storage_shard *sh, pg_conn *c, pg_job *j)
 {
     rb_append_req *req = j->req.append;
@@ -454,6 +515,9 @@ static int send_append(rb_storage_shard *sh, pg_conn *c, pg_job *j)
             return -1;
         }
         j->stmt_count++;
+    }
+    if (j->keyed) {
+        return send_keyed(sh, c, j);
     }
     const char *bump_vals[2] = {key, (const char *)n_buf};
     const int bump_lens[2] = {key_len, 8};
@@ -580,6 +644,14 @@ static int job_send(rb_storage_shard *sh, pg_conn *c, pg_job *j)
         return send_names(sh, c, j, j->req.heads->topics, j->req.heads->count);
     case JOB_RETAIN:
         return send_retain(sh, c, j);
+    case JOB_PRUNE: {
+        uint8_t limit[8];
+        rb_pgwire_put_int8(limit, RB_PG_DEDUP_PRUNE_ROWS_MAX);
+        const char *vals[1] = {(const char *)limit};
+        const int lens[1] = {8};
+        j->stmt_count = 1;
+        return send_stmt(c, ST_PRUNE, vals, lens);
+    }
     }
     return -1;
 }
@@ -843,6 +915,8 @@ static const char *kind_name(job_kind kind)
         return "heads";
     case JOB_RETAIN:
         return "retention";
+    case JOB_PRUNE:
+        return "idempotency key pruning";
     }
     return "?";
 }
@@ -866,10 +940,57 @@ static bool col_int8(const PGresult *res, int row, int col, int64_t *out)
     return true;
 }
 
+/* The rows of ST_KEYED: (ord, seq, duplicate, topic id), one per payload
+ * in order; the stored ones must have the next seqs, in order. */
+static void keyed_result(pg_job *j, const PGresult *res)
+{
+    rb_append_req *req = j->req.append;
+    if (PQntuples(res) != (int)req->count) {
+        job_fail(j, "keyed append: one row per payload expected");
+        return;
+    }
+    uint64_t next = 0;
+    for (int row = 0; row < PQntuples(res); row++) {
+        int64_t ord = 0;
+        int64_t seq = 0;
+        int64_t id = 0;
+        if (!col_int8(res, row, 0, &ord) || ord != row + 1 || !col_int8(res, row, 1, &seq) ||
+            seq <= 0 || PQgetisnull(res, row, 2) || PQgetlength(res, row, 2) != 1 ||
+            !col_int8(res, row, 3, &id) || id <= 0) {
+            job_fail(j, "keyed append: malformed row");
+            return;
+        }
+        bool dup = PQgetvalue(res, row, 2)[0] != 0;
+        j->topic_id = id;
+        if (dup) {
+            if (req->keys[row].len == 0) {
+                job_fail(j, "keyed append: a payload without a key is a duplicate");
+                return;
+            }
+            req->dup_seqs[row] = (uint64_t)seq;
+            continue;
+        }
+        if (j->new_count > 0 && (uint64_t)seq != next) {
+            job_fail(j, "keyed append: stored payloads without consecutive seqs");
+            return;
+        }
+        next = (uint64_t)seq + 1;
+        j->new_count++;
+    }
+    /* The head after the append; with nothing stored it is not known, nor
+     * needed (first_seq - 1 = last_seq, both 0). */
+    j->head = j->new_count > 0 ? (int64_t)(next - 1) : 0;
+    j->rows_inserted = req->count;
+}
+
 static void append_result(pg_job *j, const PGresult *res)
 {
     if (j->by_name && j->stmt_done == 0) {
         return; /* the topic row exists now */
+    }
+    if (j->keyed) {
+        keyed_result(j, res);
+        return;
     }
     if (j->stmt_done == (j->by_name ? 1u : 0u)) {
         int64_t id = 0;
@@ -1089,9 +1210,51 @@ static void job_result(rb_storage_shard *sh, pg_job *j, const PGresult *res)
     case JOB_RETAIN:
         retain_result(sh, j, res);
         break;
+    case JOB_PRUNE:
+        sh->prune_deleted = strtoull(PQcmdTuples((PGresult *)res), NULL, 10);
+        break;
     case JOB_SETUP:
         break;
     }
+}
+
+/* ---- pruning of expired idempotency keys (shard 0) ---- */
+
+static void prune_fire(rb_timer *t)
+{
+    rb_storage_shard *sh = RB_CONTAINER_OF(t, rb_storage_shard, prune_timer);
+    if (sh->prune_busy) {
+        return;
+    }
+    if (pick_conn(sh) == NULL) {
+        rb_timer_arm(sh->loop, &sh->prune_timer, RB_PG_DEDUP_PRUNE_IDLE_MS);
+        return;
+    }
+    pg_job *j = &sh->prune;
+    j->kind = JOB_PRUNE;
+    j->failed = false;
+    sh->prune_status = 0;
+    sh->prune_deleted = 0;
+    sh->prune_busy = true;
+    wait_push(sh, j, false);
+    pump(sh);
+}
+
+static void prune_synced(rb_storage_shard *sh, pg_job *j)
+{
+    RB_ASSERT(sh->prune_busy);
+    sh->prune_busy = false;
+    uint64_t delay_ms = RB_PG_DEDUP_PRUNE_IDLE_MS;
+    if (j->failed) {
+        RB_LOG_WARN(0, "%s", sh->prune_err.msg);
+    } else if (sh->prune_deleted > 0) {
+        RB_LOG_DEBUG(0, "postgres: pruned %llu expired idempotency keys",
+                     (unsigned long long)sh->prune_deleted);
+        if (sh->prune_deleted >= RB_PG_DEDUP_PRUNE_ROWS_MAX) {
+            delay_ms = RB_PG_RETENTION_STEP_MS;
+        }
+    }
+    rb_timer_arm(sh->loop, &sh->prune_timer, delay_ms);
 }
 
 /* ---- retention (shard 0) ---- */
@@ -1170,8 +1333,9 @@ static void append_synced(rb_storage_shard *sh, pg_job *j)
         job_fail(j, why);
     }
     if (!j->failed) {
+        uint32_t stored = j->keyed ? j->new_count : req->count;
         req->last_seq = (uint64_t)j->head;
-        req->first_seq = req->last_seq - req->count + 1;
+        req->first_seq = req->last_seq + 1 - stored;
         id_put(sh, req->topic, j->topic_id);
     }
     job_finish(sh, j);
@@ -1204,6 +1368,9 @@ static void job_synced(rb_storage_shard *sh, pg_conn *c, pg_job *j)
         return;
     case JOB_RETAIN:
         retain_synced(sh, j);
+        return;
+    case JOB_PRUNE:
+        prune_synced(sh, j);
         return;
     }
 }
@@ -1395,6 +1562,23 @@ static int append_validate(const rb_storage *st, rb_append_req *req)
         }
         total += p.len;
     }
+    if (req->keys != NULL) {
+        if (req->dup_seqs == NULL || req->count > RB_PG_APPEND_KEYED_MAX ||
+            req->dedup_window_ms == 0) {
+            return rb_err_set(&req->err, RB_EINVAL, 0,
+                              "postgres append %.*s: %u payloads with keys (at most %u, with "
+                              "dup_seqs and a window)",
+                              (int)req->topic.len, (const char *)req->topic.ptr, req->count,
+                              RB_PG_APPEND_KEYED_MAX);
+        }
+        for (uint32_t i = 0; i < req->count; i++) {
+            rb_bytes k = req->keys[i];
+            if (k.len > RB_IDEMPOTENCY_KEY_BYTES_MAX || (k.ptr == NULL && k.len > 0)) {
+                return rb_err_set(&req->err, RB_EINVAL, 0, "postgres append: key %u of %zu bytes",
+                                  i, k.len);
+            }
+        }
+    }
     if (total > st->max_frame_bytes) {
         /* One batch fans out as one block of at most a frame. */
         return rb_err_set(&req->err, RB_EINVAL, 0,
@@ -1424,6 +1608,10 @@ static int pg_append(rb_storage_shard *sh, rb_append_req *req)
     j->req.append = req;
     j->topic_id = id_find(sh, req->topic);
     j->by_name = j->topic_id == 0;
+    j->keyed = false;
+    for (uint32_t i = 0; req->keys != NULL && i < req->count && !j->keyed; i++) {
+        j->keyed = req->keys[i].len > 0;
+    }
     wait_push(sh, j, false);
     pump(sh);
     return 0;
@@ -1730,6 +1918,12 @@ static int pg_migrate(const rb_config *cfg, rb_err *err)
 static size_t scratch_bytes(const rb_storage *st)
 {
     size_t append = rb_pgwire_bytes_array_size(RB_PG_APPEND_MESSAGES_MAX, st->max_frame_bytes);
+    /* A keyed append: its payloads, then its keys. */
+    size_t keyed =
+        rb_pgwire_bytes_array_size(RB_PG_APPEND_KEYED_MAX, st->max_frame_bytes) +
+        rb_pgwire_bytes_array_size(RB_PG_APPEND_KEYED_MAX,
+                                   (size_t)RB_PG_APPEND_KEYED_MAX * RB_IDEMPOTENCY_KEY_BYTES_MAX);
+    append = append > keyed ? append : keyed;
     size_t read = 4 * rb_pgwire_int8_array_size(RB_CATCHUP_TOPICS_MAX);
     size_t names = rb_pgwire_bytes_array_size(RB_CATCHUP_TOPICS_MAX,
                                               (size_t)RB_CATCHUP_TOPICS_MAX * RB_TOPIC_BYTES_MAX);
@@ -1808,6 +2002,10 @@ static int pg_shard_open(rb_storage *st, rb_loop *loop, uint32_t shard_id, rb_st
     sh->retain_timer.fn = retain_fire;
     sh->retain.status = &sh->retain_status;
     sh->retain.err = &sh->retain_err;
+    /* So does the pruning of expired idempotency keys. */
+    sh->prune_timer.fn = prune_fire;
+    sh->prune.status = &sh->prune_status;
+    sh->prune.err = &sh->prune_err;
     for (uint32_t i = 0; i < st->pool_size; i++) {
         conn_init(sh, &sh->conns[i], i);
     }
@@ -1816,6 +2014,9 @@ static int pg_shard_open(rb_storage *st, rb_loop *loop, uint32_t shard_id, rb_st
     }
     if (sh->retain_on) {
         rb_timer_arm(loop, &sh->retain_timer, RB_PG_RETENTION_IDLE_MS);
+    }
+    if (shard_id == 0) {
+        rb_timer_arm(loop, &sh->prune_timer, RB_PG_DEDUP_PRUNE_IDLE_MS);
     }
     atomic_fetch_add(&st->shard_count, 1);
     *out = sh;
@@ -1840,6 +2041,7 @@ static void pg_shard_close(rb_storage_shard *sh)
     }
     rb_timer_disarm(sh->loop, &sh->watchdog);
     rb_timer_disarm(sh->loop, &sh->retain_timer);
+    rb_timer_disarm(sh->loop, &sh->prune_timer);
     atomic_fetch_sub(&sh->st->shard_count, 1);
     shard_free(sh);
 }

@@ -26,13 +26,27 @@ typedef struct rb_storage_shard rb_storage_shard; /* one per shard, used on its 
 /* Append: payloads[0..count) become seqs first_seq..last_seq of topic, in
  * order, committed before done runs with status 0. On failure status is a
  * negative RB_E code (RB_ESTORAGE: backend down, ack nothing) and err says
- * why. */
+ * why.
+ *
+ * Idempotency keys (docs/PROTOCOL.md §7.1): keys, when not NULL, holds one
+ * key per payload (len 0: none; a key at most once per request). A backend
+ * that keeps keys durably (postgres) claims each key in the transaction of
+ * the append, within dedup_window_ms of the key's last commit on any node
+ * or before a restart: a payload whose key is found unexpired is not
+ * stored, and dup_seqs[i] gets the seq it was stored with the first time;
+ * the other payloads get first_seq..last_seq in order (last_seq =
+ * first_seq - 1 when every one was a duplicate) and dup_seqs[i] = 0.
+ * dup_seqs (count entries, zeroed by the caller) is required with keys.
+ * The memory backend keeps no keys (the owner's table is the window there)
+ * and leaves dup_seqs zero. */
 typedef struct rb_append_req rb_append_req;
 struct rb_append_req {
     /* in */
     rb_bytes topic;
     const rb_bytes *payloads;
     uint32_t count;
+    const rb_bytes *keys;
+    uint32_t dedup_window_ms;
     void (*done)(rb_append_req *req);
     void *ctx;
     /* out */
@@ -40,6 +54,7 @@ struct rb_append_req {
     rb_err err;
     uint64_t first_seq;
     uint64_t last_seq;
+    uint64_t *dup_seqs;
     /* backend-private */
     rb_task task;
     rb_append_req *next;

@@ -123,6 +123,18 @@ static size_t encode_started(const rb_frame *f, uint8_t *out, size_t cap)
     return n;
 }
 
+static size_t encode_publish_ack(const rb_frame *f, uint8_t *out, size_t cap)
+{
+    size_t tail = f->u.publish_ack.has_flags ? 0 : 1;
+    uint8_t *full = malloc(cap + tail);
+    CHECK(full != NULL);
+    size_t n = rb_frame_encode_publish_ack(full, cap + tail, f->hdr.corr_id, f->u.publish_ack.topic,
+                                           f->u.publish_ack.seq, f->u.publish_ack.flags);
+    n = strip_tail(out, cap, full, n, tail);
+    free(full);
+    return n;
+}
+
 static size_t encode_mutate(const rb_frame *f, uint8_t *out, size_t cap)
 {
     uint32_t add_count = f->u.mutate.add_count;
@@ -210,8 +222,7 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
         return rb_frame_encode_publish(out, cap, corr, f->u.publish.topic,
                                        f->u.publish.idempotency_key, f->u.publish.payload);
     case RB_FRAME_PUBLISH_ACK:
-        return rb_frame_encode_publish_ack(out, cap, corr, f->u.publish_ack.topic,
-                                           f->u.publish_ack.seq);
+        return encode_publish_ack(f, out, cap);
     case RB_FRAME_CATCHUP_COMPLETE:
         return rb_frame_encode_catchup_complete(out, cap, corr, f->u.catchup_complete.mutate_id);
     case RB_FRAME_TOPIC_ERROR:
@@ -297,7 +308,9 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
                bytes_eq(a->u.publish.payload, b->u.publish.payload);
     case RB_FRAME_PUBLISH_ACK:
         return bytes_eq(a->u.publish_ack.topic, b->u.publish_ack.topic) &&
-               a->u.publish_ack.seq == b->u.publish_ack.seq;
+               a->u.publish_ack.seq == b->u.publish_ack.seq &&
+               a->u.publish_ack.flags == b->u.publish_ack.flags &&
+               a->u.publish_ack.has_flags == b->u.publish_ack.has_flags;
     case RB_FRAME_CATCHUP_COMPLETE:
         return a->u.catchup_complete.mutate_id == b->u.catchup_complete.mutate_id;
     case RB_FRAME_TOPIC_ERROR:

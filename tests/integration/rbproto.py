@@ -91,7 +91,8 @@ GOING_AWAY = 12
 OUT_OF_RANGE = 13
 EPOCH_MISMATCH = 14
 CURSOR_AHEAD = 15
-# 16..19 reserved; RPC outcomes:
+DEDUP_FULL = 18
+# 16, 17, 19 reserved; RPC outcomes:
 RECIPIENT_NOT_FOUND = 20
 UNKNOWN_METHOD = 21
 CONNECTION_TIMEOUT = 22
@@ -102,6 +103,9 @@ APPLICATION_ERROR = 26
 CANCELLED = 27
 ALREADY_REGISTERED = 28
 RESPONDER_BUSY = 29
+
+# PUBLISH_ACK flags
+ACK_DUPLICATE = 0x01
 
 CODE_NAMES = {
     OK: "ok",
@@ -120,6 +124,7 @@ CODE_NAMES = {
     OUT_OF_RANGE: "out_of_range",
     EPOCH_MISMATCH: "epoch_mismatch",
     CURSOR_AHEAD: "cursor_ahead",
+    DEDUP_FULL: "dedup_full",
     RECIPIENT_NOT_FOUND: "recipient_not_found",
     UNKNOWN_METHOD: "unknown_method",
     CONNECTION_TIMEOUT: "connection_timeout",
@@ -266,8 +271,10 @@ def encode_publish(corr: int, topic: str | bytes, payload: str | bytes, key: str
     return encode_frame(PUBLISH, corr, body)
 
 
-def encode_publish_ack(corr: int, topic: str | bytes, seq: int) -> bytes:
-    return encode_frame(PUBLISH_ACK, corr, _topic(topic) + struct.pack("<Q", seq))
+def encode_publish_ack(corr: int, topic: str | bytes, seq: int, flags: int | None = 0) -> bytes:
+    """flags None: as a server that predates the appended flags byte."""
+    tail = b"" if flags is None else struct.pack("<B", flags)
+    return encode_frame(PUBLISH_ACK, corr, _topic(topic) + struct.pack("<Q", seq) + tail)
 
 
 def encode_mutate(
@@ -568,7 +575,12 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         key = r.take(r.u8("key length"), "key")
         return {"topic": topic, "key": key, "payload": r.blob32("payload")}
     if kind == PUBLISH_ACK:
-        return {"topic": r.topic(), "seq": r.u64("seq")}
+        out = {"topic": r.topic(), "seq": r.u64("seq")}
+        # Appended later: older servers end after seq.
+        out["has_flags"] = r.pos < len(r.body)
+        out["flags"] = r.u8("flags") if out["has_flags"] else 0
+        out["duplicate"] = bool(out["flags"] & ACK_DUPLICATE)
+        return out
     if kind == MUTATE:
         return _decode_mutate(r)
     if kind == MESSAGES:

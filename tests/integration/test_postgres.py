@@ -325,9 +325,9 @@ def test_migrate_only_applies_the_schema_once_and_exits(pg_db, tmp_path):
                              capture_output=True, text=True, timeout=30)
         assert out.returncode == 0, out.stderr
         assert "schema is up to date" in out.stdout
-    assert pg_db.psql("SELECT version FROM ringbus_schema ORDER BY version") == [["1"], ["2"]]
+    assert pg_db.psql("SELECT version FROM ringbus_schema ORDER BY version") == [["1"], ["2"], ["3"]]
     assert {r[0] for r in pg_db.psql("SELECT tablename FROM pg_tables WHERE schemaname='public'")} \
-        == {"ringbus_schema", "topics", "messages", "ringbus_epoch"}
+        == {"ringbus_schema", "topics", "messages", "ringbus_epoch", "idempotency_keys"}
     # The epoch is created once: the second run kept it.
     (epoch,), = pg_db.psql("SELECT epoch FROM ringbus_epoch")
     assert int(epoch) != 0 and f"epoch {int(epoch) & (2**64 - 1):016x}" in out.stderr + out.stdout
@@ -347,7 +347,8 @@ def test_daemons_migrating_at_once_do_not_race(pg_db, tmp_path, make_daemon):
     assert [p.returncode for p in procs] == [0, 0, 0, 0], outs
     assert sum("applied schema migration 1" in o for o in outs) == 1, outs
     assert sum("applied schema migration 2" in o for o in outs) == 1, outs
-    assert pg_db.psql("SELECT count(*) FROM ringbus_schema") == [["2"]]
+    assert sum("applied schema migration 3" in o for o in outs) == 1, outs
+    assert pg_db.psql("SELECT count(*) FROM ringbus_schema") == [["3"]]
     assert pg_db.psql("SELECT count(*) FROM ringbus_epoch") == [["1"]]
     # Daemons starting together on a fresh database, too; they share the
     # database's one epoch, which differs from the first database's.
@@ -476,8 +477,8 @@ def test_documented_setup_lets_the_daemon_run_as_a_role_that_only_reads_and_writ
     assert out.returncode == 0, out.stderr
     owners = pg_cluster.psql(app, "SELECT tablename, tableowner FROM pg_tables "
                                   "WHERE schemaname = 'public' ORDER BY 1")
-    assert owners == [["messages", owner], ["ringbus_epoch", owner], ["ringbus_schema", owner],
-                      ["topics", owner]]
+    assert owners == [["idempotency_keys", owner], ["messages", owner], ["ringbus_epoch", owner],
+                      ["ringbus_schema", owner], ["topics", owner]]
     d = make_daemon(storage="postgres", conninfo=pg_cluster.conninfo(app, user=app))
     c = conn(d)
     assert c.publish("setup", "one", corr=1)["seq"] == 1

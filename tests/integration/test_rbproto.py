@@ -80,6 +80,11 @@ def test_publish_round_trips_with_and_without_key():
 def test_publish_ack_round_trips():
     f = one(rp.encode_publish_ack(3, "orders", 2**63))
     assert (f.kind, f.corr, f["topic"], f["seq"]) == (rp.PUBLISH_ACK, 3, "orders", 2**63)
+    assert f["flags"] == 0 and f["duplicate"] is False
+    f = one(rp.encode_publish_ack(3, "orders", 7, flags=rp.ACK_DUPLICATE))
+    assert f["seq"] == 7 and f["duplicate"] is True
+    f = one(rp.encode_publish_ack(3, "orders", 7, flags=None))  # an older server
+    assert f["seq"] == 7 and f["flags"] == 0 and f["duplicate"] is False
 
 
 def test_mutate_round_trips_cursors_removes_and_history_only():
@@ -273,7 +278,7 @@ ALL_SAMPLES = [
 
 # Where a sample may legally end early: before its appended fields (STARTED:
 # before client_id "anon-1", or before the epoch too; MUTATE: before the epoch).
-OPTIONAL_TAIL = {rp.STARTED: (8, 16), rp.MUTATE: (8,)}
+OPTIONAL_TAIL = {rp.STARTED: (8, 16), rp.MUTATE: (8,), rp.PUBLISH_ACK: (1,)}
 
 
 def test_samples_cover_every_kind():
@@ -292,7 +297,10 @@ def test_size_shorter_than_body_is_bad_frame_at_every_offset(sample):
         lying = struct.pack("<I", cut) + sample[4:cut]
         if len(sample) - cut in OPTIONAL_TAIL.get(sample[5], ()):
             f = one(lying)
-            assert f["has_epoch"] is (len(sample) - cut == 8 and sample[5] == rp.STARTED)
+            if sample[5] == rp.PUBLISH_ACK:
+                assert f["has_flags"] is False
+            else:
+                assert f["has_epoch"] is (len(sample) - cut == 8 and sample[5] == rp.STARTED)
             continue
         with pytest.raises(rp.ProtocolError) as e:
             rp.decode(lying)

@@ -100,7 +100,7 @@ def test_node_ws_exchanges_fragmented_frames_pings_and_closes_normally(wsd, cert
     lines = run_peer(node_ws + [url(wsd, kind), ca, "frag:" + HELLO, "ping",
                                 publish("node." + kind), "close"])
     assert lines == ["OPEN proto=ringbus.v1", STARTED_RECV, "PONG",
-                     f"RECV kind=8 len={16 + 1 + len('node.' + kind) + 8}", "CLOSE code=1000"]
+                     f"RECV kind=8 len={16 + 1 + len('node.' + kind) + 8 + 1}", "CLOSE code=1000"]
 
 
 @pytest.mark.parametrize("step,code", [("text", 1003), (f"big:{MAX_FRAME + 1}", 1009)])
@@ -130,7 +130,7 @@ def test_libwebsockets_exchanges_frames_and_gets_close_codes(wsd, certs, lws_cli
     ca = certs.ca if kind == "wss" else "-"
     base = [lws_client, "localhost", str(wsd.ports[kind]), "/ringbus", ca]
     lines = run_peer(base + [HELLO, publish("lws." + kind), "close"])
-    assert lines[:3] == ["OPEN", STARTED_RECV, f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8}"]
+    assert lines[:3] == ["OPEN", STARTED_RECV, f"RECV kind=8 len={16 + 1 + len(kind) + 4 + 8 + 1}"]
     lines = run_peer(base + [HELLO, "text"])
     assert "PEERCLOSE code=1003" in lines, lines
     lines = run_peer(base + [HELLO, f"big:{MAX_FRAME + 100}"])

@@ -527,7 +527,9 @@ static void peer_on_publish(int fd, const rb_frame *f, uint8_t *out, uint64_t *s
     uint64_t want;
     memcpy(&want, f->u.publish.payload.ptr, 8);
     PEER_CHECK(want == *seq); /* payloads carry their expected seq */
-    peer_send(fd, out, rb_frame_encode_publish_ack(out, 4096, f->hdr.corr_id, topic, *seq));
+    /* Even seqs are acked as duplicates: the flag must reach the result. */
+    uint8_t flags = *seq % 2 == 0 ? RB_ACK_DUPLICATE : 0;
+    peer_send(fd, out, rb_frame_encode_publish_ack(out, 4096, f->hdr.corr_id, topic, *seq, flags));
 }
 
 /* RPC as rpc_test expects it: "m" registers once (echoed), again is
@@ -873,7 +875,8 @@ typedef struct acks {
 static void count_ack(const ringbus_publish_result *res, void *ctx)
 {
     acks *a = ctx;
-    if (res->status != 0 || strcmp(res->topic, "t") != 0 || a->count >= 2000) {
+    if (res->status != 0 || strcmp(res->topic, "t") != 0 || a->count >= 2000 ||
+        res->duplicate != (res->seq % 2 == 0)) {
         a->failures++;
         return;
     }

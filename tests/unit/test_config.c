@@ -193,6 +193,25 @@ START_TEST(test_config_every_key_lands_in_its_field)
 }
 END_TEST
 
+/* [dedup] keys land in their fields whatever comes after them (a later
+ * backend = "memory" once reset them to the defaults). */
+START_TEST(test_config_dedup_keys_land_before_and_after_the_backend)
+{
+    static const char *const texts[] = {
+        "[dedup]\nwindow_ms = 500\nkeys_per_topic = 7\nkeys_per_shard = 9\n"
+        "[storage]\nbackend = 'memory'\n",
+        "[storage]\nbackend = 'memory'\n"
+        "[dedup]\nwindow_ms = 500\nkeys_per_topic = 7\nkeys_per_shard = 9\n",
+    };
+    for (size_t i = 0; i < COUNT(texts); i++) {
+        const rb_config *cfg = load_ok(texts[i]);
+        ck_assert_uint_eq(cfg->dedup_window_ms, 500);
+        ck_assert_uint_eq(cfg->dedup_keys_per_topic, 7);
+        ck_assert_uint_eq(cfg->dedup_keys_per_shard, 9);
+    }
+}
+END_TEST
+
 START_TEST(test_config_dotted_keys_reach_sections)
 {
     const rb_config *cfg =
@@ -1076,6 +1095,7 @@ Suite *rb_config_suite(void)
 
     tc = tcase_create("values");
     tcase_add_test(tc, test_config_every_key_lands_in_its_field);
+    tcase_add_test(tc, test_config_dedup_keys_land_before_and_after_the_backend);
     tcase_add_test(tc, test_config_dotted_keys_reach_sections);
     tcase_add_test(tc, test_config_range_bounds_are_inclusive);
     tcase_add_test(tc, test_config_every_log_level_is_accepted);
