@@ -755,6 +755,15 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
     case RB_FRAME_REQUEST_ACK:
         return 0; /* the responder has the call; its RESPONSE follows */
     case RB_FRAME_REQUEST:
+        /* Handed to the application as C strings: a NUL inside would cut
+         * them short (the server never sends one: names follow the topic
+         * rules). */
+        if (memchr(f->u.request.method.ptr, 0, f->u.request.method.len) != NULL ||
+            memchr(f->u.request.peer.ptr, 0, f->u.request.peer.len) != NULL) {
+            conn_fail_proto(conn, RB_WIRE_BAD_FRAME,
+                            "REQUEST with a NUL byte in its method or peer");
+            return 0;
+        }
         return event_frame(conn, f, p, false);
     case RB_FRAME_RESPONSE:
         if (conn->sync_corr != 0 && f->hdr.corr_id == conn->sync_corr) {

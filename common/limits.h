@@ -362,4 +362,47 @@
 /* A response body a route may return. */
 #define RB_H3_RESPONSE_BYTES_MAX (64u << 20)
 
+/* ---- the cluster's replica plane (server/cluster.c, transports/replica.c) ---- */
+/* Node ids a [cluster] accepts (DESIGN §2 "Replica plane"). */
+#define RB_CLUSTER_NODE_ID_MAX 1023
+/* Peers of one node: a full mesh of this many links per node. */
+#define RB_CLUSTER_PEERS_MAX 32
+/* The cluster id: a name, not a document. */
+#define RB_CLUSTER_ID_BYTES_MAX 64
+/* The shared secret: at least the HMAC-SHA256 output, at most a key file. */
+#define RB_CLUSTER_SECRET_BYTES_MIN 32
+#define RB_CLUSTER_SECRET_BYTES_MAX 1024
+/* Default TCP port of the replica listener. */
+#define RB_CLUSTER_PORT_DEFAULT 7410
+/* The largest replica frame: a committed block (max_frame_bytes at most,
+ * RB_FRAME_BYTES_MAX) plus its small head. */
+#define RB_REPLICA_FRAME_BYTES_MAX (RB_FRAME_BYTES_MAX + 512u)
+/* Inbound replica connections still authenticating (one slot each; more
+ * are closed at once), and how long one may take. */
+#define RB_CLUSTER_PENDING_MAX      16
+#define RB_CLUSTER_HANDSHAKE_MS_MAX 10000
+/* A link's send queue: frames waiting for the socket. Past the bytes the
+ * peer is too slow; its link is dropped and it repairs from Postgres. */
+#define RB_CLUSTER_TXQ_ENTRIES_MAX 8192
+#define RB_CLUSTER_TX_BYTES_MAX    (64u << 20)
+/* Keepalive: a link pings after this much silence and is dead after the
+ * second bound of silence (a cut cable shows no RST). */
+#define RB_CLUSTER_PING_MS 1000
+#define RB_CLUSTER_DEAD_MS 6000
+/* A link whose receiving waits this long for block memory or an envelope
+ * (its peer backpressured all the while) is dropped and repaired from
+ * Postgres after the redial. */
+#define RB_CLUSTER_RX_STALL_MS_MAX 30000
+/* Redial backoff: first delay and cap (each doubled, with jitter). */
+#define RB_CLUSTER_BACKOFF_MS_MIN 100
+#define RB_CLUSTER_BACKOFF_MS_MAX 10000
+/* Refused handshakes logged per second (the rest are counted). */
+#define RB_CLUSTER_REFUSALS_LOGGED_PER_S 5
+/* Topics with live local subscribers that one node announces to its
+ * peers, and remote interests one node records per peer. */
+#define RB_CLUSTER_INTEREST_TOPICS_MAX (1u << 20)
+/* The owners re-read the heads of topics with subscribers this often, so a
+ * quiet topic's hole (a commit that reached no link) is repaired. */
+#define RB_CLUSTER_REPAIR_MS 1000
+
 #endif

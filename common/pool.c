@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "common/assert.h"
+#include "common/poison.h"
 
 int rb_pool_init(rb_pool *pool, const char *name, size_t item_bytes, uint32_t max, rb_err *err)
 {
@@ -30,6 +31,7 @@ void rb_pool_deinit(rb_pool *pool)
     void *item = pool->free_list;
     while (item != NULL) {
         void *next = *(void **)item;
+        rb_unpoison_item(item, pool->item_bytes);
         free(item);
         item = next;
     }
@@ -45,6 +47,7 @@ void *rb_pool_get(rb_pool *pool)
         pool->free_list = *(void **)item;
         pool->in_use++;
         pthread_mutex_unlock(&pool->mu);
+        rb_unpoison_item(item, pool->item_bytes);
         return item;
     }
     if (pool->allocated >= pool->max) {
@@ -68,6 +71,7 @@ void *rb_pool_get(rb_pool *pool)
 void rb_pool_put(rb_pool *pool, void *item)
 {
     RB_ASSERT(item != NULL);
+    rb_poison_item(item, pool->item_bytes);
     pthread_mutex_lock(&pool->mu);
     RB_ASSERT(pool->in_use > 0);
     *(void **)item = pool->free_list;

@@ -119,6 +119,7 @@ static int tls_library_fn(loader *ld, const char *path, const rb_toml_value *v, 
 static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int cluster_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 
 static const field limits_fields[] = {
     U32("max_connections", max_connections, 1, RB_CONNS_PER_SHARD_MAX),
@@ -198,6 +199,7 @@ static const field root_fields[] = {
     SECTION("limits", limits_section),       SECTION("timeouts", timeouts_section),
     SECTION("catchup", catchup_section),     SECTION("storage", storage_section),
     SECTION("auth", auth_section),           CUSTOM("listener", listeners_fn),
+    CUSTOM("cluster", cluster_fn),
 };
 static const section root_section = {"", root_fields, COUNT(root_fields)};
 
@@ -1270,6 +1272,247 @@ static int check_auth(loader *ld)
     return 0;
 }
 
+/* ---- [cluster] ---- */
+
+static int cluster_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = copy_string(ld, path, v, cfg->cluster_id, sizeof cfg->cluster_id);
+    if (rc < 0) {
+        return rc;
+    }
+    if (cfg->cluster_id[0] == '\0') {
+        return fail_value(ld, v, path, "must not be empty");
+    }
+    for (const char *c = cfg->cluster_id; *c != '\0'; c++) {
+        if (!isalnum((unsigned char)*c) && *c != '.' && *c != '_' && *c != '-') {
+            return fail_value(ld, v, path, "may hold only letters, digits, '.', '_' and '-'");
+        }
+    }
+    return 0;
+}
+
+/* The secret is read at load (so --check-config proves it is usable) and
+ * must be private to the daemon's user: anyone who can read it can join
+ * the mesh. */
+static int secret_file_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = copy_string(ld, path, v, cfg->cluster_secret_file, sizeof cfg->cluster_secret_file);
+    if (rc < 0) {
+        return rc;
+    }
+    const char *file = cfg->cluster_secret_file;
+    if (file[0] == '\0') {
+        return fail_value(ld, v, path, "must not be empty");
+    }
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd == -1) {
+        int e = errno;
+        char why[128];
+        return fail_value(ld, v, path, "cannot read \"%s\": %s", file,
+                          strerror_r(e, why, sizeof why));
+    }
+    struct stat st;
+    ssize_t n = -1;
+    bool regular = fstat(fd, &st) == 0 && S_ISREG(st.st_mode);
+    if (regular && (st.st_mode & 077) == 0) {
+        n = read(fd, cfg->cluster_secret, sizeof cfg->cluster_secret);
+    }
+    close(fd);
+    if (!regular) {
+        return fail_value(ld, v, path, "\"%s\" is not a regular file", file);
+    }
+    if ((st.st_mode & 077) != 0) {
+        return fail_value(ld, v, path,
+                          "\"%s\" has mode %04o: group and others must have no access "
+                          "(chmod 600)",
+                          file, (unsigned)(st.st_mode & 07777));
+    }
+    if (n < 0 || (uint64_t)st.st_size > RB_CLUSTER_SECRET_BYTES_MAX) {
+        return fail_value(ld, v, path, "\"%s\" is not readable or above %u bytes", file,
+                          RB_CLUSTER_SECRET_BYTES_MAX);
+    }
+    /* One trailing newline (from echo or an editor) is not part of it. */
+    if (n > 0 && cfg->cluster_secret[n - 1] == '\n') {
+        n--;
+    }
+    if (n < RB_CLUSTER_SECRET_BYTES_MIN) {
+        return fail_value(ld, v, path, "\"%s\" holds %zd bytes; the secret needs at least %d", file,
+                          n, RB_CLUSTER_SECRET_BYTES_MIN);
+    }
+    cfg->cluster_secret_len = (uint32_t)n;
+    return 0;
+}
+
+static int literal_address(loader *ld, const char *path, const rb_toml_value *v, char *dst,
+                           size_t cap)
+{
+    unsigned char bytes[16];
+    int rc = copy_string(ld, path, v, dst, cap);
+    if (rc < 0) {
+        return rc;
+    }
+    if (inet_pton(AF_INET, dst, bytes) == 1 || inet_pton(AF_INET6, dst, bytes) == 1) {
+        return 0;
+    }
+    char shown[64];
+    show(shown, sizeof shown, dst, strlen(dst));
+    return fail_value(ld, v, path, "\"%s\" is not an IPv4 or IPv6 address literal", shown);
+}
+
+static int cluster_address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    return literal_address(ld, path, v, cfg->cluster_address, sizeof cfg->cluster_address);
+}
+
+static int peer_address_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_peer_config *p = base;
+    return literal_address(ld, path, v, p->address, sizeof p->address);
+}
+
+static const field peer_fields[] = {
+    {.name = "id",
+     .kind = FK_U16,
+     .offset = offsetof(rb_peer_config, id),
+     .min = 1,
+     .max = RB_CLUSTER_NODE_ID_MAX},
+    CUSTOM("address", peer_address_fn),
+    {.name = "port",
+     .kind = FK_U16,
+     .offset = offsetof(rb_peer_config, port),
+     .min = 1,
+     .max = 65535},
+};
+static const section peer_section = {"cluster.peer", peer_fields, COUNT(peer_fields)};
+
+static int load_peer(loader *ld, const rb_toml_value *t, size_t number, rb_peer_config *p)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "cluster.peer[%zu]", number);
+    int rc = expect_type(ld, prefix, t, RB_TOML_TABLE, "a table ([[cluster.peer]])");
+    if (rc < 0) {
+        return rc;
+    }
+    memset(p, 0, sizeof *p);
+    p->port = RB_CLUSTER_PORT_DEFAULT;
+    for (size_t i = 0; i < rb_toml_count(t); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(t, i, &k);
+        const field *f = find_field(&peer_section, &k);
+        if (f == NULL) {
+            return unknown_key(ld, &peer_section, prefix, &k);
+        }
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, prefix, k.text, k.len);
+        rc = load_field(ld, f, path, v, p);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (p->id == 0 || p->address[0] == '\0') {
+        return fail_value(ld, t, prefix, "missing required key \"%s\"",
+                          p->id == 0 ? "id" : "address");
+    }
+    return 0;
+}
+
+static int peers_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of tables ([[cluster.peer]])");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_CLUSTER_PEERS_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_CLUSTER_PEERS_MAX), path, "more than %d peers",
+                          RB_CLUSTER_PEERS_MAX);
+    }
+    for (size_t i = 0; i < count; i++) {
+        rb_peer_config *p = &cfg->cluster_peers[i];
+        rc = load_peer(ld, rb_toml_item(v, i), i + 1, p);
+        for (size_t j = 0; rc == 0 && j < i; j++) {
+            if (cfg->cluster_peers[j].id == p->id) {
+                char prefix[32];
+                snprintf(prefix, sizeof prefix, "cluster.peer[%zu].id", i + 1);
+                rc = fail_value(ld, rb_toml_get(rb_toml_item(v, i), "id"), prefix,
+                                "%u is already the id of cluster.peer[%zu]", p->id, j + 1);
+            }
+        }
+        if (rc < 0) {
+            return rc;
+        }
+        cfg->cluster_peer_count++;
+    }
+    return 0;
+}
+
+static const field cluster_fields[] = {
+    {.name = "node_id",
+     .kind = FK_U16,
+     .offset = offsetof(rb_config, cluster_node_id),
+     .min = 1,
+     .max = RB_CLUSTER_NODE_ID_MAX},
+    CUSTOM("cluster_id", cluster_id_fn),
+    CUSTOM("secret_file", secret_file_fn),
+    CUSTOM("address", cluster_address_fn),
+    {.name = "port",
+     .kind = FK_U16,
+     .offset = offsetof(rb_config, cluster_port),
+     .min = 1,
+     .max = 65535},
+    CUSTOM("peer", peers_fn),
+};
+static const section cluster_section = {"cluster", cluster_fields, COUNT(cluster_fields)};
+
+static int cluster_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_TABLE, "a table ([cluster])");
+    rc = rc ? rc : load_section(ld, &cluster_section, v, base);
+    if (rc < 0) {
+        return rc;
+    }
+    static const char *const required[] = {"node_id", "cluster_id", "secret_file"};
+    for (size_t i = 0; i < COUNT(required); i++) {
+        if (rb_toml_get(v, required[i]) == NULL) {
+            return fail_value(ld, v, "cluster", "missing required key \"%s\"", required[i]);
+        }
+    }
+    for (uint32_t i = 0; i < cfg->cluster_peer_count; i++) {
+        if (cfg->cluster_peers[i].id == cfg->cluster_node_id) {
+            char prefix[32];
+            snprintf(prefix, sizeof prefix, "cluster.peer[%u].id", i + 1);
+            const rb_toml_value *peers = rb_toml_get(v, "peer");
+            return fail_value(ld, rb_toml_get(rb_toml_item(peers, i), "id"), prefix,
+                              "%u is this node's own cluster.node_id", cfg->cluster_node_id);
+        }
+    }
+    return 0;
+}
+
+/* A cluster shares one Postgres: with the memory store each node would
+ * number the same topic on its own. */
+static int check_cluster(loader *ld)
+{
+    const rb_config *cfg = ld->cfg;
+    if (cfg->cluster_node_id == 0 || cfg->storage_backend == RB_STORAGE_POSTGRES) {
+        return 0;
+    }
+    const rb_toml_value *v = lookup(ld, "storage", "backend");
+    if (v != NULL) {
+        return fail_value(ld, v, "storage.backend",
+                          "[cluster] needs \"postgres\" (every node shares one database), not "
+                          "\"memory\"");
+    }
+    return fail_value(ld, lookup(ld, "cluster", "node_id"), "cluster",
+                      "needs storage.backend = \"postgres\" (every node shares one database); "
+                      "the default is \"memory\"");
+}
+
 /* ---- checks across keys ---- */
 
 /* The value at section.key in the document, or NULL. */
@@ -1320,6 +1563,7 @@ static int check_cross(loader *ld)
         rc = fail_value(ld, lookup(ld, "storage", "backend"), "storage.backend",
                         "\"postgres\" needs storage.postgres.conninfo (a libpq connection string)");
     }
+    rc = rc ? rc : check_cluster(ld);
     return rc ? rc : check_auth(ld);
 }
 
@@ -1393,6 +1637,8 @@ void rb_config_defaults(rb_config *cfg)
     snprintf(l->address, sizeof l->address, "%s", DEFAULT_ADDRESS);
     l->port = transport_ports[RB_TRANSPORT_TCP];
     l->max_connections = cfg->max_connections_total;
+    snprintf(cfg->cluster_address, sizeof cfg->cluster_address, "%s", DEFAULT_ADDRESS);
+    cfg->cluster_port = RB_CLUSTER_PORT_DEFAULT;
 }
 
 /* Defaults that follow other keys, applied once the file is loaded. */

@@ -120,6 +120,13 @@ typedef struct rb_listener_config {
     bool quic_retry; /* quic_retry = false: validate addresses with Retry first */
 } rb_listener_config;
 
+/* One [[cluster.peer]]: another node of the mesh. */
+typedef struct rb_peer_config {
+    uint16_t id;                        /* id = 2 (1..RB_CLUSTER_NODE_ID_MAX) */
+    char address[RB_ADDRESS_BYTES_MAX]; /* address = "10.0.0.2" (IPv4 or IPv6 literal) */
+    uint16_t port;                      /* port = 7410 */
+} rb_peer_config;
+
 typedef struct rb_config {
     /* top level */
     uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
@@ -185,6 +192,17 @@ typedef struct rb_config {
     uint32_t pg_batch_messages;               /* batch_messages = 1024 */
     uint64_t pg_retention_messages;           /* retention_messages = 0 (keep all) */
     uint64_t pg_retention_age_s;              /* retention_age_s = 0 (keep all) */
+
+    /* [cluster]: absent means one node alone (cluster_node_id 0). */
+    uint16_t cluster_node_id;                            /* node_id = 1..1023, required */
+    char cluster_id[RB_CLUSTER_ID_BYTES_MAX + 1];        /* cluster_id = "prod", required */
+    char cluster_secret_file[RB_PATH_BYTES_MAX];         /* secret_file, required, mode 0600 */
+    uint8_t cluster_secret[RB_CLUSTER_SECRET_BYTES_MAX]; /* its bytes (one newline cut) */
+    uint32_t cluster_secret_len;
+    char cluster_address[RB_ADDRESS_BYTES_MAX]; /* address = "127.0.0.1" (replica listener) */
+    uint16_t cluster_port;                      /* port = 7410 */
+    uint32_t cluster_peer_count;                /* [[cluster.peer]] */
+    rb_peer_config cluster_peers[RB_CLUSTER_PEERS_MAX];
 
     /* [[listener]]; when the file declares none, one tcp listener on
      * 127.0.0.1:7400 is used. */

@@ -266,11 +266,26 @@ static void varz(const rb_admin *admin, rb_http_response *resp)
     answer_body(resp, 200, "application/json", &b);
 }
 
+/* ---- /v1/cluster ---- */
+
+/* The replica plane: peers, link states, interest counts, forwarded and
+ * received batches (server/cluster.c writes the body). */
+static void cluster(const rb_admin *admin, rb_http_response *resp)
+{
+    body b = {0};
+    if (admin->server == NULL) {
+        put(&b, "{\"error\":\"no server\"}");
+        answer_body(resp, 503, "application/json", &b);
+        return;
+    }
+    b.len = rb_cluster_json(admin->server, body_buf, sizeof body_buf);
+    answer_body(resp, 200, "application/json", &b);
+}
+
 static const route routes[] = {
-    {RB_ADMIN_HEALTH_PATH, "GET", healthz},
-    {"/readyz", "GET", readyz},
-    {"/metrics", "GET", metrics},
-    {"/v1/varz", "GET", varz},
+    {RB_ADMIN_HEALTH_PATH, "GET", healthz}, {"/readyz", "GET", readyz},
+    {"/metrics", "GET", metrics},           {"/v1/varz", "GET", varz},
+    {"/v1/cluster", "GET", cluster},
 };
 
 rb_http_router rb_admin_router(const rb_admin *admin)

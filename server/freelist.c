@@ -7,6 +7,7 @@
 
 #include "common/assert.h"
 #include "common/limits.h"
+#include "common/poison.h"
 
 /* One pool's chain of items waiting in a thread's return cache. */
 typedef struct return_slot {
@@ -59,6 +60,7 @@ void rb_freelist_deinit(rb_freelist *fl)
         void *item = lists[i];
         while (item != NULL) {
             void *n = next_of(item);
+            rb_unpoison_item(item, fl->item_bytes);
             free(item);
             freed++;
             item = n;
@@ -84,6 +86,7 @@ void *rb_freelist_get(rb_freelist *fl)
     }
     if (item != NULL) {
         fl->local = next_of(item);
+        rb_unpoison_item(item, fl->item_bytes);
         return item;
     }
     if (fl->allocated >= fl->max) {
@@ -130,6 +133,7 @@ static void slot_flush(return_slot *s)
 void rb_freelist_put(rb_freelist *fl, void *item)
 {
     RB_ASSERT(item != NULL);
+    rb_poison_item(item, fl->item_bytes);
     if (fl->home == thread_home) {
         set_next(item, fl->local);
         fl->local = item;

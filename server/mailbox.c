@@ -3,10 +3,17 @@
  * queue full, both sent before anything newer so order holds. */
 #include "server/mailbox.h"
 
+#include <stddef.h>
 #include <stdlib.h>
 
 #include "common/assert.h"
 #include "common/log.h"
+#include "common/poison.h"
+
+/* A free block's home stays readable under ASan (common/poison.h), so a
+ * reference to a freed block asserts in rb_block_ref/unref. */
+_Static_assert(offsetof(rb_block, home) + sizeof(rb_freelist *) <= RB_POISON_SKIP_BYTES,
+               "rb_block.home is in the words a free item keeps readable");
 
 struct rb_mail_lane {
     rb_xmsg *outbox; /* the envelope being filled, or NULL */
@@ -263,10 +270,13 @@ static void lane_push(rb_mailbox *mb, uint32_t to)
     rb_spsc *q = &mb->all[to]->inbox[mb->id];
     while (l->backlog_head != NULL) {
         rb_xmsg *m = l->backlog_head;
+        /* Read before the push: once queued, m is the receiver's, and its
+         * link word is the pool's again as soon as it lets m go. */
+        rb_xmsg *next = m->next;
         if (!rb_spsc_push(q, m)) {
             return;
         }
-        l->backlog_head = m->next;
+        l->backlog_head = next;
         if (l->backlog_head == NULL) {
             l->backlog_tail = NULL;
         }

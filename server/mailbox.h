@@ -51,20 +51,31 @@ struct rb_block {
     /* the producing owner's, before the block is shared */
     rb_block *seq_next;
     uint64_t fan_left[RB_SHARDS_MAX / 64];
+    /* the committing owner's: its forward list to cluster peers, and the
+     * peers (by index) the block has not been handed to yet */
+    rb_block *fwd_next;
+    uint32_t peer_left;
 };
 
 /* Kinds of envelopes. Each kind has exactly one handler per shard,
  * registered by the subsystem that owns it (rb_mailbox_register). */
 enum {
-    RB_XK_PUBLISH = 1,    /* publish intake -> owner: publishes of owned topics */
-    RB_XK_ACK = 2,        /* owner -> publish intake: acks and errors of publishes */
-    RB_XK_INTEREST = 3,   /* streams -> owner: subscribe, unsubscribe, head queries */
-    RB_XK_HEAD = 4,       /* owner -> streams: head replies to interest records */
-    RB_XK_BLOCK = 5,      /* owner -> streams: ptr is a committed block to fan out */
-    RB_XK_QUIC_DGRAM = 6, /* QUIC endpoint -> QUIC endpoint: datagrams for the
-                           * receiver's connections (server/quic_ep.c) */
-    RB_XK_RPC = 7,        /* RPC records between callers, the directory and
-                           * responders (server/rpc.c) */
+    RB_XK_PUBLISH = 1,      /* publish intake -> owner: publishes of owned topics */
+    RB_XK_ACK = 2,          /* owner -> publish intake: acks and errors of publishes */
+    RB_XK_INTEREST = 3,     /* streams -> owner: subscribe, unsubscribe, head queries */
+    RB_XK_HEAD = 4,         /* owner -> streams: head replies to interest records */
+    RB_XK_BLOCK = 5,        /* owner -> streams: ptr is a committed block to fan out */
+    RB_XK_QUIC_DGRAM = 6,   /* QUIC endpoint -> QUIC endpoint: datagrams for the
+                             * receiver's connections (server/quic_ep.c) */
+    RB_XK_RPC = 7,          /* RPC records between callers, the directory and
+                             * responders (server/rpc.c) */
+    RB_XK_CLUSTER = 8,      /* owners and the acceptor -> the shards that hold replica
+                             * links: local interest, adopted links (server/cluster.c) */
+    RB_XK_PEER_TOPIC = 9,   /* link shards -> owners: a peer's interest, a peer's link
+                             * reset (server/owner.c) */
+    RB_XK_REPLICA_OUT = 10, /* owner -> link shard: ptr is a committed block for the
+                             * peer whose index is in count (bare) */
+    RB_XK_REPLICA_IN = 11,  /* link shard -> owner: ptr is a block a peer committed */
 };
 
 /* An envelope: a kind and records encoded back to back in data (or, for

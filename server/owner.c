@@ -89,7 +89,10 @@ struct rb_topic {
     bool replies_left; /* answered but some replies found no envelope */
     rb_topic *refresh_next;
     rb_topic *reply_next;
+    bool announce_queued; /* the cluster's peers still have to be told of interest */
+    rb_topic *announce_next;
     uint64_t interest[RB_SHARDS_MAX / 64]; /* shards with live subscribers */
+    uint32_t peers;                        /* cluster peers with live subscribers (by index) */
     rb_seq seq;                            /* what was fanned out, in seq order */
     bool hole_queued;                      /* on the owner's hole list */
     uint64_t hole_after;                   /* the hole the sequencer asked for */
@@ -121,6 +124,10 @@ struct rb_owner {
     batch *done_tail;
     rb_block *send_head; /* released blocks waiting for envelopes, in order */
     rb_block *send_tail;
+    rb_block *fwd_head; /* committed blocks waiting for envelopes to peers, in order */
+    rb_block *fwd_tail;
+    rb_topic *announce_head; /* topics whose interest change found no envelope */
+    rb_topic *announce_tail;
     rb_topic *holes_head; /* topics whose sequencer asked for a hole */
     rb_topic *holes_tail;
     hole_reader holes;
@@ -132,6 +139,9 @@ struct rb_owner {
 
 static void on_publish_envelope(void *ctx, rb_xmsg *m);
 static void on_interest_envelope(void *ctx, rb_xmsg *m);
+static void on_peer_topic_envelope(void *ctx, rb_xmsg *m);
+static void on_replica_in(void *ctx, rb_xmsg *m);
+_Static_assert(RB_CLUSTER_PEERS_MAX <= 32, "peer bits fit rb_topic.peers");
 
 static int owner_init(rb_shard *sh, rb_err *err)
 {
@@ -166,6 +176,8 @@ static int owner_init(rb_shard *sh, rb_err *err)
     if (rc == 0) {
         rb_mailbox_register(&sh->mail, RB_XK_PUBLISH, on_publish_envelope, sh);
         rb_mailbox_register(&sh->mail, RB_XK_INTEREST, on_interest_envelope, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_PEER_TOPIC, on_peer_topic_envelope, sh);
+        rb_mailbox_register(&sh->mail, RB_XK_REPLICA_IN, on_replica_in, sh);
     }
     return rc;
 }
@@ -202,6 +214,11 @@ static void owner_deinit(rb_shard *sh)
         o->send_head = b->seq_next;
         rb_block_unref(b);
     }
+    while (o->fwd_head != NULL) {
+        rb_block *b = o->fwd_head;
+        o->fwd_head = b->fwd_next;
+        rb_block_unref(b);
+    }
     free(o->holes.arena);
     free(o->buckets);
     rb_pool_deinit(&o->refresh_pool);
@@ -216,7 +233,8 @@ static bool owner_idle(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
     return o->busy == 0 && o->dirty == NULL && o->refresh_head == NULL && o->done_head == NULL &&
-           o->replies == NULL && o->send_head == NULL && !o->holes.busy;
+           o->replies == NULL && o->send_head == NULL && o->fwd_head == NULL &&
+           o->announce_head == NULL && !o->holes.busy;
 }
 
 static void grow_buckets(rb_owner *o)
@@ -299,13 +317,21 @@ static void fail_batch(rb_shard *sh, batch *b, uint16_t code, rb_publish_reason 
 
 /* ---- fan-out ---- */
 
-/* True when a shard that subscribes to t is backed up: new appends of t
- * wait, so its subscribers are not buried. */
+/* True when a shard that subscribes to t, or that holds the link of a peer
+ * that does, is backed up: new appends of t wait, so its subscribers are
+ * not buried. */
 static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
 {
     for (uint32_t s = 0; s < sh->server->shard_count; s++) {
         if ((t->interest[s / 64] & (1ull << (s % 64))) != 0 &&
             rb_mailbox_backlog(&sh->mail, s) >= RB_OWNER_FANOUT_BACKLOG_MAX) {
+            return true;
+        }
+    }
+    for (uint32_t i = 0; t->peers >> i != 0; i++) {
+        if ((t->peers & (1u << i)) != 0 &&
+            rb_mailbox_backlog(&sh->mail, rb_cluster_peer_shard(sh->server, i)) >=
+                RB_OWNER_FANOUT_BACKLOG_MAX) {
             return true;
         }
     }
@@ -410,6 +436,68 @@ static void send_released(rb_owner *o)
 
 static void start_append(rb_topic *t);
 
+/* Hands b to the link shards of the peers left in b->peer_left, in peer
+ * order, as far as envelopes allow. Returns false when one was missing
+ * (what is left stays in peer_left). */
+static bool forward_some(rb_shard *sh, rb_block *b)
+{
+    while (b->peer_left != 0) {
+        uint32_t i = (uint32_t)__builtin_ctz(b->peer_left);
+        rb_xmsg *m = rb_mailbox_xmsg_bare(&sh->mail);
+        if (m == NULL) {
+            rb_shard_poll_soon(sh);
+            return false;
+        }
+        m->kind = RB_XK_REPLICA_OUT;
+        m->count = i;
+        rb_block_ref(b);
+        m->ptr = b;
+        rb_mailbox_send(&sh->mail, rb_cluster_peer_shard(sh->server, i), m);
+        b->peer_left &= ~(1u << i);
+    }
+    return true;
+}
+
+/* Sends the forward list on, in order (the flush hook retries). */
+static void send_forwards(rb_owner *o)
+{
+    while (o->fwd_head != NULL) {
+        rb_block *b = o->fwd_head;
+        if (!forward_some(o->shard, b)) {
+            return;
+        }
+        o->fwd_head = b->fwd_next;
+        if (o->fwd_head == NULL) {
+            o->fwd_tail = NULL;
+        }
+        rb_block_unref(b);
+    }
+}
+
+/* The committed block goes once to each peer with live subscribers of t,
+ * as a reference to the block local fan-out uses (DESIGN §2), in commit
+ * order. It is never dropped: a block that finds no envelope waits on the
+ * forward list (holding a reference) with every block committed after it,
+ * and the appends wait until the list is empty (start_append). */
+static void forward_to_peers(rb_owner *o, const rb_topic *t, rb_block *blk)
+{
+    blk->peer_left = t->peers;
+    if (blk->peer_left == 0) {
+        return;
+    }
+    if (o->fwd_head == NULL && forward_some(o->shard, blk)) {
+        return;
+    }
+    rb_block_ref(blk);
+    blk->fwd_next = NULL;
+    if (o->fwd_tail == NULL) {
+        o->fwd_head = blk;
+    } else {
+        o->fwd_tail->fwd_next = blk;
+    }
+    o->fwd_tail = blk;
+}
+
 /* Turns committed batches into blocks for the sequencer and acks them, in
  * commit order, as far as block memory allows. The acks wait for the
  * block: it is built from the publishes' bytes, which their acks
@@ -420,13 +508,19 @@ static void finish_committed(rb_owner *o)
     while (o->done_head != NULL) {
         batch *b = o->done_head;
         rb_topic *t = b->topic;
-        if (any_interest(t)) {
+        if (any_interest(t) || t->peers != 0) {
             rb_block *blk = build_block(sh, t, b);
             if (blk == NULL) {
                 rb_shard_poll_soon(sh);
                 break;
             }
-            rb_seq_commit(&t->seq, blk, &seq_ops, t);
+            forward_to_peers(o, t, blk);
+            if (any_interest(t)) {
+                rb_seq_commit(&t->seq, blk, &seq_ops, t);
+            } else {
+                rb_seq_skip(&t->seq, b->req.last_seq);
+                rb_block_unref(blk);
+            }
         } else {
             rb_seq_skip(&t->seq, b->req.last_seq);
         }
@@ -511,6 +605,9 @@ static void hole_read_done(rb_read_req *req)
         if (req->status == 0 && rg->status == 0) {
             uint64_t fed = rows_to_blocks(sh, t, req->arena + rg->rows_offset, rg->rows_bytes,
                                           rg->row_count, rg->after);
+            if (fed > rg->after) {
+                rb_cluster_count_repair(fed - rg->after);
+            }
             bool all = fed == (rg->row_count > 0 ? rg->last_seq : rg->after);
             upto = !all ? fed : rg->complete ? rg->ceiling : rg->last_seq;
         } else if (req->status == 0 && rg->status == RB_ERANGE && rg->oldest_seq > 0) {
@@ -609,8 +706,8 @@ static void start_append(rb_topic *t)
     if (t->inflight != NULL || t->fill_head == NULL) {
         return;
     }
-    if (o->done_head != NULL || o->send_head != NULL || rb_seq_holding(&t->seq) ||
-        fanout_backed_up(sh, t)) {
+    if (o->done_head != NULL || o->send_head != NULL || o->fwd_head != NULL ||
+        rb_seq_holding(&t->seq) || fanout_backed_up(sh, t)) {
         /* Back-pressure: committed work waits for memory or a subscriber's
          * queue; the publishes wait in their batch. */
         topic_mark_dirty(t);
@@ -644,11 +741,14 @@ static void start_append(rb_topic *t)
 }
 
 static void send_replies_left(rb_owner *o);
+static void send_announces(rb_owner *o);
 
 static void owner_flush(rb_shard *sh)
 {
     rb_owner *o = sh->owner;
+    send_forwards(o);
     finish_committed(o);
+    send_announces(o);
     start_hole_read(o);
     send_replies_left(o);
     start_refreshes(o);
@@ -822,6 +922,47 @@ static void start_refreshes(rb_owner *o)
     }
 }
 
+/* The node's peers learn when t gains its first or loses its last local
+ * subscriber (server/cluster.c keeps the set and tells every link). A
+ * change that finds no envelope waits on the announce list, and the flush
+ * hook sends the topic's state then (the records are idempotent). */
+static void announce_interest(rb_shard *sh, rb_topic *t, bool had)
+{
+    rb_owner *o = sh->owner;
+    bool has = any_interest(t);
+    if (had == has || t->announce_queued) {
+        return;
+    }
+    if (!rb_cluster_local_interest(sh, t->name, t->name_len, has)) {
+        t->announce_queued = true;
+        t->announce_next = NULL;
+        if (o->announce_tail == NULL) {
+            o->announce_head = t;
+        } else {
+            o->announce_tail->announce_next = t;
+        }
+        o->announce_tail = t;
+        rb_shard_poll_soon(sh);
+    }
+}
+
+static void send_announces(rb_owner *o)
+{
+    rb_shard *sh = o->shard;
+    while (o->announce_head != NULL) {
+        rb_topic *t = o->announce_head;
+        if (!rb_cluster_local_interest(sh, t->name, t->name_len, any_interest(t))) {
+            rb_shard_poll_soon(sh);
+            return;
+        }
+        t->announce_queued = false;
+        o->announce_head = t->announce_next;
+        if (o->announce_head == NULL) {
+            o->announce_tail = NULL;
+        }
+    }
+}
+
 static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
 {
     rb_owner *o = sh->owner;
@@ -844,12 +985,15 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
         }
         return;
     }
+    bool had = any_interest(t);
     if (op == RB_INTEREST_UNSUB) {
         t->interest[from / 64] &= ~(1ull << (from % 64));
+        announce_interest(sh, t, had);
         return;
     }
     if (op == RB_INTEREST_SUB) {
         t->interest[from / 64] |= 1ull << (from % 64);
+        announce_interest(sh, t, had);
     }
     /* The ceiling is read from storage after the interest is set, so it
      * covers what other nodes committed too. */
@@ -938,6 +1082,93 @@ static void on_interest_envelope(void *ctx, rb_xmsg *m)
     }
     RB_ASSERT(p == m->data + m->bytes);
     rb_xmsg_put(m);
+}
+
+/* ---- the cluster's part ---- */
+
+void rb_owner_repair_all(rb_shard *sh)
+{
+    rb_owner *o = sh->owner;
+    for (uint32_t i = 0; i < o->bucket_count; i++) {
+        for (rb_topic *t = o->buckets[i]; t != NULL; t = t->hash_next) {
+            if (any_interest(t)) {
+                queue_refresh(o, t);
+            }
+        }
+    }
+}
+
+/* Records: op, peer index, on, topic len, 4 unused bytes, topic (written
+ * by server/cluster.c). */
+#define PEER_REC_FIXED 8
+
+static void on_peer_topic_envelope(void *ctx, rb_xmsg *m)
+{
+    rb_shard *sh = ctx;
+    rb_owner *o = sh->owner;
+    const uint8_t *p = m->data;
+    for (uint32_t i = 0; i < m->count; i++) {
+        uint8_t op = p[0];
+        uint8_t peer = p[1];
+        bool on = p[2] != 0;
+        uint8_t tlen = p[3];
+        const uint8_t *name = p + PEER_REC_FIXED;
+        RB_ASSERT(peer < RB_CLUSTER_PEERS_MAX);
+        if (op == 1) {
+            /* A peer's interest, kept even for a topic nobody here reads. */
+            rb_topic *t = topic_get(o, name, tlen, rb_hash_bytes(name, tlen));
+            if (t == NULL) {
+                RB_LOG_WARN(sh->id,
+                            "owner topic table full (%u): peer interest dropped; the "
+                            "peer reads that topic by repair",
+                            RB_OWNER_TOPICS_MAX);
+            } else if (on) {
+                t->peers |= 1u << peer;
+            } else {
+                t->peers &= ~(1u << peer);
+            }
+        } else {
+            /* The link to the peer reset: its interest is resent after the
+             * next handshake, and what it did not deliver is read now. */
+            for (uint32_t b = 0; b < o->bucket_count; b++) {
+                for (rb_topic *t = o->buckets[b]; t != NULL; t = t->hash_next) {
+                    t->peers &= ~(1u << peer);
+                }
+            }
+            rb_owner_repair_all(sh);
+        }
+        p += PEER_REC_FIXED + tlen;
+    }
+    RB_ASSERT(p == m->data + m->bytes);
+    rb_xmsg_put(m);
+}
+
+/* A block a peer committed, in whatever order it arrived: the sequencer
+ * puts it in place (holding it ahead of a hole, dropping what was already
+ * released). */
+static void on_replica_in(void *ctx, rb_xmsg *m)
+{
+    rb_shard *sh = ctx;
+    rb_owner *o = sh->owner;
+    rb_block *b = m->ptr;
+    m->ptr = NULL;
+    rb_xmsg_put(m);
+    const uint8_t *name = (const uint8_t *)b->topic;
+    rb_topic *t = topic_get(o, name, b->topic_len, rb_hash_bytes(name, b->topic_len));
+    if (t == NULL) {
+        rb_block_unref(b);
+        return;
+    }
+    if (b->last_seq > t->head) {
+        t->head = b->last_seq;
+    }
+    if (!any_interest(t)) {
+        rb_seq_skip(&t->seq, b->last_seq);
+        rb_block_unref(b);
+        return;
+    }
+    rb_seq_commit(&t->seq, b, &seq_ops, t);
+    send_released(o);
 }
 
 /* Topics and their hash buckets, batches, head queries, heads requests and

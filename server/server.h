@@ -198,6 +198,8 @@ struct rb_shard {
     rb_subs *subs;
     /* RPC: calls, serves and this shard's part of the directory */
     struct rb_rpc *rpc;
+    /* the replica links this shard holds (server/cluster.c); NULL alone */
+    struct rb_cluster *cluster;
     /* shutdown */
     int stop_fd;
     rb_op stop_op;
@@ -344,6 +346,24 @@ extern const rb_subsystem rb_quic_subsystem;
 
 /* server/owner.c: topic owners (batches, appends, fan-out, interest) */
 extern const rb_subsystem rb_owner_subsystem;
+
+/* server/cluster.c: the replica plane between nodes (DESIGN §2) */
+extern const rb_subsystem rb_cluster_subsystem;
+/* An owner's topic gained its first (on) or lost its last local subscriber:
+ * every shard holding links announces it to the peers. Returns false when
+ * no envelope could be had (the owner tries again next turn). */
+bool rb_cluster_local_interest(rb_shard *sh, const char *topic, uint8_t topic_len, bool on);
+/* The shard holding the link to peer index i. */
+uint32_t rb_cluster_peer_shard(const rb_server *srv, uint32_t peer_index);
+/* The cluster's state as JSON for GET /v1/cluster (any thread). Returns
+ * the length written (truncated at cap). */
+size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap);
+/* A sequencer filled a hole of `messages` seqs from storage (counted for
+ * GET /v1/cluster; any thread). */
+void rb_cluster_count_repair(uint64_t messages);
+/* server/owner.c: the owners' part of the cluster: every topic with local
+ * subscribers re-reads its head (the repair tick and link changes). */
+void rb_owner_repair_all(rb_shard *sh);
 
 /* server/rpc.c: request/reply between clients (docs/PROTOCOL.md section 12) */
 extern const rb_subsystem rb_rpc_subsystem;

@@ -370,8 +370,10 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
          * link closes on its own (an HTTP answer, or nothing). */
         tx_drop_all(c);
     } else if (append_closing(c, buf, n) != 0) {
-        finish_close(c);
-        return;
+        /* No room even in the reserve: the link still ends in order, so
+         * that the caller's connection and stream stay valid until the
+         * turn is over (callers close while walking them). */
+        RB_LOG_DEBUG(c->id, "no room for the CLOSE frame");
     }
     c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
     conn_rearm_timer(c);

@@ -875,7 +875,9 @@ static void on_head_record(rb_subs *s, const uint8_t *p, const uint8_t **next)
 
 /* ---- live blocks ---- */
 
-static void pending_add(rb_subs *s, entry *e, rb_block *b)
+/* Buffers b for e. False when it cannot: the connection is closed then,
+ * and e may already be gone. */
+static bool pending_add(rb_subs *s, entry *e, rb_block *b)
 {
     rb_conn *c = e->stream->conn;
     uint64_t limit = s->shard->server->cfg.pending_buffer_bytes;
@@ -883,12 +885,12 @@ static void pending_add(rb_subs *s, entry *e, rb_block *b)
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED,
                       "topic %s: live messages buffered during catch-up exceed %llu bytes", e->name,
                       (unsigned long long)limit);
-        return;
+        return false;
     }
     rb_seg *seg = rb_pool_get(&s->shard->seg_pool);
     if (seg == NULL) {
         rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server buffers exhausted");
-        return;
+        return false;
     }
     memset(seg, 0, sizeof *seg);
     rb_block_ref(b);
@@ -900,6 +902,7 @@ static void pending_add(rb_subs *s, entry *e, rb_block *b)
     }
     e->pend_tail = seg;
     e->pend_bytes += b->bytes;
+    return true;
 }
 
 static void on_block(rb_subs *s, rb_block *b)
@@ -919,11 +922,15 @@ static void on_block(rb_subs *s, rb_block *b)
             continue;
         }
         if (e->state != E_LIVE) {
-            pending_add(s, e, b);
+            (void)pending_add(s, e, b);
         } else if (b->first_seq > e->hwm + 1) {
             /* A seq jump (a lost fan-out): repair from storage, then this
-             * block, without announcing the topic again. */
-            pending_add(s, e, b);
+             * block, without announcing the topic again. A refusal closes
+             * the connection, which may free e at once. */
+            if (!pending_add(s, e, b)) {
+                e = next;
+                continue;
+            }
             e->ceiling = b->first_seq - 1;
             e->state = E_CATCHUP;
             cq_push(s, e);

@@ -167,6 +167,7 @@ const rb_subsystem *const rb_shard_subsystems[] = {
     &rb_owner_subsystem,
     &rb_stream_subsystem,
     &rb_rpc_subsystem,
+    &rb_cluster_subsystem,
     &rb_acceptor_subsystem,
     /* After the connections' flush, so the sessions' bytes go out this turn. */
     &rb_quic_subsystem,

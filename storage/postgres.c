@@ -1035,7 +1035,9 @@ static void retain_result(rb_storage_shard *sh, pg_job *j, const PGresult *res)
     int64_t deleted = 0;
     int64_t last_del = 0;
     if (PQntuples(res) != 1 || !col_int8(res, 0, 0, &visited) || !col_int8(res, 0, 1, &last_id) ||
-        !col_int8(res, 0, 2, &deleted) || !col_int8(res, 0, 3, &last_del)) {
+        !col_int8(res, 0, 2, &deleted) || !col_int8(res, 0, 3, &last_del) || visited < 0 ||
+        last_id < 0 || deleted < 0 || last_del < 0 ||
+        (deleted >= RB_PG_RETENTION_ROWS_MAX && last_del < 1)) {
         job_fail(j, "malformed result");
         return;
     }

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -754,6 +755,11 @@ START_TEST(test_config_example_settings_are_valid_and_show_the_defaults)
 {
     char *text = read_all(EXAMPLE_PATH);
     uncomment_settings(text);
+    /* The cluster sample needs a secret file and Postgres: checked in
+     * test_config_example_cluster_section_is_valid. */
+    char *cluster = strstr(text, "\n[cluster]\n");
+    ck_assert_ptr_nonnull(cluster);
+    cluster[1] = '\0';
     static rb_config cfg;
     rb_err err = {0};
     int rc = rb_config_load_string(text, strlen(text), "uncommented example", &cfg, &err);
@@ -836,6 +842,12 @@ START_TEST(test_config_example_documents_every_key)
         "client_ca",
         "path",
         "origins",
+        "[cluster]",
+        "node_id",
+        "cluster_id",
+        "secret_file",
+        "[[cluster.peer]]",
+        "id",
     };
     char *text = read_all(EXAMPLE_PATH);
     for (size_t i = 0; i < COUNT(keys); i++) {
@@ -847,6 +859,206 @@ START_TEST(test_config_example_documents_every_key)
                       "example does not show %s", keys[i]);
     }
     free(text);
+}
+END_TEST
+
+/* ---- [cluster] ---- */
+
+static const char SECRET[] = "0123456789abcdef0123456789abcdef-cluster\n";
+
+/* A secret file with mode; its path (static, reused). */
+static const char *secret_file(const char *bytes, mode_t mode)
+{
+    const char *path = temp_file(bytes, strlen(bytes));
+    ck_assert_int_eq(chmod(path, mode), 0);
+    return path;
+}
+
+static char cluster_text[8192];
+
+/* A valid two-peer cluster config with extra appended inside [cluster]
+ * (before the peers) and tail after them. */
+static const char *cluster_config(const char *secret_path, const char *backend, const char *extra,
+                                  const char *tail)
+{
+    snprintf(cluster_text, sizeof cluster_text,
+             "[storage]\nbackend = \"%s\"\n[storage.postgres]\nconninfo = \"dbname=x\"\n"
+             "[cluster]\nnode_id = 2\ncluster_id = \"prod\"\nsecret_file = \"%s\"\n%s"
+             "[[cluster.peer]]\nid = 1\naddress = \"127.0.0.1\"\nport = 7411\n"
+             "[[cluster.peer]]\nid = 3\naddress = \"::1\"\n%s",
+             backend, secret_path, extra, tail);
+    return cluster_text;
+}
+
+START_TEST(test_config_cluster_keys_land_in_their_fields)
+{
+    const char *path = secret_file(SECRET, 0600);
+    const rb_config *cfg = load_ok(cluster_config(path, "postgres", "port = 7412\n", ""));
+    ck_assert_uint_eq(cfg->cluster_node_id, 2);
+    ck_assert_str_eq(cfg->cluster_id, "prod");
+    ck_assert_str_eq(cfg->cluster_address, "127.0.0.1");
+    ck_assert_uint_eq(cfg->cluster_port, 7412);
+    ck_assert_uint_eq(cfg->cluster_secret_len, strlen(SECRET) - 1);
+    ck_assert_int_eq(memcmp(cfg->cluster_secret, SECRET, strlen(SECRET) - 1), 0);
+    ck_assert_uint_eq(cfg->cluster_peer_count, 2);
+    ck_assert_uint_eq(cfg->cluster_peers[0].id, 1);
+    ck_assert_uint_eq(cfg->cluster_peers[0].port, 7411);
+    ck_assert_str_eq(cfg->cluster_peers[1].address, "::1");
+    ck_assert_uint_eq(cfg->cluster_peers[1].port, RB_CLUSTER_PORT_DEFAULT);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_no_cluster_section_is_one_node)
+{
+    const rb_config *cfg = load_ok("");
+    ck_assert_uint_eq(cfg->cluster_node_id, 0);
+    ck_assert_uint_eq(cfg->cluster_peer_count, 0);
+    ck_assert_uint_eq(cfg->cluster_port, 7410);
+}
+END_TEST
+
+START_TEST(test_config_cluster_with_memory_store_names_the_backend)
+{
+    const char *path = secret_file(SECRET, 0600);
+    expect_error(cluster_config(path, "memory", "", ""),
+                 "c.toml:2:11: storage.backend: [cluster] needs \"postgres\" (every node shares "
+                 "one database), not \"memory\"");
+    char text[512];
+    snprintf(text, sizeof text,
+             "[cluster]\nnode_id = 1\ncluster_id = \"c\"\nsecret_file = \"%s\"\n", path);
+    expect_error(text, "c.toml:2:11: cluster: needs storage.backend = \"postgres\" (every node "
+                       "shares one database); the default is \"memory\"");
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_cluster_secret_readable_by_others_is_refused)
+{
+    const char *path = secret_file(SECRET, 0644);
+    char want[512];
+    snprintf(want, sizeof want,
+             "c.toml:8:15: cluster.secret_file: \"%s\" has mode 0644: group and others must "
+             "have no access (chmod 600)",
+             path);
+    expect_error(cluster_config(path, "postgres", "", ""), want);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_cluster_short_secret_is_refused)
+{
+    const char *path = secret_file("short\n", 0400);
+    char want[512];
+    snprintf(want, sizeof want,
+             "c.toml:8:15: cluster.secret_file: \"%s\" holds 5 bytes; the secret needs at least "
+             "32",
+             path);
+    expect_error(cluster_config(path, "postgres", "", ""), want);
+    unlink(path);
+}
+END_TEST
+
+static const error_case cluster_errors[] = {
+    {"node_id = 0\n", "c.toml:9:11: cluster.node_id: 0 is out of range [1, 1023]"},
+    {"port = 0\n", "c.toml:9:8: cluster.port: 0 is out of range [1, 65535]"},
+    {"address = \"localhost\"\n",
+     "c.toml:9:11: cluster.address: \"localhost\" is not an IPv4 or IPv6 address literal"},
+    {"nodes = 3\n", NULL}, /* unknown key: message checked by prefix */
+};
+
+START_TEST(test_config_bad_cluster_key_is_explained)
+{
+    const char *path = secret_file(SECRET, 0600);
+    const error_case *c = &cluster_errors[_i];
+    if (c->msg != NULL) {
+        /* node_id given twice is a TOML error; give the bad one alone. */
+        char extra[128];
+        snprintf(extra, sizeof extra, "%s", c->text);
+        const char *text = cluster_config(path, "postgres", extra, "");
+        if (strncmp(c->text, "node_id", 7) == 0) {
+            char *dup = strstr(cluster_text, "node_id = 2\n");
+            memmove(dup, dup + 12, strlen(dup + 12) + 1);
+            expect_error(text, "c.toml:8:11: cluster.node_id: 0 is out of range [1, 1023]");
+        } else {
+            expect_error(text, c->msg);
+        }
+    } else {
+        static rb_config cfg;
+        rb_err err = {0};
+        const char *text = cluster_config(path, "postgres", c->text, "");
+        int rc = rb_config_load_string(text, strlen(text), "c.toml", &cfg, &err);
+        ck_assert_int_eq(rc, RB_ECONFIG);
+        ck_assert_msg(strstr(err.msg, "c.toml:9:1: ") == err.msg, "got %s", err.msg);
+    }
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_cluster_peer_rules)
+{
+    const char *path = secret_file(SECRET, 0600);
+    expect_error(
+        cluster_config(path, "postgres", "", "[[cluster.peer]]\nid = 3\naddress = \"::2\"\n"),
+        "c.toml:17:6: cluster.peer[3].id: 3 is already the id of cluster.peer[2]");
+    expect_error(
+        cluster_config(path, "postgres", "", "[[cluster.peer]]\nid = 2\naddress = \"::2\"\n"),
+        "c.toml:17:6: cluster.peer[3].id: 2 is this node's own cluster.node_id");
+    expect_error(cluster_config(path, "postgres", "", "[[cluster.peer]]\nid = 4\n"),
+                 "c.toml:16:1: cluster.peer[3]: missing required key \"address\"");
+    expect_error("[storage]\nbackend = \"postgres\"\n[storage.postgres]\nconninfo = \"x\"\n"
+                 "[cluster]\nnode_id = 1\n",
+                 "c.toml:5:1: cluster: missing required key \"cluster_id\"");
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_cluster_peers_up_to_the_limit_are_accepted)
+{
+    const char *path = secret_file(SECRET, 0600);
+    static char text[16384];
+    int n = snprintf(text, sizeof text,
+                     "[storage]\nbackend = \"postgres\"\n[storage.postgres]\nconninfo = \"x\"\n"
+                     "[cluster]\nnode_id = 1000\ncluster_id = \"c\"\nsecret_file = \"%s\"\n",
+                     path);
+    for (int i = 1; i <= RB_CLUSTER_PEERS_MAX + 1; i++) {
+        n += snprintf(text + n, sizeof text - (size_t)n,
+                      "[[cluster.peer]]\nid = %d\naddress = \"10.0.0.%d\"\n", i, i);
+        if (i == RB_CLUSTER_PEERS_MAX) {
+            ck_assert_uint_eq(load_ok(text)->cluster_peer_count, RB_CLUSTER_PEERS_MAX);
+        }
+    }
+    static rb_config cfg;
+    rb_err err = {0};
+    ck_assert_int_eq(rb_config_load_string(text, strlen(text), "c.toml", &cfg, &err), RB_ECONFIG);
+    ck_assert_msg(strstr(err.msg, "more than 32 peers") != NULL, "got %s", err.msg);
+    unlink(path);
+}
+END_TEST
+
+START_TEST(test_config_example_cluster_section_is_valid)
+{
+    char *text = read_all(EXAMPLE_PATH);
+    uncomment_settings(text);
+    const char *cluster = strstr(text, "\n[cluster]\n");
+    ck_assert_ptr_nonnull(cluster);
+    const char *path = secret_file(SECRET, 0600);
+    static char doc[8192];
+    snprintf(doc, sizeof doc,
+             "[storage]\nbackend = \"postgres\"\n[storage.postgres]\n"
+             "conninfo = \"x\"\n%s",
+             cluster);
+    char *sf = strstr(doc, "/etc/ringbus/cluster.secret");
+    ck_assert_ptr_nonnull(sf);
+    char rest[4096];
+    snprintf(rest, sizeof rest, "%s", sf + strlen("/etc/ringbus/cluster.secret"));
+    snprintf(sf, sizeof doc - (size_t)(sf - doc), "%s%s", path, rest);
+    free(text);
+    const rb_config *cfg = load_ok(doc);
+    ck_assert_uint_eq(cfg->cluster_node_id, 1);
+    ck_assert_uint_eq(cfg->cluster_port, RB_CLUSTER_PORT_DEFAULT);
+    ck_assert_uint_eq(cfg->cluster_peer_count, 1);
+    unlink(path);
 }
 END_TEST
 
@@ -908,10 +1120,22 @@ Suite *rb_config_suite(void)
     tcase_add_test(tc, test_config_file_one_byte_past_size_limit_fails);
     suite_add_tcase(s, tc);
 
+    tc = tcase_create("cluster");
+    tcase_add_test(tc, test_config_cluster_keys_land_in_their_fields);
+    tcase_add_test(tc, test_config_no_cluster_section_is_one_node);
+    tcase_add_test(tc, test_config_cluster_with_memory_store_names_the_backend);
+    tcase_add_test(tc, test_config_cluster_secret_readable_by_others_is_refused);
+    tcase_add_test(tc, test_config_cluster_short_secret_is_refused);
+    tcase_add_loop_test(tc, test_config_bad_cluster_key_is_explained, 0, COUNT(cluster_errors));
+    tcase_add_test(tc, test_config_cluster_peer_rules);
+    tcase_add_test(tc, test_config_cluster_peers_up_to_the_limit_are_accepted);
+    suite_add_tcase(s, tc);
+
     tc = tcase_create("example");
     tcase_add_test(tc, test_config_example_file_loads_to_the_defaults);
     tcase_add_test(tc, test_config_example_settings_are_valid_and_show_the_defaults);
     tcase_add_test(tc, test_config_example_documents_every_key);
+    tcase_add_test(tc, test_config_example_cluster_section_is_valid);
     suite_add_tcase(s, tc);
     return s;
 }
