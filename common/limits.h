@@ -241,8 +241,17 @@
 #define RB_OWNER_REFRESH_TOPICS_MAX 256
 /* Heads requests in flight per shard. */
 #define RB_OWNER_REFRESHES_MAX 16
-/* Unacknowledged publishes per connection; more get resource_exhausted. */
+/* Unacknowledged publishes per connection; at the limit the session
+ * pauses (stops reading the publisher) until acks arrive. */
 #define RB_CONN_PUBLISHES_IN_FLIGHT_MAX 65536
+/* Bytes a paused session keeps behind its held frame (server/session.c),
+ * from the shard's chunk pool: what a TCP, TLS or WS link can still decode
+ * from the receive buffer in hand when the session pauses (one 16 KiB
+ * receive buffer, plus a TLS record the layer had buffered), with room to
+ * spare; the link keeps later receive buffers unread. A QUIC link keeps
+ * up to its stream window instead (the peer cannot send more before the
+ * session consumes). */
+#define RB_SESSION_HOLD_BYTES_MAX (64u * 1024u)
 /* Ring entries per shard: room for a turn's sends, receives and wakes. */
 #define RB_SHARD_SQ_ENTRIES 1024
 /* Envelopes (RB_XMSG_DATA_BYTES of records each) per shard in flight
@@ -250,7 +259,8 @@
  * most. A publish holds its envelope until it is acked (the envelope then
  * carries the ack home if the owner has none of its own), so this bounds
  * the publishes in flight from one shard; when they are all out the
- * intake refuses publishes with resource_exhausted. */
+ * intake pauses the publishers (stops reading them) until envelopes come
+ * back. */
 #define RB_SHARD_XMSG_DEFAULT 4096
 #define RB_SHARD_XMSG_MIN     4
 #define RB_SHARD_XMSG_MAX     65536

@@ -217,6 +217,11 @@ static void metrics(const rb_admin *admin, rb_http_response *resp)
     counter(&b, "ringbus_slow_consumer_closes_total",
             "Subscribers closed with resource_exhausted for a full send queue.",
             SUM(srv, slow_consumer_closes));
+    counter(&b, "ringbus_publisher_pauses_total",
+            "Times the server stopped reading a publisher until envelopes or acks freed up.",
+            SUM(srv, publisher_pauses));
+    gauge(&b, "ringbus_publishers_paused", "Publishers the server is not reading now.",
+          SUM(srv, publishers_paused));
     metric_head(&b, "ringbus_loop_turns_total", "counter", "Turns of each shard's loop.");
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         put(&b, "ringbus_loop_turns_total{shard=\"%u\"} %llu\n", i,

@@ -31,6 +31,12 @@ typedef struct rb_link_ops {
      * (a layered link reads until the peer's FIN, so its last frames are
      * not destroyed by a reset). */
     void (*stop_reading)(rb_link *l);
+    /* The session holds a frame (rb_session_hold): hold true asks the link
+     * to read nothing more for now, so the peer's flow control backs it
+     * off; bytes the link already has it keeps, or gives the session
+     * (which keeps up to hold_bytes_max). Hold false: deliver what was
+     * kept, in order, then read again. May call the session back. */
+    void (*hold_reading)(rb_link *l, bool hold);
     /* Once everything queued is written, the link ends the stream in
      * order: its layers write their closing bytes (with wire_status), then
      * the write side shuts. The link calls rb_session_link_down when done. */
@@ -60,6 +66,9 @@ struct rb_link {
      * answer: at shutdown a session still waiting for HELLO closes through
      * the link (an HTTP 503 to a pending upgrade) instead of being cut. */
     bool answers_before_hello;
+    /* Input bytes the link may still deliver after hold_reading(true):
+     * the session keeps them (more fails the connection). */
+    uint32_t hold_bytes_max;
     char peer[RB_LINK_PEER_BYTES_MAX];
 };
 

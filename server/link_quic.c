@@ -30,10 +30,12 @@ struct rb_link_quic {
     rb_quic_conn *qc; /* NULL once the connection is gone */
     uint64_t id;
     bool reading;
+    bool held; /* the session paused: consumption is not reported */
     bool shutting;
     bool closed;
     uint16_t close_status;
-    uint64_t handed; /* bytes given to the engine and not yet acknowledged */
+    uint64_t handed;     /* bytes given to the engine and not yet acknowledged */
+    uint64_t unreported; /* bytes the session took while paused, not yet consumed */
 };
 
 #define QUIC_OF(link) RB_CONTAINER_OF(link, rb_link_quic, base)
@@ -113,6 +115,21 @@ static void quic_start_send(rb_link *link)
 static void quic_stop_reading(rb_link *link)
 {
     QUIC_OF(link)->reading = false;
+    QUIC_OF(link)->held = false;
+}
+
+/* A paused session keeps what the engine delivers (the peer can send no
+ * more than the stream window past what was consumed); consumption is
+ * reported once the session reads again, so flow control backs the peer
+ * off meanwhile. */
+static void quic_hold_reading(rb_link *link, bool hold)
+{
+    rb_link_quic *q = QUIC_OF(link);
+    q->held = hold;
+    if (!hold && q->unreported > 0 && q->qc != NULL) {
+        rb_quic_bus_consumed(q->qc, (size_t)q->unreported);
+        q->unreported = 0;
+    }
 }
 
 static void quic_shutdown(rb_link *link, uint16_t wire_status)
@@ -173,6 +190,7 @@ static uint64_t quic_busy_bytes(const rb_link *link)
 static const rb_link_ops quic_ops = {
     .start_send = quic_start_send,
     .stop_reading = quic_stop_reading,
+    .hold_reading = quic_hold_reading,
     .shutdown = quic_shutdown,
     .close = quic_close,
     .ready = quic_ready,
@@ -216,6 +234,13 @@ int rb_link_quic_open(rb_shard *sh, const rb_listener *l, rb_quic_conn *qc)
     q->base.ops = &quic_ops;
     q->base.kind = RB_TRANSPORT_QUIC;
     q->base.answers_before_hello = false;
+    /* What the peer may send before the session consumes (the stream
+     * window, as quic_ep.c sizes it), plus the delivery in hand. */
+    uint32_t frame_bytes = sh->server->cfg.max_frame_bytes;
+    q->base.hold_bytes_max =
+        (frame_bytes < RB_QUIC_STREAM_WINDOW_DEFAULT ? RB_QUIC_STREAM_WINDOW_DEFAULT
+                                                     : frame_bytes) +
+        RB_SESSION_HOLD_BYTES_MAX;
     peer_text(qc, q->base.peer, sizeof q->base.peer);
     rb_conn *c = rb_session_open(sh, &q->base);
     RB_ASSERT(c != NULL);
@@ -234,9 +259,12 @@ void rb_link_quic_recv(rb_quic_conn *qc, const uint8_t *p, size_t len, bool fin)
         return;
     }
     if (q->reading && rb_session_reading(q->session)) {
+        bool held = q->held;
         rb_session_recv(q->session, p, len);
-        /* The session took them: the peer may send as many more. */
-        if (q->qc != NULL) {
+        if (held) {
+            q->unreported += len;
+        } else if (q->qc != NULL) {
+            /* The session took them: the peer may send as many more. */
             rb_quic_bus_consumed(q->qc, len);
         }
     }

@@ -37,7 +37,13 @@ struct rb_link_tcp {
     bool layers_closed; /* rb_stack_close has run */
     bool peer_eof;      /* the peer closed its side */
     bool lingering;     /* all sent; reading to discard until the peer closes */
+    bool held;          /* the session paused: receive buffers are kept, not read */
     uint16_t close_status;
+    /* receive buffers that arrived while held, oldest first, chained
+     * through the shard's recv_pins (at most the loop's buffer count) */
+    uint32_t pin_count;
+    uint16_t pin_head;
+    uint16_t pin_tail;
     rb_op recv_op;
     rb_op send_op;
     rb_op close_op;
@@ -61,6 +67,15 @@ static void tcp_close_done(rb_op *op, int res, uint32_t flags);
 static void tcp_closing_drained(rb_link_tcp *t);
 static void tcp_down(rb_link_tcp *t);
 static void tcp_try_release(rb_link_tcp *t);
+static void tcp_rearm(rb_link_tcp *t);
+static void pin_keep(rb_link_tcp *t, uint16_t bid, uint32_t len);
+static void pin_drop(rb_link_tcp *t);
+
+/* A kept receive buffer: its length and the next one of the same link. */
+struct rb_recv_pin {
+    uint32_t len;
+    uint16_t next;
+};
 
 size_t rb_link_tcp_bytes(void)
 {
@@ -70,7 +85,12 @@ size_t rb_link_tcp_bytes(void)
 int rb_link_tcp_table_init(rb_shard *sh, rb_err *err)
 {
     sh->tcp_links = calloc(sh->conn_max, sizeof *sh->tcp_links);
-    if (sh->tcp_links == NULL) {
+    sh->recv_pins = calloc(RB_RECV_BUF_COUNT, sizeof *sh->recv_pins);
+    if (sh->tcp_links == NULL || sh->recv_pins == NULL) {
+        free(sh->tcp_links);
+        free(sh->recv_pins);
+        sh->tcp_links = NULL;
+        sh->recv_pins = NULL;
         return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u tcp links", sh->id, sh->conn_max);
     }
     /* Slots are set up when taken (tcp_reset): untouched, the table costs
@@ -84,6 +104,8 @@ void rb_link_tcp_table_deinit(rb_shard *sh)
 {
     free(sh->tcp_links);
     sh->tcp_links = NULL;
+    free(sh->recv_pins);
+    sh->recv_pins = NULL;
 }
 
 /* A refused tcp connection gets one ERROR frame written directly: the
@@ -209,6 +231,7 @@ static void tcp_reset(rb_shard *sh, rb_link_tcp *t, int fd, const rb_listener *l
     t->base.ops = &tcp_ops;
     t->base.kind = l->cfg.transport;
     t->base.answers_before_hello = l->cfg.transport != RB_TRANSPORT_TCP;
+    t->base.hold_bytes_max = RB_SESSION_HOLD_BYTES_MAX;
     t->recv_op.done = tcp_recv_done;
     t->send_op.done = tcp_send_done;
     t->close_op.done = tcp_close_done;
@@ -438,6 +461,16 @@ static void tcp_stack_recv(rb_link_tcp *t, const uint8_t *p, size_t len)
     }
 }
 
+/* Received socket bytes, through the layers if there are any. */
+static void tcp_deliver(rb_link_tcp *t, const uint8_t *p, size_t len)
+{
+    if (rb_stack_empty(&t->stack)) {
+        rb_session_recv(t->session, p, len);
+    } else {
+        tcp_stack_recv(t, p, len);
+    }
+}
+
 static void tcp_recv_done(rb_op *op, int res, uint32_t flags)
 {
     rb_link_tcp *t = TCP_FROM(op, recv_op);
@@ -445,14 +478,16 @@ static void tcp_recv_done(rb_op *op, int res, uint32_t flags)
     bool more = (flags & RB_LOOP_F_MORE) != 0;
     if ((flags & RB_LOOP_F_BUFFER) != 0) {
         uint16_t bid = RB_LOOP_BUFFER_ID(flags);
-        if (res > 0 && !t->closed && rb_session_reading(t->session)) {
-            if (rb_stack_empty(&t->stack)) {
-                rb_session_recv(t->session, rb_loop_buf(loop, bid), (size_t)res);
-            } else {
-                tcp_stack_recv(t, rb_loop_buf(loop, bid), (size_t)res);
+        if (res > 0 && !t->closed && rb_session_reading(t->session) &&
+            (t->held || t->pin_count > 0)) {
+            /* Paused: the bytes wait in their buffer, in order. */
+            pin_keep(t, bid, (uint32_t)res);
+        } else {
+            if (res > 0 && !t->closed && rb_session_reading(t->session)) {
+                tcp_deliver(t, rb_loop_buf(loop, bid), (size_t)res);
             }
+            rb_loop_buf_return(loop, bid);
         }
-        rb_loop_buf_return(loop, bid);
     }
     if (more) {
         return;
@@ -473,23 +508,107 @@ static void tcp_recv_done(rb_op *op, int res, uint32_t flags)
         }
         return;
     }
-    if (res < 0 && res != -ENOBUFS && res != -EINTR && res != -EAGAIN) {
-        if (res != -ECANCELED) {
-            RB_LOG_DEBUG(t->id, "recv: %s", strerror(-res));
-            tcp_down(t);
+    if (res < 0 && res != -ENOBUFS && res != -EINTR && res != -EAGAIN && res != -ECANCELED) {
+        RB_LOG_DEBUG(t->id, "recv: %s", strerror(-res));
+        tcp_down(t);
+        return;
+    }
+    /* The multishot recv ended (buffers ran dry, a pause or stop cancelled
+     * it, or the kernel chose to stop): re-arm while the session reads and
+     * is not paused, or the link lingers. */
+    tcp_rearm(t);
+}
+
+/* Arms the multishot receive again when it is needed and not armed.
+ * False when it could not be armed (no submission entry). */
+static bool tcp_arm(rb_link_tcp *t)
+{
+    if (t->recv_armed || t->closed || t->fd < 0 || t->peer_eof) {
+        return true;
+    }
+    bool reading = rb_session_reading(t->session) && !t->held && t->pin_count == 0;
+    if (!reading && !tcp_lingers(t)) {
+        return true;
+    }
+    if (rb_loop_recv_multishot(t->shard->loop, t->fd, &t->recv_op) != 0) {
+        return false;
+    }
+    t->recv_armed = true;
+    t->inflight_count++;
+    return true;
+}
+
+static void tcp_rearm(rb_link_tcp *t)
+{
+    if (!tcp_arm(t)) {
+        tcp_down(t);
+    }
+}
+
+/* ---- pausing: receive buffers kept while the session holds a frame ---- */
+
+static void pin_keep(rb_link_tcp *t, uint16_t bid, uint32_t len)
+{
+    struct rb_recv_pin *pins = t->shard->recv_pins;
+    pins[bid] = (struct rb_recv_pin){.len = len, .next = 0};
+    if (t->pin_count == 0) {
+        t->pin_head = bid;
+    } else {
+        pins[t->pin_tail].next = bid;
+    }
+    t->pin_tail = bid;
+    t->pin_count++;
+}
+
+/* Takes the oldest kept buffer off the link's list. */
+static uint16_t pin_pop(rb_link_tcp *t, uint32_t *len)
+{
+    RB_ASSERT(t->pin_count > 0);
+    uint16_t bid = t->pin_head;
+    *len = t->shard->recv_pins[bid].len;
+    t->pin_head = t->shard->recv_pins[bid].next;
+    t->pin_count--;
+    return bid;
+}
+
+/* Gives every kept buffer back to the loop unread (the session reads no
+ * more). */
+static void pin_drop(rb_link_tcp *t)
+{
+    while (t->pin_count > 0) {
+        uint32_t len;
+        rb_loop_buf_return(t->shard->loop, pin_pop(t, &len));
+    }
+}
+
+static void tcp_hold_reading(rb_link *link, bool hold)
+{
+    rb_link_tcp *t = TCP_OF(link);
+    if (t->closed) {
+        return;
+    }
+    if (hold) {
+        t->held = true;
+        if (t->recv_armed && t->fd >= 0) {
+            /* Buffers the kernel filled before the cancel are kept. */
+            rb_loop_cancel_op(t->shard->loop, &t->recv_op);
         }
         return;
     }
-    /* The multishot recv ended (buffers ran dry, or the kernel chose to
-     * stop): re-arm while the session still reads or the link lingers. */
-    if (rb_session_reading(t->session) || tcp_lingers(t)) {
-        if (rb_loop_recv_multishot(loop, t->fd, &t->recv_op) != 0) {
-            tcp_down(t);
-            return;
-        }
-        t->recv_armed = true;
-        t->inflight_count++;
+    t->held = false;
+    while (t->pin_count > 0 && !t->held && !t->closed && rb_session_reading(t->session)) {
+        uint32_t len;
+        uint16_t bid = pin_pop(t, &len);
+        tcp_deliver(t, rb_loop_buf(t->shard->loop, bid), len);
+        rb_loop_buf_return(t->shard->loop, bid);
     }
+    if (t->closed) {
+        return;
+    }
+    if (!rb_session_reading(t->session)) {
+        pin_drop(t);
+    }
+    tcp_rearm(t);
 }
 
 /* ---- closing ---- */
@@ -508,6 +627,7 @@ static void tcp_try_release(rb_link_tcp *t)
         return;
     }
     rb_shard *sh = t->shard;
+    pin_drop(t);
     rb_sendq_drop_all(&t->wire);
     rb_stack_deinit(&t->stack);
     if (t->tx_iov != NULL) {
@@ -550,7 +670,13 @@ static void tcp_close(rb_link *link)
 static void tcp_stop_reading(rb_link *link)
 {
     rb_link_tcp *t = TCP_OF(link);
+    /* A pause ends with reading: what it kept is never read. */
+    t->held = false;
+    pin_drop(t);
     if (tcp_lingers(t)) {
+        /* Reading to discard needs the receive armed (without it the
+         * shutdown closes at once instead of lingering). */
+        (void)tcp_arm(t);
         return;
     }
     if (t->recv_armed && t->fd >= 0) {
@@ -608,6 +734,7 @@ static uint64_t tcp_busy_bytes(const rb_link *link)
 static const rb_link_ops tcp_ops = {
     .start_send = tcp_start_send,
     .stop_reading = tcp_stop_reading,
+    .hold_reading = tcp_hold_reading,
     .shutdown = tcp_shutdown,
     .close = tcp_close,
     .ready = tcp_ready,

@@ -57,6 +57,29 @@ rb_conn *rb_reply_conn(rb_shard *sh, const rb_reply_addr *addr)
 
 /* ---- intake, on the connection's shard ---- */
 
+/* Why a paused publisher waits (rb_conn.hold_why). */
+enum {
+    HOLD_ENVELOPE = 1, /* every envelope of the shard is out */
+    HOLD_ACKS = 2,     /* RB_CONN_PUBLISHES_IN_FLIGHT_MAX publishes await their ack */
+};
+
+/* The publish cannot be taken now: the session keeps the frame and stops
+ * reading the publisher (TCP flow control backs it off) until the resume
+ * pass at the end of a turn finds room. Nothing is refused or lost, and
+ * the publisher's later frames keep their order behind it. */
+static void pause_publisher(rb_conn *c, uint8_t why)
+{
+    c->hold_why = why;
+    if (!c->link_held) {
+        RB_STAT_ADD(c->shard, publisher_pauses, 1); /* not a resume held again */
+    }
+    rb_session_hold(c);
+    rb_holdq_push_tail(&c->shard->publish_held, &c->hold_link);
+    RB_STAT_SET(c->shard, publishers_paused, c->shard->publish_held.count);
+    /* Envelopes come back from other shards without waking this one. */
+    rb_shard_poll_soon(c->shard);
+}
+
 /* A PUBLISH frame from c (HELLO done), handed over by the session. */
 static void on_publish_frame(rb_conn *c, const rb_frame *f)
 {
@@ -91,9 +114,7 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
         return;
     }
     if (c->publishes_in_flight >= RB_CONN_PUBLISHES_IN_FLIGHT_MAX) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "more than %u publishes awaiting their ack",
-                           RB_CONN_PUBLISHES_IN_FLIGHT_MAX);
+        pause_publisher(c, HOLD_ACKS);
         return;
     }
     uint64_t hash = rb_hash_bytes(topic.ptr, topic.len);
@@ -101,8 +122,7 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     size_t len = PUB_REC_FIXED + topic.len + key.len + payload.len;
     uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_PUBLISH, len);
     if (p == NULL) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "shard envelopes are all in use; retry the publish");
+        pause_publisher(c, HOLD_ENVELOPE);
         return;
     }
     uint32_t rec = (uint32_t)len;
@@ -303,15 +323,68 @@ static void on_ack_envelope(void *ctx, rb_xmsg *m)
     rb_xmsg_put(m);
 }
 
+/* ---- resuming paused publishers ---- */
+
+#define HELD_CONN(l) RB_CONTAINER_OF(l, rb_conn, hold_link)
+
+/* End of turn: paused publishers are resumed in the order they paused,
+ * each until it pauses again (one batch each). One that waits for
+ * envelopes and finds none goes back first and ends the pass: the ones
+ * behind it would find none either, and none overtakes it. One that
+ * waits for its own acks does not hold up the others. */
+static void publish_flush(rb_shard *sh)
+{
+    rb_holdq *q = &sh->publish_held;
+    uint32_t turns = q->count;
+    bool resumed = false;
+    bool wants_envelopes = false;
+    while (turns-- > 0 && q->count > 0) {
+        rb_conn *c = HELD_CONN(rb_holdq_pop(q));
+        if (!c->held || c->state != RB_CONN_OPEN) {
+            continue; /* closing: it reads no more */
+        }
+        if (c->publishes_in_flight >= RB_CONN_PUBLISHES_IN_FLIGHT_MAX) {
+            /* Its acks come by mail, which wakes the shard. */
+            rb_holdq_push_tail(q, &c->hold_link);
+            continue;
+        }
+        resumed = true;
+        bool took = rb_session_resume(c);
+        if (c->held && c->hold_why == HOLD_ENVELOPE) {
+            wants_envelopes = true;
+            if (!took) {
+                rb_holdq_remove(q, &c->hold_link);
+                rb_holdq_push_head(q, &c->hold_link);
+                break;
+            }
+        }
+    }
+    /* Frames the resumed sessions queued go out at the next turn's start.
+     * Envelopes come home from other shards without a wake, so while a
+     * publisher waits for one the shard polls for them. */
+    if (resumed || wants_envelopes) {
+        rb_shard_poll_soon(sh);
+    }
+    RB_STAT_SET(sh, publishers_paused, q->count);
+}
+
+static void publish_conn_closed(rb_conn *c)
+{
+    rb_holdq_remove(&c->shard->publish_held, &c->hold_link);
+    RB_STAT_SET(c->shard, publishers_paused, c->shard->publish_held.count);
+}
+
 static int publish_init(rb_shard *sh, rb_err *err)
 {
     (void)err;
     rb_mailbox_register(&sh->mail, RB_XK_ACK, on_ack_envelope, sh);
     rb_session_take_frames(sh, RB_FRAME_PUBLISH, on_publish_frame);
+    rb_session_on_closed(sh, publish_conn_closed);
     return 0;
 }
 
 const rb_subsystem rb_publish_subsystem = {
     .name = "publish",
     .init = publish_init,
+    .flush = publish_flush,
 };

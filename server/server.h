@@ -20,6 +20,7 @@
 #include "server/admin.h"
 #include "server/auth.h"
 #include "server/auth_pool.h"
+#include "server/holdq.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -89,9 +90,21 @@ struct rb_conn {
     /* receive reassembly */
     uint8_t hdr_bytes[RB_FRAME_HEADER_BYTES];
     uint32_t hdr_len;
-    uint8_t *rx_buf; /* a frame straddling receive buffers */
+    uint8_t *rx_buf; /* a frame straddling receive buffers, or the held frame */
     uint32_t rx_len;
     uint32_t rx_need;
+    /* publisher pause (rb_session_hold): the frame that waits is whole in
+     * rx_buf, and the bytes behind it wait in a chain of chunks (at most
+     * the link's hold_bytes_max) until rb_session_resume */
+    bool held;
+    bool rx_held;     /* rx_buf is the held frame */
+    bool link_held;   /* the link was asked to hold reading */
+    bool eof_held;    /* the peer closed its side behind the held bytes */
+    uint8_t hold_why; /* the publish intake's reason, for its resume pass */
+    uint8_t *hold_head;
+    uint8_t *hold_tail;
+    uint32_t hold_bytes;
+    rb_hold_link hold_link; /* in the shard's publish_held FIFO */
     /* send queue: frames until the link releases them */
     rb_sendq sendq;
     rb_conn *flush_next;
@@ -145,6 +158,8 @@ typedef struct rb_shard_stats {
     uint64_t deliveries;                   /* messages queued to subscribers */
     uint64_t delivery_bytes;               /* their encoded bytes */
     uint64_t slow_consumer_closes;         /* subscribers closed for a full send queue */
+    uint64_t publisher_pauses;             /* times a publisher stopped being read */
+    uint64_t publishers_paused;            /* gauge: publishers not read now */
     uint64_t loop_turns;                   /* turns of the shard's loop */
     uint64_t last_turn_ms;                 /* CLOCK_MONOTONIC ms of the last turn's start */
 } rb_shard_stats;
@@ -153,6 +168,8 @@ typedef struct rb_shard_stats {
     __atomic_store_n(&(sh)->stats.field, (sh)->stats.field + (uint64_t)(n), __ATOMIC_RELAXED)
 #define RB_STAT_SUB(sh, field, n)                                                                  \
     __atomic_store_n(&(sh)->stats.field, (sh)->stats.field - (uint64_t)(n), __ATOMIC_RELAXED)
+#define RB_STAT_SET(sh, field, v)                                                                  \
+    __atomic_store_n(&(sh)->stats.field, (uint64_t)(v), __ATOMIC_RELAXED)
 #define RB_STAT_GET(sh, field) __atomic_load_n(&(sh)->stats.field, __ATOMIC_RELAXED)
 
 struct rb_shard {
@@ -171,13 +188,15 @@ struct rb_shard {
     rb_conn *conn_free;
     uint32_t conn_max;
     rb_conn *flush_list;
+    rb_holdq publish_held; /* paused publishers, resumed in order (server/publish.c) */
     rb_client_frame_fn *client_frames[RB_FRAME_KIND_LAST + 1]; /* rb_session_take_frames */
     rb_conn_closed_fn *closed_fns[RB_SESSION_CLOSED_FNS_MAX];  /* rb_session_on_closed */
     uint32_t closed_fn_count;
-    rb_link_tcp *tcp_links;     /* [conn_max], server/link_tcp.c */
-    rb_send_budget wire_budget; /* charged by the tcp links' wire queues */
-    rb_link_quic *quic_links;   /* [conn_max], server/link_quic.c */
-    rb_quic_ep *quic_ep;        /* UDP sockets and QUIC engines, server/quic_ep.c */
+    rb_link_tcp *tcp_links;        /* [conn_max], server/link_tcp.c */
+    struct rb_recv_pin *recv_pins; /* [RB_RECV_BUF_COUNT], receive buffers paused links keep */
+    rb_send_budget wire_budget;    /* charged by the tcp links' wire queues */
+    rb_link_quic *quic_links;      /* [conn_max], server/link_quic.c */
+    rb_quic_ep *quic_ep;           /* UDP sockets and QUIC engines, server/quic_ep.c */
     /* memory */
     rb_pool chunk_pool;
     rb_send_budget send_budget; /* charged by the connections' send queues */
@@ -325,6 +344,19 @@ bool rb_conn_send_full(const rb_conn *c, uint64_t extra);
 /* Hands every client frame of `kind` on this shard to fn (once per kind,
  * from a subsystem's init hook). */
 void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn);
+/* For a frame handler: the frame it was given cannot be taken now (no
+ * shard envelope, too many publishes awaiting their ack). The session
+ * keeps it, stops feeding frames and asks its link to stop reading (TCP
+ * flow control then pushes back on the peer); rb_session_resume hands the
+ * same frame to the handler again. The handler must have changed nothing
+ * for this frame. */
+void rb_session_hold(rb_conn *c);
+/* Feeds a held session again: the held frame first, then the bytes
+ * behind it, then the link reads again. Returns false when the held frame
+ * was held again at once (nothing was taken). Only while c->held. */
+bool rb_session_resume(rb_conn *c);
+/* Chunks of the shard's chunk pool that a hold chain of `bytes` takes. */
+uint64_t rb_session_hold_chunks(uint64_t bytes);
 /* Registers fn to run for every session of sh that closes (a subsystem's
  * init hook calls it), so the session names no subsystem but the stream. */
 void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn);

@@ -26,7 +26,8 @@ static void conn_rearm_timer(rb_conn *c);
 static void conn_queue_flush(rb_conn *c);
 static void conn_queue_flush_raw(rb_conn *c);
 static void conn_try_free(rb_conn *c);
-static void conn_feed(rb_conn *c, const uint8_t *p, size_t len);
+static size_t conn_feed(rb_conn *c, const uint8_t *p, size_t len);
+static void hold_drop(rb_conn *c);
 void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn)
 {
     RB_ASSERT(kind >= 1 && kind <= RB_FRAME_KIND_LAST && fn != NULL);
@@ -267,6 +268,7 @@ static void conn_try_free(rb_conn *c)
         rb_pool_put(c->rx_need <= RB_CHUNK_BYTES ? &sh->chunk_pool : &sh->rxbig_pool, c->rx_buf);
         c->rx_buf = NULL;
     }
+    hold_drop(c);
     identity_drop(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
@@ -296,6 +298,12 @@ void rb_session_link_down(rb_conn *c)
 
 void rb_session_peer_eof(rb_conn *c)
 {
+    if (c->held && c->state == RB_CONN_OPEN) {
+        /* The held frames came before the end: they are answered first
+         * (their CLOSE, if any, starts the half-close drain). */
+        c->eof_held = true;
+        return;
+    }
     /* Our own close or a half-close drain finishes on its own clock. */
     if (c->state != RB_CONN_CLOSING && c->state != RB_CONN_DRAINING) {
         finish_close(c);
@@ -452,6 +460,10 @@ static void conn_rearm_timer(rb_conn *c)
         due = c->close_deadline_ms;
     } else if (c->state == RB_CONN_HANDSHAKE) {
         due = c->last_tx_ms + cfg->handshake_timeout_ms;
+    } else if (c->held) {
+        /* A paused publisher is not read, so its PONG cannot be seen: no
+         * keepalive runs until it resumes (token expiry still does). */
+        due = now + cfg->keepalive_ms;
     } else if (c->pong_wait) {
         due = c->ping_sent_ms + cfg->pong_timeout_ms;
     } else {
@@ -529,7 +541,7 @@ static void conn_timer_fired(rb_timer *t)
             conn_fail(c, 0, RB_WIRE_DEADLINE_EXCEEDED, "no HELLO within the handshake timeout");
             return;
         }
-    } else if (c->state == RB_CONN_OPEN) {
+    } else if (c->state == RB_CONN_OPEN && !c->held) {
         if (c->pong_wait && now >= c->ping_sent_ms + cfg->pong_timeout_ms) {
             rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "no PONG within %u ms",
                           cfg->pong_timeout_ms);
@@ -1021,6 +1033,12 @@ static ssize_t feed_partial(rb_conn *c, const uint8_t *p, size_t len)
     used += take;
     if (c->rx_len == c->rx_need) {
         bool ok = handle_frame(c, c->rx_buf, c->rx_len);
+        if (c->held && ok) {
+            /* The frame waits whole where it is, past any partial deadline. */
+            c->rx_held = true;
+            c->partial_since_ms = 0;
+            return (ssize_t)used;
+        }
         end_partial(c);
         if (!ok) {
             return -1;
@@ -1029,45 +1047,203 @@ static ssize_t feed_partial(rb_conn *c, const uint8_t *p, size_t len)
     return (ssize_t)used;
 }
 
-/* The shared frame decoder: whole frames are decoded in place in the
- * receive buffer; only a frame that straddles buffers is copied. */
-static void conn_feed(rb_conn *c, const uint8_t *p, size_t len)
+/* The frame handler held the whole frame at p (it lives in a buffer the
+ * caller wants back): it moves into rx_buf, where it waits. False when no
+ * buffer could be had (the connection was failed). */
+static bool hold_in_place(rb_conn *c, const rb_frame_header *hdr, const uint8_t *p)
 {
-    while (len > 0 && conn_reading(c)) {
+    uint64_t partial_since_ms = c->partial_since_ms;
+    if (!start_partial(c, hdr, p, hdr->size)) {
+        return false;
+    }
+    c->partial_since_ms = partial_since_ms;
+    c->rx_held = true;
+    return true;
+}
+
+/* The shared frame decoder: whole frames are decoded in place in the
+ * receive buffer; only a frame that straddles buffers is copied. Returns
+ * the bytes taken: all of them, unless the session stopped reading or a
+ * frame handler held a frame (which is then in rx_buf, taken). */
+static size_t conn_feed(rb_conn *c, const uint8_t *p, size_t len)
+{
+    size_t taken = 0;
+    while (taken < len && conn_reading(c) && !c->held) {
+        const uint8_t *at = p + taken;
+        size_t left = len - taken;
         if (c->hdr_len > 0 || c->rx_buf != NULL) {
-            ssize_t used = feed_partial(c, p, len);
+            ssize_t used = feed_partial(c, at, left);
             if (used < 0) {
-                return;
+                return len;
             }
-            p += used;
-            len -= (size_t)used;
+            taken += (size_t)used;
             continue;
         }
-        if (len < RB_FRAME_HEADER_BYTES) {
-            memcpy(c->hdr_bytes, p, len);
-            c->hdr_len = (uint32_t)len;
+        if (left < RB_FRAME_HEADER_BYTES) {
+            memcpy(c->hdr_bytes, at, left);
+            c->hdr_len = (uint32_t)left;
             if (c->partial_since_ms == 0) {
                 c->partial_since_ms = rb_loop_now_ms(c->shard->loop);
                 conn_rearm_timer(c);
             }
-            return;
+            return len;
         }
         rb_frame_header hdr;
-        if (!check_header(c, p, &hdr)) {
-            return;
+        if (!check_header(c, at, &hdr)) {
+            return len;
         }
-        if (hdr.size > len) {
-            if (start_partial(c, &hdr, p, len)) {
+        if (hdr.size > left) {
+            (void)start_partial(c, &hdr, at, left);
+            return len;
+        }
+        if (!handle_frame(c, at, hdr.size)) {
+            return len;
+        }
+        if (c->held && !hold_in_place(c, &hdr, at)) {
+            return len;
+        }
+        taken += hdr.size;
+    }
+    return taken;
+}
+
+/* ---- publisher pause: the held frame and the bytes behind it ---- */
+
+/* A chunk of the hold chain: this head, then the bytes [off, len). */
+typedef struct hold_chunk {
+    uint8_t *next;
+    uint32_t off;
+    uint32_t len;
+} hold_chunk;
+
+#define HOLD_CHUNK_DATA_BYTES (RB_CHUNK_BYTES - sizeof(hold_chunk))
+
+static hold_chunk *chunk_of(uint8_t *p)
+{
+    return (hold_chunk *)(void *)p;
+}
+
+static void hold_drop(rb_conn *c)
+{
+    while (c->hold_head != NULL) {
+        uint8_t *next = chunk_of(c->hold_head)->next;
+        rb_pool_put(&c->shard->chunk_pool, c->hold_head);
+        c->hold_head = next;
+    }
+    c->hold_tail = NULL;
+    c->hold_bytes = 0;
+}
+
+uint64_t rb_session_hold_chunks(uint64_t bytes)
+{
+    return (bytes + HOLD_CHUNK_DATA_BYTES - 1) / HOLD_CHUNK_DATA_BYTES;
+}
+
+/* Keeps bytes that arrived behind the held frame, in order. */
+static void hold_append(rb_conn *c, const uint8_t *p, size_t len)
+{
+    if (c->hold_bytes + len > c->link->hold_bytes_max) {
+        hold_drop(c);
+        conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED,
+                  "more input arrived behind a paused publish than the session keeps");
+        return;
+    }
+    while (len > 0) {
+        hold_chunk *t = c->hold_tail != NULL ? chunk_of(c->hold_tail) : NULL;
+        if (t == NULL || t->len == HOLD_CHUNK_DATA_BYTES) {
+            uint8_t *fresh = rb_pool_get(&c->shard->chunk_pool);
+            if (fresh == NULL) {
+                hold_drop(c);
+                conn_fail(c, 0, RB_WIRE_RESOURCE_EXHAUSTED, "no buffer for input behind a pause");
                 return;
             }
-            return;
+            *chunk_of(fresh) = (hold_chunk){0};
+            if (t != NULL) {
+                t->next = fresh;
+            } else {
+                c->hold_head = fresh;
+            }
+            c->hold_tail = fresh;
+            t = chunk_of(fresh);
         }
-        if (!handle_frame(c, p, hdr.size)) {
-            return;
-        }
-        p += hdr.size;
-        len -= hdr.size;
+        size_t n = HOLD_CHUNK_DATA_BYTES - t->len;
+        n = n < len ? n : len;
+        memcpy((uint8_t *)(t + 1) + t->len, p, n);
+        t->len += (uint32_t)n;
+        c->hold_bytes += (uint32_t)n;
+        p += n;
+        len -= n;
     }
+}
+
+void rb_session_hold(rb_conn *c)
+{
+    RB_ASSERT(c->state == RB_CONN_OPEN);
+    RB_ASSERT(!c->held);
+    c->held = true;
+    /* The frame is decoded again on resume: it counts once. */
+    RB_STAT_SUB(c->shard, frames_in, 1);
+    if (!c->link_held) {
+        /* Held again while the held bytes are fed: the link still is. */
+        c->link_held = true;
+        c->link->ops->hold_reading(c->link, true);
+    }
+    conn_rearm_timer(c);
+}
+
+/* Feeds the hold chain until it is empty or a frame is held again. */
+static void hold_feed(rb_conn *c)
+{
+    while (c->hold_head != NULL && conn_reading(c) && !c->held) {
+        hold_chunk *h = chunk_of(c->hold_head);
+        size_t used = conn_feed(c, (uint8_t *)(h + 1) + h->off, h->len - h->off);
+        if (c->hold_head == NULL) {
+            return; /* the connection failed and dropped the chain */
+        }
+        h->off += (uint32_t)used;
+        c->hold_bytes -= (uint32_t)used;
+        if (h->off == h->len) {
+            c->hold_head = h->next;
+            if (c->hold_head == NULL) {
+                c->hold_tail = NULL;
+            }
+            rb_pool_put(&c->shard->chunk_pool, (uint8_t *)h);
+        }
+    }
+}
+
+bool rb_session_resume(rb_conn *c)
+{
+    RB_ASSERT(c->held);
+    c->held = false;
+    if (!conn_reading(c)) {
+        return true;
+    }
+    if (c->rx_held) {
+        c->rx_held = false;
+        bool ok = handle_frame(c, c->rx_buf, c->rx_len);
+        if (c->held && ok) {
+            c->rx_held = true;
+            return false;
+        }
+        end_partial(c);
+    }
+    hold_feed(c);
+    if (c->held || !conn_reading(c)) {
+        return true;
+    }
+    hold_drop(c); /* empty, unless reading stopped */
+    /* A PONG behind the held bytes could not be read: its deadline
+     * starts again now. */
+    c->ping_sent_ms = rb_loop_now_ms(c->shard->loop);
+    conn_rearm_timer(c);
+    c->link_held = false;
+    c->link->ops->hold_reading(c->link, false);
+    if (!c->held && c->eof_held && c->state != RB_CONN_FREE && c->state != RB_CONN_CLOSED) {
+        c->eof_held = false;
+        rb_session_peer_eof(c);
+    }
+    return true;
 }
 
 /* ---- the link's side ---- */
@@ -1080,7 +1256,15 @@ bool rb_session_reading(const rb_conn *c)
 void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
 {
     RB_STAT_ADD(c->shard, bytes_in, len);
-    conn_feed(c, p, len);
+    if (c->held) {
+        hold_append(c, p, len);
+        return;
+    }
+    RB_ASSERT(c->hold_head == NULL);
+    size_t taken = conn_feed(c, p, len);
+    if (c->held && taken < len && conn_reading(c)) {
+        hold_append(c, p + taken, len - taken);
+    }
 }
 
 rb_sendq *rb_session_sendq(rb_conn *c)

@@ -48,19 +48,37 @@ static uint32_t pool_count(uint64_t n)
     return n > UINT32_MAX ? UINT32_MAX : (uint32_t)n;
 }
 
+/* Chunks one paused session may keep behind its held frame: what a
+ * TCP-based link can still decode (RB_SESSION_HOLD_BYTES_MAX), or with a
+ * quic listener what a QUIC peer may send past its stream window. */
+static uint64_t hold_chunks(const rb_config *cfg)
+{
+    uint64_t bytes = RB_SESSION_HOLD_BYTES_MAX;
+    for (uint32_t i = 0; i < cfg->listener_count; i++) {
+        if (cfg->listeners[i].transport == RB_TRANSPORT_QUIC) {
+            uint64_t window = cfg->max_frame_bytes < RB_QUIC_STREAM_WINDOW_DEFAULT
+                                  ? RB_QUIC_STREAM_WINDOW_DEFAULT
+                                  : cfg->max_frame_bytes;
+            bytes += window;
+            break;
+        }
+    }
+    return rb_session_hold_chunks(bytes);
+}
+
 static int conns_init(rb_shard *sh, rb_err *err)
 {
     const rb_config *cfg = &sh->server->cfg;
     /* Send memory is sized so every connection can reach its quota at
      * once (the budget), plus each link's wire queue and one receive
      * chunk per connection: a pool never runs dry under a connection that
-     * keeps to its quota. Pools allocate on demand, so this bounds memory
-     * without reserving it. */
+     * keeps to its quota, nor under a paused one (its hold chain). Pools
+     * allocate on demand, so this bounds memory without reserving it. */
     sh->send_budget.limit_bytes = rb_send_budget_bytes(cfg);
     sh->send_budget.used_bytes = 0;
     uint64_t conns = cfg->max_connections;
     uint64_t chunks = sh->send_budget.limit_bytes / RB_CHUNK_BYTES +
-                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1) + RB_SHARD_CHUNK_MAX;
+                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1 + hold_chunks(cfg)) + RB_SHARD_CHUNK_MAX;
     uint64_t segs =
         conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
                  RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +
@@ -87,10 +105,11 @@ static uint64_t conns_memory_bytes(const rb_config *cfg)
 {
     uint64_t conns = cfg->max_connections;
     /* The pool's slack beyond the budgets is never reached: send queues
-     * are held to the send budget, wire queues to theirs, and a
-     * connection receives into at most one chunk. */
-    uint64_t chunks =
-        rb_send_budget_bytes(cfg) / RB_CHUNK_BYTES + conns * (RB_LINK_WIRE_CHUNKS_MAX + 1);
+     * are held to the send budget, wire queues to theirs, a connection
+     * receives into at most one chunk and a paused one keeps at most its
+     * hold chain. */
+    uint64_t chunks = rb_send_budget_bytes(cfg) / RB_CHUNK_BYTES +
+                      conns * (RB_LINK_WIRE_CHUNKS_MAX + 1 + hold_chunks(cfg));
     uint64_t segs =
         conns * (rb_send_quota_bytes(cfg) / RB_SEND_SEG_CHARGE_BYTES +
                  RB_SEND_CLOSE_RESERVE_BYTES / RB_CHUNK_BYTES + RB_LINK_WIRE_CHUNKS_MAX) +

@@ -1,54 +1,169 @@
 """The per-connection limits of docs/PROTOCOL.md §10 that a client meets,
-each driven to its edge and one past it: publishes awaiting their ack,
-waves in flight per stream, the server_id length, and server-only frame
-kinds sent by a client."""
+each driven to its edge and one past it: publishes awaiting their ack (the
+publisher is paused, not refused, and the keepalive spares it), waves in
+flight per stream, the server_id length, and server-only frame kinds sent
+by a client."""
 
+import re
+import socket
 import subprocess
+import threading
+import time
 
 import pytest
 
 import rbproto as rp
-from conftest import RINGBUSD, run_cli
+from conftest import RINGBUSD, free_port, run_cli
 
 PUBLISHES_AWAITING_ACK_MAX = 65536
 WAVES_IN_FLIGHT_MAX = 64
 SERVER_ID_BYTES_MAX = 64
+# Appends wait on a test's table lock for longer than the default 5 s.
+LONG_STATEMENTS = "statement_timeout_ms = 120000"
 
 
-def test_publish_past_65536_awaiting_ack_is_resource_exhausted_and_the_rest_are_acked(
+def _paused_publishers(http_port):
+    """ringbus_publishers_paused from GET /metrics."""
+    s = socket.create_connection(("127.0.0.1", http_port), timeout=20)
+    try:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        s.close()
+    m = re.search(rb"^ringbus_publishers_paused (\d+)$", data, re.M)
+    assert m, data[-2000:]
+    return int(m.group(1))
+
+
+def test_publish_past_65536_awaiting_ack_pauses_the_publisher_and_refuses_nothing(
         make_daemon, pg_db):
-    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, shards=1)
-    c = rp.Conn("127.0.0.1", d.port, timeout=30)
+    tcp, http = free_port(), free_port()
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, shards=1,
+                    pg_extra=LONG_STATEMENTS,
+                    listeners=(f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\n'
+                               f'port = {tcp}\n[[listener]]\ntransport = "http"\n'
+                               f'address = "127.0.0.1"\nport = {http}\n'))
+    c = rp.Conn("127.0.0.1", tcp, timeout=60)
     c.hello()
     assert c.publish("held", "first", corr=1).kind == rp.PUBLISH_ACK
     # A lock on the topics table holds every append, so acks cannot come.
     lock = pg_db.cluster.session(pg_db.name)
+    n = PUBLISHES_AWAITING_ACK_MAX + 1
     try:
         lock.stdin.write("BEGIN; LOCK TABLE topics IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
         lock.stdin.flush()
         assert lock.stdout.readline().strip() == "locked"
-        n = PUBLISHES_AWAITING_ACK_MAX + 1
         for base in range(0, n, 4096):
             c.send(b"".join(rp.encode_publish(10 + i, "held", "x")
                             for i in range(base, min(base + 4096, n))))
-        f = c.recv()
-        assert f.kind == rp.ERROR, f.fields
-        assert f.corr == 10 + PUBLISHES_AWAITING_ACK_MAX
-        assert f.fields["code_name"] == "resource_exhausted"
-        assert f.fields["message"] == "more than 65536 publishes awaiting their ack"
+        # A PING behind the publish that has to wait.
+        c.send(rp.encode_ping(7, 0xbeef))
+        # The last publish finds 65536 awaiting their ack: the server stops
+        # reading the connection instead of refusing it.
+        deadline = time.monotonic() + 60
+        while _paused_publishers(http) != 1:
+            assert time.monotonic() < deadline, "the publisher was not paused"
+            time.sleep(0.05)
         lock.stdin.write("COMMIT;\n")
         lock.stdin.flush()
     finally:
         lock.stdin.close()
         lock.wait(timeout=30)
-    seqs = []
-    while len(seqs) < PUBLISHES_AWAITING_ACK_MAX:
+    seqs = {}
+    pong = False
+    while len(seqs) < n or not pong:
         f = c.recv()
+        if f.kind == rp.PONG:
+            assert f["nonce"] == 0xbeef and f.corr == 7
+            pong = True
+            continue
         assert f.kind == rp.PUBLISH_ACK, f.fields
-        seqs.append(f["seq"])
-    assert seqs == list(range(2, 2 + PUBLISHES_AWAITING_ACK_MAX))
-    # The connection stayed open: the next publish is accepted.
-    assert c.publish("held", "after", corr=2)["seq"] == 2 + PUBLISHES_AWAITING_ACK_MAX
+        seqs[f.corr] = f["seq"]
+    # Every publish acked once, in publish order, none refused.
+    assert [seqs[10 + i] for i in range(n)] == list(range(2, 2 + n))
+    assert _paused_publishers(http) == 0
+    # The connection reads on: the next publish is accepted.
+    assert c.publish("held", "after", corr=2)["seq"] == 2 + n
+
+
+def test_a_paused_publisher_is_not_reaped_by_the_keepalive(make_daemon, pg_db):
+    """With four envelopes and every append held by a lock, the publisher
+    is paused for envelopes; the server does not read it, so it does not
+    ping it either: a connection opened after the pause that never answers
+    PINGs is reaped (so the keepalive and PONG deadlines have passed), the
+    paused one stays open and gets every ack once the lock goes."""
+    tcp, http = free_port(), free_port()
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, shards=1,
+                    pg_extra=LONG_STATEMENTS,
+                    extra="[limits]\nshard_envelopes = 4\n"
+                          "[timeouts]\nkeepalive_ms = 300\npong_timeout_ms = 8000\n",
+                    listeners=(f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\n'
+                               f'port = {tcp}\n[[listener]]\ntransport = "http"\n'
+                               f'address = "127.0.0.1"\nport = {http}\n'))
+    pub = rp.Conn("127.0.0.1", tcp, timeout=60)
+    pub.hello(name="paused")
+    assert pub.publish("kept", "first", corr=1).kind == rp.PUBLISH_ACK
+    n = 2000
+    out = b"".join(rp.encode_publish(10 + i, "kept", b"k" * 1000) for i in range(n))
+    send_lock = threading.Lock()
+    sent = []
+
+    def send_all():
+        with send_lock:
+            pub.sock.sendall(out)
+        sent.append(True)
+
+    lock = pg_db.cluster.session(pg_db.name)
+    ctl = None
+    try:
+        lock.stdin.write("BEGIN; LOCK TABLE topics IN ACCESS EXCLUSIVE MODE; SELECT 'locked';\n")
+        lock.stdin.flush()
+        assert lock.stdout.readline().strip() == "locked"
+        writer = threading.Thread(target=send_all, daemon=True)
+        writer.start()
+        deadline = time.monotonic() + 60
+        while _paused_publishers(http) != 1:
+            assert time.monotonic() < deadline, "the publisher was not paused"
+            time.sleep(0.05)
+        # Opened after the pause and never answering: reaped after
+        # keepalive_ms + pong_timeout_ms.
+        ctl = rp.Conn("127.0.0.1", tcp, timeout=60)
+        ctl.hello(name="control")
+        ctl_peer = "127.0.0.1:%d" % ctl.sock.getsockname()[1]
+        deadline = time.monotonic() + 60
+        reaped = f"closing: deadline_exceeded: no PONG within 8000 ms (peer {ctl_peer})"
+        while reaped not in d.log():
+            assert time.monotonic() < deadline, d.log()[-3000:]
+            time.sleep(0.05)
+        assert _paused_publishers(http) == 1
+        lock.stdin.write("COMMIT;\n")
+        lock.stdin.flush()
+    finally:
+        lock.stdin.close()
+        lock.wait(timeout=30)
+        if ctl is not None:
+            ctl.close()
+    acks = {}
+    while len(acks) < n:
+        f = pub.recv()
+        if f.kind == rp.PING:
+            # A PING sent before the pause is answered now (the server
+            # waits for it from the resume on).
+            with send_lock:
+                pub.sock.sendall(rp.encode_pong(0, f["nonce"]))
+            continue
+        assert f.kind == rp.PUBLISH_ACK, f.fields
+        acks[f.corr] = f["seq"]
+    writer.join(60)
+    assert sent
+    assert [acks[10 + i] for i in range(n)] == list(range(2, 2 + n))
+    pub_peer = "127.0.0.1:%d" % pub.sock.getsockname()[1]
+    assert f"(peer {pub_peer})" not in d.log(), "the paused publisher was closed"
 
 
 def test_mutate_past_64_waves_in_flight_is_resource_exhausted_and_changes_nothing(daemon):

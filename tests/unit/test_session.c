@@ -27,6 +27,8 @@ typedef struct fake_link {
     size_t write_max;    /* bytes taken per pass; 0 = all */
     bool paused;         /* the peer reads nothing: no byte is taken */
     bool stopped_reading;
+    bool held;        /* the session asked the link to pause reading */
+    uint32_t resumes; /* hold_reading(false) calls */
     bool shut;
     uint16_t shut_status;
     bool closed;
@@ -113,6 +115,14 @@ static void fake_close(rb_link *l)
     rb_session_link_released(f->c);
 }
 
+static void fake_hold_reading(rb_link *l, bool hold)
+{
+    fake_link *f = FAKE_OF(l);
+    ck_assert(f->held != hold);
+    f->held = hold;
+    f->resumes += hold ? 0 : 1;
+}
+
 static bool fake_ready(const rb_link *l)
 {
     return FAKE_OF(l)->ready;
@@ -140,6 +150,7 @@ static uint64_t fake_busy(const rb_link *l)
 static const rb_link_ops fake_ops = {
     .start_send = fake_start_send,
     .stop_reading = fake_stop_reading,
+    .hold_reading = fake_hold_reading,
     .shutdown = fake_shutdown,
     .close = fake_close,
     .ready = fake_ready,
@@ -484,6 +495,179 @@ START_TEST(test_session_one_full_queue_does_not_refuse_another)
 }
 END_TEST
 
+/* ---- publisher pause: rb_session_hold / rb_session_resume ---- */
+
+static uint32_t admit;     /* publishes the test handler takes before holding */
+static uint64_t taken[16]; /* their corr ids, in order */
+static uint32_t taken_count;
+
+static void hold_or_take(rb_conn *c, const rb_frame *fr)
+{
+    if (admit == 0) {
+        rb_session_hold(c);
+        return;
+    }
+    admit--;
+    ck_assert_uint_lt(taken_count, 16);
+    taken[taken_count++] = fr->hdr.corr_id;
+}
+
+static size_t put_publish(uint8_t *out, size_t cap, uint64_t corr)
+{
+    rb_bytes topic = {(const uint8_t *)"t.1", 3};
+    rb_bytes payload = {(const uint8_t *)"payload", 7};
+    return rb_frame_encode_publish(out, cap, corr, topic, (rb_bytes){0}, payload);
+}
+
+static fake_link *open_for_hold(void)
+{
+    shard_setup(1 << 20);
+    rb_session_take_frames(&sh, RB_FRAME_PUBLISH, hold_or_take);
+    admit = 0;
+    taken_count = 0;
+    fake_link *f = fake_open();
+    f->base.hold_bytes_max = 4096;
+    hello(f);
+    flush();
+    f->out_len = 0;
+    return f;
+}
+
+START_TEST(test_session_held_publish_waits_and_frames_behind_keep_their_order)
+{
+    fake_link *f = open_for_hold();
+    uint8_t buf[512];
+    size_t n = put_publish(buf, sizeof buf, 1);
+    n += put_publish(buf + n, sizeof buf - n, 2);
+    n += rb_frame_encode_ping(buf + n, sizeof buf - n, 3, 33);
+    n += put_publish(buf + n, sizeof buf - n, 4);
+    admit = 1;
+    feed(f, buf, n);
+    /* 1 taken, 2 held: the link holds reading, the PING is not answered. */
+    ck_assert(f->held);
+    ck_assert(f->c->held);
+    ck_assert_uint_eq(taken_count, 1);
+    ck_assert_uint_eq(taken[0], 1);
+    /* Bytes the link still delivers (a PING split in two) wait too. */
+    uint8_t more[32];
+    size_t m = rb_frame_encode_ping(more, sizeof more, 5, 55);
+    feed(f, more, 3);
+    feed(f, more + 3, m - 3);
+    flush();
+    ck_assert_uint_eq(f->out_len, 0);
+    /* A resume that finds no room holds the same frame again, and the
+     * link is not asked to read. */
+    ck_assert(!rb_session_resume(f->c));
+    ck_assert(f->held);
+    ck_assert_uint_eq(f->resumes, 0);
+    ck_assert_uint_eq(taken_count, 1);
+    /* Room for one: 2 is taken, 4 is held behind the PING, which is
+     * answered; the link still holds. */
+    admit = 1;
+    ck_assert(rb_session_resume(f->c));
+    ck_assert(f->c->held);
+    ck_assert(f->held);
+    ck_assert_uint_eq(f->resumes, 0);
+    ck_assert_uint_eq(taken_count, 2);
+    ck_assert_uint_eq(taken[1], 2);
+    flush();
+    size_t off = 0;
+    rb_frame fr;
+    ck_assert(next_frame(f, &off, &fr));
+    ck_assert_uint_eq(fr.hdr.kind, RB_FRAME_PONG);
+    ck_assert_uint_eq(fr.u.ping.nonce, 33);
+    ck_assert(!next_frame(f, &off, &fr));
+    /* Room for all: 4, then the late PING, then the link reads again. */
+    admit = 10;
+    ck_assert(rb_session_resume(f->c));
+    ck_assert(!f->c->held);
+    ck_assert(!f->held);
+    ck_assert_uint_eq(f->resumes, 1);
+    ck_assert_uint_eq(taken_count, 3);
+    ck_assert_uint_eq(taken[2], 4);
+    flush();
+    ck_assert(next_frame(f, &off, &fr));
+    ck_assert_uint_eq(fr.hdr.kind, RB_FRAME_PONG);
+    ck_assert_uint_eq(fr.u.ping.nonce, 55);
+    ck_assert(!next_frame(f, &off, &fr));
+    ck_assert_ptr_null(f->c->hold_head);
+    ck_assert_uint_eq(f->c->hold_bytes, 0);
+    ck_assert_int_eq(f->c->state, RB_CONN_OPEN);
+    /* Reading as before: the next frames are handled at once. */
+    n = put_publish(buf, sizeof buf, 6);
+    feed(f, buf, n);
+    ck_assert_uint_eq(taken_count, 4);
+    shard_teardown();
+    free(f);
+}
+END_TEST
+
+START_TEST(test_session_held_publish_split_across_deliveries_waits_whole)
+{
+    fake_link *f = open_for_hold();
+    uint8_t buf[512];
+    size_t n = put_publish(buf, sizeof buf, 1);
+    size_t first = n;
+    n += rb_frame_encode_ping(buf + n, sizeof buf - n, 2, 22);
+    /* The publish arrives in pieces (reassembled in rx_buf), then held. */
+    feed(f, buf, 5);
+    feed(f, buf + 5, first - 5 + 4);
+    ck_assert(f->held);
+    feed(f, buf + first + 4, n - first - 4);
+    flush();
+    ck_assert_uint_eq(f->out_len, 0);
+    admit = 1;
+    ck_assert(rb_session_resume(f->c));
+    ck_assert(!f->held);
+    ck_assert_uint_eq(taken_count, 1);
+    ck_assert_uint_eq(taken[0], 1);
+    flush();
+    size_t off = 0;
+    rb_frame fr;
+    ck_assert(next_frame(f, &off, &fr));
+    ck_assert_uint_eq(fr.hdr.kind, RB_FRAME_PONG);
+    ck_assert_uint_eq(fr.u.ping.nonce, 22);
+    shard_teardown();
+    free(f);
+}
+END_TEST
+
+START_TEST(test_session_more_input_behind_a_hold_than_the_link_allows_fails_the_connection)
+{
+    fake_link *f = open_for_hold();
+    uint8_t buf[512];
+    size_t n = put_publish(buf, sizeof buf, 1);
+    feed(f, buf, n);
+    ck_assert(f->held);
+    uint8_t junk[1024];
+    size_t m = 0;
+    while (m + 64 <= sizeof junk) {
+        m += put_publish(junk + m, sizeof junk - m, 100 + m);
+    }
+    for (uint32_t sent = 0; sent <= f->base.hold_bytes_max; sent += (uint32_t)m) {
+        ck_assert_int_eq(f->c->state, RB_CONN_OPEN);
+        feed(f, junk, m);
+    }
+    ck_assert_int_ne(f->c->state, RB_CONN_OPEN);
+    ck_assert(f->stopped_reading);
+    ck_assert_ptr_null(f->c->hold_head);
+    flush();
+    size_t off = 0;
+    rb_frame fr;
+    bool closed = false;
+    while (next_frame(f, &off, &fr)) {
+        if (fr.hdr.kind == RB_FRAME_CLOSE) {
+            ck_assert_uint_eq(fr.u.close.status, RB_WIRE_RESOURCE_EXHAUSTED);
+            closed = true;
+        }
+    }
+    ck_assert(closed);
+    ck_assert_uint_eq(taken_count, 0);
+    shard_teardown();
+    free(f);
+}
+END_TEST
+
 Suite *rb_session_suite(void);
 
 Suite *rb_session_suite(void)
@@ -502,6 +686,12 @@ Suite *rb_session_suite(void)
     tc = tcase_create("quota");
     tcase_add_test(tc, test_session_over_quota_closes_with_error_and_close_from_the_reserve);
     tcase_add_test(tc, test_session_one_full_queue_does_not_refuse_another);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("hold");
+    tcase_add_test(tc, test_session_held_publish_waits_and_frames_behind_keep_their_order);
+    tcase_add_test(tc, test_session_held_publish_split_across_deliveries_waits_whole);
+    tcase_add_test(tc,
+                   test_session_more_input_behind_a_hold_than_the_link_allows_fails_the_connection);
     suite_add_tcase(s, tc);
     return s;
 }
