@@ -44,7 +44,7 @@ struct rb_loop {
     void *remote_ctx;
 };
 
-static uint64_t clock_ms(void)
+uint64_t rb_clock_ms(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -203,7 +203,7 @@ int rb_loop_init(rb_loop **out, const rb_loop_options *opt, rb_err *err)
     if (rc != 0) {
         goto undo_ring;
     }
-    loop->now_ms = clock_ms();
+    loop->now_ms = rb_clock_ms();
     loop->wheel_tick = loop->now_ms / RB_LOOP_TICK_MS;
     *out = loop;
     return 0;
@@ -577,7 +577,7 @@ int rb_loop_run_once(rb_loop *loop, int timeout_ms, rb_err *err)
     if (res < 0 && res != -ETIME && res != -EINTR && res != -EAGAIN && res != -EBUSY) {
         return rb_err_set(err, RB_ESYS, -res, "io_uring: submit and wait");
     }
-    loop->now_ms = clock_ms();
+    loop->now_ms = rb_clock_ms();
     /* At most RB_CQE_PER_TURN_MAX completions, then timers and tasks get
      * their turn; the rest are reaped next turn without waiting. */
     reap(loop);

@@ -78,6 +78,10 @@ int rb_loop_ring_fd(const rb_loop *loop);
 /* Monotonic milliseconds, read once per turn. */
 uint64_t rb_loop_now_ms(const rb_loop *loop);
 
+/* CLOCK_MONOTONIC in milliseconds, read now (the clock of every loop; for
+ * threads without one and for times taken between turns). */
+uint64_t rb_clock_ms(void);
+
 /* Runs one turn: submits queued entries, waits up to timeout_ms (0 = do not
  * wait, -1 = until something happens) for completions, runs them, then
  * expired timers, then deferred tasks. Returns 0 or RB_ESYS. */

@@ -12,9 +12,9 @@
 #include "common/limits.h"
 #include "server/server.h"
 
+/* Every route takes GET alone. */
 typedef struct route {
     const char *path;
-    const char *method; /* the one method the route takes */
     void (*answer)(const rb_admin *admin, rb_http_response *resp);
 } route;
 
@@ -53,13 +53,6 @@ static void answer_body(rb_http_response *resp, int status, const char *type, co
     resp->body_len = b->full ? 0 : b->len;
 }
 
-uint64_t rb_admin_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* The first shard whose loop has not turned within RB_ADMIN_STALL_MS, or
  * -1; *age_ms says for how long. */
 static int stalled_shard(const rb_server *srv, uint64_t *age_ms)
@@ -67,7 +60,7 @@ static int stalled_shard(const rb_server *srv, uint64_t *age_ms)
     if (srv == NULL || srv->shards == NULL) {
         return -1;
     }
-    uint64_t now = rb_admin_now_ms();
+    uint64_t now = rb_clock_ms();
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         uint64_t last = RB_STAT_GET(&srv->shards[i], last_turn_ms);
         if (last != 0 && now > last && now - last > RB_ADMIN_STALL_MS) {
@@ -231,7 +224,7 @@ static void metrics(const rb_admin *admin, rb_http_response *resp)
     gauge(&b, "ringbus_ready", "1 once storage is ready and the listeners are open.",
           atomic_load(admin->ready) ? 1 : 0);
     gauge(&b, "ringbus_uptime_seconds", "Seconds since the daemon started its shards.",
-          (rb_admin_now_ms() - admin->started_ms) / 1000u);
+          (rb_clock_ms() - admin->started_ms) / 1000u);
     process_metrics(&b);
     answer_body(resp, 200, "text/plain; version=0.0.4; charset=utf-8", &b);
 }
@@ -254,7 +247,7 @@ static void varz(const rb_admin *admin, rb_http_response *resp)
         "{\"version\":\"%s\",\"server_id\":\"%s\",\"uptime_s\":%llu,\"ready\":%s,"
         "\"shards\":%u,\"listeners\":[",
         admin->version != NULL ? admin->version : "", c->server_id,
-        (unsigned long long)((rb_admin_now_ms() - admin->started_ms) / 1000u),
+        (unsigned long long)((rb_clock_ms() - admin->started_ms) / 1000u),
         atomic_load(admin->ready) ? "true" : "false", srv->shard_count);
     for (uint32_t i = 0; i < c->listener_count; i++) {
         const rb_listener_config *l = &c->listeners[i];
@@ -271,11 +264,19 @@ static void varz(const rb_admin *admin, rb_http_response *resp)
     answer_body(resp, 200, "application/json", &b);
 }
 
-/* ---- /v1/cluster ---- */
+/* ---- JSON sections ---- */
 
-/* The replica plane: peers, link states, interest counts, forwarded and
- * received batches (server/cluster.c writes the body). */
-static void cluster(const rb_admin *admin, rb_http_response *resp)
+int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err)
+{
+    if (admin->section_count == RB_ADMIN_SECTIONS_MAX) {
+        return rb_err_set(err, RB_ELIMIT, 0, "admin route %s: more than %u JSON sections", path,
+                          RB_ADMIN_SECTIONS_MAX);
+    }
+    admin->sections[admin->section_count++] = (rb_admin_section){.path = path, .json = json};
+    return 0;
+}
+
+static void section(const rb_admin *admin, const rb_admin_section *sec, rb_http_response *resp)
 {
     body b = {0};
     if (admin->server == NULL) {
@@ -283,14 +284,27 @@ static void cluster(const rb_admin *admin, rb_http_response *resp)
         answer_body(resp, 503, "application/json", &b);
         return;
     }
-    b.len = rb_cluster_json(admin->server, body_buf, sizeof body_buf);
+    b.len = sec->json(admin->server, body_buf, sizeof body_buf);
+    b.full = b.len >= sizeof body_buf;
     answer_body(resp, 200, "application/json", &b);
 }
 
+static bool refuse_method(rb_http_span method, rb_http_response *resp)
+{
+    if (rb_http_span_is(method, "GET")) {
+        return false;
+    }
+    resp->status = 405;
+    resp->extra_headers = "Allow: GET\r\n";
+    resp->body = "only GET is supported";
+    return true;
+}
+
 static const route routes[] = {
-    {RB_ADMIN_HEALTH_PATH, "GET", healthz}, {"/readyz", "GET", readyz},
-    {"/metrics", "GET", metrics},           {"/v1/varz", "GET", varz},
-    {"/v1/cluster", "GET", cluster},
+    {RB_ADMIN_HEALTH_PATH, healthz},
+    {"/readyz", readyz},
+    {"/metrics", metrics},
+    {"/v1/varz", varz},
 };
 
 rb_http_router rb_admin_router(const rb_admin *admin)
@@ -308,14 +322,18 @@ static bool lookup(const rb_admin *admin, rb_http_span method, rb_http_span path
         if (!rb_http_span_is(path, routes[i].path)) {
             continue;
         }
-        if (!rb_http_span_is(method, routes[i].method)) {
-            resp->status = 405;
-            resp->extra_headers = "Allow: GET\r\n";
-            resp->body = "only GET is supported";
+        if (!refuse_method(method, resp)) {
+            routes[i].answer(admin, resp);
+        }
+        return true;
+    }
+    for (uint32_t i = 0; i < admin->section_count; i++) {
+        if (rb_http_span_is(path, admin->sections[i].path)) {
+            if (!refuse_method(method, resp)) {
+                section(admin, &admin->sections[i], resp);
+            }
             return true;
         }
-        routes[i].answer(admin, resp);
-        return true;
     }
     return false;
 }

@@ -8,14 +8,19 @@
  *                 while not stopping; else 503 with the reason;
  *   GET /metrics  Prometheus text format (docs/OPERATIONS.md lists the
  *                 names): per-shard counters summed at scrape;
- *   GET /v1/varz  JSON: version, uptime, shards, limits.
+ *   GET /v1/varz  JSON: version, uptime, shards, limits;
+ * and the JSON sections that the daemon registers (rb_admin_add_json),
+ * such as GET /v1/cluster from server/cluster.c.
  * The only I/O is reading /proc/self at a /metrics scrape. */
 #ifndef RB_SERVER_ADMIN_H
 #define RB_SERVER_ADMIN_H
 
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
 
+#include "common/err.h"
 #include "transports/h3.h"
 #include "transports/http.h"
 
@@ -25,20 +30,34 @@
 /* A shard whose loop has not turned for this long fails /healthz (an idle
  * loop turns at least once a second). */
 #define RB_ADMIN_STALL_MS 3000
+/* The most JSON sections a daemon registers. */
+#define RB_ADMIN_SECTIONS_MAX 8
 /* The largest answer body (/metrics with RB_SHARDS_MAX shards fits). */
 #define RB_ADMIN_BODY_BYTES_MAX (256u * 1024u)
 
 struct rb_server;
 
+/* A section writes its JSON body for a server into out (any thread) and
+ * returns the length written, cap when it was cut short. */
+typedef size_t (*rb_admin_json_fn)(const struct rb_server *srv, char *out, size_t cap);
+
+typedef struct rb_admin_section {
+    const char *path; /* static */
+    rb_admin_json_fn json;
+} rb_admin_section;
+
 typedef struct rb_admin {
     const atomic_bool *ready;       /* the daemon's readiness; borrowed */
     const struct rb_server *server; /* NULL in tests without a server */
     const char *version;            /* for /v1/varz */
-    uint64_t started_ms;            /* rb_admin_now_ms() at start */
+    uint64_t started_ms;            /* rb_clock_ms() at start */
+    rb_admin_section sections[RB_ADMIN_SECTIONS_MAX];
+    uint32_t section_count;
 } rb_admin;
 
-/* CLOCK_MONOTONIC in milliseconds (the shards' loop clock). */
-uint64_t rb_admin_now_ms(void);
+/* Adds GET path answered with json's body; before the shards start (the
+ * table is read without a lock). RB_ELIMIT past RB_ADMIN_SECTIONS_MAX. */
+int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err);
 
 /* The router for a (borrowed) admin: pass it to the HTTP front ends. */
 rb_http_router rb_admin_router(const rb_admin *admin);

@@ -87,10 +87,8 @@ typedef struct peer_stats {
 /* Counters of the whole node. */
 static struct {
     peer_stats peers[RB_CLUSTER_PEERS_MAX];
-    _Atomic uint64_t refused;       /* inbound handshakes refused */
-    _Atomic uint64_t local_topics;  /* topics with local subscribers */
-    _Atomic uint64_t holes_fetched; /* holes the sequencers read from storage */
-    _Atomic uint64_t repaired_seqs; /* seqs those reads delivered */
+    _Atomic uint64_t refused;      /* inbound handshakes refused */
+    _Atomic uint64_t local_topics; /* topics with local subscribers */
 } stats;
 
 #define STAT_ADD(field, n) atomic_fetch_add_explicit(&(field), (n), memory_order_relaxed)
@@ -192,11 +190,6 @@ static void link_close(peer *p, const char *why);
 static void link_start_send(peer *p);
 static void pending_close(pending *q);
 
-uint32_t rb_cluster_peer_shard(const rb_server *srv, uint32_t peer_index)
-{
-    return peer_index % srv->shard_count;
-}
-
 static bool enabled(const rb_config *cfg)
 {
     return cfg->cluster_node_id != 0;
@@ -261,12 +254,10 @@ static bool send_prec(rb_shard *sh, uint32_t to, uint8_t op, uint8_t peer_index,
     return send_rec(sh, to, RB_XK_PEER_TOPIC, op, peer_index, on, -1, topic, topic_len);
 }
 
-bool rb_cluster_local_interest(rb_shard *sh, const char *topic, uint8_t topic_len, bool on)
+/* The owners' hook (rb_owner_peers.local_interest). */
+static bool local_interest(rb_shard *sh, const char *topic, uint8_t topic_len, bool on)
 {
     const rb_server *srv = sh->server;
-    if (!enabled(&srv->cfg)) {
-        return true;
-    }
     /* Every shard that holds a link keeps the whole set (for resyncs). */
     uint32_t holders = srv->cfg.cluster_peer_count < srv->shard_count ? srv->cfg.cluster_peer_count
                                                                       : srv->shard_count;
@@ -1139,7 +1130,7 @@ static void pending_handover(pending *q)
 {
     rb_shard *sh = q->cl->shard;
     RB_ASSERT(q->authed && q->ops == 0);
-    uint32_t to = rb_cluster_peer_shard(sh->server, (uint32_t)q->peer_index);
+    uint32_t to = rb_peer_link_shard(sh->server, (uint32_t)q->peer_index);
     if (!send_crec(sh, to, CREC_ADOPT, (uint8_t)q->peer_index, false, q->fd, NULL, 0)) {
         pending_close(q);
         return;
@@ -1300,7 +1291,7 @@ static int peers_init(rb_cluster *cl, rb_err *err)
     rb_shard *sh = cl->shard;
     uint32_t rx_cap = cl->frame_max + RB_REPLICA_HEADER_BYTES;
     for (uint32_t i = 0; i < cl->cfg->cluster_peer_count; i++) {
-        if (rb_cluster_peer_shard(sh->server, i) != sh->id) {
+        if (rb_peer_link_shard(sh->server, i) != sh->id) {
             continue;
         }
         peer *p = &cl->peers[i];
@@ -1355,6 +1346,8 @@ static int cluster_init(rb_shard *sh, rb_err *err)
     if (rc == 0) {
         rb_mailbox_register(&sh->mail, RB_XK_CLUSTER, on_cluster_envelope, cl);
         rb_mailbox_register(&sh->mail, RB_XK_REPLICA_OUT, on_replica_out, cl);
+        static const rb_owner_peers owner_peers = {.local_interest = local_interest};
+        rb_owner_attach_peers(sh, &owner_peers);
     }
     return rc;
 }
@@ -1542,16 +1535,22 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
         PUT("{\"enabled\":false}");
         return n < cap ? n : cap;
     }
+    /* The sequencers' hole reads, summed over the shards' counters. */
+    uint64_t holes = 0;
+    uint64_t seqs = 0;
+    for (uint32_t i = 0; i < srv->shard_count; i++) {
+        holes += RB_STAT_GET(&srv->shards[i], holes_repaired);
+        seqs += RB_STAT_GET(&srv->shards[i], repaired_seqs);
+    }
     /* Ids, addresses and the cluster id come from the validated config. */
     PUT("{\"enabled\":true,\"node_id\":%u,\"cluster_id\":\"%s\",\"listener\":\"%s:%u\","
         "\"local_topics\":%llu,\"refused_handshakes\":%llu,\"holes_fetched\":%llu,"
         "\"repaired_seqs\":%llu,\"peers\":[",
         cfg->cluster_node_id, cfg->cluster_id, cfg->cluster_address, cfg->cluster_port,
         (unsigned long long)STAT_GET(stats.local_topics),
-        (unsigned long long)STAT_GET(stats.refused),
-        (unsigned long long)STAT_GET(stats.holes_fetched),
-        (unsigned long long)STAT_GET(stats.repaired_seqs));
-    uint64_t now = rb_admin_now_ms();
+        (unsigned long long)STAT_GET(stats.refused), (unsigned long long)holes,
+        (unsigned long long)seqs);
+    uint64_t now = rb_clock_ms();
     for (uint32_t i = 0; i < cfg->cluster_peer_count; i++) {
         const rb_peer_config *pc = &cfg->cluster_peers[i];
         peer_stats *s = &stats.peers[i];
@@ -1562,7 +1561,7 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
             "\"batches_in\":%llu,\"bytes_out\":%llu,\"bytes_in\":%llu,\"interest_in\":%llu,"
             "\"rx_stalls\":%llu,\"tx_queued_bytes\":%llu,\"last_rx_age_ms\":%lld}",
             i > 0 ? "," : "", pc->id, pc->address, pc->port,
-            cfg->cluster_node_id < pc->id ? "true" : "false", rb_cluster_peer_shard(srv, i),
+            cfg->cluster_node_id < pc->id ? "true" : "false", rb_peer_link_shard(srv, i),
             st < 5 ? state_names[st] : "?", (unsigned long long)STAT_GET(s->links_up),
             (unsigned long long)STAT_GET(s->link_drops),
             (unsigned long long)STAT_GET(s->slow_drops),
@@ -1575,10 +1574,4 @@ size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)
     PUT("]}");
 #undef PUT
     return n < cap ? n : cap;
-}
-
-void rb_cluster_count_repair(uint64_t seqs)
-{
-    STAT_ADD(stats.holes_fetched, 1);
-    STAT_ADD(stats.repaired_seqs, seqs);
 }

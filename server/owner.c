@@ -168,7 +168,8 @@ struct rb_owner {
     rb_block *send_tail;
     rb_block *fwd_head; /* committed blocks waiting for envelopes to peers, in order */
     rb_block *fwd_tail;
-    rb_topic *announce_head; /* topics whose interest change found no envelope */
+    const rb_owner_peers *peers; /* the replica plane's hooks; NULL without a cluster */
+    rb_topic *announce_head;     /* topics whose interest change found no envelope */
     rb_topic *announce_tail;
     rb_topic *holes_head; /* topics whose sequencer asked for a hole */
     rb_topic *holes_tail;
@@ -615,7 +616,7 @@ static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
     }
     for (uint32_t i = 0; t->peers >> i != 0; i++) {
         if ((t->peers & (1u << i)) != 0 &&
-            rb_mailbox_backlog(&sh->mail, rb_cluster_peer_shard(sh->server, i)) >=
+            rb_mailbox_backlog(&sh->mail, rb_peer_link_shard(sh->server, i)) >=
                 RB_OWNER_FANOUT_BACKLOG_MAX) {
             return true;
         }
@@ -742,7 +743,7 @@ static bool forward_some(rb_shard *sh, rb_block *b)
         m->count = i;
         rb_block_ref(b);
         m->ptr = b;
-        rb_mailbox_send(&sh->mail, rb_cluster_peer_shard(sh->server, i), m);
+        rb_mailbox_send(&sh->mail, rb_peer_link_shard(sh->server, i), m);
         b->peer_left &= ~(1u << i);
     }
     return true;
@@ -911,7 +912,8 @@ static void hole_read_done(rb_read_req *req)
             uint64_t fed = rows_to_blocks(sh, t, req->arena + rg->rows_offset, rg->rows_bytes,
                                           rg->row_count, rg->after);
             if (fed > rg->after) {
-                rb_cluster_count_repair(fed - rg->after);
+                RB_STAT_ADD(sh, holes_repaired, 1);
+                RB_STAT_ADD(sh, repaired_seqs, fed - rg->after);
             }
             bool all = fed == (rg->row_count > 0 ? rg->last_seq : rg->after);
             upto = !all ? fed : rg->complete ? rg->ceiling : rg->last_seq;
@@ -1266,6 +1268,12 @@ static void start_refreshes(rb_owner *o)
  * subscriber (server/cluster.c keeps the set and tells every link). A
  * change that finds no envelope waits on the announce list, and the flush
  * hook sends the topic's state then (the records are idempotent). */
+static bool tell_peers(rb_shard *sh, const rb_topic *t, bool on)
+{
+    const rb_owner_peers *peers = sh->owner->peers;
+    return peers == NULL || peers->local_interest(sh, t->name, t->name_len, on);
+}
+
 static void announce_interest(rb_shard *sh, rb_topic *t, bool had)
 {
     rb_owner *o = sh->owner;
@@ -1273,7 +1281,7 @@ static void announce_interest(rb_shard *sh, rb_topic *t, bool had)
     if (had == has || t->announce_queued) {
         return;
     }
-    if (!rb_cluster_local_interest(sh, t->name, t->name_len, has)) {
+    if (!tell_peers(sh, t, has)) {
         t->announce_queued = true;
         t->announce_next = NULL;
         if (o->announce_tail == NULL) {
@@ -1291,7 +1299,7 @@ static void send_announces(rb_owner *o)
     rb_shard *sh = o->shard;
     while (o->announce_head != NULL) {
         rb_topic *t = o->announce_head;
-        if (!rb_cluster_local_interest(sh, t->name, t->name_len, any_interest(t))) {
+        if (!tell_peers(sh, t, any_interest(t))) {
             rb_shard_poll_soon(sh);
             return;
         }
@@ -1440,6 +1448,11 @@ static void on_interest_envelope(void *ctx, rb_xmsg *m)
 }
 
 /* ---- the cluster's part ---- */
+
+void rb_owner_attach_peers(rb_shard *sh, const rb_owner_peers *peers)
+{
+    sh->owner->peers = peers;
+}
 
 void rb_owner_repair_all(rb_shard *sh)
 {

@@ -162,6 +162,8 @@ typedef struct rb_shard_stats {
     uint64_t publishers_paused;            /* gauge: publishers not read now */
     uint64_t loop_turns;                   /* turns of the shard's loop */
     uint64_t last_turn_ms;                 /* CLOCK_MONOTONIC ms of the last turn's start */
+    uint64_t holes_repaired;               /* holes the sequencers filled from storage */
+    uint64_t repaired_seqs;                /* seqs those reads delivered */
 } rb_shard_stats;
 
 #define RB_STAT_ADD(sh, field, n)                                                                  \
@@ -265,6 +267,9 @@ int rb_server_start(rb_server *srv, rb_err *err);
 void rb_server_stop(rb_server *srv);
 void rb_server_join(rb_server *srv);
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len);
+/* The shard holding the replica link to cluster peer index i (the peers
+ * are spread over the shards; server/cluster.c). */
+uint32_t rb_peer_link_shard(const rb_server *srv, uint32_t peer_index);
 /* The next turn waits at most a millisecond: a subsystem retries work that
  * waits for memory or queue slots other shards free without waking it. */
 void rb_shard_poll_soon(rb_shard *sh);
@@ -381,20 +386,20 @@ extern const rb_subsystem rb_owner_subsystem;
 
 /* server/cluster.c: the replica plane between nodes (DESIGN §2) */
 extern const rb_subsystem rb_cluster_subsystem;
-/* An owner's topic gained its first (on) or lost its last local subscriber:
- * every shard holding links announces it to the peers. Returns false when
- * no envelope could be had (the owner tries again next turn). */
-bool rb_cluster_local_interest(rb_shard *sh, const char *topic, uint8_t topic_len, bool on);
-/* The shard holding the link to peer index i. */
-uint32_t rb_cluster_peer_shard(const rb_server *srv, uint32_t peer_index);
-/* The cluster's state as JSON for GET /v1/cluster (any thread). Returns
- * the length written (truncated at cap). */
+/* The cluster's state as JSON, the GET /v1/cluster section (server/admin.h;
+ * any thread). Returns the length written (cap when cut short). */
 size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap);
-/* A sequencer filled a hole of `messages` seqs from storage (counted for
- * GET /v1/cluster; any thread). */
-void rb_cluster_count_repair(uint64_t messages);
-/* server/owner.c: the owners' part of the cluster: every topic with local
- * subscribers re-reads its head (the repair tick and link changes). */
+/* server/owner.c: the owners' part of the cluster. What an owner tells the
+ * replica plane, which attaches it at its init (after the owner's):
+ * local_interest: t gained its first (on) or lost its last local
+ * subscriber, and every shard holding links must announce it to the peers;
+ * false when no envelope could be had (the owner tries again next turn). */
+typedef struct rb_owner_peers {
+    bool (*local_interest)(rb_shard *sh, const char *topic, uint8_t topic_len, bool on);
+} rb_owner_peers;
+void rb_owner_attach_peers(rb_shard *sh, const rb_owner_peers *peers);
+/* Every topic with local subscribers re-reads its head (the repair tick and
+ * link changes). */
 void rb_owner_repair_all(rb_shard *sh);
 
 /* server/rpc.c: request/reply between clients (docs/PROTOCOL.md section 12) */

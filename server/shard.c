@@ -26,6 +26,11 @@ uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t
     return (uint32_t)(rb_hash_bytes(topic, len) % srv->shard_count);
 }
 
+uint32_t rb_peer_link_shard(const rb_server *srv, uint32_t peer_index)
+{
+    return peer_index % srv->shard_count;
+}
+
 static bool wake_shard(void *ctx, uint32_t to)
 {
     rb_shard *sh = ctx;
@@ -275,7 +280,7 @@ int rb_server_start(rb_server *srv, rb_err *err)
     RB_ASSERT(srv->subsystems != NULL && srv->subsystem_count > 0);
     srv->admin.ready = &srv->ready;
     srv->admin.server = srv;
-    srv->admin.started_ms = rb_admin_now_ms();
+    srv->admin.started_ms = rb_clock_ms();
     uint32_t n = srv->shard_count;
     srv->shards = calloc(n, sizeof *srv->shards);
     srv->mailboxes = calloc(n, sizeof *srv->mailboxes);
