@@ -1,25 +1,37 @@
 /* A bounded pool of fixed-size items. Items are allocated on first demand
  * up to `max` and then recycled, never freed before rb_pool_deinit, so the
  * pool's memory is bounded by item_bytes x max and the steady state does not
- * malloc. Thread-safe: an item may be returned from another shard (a short
- * mutex; never held across anything but a list push or pop). */
+ * malloc. Single-threaded: a pool belongs to the thread that first takes an
+ * item from it (its shard), which alone gets and puts; no lock is taken.
+ * Items that travel between shards (mailbox blocks) have their own free
+ * lists (server/freelist.c). Under AddressSanitizer every get and put
+ * asserts that it runs on the owning thread. */
 #ifndef RB_COMMON_POOL_H
 #define RB_COMMON_POOL_H
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "common/err.h"
+#include "common/poison.h"
+
+#ifdef RB_POISON_ITEMS
+#define RB_POOL_CHECK_OWNER 1
+#endif
 
 typedef struct rb_pool {
-    pthread_mutex_t mu;
     void *free_list;
     const char *name;
     size_t item_bytes;
     uint32_t allocated;
     uint32_t max;
     uint32_t in_use;
+#ifdef RB_POOL_CHECK_OWNER
+    pthread_t owner; /* set by the first get */
+    bool owned;
+#endif
 } rb_pool;
 
 /* item_bytes >= sizeof(void *); max >= 1. Allocates nothing yet. */
@@ -35,6 +47,7 @@ void *rb_pool_get(rb_pool *pool);
 /* Returns an item obtained from this pool. */
 void rb_pool_put(rb_pool *pool, void *item);
 
-uint32_t rb_pool_in_use(rb_pool *pool);
+/* Items taken and not yet returned (on the owning thread). */
+uint32_t rb_pool_in_use(const rb_pool *pool);
 
 #endif
