@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "common/assert.h"
+#include "common/poison.h"
 
 int rb_pool_init(rb_pool *pool, const char *name, size_t item_bytes, uint32_t max, rb_err *err)
 {
@@ -17,24 +18,26 @@ int rb_pool_init(rb_pool *pool, const char *name, size_t item_bytes, uint32_t ma
     pool->allocated = 0;
     pool->max = max;
     pool->in_use = 0;
-#ifdef RB_POOL_CHECK_OWNER
     pool->owned = false;
-#endif
     return 0;
 }
 
-/* Under ASan: the pool is used by one thread only. */
+static _Thread_local bool inheriting;
+
+void rb_pool_inherit(bool on)
+{
+    inheriting = on;
+}
+
+/* A pool is used by one thread only. */
 static void check_owner(rb_pool *pool)
 {
-#ifdef RB_POOL_CHECK_OWNER
-    if (!pool->owned) {
-        pool->owner = pthread_self();
+    pthread_t self = pthread_self();
+    if (!pool->owned || inheriting) {
+        pool->owner = self;
         pool->owned = true;
     }
-    RB_ASSERT(pthread_equal(pool->owner, pthread_self()));
-#else
-    (void)pool;
-#endif
+    RB_ASSERT(pthread_equal(pool->owner, self));
 }
 
 void rb_pool_deinit(rb_pool *pool)

@@ -4,8 +4,8 @@
  * malloc. Single-threaded: a pool belongs to the thread that first takes an
  * item from it (its shard), which alone gets and puts; no lock is taken.
  * Items that travel between shards (mailbox blocks) have their own free
- * lists (server/freelist.c). Under AddressSanitizer every get and put
- * asserts that it runs on the owning thread. */
+ * lists (server/freelist.c). Every get and put asserts that it runs on the
+ * owning thread (a pthread_self() compare, no atomic). */
 #ifndef RB_COMMON_POOL_H
 #define RB_COMMON_POOL_H
 
@@ -15,11 +15,6 @@
 #include <stdint.h>
 
 #include "common/err.h"
-#include "common/poison.h"
-
-#ifdef RB_POISON_ITEMS
-#define RB_POOL_CHECK_OWNER 1
-#endif
 
 typedef struct rb_pool {
     void *free_list;
@@ -28,10 +23,8 @@ typedef struct rb_pool {
     uint32_t allocated;
     uint32_t max;
     uint32_t in_use;
-#ifdef RB_POOL_CHECK_OWNER
-    pthread_t owner; /* set by the first get */
+    pthread_t owner; /* the thread of the first get or put */
     bool owned;
-#endif
 } rb_pool;
 
 /* item_bytes >= sizeof(void *); max >= 1. Allocates nothing yet. */
@@ -46,6 +39,10 @@ void *rb_pool_get(rb_pool *pool);
 
 /* Returns an item obtained from this pool. */
 void rb_pool_put(rb_pool *pool, void *item);
+
+/* While on, the calling thread takes over every pool it uses: for tearing
+ * down the pools of threads it has joined (rb_server_join). */
+void rb_pool_inherit(bool on);
 
 /* Items taken and not yet returned (on the owning thread). */
 uint32_t rb_pool_in_use(const rb_pool *pool);

@@ -338,6 +338,8 @@ void rb_server_join(rb_server *srv)
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         pthread_join(srv->shards[i].thread, NULL);
     }
+    /* The shards' threads are gone: this one inherits their pools. */
+    rb_pool_inherit(true);
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         shard_teardown(&srv->shards[i]);
     }
@@ -350,6 +352,7 @@ void rb_server_join(rb_server *srv)
             rb_loop_deinit(sh->loop);
         }
     }
+    rb_pool_inherit(false);
     free(srv->mailboxes);
     free(srv->shards);
     close(srv->stop_fd);
