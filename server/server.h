@@ -286,7 +286,9 @@ void rb_shard_on_remote(rb_shard *sh, uint32_t kind, rb_remote_fn *fn);
  *           close grace has run out (grace_over true: drop what is left);
  *   idle:   while stopping: true when nothing of it is in flight, so the
  *           thread may end;
- *   deinit: after every shard thread has ended. */
+ *   thread_exit: the last call on the shard's own thread, after its
+ *           turns: per-thread library state is released here;
+ *   deinit: after every shard thread has ended (on the joining thread). */
 typedef struct rb_subsystem {
     const char *name;
     int (*init)(rb_shard *sh, rb_err *err);
@@ -294,6 +296,7 @@ typedef struct rb_subsystem {
     void (*flush)(rb_shard *sh);
     void (*stop)(rb_shard *sh, bool grace_over);
     bool (*idle)(rb_shard *sh);
+    void (*thread_exit)(rb_shard *sh);
     void (*deinit)(rb_shard *sh);
     /* The most bytes this subsystem's state of one shard may take under
      * cfg (its pools at their bounds): the terms of docs/OPERATIONS.md's

@@ -19,7 +19,6 @@
 #include "server/link.h"
 #include "server/sendq.h"
 #include "server/server.h"
-#include "transports/tls.h"
 
 uint32_t rb_topic_owner_shard(const rb_server *srv, const uint8_t *topic, size_t len)
 {
@@ -256,7 +255,11 @@ static void *shard_main(void *arg)
     }
     shard_turns(sh);
     rb_freelist_flush_returns();
-    rb_tls_thread_exit();
+    for (uint32_t i = 0; i < sh->server->subsystem_count; i++) {
+        if (sh->server->subsystems[i]->thread_exit != NULL) {
+            sh->server->subsystems[i]->thread_exit(sh);
+        }
+    }
     RB_LOG_DEBUG(0, "stopped");
     return NULL;
 }

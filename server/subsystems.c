@@ -8,6 +8,7 @@
 #include "server/publish.h"
 #include "server/sendq.h"
 #include "server/server.h"
+#include "transports/tls.h"
 
 static int storage_init(rb_shard *sh, rb_err *err)
 {
@@ -149,8 +150,8 @@ static bool conns_idle(rb_shard *sh)
     return true;
 }
 
-/* The pools are deinit only if they were set up; rb_pool_deinit of a
- * zeroed pool is safe (no items, a destroyed zero mutex). */
+/* The pools are deinit only if they were set up (a pool's name is set by
+ * its init). */
 static void conns_deinit(rb_shard *sh)
 {
     rb_link_tcp_table_deinit(sh);
@@ -169,12 +170,21 @@ static void conns_deinit(rb_shard *sh)
     }
 }
 
+/* The TLS libraries' per-thread state (wolfSSL's fixed-point ECC cache,
+ * OpenSSL's thread-local error queue) belongs to the shard's thread. */
+static void conns_thread_exit(rb_shard *sh)
+{
+    (void)sh;
+    rb_tls_thread_exit();
+}
+
 static const rb_subsystem conns_subsystem = {
     .name = "connections",
     .init = conns_init,
     .flush = rb_conn_flush_all,
     .stop = conns_stop,
     .idle = conns_idle,
+    .thread_exit = conns_thread_exit,
     .deinit = conns_deinit,
     .memory_bytes = conns_memory_bytes,
 };
