@@ -63,3 +63,4 @@ for r in $(seq "$ROUNDS"); do
   fi
 done
 python3 "$ROOT/bench/ab_stat.py" "$OUT"
+printf 'ab.sh: every run is in %s\n' "$OUT" >&2
