@@ -80,6 +80,12 @@ static void pause_publisher(rb_conn *c, uint8_t why)
     rb_shard_poll_soon(c->shard);
 }
 
+void rb_publish_wait_for_envelope(rb_conn *c)
+{
+    RB_ASSERT(c->state == RB_CONN_OPEN);
+    pause_publisher(c, HOLD_ENVELOPE);
+}
+
 /* A PUBLISH frame from c (HELLO done), handed over by the session. */
 static void on_publish_frame(rb_conn *c, const rb_frame *f)
 {

@@ -44,6 +44,13 @@ rb_reply_addr rb_reply_addr_of(const rb_conn *c, uint64_t corr);
  * addr->shard), or NULL when it closed or its slot was reused. */
 rb_conn *rb_reply_conn(rb_shard *sh, const rb_reply_addr *addr);
 
+/* For the frame handler of any subsystem whose frame found every shard
+ * envelope out (c is open): c is paused like a publisher short of
+ * envelopes. The session keeps the frame and stops reading c, and the
+ * frame is handled again, in FIFO order with the paused publishers, once
+ * envelopes come back. The handler must have changed nothing for it. */
+void rb_publish_wait_for_envelope(rb_conn *c);
+
 /* Why a publish failed, sent as the ERROR's message by the intake. */
 typedef enum rb_publish_reason {
     RB_PUBLISH_OK = 0,

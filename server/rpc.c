@@ -454,8 +454,7 @@ static void on_request_frame(rb_conn *c, const rb_frame *f)
              .payload = f->u.request.payload};
     if (rec_send(c->shard, directory_shard(c->shard, f->u.request.peer), &r) != 0) {
         call_free(rpc, call);
-        send_outcome_text(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                          "shard envelopes are all in use; retry the call");
+        rb_publish_wait_for_envelope(c);
     }
 }
 
@@ -730,8 +729,7 @@ static void on_register_frame(rb_conn *c, const rb_frame *f)
     }
     rec r = reg_rec(c, OP_REGISTER, corr, method, service);
     if (rec_send(c->shard, directory_shard(c->shard, r.name), &r) != 0) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "REGISTER: shard envelopes are all in use; retry");
+        rb_publish_wait_for_envelope(c);
         return;
     }
     rpc->method_free = m->next;
@@ -783,8 +781,7 @@ static void on_unregister_frame(rb_conn *c, const rb_frame *f)
     }
     rec r = reg_rec(c, OP_UNREGISTER, corr, f->u.reg.method, f->u.reg.service);
     if (rec_send(c->shard, directory_shard(c->shard, r.name), &r) != 0) {
-        rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
-                           "UNREGISTER: shard envelopes are all in use; retry");
+        rb_publish_wait_for_envelope(c);
         return;
     }
     method_unlink(rpc, c, at);
@@ -915,7 +912,6 @@ static void on_request_ack_frame(rb_conn *c, const rb_frame *f)
     if (s == NULL || s->acked) {
         return; /* late, repeated, or not this connection's: dropped */
     }
-    s->acked = true;
     rec r = {.type = REC_OUTCOME,
              .op = WHAT_ACK,
              .a_shard = s->call_shard,
@@ -924,7 +920,11 @@ static void on_request_ack_frame(rb_conn *c, const rb_frame *f)
              .b_shard = (uint16_t)c->shard->id,
              .b_index = s->index,
              .b_gen = s->gen};
-    (void)rec_send(c->shard, s->call_shard, &r);
+    if (rec_send(c->shard, s->call_shard, &r) != 0) {
+        rb_publish_wait_for_envelope(c); /* the ack is handled again */
+        return;
+    }
+    s->acked = true;
 }
 
 static void on_response_frame(rb_conn *c, const rb_frame *f)
@@ -959,7 +959,10 @@ static void on_response_frame(rb_conn *c, const rb_frame *f)
         r.message = (rb_bytes){(const uint8_t *)why, strlen(why)};
         r.payload = (rb_bytes){0};
     }
-    (void)rec_send(c->shard, s->call_shard, &r);
+    if (rec_send(c->shard, s->call_shard, &r) != 0) {
+        rb_publish_wait_for_envelope(c); /* the response is handled again */
+        return;
+    }
     serve_free(c->shard->rpc, s);
 }
 
