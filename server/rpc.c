@@ -14,10 +14,14 @@
  * A call travels caller shard -> directory shard (ROUTE) -> responder shard
  * (DELIVER) -> REQUEST to the responder; its ack and response come back as
  * OUTCOME records to the call. Records ride the mailbox (RB_XK_RPC), so the
- * shards share nothing. Sessions hand REGISTER, UNREGISTER, REQUEST,
- * REQUEST_ACK and RESPONSE frames here; a close handler registered with the
- * session (rb_session_on_closed) ends what a closing connection had. Across nodes: not yet (the
- * cluster plane). */
+ * shards share nothing. Only a client's frame takes a new envelope (a
+ * client whose shard has none is paused, rb_publish_wait_for_envelope);
+ * what a record leads to on another shard (the DELIVER, the directory's or
+ * the responder shard's outcome, a registration's answer) is written over
+ * the record in its own envelope, which travels on. Sessions hand REGISTER,
+ * UNREGISTER, REQUEST, REQUEST_ACK and RESPONSE frames here; a close handler
+ * registered with the session (rb_session_on_closed) ends what a closing
+ * connection had. Across nodes: not yet (the cluster plane). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +34,7 @@
 #include "server/server.h"
 
 typedef enum rec_type {
+    REC_DEAD = 0,     /* finished: its slot is skipped */
     REC_ROUTE = 1,    /* caller shard -> directory: a call to route */
     REC_DELIVER = 2,  /* directory -> responder shard: the call for conn b */
     REC_REG = 3,      /* responder shard -> directory: (un)register */
@@ -47,18 +52,57 @@ enum {
     WHAT_RESPONSE = 2
 };
 
-/* One record, native byte order (records never leave the process):
- *   u32 bytes, u8 type, u8 op, u8 service, u16 code,
+/* The server's own outcome and registration texts, sent as an index (a
+ * record's `text`) so that an answer written over the record it answers
+ * never outgrows it; 0 means the record's message field. */
+enum {
+    TEXT_MESSAGE = 0,
+    TEXT_NOT_FOUND,
+    TEXT_UNKNOWN_METHOD,
+    TEXT_RESPONDER_GONE,
+    TEXT_RESPONDER_LIMIT,
+    TEXT_RESPONDER_QUEUE,
+    TEXT_RESPONDER_CLOSED,
+    TEXT_REG_NOT_A_SERVICE,
+    TEXT_REG_RESPONDERS,
+    TEXT_REG_DIRECTORY_FULL,
+    TEXT_COUNT
+};
+
+static const char *const text_of[TEXT_COUNT] = {
+    [TEXT_MESSAGE] = "",
+    [TEXT_NOT_FOUND] = "nobody serves that destination",
+    [TEXT_UNKNOWN_METHOD] = "the destination does not serve that method",
+    [TEXT_RESPONDER_GONE] = "the responder went away",
+    [TEXT_RESPONDER_LIMIT] = "the responder has its limit of requests in flight",
+    [TEXT_RESPONDER_QUEUE] = "the responder's send queue is full",
+    [TEXT_RESPONDER_CLOSED] = "the responder disconnected before answering",
+    [TEXT_REG_NOT_A_SERVICE] = "the name is a client id, not a service",
+    [TEXT_REG_RESPONDERS] = "the service has its limit of responders",
+    [TEXT_REG_DIRECTORY_FULL] = "the directory is full",
+};
+
+/* One record in a slot of an envelope, native byte order (records never
+ * leave the process):
+ *   u32 slot bytes, u8 type, u16 to, u8 op, u8 service, u16 code, u8 text,
  *   u16 a_shard, u32 a_index, u32 a_gen     the call
  *   u16 b_shard, u32 b_index, u32 b_gen     a connection or a serve
  *   u64 corr, u32 timeout_ms,
  *   u8 len + name, u8 len + method, u8 len + caller,
- *   u16 len + message, u32 len + payload */
+ *   u16 len + message, u32 len + payload
+ * `to` is the shard that handles the record next. A record's next step
+ * (ROUTE -> DELIVER or OUTCOME, DELIVER -> OUTCOME, REG -> REG_DONE) is
+ * written over it in its own slot, never longer, and the envelope travels
+ * on to the shard of its first record still to do: answering or
+ * forwarding never needs an envelope of its own. The slot keeps its
+ * length, so a shorter record leaves padding behind it. */
 typedef struct rec {
     uint8_t type;
+    uint16_t to;
     uint8_t op; /* REC_REG: OP_...; REC_OUTCOME: WHAT_... */
     uint8_t service;
     uint16_t code;
+    uint8_t text; /* TEXT_...: the message, when not TEXT_MESSAGE */
     uint16_t a_shard;
     uint32_t a_index;
     uint32_t a_gen;
@@ -74,7 +118,15 @@ typedef struct rec {
     rb_bytes payload;
 } rec;
 
-#define REC_FIXED (4 + 1 + 1 + 1 + 2 + 2 * (2 + 4 + 4) + 8 + 4 + 1 + 1 + 1 + 2 + 4)
+#define REC_FIXED   (4 + 1 + 2 + 1 + 1 + 2 + 1 + 2 * (2 + 4 + 4) + 8 + 4 + 1 + 1 + 1 + 2 + 4)
+#define REC_TYPE_AT 4
+
+/* Steps a record takes on its way (ROUTE, DELIVER, OUTCOME): a bound on
+ * the times one shard handles it in one visit of its envelope. */
+#define REC_STEPS_MAX 3
+
+_Static_assert(REC_FIXED + 3 * RB_RPC_NAME_BYTES_MAX <= RB_RPC_RECORD_OVERHEAD_BYTES,
+               "a record's fields fit in the overhead a payload leaves");
 
 typedef struct rb_rpc_call {
     uint32_t index;
@@ -165,31 +217,33 @@ static size_t rec_size(const rec *r)
            r->payload.len;
 }
 
+/* A string moves only towards the slot's start (a step keeps or drops the
+ * strings before it), so a move over its own bytes is safe. */
 static uint8_t *put_str(uint8_t *p, rb_bytes b, size_t width)
 {
     uint32_t len = (uint32_t)b.len;
     p = rb_rec_put(p, &len, width);
-    return rb_rec_put(p, b.ptr, b.len);
+    if (b.len > 0 && p != b.ptr) {
+        memmove(p, b.ptr, b.len);
+    }
+    return p + b.len;
 }
 
-/* Writes r for shard `to`. Returns 0, or RB_ELIMIT when no envelope could
- * be had (the caller's timer then still ends the call). */
-static int rec_send(rb_shard *sh, uint32_t to, const rec *r)
+/* Writes r into the slot at p of slot_bytes (at least rec_size(r)); r's
+ * strings may lie in that slot, at or after where they land. */
+static void rec_put(uint8_t *p, uint32_t slot_bytes, const rec *r)
 {
     RB_ASSERT(r->name.len <= RB_RPC_NAME_BYTES_MAX && r->method.len <= RB_RPC_NAME_BYTES_MAX);
     RB_ASSERT(r->caller.len <= RB_RPC_NAME_BYTES_MAX && r->message.len <= UINT16_MAX);
-    size_t len = rec_size(r);
-    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_RPC, len);
-    if (p == NULL) {
-        return RB_ELIMIT;
-    }
+    RB_ASSERT(rec_size(r) <= slot_bytes);
     uint8_t *start = p;
-    uint32_t bytes = (uint32_t)len;
-    p = rb_rec_put(p, &bytes, 4);
+    p = rb_rec_put(p, &slot_bytes, 4);
     p = rb_rec_put(p, &r->type, 1);
+    p = rb_rec_put(p, &r->to, 2);
     p = rb_rec_put(p, &r->op, 1);
     p = rb_rec_put(p, &r->service, 1);
     p = rb_rec_put(p, &r->code, 2);
+    p = rb_rec_put(p, &r->text, 1);
     p = rb_rec_put(p, &r->a_shard, 2);
     p = rb_rec_put(p, &r->a_index, 4);
     p = rb_rec_put(p, &r->a_gen, 4);
@@ -203,7 +257,22 @@ static int rec_send(rb_shard *sh, uint32_t to, const rec *r)
     p = put_str(p, r->caller, 1);
     p = put_str(p, r->message, 2);
     p = put_str(p, r->payload, 4);
-    RB_ASSERT((size_t)(p - start) == len);
+    RB_ASSERT((size_t)(p - start) == rec_size(r));
+}
+
+/* Writes r (its `to` set here) in a new slot for shard `to`. Returns 0, or
+ * RB_ELIMIT when no envelope could be had: the caller pauses its client
+ * or, with nobody to pause, the caller's timer still ends the call. */
+static int rec_send(rb_shard *sh, uint32_t to, const rec *r)
+{
+    size_t len = rec_size(r);
+    uint8_t *p = rb_mailbox_reserve(&sh->mail, to, RB_XK_RPC, len);
+    if (p == NULL) {
+        return RB_ELIMIT;
+    }
+    rec w = *r;
+    w.to = (uint16_t)to;
+    rec_put(p, (uint32_t)len, &w);
     rb_mailbox_commit(&sh->mail, to, len);
     return 0;
 }
@@ -216,15 +285,22 @@ static const uint8_t *get_str(const uint8_t *p, rb_bytes *out, size_t width)
     return p + len;
 }
 
-static const uint8_t *rec_read(const uint8_t *p, rec *r)
+/* Reads the record in the slot at p (only its type when REC_DEAD) and
+ * returns the slot's bytes, padding included. */
+static uint32_t rec_read(const uint8_t *p, rec *r)
 {
     const uint8_t *start = p;
     uint32_t bytes;
     p = rb_rec_get(p, &bytes, 4);
     p = rb_rec_get(p, &r->type, 1);
+    if (r->type == REC_DEAD) {
+        return bytes;
+    }
+    p = rb_rec_get(p, &r->to, 2);
     p = rb_rec_get(p, &r->op, 1);
     p = rb_rec_get(p, &r->service, 1);
     p = rb_rec_get(p, &r->code, 2);
+    p = rb_rec_get(p, &r->text, 1);
     p = rb_rec_get(p, &r->a_shard, 2);
     p = rb_rec_get(p, &r->a_index, 4);
     p = rb_rec_get(p, &r->a_gen, 4);
@@ -238,8 +314,35 @@ static const uint8_t *rec_read(const uint8_t *p, rec *r)
     p = get_str(p, &r->caller, 1);
     p = get_str(p, &r->message, 2);
     p = get_str(p, &r->payload, 4);
-    RB_ASSERT(p == start + bytes);
-    return p;
+    RB_ASSERT(p <= start + bytes);
+    RB_ASSERT(r->text < TEXT_COUNT);
+    return bytes;
+}
+
+/* The message of an outcome or a registration's answer. */
+static rb_bytes rec_message(const rec *r)
+{
+    if (r->text == TEXT_MESSAGE) {
+        return r->message;
+    }
+    return (rb_bytes){(const uint8_t *)text_of[r->text], strlen(text_of[r->text])};
+}
+
+/* Turns r (a ROUTE or DELIVER of call a) into the call's outcome, for the
+ * caller's shard: never longer than r, so it fits r's slot. */
+static void rec_become_outcome(rec *r, uint16_t code, uint8_t text)
+{
+    RB_ASSERT(r->type == REC_ROUTE || r->type == REC_DELIVER);
+    RB_ASSERT(text != TEXT_MESSAGE && text < TEXT_COUNT);
+    rec o = {.type = REC_OUTCOME,
+             .to = r->a_shard,
+             .op = WHAT_RESPONSE,
+             .code = code,
+             .text = text,
+             .a_shard = r->a_shard,
+             .a_index = r->a_index,
+             .a_gen = r->a_gen};
+    *r = o;
 }
 
 static uint32_t directory_shard(const rb_shard *sh, rb_bytes name)
@@ -472,8 +575,9 @@ static void cancel_call(rb_conn *c, uint64_t corr)
 }
 
 /* An OUTCOME record at the caller's shard: an ack, or the one response. */
-static void on_outcome(rb_rpc *rpc, const rec *r)
+static void on_outcome(rb_rpc *rpc, rec *r)
 {
+    r->type = REC_DEAD;
     rb_rpc_call *call = call_lookup(rpc, r->a_index, r->a_gen);
     if (call == NULL) {
         return; /* late: the call already ended */
@@ -497,24 +601,9 @@ static void on_outcome(rb_rpc *rpc, const rec *r)
     if (r->code == RB_WIRE_UNKNOWN_METHOD && !call->acked) {
         send_request_ack(c, call->corr);
     }
-    send_response(c, call->corr, r->code, r->message, r->payload);
+    send_response(c, call->corr, r->code, rec_message(r), r->payload);
     call_free(rpc, call);
     rb_conn_maybe_finish_drain(c);
-}
-
-/* An outcome for call (a_*) from a directory or responder shard. */
-static void outcome_to(rb_shard *sh, const rec *in, uint16_t code, const char *message)
-{
-    rec r = {.type = REC_OUTCOME,
-             .op = WHAT_RESPONSE,
-             .code = code,
-             .a_shard = in->a_shard,
-             .a_index = in->a_index,
-             .a_gen = in->a_gen,
-             .message = {(const uint8_t *)message, strlen(message)}};
-    if (rec_send(sh, in->a_shard, &r) != 0) {
-        RB_LOG_WARN(0, "rpc: no envelope for an outcome; the call ends at its timeout");
-    }
 }
 
 /* ---- the directory (shard hash(name) % shards) ---- */
@@ -524,7 +613,10 @@ static uint32_t bucket_of(rb_bytes name)
     return (uint32_t)(rb_hash_bytes(name.ptr, name.len) >> 7) & (RB_RPC_DIRECTORY_BUCKETS - 1);
 }
 
-static void on_route(rb_rpc *rpc, const rec *r)
+/* A ROUTE becomes, in its own slot, the DELIVER to the chosen responder or
+ * the call's outcome: the directory never needs an envelope to answer, so
+ * it never refuses a call for want of one. */
+static void on_route(rb_rpc *rpc, rec *r)
 {
     uint32_t named = 0;
     uint32_t serving = 0;
@@ -535,12 +627,11 @@ static void on_route(rb_rpc *rpc, const rec *r)
         }
     }
     if (named == 0) {
-        outcome_to(rpc->sh, r, RB_WIRE_RECIPIENT_NOT_FOUND, "nobody serves that destination");
+        rec_become_outcome(r, RB_WIRE_RECIPIENT_NOT_FOUND, TEXT_NOT_FOUND);
         return;
     }
     if (serving == 0) {
-        outcome_to(rpc->sh, r, RB_WIRE_UNKNOWN_METHOD,
-                   "the destination does not serve that method");
+        rec_become_outcome(r, RB_WIRE_UNKNOWN_METHOD, TEXT_UNKNOWN_METHOD);
         return;
     }
     uint32_t pick = (uint32_t)(rpc->spread++ % serving);
@@ -552,14 +643,11 @@ static void on_route(rb_rpc *rpc, const rec *r)
         if (pick-- > 0) {
             continue;
         }
-        rec d = *r;
-        d.type = REC_DELIVER;
-        d.b_shard = g->shard;
-        d.b_index = g->conn_index;
-        d.b_gen = g->conn_gen;
-        if (rec_send(rpc->sh, g->shard, &d) != 0) {
-            outcome_to(rpc->sh, r, RB_WIRE_RESOURCE_EXHAUSTED, "shard envelopes are all in use");
-        }
+        r->type = REC_DELIVER;
+        r->to = g->shard;
+        r->b_shard = g->shard;
+        r->b_index = g->conn_index;
+        r->b_gen = g->conn_gen;
         return;
     }
     RB_ASSERT(false);
@@ -572,7 +660,7 @@ static bool reg_matches(const rb_rpc_reg *g, const rec *r)
 }
 
 /* Registers (or refuses) r's connection; returns the wire code. */
-static uint16_t reg_add(rb_rpc *rpc, const rec *r, const char **why)
+static uint16_t reg_add(rb_rpc *rpc, const rec *r, uint8_t *text)
 {
     uint32_t b = bucket_of(r->name);
     uint32_t named = 0;
@@ -581,18 +669,18 @@ static uint16_t reg_add(rb_rpc *rpc, const rec *r, const char **why)
             continue;
         }
         if (g->service != (r->service != 0)) {
-            *why = "the name is a client id, not a service";
+            *text = TEXT_REG_NOT_A_SERVICE;
             return RB_WIRE_FORBIDDEN;
         }
         named++;
     }
     if (named >= RB_RPC_RESPONDERS_PER_NAME_MAX) {
-        *why = "the service has its limit of responders";
+        *text = TEXT_REG_RESPONDERS;
         return RB_WIRE_RESOURCE_EXHAUSTED;
     }
     rb_rpc_reg *g = rpc->reg_free;
     if (g == NULL) {
-        *why = "the directory is full";
+        *text = TEXT_REG_DIRECTORY_FULL;
         return RB_WIRE_RESOURCE_EXHAUSTED;
     }
     rpc->reg_free = g->next;
@@ -622,25 +710,20 @@ static void reg_remove(rb_rpc *rpc, const rec *r)
     }
 }
 
-static void on_reg(rb_rpc *rpc, const rec *r)
+/* A REG: an UNREGISTER is done; a REGISTER becomes, in its own slot, its
+ * answer to the responder's shard. */
+static void on_reg(rb_rpc *rpc, rec *r)
 {
     if (r->op == OP_UNREGISTER) {
         reg_remove(rpc, r);
+        r->type = REC_DEAD;
         return;
     }
-    const char *why = "";
-    rec d = *r;
-    d.type = REC_REG_DONE;
-    d.code = reg_add(rpc, r, &why);
-    d.message = (rb_bytes){(const uint8_t *)why, strlen(why)};
-    if (rec_send(rpc->sh, r->b_shard, &d) != 0) {
-        /* The connection never hears back: undo, so the directory does
-         * not route to a registration its owner thinks failed. */
-        if (d.code == RB_WIRE_OK) {
-            reg_remove(rpc, r);
-        }
-        RB_LOG_WARN(0, "rpc: no envelope for a registration's answer");
-    }
+    uint8_t text = TEXT_MESSAGE;
+    r->code = reg_add(rpc, r, &text);
+    r->text = text;
+    r->type = REC_REG_DONE;
+    r->to = r->b_shard;
 }
 
 /* ---- methods and serves (the responder's shard) ---- */
@@ -742,8 +825,9 @@ static void on_register_frame(rb_conn *c, const rb_frame *f)
     c->rpc_method_count++;
 }
 
-static void on_reg_done(rb_rpc *rpc, const rec *r)
+static void on_reg_done(rb_rpc *rpc, rec *r)
 {
+    r->type = REC_DEAD;
     rb_conn *c = rb_conn_lookup(rpc->sh, r->b_index, r->b_gen);
     if (c == NULL || (c->state != RB_CONN_OPEN && c->state != RB_CONN_DRAINING)) {
         return; /* its close unregisters what it had */
@@ -754,8 +838,9 @@ static void on_reg_done(rb_rpc *rpc, const rec *r)
         if (at != NULL) {
             method_unlink(rpc, c, at);
         }
-        rb_conn_send_error(c, r->corr, r->code, "REGISTER: %.*s", (int)r->message.len,
-                           (const char *)r->message.ptr);
+        rb_bytes why = rec_message(r);
+        rb_conn_send_error(c, r->corr, r->code, "REGISTER: %.*s", (int)why.len,
+                           (const char *)why.ptr);
         return;
     }
     uint8_t buf[RB_FRAME_HEADER_BYTES + 2 + 2 * RB_RPC_NAME_BYTES_MAX];
@@ -844,11 +929,12 @@ static rb_rpc_serve *serve_of(rb_conn *c, uint64_t id)
     return s->used && s->gen == gen && s->conn == c ? s : NULL;
 }
 
-static void on_deliver(rb_rpc *rpc, const rec *r)
+/* A DELIVER becomes a REQUEST to the responder (the record is done) or,
+ * in its own slot, the call's outcome. */
+static void on_deliver(rb_rpc *rpc, rec *r)
 {
     rb_conn *c = rb_conn_lookup(rpc->sh, r->b_index, r->b_gen);
     if (c == NULL || c->state != RB_CONN_OPEN) {
-        outcome_to(rpc->sh, r, RB_WIRE_RECIPIENT_DISCONNECTED, "the responder went away");
         if (c == NULL) {
             /* Its close normally unregisters it; should that record have
              * found no envelope, the directory learns it here. */
@@ -859,12 +945,12 @@ static void on_deliver(rb_rpc *rpc, const rec *r)
             u.payload = (rb_bytes){0};
             (void)rec_send(rpc->sh, directory_shard(rpc->sh, r->name), &u);
         }
+        rec_become_outcome(r, RB_WIRE_RECIPIENT_DISCONNECTED, TEXT_RESPONDER_GONE);
         return;
     }
     if (c->rpc_serve_count >= rpc->sh->server->cfg.rpc_serves_per_connection ||
         rpc->serve_free == NULL) {
-        outcome_to(rpc->sh, r, RB_WIRE_RESPONDER_BUSY,
-                   "the responder has its limit of requests in flight");
+        rec_become_outcome(r, RB_WIRE_RESPONDER_BUSY, TEXT_RESPONDER_LIMIT);
         return;
     }
     rb_rpc_serve *s = rpc->serve_free;
@@ -894,8 +980,10 @@ static void on_deliver(rb_rpc *rpc, const rec *r)
     if (rb_conn_append_frame(c, head, n, r->payload.ptr, r->payload.len) != 0 ||
         rb_conn_send_full(c, 0)) {
         serve_free(rpc, s);
-        outcome_to(rpc->sh, r, RB_WIRE_RESPONDER_BUSY, "the responder's send queue is full");
+        rec_become_outcome(r, RB_WIRE_RESPONDER_BUSY, TEXT_RESPONDER_QUEUE);
+        return;
     }
+    r->type = REC_DEAD;
 }
 
 /* A responder's REQUEST_ACK (flags 0) or a caller's cancel. */
@@ -966,8 +1054,9 @@ static void on_response_frame(rb_conn *c, const rb_frame *f)
     serve_free(c->shard->rpc, s);
 }
 
-static void on_cancel(rb_rpc *rpc, const rec *r)
+static void on_cancel(rb_rpc *rpc, rec *r)
 {
+    r->type = REC_DEAD;
     if (r->b_index >= RB_RPC_SERVES_PER_SHARD_MAX) {
         return;
     }
@@ -989,9 +1078,19 @@ static void rpc_conn_closed(rb_conn *c)
     }
     while (c->rpc_serves != NULL) {
         rb_rpc_serve *s = c->rpc_serves;
-        rec in = {.a_shard = s->call_shard, .a_index = s->call_index, .a_gen = s->call_gen};
-        outcome_to(c->shard, &in, RB_WIRE_RECIPIENT_DISCONNECTED,
-                   "the responder disconnected before answering");
+        /* No record to answer over here: with every envelope out, the
+         * call ends at its own timer instead (logged, as it is rare). */
+        rec r = {.type = REC_OUTCOME,
+                 .op = WHAT_RESPONSE,
+                 .code = RB_WIRE_RECIPIENT_DISCONNECTED,
+                 .text = TEXT_RESPONDER_CLOSED,
+                 .a_shard = s->call_shard,
+                 .a_index = s->call_index,
+                 .a_gen = s->call_gen};
+        if (rec_send(c->shard, s->call_shard, &r) != 0) {
+            RB_LOG_WARN(c->id, "rpc: no envelope to tell a caller its responder closed; the "
+                               "call ends at its timeout");
+        }
         serve_free(rpc, s);
     }
     while (c->rpc_methods != NULL) {
@@ -1010,38 +1109,74 @@ static void rpc_conn_closed(rb_conn *c)
 
 /* ---- the subsystem ---- */
 
+/* One step of record r, which is for this shard: r becomes its next step
+ * or REC_DEAD. */
+static void rec_step(rb_rpc *rpc, rec *r)
+{
+    switch (r->type) {
+    case REC_ROUTE:
+        on_route(rpc, r);
+        break;
+    case REC_DELIVER:
+        on_deliver(rpc, r);
+        break;
+    case REC_REG:
+        on_reg(rpc, r);
+        break;
+    case REC_REG_DONE:
+        on_reg_done(rpc, r);
+        break;
+    case REC_OUTCOME:
+        on_outcome(rpc, r);
+        break;
+    case REC_CANCEL:
+        on_cancel(rpc, r);
+        break;
+    default:
+        RB_ASSERT(false);
+    }
+}
+
+/* Runs the records for this shard, each until it is done or for another
+ * shard, and writes their next steps over them. The envelope then goes on
+ * to the shard of its first record not done, or back to its pool: it is
+ * never held, and no step needs another envelope, so RPC records can
+ * neither be lost for want of one nor wait for one in a cycle of shards.
+ * An envelope makes at most REC_STEPS_MAX hops per record. */
 static void on_rpc_envelope(void *ctx, rb_xmsg *m)
 {
     rb_rpc *rpc = ctx;
-    const uint8_t *p = m->data;
+    uint32_t me = rpc->sh->id;
+    uint32_t next = UINT32_MAX;
+    uint8_t *p = m->data;
     for (uint32_t i = 0; i < m->count; i++) {
+        uint8_t *slot = p;
         rec r;
-        p = rec_read(p, &r);
-        switch (r.type) {
-        case REC_ROUTE:
-            on_route(rpc, &r);
-            break;
-        case REC_DELIVER:
-            on_deliver(rpc, &r);
-            break;
-        case REC_REG:
-            on_reg(rpc, &r);
-            break;
-        case REC_REG_DONE:
-            on_reg_done(rpc, &r);
-            break;
-        case REC_OUTCOME:
-            on_outcome(rpc, &r);
-            break;
-        case REC_CANCEL:
-            on_cancel(rpc, &r);
-            break;
-        default:
-            RB_ASSERT(false);
+        uint32_t bytes = rec_read(slot, &r);
+        p = slot + bytes;
+        RB_ASSERT(p <= m->data + m->bytes);
+        for (uint32_t steps = 0; r.type != REC_DEAD && r.to == me; steps++) {
+            RB_ASSERT(steps < REC_STEPS_MAX);
+            rec_step(rpc, &r);
+            if (r.type == REC_DEAD) {
+                slot[REC_TYPE_AT] = REC_DEAD;
+            } else {
+                rec_put(slot, bytes, &r);
+                (void)rec_read(slot, &r); /* its strings may have moved */
+            }
+        }
+        if (r.type != REC_DEAD && next == UINT32_MAX) {
+            next = r.to;
         }
     }
     RB_ASSERT(p == m->data + m->bytes);
-    rb_xmsg_put(m);
+    if (next == UINT32_MAX) {
+        rb_xmsg_put(m);
+        return;
+    }
+    RB_ASSERT(next < rpc->sh->server->shard_count);
+    RB_ASSERT(next != me);
+    rb_mailbox_send(&rpc->sh->mail, next, m);
 }
 
 static void rpc_free(rb_rpc *rpc)

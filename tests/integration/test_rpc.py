@@ -536,3 +536,120 @@ def test_cli_serve_survives_a_command_that_ignores_its_stdin(daemon):
         assert proc.poll() is None
     finally:
         stop(proc)
+
+
+def test_calls_on_four_envelopes_are_paused_not_refused(make_daemon):
+    """With four envelopes per shard, REQUESTs, acks and responses all find
+    the envelopes out at times: the caller or the responder is paused (not
+    read) until envelopes come back, so every call of many callers gets its
+    own response exactly once, and none is refused or timed out. A 20 KiB
+    payload fills a third of an envelope."""
+    d = make_daemon(shards=2, extra="[limits]\nshard_envelopes = 4\n")
+    with connect(d) as resp, connect(d) as resp2:
+        assert register(resp, "id", service="svc").kind == rp.REGISTER
+        assert register(resp2, "id", service="svc", corr=101).kind == rp.REGISTER
+        callers = [connect(d, timeout=60) for _ in range(6)]
+        calls = 60
+        pad = bytes(20 * 1024)  # three to an envelope
+        answered = {"n": 0}
+        stop = threading.Event()
+
+        def serve(r):
+            while not stop.is_set():
+                try:
+                    req = r.recv_until(lambda f: f.kind == rp.REQUEST, timeout=0.2)
+                except TimeoutError:
+                    continue
+                except EOFError:
+                    return
+                r.send(rp.encode_request_ack(req.corr) +
+                       rp.encode_response(req.corr, rp.OK, "", b"re:" + req["payload"]))
+                answered["n"] += 1
+
+        servers = [threading.Thread(target=serve, args=(r,), daemon=True) for r in (resp, resp2)]
+        for t in servers:
+            t.start()
+        try:
+            for i, c in enumerate(callers):
+                c.send(b"".join(rp.encode_request(5000 + j, "svc", "id", f"{i}:{j}:".encode() + pad,
+                                                  timeout_ms=60000) for j in range(calls)))
+            for i, c in enumerate(callers):
+                for j in range(calls):
+                    frames = outcome(c, 5000 + j, timeout=60)
+                    got = [f for f in frames if f.kind == rp.RESPONSE]
+                    assert len(got) == 1, frames
+                    assert got[0]["code"] == rp.OK, (i, j, got[0])
+                    assert got[0]["payload"] == f"re:{i}:{j}:".encode() + pad
+            assert answered["n"] == len(callers) * calls
+            assert "rpc: no envelope" not in d.log()
+        finally:
+            stop.set()
+            for t in servers:
+                t.join(5)
+            for c in callers:
+                c.close()
+
+
+def test_refusals_on_four_envelopes_ride_the_request_envelope(make_daemon):
+    """With four envelopes per shard, calls to a service, to a method it does
+    not serve and to nobody are pipelined in one stream: the directory
+    answers the refused ones by writing the outcome over the request in its
+    own envelope, and forwards the others in it, so each call still gets
+    its one precise outcome, never resource_exhausted or a timeout."""
+    d = make_daemon(shards=2, extra="[limits]\nshard_envelopes = 4\n")
+    with connect(d) as resp:
+        assert register(resp, "id", service="svc").kind == rp.REGISTER
+        callers = [connect(d, timeout=60) for _ in range(4)]
+        kinds = [("svc", "id", rp.OK), ("svc", "nope", rp.UNKNOWN_METHOD),
+                 ("ghost", "id", rp.RECIPIENT_NOT_FOUND)]
+        calls = 60
+        pad = bytes(20 * 1024)
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    req = resp.recv_until(lambda f: f.kind == rp.REQUEST, timeout=0.2)
+                except TimeoutError:
+                    continue
+                except EOFError:
+                    return
+                resp.send(rp.encode_request_ack(req.corr) +
+                          rp.encode_response(req.corr, rp.OK, "", req["payload"][:16]))
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        try:
+            for i, c in enumerate(callers):
+                c.send(b"".join(rp.encode_request(7000 + j, kinds[j % 3][0], kinds[j % 3][1],
+                                                  f"{i}:{j}:".encode().ljust(16, b".") + pad,
+                                                  timeout_ms=60000) for j in range(calls)))
+            for i, c in enumerate(callers):
+                for j in range(calls):
+                    frames = outcome(c, 7000 + j, timeout=60)
+                    got = [f for f in frames if f.kind == rp.RESPONSE]
+                    acks = [f for f in frames if f.kind == rp.REQUEST_ACK]
+                    assert len(got) == 1 and len(acks) <= 1, frames
+                    code = kinds[j % 3][2]
+                    assert got[0]["code"] == code, (i, j, got[0])
+                    if code == rp.OK:
+                        assert got[0]["payload"] == f"{i}:{j}:".encode().ljust(16, b".")
+                    elif code == rp.UNKNOWN_METHOD:
+                        assert len(acks) == 1
+                        assert got[0]["message"] == "the destination does not serve that method"
+                    else:
+                        assert not acks
+                        assert got[0]["message"] == "nobody serves that destination"
+            for c in callers:
+                assert not c.__dict__.get("calls"), c.calls  # no frame of any call left over
+                try:
+                    f = c.recv(0.2)
+                except TimeoutError:
+                    continue
+                assert f.kind not in (rp.REQUEST_ACK, rp.RESPONSE), f  # a second outcome
+            assert "rpc: no envelope" not in d.log()
+        finally:
+            stop.set()
+            server.join(5)
+            for c in callers:
+                c.close()
