@@ -202,6 +202,43 @@ def test_quiet_topic_hole_is_repaired_without_a_next_publish(cluster):
     assert [q for _, q, _ in got] == [1, 2, 3]
 
 
+def test_unlinked_nodes_commits_reach_a_quiet_topic_by_the_hole_read_alone(make_daemon, pg_db,
+                                                                          tmp_path):
+    """Node 1 dials a port where nobody listens, so the two nodes never
+    link: node 2's commits reach node 1 only through Postgres. Node 1's
+    subscriber has seq 1 (published on node 1), node 2 publishes 2..5, and
+    nothing more is published: no later block shows the subscriber's stream
+    a seq jump (the stream's own repair from storage would mask a broken
+    hole read then). Only the sequencer of node 1's owner can deliver 2..5:
+    the repair tick reads the head, and the hole read from Postgres
+    delivers them live, counted in holes_fetched and repaired_seqs."""
+    c = Cluster(make_daemon, pg_db.conninfo, tmp_path, n=2,
+                overrides={0: {"peer_ports": {1: free_port()}}})
+    sub = subscribe(c.nodes[0], ["hq"])
+    assert publish_n(conn(c.nodes[0]), "hq", 1) == [1]
+    assert [q for _, q, _ in live_messages(sub, 1)] == [1]
+    before = c.state(0)
+    assert publish_n(conn(c.nodes[1]), "hq", 4, tag="b") == [2, 3, 4, 5]
+    got = []
+    deadline = time.monotonic() + 10  # the repair tick is 1 s
+    while len(got) < 4:
+        assert time.monotonic() < deadline, f"the hole 2..5 never came: {got} {c.state(0)}"
+        try:
+            f = sub.recv(0.5)
+        except TimeoutError:
+            continue
+        if f.kind == rp.PING:
+            sub.pong(f["nonce"])
+        elif f.kind == rp.MESSAGES:
+            assert f["mutate_id"] == 0, f.fields  # live, not a catch-up
+            got += [(s, bytes(p).decode()) for (t, s, p) in f["items"] if t == "hq"]
+    assert got == [(2, "b0"), (3, "b1"), (4, "b2"), (5, "b3")]
+    st = c.state(0)
+    assert st["peers"][0]["link"] != "up" and st["peers"][0]["batches_in"] == 0, st
+    assert st["holes_fetched"] > before["holes_fetched"], st
+    assert st["repaired_seqs"] >= before["repaired_seqs"] + 4, st
+
+
 def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     """kill -9 of the publishing node: every message it acknowledged reaches
     the subscribers of the surviving nodes, and a client of the dead node
