@@ -320,6 +320,45 @@ def test_receiver_short_of_block_memory_backpressures_the_link(make_daemon, pg_d
     assert c.state(0)["peers"][0]["link_drops"] == 0 and c.state(1)["peers"][0]["link_drops"] == 0
 
 
+def test_owner_short_of_block_envelopes_holds_its_forwards_and_drops_none(make_daemon, pg_db,
+                                                                         tmp_path):
+    """Node 1 has four block envelopes per shard, so its owners mostly find
+    none left when a commit is to be forwarded: the block waits on the
+    owner's forward list, in commit order, and goes when envelopes come
+    back. Each topic has one publish in flight at a time, so every commit
+    is a batch of one message and node 1 must forward exactly one batch per
+    message. A forward dropped for want of an envelope would still reach the
+    subscriber (node 2's sequencer reads the hole from Postgres), so the
+    batches are counted too: as many out of node 1 and into node 2 as
+    messages."""
+    topics = [f"fw{i}" for i in range(64)]
+    rounds = 8
+    c = Cluster(make_daemon, pg_db.conninfo, tmp_path, n=2,
+                overrides={0: {"limits": "shard_block_envelopes = 4"}})
+    c.wait_mesh()
+    sub = subscribe(c.nodes[1], topics)
+    wait_for(lambda: c.state(0)["peers"][0]["interest_in"] == len(topics),
+             "node 2's interest to reach node 1")
+    pub = conn(c.nodes[0])
+    corr = 0
+    for r in range(rounds):
+        for t in topics:
+            corr += 1
+            pub.send(rp.encode_publish(corr, t, f"{t}:{r}:" + "x" * 200))
+        for _ in topics:
+            f = pub.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR))
+            assert f.kind == rp.PUBLISH_ACK and f["seq"] == r + 1, f.fields
+    n = len(topics) * rounds
+    got = {}
+    for t, q, p in live_messages(sub, n):
+        got.setdefault(t, []).append((q, p.split(":")[1]))
+    assert got == {t: [(r + 1, str(r)) for r in range(rounds)] for t in topics}
+    wait_for(lambda: c.state(1)["peers"][0]["batches_in"] == n,
+             f"{n} batches into node 2: {c.state(0)} {c.state(1)}")
+    out = c.state(0)["peers"][0]
+    assert out["batches_out"] == n and out["link_drops"] == 0, out
+
+
 def test_kill9_and_restart_under_load_keep_one_order_on_every_node(cluster):
     """Publishers on all three nodes, subscribers from cursor 0 on every
     node; node 1 is killed with -9 in the middle of the load, its subscriber
