@@ -10,7 +10,9 @@
 #   latency at 10 000 msg/s, 256 B (p50/p99 from the intended send time)
 # ringbus acks after the Postgres commit (default durability); core NATS has
 # no store. Not part of `make test`. Needs root (initdb runs as postgres).
-# Usage: [ROUNDS=3] [COUNT=300000] [RINGBUS_BUILD=dir] bench/cluster.sh
+# PG_SYNC=off sets synchronous_commit = off (acks no longer wait for the
+# disk; the replica plane's own cost shows).
+# Usage: [ROUNDS=3] [COUNT=300000] [PG_SYNC=off] [OUT=file] [RINGBUS_BUILD=dir] bench/cluster.sh
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -44,6 +46,10 @@ runuser -u postgres -- "$PG_BIN/initdb" -D "$DIR/data" -A trust -U postgres -E U
     --no-instructions >/dev/null
 printf "%s\n" "listen_addresses = ''" "port = $PG_PORT" "unix_socket_directories = '$DIR'" \
     "shared_buffers = 512MB" "max_wal_size = 4GB" >>"$DIR/data/postgresql.conf"
+if [ "${PG_SYNC:-on}" = off ]; then
+    # The replica plane's own cost, without waiting for the disk per commit.
+    echo "synchronous_commit = off" >>"$DIR/data/postgresql.conf"
+fi
 runuser -u postgres -- "$PG_BIN/pg_ctl" -D "$DIR/data" -l "$DIR/pg.log" -w start >/dev/null
 PG_PID=$(head -1 "$DIR/data/postmaster.pid")
 "$PG_BIN/psql" -X -q -h "$DIR" -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
