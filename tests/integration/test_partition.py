@@ -105,7 +105,7 @@ def netns():
         n.create()
     except subprocess.CalledProcessError as e:
         n.destroy()
-        pytest.skip(f"veth pairs cannot be made here: {e.stderr}")
+        raise AssertionError(f"{' '.join(e.cmd)}: {e.stderr}") from None
     yield n
     n.destroy()
 
