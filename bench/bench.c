@@ -77,6 +77,7 @@ static const char *const mode_names[] = {"pubsub", "fanout", "latency", "catchup
 typedef struct opts {
     mode mode;
     const char *url;
+    const char *sub_url; /* where subscribers connect; NULL = url */
     const char *prefix;
     uint32_t size;
     uint64_t count;
@@ -329,9 +330,10 @@ static int group_open(bench *b, group *g, uint32_t n, bool subscriber, bool lat)
             }
         }
         char why[WHY_BYTES] = "";
-        if (b->drv->connect(b->o.url, b->o.window, connect_deadline(b), s, &s->conn, why,
-                            sizeof why) != RB_BENCH_OK) {
-            say("connect %s (%u of %u): %s", b->o.url, i + 1, n, why);
+        const char *url = subscriber && b->o.sub_url != NULL ? b->o.sub_url : b->o.url;
+        if (b->drv->connect(url, b->o.window, connect_deadline(b), s, &s->conn, why, sizeof why) !=
+            RB_BENCH_OK) {
+            say("connect %s (%u of %u): %s", url, i + 1, n, why);
             free(s->next);
             free(s->lat);
             return EXIT_RUNTIME;
@@ -359,7 +361,8 @@ static int group_subscribe(bench *b, group *g)
         char why[WHY_BYTES] = "";
         if (b->drv->subscribe(g->sinks[i].conn, (const char *const *)b->topics, b->o.topics,
                               connect_deadline(b), why, sizeof why) != RB_BENCH_OK) {
-            say("subscribe %s (subscriber %u): %s", b->o.url, i + 1, why);
+            say("subscribe %s (subscriber %u): %s", b->o.sub_url != NULL ? b->o.sub_url : b->o.url,
+                i + 1, why);
             return EXIT_RUNTIME;
         }
     }
@@ -705,8 +708,12 @@ static void fig_head(const bench *b, figure *fg)
     fig_str(fg, "system", b->drv->system);
     fig_str(fg, "mode", mode_names[b->o.mode]);
     fig_str(fg, "url", b->o.url);
+    if (b->o.sub_url != NULL) {
+        fig_str(fg, "sub_url", b->o.sub_url);
+    }
     if (!b->o.json) {
-        printf("%s bench %s  %s\n", b->drv->system, mode_names[b->o.mode], b->o.url);
+        printf("%s bench %s  %s%s%s\n", b->drv->system, mode_names[b->o.mode], b->o.url,
+               b->o.sub_url != NULL ? " -> " : "", b->o.sub_url != NULL ? b->o.sub_url : "");
         fg->n = 0; /* the line above says them */
     }
 }
@@ -1082,7 +1089,9 @@ static const char usage_text[] =
     "  --pid PID           the daemon's pid (conns)\n"
     "  --topic-prefix P    topics are P.t0, P.t1, ... (default bench)\n"
     "  --json              one JSON object per figure instead of a table\n"
-    "  --url URL           server URL\n";
+    "  --url URL           server URL\n"
+    "  --sub-url URL       the subscribers' server (default: --url), e.g. another\n"
+    "                      node of a cluster\n";
 
 const char *rb_bench_usage(void)
 {
@@ -1222,6 +1231,10 @@ static int parse_other_opt(opts *o, int argc, char **argv, int *i)
     if ((v = opt_value(argc, argv, i, "--url", &missing)) != NULL || missing) {
         o->url = v;
         return v != NULL ? 1 : -usage_error("--url needs a URL");
+    }
+    if ((v = opt_value(argc, argv, i, "--sub-url", &missing)) != NULL || missing) {
+        o->sub_url = v;
+        return v != NULL ? 1 : -usage_error("--sub-url needs a URL");
     }
     if ((v = opt_value(argc, argv, i, "--topic-prefix", &missing)) != NULL || missing) {
         o->prefix = v;

@@ -265,8 +265,12 @@
 #define RB_SHARD_XMSG_MIN     4
 #define RB_SHARD_XMSG_MAX     65536
 /* Envelopes without data per shard: one carries one fan-out block to one
- * shard (each ~64 bytes). */
-#define RB_SHARD_BARE_XMSG_MAX 65536
+ * shard (each ~64 bytes), [limits] shard_block_envelopes. When they are
+ * all out, owners hold released and forwarded blocks back, in order, and a
+ * replica link stops reading until some come back. */
+#define RB_SHARD_BARE_XMSG_DEFAULT 65536
+#define RB_SHARD_BARE_XMSG_MIN     4
+#define RB_SHARD_BARE_XMSG_MAX     65536
 /* A topic owner holds back new appends while the queue to a shard that
  * subscribes to the topic has this many envelopes waiting (its consumer
  * is behind): publishers wait for acks instead of memory filling. */

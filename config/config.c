@@ -139,6 +139,8 @@ static const field limits_fields[] = {
     U32("shard_queue_slots", shard_queue_slots, RB_SHARD_QUEUE_SLOTS_MIN, RB_SHARD_QUEUE_SLOTS_MAX),
     U32("shard_envelopes", shard_envelopes, RB_SHARD_XMSG_MIN, RB_SHARD_XMSG_MAX),
     U64("shard_block_bytes", shard_block_bytes, 1, RB_SHARD_BLOCK_BYTES_MAX),
+    U32("shard_block_envelopes", shard_block_envelopes, RB_SHARD_BARE_XMSG_MIN,
+        RB_SHARD_BARE_XMSG_MAX),
 };
 static const section limits_section = {"limits", limits_fields, COUNT(limits_fields)};
 
@@ -1614,6 +1616,7 @@ void rb_config_defaults(rb_config *cfg)
     cfg->shard_queue_slots = RB_SHARD_QUEUE_SLOTS_DEFAULT;
     cfg->shard_envelopes = RB_SHARD_XMSG_DEFAULT;
     cfg->shard_block_bytes = RB_SHARD_BLOCK_BYTES_DEFAULT;
+    cfg->shard_block_envelopes = RB_SHARD_BARE_XMSG_DEFAULT;
     cfg->keepalive_ms = RB_KEEPALIVE_MS_DEFAULT;
     cfg->pong_timeout_ms = RB_PONG_TIMEOUT_MS_DEFAULT;
     cfg->handshake_timeout_ms = RB_HANDSHAKE_MS_DEFAULT;

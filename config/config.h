@@ -152,6 +152,7 @@ typedef struct rb_config {
     uint32_t shard_queue_slots;           /* per shard pair, a power of two, default 4096 */
     uint32_t shard_envelopes;             /* 64 KiB envelopes per shard, default 4096 */
     uint64_t shard_block_bytes;           /* fan-out blocks per shard, default 512 MiB */
+    uint32_t shard_block_envelopes;       /* envelopes of one block each, default 65536 */
 
     /* [auth] */
     rb_auth_mode auth_mode;            /* mode = "none" | "required" */

@@ -71,7 +71,7 @@ uint64_t rb_shard_memory_bytes(const rb_server *srv)
     uint64_t bytes = (uint64_t)RB_RECV_BUF_COUNT * RB_RECV_BUF_BYTES + RB_SHARD_SQ_ENTRIES * 192ull;
     bytes += (uint64_t)cfg->shards * cfg->shard_queue_slots * sizeof(void *);
     bytes += (uint64_t)cfg->shard_envelopes * (sizeof(rb_xmsg) + RB_XMSG_DATA_BYTES);
-    bytes += (uint64_t)RB_SHARD_BARE_XMSG_MAX * sizeof(rb_xmsg);
+    bytes += (uint64_t)cfg->shard_block_envelopes * sizeof(rb_xmsg);
     bytes += cfg->shard_block_bytes + cfg->max_frame_bytes;
     for (uint32_t i = 0; i < srv->subsystem_count; i++) {
         if (srv->subsystems[i]->memory_bytes != NULL) {
@@ -189,7 +189,7 @@ static int shard_setup(rb_shard *sh, rb_err *err)
                              .all = srv->mailboxes,
                              .queue_slots = srv->cfg.shard_queue_slots,
                              .xmsg_max = srv->cfg.shard_envelopes,
-                             .bare_max = RB_SHARD_BARE_XMSG_MAX,
+                             .bare_max = srv->cfg.shard_block_envelopes,
                              .home = sh->id + 1,
                              .block_budget = srv->cfg.shard_block_bytes,
                              .block_bytes = srv->cfg.max_frame_bytes,

@@ -45,8 +45,10 @@ class Daemon:
     """One running ringbusd."""
 
     def __init__(self, tmp_path, shards=2, extra="", listeners=None, env=None, storage="memory",
-                 conninfo=None, pg_extra=""):
+                 conninfo=None, pg_extra="", wrap=None):
+        """wrap: a command the daemon runs under (e.g. `ip netns exec NS`)."""
         self.dir = tmp_path
+        self.wrap = list(wrap or [])
         self.port = free_port()
         self.config_path = tmp_path / "ringbusd.toml"
         self.log_path = tmp_path / "ringbusd.log"
@@ -92,7 +94,7 @@ class Daemon:
     def _start(self):
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(RINGBUSD), "--config", str(self.config_path)],
+            [*self.wrap, str(RINGBUSD), "--config", str(self.config_path)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             env=self.env,

@@ -202,6 +202,43 @@ def test_quiet_topic_hole_is_repaired_without_a_next_publish(cluster):
     assert [q for _, q, _ in got] == [1, 2, 3]
 
 
+def test_unlinked_nodes_commits_reach_a_quiet_topic_by_the_hole_read_alone(make_daemon, pg_db,
+                                                                          tmp_path):
+    """Node 1 dials a port where nobody listens, so the two nodes never
+    link: node 2's commits reach node 1 only through Postgres. Node 1's
+    subscriber has seq 1 (published on node 1), node 2 publishes 2..5, and
+    nothing more is published: no later block shows the subscriber's stream
+    a seq jump (the stream's own repair from storage would mask a broken
+    hole read then). Only the sequencer of node 1's owner can deliver 2..5:
+    the repair tick reads the head, and the hole read from Postgres
+    delivers them live, counted in holes_fetched and repaired_seqs."""
+    c = Cluster(make_daemon, pg_db.conninfo, tmp_path, n=2,
+                overrides={0: {"peer_ports": {1: free_port()}}})
+    sub = subscribe(c.nodes[0], ["hq"])
+    assert publish_n(conn(c.nodes[0]), "hq", 1) == [1]
+    assert [q for _, q, _ in live_messages(sub, 1)] == [1]
+    before = c.state(0)
+    assert publish_n(conn(c.nodes[1]), "hq", 4, tag="b") == [2, 3, 4, 5]
+    got = []
+    deadline = time.monotonic() + 10  # the repair tick is 1 s
+    while len(got) < 4:
+        assert time.monotonic() < deadline, f"the hole 2..5 never came: {got} {c.state(0)}"
+        try:
+            f = sub.recv(0.5)
+        except TimeoutError:
+            continue
+        if f.kind == rp.PING:
+            sub.pong(f["nonce"])
+        elif f.kind == rp.MESSAGES:
+            assert f["mutate_id"] == 0, f.fields  # live, not a catch-up
+            got += [(s, bytes(p).decode()) for (t, s, p) in f["items"] if t == "hq"]
+    assert got == [(2, "b0"), (3, "b1"), (4, "b2"), (5, "b3")]
+    st = c.state(0)
+    assert st["peers"][0]["link"] != "up" and st["peers"][0]["batches_in"] == 0, st
+    assert st["holes_fetched"] > before["holes_fetched"], st
+    assert st["repaired_seqs"] >= before["repaired_seqs"] + 4, st
+
+
 def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     """kill -9 of the publishing node: every message it acknowledged reaches
     the subscribers of the surviving nodes, and a client of the dead node
@@ -281,6 +318,45 @@ def test_receiver_short_of_block_memory_backpressures_the_link(make_daemon, pg_d
     wait_for(lambda: c.state(1)["peers"][0]["batches_in"] == c.state(0)["peers"][0]["batches_out"],
              "every forwarded batch to be handed on")
     assert c.state(0)["peers"][0]["link_drops"] == 0 and c.state(1)["peers"][0]["link_drops"] == 0
+
+
+def test_owner_short_of_block_envelopes_holds_its_forwards_and_drops_none(make_daemon, pg_db,
+                                                                         tmp_path):
+    """Node 1 has four block envelopes per shard, so its owners mostly find
+    none left when a commit is to be forwarded: the block waits on the
+    owner's forward list, in commit order, and goes when envelopes come
+    back. Each topic has one publish in flight at a time, so every commit
+    is a batch of one message and node 1 must forward exactly one batch per
+    message. A forward dropped for want of an envelope would still reach the
+    subscriber (node 2's sequencer reads the hole from Postgres), so the
+    batches are counted too: as many out of node 1 and into node 2 as
+    messages."""
+    topics = [f"fw{i}" for i in range(64)]
+    rounds = 8
+    c = Cluster(make_daemon, pg_db.conninfo, tmp_path, n=2,
+                overrides={0: {"limits": "shard_block_envelopes = 4"}})
+    c.wait_mesh()
+    sub = subscribe(c.nodes[1], topics)
+    wait_for(lambda: c.state(0)["peers"][0]["interest_in"] == len(topics),
+             "node 2's interest to reach node 1")
+    pub = conn(c.nodes[0])
+    corr = 0
+    for r in range(rounds):
+        for t in topics:
+            corr += 1
+            pub.send(rp.encode_publish(corr, t, f"{t}:{r}:" + "x" * 200))
+        for _ in topics:
+            f = pub.recv_until(lambda f: f.kind in (rp.PUBLISH_ACK, rp.ERROR))
+            assert f.kind == rp.PUBLISH_ACK and f["seq"] == r + 1, f.fields
+    n = len(topics) * rounds
+    got = {}
+    for t, q, p in live_messages(sub, n):
+        got.setdefault(t, []).append((q, p.split(":")[1]))
+    assert got == {t: [(r + 1, str(r)) for r in range(rounds)] for t in topics}
+    wait_for(lambda: c.state(1)["peers"][0]["batches_in"] == n,
+             f"{n} batches into node 2: {c.state(0)} {c.state(1)}")
+    out = c.state(0)["peers"][0]
+    assert out["batches_out"] == n and out["link_drops"] == 0, out
 
 
 def test_kill9_and_restart_under_load_keep_one_order_on_every_node(cluster):

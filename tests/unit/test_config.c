@@ -155,7 +155,7 @@ START_TEST(test_config_every_key_lands_in_its_field)
                 "server_id = \"n-7\"\n"
                 "[limits]\nmax_connections = 100\nmax_frame_bytes = 0x10000\n"
                 "send_queue_bytes = 1_000_000\npending_buffer_bytes = 2_000_000\n"
-                "topics_per_stream = 50\n"
+                "topics_per_stream = 50\nshard_block_envelopes = 4\n"
                 "[timeouts]\nkeepalive_ms = 1\npong_timeout_ms = 2\n"
                 "handshake_timeout_ms = 3\nclose_grace_ms = 86_400_000\n"
                 "[catchup]\ntopics_per_query = 4096\nrows_per_topic = 1\n"
@@ -174,6 +174,7 @@ START_TEST(test_config_every_key_lands_in_its_field)
     ck_assert_uint_eq(cfg->send_queue_bytes, 1000000);
     ck_assert_uint_eq(cfg->pending_buffer_bytes, 2000000);
     ck_assert_uint_eq(cfg->topics_per_stream, 50);
+    ck_assert_uint_eq(cfg->shard_block_envelopes, 4);
     ck_assert_uint_eq(cfg->keepalive_ms, 1);
     ck_assert_uint_eq(cfg->pong_timeout_ms, 2);
     ck_assert_uint_eq(cfg->handshake_timeout_ms, 3);
@@ -334,6 +335,10 @@ static const error_case out_of_range[] = {
      "c.toml:2:20: limits.send_queue_bytes: -1 is out of range [1, 1073741824]"},
     {"[limits]\npending_buffer_bytes = 0",
      "c.toml:2:24: limits.pending_buffer_bytes: 0 is out of range [1, 1073741824]"},
+    {"[limits]\nshard_block_envelopes = 3",
+     "c.toml:2:25: limits.shard_block_envelopes: 3 is out of range [4, 65536]"},
+    {"[limits]\nshard_block_envelopes = 65537",
+     "c.toml:2:25: limits.shard_block_envelopes: 65537 is out of range [4, 65536]"},
     {"[limits]\nmax_connections = 0",
      "c.toml:2:19: limits.max_connections: 0 is out of range [1, 1048576]"},
     {"[limits]\nrpc_calls_per_connection = 65537",
