@@ -1470,6 +1470,8 @@ static void rbd_event(const ringbus_event *ev, void *ctx)
     case RINGBUS_EVENT_TOPICS_LIVE:
     case RINGBUS_EVENT_REQUEST:
     case RINGBUS_EVENT_RESPONSE:
+    case RINGBUS_EVENT_RECONNECTING: /* sessions only; the bench uses plain connections */
+    case RINGBUS_EVENT_RECONNECTED:
         break;
     }
 }

@@ -1,5 +1,6 @@
 /* The `ringbus` command-line client: ping, pub, sub and stream over
- * libringbus, printing one JSON line per event on stdout (flushed per line)
+ * libringbus (pub, sub and stream on its resilient session, which
+ * reconnects), printing one JSON line per event on stdout (flushed per line)
  * and one clear line on stderr per failure. Exit status: 0 success, 1 a
  * runtime failure, 2 a usage error. The protocol itself is left to the
  * library; JSON syntax to json.c and stream commands to cmdjson.c. */
@@ -37,7 +38,8 @@
 #define TICK_MS 1000
 
 static const char usage_text[] =
-    "usage: ringbus [--url URL] [--timeout SECONDS] [--name NAME] [--ca FILE] [--insecure]\n"
+    "usage: ringbus [--url URL]... [--no-reconnect] [--timeout SECONDS] [--name NAME] [--ca FILE]\n"
+    "               [--insecure]\n"
     "               [--tls-library openssl|wolfssl] [--origin ORIGIN] [--token TOKEN | "
     "--token-file FILE |\n"
     "               --user NAME --password-file FILE] [--cert FILE --key FILE]\n"
@@ -46,7 +48,14 @@ static const char usage_text[] =
     "  --url URL          server URL (default " DEFAULT_URL "); tcp://host[:port],\n"
     "                     IPv6 as tcp://[::1]:7400, tls://host[:port],\n"
     "                     ws://host[:port][/path], wss://host[:port][/path],\n"
-    "                     quic://host[:port] (UDP)\n"
+    "                     quic://host[:port] (UDP); give --url again (or URLs separated\n"
+    "                     by commas, at most 16) for failover: pub, sub and stream\n"
+    "                     reconnect to the next one after a loss\n"
+    "  --no-reconnect     pub, sub, stream: end at the first loss of the connection\n"
+    "                     (by default they reconnect with backoff, re-add their topics\n"
+    "                     after the last message printed and re-send unacknowledged\n"
+    "                     publishes with their idempotency keys; a reconnect prints\n"
+    "                     {\"event\":\"reconnecting\",...} and {\"event\":\"reconnected\",...})\n"
     "  --ca FILE          tls, wss, quic: trust the CAs in FILE (PEM) instead of the system store\n"
     "  --insecure         tls, wss, quic: do not verify the server certificate (testing only)\n"
     "  --tls-library LIB  tls, wss: openssl (default) or wolfssl\n"
@@ -67,6 +76,11 @@ static const char usage_text[] =
     "  pub TOPIC [PAYLOAD]              publish PAYLOAD, or each stdin line (a trailing CR\n"
     "                                   is dropped); print each ack\n"
     "  pub --file PATH TOPIC            publish the whole file (- = all of stdin) as one message\n"
+    "  pub --key KEY TOPIC PAYLOAD      (or with --file) publish with idempotency key KEY\n"
+    "                                   (1..255 bytes): a repeat within the server's dedup\n"
+    "                                   window prints the original ack with \"duplicate\":true\n"
+    "                                   (after pub, --key is this key; give the TLS --key\n"
+    "                                   before the command)\n"
     "  sub [--history-only] [--count N] [--timeout SECONDS] TOPIC[@CURSOR]...\n"
     "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
     "                                   exits 1 when --timeout ends the run before --count\n"
@@ -87,7 +101,12 @@ static const char usage_text[] =
     "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
 
 typedef struct cli {
-    const char *url;
+    const char *url; /* the first of urls */
+    const char *urls[RINGBUS_SESSION_URLS_MAX];
+    size_t url_count;                          /* 0 = DEFAULT_URL */
+    char *url_lists[RINGBUS_SESSION_URLS_MAX]; /* owned: copies of comma-separated --url values */
+    size_t url_list_count;
+    bool no_reconnect; /* --no-reconnect */
     const char *name;
     const char *ca_file;       /* --ca */
     bool insecure;             /* --insecure */
@@ -100,7 +119,8 @@ typedef struct cli {
     const char *cert_file;     /* --cert */
     const char *key_file;      /* --key */
     int timeout_ms;
-    ringbus_conn *conn;
+    ringbus_conn *conn;       /* ping, serve, call */
+    ringbus_session *session; /* pub, sub, stream */
     rb_json_buf out;
     bool closed; /* a CLOSED event was printed */
     int closed_status;
@@ -238,6 +258,27 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_key(b, "message");
         rb_json_put_str(b, ev->message, strlen(ev->message));
         break;
+    case RINGBUS_EVENT_RECONNECTING:
+        rb_json_put_raw(b, "{\"event\":\"reconnecting\"", 23);
+        put_key(b, "attempt");
+        rb_json_put_u64(b, ev->attempt);
+        put_key(b, "delay_ms");
+        rb_json_put_u64(b, ev->delay_ms);
+        put_key(b, "code");
+        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
+                        strlen(ringbus_wire_code_name(ev->code)));
+        put_key(b, "message");
+        rb_json_put_str(b, ev->message, strlen(ev->message));
+        break;
+    case RINGBUS_EVENT_RECONNECTED:
+        rb_json_put_raw(b, "{\"event\":\"reconnected\"", 22);
+        put_key(b, "url");
+        rb_json_put_str(b, ev->message, strlen(ev->message));
+        put_key(b, "attempt");
+        rb_json_put_u64(b, ev->attempt);
+        put_key(b, "mutate_id");
+        rb_json_put_u64(b, ev->mutate_id);
+        break;
     case RINGBUS_EVENT_CLOSED:
         rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
         put_key(b, "status");
@@ -302,6 +343,36 @@ static bool is_opt(const char *arg, const char *name)
     return strncmp(arg, name, n) == 0 && (arg[n] == '\0' || arg[n] == '=');
 }
 
+/* Adds the URLs of one --url value (one URL, or several separated by
+ * commas). Returns 0 or -1 after saying why. */
+static int add_urls(cli *c, const char *value)
+{
+    if (c->url_list_count == RINGBUS_SESSION_URLS_MAX) {
+        say("at most %d URLs (try --help)", RINGBUS_SESSION_URLS_MAX);
+        return -1;
+    }
+    char *copy = strdup(value);
+    if (copy == NULL) {
+        say("out of memory");
+        return -1;
+    }
+    c->url_lists[c->url_list_count++] = copy;
+    for (char *save = NULL, *u = strtok_r(copy, ",", &save); u != NULL;
+         u = strtok_r(NULL, ",", &save)) {
+        if (c->url_count == RINGBUS_SESSION_URLS_MAX) {
+            say("at most %d URLs (try --help)", RINGBUS_SESSION_URLS_MAX);
+            return -1;
+        }
+        c->urls[c->url_count++] = u;
+    }
+    if (c->url_count == 0) {
+        say("--url needs a URL (try --help)");
+        return -1;
+    }
+    c->url = c->urls[0];
+    return 0;
+}
+
 /* Parses a global option at argv[*i]. Returns 1 when it was one, 0 when
  * it is not a global option, or an exit status (2) after an error. */
 static int global_opt(cli *c, int argc, char **argv, int *i)
@@ -309,10 +380,13 @@ static int global_opt(cli *c, int argc, char **argv, int *i)
     const char *arg = argv[*i];
     const char *v;
     if (is_opt(arg, "--url")) {
-        if ((v = opt_value(argc, argv, i, "--url")) == NULL) {
+        if ((v = opt_value(argc, argv, i, "--url")) == NULL || v[0] == '\0') {
             return -usage_error("--url needs a URL");
         }
-        c->url = v;
+        return add_urls(c, v) == 0 ? 1 : -EXIT_USAGE;
+    }
+    if (strcmp(arg, "--no-reconnect") == 0) {
+        c->no_reconnect = true;
         return 1;
     }
     if (is_opt(arg, "--ca")) {
@@ -456,18 +530,24 @@ static void on_event(const ringbus_event *ev, void *ctx)
     print_event(ctx, ev);
 }
 
+static void cli_options(const cli *c, ringbus_options *o)
+{
+    ringbus_options_init(o);
+    o->client_name = c->name != NULL ? c->name : "ringbus-cli";
+    o->connect_timeout_ms = c->timeout_ms;
+    o->request_timeout_ms = c->timeout_ms;
+    o->publish_window = PUB_WINDOW;
+    o->tls_ca_file = c->ca_file;
+    o->tls_insecure = c->insecure;
+    o->tls_library = c->tls_library;
+    o->ws_origin = c->origin;
+}
+
+/* A plain connection (ping, serve, call): the first URL that answers. */
 static int cli_connect(cli *c, bool with_callback)
 {
     ringbus_options o;
-    ringbus_options_init(&o);
-    o.client_name = c->name != NULL ? c->name : "ringbus-cli";
-    o.connect_timeout_ms = c->timeout_ms;
-    o.request_timeout_ms = c->timeout_ms;
-    o.publish_window = PUB_WINDOW;
-    o.tls_ca_file = c->ca_file;
-    o.tls_insecure = c->insecure;
-    o.tls_library = c->tls_library;
-    o.ws_origin = c->origin;
+    cli_options(c, &o);
     if (with_callback) {
         o.on_event = on_event;
         o.event_ctx = c;
@@ -478,7 +558,46 @@ static int cli_connect(cli *c, bool with_callback)
         return status;
     }
     ringbus_error err;
-    int rc = ringbus_connect(c->url, &o, &c->conn, &err);
+    int rc = RINGBUS_EINVAL;
+    size_t count = c->url_count > 0 ? c->url_count : 1;
+    for (size_t i = 0; i < count; i++) {
+        rc = ringbus_connect(c->url_count > 0 ? c->urls[i] : c->url, &o, &c->conn, &err);
+        if (rc == 0 || rc == RINGBUS_EINVAL || rc == RINGBUS_ESERVER) {
+            break;
+        }
+    }
+    explicit_bzero(secret, sizeof secret);
+    if (rc != 0) {
+        say("%s", err.message);
+        return rc == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
+    }
+    return 0;
+}
+
+/* The resilient session of pub, sub and stream (one connection that ends
+ * at the first loss with --no-reconnect). */
+static int cli_session(cli *c, bool with_callback)
+{
+    ringbus_options o;
+    cli_options(c, &o);
+    static char secret[SECRET_FILE_BYTES_MAX];
+    int status = sign_in_options(c, &o, secret, sizeof secret);
+    if (status != 0) {
+        return status;
+    }
+    ringbus_session_options so;
+    ringbus_session_options_init(&so);
+    const char *one[1] = {c->url};
+    so.urls = c->url_count > 0 ? c->urls : one;
+    so.url_count = c->url_count > 0 ? c->url_count : 1;
+    so.conn = &o;
+    so.no_reconnect = c->no_reconnect;
+    if (with_callback) {
+        so.on_event = on_event;
+        so.event_ctx = c;
+    }
+    ringbus_error err;
+    int rc = ringbus_session_open(&so, &c->session, &err);
     explicit_bzero(secret, sizeof secret);
     if (rc != 0) {
         say("%s", err.message);
@@ -603,6 +722,7 @@ static bool lines_done(const line_reader *lr)
 
 typedef struct pub_slot {
     bool done;
+    bool duplicate;
     int status;
     int wire_code;
     uint64_t seq;
@@ -612,6 +732,7 @@ typedef struct pub_slot {
 typedef struct pub_state {
     cli *c;
     const char *topic;
+    const char *key; /* --key, or NULL: the session makes one per publish */
     pub_slot ring[PUB_WINDOW];
     uint64_t head; /* next to print */
     uint64_t next; /* next to publish */
@@ -624,6 +745,7 @@ static void pub_done(const ringbus_publish_result *res, void *ctx)
     slot->status = res->status;
     slot->wire_code = res->status == RINGBUS_ESERVER ? res->wire_code : RINGBUS_WIRE_UNAVAILABLE;
     slot->seq = res->seq;
+    slot->duplicate = res->duplicate;
     slot->message = res->status != 0 ? strdup(res->message) : NULL;
 }
 
@@ -637,6 +759,9 @@ static void pub_print_ready(pub_state *ps)
             rb_json_put_str(&ps->c->out, ps->topic, strlen(ps->topic));
             put_key(&ps->c->out, "seq");
             rb_json_put_u64(&ps->c->out, s->seq);
+            if (s->duplicate) {
+                rb_json_put_raw(&ps->c->out, ",\"duplicate\":true", 17);
+            }
             rb_json_put_raw(&ps->c->out, "}", 1);
         } else {
             put_error(ps->c, s->wire_code, s->message != NULL ? s->message : "");
@@ -658,8 +783,9 @@ static int pub_one(pub_state *ps, const char *payload, size_t len)
     }
     pub_slot *slot = &ps->ring[ps->next % PUB_WINDOW];
     ringbus_error err;
-    int rc = ringbus_publish(ps->c->conn, ps->topic, strlen(ps->topic), payload, len, NULL, &err,
-                             pub_done, slot);
+    size_t key_len = ps->key != NULL ? strlen(ps->key) : 0;
+    int rc = ringbus_session_publish(ps->c->session, ps->topic, strlen(ps->topic), ps->key, key_len,
+                                     payload, len, NULL, &err, pub_done, slot);
     if (rc == RINGBUS_EAGAIN) {
         return PUB_WAIT;
     }
@@ -695,7 +821,7 @@ static int pub_lines(pub_state *ps, line_reader *lr)
 static int pub_turn(pub_state *ps, int wait_ms)
 {
     ringbus_error err;
-    int rc = ringbus_process(ps->c->conn, wait_ms, &err);
+    int rc = ringbus_session_process(ps->c->session, wait_ms, &err);
     pub_print_ready(ps);
     if (ps->c->closed || rc == RINGBUS_ECLOSED) {
         say("%s: connection closed before every ack arrived", ps->c->url);
@@ -743,15 +869,13 @@ static int pub_stdin(pub_state *ps)
         if (rc != 0) {
             break;
         }
-        (void)ringbus_flush(ps->c->conn, NULL);
         const char *line;
         size_t len;
         /* Read stdin only when every whole line it gave is published. */
         bool want_stdin = !lr.eof && lines_peek(&lr, &line, &len) == 0;
         struct pollfd pfd[2] = {
             {.fd = want_stdin ? STDIN_FILENO : -1, .events = POLLIN},
-            {.fd = ringbus_fd(ps->c->conn),
-             .events = POLLIN | (ringbus_want_write(ps->c->conn) ? POLLOUT : 0)},
+            {.fd = ringbus_session_fd(ps->c->session), .events = POLLIN},
         };
         int n = poll(pfd, 2, TICK_MS);
         if (pfd[0].revents != 0 && lines_fill(&lr) != 0) {
@@ -823,7 +947,9 @@ static int pub_file(pub_state *ps, const char *path)
     }
     char *payload = NULL;
     size_t len = 0;
-    int rc = read_whole(fd, path, ringbus_max_frame_bytes(ps->c->conn), &payload, &len);
+    const ringbus_conn *conn = ringbus_session_conn(ps->c->session);
+    size_t limit = conn != NULL ? ringbus_max_frame_bytes(conn) : RB_FRAME_BYTES_MAX;
+    int rc = read_whole(fd, path, limit, &payload, &len);
     if (fd != STDIN_FILENO) {
         close(fd);
     }
@@ -840,8 +966,18 @@ static int cmd_pub(cli *c, int argc, char **argv)
 {
     const char *pos[2] = {NULL, NULL};
     const char *file = NULL;
+    const char *key = NULL;
     int pos_count = 0;
     for (int i = 0; i < argc; i++) {
+        if (is_opt(argv[i], "--key")) {
+            /* After the command --key is the idempotency key, not the TLS
+             * key file of the global options. */
+            if ((key = opt_value(argc, argv, &i, "--key")) == NULL || key[0] == '\0' ||
+                strlen(key) > 255) {
+                return usage_error("pub --key needs an idempotency key of 1..255 bytes");
+            }
+            continue;
+        }
         int g = argv[i][0] == '-' && argv[i][1] == '-' ? global_opt(c, argc, argv, &i) : 0;
         if (g < 0) {
             return -g;
@@ -864,11 +1000,15 @@ static int cmd_pub(cli *c, int argc, char **argv)
     if (file != NULL && pos[1] != NULL) {
         return usage_error("pub: give PAYLOAD or --file, not both");
     }
+    if (key != NULL && file == NULL && pos[1] == NULL) {
+        return usage_error("pub --key: give PAYLOAD or --file (one key is one message)");
+    }
     pub_state *ps = calloc(1, sizeof *ps);
-    int rc = ps != NULL ? cli_connect(c, true) : EXIT_RUNTIME;
+    int rc = ps != NULL ? cli_session(c, true) : EXIT_RUNTIME;
     if (rc == 0) {
         ps->c = c;
         ps->topic = pos[0];
+        ps->key = key;
         if (file != NULL) {
             rc = pub_file(ps, file);
         } else if (pos[1] != NULL) {
@@ -989,6 +1129,8 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     case RINGBUS_EVENT_TOPICS_LIVE:
     case RINGBUS_EVENT_REQUEST:
     case RINGBUS_EVENT_RESPONSE:
+    case RINGBUS_EVENT_RECONNECTING:
+    case RINGBUS_EVENT_RECONNECTED:
         break;
     }
     return -1;
@@ -1028,7 +1170,7 @@ static int sub_loop(cli *c, const sub_args *a)
         }
         ringbus_event ev;
         ringbus_error err;
-        int rc = ringbus_next_event(c->conn, &ev, wait_ms, &err);
+        int rc = ringbus_session_next_event(c->session, &ev, wait_ms, &err);
         if (rc < 0) {
             say("%s", err.message);
             return EXIT_RUNTIME;
@@ -1048,11 +1190,12 @@ static int cmd_sub(cli *c, int argc, char **argv)
     sub_args a = {0};
     int rc = sub_parse(c, &a, argc, argv);
     if (rc == 0) {
-        rc = cli_connect(c, false);
+        rc = cli_session(c, false);
     }
     if (rc == 0) {
         ringbus_error err;
-        if (ringbus_mutate(c->conn, 1, a.adds, a.add_count, NULL, 0, a.history_only, &err) != 0) {
+        if (ringbus_session_mutate(c->session, 1, 0, a.adds, a.add_count, NULL, 0, a.history_only,
+                                   &err) != 0) {
             say("sub: %s", err.message);
             rc = err.code == RINGBUS_EINVAL ? EXIT_USAGE : EXIT_RUNTIME;
         }
@@ -1078,6 +1221,9 @@ static void stream_ack(const ringbus_publish_result *res, void *ctx)
         rb_json_put_str(&c->out, res->topic, res->topic_len);
         put_key(&c->out, "seq");
         rb_json_put_u64(&c->out, res->seq);
+        if (res->duplicate) {
+            rb_json_put_raw(&c->out, ",\"duplicate\":true", 17);
+        }
         rb_json_put_raw(&c->out, "}", 1);
     }
     emit(c);
@@ -1095,9 +1241,9 @@ static int stream_mutate(cli *c, const rb_cmd *cmd, ringbus_error *err)
         adds[i].cursor = cmd->adds[i].cursor;
         adds[i].is_now = cmd->adds[i].is_now;
     }
-    int rc = ringbus_mutate_epoch(c->conn, cmd->mutate_id, cmd->epoch, adds, cmd->add_count,
-                                  (const char *const *)cmd->removes, cmd->remove_count,
-                                  cmd->history_only, err);
+    int rc = ringbus_session_mutate(c->session, cmd->mutate_id, cmd->epoch, adds, cmd->add_count,
+                                    (const char *const *)cmd->removes, cmd->remove_count,
+                                    cmd->history_only, err);
     free(adds);
     return rc;
 }
@@ -1110,17 +1256,17 @@ static int stream_send(cli *c, const rb_cmd *cmd, uint64_t line_no)
     int rc;
     for (int waited_ms = 0;; waited_ms += 100) {
         if (cmd->kind == RB_CMD_CLOSE) {
-            rc = ringbus_half_close(c->conn, &err);
+            rc = ringbus_session_half_close(c->session, &err);
         } else if (cmd->kind == RB_CMD_PUBLISH) {
-            rc = ringbus_publish(c->conn, cmd->topic, cmd->topic_len, cmd->data, cmd->data_len,
-                                 NULL, &err, stream_ack, c);
+            rc = ringbus_session_publish(c->session, cmd->topic, cmd->topic_len, NULL, 0, cmd->data,
+                                         cmd->data_len, NULL, &err, stream_ack, c);
         } else {
             rc = stream_mutate(c, cmd, &err);
         }
         if (rc != RINGBUS_EAGAIN || waited_ms >= c->timeout_ms) {
             break;
         }
-        if (ringbus_process(c->conn, 100, &err) == RINGBUS_ECLOSED) {
+        if (ringbus_session_process(c->session, 100, &err) == RINGBUS_ECLOSED) {
             return 0;
         }
     }
@@ -1170,7 +1316,7 @@ static int stream_turn(cli *c, line_reader *lr, bool *closing, int *idle_ms)
 {
     struct pollfd pfd[2] = {
         {.fd = *closing ? -1 : STDIN_FILENO, .events = POLLIN},
-        {.fd = ringbus_fd(c->conn), .events = POLLIN | (ringbus_want_write(c->conn) ? POLLOUT : 0)},
+        {.fd = ringbus_session_fd(c->session), .events = POLLIN},
     };
     int n = poll(pfd, 2, TICK_MS);
     if (pfd[0].revents != 0 && lines_fill(lr) != 0) {
@@ -1188,7 +1334,7 @@ static int stream_turn(cli *c, line_reader *lr, bool *closing, int *idle_ms)
         }
     }
     ringbus_error err;
-    int events = ringbus_process(c->conn, 0, &err);
+    int events = ringbus_session_process(c->session, 0, &err);
     if (c->closed || events == RINGBUS_ECLOSED) {
         return (*closing && c->closed_status == RINGBUS_WIRE_OK) ? 0 : EXIT_RUNTIME;
     }
@@ -1215,16 +1361,17 @@ static int cmd_stream(cli *c, int argc, char **argv)
             return usage_error("stream: unexpected argument");
         }
     }
-    int rc = cli_connect(c, true);
+    int rc = cli_session(c, true);
     if (rc != 0) {
         return rc;
     }
     /* The epoch goes with the cursors a script saves (docs/PROTOCOL.md 8.1). */
+    const ringbus_conn *conn = ringbus_session_conn(c->session);
     rb_json_put_raw(&c->out, "{\"event\":\"started\"", 18);
     put_key(&c->out, "server_id");
-    rb_json_put_str(&c->out, ringbus_server_id(c->conn), strlen(ringbus_server_id(c->conn)));
+    rb_json_put_str(&c->out, ringbus_server_id(conn), strlen(ringbus_server_id(conn)));
     put_key(&c->out, "epoch");
-    rb_json_put_u64(&c->out, ringbus_epoch(c->conn));
+    rb_json_put_u64(&c->out, ringbus_epoch(conn));
     rb_json_put_raw(&c->out, "}", 1);
     emit(c);
     line_reader lr = {0};
@@ -1589,6 +1736,10 @@ int main(int argc, char **argv)
     rb_json_buf_init(&c.out);
     int rc = run(&c, argc, argv);
     ringbus_close(c.conn);
+    ringbus_session_close(c.session);
+    for (size_t i = 0; i < c.url_list_count; i++) {
+        free(c.url_lists[i]);
+    }
     rb_json_buf_deinit(&c.out);
     return rc;
 }

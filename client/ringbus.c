@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "client/conn_internal.h"
 #include "client/transport.h"
 #include "client/url.h"
 #include "common/assert.h"
@@ -127,6 +128,7 @@ struct ringbus_conn {
     uint64_t ping_nonce;
     bool pong_seen;
     int64_t pong_ns;
+    int64_t last_rx_ns; /* when the server last sent bytes (the session's watchdog) */
 
     uint64_t auth_corr; /* the AUTH in flight (ringbus_refresh_token), 0 = none */
     bool auth_answered;
@@ -902,6 +904,7 @@ static int rx_read(ringbus_conn *conn, int *events)
             return 0;
         }
         conn->rx_len += (size_t)n;
+        conn->last_rx_ns = rb_client_now_ns();
         int rc = rx_consume(conn, events);
         if (rc != 0) {
             return rc;
@@ -1189,6 +1192,7 @@ static int on_started(ringbus_conn *conn, const rb_frame *f, rb_err *err)
                           RB_SERVER_ID_BYTES_MAX);
     }
     conn->keepalive_ms = f->u.started.keepalive_ms;
+    conn->last_rx_ns = rb_client_now_ns();
     conn->capabilities = f->u.started.capabilities;
     conn->epoch = f->u.started.epoch;
     conn->max_frame_bytes = max;
@@ -1505,8 +1509,8 @@ static int check_open(const ringbus_conn *conn, const char *what, rb_err *err)
     return 0;
 }
 
-static int publish(ringbus_conn *conn, rb_bytes topic, rb_bytes payload, uint64_t *corr_id,
-                   rb_err *err, ringbus_publish_cb cb, void *ctx)
+static int publish(ringbus_conn *conn, rb_bytes topic, rb_bytes key, rb_bytes payload,
+                   uint64_t *corr_id, rb_err *err, ringbus_publish_cb cb, void *ctx)
 {
     int rc = check_open(conn, "publish", err);
     if (rc != 0) {
@@ -1516,7 +1520,11 @@ static int publish(ringbus_conn *conn, rb_bytes topic, rb_bytes payload, uint64_
         return rb_err_set(err, RB_EINVAL, 0, "publish: topic must be 1..%d bytes",
                           RB_TOPIC_BYTES_MAX);
     }
-    size_t need = RB_FRAME_HEADER_BYTES + 1 + topic.len + 1 + 4 + payload.len;
+    if (key.len > RB_IDEMPOTENCY_KEY_BYTES_MAX) {
+        return rb_err_set(err, RB_EINVAL, 0, "publish: idempotency key must be 0..%d bytes",
+                          RB_IDEMPOTENCY_KEY_BYTES_MAX);
+    }
+    size_t need = RB_FRAME_HEADER_BYTES + 1 + topic.len + 1 + key.len + 4 + payload.len;
     if (need > conn->max_frame_bytes || need > conn->tx_max) {
         return rb_err_set(err, RB_ELIMIT, 0,
                           "publish to %.*s: frame of %zu bytes exceeds max_frame_bytes %u",
@@ -1533,7 +1541,7 @@ static int publish(ringbus_conn *conn, rb_bytes topic, rb_bytes payload, uint64_
     slot->cb = cb;
     slot->ctx = ctx;
     size_t n = rb_frame_encode_publish(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len,
-                                       slot->corr_id, topic, bytes_of(NULL, 0), payload);
+                                       slot->corr_id, topic, key, payload);
     RB_ASSERT(n == need);
     conn->tx_len += n;
     if (corr_id != NULL) {
@@ -1546,14 +1554,42 @@ int ringbus_publish(ringbus_conn *conn, const char *topic, size_t topic_len, con
                     size_t payload_len, uint64_t *corr_id, ringbus_error *err,
                     ringbus_publish_cb cb, void *ctx)
 {
+    return ringbus_publish_key(conn, topic, topic_len, NULL, 0, payload, payload_len, corr_id, err,
+                               cb, ctx);
+}
+
+int ringbus_publish_key(ringbus_conn *conn, const char *topic, size_t topic_len, const void *key,
+                        size_t key_len, const void *payload, size_t payload_len, uint64_t *corr_id,
+                        ringbus_error *err, ringbus_publish_cb cb, void *ctx)
+{
     rb_err e = {0};
-    if (topic == NULL || (payload == NULL && payload_len != 0)) {
-        rb_err_set(&e, RB_EINVAL, 0, "publish: NULL topic or payload");
+    if (topic == NULL || (payload == NULL && payload_len != 0) || (key == NULL && key_len != 0)) {
+        rb_err_set(&e, RB_EINVAL, 0, "publish: NULL topic, key or payload");
         return export_err(err, &e);
     }
-    int rc = publish(conn, bytes_of(topic, topic_len), bytes_of(payload, payload_len), corr_id, &e,
-                     cb, ctx);
+    int rc = publish(conn, bytes_of(topic, topic_len), bytes_of(key, key_len),
+                     bytes_of(payload, payload_len), corr_id, &e, cb, ctx);
     return rc == 0 ? 0 : export_err(err, &e);
+}
+
+/* ---- for the session (client/conn_internal.h) ---- */
+
+int64_t rb_conn_last_rx_ns(const ringbus_conn *conn)
+{
+    return conn->last_rx_ns;
+}
+
+int rb_conn_probe(ringbus_conn *conn)
+{
+    if (conn->state != CONN_OPEN || conn->io_failed ||
+        tx_reserve(conn, RB_FRAME_HEADER_BYTES + 8, true, NULL) != 0) {
+        return RB_ECLOSED;
+    }
+    conn->ping_nonce = conn->ping_nonce + 1;
+    conn->tx_len += rb_frame_encode_ping(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len, 0,
+                                         conn->ping_nonce);
+    tx_flush(conn);
+    return 0;
 }
 
 typedef struct sync_result {
@@ -1579,7 +1615,7 @@ static int publish_start(ringbus_conn *conn, rb_bytes topic, rb_bytes payload, i
                          sync_result *r, uint64_t *corr_id, rb_err *err)
 {
     for (;;) {
-        int rc = publish(conn, topic, payload, corr_id, err, sync_done, r);
+        int rc = publish(conn, topic, bytes_of(NULL, 0), payload, corr_id, err, sync_done, r);
         if (rc != RB_EAGAIN) {
             return rc;
         }

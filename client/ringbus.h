@@ -127,6 +127,8 @@ typedef enum ringbus_event_kind {
     RINGBUS_EVENT_TOPIC_ERROR = 6,      /* one topic of a wave (or a live topic) left the stream */
     RINGBUS_EVENT_REQUEST = 7,          /* a call to a method this connection serves */
     RINGBUS_EVENT_RESPONSE = 8,         /* the one outcome of a ringbus_call */
+    RINGBUS_EVENT_RECONNECTING = 9,     /* session: the connection is lost; retrying */
+    RINGBUS_EVENT_RECONNECTED = 10,     /* session: connected again; topics re-added */
 } ringbus_event_kind;
 
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
@@ -184,6 +186,15 @@ typedef struct ringbus_event {
     const char *method;
     const char *caller;
     uint32_t timeout_ms;
+    /* RECONNECTING (sessions only): code and message say why the
+     * connection was lost or why the last attempt failed; attempt counts
+     * the attempts since the last connection (1 = the first) and delay_ms
+     * is how long the session waits before it.
+     * RECONNECTED: message is the URL connected to; mutate_id is the first
+     * wave that re-adds the session's topics (0 when it has none), whose
+     * CATCHUP_COMPLETE follows; attempt is the number of attempts it took. */
+    uint32_t attempt;
+    uint32_t delay_ms;
 } ringbus_event;
 
 /* Receives events when set in ringbus_options. It runs inside
@@ -377,6 +388,16 @@ RINGBUS_API int ringbus_publish(ringbus_conn *conn, const char *topic, size_t to
                                 const void *payload, size_t payload_len, uint64_t *corr_id,
                                 ringbus_error *err, ringbus_publish_cb cb, void *ctx);
 
+/* As ringbus_publish, with an idempotency key (key_len 0..255 bytes; 0 =
+ * none, the same as ringbus_publish; key may be NULL then): the server
+ * applies a publish at most once per (topic, key) within its dedup window
+ * (docs/PROTOCOL.md 7.1), and a retry is acknowledged with the original seq
+ * and res->duplicate set. key is copied before it returns. */
+RINGBUS_API int ringbus_publish_key(ringbus_conn *conn, const char *topic, size_t topic_len,
+                                    const void *key, size_t key_len, const void *payload,
+                                    size_t payload_len, uint64_t *corr_id, ringbus_error *err,
+                                    ringbus_publish_cb cb, void *ctx);
+
 /* Publishes and waits (at most options->request_timeout_ms) for the ack.
  * Events that arrive meanwhile are dispatched or queued as usual. Returns 0
  * with the seq in *seq (may be NULL), RINGBUS_ESERVER (err->wire_code says
@@ -510,6 +531,183 @@ RINGBUS_API int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error
  * event. Publishing and mutating are refused afterwards (RINGBUS_ECLOSED).
  * Returns 0 or RINGBUS_ECLOSED. */
 RINGBUS_API int ringbus_half_close(ringbus_conn *conn, ringbus_error *err);
+
+/* ---- the resilient session ---- */
+
+/* A session is a connection that survives failures: it keeps a list of
+ * server URLs, reconnects after a loss (exponential backoff with full
+ * jitter), re-adds every topic after the last seq it delivered, and re-sends
+ * the publishes that were in flight with their idempotency keys, so that the
+ * application sees every message once, in order, and every publish is
+ * acknowledged exactly once and stored once (within the server's dedup
+ * window, docs/PROTOCOL.md 7.1).
+ *
+ * Threading and ownership: as ringbus_conn (one thread at a time, callbacks
+ * on the calling thread, borrowed arguments unless stated otherwise).
+ * Reconnecting runs inside ringbus_session_process and
+ * ringbus_session_next_event and blocks them for at most
+ * connect_timeout_ms per attempt.
+ *
+ * Topics are the session's stable handles: the session remembers each
+ * topic's last delivered seq (ringbus_session_cursor) across connections;
+ * a topic leaves the session when the application removes it, when a
+ * TOPIC_ERROR event reports it, or when a history-only add is complete.
+ * A topic added at "now" that has delivered nothing yet is re-added at
+ * "now": messages published while the session was away are then not
+ * delivered for it. Give a cursor (0 for all retained) where that matters. */
+
+/* The session's wave ids (RECONNECTED's mutate_id, the waves that re-add
+ * topics) carry this bit; the application's own mutate_ids must not. */
+#define RINGBUS_SESSION_WAVE (UINT64_C(1) << 62)
+
+/* Optional cursor store: load returns true and fills *cursor and *epoch
+ * when it holds topic's cursor (it then replaces the add's cursor and
+ * is_now); save runs after each message the session delivers. ctx is the
+ * options' cursor_ctx. Both run on the session's thread, outside no lock;
+ * they must not call the session. */
+typedef bool (*ringbus_cursor_load_cb)(const char *topic, uint64_t *cursor, uint64_t *epoch,
+                                       void *ctx);
+typedef void (*ringbus_cursor_save_cb)(const char *topic, uint64_t seq, uint64_t epoch, void *ctx);
+
+#define RINGBUS_SESSION_URLS_MAX 16
+
+typedef struct ringbus_session_options {
+    /* 1..RINGBUS_SESSION_URLS_MAX server URLs (as ringbus_connect), tried
+     * in turn: a loss moves to the next one first. Copied at open. */
+    const char *const *urls;
+    size_t url_count;
+    /* Options of every connection (NULL = defaults); their on_event and
+     * event_ctx are ignored (the session's own are below). Credentials,
+     * token, password and file names are copied at open, and cleared from
+     * the session's memory when it is closed. */
+    const ringbus_options *conn;
+    /* true: a loss ends the session with CLOSED, as a plain connection. */
+    bool no_reconnect;
+    /* true: open succeeds even when no URL answers (it returns 0 and the
+     * session starts reconnecting); false: open fails with the last
+     * connect error. Non-retryable errors fail open either way. */
+    bool retry_initial_connect;
+    /* The delay before reconnect attempt n is uniform in
+     * [0, min(cap, base * 2^(n-1))] ms. 0 = 100 and 10000. */
+    uint32_t reconnect_base_ms;
+    uint32_t reconnect_cap_ms;
+    /* Failed attempts in a row before the session gives up with CLOSED
+     * (RINGBUS_WIRE_UNAVAILABLE). 0 = never give up. */
+    uint32_t reconnect_attempts_max;
+    /* How often one publish may be re-sent (after a loss or an
+     * `unavailable` answer) before it fails to the application. 0 = 8. */
+    uint32_t publish_reissue_max;
+    /* A publish first sent longer ago than this is not re-sent (it fails
+     * with RINGBUS_ECLOSED): keep it well inside the server's dedup window
+     * (`[dedup] window_ms`, 2 min by default), after which a re-send would
+     * be stored again. A publish never sent waits any time. 0 = 60000. */
+    uint32_t publish_retry_ms;
+    /* Bytes of topics, keys and payloads kept for publishes not yet
+     * acknowledged, including those waiting for a connection. 0 = 8 MiB.
+     * The count is bounded by conn->publish_window (0 = 4096). Beyond
+     * either, ringbus_session_publish returns RINGBUS_EAGAIN. */
+    size_t publish_buffer_bytes;
+    /* Topics the session follows at most. 0 = 100000 (the server's default
+     * limits.topics_per_stream). */
+    uint32_t topics_max;
+    /* A connection that sends nothing for this long is probed with a PING
+     * after two thirds of it and replaced after all of it. 0 = three times
+     * the server's keepalive_ms from STARTED; the watchdog is off when that
+     * is 0. */
+    uint32_t watchdog_ms;
+    ringbus_event_cb on_event; /* NULL: events queue for ringbus_session_next_event */
+    void *event_ctx;
+    ringbus_cursor_load_cb cursor_load;
+    ringbus_cursor_save_cb cursor_save;
+    void *cursor_ctx;
+} ringbus_session_options;
+
+typedef struct ringbus_session ringbus_session;
+
+/* Fills *options with the defaults (all zero/NULL). */
+RINGBUS_API void ringbus_session_options_init(ringbus_session_options *options);
+
+/* Connects to the first URL that answers (each tried once, in order) and
+ * returns 0 with a new session in *session, owned by the caller until
+ * ringbus_session_close. Fails with RINGBUS_EINVAL (no URL, too many,
+ * bad options), the first non-retryable connect error (RINGBUS_ESERVER with
+ * wire_code unauthorized, forbidden or invalid_argument; RINGBUS_EINVAL
+ * and RINGBUS_EUNSUPPORTED for a bad URL), RINGBUS_ENOMEM, or, without
+ * retry_initial_connect, the last URL's connect error. */
+RINGBUS_API int ringbus_session_open(const ringbus_session_options *options,
+                                     ringbus_session **session, ringbus_error *err);
+
+/* Closes the connection at once and frees the session. Publish callbacks
+ * still pending run with RINGBUS_ECLOSED before it returns. session may be
+ * NULL. Not from a callback. */
+RINGBUS_API void ringbus_session_close(ringbus_session *session);
+
+/* A file descriptor that stays the same for the session's life: poll it
+ * for POLLIN (only) and call ringbus_session_process (or
+ * ringbus_session_next_event with timeout 0) when it is readable. It wakes
+ * for the connection's input and output and for the session's timers
+ * (reconnect, watchdog, re-sends). Owned by the session. */
+RINGBUS_API int ringbus_session_fd(const ringbus_session *session);
+
+/* One turn: processes the connection as ringbus_process (waiting at most
+ * timeout_ms), re-sends what is due, runs the watchdog, and reconnects
+ * when the wait before the next attempt is over. Returns the events
+ * dispatched or queued, RINGBUS_ECLOSED once the session's CLOSED event
+ * was produced, RINGBUS_EINVAL from a callback, or RINGBUS_ENOMEM. */
+RINGBUS_API int ringbus_session_process(ringbus_session *session, int timeout_ms,
+                                        ringbus_error *err);
+
+/* As ringbus_next_event, without an event callback. The events are those
+ * of a connection, without the duplicates a reconnect would bring and
+ * without the connection's CLOSED (a loss is RECONNECTING, then
+ * RECONNECTED); CLOSED ends the session (after ringbus_session_half_close,
+ * a non-retryable close or failure, the attempts limit, or a loss with
+ * no_reconnect). */
+RINGBUS_API int ringbus_session_next_event(ringbus_session *session, ringbus_event *ev,
+                                           int timeout_ms, ringbus_error *err);
+
+/* Publishes as ringbus_publish_key. Without a key (key_len 0) the session
+ * makes one (unique for the session), so that a re-send is never stored
+ * twice. While the session is reconnecting the publish waits in the
+ * session's buffer. cb runs exactly once: with the ack (res->duplicate set
+ * when the server had already stored a re-send), with the server's
+ * refusal, or with RINGBUS_ECLOSED when the session closes, the reissue
+ * limit is hit or publish_retry_ms is over. res->corr_id is the session's id, stored in *corr_id
+ * (may be NULL). Returns 0, RINGBUS_EAGAIN (the session's buffer is full: process, then retry),
+ * RINGBUS_ELIMIT (larger than the server's max_frame_bytes or the buffer), RINGBUS_EINVAL or
+ * RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_session_publish(ringbus_session *session, const char *topic,
+                                        size_t topic_len, const void *key, size_t key_len,
+                                        const void *payload, size_t payload_len, uint64_t *corr_id,
+                                        ringbus_error *err, ringbus_publish_cb cb, void *ctx);
+
+/* As ringbus_mutate_epoch, on the session's topics: mutate_id must not
+ * carry RINGBUS_SESSION_WAVE. The session applies the change to its
+ * topics at once and sends it when connected (else with the next
+ * connection). The wave's CATCHUP_COMPLETE arrives once, also across a
+ * reconnect. Returns 0, RINGBUS_EINVAL, RINGBUS_ELIMIT (frame too large,
+ * or more than topics_max topics), RINGBUS_EAGAIN, RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_session_mutate(ringbus_session *session, uint64_t mutate_id, uint64_t epoch,
+                                       const ringbus_add *adds, size_t add_count,
+                                       const char *const *removes, size_t remove_count,
+                                       bool history_only, ringbus_error *err);
+
+/* The last seq the session delivered for topic and its epoch (or the
+ * cursor it was added with). Returns 1 when the session follows topic, 0
+ * when it does not, and 0 with *seq 0 for a topic added at "now" that
+ * delivered nothing. seq and epoch may be NULL. */
+RINGBUS_API int ringbus_session_cursor(const ringbus_session *session, const char *topic,
+                                       uint64_t *seq, uint64_t *epoch);
+
+/* The current connection, or NULL while reconnecting; valid until the next
+ * call on the session. Use it for what the session does not wrap (calls,
+ * ping, the handshake results); do not close it or change its topics. */
+RINGBUS_API ringbus_conn *ringbus_session_conn(const ringbus_session *session);
+
+/* Stops reconnecting and closes cleanly (ringbus_half_close) when
+ * connected: the session's CLOSED event follows the server's. Returns 0 or
+ * RINGBUS_ECLOSED. */
+RINGBUS_API int ringbus_session_half_close(ringbus_session *session, ringbus_error *err);
 
 #ifdef __cplusplus
 }
