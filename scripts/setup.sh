@@ -15,7 +15,7 @@ PACKAGES=(
   libjwt-dev libargon2-dev libjansson-dev libxxhash-dev python3-jwt python3-cryptography
   chromium libwebsockets-dev ngtcp2-client
   nats-server redis-server gnuplot-nox
-  python3 python3-pytest python3-prometheus-client
+  python3 python3-pytest python3-prometheus-client iproute2
   systemd
 )
 
