@@ -412,3 +412,42 @@ def test_the_watchdog_replaces_a_dead_silent_connection(make_daemon):
     s.wait_for("the second message", lambda c: len(c.events("message")) >= 2)
     s.stop()
     assert [(e["seq"], e["data"]) for e in s.events("message")] == [(1, "before"), (2, "after")]
+
+
+def build_session_client(tmp_path):
+    """tests/integration/session_client.c against the build's libringbus.a."""
+    from conftest import BUILD, ROOT
+    libs = subprocess.run(["pkg-config", "--libs", "wolfssl", "libngtcp2", "libngtcp2_crypto_gnutls",
+                           "libnghttp3", "gnutls"], capture_output=True, text=True,
+                          check=True).stdout.split()
+    san = ["-fsanitize=address,undefined"] if "asan" in BUILD.name else []
+    exe = tmp_path / "session_client"
+    subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Werror", *san,
+                    f"-I{ROOT / 'client'}", str(ROOT / "tests/integration/session_client.c"),
+                    str(BUILD / "libringbus.a"), "-lssl", "-lcrypto", *libs, "-lwslay",
+                    "-lpthread", "-o", str(exe)], check=True, timeout=120)
+    return exe
+
+
+def test_a_cursor_store_resumes_a_new_session_where_the_last_one_stopped(make_daemon, tmp_path):
+    d = make_daemon(storage="postgres")
+    exe = build_session_client(tmp_path)
+    for i in range(1, 4):
+        assert run_cli("--url", d.url, "pub", "rs.c", f"m{i}").returncode == 0
+    store = tmp_path / "cursors"
+    first = subprocess.run([str(exe), d.url, str(store), "rs.c", "3"], capture_output=True,
+                           text=True, timeout=60)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.splitlines() == ["1 m1", "2 m2", "3 m3"]
+    assert store.read_text().split()[:2] == ["rs.c", "3"]
+    assert "loads 1 saves 3 cursor 3" in first.stderr
+    # A new process, a restarted daemon: the store's cursor, not 0, is used.
+    d.kill9()
+    d.start()
+    for i in range(4, 6):
+        assert run_cli("--url", d.url, "pub", "rs.c", f"m{i}").returncode == 0
+    second = subprocess.run([str(exe), d.url, str(store), "rs.c", "2"], capture_output=True,
+                            text=True, timeout=60)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == ["4 m4", "5 m5"]
+    assert store.read_text().split()[:2] == ["rs.c", "5"]
