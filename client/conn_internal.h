@@ -3,6 +3,7 @@
 #ifndef RB_CLIENT_CONN_INTERNAL_H
 #define RB_CLIENT_CONN_INTERNAL_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "client/ringbus.h"
@@ -10,6 +11,10 @@
 /* When the server last sent bytes (rb_client_now_ns clock); STARTED's
  * arrival before that. */
 int64_t rb_conn_last_rx_ns(const ringbus_conn *conn);
+
+/* True once the server sent GOING_AWAY (its drain), with its reconnect
+ * delay hint in *hint_ms. */
+bool rb_conn_going_away(const ringbus_conn *conn, uint32_t *hint_ms);
 
 /* Queues a PING and writes it without waiting for the PONG (whose bytes
  * move rb_conn_last_rx_ns). Returns 0 or RB_ECLOSED. */

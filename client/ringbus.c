@@ -129,6 +129,8 @@ struct ringbus_conn {
     bool pong_seen;
     int64_t pong_ns;
     int64_t last_rx_ns; /* when the server last sent bytes (the session's watchdog) */
+    bool going_away;    /* GOING_AWAY arrived */
+    uint32_t going_away_hint_ms;
 
     uint64_t auth_corr; /* the AUTH in flight (ringbus_refresh_token), 0 = none */
     bool auth_answered;
@@ -803,6 +805,12 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
     case RB_FRAME_CLOSE:
         conn_die(conn, f->u.close.status, "server closed the connection", f, p);
         return 1;
+    case RB_FRAME_GOING_AWAY:
+        /* The server drains: it closes once what is in flight is done. The
+         * session stops sending and comes back after the hint. */
+        conn->going_away = true;
+        conn->going_away_hint_ms = f->u.going_away.reconnect_delay_ms;
+        return 0;
     case RB_FRAME_MESSAGES:
     case RB_FRAME_TOPICS_LIVE:
     case RB_FRAME_CATCHUP_COMPLETE:
@@ -1577,6 +1585,12 @@ int ringbus_publish_key(ringbus_conn *conn, const char *topic, size_t topic_len,
 int64_t rb_conn_last_rx_ns(const ringbus_conn *conn)
 {
     return conn->last_rx_ns;
+}
+
+bool rb_conn_going_away(const ringbus_conn *conn, uint32_t *hint_ms)
+{
+    *hint_ms = conn->going_away_hint_ms;
+    return conn->going_away;
 }
 
 int rb_conn_probe(ringbus_conn *conn)

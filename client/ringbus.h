@@ -554,7 +554,13 @@ RINGBUS_API int ringbus_half_close(ringbus_conn *conn, ringbus_error *err);
  * TOPIC_ERROR event reports it, or when a history-only add is complete.
  * A topic added at "now" that has delivered nothing yet is re-added at
  * "now": messages published while the session was away are then not
- * delivered for it. Give a cursor (0 for all retained) where that matters. */
+ * delivered for it. Give a cursor (0 for all retained) where that matters.
+ *
+ * Every publish takes a place in the server's idempotency-key table for
+ * the dedup window: a topic published faster than dedup.keys_per_topic /
+ * dedup.window_ms (65 536 per 2 min, about 546 per second, by default)
+ * gets `dedup_full` refusals, which reach the publish callback; size the
+ * server's [dedup] section for the publish rate (docs/OPERATIONS.md). */
 
 /* The session's wave ids (RECONNECTED's mutate_id, the waves that re-add
  * topics) carry this bit; the application's own mutate_ids must not. */

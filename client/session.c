@@ -284,8 +284,9 @@ static void pub_conn_done(const ringbus_publish_result *res, void *ctx)
 /* Sends the publishes that wait for a connection, in publish order. */
 static void pub_pump(ringbus_session *s)
 {
-    if (s->state != S_CONNECTED || s->queued_count == 0) {
-        return;
+    uint32_t hint_ms;
+    if (s->state != S_CONNECTED || s->queued_count == 0 || rb_conn_going_away(s->conn, &hint_ms)) {
+        return; /* a server going away gets nothing new: the next one will */
     }
     int64_t now = now_ns();
     spub *first = NULL;
@@ -637,13 +638,14 @@ static bool retryable_connect(int rc, int wire_code)
     return rc != RINGBUS_ESERVER || retryable_close(wire_code);
 }
 
-static void schedule(ringbus_session *s, int code, const char *message, bool at_once)
+static void schedule(ringbus_session *s, int code, const char *message, int64_t delay_ms)
 {
-    uint32_t delay_ms =
-        at_once ? 0 : rb_backoff_ms(s->base_ms, s->cap_ms, s->attempt, rb_backoff_next(&s->rnd));
+    if (delay_ms < 0) {
+        delay_ms = rb_backoff_ms(s->base_ms, s->cap_ms, s->attempt, rb_backoff_next(&s->rnd));
+    }
     s->state = S_WAITING;
     s->retry_ns = now_ns() + (int64_t)delay_ms * 1000000;
-    emit(s, RINGBUS_EVENT_RECONNECTING, code, message, s->attempt, delay_ms, 0);
+    emit(s, RINGBUS_EVENT_RECONNECTING, code, message, s->attempt, (uint32_t)delay_ms, 0);
 }
 
 /* The connection is gone (its CLOSED, or the watchdog). */
@@ -656,13 +658,22 @@ static void on_loss(ringbus_session *s, int code, const char *message)
         close_final(s, code, why);
         return;
     }
+    uint32_t hint_ms = 0;
+    bool drained = s->conn != NULL && rb_conn_going_away(s->conn, &hint_ms);
     drop_conn(s);
     s->attempt = 1;
     if (s->url_count > 1) {
         s->url_index = (s->url_index + 1) % s->url_count; /* another node first */
     }
-    /* A server going away asked for this: come back at once. */
-    schedule(s, code, why, code == RINGBUS_WIRE_GOING_AWAY);
+    int64_t delay_ms = -1; /* the backoff */
+    if (drained) {
+        /* The server's drain: not before its hint, spread over one more. */
+        delay_ms = hint_ms + (int64_t)(rb_backoff_next(&s->rnd) % ((uint64_t)hint_ms + 1));
+        code = RINGBUS_WIRE_GOING_AWAY;
+    } else if (code == RINGBUS_WIRE_GOING_AWAY) {
+        delay_ms = 0; /* a server going away without a hint: come back at once */
+    }
+    schedule(s, code, why, delay_ms);
 }
 
 static void on_conn_event(const ringbus_event *ev, void *ctx)
@@ -744,7 +755,7 @@ static void attempt_connect(ringbus_session *s)
     }
     s->attempt++;
     s->url_index = (s->url_index + 1) % s->url_count;
-    schedule(s, code, e.msg, false);
+    schedule(s, code, e.msg, -1);
 }
 
 /* Runs the watchdog and the re-sends. */
@@ -984,7 +995,7 @@ int ringbus_session_open(const ringbus_session_options *options, ringbus_session
     }
     s->url_index = 0;
     s->attempt = 1;
-    schedule(s, rc == RINGBUS_ESERVER ? e.cause : RINGBUS_WIRE_UNAVAILABLE, e.msg, false);
+    schedule(s, rc == RINGBUS_ESERVER ? e.cause : RINGBUS_WIRE_UNAVAILABLE, e.msg, -1);
     poll_sync(s);
     *session = s;
     return 0;
@@ -1315,7 +1326,8 @@ static int session_mutate(ringbus_session *s, uint64_t mutate_id, uint64_t epoch
         return rb_err_set(err, RB_ENOMEM, 0, "mutate: out of memory");
     }
     int rc = load_cursors(s, adds, n, loaded, &epoch, err);
-    if (rc == 0 && s->state == S_CONNECTED) {
+    uint32_t hint_ms;
+    if (rc == 0 && s->state == S_CONNECTED && !rb_conn_going_away(s->conn, &hint_ms)) {
         ringbus_error e;
         rc = ringbus_mutate_epoch(s->conn, mutate_id, epoch, loaded, n, removes, rn, history_only,
                                   &e);

@@ -216,6 +216,7 @@ static const char *const kind_names[] = {
     [RB_FRAME_MESSAGES] = "MESSAGES",
     [RB_FRAME_TOPICS_LIVE] = "TOPICS_LIVE",
     [RB_FRAME_CATCHUP_COMPLETE] = "CATCHUP_COMPLETE",
+    [RB_FRAME_GOING_AWAY] = "GOING_AWAY",
     [RB_FRAME_TOPIC_ERROR] = "TOPIC_ERROR",
     [RB_FRAME_AUTH] = "AUTH",
     [RB_FRAME_REGISTER] = "REGISTER",
@@ -654,6 +655,10 @@ static void decode_body(reader *r, rb_frame *f)
     case RB_FRAME_CATCHUP_COMPLETE:
         f->u.catchup_complete.mutate_id = rd_u64(r, "mutate_id");
         break;
+    case RB_FRAME_GOING_AWAY:
+        f->u.going_away.reconnect_delay_ms = rd_u32(r, "reconnect_delay_ms");
+        f->u.going_away.message = rd_prefixed(r, 2, "message", true);
+        break;
     case RB_FRAME_TOPIC_ERROR:
         decode_topic_error(r, f);
         break;
@@ -950,6 +955,20 @@ size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_
                                         uint64_t mutate_id)
 {
     return encode_u64_body(out, cap, RB_FRAME_CATCHUP_COMPLETE, corr_id, mutate_id);
+}
+
+size_t rb_frame_encode_going_away(uint8_t *out, size_t cap, uint64_t corr_id,
+                                  uint32_t reconnect_delay_ms, rb_bytes message)
+{
+    assert_str16(message);
+    size_t size = RB_FRAME_HEADER_BYTES + 4 + 2 + message.len;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, RB_FRAME_GOING_AWAY, corr_id);
+    p = put_u32(p, reconnect_delay_ms);
+    p = put_blob16(p, message);
+    return done(out, p, size);
 }
 
 size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,

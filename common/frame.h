@@ -36,9 +36,8 @@ typedef enum rb_frame_kind {
     RB_FRAME_MESSAGES = 10,
     RB_FRAME_TOPICS_LIVE = 11,
     RB_FRAME_CATCHUP_COMPLETE = 12,
-    RB_FRAME_AUTH = 13, /* fresh credentials on an open connection (token refresh) */
-    /* 14 (GOING_AWAY) is reserved for a frame not built yet; until it is,
-     * it is an unknown kind (bad_frame). */
+    RB_FRAME_AUTH = 13,       /* fresh credentials on an open connection (token refresh) */
+    RB_FRAME_GOING_AWAY = 14, /* the server drains: leave, come back after the hint */
     RB_FRAME_TOPIC_ERROR = 15,
     /* RPC between clients (docs/PROTOCOL.md section 12). */
     RB_FRAME_REGISTER = 16,    /* serve a method (client), accepted (server echo) */
@@ -230,6 +229,10 @@ typedef struct rb_frame {
             uint64_t mutate_id;
         } catchup_complete;
         struct {
+            uint32_t reconnect_delay_ms;
+            rb_bytes message;
+        } going_away;
+        struct {
             uint64_t mutate_id;
             rb_bytes topic;
             uint16_t code;
@@ -267,7 +270,7 @@ typedef struct rb_frame {
  * RB_WIRE_TOO_LARGE (size above max_frame_bytes),
  * RB_WIRE_UNSUPPORTED_VERSION (version != RB_PROTOCOL_VERSION; checked after
  * size, so that the size is known to be sane), RB_WIRE_BAD_FRAME for a kind
- * this codec does not know (0, 14, above RB_FRAME_KIND_LAST). */
+ * this codec does not know (0, above RB_FRAME_KIND_LAST). */
 int rb_frame_header_decode(const uint8_t *p, size_t len, uint32_t max_frame_bytes,
                            rb_frame_header *hdr, rb_err *err);
 
@@ -312,6 +315,9 @@ size_t rb_frame_encode_publish_ack(uint8_t *out, size_t cap, uint64_t corr_id, r
                                    uint64_t seq, uint8_t flags);
 size_t rb_frame_encode_catchup_complete(uint8_t *out, size_t cap, uint64_t corr_id,
                                         uint64_t mutate_id);
+/* GOING_AWAY: u32 reconnect_delay_ms, str16 message. */
+size_t rb_frame_encode_going_away(uint8_t *out, size_t cap, uint64_t corr_id,
+                                  uint32_t reconnect_delay_ms, rb_bytes message);
 /* TOPIC_ERROR: a per-topic outcome of the wave mutate_id (0 outside a
  * wave); message is at most RB_SHORT_STRING_BYTES_MAX bytes. */
 size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
@@ -406,7 +412,7 @@ size_t rb_credentials_encode_password(uint8_t *out, size_t cap, rb_bytes user, r
 
 /* ---- names and validation ---- */
 
-/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN" (also for the reserved 14). */
+/* "HELLO", "PUBLISH_ACK", ... or "UNKNOWN". */
 const char *rb_frame_kind_name(uint8_t kind);
 /* "ok", "bad_frame", "resource_exhausted", ... (DESIGN §3) or "unknown". */
 const char *rb_wire_code_name(uint16_t code);

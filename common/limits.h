@@ -196,7 +196,13 @@
 #define RB_PONG_TIMEOUT_MS_DEFAULT 30000
 #define RB_HANDSHAKE_MS_DEFAULT    10000
 #define RB_CLOSE_GRACE_MS_DEFAULT  2000
-#define RB_DURATION_MS_MAX         (24u * 3600u * 1000u)
+/* The lame-duck drain (SIGTERM): connections with work in flight get this
+ * long after GOING_AWAY, and each is told to come back after a delay drawn
+ * in [0, the hint]. */
+#define RB_SHUTDOWN_GRACE_MS_DEFAULT 10000
+#define RB_RECONNECT_HINT_MS_DEFAULT 1000
+#define RB_SHUTDOWN_MS_MAX           600000
+#define RB_DURATION_MS_MAX           (24u * 3600u * 1000u)
 
 /* Config files: bounded so a parser cannot be fed gigabytes. */
 #define RB_CONFIG_FILE_BYTES_MAX (1u << 20)

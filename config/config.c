@@ -149,6 +149,8 @@ static const field timeouts_fields[] = {
     U32("pong_timeout_ms", pong_timeout_ms, 1, RB_DURATION_MS_MAX),
     U32("handshake_timeout_ms", handshake_timeout_ms, 1, RB_DURATION_MS_MAX),
     U32("close_grace_ms", close_grace_ms, 1, RB_DURATION_MS_MAX),
+    U32("shutdown_grace_ms", shutdown_grace_ms, 1, RB_SHUTDOWN_MS_MAX),
+    U32("reconnect_hint_ms", reconnect_hint_ms, 0, RB_SHUTDOWN_MS_MAX),
 };
 static const section timeouts_section = {"timeouts", timeouts_fields, COUNT(timeouts_fields)};
 
@@ -1621,6 +1623,8 @@ void rb_config_defaults(rb_config *cfg)
     cfg->pong_timeout_ms = RB_PONG_TIMEOUT_MS_DEFAULT;
     cfg->handshake_timeout_ms = RB_HANDSHAKE_MS_DEFAULT;
     cfg->close_grace_ms = RB_CLOSE_GRACE_MS_DEFAULT;
+    cfg->shutdown_grace_ms = RB_SHUTDOWN_GRACE_MS_DEFAULT;
+    cfg->reconnect_hint_ms = RB_RECONNECT_HINT_MS_DEFAULT;
     cfg->catchup_topics_per_query = RB_CATCHUP_TOPICS_DEFAULT;
     cfg->catchup_rows_per_topic = RB_CATCHUP_ROWS_DEFAULT;
     cfg->catchup_queries_in_flight = RB_CATCHUP_INFLIGHT_DEFAULT;

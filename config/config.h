@@ -174,6 +174,8 @@ typedef struct rb_config {
     uint32_t pong_timeout_ms;      /* default 30000 */
     uint32_t handshake_timeout_ms; /* default 10000 */
     uint32_t close_grace_ms;       /* default 2000 */
+    uint32_t shutdown_grace_ms;    /* default 10000, at most RB_SHUTDOWN_MS_MAX */
+    uint32_t reconnect_hint_ms;    /* default 1000, 0..RB_SHUTDOWN_MS_MAX */
 
     /* [catchup] */
     uint32_t catchup_topics_per_query;  /* topics_per_query = 256 */

@@ -87,6 +87,7 @@ struct rb_conn {
     uint64_t ping_nonce;
     uint64_t partial_since_ms; /* 0 when no frame is partly received */
     uint64_t close_deadline_ms;
+    uint64_t leave_by_ms; /* after GOING_AWAY: CLOSE going_away then; 0 = none */
     /* receive reassembly */
     uint8_t hdr_bytes[RB_FRAME_HEADER_BYTES];
     uint32_t hdr_len;
@@ -370,8 +371,11 @@ uint64_t rb_session_hold_chunks(uint64_t bytes);
 void rb_session_on_closed(rb_shard *sh, rb_conn_closed_fn *fn);
 /* End of turn: every session that queued bytes gets a start_send. */
 void rb_conn_flush_all(rb_shard *sh);
-/* Daemon stop: every session is sent CLOSE going_away (or cut while it
- * still waits for HELLO on a link that has nothing to answer). */
+/* Daemon stop (the lame-duck drain): every open session is sent GOING_AWAY
+ * with a jittered reconnect hint, and CLOSE going_away as soon as it has no
+ * wave, publish or call in flight, at the latest after shutdown_grace_ms; a
+ * session still waiting for HELLO is closed (or cut, on a link that has
+ * nothing to answer). */
 void rb_conn_shutdown_all(rb_shard *sh);
 int rb_conn_table_init(rb_shard *sh, rb_err *err);
 void rb_conn_table_deinit(rb_shard *sh);

@@ -424,8 +424,37 @@ static void conn_fail(rb_conn *c, uint64_t corr_id, uint16_t code, const char *m
     rb_conn_close(c, code, "%s", msg);
 }
 
+/* A session told GOING_AWAY leaves as soon as nothing it asked for is in
+ * flight: what it published is acknowledged, its waves are complete, its
+ * calls answered. */
+static bool nothing_in_flight(rb_conn *c)
+{
+    return rb_stream_waves_done(c) && c->publishes_in_flight == 0 && c->rpc_call_count == 0;
+}
+
+static void send_going_away(rb_conn *c, uint64_t now)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    /* Spread the returns: a hint per connection in [0, reconnect_hint_ms]. */
+    uint64_t x = (c->id + now) * 0x9E3779B97F4A7C15ull;
+    x ^= x >> 29;
+    uint32_t hint = (uint32_t)(x % ((uint64_t)cfg->reconnect_hint_ms + 1));
+    static const char why[] = "server shutting down";
+    uint8_t buf[RB_FRAME_HEADER_BYTES + 4 + 2 + sizeof why];
+    size_t n = rb_frame_encode_going_away(buf, sizeof buf, 0, hint,
+                                          (rb_bytes){(const uint8_t *)why, sizeof why - 1});
+    RB_ASSERT(n > 0);
+    if (rb_conn_append(c, buf, n) != 0 || nothing_in_flight(c)) {
+        rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
+        return;
+    }
+    c->leave_by_ms = now + cfg->shutdown_grace_ms;
+    conn_rearm_timer(c);
+}
+
 void rb_conn_shutdown_all(rb_shard *sh)
 {
+    uint64_t now = rb_loop_now_ms(sh->loop);
     for (uint32_t i = 0; i < sh->conn_max; i++) {
         rb_conn *c = &sh->conns[i];
         if (c->state == RB_CONN_HANDSHAKE && !c->link->answers_before_hello) {
@@ -433,9 +462,11 @@ void rb_conn_shutdown_all(rb_shard *sh)
         } else if (c->state == RB_CONN_HANDSHAKE) {
             /* A pending WS upgrade is answered 503; TLS just closes. */
             rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
-        } else if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
-            rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
+        } else if (c->state == RB_CONN_OPEN && c->leave_by_ms == 0) {
+            send_going_away(c, now);
         }
+        /* A draining session (the client's CLOSE ok) finishes on its own
+         * clock, within the close grace. */
     }
 }
 
@@ -443,9 +474,10 @@ void rb_conn_maybe_finish_drain(rb_conn *c)
 {
     /* CLOSE ok promises that everything before it was delivered, so it
      * waits for the waves, the acks, the calls' outcomes and the send queue. */
-    if (c->state == RB_CONN_DRAINING && rb_stream_waves_done(c) && c->publishes_in_flight == 0 &&
-        c->rpc_call_count == 0 && rb_sendq_bytes(&c->sendq) == 0) {
+    if (c->state == RB_CONN_DRAINING && nothing_in_flight(c) && rb_sendq_bytes(&c->sendq) == 0) {
         rb_conn_close(c, RB_WIRE_OK, "closed");
+    } else if (c->state == RB_CONN_OPEN && c->leave_by_ms != 0 && nothing_in_flight(c)) {
+        rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down");
     }
 }
 
@@ -478,6 +510,9 @@ static void conn_rearm_timer(rb_conn *c)
     }
     if (c->expires_mono_ms != 0 && c->state == RB_CONN_OPEN && c->expires_mono_ms < due) {
         due = c->expires_mono_ms;
+    }
+    if (c->leave_by_ms != 0 && c->state == RB_CONN_OPEN && c->leave_by_ms < due) {
+        due = c->leave_by_ms;
     }
     rb_timer_arm(c->shard->loop, &c->timer, due > now ? due - now : 0);
 }
@@ -528,6 +563,10 @@ static void conn_timer_fired(rb_timer *t)
             refuse_now(c);
             return;
         }
+    } else if (c->state == RB_CONN_OPEN && c->leave_by_ms != 0 && now >= c->leave_by_ms) {
+        RB_LOG_INFO(c->id, "still busy after shutdown_grace_ms (%u ms)", cfg->shutdown_grace_ms);
+        rb_conn_close(c, RB_WIRE_GOING_AWAY, "server shutting down: shutdown grace over");
+        return;
     } else if (c->state == RB_CONN_OPEN && c->expires_mono_ms != 0 && now >= c->expires_mono_ms) {
         RB_LOG_INFO(c->id, "token of %s expired", rb_conn_who(c));
         rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "token expired");

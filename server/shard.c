@@ -126,7 +126,8 @@ static void stop_done(rb_op *op, int res, uint32_t flags)
         return;
     }
     sh->stopping = true;
-    sh->stop_deadline_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.close_grace_ms + 500;
+    sh->stop_deadline_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.shutdown_grace_ms +
+                           sh->server->cfg.close_grace_ms + 500;
     RB_LOG_INFO(0, "stopping: %u connections", atomic_load(&sh->conn_count));
     subsystems_stop(sh, false);
 }

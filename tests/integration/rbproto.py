@@ -43,7 +43,7 @@ MESSAGES = 10
 TOPICS_LIVE = 11
 CATCHUP_COMPLETE = 12
 AUTH = 13
-# 14 (GOING_AWAY) is reserved, not in this protocol yet.
+GOING_AWAY_FRAME = 14  # the frame; GOING_AWAY is the wire code 12
 TOPIC_ERROR = 15
 REGISTER = 16
 UNREGISTER = 17
@@ -65,6 +65,7 @@ KIND_NAMES = {
     TOPICS_LIVE: "TOPICS_LIVE",
     CATCHUP_COMPLETE: "CATCHUP_COMPLETE",
     AUTH: "AUTH",
+    GOING_AWAY_FRAME: "GOING_AWAY",
     TOPIC_ERROR: "TOPIC_ERROR",
     REGISTER: "REGISTER",
     UNREGISTER: "UNREGISTER",
@@ -325,6 +326,11 @@ def encode_topics_live(corr: int, topics: Iterable[str | bytes]) -> bytes:
 
 def encode_catchup_complete(corr: int, mutate_id: int) -> bytes:
     return encode_frame(CATCHUP_COMPLETE, corr, struct.pack("<Q", mutate_id))
+
+
+def encode_going_away(corr: int, reconnect_delay_ms: int, message: str | bytes) -> bytes:
+    return encode_frame(GOING_AWAY_FRAME, corr,
+                        struct.pack("<I", reconnect_delay_ms) + _str16(message))
 
 
 def encode_topic_error(corr: int, mutate_id: int, topic: str | bytes, code: int,
@@ -589,6 +595,8 @@ def _decode_body(kind: int, r: _Reader) -> dict:
         return {"topics": [r.topic(f"topic {i}: topic") for i in range(r.count("count", 2))]}
     if kind == CATCHUP_COMPLETE:
         return {"mutate_id": r.u64("mutate_id")}
+    if kind == GOING_AWAY_FRAME:
+        return {"reconnect_delay_ms": r.u32("reconnect_delay_ms"), "message": r.str16("message")}
     if kind == TOPIC_ERROR:
         mutate_id = r.u64("mutate_id")
         topic = r.topic()

@@ -307,9 +307,15 @@ def test_connection_limit_refuses_cleanly(make_daemon):
 
 
 def test_sigterm_sends_going_away_and_exits_zero(daemon):
+    """An idle client is told GOING_AWAY (with a hint within the default
+    reconnect_hint_ms) and closed at once with CLOSE going_away."""
     c = connect(daemon)
     c.hello()
     daemon.proc.send_signal(signal.SIGTERM)
+    f = c.recv(timeout=5)
+    assert f.kind == rp.GOING_AWAY_FRAME, f
+    assert 0 <= f.fields["reconnect_delay_ms"] <= 1000
+    assert f.fields["message"] == "server shutting down"
     f = c.recv(timeout=5)
     assert f.kind == rp.CLOSE and f.fields["status_name"] == "going_away"
     assert c.closed_within(5)

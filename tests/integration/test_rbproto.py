@@ -267,6 +267,7 @@ ALL_SAMPLES = [
     rp.encode_messages(0, 1, [("a", 1, b"x")]),
     rp.encode_topics_live(0, ["a"]),
     rp.encode_catchup_complete(0, 1),
+    rp.encode_going_away(0, 1500, "server shutting down"),
     rp.encode_topic_error(0, 1, "t", rp.CURSOR_AHEAD, "cursor 10 is beyond the head 5"),
     rp.encode_auth(1, rp.creds_token("a.b.c")),
     rp.encode_register(1, "m", "svc"),

@@ -7,6 +7,7 @@ must stop reconnecting at once. Every check is on what the clients printed
 and on what Postgres holds. The randomized schedule prints its seed on
 failure (RESILIENT_SEED=N replays it)."""
 
+import collections
 import json
 import os
 import random
@@ -84,7 +85,10 @@ class Feeder:
     """`ringbus pub TOPIC` fed one line per message at a steady rate until
     told to stop; remembers the payloads it wrote, in order."""
 
-    def __init__(self, urls, topic, name):
+    def __init__(self, urls, topic, name, rate=PUB_RATE):
+        """rate: lines per second; None writes as fast as the pipe takes
+        them (the publisher always has publishes in flight)."""
+        self.rate = rate
         self.cli = Cli(*urls_args(urls), "--timeout", str(WAIT_S), "pub", topic, stdin=True)
         self.topic = topic
         self.name = name
@@ -97,7 +101,7 @@ class Feeder:
         n = 0
         start = time.monotonic()
         while not self._stop.is_set():
-            due = start + n / PUB_RATE
+            due = start + n / self.rate if self.rate else 0
             if due > time.monotonic():
                 time.sleep(due - time.monotonic())
             payload = f"{self.name}-{n}"
@@ -140,7 +144,7 @@ def check_exactly_once(feeders, subs, url):
         seqs = [s for s, _ in rows]
         assert seqs == list(range(1, len(rows) + 1)), f"{topic}: stored seqs have gaps"
         payloads = [p for _, p in rows]
-        dups = {p for p in payloads if payloads.count(p) > 1}
+        dups = {p for p, n in collections.Counter(payloads).items() if n > 1}
         assert not dups, f"{topic}: stored twice (a re-send was not deduplicated): {sorted(dups)[:5]}"
         written = [p for f in feeders if f.topic == topic for p in f.sent]
         assert sorted(payloads) == sorted(written), (

@@ -225,6 +225,7 @@ def test_shutdown_answers_a_pending_upgrade_503_and_open_websockets_1001(make_da
     status, _, body = rt.read_http_head(pending)
     assert status == 503, body
     for conn in (c, s):
+        assert conn.recv().kind_name == "GOING_AWAY"
         f = conn.recv()
         assert f.kind == rp.CLOSE and f["status_name"] == "going_away"
         assert conn.sock.wait_close() == 1001

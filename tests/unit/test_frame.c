@@ -169,6 +169,8 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
         return rb_frame_encode_topics_live(out, cap, 0, sample_live, 2);
     case RB_FRAME_CATCHUP_COMPLETE:
         return rb_frame_encode_catchup_complete(out, cap, 0, 5);
+    case RB_FRAME_GOING_AWAY:
+        return rb_frame_encode_going_away(out, cap, 0, 1500, str("server shutting down"));
     case RB_FRAME_TOPIC_ERROR:
         return rb_frame_encode_topic_error(out, cap, 0, 5, str("orders.eu"), RB_WIRE_CURSOR_AHEAD,
                                            str("cursor 10 is beyond the head 5"));
@@ -899,17 +901,23 @@ START_TEST(test_frame_kind_zero_and_past_last_are_bad_frame)
 }
 END_TEST
 
-/* 14 is reserved for GOING_AWAY, not built yet. */
-START_TEST(test_frame_reserved_kinds_are_bad_frame)
+/* GOING_AWAY (14): the hint and the message round-trip; a truncated body
+ * is bad_frame. */
+START_TEST(test_frame_going_away_round_trips)
 {
-    rb_frame_header h;
+    size_t n = rb_frame_encode_going_away(buf, sizeof buf, 0, 1500, str("deploy"));
+    ck_assert_uint_eq(n, RB_FRAME_HEADER_BYTES + 4 + 2 + 6);
+    rb_frame f;
     rb_err err;
-    for (uint8_t kind = 14; kind <= 14; kind++) {
-        header(buf, 24, 1, kind, 0);
-        ck_assert_int_eq(hdr_decode(buf, &h, &err), RB_EPROTO);
-        ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
-        ck_assert_str_eq(rb_frame_kind_name(kind), "UNKNOWN");
-    }
+    ck_assert_int_eq(rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &f, &err), 0);
+    ck_assert_int_eq(f.hdr.kind, RB_FRAME_GOING_AWAY);
+    ck_assert_uint_eq(f.u.going_away.reconnect_delay_ms, 1500);
+    ck_assert_uint_eq(f.u.going_away.message.len, 6);
+    ck_assert_str_eq(rb_frame_kind_name(RB_FRAME_GOING_AWAY), "GOING_AWAY");
+    header(buf, RB_FRAME_HEADER_BYTES + 3, 1, RB_FRAME_GOING_AWAY, 0);
+    ck_assert_int_eq(rb_frame_decode(buf, RB_FRAME_HEADER_BYTES + 3, RB_FRAME_BYTES_MAX, &f, &err),
+                     RB_EPROTO);
+    ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
 }
 END_TEST
 
@@ -1721,7 +1729,7 @@ static void add_round_trips(Suite *s)
     tcase_add_test(tc, test_frame_mutate_without_epoch_decodes_as_epoch_zero);
     tcase_add_test(tc, test_frame_topic_error_round_trips);
     tcase_add_test(tc, test_frame_topic_error_with_empty_topic_is_bad_frame);
-    tcase_add_test(tc, test_frame_reserved_kinds_are_bad_frame);
+    tcase_add_test(tc, test_frame_going_away_round_trips);
     tcase_add_test(tc, test_frame_error_and_close_round_trip);
     tcase_add_test(tc, test_frame_ping_pong_and_catchup_complete_round_trip);
     tcase_add_test(tc, test_frame_publish_round_trips_with_and_without_key);
