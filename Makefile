@@ -84,7 +84,7 @@ CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
 CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
 LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c \
-                        transports/tls_pair.c) $(CLIENT_OBJ)
+                        transports/tls_pair.c transports/wsframe.c) $(CLIENT_OBJ)
 
 RINGBUSD   := $(BUILDDIR)/ringbusd
 RINGBUS    := $(BUILDDIR)/ringbus
