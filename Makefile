@@ -31,12 +31,11 @@ PKGS      := liburing libsystemd libpq wolfssl $(QUIC_PKGS)
 PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS) 2>/dev/null | sed 's/-I/-isystem /g')
 QUIC_LIBS := $(shell pkg-config --libs $(QUIC_PKGS) 2>/dev/null)
 # -lssl goes before -lwolfssl: wolfSSL exports a few OpenSSL names, and the
-# OpenSSL that libpq loads must bind to OpenSSL's own. libwslay has no .pc.
+# OpenSSL that libpq loads must bind to OpenSSL's own.
 PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon2 jansson libxxhash \
-               2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay \
+               2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) \
              $(QUIC_LIBS)
-CLIENT_LIBS := -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) -lwslay $(QUIC_LIBS) \
-               -lpthread
+CLIENT_LIBS := -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) $(QUIC_LIBS) -lpthread
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -84,7 +83,7 @@ CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
 CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
 LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c \
-                        transports/tls_pair.c) $(CLIENT_OBJ)
+                        transports/tls_pair.c transports/wsframe.c) $(CLIENT_OBJ)
 
 RINGBUSD   := $(BUILDDIR)/ringbusd
 RINGBUS    := $(BUILDDIR)/ringbus

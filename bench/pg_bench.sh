@@ -29,7 +29,7 @@ if [ -z "${RINGBUS_BUILD:-}" ]; then make -s build; fi
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -I. -isystem /usr/include/postgresql \
     bench/pg_raw.c storage/pgwire.c common/err.c common/log.c -lpq -o "$BUILD/pg_raw"
 cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -Werror -I. bench/pg_replay.c "$BUILD/libringbus.a" \
-    -lwolfssl -lwslay -lpthread -lm -o "$BUILD/pg_replay"
+    -lwolfssl -lpthread -lm -o "$BUILD/pg_replay"
 
 DIR=$(mktemp -d /tmp/rbpgbench-XXXXXX)
 chmod 755 "$DIR"

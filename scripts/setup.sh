@@ -10,7 +10,7 @@ MODE="${1:-}"
 PACKAGES=(
   build-essential pkg-config git clang-format
   liburing-dev libsystemd-dev check libsubunit-dev
-  libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev libwslay-dev
+  libwolfssl-dev libngtcp2-dev libngtcp2-crypto-gnutls-dev libnghttp3-dev
   libpq-dev libssl-dev postgresql openssl gnutls-bin
   libjwt-dev libargon2-dev libjansson-dev libxxhash-dev python3-jwt python3-cryptography
   chromium libwebsockets-dev ngtcp2-client

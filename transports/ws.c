@@ -1,12 +1,12 @@
 /* The WebSocket layer: the upgrade handshake in its HTTP phase (other
  * paths go to the listener's HTTP router, server/admin.c), then RFC 6455
- * framing. Incoming frames are parsed here, incrementally over any split
- * of the input, and unmasked eight bytes at a time (wslay's parser, which
- * did it a byte at a time, took half of the daemon's CPU on ws); they are
- * checked here too (masking, reserved bits, opcodes, fragments, sizes);
- * outgoing ringbus frames are framed here as one binary message
- * each, found by the size in their header. SHA-1 comes from wolfCrypt, so
- * this file includes wolfSSL headers and no OpenSSL ones. */
+ * framing through the frame parser and writer both roles share
+ * (transports/wsframe.c): incoming frames are parsed there, incrementally
+ * over any split of the input, and checked (masking, reserved bits,
+ * opcodes, fragments, sizes); this file adds the ringbus rule that one
+ * binary message carries exactly one ringbus frame, and frames each
+ * outgoing ringbus frame as one binary message, found by the size in its
+ * header. */
 #include "transports/ws.h"
 
 #include <stdarg.h>
@@ -14,31 +14,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/hash.h>
-
 #include "common/assert.h"
 #include "common/frame.h"
 #include "transports/http.h"
+#include "transports/wsframe.h"
 
-#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-/* A client frame header: 2 bytes, 8 of 64-bit length, 4 of mask. */
-#define WS_HEADER_BYTES_MAX 14
 /* Payload bytes unmasked per step, into a per-thread scratch buffer. */
 #define WS_UNMASK_BYTES 16384
-/* Control frame payloads are at most 125 bytes (RFC 6455 5.5). */
-#define WS_CONTROL_BYTES_MAX 125
-/* Bytes of a Close reason we send: it must fit a control frame. */
-#define WS_REASON_BYTES_MAX 120
-
-enum {
-    OP_CONT = 0x0,
-    OP_TEXT = 0x1,
-    OP_BINARY = 0x2,
-    OP_CLOSE = 0x8,
-    OP_PING = 0x9,
-    OP_PONG = 0xA,
-};
 
 typedef enum ws_phase {
     WS_HTTP = 0, /* reading the request head */
@@ -55,28 +37,18 @@ typedef struct ws_layer {
     uint8_t *head;
     uint32_t head_len;
     /* receiving */
-    uint8_t hdr[WS_HEADER_BYTES_MAX]; /* a frame header so far */
-    uint32_t hdr_len;
-    uint8_t mask[4];     /* the open frame's masking key */
-    uint64_t frame_pos;  /* payload bytes of the open frame seen so far */
-    bool frame_open;     /* a frame header was seen and its payload is due */
-    bool frame_fin;      /* the open frame ends its message */
-    uint64_t frame_left; /* payload bytes of that frame still to come */
-    uint8_t frame_op;
-    bool in_message; /* a binary message is incomplete */
-    uint64_t msg_bytes;
+    rb_wsframe_parser ps;
+    uint64_t msg_bytes;  /* bytes of the binary message so far */
     uint8_t msg_size[4]; /* the first bytes of the message: the frame's size */
-    uint8_t ctl[WS_CONTROL_BYTES_MAX];
-    uint32_t ctl_len;
     /* the Close we send: 0 = map the connection's status */
     uint16_t close_code;
-    char close_reason[WS_REASON_BYTES_MAX + 1];
+    char close_reason[RB_WSFRAME_REASON_BYTES_MAX + 1];
     /* sending */
     uint64_t out_left; /* payload bytes of the message being framed */
     uint8_t out_size[4];
     uint32_t out_size_len;
     bool pong_due; /* a Pong waits for the current message to end */
-    uint8_t pong[WS_CONTROL_BYTES_MAX];
+    uint8_t pong[RB_WSFRAME_CONTROL_BYTES_MAX];
     uint32_t pong_len;
 } ws_layer;
 
@@ -84,32 +56,9 @@ typedef struct ws_layer {
 
 /* ---- helpers ---- */
 
-static void base64(const uint8_t *in, size_t len, char *out)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        v |= i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0;
-        v |= i + 2 < len ? (uint32_t)in[i + 2] : 0;
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tab[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
-
 void rb_ws_accept_key(const char *key, size_t key_len, char out[29])
 {
-    uint8_t buf[128 + sizeof WS_GUID];
-    uint8_t digest[20];
-    RB_ASSERT(key_len <= 128);
-    memcpy(buf, key, key_len);
-    memcpy(buf + key_len, WS_GUID, sizeof WS_GUID - 1);
-    int rc = wc_ShaHash(buf, (word32)(key_len + sizeof WS_GUID - 1), digest);
-    RB_ASSERT(rc == 0);
-    base64(digest, sizeof digest, out);
+    rb_wsframe_accept_key(key, key_len, out);
 }
 
 uint16_t rb_ws_close_code(uint16_t wire_status)
@@ -144,32 +93,11 @@ __attribute__((format(printf, 5, 6))) static int ws_fail(ws_layer *w, rb_err *er
     return rb_err_set(err, RB_EPROTO, wire_code, "WebSocket %u: %s", ws_code, w->close_reason);
 }
 
-/* Writes an unmasked frame header for a payload of len bytes. */
-static size_t frame_header(uint8_t *h, uint8_t opcode, uint64_t len)
-{
-    h[0] = (uint8_t)(0x80u | opcode);
-    if (len < 126) {
-        h[1] = (uint8_t)len;
-        return 2;
-    }
-    if (len <= 0xffff) {
-        h[1] = 126;
-        h[2] = (uint8_t)(len >> 8);
-        h[3] = (uint8_t)len;
-        return 4;
-    }
-    h[1] = 127;
-    for (int i = 0; i < 8; i++) {
-        h[2 + i] = (uint8_t)(len >> (56 - 8 * i));
-    }
-    return 10;
-}
-
 static int send_control(ws_layer *w, uint8_t opcode, const uint8_t *p, size_t len, rb_err *err)
 {
-    uint8_t buf[2 + WS_CONTROL_BYTES_MAX];
-    RB_ASSERT(len <= WS_CONTROL_BYTES_MAX);
-    size_t h = frame_header(buf, opcode, len);
+    uint8_t buf[RB_WSFRAME_HEADER_BYTES_MAX + RB_WSFRAME_CONTROL_BYTES_MAX];
+    RB_ASSERT(len <= RB_WSFRAME_CONTROL_BYTES_MAX);
+    size_t h = rb_wsframe_header(buf, opcode, true, len, NULL);
     memcpy(buf + h, p, len);
     return rb_layer_down(&w->base, buf, h + len, err);
 }
@@ -252,19 +180,7 @@ static void http_answer(ws_layer *w, const rb_http_request *req, int status, con
 
 static bool key_ok(const rb_http_header *h)
 {
-    /* 16 random bytes in base64: 22 characters and "==". */
-    if (h == NULL || h->value.len != 24 || memcmp(h->value.ptr + 22, "==", 2) != 0) {
-        return false;
-    }
-    for (size_t i = 0; i < 22; i++) {
-        char c = h->value.ptr[i];
-        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-                  c == '+' || c == '/';
-        if (!ok) {
-            return false;
-        }
-    }
-    return true;
+    return h != NULL && rb_wsframe_key_ok(h->value.ptr, h->value.len);
 }
 
 static bool origin_ok(const ws_layer *w, const rb_http_request *req)
@@ -427,139 +343,7 @@ static int http_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
 
 /* ---- receiving frames ---- */
 
-/* A parsed frame header. */
-typedef struct ws_frame_head {
-    bool fin;
-    uint8_t rsv;
-    uint8_t opcode;
-    bool mask;
-    uint64_t payload_length;
-} ws_frame_head;
-
 static _Thread_local uint8_t unmask_scratch[WS_UNMASK_BYTES];
-
-/* out = in XOR the key, starting at key byte `pos % 4`: eight bytes per
- * step through a 64-bit word (memcpy keeps it alignment-free; compilers
- * turn the loop into vector code). */
-static void unmask(uint8_t *out, const uint8_t *in, size_t len, const uint8_t key[4], uint64_t pos)
-{
-    uint8_t k8[8];
-    for (int i = 0; i < 8; i++) {
-        k8[i] = key[(pos + (uint64_t)i) & 3];
-    }
-    uint64_t k;
-    memcpy(&k, k8, 8);
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t v;
-        memcpy(&v, in + i, 8);
-        v ^= k;
-        memcpy(out + i, &v, 8);
-    }
-    for (; i < len; i++) {
-        out[i] = in[i] ^ k8[i & 7];
-    }
-}
-
-/* Parses a complete header in w->hdr; returns 1 when it is complete, 0
- * when more bytes are needed, or a negative error. */
-static uint32_t head_need(const ws_layer *w)
-{
-    if (w->hdr_len < 2) {
-        return 2;
-    }
-    uint8_t b1 = w->hdr[1];
-    uint8_t len7 = b1 & 0x7f;
-    return 2u + ((b1 & 0x80) ? 4u : 0u) + (len7 == 126 ? 2u : len7 == 127 ? 8u : 0u);
-}
-
-static int head_parse(ws_layer *w, ws_frame_head *h, rb_err *err)
-{
-    if (w->hdr_len < 2 || w->hdr_len < head_need(w)) {
-        return 0;
-    }
-    uint8_t b0 = w->hdr[0];
-    uint8_t b1 = w->hdr[1];
-    uint8_t len7 = b1 & 0x7f;
-    h->fin = (b0 & 0x80) != 0;
-    h->rsv = (uint8_t)((b0 >> 4) & 7);
-    h->opcode = b0 & 0x0f;
-    h->mask = (b1 & 0x80) != 0;
-    const uint8_t *q = w->hdr + 2;
-    if (len7 == 126) {
-        h->payload_length = (uint64_t)q[0] << 8 | q[1];
-        q += 2;
-    } else if (len7 == 127) {
-        h->payload_length = 0;
-        for (int i = 0; i < 8; i++) {
-            h->payload_length = h->payload_length << 8 | q[i];
-        }
-        q += 8;
-        if (h->payload_length >> 63) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
-                           "malformed frame header (64-bit length with its top bit set)");
-        }
-    } else {
-        h->payload_length = len7;
-    }
-    if ((h->opcode & 0x8) != 0 && (!h->fin || h->payload_length > WS_CONTROL_BYTES_MAX)) {
-        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
-                       "malformed frame header (a control frame must be final and at most "
-                       "%u bytes)",
-                       WS_CONTROL_BYTES_MAX);
-    }
-    if (h->mask) {
-        memcpy(w->mask, q, 4);
-    }
-    return 1;
-}
-
-/* Checks a frame header (seen with its first payload chunk). */
-static int frame_begin(ws_layer *w, const ws_frame_head *io, rb_err *err)
-{
-    uint32_t max = w->opt.max_frame_bytes;
-    if (io->rsv != 0) {
-        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "reserved bits set (no extension)");
-    }
-    if (!io->mask) {
-        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "client frames must be masked");
-    }
-    w->frame_op = io->opcode;
-    w->ctl_len = 0;
-    switch (io->opcode) {
-    case OP_TEXT:
-        return ws_fail(w, err, 1003, RB_WIRE_BAD_FRAME,
-                       "text messages are not supported; send each frame as a binary message");
-    case OP_BINARY:
-        if (w->in_message) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "new message inside a fragmented one");
-        }
-        if (io->fin && io->payload_length < RB_FRAME_HEADER_BYTES) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
-                           "a binary message must carry exactly one frame (%llu bytes are "
-                           "fewer than the %u-byte frame header)",
-                           (unsigned long long)io->payload_length, RB_FRAME_HEADER_BYTES);
-        }
-        w->in_message = true;
-        w->msg_bytes = 0;
-        break;
-    case OP_CONT:
-        if (!w->in_message) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "continuation without a message");
-        }
-        break;
-    case OP_CLOSE:
-    case OP_PING:
-    case OP_PONG:
-        return 0;
-    default:
-        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "unknown opcode %u", io->opcode);
-    }
-    if (w->msg_bytes + io->payload_length > max) {
-        return ws_fail(w, err, 1009, RB_WIRE_TOO_LARGE, "message over max_frame_bytes (%u)", max);
-    }
-    return 0;
-}
 
 static uint32_t declared_size(const ws_layer *w)
 {
@@ -569,8 +353,19 @@ static uint32_t declared_size(const ws_layer *w)
 
 /* Payload of a binary message: checked against the frame size it starts
  * with, then handed up. */
-static int message_data(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
+static int message_data(ws_layer *w, const rb_wsframe_event *ev, rb_err *err)
 {
+    if (ev->message_begin) {
+        if (ev->frame_fin && ev->frame_bytes < RB_FRAME_HEADER_BYTES) {
+            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                           "a binary message must carry exactly one frame (%llu bytes are "
+                           "fewer than the %u-byte frame header)",
+                           (unsigned long long)ev->frame_bytes, RB_FRAME_HEADER_BYTES);
+        }
+        w->msg_bytes = 0;
+    }
+    const uint8_t *p = ev->data;
+    size_t len = ev->len;
     for (size_t i = 0; i < len && w->msg_bytes + i < 4; i++) {
         w->msg_size[w->msg_bytes + i] = p[i];
     }
@@ -587,31 +382,31 @@ static int message_data(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
         return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
                        "a binary message must carry exactly one frame");
     }
-    return len > 0 ? rb_layer_up(&w->base, p, len, err) : 0;
+    int rc = len > 0 ? rb_layer_up(&w->base, p, len, err) : 0;
+    if (rc == 0 && ev->message_end &&
+        (w->msg_bytes < RB_FRAME_HEADER_BYTES || w->msg_bytes != declared_size(w))) {
+        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
+                       "a binary message must carry exactly one frame");
+    }
+    return rc;
 }
 
-static bool close_code_ok(uint16_t code)
+static int on_ping(ws_layer *w, const rb_wsframe_event *ev, rb_err *err)
 {
-    return (code >= 1000 && code <= 1014 && code != 1004 && code != 1005 && code != 1006) ||
-           (code >= 3000 && code <= 4999);
+    if (w->out_left > 0 || w->out_size_len > 0) {
+        /* A message is half framed: the Pong follows it. */
+        memcpy(w->pong, ev->data, ev->len);
+        w->pong_len = (uint32_t)ev->len;
+        w->pong_due = true;
+        return 0;
+    }
+    return send_control(w, RB_WS_OP_PONG, ev->data, ev->len, err);
 }
 
-static int on_close(ws_layer *w, rb_err *err)
+static int on_close(ws_layer *w, const rb_wsframe_event *ev)
 {
-    uint16_t code = 1000;
-    if (w->ctl_len == 1) {
-        return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "Close payload of one byte");
-    }
-    if (w->ctl_len >= 2) {
-        code = (uint16_t)(w->ctl[0] << 8 | w->ctl[1]);
-        if (!close_code_ok(code)) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME, "invalid Close status %u", code);
-        }
-        if (!rb_utf8_valid(w->ctl + 2, w->ctl_len - 2)) {
-            return ws_fail(w, err, 1007, RB_WIRE_BAD_FRAME, "Close reason is not UTF-8");
-        }
-    }
     /* The reply echoes the peer's status (RFC 6455 5.5.1). */
+    uint16_t code = ev->close_code != 1005 ? ev->close_code : 1000;
     w->close_code = code;
     snprintf(w->close_reason, sizeof w->close_reason, "closing");
     w->peer_closed = true;
@@ -621,105 +416,35 @@ static int on_close(ws_layer *w, rb_err *err)
     return RB_ECLOSED;
 }
 
-/* A frame's payload is complete. */
-static int frame_end(ws_layer *w, bool fin, rb_err *err)
-{
-    switch (w->frame_op) {
-    case OP_BINARY:
-    case OP_CONT:
-        if (!fin) {
-            return 0;
-        }
-        w->in_message = false;
-        if (w->msg_bytes < RB_FRAME_HEADER_BYTES || w->msg_bytes != declared_size(w)) {
-            return ws_fail(w, err, 1002, RB_WIRE_BAD_FRAME,
-                           "a binary message must carry exactly one frame");
-        }
-        return 0;
-    case OP_PING:
-        if (w->out_left > 0 || w->out_size_len > 0) {
-            /* A message is half framed: the Pong follows it. */
-            memcpy(w->pong, w->ctl, w->ctl_len);
-            w->pong_len = w->ctl_len;
-            w->pong_due = true;
-            return 0;
-        }
-        return send_control(w, OP_PONG, w->ctl, w->ctl_len, err);
-    case OP_CLOSE:
-        return on_close(w, err);
-    default:
-        return 0; /* Pong */
-    }
-}
-
-static int frame_chunk(ws_layer *w, const uint8_t *data, size_t len, rb_err *err)
-{
-    if (w->frame_op == OP_BINARY || w->frame_op == OP_CONT) {
-        return message_data(w, data, len, err);
-    }
-    RB_ASSERT(w->ctl_len + len <= WS_CONTROL_BYTES_MAX);
-    memcpy(w->ctl + w->ctl_len, data, len);
-    w->ctl_len += (uint32_t)len;
-    return 0;
-}
-
-/* Payload bytes of the open frame: unmasked in steps and handed on. */
-static int frame_payload(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
-{
-    while (len > 0) {
-        size_t n = len < WS_UNMASK_BYTES ? len : WS_UNMASK_BYTES;
-        unmask(unmask_scratch, p, n, w->mask, w->frame_pos);
-        w->frame_pos += n;
-        w->frame_left -= n;
-        int rc = frame_chunk(w, unmask_scratch, n, err);
-        if (rc != 0) {
-            return rc;
-        }
-        p += n;
-        len -= n;
-    }
-    return 0;
-}
-
 static int frames_recv(ws_layer *w, const uint8_t *p, size_t len, rb_err *err)
 {
     int rc = 0;
-    while (rc == 0 && !w->peer_closed && (len > 0 || (w->frame_open && w->frame_left == 0))) {
-        if (!w->frame_open) {
-            /* Header bytes, never more than the header needs: the first
-             * two say how long it is. */
-            ws_frame_head h;
-            int got = head_parse(w, &h, err);
-            while (got == 0 && len > 0) {
-                size_t take = head_need(w) - w->hdr_len;
-                take = take < len ? take : len;
-                memcpy(w->hdr + w->hdr_len, p, take);
-                w->hdr_len += (uint32_t)take;
-                p += take;
-                len -= take;
-                got = head_parse(w, &h, err);
-            }
-            if (got <= 0) {
-                rc = got;
-                break;
-            }
-            w->hdr_len = 0;
-            w->frame_open = true;
-            w->frame_left = h.payload_length;
-            w->frame_pos = 0;
-            w->frame_fin = h.fin;
-            rc = frame_begin(w, &h, err);
-            continue;
+    while (rc == 0 && !w->peer_closed) {
+        rb_wsframe_event ev;
+        size_t used;
+        rc = rb_wsframe_parse(&w->ps, p, len, &used, unmask_scratch, sizeof unmask_scratch, &ev,
+                              err);
+        p += used;
+        len -= used;
+        if (rc != 0) {
+            w->close_code = w->ps.fail_code;
+            memcpy(w->close_reason, w->ps.fail_reason, sizeof w->close_reason);
+            break;
         }
-        size_t take = w->frame_left < len ? (size_t)w->frame_left : len;
-        if (take > 0) {
-            rc = frame_payload(w, p, take, err);
-            p += take;
-            len -= take;
-        }
-        if (rc == 0 && w->frame_left == 0) {
-            w->frame_open = false;
-            rc = frame_end(w, w->frame_fin, err);
+        switch (ev.kind) {
+        case RB_WSFRAME_NONE:
+            return 0;
+        case RB_WSFRAME_DATA:
+            rc = message_data(w, &ev, err);
+            break;
+        case RB_WSFRAME_PING:
+            rc = on_ping(w, &ev, err);
+            break;
+        case RB_WSFRAME_CLOSE:
+            rc = on_close(w, &ev);
+            break;
+        case RB_WSFRAME_PONG:
+            break;
         }
     }
     return rc;
@@ -733,7 +458,7 @@ static int send_pong_due(ws_layer *w, rb_err *err)
         return 0;
     }
     w->pong_due = false;
-    return send_control(w, OP_PONG, w->pong, w->pong_len, err);
+    return send_control(w, RB_WS_OP_PONG, w->pong, w->pong_len, err);
 }
 
 /* Starts a binary message for the ringbus frame whose size bytes are in
@@ -746,7 +471,7 @@ static int message_begin(ws_layer *w, rb_err *err)
      * is a bug, not input. */
     RB_ASSERT(size >= RB_FRAME_HEADER_BYTES);
     uint8_t h[10 + 4];
-    size_t n = frame_header(h, OP_BINARY, size);
+    size_t n = rb_wsframe_header(h, RB_WS_OP_BINARY, true, size, NULL);
     memcpy(h + n, w->out_size, 4);
     w->out_size_len = 0;
     w->out_left = size - 4;
@@ -809,19 +534,12 @@ static void ws_close(rb_layer *l, uint16_t wire_status)
         w->phase = WS_DONE;
         return;
     }
-    uint8_t payload[2 + WS_REASON_BYTES_MAX];
+    uint8_t payload[2 + RB_WSFRAME_REASON_BYTES_MAX];
     uint16_t code = w->close_code != 0 ? w->close_code : rb_ws_close_code(wire_status);
     const char *reason = w->close_code != 0 ? w->close_reason : rb_wire_code_name(wire_status);
-    size_t n = strnlen(reason, WS_REASON_BYTES_MAX);
-    /* A reason cut inside a UTF-8 sequence would be invalid: drop it. */
-    if (!rb_utf8_valid((const uint8_t *)reason, n)) {
-        n = 0;
-    }
-    payload[0] = (uint8_t)(code >> 8);
-    payload[1] = (uint8_t)code;
-    memcpy(payload + 2, reason, n);
+    size_t n = rb_wsframe_close_payload(payload, code, reason);
     rb_err err;
-    (void)send_control(w, OP_CLOSE, payload, 2 + n, &err);
+    (void)send_control(w, RB_WS_OP_CLOSE, payload, n, &err);
     w->phase = WS_DONE;
 }
 
@@ -867,6 +585,7 @@ int rb_ws_layer_new(rb_layer **out, const rb_ws_options *opt, rb_err *err)
     }
     w->base.ops = &ws_ops;
     w->opt = *opt;
+    rb_wsframe_parser_init(&w->ps, RB_WSFRAME_SERVER, opt->max_frame_bytes);
     w->head = malloc(RB_HTTP_HEAD_BYTES_MAX);
     if (w->head == NULL) {
         ws_destroy(&w->base);

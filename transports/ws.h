@@ -1,7 +1,8 @@
 /* The server's WebSocket layer (RFC 6455): the HTTP/1.1 upgrade (path,
  * Origin allow-list, subprotocol ringbus.v1, Sec-WebSocket-Accept), other
- * GET paths answered by the listener's HTTP router (/healthz), then framing with wslay's frame
- * parser: one binary message carries exactly one ringbus frame; text messages are closed with 1003,
+ * GET paths answered by the listener's HTTP router (/healthz), then framing with the frame
+ * parser and writer the client shares (transports/wsframe.h): one binary message carries exactly
+ * one ringbus frame; text messages are closed with 1003,
  * messages over max_frame_bytes with 1009 before they are buffered, Ping is answered, fragments are
  * reassembled as a byte stream, Close is echoed. It runs over tcp (ws) or over the tls layer (wss).
  * Sockets, timers and the frame decoder are the owner's. */
@@ -15,9 +16,8 @@
 #include "config/config.h"
 #include "transports/http.h"
 #include "transports/layer.h"
+#include "transports/wsframe.h"
 
-/* The subprotocol a client must offer. */
-#define RB_WS_SUBPROTOCOL "ringbus.v1"
 typedef struct rb_ws_options {
     const rb_listener_config *listener; /* path and origins; borrowed for the layer's life */
     uint32_t max_frame_bytes;
@@ -29,7 +29,7 @@ typedef struct rb_ws_options {
 int rb_ws_layer_new(rb_layer **out, const rb_ws_options *opt, rb_err *err);
 
 /* Sec-WebSocket-Accept of a key: base64(SHA-1(key GUID)), 28 characters
- * and a NUL in out. */
+ * and a NUL in out (rb_wsframe_accept_key under the layer's name). */
 void rb_ws_accept_key(const char *key, size_t key_len, char out[29]);
 
 /* The RFC 6455 close status the connection's ringbus status maps to

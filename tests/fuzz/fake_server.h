@@ -84,24 +84,7 @@ static void fake_write_all(int fd, const uint8_t *p, size_t len)
 }
 
 #ifdef FAKE_WITH_WS
-#include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/hash.h>
-
-static void fake_base64(const uint8_t *in, size_t len, char *out)
-{
-    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        v |= i + 1 < len ? (uint32_t)in[i + 1] << 8 : 0;
-        v |= i + 2 < len ? (uint32_t)in[i + 2] : 0;
-        out[o++] = tab[(v >> 18) & 63];
-        out[o++] = tab[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? tab[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? tab[v & 63] : '=';
-    }
-    out[o] = '\0';
-}
+#include "transports/wsframe.h"
 
 /* Reads the client's upgrade request and answers 101 with the right
  * Sec-WebSocket-Accept. Returns false when the client gave up first. */
@@ -123,19 +106,16 @@ static bool fake_ws_upgrade(int fd)
     const char *k = strcasestr(req, "\r\nSec-WebSocket-Key: ");
     FAKE_CHECK(k != NULL);
     k += strlen("\r\nSec-WebSocket-Key: ");
-    char buf[128];
-    int n = snprintf(buf, sizeof buf, "%.*s258EAFA5-E914-47DA-95CA-C5AB0DC85B11",
-                     (int)strcspn(k, "\r\n"), k);
-    uint8_t digest[20];
-    wc_ShaHash((const uint8_t *)buf, (word32)n, digest);
-    char accept[32];
-    fake_base64(digest, sizeof digest, accept);
+    size_t key_len = strcspn(k, "\r\n");
+    FAKE_CHECK(key_len <= 128);
+    char accept[RB_WSFRAME_ACCEPT_BYTES];
+    rb_wsframe_accept_key(k, key_len, accept);
     char answer[256];
-    n = snprintf(answer, sizeof answer,
-                 "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                 "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
-                 "Sec-WebSocket-Protocol: ringbus.v1\r\n\r\n",
-                 accept);
+    int n = snprintf(answer, sizeof answer,
+                     "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     "Connection: Upgrade\r\nSec-WebSocket-Accept: %s\r\n"
+                     "Sec-WebSocket-Protocol: ringbus.v1\r\n\r\n",
+                     accept);
     fake_write_all(fd, (const uint8_t *)answer, (size_t)n);
     return true;
 }

@@ -3,8 +3,9 @@
  * answers the upgrade correctly and then sends the input as WebSocket
  * frames (first input byte even), or sends the input itself as its answer
  * to the upgrade (first byte odd), so both the 101 head check and the
- * wslay-parsed frame stream (fragments, control frames, Close, masks,
- * reserved bits, lengths) meet hostile bytes. The library then handles
+ * frame stream the shared parser reads in the client role (transports/
+ * wsframe.c: fragments, control frames, Close, masks, reserved bits,
+ * lengths) meet hostile bytes. The library then handles
  * whatever ringbus frames the binary messages carry (client_drive.h says
  * what is checked).
  *

@@ -428,7 +428,7 @@ def build_session_client(tmp_path):
     exe = tmp_path / "session_client"
     subprocess.run(["cc", "-std=c11", "-D_GNU_SOURCE", "-Wall", "-Werror", *san,
                     f"-I{ROOT / 'client'}", str(ROOT / "tests/integration/session_client.c"),
-                    str(BUILD / "libringbus.a"), "-lssl", "-lcrypto", *libs, "-lwslay",
+                    str(BUILD / "libringbus.a"), "-lssl", "-lcrypto", *libs,
                     "-lpthread", "-o", str(exe)], check=True, timeout=120)
     return exe
 
