@@ -36,6 +36,8 @@ PKG_LIBS  := $(shell pkg-config --libs liburing libsystemd libpq libjwt libargon
                2>/dev/null) -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) \
              $(QUIC_LIBS)
 CLIENT_LIBS := -lssl -lcrypto $(shell pkg-config --libs wolfssl 2>/dev/null) $(QUIC_LIBS) -lpthread
+# The CLI parses its stream commands with libjansson (cli/cmdjson.c).
+CLI_LIBS    := $(CLIENT_LIBS) $(shell pkg-config --libs jansson 2>/dev/null) -lm
 CHECK_CFLAGS := $(shell pkg-config --cflags check 2>/dev/null | sed 's/-I/-isystem /g')
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null)
 
@@ -154,7 +156,7 @@ $(LIBSO): $(LIB_OBJ) client/libringbus.map
 	  -o $@ $(LIB_OBJ) $(CLIENT_LIBS)
 
 $(RINGBUS): $(CLI_OBJ) $(LIB_OBJ)
-	$(CC) $(LDFLAGS) -o $@ $^ $(CLIENT_LIBS) -lm
+	$(CC) $(LDFLAGS) -o $@ $^ $(CLI_LIBS)
 
 # The unit runner links every suite; tests/unit/suites.h is generated from
 # the suite functions the test files define.

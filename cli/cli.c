@@ -3,7 +3,8 @@
  * reconnects), printing one JSON line per event on stdout (flushed per line)
  * and one clear line on stderr per failure. Exit status: 0 success, 1 a
  * runtime failure, 2 a usage error. The protocol itself is left to the
- * library; JSON syntax to json.c and stream commands to cmdjson.c. */
+ * library; JSON output to json.c and stream commands (parsed by libjansson)
+ * to cmdjson.c. */
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -87,7 +88,10 @@ static const char usage_text[] =
     "                                   messages (or the --history-only history) arrived,\n"
     "                                   and on a topic_error (a cursor the store cannot serve)\n"
     "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
-    "                                   first event is started (server_id, epoch)\n"
+    "                                   first event is started (server_id, epoch). One strict\n"
+    "                                   JSON object a line (seqs, cursors and epochs up to\n"
+    "                                   2^64-1); a bad line ends the run, naming its line and\n"
+    "                                   column\n"
     "  serve [--as SERVICE] METHOD -- COMMAND [ARGS]\n"
     "                                   answer calls of METHOD (under this connection's client\n"
     "                                   id, or in SERVICE's group of responders), one at a time:\n"

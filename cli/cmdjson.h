@@ -3,8 +3,11 @@
  *    "remove":["c"],"history_only":false,"epoch":1234}
  *   {"close":true}
  *   {"publish":{"topic":"a","data":"x"}}   (or "data_b64":"eA==")
- * This module turns a line into an rb_cmd, rejecting anything else with a
- * message that names the field; sending it is left to cli.c. */
+ * This module turns a line into an rb_cmd (the JSON parsed by libjansson,
+ * strictly), rejecting anything else with a message that names the column
+ * ("bad JSON: column 24: duplicate object key near '\"remove\"'") or the
+ * field ("epoch: must be an integer in 0..2^64-1 ..."); integers are taken
+ * up to UINT64_MAX. Sending it is left to cli.c. */
 #ifndef RB_CLI_CMDJSON_H
 #define RB_CLI_CMDJSON_H
 
@@ -43,8 +46,10 @@ typedef struct rb_cmd {
     size_t data_len;
 } rb_cmd;
 
-/* Parses one line (without its newline). Returns 0 with *cmd filled (free
- * with rb_cmd_free), or RB_EINVAL / RB_ENOMEM with a message. */
+/* Parses one line (without its newline; it need not be NUL-terminated and
+ * may hold NUL bytes, which are refused). Returns 0 with *cmd filled (free
+ * with rb_cmd_free), or RB_EINVAL / RB_ENOMEM with a message and *cmd
+ * empty. */
 int rb_cmd_parse(const char *line, size_t len, rb_cmd *cmd, rb_err *err);
 void rb_cmd_free(rb_cmd *cmd);
 

@@ -1,6 +1,6 @@
-/* JSON for the CLI: an output buffer that escapes strings, base64, and a
- * small bounded parser for command lines read from stdin. It owns only
- * syntax; what a command means is left to cmdjson.c. */
+/* JSON output for the CLI: a buffer that escapes strings and prints u64s,
+ * and base64. It owns only syntax; the commands read from stdin are parsed
+ * by libjansson in cmdjson.c. */
 #ifndef RB_CLI_JSON_H
 #define RB_CLI_JSON_H
 
@@ -9,9 +9,6 @@
 #include <stdint.h>
 
 #include "common/err.h"
-
-/* Nesting of arrays and objects a parsed document may have; commands need 3. */
-#define RB_JSON_DEPTH_MAX 32
 
 /* ---- output ---- */
 
@@ -43,43 +40,5 @@ void rb_base64_encode(char *out, const void *data, size_t len);
  * Returns 0 and the size in *out_len, or RB_EINVAL for bad characters,
  * lengths or padding. */
 int rb_base64_decode(const char *text, size_t len, uint8_t *out, size_t *out_len, rb_err *err);
-
-/* ---- parsing ---- */
-
-typedef enum rb_json_type {
-    RB_JSON_NULL = 0,
-    RB_JSON_BOOL = 1,
-    RB_JSON_NUMBER = 2,
-    RB_JSON_STRING = 3,
-    RB_JSON_ARRAY = 4,
-    RB_JSON_OBJECT = 5,
-} rb_json_type;
-
-typedef struct rb_json_value rb_json_value;
-struct rb_json_value {
-    rb_json_type type;
-    bool boolean;
-    bool is_uint;        /* NUMBER: a non-negative integer that fits 64 bits */
-    uint64_t uint_value; /* valid when is_uint */
-    char *str;           /* STRING: decoded, NUL-terminated (may contain NUL) */
-    size_t str_len;
-    rb_json_value *items; /* ARRAY, OBJECT: the elements or members, in order */
-    size_t count;
-    char *key; /* a member of an OBJECT: its decoded name */
-    size_t key_len;
-};
-
-/* Parses one JSON document (RFC 8259; nothing but whitespace after it).
- * Returns 0 with *out owned by the caller (free with rb_json_free), or
- * RB_EINVAL with a message giving the byte column and the problem, or
- * RB_ENOMEM. */
-int rb_json_parse(const char *text, size_t len, rb_json_value **out, rb_err *err);
-void rb_json_free(rb_json_value *v);
-
-/* The member of obj named key, or NULL. */
-const rb_json_value *rb_json_get(const rb_json_value *obj, const char *key);
-
-/* "null", "boolean", "number", ... */
-const char *rb_json_type_name(rb_json_type type);
 
 #endif

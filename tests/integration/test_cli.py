@@ -285,6 +285,53 @@ def test_stream_unknown_key_fails_with_one_stderr_line(daemon):
     assert out.stderr == 'ringbus: stdin line 1: command: unknown key "subscribe"\n'
 
 
+def test_stream_json_errors_name_the_stdin_line_and_the_column(daemon):
+    for second, why in (
+        ('{"close":true} x', "column 16: end of file expected near 'x'"),
+        ('{"remove":["a"],"remove":["b"]}', "column 24: duplicate object key near '\"remove\"'"),
+        ('{"remove":["\xff"]}', "column 12: unable to decode byte 0xff near '\"'"),
+    ):
+        out = subprocess.run([str(RINGBUS), "--url", daemon.url, "stream"],
+                             input=('{"mutate_id":1,"add":[{"topic":"jl"}]}\n' + second + "\n")
+                             .encode("latin-1"), capture_output=True, timeout=30)
+        assert out.returncode == 1
+        assert out.stderr.decode() == f"ringbus: stdin line 2: bad JSON: {why}\n"
+
+
+def test_stream_takes_epochs_and_cursors_above_int64_max(daemon):
+    publish(daemon, "big", ["b1"])
+    st = Live("--url", daemon.url, "stream")
+    try:
+        (started,) = st.until(lambda ev: ev["event"] == "started")
+        # The epoch is random: one of the two is above INT64_MAX.
+        epoch, other = started["epoch"], started["epoch"] ^ (1 << 63)
+        st.send({"mutate_id": 1, "add": [{"topic": "big", "cursor": 0}], "epoch": epoch})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["seq"]) for ev in wave if ev["event"] == "message"] == [("big", 1)]
+        st.send({"mutate_id": 2, "add": [{"topic": "big", "cursor": 1}], "epoch": other})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        assert [(ev["topic"], ev["code"]) for ev in wave if ev["event"] == "topic_error"] \
+            == [("big", "epoch_mismatch")]
+        st.send({"mutate_id": 3, "add": [{"topic": "big2", "cursor": 2**64 - 1}]})
+        wave = st.until(lambda ev: ev["event"] == "catchup_complete")
+        (err,) = [ev for ev in wave if ev["event"] == "topic_error"]
+        assert err["code"] == "cursor_ahead"
+        assert "cursor 18446744073709551615 is beyond the head 0" in err["message"]
+        st.send({"close": True})
+        rc, _ = st.finish()
+        assert rc == 0
+    finally:
+        st.kill()
+
+
+def test_stream_refuses_an_integer_above_u64_naming_the_field(daemon):
+    out = run_cli("--url", daemon.url, "stream",
+                  input='{"mutate_id":1,"add":[{"topic":"a"}],"epoch":18446744073709551616}\n')
+    assert out.returncode == 1
+    assert out.stderr == ("ringbus: stdin line 1: epoch: must be an integer in 0..2^64-1 "
+                          "(from the started event)\n")
+
+
 def test_non_utf8_payload_is_shown_as_data_b64(daemon):
     out = subprocess.run([str(RINGBUS), "--url", daemon.url, "pub", "bin"],
                          input=b"\xff\xfe\x00\n", capture_output=True, timeout=30)
