@@ -674,8 +674,8 @@ RINGBUS_API int ringbus_session_next_event(ringbus_session *session, ringbus_eve
 
 /* Publishes as ringbus_publish_key. Without a key (key_len 0) the session
  * makes one (unique for the session), so that a re-send is never stored
- * twice. While the session is reconnecting the publish waits in the
- * session's buffer. cb runs exactly once: with the ack (res->duplicate set
+ * twice; with no_reconnect it makes none (nothing is re-sent). While the session is reconnecting
+ * the publish waits in the session's buffer. cb runs exactly once: with the ack (res->duplicate set
  * when the server had already stored a re-send), with the server's
  * refusal, or with RINGBUS_ECLOSED when the session closes, the reissue
  * limit is hit or publish_retry_ms is over. res->corr_id is the session's id, stored in *corr_id

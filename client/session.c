@@ -1163,7 +1163,9 @@ int ringbus_session_publish(ringbus_session *s, const char *topic, size_t topic_
         return export(err, &e);
     }
     uint64_t id = ++s->next_pub_id;
-    if (key_len == 0) {
+    if (key_len == 0 && !s->no_reconnect) {
+        /* Without reconnects nothing is re-sent: a key would only take a
+         * place in the server's dedup table. */
         key_len = (size_t)snprintf(auto_key, sizeof auto_key, "%s-%" PRIx64, s->key_prefix, id);
         key = auto_key;
     }

@@ -455,3 +455,19 @@ def test_a_cursor_store_resumes_a_new_session_where_the_last_one_stopped(make_da
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == ["4 m4", "5 m5"]
     assert store.read_text().split()[:2] == ["rs.c", "5"]
+
+
+def test_session_keys_take_dedup_places_and_no_reconnect_sends_none(make_daemon):
+    """Every publish of a reconnecting session carries a key, which holds a
+    place in the topic's dedup table; --no-reconnect re-sends nothing, so it
+    sends no key and is not limited by the table."""
+    d = make_daemon(extra="[dedup]\nkeys_per_topic = 100\n")
+    lines = "".join(f"k-{i}\n" for i in range(300))
+    keyed = run_cli("--url", d.url, "pub", "rs.kk", input=lines, timeout=60)
+    out = [json.loads(x) for x in keyed.stdout.splitlines()]
+    assert keyed.returncode == 1
+    assert sum(1 for e in out if "seq" in e) == 100
+    assert {e["code"] for e in out if e.get("event") == "error"} == {"dedup_full"}
+    plain = run_cli("--url", d.url, "--no-reconnect", "pub", "rs.kn", input=lines, timeout=60)
+    assert plain.returncode == 0, plain.stderr
+    assert [json.loads(x)["seq"] for x in plain.stdout.splitlines()] == list(range(1, 301))
