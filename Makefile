@@ -84,7 +84,7 @@ SERVER_OBJ := $(CORE_OBJ) $(call obj,$(STORAGE_SRC) $(TRANSPORTS_SRC) $(SERVER_S
 CLIENT_OBJ := $(call obj,$(CLIENT_LIB_SRC))
 CLI_OBJ    := $(call obj,$(CLI_SRC) $(BENCH_SRC))
 # The client library needs only the codec, errors and logging of common/.
-LIB_OBJ    := $(call obj,common/err.c common/frame.c common/log.c transports/quic.c \
+LIB_OBJ    := $(call obj,common/base64.c common/err.c common/frame.c common/log.c transports/quic.c \
                         transports/tls_pair.c transports/wsframe.c) $(CLIENT_OBJ)
 
 RINGBUSD   := $(BUILDDIR)/ringbusd

@@ -26,6 +26,7 @@
 
 #include "cli/json.h"
 #include "common/assert.h"
+#include "common/base64.h"
 #include "common/limits.h"
 
 /* An integer token above INT64_MAX, replaced by a placeholder. */
@@ -397,7 +398,8 @@ static int parse_publish(const json_t *pub, rb_cmd *cmd, rb_err *err)
         return bad(err, "publish: out of memory");
     }
     if (b64 != NULL) {
-        return rb_base64_decode(json_string_value(b64), len, cmd->data, &cmd->data_len, err) == 0
+        return rb_base64_decode(json_string_value(b64), len, cmd->data, len, &cmd->data_len, 0,
+                                err) == 0
                    ? 0
                    : bad(err, "publish: data_b64 is not valid base64");
     }

@@ -1,4 +1,4 @@
-/* JSON output with escaping, and base64. Parsing is libjansson's
+/* JSON output with escaping, and base64 strings (common/base64). Parsing is libjansson's
  * (cmdjson.c); output stays a small writer, since the CLI prints a line per
  * message and every seq and epoch as an unsigned 64-bit number. */
 #include "cli/json.h"
@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "common/base64.h"
 
 /* ---- output ---- */
 
@@ -130,82 +132,14 @@ void rb_json_put_u64(rb_json_buf *b, uint64_t v)
 
 void rb_json_put_base64(rb_json_buf *b, const void *data, size_t len)
 {
-    size_t n = rb_base64_encoded_len(len);
+    size_t n = rb_base64_encoded_len(len, 0);
     char *out = buf_grow(b, n + 2);
     if (out == NULL) {
         return;
     }
     out[0] = '"';
-    rb_base64_encode(out + 1, data, len);
+    rb_base64_encode(out + 1, data, len, 0);
     out[n + 1] = '"';
     b->len += n + 2;
     b->ptr[b->len] = '\0';
-}
-
-/* ---- base64 ---- */
-
-static const char b64_alphabet[] =
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-size_t rb_base64_encoded_len(size_t len)
-{
-    return (len + 2) / 3 * 4;
-}
-
-void rb_base64_encode(char *out, const void *data, size_t len)
-{
-    const uint8_t *p = data;
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 3) {
-        uint32_t v = (uint32_t)p[i] << 16;
-        if (i + 1 < len) {
-            v |= (uint32_t)p[i + 1] << 8;
-        }
-        if (i + 2 < len) {
-            v |= p[i + 2];
-        }
-        out[o++] = b64_alphabet[(v >> 18) & 63];
-        out[o++] = b64_alphabet[(v >> 12) & 63];
-        out[o++] = i + 1 < len ? b64_alphabet[(v >> 6) & 63] : '=';
-        out[o++] = i + 2 < len ? b64_alphabet[v & 63] : '=';
-    }
-}
-
-static int b64_value(char c)
-{
-    const char *at = c != '\0' ? strchr(b64_alphabet, c) : NULL;
-    return at != NULL ? (int)(at - b64_alphabet) : -1;
-}
-
-int rb_base64_decode(const char *text, size_t len, uint8_t *out, size_t *out_len, rb_err *err)
-{
-    if (len % 4 != 0) {
-        return rb_err_set(err, RB_EINVAL, 0, "base64: length %zu is not a multiple of 4", len);
-    }
-    size_t o = 0;
-    for (size_t i = 0; i < len; i += 4) {
-        bool last = i + 4 == len;
-        int pad = (last && text[i + 3] == '=') ? (text[i + 2] == '=' ? 2 : 1) : 0;
-        uint32_t v = 0;
-        for (int k = 0; k < 4; k++) {
-            int d = k >= 4 - pad ? 0 : b64_value(text[i + (size_t)k]);
-            if (d < 0) {
-                return rb_err_set(err, RB_EINVAL, 0, "base64: bad character at %zu", i + (size_t)k);
-            }
-            v = (v << 6) | (uint32_t)d;
-        }
-        /* Bits under the padding must be zero (canonical encoding). */
-        if ((pad == 1 && (v & 0xff) != 0) || (pad == 2 && (v & 0xffff) != 0)) {
-            return rb_err_set(err, RB_EINVAL, 0, "base64: nonzero bits before padding");
-        }
-        out[o++] = (uint8_t)(v >> 16);
-        if (pad < 2) {
-            out[o++] = (uint8_t)(v >> 8);
-        }
-        if (pad < 1) {
-            out[o++] = (uint8_t)v;
-        }
-    }
-    *out_len = o;
-    return 0;
 }

@@ -30,15 +30,4 @@ void rb_json_put_u64(rb_json_buf *b, uint64_t v);
 /* Appends the base64 (RFC 4648, padded) of data, with quotes. */
 void rb_json_put_base64(rb_json_buf *b, const void *data, size_t len);
 
-/* ---- base64 ---- */
-
-/* Encoded size of len bytes, without a terminator. */
-size_t rb_base64_encoded_len(size_t len);
-/* Writes the encoding of data to out (rb_base64_encoded_len(len) bytes). */
-void rb_base64_encode(char *out, const void *data, size_t len);
-/* Decodes padded base64 text into out (at least len / 4 * 3 bytes).
- * Returns 0 and the size in *out_len, or RB_EINVAL for bad characters,
- * lengths or padding. */
-int rb_base64_decode(const char *text, size_t len, uint8_t *out, size_t *out_len, rb_err *err);
-
 #endif

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/assert.h"
+#include "common/base64.h"
 #include "common/log.h"
 #include "common/pattern.h"
 #include "config/toml.h"
@@ -890,14 +891,8 @@ static void where_of(const loader *ld, const rb_toml_value *v, const char *path,
 /* Unpadded standard base64 of at least min_bytes decoded bytes. */
 static bool b64_field_ok(const char *s, size_t len, size_t min_bytes)
 {
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-              c == '+' || c == '/')) {
-            return false;
-        }
-    }
-    return len % 4 != 1 && len * 3 / 4 >= min_bytes;
+    size_t n = 0;
+    return rb_base64_decode(s, len, NULL, 0, &n, RB_BASE64_NOPAD, NULL) == 0 && n >= min_bytes;
 }
 
 /* A PHC argon2id string: $argon2id$v=19$m=M,t=T,p=P$salt$hash with the

@@ -21,6 +21,7 @@
 #include <openssl/pem.h>
 
 #include "common/assert.h"
+#include "common/base64.h"
 #include "common/pattern.h"
 
 /* Key files are small; anything larger is not a key. */
@@ -371,44 +372,6 @@ int rb_auth_verify_password(const rb_auth *a, rb_bytes name, rb_bytes password, 
 
 /* ---- tokens ---- */
 
-static int b64url_value(uint8_t c)
-{
-    if (c >= 'A' && c <= 'Z') {
-        return c - 'A';
-    }
-    if (c >= 'a' && c <= 'z') {
-        return c - 'a' + 26;
-    }
-    if (c >= '0' && c <= '9') {
-        return c - '0' + 52;
-    }
-    return c == '-' ? 62 : c == '_' ? 63 : -1;
-}
-
-/* Decodes unpadded base64url; returns the length or -1. */
-static long b64url_decode(const uint8_t *in, size_t len, uint8_t *out, size_t cap)
-{
-    if (len % 4 == 1 || len / 4 * 3 + 2 > cap) {
-        return -1;
-    }
-    size_t n = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64url_value(in[i]);
-        if (v < 0) {
-            return -1;
-        }
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[n++] = (uint8_t)(acc >> bits);
-        }
-    }
-    return (long)n;
-}
-
 /* Reads the header (first segment) and picks the key it names. */
 static int pick_key(const rb_auth *a, rb_bytes token, const jwt_key **out, rb_err *err)
 {
@@ -421,10 +384,12 @@ static int pick_key(const rb_auth *a, rb_bytes token, const jwt_key **out, rb_er
         return unauthorized(err, "%s", "token: not a signed JWT (three '.'-separated parts)");
     }
     uint8_t json[HEADER_JSON_BYTES_MAX];
-    long n = b64url_decode(token.ptr, (size_t)(dot - token.ptr), json, sizeof json);
+    size_t n = 0;
+    bool ok = rb_base64_decode((const char *)token.ptr, (size_t)(dot - token.ptr), json,
+                               sizeof json, &n, RB_BASE64_URL | RB_BASE64_NOPAD, NULL) == 0;
     json_error_t jerr;
     json_t *h =
-        n > 0 ? json_loadb((const char *)json, (size_t)n, JSON_REJECT_DUPLICATES, &jerr) : NULL;
+        ok && n > 0 ? json_loadb((const char *)json, n, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     if (h == NULL || !json_is_object(h)) {
         json_decref(h);
         return unauthorized(err, "%s", "token: header is not base64url JSON");

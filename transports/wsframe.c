@@ -1,8 +1,8 @@
 /* RFC 6455 framing and handshake pieces for both roles (wsframe.h). The
  * parser takes any split of the input: a header is gathered in the state,
  * never more bytes than it needs, and payload is unmasked eight bytes at a
- * time into the caller's buffer. SHA-1 and base64 come from wolfCrypt, so
- * this file includes wolfSSL headers and no OpenSSL ones. */
+ * time into the caller's buffer. SHA-1 comes from wolfCrypt, so this file
+ * includes wolfSSL headers and no OpenSSL ones; base64 is common/'s. */
 #include "transports/wsframe.h"
 
 #include <stdarg.h>
@@ -11,10 +11,10 @@
 #include <strings.h>
 
 #include <wolfssl/options.h>
-#include <wolfssl/wolfcrypt/coding.h>
 #include <wolfssl/wolfcrypt/hash.h>
 
 #include "common/assert.h"
+#include "common/base64.h"
 #include "common/frame.h"
 
 #define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -26,12 +26,10 @@
 /* base64 of len bytes into out (4 * ceil(len / 3) + 1 bytes), NUL-ended. */
 static void base64(const uint8_t *in, size_t len, char *out, size_t cap)
 {
-    word32 out_len = (word32)(cap - 1);
-    RB_ASSERT(cap >= (len + 2) / 3 * 4 + 1);
-    int rc = Base64_Encode_NoNl(in, (word32)len, (byte *)out, &out_len);
-    RB_ASSERT(rc == 0);
-    RB_ASSERT(out_len == (len + 2) / 3 * 4);
-    out[out_len] = '\0';
+    size_t n = rb_base64_encoded_len(len, 0);
+    RB_ASSERT(cap >= n + 1);
+    rb_base64_encode(out, in, len, 0);
+    out[n] = '\0';
 }
 
 void rb_wsframe_accept_key(const char *key, size_t key_len, char out[RB_WSFRAME_ACCEPT_BYTES])

@@ -21,6 +21,7 @@
 
 #include "cli/cmdjson.h"
 #include "cli/json.h"
+#include "common/base64.h"
 #include "common/limits.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -226,15 +227,16 @@ static void check_base64(const char *text, size_t len)
     CHECK(out != NULL);
     size_t n = 0;
     rb_err err = {0};
-    if (rb_base64_decode(text, len, out, &n, &err) == 0) {
+    if (rb_base64_decode(text, len, out, len / 4 * 3 + 1, &n, 0, &err) == 0) {
         CHECK(n <= len / 4 * 3);
-        size_t elen = rb_base64_encoded_len(n);
+        size_t elen = rb_base64_encoded_len(n, 0);
         char *enc = malloc(elen + 1);
         CHECK(enc != NULL);
-        rb_base64_encode(enc, out, n);
+        rb_base64_encode(enc, out, n, 0);
         uint8_t *back = malloc(elen / 4 * 3 + 1);
         size_t m = 0;
-        CHECK(back != NULL && rb_base64_decode(enc, elen, back, &m, &err) == 0);
+        CHECK(back != NULL &&
+              rb_base64_decode(enc, elen, back, elen / 4 * 3 + 1, &m, 0, &err) == 0);
         CHECK(m == n && (n == 0 || memcmp(back, out, n) == 0));
         free(back);
         free(enc);

@@ -143,58 +143,6 @@ START_TEST(test_json_u64_prints_the_full_range)
 }
 END_TEST
 
-START_TEST(test_base64_matches_rfc4648_vectors)
-{
-    static const char *const plain[] = {"", "f", "fo", "foo", "foob", "fooba", "foobar"};
-    static const char *const enc[] = {"",         "Zg==",     "Zm8=",    "Zm9v",
-                                      "Zm9vYg==", "Zm9vYmE=", "Zm9vYmFy"};
-    for (size_t i = 0; i < 7; i++) {
-        char out[16] = {0};
-        size_t n = strlen(plain[i]);
-        ck_assert_uint_eq(rb_base64_encoded_len(n), strlen(enc[i]));
-        rb_base64_encode(out, plain[i], n);
-        ck_assert_str_eq(out, enc[i]);
-        uint8_t back[16];
-        size_t back_len = 99;
-        rb_err e = {0};
-        ck_assert_int_eq(rb_base64_decode(enc[i], strlen(enc[i]), back, &back_len, &e), 0);
-        ck_assert_uint_eq(back_len, n);
-        ck_assert(memcmp(back, plain[i], n) == 0);
-    }
-}
-END_TEST
-
-START_TEST(test_base64_round_trips_every_byte)
-{
-    uint8_t in[256];
-    for (int i = 0; i < 256; i++) {
-        in[i] = (uint8_t)i;
-    }
-    char enc[400];
-    rb_base64_encode(enc, in, sizeof in);
-    uint8_t out[300];
-    size_t out_len = 0;
-    rb_err e = {0};
-    ck_assert_int_eq(rb_base64_decode(enc, rb_base64_encoded_len(256), out, &out_len, &e), 0);
-    ck_assert_uint_eq(out_len, 256);
-    ck_assert(memcmp(in, out, 256) == 0);
-}
-END_TEST
-
-START_TEST(test_base64_malformed_input_is_rejected)
-{
-    static const char *const bad[] = {
-        "Zg=", "Zg", "Z===", "Zh==", "Zm9=", "Zm9v!A==", "Zg==Zg==", "=Zm9", "Zm 9"};
-    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-        uint8_t out[16];
-        size_t n;
-        rb_err e = {0};
-        ck_assert_msg(rb_base64_decode(bad[i], strlen(bad[i]), out, &n, &e) == RB_EINVAL,
-                      "accepted \"%s\"", bad[i]);
-    }
-}
-END_TEST
-
 /* ---- stream commands ---- */
 
 static int parse_cmd(const char *line, rb_cmd *cmd, rb_err *e)
@@ -1450,9 +1398,6 @@ Suite *rb_client_suite(void)
     TCase *json = tcase_create("json");
     tcase_add_test(json, test_json_string_escapes_quotes_backslash_and_controls);
     tcase_add_test(json, test_json_u64_prints_the_full_range);
-    tcase_add_test(json, test_base64_matches_rfc4648_vectors);
-    tcase_add_test(json, test_base64_round_trips_every_byte);
-    tcase_add_test(json, test_base64_malformed_input_is_rejected);
     suite_add_tcase(s, json);
     TCase *cmd = tcase_create("cmd");
     tcase_add_test(cmd, test_cmd_full_mutate_parses_every_field);
