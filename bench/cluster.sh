@@ -174,12 +174,23 @@ def med(sys_, where, mode, key):
     v = [r[key] for r in rows if r.get("system") == sys_ and r["where"] == where
          and r["mode"] == mode and r.get("complete", True) and key in r]
     return (statistics.median(v), len(v)) if v else (float("nan"), 0)
+def per_round(sys_, mode, key, base):
+    # The median over rounds of each round's cross/base (one round's
+    # places ran within a minute of each other).
+    by = {}
+    for r in rows:
+        if r.get("system") == sys_ and r["mode"] == mode and r.get("complete", True) and key in r:
+            by.setdefault(r["round"], {})[r["where"]] = r[key]
+    v = [w["cross"] / w[base] for w in by.values() if w.get(base) and "cross" in w]
+    return statistics.median(v) if v else float("nan")
 for s in ("ringbus", "nats"):
     for mode, key in (("fanout", "msgs_per_s"), ("latency", "p50_us"), ("latency", "p99_us")):
         a, na = med(s, "single", mode, key)
         m, nm = med(s, "same", mode, key)
         b, nb = med(s, "cross", mode, key)
         print(f"{s:8} {mode:8} {key:11} single {a:10.0f} ({na})  same {m:10.0f} ({nm})  "
-              f"cross {b:10.0f} ({nb})  cross/single {b / a if a else float('nan'):.2f}  "
-              f"cross/same {b / m if m else float('nan'):.2f}")
+              f"cross {b:10.0f} ({nb})  cross/single {b / a if a else float('nan'):.2f} "
+              f"(per round {per_round(s, mode, key, 'single'):.2f})  "
+              f"cross/same {b / m if m else float('nan'):.2f} "
+              f"(per round {per_round(s, mode, key, 'same'):.2f})")
 EOF
