@@ -40,6 +40,10 @@
 #define WINDOW_MAX   1048576
 #define CONNS_MAX    200000
 #define RATE_MAX     100000000.0
+/* --sub-url may repeat: the subscribers of a cluster's other nodes. */
+#define SUB_URLS_MAX 8
+/* The sub_url field: the URLs joined by commas. */
+#define SUB_URLS_TEXT_BYTES 1024
 /* Defaults. */
 #define SIZE_DEFAULT         256
 #define COUNT_DEFAULT        100000
@@ -77,7 +81,10 @@ static const char *const mode_names[] = {"pubsub", "fanout", "latency", "catchup
 typedef struct opts {
     mode mode;
     const char *url;
-    const char *sub_url; /* where subscribers connect; NULL = url */
+    /* Where subscribers connect, round-robin (subscriber i on
+     * sub_urls[i % sub_url_count]); none = url. */
+    const char *sub_urls[SUB_URLS_MAX];
+    uint32_t sub_url_count;
     const char *prefix;
     uint32_t size;
     uint64_t count;
@@ -307,6 +314,12 @@ static int64_t connect_deadline(const bench *b)
     return d < b->deadline_ns ? d : b->deadline_ns;
 }
 
+/* The server subscriber i connects to. */
+static const char *sub_url_of(const bench *b, uint32_t i)
+{
+    return b->o.sub_url_count > 0 ? b->o.sub_urls[i % b->o.sub_url_count] : b->o.url;
+}
+
 /* Connects n connections into g; subscribers get their order table and,
  * with lat, a histogram. Returns 0 or EXIT_RUNTIME (said why). */
 static int group_open(bench *b, group *g, uint32_t n, bool subscriber, bool lat)
@@ -330,7 +343,7 @@ static int group_open(bench *b, group *g, uint32_t n, bool subscriber, bool lat)
             }
         }
         char why[WHY_BYTES] = "";
-        const char *url = subscriber && b->o.sub_url != NULL ? b->o.sub_url : b->o.url;
+        const char *url = subscriber ? sub_url_of(b, i) : b->o.url;
         if (b->drv->connect(url, b->o.window, connect_deadline(b), s, &s->conn, why, sizeof why) !=
             RB_BENCH_OK) {
             say("connect %s (%u of %u): %s", url, i + 1, n, why);
@@ -361,8 +374,7 @@ static int group_subscribe(bench *b, group *g)
         char why[WHY_BYTES] = "";
         if (b->drv->subscribe(g->sinks[i].conn, (const char *const *)b->topics, b->o.topics,
                               connect_deadline(b), why, sizeof why) != RB_BENCH_OK) {
-            say("subscribe %s (subscriber %u): %s", b->o.sub_url != NULL ? b->o.sub_url : b->o.url,
-                i + 1, why);
+            say("subscribe %s (subscriber %u): %s", sub_url_of(b, i), i + 1, why);
             return EXIT_RUNTIME;
         }
     }
@@ -708,12 +720,20 @@ static void fig_head(const bench *b, figure *fg)
     fig_str(fg, "system", b->drv->system);
     fig_str(fg, "mode", mode_names[b->o.mode]);
     fig_str(fg, "url", b->o.url);
-    if (b->o.sub_url != NULL) {
-        fig_str(fg, "sub_url", b->o.sub_url);
+    /* fig_str keeps the pointer until fig_print: the text outlives it. */
+    static char subs[SUB_URLS_TEXT_BYTES];
+    size_t n = 0;
+    subs[0] = '\0';
+    for (uint32_t i = 0; i < b->o.sub_url_count && n < sizeof subs; i++) {
+        int w = snprintf(subs + n, sizeof subs - n, "%s%s", i > 0 ? "," : "", b->o.sub_urls[i]);
+        n += w > 0 ? (size_t)w : 0;
+    }
+    if (b->o.sub_url_count > 0) {
+        fig_str(fg, "sub_url", subs);
     }
     if (!b->o.json) {
         printf("%s bench %s  %s%s%s\n", b->drv->system, mode_names[b->o.mode], b->o.url,
-               b->o.sub_url != NULL ? " -> " : "", b->o.sub_url != NULL ? b->o.sub_url : "");
+               b->o.sub_url_count > 0 ? " -> " : "", subs);
         fg->n = 0; /* the line above says them */
     }
 }
@@ -831,18 +851,22 @@ static int latency_report(bench *b, const group *pubs, const group *subs)
     sum_group(subs, &t, false);
     static hist all;
     memset(&all, 0, sizeof all);
-    hist_merge(&all, subs->sinks[0].lat);
+    /* One histogram over every subscriber's deliveries. */
+    for (uint32_t i = 0; i < subs->n; i++) {
+        hist_merge(&all, subs->sinks[i].lat);
+    }
+    uint64_t expected = b->o.count * subs->n;
     int64_t elapsed_ns = t.sub_end_ns > b->t0_ns ? t.sub_end_ns - b->t0_ns : 0;
-    bool complete = t.delivered == b->o.count && t.acked == b->o.count && t.order_errors == 0 &&
+    bool complete = t.delivered == expected && t.acked == b->o.count && t.order_errors == 0 &&
                     t.bad == 0 && t.closed == 0;
     figure fg = {0};
     fig_head(b, &fg);
     fig_shape(b, &fg);
     fig_u64(&fg, "published", t.sent, "msgs");
-    fig_u64(&fg, "delivered", t.delivered, "msgs");
-    fig_u64(&fg, "lost", b->o.count > t.delivered ? b->o.count - t.delivered : 0, "");
+    fig_u64(&fg, "delivered", t.delivered, "deliveries");
+    fig_u64(&fg, "lost", expected > t.delivered ? expected - t.delivered : 0, "");
     fig_u64(&fg, "order_errors", t.order_errors + t.bad, "");
-    fig_f64(&fg, "achieved_rate", per_s(t.delivered, elapsed_ns), "msg/s");
+    fig_f64(&fg, "achieved_rate", per_s(t.delivered / subs->n, elapsed_ns), "msg/s");
     fig_f64(&fg, "p50_us", (double)hist_quantile(&all, 0.50) / 1e3, "us");
     fig_f64(&fg, "p90_us", (double)hist_quantile(&all, 0.90) / 1e3, "us");
     fig_f64(&fg, "p99_us", (double)hist_quantile(&all, 0.99) / 1e3, "us");
@@ -889,7 +913,7 @@ static int run_latency(bench *b)
 {
     group subs = {0};
     group pubs = {0};
-    int rc = group_open(b, &subs, 1, true, true);
+    int rc = group_open(b, &subs, b->o.subscribers, true, true);
     rc = rc ? rc : group_subscribe(b, &subs);
     rc = rc ? rc : group_open(b, &pubs, 1, false, false);
     rc = rc ? rc : latency_measure(b, &pubs, &subs);
@@ -1070,8 +1094,9 @@ static const char usage_text[] =
     "modes:\n"
     "  pubsub    P publishers -> S subscribers, each subscribed to all T topics\n"
     "  fanout    1 publisher -> S subscribers on one topic (S defaults to 8)\n"
-    "  latency   publish -> deliver at a fixed rate; percentiles from the intended\n"
-    "            send time (corrected for coordinated omission)\n"
+    "  latency   publish -> deliver at a fixed rate to S subscribers (default 1);\n"
+    "            percentiles over all deliveries from the intended send time\n"
+    "            (corrected for coordinated omission)\n"
     "  catchup   store COUNT messages, then replay them to one subscriber from the start\n"
     "            (COUNT x SIZE must fit the store's retention, 64 MiB per topic by default)\n"
     "  conns     open COUNT idle connections; the daemon's RSS per connection (--pid)\n"
@@ -1081,7 +1106,8 @@ static const char usage_text[] =
     "  --count N           messages (connections for conns); default 100000,\n"
     "                      latency: rate x 5 s, conns: 1000\n"
     "  --publishers P      publishing connections (pubsub; default 1)\n"
-    "  --subscribers S     subscribing connections (pubsub 1, fanout 8; pubsub allows 0)\n"
+    "  --subscribers S     subscribing connections (pubsub 1, fanout 8, latency 1;\n"
+    "                      pubsub allows 0)\n"
     "  --topics T          topics (pubsub; default 1)\n"
     "  --rate R            total publishes per second (latency default 10000; 0 = unpaced)\n"
     "  --window W          publishes in flight per publisher (default 4096)\n"
@@ -1091,7 +1117,8 @@ static const char usage_text[] =
     "  --json              one JSON object per figure instead of a table\n"
     "  --url URL           server URL\n"
     "  --sub-url URL       the subscribers' server (default: --url), e.g. another\n"
-    "                      node of a cluster\n";
+    "                      node of a cluster; repeated (up to 8), subscribers are\n"
+    "                      spread over them round-robin\n";
 
 const char *rb_bench_usage(void)
 {
@@ -1233,8 +1260,14 @@ static int parse_other_opt(opts *o, int argc, char **argv, int *i)
         return v != NULL ? 1 : -usage_error("--url needs a URL");
     }
     if ((v = opt_value(argc, argv, i, "--sub-url", &missing)) != NULL || missing) {
-        o->sub_url = v;
-        return v != NULL ? 1 : -usage_error("--sub-url needs a URL");
+        if (v == NULL) {
+            return -usage_error("--sub-url needs a URL");
+        }
+        if (o->sub_url_count == SUB_URLS_MAX) {
+            return -usage_error("--sub-url: at most 8");
+        }
+        o->sub_urls[o->sub_url_count++] = v;
+        return 1;
     }
     if ((v = opt_value(argc, argv, i, "--topic-prefix", &missing)) != NULL || missing) {
         o->prefix = v;
@@ -1252,8 +1285,10 @@ static int mode_defaults(opts *o)
     if (single && (o->publishers != 1 || o->topics != 1)) {
         return usage_error("this mode has one publisher and one topic");
     }
-    if ((o->mode == MODE_LATENCY || o->mode == MODE_CATCHUP) && o->subs_set &&
-        o->subscribers != 1) {
+    if (o->mode == MODE_LATENCY && o->subscribers == 0) {
+        return usage_error("latency needs at least one subscriber");
+    }
+    if (o->mode == MODE_CATCHUP && o->subs_set && o->subscribers != 1) {
         return usage_error("this mode has one subscriber");
     }
     if (o->mode == MODE_FANOUT && !o->subs_set) {
@@ -1280,7 +1315,7 @@ static int mode_defaults(opts *o)
         }
         o->window = 1;
     }
-    if (o->mode == MODE_LATENCY || o->mode == MODE_CATCHUP) {
+    if (o->mode == MODE_CATCHUP) {
         o->subscribers = 1;
     }
     return 0;

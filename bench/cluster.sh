@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Cross-node figures of the replica plane (docs/BENCHMARKS.md, "Cluster"):
-# two ringbusd nodes in one cluster on one throwaway Postgres 15, and two
-# nats-server nodes in one NATS cluster (routes), all on loopback. Each
-# figure runs same-node (publisher and subscriber on node 1) and
-# cross-node (publisher on node 1, subscriber on node 2, `--sub-url`), for
-# both systems, interleaved round by round, with the same bench engine:
-#   pubsub 1 -> 1, 256 B, unpaced (deliveries/s)
-#   fanout 1 -> 4, 256 B, unpaced (deliveries/s; the 4 subscribers on one node)
-#   latency at 10 000 msg/s, 256 B (p50/p99 from the intended send time)
+# three ringbusd nodes in one cluster plus one standalone ringbusd (no
+# [cluster]), all on one throwaway Postgres 15, and three nats-server nodes
+# in one NATS cluster (routes) plus one standalone nats-server, all on
+# loopback. Each figure runs in three places, for both systems, interleaved
+# round by round (the order rotates), with the same bench engine:
+#   single  publisher and subscribers on the standalone server
+#   same    publisher and subscribers on cluster node 1 (its peers idle)
+#   cross   publisher on node 1, subscribers round-robin on nodes 2 and 3
+#           (two `--sub-url`)
+# The figures:
+#   fanout 1 -> 4, 256 B, unpaced (deliveries/s; cross: 2 on node 2, 2 on node 3)
+#   latency at 10 000 msg/s, 256 B, 2 subscribers (cross: one on node 2, one
+#           on node 3; p50/p99 over both from the intended send time)
 # ringbus acks after the Postgres commit (default durability); core NATS has
 # no store. Not part of `make test`. Needs root (initdb runs as postgres).
 # PG_SYNC=off sets synchronous_commit = off (acks no longer wait for the
@@ -55,79 +60,110 @@ PG_PID=$(head -1 "$DIR/data/postmaster.pid")
 "$PG_BIN/psql" -X -q -h "$DIR" -p "$PG_PORT" -U postgres -d postgres -c "CREATE DATABASE bench"
 CONNINFO="host=$DIR port=$PG_PORT dbname=bench user=postgres"
 
-# Two ringbusd nodes: 1 shard each (four server processes share two cores).
+# Three ringbusd nodes in a full mesh and one standalone: 1 shard each
+# (the server processes share two cores).
 printf "%s\n" "bench-cluster-secret-0123456789abcdef0123" >"$DIR/secret"
 chmod 600 "$DIR/secret"
-RB_PORT=("$(port)" "$(port)")
-REPLICA=("$(port)" "$(port)")
-for i in 0 1; do
-    j=$((1 - i))
-    printf "%s\n" "shards = 1" 'log_level = "info"' \
-        "[limits]" "send_queue_bytes = 67108864" \
-        "[storage]" 'backend = "postgres"' "[storage.postgres]" "conninfo = \"$CONNINFO\"" \
-        "[cluster]" "node_id = $((i + 1))" 'cluster_id = "bench"' "secret_file = \"$DIR/secret\"" \
-        'address = "127.0.0.1"' "port = ${REPLICA[$i]}" \
-        "[[cluster.peer]]" "id = $((j + 1))" 'address = "127.0.0.1"' "port = ${REPLICA[$j]}" \
-        "[[listener]]" 'transport = "tcp"' 'address = "127.0.0.1"' "port = ${RB_PORT[$i]}" \
-        >"$DIR/rb$i.toml"
+RB_PORT=("$(port)" "$(port)" "$(port)" "$(port)")
+REPLICA=("$(port)" "$(port)" "$(port)")
+for i in 0 1 2 3; do
+    {
+        printf "%s\n" "shards = 1" 'log_level = "info"' \
+            "[limits]" "send_queue_bytes = 67108864" \
+            "[storage]" 'backend = "postgres"' "[storage.postgres]" "conninfo = \"$CONNINFO\""
+        if [ "$i" -lt 3 ]; then
+            printf "%s\n" "[cluster]" "node_id = $((i + 1))" 'cluster_id = "bench"' \
+                "secret_file = \"$DIR/secret\"" 'address = "127.0.0.1"' "port = ${REPLICA[$i]}"
+            for j in 0 1 2; do
+                if [ "$j" -ne "$i" ]; then
+                    printf "%s\n" "[[cluster.peer]]" "id = $((j + 1))" 'address = "127.0.0.1"' \
+                        "port = ${REPLICA[$j]}"
+                fi
+            done
+        fi
+        printf "%s\n" "[[listener]]" 'transport = "tcp"' 'address = "127.0.0.1"' \
+            "port = ${RB_PORT[$i]}"
+    } >"$DIR/rb$i.toml"
     "$BUILD/ringbusd" --config "$DIR/rb$i.toml" >"$DIR/rb$i.log" 2>&1 &
     PIDS+=($!)
 done
-for i in 0 1; do
+for i in 0 1 2 3; do
     for _ in $(seq 300); do
         if grep -q "ready:" "$DIR/rb$i.log"; then break; fi
         sleep 0.1
     done
 done
-for _ in $(seq 300); do
-    if grep -q "link to node 2 (.*) up" "$DIR/rb0.log"; then break; fi
-    sleep 0.1
+# Each node's links to its two peers.
+for i in 0 1 2; do
+    for _ in $(seq 300); do
+        if [ "$(grep -c "link to node .* up" "$DIR/rb$i.log")" -ge 2 ]; then break; fi
+        sleep 0.1
+    done
+    if [ "$(grep -c "link to node .* up" "$DIR/rb$i.log")" -lt 2 ]; then
+        echo "cluster.sh: node $((i + 1)) has not both links up:" >&2
+        cat "$DIR/rb$i.log" >&2
+        exit 1
+    fi
 done
 
-# Two nats-server nodes joined by routes.
-NATS_PORT=("$(port)" "$(port)")
-ROUTE=("$(port)" "$(port)")
-for i in 0 1; do
-    j=$((1 - i))
+# Three nats-server nodes joined by routes, and one alone.
+NATS_PORT=("$(port)" "$(port)" "$(port)" "$(port)")
+ROUTE=("$(port)" "$(port)" "$(port)")
+for i in 0 1 2; do
+    routes=
+    for j in 0 1 2; do
+        if [ "$j" -ne "$i" ]; then routes="$routes${routes:+,}nats://127.0.0.1:${ROUTE[$j]}"; fi
+    done
     nats-server -a 127.0.0.1 -p "${NATS_PORT[$i]}" -cluster "nats://127.0.0.1:${ROUTE[$i]}" \
-        -routes "nats://127.0.0.1:${ROUTE[$j]}" >"$DIR/nats$i.log" 2>&1 &
+        -routes "$routes" >"$DIR/nats$i.log" 2>&1 &
     PIDS+=($!)
 done
-for _ in $(seq 300); do
-    if grep -q "Route connection created" "$DIR/nats0.log" &&
-        grep -q "Route connection created" "$DIR/nats1.log"; then break; fi
-    sleep 0.1
+nats-server -a 127.0.0.1 -p "${NATS_PORT[3]}" >"$DIR/nats3.log" 2>&1 &
+PIDS+=($!)
+for i in 0 1 2; do
+    for _ in $(seq 300); do
+        if [ "$(grep -c "Route connection created" "$DIR/nats$i.log")" -ge 2 ]; then break; fi
+        sleep 0.1
+    done
 done
 sleep 1
 
-RB=(tcp://127.0.0.1:${RB_PORT[0]} tcp://127.0.0.1:${RB_PORT[1]})
-NA=(nats://127.0.0.1:${NATS_PORT[0]} nats://127.0.0.1:${NATS_PORT[1]})
+RB=("tcp://127.0.0.1:${RB_PORT[0]}" "tcp://127.0.0.1:${RB_PORT[1]}"
+    "tcp://127.0.0.1:${RB_PORT[2]}" "tcp://127.0.0.1:${RB_PORT[3]}")
+NA=("nats://127.0.0.1:${NATS_PORT[0]}" "nats://127.0.0.1:${NATS_PORT[1]}"
+    "nats://127.0.0.1:${NATS_PORT[2]}" "nats://127.0.0.1:${NATS_PORT[3]}")
 run() { # system where figure args...
     local sys=$1 where=$2
     shift 2
-    local url sub
-    if [ "$sys" = ringbus ]; then url=${RB[0]}; else url=${NA[0]}; fi
-    if [ "$where" = same ]; then sub=$url; elif [ "$sys" = ringbus ]; then sub=${RB[1]}; else sub=${NA[1]}; fi
+    local -a u
+    if [ "$sys" = ringbus ]; then u=("${RB[@]}"); else u=("${NA[@]}"); fi
+    local url=${u[0]}
+    local -a sub=(--sub-url "${u[0]}")
+    case $where in
+    single) url=${u[3]} sub=(--sub-url "${u[3]}") ;;
+    cross) sub=(--sub-url "${u[1]}" --sub-url "${u[2]}") ;;
+    esac
     local prefix="r$RANDOM$RANDOM"
     if [ "$sys" = ringbus ]; then
-        "$BUILD/ringbus" --url "$url" bench "$@" --sub-url "$sub" --topic-prefix "$prefix" --json
+        "$BUILD/ringbus" --url "$url" bench "$@" "${sub[@]}" --topic-prefix "$prefix" --json
     else
-        "$BUILD/peerload" --url "$url" "$@" --sub-url "$sub" --topic-prefix "$prefix" --json
+        "$BUILD/peerload" --url "$url" "$@" "${sub[@]}" --topic-prefix "$prefix" --json
     fi | sed "s/^{/{\"where\":\"$where\",\"round\":$round,/"
 }
 
-OUT=${OUT:-$ROOT/bench/results/cluster.jsonl}
+OUT=${OUT:-$ROOT/bench/results/cluster3.jsonl}
 : >"$OUT"
-# Odd rounds run same-node first, even rounds cross-node first.
+# The order of the three places rotates from round to round.
+WHERES=(single same cross)
 for round in $(seq "$ROUNDS"); do
-    order="same cross"
-    if [ $((round % 2)) -eq 0 ]; then order="cross same"; fi
+    order=()
+    for k in 0 1 2; do order+=("${WHERES[$(((round + k) % 3))]}"); done
     for sys in ringbus nats; do
-        for where in $order; do
-            run "$sys" "$where" pubsub --size 256 --count "$COUNT" --window 4096 >>"$OUT" || true
+        for where in "${order[@]}"; do
             run "$sys" "$where" fanout --subscribers 4 --size 256 --count "$((COUNT / 3))" \
                 --window 4096 >>"$OUT" || true
-            run "$sys" "$where" latency --size 256 --rate 10000 --count 50000 >>"$OUT" || true
+            run "$sys" "$where" latency --subscribers 2 --size 256 --rate 10000 --count 50000 \
+                >>"$OUT" || true
         done
     done
 done
@@ -138,11 +174,23 @@ def med(sys_, where, mode, key):
     v = [r[key] for r in rows if r.get("system") == sys_ and r["where"] == where
          and r["mode"] == mode and r.get("complete", True) and key in r]
     return (statistics.median(v), len(v)) if v else (float("nan"), 0)
+def per_round(sys_, mode, key, base):
+    # The median over rounds of each round's cross/base (one round's
+    # places ran within a minute of each other).
+    by = {}
+    for r in rows:
+        if r.get("system") == sys_ and r["mode"] == mode and r.get("complete", True) and key in r:
+            by.setdefault(r["round"], {})[r["where"]] = r[key]
+    v = [w["cross"] / w[base] for w in by.values() if w.get(base) and "cross" in w]
+    return statistics.median(v) if v else float("nan")
 for s in ("ringbus", "nats"):
-    for mode, key in (("pubsub", "msgs_per_s"), ("fanout", "msgs_per_s"), ("latency", "p50_us"),
-                      ("latency", "p99_us")):
-        a, na = med(s, "same", mode, key)
+    for mode, key in (("fanout", "msgs_per_s"), ("latency", "p50_us"), ("latency", "p99_us")):
+        a, na = med(s, "single", mode, key)
+        m, nm = med(s, "same", mode, key)
         b, nb = med(s, "cross", mode, key)
-        print(f"{s:8} {mode:8} {key:17} same {a:12.0f} ({na})  cross {b:12.0f} ({nb})  "
-              f"cross/same {b / a if a else float('nan'):.2f}")
+        print(f"{s:8} {mode:8} {key:11} single {a:10.0f} ({na})  same {m:10.0f} ({nm})  "
+              f"cross {b:10.0f} ({nb})  cross/single {b / a if a else float('nan'):.2f} "
+              f"(per round {per_round(s, mode, key, 'single'):.2f})  "
+              f"cross/same {b / m if m else float('nan'):.2f} "
+              f"(per round {per_round(s, mode, key, 'same'):.2f})")
 EOF

@@ -76,6 +76,15 @@ def test_latency_reports_ordered_percentiles_at_the_asked_rate(make_daemon):
     assert 1000 < f["achieved_rate"] < 3000, f
 
 
+def test_latency_measures_every_subscriber_spread_over_the_sub_urls(make_daemon):
+    d = make_daemon()
+    f = figure(d.url, "latency", "--rate", "2000", "--count", "500", "--size", "16",
+               "--subscribers", "3", "--sub-url", d.url, "--sub-url", d.url)
+    assert f["subscribers"] == 3 and f["sub_url"] == f"{d.url},{d.url}", f
+    assert f["published"] == 500 and f["delivered"] == 1500 and f["lost"] == 0, f
+    assert 0 < f["p50_us"] <= f["p99_us"], f
+
+
 def test_catchup_replays_every_stored_message_from_cursor_zero(make_daemon):
     d = make_daemon()
     f = figure(d.url, "catchup", "--count", "5000", "--size", "100")
@@ -107,7 +116,8 @@ def test_table_is_the_default_output(make_daemon):
 def test_usage_errors_exit_2():
     url = f"tcp://127.0.0.1:{free_port()}"
     for args in (["bogus"], ["conns"], ["pubsub", "--size", "8"], ["fanout", "--topics", "2"],
-                 ["latency", "--rate", "0"], ["pubsub", "--count"]):
+                 ["latency", "--rate", "0"], ["latency", "--subscribers", "0"],
+                 ["pubsub", "--count"]):
         p = bench(url, *args, expect_rc=2)
         assert "ringbus bench:" in p.stderr, p.stderr
 
