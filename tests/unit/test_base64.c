@@ -1,11 +1,11 @@
 /* common/base64: the one base64 of the tree, in the variants its users
  * need (the CLI: padded standard; WebSocket keys: padded standard; argon2
  * PHC fields: unpadded standard; JWT segments: unpadded url). */
+#include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
 
 #include <check.h>
-#include <stdbool.h>
 
 #include "common/base64.h"
 
