@@ -1201,7 +1201,9 @@ int ringbus_session_publish(ringbus_session *s, const char *topic, size_t topic_
                 .payload_len = (uint32_t)payload_len,
                 .prev = s->pub_tail};
     memcpy(r->data, topic, topic_len);
-    memcpy(r->data + topic_len, key, key_len);
+    if (key_len > 0) {
+        memcpy(r->data + topic_len, key, key_len);
+    }
     if (payload_len > 0) {
         memcpy(r->data + topic_len + key_len, payload, payload_len);
     }
