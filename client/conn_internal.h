@@ -7,6 +7,11 @@
 #include <stdint.h>
 
 #include "client/ringbus.h"
+#include "common/err.h"
+
+/* Fills *out (when not NULL) from e and returns e->code: the library's
+ * rb_err to the public ringbus_error. */
+int rb_client_export_err(ringbus_error *out, const rb_err *e);
 
 /* When the server last sent bytes (rb_client_now_ns clock); STARTED's
  * arrival before that. */

@@ -161,7 +161,7 @@ struct ringbus_conn {
 
 /* ---- errors and names ---- */
 
-static int export_err(ringbus_error *out, const rb_err *e)
+int rb_client_export_err(ringbus_error *out, const rb_err *e)
 {
     if (out != NULL) {
         out->code = e->code;
@@ -1341,11 +1341,11 @@ int ringbus_connect(const char *url, const ringbus_options *options, ringbus_con
     }
     if (conn == NULL || url == NULL) {
         rb_err_set(&e, RB_EINVAL, 0, "connect: NULL url or conn");
-        return export_err(err, &e);
+        return rb_client_export_err(err, &e);
     }
     *conn = NULL;
     int rc = connect_inner(url, options, conn, &e);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 void ringbus_close(ringbus_conn *conn)
@@ -1436,7 +1436,7 @@ int ringbus_process(ringbus_conn *conn, int timeout_ms, ringbus_error *err)
     if (rc == 0) {
         rc = process(conn, timeout_ms, &e);
     }
-    return rc >= 0 ? rc : export_err(err, &e);
+    return rc >= 0 ? rc : rb_client_export_err(err, &e);
 }
 
 int ringbus_flush(ringbus_conn *conn, ringbus_error *err)
@@ -1444,7 +1444,7 @@ int ringbus_flush(ringbus_conn *conn, ringbus_error *err)
     rb_err e = {0};
     if (conn->state == CONN_DEAD || conn->io_failed) {
         rb_err_set(&e, RB_ECLOSED, 0, "%s: connection closed", conn->url_text);
-        return export_err(err, &e);
+        return rb_client_export_err(err, &e);
     }
     tx_flush(conn);
     return 0;
@@ -1501,7 +1501,7 @@ int ringbus_next_event(ringbus_conn *conn, ringbus_event *ev, int timeout_ms, ri
     if (rc == 0) {
         rc = next_event(conn, ev, timeout_ms, &e);
     }
-    return rc >= 0 ? rc : export_err(err, &e);
+    return rc >= 0 ? rc : rb_client_export_err(err, &e);
 }
 
 /* ---- requests ---- */
@@ -1573,11 +1573,11 @@ int ringbus_publish_key(ringbus_conn *conn, const char *topic, size_t topic_len,
     rb_err e = {0};
     if (topic == NULL || (payload == NULL && payload_len != 0) || (key == NULL && key_len != 0)) {
         rb_err_set(&e, RB_EINVAL, 0, "publish: NULL topic, key or payload");
-        return export_err(err, &e);
+        return rb_client_export_err(err, &e);
     }
     int rc = publish(conn, bytes_of(topic, topic_len), bytes_of(key, key_len),
                      bytes_of(payload, payload_len), corr_id, &e, cb, ctx);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 /* ---- for the session (client/conn_internal.h) ---- */
@@ -1593,15 +1593,25 @@ bool rb_conn_going_away(const ringbus_conn *conn, uint32_t *hint_ms)
     return conn->going_away;
 }
 
-int rb_conn_probe(ringbus_conn *conn)
+/* Queues a PING with a fresh nonce (its PONG sets pong_seen). */
+static int queue_ping(ringbus_conn *conn, rb_err *err)
 {
-    if (conn->state != CONN_OPEN || conn->io_failed ||
-        tx_reserve(conn, RB_FRAME_HEADER_BYTES + 8, true, NULL) != 0) {
-        return RB_ECLOSED;
+    int rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 8, true, err);
+    if (rc != 0) {
+        return rc;
     }
     conn->ping_nonce = conn->ping_nonce + 1;
+    conn->pong_seen = false;
     conn->tx_len += rb_frame_encode_ping(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len, 0,
                                          conn->ping_nonce);
+    return 0;
+}
+
+int rb_conn_probe(ringbus_conn *conn)
+{
+    if (conn->state != CONN_OPEN || conn->io_failed || queue_ping(conn, NULL) != 0) {
+        return RB_ECLOSED;
+    }
     tx_flush(conn);
     return 0;
 }
@@ -1688,7 +1698,7 @@ int ringbus_publish_sync(ringbus_conn *conn, const char *topic, size_t topic_len
         rc = publish_wait(conn, corr_id, deadline_ns, &r, &e);
     }
     if (rc != 0) {
-        return export_err(err, &e);
+        return rb_client_export_err(err, &e);
     }
     if (seq != NULL) {
         *seq = r.seq;
@@ -1770,7 +1780,7 @@ int ringbus_mutate(ringbus_conn *conn, uint64_t mutate_id, const ringbus_add *ad
 {
     rb_err e = {0};
     int rc = mutate(conn, mutate_id, 0, adds, add_count, removes, remove_count, history_only, &e);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
@@ -1780,19 +1790,15 @@ int ringbus_mutate_epoch(ringbus_conn *conn, uint64_t mutate_id, uint64_t epoch,
     rb_err e = {0};
     int rc =
         mutate(conn, mutate_id, epoch, adds, add_count, removes, remove_count, history_only, &e);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 static int ping(ringbus_conn *conn, uint64_t *rtt_ns, rb_err *err)
 {
     int rc = check_open(conn, "ping", err);
-    if (rc != 0 || (rc = tx_reserve(conn, RB_FRAME_HEADER_BYTES + 8, true, err)) != 0) {
+    if (rc != 0 || (rc = queue_ping(conn, err)) != 0) {
         return rc;
     }
-    conn->ping_nonce = conn->ping_nonce + 1;
-    conn->pong_seen = false;
-    conn->tx_len += rb_frame_encode_ping(conn->tx + conn->tx_len, conn->tx_cap - conn->tx_len, 0,
-                                         conn->ping_nonce);
     int64_t start_ns = rb_client_now_ns();
     int64_t deadline_ns = start_ns + (int64_t)conn->request_timeout_ms * 1000000;
     while (!conn->pong_seen) {
@@ -1862,7 +1868,7 @@ int ringbus_refresh_token(ringbus_conn *conn, const char *token, ringbus_error *
     if (rc == 0) {
         rc = refresh_token(conn, token, &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err)
@@ -1872,7 +1878,7 @@ int ringbus_ping(ringbus_conn *conn, uint64_t *rtt_ns, ringbus_error *err)
     if (rc == 0) {
         rc = ping(conn, rtt_ns, &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_half_close(ringbus_conn *conn, ringbus_error *err)
@@ -1880,7 +1886,7 @@ int ringbus_half_close(ringbus_conn *conn, ringbus_error *err)
     rb_err e = {0};
     if (conn->state == CONN_DEAD || conn->io_failed) {
         rb_err_set(&e, RB_ECLOSED, 0, "%s: connection closed", conn->url_text);
-        return export_err(err, &e);
+        return rb_client_export_err(err, &e);
     }
     if (conn->state == CONN_OPEN) {
         tx_control_close(conn, RB_WIRE_OK, "");
@@ -1965,7 +1971,7 @@ int ringbus_register(ringbus_conn *conn, const char *method, const char *service
     if (rc == 0) {
         rc = register_method(conn, RB_FRAME_REGISTER, method, service, &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_unregister(ringbus_conn *conn, const char *method, const char *service,
@@ -1976,7 +1982,7 @@ int ringbus_unregister(ringbus_conn *conn, const char *method, const char *servi
     if (rc == 0) {
         rc = register_method(conn, RB_FRAME_UNREGISTER, method, service, &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 static int call(ringbus_conn *conn, const char *destination, const char *method, rb_bytes payload,
@@ -2024,7 +2030,7 @@ int ringbus_call(ringbus_conn *conn, const char *destination, const char *method
         rc = call(conn, destination, method, bytes_of(payload, payload_len), timeout_ms, call_id,
                   &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 static int call_sync(ringbus_conn *conn, const char *destination, const char *method,
@@ -2073,7 +2079,7 @@ int ringbus_call_sync(ringbus_conn *conn, const char *destination, const char *m
         rc = call_sync(conn, destination, method, bytes_of(payload, payload_len), timeout_ms, res,
                        &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 static int send_ack(ringbus_conn *conn, uint64_t corr, uint8_t flags, rb_err *err)
@@ -2091,14 +2097,14 @@ int ringbus_call_cancel(ringbus_conn *conn, uint64_t call_id, ringbus_error *err
 {
     rb_err e = {0};
     int rc = send_ack(conn, call_id, RB_REQUEST_ACK_CANCEL, &e);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_request_ack(ringbus_conn *conn, uint64_t request_id, ringbus_error *err)
 {
     rb_err e = {0};
     int rc = send_ack(conn, request_id, 0, &e);
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 static int respond(ringbus_conn *conn, uint64_t request_id, int code, const char *message,
@@ -2140,5 +2146,5 @@ int ringbus_respond(ringbus_conn *conn, uint64_t request_id, int code, const cha
     } else {
         rc = respond(conn, request_id, code, message, bytes_of(payload, payload_len), &e);
     }
-    return rc == 0 ? 0 : export_err(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }

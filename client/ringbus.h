@@ -609,9 +609,10 @@ typedef struct ringbus_session_options {
      * be stored again. A publish never sent waits any time. 0 = 60000. */
     uint32_t publish_retry_ms;
     /* Bytes of topics, keys and payloads kept for publishes not yet
-     * acknowledged, including those waiting for a connection. 0 = 8 MiB.
-     * The count is bounded by conn->publish_window (0 = 4096). Beyond
-     * either, ringbus_session_publish returns RINGBUS_EAGAIN. */
+     * acknowledged, including those waiting for a connection (one buffer
+     * allocated at open, about 80 bytes of bookkeeping per publish besides).
+     * 0 = 8 MiB. The count is bounded by conn->publish_window (0 = 4096).
+     * Beyond either, ringbus_session_publish returns RINGBUS_EAGAIN. */
     size_t publish_buffer_bytes;
     /* Topics the session follows at most. 0 = 100000 (the server's default
      * limits.topics_per_stream). */

@@ -61,7 +61,6 @@ typedef struct spub {
     uint32_t reissues;
     ringbus_publish_cb cb;
     void *ctx;
-    size_t bytes;
     uint16_t topic_len;
     uint16_t key_len;
     uint32_t payload_len;
@@ -95,7 +94,7 @@ struct ringbus_session {
 
     bool no_reconnect;
     uint32_t base_ms, cap_ms, attempts_max, reissue_max, topics_max, watchdog_ms, retry_ms;
-    size_t pub_bytes_max;
+    size_t pub_bytes_max; /* the ring's size */
     uint32_t pub_window;
     ringbus_event_cb on_event;
     void *event_ctx;
@@ -117,10 +116,15 @@ struct ringbus_session {
     int64_t retry_ns;
     uint64_t rnd;
 
+    /* Publishes live in one ring of pub_bytes_max bytes, in publish order
+     * (the list's), so a publish costs no malloc: the live bytes run from
+     * pub_head to ring_tail, through ring_wrap_end and 0 when wrapped. */
+    uint8_t *ring;
+    size_t ring_tail, ring_wrap_end;
+    bool ring_wrapped;
     spub *pub_head, *pub_tail;
     spub *first_queued; /* no unsent publish comes before it */
     uint32_t pub_count, queued_count;
-    size_t pub_bytes;
     int64_t pub_due_ns; /* the earliest due of a held publish, 0 = none */
     uint64_t next_pub_id;
     char key_prefix[17];
@@ -138,23 +142,6 @@ struct ringbus_session {
     uint32_t reg_events;
     int64_t timer_ns;
 };
-
-static int export(ringbus_error *out, const rb_err *e)
-{
-    if (out != NULL) {
-        memset(out, 0, sizeof *out);
-        out->code = e->code;
-        out->sys_errno = e->code == RB_ESYS ? e->cause : 0;
-        out->wire_code = (e->code == RB_CLIENT_ESERVER || e->code == RB_EPROTO) ? e->cause : 0;
-        snprintf(out->message, sizeof out->message, "%s", e->msg);
-    }
-    return e->code;
-}
-
-static int64_t now_ns(void)
-{
-    return rb_client_now_ns();
-}
 
 /* ---- synthetic events ---- */
 
@@ -207,22 +194,53 @@ static void pub_unlink(ringbus_session *s, spub *r)
         s->queued_count--;
     }
     s->pub_count--;
-    s->pub_bytes -= r->bytes;
+    /* The ring's oldest live byte is now pub_head's: once that is below
+     * the tail again, the wrapped part at the end is free. */
+    if (s->pub_head == NULL) {
+        s->ring_tail = 0;
+        s->ring_wrapped = false;
+    } else if (s->ring_wrapped && (size_t)((uint8_t *)s->pub_head - s->ring) < s->ring_tail) {
+        s->ring_wrapped = false;
+    }
+}
+
+/* Room for bytes (a multiple of 8) at the ring's tail, or NULL when the
+ * ring is full. */
+static spub *ring_take(ringbus_session *s, size_t bytes)
+{
+    size_t head = s->pub_head != NULL ? (size_t)((uint8_t *)s->pub_head - s->ring) : 0;
+    size_t at;
+    if (!s->ring_wrapped && s->pub_bytes_max - s->ring_tail >= bytes) {
+        at = s->ring_tail;
+    } else if (!s->ring_wrapped && head >= bytes) {
+        s->ring_wrapped = true;
+        s->ring_wrap_end = s->ring_tail;
+        at = 0;
+    } else if (s->ring_wrapped && head - s->ring_tail >= bytes) {
+        at = s->ring_tail;
+    } else {
+        return NULL;
+    }
+    s->ring_tail = at + bytes;
+    return (spub *)(void *)(s->ring + at);
 }
 
 /* Gives the application its one answer and forgets the publish. */
 static void pub_answer(ringbus_session *s, spub *r, const ringbus_publish_result *res)
 {
-    pub_unlink(s, r);
     ringbus_publish_result out = *res;
     out.corr_id = r->id;
-    if (r->cb != NULL) {
+    ringbus_publish_cb cb = r->cb;
+    void *ctx = r->ctx;
+    /* Its ring bytes are free from here: a publish from the callback may
+     * take them. */
+    pub_unlink(s, r);
+    if (cb != NULL) {
         bool was = s->in_callback;
         s->in_callback = true;
-        r->cb(&out, r->ctx);
+        cb(&out, ctx);
         s->in_callback = was;
     }
-    free(r);
 }
 
 static void pub_fail(ringbus_session *s, spub *r, int status, int wire_code, const char *why)
@@ -242,6 +260,15 @@ static void pub_requeue(ringbus_session *s, spub *r, int64_t due_ns)
     }
 }
 
+/* A publish first sent longer than publish_retry_ms ago is not re-sent: it
+ * could land after the server's dedup window and be stored twice. */
+#define STALE_WHY "publish: unanswered for more than publish_retry_ms (%u ms), not re-sent"
+
+static bool pub_stale(const ringbus_session *s, const spub *r, int64_t now)
+{
+    return r->first_sent_ns != 0 && now - r->first_sent_ns >= (int64_t)s->retry_ms * 1000000;
+}
+
 static void pub_conn_done(const ringbus_publish_result *res, void *ctx)
 {
     spub *r = ctx;
@@ -253,16 +280,16 @@ static void pub_conn_done(const ringbus_publish_result *res, void *ctx)
         pub_answer(s, r, res);
         return;
     }
-    bool fresh = now_ns() - r->first_sent_ns < (int64_t)s->retry_ms * 1000000;
+    bool fresh = !pub_stale(s, r, rb_client_now_ns());
     if (fresh && r->reissues < s->reissue_max) {
         r->reissues++;
         int64_t due_ns = 0;
         if (unavailable) {
             /* The store is down: wait as a reconnect would before asking it
              * again, longer each time. */
-            due_ns = now_ns() + (int64_t)rb_backoff_ms(s->base_ms, s->cap_ms, r->reissues,
-                                                       rb_backoff_next(&s->rnd)) *
-                                    1000000;
+            due_ns = rb_client_now_ns() + (int64_t)rb_backoff_ms(s->base_ms, s->cap_ms, r->reissues,
+                                                                 rb_backoff_next(&s->rnd)) *
+                                              1000000;
         }
         pub_requeue(s, r, due_ns);
         return;
@@ -272,9 +299,7 @@ static void pub_conn_done(const ringbus_publish_result *res, void *ctx)
         snprintf(why, sizeof why, "publish: re-sent %u times without an answer: %.180s",
                  r->reissues, res->message);
     } else {
-        snprintf(why, sizeof why,
-                 "publish: unanswered for more than publish_retry_ms (%u ms), not re-sent: %.150s",
-                 s->retry_ms, res->message);
+        snprintf(why, sizeof why, STALE_WHY ": %.120s", s->retry_ms, res->message);
     }
     ringbus_publish_result copy = *res;
     copy.message = why;
@@ -288,7 +313,7 @@ static void pub_pump(ringbus_session *s)
     if (s->state != S_CONNECTED || s->queued_count == 0 || rb_conn_going_away(s->conn, &hint_ms)) {
         return; /* a server going away gets nothing new: the next one will */
     }
-    int64_t now = now_ns();
+    int64_t now = rb_client_now_ns();
     spub *first = NULL;
     s->pub_due_ns = 0;
     for (spub *r = s->first_queued, *next; r != NULL; r = next) {
@@ -296,13 +321,10 @@ static void pub_pump(ringbus_session *s)
         if (r->sent) {
             continue;
         }
-        if (r->first_sent_ns != 0 && now - r->first_sent_ns >= (int64_t)s->retry_ms * 1000000) {
-            /* Waited out a long outage: a re-send now could land after the
-             * server's dedup window and be stored twice. */
+        if (pub_stale(s, r, now)) {
+            /* Waited out a long outage. */
             char why[RB_ERR_MSG_BYTES_MAX];
-            snprintf(why, sizeof why,
-                     "publish: unanswered for more than publish_retry_ms (%u ms), not re-sent",
-                     s->retry_ms);
+            snprintf(why, sizeof why, STALE_WHY, s->retry_ms);
             pub_fail(s, r, RINGBUS_ECLOSED, 0, why);
             continue;
         }
@@ -419,12 +441,12 @@ static int readd_send(ringbus_session *s, uint64_t wave, uint64_t epoch, bool hi
         subs[i]->wave = wave;
     }
     int64_t deadline_ns =
-        now_ns() +
+        rb_client_now_ns() +
         (int64_t)(s->copt.request_timeout_ms > 0 ? s->copt.request_timeout_ms : 30000) * 1000000;
     for (;;) {
         ringbus_error e;
         int rc = ringbus_mutate_epoch(s->conn, wave, epoch, adds, n, NULL, 0, history_only, &e);
-        if (rc != RINGBUS_EAGAIN || now_ns() >= deadline_ns) {
+        if (rc != RINGBUS_EAGAIN || rb_client_now_ns() >= deadline_ns) {
             return rc == 0 ? 0 : rb_err_set(err, rc, e.wire_code, "re-add topics: %s", e.message);
         }
         /* The send buffer is full of earlier re-adds: let it drain. Only
@@ -534,6 +556,13 @@ static bool filter(ringbus_session *s, const ringbus_event *ev)
 
 /* ---- polling ---- */
 
+/* How long the connection may be silent: watchdog_ms, else three
+ * keepalives of the server; 0 = no watchdog. */
+static uint32_t watchdog_ms_of(const ringbus_session *s)
+{
+    return s->watchdog_ms != 0 ? s->watchdog_ms : 3 * ringbus_keepalive_ms(s->conn);
+}
+
 static int64_t next_deadline_ns(const ringbus_session *s)
 {
     if (s->syn_count > 0) {
@@ -546,7 +575,7 @@ static int64_t next_deadline_ns(const ringbus_session *s)
         return 0;
     }
     int64_t d = s->pub_due_ns;
-    uint32_t dead_ms = s->watchdog_ms != 0 ? s->watchdog_ms : 3 * ringbus_keepalive_ms(s->conn);
+    uint32_t dead_ms = watchdog_ms_of(s);
     if (dead_ms != 0) {
         int64_t rx = rb_conn_last_rx_ns(s->conn);
         int64_t w =
@@ -644,7 +673,7 @@ static void schedule(ringbus_session *s, int code, const char *message, int64_t 
         delay_ms = rb_backoff_ms(s->base_ms, s->cap_ms, s->attempt, rb_backoff_next(&s->rnd));
     }
     s->state = S_WAITING;
-    s->retry_ns = now_ns() + (int64_t)delay_ms * 1000000;
+    s->retry_ns = rb_client_now_ns() + (int64_t)delay_ms * 1000000;
     emit(s, RINGBUS_EVENT_RECONNECTING, code, message, s->attempt, (uint32_t)delay_ms, 0);
 }
 
@@ -764,10 +793,10 @@ static void due_work(ringbus_session *s)
     if (s->state != S_CONNECTED) {
         return;
     }
-    uint32_t dead_ms = s->watchdog_ms != 0 ? s->watchdog_ms : 3 * ringbus_keepalive_ms(s->conn);
+    uint32_t dead_ms = watchdog_ms_of(s);
     if (dead_ms != 0) {
         int64_t rx = rb_conn_last_rx_ns(s->conn);
-        int64_t silent_ms = (now_ns() - rx) / 1000000;
+        int64_t silent_ms = (rb_client_now_ns() - rx) / 1000000;
         if (silent_ms >= dead_ms) {
             char why[96];
             snprintf(why, sizeof why, "watchdog: nothing from the server in %" PRId64 " ms",
@@ -786,12 +815,12 @@ static void due_work(ringbus_session *s)
 /* Sleeps until the next attempt (at most timeout_ms), then makes it. */
 static void wait_and_attempt(ringbus_session *s, int timeout_ms)
 {
-    int64_t left_ns = s->retry_ns - now_ns();
+    int64_t left_ns = s->retry_ns - rb_client_now_ns();
     if (left_ns > 0) {
         int64_t wait_ms = (left_ns + 999999) / 1000000;
         (void)poll(NULL, 0, wait_ms < timeout_ms ? (int)wait_ms : timeout_ms);
     }
-    if (now_ns() >= s->retry_ns) {
+    if (rb_client_now_ns() >= s->retry_ns) {
         attempt_connect(s);
     }
 }
@@ -802,7 +831,7 @@ static int wait_ms_for(const ringbus_session *s, int timeout_ms)
     if (d == 0) {
         return timeout_ms;
     }
-    int64_t left_ms = (d - now_ns() + 999999) / 1000000;
+    int64_t left_ms = (d - rb_client_now_ns() + 999999) / 1000000;
     left_ms = left_ms < 0 ? 0 : left_ms;
     return left_ms < timeout_ms ? (int)left_ms : timeout_ms;
 }
@@ -864,6 +893,7 @@ static void session_free(ringbus_session *s)
         SUB_EACH(s, p, { free(p); })
     }
     free(s->buckets);
+    free(s->ring);
     if (s->epfd >= 0) {
         close(s->epfd);
     }
@@ -930,9 +960,10 @@ static int session_new(const ringbus_session_options *o, ringbus_session **out, 
         s->copt.event_ctx = s;
     }
     s->buckets = calloc(BUCKETS_INITIAL, sizeof *s->buckets);
+    s->ring = malloc(s->pub_bytes_max);
     s->bucket_mask = BUCKETS_INITIAL - 1;
     s->timer_ns = -1;
-    if (oom || s->buckets == NULL) {
+    if (oom || s->buckets == NULL || s->ring == NULL) {
         session_free(s);
         return rb_err_set(err, RB_ENOMEM, 0, "session: out of memory");
     }
@@ -946,7 +977,7 @@ static int session_new(const ringbus_session_options *o, ringbus_session **out, 
     }
     uint64_t seed[2] = {0, 0};
     if (getrandom(seed, sizeof seed, 0) != (ssize_t)sizeof seed) {
-        seed[0] = (uint64_t)now_ns() ^ ((uint64_t)getpid() << 32);
+        seed[0] = (uint64_t)rb_client_now_ns() ^ ((uint64_t)getpid() << 32);
         seed[1] = seed[0] * UINT64_C(0x9E3779B97F4A7C15);
     }
     s->rnd = seed[0] != 0 ? seed[0] : 1;
@@ -962,12 +993,12 @@ int ringbus_session_open(const ringbus_session_options *options, ringbus_session
     ringbus_session *s = NULL;
     if (session == NULL) {
         rb_err_set(&e, RB_EINVAL, 0, "session: NULL result pointer");
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     *session = NULL;
     int rc = session_new(options, &s, &e);
     if (rc != 0) {
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     for (size_t i = 0; i < s->url_count; i++) {
         s->url_index = i;
@@ -979,7 +1010,7 @@ int ringbus_session_open(const ringbus_session_options *options, ringbus_session
             if (rc != 0) {
                 ringbus_session_close(s);
                 rb_err_set(&e, rc, 0, "session: out of memory");
-                return export(err, &e);
+                return rb_client_export_err(err, &e);
             }
             poll_sync(s);
             *session = s;
@@ -991,7 +1022,7 @@ int ringbus_session_open(const ringbus_session_options *options, ringbus_session
     }
     if (!retryable_connect(rc, e.cause) || !options->retry_initial_connect) {
         session_free(s);
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     s->url_index = 0;
     s->attempt = 1;
@@ -1037,13 +1068,13 @@ int ringbus_session_process(ringbus_session *s, int timeout_ms, ringbus_error *e
         rc = rb_err_set(&e, RB_EINVAL, 0, "ringbus_session_process: negative timeout");
     }
     if (rc != 0) {
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     timer_drain(s);
     int events = 0;
     if (s->state == S_CLOSED) {
         rb_err_set(&e, RB_ECLOSED, 0, "session closed");
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     uint64_t emitted = s->emitted;
     if (s->state == S_WAITING) {
@@ -1063,7 +1094,7 @@ int ringbus_session_process(ringbus_session *s, int timeout_ms, ringbus_error *e
             } else if (rc < 0 && rc != RINGBUS_ECLOSED) {
                 poll_sync(s);
                 rb_err_set(&e, rc, 0, "%s", ce.message);
-                return export(err, &e);
+                return rb_client_export_err(err, &e);
             }
             pub_pump(s);
         }
@@ -1084,10 +1115,10 @@ int ringbus_session_next_event(ringbus_session *s, ringbus_event *ev, int timeou
         rc = rb_err_set(&e, RB_EINVAL, 0, "ringbus_session_next_event: negative timeout");
     }
     if (rc != 0) {
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     timer_drain(s);
-    int64_t deadline_ns = now_ns() + (int64_t)timeout_ms * 1000000;
+    int64_t deadline_ns = rb_client_now_ns() + (int64_t)timeout_ms * 1000000;
     for (;;) {
         if (s->syn_count > 0) {
             s->cur = s->synq[s->syn_head];
@@ -1101,7 +1132,7 @@ int ringbus_session_next_event(ringbus_session *s, ringbus_event *ev, int timeou
         if (s->state == S_CLOSED) {
             poll_sync(s);
             rb_err_set(&e, RB_ECLOSED, 0, "session closed");
-            return export(err, &e);
+            return rb_client_export_err(err, &e);
         }
         int left_ms = rb_client_ms_until(deadline_ns);
         if (s->state == S_WAITING) {
@@ -1129,7 +1160,7 @@ int ringbus_session_next_event(ringbus_session *s, ringbus_event *ev, int timeou
             if (rc < 0) {
                 poll_sync(s);
                 rb_err_set(&e, rc, 0, "%s", ce.message);
-                return export(err, &e);
+                return rb_client_export_err(err, &e);
             }
             pub_pump(s);
         }
@@ -1149,18 +1180,18 @@ int ringbus_session_publish(ringbus_session *s, const char *topic, size_t topic_
     char auto_key[40];
     if (topic == NULL || (payload == NULL && payload_len != 0) || (key == NULL && key_len != 0)) {
         rb_err_set(&e, RB_EINVAL, 0, "publish: NULL topic, key or payload");
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     if (topic_len == 0 || topic_len > RB_TOPIC_BYTES_MAX ||
         key_len > RB_IDEMPOTENCY_KEY_BYTES_MAX || payload_len > UINT32_MAX) {
         rb_err_set(&e, RB_EINVAL, 0, "publish: topic must be 1..%d bytes, key 0..%d",
                    RB_TOPIC_BYTES_MAX, RB_IDEMPOTENCY_KEY_BYTES_MAX);
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     if (s->state == S_CLOSED || s->state == S_CLOSING) {
         rb_err_set(&e, RB_ECLOSED, 0, "publish: session %s",
                    s->state == S_CLOSED ? "closed" : "is closing");
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     uint64_t id = ++s->next_pub_id;
     if (key_len == 0 && !s->no_reconnect) {
@@ -1170,32 +1201,27 @@ int ringbus_session_publish(ringbus_session *s, const char *topic, size_t topic_
         key = auto_key;
     }
     size_t frame = RB_FRAME_HEADER_BYTES + 1 + topic_len + 1 + key_len + 4 + payload_len;
-    size_t bytes = sizeof(spub) + topic_len + key_len + payload_len;
+    size_t bytes = (sizeof(spub) + topic_len + key_len + payload_len + 7) & ~(size_t)7;
     if ((s->conn != NULL && frame > ringbus_max_frame_bytes(s->conn)) || bytes > s->pub_bytes_max) {
         s->next_pub_id--;
         rb_err_set(&e, RB_ELIMIT, 0,
                    "publish to %.*s: %zu bytes exceed max_frame_bytes or the session's "
                    "publish_buffer_bytes",
                    (int)topic_len, topic, frame);
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
-    if (s->pub_count >= s->pub_window || s->pub_bytes + bytes > s->pub_bytes_max) {
-        s->next_pub_id--;
-        rb_err_set(&e, RB_EAGAIN, 0, "publish: %u publishes (%zu bytes) wait for their ack",
-                   s->pub_count, s->pub_bytes);
-        return export(err, &e);
-    }
-    spub *r = malloc(bytes);
+    spub *r = s->pub_count < s->pub_window ? ring_take(s, bytes) : NULL;
     if (r == NULL) {
         s->next_pub_id--;
-        rb_err_set(&e, RB_ENOMEM, 0, "publish: out of memory");
-        return export(err, &e);
+        rb_err_set(&e, RB_EAGAIN, 0,
+                   "publish: %u publishes wait for their ack (of at most %u, in %zu bytes)",
+                   s->pub_count, s->pub_window, s->pub_bytes_max);
+        return rb_client_export_err(err, &e);
     }
     *r = (spub){.s = s,
                 .id = id,
                 .cb = cb,
                 .ctx = ctx,
-                .bytes = bytes,
                 .topic_len = (uint16_t)topic_len,
                 .key_len = (uint16_t)key_len,
                 .payload_len = (uint32_t)payload_len,
@@ -1214,7 +1240,6 @@ int ringbus_session_publish(ringbus_session *s, const char *topic, size_t topic_
     }
     s->pub_tail = r;
     s->pub_count++;
-    s->pub_bytes += bytes;
     s->queued_count++;
     if (s->first_queued == NULL) {
         s->first_queued = r;
@@ -1361,7 +1386,7 @@ int ringbus_session_mutate(ringbus_session *s, uint64_t mutate_id, uint64_t epoc
     if (!s->in_callback) {
         poll_sync(s);
     }
-    return rc == 0 ? 0 : export(err, &e);
+    return rc == 0 ? 0 : rb_client_export_err(err, &e);
 }
 
 int ringbus_session_cursor(const ringbus_session *s, const char *topic, uint64_t *seq,
@@ -1387,7 +1412,7 @@ int ringbus_session_half_close(ringbus_session *s, ringbus_error *err)
     rb_err e = {0};
     if (s->state == S_CLOSED || s->state == S_CLOSING) {
         rb_err_set(&e, RB_ECLOSED, 0, "session %s", s->state == S_CLOSED ? "closed" : "is closing");
-        return export(err, &e);
+        return rb_client_export_err(err, &e);
     }
     if (s->state == S_WAITING) {
         close_final(s, RINGBUS_WIRE_OK, "closed while reconnecting");

@@ -1324,6 +1324,69 @@ START_TEST(test_client_unsupported_scheme_and_bad_url_fail_clearly)
 }
 END_TEST
 
+/* The session keeps its publishes in one ring of publish_buffer_bytes:
+ * with room for a few records only, 300 publishes wrap it many times and
+ * each is answered once, in order, with its seq (the peer checks that
+ * every payload arrives in order and acks even seqs as duplicates). */
+typedef struct ring_answers {
+    uint64_t next; /* the next seq expected */
+    int dup_count;
+    int bad;
+} ring_answers;
+
+static void ring_answer(const ringbus_publish_result *res, void *ctx)
+{
+    ring_answers *a = ctx;
+    a->bad += res->status != 0 || res->seq != a->next;
+    a->dup_count += res->duplicate;
+    a->next++;
+}
+
+START_TEST(test_session_ring_wraps_and_answers_every_publish_once_in_order)
+{
+    peer p = peer_start(0);
+    ringbus_options co = test_options();
+    const char *urls[] = {p.url};
+    ringbus_session_options o;
+    ringbus_session_options_init(&o);
+    o.urls = urls;
+    o.url_count = 1;
+    o.conn = &co;
+    o.no_reconnect = true;        /* no keys: each record is header, topic, payload */
+    o.publish_buffer_bytes = 512; /* a few records */
+    ringbus_session *s = NULL;
+    ringbus_error err;
+    ck_assert_int_eq(ringbus_session_open(&o, &s, &err), 0);
+    ring_answers a = {.next = 1};
+    uint64_t sent = 0;
+    int eagain = 0;
+    while (a.next <= 300) {
+        while (sent < 300) {
+            uint64_t payload = sent + 1;
+            int rc = ringbus_session_publish(s, "t", 1, NULL, 0, &payload, 8, NULL, &err,
+                                             ring_answer, &a);
+            if (rc == RINGBUS_EAGAIN) {
+                eagain++;
+                break;
+            }
+            ck_assert_msg(rc == 0, "%s", err.message);
+            sent++;
+        }
+        ck_assert_int_ge(ringbus_session_process(s, 1000, &err), 0);
+    }
+    ck_assert_int_eq(a.bad, 0);
+    ck_assert_int_eq(a.dup_count, 150);
+    ck_assert_int_gt(eagain, 50); /* the ring, not the window, held them back */
+    ck_assert_int_eq(ringbus_session_half_close(s, &err), 0);
+    ringbus_event ev;
+    ck_assert_int_eq(ringbus_session_next_event(s, &ev, 5000, &err), 1);
+    ck_assert_int_eq(ev.kind, RINGBUS_EVENT_CLOSED);
+    ck_assert_int_eq(ev.code, RINGBUS_WIRE_OK);
+    ringbus_session_close(s);
+    ck_assert_int_eq(peer_wait(&p), 0);
+}
+END_TEST
+
 START_TEST(test_client_names_codes)
 {
     ck_assert_str_eq(ringbus_error_name(RINGBUS_ESERVER), "ESERVER");
@@ -1436,6 +1499,7 @@ Suite *rb_client_suite(void)
     tcase_add_test(conn, test_client_connect_refused_by_server_is_eserver);
     tcase_add_test(conn, test_client_unsupported_scheme_and_bad_url_fail_clearly);
     tcase_add_test(conn, test_client_names_codes);
+    tcase_add_test(conn, test_session_ring_wraps_and_answers_every_publish_once_in_order);
     suite_add_tcase(s, conn);
     return s;
 }
