@@ -186,14 +186,26 @@ static void put_payload(rb_json_buf *b, const void *payload, size_t len)
     }
 }
 
+/* ,"key":"the wire code's name" */
+static void put_code(rb_json_buf *b, const char *key, int code)
+{
+    const char *name = ringbus_wire_code_name(code);
+    put_key(b, key);
+    rb_json_put_str(b, name, strlen(name));
+}
+
+/* ,"key":"text" */
+static void put_text(rb_json_buf *b, const char *key, const char *text)
+{
+    put_key(b, key);
+    rb_json_put_str(b, text, strlen(text));
+}
+
 static void put_error(cli *c, int code, const char *message)
 {
     rb_json_put_raw(&c->out, "{\"event\":\"error\"", 16);
-    put_key(&c->out, "code");
-    const char *name = ringbus_wire_code_name(code);
-    rb_json_put_str(&c->out, name, strlen(name));
-    put_key(&c->out, "message");
-    rb_json_put_str(&c->out, message, strlen(message));
+    put_code(&c->out, "code", code);
+    put_text(&c->out, "message", message);
     rb_json_put_raw(&c->out, "}", 1);
 }
 
@@ -241,17 +253,13 @@ static void print_event(cli *c, const ringbus_event *ev)
         return;
     case RINGBUS_EVENT_REQUEST:
         rb_json_put_raw(b, "{\"event\":\"request\"", 18);
-        put_key(b, "method");
-        rb_json_put_str(b, ev->method, strlen(ev->method));
-        put_key(b, "caller");
-        rb_json_put_str(b, ev->caller, strlen(ev->caller));
+        put_text(b, "method", ev->method);
+        put_text(b, "caller", ev->caller);
         put_payload(b, ev->payload, ev->payload_len);
         break;
     case RINGBUS_EVENT_RESPONSE:
         rb_json_put_raw(b, "{\"event\":\"response\"", 19);
-        put_key(b, "code");
-        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
-                        strlen(ringbus_wire_code_name(ev->code)));
+        put_code(b, "code", ev->code);
         put_payload(b, ev->payload, ev->payload_len);
         break;
     case RINGBUS_EVENT_TOPIC_ERROR:
@@ -260,11 +268,8 @@ static void print_event(cli *c, const ringbus_event *ev)
         rb_json_put_str(b, ev->topic, ev->topic_len);
         put_key(b, "mutate_id");
         rb_json_put_u64(b, ev->mutate_id);
-        put_key(b, "code");
-        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
-                        strlen(ringbus_wire_code_name(ev->code)));
-        put_key(b, "message");
-        rb_json_put_str(b, ev->message, strlen(ev->message));
+        put_code(b, "code", ev->code);
+        put_text(b, "message", ev->message);
         break;
     case RINGBUS_EVENT_RECONNECTING:
         rb_json_put_raw(b, "{\"event\":\"reconnecting\"", 23);
@@ -272,16 +277,12 @@ static void print_event(cli *c, const ringbus_event *ev)
         rb_json_put_u64(b, ev->attempt);
         put_key(b, "delay_ms");
         rb_json_put_u64(b, ev->delay_ms);
-        put_key(b, "code");
-        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
-                        strlen(ringbus_wire_code_name(ev->code)));
-        put_key(b, "message");
-        rb_json_put_str(b, ev->message, strlen(ev->message));
+        put_code(b, "code", ev->code);
+        put_text(b, "message", ev->message);
         break;
     case RINGBUS_EVENT_RECONNECTED:
         rb_json_put_raw(b, "{\"event\":\"reconnected\"", 22);
-        put_key(b, "url");
-        rb_json_put_str(b, ev->message, strlen(ev->message));
+        put_text(b, "url", ev->message);
         put_key(b, "attempt");
         rb_json_put_u64(b, ev->attempt);
         put_key(b, "mutate_id");
@@ -289,12 +290,9 @@ static void print_event(cli *c, const ringbus_event *ev)
         break;
     case RINGBUS_EVENT_CLOSED:
         rb_json_put_raw(b, "{\"event\":\"closed\"", 17);
-        put_key(b, "status");
-        rb_json_put_str(b, ringbus_wire_code_name(ev->code),
-                        strlen(ringbus_wire_code_name(ev->code)));
+        put_code(b, "status", ev->code);
         if (ev->message[0] != '\0') {
-            put_key(b, "message");
-            rb_json_put_str(b, ev->message, strlen(ev->message));
+            put_text(b, "message", ev->message);
         }
         c->closed = true;
         c->closed_status = ev->code;
