@@ -434,9 +434,11 @@ def test_kill9_and_restart_under_load_keep_one_order_on_every_node(cluster):
 
 
 class Relay:
-    """A userspace TCP relay in front of one replica port: a link through it
-    can be cut (bytes are read and thrown away both ways, new connections
-    are held and never forwarded: a partition with no RST) and restored."""
+    """A userspace TCP relay in front of one port: a link through it can be
+    cut (bytes are read and thrown away both ways, new connections are held
+    and never forwarded: a partition with no RST) and restored; the target's
+    bytes alone can be dropped (mute_target: a lost answer path), and every
+    relayed connection ended (hang_up)."""
 
     def __init__(self):
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -446,6 +448,7 @@ class Relay:
         self.port = self.listener.getsockname()[1]
         self.target = None
         self.cut = False
+        self.mute_target = False  # drop only what the target sends
         self.socks = []
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._accept, daemon=True)]
@@ -470,19 +473,20 @@ class Relay:
                 continue
             with self.lock:
                 self.socks.append(b)
-            for src, dst in ((a, b), (b, a)):
-                t = threading.Thread(target=self._pump, args=(src, dst, held), daemon=True)
+            for src, dst, from_target in ((a, b, False), (b, a, True)):
+                t = threading.Thread(target=self._pump, args=(src, dst, held, from_target),
+                                     daemon=True)
                 self.threads.append(t)
                 t.start()
 
-    def _pump(self, src, dst, held):
+    def _pump(self, src, dst, held, from_target):
         """held: a connection made during a cut never carries a byte."""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if not (held or self.cut):
+                if not (held or self.cut or (from_target and self.mute_target)):
                     dst.sendall(data)
         except OSError:
             pass
@@ -491,6 +495,18 @@ class Relay:
                 x.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+    def hang_up(self):
+        """Ends every relayed connection (each side sees EOF); the relay
+        goes on accepting new ones."""
+        with self.lock:
+            socks, self.socks = self.socks, []
+        for x in socks:
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            x.close()
 
     def close(self):
         try:

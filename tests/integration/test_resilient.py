@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -21,7 +20,7 @@ import jwt
 import pytest
 
 from conftest import RINGBUS, run_cli
-from test_cluster import Cluster
+from test_cluster import Cluster, Relay
 
 SEED = int(os.environ.get("RESILIENT_SEED", random.randrange(1 << 31)))
 WAIT_S = 90  # generous: CI runs this on 2 loaded cores, under ASan too
@@ -260,76 +259,21 @@ def test_clients_fail_over_between_two_nodes_and_back(make_daemon, pg_conninfo, 
     check_exactly_once(feeders, subs, urls[0])
 
 
-class Blackhole:
-    """A TCP relay in front of the daemon that can stop passing the
-    daemon's bytes to the client (the acks of what the daemon commits are
-    lost on the way), then cut every connection it relays."""
-
-    def __init__(self, port):
-        self.target = port
-        self.lsock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.lsock.getsockname()[1]
-        self.swallow = threading.Event()
-        self.socks = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self):
-        while True:
-            try:
-                c, _ = self.lsock.accept()
-            except OSError:
-                return
-            s = socket.create_connection(("127.0.0.1", self.target))
-            self.socks += [c, s]
-            threading.Thread(target=self._pipe, args=(c, s, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(s, c, True), daemon=True).start()
-
-    def _pipe(self, src, dst, from_daemon):
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                if not (from_daemon and self.swallow.is_set()):
-                    dst.sendall(data)
-        except OSError:
-            pass
-        for x in (src, dst):
-            try:
-                x.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def cut(self):
-        """Ends every relayed connection; new ones pass everything."""
-        self.swallow.clear()
-        for x in self.socks:
-            try:
-                x.shutdown(socket.SHUT_RDWR)  # wakes the relay's recv; the client sees EOF
-                x.close()
-            except OSError:
-                pass
-        self.socks = []
-
-    def close(self):
-        self.cut()
-        self.lsock.close()
-
-
 def test_publishes_committed_but_not_acked_are_re_sent_and_stored_once(make_daemon):
     """The daemon commits every publish but no ack reaches the client; the
     connection is then cut. The session re-sends all of them with their
     keys: each is acknowledged once, as a duplicate of the original, and
     stored once."""
     d = make_daemon(storage="postgres")
-    hole = Blackhole(d.port)
+    hole = Relay()
+    hole.target = d.port
     try:
         pub = Cli("--url", f"tcp://127.0.0.1:{hole.port}", "--timeout", "60", "pub", "rs.u",
                   stdin=True)
         pub.proc.stdin.write("u-0\n")
         pub.proc.stdin.flush()
         pub.wait_for("the first ack", lambda c: c.lines)
-        hole.swallow.set()
+        hole.mute_target = True  # the acks of what the daemon commits are lost
         lines = ["u-0"] + [f"u-{i}" for i in range(1, 41)]
         pub.proc.stdin.write("".join(x + "\n" for x in lines[1:]))
         pub.proc.stdin.flush()
@@ -337,7 +281,8 @@ def test_publishes_committed_but_not_acked_are_re_sent_and_stored_once(make_daem
         while len(history(d.url, "rs.u")) < len(lines) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert len(pub.lines) == 1, "an ack got through the hole"
-        hole.cut()
+        hole.mute_target = False
+        hole.hang_up()
         pub.proc.stdin.close()
         assert pub.finish() == 0, pub.err
     finally:
