@@ -194,6 +194,8 @@ static size_t encode_lists(const rb_frame *f, uint8_t *out, size_t cap)
     if (f->hdr.kind == RB_FRAME_MESSAGES) {
         return encode_messages(f, out, cap);
     }
+    /* A kind this harness does not re-encode traps here. */
+    CHECK(f->hdr.kind == RB_FRAME_TOPICS_LIVE);
     rb_bytes *topics = collect_topics(f->u.topics_live.topics, f->u.topics_live.count);
     size_t n =
         rb_frame_encode_topics_live(out, cap, f->hdr.corr_id, topics, f->u.topics_live.count);
@@ -243,6 +245,9 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
     case RB_FRAME_RESPONSE:
         return rb_frame_encode_response(out, cap, corr, f->u.response.code, f->u.response.message,
                                         f->u.response.payload);
+    case RB_FRAME_GOING_AWAY:
+        return rb_frame_encode_going_away(out, cap, corr, f->u.going_away.reconnect_delay_ms,
+                                          f->u.going_away.message);
     default:
         return encode_lists(f, out, cap);
     }
@@ -335,6 +340,9 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
         return a->u.response.code == b->u.response.code &&
                bytes_eq(a->u.response.message, b->u.response.message) &&
                bytes_eq(a->u.response.payload, b->u.response.payload);
+    case RB_FRAME_GOING_AWAY:
+        return a->u.going_away.reconnect_delay_ms == b->u.going_away.reconnect_delay_ms &&
+               bytes_eq(a->u.going_away.message, b->u.going_away.message);
     default:
         return lists_equal(a, b);
     }
