@@ -7,7 +7,9 @@ tuple whose first element names it:
   ("session", sid, name, role)            a connection opened (role "pub"/"sub")
   ("started", sid, epoch)                 its STARTED, with the store's epoch
   ("pub", sid, corr, topic, payload)      a PUBLISH was sent
-  ("ack", sid, corr, topic, seq)          its PUBLISH_ACK arrived
+  ("ack", sid, corr, topic, seq, dup)     its PUBLISH_ACK arrived; dup: its
+                                          duplicate flag (a re-send's key
+                                          was stored before)
   ("err", sid, corr, code)                its ERROR arrived
   ("mutate", sid, mid, adds, removes, history_only, epoch)
                                           a MUTATE was sent; adds are
@@ -33,6 +35,10 @@ G1  storage holds seq 1..head per topic, dense; no (topic, seq) is acked
     so all subscribers see one sequence.
 G2  every acked (topic, seq) is in storage with the payload that was
     published; a torn publish is not.
+Dedup: every payload is unique to one publish (its re-sends, with the same
+    idempotency key, carry it again), so storage holds each payload at most
+    once and every ack of it names the same (topic, seq); a (topic, seq)
+    is acked twice only as a duplicate answer of the same payload.
 G3  per subscriber connection and topic, from the add: seq cursor+1, +2, …
     with no gap and no duplicate (a "now" add starts above the head known
     when it was sent); history messages carry their wave's mutate_id and
@@ -107,12 +113,13 @@ def check(events, storage, durable_subs=(), topics=(), epoch=None):
     v = []
     stats = {"publishes": 0, "acks": 0, "errors": 0, "lost": 0, "deliveries": 0,
              "sessions": 0, "lag_closes": 0, "indeterminate_committed": 0, "torn": 0,
-             "epoch_mismatches": 0, "other_epoch_deliveries": 0}
+             "epoch_mismatches": 0, "other_epoch_deliveries": 0, "duplicate_acks": 0}
     _check_storage(storage, v)
     sessions = {}
     sent = {}  # (sid, corr) -> (topic, payload)
     answered = set()
     acked = {}  # (topic, seq) -> payload
+    acked_at = {}  # payload -> (topic, seq) of its first ack
     errored_payloads = set()
     life = {}  # durable name -> topic -> list of seqs in delivery order
     for ev in events:
@@ -128,8 +135,9 @@ def check(events, storage, durable_subs=(), topics=(), epoch=None):
             stats["publishes"] += 1
         elif kind == "ack":
             if _counts(sessions[ev[1]], epoch):
-                _on_ack(ev, sent, answered, acked, storage, v)
+                _on_ack(ev, sent, answered, acked, acked_at, storage, v)
             stats["acks"] += 1
+            stats["duplicate_acks"] += bool(ev[5:] and ev[5])
         elif kind == "err":
             answered.add((ev[1], ev[2]))
             if (ev[1], ev[2]) in sent:
@@ -175,14 +183,21 @@ def _counts(s, epoch):
 
 
 def _check_storage(storage, v):
+    where = {}  # payload -> (topic, seq)
     for topic, rows in storage.items():
         if sorted(rows) != list(range(1, len(rows) + 1)):
             missing = sorted(set(range(1, max(rows, default=0) + 1)) - set(rows))
             v.append(f"G1: storage of {topic} is not dense: missing {missing[:10]}")
+        for seq in sorted(rows):
+            first = where.setdefault(rows[seq], (topic, seq))
+            if first != (topic, seq):
+                v.append(f"dedup: {rows[seq]!r} stored twice, as {first[0]}#{first[1]} and "
+                         f"{topic}#{seq}")
 
 
-def _on_ack(ev, sent, answered, acked, storage, v):
-    _, sid, corr, topic, seq = ev
+def _on_ack(ev, sent, answered, acked, acked_at, storage, v):
+    _, sid, corr, topic, seq = ev[:5]
+    dup = bool(ev[5:] and ev[5])
     key = (sid, corr)
     if key not in sent:
         v.append(f"ack for a publish never sent: session {sid} corr {corr}")
@@ -193,9 +208,12 @@ def _on_ack(ev, sent, answered, acked, storage, v):
     want_topic, payload = sent[key]
     if topic != want_topic:
         v.append(f"ack of corr {corr} names {topic}, the publish went to {want_topic}")
-    if (topic, seq) in acked:
+    if (topic, seq) in acked and not (dup and acked[(topic, seq)] == payload):
         v.append(f"G1: {topic}#{seq} acked twice ({acked[(topic, seq)]!r} and {payload!r})")
     acked[(topic, seq)] = payload
+    first = acked_at.setdefault(payload, (topic, seq))
+    if first != (topic, seq):
+        v.append(f"dedup: {payload!r} acked as {first[0]}#{first[1]} and as {topic}#{seq}")
     stored = storage.get(topic, {}).get(seq)
     if stored != payload:
         v.append(f"G2: acked {topic}#{seq} = {payload!r} but storage has {stored!r}")

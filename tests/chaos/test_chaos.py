@@ -49,6 +49,10 @@ TRIALS = {
     # The memory store restarted (kill -9 or SIGTERM): a new epoch, every
     # saved cursor must come back as TOPIC_ERROR epoch_mismatch.
     "mem_restart": (2, 10),
+    # Publishers with idempotency keys that re-send what a dead connection
+    # left unanswered (world.py): each key must be stored once.
+    "dedup": (3, 20),
+    "mem_dedup": (1, 5),
 }
 LOAD_S = float(os.environ.get("CHAOS_LOAD_S", "1.5" if PROFILE == "short" else "6"))
 PG_STOP_S = float(os.environ.get("CHAOS_PG_STOP_S", "10"))
@@ -61,6 +65,9 @@ LIMITS = "[limits]\nmax_frame_bytes = 65536\nsend_queue_bytes = 262144\n"
 # start above seq 1).
 MEMORY = "[storage.memory]\nretention_messages = 10_000_000\nretention_bytes = 1_073_741_824\n"
 READBACK_S = 120
+# The dedup scenarios' window: longer than any re-send (world.RESEND_MAX_S),
+# short enough that the keys of a long run fit the default table.
+DEDUP = "[dedup]\nwindow_ms = 30_000\n"
 
 
 def trials(name):
@@ -80,19 +87,22 @@ class Run:
         self.db = db
         self.tmp = tmp_path
         self.memory = name.startswith("mem_")
+        self.dedup = name.endswith("dedup")
+        limits = LIMITS + (DEDUP if self.dedup else "")
         if self.memory:
-            self.daemon = Daemon(tmp_path, shards=2, storage="memory", extra=LIMITS + MEMORY)
+            self.daemon = Daemon(tmp_path, shards=2, storage="memory", extra=limits + MEMORY)
         else:
             # pg.py runs Postgres with synchronous_commit off (the
             # integration tests kill the daemon, not Postgres); a Postgres
             # crash loses such commits, so this database waits for the WAL.
             db.psql(f"ALTER DATABASE {db.name} SET synchronous_commit = on")
             self.daemon = Daemon(tmp_path, shards=2, storage="postgres", conninfo=db.conninfo,
-                                 extra=LIMITS)
+                                 extra=limits)
         self.daemon.start()
         self.logs = []
         self.hist = history.History()
         self.world = chaos_world.World(self.hist, self.daemon.port, self.rng, TOPICS)
+        self.world.dedup = self.dedup
         self.faults = 0
         self.readback_lag_closes = 0
         self.epoch = None  # the memory store's at the end (read back)
@@ -202,7 +212,11 @@ class Run:
             violations.append(f"daemon log: {bad[:5]}")
         if self.name == "mem_restart" and stats["epoch_mismatches"] == 0:
             violations.append("the memory store restarted but no cursor got epoch_mismatch")
+        if self.dedup and stats["duplicate_acks"] == 0:
+            violations.append(f"{self.world.resent} re-sends but no duplicate ack: no committed "
+                              f"publish was re-sent, the scenario proved nothing")
         stats.update(faults=self.faults, reconnects=self.world.reconnects,
+                     resent=self.world.resent, resend_expired=self.world.resend_expired,
                      readback_lag_closes=self.readback_lag_closes,
                      publish_errors=self.world.errors, sub_closes=self.world.sub_closes,
                      stored=sum(len(r) for r in storage.values()))
@@ -302,6 +316,25 @@ def fault_restart(run):
     run.world.run(0.2)
     run.start()
     run.wait_acks("memory store restart")
+
+
+def fault_dedup(run):
+    """Publishers' connections end with publishes in flight, which they
+    send again with the same keys: by kill -9 of the daemon, by Postgres
+    backends terminated (`unavailable` answers), or dropped by the client.
+    The three take turns, so the short form has each once; the memory
+    store is lost on restart, so it only sees the drops."""
+    what = "drop" if run.memory else ["kill9", "drop", "pg_terminate"][run.faults % 3]
+    if what == "kill9":
+        fault_kill9(run)
+    elif what == "pg_terminate":
+        fault_pg_terminate(run)
+    else:
+        end = time.monotonic() + LOAD_S
+        while time.monotonic() < end:
+            if run.rng.random() < 0.03:
+                run.world.drop(run.rng.choice(run.world.pub_names))
+            run.world.step(publishes=8)
 
 
 FAULTS = {n: globals()[f"fault_{n.removeprefix('mem_')}"] for n in TRIALS}

@@ -154,3 +154,40 @@ def test_only_the_final_epoch_is_compared_with_storage():
     ev = restarted() + [("topic_error", 3, 1, "a", 14), ("complete", 3, 1)]
     v, stats = history.check(ev, {}, epoch=8)
     assert v == [] and stats["other_epoch_deliveries"] == 2
+
+
+
+def resent(second_ack=("ack", 3, 2, "a", 2, True), second_pub=("pub", 3, 2, "a", "k2")):
+    """The clean history, where p's connection dies before a#2's ack and a
+    new connection sends it again with the same key: a duplicate answer."""
+    ev = clean()
+    ev[9:10] = [("end", 1, "eof", None), ("session", 3, "p", "pub"), second_pub, second_ack]
+    return ev
+
+
+def test_resend_answered_as_duplicate_is_clean():
+    ev = resent()
+    assert ev[-1][0] == "msg"
+    v, stats = run(ev)
+    assert v == [] and stats["duplicate_acks"] == 1, v
+
+
+def test_both_acks_of_a_resend_are_clean():
+    ev = resent()
+    ev.insert(9, ("ack", 1, 3, "a", 2))
+    v, _ = run(ev)
+    assert v == [], v
+
+
+def test_resend_stored_twice_is_dedup():
+    ev = resent(second_ack=("ack", 3, 2, "a", 3, False))
+    ev.insert(9, ("ack", 1, 3, "a", 2))
+    v, _ = run(ev, {"a": {1: "k1", 2: "k2", 3: "k2"}})
+    assert any(x.startswith("dedup: 'k2' stored twice, as a#2 and a#3") for x in v), v
+    assert any(x.startswith("dedup: 'k2' acked as a#2 and as a#3") for x in v), v
+
+
+def test_duplicate_flag_on_another_payload_is_g1():
+    ev = resent(second_pub=("pub", 3, 2, "a", "k3"), second_ack=("ack", 3, 2, "a", 1, True))
+    v, _ = run(ev)
+    assert any("a#1 acked twice" in x for x in v), v

@@ -7,7 +7,14 @@ each of its topics again with the last seq it has as cursor, sent with
 the epoch those cursors belong to (and starts a topic over from 0 when the
 server answers epoch_mismatch: the store restarted empty). The World
 also performs the client-side faults: connection churn, stalled readers,
-and clients that vanish in the middle of a frame."""
+and clients that vanish in the middle of a frame.
+
+With `dedup` on, publishers behave as the resilient session does
+(PROTOCOL §13): every publish carries its payload's key as idempotency key,
+and a publish left unanswered when its connection ended, or answered
+`unavailable`, is sent again with the same key and payload on the next
+connection, until RESEND_MAX_S after its first send. The server must store
+each key once and answer a re-send of a committed one with its seq."""
 
 import socket
 import time
@@ -22,6 +29,9 @@ RETRY_S = 0.1
 # A publisher told `unavailable` (or any error) waits this long before its
 # next publish, as a real client backs off.
 BACKOFF_S = 0.02
+# With dedup: a publish is re-sent only this long after its first send,
+# well inside the daemon's dedup window (the chaos run sets 30 s).
+RESEND_MAX_S = 10.0
 
 
 class ChaosPub(streamcheck.Client):
@@ -34,13 +44,19 @@ class ChaosPub(streamcheck.Client):
         self.started = False
         self.backoff_until = 0.0
 
-    def publish(self, topic):
+    def publish(self, topic, again=None):
+        """Sends a new publish to topic, or again one of an earlier
+        connection: again is its (topic, key, first send time, pad)."""
         self.corr += 1
-        key = f"{self.name}/{self.sid}/{self.corr}"
-        self.inflight[self.corr] = topic
+        if again is None:
+            again = (topic, f"{self.name}/{self.sid}/{self.corr}", time.monotonic(),
+                     self.world.pad)
+        topic, key, _, pad = again
+        self.inflight[self.corr] = again
         self.world.hist.add("pub", self.sid, self.corr, topic, key)
-        pad = self.world.pad
-        self.send(rp.encode_publish(self.corr, topic, key + ("|" + "x" * pad if pad else "")))
+        payload = key + ("|" + "x" * pad if pad else "")
+        idem = key if self.world.dedup else b""
+        self.send(rp.encode_publish(self.corr, topic, payload, key=idem))
 
     def on_frame(self, f):
         if f.kind == rp.STARTED:
@@ -48,13 +64,16 @@ class ChaosPub(streamcheck.Client):
             self.world.hist.add("started", self.sid, f["epoch"])
         elif f.kind == rp.PUBLISH_ACK and f.corr in self.inflight:
             del self.inflight[f.corr]
-            self.world.hist.add("ack", self.sid, f.corr, f["topic"], f["seq"])
+            self.world.hist.add("ack", self.sid, f.corr, f["topic"], f["seq"], f["duplicate"])
             self.world.acks += 1
+            self.world.duplicates += f["duplicate"]
         elif f.kind == rp.ERROR and f.corr in self.inflight:
-            del self.inflight[f.corr]
+            pub = self.inflight.pop(f.corr)
             self.world.hist.add("err", self.sid, f.corr, f["code"])
             self.backoff_until = time.monotonic() + BACKOFF_S
             self.world.errors[f["code"]] = self.world.errors.get(f["code"], 0) + 1
+            if f["code"] == rp.UNAVAILABLE:
+                self.world.keep_for_resend(self.name, [pub])
         elif f.kind == rp.CLOSE:
             self.world.hist.add("end", self.sid, "close", f["status"])
 
@@ -145,6 +164,12 @@ class World:
         # Bytes appended to each payload after a '|' (only the part before
         # it is logged and compared).
         self.pad = 0
+        # Idempotency keys and re-sends (see the module's doc).
+        self.dedup = False
+        self.resend = {n: [] for n in self.pub_names}
+        self.resent = 0
+        self.resend_expired = 0
+        self.duplicates = 0
 
     # -- connections
 
@@ -161,11 +186,19 @@ class World:
             return None
 
     def _ended(self, c):
-        """Logs the end of c's connection and forgets its in-flight publishes."""
+        """Logs the end of c's connection; its in-flight publishes are
+        forgotten, or kept for a re-send with dedup."""
         self.hist.add("end", c.sid, "eof", None)
         self._close(c)
 
+    def keep_for_resend(self, name, pubs):
+        if self.dedup:
+            self.resend[name].extend(pubs)
+
     def _close(self, c):
+        if isinstance(c, ChaosPub):
+            self.keep_for_resend(c.name, c.inflight.values())
+            c.inflight = {}
         # A send that failed marks the client closed without unregistering
         # it; its fd number may come back with the next connection.
         self.drv.remove(c)
@@ -202,6 +235,7 @@ class World:
             c = self.clients.get(name)
             if c is None or c.closed or not c.started or time.monotonic() < c.backoff_until:
                 continue
+            self._resend(c)
             for _ in range(publishes):
                 if len(c.inflight) >= WINDOW:
                     break
@@ -215,13 +249,27 @@ class World:
         except OSError:
             pass
 
+    def _resend(self, c):
+        """Sends again what an earlier connection of c's name left
+        unanswered, oldest first, within the window of in-flight publishes."""
+        queue = self.resend[c.name]
+        now = time.monotonic()
+        while queue and len(c.inflight) < WINDOW:
+            pub = queue.pop(0)
+            if now - pub[2] > RESEND_MAX_S:
+                self.resend_expired += 1
+                continue
+            c.publish(pub[0], again=pub)
+            self.resent += 1
+
     def run(self, seconds, publishes=4):
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             self.step(publishes)
 
     def idle_pubs(self):
-        return all(not c.inflight for n, c in self.clients.items() if isinstance(c, ChaosPub))
+        return all(not c.inflight for n, c in self.clients.items()
+                   if isinstance(c, ChaosPub)) and not any(self.resend.values())
 
     # -- client faults
 
