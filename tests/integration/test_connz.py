@@ -1,0 +1,215 @@
+"""GET /v1/connz (issue 14): a randomized run of clients over tcp, tls, ws
+and wss that publish and subscribe, then connz must show exactly what the
+test did (connections, per-connection messages in and out, topics, names),
+its paging and sorting must hold their invariants, bad query parameters get
+400 with a precise message, and an oversize limit is clamped. `ringbus top
+--once` must count the same connections."""
+
+import json
+import os
+import random
+import time
+
+import pytest
+
+import rbproto as rp
+import rbtransport as rt
+from conftest import free_port, run_cli
+from test_http_admin import get, http_listener, path
+
+KINDS = ("tcp", "tls", "ws", "wss")
+SORTS = {
+    "bytes_to": "out_bytes",
+    "bytes_from": "in_bytes",
+    "msgs_to": "out_msgs",
+    "msgs_from": "in_msgs",
+    "pending": "pending_bytes",
+    "subs": "topics",
+}
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory):
+    return rt.Certs(tmp_path_factory.mktemp("certs"))
+
+
+def start(make_daemon, certs):
+    ports = {k: free_port() for k in KINDS + ("http",)}
+    lst = "".join(rt.listener(k, ports[k], certs) for k in KINDS) + http_listener(ports["http"])
+    d = make_daemon(listeners=lst)
+    d.ports = ports
+    return d
+
+
+def connz(d, query=""):
+    status, headers, body = path(d.ports["http"], "/v1/connz" + query)
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
+def wait_for(pred, what, timeout=5.0):
+    """connz reflects a connection at its last frame or send pass: poll
+    briefly for what the test already saw happen."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_connz_matches_a_randomized_run(make_daemon, certs):
+    seed = int(os.environ.get("RINGBUS_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    msg = f"seed {seed}"
+    d = start(make_daemon, certs)
+    clients = []  # (conn, kind, name, topics, publishes)
+    for i in range(rng.randint(4, 8)):
+        kind = rng.choice(KINDS)
+        c = rt.Conn(kind, d.ports[kind], certs, timeout=10)
+        name = f"c{i}-{kind}"
+        assert c.hello(name=name).kind == rp.STARTED
+        topics = sorted(rng.sample(["t.a", "t.b", "t.c", "t.d"], rng.randint(0, 3)))
+        if topics:
+            c.mutate(1, 1, adds=[(t, "now") for t in topics])
+            c.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE, 10)
+        clients.append([c, kind, name, topics, 0])
+    # Every client publishes a random number of messages to random topics;
+    # each subscriber of a topic receives every one of them.
+    expect_out = {i: 0 for i in range(len(clients))}
+    corr = 100
+    for i, cl in enumerate(clients):
+        for _ in range(rng.randint(0, 12)):
+            t = rng.choice(["t.a", "t.b", "t.c", "t.d"])
+            corr += 1
+            assert cl[0].publish(t, f"m{corr}", corr=corr).kind == rp.PUBLISH_ACK, msg
+            cl[4] += 1
+            for j, other in enumerate(clients):
+                if t in other[3]:
+                    expect_out[j] += 1
+    for j, cl in enumerate(clients):
+        got = 0
+        for f in cl[0].pending:
+            if f.kind == rp.MESSAGES:
+                got += len(f["items"])
+        cl[0].pending.clear()
+        while got < expect_out[j]:
+            f = cl[0].recv(10)
+            if f.kind == rp.MESSAGES:
+                got += len(f["items"])
+        assert got == expect_out[j], msg
+
+    def settled():
+        z = connz(d, "?subs=1&limit=1000&state=open")
+        byname = {c["name"]: c for c in z["connections"]}
+        ok = all(c[2] in byname and byname[c[2]]["out_msgs"] == expect_out[j]
+                 for j, c in enumerate(clients))
+        return z if ok and z["total"] == len(clients) else None
+
+    z = wait_for(settled, f"connz never matched the run ({msg})")
+    assert z["limit"] == 128 and z["limit_clamped"] is True and z["limit_max"] == 128, z
+    assert z["num_connections"] == len(clients) == len(z["connections"]), msg
+    byname = {c["name"]: c for c in z["connections"]}
+    for j, (c, kind, name, topics, pubs) in enumerate(clients):
+        e = byname[name]
+        assert e["transport"] == kind, (msg, e)
+        assert e["state"] == "open" and e["identity"] == "anonymous", (msg, e)
+        assert e["peer"].startswith("127.0.0.1:") or e["peer"].startswith("[127.0.0.1]:"), e
+        assert e["in_msgs"] == pubs, (msg, e)
+        assert e["out_msgs"] == expect_out[j], (msg, e)
+        assert e["topics"] == len(topics), (msg, e)
+        assert sorted(e["topic_names"]) == topics and e["topic_names_truncated"] is False, e
+        # HELLO, the MUTATE if any, and the publishes.
+        assert e["in_frames"] == 1 + (1 if topics else 0) + pubs, (msg, e)
+        assert e["out_frames"] >= 1 + pubs and e["in_bytes"] > 0 and e["out_bytes"] > 0, e
+        assert e["age_ms"] >= 0 and e["pending_bytes"] >= 0, e
+    # Without subs=1 there are no names; state=any adds the http scrape.
+    z = connz(d)
+    assert "topic_names" not in z["connections"][0]
+    assert z["total"] >= len(clients) + 1 and z["state"] == "any" and z["limit"] == 64
+    assert any(c["transport"] == "http" for c in z["connections"])
+    # A client that leaves is gone from the list.
+    gone = clients.pop()
+    gone[0].close()
+    wait_for(lambda: connz(d, "?state=open")["total"] == len(clients), f"close not seen ({msg})")
+    # ringbus top --once counts the same connections.
+    r = run_cli("top", "--once", "--url", f"http://127.0.0.1:{d.ports['http']}")
+    assert r.returncode == 0, r.stderr
+    assert f"connections: {len(clients) + 1} " in r.stdout, r.stdout  # with its own http GET
+    for cl in clients:
+        cl[0].close()
+
+
+def test_connz_paging_and_sorting(make_daemon, certs):
+    seed = int(os.environ.get("RINGBUS_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    d = start(make_daemon, certs)
+    conns = []
+    for i in range(rng.randint(5, 9)):
+        c = rp.Conn("127.0.0.1", d.ports["tcp"], timeout=10)
+        c.hello(name=f"p{i}")
+        for k in range(rng.randint(0, 5)):
+            assert c.publish("s.t", "x" * rng.randint(1, 300), corr=k + 10).kind == rp.PUBLISH_ACK
+        conns.append(c)
+    full = connz(d, "?state=open&limit=128")
+    ids = [c["cid"] for c in full["connections"]]
+    assert ids == sorted(ids) and len(ids) == len(conns) and full["sort"] == "cid"
+    # Pages of a random size cover the list once, in order.
+    size = rng.randint(1, 3)
+    paged = []
+    for off in range(0, len(ids) + size, size):
+        z = connz(d, f"?state=open&offset={off}&limit={size}")
+        assert z["offset"] == off and z["limit"] == size and z["total"] == len(ids)
+        assert len(z["connections"]) == max(0, min(size, len(ids) - off))
+        paged += [c["cid"] for c in z["connections"]]
+    assert paged == ids, f"seed {seed}"
+    for sort, field in SORTS.items():
+        z = connz(d, f"?state=open&sort={sort}")
+        vals = [(c[field], c["cid"]) for c in z["connections"]]
+        assert vals == sorted(vals, key=lambda v: (-v[0], v[1])), (sort, vals)
+    z = connz(d, "?state=open&sort=age")
+    ages = [c["age_ms"] for c in z["connections"]]
+    assert ages == sorted(ages, reverse=True), ages
+    # A bare connection still waiting for HELLO is in the handshake state
+    # (so is the http connection that asks: an http link has no HELLO).
+    def waiting():
+        return [c for c in connz(d, "?state=handshake")["connections"] if c["transport"] == "tcp"]
+
+    assert waiting() == []
+    raw = rp.Conn("127.0.0.1", d.ports["tcp"], timeout=10)
+    wait_for(lambda: len(waiting()) == 1, "handshake not listed")
+    raw.close()
+    for c in conns:
+        c.close()
+
+
+BAD_QUERIES = [
+    ("?limit=0", 'limit: "0" is not an integer from 1 to 4294967295'),
+    ("?limit=-1", 'limit: "-1" is not an integer from 1'),
+    ("?offset=1x", 'offset: "1x" is not a non-negative integer'),
+    ("?offset=99999999999", 'offset: "99999999999" is not a non-negative integer'),
+    ("?sort=name", 'sort: "name" is not one of cid, bytes_to, bytes_from, msgs_to, msgs_from, '
+                   'pending, age, subs'),
+    ("?state=gone", 'state: "gone" is not one of any, handshake, open, draining, closing, closed'),
+    ("?subs=yes", 'subs: "yes" is not 0 or 1'),
+    ("?color=red", 'unknown parameter "color" (known: offset, limit, sort, state, subs)'),
+    ("?limit=5&limit=6", "parameter limit given twice"),
+    ("?limit", "parameter \"limit\" has no '=value'"),
+    ("?sort=%22%0a", 'sort: "%22%0a" is not one of'),
+    ("?x" + "a" * 600 + "=1", "query string longer than 512 bytes"),
+]
+
+
+def test_connz_bad_query_is_400(make_daemon, certs):
+    d = start(make_daemon, certs)
+    for query, reason in BAD_QUERIES:
+        status, _, body = path(d.ports["http"], "/v1/connz" + query)
+        assert status == 400 and reason in body, (query, status, body)
+    # The HTTP parser already refuses raw control bytes in the target.
+    status, _, body = get(d.ports["http"], b"GET /v1/connz?sort=a\x7fb HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert status == 400 and "bad request target" in body, body
+    assert path(d.ports["http"], "/v1/connz", method="POST")[0] == 405
