@@ -134,11 +134,20 @@ def test_connz_matches_a_randomized_run(make_daemon, certs):
     # A client that leaves is gone from the list.
     gone = clients.pop()
     gone[0].close()
-    wait_for(lambda: connz(d, "?state=open")["total"] == len(clients), f"close not seen ({msg})")
-    # ringbus top --once counts the same connections.
-    r = run_cli("top", "--once", "--url", f"http://127.0.0.1:{d.ports['http']}")
+    def sessions():
+        return [c for c in connz(d, "?limit=128")["connections"] if c["transport"] != "http"]
+
+    wait_for(lambda: len(sessions()) == len(clients), f"close not seen ({msg})")
+    # ringbus top --once counts the same connections (the http ones apart)
+    # and lists them as consumers.
+    r = run_cli("top", "--once", "--admin", f"http://127.0.0.1:{d.ports['http']}",
+                "--interval", "0.2", "--rows", "100")
     assert r.returncode == 0, r.stderr
-    assert f"connections: {len(clients) + 1} " in r.stdout, r.stdout  # with its own http GET
+    print(r.stdout)
+    assert f"connections: {len(clients)} (" in r.stdout, r.stdout
+    for cl in clients:
+        assert cl[2] in r.stdout, (cl[2], r.stdout)
+    assert gone[2] not in r.stdout
     for cl in clients:
         cl[0].close()
 
@@ -213,3 +222,16 @@ def test_connz_bad_query_is_400(make_daemon, certs):
     status, _, body = get(d.ports["http"], b"GET /v1/connz?sort=a\x7fb HTTP/1.1\r\nHost: x\r\n\r\n")
     assert status == 400 and "bad request target" in body, body
     assert path(d.ports["http"], "/v1/connz", method="POST")[0] == 405
+
+
+def test_top_usage_errors(make_daemon, certs):
+    r = run_cli("top", "--interval", "0")
+    assert r.returncode == 2 and "--interval needs seconds in [0.1, 3600]" in r.stderr, r.stderr
+    r = run_cli("top", "--admin", "tcp://127.0.0.1:1")
+    assert r.returncode == 2 and "--admin needs http://host[:port]" in r.stderr, r.stderr
+    r = run_cli("top", "--rows", "101")
+    assert r.returncode == 2 and "--rows needs an integer in [1, 100]" in r.stderr, r.stderr
+    # Nobody listening: a runtime failure that says so.
+    r = run_cli("--timeout", "2", "top", "--once", "--admin", f"http://127.0.0.1:{free_port()}")
+    assert r.returncode == 1 and "cannot connect to the admin listener" in r.stderr, r.stderr
+    assert "top [--admin URL]" in run_cli("--help").stdout
