@@ -283,6 +283,19 @@ static void connz(const rb_admin *admin, rb_http_span query, rb_http_response *r
     answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
 }
 
+static void topicz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
+{
+    body b = {0};
+    if (admin->server == NULL || admin->server->shards == NULL) {
+        put(&b, "{\"error\":\"no server\"}");
+        answer_body(resp, 503, "application/json", &b);
+        return;
+    }
+    int status = rb_topicz_answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
+    b.full = b.len >= sizeof body_buf;
+    answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
+}
+
 /* ---- JSON sections ---- */
 
 int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err)
@@ -325,6 +338,7 @@ static const route routes[] = {
     {"/metrics", metrics},
     {"/v1/varz", varz},
     {"/v1/connz", connz},
+    {"/v1/topicz", topicz},
 };
 
 rb_http_router rb_admin_router(const rb_admin *admin)

@@ -33,17 +33,20 @@ static rb_connz_slot *slot_of(const rb_conn *c)
 
 /* The seqlock's write side: only the owning thread writes, so its own
  * plain reads of the slot are not races. */
-static void seq_begin(rb_connz_slot *z)
+static void seq_begin_at(uint64_t *seq)
 {
-    STORE(&z->seq, z->seq + 1);
+    STORE(seq, *seq + 1);
     __atomic_thread_fence(__ATOMIC_RELEASE);
 }
 
-static void seq_end(rb_connz_slot *z)
+static void seq_end_at(uint64_t *seq)
 {
-    RB_ASSERT(z->seq % 2 == 1);
-    __atomic_store_n(&z->seq, z->seq + 1, __ATOMIC_RELEASE);
+    RB_ASSERT(*seq % 2 == 1);
+    __atomic_store_n(seq, *seq + 1, __ATOMIC_RELEASE);
 }
+
+#define seq_begin(z) seq_begin_at(&(z)->seq)
+#define seq_end(z)   seq_end_at(&(z)->seq)
 
 /* Writes len bytes of p (cut to cap - 1, NUL-padded) at text offset off,
  * a word at a time. Inside seq_begin/seq_end. */
@@ -159,13 +162,10 @@ void rb_connz_free(rb_conn *c)
 
 /* Copies slot z into *out (the text too when text): false when the slot
  * kept changing for RB_CONNZ_READ_TRIES_MAX tries. */
-static bool slot_read(const rb_connz_slot *z, rb_connz_slot *out, bool text)
+static bool words_read(const uint64_t *src, uint64_t *dst, size_t words)
 {
-    const uint64_t *src = (const uint64_t *)z;
-    uint64_t *dst = (uint64_t *)out;
-    size_t words = text ? SLOT_WORDS : SLOT_WORDS - RB_CONNZ_TEXT_BYTES / 8;
     for (int t = 0; t < RB_CONNZ_READ_TRIES_MAX; t++) {
-        uint64_t s1 = __atomic_load_n(&z->seq, __ATOMIC_ACQUIRE);
+        uint64_t s1 = __atomic_load_n(&src[0], __ATOMIC_ACQUIRE);
         if (s1 % 2 == 1) {
             continue;
         }
@@ -173,11 +173,17 @@ static bool slot_read(const rb_connz_slot *z, rb_connz_slot *out, bool text)
             dst[i] = __atomic_load_n(&src[i], __ATOMIC_RELAXED);
         }
         __atomic_thread_fence(__ATOMIC_ACQUIRE);
-        if (__atomic_load_n(&z->seq, __ATOMIC_RELAXED) == s1) {
+        if (__atomic_load_n(&src[0], __ATOMIC_RELAXED) == s1) {
             return true;
         }
     }
     return false;
+}
+
+static bool slot_read(const rb_connz_slot *z, rb_connz_slot *out, bool text)
+{
+    return words_read((const uint64_t *)z, (uint64_t *)out,
+                      text ? SLOT_WORDS : SLOT_WORDS - RB_CONNZ_TEXT_BYTES / 8);
 }
 
 enum {
@@ -307,16 +313,38 @@ static bool parse_u32(const char *p, size_t len, uint32_t *v)
     return true;
 }
 
+/* What a route's query takes: the first key_count of offset, limit,
+ * sort, state, subs, its sort names and its page bounds. */
+typedef struct spec {
+    int key_count;
+    const char *known; /* the keys, for the message */
+    const char *const *sorts;
+    int sort_count;
+    const char *sort_want;
+    uint32_t limit_default;
+    uint32_t limit_max;
+} spec;
+
+static const spec connz_spec = {
+    .key_count = 5,
+    .known = "offset, limit, sort, state, subs",
+    .sorts = sort_names,
+    .sort_count = SORT_KINDS,
+    .sort_want = "one of cid, bytes_to, bytes_from, msgs_to, msgs_from, pending, age, subs",
+    .limit_default = RB_CONNZ_LIMIT_DEFAULT,
+    .limit_max = RB_CONNZ_LIMIT_MAX,
+};
+
 /* One parameter k=v into *q; false with the reason in *o. */
-static bool parse_param(query *q, const char *k, size_t klen, const char *v, size_t vlen,
-                        unsigned *seen, out_buf *o)
+static bool parse_param(const spec *sp, query *q, const char *k, size_t klen, const char *v,
+                        size_t vlen, unsigned *seen, out_buf *o)
 {
     static const char *const keys[] = {"offset", "limit", "sort", "state", "subs"};
-    int key = name_index(k, klen, keys, 5);
+    int key = name_index(k, klen, keys, sp->key_count);
     if (key < 0) {
         put(o, "unknown parameter ");
         put_quoted(o, k, klen);
-        put(o, " (known: offset, limit, sort, state, subs)");
+        put(o, " (known: %s)", sp->known);
         return false;
     }
     if (*seen & (1u << key)) {
@@ -333,7 +361,7 @@ static bool parse_param(query *q, const char *k, size_t klen, const char *v, siz
         ok = parse_u32(v, vlen, &q->limit) && q->limit > 0;
         break;
     case 2:
-        q->sort = name_index(v, vlen, sort_names, SORT_KINDS);
+        q->sort = name_index(v, vlen, sp->sorts, sp->sort_count);
         ok = q->sort >= 0;
         break;
     case 3:
@@ -356,18 +384,17 @@ static bool parse_param(query *q, const char *k, size_t klen, const char *v, siz
         "a non-negative integer",
         "an integer from 1 to 4294967295 (larger asks are clamped to "
         "the page maximum)",
-        "one of cid, bytes_to, bytes_from, msgs_to, msgs_from, pending, age, subs",
-        "one of any, handshake, open, draining, closing, closed", "0 or 1"};
+        "", "one of any, handshake, open, draining, closing, closed", "0 or 1"};
     put(o, "%s: ", keys[key]);
     put_quoted(o, v, vlen);
-    put(o, " is not %s", wants[key]);
+    put(o, " is not %s", key == 2 ? sp->sort_want : wants[key]);
     return false;
 }
 
 /* Parses the query string; false with a one-line reason in *o. */
-static bool parse_query(rb_http_span qs, query *q, out_buf *o)
+static bool parse_query(const spec *sp, rb_http_span qs, query *q, out_buf *o)
 {
-    *q = (query){.limit = RB_CONNZ_LIMIT_DEFAULT, .sort = SORT_CID, .state = STATE_ANY};
+    *q = (query){.limit = sp->limit_default, .sort = 0, .state = STATE_ANY};
     if (qs.len > RB_CONNZ_QUERY_BYTES_MAX) {
         put(o, "query string longer than %u bytes", RB_CONNZ_QUERY_BYTES_MAX);
         return false;
@@ -390,12 +417,12 @@ static bool parse_query(rb_http_span qs, query *q, out_buf *o)
             return false;
         }
         size_t klen = (size_t)(eq - p);
-        if (!parse_param(q, p, klen, eq + 1, plen - klen - 1, &seen, o)) {
+        if (!parse_param(sp, q, p, klen, eq + 1, plen - klen - 1, &seen, o)) {
             return false;
         }
     }
-    if (q->limit > RB_CONNZ_LIMIT_MAX) {
-        q->limit = RB_CONNZ_LIMIT_MAX;
+    if (q->limit > sp->limit_max) {
+        q->limit = sp->limit_max;
         q->limit_clamped = true;
     }
     return true;
@@ -533,7 +560,7 @@ int rb_connz_answer(const rb_server *srv, rb_http_span qs, char *out, size_t cap
 {
     out_buf o = {.p = out, .cap = cap};
     query q;
-    if (!parse_query(qs, &q, &o)) {
+    if (!parse_query(&connz_spec, qs, &q, &o)) {
         *len = o.len;
         return 400;
     }
@@ -570,6 +597,291 @@ int rb_connz_answer(const rb_server *srv, rb_http_span qs, char *out, size_t cap
         shown++;
     }
     put(&o, "],\"num_connections\":%u,\"skipped\":%u}", shown, skipped);
+    free(picks);
+    *len = o.full ? cap : o.len;
+    return 200;
+}
+
+/* ---- /v1/topicz ---- */
+
+static int topicz_init(rb_shard *sh, rb_err *err)
+{
+    sh->topicz.slots = calloc(RB_TOPICZ_SLOTS_MAX, sizeof *sh->topicz.slots);
+    if (sh->topicz.slots == NULL) {
+        return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u topicz slots", sh->id,
+                          RB_TOPICZ_SLOTS_MAX);
+    }
+    return 0;
+}
+
+static void topicz_deinit(rb_shard *sh)
+{
+    free(sh->topicz.slots);
+    sh->topicz = (rb_topicz){0};
+}
+
+static uint64_t topicz_memory_bytes(const rb_config *cfg)
+{
+    (void)cfg;
+    return (uint64_t)RB_TOPICZ_SLOTS_MAX * sizeof(rb_topicz_slot);
+}
+
+const rb_subsystem rb_topicz_subsystem = {
+    .name = "topicz",
+    .init = topicz_init,
+    .deinit = topicz_deinit,
+    .memory_bytes = topicz_memory_bytes,
+};
+
+/* Past the table: the owner's handle that says so. */
+#define TOPICZ_UNTRACKED UINT32_MAX
+
+/* A new slot for name, published to readers (its name never changes), or
+ * TOPICZ_UNTRACKED once the table is full. */
+static uint32_t topicz_take(rb_topicz *tz, const char *name, size_t len)
+{
+    if (tz->count == RB_TOPICZ_SLOTS_MAX) {
+        STORE(&tz->untracked, tz->untracked + 1);
+        return TOPICZ_UNTRACKED;
+    }
+    /* Nobody reads a slot at or past count: plain writes, then publish. */
+    rb_topicz_slot *z = &tz->slots[tz->count];
+    RB_ASSERT(len < sizeof z->name);
+    memcpy(z->name, name, len);
+    z->name_len = len;
+    z->window_start_ms = rb_clock_ms();
+    __atomic_store_n(&tz->count, tz->count + 1, __ATOMIC_RELEASE);
+    return (uint32_t)tz->count;
+}
+
+void rb_topicz_head(rb_shard *sh, uint32_t *slot, const char *name, size_t name_len, uint64_t head,
+                    uint64_t stored)
+{
+    rb_topicz *tz = &sh->topicz;
+    if (tz->slots == NULL || *slot == TOPICZ_UNTRACKED) {
+        return;
+    }
+    if (*slot == 0) {
+        *slot = topicz_take(tz, name, name_len);
+        if (*slot == TOPICZ_UNTRACKED) {
+            return;
+        }
+    }
+    rb_topicz_slot *z = &tz->slots[*slot - 1];
+    uint64_t now = rb_clock_ms();
+    seq_begin(z);
+    STORE(&z->head, head);
+    STORE(&z->publishes, z->publishes + stored);
+    uint64_t elapsed = now - z->window_start_ms;
+    if (elapsed >= RB_TOPICZ_RATE_WINDOW_MS) {
+        STORE(&z->last_rate_milli, z->window_count * 1000u * 1000u / elapsed);
+        STORE(&z->window_start_ms, now);
+        STORE(&z->window_count, stored);
+    } else {
+        STORE(&z->window_count, z->window_count + stored);
+    }
+    seq_end(z);
+}
+
+enum {
+    TSORT_NAME,
+    TSORT_HEAD,
+    TSORT_PUBLISHES,
+    TSORT_RATE,
+    TSORT_KINDS
+};
+static const char *const tsort_names[TSORT_KINDS] = {"name", "head", "publishes", "rate"};
+
+static const spec topicz_spec = {
+    .key_count = 3,
+    .known = "offset, limit, sort",
+    .sorts = tsort_names,
+    .sort_count = TSORT_KINDS,
+    .sort_want = "one of name, head, publishes, rate",
+    .limit_default = RB_TOPICZ_LIMIT_DEFAULT,
+    .limit_max = RB_TOPICZ_LIMIT_MAX,
+};
+
+/* The words of a topicz slot a reader copies under its seqlock. */
+#define TOPICZ_WORDS (offsetof(rb_topicz_slot, name_len) / sizeof(uint64_t))
+
+typedef struct tpick {
+    const rb_topicz_slot *slot; /* for its name, which never changes */
+    uint64_t head;
+    uint64_t publishes;
+    uint64_t key;
+    uint64_t rate_milli;
+    uint32_t shard;
+    uint32_t subscribers;
+} tpick;
+
+static int tpick_name_cmp(const tpick *x, const tpick *y)
+{
+    size_t n = x->slot->name_len < y->slot->name_len ? x->slot->name_len : y->slot->name_len;
+    int c = memcmp(x->slot->name, y->slot->name, n);
+    return c != 0
+               ? c
+               : (x->slot->name_len > y->slot->name_len) - (x->slot->name_len < y->slot->name_len);
+}
+
+/* Larger keys first, then names in byte order. */
+static int tpick_cmp(const void *a, const void *b)
+{
+    const tpick *x = a;
+    const tpick *y = b;
+    if (x->key != y->key) {
+        return x->key > y->key ? -1 : 1;
+    }
+    return tpick_name_cmp(x, y);
+}
+
+static int tpick_ptr_name_cmp(const void *a, const void *b)
+{
+    return tpick_name_cmp(*(const tpick *const *)a, *(const tpick *const *)b);
+}
+
+/* The rate the slot's windows say at now, in messages per 1000 s: over
+ * the current window once it is RB_TOPICZ_RATE_WINDOW_MS old, else over
+ * the last one, else (a topic younger than a window) its messages per
+ * window. */
+static uint64_t rate_at(const rb_topicz_slot *z, uint64_t now)
+{
+    uint64_t elapsed = now > z->window_start_ms ? now - z->window_start_ms : 0;
+    if (elapsed >= RB_TOPICZ_RATE_WINDOW_MS) {
+        return z->window_count * 1000u * 1000u / elapsed;
+    }
+    return z->last_rate_milli != 0 ? z->last_rate_milli
+                                   : z->window_count * 1000u * 1000u / RB_TOPICZ_RATE_WINDOW_MS;
+}
+
+static tpick *topicz_collect(const rb_server *srv, int sort, uint64_t now, uint32_t *count,
+                             uint32_t *skipped, uint64_t *untracked)
+{
+    size_t cap = (size_t)srv->shard_count * RB_TOPICZ_SLOTS_MAX;
+    tpick *picks = malloc((cap > 0 ? cap : 1) * sizeof *picks);
+    if (picks == NULL) {
+        return NULL;
+    }
+    uint32_t n = 0;
+    for (uint32_t s = 0; s < srv->shard_count; s++) {
+        const rb_topicz *tz = &srv->shards[s].topicz;
+        uint64_t published = __atomic_load_n(&tz->count, __ATOMIC_ACQUIRE);
+        *untracked += __atomic_load_n(&tz->untracked, __ATOMIC_RELAXED);
+        for (uint64_t i = 0; i < published; i++) {
+            tpick *p = &picks[n];
+            rb_topicz_slot copy;
+            p->slot = &tz->slots[i];
+            if (!words_read((const uint64_t *)p->slot, (uint64_t *)&copy, TOPICZ_WORDS)) {
+                (*skipped)++;
+                continue;
+            }
+            p->head = copy.head;
+            p->publishes = copy.publishes;
+            p->shard = s;
+            p->subscribers = 0;
+            p->rate_milli = rate_at(&copy, now);
+            p->key = sort == TSORT_HEAD        ? p->head
+                     : sort == TSORT_PUBLISHES ? p->publishes
+                     : sort == TSORT_RATE      ? p->rate_milli
+                                               : 0;
+            n++;
+        }
+    }
+    *count = n;
+    return picks;
+}
+
+/* Counts, for the page's topics, the open connections whose topic list
+ * names them (the lists of /v1/connz); false when some list was cut short,
+ * so the counts may be low. */
+static bool count_subscribers(const rb_server *srv, tpick *page, uint32_t page_count)
+{
+    tpick **byname = malloc((page_count > 0 ? page_count : 1) * sizeof *byname);
+    if (byname == NULL) {
+        return false;
+    }
+    for (uint32_t i = 0; i < page_count; i++) {
+        byname[i] = &page[i];
+    }
+    qsort(byname, page_count, sizeof *byname, tpick_ptr_name_cmp);
+    bool exact = true;
+    for (uint32_t s = 0; s < srv->shard_count && page_count > 0; s++) {
+        const rb_shard *sh = &srv->shards[s];
+        for (uint32_t i = 0; i < sh->conn_max && sh->connz != NULL; i++) {
+            rb_connz_slot z;
+            if (__atomic_load_n(&sh->connz[i].id, __ATOMIC_RELAXED) == 0) {
+                continue;
+            }
+            if (!slot_read(&sh->connz[i], &z, true)) {
+                exact = false;
+                continue;
+            }
+            if (z.id == 0 || (z.state != RB_CONN_OPEN && z.state != RB_CONN_DRAINING)) {
+                continue;
+            }
+            exact = exact && z.topics_more == 0;
+            const char *t = (const char *)z.text + OFF_TOPICS;
+            size_t len = text_len(t, RB_CONNZ_TOPICS_TEXT_BYTES_MAX);
+            for (size_t k = 0; k < len;) {
+                const char *sp = memchr(t + k, ' ', len - k);
+                size_t nlen = sp != NULL ? (size_t)(sp - (t + k)) : len - k;
+                rb_topicz_slot key_slot = {.name_len = nlen};
+                memcpy(key_slot.name, t + k, nlen < sizeof key_slot.name ? nlen : 0);
+                tpick key = {.slot = &key_slot};
+                const tpick *kp = &key;
+                tpick **hit = bsearch(&kp, byname, page_count, sizeof *byname, tpick_ptr_name_cmp);
+                if (hit != NULL) {
+                    (*hit)->subscribers++;
+                }
+                k += nlen + 1;
+            }
+        }
+    }
+    free(byname);
+    return exact;
+}
+
+int rb_topicz_answer(const rb_server *srv, rb_http_span qs, char *out, size_t cap, size_t *len)
+{
+    out_buf o = {.p = out, .cap = cap};
+    query q;
+    if (!parse_query(&topicz_spec, qs, &q, &o)) {
+        *len = o.len;
+        return 400;
+    }
+    uint64_t now = rb_clock_ms();
+    uint32_t total = 0;
+    uint32_t skipped = 0;
+    uint64_t untracked = 0;
+    tpick *picks = topicz_collect(srv, q.sort, now, &total, &skipped, &untracked);
+    if (picks == NULL) {
+        put(&o, "no memory for the topic list");
+        *len = o.len;
+        return 503;
+    }
+    qsort(picks, total, sizeof *picks, tpick_cmp);
+    uint32_t first = q.offset < total ? q.offset : total;
+    uint32_t last = total - first > q.limit ? first + q.limit : total;
+    bool exact = count_subscribers(srv, picks + first, last - first);
+    put(&o,
+        "{\"server_id\":\"%s\",\"now_ms\":%llu,\"total\":%u,\"offset\":%u,\"limit\":%u,"
+        "\"limit_max\":%u,\"limit_clamped\":%s,\"sort\":\"%s\",\"untracked_topics\":%llu,"
+        "\"skipped\":%u,\"subscribers_exact\":%s,\"topics\":[",
+        srv->cfg.server_id, (unsigned long long)now, total, q.offset, q.limit, RB_TOPICZ_LIMIT_MAX,
+        q.limit_clamped ? "true" : "false", tsort_names[q.sort], (unsigned long long)untracked,
+        skipped, exact ? "true" : "false");
+    for (uint32_t k = first; k < last; k++) {
+        const tpick *p = &picks[k];
+        put(&o, "%s{\"topic\":", k > first ? "," : "");
+        put_json_str(&o, p->slot->name, p->slot->name_len);
+        put(&o,
+            ",\"owner_shard\":%u,\"head\":%llu,\"publishes\":%llu,\"publish_rate\":%llu.%03llu,"
+            "\"subscribers\":%u}",
+            p->shard, (unsigned long long)p->head, (unsigned long long)p->publishes,
+            (unsigned long long)(p->rate_milli / 1000), (unsigned long long)(p->rate_milli % 1000),
+            p->subscribers);
+    }
+    put(&o, "],\"num_topics\":%u}", last - first);
     free(picks);
     *len = o.full ? cap : o.len;
     return 200;

@@ -63,8 +63,51 @@ typedef struct rb_connz_slot {
 
 _Static_assert(RB_CONNZ_TEXT_BYTES % 8 == 0, "connz text is whole words");
 
+/* GET /v1/topicz: each owner shard keeps the first RB_TOPICZ_SLOTS_MAX
+ * topics it owns in slots like the connections' (the rest are counted as
+ * untracked); a slot's name never changes once published, its head and
+ * publish counters are rewritten inside its seqlock at every commit. */
+#define RB_TOPICZ_SLOTS_MAX     4096
+#define RB_TOPICZ_LIMIT_DEFAULT 64
+#define RB_TOPICZ_LIMIT_MAX     256
+/* The publish rate is measured over windows of at least this long. */
+#define RB_TOPICZ_RATE_WINDOW_MS 1000
+
+typedef struct rb_topicz_slot {
+    uint64_t seq;
+    uint64_t head;            /* the topic's head seq as its owner knows it */
+    uint64_t publishes;       /* messages this node's owner stored */
+    uint64_t window_start_ms; /* the current rate window */
+    uint64_t window_count;    /* messages stored in it */
+    uint64_t last_rate_milli; /* messages per 1000 s of the last full window */
+    uint64_t name_len;        /* set once, before the slot is published */
+    char name[256];
+} rb_topicz_slot;
+
+typedef struct rb_topicz {
+    rb_topicz_slot *slots; /* [RB_TOPICZ_SLOTS_MAX] */
+    uint64_t count;        /* slots published (release) */
+    uint64_t untracked;    /* owned topics past the table */
+} rb_topicz;
+
 struct rb_conn;
 struct rb_server;
+struct rb_shard;
+struct rb_subsystem;
+
+/* The per-shard topic table (server/subsystems.c runs it before the owner). */
+extern const struct rb_subsystem rb_topicz_subsystem;
+
+/* The owner (server/owner.c), on its shard: topic name's head is head now
+ * and stored messages were just committed. *slot is the owner's handle
+ * for the topic: 0 the first time (a slot is taken, or the topic counted
+ * as untracked). */
+void rb_topicz_head(struct rb_shard *sh, uint32_t *slot, const char *name, size_t name_len,
+                    uint64_t head, uint64_t stored);
+
+/* Answers GET /v1/topicz?query like rb_connz_answer. */
+int rb_topicz_answer(const struct rb_server *srv, rb_http_span query, char *out, size_t cap,
+                     size_t *len);
 
 /* Hooks for the session (server/session.c), all on the connection's own
  * shard thread: a connection was accepted (peer known), its HELLO named a

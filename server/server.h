@@ -191,6 +191,7 @@ struct rb_shard {
     rb_conn *conns;
     rb_conn *conn_free;
     rb_connz_slot *connz; /* [conn_max], what /v1/connz reads (server/connz.c) */
+    rb_topicz topicz;     /* what /v1/topicz reads (server/connz.c) */
     uint32_t conn_max;
     rb_conn *flush_list;
     rb_holdq publish_held; /* paused publishers, resumed in order (server/publish.c) */

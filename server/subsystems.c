@@ -193,6 +193,7 @@ const rb_subsystem *const rb_shard_subsystems[] = {
     &conns_subsystem,
     &storage_subsystem,
     &rb_publish_subsystem,
+    &rb_topicz_subsystem,
     &rb_owner_subsystem,
     &rb_stream_subsystem,
     &rb_rpc_subsystem,

@@ -48,6 +48,13 @@ def connz(d, query=""):
     return json.loads(body)
 
 
+def topicz(d, query=""):
+    status, headers, body = path(d.ports["http"], "/v1/topicz" + query)
+    assert status == 200, body
+    assert headers["content-type"] == "application/json"
+    return json.loads(body)
+
+
 def wait_for(pred, what, timeout=5.0):
     """connz reflects a connection at its last frame or send pass: poll
     briefly for what the test already saw happen."""
@@ -80,12 +87,15 @@ def test_connz_matches_a_randomized_run(make_daemon, certs):
     # Every client publishes a random number of messages to random topics;
     # each subscriber of a topic receives every one of them.
     expect_out = {i: 0 for i in range(len(clients))}
+    heads = {}
     corr = 100
     for i, cl in enumerate(clients):
         for _ in range(rng.randint(0, 12)):
             t = rng.choice(["t.a", "t.b", "t.c", "t.d"])
             corr += 1
-            assert cl[0].publish(t, f"m{corr}", corr=corr).kind == rp.PUBLISH_ACK, msg
+            ack = cl[0].publish(t, f"m{corr}", corr=corr)
+            assert ack.kind == rp.PUBLISH_ACK, msg
+            heads[t] = max(heads.get(t, 0), ack["seq"])
             cl[4] += 1
             for j, other in enumerate(clients):
                 if t in other[3]:
@@ -126,6 +136,21 @@ def test_connz_matches_a_randomized_run(make_daemon, certs):
         assert e["in_frames"] == 1 + (1 if topics else 0) + pubs, (msg, e)
         assert e["out_frames"] >= 1 + pubs and e["in_bytes"] > 0 and e["out_bytes"] > 0, e
         assert e["age_ms"] >= 0 and e["pending_bytes"] >= 0, e
+    # topicz: every topic published to, with the head seq of its acks, the
+    # count of its publishes and its subscribers among the clients.
+    tz = topicz(d, "?limit=1000")
+    assert tz["limit"] == 256 and tz["limit_clamped"] is True and tz["sort"] == "name", tz
+    assert tz["untracked_topics"] == 0 and tz["subscribers_exact"] is True, tz
+    subscribed = {t for c in clients for t in c[3]}
+    listed = {t["topic"]: t for t in tz["topics"]}
+    assert [t["topic"] for t in tz["topics"]] == sorted(listed), tz
+    # The owner learns a subscribed topic's head when it is added.
+    assert set(listed) == set(heads) | subscribed, (msg, listed.keys(), heads, subscribed)
+    for name, t in listed.items():
+        assert t["head"] == heads.get(name, 0), (msg, name, t, heads)
+        assert t["publishes"] == heads.get(name, 0), (msg, name, t)
+        assert t["subscribers"] == sum(1 for c in clients if name in c[3]), (msg, name, t)
+        assert t["publish_rate"] >= 0 and t["owner_shard"] in (0, 1), t
     # Without subs=1 there are no names; state=any adds the http scrape.
     z = connz(d)
     assert "topic_names" not in z["connections"][0]
@@ -194,6 +219,42 @@ def test_connz_paging_and_sorting(make_daemon, certs):
     raw.close()
     for c in conns:
         c.close()
+
+
+def test_topicz_paging_and_sorting(make_daemon, certs):
+    seed = int(os.environ.get("RINGBUS_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    print(f"seed {seed}")
+    d = start(make_daemon, certs)
+    counts = {f"z.{i}": rng.randint(1, 6) for i in range(rng.randint(3, 9))}
+    with rp.Conn("127.0.0.1", d.ports["tcp"], timeout=10) as c:
+        c.hello()
+        corr = 1
+        for name, n in counts.items():
+            for _ in range(n):
+                corr += 1
+                assert c.publish(name, "x", corr=corr).kind == rp.PUBLISH_ACK
+        full = topicz(d)
+        assert {t["topic"]: t["head"] for t in full["topics"]} == counts, f"seed {seed}"
+        size = rng.randint(1, 4)
+        paged = []
+        for off in range(0, len(counts) + size, size):
+            z = topicz(d, f"?offset={off}&limit={size}")
+            assert z["total"] == len(counts) and len(z["topics"]) == max(0, min(size, len(counts) - off))
+            paged += [t["topic"] for t in z["topics"]]
+        assert paged == sorted(counts), f"seed {seed}"
+        for sort, field in (("head", "head"), ("publishes", "publishes"), ("rate", "publish_rate")):
+            z = topicz(d, f"?sort={sort}")
+            vals = [(t[field], t["topic"]) for t in z["topics"]]
+            assert vals == sorted(vals, key=lambda v: (-v[0], v[1])), (sort, vals)
+        # Published within the last second: every topic has a rate.
+        assert all(t["publish_rate"] > 0 for t in topicz(d)["topics"]), topicz(d)
+    for query, reason in (
+            ("?sort=subs", 'sort: "subs" is not one of name, head, publishes, rate'),
+            ("?state=open", 'unknown parameter "state" (known: offset, limit, sort)'),
+            ("?limit=0", 'limit: "0" is not an integer from 1')):
+        status, _, body = path(d.ports["http"], "/v1/topicz" + query)
+        assert status == 400 and reason in body, (query, status, body)
 
 
 BAD_QUERIES = [
