@@ -382,9 +382,8 @@ static bool parse_param(const spec *sp, query *q, const char *k, size_t klen, co
     }
     static const char *const wants[] = {
         "a non-negative integer",
-        "an integer from 1 to 4294967295 (larger asks are clamped to "
-        "the page maximum)",
-        "", "one of any, handshake, open, draining, closing, closed", "0 or 1"};
+        "an integer from 1 to 4294967295 (larger asks are clamped to the page maximum)", "",
+        "one of any, handshake, open, draining, closing, closed", "0 or 1"};
     put(o, "%s: ", keys[key]);
     put_quoted(o, v, vlen);
     put(o, " is not %s", key == 2 ? sp->sort_want : wants[key]);
