@@ -1,13 +1,16 @@
-/* Connection introspection: GET /v1/connz (server/admin.h routes it).
+/* Introspection: GET /v1/connz and GET /v1/topicz (server/admin.h routes
+ * them).
  *
  * Each shard keeps one rb_connz_slot per connection slot, allocated with
  * its connection table (server/session.c) and never freed while the daemon
- * runs, so any thread may read any slot. Only the shard's own thread writes a slot: counters with
- * relaxed atomic stores (as the /metrics counters), the text fields (peer, identity, client name,
- * topic names) inside a seqlock (seq odd while they are rewritten). A reader takes no lock and
- * never waits on a shard: it copies a slot and retries at most RB_CONNZ_READ_TRIES_MAX times when
- * the slot changed under it (a connection that churns that fast is left out and counted in
- * "skipped"). The hot path pays relaxed stores only.
+ * runs, so any thread may read any slot. Only the shard's own thread
+ * writes a slot, with atomic stores of release order (plain moves on x86,
+ * no read-modify-write): the counters alone, the text fields (peer,
+ * identity, client name, topic names) and the state inside a seqlock (seq
+ * odd while they are rewritten). A reader takes no lock and never waits on
+ * a shard: it copies a slot with acquire loads and retries at most
+ * RB_CONNZ_READ_TRIES_MAX times when the slot changed under it (a
+ * connection that churns that fast is left out and counted in "skipped").
  *
  * What a slot says is as of the connection's last frame or send pass (its
  * state, send-queue bytes and topic count are refreshed there); the list is
@@ -49,7 +52,7 @@ typedef struct rb_connz_slot {
     uint64_t transport;   /* rb_transport_kind */
     uint64_t state;       /* rb_conn_state as of the last frame or send pass */
     uint64_t topics_more; /* 1 when some topic names did not fit the text */
-    /* counters, written alone (relaxed) */
+    /* counters, written alone */
     uint64_t bytes_in;      /* frame bytes received */
     uint64_t bytes_out;     /* frame bytes queued to the client */
     uint64_t frames_in;     /* frames decoded */
