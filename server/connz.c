@@ -50,14 +50,24 @@ static void seq_end_at(uint64_t *seq)
 #define seq_begin(z) seq_begin_at(&(z)->seq)
 #define seq_end(z)   seq_end_at(&(z)->seq)
 
-/* Writes len bytes of p (cut to cap - 1, NUL-padded) at text offset off,
- * a word at a time. Inside seq_begin/seq_end. */
+/* Writes len bytes of p (cut to cap - 1 at a UTF-8 character boundary,
+ * NUL-padded) at text offset off, a word at a time. Inside
+ * seq_begin/seq_end. */
 static void text_put(rb_connz_slot *z, size_t off, size_t cap, const void *p, size_t len)
 {
     uint64_t words[RB_CONNZ_TOPICS_TEXT_BYTES_MAX / 8];
     RB_ASSERT(cap % 8 == 0 && cap <= sizeof words && off % 8 == 0);
+    const uint8_t *b = p;
+    size_t n = len;
+    if (n > cap - 1) {
+        /* Not inside a character: the cut string stays valid UTF-8. */
+        n = cap - 1;
+        while (n > 0 && (b[n] & 0xc0) == 0x80) {
+            n--;
+        }
+    }
     memset(words, 0, cap);
-    memcpy(words, p, len < cap ? len : cap - 1);
+    memcpy(words, p, n);
     for (size_t i = 0; i < cap / 8; i++) {
         STORE(&z->text[off / 8 + i], words[i]);
     }

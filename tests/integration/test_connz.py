@@ -349,3 +349,33 @@ def test_connz_while_connections_churn(make_daemon, certs):
             t.join(10)
     assert not errors, errors
     assert answers > 10
+
+
+def test_connz_names_the_signed_in_identity(make_daemon, tmp_path):
+    """Under auth.mode = "required", connz shows each connection's token
+    sub (made by PyJWT), cut to 63 bytes at a UTF-8 character boundary."""
+    import jwt
+
+    secret = tmp_path / "jwt.secret"
+    secret.write_text("connz-identity-secret-0123456789abcdef\n")
+    tcp, http = free_port(), free_port()
+    extra = (f'[auth]\nmode = "required"\n[[auth.jwt_key]]\nalgorithm = "HS256"\n'
+             f'secret_file = "{secret}"\n')
+    d = make_daemon(listeners=rt.listener("tcp", tcp) + http_listener(http), extra=extra)
+    d.ports = {"http": http}
+    subs = ["alice", "svc.billing-01", "ü" * 40]
+    conns = []
+    for sub in subs:
+        tok = jwt.encode({"sub": sub, "exp": int(time.time()) + 600},
+                         "connz-identity-secret-0123456789abcdef", algorithm="HS256")
+        c = rp.Conn("127.0.0.1", tcp, timeout=10)
+        assert c.hello(creds=rp.creds_token(tok)).kind == rp.STARTED
+        conns.append(c)
+    z = wait_for(lambda: (lambda z: z if z["total"] == len(subs) else None)(
+        connz(d, "?state=open")), "sessions not open")
+    got = [c["identity"] for c in z["connections"]]
+    # 40 two-byte characters are 80 bytes: cut to at most 63 at a character
+    # boundary, so 31 of them, still UTF-8.
+    assert got == subs[:2] + ["ü" * 31], got
+    for c in conns:
+        c.close()
