@@ -379,3 +379,27 @@ def test_connz_names_the_signed_in_identity(make_daemon, tmp_path):
     assert got == subs[:2] + ["ü" * 31], got
     for c in conns:
         c.close()
+
+
+def test_top_live_redraws_until_interrupted(make_daemon, certs):
+    import signal
+    import subprocess
+
+    from conftest import RINGBUS
+
+    d = start(make_daemon, certs)
+    c = rp.Conn("127.0.0.1", d.ports["tcp"], timeout=10)
+    c.hello(name="live-one")
+    p = subprocess.Popen([str(RINGBUS), "top", "--admin", f"http://127.0.0.1:{d.ports['http']}",
+                          "--interval", "0.2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    time.sleep(1.2)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=10)
+    assert p.returncode == 0, err
+    frames = out.split("\033[H\033[2J")
+    assert len(frames) >= 3, out  # redrawn at least twice
+    # From the second frame on, rates over one interval are shown.
+    assert "rates over 0." in frames[-1] and "connections: 1 (tcp 1," in frames[-1], frames[-1]
+    assert "live-one" in frames[-1]
+    c.close()
