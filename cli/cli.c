@@ -21,6 +21,7 @@
 #include "bench/bench.h"
 #include "cli/cmdjson.h"
 #include "cli/json.h"
+#include "cli/top.h"
 #include "client/ringbus.h"
 #include "common/assert.h"
 #include "common/frame.h"
@@ -106,7 +107,13 @@ static const char usage_text[] =
     "                                   call METHOD at DESTINATION (a client id or a service);\n"
     "                                   prints the response payload and exits 0, or prints the\n"
     "                                   error code name on stderr and exits 1\n"
-    "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n";
+    "  bench MODE [OPTIONS]             load and measure (ringbus bench --help)\n"
+    "  top [--admin URL] [--interval SECONDS] [--rows N] [--once]\n"
+    "                                   live view of a daemon from its http listener's\n"
+    "                                   /metrics and /v1/connz (default " RB_TOP_DEFAULT_ADMIN
+    "):\n"
+    "                                   connections, rates, slowest consumers; --once prints\n"
+    "                                   one plain-text snapshot (ringbus top --help)\n";
 
 typedef struct cli {
     const char *url; /* the first of urls */
@@ -1724,6 +1731,9 @@ static int run(cli *c, int argc, char **argv)
     }
     if (strcmp(cmd, "call") == 0) {
         return cmd_call(c, sub_argc, sub_argv);
+    }
+    if (strcmp(cmd, "top") == 0) {
+        return rb_top_cli(sub_argc, sub_argv, c->timeout_ms);
     }
     if (strcmp(cmd, "bench") == 0) {
         rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);

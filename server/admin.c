@@ -15,7 +15,7 @@
 /* Every route takes GET alone. */
 typedef struct route {
     const char *path;
-    void (*answer)(const rb_admin *admin, rb_http_response *resp);
+    void (*answer)(const rb_admin *admin, rb_http_span query, rb_http_response *resp);
 } route;
 
 /* Dynamic bodies are written here; an answer is valid until the next
@@ -72,8 +72,9 @@ static int stalled_shard(const rb_server *srv, uint64_t *age_ms)
 }
 
 /* 200 while every shard's loop turns: what a liveness probe wants. */
-static void healthz(const rb_admin *admin, rb_http_response *resp)
+static void healthz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {
+    (void)query;
     uint64_t age = 0;
     int s = stalled_shard(admin->server, &age);
     body b = {0};
@@ -89,8 +90,9 @@ static void healthz(const rb_admin *admin, rb_http_response *resp)
 
 /* 200 while the daemon serves, 503 while it starts or stops: what a load
  * balancer's readiness check wants. */
-static void readyz(const rb_admin *admin, rb_http_response *resp)
+static void readyz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {
+    (void)query;
     bool ready = atomic_load(admin->ready);
     uint64_t age = 0;
     int s = ready ? stalled_shard(admin->server, &age) : -1;
@@ -168,8 +170,9 @@ static void process_metrics(body *b)
     gauge(b, "ringbus_process_open_fds", "Open file descriptors of the daemon.", fds);
 }
 
-static void metrics(const rb_admin *admin, rb_http_response *resp)
+static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {
+    (void)query;
     const rb_server *srv = admin->server;
     body b = {0};
     if (srv == NULL || srv->shards == NULL) {
@@ -231,8 +234,9 @@ static void metrics(const rb_admin *admin, rb_http_response *resp)
 
 /* ---- /v1/varz ---- */
 
-static void varz(const rb_admin *admin, rb_http_response *resp)
+static void varz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {
+    (void)query;
     const rb_server *srv = admin->server;
     body b = {0};
     if (srv == NULL) {
@@ -262,6 +266,34 @@ static void varz(const rb_admin *admin, rb_http_response *resp)
         (unsigned long long)c->pending_buffer_bytes, c->topics_per_stream, c->keepalive_ms,
         c->handshake_timeout_ms, c->close_grace_ms);
     answer_body(resp, 200, "application/json", &b);
+}
+
+/* ---- /v1/connz ---- */
+
+static void connz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
+{
+    body b = {0};
+    if (admin->server == NULL || admin->server->shards == NULL) {
+        put(&b, "{\"error\":\"no server\"}");
+        answer_body(resp, 503, "application/json", &b);
+        return;
+    }
+    int status = rb_connz_answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
+    b.full = b.len >= sizeof body_buf;
+    answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
+}
+
+static void topicz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
+{
+    body b = {0};
+    if (admin->server == NULL || admin->server->shards == NULL) {
+        put(&b, "{\"error\":\"no server\"}");
+        answer_body(resp, 503, "application/json", &b);
+        return;
+    }
+    int status = rb_topicz_answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
+    b.full = b.len >= sizeof body_buf;
+    answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
 }
 
 /* ---- JSON sections ---- */
@@ -305,6 +337,8 @@ static const route routes[] = {
     {"/readyz", readyz},
     {"/metrics", metrics},
     {"/v1/varz", varz},
+    {"/v1/connz", connz},
+    {"/v1/topicz", topicz},
 };
 
 rb_http_router rb_admin_router(const rb_admin *admin)
@@ -315,7 +349,7 @@ rb_http_router rb_admin_router(const rb_admin *admin)
 /* The route for method and path (without its query): true with *resp
  * filled, false when the path is not a route. */
 static bool lookup(const rb_admin *admin, rb_http_span method, rb_http_span path,
-                   rb_http_response *resp)
+                   rb_http_span query, rb_http_response *resp)
 {
     memset(resp, 0, sizeof *resp);
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
@@ -323,7 +357,7 @@ static bool lookup(const rb_admin *admin, rb_http_span method, rb_http_span path
             continue;
         }
         if (!refuse_method(method, resp)) {
-            routes[i].answer(admin, resp);
+            routes[i].answer(admin, query, resp);
         }
         return true;
     }
@@ -340,7 +374,10 @@ static bool lookup(const rb_admin *admin, rb_http_span method, rb_http_span path
 
 bool rb_admin_route(void *ctx, const rb_http_request *req, rb_http_response *resp)
 {
-    return lookup(ctx, req->method, rb_http_target_path(req), resp);
+    rb_http_span path = rb_http_target_path(req);
+    size_t rest = req->target.len - path.len;
+    rb_http_span query = {path.ptr + path.len + (rest > 0 ? 1 : 0), rest > 0 ? rest - 1 : 0};
+    return lookup(ctx, req->method, path, query, resp);
 }
 
 int rb_admin_h3_route(void *ctx, rb_h3 *h3, int64_t stream_id, const rb_h3_request *req,
@@ -352,8 +389,9 @@ int rb_admin_h3_route(void *ctx, rb_h3 *h3, int64_t stream_id, const rb_h3_reque
     const char *q = strchr(req->path, '?');
     rb_http_span path = {req->path, q != NULL ? (size_t)(q - req->path) : strlen(req->path)};
     rb_http_span method = {req->method, strlen(req->method)};
+    rb_http_span query = {q != NULL ? q + 1 : "", q != NULL ? strlen(q + 1) : 0};
     rb_http_response r;
-    if (!lookup(admin, method, path, &r)) {
+    if (!lookup(admin, method, path, query, &r)) {
         r.status = 404;
         r.body = "no such path";
     }

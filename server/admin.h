@@ -9,6 +9,8 @@
  *   GET /metrics  Prometheus text format (docs/OPERATIONS.md lists the
  *                 names): per-shard counters summed at scrape;
  *   GET /v1/varz  JSON: version, uptime, shards, limits;
+ *   GET /v1/connz JSON: the connections, paged and sorted (server/connz.h);
+ *   GET /v1/topicz JSON: the topics this node owns, paged and sorted;
  * and the JSON sections that the daemon registers (rb_admin_add_json),
  * such as GET /v1/cluster from server/cluster.c.
  * The only I/O is reading /proc/self at a /metrics scrape. */

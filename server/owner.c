@@ -118,6 +118,7 @@ struct rb_topic {
     bool dirty;
     uint8_t name_len;
     char name[RB_TOPIC_BYTES_MAX + 1];
+    uint32_t topicz; /* its /v1/topicz slot (rb_topicz_head) */
     batch *inflight;
     batch *fill_head;
     batch *fill_tail;
@@ -1009,6 +1010,7 @@ static void append_done(rb_append_req *req)
     if (req->last_seq > t->head) {
         t->head = req->last_seq;
     }
+    rb_topicz_head(o->shard, &t->topicz, t->name, t->name_len, t->head, b->stored);
     b->next = NULL;
     b->blk = NULL;
     b->fan_planned = false;
@@ -1195,6 +1197,7 @@ static void refresh_done(rb_heads_req *req)
         if (req->status == 0 && r->heads[i] > t->head) {
             t->head = r->heads[i];
         }
+        rb_topicz_head(o->shard, &t->topicz, t->name, t->name_len, t->head, 0);
         reply_waiters(o, t, req->status == 0 ? 0 : RB_ESTORAGE);
         if (req->status == 0 && any_interest(t)) {
             /* Another node may have committed past what was fanned out:
@@ -1530,6 +1533,7 @@ static void on_replica_in(void *ctx, rb_xmsg *m)
     if (b->last_seq > t->head) {
         t->head = b->last_seq;
     }
+    rb_topicz_head(o->shard, &t->topicz, t->name, t->name_len, t->head, 0);
     if (!any_interest(t)) {
         rb_seq_skip(&t->seq, b->last_seq);
         rb_block_unref(b);

@@ -20,6 +20,7 @@
 #include "server/admin.h"
 #include "server/auth.h"
 #include "server/auth_pool.h"
+#include "server/connz.h"
 #include "server/holdq.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
@@ -189,6 +190,8 @@ struct rb_shard {
     /* connections */
     rb_conn *conns;
     rb_conn *conn_free;
+    rb_connz_slot *connz; /* [conn_max], what /v1/connz reads (server/connz.c) */
+    rb_topicz topicz;     /* what /v1/topicz reads (server/connz.c) */
     uint32_t conn_max;
     rb_conn *flush_list;
     rb_holdq publish_held; /* paused publishers, resumed in order (server/publish.c) */
@@ -420,5 +423,10 @@ uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_conn_closed(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
 void rb_stream_on_send_drained(rb_conn *c);
+/* For /v1/connz (server/connz.c): the topics on c's stream, and their
+ * names, space-separated, into out (cap bytes, not NUL-terminated) as far
+ * as whole names fit: the length written, *more when some did not. */
+uint32_t rb_stream_topic_count(const rb_conn *c);
+size_t rb_stream_topic_names(const rb_conn *c, char *out, size_t cap, bool *more);
 
 #endif

@@ -53,7 +53,10 @@ int rb_conn_table_init(rb_shard *sh, rb_err *err)
     const rb_config *cfg = &sh->server->cfg;
     sh->conn_max = cfg->max_connections;
     sh->conns = calloc(sh->conn_max, sizeof *sh->conns);
-    if (sh->conns == NULL) {
+    sh->connz = calloc(sh->conn_max, sizeof *sh->connz);
+    if (sh->conns == NULL || sh->connz == NULL) {
+        free(sh->conns);
+        sh->conns = NULL;
         return rb_err_set(err, RB_ENOMEM, 0, "shard %u: %u connection slots", sh->id, sh->conn_max);
     }
     for (uint32_t i = sh->conn_max; i-- > 0;) {
@@ -70,6 +73,8 @@ void rb_conn_table_deinit(rb_shard *sh)
 {
     free(sh->conns);
     sh->conns = NULL;
+    free(sh->connz);
+    sh->connz = NULL;
 }
 
 rb_conn *rb_conn_lookup(rb_shard *sh, uint32_t index, uint32_t gen)
@@ -108,6 +113,7 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     rb_sendq_track_frames(&c->sendq);
     c->state = RB_CONN_HANDSHAKE;
     c->transport = (uint8_t)l->kind;
+    rb_connz_open(c);
     RB_STAT_ADD(sh, accepted[c->transport], 1);
     RB_STAT_ADD(sh, open[c->transport], 1);
     c->timer.fn = conn_timer_fired;
@@ -216,6 +222,7 @@ static void conn_queue_flush_raw(rb_conn *c)
 static void conn_queue_flush(rb_conn *c)
 {
     c->last_tx_ms = rb_loop_now_ms(c->shard->loop);
+    rb_connz_frame_out(c);
     conn_queue_flush_raw(c);
 }
 
@@ -229,6 +236,7 @@ void rb_conn_flush_all(rb_shard *sh)
         if (c->link != NULL && c->state != RB_CONN_CLOSED) {
             c->link->ops->start_send(c->link);
         }
+        rb_connz_sync(c, false);
         conn_try_free(c);
         c = next;
     }
@@ -245,6 +253,7 @@ static void finish_close(rb_conn *c)
     for (uint32_t i = 0; i < c->shard->closed_fn_count; i++) {
         c->shard->closed_fns[i](c);
     }
+    rb_connz_sync(c, false);
     if (c->link != NULL) {
         /* The link may release at once, freeing the slot. */
         c->link->ops->close(c->link);
@@ -270,6 +279,7 @@ static void conn_try_free(rb_conn *c)
     }
     hold_drop(c);
     identity_drop(c);
+    rb_connz_free(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
     c->free_next = sh->conn_free;
@@ -714,6 +724,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
+    rb_connz_hello(c, f->u.hello.client_name.ptr, f->u.hello.client_name.len);
     rb_err err;
     int rc = sign_in(c, f->u.hello.credentials, &c->identity, &err);
     if (rc == RB_EAGAIN) {
@@ -754,6 +765,7 @@ static void send_started(rb_conn *c, uint64_t corr)
         cfg->max_frame_bytes, id, rb_stream_epoch(c->shard), client_id);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
+    rb_connz_hello(c, NULL, 0);
     if (rb_conn_append(c, buf, n) != 0) {
         conn_fail(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
         return;
@@ -901,6 +913,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
 {
     uint8_t kind = f->hdr.kind;
     RB_STAT_ADD(c->shard, frames_in, 1);
+    rb_connz_frame_in(c, kind, 1);
     if (c->signing_in || c->refuse_at_ms != 0) {
         conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME,
                   "a frame before STARTED (wait for it after HELLO)");
@@ -951,6 +964,8 @@ static void on_frame(rb_conn *c, const rb_frame *f)
     default: {
         if (kind <= RB_FRAME_KIND_LAST && c->shard->client_frames[kind] != NULL) {
             c->shard->client_frames[kind](c, f);
+            /* A held frame is decoded again on resume: it counts once. */
+            rb_connz_frame_in(c, kind, c->held ? -1 : 0);
             break;
         }
         char msg[96];
@@ -959,6 +974,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         break;
     }
     }
+    rb_connz_sync(c, kind == RB_FRAME_MUTATE);
 }
 
 static bool conn_reading(const rb_conn *c)
@@ -1295,6 +1311,7 @@ bool rb_session_reading(const rb_conn *c)
 void rb_session_recv(rb_conn *c, const uint8_t *p, size_t len)
 {
     RB_STAT_ADD(c->shard, bytes_in, len);
+    rb_connz_bytes_in(c, len);
     if (c->held) {
         hold_append(c, p, len);
         return;
@@ -1313,6 +1330,7 @@ rb_sendq *rb_session_sendq(rb_conn *c)
 
 void rb_session_send_drained(rb_conn *c)
 {
+    rb_connz_sync(c, false);
     if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
         rb_stream_on_send_drained(c);
     }

@@ -545,6 +545,7 @@ static bool send_block(entry *e, rb_block *b, uint64_t mutate_id)
     }
     RB_STAT_ADD(c->shard, deliveries, count);
     RB_STAT_ADD(c->shard, delivery_bytes, bytes);
+    rb_connz_msgs_out(c, count);
     e->hwm = b->last_seq;
     return true;
 }
@@ -744,6 +745,7 @@ static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t coun
                               "send queue full during catch-up of topic %s", e->name);
                 return false;
             }
+            rb_connz_msgs_out(c, fcount);
             start += fbytes;
             fbytes = 0;
             fcount = 0;
@@ -1340,3 +1342,30 @@ const rb_subsystem rb_stream_subsystem = {
     .deinit = stream_deinit,
     .memory_bytes = stream_memory_bytes,
 };
+
+uint32_t rb_stream_topic_count(const rb_conn *c)
+{
+    return c->stream != NULL ? c->stream->entry_count : 0;
+}
+
+size_t rb_stream_topic_names(const rb_conn *c, char *out, size_t cap, bool *more)
+{
+    const rb_stream *st = c->stream;
+    size_t n = 0;
+    *more = false;
+    for (uint32_t b = 0; st != NULL && b < st->bucket_count && !*more; b++) {
+        for (const entry *e = st->buckets[b]; e != NULL; e = e->hash_next) {
+            size_t need = (n > 0 ? 1u : 0u) + e->name_len;
+            if (n + need > cap) {
+                *more = true;
+                break;
+            }
+            if (n > 0) {
+                out[n++] = ' ';
+            }
+            memcpy(out + n, e->name, e->name_len);
+            n += e->name_len;
+        }
+    }
+    return n;
+}

@@ -120,8 +120,8 @@ static uint64_t conns_memory_bytes(const rb_config *cfg)
         rb_transport_kind k = cfg->listeners[i].transport;
         tls = tls || k == RB_TRANSPORT_TLS || k == RB_TRANSPORT_WSS;
     }
-    return conns * (sizeof(rb_conn) + rb_link_tcp_bytes() + sizeof(struct iovec) * RB_SEND_IOV_MAX +
-                    (tls ? RB_TLS_CONN_BYTES_MAX : 0)) +
+    return conns * (sizeof(rb_conn) + sizeof(rb_connz_slot) + rb_link_tcp_bytes() +
+                    sizeof(struct iovec) * RB_SEND_IOV_MAX + (tls ? RB_TLS_CONN_BYTES_MAX : 0)) +
            chunks * RB_CHUNK_BYTES + segs * sizeof(rb_seg) +
            (uint64_t)RB_SHARD_RXBIG_MAX * cfg->max_frame_bytes;
 }
@@ -193,6 +193,7 @@ const rb_subsystem *const rb_shard_subsystems[] = {
     &conns_subsystem,
     &storage_subsystem,
     &rb_publish_subsystem,
+    &rb_topicz_subsystem,
     &rb_owner_subsystem,
     &rb_stream_subsystem,
     &rb_rpc_subsystem,

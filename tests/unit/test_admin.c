@@ -1,7 +1,10 @@
 /* Tests of the HTTP route table (server/admin.c): /healthz by liveness and
  * /readyz by readiness, a query string ignored, a wrong method on a route, and paths that are
  * not routes left to the caller, over HTTP/1.1 and HTTP/3 alike; JSON
- * sections registered by the daemon (rb_admin_add_json). */
+ * sections registered by the daemon (rb_admin_add_json); the introspection
+ * routes (server/connz.c) on a fake one-shard server: a slot that keeps
+ * changing is left out after its bounded retries, paging and the limit
+ * clamp, a query reaching them over HTTP/3, and the topicz table's bound. */
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
@@ -9,6 +12,7 @@
 #include <check.h>
 
 #include "server/admin.h"
+#include "server/server.h"
 #include "transports/http.h"
 
 static bool route(const char *head, const atomic_bool *ready, rb_http_response *resp)
@@ -140,6 +144,120 @@ START_TEST(test_admin_json_sections_are_routes_of_the_same_table)
 }
 END_TEST
 
+/* ---- /v1/connz and /v1/topicz on a fake server ---- */
+
+#define FAKE_CONNS 3
+
+static rb_server zsrv;
+static rb_shard zshard;
+static rb_connz_slot zslots[FAKE_CONNS];
+static char zout[RB_ADMIN_BODY_BYTES_MAX];
+
+static void fake_server_setup(void)
+{
+    memset(&zsrv, 0, sizeof zsrv);
+    memset(&zshard, 0, sizeof zshard);
+    memset(zslots, 0, sizeof zslots);
+    strcpy(zsrv.cfg.server_id, "unit");
+    zsrv.shard_count = 1;
+    zsrv.shards = &zshard;
+    zshard.server = &zsrv;
+    zshard.conn_max = FAKE_CONNS;
+    zshard.connz = zslots;
+    for (uint32_t i = 0; i < FAKE_CONNS; i++) {
+        zslots[i].id = 10 + i;
+        zslots[i].state = RB_CONN_OPEN;
+        zslots[i].pending_bytes = 100 * i;
+    }
+}
+
+static int connz_query(const char *q, size_t *len)
+{
+    rb_http_span span = {q, strlen(q)};
+    int status = rb_connz_answer(&zsrv, span, zout, sizeof zout - 1, len);
+    zout[*len] = '\0';
+    return status;
+}
+
+START_TEST(test_connz_a_slot_that_keeps_changing_is_left_out_and_counted)
+{
+    fake_server_setup();
+    zslots[1].seq = 1; /* odd: its shard is forever rewriting it */
+    size_t len;
+    ck_assert_int_eq(connz_query("", &len), 200);
+    ck_assert_ptr_nonnull(strstr(zout, "\"total\":2,"));
+    ck_assert_ptr_nonnull(strstr(zout, "\"num_connections\":2,\"skipped\":1}"));
+    ck_assert_ptr_null(strstr(zout, "\"cid\":11,"));
+}
+END_TEST
+
+START_TEST(test_connz_pages_sort_and_clamp_the_limit)
+{
+    fake_server_setup();
+    size_t len;
+    ck_assert_int_eq(connz_query("sort=pending&offset=1&limit=1", &len), 200);
+    /* Descending send-queue bytes: 12, 11, 10; the second page is 11. */
+    ck_assert_ptr_nonnull(strstr(zout, "\"connections\":[{\"cid\":11,"));
+    ck_assert_ptr_nonnull(strstr(zout, "\"num_connections\":1,"));
+    ck_assert_int_eq(connz_query("limit=129", &len), 200);
+    ck_assert_ptr_nonnull(strstr(zout, "\"limit\":128,\"limit_max\":128,\"limit_clamped\":true"));
+    ck_assert_int_eq(connz_query("offset=7", &len), 200);
+    ck_assert_ptr_nonnull(strstr(zout, "\"connections\":[],\"num_connections\":0"));
+    ck_assert_int_eq(connz_query("limit=1&&sort=age&", &len), 200);
+    ck_assert_int_eq(connz_query("limit=", &len), 400);
+    ck_assert_str_eq(zout, "limit: \"\" is not an integer from 1 to 4294967295 (larger asks are "
+                           "clamped to the page maximum)");
+}
+END_TEST
+
+START_TEST(test_connz_query_reaches_the_route_over_h3)
+{
+    fake_server_setup();
+    atomic_bool ready = true;
+    rb_admin admin = {.ready = &ready, .server = &zsrv};
+    rb_h3_response resp;
+    rb_h3_request req = {.method = "GET", .path = "/v1/connz?state=nope", .authority = ""};
+    rb_admin_h3_route(&admin, NULL, 0, &req, &resp);
+    ck_assert_uint_eq(resp.status, 400);
+    req.path = "/v1/topicz?sort=rate";
+    rb_admin_h3_route(&admin, NULL, 0, &req, &resp);
+    ck_assert_uint_eq(resp.status, 200);
+    ck_assert_str_eq(resp.content_type, "application/json");
+}
+END_TEST
+
+START_TEST(test_topicz_tracks_the_first_slots_then_counts_the_rest)
+{
+    fake_server_setup();
+    rb_err err = {0};
+    ck_assert_int_eq(rb_topicz_subsystem.init(&zshard, &err), 0);
+    uint32_t handles[RB_TOPICZ_SLOTS_MAX + 2] = {0};
+    char name[16];
+    for (uint32_t i = 0; i < RB_TOPICZ_SLOTS_MAX + 2; i++) {
+        int n = snprintf(name, sizeof name, "t%05u", i);
+        rb_topicz_head(&zshard, &handles[i], name, (size_t)n, i + 1, 1);
+    }
+    ck_assert_uint_eq(handles[0], 1);
+    ck_assert_uint_eq(handles[RB_TOPICZ_SLOTS_MAX - 1], RB_TOPICZ_SLOTS_MAX);
+    ck_assert_uint_eq(handles[RB_TOPICZ_SLOTS_MAX], UINT32_MAX);
+    ck_assert_uint_eq(zshard.topicz.count, RB_TOPICZ_SLOTS_MAX);
+    ck_assert_uint_eq(zshard.topicz.untracked, 2);
+    /* A second commit of a tracked topic adds to it. */
+    rb_topicz_head(&zshard, &handles[0], "t00000", 6, 5, 3);
+    ck_assert_uint_eq(zshard.topicz.slots[0].head, 5);
+    ck_assert_uint_eq(zshard.topicz.slots[0].publishes, 4);
+    size_t len;
+    rb_http_span q = {"sort=head&limit=1", 17};
+    ck_assert_int_eq(rb_topicz_answer(&zsrv, q, zout, sizeof zout - 1, &len), 200);
+    zout[len] = '\0';
+    ck_assert_ptr_nonnull(strstr(zout, "\"total\":4096,"));
+    ck_assert_ptr_nonnull(strstr(zout, "\"untracked_topics\":2,"));
+    ck_assert_ptr_nonnull(
+        strstr(zout, "\"topics\":[{\"topic\":\"t04095\",\"owner_shard\":0,\"head\":4096,"));
+    rb_topicz_subsystem.deinit(&zshard);
+}
+END_TEST
+
 Suite *rb_admin_suite(void);
 
 Suite *rb_admin_suite(void)
@@ -152,5 +270,11 @@ Suite *rb_admin_suite(void)
     tcase_add_test(tc, test_admin_h3_route_serves_the_same_table);
     tcase_add_test(tc, test_admin_json_sections_are_routes_of_the_same_table);
     suite_add_tcase(s, tc);
+    TCase *tz = tcase_create("introspection");
+    tcase_add_test(tz, test_connz_a_slot_that_keeps_changing_is_left_out_and_counted);
+    tcase_add_test(tz, test_connz_pages_sort_and_clamp_the_limit);
+    tcase_add_test(tz, test_connz_query_reaches_the_route_over_h3);
+    tcase_add_test(tz, test_topicz_tracks_the_first_slots_then_counts_the_rest);
+    suite_add_tcase(s, tz);
     return s;
 }
