@@ -106,3 +106,122 @@ def test_tmpfiles_snippet_parses_and_names_known_users(tmp_path):
     if os.geteuid() == 0:
         assert (tmp_path / "var" / "lib" / "ringbus").is_dir()
         assert (tmp_path / "etc" / "ringbus").is_dir()
+
+
+# ---- The watchdog, over a fake NOTIFY_SOCKET ----
+# systemd's manager is not PID 1 on every machine the suite runs on, so the
+# test plays systemd's part of the sd_notify protocol itself: it binds the
+# unix datagram socket that NOTIFY_SOCKET names (abstract, "@..."), and sets
+# WATCHDOG_USEC (and WATCHDOG_PID unset, which sd_watchdog_enabled accepts)
+# as systemd does for a unit with WatchdogSec=.
+
+import socket
+import threading
+import time
+
+from conftest import Daemon
+
+STALL_ENV = "RINGBUSD_TEST_STALL_SHARD"
+
+
+class NotifySocket:
+    """Collects (monotonic time, message) for each datagram the daemon sends."""
+
+    def __init__(self):
+        self.name = f"ringbus-notify-{os.getpid()}-{time.monotonic_ns()}"
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind("\0" + self.name)
+        self.sock.settimeout(0.1)
+        self.messages = []
+        self.done = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while not self.done:
+            try:
+                data = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            for line in data.decode().splitlines():
+                self.messages.append((time.monotonic(), line))
+
+    def times(self, message):
+        return [t for t, m in list(self.messages) if m == message]
+
+    def close(self):
+        self.done = True
+        self.thread.join()
+        self.sock.close()
+
+
+def start_with_notify(tmp_path, env):
+    notify = NotifySocket()
+    full = {"NOTIFY_SOCKET": "@" + notify.name}
+    full.update(env)
+    d = Daemon(tmp_path, shards=2, env=full)
+    for key in ("WATCHDOG_USEC", "WATCHDOG_PID", STALL_ENV):
+        if key not in env:
+            d.env.pop(key, None)
+    return d.start(), notify
+
+
+def wait_for(pred, timeout, what, d):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"{what}:\n{d.log()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_watchdog_pings_stop_while_a_shard_is_stalled(tmp_path):
+    # WatchdogSec=1s: a ping every 500 ms. Shard 1 stalls 1.5 s after it
+    # starts, for 5 s; /healthz's rule (RB_ADMIN_STALL_MS = 3 s) marks it
+    # stalled 3 s into that, and once the stall ends its idle loop turns
+    # within a second: the pings stop for 2 to 4 s.
+    d, notify = start_with_notify(tmp_path, {"WATCHDOG_USEC": "1000000",
+                                              STALL_ENV: "1:1500:5000"})
+    try:
+        wait_for(lambda: "test hook: stall over" in d.log(), 15, "the stall never ended", d)
+        time.sleep(2.6)
+        assert d.stop() == 0
+    finally:
+        d.stop()
+        notify.close()
+    log = d.log()
+    assert "READY=1" in [m for _, m in notify.messages]
+    pings = notify.times("WATCHDOG=1")
+    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    print("ping gaps (s):", [round(g, 2) for g in gaps])
+    assert len(pings) >= 6, pings
+    # One long silence while the shard was stalled, regular pings around it.
+    long_gaps = [i for i, g in enumerate(gaps) if g > 1.2]
+    assert len(long_gaps) == 1, gaps
+    assert 1.5 < gaps[long_gaps[0]] < 4.6, gaps
+    assert all(g < 0.9 for i, g in enumerate(gaps) if i != long_gaps[0]), gaps
+    assert long_gaps[0] >= 3, "pings before the stall"
+    assert len(gaps) - long_gaps[0] >= 3, "pings after the stall"
+    assert "shard 1 has not turned for" in log and "withholding WATCHDOG=1" in log, log
+    assert "every shard turns again: sending WATCHDOG=1" in log, log
+    assert not d.bad_log_lines()
+
+
+def test_no_watchdog_pings_without_watchdog_usec(tmp_path):
+    d, notify = start_with_notify(tmp_path, {})
+    try:
+        time.sleep(1.5)
+        assert d.stop() == 0
+    finally:
+        d.stop()
+        notify.close()
+    messages = [m for _, m in notify.messages]
+    assert "READY=1" in messages and "STOPPING=1" in messages, messages
+    assert "WATCHDOG=1" not in messages, messages
+    assert "systemd watchdog" not in d.log()
+
+
+@pytest.mark.parametrize("value", ["", "1", "1:2", "x:1:2", "1:2:3:4", "1:-2:3", "1:2:60001",
+                                   "256:0:1", "1:2:3 "])
+def test_malformed_stall_hook_is_a_start_up_error(tmp_path, value):
+    result = run([str(daemon_path())], env={**os.environ, STALL_ENV: value})
+    assert result.returncode == 1, result.stdout
+    assert f"{STALL_ENV}: expected SHARD:AFTER_MS:FOR_MS" in result.stdout, result.stdout
