@@ -5,6 +5,7 @@ ringbusd.service. The sysusers and tmpfiles snippets must parse too."""
 
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 
@@ -34,7 +35,7 @@ def rendered_unit(tmp_path):
     text = (SYSTEMD / "ringbusd.service").read_text()
     assert "@PREFIX@/bin/ringbusd " in text
     text = text.replace("@PREFIX@/bin/ringbusd", str(daemon)).replace("@PREFIX@", "/usr")
-    assert "@" not in text.replace("$MAINPID", "")
+    assert not re.search(r"@[A-Z_]+@", text), "an unrendered placeholder"
     unit = tmp_path / "ringbusd.service"
     unit.write_text(text)
     return unit
@@ -52,13 +53,38 @@ def test_unit_passes_systemd_analyze_verify(rendered_unit):
     )
 
 
-def test_unit_keeps_the_required_settings():
+def unit_settings():
+    """Each key's value; a key given more than once keeps its last value
+    here and every value in the second dict."""
     text = (SYSTEMD / "ringbusd.service").read_text()
-    settings = {}
+    settings, repeated = {}, {}
     for line in text.splitlines():
         if "=" in line and not line.lstrip().startswith("#"):
             key, _, value = line.partition("=")
             settings[key.strip()] = value.strip()
+            repeated.setdefault(key.strip(), []).append(value.strip())
+    return settings, repeated
+
+
+# systemd-analyze security scores exposure from 0 (locked down) to 10.
+EXPOSURE_MAX = 2.0
+
+
+def test_unit_exposure_is_at_most_2(rendered_unit):
+    # --offline=yes (systemd 250 and later) scores the file itself, with no
+    # running manager; --threshold is on its 0-100 scale.
+    result = run(["systemd-analyze", "security", "--offline=yes", "--no-pager",
+                  f"--threshold={int(EXPOSURE_MAX * 10)}", str(rendered_unit)])
+    found = re.search(r"Overall exposure level for ringbusd\.service: ([0-9.]+)", result.stdout)
+    assert found, result.stdout
+    exposure = float(found.group(1))
+    print(f"systemd-analyze security exposure: {exposure}")
+    assert exposure <= EXPOSURE_MAX, result.stdout
+    assert result.returncode == 0, result.stdout
+
+
+def test_unit_keeps_the_required_settings():
+    settings, repeated = unit_settings()
     assert settings["Type"] == "notify"
     assert settings["ExecStart"] == "@PREFIX@/bin/ringbusd --config /etc/ringbus/ringbusd.toml"
     assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
@@ -74,8 +100,17 @@ def test_unit_keeps_the_required_settings():
     assert settings["SystemCallArchitectures"] == "native"
     assert settings["StateDirectory"] == "ringbus"
     assert settings["ConfigurationDirectory"] == "ringbus"
-    # io_uring must stay allowed: no seccomp filter at all.
-    assert "SystemCallFilter" not in settings
+    # io_uring_* stay allowed: they are in @system-service (its @aio).
+    assert repeated["SystemCallFilter"] == ["@system-service", "~@privileged"]
+    aio = run(["systemd-analyze", "syscall-filter", "@aio"]).stdout.split()
+    assert {"io_uring_setup", "io_uring_enter", "io_uring_register"} <= set(aio), aio
+    service = run(["systemd-analyze", "syscall-filter", "@system-service"]).stdout.split()
+    assert "@aio" in service, service
+    assert settings["SystemCallErrorNumber"] == "EPERM"
+    # The watchdog: WATCHDOG=1 comes every half interval, and a shard is
+    # stalled after 3 s (RB_ADMIN_STALL_MS), so the interval must exceed it.
+    watchdog = settings["WatchdogSec"]
+    assert watchdog.endswith("s") and int(watchdog[:-1]) > 3
     # The stop timeout must exceed the default close grace (2 s).
     stop = settings["TimeoutStopSec"]
     assert stop.endswith("s") and int(stop[:-1]) > 2
