@@ -534,6 +534,10 @@ int main(int argc, char **argv)
     if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
         rb_log_set_level(level);
     }
+    rb_log_format format = RB_LOG_FORMAT_TEXT;
+    if (rb_log_format_parse(srv.cfg.log_format, &format) == 0) {
+        rb_log_set_format(format);
+    }
     if (migrate) {
         return migrate_only(&srv.cfg);
     }
