@@ -97,3 +97,32 @@ def test_man_page_renders_without_warnings(page):
                             env={**os.environ, "MANWIDTH": "80", "LC_ALL": "C.UTF-8"})
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+def test_deb_installs_and_removes_in_a_scratch_root(deb, tmp_path):
+    # dpkg --root with chrootless maintainer scripts: the postinst acts on
+    # DPKG_ROOT (the scratch root), never on this machine.
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg/updates").mkdir(parents=True)
+    (root / "var/lib/dpkg/info").mkdir()
+    (root / "etc").mkdir()
+    (root / "var/lib/dpkg/status").write_text("")
+    dpkg = ["dpkg", f"--root={root}", "--force-script-chrootless", "--force-depends",
+            "--force-not-root", "--log=/dev/null"]
+    result = run(dpkg + ["-i", str(deb)])
+    assert result.returncode == 0, result.stdout
+    passwd = (root / "etc/passwd").read_text()
+    assert any(line.startswith("ringbus:") and line.endswith(":/usr/sbin/nologin")
+               for line in passwd.splitlines()), passwd
+    assert (root / "var/lib/ringbus").is_dir() and (root / "etc/ringbus").is_dir()
+    assert os.access(root / "usr/bin/ringbusd", os.X_OK)
+    version = subprocess.run([str(root / "usr/bin/ringbusd"), "--version"], text=True,
+                             stdout=subprocess.PIPE, timeout=10).stdout
+    assert version.startswith("ringbusd "), version
+    result = run(dpkg + ["-r", "ringbus"])
+    assert result.returncode == 0, result.stdout
+    assert not (root / "usr/bin/ringbusd").exists()
+    assert not (root / "usr/lib/systemd/system/ringbusd.service").exists()
+    # The user and the state directory stay (stored messages live there).
+    assert "ringbus:" in (root / "etc/passwd").read_text()
+    assert (root / "var/lib/ringbus").is_dir()
