@@ -1,7 +1,10 @@
 """The systemd unit: rendered as `make install` renders it, with ExecStart
 pointing at the built daemon ($RINGBUS_BUILD/ringbusd, default
 build/release), it must pass `systemd-analyze verify` without a word about
-ringbusd.service. The sysusers and tmpfiles snippets must parse too."""
+ringbusd.service, and `systemd-analyze security` must rate its exposure at
+most 2.0. The sysusers and tmpfiles snippets must parse too. The watchdog:
+WATCHDOG=1 every half WATCHDOG_USEC while every shard turns, none while one
+is stalled (the test-only hook), none without WATCHDOG_USEC."""
 
 import os
 import pathlib
@@ -154,7 +157,8 @@ import socket
 import threading
 import time
 
-from conftest import Daemon
+import rbtransport as rt
+from conftest import Daemon, free_port
 
 STALL_ENV = "RINGBUSD_TEST_STALL_SHARD"
 
@@ -190,15 +194,28 @@ class NotifySocket:
         self.sock.close()
 
 
-def start_with_notify(tmp_path, env):
+def start_with_notify(tmp_path, env, listeners=None):
     notify = NotifySocket()
     full = {"NOTIFY_SOCKET": "@" + notify.name}
     full.update(env)
-    d = Daemon(tmp_path, shards=2, env=full)
+    d = Daemon(tmp_path, shards=2, env=full, listeners=listeners)
     for key in ("WATCHDOG_USEC", "WATCHDOG_PID", STALL_ENV):
         if key not in env:
             d.env.pop(key, None)
     return d.start(), notify
+
+
+def healthz(port):
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    out = b""
+    while True:
+        data = s.recv(4096)
+        if not data:
+            break
+        out += data
+    s.close()
+    return out
 
 
 def wait_for(pred, timeout, what, d):
@@ -213,9 +230,16 @@ def test_watchdog_pings_stop_while_a_shard_is_stalled(tmp_path):
     # starts, for 5 s; /healthz's rule (RB_ADMIN_STALL_MS = 3 s) marks it
     # stalled 3 s into that, and once the stall ends its idle loop turns
     # within a second: the pings stop for 2 to 4 s.
+    # /healthz answers from the same check: 503 naming the shard meanwhile.
+    ws = free_port()
     d, notify = start_with_notify(tmp_path, {"WATCHDOG_USEC": "1000000",
-                                              STALL_ENV: "1:1500:5000"})
+                                              STALL_ENV: "1:1500:5000"},
+                                  listeners=rt.listener("ws", ws))
     try:
+        assert healthz(ws).startswith(b"HTTP/1.1 200")
+        wait_for(lambda: "withholding WATCHDOG=1" in d.log(), 15, "pings never withheld", d)
+        during = healthz(ws)
+        assert during.startswith(b"HTTP/1.1 503") and b"shard 1 has not turned" in during, during
         wait_for(lambda: "test hook: stall over" in d.log(), 15, "the stall never ended", d)
         time.sleep(2.6)
         assert d.stop() == 0
