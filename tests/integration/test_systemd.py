@@ -284,3 +284,58 @@ def test_malformed_stall_hook_is_a_start_up_error(tmp_path, value):
     result = run([str(daemon_path())], env={**os.environ, STALL_ENV: value})
     assert result.returncode == 1, result.stdout
     assert f"{STALL_ENV}: expected SHARD:AFTER_MS:FOR_MS" in result.stdout, result.stdout
+
+
+# ---- The unit's syscall filter against what the daemon really calls ----
+# SystemCallFilter=@system-service ~@privileged: a system call outside it
+# fails with EPERM under systemd. The daemon runs under strace through
+# traffic on every transport and the admin routes; every call it made must
+# be one the filter allows.
+
+
+def filter_set(group):
+    out = run(["systemd-analyze", "syscall-filter", group]).stdout.splitlines()[1:]
+    names = set()
+    for line in out:
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        names |= filter_set(word) if word.startswith("@") else {word}
+    return names
+
+
+def test_daemon_calls_only_what_the_unit_filter_allows(tmp_path):
+    assert shutil.which("strace"), "strace missing (scripts/setup.sh installs it)"
+    certs = rt.Certs(tmp_path)
+    ports = {k: free_port() for k in ("tcp", "ws", "tls", "wss", "quic")}
+    listeners = "".join(rt.listener(k, p, certs) for k, p in ports.items())
+    trace = tmp_path / "strace.txt"
+    d = Daemon(tmp_path, shards=2, listeners=listeners,
+               wrap=["strace", "-f", "-qq", "-c", "-U", "name", "-o", str(trace)])
+    d.start()
+    try:
+        from conftest import run_cli
+        for kind, port in ports.items():
+            url = f"{kind}://127.0.0.1:{port}"
+            ca = ["--ca", str(certs.ca)] if kind in ("tls", "wss", "quic") else []
+            pub = run_cli("--url", url, *ca, "pub", f"t.{kind}", "hello")
+            assert pub.returncode == 0, (kind, pub.stdout, pub.stderr)
+            sub = run_cli("--url", url, *ca, "sub", "--history-only", f"t.{kind}@0")
+            assert sub.returncode == 0 and "hello" in sub.stdout, (kind, sub.stdout, sub.stderr)
+        assert healthz(ports["ws"]).startswith(b"HTTP/1.1 200")
+    finally:
+        # SIGTERM to the daemon itself (strace's child), so that it drains.
+        children = pathlib.Path(f"/proc/{d.proc.pid}/task/{d.proc.pid}/children")
+        for pid in children.read_text().split():
+            os.kill(int(pid), 15)
+        d.proc.wait(timeout=30)
+        d._log.close()
+    used = set()
+    for line in trace.read_text().splitlines():
+        word = line.split()[-1] if line.split() else ""
+        if re.fullmatch(r"[a-z_0-9]+", word) and word not in ("total", "syscall"):
+            used.add(word)
+    print("system calls:", " ".join(sorted(used)))
+    assert {"io_uring_enter", "io_uring_setup"} <= used, used
+    allowed = filter_set("@system-service") - filter_set("@privileged")
+    assert used <= allowed, f"outside the unit's SystemCallFilter: {sorted(used - allowed)}"
