@@ -98,7 +98,7 @@ QUIC_PEER  := $(BUILDDIR)/quic_peer
 QUIC_RELAY := $(BUILDDIR)/quic_relay
 
 .PHONY: all build run test test-unit test-integration test-fuzz test-chaos test-js chaos test-asan tsan \
-        check format format-check install clean setup deps bench fuzz fuzz-smoke version FORCE
+        check format format-check install clean setup deps bench fuzz fuzz-smoke version deb FORCE
 
 all: build
 	@ln -sf $(VARIANT)/ringbusd build/ringbusd
@@ -310,4 +310,11 @@ bench: all
 clean:
 	rm -rf build
 
--include $(shell find build -name '*.d' 2>/dev/null)
+-include $(shell find build -name '*.d' -type f 2>/dev/null)
+
+# The Debian package of the release build (packaging/deb.sh: `make install`
+# into a staging root, then dpkg-deb), checked with lintian: no errors.
+DEB_OUT := build/deb
+deb:
+	$(MAKE) --no-print-directory VARIANT=release all
+	packaging/deb.sh '$(VERSION)' $(DEB_OUT)

@@ -8,6 +8,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/assert.h"
@@ -20,6 +22,7 @@
 static atomic_int log_level = RB_LOG_INFO;
 static _Thread_local int log_shard = -1;
 static atomic_int log_journal = -1; /* -1 unknown, 0 no, 1 yes */
+static atomic_int log_format = RB_LOG_FORMAT_TEXT;
 
 void rb_log_set_level(rb_log_level level)
 {
@@ -48,11 +51,43 @@ void rb_log_set_shard(int shard_id)
     log_shard = shard_id;
 }
 
+void rb_log_set_format(rb_log_format format)
+{
+    atomic_store(&log_format, (int)format);
+}
+
+int rb_log_format_parse(const char *text, rb_log_format *format)
+{
+    static const char *const names[] = {"text", "logfmt", "json"};
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(text, names[i]) == 0) {
+            *format = (rb_log_format)i;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* systemd sets JOURNAL_STREAM=DEV:INODE for the stream it connects to
+ * stdout and stderr; a stderr redirected elsewhere since (a child of a
+ * service with its own log file) is not the journal. */
+static bool stderr_is_journal(void)
+{
+    const char *js = getenv("JOURNAL_STREAM");
+    unsigned long long dev = 0;
+    unsigned long long ino = 0;
+    struct stat st;
+    if (js == NULL || sscanf(js, "%llu:%llu", &dev, &ino) != 2 || fstat(STDERR_FILENO, &st) != 0) {
+        return false;
+    }
+    return (unsigned long long)st.st_dev == dev && (unsigned long long)st.st_ino == ino;
+}
+
 static bool to_journal(void)
 {
     int j = atomic_load(&log_journal);
     if (j < 0) {
-        j = getenv("JOURNAL_STREAM") != NULL ? 1 : 0;
+        j = stderr_is_journal() ? 1 : 0;
         atomic_store(&log_journal, j);
     }
     return j == 1;
@@ -135,43 +170,151 @@ size_t rb_log_escape(char *out, size_t cap, const void *p, size_t len)
     return o;
 }
 
-void rb_log(rb_log_level level, uint64_t conn_id, const char *fmt, ...)
+/* Appends fmt to out[*n..cap) (cut at cap, which the callers size for). */
+__attribute__((format(printf, 4, 5))) static void put(char *out, size_t cap, size_t *n,
+                                                      const char *fmt, ...)
+{
+    if (*n >= cap) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int w = vsnprintf(out + *n, cap - *n, fmt, ap);
+    va_end(ap);
+    if (w > 0) {
+        *n += (size_t)w < cap - *n ? (size_t)w : cap - *n - 1;
+    }
+}
+
+/* Length of the UTF-8 character whose first byte is b (the text passed
+ * rb_log_escape, so it is valid). */
+static size_t char_len(uint8_t b)
+{
+    return b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : b >= 0xC0 ? 2 : 1;
+}
+
+/* Appends "text" with '"' and '\\' escaped, leaving room for tail_room
+ * more bytes; text that does not fit ends in "..." inside the quotes. */
+static void put_quoted(char *out, size_t cap, size_t *n, const char *text, size_t tail_room)
+{
+    RB_ASSERT(*n + tail_room + 5 <= cap);
+    size_t o = *n;
+    size_t end = cap - tail_room - 4; /* room for "...\"" */
+    out[o++] = '"';
+    /* Bounded by the text: each pass consumes one character. */
+    for (size_t i = 0; text[i] != '\0';) {
+        size_t len = char_len((uint8_t)text[i]);
+        bool esc = text[i] == '"' || text[i] == '\\';
+        if (o + len + (esc ? 1 : 0) > end) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (esc) {
+            out[o++] = '\\';
+        }
+        memcpy(out + o, text + i, len);
+        o += len;
+        i += len;
+    }
+    out[o++] = '"';
+    *n = o;
+}
+
+/* ts=2026-01-02T03:04:05.678Z */
+static void put_time(char *out, size_t cap, size_t *n, uint64_t unix_ms)
+{
+    time_t secs = (time_t)(unix_ms / 1000);
+    struct tm tm;
+    gmtime_r(&secs, &tm);
+    put(out, cap, n, "%04d-%02d-%02dT%02d:%02d:%02d.%03uZ", tm.tm_year + 1900, tm.tm_mon + 1,
+        tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (unsigned)(unix_ms % 1000));
+}
+
+/* The fields of logfmt and json, in the same order: ts, level, shard
+ * (shard threads only), conn (connections only), msg. */
+static void put_structured(char *out, size_t cap, size_t *n, const rb_log_fields *f,
+                           const char *escaped)
+{
+    static const char *const words[] = {"error", "warn", "info", "debug"};
+    bool json = f->format == RB_LOG_FORMAT_JSON;
+    put(out, cap, n, json ? "{\"ts\":\"" : "ts=");
+    put_time(out, cap, n, f->unix_ms);
+    put(out, cap, n, json ? "\",\"level\":\"%s\"" : " level=%s", words[f->level]);
+    if (f->shard >= 0) {
+        put(out, cap, n, json ? ",\"shard\":%d" : " shard=%d", f->shard);
+    }
+    if (f->conn_id != 0) {
+        put(out, cap, n, json ? ",\"conn\":%llu" : " conn=%llu", (unsigned long long)f->conn_id);
+    }
+    put(out, cap, n, json ? ",\"msg\":" : " msg=");
+    put_quoted(out, cap, n, escaped, json ? 3 : 2); /* "}\n" or "\n", and the NUL */
+    if (json) {
+        out[(*n)++] = '}';
+    }
+}
+
+size_t rb_log_format_line(char *out, size_t cap, const rb_log_fields *f, const char *msg,
+                          size_t len)
 {
     static const char *const words[] = {"error", "warn", "info", "debug"};
     static const int prio[] = {3, 4, 6, 7};
+    RB_ASSERT(cap >= RB_LOG_LINE_BYTES_MIN);
+    RB_ASSERT((unsigned)f->level <= RB_LOG_DEBUG);
+    size_t n = 0;
+    if (f->journal) {
+        put(out, cap, &n, "<%d>", prio[f->level]);
+    }
+    if (f->format == RB_LOG_FORMAT_TEXT) {
+        if (!f->journal) {
+            put(out, cap, &n, "ringbusd %s: ", words[f->level]);
+        }
+        if (f->shard >= 0) {
+            put(out, cap, &n, "shard %d: ", f->shard);
+        } else {
+            put(out, cap, &n, "main: ");
+        }
+        if (f->conn_id != 0) {
+            put(out, cap, &n, "conn %llu: ", (unsigned long long)f->conn_id);
+        }
+        n += rb_log_escape(out + n, cap - n - 1, msg, len);
+    } else {
+        char escaped[LOG_LINE_BYTES_MAX];
+        rb_log_escape(escaped, sizeof escaped, msg, len);
+        put_structured(out, cap, &n, f, escaped);
+    }
+    out[n++] = '\n';
+    out[n] = '\0';
+    return n;
+}
+
+void rb_log(rb_log_level level, uint64_t conn_id, const char *fmt, ...)
+{
     if ((int)level > atomic_load(&log_level)) {
         return;
-    }
-    char line[LOG_LINE_BYTES_MAX];
-    size_t n = 0;
-    int w;
-    if (to_journal()) {
-        w = snprintf(line, sizeof line, "<%d>", prio[level]);
-    } else {
-        w = snprintf(line, sizeof line, "ringbusd %s: ", words[level]);
-    }
-    n = (size_t)w;
-    if (log_shard >= 0) {
-        w = snprintf(line + n, sizeof line - n, "shard %d: ", log_shard);
-    } else {
-        w = snprintf(line + n, sizeof line - n, "main: ");
-    }
-    n += (size_t)w;
-    if (conn_id != 0) {
-        w = snprintf(line + n, sizeof line - n, "conn %llu: ", (unsigned long long)conn_id);
-        n += (size_t)w;
     }
     char raw[LOG_LINE_BYTES_MAX];
     va_list ap;
     va_start(ap, fmt);
-    w = vsnprintf(raw, sizeof raw, fmt, ap);
+    int w = vsnprintf(raw, sizeof raw, fmt, ap);
     va_end(ap);
     if (w < 0) {
         return;
     }
+    struct timespec ts = {0};
+    rb_log_format format = (rb_log_format)atomic_load(&log_format);
+    if (format != RB_LOG_FORMAT_TEXT) {
+        clock_gettime(CLOCK_REALTIME, &ts);
+    }
+    rb_log_fields f = {.format = format,
+                       .journal = to_journal(),
+                       .level = level,
+                       .shard = log_shard,
+                       .conn_id = conn_id,
+                       .unix_ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u};
+    char line[LOG_LINE_BYTES_MAX + 1];
     size_t raw_len = (size_t)w < sizeof raw ? (size_t)w : sizeof raw - 1;
-    n += rb_log_escape(line + n, sizeof line - n - 1, raw, raw_len);
-    line[n++] = '\n';
+    size_t n = rb_log_format_line(line, sizeof line, &f, raw, raw_len);
     ssize_t r = write(STDERR_FILENO, line, n);
     (void)r;
 }

@@ -108,6 +108,7 @@ struct field {
 #define T_TLS_STREAM ((1u << RB_TRANSPORT_TLS) | (1u << RB_TRANSPORT_WSS))
 
 static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int log_format_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int server_id_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int backend_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int password_file_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
@@ -207,11 +208,12 @@ static const section auth_section = {"auth", auth_fields, COUNT(auth_fields)};
 
 static const field root_fields[] = {
     U32("shards", shards, 1, RB_SHARDS_MAX), BOOL("pin_shards", pin_shards),
-    CUSTOM("log_level", log_level_fn),       CUSTOM("server_id", server_id_fn),
-    SECTION("limits", limits_section),       SECTION("timeouts", timeouts_section),
-    SECTION("catchup", catchup_section),     SECTION("storage", storage_section),
-    SECTION("auth", auth_section),           CUSTOM("listener", listeners_fn),
-    CUSTOM("cluster", cluster_fn),           SECTION("dedup", dedup_section),
+    CUSTOM("log_level", log_level_fn),       CUSTOM("log_format", log_format_fn),
+    CUSTOM("server_id", server_id_fn),       SECTION("limits", limits_section),
+    SECTION("timeouts", timeouts_section),   SECTION("catchup", catchup_section),
+    SECTION("storage", storage_section),     SECTION("auth", auth_section),
+    CUSTOM("listener", listeners_fn),        CUSTOM("cluster", cluster_fn),
+    SECTION("dedup", dedup_section),
 };
 static const section root_section = {"", root_fields, COUNT(root_fields)};
 
@@ -520,6 +522,25 @@ static int log_level_fn(loader *ld, const char *path, const rb_toml_value *v, vo
         return fail_value(ld, v, path, "\"%s\" is not one of error, warn, info, debug", shown);
     }
     snprintf(cfg->log_level, sizeof cfg->log_level, "%s", text);
+    return 0;
+}
+
+static int log_format_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    const char *text = NULL;
+    size_t len = 0;
+    rb_log_format format;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    if (rb_log_format_parse(text, &format) != 0) {
+        char shown[32];
+        show(shown, sizeof shown, text, len);
+        return fail_value(ld, v, path, "\"%s\" is not one of text, logfmt, json", shown);
+    }
+    snprintf(cfg->log_format, sizeof cfg->log_format, "%s", text);
     return 0;
 }
 
@@ -1601,6 +1622,7 @@ void rb_config_defaults(rb_config *cfg)
     cfg->shards = default_shards();
     cfg->pin_shards = false;
     snprintf(cfg->log_level, sizeof cfg->log_level, "info");
+    snprintf(cfg->log_format, sizeof cfg->log_format, "text");
     default_server_id(cfg->server_id, sizeof cfg->server_id);
     cfg->max_connections = RB_CONNS_PER_SHARD_DEFAULT;
     cfg->max_frame_bytes = RB_FRAME_BYTES_DEFAULT;

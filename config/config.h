@@ -132,6 +132,7 @@ typedef struct rb_config {
     uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
     bool pin_shards;                            /* pin_shards = false */
     char log_level[16];                         /* log_level = "info" */
+    char log_format[16];                        /* log_format = "text" (logfmt, json) */
     char server_id[RB_SERVER_ID_BYTES_MAX + 1]; /* server_id; default = hostname */
 
     /* [limits] */

@@ -17,6 +17,7 @@ PACKAGES=(
   nats-server redis-server gnuplot-nox
   python3 python3-pytest python3-prometheus-client iproute2
   systemd
+  lintian man-db strace
 )
 
 if [ "$MODE" = "--fuzz" ]; then

@@ -71,6 +71,11 @@ static int stalled_shard(const rb_server *srv, uint64_t *age_ms)
     return -1;
 }
 
+int rb_admin_stalled_shard(const struct rb_server *srv, uint64_t *age_ms)
+{
+    return stalled_shard(srv, age_ms);
+}
+
 /* 200 while every shard's loop turns: what a liveness probe wants. */
 static void healthz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {

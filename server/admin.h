@@ -61,6 +61,12 @@ typedef struct rb_admin {
  * table is read without a lock). RB_ELIMIT past RB_ADMIN_SECTIONS_MAX. */
 int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err);
 
+/* The first of srv's shards whose loop has not turned within
+ * RB_ADMIN_STALL_MS (*age_ms: for how long), or -1 when all turn: the
+ * check behind /healthz, shared with the systemd watchdog (server/watchdog.h).
+ * Any thread; it reads each shard's relaxed last_turn_ms. */
+int rb_admin_stalled_shard(const struct rb_server *srv, uint64_t *age_ms);
+
 /* The router for a (borrowed) admin: pass it to the HTTP front ends. */
 rb_http_router rb_admin_router(const rb_admin *admin);
 

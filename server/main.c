@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "server/auth.h"
 #include "server/server.h"
+#include "server/watchdog.h"
 #include "storage/pgwire.h"
 #include "transports/quic.h"
 #include "transports/tls.h"
@@ -336,12 +337,10 @@ static void block_signals(sigset_t *set)
 
 static void wait_for_stop(rb_server *srv, const sigset_t *set)
 {
-    /* The main thread's loop: it only waits for signals. */
+    /* The main thread's loop: it waits for signals, feeding the systemd
+     * watchdog meanwhile. */
     for (;;) {
-        int sig = 0;
-        if (sigwait(set, &sig) != 0) {
-            continue;
-        }
+        int sig = rb_watchdog_sigwait(srv, set);
         if (sig == SIGHUP) {
             RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
             reload_tls(srv);
@@ -446,6 +445,7 @@ static int run(rb_server *srv)
     srv->subsystem_count = rb_shard_subsystem_count;
     srv->admin.version = RB_VERSION;
     rc = rc ? rc : rb_admin_add_json(&srv->admin, "/v1/cluster", rb_cluster_json, &err);
+    rc = rc ? rc : rb_watchdog_init(srv->shard_count, &err);
     rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {
         fprintf(stderr, "ringbusd: %s\n", err.msg);
@@ -533,6 +533,10 @@ int main(int argc, char **argv)
     rb_log_level level = RB_LOG_INFO;
     if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
         rb_log_set_level(level);
+    }
+    rb_log_format format = RB_LOG_FORMAT_TEXT;
+    if (rb_log_format_parse(srv.cfg.log_format, &format) == 0) {
+        rb_log_set_format(format);
     }
     if (migrate) {
         return migrate_only(&srv.cfg);

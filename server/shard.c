@@ -16,6 +16,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "common/stall.h"
 #include "server/link.h"
 #include "server/sendq.h"
 #include "server/server.h"
@@ -156,6 +157,7 @@ static void shard_turns(rb_shard *sh)
         rb_err err;
         RB_STAT_ADD(sh, loop_turns, 1);
         __atomic_store_n(&sh->stats.last_turn_ms, rb_loop_now_ms(sh->loop), __ATOMIC_RELAXED);
+        rb_stall_point(sh->id, rb_loop_now_ms(sh->loop));
         subsystems_flush(sh);
         rb_mailbox_flush(&sh->mail);
         if (shard_done(sh)) {

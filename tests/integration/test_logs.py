@@ -152,3 +152,97 @@ def test_connection_errors_name_the_peer_once_per_connection(make_daemon, tmp_pa
         errors = [ln for ln in lines if f"conn {conn_id}: " in ln and " info: " in ln]
         assert errors and errors[0] == tagged[0], (name, errors)
     assert "TLS handshake: the client sent a plain ringbus HELLO" in d.log()
+
+
+# ---- log_format: logfmt and json lines that a parser reads back -----------------
+
+import json
+import os
+
+from conftest import Daemon
+
+LEVELS = {"error", "warn", "info", "debug"}
+LOGFMT_PAIR = re.compile(r'([a-z_]+)=("(?:[^"\\]|\\["\\])*"|[^\s"=]+)(?: |$)')
+
+
+def parse_logfmt(line):
+    """A strict logfmt reader: key=value pairs split by one space, each value
+    bare (no space, quote or '=') or quoted with \\" and \\\\ escapes."""
+    out, pos = {}, 0
+    while pos < len(line):
+        m = LOGFMT_PAIR.match(line, pos)
+        assert m, f"not logfmt at {pos}: {line!r}"
+        key, value = m.group(1), m.group(2)
+        assert key not in out, line
+        if value.startswith('"'):
+            value = re.sub(r'\\(["\\])', r"\1", value[1:-1])
+        out[key] = value
+        pos = m.end()
+    return out
+
+
+def evil_traffic(d):
+    c = rp.Conn("127.0.0.1", d.port, timeout=5)
+    assert c.hello(name=f'evil"}} \\\n{FORGED} x="1"\x1b\u202e').kind == rp.STARTED
+    c.send(rp.encode_publish(2, f't"\n{FORGED}', "x"))
+    assert c.recv_until(lambda f: f.kind == rp.ERROR)["code_name"] == "invalid_topic"
+    c.sock.close()
+    wait_log(d, "freed")
+
+
+@pytest.mark.parametrize("fmt", ["logfmt", "json"])
+def test_every_line_parses_in_the_configured_format(make_daemon, fmt):
+    d = make_daemon(extra=f'log_format = "{fmt}"')
+    evil_traffic(d)
+    lines = d.log_path.read_text().splitlines()
+    assert len(lines) >= 3
+    parsed = [parse_logfmt(ln) if fmt == "logfmt" else json.loads(ln) for ln in lines]
+    for rec in parsed:
+        assert rec["level"] in LEVELS, rec
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", rec["ts"]), rec
+        assert set(rec) <= {"ts", "level", "shard", "conn", "msg"}, rec
+        assert not re.search(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e]", rec["msg"]), rec
+    msgs = [r["msg"] for r in parsed]
+    # The decoded message is the text format's escaped message.
+    assert any(f'evil"}} \\\\\\n{FORGED} x="1"\\x1B\\u{{202E}}' in m for m in msgs), msgs
+    assert any(m.startswith("ready: 2 shards") and "shard" not in r
+               for m, r in zip(msgs, parsed)), parsed
+    conn_lines = [r for r in parsed if "conn" in r]
+    assert conn_lines and all(int(r["conn"]) > 0 and int(r["shard"]) in (0, 1)
+                              for r in conn_lines), conn_lines
+
+
+def test_bad_log_format_is_a_config_error(tmp_path):
+    d = Daemon(tmp_path, extra='log_format = "xml"')
+    with pytest.raises(AssertionError):
+        d.start()
+    assert 'log_format: "xml" is not one of text, logfmt, json' in d.log(), d.log()
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_journal_stream_adds_priorities_only_when_it_is_stderr(tmp_path, fmt):
+    # The daemon's stderr is the log file: a JOURNAL_STREAM naming its device
+    # and inode makes it the journal's stream, any other value does not.
+    for sub, matches in (("yes", True), ("no", False)):
+        (tmp_path / sub).mkdir()
+        d = Daemon(tmp_path / sub, extra=f'log_format = "{fmt}"')
+        d.log_path.write_bytes(b"")
+        st = os.stat(d.log_path)
+        d.env["JOURNAL_STREAM"] = f"{st.st_dev}:{st.st_ino + (0 if matches else 1)}"
+        d.start()
+        try:
+            evil_traffic(d)
+        finally:
+            assert d.stop() == 0
+        lines = d.log_path.read_text().splitlines()
+        for ln in lines:
+            m = re.match(r"<([0-7])>", ln)
+            assert bool(m) == matches, ln
+            body = ln[m.end():] if m else ln
+            if fmt == "json":
+                rec = json.loads(body)
+                if m:
+                    prio = {"error": "3", "warn": "4", "info": "6", "debug": "7"}[rec["level"]]
+                    assert m.group(1) == prio, ln
+            elif m:
+                assert not body.startswith("ringbusd "), ln
