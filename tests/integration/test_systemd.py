@@ -306,6 +306,12 @@ def filter_set(group):
 
 def test_daemon_calls_only_what_the_unit_filter_allows(tmp_path):
     assert shutil.which("strace"), "strace missing (scripts/setup.sh installs it)"
+    probe = subprocess.run(["strace", "-qq", "-o", "/dev/null", "true"], capture_output=True,
+                           text=True)
+    if probe.returncode != 0 and "ptrace" in probe.stderr:
+        # A container without ptrace (seccomp or a ptrace_scope of 3): the
+        # filter cannot be checked from here, which is not the daemon's fault.
+        pytest.skip(f"this machine forbids ptrace: {probe.stderr.strip()[:200]}")
     certs = rt.Certs(tmp_path)
     ports = {k: free_port() for k in ("tcp", "ws", "tls", "wss", "quic")}
     listeners = "".join(rt.listener(k, p, certs) for k, p in ports.items())
