@@ -54,7 +54,8 @@ enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
     RB_REMOTE_AUTH = 3,     /* an auth worker finished password checks (shard.auth_done) */
-    RB_REMOTE_KINDS_MAX = 4
+    RB_REMOTE_RELOAD = 4,   /* payload: the rb_reload_gen to switch to (server/reload.c) */
+    RB_REMOTE_KINDS_MAX = 5
 };
 #define RB_REMOTE_KIND_SHIFT     56
 #define RB_REMOTE(kind, payload) (((uint64_t)(kind) << RB_REMOTE_KIND_SHIFT) | (uint64_t)(payload))
@@ -143,6 +144,7 @@ typedef struct rb_listener {
     bool armed;
     rb_shard *shard;
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
+    bool retired;       /* removed by a reload: accepts no more (the acceptor shard's) */
 } rb_listener;
 
 /* A shard's counters for /metrics (server/admin.c). Only the shard's own
@@ -177,6 +179,10 @@ typedef struct rb_shard_stats {
 
 struct rb_shard {
     rb_server *server;
+    /* The configuration this shard runs: &server->cfg until a reload hands
+     * it a newer one (RB_REMOTE_RELOAD); settings that need a restart keep
+     * their start values in every one (server/reload.c). */
+    const rb_config *cfg;
     rb_shard_stats stats;
     uint32_t id;
     pthread_t thread;
@@ -184,6 +190,7 @@ struct rb_shard {
     atomic_int ring_fd;
     atomic_uint conn_count;
     atomic_bool started;
+    atomic_bool finished; /* its turns ended (the drain's STATUS= lines watch it) */
     int start_rc;
     rb_err start_err;
     /* connections */
@@ -251,6 +258,7 @@ struct rb_server {
     rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
+    struct rb_reload_gen *reload_gen; /* the newest reloaded config; NULL = cfg (main thread) */
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
@@ -385,6 +393,16 @@ void rb_conn_maybe_finish_drain(rb_conn *c);
 
 /* server/acceptor.c: listeners and fd hand-over */
 extern const rb_subsystem rb_acceptor_subsystem;
+/* On the acceptor shard, at a reload: listener slots [sh->listener_count,
+ * listener_count) start accepting, and each slot of retired[] stops (its
+ * socket closes once the accept is cancelled; its connections go on). */
+void rb_acceptor_reload(rb_shard *sh, uint32_t listener_count, const uint32_t *retired,
+                        uint32_t retired_count);
+
+/* server/reload.c: a reload's configuration, handed to every shard. */
+typedef struct rb_reload_gen rb_reload_gen;
+/* The RB_REMOTE_RELOAD handler: the shard switches to the payload's config. */
+void rb_reload_on_shard(rb_shard *sh, uint64_t payload);
 /* server/quic_ep.c: the quic listeners' UDP endpoints */
 extern const rb_subsystem rb_quic_subsystem;
 

@@ -343,7 +343,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
     }
     c->state = RB_CONN_CLOSING;
     stop_reading(c);
-    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
     conn_rearm_timer(c);
     c->link->ops->shutdown(c->link, RB_WIRE_OK);
 }
@@ -383,7 +383,7 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
          * turn is over (callers close while walking them). */
         RB_LOG_DEBUG(c->id, "no room for the CLOSE frame");
     }
-    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
     conn_rearm_timer(c);
     c->link->ops->shutdown(c->link, status);
 }
@@ -434,7 +434,7 @@ static bool nothing_in_flight(rb_conn *c)
 
 static void send_going_away(rb_conn *c, uint64_t now)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     /* Spread the returns: a hint per connection in [0, reconnect_hint_ms]. */
     uint64_t x = (c->id + now) * 0x9E3779B97F4A7C15ull;
     x ^= x >> 29;
@@ -485,7 +485,7 @@ void rb_conn_maybe_finish_drain(rb_conn *c)
 
 static void conn_rearm_timer(rb_conn *c)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     uint64_t now = rb_loop_now_ms(c->shard->loop);
     uint64_t due;
     if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_DRAINING) {
@@ -533,7 +533,7 @@ static void send_ping(rb_conn *c)
 static void conn_timer_fired(rb_timer *t)
 {
     rb_conn *c = CONN_FROM(t, timer);
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     uint64_t now = rb_loop_now_ms(c->shard->loop);
     if (c->state == RB_CONN_CLOSING) {
         if (c->link->ops->lingering(c->link)) {
@@ -610,7 +610,7 @@ static int64_t wall_now_s(void)
  * costs time; meanwhile nothing more is read from the connection. */
 static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     char shown[RB_ERR_MSG_BYTES_MAX];
     rb_log_escape(shown, sizeof shown, why, strlen(why));
     RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
@@ -731,7 +731,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
 
 static void send_started(rb_conn *c, uint64_t corr)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
@@ -933,8 +933,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         if (f->u.close.status == RB_WIRE_OK) {
             c->state = RB_CONN_DRAINING;
             stop_reading(c);
-            c->close_deadline_ms =
-                rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+            c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
             conn_rearm_timer(c);
             rb_conn_maybe_finish_drain(c);
         } else {

@@ -1104,7 +1104,7 @@ static bool adds_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uniqu
 /* Checks the whole Mutate before any part applies. */
 static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t unique)
 {
-    const rb_config *cfg = &s->shard->server->cfg;
+    const rb_config *cfg = s->shard->cfg;
     rb_stream *st = c->stream;
     rb_err err;
     if (!mutate_id_valid(c, f, unique)) {
