@@ -345,6 +345,22 @@ static const user *find_user(const rb_auth *a, rb_bytes name)
     return found;
 }
 
+bool rb_auth_identity_refresh(const rb_auth *a, rb_identity *id)
+{
+    RB_ASSERT(a != NULL && id != NULL);
+    if (id->source != RB_IDENTITY_USER) {
+        return true;
+    }
+    RB_ASSERT(!id->policy_owned);
+    const user *u = find_user(a, (rb_bytes){(const uint8_t *)id->name, strlen(id->name)});
+    if (u == NULL) {
+        return false;
+    }
+    id->publish_rate = u->publish_rate;
+    id->policy = u->policy;
+    return true;
+}
+
 int rb_auth_verify_password(const rb_auth *a, rb_bytes name, rb_bytes password, rb_identity *out,
                             rb_err *err)
 {

@@ -394,9 +394,36 @@ static void notify_reloading(void)
                (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
 }
 
+static bool has_passwords(const rb_config *cfg)
+{
+    for (uint32_t i = 0; i < cfg->auth_user_count; i++) {
+        if (cfg->auth_users[i].password_hash[0] != '\0') {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Users and keys change live when the password workers they need run (they
+ * start only when the start config has a password user). */
+static bool auth_live(const rb_server *srv, const rb_config *cur, const rb_config *fresh)
+{
+    if (!rb_reload_auth_changed(cur, fresh)) {
+        return false;
+    }
+    if (srv->auth_pool == NULL && has_passwords(fresh)) {
+        RB_LOG_WARN(0, "reload: auth.user: the first password_hash needs the auth workers, "
+                       "which start only when the start config has one; restart to apply");
+        return false;
+    }
+    return true;
+}
+
 /* Reads the file into g and plans it against what runs: the settings
- * (server/reload.c) and the listeners. Returns 0 or the error, logged. */
-static int reload_plan(rb_server *srv, rb_reload_gen *g, uint32_t *added, uint32_t *removed)
+ * (server/reload.c), users and keys (a new verifier in *auth) and the
+ * listeners. Returns 0 or the error, logged. */
+static int reload_plan(rb_server *srv, rb_reload_gen *g, rb_auth **auth, uint32_t *added,
+                       uint32_t *removed)
 {
     rb_config *fresh = rb_reload_gen_config(g);
     rb_err err;
@@ -406,15 +433,24 @@ static int reload_plan(rb_server *srv, rb_reload_gen *g, uint32_t *added, uint32
         return err.code;
     }
     const rb_config *cur = srv->reload_gen ? rb_reload_gen_config(srv->reload_gen) : &srv->cfg;
-    uint32_t live = rb_reload_diff(&srv->cfg, cur, fresh);
-    uint32_t count = 0;
-    uint32_t retired[RB_LISTENERS_MAX];
-    uint32_t retired_count = 0;
-    int rc = reload_listeners(srv, fresh, &count, retired, &retired_count, &err);
+    bool auth_changes = auth_live(srv, cur, fresh);
+    uint32_t live = rb_reload_diff(&srv->cfg, cur, fresh, auth_changes);
+    int rc = auth_changes ? rb_auth_new(fresh, auth, &err) : 0;
     if (rc != 0) {
         RB_LOG_ERROR(0, "reload: %s; keeping the running configuration", err.msg);
         return rc;
     }
+    uint32_t count = 0;
+    uint32_t retired[RB_LISTENERS_MAX];
+    uint32_t retired_count = 0;
+    rc = reload_listeners(srv, fresh, &count, retired, &retired_count, &err);
+    if (rc != 0) {
+        RB_LOG_ERROR(0, "reload: %s; keeping the running configuration", err.msg);
+        rb_auth_free(*auth);
+        *auth = NULL;
+        return rc;
+    }
+    rb_reload_gen_auth(g, *auth);
     rb_reload_gen_listeners(g, count, retired, retired_count);
     *added = count - srv->listener_count;
     *removed = retired_count;
@@ -440,20 +476,35 @@ static void reload(rb_server *srv)
     rb_reload_gen *g = config_path != NULL ? rb_reload_gen_new() : NULL;
     uint32_t added = 0;
     uint32_t removed = 0;
+    rb_auth *auth = NULL;
     if (config_path == NULL) {
         RB_LOG_INFO(0, "reload: no --config file; reloading TLS files only");
     } else if (g == NULL) {
         RB_LOG_ERROR(0, "reload: out of memory; keeping the running configuration");
-    } else if (reload_plan(srv, g, &added, &removed) != 0) {
+    } else if (reload_plan(srv, g, &auth, &added, &removed) != 0) {
         rb_reload_gen_free(g);
     } else {
         rb_err err;
         rb_reload_gen *prev = srv->reload_gen;
         int rc = rb_reload_hand_over(srv, g, &err);
         srv->reload_gen = g;
-        if (rc == 0 && rb_reload_wait(srv, g, RB_RELOAD_SWITCH_MS_MAX)) {
+        bool switched = rc == 0 && rb_reload_wait(srv, g, RB_RELOAD_SWITCH_MS_MAX);
+        if (switched) {
             rb_reload_gen_free(prev);
-        } else {
+        }
+        if (auth != NULL) {
+            /* The start verifier stays (the anonymous identity borrows from
+             * it); a reloaded one goes once nothing uses it. */
+            rb_auth *prev_auth = srv->reload_auth;
+            srv->reload_auth = auth;
+            if (srv->auth_pool != NULL) {
+                rb_auth_pool_set_auth(srv->auth_pool, auth);
+            }
+            if (switched) {
+                rb_auth_free(prev_auth);
+            }
+        }
+        if (!switched) {
             /* A shard may still run prev: its memory stays. */
             RB_LOG_ERROR(0,
                          "reload: %s; a shard has not switched, the previous "
@@ -712,6 +763,8 @@ static int run(rb_server *srv)
     rb_server_join(srv);
     rb_reload_gen_free(srv->reload_gen);
     srv->reload_gen = NULL;
+    rb_auth_free(srv->reload_auth);
+    srv->reload_auth = NULL;
     close_listeners(srv);
     rb_tls_global_deinit();
     srv->storage_ops->close(srv->storage);

@@ -145,17 +145,14 @@ static bool keys_equal(const rb_config *a, const rb_config *b)
     return true;
 }
 
-/* The tables that need a restart: when one differs it is logged and the
- * running one copied back into fresh. */
-static void diff_tables(const rb_config *cur, rb_config *fresh)
+bool rb_reload_auth_changed(const rb_config *cur, const rb_config *fresh)
 {
-    if (!users_equal(cur, fresh)) {
-        log_restart("auth.user");
-    }
-    if (!keys_equal(cur, fresh)) {
-        log_restart("auth.jwt_key");
-    }
-    /* The running users point into the running patterns. */
+    return !users_equal(cur, fresh) || !keys_equal(cur, fresh);
+}
+
+/* The running users point into the running patterns: all go back. */
+static void keep_auth(const rb_config *cur, rb_config *fresh)
+{
     memcpy(fresh->auth_users, cur->auth_users, sizeof fresh->auth_users);
     fresh->auth_user_count = cur->auth_user_count;
     memcpy(fresh->auth_jwt_keys, cur->auth_jwt_keys, sizeof fresh->auth_jwt_keys);
@@ -164,6 +161,30 @@ static void diff_tables(const rb_config *cur, rb_config *fresh)
     fresh->auth_pattern_count = cur->auth_pattern_count;
     memcpy(fresh->auth_pattern_bytes, cur->auth_pattern_bytes, sizeof fresh->auth_pattern_bytes);
     fresh->auth_pattern_bytes_len = cur->auth_pattern_bytes_len;
+}
+
+/* Users and keys (live when auth_live, else kept), and the cluster tables,
+ * which need a restart: a difference is logged and the running one copied
+ * back into fresh. */
+static void diff_tables(const rb_config *cur, rb_config *fresh, bool auth_live)
+{
+    if (!users_equal(cur, fresh)) {
+        if (auth_live) {
+            RB_LOG_INFO(0, "reload: auth.user changed");
+        } else {
+            log_restart("auth.user");
+        }
+    }
+    if (!keys_equal(cur, fresh)) {
+        if (auth_live) {
+            RB_LOG_INFO(0, "reload: auth.jwt_key changed");
+        } else {
+            log_restart("auth.jwt_key");
+        }
+    }
+    if (!auth_live) {
+        keep_auth(cur, fresh);
+    }
     if (cur->cluster_peer_count != fresh->cluster_peer_count ||
         memcmp(cur->cluster_peers, fresh->cluster_peers, sizeof cur->cluster_peers) != 0) {
         log_restart("cluster.peer");
@@ -178,7 +199,8 @@ static void diff_tables(const rb_config *cur, rb_config *fresh)
     fresh->cluster_secret_len = cur->cluster_secret_len;
 }
 
-uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *fresh)
+uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *fresh,
+                        bool auth_live)
 {
     uint32_t live = 0;
     for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
@@ -209,13 +231,14 @@ uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *
         RB_LOG_INFO(0, "reload: %s changed", f->name);
         live++;
     }
-    diff_tables(cur, fresh);
+    diff_tables(cur, fresh, auth_live);
     return live;
 }
 
 struct rb_reload_gen {
     rb_config cfg;
     atomic_uint switched; /* shards running on cfg */
+    const rb_auth *auth;  /* the new verifier, or NULL when it did not change */
     uint32_t listener_count;
     uint32_t retired_count;
     uint32_t retired[RB_LISTENERS_MAX];
@@ -244,6 +267,11 @@ void rb_reload_gen_listeners(rb_reload_gen *g, uint32_t listener_count, const ui
     memcpy(g->retired, retired, retired_count * sizeof *retired);
 }
 
+void rb_reload_gen_auth(rb_reload_gen *g, const rb_auth *auth)
+{
+    g->auth = auth;
+}
+
 void rb_reload_gen_free(rb_reload_gen *g)
 {
     free(g);
@@ -254,6 +282,10 @@ void rb_reload_on_shard(rb_shard *sh, uint64_t payload)
     rb_reload_gen *g = (rb_reload_gen *)(uintptr_t)payload;
     RB_ASSERT(g != NULL);
     sh->cfg = &g->cfg;
+    if (g->auth != NULL) {
+        sh->auth = g->auth;
+        rb_session_reauth_all(sh);
+    }
     if (sh->listeners != NULL) {
         rb_acceptor_reload(sh, g->listener_count, g->retired, g->retired_count);
     }

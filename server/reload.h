@@ -20,9 +20,15 @@
  * each changed setting that needs a restart is logged by name ("reload:
  * storage.backend changed; restart to apply") and put back to its cur
  * value in fresh; boot is the start configuration (the bound of settings
- * that may only go down). Listeners are left to the caller. Returns the
+ * that may only go down). Users and keys change live when auth_live (the
+ * caller builds their verifier), else they are kept and logged. Listeners
+ * are left to the caller. Returns the
  * number of settings that change live (each logged). */
-uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *fresh);
+uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *fresh,
+                        bool auth_live);
+/* True when [[auth.user]] or [[auth.jwt_key]] differ between cur and fresh
+ * (names, hashes, rates, permissions, kids, algorithms, key paths). */
+bool rb_reload_auth_changed(const rb_config *cur, const rb_config *fresh);
 
 /* A generation: a configuration every shard switches to. New ones are
  * zeroed; NULL when out of memory. Freed by the caller once rb_reload_wait
@@ -33,6 +39,8 @@ rb_config *rb_reload_gen_config(rb_reload_gen *g);
  * of which retired (slot indexes) stop accepting now. */
 void rb_reload_gen_listeners(rb_reload_gen *g, uint32_t listener_count, const uint32_t *retired,
                              uint32_t retired_count);
+/* The verifier every shard switches to with g (not owned), or none. */
+void rb_reload_gen_auth(rb_reload_gen *g, const rb_auth *auth);
 void rb_reload_gen_free(rb_reload_gen *g);
 
 /* Sends g to every shard (MSG_RING from a ring of the main thread's own).

@@ -183,6 +183,9 @@ struct rb_shard {
      * it a newer one (RB_REMOTE_RELOAD); settings that need a restart keep
      * their start values in every one (server/reload.c). */
     const rb_config *cfg;
+    /* The credential verifier this shard signs in with: server->auth until
+     * a reload that changed users or keys hands it a newer one. */
+    const rb_auth *auth;
     rb_shard_stats stats;
     uint32_t id;
     pthread_t thread;
@@ -259,6 +262,7 @@ struct rb_server {
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
     struct rb_reload_gen *reload_gen; /* the newest reloaded config; NULL = cfg (main thread) */
+    rb_auth *reload_auth;             /* the newest reloaded verifier; NULL = auth (main thread) */
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
@@ -267,6 +271,10 @@ struct rb_server {
  * (policy checks at publish intake and Mutate validation), and its name
  * for log lines. */
 bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
+/* A reload changed the verifier (sh->auth): every signed-in user's
+ * permissions are looked up again; a user no longer configured is closed
+ * with unauthorized, topics it may no longer read leave its stream. */
+void rb_session_reauth_all(rb_shard *sh);
 /* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
 void rb_session_auth_done(rb_shard *sh, uint64_t payload);
 const char *rb_conn_who(const rb_conn *c);
@@ -436,6 +444,9 @@ void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
 /* The store epoch this shard's streams check cursors against (STARTED). */
 uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_conn_closed(rb_conn *c);
+/* After its permissions changed: every topic of c's stream it may no
+ * longer subscribe to ends with TOPIC_ERROR forbidden and leaves it. */
+void rb_stream_revoke(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
 void rb_stream_on_send_drained(rb_conn *c);
 

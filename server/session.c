@@ -638,7 +638,8 @@ static void refuse_now(rb_conn *c)
 static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *err)
 {
     rb_server *srv = c->shard->server;
-    if (srv->auth == NULL) {
+    const rb_auth *auth = c->shard->auth;
+    if (auth == NULL) {
         *out = &srv->anonymous; /* servers built without a verifier (unit tests) */
         return 0;
     }
@@ -651,7 +652,7 @@ static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *
         return RB_EAGAIN; /* the caller hands it to the auth workers */
     }
     rb_identity id;
-    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    int rc = rb_auth_verify(auth, credentials, wall_now_s(), &id, err);
     if (rc != 0) {
         return rc;
     }
@@ -694,6 +695,23 @@ bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic)
 {
     RB_ASSERT(c->identity != NULL);
     return c->identity->policy == NULL || rb_policy_allows(c->identity->policy, action, topic);
+}
+
+void rb_session_reauth_all(rb_shard *sh)
+{
+    RB_ASSERT(sh->auth != NULL);
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        rb_conn *c = &sh->conns[i];
+        if ((c->state != RB_CONN_OPEN && c->state != RB_CONN_DRAINING) || c->identity == NULL) {
+            continue;
+        }
+        if (!rb_auth_identity_refresh(sh->auth, c->identity)) {
+            RB_LOG_INFO(c->id, "reload: user %s was removed; closing", rb_conn_who(c));
+            rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "user %s was removed", rb_conn_who(c));
+            continue;
+        }
+        rb_stream_revoke(c);
+    }
 }
 
 const char *rb_conn_who(const rb_conn *c)
@@ -823,6 +841,13 @@ static void password_answer(rb_shard *sh, auth_wait *w)
     bool waiting = c != NULL && c->signing_in && c->state == RB_CONN_HANDSHAKE;
     if (c != NULL) {
         c->signing_in = false;
+    }
+    /* Checked against the verifier before a reload: the user must still
+     * be there, with its permissions as they are now. */
+    if (waiting && w->job.rc == 0 && w->job.verified_by != sh->auth && sh->auth != NULL &&
+        !rb_auth_identity_refresh(sh->auth, &w->job.identity)) {
+        w->job.rc = rb_err_set(&w->job.err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                               "unknown user or wrong password");
     }
     if (!waiting || w->job.rc != 0) {
         if (waiting) {

@@ -302,6 +302,7 @@ int rb_server_start(rb_server *srv, rb_err *err)
         rb_shard *sh = &srv->shards[i];
         sh->server = srv;
         sh->cfg = &srv->cfg;
+        sh->auth = srv->auth;
         sh->id = i;
         atomic_init(&sh->ring_fd, -1);
         srv->mailboxes[i] = &sh->mail;

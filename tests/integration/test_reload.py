@@ -288,3 +288,60 @@ def test_sd_notify_reloading_ready_and_drain_status(make_daemon, tmp_path):
     for c in conns:
         c.close()
     sock.close()
+
+
+def users_config(port, hash_, users):
+    """auth.mode required with [[auth.user]] entries: (name, subscribe)."""
+    text = (f'shards = 2\nlog_level = "debug"\n[auth]\nmode = "required"\n'
+            f"failure_delay_ms = 50\nworkers = 1\n")
+    for name, subscribe in users:
+        text += (f'[[auth.user]]\nname = "{name}"\npassword_hash = "{hash_}"\n'
+                 f'publish = [">"]\nsubscribe = {subscribe}\n')
+    return text + f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\nport = {port}\n'
+
+
+def test_users_and_permissions_reload_removed_user_closed_and_topics_revoked(make_daemon):
+    from test_permissions import hash_password
+    hash_ = hash_password("pw")
+    d = make_daemon()
+    start = users_config(d.port, hash_, [("alice", '["a.>", "b.>"]'), ("bob", '[">"]')])
+    # The start config must have a password user for the auth workers to run.
+    d.stop()
+    d.config_path.write_text(start)
+    d.start()
+
+    def sign_in(user):
+        c = rp.Conn("127.0.0.1", d.port, timeout=15)
+        f = c.hello(name=user, creds=rp.creds_password(user, "pw"), timeout=15)
+        return c, f
+
+    alice, f = sign_in("alice")
+    assert f.kind == rp.STARTED, f
+    alice.mutate(1, 1, adds=[("a.1", 0), ("b.1", 0)])
+    alice.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+    bob, f = sign_in("bob")
+    assert f.kind == rp.STARTED, f
+    assert alice.publish("a.1", "before", 2).kind == rp.PUBLISH_ACK
+
+    out = reload(d, users_config(d.port, hash_, [("alice", '["a.>"]'), ("carol", '[">"]')]))
+    assert "reload: auth.user changed" in out, out
+    err = alice.recv_until(lambda f: f.kind == rp.TOPIC_ERROR)
+    assert (err["topic"], err["code_name"], err["mutate_id"]) == ("b.1", "forbidden", 0), err
+    # The stream goes on with a.1, and b.1 is not delivered any more.
+    assert alice.publish("b.1", "gone", 3).kind == rp.PUBLISH_ACK
+    assert alice.publish("a.1", "after", 4).kind == rp.PUBLISH_ACK
+    msgs = alice.recv_until(lambda f: f.kind == rp.MESSAGES and
+                            any(p == b"after" for _, _, p in f["items"]))
+    seen = [(t, s) for m in alice.skipped + [msgs] if m.kind == rp.MESSAGES
+            for t, s, _ in m["items"]]
+    assert ("b.1", 1) not in seen and ("a.1", 2) in seen, seen
+    close = bob.recv_until(lambda f: f.kind == rp.CLOSE)
+    assert close["status_name"] == "unauthorized" and "bob was removed" in close["message"]
+    assert bob.closed_within(5)
+    refused, f = sign_in("bob")
+    assert f.kind == rp.ERROR and f["code_name"] == "unauthorized", f
+    refused.close()
+    carol, f = sign_in("carol")
+    assert f.kind == rp.STARTED, f
+    for c in (alice, carol):
+        c.close()
