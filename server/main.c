@@ -644,12 +644,16 @@ static bool wait_storage_ready(rb_server *srv, const sigset_t *set, bool *hup)
     return true;
 }
 
-/* The lame-duck drain, seen from systemd: a STATUS= line whenever the count
- * of connections left changes (at most every 200 ms) until every shard's
- * turns have ended. */
+/* The lame-duck drain, seen from systemd: a STATUS= line when the count of
+ * connections left has changed (at most every DRAIN_STATUS_MS) until every
+ * shard's turns have ended, which is checked every 10 ms so that a stop
+ * is not made longer. */
+#define DRAIN_STATUS_MS 200
+
 static void drain_status(rb_server *srv)
 {
     unsigned last = ~0u;
+    uint64_t last_ms = 0;
     for (;;) {
         bool done = true;
         unsigned left = 0;
@@ -660,11 +664,13 @@ static void drain_status(rb_server *srv)
         if (done) {
             return;
         }
-        if (left != last) {
+        uint64_t now_ms = rb_clock_ms();
+        if (left != last && (last == ~0u || now_ms >= last_ms + DRAIN_STATUS_MS)) {
             sd_notifyf(0, "STATUS=draining: %u connections left", left);
             last = left;
+            last_ms = now_ms;
         }
-        usleep(200 * 1000);
+        usleep(10 * 1000);
     }
 }
 
@@ -765,6 +771,7 @@ static int run(rb_server *srv)
     srv->reload_gen = NULL;
     rb_auth_free(srv->reload_auth);
     srv->reload_auth = NULL;
+    rb_reload_deinit();
     close_listeners(srv);
     rb_tls_global_deinit();
     srv->storage_ops->close(srv->storage);

@@ -299,14 +299,24 @@ static bool fits_payload(const rb_reload_gen *g)
     return ((uint64_t)(uintptr_t)g >> RB_REMOTE_KIND_SHIFT) == 0;
 }
 
+/* A ring of the main thread's own only to post MSG_RING to shards, made
+ * at the first reload. */
+static rb_loop *loop;
+
+void rb_reload_deinit(void)
+{
+    if (loop != NULL) {
+        rb_loop_deinit(loop);
+        loop = NULL;
+    }
+}
+
 int rb_reload_hand_over(rb_server *srv, rb_reload_gen *g, rb_err *err)
 {
-    static rb_loop *loop;
     if (!fits_payload(g)) {
         return rb_err_set(err, RB_EINVAL, 0, "reload: configuration address out of range");
     }
     if (loop == NULL) {
-        /* A ring of the main thread's own only to post MSG_RING to shards. */
         rb_loop_options opt = {.sq_entries = 8, .recv_buf_count = 1, .recv_buf_bytes = 64};
         int rc = rb_loop_init(&loop, &opt, err);
         if (rc != 0) {

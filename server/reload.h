@@ -47,6 +47,8 @@ void rb_reload_gen_free(rb_reload_gen *g);
  * Returns 0, or an error when a shard could not be reached (those sent
  * still switch). */
 int rb_reload_hand_over(rb_server *srv, rb_reload_gen *g, rb_err *err);
+/* Frees the main thread's ring (at exit, after the shards are joined). */
+void rb_reload_deinit(void);
 /* Waits until every shard runs g, at most timeout_ms; false on timeout. */
 bool rb_reload_wait(rb_server *srv, rb_reload_gen *g, uint32_t timeout_ms);
 
