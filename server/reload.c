@@ -10,6 +10,7 @@
 #include "server/reload.h"
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -95,6 +96,32 @@ static const field fields[] = {
     F("cluster.address", cluster_address, FIELD_RESTART),
     F("cluster.port", cluster_port, FIELD_RESTART),
 };
+
+/* A setting's value for the log: numbers by their size, text fields
+ * quoted (config text, never peer bytes). */
+static const char *value_text(const field *f, const rb_config *cfg, char *buf, size_t cap)
+{
+    const uint8_t *p = (const uint8_t *)cfg + f->off;
+    uint64_t v = 0;
+    if (f->size == 1) {
+        v = *p;
+    } else if (f->size == 2) {
+        uint16_t x;
+        memcpy(&x, p, sizeof x);
+        v = x;
+    } else if (f->size == 4) {
+        uint32_t x;
+        memcpy(&x, p, sizeof x);
+        v = x;
+    } else if (f->size == 8) {
+        memcpy(&v, p, sizeof v);
+    } else {
+        snprintf(buf, cap, "\"%.*s\"", (int)strnlen((const char *)p, f->size), (const char *)p);
+        return buf;
+    }
+    snprintf(buf, cap, "%llu", (unsigned long long)v);
+    return buf;
+}
 
 static void log_restart(const char *name)
 {
@@ -228,7 +255,10 @@ uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *
             memcpy(to, from, f->size);
             continue;
         }
-        RB_LOG_INFO(0, "reload: %s changed", f->name);
+        char was[64];
+        char now[64];
+        RB_LOG_INFO(0, "reload: %s changed: %s -> %s", f->name, value_text(f, cur, was, sizeof was),
+                    value_text(f, fresh, now, sizeof now));
         live++;
     }
     diff_tables(cur, fresh, auth_live);

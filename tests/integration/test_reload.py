@@ -123,8 +123,9 @@ def test_log_level_limit_and_keepalive_apply_live_while_streams_flow(make_daemon
     assert "HELLO from before-debug" not in d.log()
 
     out = reload(d, config([("tcp", d.port)], log_level="debug", topics=5, keepalive=7000))
-    for key in ("log_level", "limits.topics_per_stream", "timeouts.keepalive_ms"):
-        assert f"reload: {key} changed" in out, out
+    for line in ('log_level changed: "info" -> "debug"', "limits.topics_per_stream changed: 8 -> 5",
+                 "timeouts.keepalive_ms changed: 30000 -> 7000"):
+        assert f"reload: {line}" in out, out
     traffic.pump()
 
     c, started = hello(d.port, "after-debug")
