@@ -162,8 +162,13 @@ def test_listeners_are_added_and_removed_and_their_connections_go_on(make_daemon
     traffic = Traffic(p1, random.Random(SEED + 1))
     traffic.pump()
 
-    out = reload(d, config([("tcp", p1), ("tcp", p2)]), how="cli")
+    p3 = free_port()
+    out = reload(d, config([("tcp", p1), ("tcp", p2), ("http", p3)]), how="cli")
     assert f"reload: listening on tcp://127.0.0.1:{p2}" in out, out
+    assert f"reload: listening on http://127.0.0.1:{p3}" in out, out
+    import urllib.request
+    with urllib.request.urlopen(f"http://127.0.0.1:{p3}/healthz", timeout=5) as r:
+        assert r.status == 200
     for i in range(8):  # the acceptor hands them to both shards
         c, _ = hello(p2, f"new{i}")
         assert c.publish("side", "via p2", 10 + i).kind == rp.PUBLISH_ACK
@@ -171,7 +176,7 @@ def test_listeners_are_added_and_removed_and_their_connections_go_on(make_daemon
     traffic.pump()
 
     out = reload(d, config([("tcp", p2)]))
-    assert "1 removed" in out, out
+    assert "2 removed" in out, out
     deadline = time.monotonic() + 5
     while True:
         try:
