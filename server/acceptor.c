@@ -20,6 +20,8 @@ static void on_new_conn(rb_shard *sh, uint64_t payload)
     /* A reload adds listeners in slots no other shard reads before their
      * first hand-over; slots are never reused. */
     RB_ASSERT(listener_index < RB_LISTENERS_MAX);
+    RB_ASSERT(listener_index <
+              atomic_load_explicit(&sh->server->listeners_published, memory_order_acquire));
     rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
 }
 

@@ -268,6 +268,7 @@ uint32_t rb_reload_diff(const rb_config *boot, const rb_config *cur, rb_config *
 struct rb_reload_gen {
     rb_config cfg;
     atomic_uint switched; /* shards running on cfg */
+    atomic_uint sent;     /* 1 once complete: the shards' acquire pairs with it */
     const rb_auth *auth;  /* the new verifier, or NULL when it did not change */
     uint32_t listener_count;
     uint32_t retired_count;
@@ -311,6 +312,8 @@ void rb_reload_on_shard(rb_shard *sh, uint64_t payload)
 {
     rb_reload_gen *g = (rb_reload_gen *)(uintptr_t)payload;
     RB_ASSERT(g != NULL);
+    /* MSG_RING orders nothing for the compiler or for TSan: this does. */
+    RB_ASSERT(atomic_load_explicit(&g->sent, memory_order_acquire) == 1);
     sh->cfg = &g->cfg;
     if (g->auth != NULL) {
         sh->auth = g->auth;
@@ -355,6 +358,8 @@ int rb_reload_hand_over(rb_server *srv, rb_reload_gen *g, rb_err *err)
         }
     }
     uint64_t data = RB_REMOTE(RB_REMOTE_RELOAD, (uintptr_t)g);
+    atomic_store_explicit(&srv->listeners_published, srv->listener_count, memory_order_release);
+    atomic_store_explicit(&g->sent, 1, memory_order_release);
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         int fd = atomic_load(&srv->shards[i].ring_fd);
         int rc = rb_loop_wake_remote(loop, fd, data);

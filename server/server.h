@@ -254,6 +254,9 @@ struct rb_server {
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
     uint32_t listener_count;
+    /* Slots filled for the shards (release by a reload's hand-over; an
+     * adopting shard's acquire sees the slot's contents). */
+    atomic_uint listeners_published;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
     rb_admin admin;          /* the HTTP routes, server/admin.c */

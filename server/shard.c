@@ -307,6 +307,7 @@ int rb_server_start(rb_server *srv, rb_err *err)
         atomic_init(&sh->ring_fd, -1);
         srv->mailboxes[i] = &sh->mail;
     }
+    atomic_store(&srv->listeners_published, srv->listener_count);
     srv->shards[0].listeners = srv->listeners;
     srv->shards[0].listener_count = srv->listener_count;
     for (uint32_t i = 0; i < n; i++) {
