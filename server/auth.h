@@ -97,8 +97,9 @@ bool rb_auth_is_slow(rb_bytes credentials);
 
 /* A reload: points a user's identity (RB_IDENTITY_USER, borrowing its
  * policy) at the same user of auth, a newer verifier. Returns false when
- * auth has no user of that name (the identity is left as it was). Other
- * identities own their policy or are anonymous: true, unchanged. */
+ * auth has no user of that name (the identity then borrows auth's
+ * deny-all policy). Other identities own their policy or are anonymous:
+ * true, unchanged. */
 bool rb_auth_identity_refresh(const rb_auth *auth, rb_identity *id);
 
 /* Frees what the identity owns and clears it. */

@@ -702,10 +702,15 @@ void rb_session_reauth_all(rb_shard *sh)
     RB_ASSERT(sh->auth != NULL);
     for (uint32_t i = 0; i < sh->conn_max; i++) {
         rb_conn *c = &sh->conns[i];
-        if ((c->state != RB_CONN_OPEN && c->state != RB_CONN_DRAINING) || c->identity == NULL) {
+        if (c->state == RB_CONN_FREE || c->identity == NULL) {
             continue;
         }
-        if (!rb_auth_identity_refresh(sh->auth, c->identity)) {
+        /* Closing ones too: nothing may keep the old verifier's policies. */
+        bool user_there = rb_auth_identity_refresh(sh->auth, c->identity);
+        if (c->state != RB_CONN_OPEN && c->state != RB_CONN_DRAINING) {
+            continue;
+        }
+        if (!user_there) {
             RB_LOG_INFO(c->id, "reload: user %s was removed; closing", rb_conn_who(c));
             rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "user %s was removed", rb_conn_who(c));
             continue;
