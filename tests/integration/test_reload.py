@@ -92,6 +92,9 @@ class Traffic:
         for c in self.pubs + self.subs:
             assert not c.closed and c.close_frame is None, c.name
         assert sum(heads.values()) > 0
+        # Closed here, so the daemon's stop need not wait out the close grace.
+        for c in self.pubs + self.subs:
+            c.close()
 
 
 def hello(port, name):
@@ -269,7 +272,7 @@ def test_sd_notify_reloading_ready_and_drain_status(make_daemon, tmp_path):
     sock.bind(path)
     sock.settimeout(10)
     d = make_daemon(env={"NOTIFY_SOCKET": path},
-                    extra="[timeouts]\nshutdown_grace_ms = 1500\n")
+                    extra="[timeouts]\nshutdown_grace_ms = 800\nclose_grace_ms = 200\n")
 
     def until(pred):
         seen = []
@@ -296,25 +299,25 @@ def test_sd_notify_reloading_ready_and_drain_status(make_daemon, tmp_path):
     sock.close()
 
 
-def users_config(port, hash_, users):
+def auth_section(hash_, users):
     """auth.mode required with [[auth.user]] entries: (name, subscribe)."""
-    text = (f'shards = 2\nlog_level = "debug"\n[auth]\nmode = "required"\n'
-            f"failure_delay_ms = 50\nworkers = 1\n")
+    text = '[auth]\nmode = "required"\nfailure_delay_ms = 50\nworkers = 1\n'
     for name, subscribe in users:
         text += (f'[[auth.user]]\nname = "{name}"\npassword_hash = "{hash_}"\n'
                  f'publish = [">"]\nsubscribe = {subscribe}\n')
-    return text + f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\nport = {port}\n'
+    return text
+
+
+def users_config(port, hash_, users):
+    return (f'shards = 2\nlog_level = "debug"\n{auth_section(hash_, users)}'
+            f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\nport = {port}\n')
 
 
 def test_users_and_permissions_reload_removed_user_closed_and_topics_revoked(make_daemon):
     from test_permissions import hash_password
     hash_ = hash_password("pw")
-    d = make_daemon()
-    start = users_config(d.port, hash_, [("alice", '["a.>", "b.>"]'), ("bob", '[">"]')])
-    # The start config must have a password user for the auth workers to run.
-    d.stop()
-    d.config_path.write_text(start)
-    d.start()
+    # The start config has password users, so the auth workers run.
+    d = make_daemon(extra=auth_section(hash_, [("alice", '["a.>", "b.>"]'), ("bob", '[">"]')]))
 
     def sign_in(user):
         c = rp.Conn("127.0.0.1", d.port, timeout=15)
