@@ -45,8 +45,9 @@ static void usage(FILE *out)
                  "\n"
                  "  -c, --config PATH        load the TOML configuration at PATH; SIGHUP reads\n"
                  "                           it again (docs/OPERATIONS.md, Reload): log level,\n"
-                 "                           timeouts, most limits, listeners and TLS files\n"
-                 "                           apply live; a bad file keeps the running config\n"
+                 "                           timeouts, most limits, listeners, TLS files and\n"
+                 "                           users, keys and permissions apply live; a bad\n"
+                 "                           file keeps the running config\n"
                  "                           (error logged as file:line:column); settings that\n"
                  "                           need a restart are logged by name\n"
                  "      --pid-file PATH      write the daemon's pid to PATH (removed at exit)\n"
@@ -405,11 +406,18 @@ static bool has_passwords(const rb_config *cfg)
 }
 
 /* Users and keys change live when the password workers they need run (they
- * start only when the start config has a password user). */
+ * start only when the start config has a password user). With JWT keys the
+ * verifier is built again even when the file names the same ones: a key
+ * file replaced in place (a rotated secret) is read again. */
 static bool auth_live(const rb_server *srv, const rb_config *cur, const rb_config *fresh)
 {
     if (!rb_reload_auth_changed(cur, fresh)) {
-        return false;
+        if (fresh->auth_jwt_key_count == 0) {
+            return false;
+        }
+        RB_LOG_INFO(0, "reload: reading the %u auth.jwt_key files again",
+                    fresh->auth_jwt_key_count);
+        return true;
     }
     if (srv->auth_pool == NULL && has_passwords(fresh)) {
         RB_LOG_WARN(0, "reload: auth.user: the first password_hash needs the auth workers, "

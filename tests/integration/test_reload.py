@@ -354,3 +354,31 @@ def test_users_and_permissions_reload_removed_user_closed_and_topics_revoked(mak
     assert f.kind == rp.STARTED, f
     for c in (alice, carol):
         c.close()
+
+
+def test_a_jwt_secret_replaced_in_place_is_read_again(make_daemon, tmp_path):
+    from test_permissions import token
+    old, new = "first-secret-of-this-test-0123456789", "second-secret-of-this-test-0123456789"
+    secret = tmp_path / "jwt.secret"
+    secret.write_text(old + "\n")
+    d = make_daemon(extra=f'[auth]\nmode = "required"\nfailure_delay_ms = 50\n'
+                          f'[[auth.jwt_key]]\nalgorithm = "HS256"\nsecret_file = "{secret}"\n')
+
+    def sign_in(key):
+        c = rp.Conn("127.0.0.1", d.port, timeout=5)
+        return c, c.hello(creds=rp.creds_token(token(key=key, subscribe=[">"], publish=[">"])))
+
+    before, f = sign_in(old)
+    assert f.kind == rp.STARTED, f
+    secret.write_text(new + "\n")
+    out = reload(d)
+    assert "reading the 1 auth.jwt_key files again" in out, out
+    c, f = sign_in(old)
+    assert f.kind == rp.ERROR and f["code_name"] == "unauthorized", f
+    c.close()
+    c, f = sign_in(new)
+    assert f.kind == rp.STARTED, f
+    c.close()
+    # A connection signed in before keeps its token's permissions.
+    assert before.publish("t.1", "still", 2).kind == rp.PUBLISH_ACK
+    before.close()
