@@ -283,6 +283,11 @@ static void reload_tls(rb_server *srv)
     }
 }
 
+static bool is_loopback(const char *address)
+{
+    return strncmp(address, "127.", 4) == 0 || strcmp(address, "::1") == 0;
+}
+
 static bool same_listener(const rb_listener_config *a, const rb_listener_config *b)
 {
     return a->transport == b->transport && a->port == b->port &&
@@ -466,9 +471,15 @@ static int reload_plan(rb_server *srv, rb_reload_gen *g, rb_auth **auth, uint32_
         listener_removed[retired[i]] = true;
     }
     for (uint32_t i = srv->listener_count; i < count; i++) {
-        RB_LOG_INFO(0, "reload: listening on %s://%s:%u",
-                    rb_transport_name(srv->listeners[i].cfg.transport),
-                    srv->listeners[i].cfg.address, srv->listeners[i].cfg.port);
+        const rb_listener_config *l = &srv->listeners[i].cfg;
+        RB_LOG_INFO(0, "reload: listening on %s://%s:%u", rb_transport_name(l->transport),
+                    l->address, l->port);
+        if (fresh->auth_mode == RB_AUTH_MODE_NONE && !is_loopback(l->address)) {
+            RB_LOG_WARN(0,
+                        "auth.mode = \"none\": anyone who reaches %s://%s:%u may publish and "
+                        "subscribe",
+                        rb_transport_name(l->transport), l->address, l->port);
+        }
     }
     srv->listener_count = count;
     RB_LOG_INFO(0, "reload: %u settings change live", live);
@@ -562,11 +573,6 @@ static int hash_password(void)
     }
     printf("%s\n", hash);
     return 0;
-}
-
-static bool is_loopback(const char *address)
-{
-    return strncmp(address, "127.", 4) == 0 || strcmp(address, "::1") == 0;
 }
 
 /* Loads the [auth] keys and users (what --check-config and start-up check
