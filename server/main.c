@@ -706,6 +706,30 @@ static int migrate_only(const rb_config *cfg)
     return 0;
 }
 
+/* After SIGTERM or SIGINT: the drain, then everything start-up made. */
+static void stop_serving(rb_server *srv)
+{
+    sd_notify(0, "STOPPING=1\nSTATUS=draining");
+    atomic_store(&srv->ready, false);
+    /* Sign-ins still queued are cancelled; running ones still reach their
+     * shard, which runs until rb_server_stop. */
+    rb_auth_pool_stop(srv->auth_pool);
+    srv->auth_pool = NULL;
+    rb_server_stop(srv);
+    drain_status(srv);
+    rb_server_join(srv);
+    rb_reload_gen_free(srv->reload_gen);
+    srv->reload_gen = NULL;
+    rb_auth_free(srv->reload_auth);
+    srv->reload_auth = NULL;
+    rb_reload_deinit();
+    close_listeners(srv);
+    rb_tls_global_deinit();
+    srv->storage_ops->close(srv->storage);
+    rb_auth_free(srv->auth);
+    RB_LOG_INFO(0, "stopped");
+}
+
 static int run(rb_server *srv)
 {
     rb_err err;
@@ -772,25 +796,7 @@ static int run(rb_server *srv)
         reload(srv);
     }
     wait_for_stop(srv, &set);
-    sd_notify(0, "STOPPING=1\nSTATUS=draining");
-    atomic_store(&srv->ready, false);
-    /* Sign-ins still queued are cancelled; running ones still reach their
-     * shard, which runs until rb_server_stop. */
-    rb_auth_pool_stop(srv->auth_pool);
-    srv->auth_pool = NULL;
-    rb_server_stop(srv);
-    drain_status(srv);
-    rb_server_join(srv);
-    rb_reload_gen_free(srv->reload_gen);
-    srv->reload_gen = NULL;
-    rb_auth_free(srv->reload_auth);
-    srv->reload_auth = NULL;
-    rb_reload_deinit();
-    close_listeners(srv);
-    rb_tls_global_deinit();
-    srv->storage_ops->close(srv->storage);
-    rb_auth_free(srv->auth);
-    RB_LOG_INFO(0, "stopped");
+    stop_serving(srv);
     return 0;
 }
 
@@ -877,6 +883,39 @@ static int signal_reload(const char *pid_text, const char *pid_file)
     return 0;
 }
 
+/* The daemon (or --migrate-only): the config from --config or the
+ * embedded default, then run, with the pid in pid_file (when not NULL)
+ * meanwhile. */
+static int daemon_main(const char *pid_file, bool migrate)
+{
+    static rb_server srv;
+    rb_err err;
+    rb_err_clear(&err);
+    if (config_path != NULL) {
+        if (rb_config_load_file(config_path, &srv.cfg, &err) != 0) {
+            fprintf(stderr, "ringbusd: %s\n", err.msg);
+            return 1;
+        }
+    } else {
+        rb_config_defaults(&srv.cfg);
+    }
+    rb_log_level level = RB_LOG_INFO;
+    if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
+        rb_log_set_level(level);
+    }
+    if (migrate) {
+        return migrate_only(&srv.cfg);
+    }
+    if (pid_file != NULL && write_pid_file(pid_file) != 0) {
+        return 1;
+    }
+    int rc = run(&srv);
+    if (pid_file != NULL) {
+        unlink(pid_file);
+    }
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -935,36 +974,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    static rb_server srv;
-    rb_err err;
-    rb_err_clear(&err);
     if (check_path != NULL) {
         return check_config(check_path);
     }
     if (reload_mode) {
         return signal_reload(pid_text, pid_file);
     }
-    if (config_path != NULL) {
-        if (rb_config_load_file(config_path, &srv.cfg, &err) != 0) {
-            fprintf(stderr, "ringbusd: %s\n", err.msg);
-            return 1;
-        }
-    } else {
-        rb_config_defaults(&srv.cfg);
-    }
-    rb_log_level level = RB_LOG_INFO;
-    if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
-        rb_log_set_level(level);
-    }
-    if (migrate) {
-        return migrate_only(&srv.cfg);
-    }
-    if (pid_file != NULL && write_pid_file(pid_file) != 0) {
-        return 1;
-    }
-    int rc = run(&srv);
-    if (pid_file != NULL) {
-        unlink(pid_file);
-    }
-    return rc;
+    return daemon_main(pid_file, migrate);
 }
