@@ -3,10 +3,11 @@
  * the hand-over of the new configuration to every shard. The main thread
  * builds a generation (an rb_reload_gen: the new config with every
  * restart-only setting put back to the value the daemon runs with), sends
- * its address to each shard as MSG_RING data, and frees the generation
- * before only once every shard has switched; a shard only swaps its
- * rb_shard.cfg pointer in its own loop. Reading the file, listeners and
- * TLS are left to main.c. */
+ * its address to each shard as MSG_RING data, and frees the previous
+ * generation only once every shard has switched; a shard swaps its
+ * rb_shard.cfg (and, when users or keys changed, rb_shard.auth) pointer in
+ * its own loop, between two turns. Reading the file, building the
+ * verifier, listeners and TLS are left to main.c. */
 #include "server/reload.h"
 
 #include <stddef.h>
