@@ -265,6 +265,33 @@ static void close_listeners(rb_server *srv)
  * view; the acceptor shard keeps its own, rb_listener.retired). */
 static const char *config_path;
 static bool listener_removed[RB_LISTENERS_MAX];
+/* A reload's new cert, key and client_ca paths for a running tls or wss
+ * listener (NULL: its paths did not change); read by reload_tls. */
+static const rb_listener_config *tls_paths_want[RB_LISTENERS_MAX];
+
+static void copy_tls_paths(rb_listener_config *to, const rb_listener_config *from)
+{
+    memcpy(to->cert, from->cert, sizeof to->cert);
+    memcpy(to->key, from->key, sizeof to->key);
+    memcpy(to->client_ca, from->client_ca, sizeof to->client_ca);
+}
+
+/* The listener's TLS files again, from the paths a reload gave it if any;
+ * on failure the previous context and paths stay. The shards read only
+ * the listener's transport, never these paths. */
+static int reload_one_tls(rb_listener *l, const rb_listener_config *want, rb_err *err)
+{
+    rb_listener_config was;
+    if (want != NULL) {
+        copy_tls_paths(&was, &l->cfg);
+        copy_tls_paths(&l->cfg, want);
+    }
+    int rc = rb_tls_server_reload(l->tls, err);
+    if (rc != 0 && want != NULL) {
+        copy_tls_paths(&l->cfg, &was);
+    }
+    return rc;
+}
 
 static void reload_tls(rb_server *srv)
 {
@@ -274,7 +301,9 @@ static void reload_tls(rb_server *srv)
             continue;
         }
         rb_err err;
-        if (rb_tls_server_reload(l->tls, &err) != 0) {
+        const rb_listener_config *want = tls_paths_want[i];
+        tls_paths_want[i] = NULL;
+        if (reload_one_tls(l, want, &err) != 0) {
             RB_LOG_ERROR(0, "reload: %s; keeping the previous certificate", err.msg);
         } else {
             RB_LOG_INFO(0, "reload: %s://%s:%u now serves %s", rb_transport_name(l->cfg.transport),
@@ -353,7 +382,14 @@ static int reload_listeners(rb_server *srv, const rb_config *fresh, uint32_t *co
         int i = find_listener(srv, want);
         if (i >= 0) {
             kept[i] = true;
-            if (memcmp(&srv->listeners[i].cfg, want, sizeof *want) != 0) {
+            rb_listener_config same_paths = srv->listeners[i].cfg;
+            copy_tls_paths(&same_paths, want);
+            if (memcmp(&srv->listeners[i].cfg, want, sizeof *want) == 0) {
+                continue;
+            }
+            if (srv->listeners[i].tls != NULL && memcmp(&same_paths, want, sizeof *want) == 0) {
+                tls_paths_want[i] = want; /* the certificate files moved: reload_tls */
+            } else {
                 log_listener_restart(want, "settings changed");
             }
         } else if (want->transport == RB_TRANSPORT_QUIC) {
@@ -370,6 +406,7 @@ static int reload_listeners(rb_server *srv, const rb_config *fresh, uint32_t *co
         }
     }
     if (rc != 0) {
+        memset(tls_paths_want, 0, sizeof tls_paths_want);
         for (uint32_t k = srv->listener_count; k < n; k++) {
             close(srv->listeners[k].fd);
             rb_tls_server_free(srv->listeners[k].tls);
@@ -498,10 +535,13 @@ static void reload(rb_server *srv)
     rb_auth *auth = NULL;
     if (config_path == NULL) {
         RB_LOG_INFO(0, "reload: no --config file; reloading TLS files only");
+        reload_tls(srv);
     } else if (g == NULL) {
         RB_LOG_ERROR(0, "reload: out of memory; keeping the running configuration");
+        reload_tls(srv);
     } else if (reload_plan(srv, g, &auth, &added, &removed) != 0) {
         rb_reload_gen_free(g);
+        reload_tls(srv);
     } else {
         rb_err err;
         rb_reload_gen *prev = srv->reload_gen;
@@ -534,10 +574,10 @@ static void reload(rb_server *srv)
         if (rb_log_level_parse(rb_reload_gen_config(g)->log_level, &level) == 0) {
             rb_log_set_level(level);
         }
+        reload_tls(srv);
         RB_LOG_INFO(0, "reload: %s applied (%u listeners added, %u removed)", config_path, added,
                     removed);
     }
-    reload_tls(srv);
     sd_notify(0, "READY=1\nSTATUS=serving");
 }
 

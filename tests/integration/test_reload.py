@@ -35,7 +35,8 @@ def config(port_lines, log_level="info", topics=8, keepalive=30000, extra=""):
 
 
 def reload(d, text=None, how="signal"):
-    """Writes text (if any) and reloads; returns the log added by it."""
+    """Writes text (if any) and reloads; returns the log added by it (up to
+    its last line: applied, or the error that kept the running config)."""
     if text is not None:
         d.config_path.write_text(text)
     before = len(d.log())
@@ -381,4 +382,32 @@ def test_a_jwt_secret_replaced_in_place_is_read_again(make_daemon, tmp_path):
     c.close()
     # A connection signed in before keeps its token's permissions.
     assert before.publish("t.1", "still", 2).kind == rp.PUBLISH_ACK
+    before.close()
+
+
+def test_a_tls_listener_given_new_certificate_paths_serves_them(make_daemon, tmp_path):
+    import ssl
+    import rbtransport as rt
+    from test_tls import hello_over
+    (tmp_path / "old").mkdir()
+    (tmp_path / "new").mkdir()
+    old, new = rt.Certs(tmp_path / "old"), rt.Certs(tmp_path / "new")
+    port = free_port()
+    d = make_daemon(listeners=rt.listener("tls", port, old))
+    before = rt.Conn("tls", port, old)
+    assert before.hello().kind == rp.STARTED
+    out = reload(d, d.config_text.replace(str(old.cert), str(new.cert))
+                 .replace(str(old.key), str(new.key)))
+    assert f"now serves {new.cert}" in out and "restart to apply" not in out, out
+    assert isinstance(hello_over(port, old), ssl.SSLCertVerificationError)
+    assert hello_over(port, new).kind == rp.STARTED
+    assert before.publish("tls.1", "still here", 7)["seq"] == 1
+    # Paths that do not load keep the running certificate and its paths.
+    out = reload(d, d.config_text.replace(str(old.cert), str(tmp_path / "missing.pem"))
+                 .replace(str(old.key), str(new.key)))
+    assert "keeping the previous certificate" in out, out
+    assert hello_over(port, new).kind == rp.STARTED
+    out = reload(d, d.config_text.replace(str(old.cert), str(new.cert))
+                 .replace(str(old.key), str(new.key)))
+    assert f"now serves {new.cert}" in out, out
     before.close()
