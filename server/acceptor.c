@@ -4,6 +4,7 @@
  * the receiving shard adopts it as a connection. TLS and WS start there. */
 #include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/assert.h"
 #include "common/log.h"
@@ -16,7 +17,11 @@ _Static_assert(RB_LISTENERS_MAX <= (1u << (RB_REMOTE_KIND_SHIFT - 32)), "index f
 static void on_new_conn(rb_shard *sh, uint64_t payload)
 {
     uint32_t listener_index = (uint32_t)(payload >> 32);
-    RB_ASSERT(listener_index < sh->server->listener_count);
+    /* A reload adds listeners in slots no other shard reads before their
+     * first hand-over; slots are never reused. */
+    RB_ASSERT(listener_index < RB_LISTENERS_MAX);
+    RB_ASSERT(listener_index <
+              atomic_load_explicit(&sh->server->listeners_published, memory_order_acquire));
     rb_link_tcp_adopt(sh, (int)(uint32_t)payload, &sh->server->listeners[listener_index], true);
 }
 
@@ -58,6 +63,12 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     }
     if ((flags & RB_LOOP_F_MORE) == 0) {
         l->armed = false;
+        if (l->retired) {
+            /* Removed by a reload: the accept is over, the socket goes. */
+            close(l->fd);
+            l->fd = -1;
+            return;
+        }
         if (!sh->stopping && res != -ECANCELED) {
             if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
                 l->armed = true;
@@ -73,6 +84,15 @@ static int acceptor_init(rb_shard *sh, rb_err *err)
     return 0;
 }
 
+static void listener_arm(rb_shard *sh, rb_listener *l)
+{
+    l->shard = sh;
+    l->accept_op.done = accept_done;
+    if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
+        l->armed = true;
+    }
+}
+
 /* Accepting starts once every shard has its ring, so hand-overs have a
  * target. */
 static void acceptor_start(rb_shard *sh)
@@ -83,12 +103,36 @@ static void acceptor_start(rb_shard *sh)
             /* Every shard reads its own UDP socket (server/quic_ep.c). */
             continue;
         }
-        l->shard = sh;
-        l->accept_op.done = accept_done;
-        if (rb_loop_accept_multishot(sh->loop, l->fd, &l->accept_op) == 0) {
-            l->armed = true;
+        listener_arm(sh, l);
+    }
+}
+
+void rb_acceptor_reload(rb_shard *sh, uint32_t listener_count, const uint32_t *retired,
+                        uint32_t retired_count)
+{
+    RB_ASSERT(listener_count >= sh->listener_count && listener_count <= RB_LISTENERS_MAX);
+    for (uint32_t i = 0; i < retired_count; i++) {
+        RB_ASSERT(retired[i] < sh->listener_count);
+        rb_listener *l = &sh->listeners[retired[i]];
+        RB_ASSERT(!l->retired && l->cfg.transport != RB_TRANSPORT_QUIC);
+        l->retired = true;
+        RB_LOG_INFO(0, "reload: %s://%s:%u accepts no more; its connections go on",
+                    rb_transport_name(l->cfg.transport), l->cfg.address, l->cfg.port);
+        if (l->armed) {
+            rb_loop_cancel_fd(sh->loop, l->fd, NULL);
+        } else {
+            close(l->fd);
+            l->fd = -1;
         }
     }
+    for (uint32_t i = sh->listener_count; i < listener_count; i++) {
+        rb_listener *l = &sh->listeners[i];
+        RB_ASSERT(l->cfg.transport != RB_TRANSPORT_QUIC);
+        if (!sh->stopping) {
+            listener_arm(sh, l);
+        }
+    }
+    sh->listener_count = listener_count;
 }
 
 static void acceptor_stop(rb_shard *sh, bool grace_over)

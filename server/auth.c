@@ -53,6 +53,7 @@ struct rb_auth {
     uint32_t user_count;
     user *users;
     rb_policy *anonymous; /* allow-all, for mode "none" */
+    rb_policy *nobody;    /* deny-all, for a user a reload removed */
     char dummy_hash[RB_AUTH_HASH_BYTES_MAX];
 };
 
@@ -276,7 +277,8 @@ int rb_auth_new(const rb_config *cfg, rb_auth **out, rb_err *err)
     a->clock_skew_s = cfg->auth_clock_skew_s;
     a->users = calloc(cfg->auth_user_count + 1u, sizeof *a->users);
     a->anonymous = rb_policy_new_allow_all();
-    int rc = a->users == NULL || a->anonymous == NULL
+    a->nobody = rb_policy_new();
+    int rc = a->users == NULL || a->anonymous == NULL || a->nobody == NULL
                  ? rb_err_set(err, RB_ENOMEM, 0, "auth: out of memory")
                  : 0;
     for (uint32_t i = 0; rc == 0 && i < cfg->auth_jwt_key_count; i++) {
@@ -312,6 +314,7 @@ void rb_auth_free(rb_auth *a)
     }
     free(a->users);
     rb_policy_free(a->anonymous);
+    rb_policy_free(a->nobody);
     free(a);
 }
 
@@ -343,6 +346,24 @@ static const user *find_user(const rb_auth *a, rb_bytes name)
         }
     }
     return found;
+}
+
+bool rb_auth_identity_refresh(const rb_auth *a, rb_identity *id)
+{
+    RB_ASSERT(a != NULL && id != NULL);
+    if (id->source != RB_IDENTITY_USER) {
+        return true;
+    }
+    RB_ASSERT(!id->policy_owned);
+    const user *u = find_user(a, (rb_bytes){(const uint8_t *)id->name, strlen(id->name)});
+    if (u == NULL) {
+        /* Never again the old verifier's, which goes away: nothing allowed. */
+        id->policy = a->nobody;
+        return false;
+    }
+    id->publish_rate = u->publish_rate;
+    id->policy = u->policy;
+    return true;
 }
 
 int rb_auth_verify_password(const rb_auth *a, rb_bytes name, rb_bytes password, rb_identity *out,

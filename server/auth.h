@@ -95,6 +95,13 @@ rb_auth_mode rb_auth_get_mode(const rb_auth *auth);
  * hands them to the worker pool instead of verifying inline. */
 bool rb_auth_is_slow(rb_bytes credentials);
 
+/* A reload: points a user's identity (RB_IDENTITY_USER, borrowing its
+ * policy) at the same user of auth, a newer verifier. Returns false when
+ * auth has no user of that name (the identity then borrows auth's
+ * deny-all policy). Other identities own their policy or are anonymous:
+ * true, unchanged. */
+bool rb_auth_identity_refresh(const rb_auth *auth, rb_identity *id);
+
 /* Frees what the identity owns and clears it. */
 void rb_identity_release(rb_identity *id);
 

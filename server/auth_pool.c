@@ -18,6 +18,8 @@ struct rb_auth_pool {
     rb_auth_job *tail;
     uint32_t queued;
     uint32_t running;
+    uint32_t running_old; /* jobs running against the verifier before set_auth's */
+    pthread_cond_t old_done;
     bool stopping;
     uint32_t thread_count;
     pthread_t threads[RB_AUTH_WORKERS_MAX];
@@ -62,18 +64,25 @@ static void *worker_main(void *arg)
         }
         p->queued--;
         bool cancelled = p->stopping;
+        const rb_auth *auth = p->auth;
         p->running++;
         pthread_mutex_unlock(&p->lock);
+        job->verified_by = auth;
         if (cancelled) {
             job->rc =
                 rb_err_set(&job->err, RB_ECLOSED, RB_WIRE_UNAVAILABLE, "auth: server stopping");
         } else {
             rb_bytes creds = {job->credentials, job->credentials_len};
-            job->rc = rb_auth_verify(p->auth, creds, job->now_s, &job->identity, &job->err);
+            job->rc = rb_auth_verify(auth, creds, job->now_s, &job->identity, &job->err);
         }
         finish(job, loop);
         pthread_mutex_lock(&p->lock);
         p->running--;
+        if (auth != p->auth) {
+            RB_ASSERT(p->running_old > 0);
+            p->running_old--;
+            pthread_cond_broadcast(&p->old_done);
+        }
     }
     pthread_mutex_unlock(&p->lock);
     rb_loop_deinit(loop);
@@ -91,6 +100,7 @@ int rb_auth_pool_start(rb_auth_pool **out, const rb_auth *auth, uint32_t worker_
     p->auth = auth;
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->old_done, NULL);
     for (uint32_t i = 0; i < worker_count; i++) {
         int rc = pthread_create(&p->threads[i], NULL, worker_main, p);
         if (rc != 0) {
@@ -129,6 +139,22 @@ int rb_auth_pool_submit(rb_auth_pool *p, rb_auth_job *job)
     return rc;
 }
 
+void rb_auth_pool_set_auth(rb_auth_pool *p, const rb_auth *auth)
+{
+    RB_ASSERT(auth != NULL);
+    pthread_mutex_lock(&p->lock);
+    /* Only one reload at a time (the main thread): nothing older runs. */
+    RB_ASSERT(p->running_old == 0);
+    if (auth != p->auth) {
+        p->auth = auth;
+        p->running_old = p->running;
+        while (p->running_old > 0) {
+            pthread_cond_wait(&p->old_done, &p->lock);
+        }
+    }
+    pthread_mutex_unlock(&p->lock);
+}
+
 uint32_t rb_auth_pool_pending(rb_auth_pool *p)
 {
     pthread_mutex_lock(&p->lock);
@@ -152,6 +178,7 @@ void rb_auth_pool_stop(rb_auth_pool *p)
     /* With no threads (a failed start) nothing can be queued. */
     RB_ASSERT(p->head == NULL);
     pthread_cond_destroy(&p->wake);
+    pthread_cond_destroy(&p->old_done);
     pthread_mutex_destroy(&p->lock);
     free(p);
 }

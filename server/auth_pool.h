@@ -30,6 +30,9 @@ struct rb_auth_job {
     int rc; /* 0, RB_EINVAL (unauthorized), RB_ECLOSED (pool stopping) */
     rb_err err;
     rb_identity identity; /* the submitter releases it */
+    /* the verifier that checked it: after a reload (rb_auth_pool_set_auth)
+     * an older one, whose user the submitter looks up again */
+    const rb_auth *verified_by;
     /* The worker's own small loop, valid during done: done may queue
      * rb_loop_wake_remote on it (to wake the submitter's shard); the
      * worker submits it after done returns. */
@@ -48,6 +51,11 @@ int rb_auth_pool_start(rb_auth_pool **out, const rb_auth *auth, uint32_t worker_
  * when RB_AUTH_QUEUE_MAX jobs wait (done never runs then) or RB_ECLOSED
  * after stop began. Never blocks on a hash. */
 int rb_auth_pool_submit(rb_auth_pool *pool, rb_auth_job *job);
+
+/* A reload: jobs taken from now on verify against auth. Returns once no
+ * job runs against the previous verifier any more, which the caller may
+ * then free (a finished job's verified_by still names it, never read). */
+void rb_auth_pool_set_auth(rb_auth_pool *pool, const rb_auth *auth);
 
 /* Jobs waiting or running, for metrics and tests. */
 uint32_t rb_auth_pool_pending(rb_auth_pool *pool);

@@ -9,6 +9,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <systemd/sd-daemon.h>
@@ -17,6 +19,7 @@
 #include "common/log.h"
 #include "config/config.h"
 #include "server/auth.h"
+#include "server/reload.h"
 #include "server/server.h"
 #include "server/watchdog.h"
 #include "storage/pgwire.h"
@@ -28,7 +31,8 @@
 
 static void usage(FILE *out)
 {
-    fprintf(out, "usage: ringbusd [--config PATH]\n"
+    fprintf(out, "usage: ringbusd [--config PATH] [--pid-file PATH]\n"
+                 "       ringbusd --reload [--pid PID | --pid-file PATH]\n"
                  "       ringbusd --config PATH --migrate-only\n"
                  "       ringbusd --check-config PATH\n"
                  "       ringbusd --hash-password < password\n"
@@ -40,7 +44,19 @@ static void usage(FILE *out)
                  "in at HELLO (a JWT, or [[auth.user]] name and password) and its publish and\n"
                  "subscribe permissions are checked (docs/OPERATIONS.md, Security).\n"
                  "\n"
-                 "  -c, --config PATH        load the TOML configuration at PATH\n"
+                 "  -c, --config PATH        load the TOML configuration at PATH; SIGHUP reads\n"
+                 "                           it again (docs/OPERATIONS.md, Reload): log level,\n"
+                 "                           timeouts, most limits, listeners, TLS files and\n"
+                 "                           users, keys and permissions apply live; a bad\n"
+                 "                           file keeps the running config\n"
+                 "                           (error logged as file:line:column); settings that\n"
+                 "                           need a restart are logged by name\n"
+                 "      --pid-file PATH      write the daemon's pid to PATH (removed at exit)\n"
+                 "      --reload             tell the running daemon to reload (SIGHUP): its\n"
+                 "                           pid from --pid PID, else --pid-file PATH, else\n"
+                 "                           $MAINPID (systemd's ExecReload); the result is in\n"
+                 "                           the daemon's log\n"
+                 "      --pid PID            the daemon --reload signals\n"
                  "      --migrate-only       apply the storage schema migrations and exit\n"
                  "      --check-config PATH  validate PATH (errors as file:line:column) and check\n"
                  "                           the files it names: TLS cert/key pairs (a test\n"
@@ -245,21 +261,336 @@ static void close_listeners(rb_server *srv)
 
 /* SIGHUP: every TLS listener loads its cert, key and client CA again for
  * new connections; one that fails keeps its old context. */
+/* The config file SIGHUP reads again (NULL: the embedded default, nothing
+ * to read), and the listener slots a reload removed (the main thread's
+ * view; the acceptor shard keeps its own, rb_listener.retired). */
+static const char *config_path;
+static bool listener_removed[RB_LISTENERS_MAX];
+/* A reload's new cert, key and client_ca paths for a running tls or wss
+ * listener (NULL: its paths did not change); read by reload_tls. */
+static const rb_listener_config *tls_paths_want[RB_LISTENERS_MAX];
+
+static void copy_tls_paths(rb_listener_config *to, const rb_listener_config *from)
+{
+    memcpy(to->cert, from->cert, sizeof to->cert);
+    memcpy(to->key, from->key, sizeof to->key);
+    memcpy(to->client_ca, from->client_ca, sizeof to->client_ca);
+}
+
+/* The listener's TLS files again, from the paths a reload gave it if any;
+ * on failure the previous context and paths stay. The shards read only
+ * the listener's transport, never these paths. */
+static int reload_one_tls(rb_listener *l, const rb_listener_config *want, rb_err *err)
+{
+    rb_listener_config was;
+    if (want != NULL) {
+        copy_tls_paths(&was, &l->cfg);
+        copy_tls_paths(&l->cfg, want);
+    }
+    int rc = rb_tls_server_reload(l->tls, err);
+    if (rc != 0 && want != NULL) {
+        copy_tls_paths(&l->cfg, &was);
+    }
+    return rc;
+}
+
 static void reload_tls(rb_server *srv)
 {
     for (uint32_t i = 0; i < srv->listener_count; i++) {
         rb_listener *l = &srv->listeners[i];
-        if (l->tls == NULL) {
+        if (l->tls == NULL || listener_removed[i]) {
             continue;
         }
         rb_err err;
-        if (rb_tls_server_reload(l->tls, &err) != 0) {
+        const rb_listener_config *want = tls_paths_want[i];
+        tls_paths_want[i] = NULL;
+        if (reload_one_tls(l, want, &err) != 0) {
             RB_LOG_ERROR(0, "reload: %s; keeping the previous certificate", err.msg);
         } else {
             RB_LOG_INFO(0, "reload: %s://%s:%u now serves %s", rb_transport_name(l->cfg.transport),
                         l->cfg.address, l->cfg.port, l->cfg.cert);
         }
     }
+}
+
+static bool is_loopback(const char *address)
+{
+    return strncmp(address, "127.", 4) == 0 || strcmp(address, "::1") == 0;
+}
+
+static bool same_listener(const rb_listener_config *a, const rb_listener_config *b)
+{
+    return a->transport == b->transport && a->port == b->port &&
+           strcmp(a->address, b->address) == 0;
+}
+
+/* The running listener that fresh's listener matches (transport, address
+ * and port), or -1. */
+static int find_listener(const rb_server *srv, const rb_listener_config *want)
+{
+    for (uint32_t i = 0; i < srv->listener_count; i++) {
+        if (!listener_removed[i] && same_listener(&srv->listeners[i].cfg, want)) {
+            return (int)i;
+        }
+    }
+    return -1;
+}
+
+static void log_listener_restart(const rb_listener_config *l, const char *what)
+{
+    RB_LOG_WARN(0, "reload: listener %s://%s:%u %s; restart to apply",
+                rb_transport_name(l->transport), l->address, l->port, what);
+}
+
+/* A listener a reload adds: bound and listening in slot `slot` before any
+ * shard knows of it. */
+static int listener_add(rb_server *srv, uint32_t slot, const rb_listener_config *want, rb_err *err)
+{
+    rb_listener *l = &srv->listeners[slot];
+    memset(l, 0, sizeof *l);
+    l->cfg = *want;
+    l->fd = -1;
+    l->index = slot;
+    int rc = listener_prepare(&l->cfg, slot, &l->tls, err);
+    rc = rc ? rc : bind_one(l, err);
+    if (rc == 0 && listen(l->fd, LISTEN_BACKLOG) == -1) {
+        rc = rb_err_set(err, RB_ESYS, errno, "%s listen %s:%u: listen",
+                        rb_transport_name(want->transport), want->address, want->port);
+    }
+    if (rc != 0) {
+        if (l->fd >= 0) {
+            close(l->fd);
+        }
+        rb_tls_server_free(l->tls);
+        memset(l, 0, sizeof *l);
+    }
+    return rc;
+}
+
+/* Matches fresh's listeners with the running ones: new ones are bound and
+ * listening in slots [srv->listener_count, *count), running ones fresh
+ * lacks go to retired. quic listeners and a running listener whose other
+ * settings changed are logged (restart). On error every new slot is
+ * undone and nothing changed. */
+static int reload_listeners(rb_server *srv, const rb_config *fresh, uint32_t *count,
+                            uint32_t *retired, uint32_t *retired_count, rb_err *err)
+{
+    bool kept[RB_LISTENERS_MAX] = {false};
+    uint32_t n = srv->listener_count;
+    int rc = 0;
+    for (uint32_t j = 0; rc == 0 && j < fresh->listener_count; j++) {
+        const rb_listener_config *want = &fresh->listeners[j];
+        int i = find_listener(srv, want);
+        if (i >= 0) {
+            kept[i] = true;
+            rb_listener_config same_paths = srv->listeners[i].cfg;
+            copy_tls_paths(&same_paths, want);
+            if (memcmp(&srv->listeners[i].cfg, want, sizeof *want) == 0) {
+                continue;
+            }
+            if (srv->listeners[i].tls != NULL && memcmp(&same_paths, want, sizeof *want) == 0) {
+                tls_paths_want[i] = want; /* the certificate files moved: reload_tls */
+            } else {
+                log_listener_restart(want, "settings changed");
+            }
+        } else if (want->transport == RB_TRANSPORT_QUIC) {
+            log_listener_restart(want, "added");
+        } else if (n == RB_LISTENERS_MAX) {
+            rc = rb_err_set(err, RB_ELIMIT, 0,
+                            "listener %s://%s:%u: all %d listener slots of this process are used "
+                            "(removed listeners keep theirs); restart to add it",
+                            rb_transport_name(want->transport), want->address, want->port,
+                            RB_LISTENERS_MAX);
+        } else {
+            rc = listener_add(srv, n, want, err);
+            n += rc == 0 ? 1 : 0;
+        }
+    }
+    if (rc != 0) {
+        memset(tls_paths_want, 0, sizeof tls_paths_want);
+        for (uint32_t k = srv->listener_count; k < n; k++) {
+            close(srv->listeners[k].fd);
+            rb_tls_server_free(srv->listeners[k].tls);
+            memset(&srv->listeners[k], 0, sizeof srv->listeners[k]);
+        }
+        return rc;
+    }
+    *retired_count = 0;
+    for (uint32_t i = 0; i < srv->listener_count; i++) {
+        if (listener_removed[i] || kept[i]) {
+            continue;
+        }
+        if (srv->listeners[i].cfg.transport == RB_TRANSPORT_QUIC) {
+            log_listener_restart(&srv->listeners[i].cfg, "removed");
+        } else {
+            retired[(*retired_count)++] = i;
+        }
+    }
+    *count = n;
+    return 0;
+}
+
+static void notify_reloading(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    sd_notifyf(0, "RELOADING=1\nSTATUS=reloading\nMONOTONIC_USEC=%llu",
+               (unsigned long long)ts.tv_sec * 1000000ull + (unsigned long long)ts.tv_nsec / 1000);
+}
+
+static bool has_passwords(const rb_config *cfg)
+{
+    for (uint32_t i = 0; i < cfg->auth_user_count; i++) {
+        if (cfg->auth_users[i].password_hash[0] != '\0') {
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Users and keys change live when the password workers they need run (they
+ * start only when the start config has a password user). With JWT keys the
+ * verifier is built again even when the file names the same ones: a key
+ * file replaced in place (a rotated secret) is read again. */
+static bool auth_live(const rb_server *srv, const rb_config *cur, const rb_config *fresh)
+{
+    if (!rb_reload_auth_changed(cur, fresh)) {
+        if (fresh->auth_jwt_key_count == 0) {
+            return false;
+        }
+        RB_LOG_INFO(0, "reload: reading the %u auth.jwt_key files again",
+                    fresh->auth_jwt_key_count);
+        return true;
+    }
+    if (srv->auth_pool == NULL && has_passwords(fresh)) {
+        RB_LOG_WARN(0, "reload: auth.user: the first password_hash needs the auth workers, "
+                       "which start only when the start config has one; restart to apply");
+        return false;
+    }
+    return true;
+}
+
+/* Reads the file into g and plans it against what runs: the settings
+ * (server/reload.c), users and keys (a new verifier in *auth) and the
+ * listeners. Returns 0 or the error, logged. */
+static int reload_plan(rb_server *srv, rb_reload_gen *g, rb_auth **auth, uint32_t *added,
+                       uint32_t *removed)
+{
+    rb_config *fresh = rb_reload_gen_config(g);
+    rb_err err;
+    rb_err_clear(&err);
+    if (rb_config_load_file(config_path, fresh, &err) != 0) {
+        RB_LOG_ERROR(0, "reload: %s; keeping the running configuration", err.msg);
+        return err.code;
+    }
+    const rb_config *cur = srv->reload_gen ? rb_reload_gen_config(srv->reload_gen) : &srv->cfg;
+    bool auth_changes = auth_live(srv, cur, fresh);
+    uint32_t live = rb_reload_diff(&srv->cfg, cur, fresh, auth_changes);
+    int rc = auth_changes ? rb_auth_new(fresh, auth, &err) : 0;
+    if (rc != 0) {
+        RB_LOG_ERROR(0, "reload: %s; keeping the running configuration", err.msg);
+        return rc;
+    }
+    uint32_t count = 0;
+    uint32_t retired[RB_LISTENERS_MAX];
+    uint32_t retired_count = 0;
+    rc = reload_listeners(srv, fresh, &count, retired, &retired_count, &err);
+    if (rc != 0) {
+        RB_LOG_ERROR(0, "reload: %s; keeping the running configuration", err.msg);
+        rb_auth_free(*auth);
+        *auth = NULL;
+        return rc;
+    }
+    rb_reload_gen_auth(g, *auth);
+    rb_reload_gen_listeners(g, count, retired, retired_count);
+    *added = count - srv->listener_count;
+    *removed = retired_count;
+    for (uint32_t i = 0; i < retired_count; i++) {
+        listener_removed[retired[i]] = true;
+    }
+    for (uint32_t i = srv->listener_count; i < count; i++) {
+        const rb_listener_config *l = &srv->listeners[i].cfg;
+        RB_LOG_INFO(0, "reload: listening on %s://%s:%u", rb_transport_name(l->transport),
+                    l->address, l->port);
+        if (fresh->auth_mode == RB_AUTH_MODE_NONE && !is_loopback(l->address)) {
+            RB_LOG_WARN(0,
+                        "auth.mode = \"none\": anyone who reaches %s://%s:%u may publish and "
+                        "subscribe",
+                        rb_transport_name(l->transport), l->address, l->port);
+        }
+    }
+    srv->listener_count = count;
+    RB_LOG_INFO(0, "reload: %u settings change live", live);
+    return 0;
+}
+
+/* log_level and log_format, at start and at every reload (both live: the
+ * logger reads them atomically). The config checked both names. */
+static void apply_log_settings(const rb_config *cfg)
+{
+    rb_log_level level = RB_LOG_INFO;
+    if (rb_log_level_parse(cfg->log_level, &level) == 0) {
+        rb_log_set_level(level);
+    }
+    rb_log_format format = RB_LOG_FORMAT_TEXT;
+    if (rb_log_format_parse(cfg->log_format, &format) == 0) {
+        rb_log_set_format(format);
+    }
+}
+
+/* SIGHUP with shards running: the file is read again and every shard
+ * switches to it (server/reload.c); the previous generation is freed once
+ * all have. TLS files are read again in any case. */
+static void reload(rb_server *srv)
+{
+    notify_reloading();
+    rb_reload_gen *g = config_path != NULL ? rb_reload_gen_new() : NULL;
+    uint32_t added = 0;
+    uint32_t removed = 0;
+    rb_auth *auth = NULL;
+    if (config_path == NULL) {
+        RB_LOG_INFO(0, "reload: no --config file; reloading TLS files only");
+        reload_tls(srv);
+    } else if (g == NULL) {
+        RB_LOG_ERROR(0, "reload: out of memory; keeping the running configuration");
+        reload_tls(srv);
+    } else if (reload_plan(srv, g, &auth, &added, &removed) != 0) {
+        rb_reload_gen_free(g);
+        reload_tls(srv);
+    } else {
+        rb_err err;
+        rb_reload_gen *prev = srv->reload_gen;
+        int rc = rb_reload_hand_over(srv, g, &err);
+        srv->reload_gen = g;
+        bool switched = rc == 0 && rb_reload_wait(srv, g, RB_RELOAD_SWITCH_MS_MAX);
+        if (switched) {
+            rb_reload_gen_free(prev);
+        }
+        if (auth != NULL) {
+            /* The start verifier stays (the anonymous identity borrows from
+             * it); a reloaded one goes once nothing uses it. */
+            rb_auth *prev_auth = srv->reload_auth;
+            srv->reload_auth = auth;
+            if (srv->auth_pool != NULL) {
+                rb_auth_pool_set_auth(srv->auth_pool, auth);
+            }
+            if (switched) {
+                rb_auth_free(prev_auth);
+            }
+        }
+        if (!switched) {
+            /* A shard may still run prev: its memory stays. */
+            RB_LOG_ERROR(0,
+                         "reload: %s; a shard has not switched, the previous "
+                         "configuration stays in memory",
+                         rc != 0 ? err.msg : "timed out");
+        }
+        apply_log_settings(rb_reload_gen_config(g));
+        reload_tls(srv);
+        RB_LOG_INFO(0, "reload: %s applied (%u listeners added, %u removed)", config_path, added,
+                    removed);
+    }
+    sd_notify(0, "READY=1\nSTATUS=serving");
 }
 
 /* ringbusd --hash-password: one line of stdin (without its newline) to an
@@ -294,11 +625,6 @@ static int hash_password(void)
     }
     printf("%s\n", hash);
     return 0;
-}
-
-static bool is_loopback(const char *address)
-{
-    return strncmp(address, "127.", 4) == 0 || strcmp(address, "::1") == 0;
 }
 
 /* Loads the [auth] keys and users (what --check-config and start-up check
@@ -342,8 +668,9 @@ static void wait_for_stop(rb_server *srv, const sigset_t *set)
     for (;;) {
         int sig = rb_watchdog_sigwait(srv, set);
         if (sig == SIGHUP) {
-            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
-            reload_tls(srv);
+            RB_LOG_INFO(0, "SIGHUP received: reloading %s",
+                        config_path ? config_path : "TLS files");
+            reload(srv);
             continue;
         }
         RB_LOG_INFO(0, "%s received: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -353,9 +680,10 @@ static void wait_for_stop(rb_server *srv, const sigset_t *set)
 
 /* Waits until the storage backend can serve (Postgres reached and
  * migrated; it logs why not meanwhile), answering SIGTERM and SIGINT, and
- * SIGHUP as when serving (a certificate replaced meanwhile must not wait
- * for a second SIGHUP). Returns false when told to stop first. */
-static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
+ * SIGHUP: TLS files at once (a certificate replaced meanwhile must not wait
+ * for a second SIGHUP), the config file (*hup) once the shards run.
+ * Returns false when told to stop first. */
+static bool wait_storage_ready(rb_server *srv, const sigset_t *set, bool *hup)
 {
     if (srv->storage_ops->ready == NULL || srv->storage_ops->ready(srv->storage)) {
         return true;
@@ -366,8 +694,10 @@ static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
         struct timespec wait = {.tv_sec = 0, .tv_nsec = 50 * 1000000L};
         int sig = sigtimedwait(set, NULL, &wait);
         if (sig == SIGHUP) {
-            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates");
+            RB_LOG_INFO(0, "SIGHUP received: reloading TLS certificates; the configuration "
+                           "file once serving");
             reload_tls(srv);
+            *hup = true;
         }
         if (sig == SIGTERM || sig == SIGINT) {
             RB_LOG_INFO(0, "%s received while waiting for storage: stopping",
@@ -376,6 +706,36 @@ static bool wait_storage_ready(rb_server *srv, const sigset_t *set)
         }
     }
     return true;
+}
+
+/* The lame-duck drain, seen from systemd: a STATUS= line when the count of
+ * connections left has changed (at most every DRAIN_STATUS_MS) until every
+ * shard's turns have ended, which is checked every 10 ms so that a stop
+ * is not made longer. */
+#define DRAIN_STATUS_MS 200
+
+static void drain_status(rb_server *srv)
+{
+    unsigned last = ~0u;
+    uint64_t last_ms = 0;
+    for (;;) {
+        bool done = true;
+        unsigned left = 0;
+        for (uint32_t i = 0; i < srv->shard_count; i++) {
+            done = done && atomic_load(&srv->shards[i].finished);
+            left += atomic_load(&srv->shards[i].conn_count);
+        }
+        if (done) {
+            return;
+        }
+        uint64_t now_ms = rb_clock_ms();
+        if (left != last && (last == ~0u || now_ms >= last_ms + DRAIN_STATUS_MS)) {
+            sd_notifyf(0, "STATUS=draining: %u connections left", left);
+            last = left;
+            last_ms = now_ms;
+        }
+        usleep(10 * 1000);
+    }
 }
 
 /* ringbusd --migrate-only: the backend's migrations, then exit. */
@@ -394,6 +754,30 @@ static int migrate_only(const rb_config *cfg)
     }
     printf("ringbusd: storage %s: schema is up to date\n", ops->name);
     return 0;
+}
+
+/* After SIGTERM or SIGINT: the drain, then everything start-up made. */
+static void stop_serving(rb_server *srv)
+{
+    sd_notify(0, "STOPPING=1\nSTATUS=draining");
+    atomic_store(&srv->ready, false);
+    /* Sign-ins still queued are cancelled; running ones still reach their
+     * shard, which runs until rb_server_stop. */
+    rb_auth_pool_stop(srv->auth_pool);
+    srv->auth_pool = NULL;
+    rb_server_stop(srv);
+    drain_status(srv);
+    rb_server_join(srv);
+    rb_reload_gen_free(srv->reload_gen);
+    srv->reload_gen = NULL;
+    rb_auth_free(srv->reload_auth);
+    srv->reload_auth = NULL;
+    rb_reload_deinit();
+    close_listeners(srv);
+    rb_tls_global_deinit();
+    srv->storage_ops->close(srv->storage);
+    rb_auth_free(srv->auth);
+    RB_LOG_INFO(0, "stopped");
 }
 
 static int run(rb_server *srv)
@@ -431,7 +815,8 @@ static int run(rb_server *srv)
         rb_auth_free(srv->auth);
         return 1;
     }
-    if (!wait_storage_ready(srv, &set)) {
+    bool hup = false;
+    if (!wait_storage_ready(srv, &set, &hup)) {
         rb_auth_pool_stop(srv->auth_pool);
         srv->auth_pool = NULL;
         close_listeners(srv);
@@ -458,33 +843,145 @@ static int run(rb_server *srv)
                 srv->storage_ops->name, (unsigned long long)srv->storage_ops->epoch(srv->storage),
                 RB_VERSION);
     sd_notify(0, "READY=1\nSTATUS=serving");
+    if (hup) {
+        reload(srv);
+    }
     wait_for_stop(srv, &set);
-    sd_notify(0, "STOPPING=1");
-    atomic_store(&srv->ready, false);
-    /* Sign-ins still queued are cancelled; running ones still reach their
-     * shard, which runs until rb_server_stop. */
-    rb_auth_pool_stop(srv->auth_pool);
-    srv->auth_pool = NULL;
-    rb_server_stop(srv);
-    rb_server_join(srv);
-    close_listeners(srv);
-    rb_tls_global_deinit();
-    srv->storage_ops->close(srv->storage);
-    rb_auth_free(srv->auth);
-    RB_LOG_INFO(0, "stopped");
+    stop_serving(srv);
     return 0;
+}
+
+/* --pid-file: the daemon's pid, for ringbusd --reload. */
+static int write_pid_file(const char *path)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fprintf(f, "%ld\n", (long)getpid()) < 0 || fclose(f) != 0) {
+        fprintf(stderr, "ringbusd: --pid-file %s: %s\n", path, strerror(errno));
+        return 1;
+    }
+    return 0;
+}
+
+/* A pid as text: digits only, above 1, within pid_t. */
+static pid_t parse_pid(const char *text)
+{
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(text, &end, 10);
+    if (errno != 0 || end == text || (*end != '\0' && *end != '\n') || v <= 1 || v > 4194304) {
+        return 0;
+    }
+    return (pid_t)v;
+}
+
+/* True when /proc says pid runs ringbusd (a stale pid file names another
+ * program, which must not get SIGHUP). */
+static bool is_ringbusd(pid_t pid)
+{
+    char path[64];
+    char comm[32] = {0};
+    snprintf(path, sizeof path, "/proc/%ld/comm", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL) {
+        return false;
+    }
+    size_t n = fread(comm, 1, sizeof comm - 1, f);
+    fclose(f);
+    return n >= 8 && strncmp(comm, "ringbusd", 8) == 0 && (comm[8] == '\n' || comm[8] == '\0');
+}
+
+/* ringbusd --reload: SIGHUP to the daemon named by --pid, else the pid in
+ * --pid-file, else $MAINPID (set by systemd for ExecReload). */
+static int signal_reload(const char *pid_text, const char *pid_file)
+{
+    char buf[32] = {0};
+    const char *from = "--pid";
+    if (pid_text == NULL && pid_file != NULL) {
+        from = pid_file;
+        FILE *f = fopen(pid_file, "r");
+        if (f == NULL) {
+            fprintf(stderr, "ringbusd: --reload: %s: %s\n", pid_file, strerror(errno));
+            return 1;
+        }
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        fclose(f);
+        buf[n] = '\0';
+        pid_text = buf;
+    } else if (pid_text == NULL) {
+        from = "$MAINPID";
+        pid_text = getenv("MAINPID");
+        if (pid_text == NULL) {
+            fprintf(stderr, "ringbusd: --reload: which daemon? Give --pid PID or --pid-file PATH "
+                            "(outside systemd's ExecReload, $MAINPID is not set)\n");
+            return 2;
+        }
+    }
+    pid_t pid = parse_pid(pid_text);
+    if (pid == 0) {
+        fprintf(stderr, "ringbusd: --reload: %s: not a process id\n", from);
+        return 1;
+    }
+    if (!is_ringbusd(pid)) {
+        fprintf(stderr, "ringbusd: --reload: process %ld (from %s) is not ringbusd\n", (long)pid,
+                from);
+        return 1;
+    }
+    if (kill(pid, SIGHUP) != 0) {
+        fprintf(stderr, "ringbusd: --reload: kill %ld: %s\n", (long)pid, strerror(errno));
+        return 1;
+    }
+    printf("ringbusd: asked process %ld to reload; its log has the result\n", (long)pid);
+    return 0;
+}
+
+/* The daemon (or --migrate-only): the config from --config or the
+ * embedded default, then run, with the pid in pid_file (when not NULL)
+ * meanwhile. */
+static int daemon_main(const char *pid_file, bool migrate)
+{
+    static rb_server srv;
+    rb_err err;
+    rb_err_clear(&err);
+    if (config_path != NULL) {
+        if (rb_config_load_file(config_path, &srv.cfg, &err) != 0) {
+            fprintf(stderr, "ringbusd: %s\n", err.msg);
+            return 1;
+        }
+    } else {
+        rb_config_defaults(&srv.cfg);
+    }
+    apply_log_settings(&srv.cfg);
+    if (migrate) {
+        return migrate_only(&srv.cfg);
+    }
+    if (pid_file != NULL && write_pid_file(pid_file) != 0) {
+        return 1;
+    }
+    int rc = run(&srv);
+    if (pid_file != NULL) {
+        unlink(pid_file);
+    }
+    return rc;
 }
 
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},  {"check-config", required_argument, NULL, 'k'},
+        {"config", required_argument, NULL, 'c'},
+        {"check-config", required_argument, NULL, 'k'},
         {"migrate-only", no_argument, NULL, 'm'}, /* storage schema, then exit */
-        {"hash-password", no_argument, NULL, 'p'}, {"version", no_argument, NULL, 'v'},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"hash-password", no_argument, NULL, 'p'},
+        {"version", no_argument, NULL, 'v'},
+        {"help", no_argument, NULL, 'h'},
+        {"reload", no_argument, NULL, 'r'},
+        {"pid", required_argument, NULL, 'P'},
+        {"pid-file", required_argument, NULL, 'f'},
+        {NULL, 0, NULL, 0},
     };
-    const char *config_path = NULL;
     const char *check_path = NULL;
+    const char *pid_text = NULL;
+    const char *pid_file = NULL;
+    bool reload_mode = false;
     bool migrate = false;
     int opt;
     while ((opt = getopt_long(argc, argv, "c:vh", opts, NULL)) != -1) {
@@ -500,6 +997,15 @@ int main(int argc, char **argv)
             break;
         case 'p':
             return hash_password();
+        case 'r':
+            reload_mode = true;
+            break;
+        case 'P':
+            pid_text = optarg;
+            break;
+        case 'f':
+            pid_file = optarg;
+            break;
         case 'v':
             printf("ringbusd %s\n", RB_VERSION);
             return 0;
@@ -516,30 +1022,11 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    static rb_server srv;
-    rb_err err;
-    rb_err_clear(&err);
     if (check_path != NULL) {
         return check_config(check_path);
     }
-    if (config_path != NULL) {
-        if (rb_config_load_file(config_path, &srv.cfg, &err) != 0) {
-            fprintf(stderr, "ringbusd: %s\n", err.msg);
-            return 1;
-        }
-    } else {
-        rb_config_defaults(&srv.cfg);
+    if (reload_mode) {
+        return signal_reload(pid_text, pid_file);
     }
-    rb_log_level level = RB_LOG_INFO;
-    if (rb_log_level_parse(srv.cfg.log_level, &level) == 0) {
-        rb_log_set_level(level);
-    }
-    rb_log_format format = RB_LOG_FORMAT_TEXT;
-    if (rb_log_format_parse(srv.cfg.log_format, &format) == 0) {
-        rb_log_set_format(format);
-    }
-    if (migrate) {
-        return migrate_only(&srv.cfg);
-    }
-    return run(&srv);
+    return daemon_main(pid_file, migrate);
 }

@@ -535,7 +535,7 @@ static void on_request_frame(rb_conn *c, const rb_frame *f)
                           f->u.request.payload.len, payload_max(c->shard));
         return;
     }
-    uint32_t calls_max = c->shard->server->cfg.rpc_calls_per_connection;
+    uint32_t calls_max = c->shard->cfg->rpc_calls_per_connection;
     if (c->rpc_call_count >= calls_max) {
         send_outcome_text(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
                           "more than %u calls in flight on this connection", calls_max);
@@ -802,7 +802,7 @@ static void on_register_frame(rb_conn *c, const rb_frame *f)
         return;
     }
     rb_rpc_method *m = rpc->method_free;
-    uint32_t methods_max = c->shard->server->cfg.rpc_methods_per_connection;
+    uint32_t methods_max = c->shard->cfg->rpc_methods_per_connection;
     if (c->rpc_method_count >= methods_max || m == NULL) {
         rb_conn_send_error(c, corr, RB_WIRE_RESOURCE_EXHAUSTED,
                            "REGISTER: more than %u methods on this connection, or the shard's "
@@ -948,8 +948,7 @@ static void on_deliver(rb_rpc *rpc, rec *r)
         rec_become_outcome(r, RB_WIRE_RECIPIENT_DISCONNECTED, TEXT_RESPONDER_GONE);
         return;
     }
-    if (c->rpc_serve_count >= rpc->sh->server->cfg.rpc_serves_per_connection ||
-        rpc->serve_free == NULL) {
+    if (c->rpc_serve_count >= rpc->sh->cfg->rpc_serves_per_connection || rpc->serve_free == NULL) {
         rec_become_outcome(r, RB_WIRE_RESPONDER_BUSY, TEXT_RESPONDER_LIMIT);
         return;
     }

@@ -55,7 +55,8 @@ enum {
     RB_REMOTE_NEW_CONN = 1, /* payload: listener index << 32 | fd */
     RB_REMOTE_QUEUE = 2,    /* payload: producing shard id */
     RB_REMOTE_AUTH = 3,     /* an auth worker finished password checks (shard.auth_done) */
-    RB_REMOTE_KINDS_MAX = 4
+    RB_REMOTE_RELOAD = 4,   /* payload: the rb_reload_gen to switch to (server/reload.c) */
+    RB_REMOTE_KINDS_MAX = 5
 };
 #define RB_REMOTE_KIND_SHIFT     56
 #define RB_REMOTE(kind, payload) (((uint64_t)(kind) << RB_REMOTE_KIND_SHIFT) | (uint64_t)(payload))
@@ -144,6 +145,7 @@ typedef struct rb_listener {
     bool armed;
     rb_shard *shard;
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
+    bool retired;       /* removed by a reload: accepts no more (the acceptor shard's) */
 } rb_listener;
 
 /* A shard's counters for /metrics (server/admin.c). Only the shard's own
@@ -178,6 +180,13 @@ typedef struct rb_shard_stats {
 
 struct rb_shard {
     rb_server *server;
+    /* The configuration this shard runs: &server->cfg until a reload hands
+     * it a newer one (RB_REMOTE_RELOAD); settings that need a restart keep
+     * their start values in every one (server/reload.c). */
+    const rb_config *cfg;
+    /* The credential verifier this shard signs in with: server->auth until
+     * a reload that changed users or keys hands it a newer one. */
+    const rb_auth *auth;
     rb_shard_stats stats;
     uint32_t id;
     pthread_t thread;
@@ -185,6 +194,7 @@ struct rb_shard {
     atomic_int ring_fd;
     atomic_uint conn_count;
     atomic_bool started;
+    atomic_bool finished; /* its turns ended (the drain's STATUS= lines watch it) */
     int start_rc;
     rb_err start_err;
     /* connections */
@@ -247,6 +257,9 @@ struct rb_server {
     rb_storage *storage;
     rb_listener listeners[RB_LISTENERS_MAX];
     uint32_t listener_count;
+    /* Slots filled for the shards (release by a reload's hand-over; an
+     * adopting shard's acquire sees the slot's contents). */
+    atomic_uint listeners_published;
     int stop_fd; /* eventfd: readable when the daemon stops */
     atomic_bool ready;
     rb_admin admin;          /* the HTTP routes, server/admin.c */
@@ -254,6 +267,8 @@ struct rb_server {
     rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
+    struct rb_reload_gen *reload_gen; /* the newest reloaded config; NULL = cfg (main thread) */
+    rb_auth *reload_auth;             /* the newest reloaded verifier; NULL = auth (main thread) */
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
@@ -262,6 +277,10 @@ struct rb_server {
  * (policy checks at publish intake and Mutate validation), and its name
  * for log lines. */
 bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
+/* A reload changed the verifier (sh->auth): every signed-in user's
+ * permissions are looked up again; a user no longer configured is closed
+ * with unauthorized, topics it may no longer read leave its stream. */
+void rb_session_reauth_all(rb_shard *sh);
 /* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
 void rb_session_auth_done(rb_shard *sh, uint64_t payload);
 const char *rb_conn_who(const rb_conn *c);
@@ -388,6 +407,16 @@ void rb_conn_maybe_finish_drain(rb_conn *c);
 
 /* server/acceptor.c: listeners and fd hand-over */
 extern const rb_subsystem rb_acceptor_subsystem;
+/* On the acceptor shard, at a reload: listener slots [sh->listener_count,
+ * listener_count) start accepting, and each slot of retired[] stops (its
+ * socket closes once the accept is cancelled; its connections go on). */
+void rb_acceptor_reload(rb_shard *sh, uint32_t listener_count, const uint32_t *retired,
+                        uint32_t retired_count);
+
+/* server/reload.c: a reload's configuration, handed to every shard. */
+typedef struct rb_reload_gen rb_reload_gen;
+/* The RB_REMOTE_RELOAD handler: the shard switches to the payload's config. */
+void rb_reload_on_shard(rb_shard *sh, uint64_t payload);
 /* server/quic_ep.c: the quic listeners' UDP endpoints */
 extern const rb_subsystem rb_quic_subsystem;
 
@@ -421,6 +450,9 @@ void rb_stream_on_mutate(rb_conn *c, const rb_frame *f);
 /* The store epoch this shard's streams check cursors against (STARTED). */
 uint64_t rb_stream_epoch(const rb_shard *sh);
 void rb_stream_conn_closed(rb_conn *c);
+/* After its permissions changed: every topic of c's stream it may no
+ * longer subscribe to ends with TOPIC_ERROR forbidden and leaves it. */
+void rb_stream_revoke(rb_conn *c);
 bool rb_stream_waves_done(rb_conn *c);
 void rb_stream_on_send_drained(rb_conn *c);
 /* For /v1/connz (server/connz.c): the topics on c's stream, and their

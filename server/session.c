@@ -353,7 +353,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
     }
     c->state = RB_CONN_CLOSING;
     stop_reading(c);
-    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
     conn_rearm_timer(c);
     c->link->ops->shutdown(c->link, RB_WIRE_OK);
 }
@@ -393,7 +393,7 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
          * turn is over (callers close while walking them). */
         RB_LOG_DEBUG(c->id, "no room for the CLOSE frame");
     }
-    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+    c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
     conn_rearm_timer(c);
     c->link->ops->shutdown(c->link, status);
 }
@@ -444,7 +444,7 @@ static bool nothing_in_flight(rb_conn *c)
 
 static void send_going_away(rb_conn *c, uint64_t now)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     /* Spread the returns: a hint per connection in [0, reconnect_hint_ms]. */
     uint64_t x = (c->id + now) * 0x9E3779B97F4A7C15ull;
     x ^= x >> 29;
@@ -495,7 +495,7 @@ void rb_conn_maybe_finish_drain(rb_conn *c)
 
 static void conn_rearm_timer(rb_conn *c)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     uint64_t now = rb_loop_now_ms(c->shard->loop);
     uint64_t due;
     if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_DRAINING) {
@@ -543,7 +543,7 @@ static void send_ping(rb_conn *c)
 static void conn_timer_fired(rb_timer *t)
 {
     rb_conn *c = CONN_FROM(t, timer);
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     uint64_t now = rb_loop_now_ms(c->shard->loop);
     if (c->state == RB_CONN_CLOSING) {
         if (c->link->ops->lingering(c->link)) {
@@ -620,7 +620,7 @@ static int64_t wall_now_s(void)
  * costs time; meanwhile nothing more is read from the connection. */
 static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     char shown[RB_ERR_MSG_BYTES_MAX];
     rb_log_escape(shown, sizeof shown, why, strlen(why));
     RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
@@ -648,7 +648,8 @@ static void refuse_now(rb_conn *c)
 static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *err)
 {
     rb_server *srv = c->shard->server;
-    if (srv->auth == NULL) {
+    const rb_auth *auth = c->shard->auth;
+    if (auth == NULL) {
         *out = &srv->anonymous; /* servers built without a verifier (unit tests) */
         return 0;
     }
@@ -661,7 +662,7 @@ static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *
         return RB_EAGAIN; /* the caller hands it to the auth workers */
     }
     rb_identity id;
-    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    int rc = rb_auth_verify(auth, credentials, wall_now_s(), &id, err);
     if (rc != 0) {
         return rc;
     }
@@ -706,6 +707,28 @@ bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic)
     return c->identity->policy == NULL || rb_policy_allows(c->identity->policy, action, topic);
 }
 
+void rb_session_reauth_all(rb_shard *sh)
+{
+    RB_ASSERT(sh->auth != NULL);
+    for (uint32_t i = 0; i < sh->conn_max; i++) {
+        rb_conn *c = &sh->conns[i];
+        if (c->state == RB_CONN_FREE || c->identity == NULL) {
+            continue;
+        }
+        /* Closing ones too: nothing may keep the old verifier's policies. */
+        bool user_there = rb_auth_identity_refresh(sh->auth, c->identity);
+        if (c->state != RB_CONN_OPEN && c->state != RB_CONN_DRAINING) {
+            continue;
+        }
+        if (!user_there) {
+            RB_LOG_INFO(c->id, "reload: user %s was removed; closing", rb_conn_who(c));
+            rb_conn_close(c, RB_WIRE_UNAUTHORIZED, "user %s was removed", rb_conn_who(c));
+            continue;
+        }
+        rb_stream_revoke(c);
+    }
+}
+
 const char *rb_conn_who(const rb_conn *c)
 {
     return c->identity != NULL && c->identity->name[0] != '\0' ? c->identity->name : "anonymous";
@@ -742,7 +765,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
 
 static void send_started(rb_conn *c, uint64_t corr)
 {
-    const rb_config *cfg = &c->shard->server->cfg;
+    const rb_config *cfg = c->shard->cfg;
     set_expiry(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
@@ -835,6 +858,13 @@ static void password_answer(rb_shard *sh, auth_wait *w)
     bool waiting = c != NULL && c->signing_in && c->state == RB_CONN_HANDSHAKE;
     if (c != NULL) {
         c->signing_in = false;
+    }
+    /* Checked against the verifier before a reload: the user must still
+     * be there, with its permissions as they are now. */
+    if (waiting && w->job.rc == 0 && w->job.verified_by != sh->auth && sh->auth != NULL &&
+        !rb_auth_identity_refresh(sh->auth, &w->job.identity)) {
+        w->job.rc = rb_err_set(&w->job.err, RB_EINVAL, RB_WIRE_UNAUTHORIZED,
+                               "unknown user or wrong password");
     }
     if (!waiting || w->job.rc != 0) {
         if (waiting) {
@@ -946,8 +976,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         if (f->u.close.status == RB_WIRE_OK) {
             c->state = RB_CONN_DRAINING;
             stop_reading(c);
-            c->close_deadline_ms =
-                rb_loop_now_ms(c->shard->loop) + c->shard->server->cfg.close_grace_ms;
+            c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
             conn_rearm_timer(c);
             rb_conn_maybe_finish_drain(c);
         } else {

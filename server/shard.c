@@ -127,8 +127,8 @@ static void stop_done(rb_op *op, int res, uint32_t flags)
         return;
     }
     sh->stopping = true;
-    sh->stop_deadline_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.shutdown_grace_ms +
-                           sh->server->cfg.close_grace_ms + 500;
+    sh->stop_deadline_ms =
+        rb_loop_now_ms(sh->loop) + sh->cfg->shutdown_grace_ms + sh->cfg->close_grace_ms + 500;
     RB_LOG_INFO(0, "stopping: %u connections", atomic_load(&sh->conn_count));
     subsystems_stop(sh, false);
 }
@@ -187,6 +187,7 @@ static int shard_setup(rb_shard *sh, rb_err *err)
         return rc;
     }
     rb_loop_set_remote_handler(sh->loop, on_remote, sh);
+    rb_shard_on_remote(sh, RB_REMOTE_RELOAD, rb_reload_on_shard);
     rb_mailbox_options mo = {.id = sh->id,
                              .count = srv->shard_count,
                              .all = srv->mailboxes,
@@ -243,6 +244,7 @@ static void *shard_main(void *arg)
     sh->start_rc = shard_setup(sh, &sh->start_err);
     atomic_store(&sh->started, true);
     if (sh->start_rc != 0) {
+        atomic_store(&sh->finished, true);
         return NULL;
     }
     /* Wait until every shard has its ring, so hand-overs have a target. */
@@ -264,6 +266,7 @@ static void *shard_main(void *arg)
         }
     }
     RB_LOG_DEBUG(0, "stopped");
+    atomic_store(&sh->finished, true);
     return NULL;
 }
 
@@ -300,10 +303,13 @@ int rb_server_start(rb_server *srv, rb_err *err)
     for (uint32_t i = 0; i < n; i++) {
         rb_shard *sh = &srv->shards[i];
         sh->server = srv;
+        sh->cfg = &srv->cfg;
+        sh->auth = srv->auth;
         sh->id = i;
         atomic_init(&sh->ring_fd, -1);
         srv->mailboxes[i] = &sh->mail;
     }
+    atomic_store(&srv->listeners_published, srv->listener_count);
     srv->shards[0].listeners = srv->listeners;
     srv->shards[0].listener_count = srv->listener_count;
     for (uint32_t i = 0; i < n; i++) {

@@ -1106,7 +1106,7 @@ static bool adds_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t uniqu
 /* Checks the whole Mutate before any part applies. */
 static bool mutate_valid(rb_subs *s, rb_conn *c, const rb_frame *f, uint32_t unique)
 {
-    const rb_config *cfg = &s->shard->server->cfg;
+    const rb_config *cfg = s->shard->cfg;
     rb_stream *st = c->stream;
     rb_err err;
     if (!mutate_id_valid(c, f, unique)) {
@@ -1306,6 +1306,34 @@ void rb_stream_conn_closed(rb_conn *c)
     free(st->buckets);
     c->stream = NULL;
     rb_pool_put(&s->stream_pool, st);
+}
+
+void rb_stream_revoke(rb_conn *c)
+{
+    rb_stream *st = c->stream;
+    if (st == NULL) {
+        return;
+    }
+    rb_subs *s = c->shard->subs;
+    for (uint32_t i = 0; i < st->bucket_count; i++) {
+        entry *e = st->buckets[i];
+        while (e != NULL) {
+            entry *next = e->hash_next;
+            rb_bytes t = {(const uint8_t *)e->name, e->name_len};
+            if (!rb_conn_may(c, RB_POLICY_SUBSCRIBE, t)) {
+                char esc[RB_TOPIC_BYTES_MAX * 4 + 1];
+                rb_auth_escape(esc, sizeof esc, t.ptr, t.len);
+                RB_LOG_INFO(c->id, "reload: %s may no longer subscribe to %s", rb_conn_who(c), esc);
+                entry_fail(s, e, RB_WIRE_FORBIDDEN,
+                           "%s may no longer subscribe to %.*s (reloaded permissions)",
+                           rb_conn_who(c), (int)t.len, (const char *)t.ptr);
+                if (c->state == RB_CONN_CLOSING || c->state == RB_CONN_CLOSED) {
+                    return; /* the send queue was full: closed, the stream goes with it */
+                }
+            }
+            e = next;
+        }
+    }
 }
 
 bool rb_stream_waves_done(rb_conn *c)

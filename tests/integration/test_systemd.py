@@ -90,7 +90,7 @@ def test_unit_keeps_the_required_settings():
     settings, repeated = unit_settings()
     assert settings["Type"] == "notify"
     assert settings["ExecStart"] == "@PREFIX@/bin/ringbusd --config /etc/ringbus/ringbusd.toml"
-    assert settings["ExecReload"] == "/bin/kill -HUP $MAINPID"
+    assert settings["ExecReload"] == "@PREFIX@/bin/ringbusd --reload --pid $MAINPID"
     assert settings["LimitMEMLOCK"] == "infinity"
     assert settings["LimitNOFILE"] == "1048576"
     assert settings["Restart"] == "on-failure"

@@ -169,6 +169,7 @@ static void shard_setup(uint64_t send_queue_bytes)
     srv.cfg.max_frame_bytes = RB_FRAME_BYTES_MIN;
     srv.cfg.send_queue_bytes = send_queue_bytes;
     sh.server = &srv;
+    sh.cfg = &srv.cfg;
     srv.storage_ops = &fake_store;
     rb_loop_options opt = {.sq_entries = 64, .recv_buf_count = 8, .recv_buf_bytes = 4096};
     ck_assert_int_eq(rb_loop_init(&sh.loop, &opt, &err), 0);
