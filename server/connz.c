@@ -95,10 +95,9 @@ void rb_connz_open(rb_conn *c)
     seq_end(z);
 }
 
-void rb_connz_hello(rb_conn *c, const uint8_t *name, size_t name_len)
+void rb_connz_hello(rb_conn *c, const char *who, const uint8_t *name, size_t name_len)
 {
     rb_connz_slot *z = slot_of(c);
-    const char *who = rb_conn_who(c);
     seq_begin(z);
     text_put(z, OFF_WHO, RB_CONNZ_WHO_BYTES_MAX, who, strlen(who));
     if (name != NULL) {
@@ -135,29 +134,31 @@ void rb_connz_msgs_out(rb_conn *c, uint32_t count)
     BUMP(&z->msgs_out, count);
 }
 
-void rb_connz_sync(rb_conn *c, bool topic_names)
+bool rb_connz_sync(rb_conn *c, uint32_t topic_count, bool topic_names)
 {
     rb_connz_slot *z = slot_of(c);
     if (c->state == RB_CONN_FREE) {
-        return;
+        return false;
     }
     STORE(&z->bytes_out, c->sendq.tail_pos);
     STORE(&z->pending_bytes, rb_sendq_bytes(&c->sendq));
-    uint32_t count = rb_stream_topic_count(c);
-    bool recount = z->topics != count;
+    bool recount = z->topics != topic_count;
     if (z->state == (uint64_t)c->state && !topic_names && !recount) {
-        return;
+        return false;
     }
     seq_begin(z);
     STORE(&z->state, c->state);
-    STORE(&z->topics, count);
-    if (topic_names || recount) {
-        char text[RB_CONNZ_TOPICS_TEXT_BYTES_MAX];
-        bool more = false;
-        size_t n = rb_stream_topic_names(c, text, sizeof text - 1, &more);
-        text_put(z, OFF_TOPICS, sizeof text, text, n);
-        STORE(&z->topics_more, more ? 1 : 0);
-    }
+    STORE(&z->topics, topic_count);
+    seq_end(z);
+    return topic_names || recount;
+}
+
+void rb_connz_topic_names(rb_conn *c, const char *text, size_t len, bool more)
+{
+    rb_connz_slot *z = slot_of(c);
+    seq_begin(z);
+    text_put(z, OFF_TOPICS, RB_CONNZ_TOPICS_TEXT_BYTES_MAX, text, len);
+    STORE(&z->topics_more, more ? 1 : 0);
     seq_end(z);
 }
 

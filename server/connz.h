@@ -118,12 +118,18 @@ int rb_topicz_answer(const struct rb_server *srv, rb_http_span query, char *out,
  * frame was queued, a send pass or MUTATE happened (refresh state, queue
  * bytes and topics), messages went out (server/stream.c), it was freed. */
 void rb_connz_open(struct rb_conn *c);
-void rb_connz_hello(struct rb_conn *c, const uint8_t *name, size_t name_len);
+/* who: the identity it signed in as (rb_conn_who). */
+void rb_connz_hello(struct rb_conn *c, const char *who, const uint8_t *name, size_t name_len);
 void rb_connz_bytes_in(struct rb_conn *c, size_t len);
 /* delta -1 takes back a frame that its handler held (decoded again). */
 void rb_connz_frame_in(struct rb_conn *c, uint8_t kind, int delta);
 void rb_connz_frame_out(struct rb_conn *c);
-void rb_connz_sync(struct rb_conn *c, bool topic_names);
+/* The session passes what its stream holds (connz calls neither, so the
+ * session keeps the one two-file cycle, with its stream): returns true when
+ * the topic names must be written again (topic_names, or the count moved),
+ * which rb_connz_topic_names does. */
+bool rb_connz_sync(struct rb_conn *c, uint32_t topic_count, bool topic_names);
+void rb_connz_topic_names(struct rb_conn *c, const char *text, size_t len, bool more);
 void rb_connz_msgs_out(struct rb_conn *c, uint32_t count);
 void rb_connz_free(struct rb_conn *c);
 

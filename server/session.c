@@ -218,6 +218,17 @@ static void conn_queue_flush_raw(rb_conn *c)
     c->shard->flush_list = c;
 }
 
+/* c's introspection slot (server/connz.h) from what its stream holds. */
+static void connz_sync(rb_conn *c, bool topic_names)
+{
+    if (rb_connz_sync(c, rb_stream_topic_count(c), topic_names)) {
+        char text[RB_CONNZ_TOPICS_TEXT_BYTES_MAX];
+        bool more = false;
+        size_t n = rb_stream_topic_names(c, text, sizeof text - 1, &more);
+        rb_connz_topic_names(c, text, n, more);
+    }
+}
+
 /* The same for frames: they count as traffic for the keepalive. */
 static void conn_queue_flush(rb_conn *c)
 {
@@ -236,7 +247,7 @@ void rb_conn_flush_all(rb_shard *sh)
         if (c->link != NULL && c->state != RB_CONN_CLOSED) {
             c->link->ops->start_send(c->link);
         }
-        rb_connz_sync(c, false);
+        connz_sync(c, false);
         conn_try_free(c);
         c = next;
     }
@@ -253,7 +264,7 @@ static void finish_close(rb_conn *c)
     for (uint32_t i = 0; i < c->shard->closed_fn_count; i++) {
         c->shard->closed_fns[i](c);
     }
-    rb_connz_sync(c, false);
+    connz_sync(c, false);
     if (c->link != NULL) {
         /* The link may release at once, freeing the slot. */
         c->link->ops->close(c->link);
@@ -747,7 +758,7 @@ static void on_hello(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_UNSUPPORTED_VERSION, msg);
         return;
     }
-    rb_connz_hello(c, f->u.hello.client_name.ptr, f->u.hello.client_name.len);
+    rb_connz_hello(c, rb_conn_who(c), f->u.hello.client_name.ptr, f->u.hello.client_name.len);
     rb_err err;
     int rc = sign_in(c, f->u.hello.credentials, &c->identity, &err);
     if (rc == RB_EAGAIN) {
@@ -788,7 +799,7 @@ static void send_started(rb_conn *c, uint64_t corr)
         cfg->max_frame_bytes, id, rb_stream_epoch(c->shard), client_id);
     RB_ASSERT(n > 0);
     c->state = RB_CONN_OPEN;
-    rb_connz_hello(c, NULL, 0);
+    rb_connz_hello(c, rb_conn_who(c), NULL, 0);
     if (rb_conn_append(c, buf, n) != 0) {
         conn_fail(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
         return;
@@ -1003,7 +1014,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         break;
     }
     }
-    rb_connz_sync(c, kind == RB_FRAME_MUTATE);
+    connz_sync(c, kind == RB_FRAME_MUTATE);
 }
 
 static bool conn_reading(const rb_conn *c)
@@ -1359,7 +1370,7 @@ rb_sendq *rb_session_sendq(rb_conn *c)
 
 void rb_session_send_drained(rb_conn *c)
 {
-    rb_connz_sync(c, false);
+    connz_sync(c, false);
     if (c->state == RB_CONN_OPEN || c->state == RB_CONN_DRAINING) {
         rb_stream_on_send_drained(c);
     }

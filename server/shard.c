@@ -187,7 +187,6 @@ static int shard_setup(rb_shard *sh, rb_err *err)
         return rc;
     }
     rb_loop_set_remote_handler(sh->loop, on_remote, sh);
-    rb_shard_on_remote(sh, RB_REMOTE_RELOAD, rb_reload_on_shard);
     rb_mailbox_options mo = {.id = sh->id,
                              .count = srv->shard_count,
                              .all = srv->mailboxes,

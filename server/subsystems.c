@@ -95,6 +95,7 @@ static int conns_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc : rb_conn_table_init(sh, err);
     if (rc == 0) {
         rb_shard_on_remote(sh, RB_REMOTE_AUTH, rb_session_auth_done);
+        rb_shard_on_remote(sh, RB_REMOTE_RELOAD, rb_reload_on_shard);
     }
     rc = rc ? rc : rb_link_tcp_table_init(sh, err);
     return rc;

@@ -26,9 +26,15 @@ PACKAGE_FILES = [
 ]
 
 
+# A make run by this test under `make -j2 test` would inherit the parent's
+# jobserver flags without its descriptors, and warn about it on the output
+# this test reads.
+CLEAN_ENV = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+
+
 def run(cmd, timeout=300, **kw):
     return subprocess.run(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout, **kw)
+                          text=True, timeout=timeout, env=CLEAN_ENV, **kw)
 
 
 @pytest.fixture(scope="module")
