@@ -622,17 +622,22 @@ static void send_topics_live(entry *e)
 
 /* True when a frame of bytes of an ephemeral topic may go to the send
  * queue now: it stays within 1/RB_EPH_SENDQ_DIVISOR of send_queue_bytes
+ * and of the queue's quota
  * (the rest is kept for stored topics, which are closed when it is full),
  * or the queue is empty (a frame larger than that share still goes). */
 static bool eph_room(const rb_conn *c, uint64_t bytes)
 {
+    const rb_sendq *q = &c->sendq;
     uint64_t want = bytes + RB_FRAME_MESSAGES_HEAD_BYTES + LAGGED_FRAME_BYTES;
-    uint64_t queued = rb_sendq_bytes(&c->sendq);
     if (rb_conn_send_full(c, want)) {
         return false;
     }
-    return queued == 0 ||
-           queued + want <= c->shard->server->cfg.send_queue_bytes / RB_EPH_SENDQ_DIVISOR;
+    /* By bytes and by what they are charged (block references count their
+     * block), like the catch-up pause. */
+    uint64_t share = c->shard->server->cfg.send_queue_bytes / RB_EPH_SENDQ_DIVISOR;
+    return rb_sendq_bytes(q) == 0 ||
+           (rb_sendq_bytes(q) + want <= share &&
+            q->charge_bytes + want <= q->quota_bytes / RB_EPH_SENDQ_DIVISOR);
 }
 
 /* Messages of b after e->hwm that e would deliver (its own are left out

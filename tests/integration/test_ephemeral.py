@@ -1,0 +1,214 @@
+"""Ephemeral topics ([[topic_class]] storage = "none", docs/PROTOCOL.md
+"Ephemeral topics"): fan-out without storage, live at once with no
+history, content dedup, echo off, and explicit lag (LAGGED with the exact
+count of what was dropped) instead of a close, next to a stored topic that
+keeps its own rules on the same stream."""
+
+import random
+import time
+
+import pytest
+
+import rbproto as rp
+from conftest import RSS_BOUNDS_APPLY
+from streamcheck import Driver, Publisher, Subscriber
+
+SEED = 18
+CLASSES = (
+    '[[topic_class]]\npattern = "cur.>"\nstorage = "none"\n'
+    '[[topic_class]]\npattern = "dd.>"\nstorage = "none"\ndedup_window_ms = 60000\n'
+    '[[topic_class]]\npattern = "quiet.>"\nstorage = "none"\necho = false\n'
+    '[[topic_class]]\npattern = "small.>"\nstorage = "none"\nmax_message_bytes = 16\n'
+)
+# A small send queue, so that a reader that stops falls behind quickly.
+SMALL_QUEUE = "[limits]\nmax_frame_bytes = 16384\nsend_queue_bytes = 65536\n"
+
+
+def conn(d, **kw):
+    c = rp.Conn(port=d.port, **kw)
+    assert c.hello().kind == rp.STARTED
+    return c
+
+
+def wave(c, mid, adds, history_only=False):
+    """Sends a Mutate and returns its frames up to CATCHUP_COMPLETE."""
+    c.mutate(mid, mid, adds=adds, history_only=history_only)
+    return c.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE and f["mutate_id"] == mid)
+
+
+def test_add_with_any_cursor_gets_no_history_and_goes_live_at_once(make_daemon):
+    d = make_daemon(extra=CLASSES)
+    with conn(d) as p, conn(d) as s:
+        for i in range(5):
+            assert p.publish("cur.a", f"old{i}", 10 + i)["seq"] == i + 1
+        frames = wave(s, 1, [("cur.a", 0), ("cur.b", 3), ("cur.c", "now")])
+        assert [f.kind for f in frames] == [rp.TOPICS_LIVE] * 3 + [rp.CATCHUP_COMPLETE]
+        assert sorted(t for f in frames[:3] for t in f["topics"]) == ["cur.a", "cur.b", "cur.c"]
+        # A history_only add reads nothing; a re-add with an old cursor
+        # changes nothing (no replay).
+        assert [f.kind for f in wave(s, 2, [("cur.a", 0)], history_only=False)] == [
+            rp.CATCHUP_COMPLETE]
+        assert [f.kind for f in wave(s, 3, [("cur.z", 0)], history_only=True)] == [
+            rp.CATCHUP_COMPLETE]
+        assert p.publish("cur.a", "new", 20)["seq"] == 6
+        f = s.recv()
+        assert f.kind == rp.MESSAGES and f["items"] == [("cur.a", 6, b"new")], f.fields
+
+
+def test_repeated_content_within_the_window_is_acked_as_duplicate_and_not_delivered(make_daemon):
+    d = make_daemon(extra=CLASSES)
+    with conn(d) as p, conn(d) as s:
+        wave(s, 1, [("dd.x", 0), ("cur.x", 0)])
+        a = p.publish("dd.x", "same", 2)
+        assert (a["seq"], a["duplicate"]) == (1, False)
+        b = p.publish("dd.x", "same", 3)
+        assert (b["seq"], b["duplicate"]) == (1, True), b.fields
+        assert p.publish("dd.x", "other", 4)["seq"] == 2
+        # Another topic with the same payload is not a duplicate, and a
+        # class without a window keeps every message.
+        assert p.publish("dd.y", "same", 5)["duplicate"] is False
+        assert [p.publish("cur.x", "same", 6 + i)["seq"] for i in range(2)] == [1, 2]
+        got = []
+        while len(got) < 4:
+            got += s.recv()["items"]
+        assert got == [("dd.x", 1, b"same"), ("dd.x", 2, b"other"), ("cur.x", 1, b"same"),
+                       ("cur.x", 2, b"same")], got
+        assert not s.closed_within(0.3) and s.skipped == []
+
+
+def test_echo_off_leaves_out_the_publishers_own_messages_and_on_keeps_them(make_daemon):
+    d = make_daemon(extra=CLASSES)
+    with conn(d) as a, conn(d) as b:
+        wave(a, 1, [("quiet.room", 0), ("cur.room", 0)])
+        wave(b, 1, [("quiet.room", 0)])
+        assert a.publish("quiet.room", "from a", 2)["seq"] == 1
+        assert b.publish("quiet.room", "from b", 3)["seq"] == 2
+        assert a.publish("cur.room", "echoed", 4)["seq"] == 1
+        assert b.recv()["items"] == [("quiet.room", 1, b"from a")]
+        assert a.recv()["items"] == [("quiet.room", 2, b"from b")]
+        assert a.recv()["items"] == [("cur.room", 1, b"echoed")]
+        assert not b.closed_within(0.3) and b.skipped == []
+
+
+def test_class_max_message_bytes_is_enforced_at_intake(make_daemon):
+    d = make_daemon(extra=CLASSES)
+    with conn(d) as p:
+        assert p.publish("small.a", "x" * 16, 2).kind == rp.PUBLISH_ACK
+        e = p.publish("small.a", "x" * 17, 3)
+        assert e.kind == rp.ERROR and e["code_name"] == "too_large", e.fields
+        assert "limit of 16" in e["message"]
+        assert p.publish("cur.a", "x" * 17, 4).kind == rp.PUBLISH_ACK
+
+
+def read_lagging(c, total, deadline_s=30):
+    """Reads a reader's ephemeral topic to its end: (seqs received, LAGGED
+    counts), checking that every gap is announced by a LAGGED of exactly
+    its size just before the message after it."""
+    seqs, lags, owed, last = [], [], 0, 0
+    deadline = time.monotonic() + deadline_s
+    while last + owed < total:
+        f = c.recv(max(0.1, deadline - time.monotonic()))
+        if f.kind == rp.LAGGED:
+            assert f["topic"] == "cur.fan" and owed == 0, f.fields
+            owed = f["skipped"]
+            lags.append(owed)
+            continue
+        assert f.kind == rp.MESSAGES, f.fields
+        for topic, seq, _ in f["items"]:
+            assert topic == "cur.fan"
+            assert seq == last + owed + 1, f"seq {seq} after {last} with {owed} announced"
+            seqs.append(seq)
+            last, owed = seq, 0
+    return seqs, lags
+
+
+def test_fan_out_to_many_while_one_stops_reading_lags_it_exactly(make_daemon):
+    """~200 readers see every message in order; one that stops reading is
+    not closed: when it resumes it gets its messages in order with LAGGED
+    {skipped} before each gap, exactly as large as the gap; the daemon's
+    memory stays bounded; a stored topic on the same streams keeps its
+    rules (history, dense, live)."""
+    rng = random.Random(SEED)
+    print(f"seed {SEED}")
+    d = make_daemon(extra=SMALL_QUEUE + CLASSES)
+    drv = Driver()
+    pub = Publisher(drv, d.port)
+    drv.run_until(lambda: pub.started, 10, "publisher started")
+    for i in range(20):
+        pub.publish("st.fan", f"stored {i}")
+    drv.run_until(lambda: len(pub.acks.get("st.fan", [])) == 20, 10, "stored acks")
+    slow = conn(d, rcvbuf=4096)
+    slow.mutate(1, 1, adds=[("cur.fan", 0)])
+    assert [f.kind for f in slow.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)] == [
+        rp.TOPICS_LIVE, rp.CATCHUP_COMPLETE]
+    subs = [Subscriber(drv, d.port, name=f"s{i}") for i in range(200)]
+    drv.run_until(lambda: all(s.epoch is not None for s in subs), 20, "subscribers started")
+    for s in subs:
+        s.mutate(adds=[("cur.fan", "now"), ("st.fan", 0)])
+    drv.run_until(lambda: all(s.completed for s in subs), 20, "waves complete")
+    rss_before = d.rss_kib()
+    total, stored = 0, 20
+    payload = bytes(rng.getrandbits(8) for _ in range(900))
+    while total < 3000:
+        n = rng.randint(5, 20)
+        for _ in range(n):
+            pub.publish("cur.fan", payload)
+            total += 1
+            if rng.random() < 0.05:
+                pub.publish("st.fan", f"stored {stored}")
+                stored += 1
+        drv.run_until(lambda: all(s.last.get("cur.fan") == total for s in subs), 20,
+                      f"readers reach {total}")
+    drv.run_until(lambda: len(pub.acks.get("st.fan", [])) == stored, 10, "stored acks")
+    drv.run_until(lambda: all(s.last.get("st.fan") == stored for s in subs), 20, "stored live")
+    assert pub.acks["cur.fan"] == list(range(1, total + 1))
+    problems = [p for s in subs for p in s.problems]
+    assert problems == [], problems[:5]
+    for s in subs:
+        assert [x for x in s.messages if x[0] == "cur.fan"][0][1] == 1
+    if RSS_BOUNDS_APPLY:
+        # 200 readers of 3000 messages of 900 bytes: a copy per reader would
+        # be 540 MB; the slow reader holds at most its queue and lag share.
+        assert d.rss_kib() - rss_before < 96 * 1024, (rss_before, d.rss_kib())
+    seqs, lags = read_lagging(slow, total)
+    assert lags, "the reader that stopped was never told it lagged"
+    assert len(seqs) + sum(lags) == total
+    assert seqs[-1] == total, "the newest messages are kept, the oldest dropped"
+    print(f"slow reader: {len(seqs)} received, {len(lags)} LAGGED, {sum(lags)} skipped")
+    assert not slow.closed_within(0.3)
+    slow.close()
+    for s in subs:
+        s.close()
+    pub.close()
+
+
+def test_nothing_of_an_ephemeral_topic_reaches_postgres(make_daemon, pg_db):
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, extra=CLASSES)
+    with conn(d) as p, conn(d) as s:
+        wave(s, 1, [("cur.pg", 0), ("st.pg", 0)])
+        for i in range(5):
+            assert p.publish("cur.pg", f"e{i}", 10 + i)["seq"] == i + 1
+            assert p.publish("st.pg", f"s{i}", 20 + i)["seq"] == i + 1
+        got = []
+        while len(got) < 10:
+            got += s.recv()["items"]
+        assert sorted(got) == sorted([("cur.pg", i + 1, f"e{i}".encode()) for i in range(5)] +
+                                     [("st.pg", i + 1, f"s{i}".encode()) for i in range(5)])
+    assert pg_db.psql("SELECT name FROM topics ORDER BY name") == [["st.pg"]]
+    assert pg_db.psql("SELECT count(*) FROM messages") == [["5"]]
+
+
+@pytest.mark.parametrize("bad, msg", [
+    ('[[topic_class]]\npattern = "a.>.b"\nstorage = "none"\n',
+     "topic_class[1].pattern: pattern: '>' must be the last segment"),
+    ('[[topic_class]]\npattern = "a"\nstorage = "ram"\n', '"ram" is not one of stored, none'),
+])
+def test_bad_topic_class_stops_the_daemon_with_file_line_column(tmp_path, bad, msg):
+    import subprocess
+    from conftest import RINGBUSD
+    path = tmp_path / "bad.toml"
+    path.write_text(bad)
+    r = subprocess.run([str(RINGBUSD), "--config", str(path)], capture_output=True, text=True,
+                       timeout=10)
+    assert r.returncode != 0
+    assert f"{path}:" in r.stderr + r.stdout and msg in r.stderr + r.stdout, r.stderr
