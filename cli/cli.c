@@ -271,6 +271,13 @@ static void print_event(cli *c, const ringbus_event *ev)
         put_code(b, "code", ev->code);
         put_text(b, "message", ev->message);
         break;
+    case RINGBUS_EVENT_LAGGED:
+        rb_json_put_raw(b, "{\"event\":\"lagged\"", 17);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "skipped");
+        rb_json_put_u64(b, ev->skipped);
+        break;
     case RINGBUS_EVENT_RECONNECTING:
         rb_json_put_raw(b, "{\"event\":\"reconnecting\"", 23);
         put_key(b, "attempt");
@@ -1137,6 +1144,7 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     case RINGBUS_EVENT_RESPONSE:
     case RINGBUS_EVENT_RECONNECTING:
     case RINGBUS_EVENT_RECONNECTED:
+    case RINGBUS_EVENT_LAGGED: /* the stream goes on: nothing to count or stop for */
         break;
     }
     return -1;

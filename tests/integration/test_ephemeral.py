@@ -212,3 +212,39 @@ def test_bad_topic_class_stops_the_daemon_with_file_line_column(tmp_path, bad, m
                        timeout=10)
     assert r.returncode != 0
     assert f"{path}:" in r.stderr + r.stdout and msg in r.stderr + r.stdout, r.stderr
+
+
+def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
+    """The CLI's stdout is a pipe nobody reads for a while, so it stops
+    reading its socket: the daemon lags it, and the CLI prints
+    {"event":"lagged","topic":...,"skipped":N} before the next message."""
+    import json
+    import subprocess
+    from conftest import RINGBUS
+    d = make_daemon(extra=SMALL_QUEUE + CLASSES)
+    cli = subprocess.Popen([str(RINGBUS), "--url", d.url, "sub", "--timeout", "30", "cur.cli"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert json.loads(cli.stdout.readline())["event"] == "topics_live"
+        cli.stdout.readline()  # catchup_complete
+        total = 3000
+        with conn(d) as p:
+            for i in range(total):
+                p.publish("cur.cli", "x" * 900, 10 + i, wait=False)
+            acks = 0
+            while acks < total:
+                acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+        last, owed, lags = 0, 0, []
+        while last + owed < total:
+            ev = json.loads(cli.stdout.readline())
+            if ev["event"] == "lagged":
+                assert ev["topic"] == "cur.cli" and ev["skipped"] >= 1
+                owed = ev["skipped"]
+                lags.append(owed)
+            else:
+                assert ev["event"] == "message" and ev["seq"] == last + owed + 1, (ev, last, owed)
+                last, owed = ev["seq"], 0
+        assert lags, "the CLI was never told it lagged"
+    finally:
+        cli.kill()
+        cli.wait()
