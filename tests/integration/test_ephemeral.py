@@ -248,3 +248,13 @@ def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
     finally:
         cli.kill()
         cli.wait()
+
+
+def test_protocol_md_lagged_example_matches_the_codec():
+    import pathlib
+    text = (pathlib.Path(__file__).resolve().parents[2] / "docs" / "PROTOCOL.md").read_text()
+    section = text.split("### LAGGED (21)", 1)[1].split("\n## ", 1)[0]
+    hexed = section.split("30 bytes:\n`", 1)[1].split("`", 1)[0]
+    assert bytes.fromhex(hexed) == rp.encode_lagged(0, "cur.a", 17)
+    frame, used = rp.decode(bytes.fromhex(hexed))
+    assert used == 30 and frame.fields == {"topic": "cur.a", "skipped": 17}

@@ -807,6 +807,13 @@ START_TEST(test_config_example_settings_are_valid_and_show_the_defaults)
     memcpy(want.server_id, cfg.server_id, sizeof want.server_id);
     want.listener_count = cfg.listener_count;
     memcpy(want.listeners, cfg.listeners, sizeof want.listeners);
+    /* The topic class sample is one ephemeral class. */
+    ck_assert_uint_eq(cfg.topic_class_count, 1);
+    ck_assert_str_eq(cfg.topic_classes[0].pattern, "cursor.>");
+    ck_assert_int_eq(cfg.topic_classes[0].storage, RB_TOPIC_EPHEMERAL);
+    ck_assert(!cfg.topic_classes[0].echo);
+    want.topic_class_count = cfg.topic_class_count;
+    memcpy(want.topic_classes, cfg.topic_classes, sizeof want.topic_classes);
     ck_assert_mem_eq(&cfg, &want, sizeof want);
 }
 END_TEST
@@ -872,6 +879,12 @@ START_TEST(test_config_example_documents_every_key)
         "secret_file",
         "[[cluster.peer]]",
         "id",
+        "[[topic_class]]",
+        "pattern",
+        "storage",
+        "dedup_window_ms",
+        "max_message_bytes",
+        "echo",
     };
     char *text = read_all(EXAMPLE_PATH);
     for (size_t i = 0; i < COUNT(keys); i++) {
