@@ -258,3 +258,19 @@ def test_protocol_md_lagged_example_matches_the_codec():
     assert bytes.fromhex(hexed) == rp.encode_lagged(0, "cur.a", 17)
     frame, used = rp.decode(bytes.fromhex(hexed))
     assert used == 30 and frame.fields == {"topic": "cur.a", "skipped": 17}
+
+
+def test_a_stored_class_window_replaces_the_dedup_window_for_its_topics(make_daemon):
+    """[[topic_class]] dedup_window_ms on a stored class is the
+    idempotency-key window of its topics; other topics keep [dedup]."""
+    d = make_daemon(extra='[[topic_class]]\npattern = "short.>"\ndedup_window_ms = 100\n')
+    with conn(d) as p:
+        for topic in ("short.a", "long.a"):
+            assert p.publish(topic, "x", 2, key="k1")["seq"] == 1
+            dup = p.publish(topic, "x", 3, key="k1")
+            assert (dup["seq"], dup["duplicate"]) == (1, True)
+        time.sleep(0.4)
+        again = p.publish("short.a", "x", 4, key="k1")
+        assert (again["seq"], again["duplicate"]) == (2, False), again.fields
+        still = p.publish("long.a", "x", 5, key="k1")
+        assert (still["seq"], still["duplicate"]) == (1, True), still.fields
