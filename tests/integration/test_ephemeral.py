@@ -100,11 +100,11 @@ def test_class_max_message_bytes_is_enforced_at_intake(make_daemon):
         assert p.publish("cur.a", "x" * 17, 4).kind == rp.PUBLISH_ACK
 
 
-def read_lagging(c, total, deadline_s=30):
-    """Reads a reader's ephemeral topic to its end: (seqs received, LAGGED
-    counts), checking that every gap is announced by a LAGGED of exactly
-    its size just before the message after it."""
-    seqs, lags, owed, last = [], [], 0, 0
+def read_lagging(c, total, last=0, deadline_s=30):
+    """Reads a reader's ephemeral topic from seq last to total: (seqs
+    received, LAGGED counts), checking that every gap is announced by a
+    LAGGED of exactly its size just before the message after it."""
+    seqs, lags, owed = [], [], 0
     deadline = time.monotonic() + deadline_s
     while last + owed < total:
         f = c.recv(max(0.1, deadline - time.monotonic()))
@@ -149,16 +149,21 @@ def test_fan_out_to_many_while_one_stops_reading_lags_it_exactly(make_daemon):
     rss_before = d.rss_kib()
     total, stored = 0, 20
     payload = bytes(rng.getrandbits(8) for _ in range(900))
-    while total < 3000:
-        n = rng.randint(5, 20)
-        for _ in range(n):
-            pub.publish("cur.fan", payload)
-            total += 1
-            if rng.random() < 0.05:
-                pub.publish("st.fan", f"stored {stored}")
-                stored += 1
-        drv.run_until(lambda: all(s.last.get("cur.fan") == total for s in subs), 20,
-                      f"readers reach {total}")
+
+    def publish_until(upto):
+        nonlocal total, stored
+        while total < upto:
+            n = rng.randint(5, 20)
+            for _ in range(n):
+                pub.publish("cur.fan", payload)
+                total += 1
+                if rng.random() < 0.05:
+                    pub.publish("st.fan", f"stored {stored}")
+                    stored += 1
+            drv.run_until(lambda: all(s.last.get("cur.fan") == total for s in subs), 20,
+                          f"readers reach {total}")
+
+    publish_until(3000)
     drv.run_until(lambda: len(pub.acks.get("st.fan", [])) == stored, 10, "stored acks")
     drv.run_until(lambda: all(s.last.get("st.fan") == stored for s in subs), 20, "stored live")
     assert pub.acks["cur.fan"] == list(range(1, total + 1))
@@ -175,6 +180,13 @@ def test_fan_out_to_many_while_one_stops_reading_lags_it_exactly(make_daemon):
     assert len(seqs) + sum(lags) == total
     assert seqs[-1] == total, "the newest messages are kept, the oldest dropped"
     print(f"slow reader: {len(seqs)} received, {len(lags)} LAGGED, {sum(lags)} skipped")
+    # It stops again: a second episode is counted from where it resumed.
+    first = total
+    publish_until(first + 2000)
+    seqs, lags = read_lagging(slow, total, last=first)
+    assert lags and len(seqs) + sum(lags) == total - first
+    print(f"slow reader again: {len(seqs)} received, {len(lags)} LAGGED, {sum(lags)} skipped")
+    assert all(s.last.get("cur.fan") == total and not s.problems for s in subs)
     assert not slow.closed_within(0.3)
     slow.close()
     for s in subs:
