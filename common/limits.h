@@ -251,7 +251,14 @@
  * send_queue_bytes / RB_EPH_LAG_DIVISOR of block bytes waiting, and drops
  * the oldest past it (told with LAGGED). */
 #define RB_EPH_SENDQ_DIVISOR 2u
-#define RB_EPH_LAG_DIVISOR   4u
+/* An ephemeral topic's seqs start above the wall-clock millisecond of its
+ * first use on the node times 2^RB_EPH_SEQ_BASE_SHIFT, so that after a
+ * restart they stay above those of the run before (unless a topic averaged
+ * more than 1024 messages a millisecond) and a resuming client never takes
+ * new messages for ones it had; 2^10 x the milliseconds until 2100 stays
+ * below 2^53, exact in a JavaScript number. */
+#define RB_EPH_SEQ_BASE_SHIFT 10
+#define RB_EPH_LAG_DIVISOR    4u
 /* Head queries per shard waiting for their topic's head refresh. */
 #define RB_OWNER_WAITERS_MAX (1u << 20)
 /* Topics per heads request reading the live gate's ceilings. */

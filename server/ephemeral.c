@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <time.h>
 #include <xxhash.h>
 
 #include "common/assert.h"
@@ -122,6 +123,15 @@ const rb_topic_class *rb_topic_class_of(const rb_shard *sh, rb_bytes topic)
         }
     }
     return &e->stored;
+}
+
+uint64_t rb_eph_seq_base(void)
+{
+    struct timespec ts;
+    int rc = clock_gettime(CLOCK_REALTIME, &ts);
+    RB_ASSERT(rc == 0);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    return ms << RB_EPH_SEQ_BASE_SHIFT;
 }
 
 /* ---- content dedup ---- */

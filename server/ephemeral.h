@@ -56,6 +56,10 @@ extern const rb_subsystem rb_ephemeral_subsystem;
  * shard runs. Cost: one trie walk per class until one matches. */
 const rb_topic_class *rb_topic_class_of(const rb_shard *sh, rb_bytes topic);
 
+/* The seq before the first one of an ephemeral topic first used now:
+ * the wall-clock millisecond << RB_EPH_SEQ_BASE_SHIFT. */
+uint64_t rb_eph_seq_base(void);
+
 /* Content dedup of an ephemeral publish of topic (by its hash) within
  * window_ms: returns the seq of an earlier publish of the same payload
  * still in its window, or 0 when there is none. */

@@ -371,6 +371,12 @@ static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len, uint64_
     memset(t, 0, sizeof *t);
     t->owner = o;
     t->cls = rb_topic_class_of(o->shard, (rb_bytes){name, len});
+    if (t->cls->ephemeral) {
+        /* Its seqs continue above the last run's (RB_EPH_SEQ_BASE_SHIFT). */
+        t->head = rb_eph_seq_base();
+        t->eph_assigned = t->head;
+        rb_seq_skip(&t->seq, t->head);
+    }
     rb_seq_init(&t->seq);
     t->name_len = (uint8_t)len;
     memcpy(t->name, name, len);

@@ -30,6 +30,16 @@ def conn(d, **kw):
     return c
 
 
+def first_seq(ack):
+    """The seq before an ephemeral topic's first one (its base) from the ack
+    of its first publish, checking that it is the documented base: the
+    wall-clock millisecond of first use << 10."""
+    assert ack.kind == rp.PUBLISH_ACK, ack.fields
+    base = ack["seq"] - 1
+    assert base % 1024 == 0 and abs((base >> 10) / 1000 - time.time()) < 60, ack["seq"]
+    return base
+
+
 def wave(c, mid, adds, history_only=False):
     """Sends a Mutate and returns its frames up to CATCHUP_COMPLETE."""
     c.mutate(mid, mid, adds=adds, history_only=history_only)
@@ -39,8 +49,9 @@ def wave(c, mid, adds, history_only=False):
 def test_add_with_any_cursor_gets_no_history_and_goes_live_at_once(make_daemon):
     d = make_daemon(extra=CLASSES)
     with conn(d) as p, conn(d) as s:
-        for i in range(5):
-            assert p.publish("cur.a", f"old{i}", 10 + i)["seq"] == i + 1
+        base = first_seq(p.publish("cur.a", "old0", 10))
+        for i in range(1, 5):
+            assert p.publish("cur.a", f"old{i}", 10 + i)["seq"] == base + i + 1
         frames = wave(s, 1, [("cur.a", 0), ("cur.b", 3), ("cur.c", "now")])
         assert [f.kind for f in frames] == [rp.TOPICS_LIVE] * 3 + [rp.CATCHUP_COMPLETE]
         assert sorted(t for f in frames[:3] for t in f["topics"]) == ["cur.a", "cur.b", "cur.c"]
@@ -50,9 +61,9 @@ def test_add_with_any_cursor_gets_no_history_and_goes_live_at_once(make_daemon):
             rp.CATCHUP_COMPLETE]
         assert [f.kind for f in wave(s, 3, [("cur.z", 0)], history_only=True)] == [
             rp.CATCHUP_COMPLETE]
-        assert p.publish("cur.a", "new", 20)["seq"] == 6
+        assert p.publish("cur.a", "new", 20)["seq"] == base + 6
         f = s.recv()
-        assert f.kind == rp.MESSAGES and f["items"] == [("cur.a", 6, b"new")], f.fields
+        assert f.kind == rp.MESSAGES and f["items"] == [("cur.a", base + 6, b"new")], f.fields
 
 
 def test_repeated_content_within_the_window_is_acked_as_duplicate_and_not_delivered(make_daemon):
@@ -60,19 +71,21 @@ def test_repeated_content_within_the_window_is_acked_as_duplicate_and_not_delive
     with conn(d) as p, conn(d) as s:
         wave(s, 1, [("dd.x", 0), ("cur.x", 0)])
         a = p.publish("dd.x", "same", 2)
-        assert (a["seq"], a["duplicate"]) == (1, False)
+        x = first_seq(a)
+        assert a["duplicate"] is False
         b = p.publish("dd.x", "same", 3)
-        assert (b["seq"], b["duplicate"]) == (1, True), b.fields
-        assert p.publish("dd.x", "other", 4)["seq"] == 2
+        assert (b["seq"], b["duplicate"]) == (x + 1, True), b.fields
+        assert p.publish("dd.x", "other", 4)["seq"] == x + 2
         # Another topic with the same payload is not a duplicate, and a
         # class without a window keeps every message.
         assert p.publish("dd.y", "same", 5)["duplicate"] is False
-        assert [p.publish("cur.x", "same", 6 + i)["seq"] for i in range(2)] == [1, 2]
+        c = first_seq(p.publish("cur.x", "same", 6))
+        assert p.publish("cur.x", "same", 7)["seq"] == c + 2
         got = []
         while len(got) < 4:
             got += s.recv()["items"]
-        assert got == [("dd.x", 1, b"same"), ("dd.x", 2, b"other"), ("cur.x", 1, b"same"),
-                       ("cur.x", 2, b"same")], got
+        assert got == [("dd.x", x + 1, b"same"), ("dd.x", x + 2, b"other"),
+                       ("cur.x", c + 1, b"same"), ("cur.x", c + 2, b"same")], got
         assert not s.closed_within(0.3) and s.skipped == []
 
 
@@ -81,12 +94,12 @@ def test_echo_off_leaves_out_the_publishers_own_messages_and_on_keeps_them(make_
     with conn(d) as a, conn(d) as b:
         wave(a, 1, [("quiet.room", 0), ("cur.room", 0)])
         wave(b, 1, [("quiet.room", 0)])
-        assert a.publish("quiet.room", "from a", 2)["seq"] == 1
-        assert b.publish("quiet.room", "from b", 3)["seq"] == 2
-        assert a.publish("cur.room", "echoed", 4)["seq"] == 1
-        assert b.recv()["items"] == [("quiet.room", 1, b"from a")]
-        assert a.recv()["items"] == [("quiet.room", 2, b"from b")]
-        assert a.recv()["items"] == [("cur.room", 1, b"echoed")]
+        q = first_seq(a.publish("quiet.room", "from a", 2))
+        assert b.publish("quiet.room", "from b", 3)["seq"] == q + 2
+        r = first_seq(a.publish("cur.room", "echoed", 4))
+        assert b.recv()["items"] == [("quiet.room", q + 1, b"from a")]
+        assert a.recv()["items"] == [("quiet.room", q + 2, b"from b")]
+        assert a.recv()["items"] == [("cur.room", r + 1, b"echoed")]
         assert not b.closed_within(0.3) and b.skipped == []
 
 
@@ -160,33 +173,38 @@ def test_fan_out_to_many_while_one_stops_reading_lags_it_exactly(make_daemon):
                 if rng.random() < 0.05:
                     pub.publish("st.fan", f"stored {stored}")
                     stored += 1
-            drv.run_until(lambda: all(s.last.get("cur.fan") == total for s in subs), 20,
+            drv.run_until(lambda: all(s.last.get("cur.fan") == base + total for s in subs), 20,
                           f"readers reach {total}")
 
+    pub.publish("cur.fan", payload)
+    total = 1
+    drv.run_until(lambda: len(pub.acks.get("cur.fan", [])) == 1, 10, "first ack")
+    base = pub.acks["cur.fan"][0] - 1
+    drv.run_until(lambda: all(s.last.get("cur.fan") == base + 1 for s in subs), 20, "first")
     publish_until(3000)
     drv.run_until(lambda: len(pub.acks.get("st.fan", [])) == stored, 10, "stored acks")
     drv.run_until(lambda: all(s.last.get("st.fan") == stored for s in subs), 20, "stored live")
-    assert pub.acks["cur.fan"] == list(range(1, total + 1))
+    assert pub.acks["cur.fan"] == list(range(base + 1, base + total + 1))
     problems = [p for s in subs for p in s.problems]
     assert problems == [], problems[:5]
     for s in subs:
-        assert [x for x in s.messages if x[0] == "cur.fan"][0][1] == 1
+        assert [x for x in s.messages if x[0] == "cur.fan"][0][1] == base + 1
     if RSS_BOUNDS_APPLY:
         # 200 readers of 3000 messages of 900 bytes: a copy per reader would
         # be 540 MB; the slow reader holds at most its queue and lag share.
         assert d.rss_kib() - rss_before < 96 * 1024, (rss_before, d.rss_kib())
-    seqs, lags = read_lagging(slow, total)
+    seqs, lags = read_lagging(slow, base + total, last=base)
     assert lags, "the reader that stopped was never told it lagged"
     assert len(seqs) + sum(lags) == total
-    assert seqs[-1] == total, "the newest messages are kept, the oldest dropped"
+    assert seqs[-1] == base + total, "the newest messages are kept, the oldest dropped"
     print(f"slow reader: {len(seqs)} received, {len(lags)} LAGGED, {sum(lags)} skipped")
     # It stops again: a second episode is counted from where it resumed.
     first = total
     publish_until(first + 2000)
-    seqs, lags = read_lagging(slow, total, last=first)
+    seqs, lags = read_lagging(slow, base + total, last=base + first)
     assert lags and len(seqs) + sum(lags) == total - first
     print(f"slow reader again: {len(seqs)} received, {len(lags)} LAGGED, {sum(lags)} skipped")
-    assert all(s.last.get("cur.fan") == total and not s.problems for s in subs)
+    assert all(s.last.get("cur.fan") == base + total and not s.problems for s in subs)
     assert not slow.closed_within(0.3)
     slow.close()
     for s in subs:
@@ -198,13 +216,17 @@ def test_nothing_of_an_ephemeral_topic_reaches_postgres(make_daemon, pg_db):
     d = make_daemon(storage="postgres", conninfo=pg_db.conninfo, extra=CLASSES)
     with conn(d) as p, conn(d) as s:
         wave(s, 1, [("cur.pg", 0), ("st.pg", 0)])
+        base = None
         for i in range(5):
-            assert p.publish("cur.pg", f"e{i}", 10 + i)["seq"] == i + 1
+            ack = p.publish("cur.pg", f"e{i}", 10 + i)
+            base = first_seq(ack) if base is None else base
+            assert ack["seq"] == base + i + 1
             assert p.publish("st.pg", f"s{i}", 20 + i)["seq"] == i + 1
         got = []
         while len(got) < 10:
             got += s.recv()["items"]
-        assert sorted(got) == sorted([("cur.pg", i + 1, f"e{i}".encode()) for i in range(5)] +
+        assert sorted(got) == sorted([("cur.pg", base + i + 1, f"e{i}".encode())
+                                      for i in range(5)] +
                                      [("st.pg", i + 1, f"s{i}".encode()) for i in range(5)])
     assert pg_db.psql("SELECT name FROM topics ORDER BY name") == [["st.pg"]]
     assert pg_db.psql("SELECT count(*) FROM messages") == [["5"]]
@@ -241,12 +263,14 @@ def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
         cli.stdout.readline()  # catchup_complete
         total = 3000
         with conn(d) as p:
-            for i in range(total):
+            base = first_seq(p.publish("cur.cli", "x" * 900, 9))
+            for i in range(1, total):
                 p.publish("cur.cli", "x" * 900, 10 + i, wait=False)
-            acks = 0
+            acks = 1
             while acks < total:
                 acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
-        last, owed, lags = 0, 0, []
+        total += base
+        last, owed, lags = base, 0, []
         while last + owed < total:
             ev = json.loads(cli.stdout.readline())
             if ev["event"] == "lagged":
@@ -286,3 +310,21 @@ def test_a_stored_class_window_replaces_the_dedup_window_for_its_topics(make_dae
         assert (again["seq"], again["duplicate"]) == (2, False), again.fields
         still = p.publish("long.a", "x", 5, key="k1")
         assert (still["seq"], still["duplicate"]) == (1, True), still.fields
+
+
+def test_seqs_after_a_restart_stay_above_the_last_runs(make_daemon):
+    """A client that resumes after the daemon restarted must not take new
+    messages for ones it had: an ephemeral topic's seqs start above the
+    wall-clock millisecond of its first use << 10, so they grow across
+    runs (with the memory store and with Postgres alike)."""
+    d = make_daemon(extra=CLASSES)
+    with conn(d) as p:
+        base = first_seq(p.publish("cur.r", "m0", 2))
+        before = [p.publish("cur.r", f"m{i}", 2 + i)["seq"] for i in range(1, 3)]
+    assert before == [base + 2, base + 3]
+    d.stop()
+    d.start()
+    with conn(d) as p:
+        after = p.publish("cur.r", "again", 2)
+        assert after["seq"] > before[-1], (before, after["seq"])
+        first_seq(after)

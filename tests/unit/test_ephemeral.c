@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <check.h>
 
@@ -151,6 +152,21 @@ START_TEST(test_ephemeral_no_dedup_table_without_a_window)
 }
 END_TEST
 
+START_TEST(test_ephemeral_seq_base_is_the_millisecond_times_1024)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t ms = (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+    uint64_t a = rb_eph_seq_base();
+    uint64_t b = rb_eph_seq_base();
+    ck_assert_uint_eq(a % 1024, 0);
+    ck_assert_uint_ge(a >> RB_EPH_SEQ_BASE_SHIFT, ms);
+    ck_assert_uint_le(a >> RB_EPH_SEQ_BASE_SHIFT, ms + 5000);
+    ck_assert_uint_ge(b, a);
+    ck_assert_uint_lt(a, 1ull << 53);
+}
+END_TEST
+
 START_TEST(test_ephemeral_origins_round_trip_per_item)
 {
     uint8_t mem[sizeof(rb_block) + 64];
@@ -182,6 +198,9 @@ Suite *rb_ephemeral_suite(void)
     tcase_add_test(tc, test_ephemeral_dedup_finds_a_payload_within_its_window_per_topic);
     tcase_add_test(tc, test_ephemeral_dedup_table_stays_bounded_under_a_flood);
     tcase_add_test(tc, test_ephemeral_no_dedup_table_without_a_window);
+    suite_add_tcase(s, tc);
+    tc = tcase_create("seqs");
+    tcase_add_test(tc, test_ephemeral_seq_base_is_the_millisecond_times_1024);
     suite_add_tcase(s, tc);
     tc = tcase_create("origins");
     tcase_add_test(tc, test_ephemeral_origins_round_trip_per_item);
