@@ -328,3 +328,39 @@ def test_seqs_after_a_restart_stay_above_the_last_runs(make_daemon):
         after = p.publish("cur.r", "again", 2)
         assert after["seq"] > before[-1], (before, after["seq"])
         first_seq(after)
+
+
+def test_resilient_cli_sub_keeps_receiving_an_ephemeral_topic_across_a_restart(make_daemon):
+    """ringbus sub (libringbus's session) re-adds the topic after the
+    daemon restarted and prints the new messages: their seqs are above the
+    ones it had, so its duplicate filter keeps them."""
+    import json
+    import subprocess
+    from conftest import RINGBUS
+    d = make_daemon(extra=CLASSES)
+    cli = subprocess.Popen([str(RINGBUS), "--url", d.url, "sub", "--timeout", "30", "cur.rs"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def next_event(kind):
+        while True:
+            line = cli.stdout.readline()
+            assert line, cli.stderr.read()
+            ev = json.loads(line)
+            if ev["event"] == kind:
+                return ev
+
+    try:
+        next_event("catchup_complete")
+        with conn(d) as p:
+            seq1 = p.publish("cur.rs", "before", 2)["seq"]
+        assert next_event("message")["seq"] == seq1
+        d.stop()
+        d.start()
+        next_event("catchup_complete")  # the session's re-add on the new daemon
+        with conn(d) as p:
+            seq2 = p.publish("cur.rs", "after", 2)["seq"]
+        ev = next_event("message")
+        assert (ev["seq"], ev["seq"] > seq1) == (seq2, True), (seq1, ev)
+    finally:
+        cli.kill()
+        cli.wait()
