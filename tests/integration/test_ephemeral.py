@@ -364,3 +364,38 @@ def test_resilient_cli_sub_keeps_receiving_an_ephemeral_topic_across_a_restart(m
     finally:
         cli.kill()
         cli.wait()
+
+
+def test_a_stored_topic_on_the_same_slow_stream_keeps_the_close_rule(make_daemon):
+    """A reader that stops is lagged, not closed, for its ephemeral topic;
+    once its stored topic's messages overflow its send queue it is closed
+    with resource_exhausted, as before (stored messages are never dropped)."""
+    d = make_daemon(extra=SMALL_QUEUE + CLASSES)
+    slow = conn(d, rcvbuf=4096)
+    wave(slow, 1, [("cur.mix", 0), ("st.mix", 0)])
+    with conn(d) as p:
+        base = first_seq(p.publish("cur.mix", "e" * 900, 2))
+        for i in range(1, 2000):
+            p.publish("cur.mix", "e" * 900, 10 + i, wait=False)
+        acks = 1
+        while acks < 2000:
+            acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+        # Lagged, not closed: nothing in the log says it was reaped.
+        time.sleep(0.2)
+        assert "subscriber too slow" not in d.log()
+        for i in range(2000):
+            p.publish("st.mix", "s" * 900, 5000 + i, wait=False)
+        acks = 0
+        while acks < 2000:
+            acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+    assert slow.closed_within(20)
+    close = [f for f in slow.skipped if f.kind == rp.CLOSE]
+    assert close and close[-1]["status_name"] == "resource_exhausted", close
+    assert "subscriber too slow" in close[-1]["message"] and "st.mix" in close[-1]["message"]
+    stored = [seq for f in slow.skipped if f.kind == rp.MESSAGES
+              for t, seq, _ in f["items"] if t == "st.mix"]
+    assert stored == list(range(1, len(stored) + 1)), "stored messages stay gapless to the close"
+    eph = [seq for f in slow.skipped if f.kind == rp.MESSAGES
+           for t, seq, _ in f["items"] if t == "cur.mix"]
+    assert eph and eph[0] == base + 1 and eph == sorted(eph)
+    slow.close()
