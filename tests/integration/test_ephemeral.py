@@ -40,6 +40,24 @@ def first_seq(ack):
     return base
 
 
+def publish_many(p, topic, payload, n, corr):
+    """n pipelined publishes, in chunks whose acks are read before the next
+    (the small send queues of these tests also hold the publisher's acks).
+    Returns the acked seqs."""
+    seqs = []
+    while len(seqs) < n:
+        chunk = min(200, n - len(seqs))
+        for i in range(chunk):
+            p.publish(topic, payload, corr + len(seqs) + i, wait=False)
+        got = 0
+        while got < chunk:
+            f = p.recv(timeout=20)
+            assert f.kind == rp.PUBLISH_ACK, f.fields
+            seqs.append(f["seq"])
+            got += 1
+    return seqs
+
+
 def wave(c, mid, adds, history_only=False):
     """Sends a Mutate and returns its frames up to CATCHUP_COMPLETE."""
     c.mutate(mid, mid, adds=adds, history_only=history_only)
@@ -264,11 +282,7 @@ def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
         total = 3000
         with conn(d) as p:
             base = first_seq(p.publish("cur.cli", "x" * 900, 9))
-            for i in range(1, total):
-                p.publish("cur.cli", "x" * 900, 10 + i, wait=False)
-            acks = 1
-            while acks < total:
-                acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+            publish_many(p, "cur.cli", "x" * 900, total - 1, 10)
         total += base
         last, owed, lags = base, 0, []
         while last + owed < total:
@@ -375,19 +389,11 @@ def test_a_stored_topic_on_the_same_slow_stream_keeps_the_close_rule(make_daemon
     wave(slow, 1, [("cur.mix", 0), ("st.mix", 0)])
     with conn(d) as p:
         base = first_seq(p.publish("cur.mix", "e" * 900, 2))
-        for i in range(1, 2000):
-            p.publish("cur.mix", "e" * 900, 10 + i, wait=False)
-        acks = 1
-        while acks < 2000:
-            acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+        publish_many(p, "cur.mix", "e" * 900, 1999, 10)
         # Lagged, not closed: nothing in the log says it was reaped.
         time.sleep(0.2)
         assert "subscriber too slow" not in d.log()
-        for i in range(2000):
-            p.publish("st.mix", "s" * 900, 5000 + i, wait=False)
-        acks = 0
-        while acks < 2000:
-            acks += p.recv(timeout=20).kind == rp.PUBLISH_ACK
+        assert publish_many(p, "st.mix", "s" * 900, 2000, 5000) == list(range(1, 2001))
     assert slow.closed_within(20)
     close = [f for f in slow.skipped if f.kind == rp.CLOSE]
     assert close and close[-1]["status_name"] == "resource_exhausted", close
