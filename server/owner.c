@@ -1613,7 +1613,8 @@ void rb_owner_repair_all(rb_shard *sh)
     rb_owner *o = sh->owner;
     for (uint32_t i = 0; i < o->bucket_count; i++) {
         for (rb_topic *t = o->buckets[i]; t != NULL; t = t->hash_next) {
-            if (any_interest(t)) {
+            if (any_interest(t) && !t->cls->ephemeral) {
+                /* Ephemeral topics have nothing in storage to repair from. */
                 queue_refresh(o, t);
             }
         }
@@ -1677,7 +1678,9 @@ static void on_replica_in(void *ctx, rb_xmsg *m)
     rb_xmsg_put(m);
     const uint8_t *name = (const uint8_t *)b->topic;
     rb_topic *t = topic_get(o, name, b->topic_len, rb_hash_bytes(name, b->topic_len));
-    if (t == NULL) {
+    if (t == NULL || t->cls->ephemeral) {
+        /* An ephemeral topic here is one a peer stores (its config differs):
+         * its seqs are not this node's, whose own they would break. */
         rb_block_unref(b);
         return;
     }
