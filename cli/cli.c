@@ -91,7 +91,11 @@ static const char usage_text[] =
     "                                   subscribe; CURSOR is a seq, 0 or now (default);\n"
     "                                   exits 1 when --timeout ends the run before --count\n"
     "                                   messages (or the --history-only history) arrived,\n"
-    "                                   and on a topic_error (a cursor the store cannot serve)\n"
+    "                                   and on a topic_error (a cursor the store cannot serve);\n"
+    "                                   an ephemeral topic that dropped messages for a slow\n"
+    "                                   reader prints "
+    "{\"event\":\"lagged\",\"topic\":...,\"skipped\":N}\n"
+    "                                   and goes on (--count counts messages only)\n"
     "  stream                           JSON commands on stdin, JSON events on stdout; the\n"
     "                                   first event is started (server_id, epoch). One strict\n"
     "                                   JSON object a line (seqs, cursors and epochs up to\n"
@@ -277,6 +281,13 @@ static void print_event(cli *c, const ringbus_event *ev)
         rb_json_put_u64(b, ev->mutate_id);
         put_code(b, "code", ev->code);
         put_text(b, "message", ev->message);
+        break;
+    case RINGBUS_EVENT_LAGGED:
+        rb_json_put_raw(b, "{\"event\":\"lagged\"", 17);
+        put_key(b, "topic");
+        rb_json_put_str(b, ev->topic, ev->topic_len);
+        put_key(b, "skipped");
+        rb_json_put_u64(b, ev->skipped);
         break;
     case RINGBUS_EVENT_RECONNECTING:
         rb_json_put_raw(b, "{\"event\":\"reconnecting\"", 23);
@@ -1144,6 +1155,7 @@ static int sub_event(cli *c, const sub_args *a, const ringbus_event *ev, uint64_
     case RINGBUS_EVENT_RESPONSE:
     case RINGBUS_EVENT_RECONNECTING:
     case RINGBUS_EVENT_RECONNECTED:
+    case RINGBUS_EVENT_LAGGED: /* the stream goes on: nothing to count or stop for */
         break;
     }
     return -1;

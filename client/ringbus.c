@@ -460,6 +460,22 @@ static int fill_topic_error(ringbus_conn *conn, const rb_frame *f, ringbus_event
     return 0;
 }
 
+static int fill_lagged(ringbus_conn *conn, const rb_frame *f, ringbus_event *ev)
+{
+    rb_bytes t = f->u.lagged.topic;
+    char *p = scratch_reserve(&conn->scratch, &conn->scratch_cap, t.len + 1);
+    if (p == NULL) {
+        return RB_ENOMEM;
+    }
+    memcpy(p, t.ptr, t.len);
+    p[t.len] = '\0';
+    ev->topic = p;
+    ev->topic_len = t.len;
+    ev->skipped = f->u.lagged.skipped;
+    ev->message = "";
+    return 0;
+}
+
 /* A REQUEST: method and caller share the scratch buffer. */
 static int fill_request(ringbus_conn *conn, const rb_frame *f, ringbus_event *ev)
 {
@@ -503,6 +519,9 @@ static int fill_event(ringbus_conn *conn, const rb_frame *f, rb_frame_iter *it, 
     case RB_FRAME_TOPIC_ERROR:
         ev->kind = RINGBUS_EVENT_TOPIC_ERROR;
         return fill_topic_error(conn, f, ev);
+    case RB_FRAME_LAGGED:
+        ev->kind = RINGBUS_EVENT_LAGGED;
+        return fill_lagged(conn, f, ev);
     case RB_FRAME_ERROR:
         ev->kind = RINGBUS_EVENT_ERROR;
         ev->code = f->u.error.code;
@@ -815,6 +834,7 @@ static int handle_frame(ringbus_conn *conn, const rb_frame *f, const uint8_t *p)
     case RB_FRAME_TOPICS_LIVE:
     case RB_FRAME_CATCHUP_COMPLETE:
     case RB_FRAME_TOPIC_ERROR:
+    case RB_FRAME_LAGGED:
         return event_frame(conn, f, p, false);
     default:
         snprintf(why, sizeof why, "unexpected %s frame from the server",

@@ -129,6 +129,7 @@ typedef enum ringbus_event_kind {
     RINGBUS_EVENT_RESPONSE = 8,         /* the one outcome of a ringbus_call */
     RINGBUS_EVENT_RECONNECTING = 9,     /* session: the connection is lost; retrying */
     RINGBUS_EVENT_RECONNECTED = 10,     /* session: connected again; topics re-added */
+    RINGBUS_EVENT_LAGGED = 11,          /* an ephemeral topic dropped messages for this reader */
 } ringbus_event_kind;
 
 /* Correlation ids of Mutates are RINGBUS_CORR_MUTATE | mutate_id, so that an
@@ -195,6 +196,12 @@ typedef struct ringbus_event {
      * CATCHUP_COMPLETE follows; attempt is the number of attempts it took. */
     uint32_t attempt;
     uint32_t delay_ms;
+    /* LAGGED: the server dropped `skipped` (>= 1) messages of the
+     * ephemeral topic (topic, topic_len) for this slow reader, the oldest
+     * it held; they were the ones just before its next MESSAGE of the
+     * topic, whose seq is the last seq seen + skipped + 1. Not an error:
+     * the stream stays open and live. */
+    uint64_t skipped;
 } ringbus_event;
 
 /* Receives events when set in ringbus_options. It runs inside

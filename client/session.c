@@ -543,6 +543,10 @@ static bool filter(ringbus_session *s, const ringbus_event *ev)
     case RINGBUS_EVENT_TOPIC_ERROR:
         sub_remove(s, ev->topic, ev->topic_len);
         return true;
+    case RINGBUS_EVENT_LAGGED:
+        /* Not a gap to repair nor an error: an ephemeral topic says what
+         * it dropped, and the topic stays on the stream, live. */
+        return sub_find(s, ev->topic, ev->topic_len) != NULL;
     case RINGBUS_EVENT_ERROR:
         if ((ev->corr_id & RINGBUS_CORR_MUTATE) != 0) {
             /* The Mutate applied nothing: its adds are not on the stream. */

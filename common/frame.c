@@ -224,6 +224,7 @@ static const char *const kind_names[] = {
     [RB_FRAME_REQUEST] = "REQUEST",
     [RB_FRAME_REQUEST_ACK] = "REQUEST_ACK",
     [RB_FRAME_RESPONSE] = "RESPONSE",
+    [RB_FRAME_LAGGED] = "LAGGED",
 };
 
 static const char *const wire_code_names[] = {
@@ -662,6 +663,13 @@ static void decode_body(reader *r, rb_frame *f)
     case RB_FRAME_TOPIC_ERROR:
         decode_topic_error(r, f);
         break;
+    case RB_FRAME_LAGGED:
+        f->u.lagged.topic = rd_topic(r);
+        f->u.lagged.skipped = rd_u64(r, "skipped");
+        if (r->rc == 0 && f->u.lagged.skipped == 0) {
+            bad(r, "skipped: 0 (a LAGGED frame skips at least one message)");
+        }
+        break;
     case RB_FRAME_AUTH:
         f->u.auth.credentials = rd_prefixed(r, 2, "credentials", false);
         break;
@@ -968,6 +976,21 @@ size_t rb_frame_encode_going_away(uint8_t *out, size_t cap, uint64_t corr_id,
     uint8_t *p = put_header(out, size, RB_FRAME_GOING_AWAY, corr_id);
     p = put_u32(p, reconnect_delay_ms);
     p = put_blob16(p, message);
+    return done(out, p, size);
+}
+
+size_t rb_frame_encode_lagged(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
+                              uint64_t skipped)
+{
+    assert_topic(topic);
+    RB_ASSERT(skipped > 0);
+    size_t size = RB_FRAME_HEADER_BYTES + 1 + topic.len + 8;
+    if (size > cap) {
+        return 0;
+    }
+    uint8_t *p = put_header(out, size, RB_FRAME_LAGGED, corr_id);
+    p = put_topic(p, topic);
+    p = put_u64(p, skipped);
     return done(out, p, size);
 }
 

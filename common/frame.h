@@ -45,7 +45,8 @@ typedef enum rb_frame_kind {
     RB_FRAME_REQUEST = 18,     /* a call (caller -> server -> responder) */
     RB_FRAME_REQUEST_ACK = 19, /* the responder has it; or a caller's cancel */
     RB_FRAME_RESPONSE = 20,    /* the one outcome of a call */
-    RB_FRAME_KIND_LAST = RB_FRAME_RESPONSE,
+    RB_FRAME_LAGGED = 21,      /* an ephemeral topic skipped messages of a slow reader */
+    RB_FRAME_KIND_LAST = RB_FRAME_LAGGED,
 } rb_frame_kind;
 
 /* Stable wire codes of ERROR frames and CLOSE statuses. */
@@ -161,6 +162,8 @@ typedef struct rb_message_item {
  *                  to a responder: the caller's client_id), name8 method, blob32 payload
  * REQUEST_ACK      u8 flags (RB_REQUEST_ACK_CANCEL)
  * RESPONSE         u16 code (0 = ok), str16 message, blob32 payload
+ * LAGGED           topic, u64 skipped (messages of an ephemeral topic dropped
+ *                  for this reader, just before its next message of the topic)
  * [u64 epoch] is a field appended after the first release: a peer that
  * predates it omits it (decoded as 0 with has_epoch false); encoders always
  * write it. A body must be consumed exactly: trailing bytes are bad_frame.
@@ -238,6 +241,10 @@ typedef struct rb_frame {
             uint16_t code;
             rb_bytes message;
         } topic_error;
+        struct {
+            rb_bytes topic;
+            uint64_t skipped;
+        } lagged;
         struct {
             rb_bytes credentials; /* rb_credentials_decode reads them */
         } auth;
@@ -323,6 +330,10 @@ size_t rb_frame_encode_going_away(uint8_t *out, size_t cap, uint64_t corr_id,
 size_t rb_frame_encode_topic_error(uint8_t *out, size_t cap, uint64_t corr_id, uint64_t mutate_id,
                                    rb_bytes topic, uint16_t code, rb_bytes message);
 size_t rb_frame_encode_auth(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes credentials);
+/* LAGGED: skipped (>= 1) messages of the ephemeral topic were dropped for
+ * this reader. */
+size_t rb_frame_encode_lagged(uint8_t *out, size_t cap, uint64_t corr_id, rb_bytes topic,
+                              uint64_t skipped);
 
 /* RPC. kind is RB_FRAME_REGISTER or RB_FRAME_UNREGISTER; names are at most
  * RB_RPC_NAME_BYTES_MAX bytes (method and peer at least one). */

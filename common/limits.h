@@ -241,6 +241,24 @@
  * (postgres), each holding the batch's keys for the store's check (about
  * 24 KiB); a keyed batch beyond it waits for one to finish. */
 #define RB_OWNER_KEYED_APPENDS_MAX 64u
+/* Ephemeral batches per shard that hold content duplicates in their place
+ * (8 KiB each); past it a duplicate is acked at once, ahead of its batch. */
+#define RB_OWNER_EPH_DUP_BATCHES_MAX 256u
+/* Ephemeral topics on a slow subscriber: their live messages go straight
+ * to the send queue only while it is below 1/RB_EPH_SENDQ_DIVISOR of
+ * send_queue_bytes (the rest stays for stored topics, which are closed
+ * when it is full); behind that, each connection keeps at most
+ * send_queue_bytes / RB_EPH_LAG_DIVISOR of block bytes waiting, and drops
+ * the oldest past it (told with LAGGED). */
+#define RB_EPH_SENDQ_DIVISOR 2u
+/* An ephemeral topic's seqs start above the wall-clock millisecond of its
+ * first use on the node times 2^RB_EPH_SEQ_BASE_SHIFT, so that after a
+ * restart they stay above those of the run before (unless a topic averaged
+ * more than 1024 messages a millisecond) and a resuming client never takes
+ * new messages for ones it had; 2^10 x the milliseconds until 2100 stays
+ * below 2^53, exact in a JavaScript number. */
+#define RB_EPH_SEQ_BASE_SHIFT 10
+#define RB_EPH_LAG_DIVISOR    4u
 /* Head queries per shard waiting for their topic's head refresh. */
 #define RB_OWNER_WAITERS_MAX (1u << 20)
 /* Topics per heads request reading the live gate's ceilings. */

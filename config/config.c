@@ -122,6 +122,7 @@ static int auth_mode_fn(loader *ld, const char *path, const rb_toml_value *v, vo
 static int auth_users_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int auth_jwt_keys_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 static int cluster_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
+static int topic_classes_fn(loader *ld, const char *path, const rb_toml_value *v, void *base);
 
 static const field limits_fields[] = {
     U32("max_connections", max_connections, 1, RB_CONNS_PER_SHARD_MAX),
@@ -213,7 +214,7 @@ static const field root_fields[] = {
     SECTION("timeouts", timeouts_section),   SECTION("catchup", catchup_section),
     SECTION("storage", storage_section),     SECTION("auth", auth_section),
     CUSTOM("listener", listeners_fn),        CUSTOM("cluster", cluster_fn),
-    SECTION("dedup", dedup_section),
+    SECTION("dedup", dedup_section),         CUSTOM("topic_class", topic_classes_fn),
 };
 static const section root_section = {"", root_fields, COUNT(root_fields)};
 
@@ -1572,6 +1573,144 @@ static int check_at_least_frame(loader *ld, const char *key, uint64_t value)
                       (unsigned long long)value, cfg->max_frame_bytes);
 }
 
+/* ---- [[topic_class]] ---- */
+
+static int class_pattern_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_topic_class_config *c = base;
+    const char *text = NULL;
+    size_t len = 0;
+    int rc = get_string(ld, path, v, &text, &len);
+    if (rc < 0) {
+        return rc;
+    }
+    rb_err why;
+    if (rb_pattern_validate((rb_bytes){(const uint8_t *)text, len}, &why) != 0) {
+        return fail_value(ld, v, path, "%s", why.msg);
+    }
+    memcpy(c->pattern, text, len + 1);
+    return 0;
+}
+
+static int class_storage_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    static const char *const names[] = {"stored", "none"};
+    rb_topic_class_config *c = base;
+    size_t i = 0;
+    int rc = one_of(ld, path, v, names, COUNT(names), &i);
+    if (rc == 0) {
+        c->storage = i == 0 ? RB_TOPIC_STORED : RB_TOPIC_EPHEMERAL;
+    }
+    return rc;
+}
+
+static const field class_fields[] = {
+    CUSTOM("pattern", class_pattern_fn),
+    CUSTOM("storage", class_storage_fn),
+    {.name = "dedup_window_ms",
+     .kind = FK_U32,
+     .offset = offsetof(rb_topic_class_config, dedup_window_ms),
+     .min = 0,
+     .max = RB_DEDUP_WINDOW_MS_MAX},
+    {.name = "max_message_bytes",
+     .kind = FK_U32,
+     .offset = offsetof(rb_topic_class_config, max_message_bytes),
+     .min = 1,
+     .max = RB_FRAME_BYTES_MAX},
+    {.name = "echo", .kind = FK_BOOL, .offset = offsetof(rb_topic_class_config, echo)},
+};
+static const section class_section = {"topic_class", class_fields, COUNT(class_fields)};
+
+static int load_class(loader *ld, const rb_toml_value *t, size_t number, rb_topic_class_config *c)
+{
+    char prefix[32];
+    snprintf(prefix, sizeof prefix, "topic_class[%zu]", number);
+    int rc = expect_type(ld, prefix, t, RB_TOML_TABLE, "a table ([[topic_class]])");
+    if (rc < 0) {
+        return rc;
+    }
+    memset(c, 0, sizeof *c);
+    c->echo = true;
+    where_of(ld, t, prefix, c->where, sizeof c->where);
+    for (size_t i = 0; i < rb_toml_count(t); i++) {
+        rb_toml_key k;
+        const rb_toml_value *v = rb_toml_entry(t, i, &k);
+        const field *f = find_field(&class_section, &k);
+        if (f == NULL) {
+            return unknown_key(ld, &class_section, prefix, &k);
+        }
+        char path[PATH_BYTES_MAX];
+        join_path(path, sizeof path, prefix, k.text, k.len);
+        rc = load_field(ld, f, path, v, c);
+        if (rc < 0) {
+            return rc;
+        }
+    }
+    if (c->pattern[0] == '\0') {
+        return fail_value(ld, t, prefix, "missing required key \"pattern\"");
+    }
+    if (!c->echo && c->storage == RB_TOPIC_STORED) {
+        /* History read from the store keeps no publisher, so a stored
+         * topic could not keep the promise on catch-up. */
+        return fail_value(ld, rb_toml_get(t, "echo"), prefix,
+                          "echo = false needs storage = \"none\" (stored history does not "
+                          "record its publisher)");
+    }
+    return 0;
+}
+
+static int topic_classes_fn(loader *ld, const char *path, const rb_toml_value *v, void *base)
+{
+    rb_config *cfg = base;
+    int rc = expect_type(ld, path, v, RB_TOML_ARRAY, "an array of tables ([[topic_class]])");
+    if (rc < 0) {
+        return rc;
+    }
+    size_t count = rb_toml_count(v);
+    if (count > RB_TOPIC_CLASSES_MAX) {
+        return fail_value(ld, rb_toml_item(v, RB_TOPIC_CLASSES_MAX), path,
+                          "more than %d topic classes", RB_TOPIC_CLASSES_MAX);
+    }
+    for (size_t i = 0; i < count; i++) {
+        rb_topic_class_config *c = &cfg->topic_classes[i];
+        rc = load_class(ld, rb_toml_item(v, i), i + 1, c);
+        for (size_t j = 0; rc == 0 && j < i; j++) {
+            if (strcmp(cfg->topic_classes[j].pattern, c->pattern) == 0) {
+                char at[32];
+                snprintf(at, sizeof at, "topic_class[%zu].pattern", i + 1);
+                rc = fail_value(ld, rb_toml_get(rb_toml_item(v, i), "pattern"), at,
+                                "\"%s\" is already the pattern of topic_class[%zu]", c->pattern,
+                                j + 1);
+            }
+        }
+        if (rc < 0) {
+            return rc;
+        }
+        cfg->topic_class_count++;
+    }
+    return 0;
+}
+
+/* A class's max_message_bytes must be reachable: a message travels in one
+ * MESSAGES frame of at most max_frame_bytes. */
+static int check_topic_classes(loader *ld)
+{
+    const rb_config *cfg = ld->cfg;
+    const rb_toml_value *arr = rb_toml_get(ld->root, "topic_class");
+    for (uint32_t i = 0; i < cfg->topic_class_count; i++) {
+        const rb_topic_class_config *c = &cfg->topic_classes[i];
+        if (c->max_message_bytes <= cfg->max_frame_bytes) {
+            continue;
+        }
+        char at[48];
+        snprintf(at, sizeof at, "topic_class[%u].max_message_bytes", i + 1);
+        return fail_value(ld, rb_toml_get(rb_toml_item(arr, i), "max_message_bytes"), at,
+                          "%u is more than limits.max_frame_bytes (%u)", c->max_message_bytes,
+                          cfg->max_frame_bytes);
+    }
+    return 0;
+}
+
 static int check_cross(loader *ld)
 {
     const rb_config *cfg = ld->cfg;
@@ -1591,6 +1730,7 @@ static int check_cross(loader *ld)
                         "\"postgres\" needs storage.postgres.conninfo (a libpq connection string)");
     }
     rc = rc ? rc : check_cluster(ld);
+    rc = rc ? rc : check_topic_classes(ld);
     return rc ? rc : check_auth(ld);
 }
 

@@ -127,6 +127,28 @@ typedef struct rb_peer_config {
     uint16_t port;                      /* port = 7410 */
 } rb_peer_config;
 
+/* Topic classes ([[topic_class]]): per-pattern storage and delivery rules,
+ * matched in file order (the first class whose pattern matches a topic is
+ * its class; a topic no class matches is stored with the global rules). */
+#define RB_TOPIC_CLASSES_MAX 64
+
+typedef enum rb_topic_storage {
+    RB_TOPIC_STORED = 0,    /* storage = "stored": the configured store (the default) */
+    RB_TOPIC_EPHEMERAL = 1, /* storage = "none": fan-out only, never stored */
+} rb_topic_storage;
+
+typedef struct rb_topic_class_config {
+    char pattern[RB_TOPIC_BYTES_MAX + 1]; /* pattern = "cursor.>" (common/pattern.h), required */
+    rb_topic_storage storage;             /* storage = "stored" | "none" */
+    /* dedup_window_ms: storage "none": repeated payloads within the window
+     * are not delivered again (0 = off, the default); "stored": the
+     * idempotency-key window of its topics (0 = [dedup] window_ms). */
+    uint32_t dedup_window_ms;
+    uint32_t max_message_bytes;            /* payload limit; 0 = what max_frame_bytes allows */
+    bool echo;                             /* echo = true: publishers receive their own */
+    char where[RB_CONFIG_WHERE_BYTES_MAX]; /* "file:line:col: topic_class[N]" */
+} rb_topic_class_config;
+
 typedef struct rb_config {
     /* top level */
     uint32_t shards;                            /* shards; default = online CPUs (>= 1) */
@@ -212,6 +234,10 @@ typedef struct rb_config {
     uint16_t cluster_port;                      /* port = 7410 */
     uint32_t cluster_peer_count;                /* [[cluster.peer]] */
     rb_peer_config cluster_peers[RB_CLUSTER_PEERS_MAX];
+
+    /* [[topic_class]] */
+    uint32_t topic_class_count;
+    rb_topic_class_config topic_classes[RB_TOPIC_CLASSES_MAX];
 
     /* [[listener]]; when the file declares none, one tcp listener on
      * 127.0.0.1:7400 is used. */

@@ -20,6 +20,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/ephemeral.h"
 #include "server/interest.h"
 #include "server/publish.h"
 #include "server/seq.h"
@@ -66,6 +67,12 @@ typedef struct batch_keys {
     uint64_t dup_seqs[RB_OWNER_BATCH_MESSAGES_MAX]; /* nonzero: a duplicate of that seq */
 } batch_keys;
 
+/* The content duplicates of an ephemeral batch (rb_eph_dedup_find): held
+ * only by batches that have one. */
+typedef struct eph_dups {
+    uint64_t dup_seqs[RB_OWNER_BATCH_MESSAGES_MAX]; /* nonzero: a duplicate of that seq */
+} eph_dups;
+
 _Static_assert(RB_OWNER_BATCH_MESSAGES_MAX <= RB_PG_APPEND_KEYED_MAX,
                "a batch with keys is one keyed append");
 
@@ -85,6 +92,7 @@ typedef struct batch {
     dedup_ent *keys[RB_OWNER_BATCH_MESSAGES_MAX]; /* the claimed key of each, or NULL */
     uint32_t key_count;                           /* how many of them are not NULL */
     batch_keys *durable;                          /* while a durable store checks the keys */
+    eph_dups *dups;                               /* an ephemeral batch's content duplicates */
     uint32_t stored; /* after commit: publishes stored (the others are duplicates) */
 } batch;
 
@@ -110,6 +118,8 @@ typedef struct refresh {
 
 struct rb_topic {
     rb_topic *hash_next;
+    const rb_topic_class *cls; /* server/ephemeral.h */
+    uint64_t eph_assigned;     /* ephemeral: the last seq given to an accepted publish */
     rb_topic *dirty_next;
     rb_owner *owner;
     uint64_t head;
@@ -182,6 +192,7 @@ struct rb_owner {
     rb_pool dedup_pool;
     rb_pool dedup_wait_pool;
     rb_pool batch_keys_pool;
+    rb_pool eph_dups_pool;
     rb_pool refresh_pool;
     rb_pool topic_pool;
     rb_pool batch_pool;
@@ -232,6 +243,9 @@ static int owner_init(rb_shard *sh, rb_err *err)
     rc = rc ? rc
             : rb_pool_init(&o->batch_keys_pool, "keyed appends", sizeof(batch_keys),
                            RB_OWNER_KEYED_APPENDS_MAX, err);
+    rc = rc ? rc
+            : rb_pool_init(&o->eph_dups_pool, "ephemeral duplicates", sizeof(eph_dups),
+                           RB_OWNER_EPH_DUP_BATCHES_MAX, err);
     size_t arena = 2 * (size_t)sh->server->cfg.max_frame_bytes;
     o->holes.arena = rc == 0 ? malloc(arena) : NULL;
     if (rc == 0 && o->holes.arena == NULL) {
@@ -302,6 +316,7 @@ static void owner_deinit(rb_shard *sh)
     free(o->dedup_buckets);
     rb_pool_deinit(&o->dedup_wait_pool);
     rb_pool_deinit(&o->batch_keys_pool);
+    rb_pool_deinit(&o->eph_dups_pool);
     rb_pool_deinit(&o->dedup_pool);
     rb_pool_deinit(&o->refresh_pool);
     rb_pool_deinit(&o->waiter_pool);
@@ -356,6 +371,13 @@ static rb_topic *topic_get(rb_owner *o, const uint8_t *name, size_t len, uint64_
     }
     memset(t, 0, sizeof *t);
     t->owner = o;
+    t->cls = rb_topic_class_of(o->shard, (rb_bytes){name, len});
+    if (t->cls->ephemeral) {
+        /* Its seqs continue above the last run's (RB_EPH_SEQ_BASE_SHIFT). */
+        t->head = rb_eph_seq_base();
+        t->eph_assigned = t->head;
+        rb_seq_skip(&t->seq, t->head);
+    }
     rb_seq_init(&t->seq);
     t->name_len = (uint8_t)len;
     memcpy(t->name, name, len);
@@ -401,6 +423,13 @@ static void ack_ref(rb_shard *sh, const pub_ref *r, uint64_t seq, uint16_t code,
  * key is vacant again). A committed key lives for the window after its
  * commit; expired keys are dropped oldest first when their topic is next
  * touched, and from every topic when the shard's table is full. */
+
+/* The idempotency-key window of a stored topic: its class's, else [dedup]. */
+static uint32_t key_window_ms(const rb_shard *sh, const rb_topic *t)
+{
+    uint32_t w = t->cls->dedup_window_ms;
+    return w != 0 ? w : sh->server->cfg.dedup_window_ms;
+}
 
 static uint64_t dedup_hash(const rb_topic *t, rb_bytes key)
 {
@@ -475,7 +504,7 @@ static void dedup_commit(rb_shard *sh, dedup_ent *e, uint64_t seq)
     rb_owner *o = sh->owner;
     rb_topic *t = e->topic;
     e->seq = seq;
-    e->expires_ms = rb_loop_now_ms(sh->loop) + sh->server->cfg.dedup_window_ms;
+    e->expires_ms = rb_loop_now_ms(sh->loop) + key_window_ms(sh, e->topic);
     e->fifo_next = NULL;
     if (t->dedup_tail == NULL) {
         t->dedup_head = e;
@@ -565,6 +594,10 @@ static dedup_ent *dedup_claim(rb_shard *sh, rb_topic *t, const rb_publish *pub)
 
 static void batch_put(rb_owner *o, batch *b)
 {
+    if (b->dups != NULL) {
+        rb_pool_put(&o->eph_dups_pool, b->dups);
+        b->dups = NULL;
+    }
     if (b->durable != NULL) {
         rb_pool_put(&o->batch_keys_pool, b->durable);
         b->durable = NULL;
@@ -589,6 +622,9 @@ static void dedup_found_stored(rb_shard *sh, dedup_ent *e, uint64_t seq)
 
 static uint64_t dup_seq_of(const batch *b, uint32_t i)
 {
+    if (b->dups != NULL) {
+        return b->dups->dup_seqs[i];
+    }
     return b->durable != NULL ? b->durable->dup_seqs[i] : 0;
 }
 
@@ -625,9 +661,24 @@ static bool fanout_backed_up(rb_shard *sh, const rb_topic *t)
     return false;
 }
 
+/* The publisher of a batched publish, for the origins of an echo = false
+ * block (the record layout of server/publish.c). */
+static void origin_of(const pub_ref *r, uint16_t *shard, uint32_t *index, uint32_t *gen)
+{
+    rb_publish pub;
+    const uint8_t *cursor = r->slot;
+    bool ok = rb_publish_next(r->src, &cursor, &pub);
+    RB_ASSERT(ok);
+    *shard = pub.reply.shard;
+    *index = pub.reply.conn_index;
+    *gen = pub.reply.conn_gen;
+}
+
 static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
 {
-    rb_block *blk = rb_mailbox_block(&sh->mail, b->item_bytes);
+    bool origins = t->cls->ephemeral && !t->cls->echo;
+    size_t extra = origins ? (size_t)b->stored * RB_EPH_ORIGIN_BYTES : 0;
+    rb_block *blk = rb_mailbox_block(&sh->mail, b->item_bytes + extra);
     if (blk == NULL) {
         return NULL;
     }
@@ -649,6 +700,15 @@ static rb_block *build_block(rb_shard *sh, rb_topic *t, const batch *b)
         blk->bytes += (uint32_t)n;
     }
     RB_ASSERT(seq == b->req.last_seq + 1);
+    for (uint32_t i = 0, k = 0; origins && i < b->count; i++) {
+        if (dup_seq_of(b, i) == 0) {
+            uint16_t from;
+            uint32_t idx;
+            uint32_t gen;
+            origin_of(&b->pubs[i], &from, &idx, &gen);
+            rb_eph_origin_put(blk, k++, from, idx, gen);
+        }
+    }
     return blk;
 }
 
@@ -727,6 +787,7 @@ static void send_released(rb_owner *o)
 }
 
 static void start_append(rb_topic *t);
+static void finish_committed(rb_owner *o);
 
 /* Hands b to the link shards of the peers left in b->peer_left, in peer
  * order, as far as envelopes allow. Returns false when one was missing
@@ -800,15 +861,19 @@ static void finish_committed(rb_owner *o)
     while (o->done_head != NULL) {
         batch *b = o->done_head;
         rb_topic *t = b->topic;
+        /* Ephemeral topics stay on this node: their seqs are its own. */
+        uint32_t peers = t->cls->ephemeral ? 0 : t->peers;
         if (b->stored == 0) {
             /* Every publish was a duplicate: no new seq, nothing to send. */
-        } else if (any_interest(t) || t->peers != 0) {
+        } else if (any_interest(t) || peers != 0) {
             rb_block *blk = build_block(sh, t, b);
             if (blk == NULL) {
                 rb_shard_poll_soon(sh);
                 break;
             }
-            forward_to_peers(o, t, blk);
+            if (peers != 0) {
+                forward_to_peers(o, t, blk);
+            }
             if (any_interest(t)) {
                 rb_seq_commit(&t->seq, blk, &seq_ops, t);
             } else {
@@ -829,7 +894,9 @@ static void finish_committed(rb_owner *o)
             uint64_t dup = dup_seq_of(b, i);
             if (dup != 0) {
                 ack_ref(sh, &b->pubs[i], dup, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
-                dedup_found_stored(sh, b->keys[i], dup);
+                if (b->keys[i] != NULL) {
+                    dedup_found_stored(sh, b->keys[i], dup);
+                }
                 continue;
             }
             ack_ref(sh, &b->pubs[i], seq, RB_WIRE_OK, RB_PUBLISH_OK, 0);
@@ -1023,6 +1090,40 @@ static void append_done(rb_append_req *req)
     finish_committed(o);
 }
 
+/* An ephemeral topic never touches storage: its filled batches are
+ * committed at once, in order, with the seqs their publishes were given at
+ * intake (eph_assigned), and go the way of a committed append: block,
+ * sequencer, acks. "Accepted for fan-out" is this moment. */
+static void eph_commit(rb_topic *t)
+{
+    rb_owner *o = t->owner;
+    while (t->fill_head != NULL) {
+        batch *b = t->fill_head;
+        t->fill_head = b->next;
+        b->next = NULL;
+        uint32_t dups = 0;
+        for (uint32_t i = 0; i < b->count; i++) {
+            dups += dup_seq_of(b, i) != 0;
+        }
+        memset(&b->req, 0, sizeof b->req);
+        b->stored = b->count - dups;
+        b->req.first_seq = t->head + 1;
+        b->req.last_seq = t->head + b->stored;
+        t->head = b->req.last_seq;
+        b->blk = NULL;
+        b->fan_planned = false;
+        if (o->done_tail == NULL) {
+            o->done_head = b;
+        } else {
+            o->done_tail->next = b;
+        }
+        o->done_tail = b;
+    }
+    t->fill_tail = NULL;
+    RB_ASSERT(t->head == t->eph_assigned);
+    finish_committed(o);
+}
+
 static void start_append(rb_topic *t)
 {
     rb_owner *o = t->owner;
@@ -1036,6 +1137,10 @@ static void start_append(rb_topic *t)
          * queue; the publishes wait in their batch. */
         topic_mark_dirty(t);
         rb_shard_poll_soon(sh);
+        return;
+    }
+    if (t->cls->ephemeral) {
+        eph_commit(t);
         return;
     }
     batch *b = t->fill_head;
@@ -1066,7 +1171,7 @@ static void start_append(rb_topic *t)
         }
         b->req.keys = keys->keys;
         b->req.dup_seqs = keys->dup_seqs;
-        b->req.dedup_window_ms = cfg->dedup_window_ms;
+        b->req.dedup_window_ms = key_window_ms(sh, t);
     }
     b->req.done = append_done;
     b->req.ctx = b;
@@ -1346,6 +1451,11 @@ static void on_interest(rb_shard *sh, uint16_t from, const uint8_t *p)
         t->interest[from / 64] |= 1ull << (from % 64);
         announce_interest(sh, t, had);
     }
+    if (t->cls->ephemeral) {
+        /* No history and no ceiling: the stream went live at once and
+         * waits for no head. */
+        return;
+    }
     /* The ceiling is read from storage after the interest is set, so it
      * covers what other nodes committed too. */
     waiter *w = rb_pool_get(&o->waiter_pool);
@@ -1382,6 +1492,7 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     b->item_bytes = 0;
     b->key_count = 0;
     b->durable = NULL;
+    b->dups = NULL;
     b->stored = 0;
     if (t->fill_tail == NULL) {
         t->fill_head = b;
@@ -1392,12 +1503,55 @@ static batch *fill_batch(rb_topic *t, size_t item_bytes)
     return b;
 }
 
+/* An ephemeral publish joins its topic's batch with the next seq, or as a
+ * content duplicate of an earlier one within the class's window (acked in
+ * its place in the batch with that seq and RB_ACK_DUPLICATE, delivered to
+ * nobody). Idempotency keys are not kept for ephemeral topics: content
+ * dedup takes their place. */
+static void eph_publish(rb_shard *sh, rb_topic *t, const rb_publish *pub, size_t item)
+{
+    rb_owner *o = sh->owner;
+    uint32_t window_ms = t->cls->dedup_window_ms;
+    uint64_t dup = rb_eph_dedup_find(sh, pub->topic_hash, pub->payload, window_ms);
+    batch *b = fill_batch(t, item);
+    if (b == NULL) {
+        rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_BATCH_LIMIT, 0);
+        return;
+    }
+    if (dup != 0 && b->dups == NULL) {
+        b->dups = rb_pool_get(&o->eph_dups_pool);
+        if (b->dups == NULL) {
+            /* No room to keep its place: answered at once, ahead of the
+             * batch (the only case where its ack overtakes earlier ones). */
+            rb_publish_ack(sh, pub, dup, RB_WIRE_OK, RB_PUBLISH_OK, RB_ACK_DUPLICATE);
+            return;
+        }
+        memset(b->dups, 0, sizeof *b->dups);
+    }
+    if (dup == 0) {
+        rb_eph_dedup_put(sh, pub->topic_hash, pub->payload, ++t->eph_assigned, window_ms);
+        b->item_bytes += (uint32_t)item;
+    } else {
+        b->dups->dup_seqs[b->count] = dup;
+        RB_STAT_ADD(sh, ephemeral_duplicates, 1);
+    }
+    b->payloads[b->count] = pub->payload;
+    b->keys[b->count] = NULL;
+    b->pubs[b->count] = (pub_ref){.src = pub->src, .slot = pub->slot};
+    b->count++;
+    topic_mark_dirty(t);
+}
+
 static void on_publish(rb_shard *sh, const rb_publish *pub)
 {
     size_t item = rb_frame_messages_item_size(pub->topic.len, pub->payload.len);
     rb_topic *t = topic_get(sh->owner, pub->topic.ptr, pub->topic.len, pub->topic_hash);
     if (t == NULL) {
         rb_publish_ack(sh, pub, 0, RB_WIRE_RESOURCE_EXHAUSTED, RB_PUBLISH_TOPIC_LIMIT, 0);
+        return;
+    }
+    if (t->cls->ephemeral) {
+        eph_publish(sh, t, pub, item);
         return;
     }
     dedup_ent *key = NULL;
@@ -1462,7 +1616,8 @@ void rb_owner_repair_all(rb_shard *sh)
     rb_owner *o = sh->owner;
     for (uint32_t i = 0; i < o->bucket_count; i++) {
         for (rb_topic *t = o->buckets[i]; t != NULL; t = t->hash_next) {
-            if (any_interest(t)) {
+            if (any_interest(t) && !t->cls->ephemeral) {
+                /* Ephemeral topics have nothing in storage to repair from. */
                 queue_refresh(o, t);
             }
         }
@@ -1526,7 +1681,9 @@ static void on_replica_in(void *ctx, rb_xmsg *m)
     rb_xmsg_put(m);
     const uint8_t *name = (const uint8_t *)b->topic;
     rb_topic *t = topic_get(o, name, b->topic_len, rb_hash_bytes(name, b->topic_len));
-    if (t == NULL) {
+    if (t == NULL || t->cls->ephemeral) {
+        /* An ephemeral topic here is one a peer stores (its config differs):
+         * its seqs are not this node's, whose own they would break. */
         rb_block_unref(b);
         return;
     }
@@ -1552,7 +1709,8 @@ static uint64_t owner_memory_bytes(const rb_config *cfg)
            (uint64_t)RB_OWNER_WAITERS_MAX * sizeof(waiter) +
            (uint64_t)cfg->dedup_keys_per_shard * (sizeof(dedup_ent) + 2 * sizeof(dedup_ent *)) +
            (uint64_t)RB_DEDUP_WAITERS_MAX * sizeof(dedup_wait) +
-           (uint64_t)RB_OWNER_REFRESHES_MAX * sizeof(refresh) + 2ull * cfg->max_frame_bytes;
+           (uint64_t)RB_OWNER_REFRESHES_MAX * sizeof(refresh) + 2ull * cfg->max_frame_bytes +
+           (uint64_t)RB_OWNER_EPH_DUP_BATCHES_MAX * sizeof(eph_dups);
 }
 
 const rb_subsystem rb_owner_subsystem = {

@@ -18,6 +18,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/ephemeral.h"
 #include "server/server.h"
 
 #define PUB_REC_FIXED (4 + 4 + 4 + 8 + 8 + 4 + 1 + 1)
@@ -113,6 +114,11 @@ static void on_publish_frame(rb_conn *c, const rb_frame *f)
     }
     size_t max_payload = sh->server->cfg.max_frame_bytes - RB_FRAME_MESSAGES_HEAD_BYTES -
                          rb_frame_messages_item_size(topic.len, 0);
+    /* The topic's class ([[topic_class]] max_message_bytes) may lower it. */
+    const rb_topic_class *cls = rb_topic_class_of(sh, topic);
+    if (cls->max_message_bytes != 0 && cls->max_message_bytes < max_payload) {
+        max_payload = cls->max_message_bytes;
+    }
     if (payload.len > max_payload) {
         rb_conn_send_error(c, corr, RB_WIRE_TOO_LARGE,
                            "payload of %zu bytes exceeds the limit of %zu for this topic",

@@ -192,7 +192,27 @@ static void keep_auth(const rb_config *cur, rb_config *fresh)
     fresh->auth_pattern_bytes_len = cur->auth_pattern_bytes_len;
 }
 
-/* Users and keys (live when auth_live, else kept), and the cluster tables,
+/* The topic classes, but where each was written (moving a class down the
+ * file is no change). */
+static bool classes_equal(const rb_config *a, const rb_config *b)
+{
+    if (a->topic_class_count != b->topic_class_count) {
+        return false;
+    }
+    for (uint32_t i = 0; i < a->topic_class_count; i++) {
+        const rb_topic_class_config *ca = &a->topic_classes[i];
+        const rb_topic_class_config *cb = &b->topic_classes[i];
+        if (strcmp(ca->pattern, cb->pattern) != 0 || ca->storage != cb->storage ||
+            ca->dedup_window_ms != cb->dedup_window_ms ||
+            ca->max_message_bytes != cb->max_message_bytes || ca->echo != cb->echo) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* Users and keys (live when auth_live, else kept), the topic classes (their
+ * matchers and each topic's class are built at start) and the cluster tables,
  * which need a restart: a difference is logged and the running one copied
  * back into fresh. */
 static void diff_tables(const rb_config *cur, rb_config *fresh, bool auth_live)
@@ -214,6 +234,11 @@ static void diff_tables(const rb_config *cur, rb_config *fresh, bool auth_live)
     if (!auth_live) {
         keep_auth(cur, fresh);
     }
+    if (!classes_equal(cur, fresh)) {
+        log_restart("topic_class");
+    }
+    memcpy(fresh->topic_classes, cur->topic_classes, sizeof fresh->topic_classes);
+    fresh->topic_class_count = cur->topic_class_count;
     if (cur->cluster_peer_count != fresh->cluster_peer_count ||
         memcmp(cur->cluster_peers, fresh->cluster_peers, sizeof cur->cluster_peers) != 0) {
         log_restart("cluster.peer");

@@ -162,6 +162,8 @@ typedef struct rb_shard_stats {
     uint64_t deliveries;                   /* messages queued to subscribers */
     uint64_t delivery_bytes;               /* their encoded bytes */
     uint64_t slow_consumer_closes;         /* subscribers closed for a full send queue */
+    uint64_t ephemeral_duplicates;         /* ephemeral publishes dropped by content dedup */
+    uint64_t ephemeral_lagged;             /* ephemeral messages dropped for slow subscribers */
     uint64_t publisher_pauses;             /* times a publisher stopped being read */
     uint64_t publishers_paused;            /* gauge: publishers not read now */
     uint64_t loop_turns;                   /* turns of the shard's loop */
@@ -231,6 +233,7 @@ struct rb_shard {
     /* topic owners and local subscriptions */
     rb_owner *owner;
     rb_subs *subs;
+    struct rb_eph *eph; /* topic classes and content dedup (server/ephemeral.c) */
     /* RPC: calls, serves and this shard's part of the directory */
     struct rb_rpc *rpc;
     /* the replica links this shard holds (server/cluster.c); NULL alone */

@@ -22,6 +22,7 @@
 #include "common/assert.h"
 #include "common/hash.h"
 #include "common/log.h"
+#include "server/ephemeral.h"
 #include "server/interest.h"
 #include "server/server.h"
 
@@ -56,6 +57,19 @@ struct entry {
     rb_seg *pend_head;
     rb_seg *pend_tail;
     uint64_t pend_bytes;
+    /* Ephemeral topics (server/ephemeral.h): live at once, no history.
+     * hwm is the last seq sent or counted as skipped; the lag list holds
+     * the blocks after it that wait for the send queue to drain. */
+    bool eph;
+    bool echo;
+    bool eph_fresh;   /* no block yet: the first one sets hwm */
+    bool lag_listed;  /* on the stream's list of lagging entries */
+    uint64_t skipped; /* dropped since the last LAGGED, told before the next message */
+    rb_seg *lag_head;
+    rb_seg *lag_tail;
+    uint64_t lag_bytes;
+    entry *lag_prev;
+    entry *lag_next;
     uint8_t name_len;
     char name[RB_TOPIC_BYTES_MAX + 1];
 };
@@ -82,6 +96,8 @@ struct rb_stream {
     uint32_t entry_count;
     uint32_t wave_count;
     uint64_t next_token;
+    entry *lag_first;   /* ephemeral entries with a lag list */
+    uint64_t lag_bytes; /* block bytes of all their lag lists */
     wave waves[RB_STREAM_WAVES_MAX];
 };
 
@@ -284,8 +300,10 @@ static bool sub_register(rb_subs *s, entry *e)
         s->count++;
         op = RB_INTEREST_SUB;
     }
-    if (rb_interest_send(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
-                         e->name_len) != 0) {
+    /* An ephemeral entry asks for no head: the shard's interest is enough. */
+    bool ask = op == RB_INTEREST_SUB || !e->eph;
+    if (ask && rb_interest_send(s->shard, op, e->stream->conn, e->token, (const uint8_t *)e->name,
+                                e->name_len) != 0) {
         if (t->count == 0) {
             /* Undo the new subtopic: nothing was sent for it. */
             uint32_t b = (uint32_t)(h & (s->bucket_count - 1));
@@ -460,6 +478,42 @@ static void wave_entry_done(rb_stream *st, entry *e)
     rb_conn_maybe_finish_drain(st->conn);
 }
 
+static void lag_unlist(rb_stream *st, entry *e)
+{
+    if (!e->lag_listed) {
+        return;
+    }
+    if (e->lag_prev == NULL) {
+        st->lag_first = e->lag_next;
+    } else {
+        e->lag_prev->lag_next = e->lag_next;
+    }
+    if (e->lag_next != NULL) {
+        e->lag_next->lag_prev = e->lag_prev;
+    }
+    e->lag_prev = NULL;
+    e->lag_next = NULL;
+    e->lag_listed = false;
+}
+
+/* Gives back the lag list's blocks (the entry leaves: nothing to tell). */
+static void lag_drop_all(rb_shard *sh, rb_stream *st, entry *e)
+{
+    rb_seg *seg = e->lag_head;
+    while (seg != NULL) {
+        rb_seg *next = seg->next;
+        rb_block_unref(seg->ref);
+        rb_pool_put(&sh->seg_pool, seg);
+        seg = next;
+    }
+    RB_ASSERT(st->lag_bytes >= e->lag_bytes);
+    st->lag_bytes -= e->lag_bytes;
+    e->lag_head = NULL;
+    e->lag_tail = NULL;
+    e->lag_bytes = 0;
+    lag_unlist(st, e);
+}
+
 /* Removes e from its stream; its memory goes back now or, when a read or
  * the catch-up queue still holds it, when they let go. */
 static void entry_remove(rb_subs *s, entry *e, bool complete_wave)
@@ -468,6 +522,7 @@ static void entry_remove(rb_subs *s, entry *e, bool complete_wave)
     sub_unregister(s, e);
     entry_unlink(st, e);
     pending_drop(s->shard, e);
+    lag_drop_all(s->shard, st, e);
     if (complete_wave) {
         wave_entry_done(st, e);
     }
@@ -558,6 +613,236 @@ static void send_topics_live(entry *e)
     if (rb_conn_append(e->stream->conn, buf, n) != 0) {
         rb_conn_close(e->stream->conn, RB_WIRE_RESOURCE_EXHAUSTED,
                       "send queue full: no room for TOPICS_LIVE");
+    }
+}
+
+/* ---- ephemeral topics: lag instead of a close ---- */
+
+/* Bytes a LAGGED frame takes at most. */
+#define LAGGED_FRAME_BYTES (RB_FRAME_HEADER_BYTES + 1 + RB_TOPIC_BYTES_MAX + 8)
+
+/* True when a frame of bytes of an ephemeral topic may go to the send
+ * queue now: it stays within 1/RB_EPH_SENDQ_DIVISOR of send_queue_bytes
+ * and of the queue's quota
+ * (the rest is kept for stored topics, which are closed when it is full),
+ * or the queue is empty (a frame larger than that share still goes). */
+static bool eph_room(const rb_conn *c, uint64_t bytes)
+{
+    const rb_sendq *q = &c->sendq;
+    uint64_t want = bytes + RB_FRAME_MESSAGES_HEAD_BYTES + LAGGED_FRAME_BYTES;
+    if (rb_conn_send_full(c, want)) {
+        return false;
+    }
+    /* By bytes and by what they are charged (block references count their
+     * block), like the catch-up pause. */
+    uint64_t share = c->shard->server->cfg.send_queue_bytes / RB_EPH_SENDQ_DIVISOR;
+    return rb_sendq_bytes(q) == 0 ||
+           (rb_sendq_bytes(q) + want <= share &&
+            q->charge_bytes + want <= q->quota_bytes / RB_EPH_SENDQ_DIVISOR);
+}
+
+/* Messages of b after e->hwm that e would deliver (its own are left out
+ * when echo is off). */
+static uint64_t eph_count(const entry *e, const rb_block *b)
+{
+    if (e->echo) {
+        return b->last_seq - (b->first_seq > e->hwm ? b->first_seq - 1 : e->hwm);
+    }
+    const rb_conn *c = e->stream->conn;
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, (rb_bytes){b->data, b->bytes}, b->count);
+    rb_message_item m;
+    uint64_t n = 0;
+    for (uint32_t i = 0; rb_frame_next_item(&it, &m); i++) {
+        n += m.seq > e->hwm && !rb_eph_origin_is(b, i, (uint16_t)c->shard->id, c->index, c->gen);
+    }
+    return n;
+}
+
+/* b is dropped for e: what it would have delivered is counted, told by
+ * the LAGGED before e's next message. */
+static void eph_skip(entry *e, const rb_block *b)
+{
+    uint64_t n = eph_count(e, b);
+    e->skipped += n;
+    RB_STAT_ADD(e->stream->conn->shard, ephemeral_lagged, n);
+    e->hwm = b->last_seq;
+}
+
+/* One MESSAGES frame of n items (bytes at p inside b). False when the
+ * connection was closed. */
+static bool eph_frame(rb_conn *c, rb_block *b, const uint8_t *p, size_t bytes, uint32_t n)
+{
+    uint8_t head[RB_FRAME_MESSAGES_HEAD_BYTES];
+    size_t len = rb_frame_encode_messages_head(head, sizeof head, 0, 0, n, bytes);
+    if (rb_conn_append_frame_ref(c, head, len, b, p, bytes) != 0) {
+        rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "server send buffers exhausted");
+        return false;
+    }
+    RB_STAT_ADD(c->shard, deliveries, n);
+    RB_STAT_ADD(c->shard, delivery_bytes, bytes);
+    return true;
+}
+
+/* The items of b after hwm that are not e's connection's own, as runs of
+ * MESSAGES frames referencing the block. */
+static bool eph_send_filtered(entry *e, rb_block *b)
+{
+    rb_conn *c = e->stream->conn;
+    rb_frame_iter it;
+    rb_frame_iter_init(&it, (rb_bytes){b->data, b->bytes}, b->count);
+    rb_message_item m;
+    const uint8_t *p = b->data;
+    const uint8_t *run = NULL;
+    size_t run_bytes = 0;
+    uint32_t run_count = 0;
+    for (uint32_t i = 0; rb_frame_next_item(&it, &m); i++) {
+        size_t sz = rb_frame_messages_item_size(m.topic.len, m.payload.len);
+        bool own = rb_eph_origin_is(b, i, (uint16_t)c->shard->id, c->index, c->gen);
+        if (m.seq > e->hwm && !own) {
+            run = run_count == 0 ? p : run;
+            run_bytes += sz;
+            run_count++;
+        } else if (run_count > 0) {
+            if (!eph_frame(c, b, run, run_bytes, run_count)) {
+                return false;
+            }
+            run_bytes = 0;
+            run_count = 0;
+        }
+        p += sz;
+    }
+    if (run_count > 0 && !eph_frame(c, b, run, run_bytes, run_count)) {
+        return false;
+    }
+    e->hwm = b->last_seq;
+    return true;
+}
+
+/* Delivers b to e, after the LAGGED its skipped messages are owed (a seq
+ * jump counts as skipped too: never a silent gap). False when the
+ * connection was closed. */
+static bool eph_send(entry *e, rb_block *b)
+{
+    rb_conn *c = e->stream->conn;
+    if (b->first_seq > e->hwm + 1) {
+        e->skipped += b->first_seq - e->hwm - 1;
+        e->hwm = b->first_seq - 1;
+    }
+    if (e->skipped > 0) {
+        uint8_t buf[LAGGED_FRAME_BYTES];
+        size_t n = rb_frame_encode_lagged(
+            buf, sizeof buf, 0, (rb_bytes){(const uint8_t *)e->name, e->name_len}, e->skipped);
+        if (rb_conn_append(c, buf, n) != 0) {
+            rb_conn_close(c, RB_WIRE_RESOURCE_EXHAUSTED, "send queue full: no room for LAGGED");
+            return false;
+        }
+        e->skipped = 0;
+    }
+    if (e->echo) {
+        return send_block(e, b, 0);
+    }
+    return eph_send_filtered(e, b);
+}
+
+/* Drops e's oldest waiting block (counted as skipped). */
+static void lag_drop_oldest(rb_shard *sh, entry *e)
+{
+    rb_stream *st = e->stream;
+    rb_seg *seg = e->lag_head;
+    rb_block *b = seg->ref;
+    e->lag_head = seg->next;
+    if (e->lag_head == NULL) {
+        e->lag_tail = NULL;
+    }
+    e->lag_bytes -= b->bytes;
+    st->lag_bytes -= b->bytes;
+    eph_skip(e, b);
+    rb_block_unref(b);
+    rb_pool_put(&sh->seg_pool, seg);
+    if (e->lag_head == NULL) {
+        lag_unlist(st, e);
+    }
+}
+
+/* b waits behind a full send queue. The stream's lag lists hold at most
+ * send_queue_bytes / RB_EPH_LAG_DIVISOR of block bytes: past it e's oldest
+ * are dropped, and b itself when nothing of e's is left to drop. */
+static void lag_push(rb_subs *s, entry *e, rb_block *b)
+{
+    rb_stream *st = e->stream;
+    uint64_t limit = s->shard->server->cfg.send_queue_bytes / RB_EPH_LAG_DIVISOR;
+    while (st->lag_bytes + b->bytes > limit && e->lag_head != NULL) {
+        lag_drop_oldest(s->shard, e);
+    }
+    rb_seg *seg = st->lag_bytes + b->bytes > limit ? NULL : rb_pool_get(&s->shard->seg_pool);
+    if (seg == NULL) {
+        eph_skip(e, b);
+        return;
+    }
+    memset(seg, 0, sizeof *seg);
+    rb_block_ref(b);
+    seg->ref = b;
+    if (e->lag_tail == NULL) {
+        e->lag_head = seg;
+    } else {
+        e->lag_tail->next = seg;
+    }
+    e->lag_tail = seg;
+    e->lag_bytes += b->bytes;
+    st->lag_bytes += b->bytes;
+    if (!e->lag_listed) {
+        e->lag_listed = true;
+        e->lag_prev = NULL;
+        e->lag_next = st->lag_first;
+        if (st->lag_first != NULL) {
+            st->lag_first->lag_prev = e;
+        }
+        st->lag_first = e;
+    }
+}
+
+/* A live block of an ephemeral topic: straight to the send queue when
+ * nothing of e waits and there is room, else behind what waits. */
+static void eph_on_block(rb_subs *s, entry *e, rb_block *b)
+{
+    if (e->eph_fresh) {
+        /* Live at once: the first block after the add is where it starts. */
+        e->eph_fresh = false;
+        e->hwm = b->first_seq - 1;
+    }
+    if (e->lag_head == NULL && eph_room(e->stream->conn, b->bytes)) {
+        (void)eph_send(e, b);
+        return;
+    }
+    lag_push(s, e, b);
+}
+
+/* The send queue drained: the lag lists go out, oldest first per entry,
+ * as far as there is room. */
+static void eph_flush(rb_subs *s, rb_stream *st)
+{
+    rb_conn *c = st->conn;
+    while (st->lag_first != NULL) {
+        entry *e = st->lag_first;
+        rb_seg *seg = e->lag_head;
+        rb_block *b = seg->ref;
+        if (!eph_room(c, b->bytes)) {
+            return;
+        }
+        e->lag_head = seg->next;
+        if (e->lag_head == NULL) {
+            e->lag_tail = NULL;
+            lag_unlist(st, e);
+        }
+        e->lag_bytes -= b->bytes;
+        st->lag_bytes -= b->bytes;
+        bool ok = eph_send(e, b);
+        rb_block_unref(b);
+        rb_pool_put(&s->shard->seg_pool, seg);
+        if (!ok) {
+            return;
+        }
     }
 }
 
@@ -919,11 +1204,13 @@ static void on_block(rb_subs *s, rb_block *b)
         /* Delivery may close the connection and remove its entries. */
         entry *next = e->tnext;
         rb_conn *c = e->stream->conn;
-        if (!conn_live(c) || b->last_seq <= e->hwm) {
+        if (!conn_live(c) || (b->last_seq <= e->hwm && !e->eph_fresh)) {
             e = next;
             continue;
         }
-        if (e->state != E_LIVE) {
+        if (e->eph) {
+            eph_on_block(s, e, b);
+        } else if (e->state != E_LIVE) {
             (void)pending_add(s, e, b);
         } else if (b->first_seq > e->hwm + 1) {
             /* A seq jump (a lost fan-out): repair from storage, then this
@@ -1162,7 +1449,7 @@ static rb_stream *stream_get(rb_subs *s, rb_conn *c)
 }
 
 static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t wave_slot,
-                        bool history_only)
+                        bool history_only, const rb_topic_class *cls)
 {
     entry *e = rb_pool_get(&s->entry_pool);
     if (e == NULL) {
@@ -1179,6 +1466,15 @@ static entry *entry_add(rb_subs *s, rb_stream *st, const add_item *a, uint32_t w
     e->history_only = history_only;
     e->state = E_WAIT_HEAD;
     e->wave = wave_slot + 1;
+    if (cls->ephemeral) {
+        RB_ASSERT(!history_only);
+        e->eph = true;
+        e->echo = cls->echo;
+        e->eph_fresh = true;
+        e->state = E_LIVE;
+        e->hwm = 0;
+        e->cursor = 0;
+    }
     uint64_t h = a->hash & (st->bucket_count - 1);
     e->hash_next = st->buckets[h];
     st->buckets[h] = e;
@@ -1228,7 +1524,13 @@ static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t un
     char msg[RB_ERR_MSG_BYTES_MAX];
     for (uint32_t i = 0; i < unique; i++) {
         add_item *a = &s->scratch[i];
-        if (epoch != 0 && epoch != s->epoch && !a->now && a->cursor != 0) {
+        const rb_topic_class *cls = rb_topic_class_of(s->shard, a->topic);
+        if (cls->ephemeral && (history_only || entry_find(st, a->topic.ptr, a->topic.len))) {
+            /* No history to read and nothing to replay: a history_only add
+             * delivers nothing and a re-add changes nothing. */
+            continue;
+        }
+        if (!cls->ephemeral && epoch != 0 && epoch != s->epoch && !a->now && a->cursor != 0) {
             /* The cursor counts seqs of another seq space: "from the
              * beginning" and "now" mean the same in every epoch. */
             snprintf(msg, sizeof msg, "topic %.*s: cursor %llu is from epoch %016llx, not %016llx",
@@ -1246,11 +1548,16 @@ static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t un
             entry_remove(s, e, true);
         }
         w->remaining++;
-        if (entry_add(s, st, a, slot, history_only) == NULL) {
+        e = entry_add(s, st, a, slot, history_only, cls);
+        if (e == NULL) {
             w->remaining--;
             snprintf(msg, sizeof msg, "topic %.*s: subscription limit of this shard reached",
                      (int)a->topic.len, (const char *)a->topic.ptr);
             send_topic_error(st->conn, w->mutate_id, a->topic, RB_WIRE_RESOURCE_EXHAUSTED, msg);
+        } else if (e->eph) {
+            /* Any cursor: no history, live at once. */
+            send_topics_live(e);
+            wave_entry_done(st, e);
         }
     }
     entry dummy = {.stream = st, .wave = slot + 1};
@@ -1343,6 +1650,9 @@ bool rb_stream_waves_done(rb_conn *c)
 
 void rb_stream_on_send_drained(rb_conn *c)
 {
+    if (c->stream != NULL && c->stream->lag_first != NULL) {
+        eph_flush(c->shard->subs, c->stream);
+    }
     rb_conn_maybe_finish_drain(c);
     if (c->stream != NULL) {
         catchup_pump(c->shard->subs);

@@ -4,6 +4,7 @@
  * storage handle and the connection table with its buffer pools. */
 #include "common/assert.h"
 #include "common/log.h"
+#include "server/ephemeral.h"
 #include "server/link.h"
 #include "server/publish.h"
 #include "server/sendq.h"
@@ -193,6 +194,7 @@ static const rb_subsystem conns_subsystem = {
 const rb_subsystem *const rb_shard_subsystems[] = {
     &conns_subsystem,
     &storage_subsystem,
+    &rb_ephemeral_subsystem,
     &rb_publish_subsystem,
     &rb_topicz_subsystem,
     &rb_owner_subsystem,

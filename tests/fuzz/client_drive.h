@@ -67,6 +67,11 @@ static void drive_check_event(const ringbus_event *ev)
         FAKE_CHECK(ev->topic[ev->topic_len] == '\0');
         FAKE_CHECK(ev->message != NULL && strlen(ev->message) <= 65535);
         break;
+    case RINGBUS_EVENT_LAGGED:
+        FAKE_CHECK(ev->topic != NULL && ev->topic_len >= 1 && ev->topic_len <= 255);
+        FAKE_CHECK(ev->topic[ev->topic_len] == '\0');
+        FAKE_CHECK(ev->skipped >= 1);
+        break;
     case RINGBUS_EVENT_ERROR:
     case RINGBUS_EVENT_CLOSED:
         FAKE_CHECK(ev->message != NULL && strlen(ev->message) < RINGBUS_ERROR_MESSAGE_BYTES);

@@ -248,6 +248,8 @@ static size_t encode(const rb_frame *f, uint8_t *out, size_t cap)
     case RB_FRAME_GOING_AWAY:
         return rb_frame_encode_going_away(out, cap, corr, f->u.going_away.reconnect_delay_ms,
                                           f->u.going_away.message);
+    case RB_FRAME_LAGGED:
+        return rb_frame_encode_lagged(out, cap, corr, f->u.lagged.topic, f->u.lagged.skipped);
     default:
         return encode_lists(f, out, cap);
     }
@@ -343,6 +345,9 @@ static int frames_equal(const rb_frame *a, const rb_frame *b)
     case RB_FRAME_GOING_AWAY:
         return a->u.going_away.reconnect_delay_ms == b->u.going_away.reconnect_delay_ms &&
                bytes_eq(a->u.going_away.message, b->u.going_away.message);
+    case RB_FRAME_LAGGED:
+        return a->u.lagged.skipped == b->u.lagged.skipped &&
+               bytes_eq(a->u.lagged.topic, b->u.lagged.topic);
     default:
         return lists_equal(a, b);
     }

@@ -38,6 +38,8 @@ def session_seeds():
         + p.encode_close(0, p.OK, "done"),
         "seed_mutate_error": s + p.encode_error(p_corr_mutate(1), p.INVALID_ARGUMENT, "dup"),
         "seed_unknown_ack": s + p.encode_publish_ack(99, "a", 1),
+        "seed_lagged": s + p.encode_topics_live(0, ["c"]) + p.encode_messages(0, 0, [("c", 1, b"x")])
+        + p.encode_lagged(0, "c", 5) + p.encode_messages(0, 0, [("c", 7, b"y")]),
         "seed_going_away": s + p.encode_publish_ack(1, "a", 1)
         + p.encode_going_away(0, 750, "draining") + p.encode_close(0, p.GOING_AWAY, "bye"),
         "seed_small_max": started(max_frame=64) + p.encode_messages(0, 0, [("a", 1, b"z" * 80)]),

@@ -50,6 +50,7 @@ UNREGISTER = 17
 REQUEST = 18
 REQUEST_ACK = 19
 RESPONSE = 20
+LAGGED = 21
 
 KIND_NAMES = {
     HELLO: "HELLO",
@@ -72,6 +73,7 @@ KIND_NAMES = {
     REQUEST: "REQUEST",
     REQUEST_ACK: "REQUEST_ACK",
     RESPONSE: "RESPONSE",
+    LAGGED: "LAGGED",
 }
 KINDS = {name: kind for kind, name in KIND_NAMES.items()}
 
@@ -337,6 +339,10 @@ def encode_topic_error(corr: int, mutate_id: int, topic: str | bytes, code: int,
                        message: str | bytes = "") -> bytes:
     body = struct.pack("<Q", mutate_id) + _topic(topic) + struct.pack("<H", code) + _str16(message)
     return encode_frame(TOPIC_ERROR, corr, body)
+
+
+def encode_lagged(corr: int, topic: str | bytes, skipped: int) -> bytes:
+    return encode_frame(LAGGED, corr, _topic(topic) + struct.pack("<Q", skipped))
 
 
 def _name8(value: str | bytes) -> bytes:
@@ -605,6 +611,12 @@ def _decode_body(kind: int, r: _Reader) -> dict:
                 "code_name": CODE_NAMES.get(code, "unknown"), "message": r.str16("message")}
     if kind == AUTH:
         return {"credentials": r.blob16("credentials")}
+    if kind == LAGGED:
+        topic = r.topic()
+        skipped = r.u64("skipped")
+        if skipped == 0:
+            r.fail("skipped: 0 (a LAGGED frame skips at least one message)")
+        return {"topic": topic, "skipped": skipped}
     raise AssertionError(kind)
 
 

@@ -275,6 +275,7 @@ ALL_SAMPLES = [
     rp.encode_request(1, "anon-2", "m", b"p", timeout_ms=50),
     rp.encode_request_ack(1, rp.REQUEST_ACK_CANCEL),
     rp.encode_response(1, rp.APPLICATION_ERROR, "no", b"d"),
+    rp.encode_lagged(0, "cur.a", 17),
 ]
 
 # Where a sample may legally end early: before its appended fields (STARTED:

@@ -180,6 +180,30 @@ def test_log_format_applies_live(make_daemon):
     assert mark > 0
 
 
+def test_topic_classes_need_a_restart_and_keep_their_rules(make_daemon):
+    """A changed [[topic_class]] is logged as restart-only and the running
+    classes stay: a topic of the ephemeral class is still not stored."""
+    eph = '[[topic_class]]\npattern = "eph.>"\nstorage = "none"\n'
+    d = make_daemon(extra=eph)
+    out = reload(d, config([("tcp", d.port)], extra=eph))
+    assert "topic_class changed" not in out, out
+    out = reload(d, config([("tcp", d.port)], extra=eph.replace('"eph.>"', '"other.>"')))
+    assert "reload: topic_class changed; restart to apply" in out, out
+    out = reload(d, config([("tcp", d.port)], extra="\n\n" + eph))
+    assert "topic_class changed" not in out, out
+    c, _ = hello(d.port, "eph")
+    c.mutate(2, 1, adds=[("eph.a", 0)], history_only=True)
+    f = c.recv_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+    assert f.kind == rp.CATCHUP_COMPLETE
+    ack = c.publish("eph.a", "x", 3, wait=True)
+    assert ack.kind == rp.PUBLISH_ACK, ack
+    # Still ephemeral: a history-only read of it from 0 holds nothing.
+    c.mutate(4, 2, adds=[("eph.a", 0)], history_only=True)
+    frames = c.recv_all_until(lambda f: f.kind == rp.CATCHUP_COMPLETE)
+    assert not [f for f in frames if f.kind == rp.MESSAGES], frames
+    c.close()
+
+
 def test_listeners_are_added_and_removed_and_their_connections_go_on(make_daemon):
     print(f"seed {SEED}")
     d = make_daemon()

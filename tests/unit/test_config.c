@@ -807,6 +807,13 @@ START_TEST(test_config_example_settings_are_valid_and_show_the_defaults)
     memcpy(want.server_id, cfg.server_id, sizeof want.server_id);
     want.listener_count = cfg.listener_count;
     memcpy(want.listeners, cfg.listeners, sizeof want.listeners);
+    /* The topic class sample is one ephemeral class. */
+    ck_assert_uint_eq(cfg.topic_class_count, 1);
+    ck_assert_str_eq(cfg.topic_classes[0].pattern, "cursor.>");
+    ck_assert_int_eq(cfg.topic_classes[0].storage, RB_TOPIC_EPHEMERAL);
+    ck_assert(!cfg.topic_classes[0].echo);
+    want.topic_class_count = cfg.topic_class_count;
+    memcpy(want.topic_classes, cfg.topic_classes, sizeof want.topic_classes);
     ck_assert_mem_eq(&cfg, &want, sizeof want);
 }
 END_TEST
@@ -872,6 +879,12 @@ START_TEST(test_config_example_documents_every_key)
         "secret_file",
         "[[cluster.peer]]",
         "id",
+        "[[topic_class]]",
+        "pattern",
+        "storage",
+        "dedup_window_ms",
+        "max_message_bytes",
+        "echo",
     };
     char *text = read_all(EXAMPLE_PATH);
     for (size_t i = 0; i < COUNT(keys); i++) {
@@ -1086,6 +1099,79 @@ START_TEST(test_config_example_cluster_section_is_valid)
 }
 END_TEST
 
+/* ---- topic classes ---- */
+
+START_TEST(test_config_topic_classes_land_in_order_with_defaults)
+{
+    const rb_config *cfg = load_ok("[[topic_class]]\npattern = 'cursor.>'\nstorage = 'none'\n"
+                                   "dedup_window_ms = 500\nmax_message_bytes = 4096\n"
+                                   "echo = false\n"
+                                   "[[topic_class]]\npattern = 'orders.*'\n");
+    ck_assert_uint_eq(cfg->topic_class_count, 2);
+    const rb_topic_class_config *a = &cfg->topic_classes[0];
+    ck_assert_str_eq(a->pattern, "cursor.>");
+    ck_assert_int_eq(a->storage, RB_TOPIC_EPHEMERAL);
+    ck_assert_uint_eq(a->dedup_window_ms, 500);
+    ck_assert_uint_eq(a->max_message_bytes, 4096);
+    ck_assert(!a->echo);
+    ck_assert_str_eq(a->where, "c.toml:1:1: topic_class[1]");
+    const rb_topic_class_config *b = &cfg->topic_classes[1];
+    ck_assert_int_eq(b->storage, RB_TOPIC_STORED);
+    ck_assert_uint_eq(b->dedup_window_ms, 0);
+    ck_assert_uint_eq(b->max_message_bytes, 0);
+    ck_assert(b->echo);
+    ck_assert_uint_eq(load_ok("")->topic_class_count, 0);
+}
+END_TEST
+
+static const error_case class_errors[] = {
+    {"[[topic_class]]\nstorage = 'none'\n",
+     "c.toml:1:1: topic_class[1]: missing required key \"pattern\""},
+    {"[[topic_class]]\npattern = 'a.>.b'\n",
+     "c.toml:2:11: topic_class[1].pattern: pattern: '>' must be the last segment (byte 2)"},
+    {"[[topic_class]]\npattern = 'a'\nstorage = 'disk'\n",
+     "c.toml:3:11: topic_class[1].storage: \"disk\" is not one of stored, none"},
+    {"[[topic_class]]\npattern = 'a'\necho = false\n",
+     "c.toml:3:8: topic_class[1]: echo = false needs storage = \"none\" (stored history does "
+     "not record its publisher)"},
+    {"[[topic_class]]\npattern = 'a'\n[[topic_class]]\npattern = 'a'\n",
+     "c.toml:4:11: topic_class[2].pattern: \"a\" is already the pattern of topic_class[1]"},
+    {"[[topic_class]]\npattern = 'a'\nmax_message_bytes = 0\n",
+     "c.toml:3:21: topic_class[1].max_message_bytes: 0 is out of range [1, 67108864]"},
+    {"[[topic_class]]\npattern = 'a'\nmax_message_bytes = 2000000\n",
+     "c.toml:3:21: topic_class[1].max_message_bytes: 2000000 is more than "
+     "limits.max_frame_bytes (1048576)"},
+    {"[[topic_class]]\npattern = 'a'\ndedup_window_ms = 99999999999\n",
+     "c.toml:3:19: topic_class[1].dedup_window_ms: 99999999999 is out of range [0, 3600000]"},
+    {"[[topic_class]]\npattern = 'a'\necko = true\n",
+     "c.toml:3:1: unknown key \"topic_class[1].ecko\" (did you mean \"topic_class[1].echo\"?)"},
+    {"topic_class = 3\n",
+     "c.toml:1:15: topic_class: expected an array of tables ([[topic_class]]), got an integer"},
+};
+
+START_TEST(test_config_bad_topic_class_is_explained)
+{
+    expect_error(class_errors[_i].text, class_errors[_i].msg);
+}
+END_TEST
+
+START_TEST(test_config_topic_classes_up_to_the_limit_are_accepted)
+{
+    static char text[RB_TOPIC_CLASSES_MAX * 48 + 64];
+    size_t n = 0;
+    for (int i = 0; i <= RB_TOPIC_CLASSES_MAX; i++) {
+        n += (size_t)snprintf(text + n, sizeof text - n, "[[topic_class]]\npattern = 'c%d.>'\n", i);
+        if (i == RB_TOPIC_CLASSES_MAX - 1) {
+            ck_assert_uint_eq(load_ok(text)->topic_class_count, RB_TOPIC_CLASSES_MAX);
+        }
+    }
+    static rb_config cfg;
+    rb_err err = {0};
+    ck_assert_int_eq(rb_config_load_string(text, n, "c.toml", &cfg, &err), RB_ECONFIG);
+    ck_assert_msg(strstr(err.msg, "more than 64 topic classes") != NULL, "%s", err.msg);
+}
+END_TEST
+
 Suite *rb_config_suite(void);
 
 Suite *rb_config_suite(void)
@@ -1154,6 +1240,12 @@ Suite *rb_config_suite(void)
     tcase_add_loop_test(tc, test_config_bad_cluster_key_is_explained, 0, COUNT(cluster_errors));
     tcase_add_test(tc, test_config_cluster_peer_rules);
     tcase_add_test(tc, test_config_cluster_peers_up_to_the_limit_are_accepted);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("topic classes");
+    tcase_add_test(tc, test_config_topic_classes_land_in_order_with_defaults);
+    tcase_add_loop_test(tc, test_config_bad_topic_class_is_explained, 0, COUNT(class_errors));
+    tcase_add_test(tc, test_config_topic_classes_up_to_the_limit_are_accepted);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("example");

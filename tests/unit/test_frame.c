@@ -186,6 +186,8 @@ static size_t sample(uint8_t kind, uint8_t *out, size_t cap)
     case RB_FRAME_RESPONSE:
         return rb_frame_encode_response(out, cap, 13, RB_WIRE_APPLICATION_ERROR, str("no"),
                                         str("data"));
+    case RB_FRAME_LAGGED:
+        return rb_frame_encode_lagged(out, cap, 0, str("cursor.a"), 17);
     default:
         ck_abort_msg("no sample for kind %u", (unsigned)kind);
         return 0;
@@ -918,6 +920,26 @@ START_TEST(test_frame_going_away_round_trips)
     ck_assert_int_eq(rb_frame_decode(buf, RB_FRAME_HEADER_BYTES + 3, RB_FRAME_BYTES_MAX, &f, &err),
                      RB_EPROTO);
     ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
+}
+END_TEST
+
+/* LAGGED (21): topic and skipped count round-trip; skipped 0 is
+ * bad_frame (a lag always skips something). */
+START_TEST(test_frame_lagged_round_trips_and_refuses_zero)
+{
+    size_t n = rb_frame_encode_lagged(buf, sizeof buf, 0, str("cursor.a"), 1ull << 40);
+    ck_assert_uint_eq(n, RB_FRAME_HEADER_BYTES + 1 + 8 + 8);
+    rb_frame f;
+    rb_err err;
+    ck_assert_int_eq(rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &f, &err), 0);
+    ck_assert_int_eq(f.hdr.kind, RB_FRAME_LAGGED);
+    ck_assert_uint_eq(f.u.lagged.skipped, 1ull << 40);
+    ck_assert_uint_eq(f.u.lagged.topic.len, 8);
+    ck_assert_str_eq(rb_frame_kind_name(RB_FRAME_LAGGED), "LAGGED");
+    memset(buf + n - 8, 0, 8);
+    ck_assert_int_eq(rb_frame_decode(buf, n, RB_FRAME_BYTES_MAX, &f, &err), RB_EPROTO);
+    ck_assert_int_eq(err.cause, RB_WIRE_BAD_FRAME);
+    ck_assert_msg(strstr(err.msg, "skipped: 0") != NULL, "%s", err.msg);
 }
 END_TEST
 
@@ -1730,6 +1752,7 @@ static void add_round_trips(Suite *s)
     tcase_add_test(tc, test_frame_topic_error_round_trips);
     tcase_add_test(tc, test_frame_topic_error_with_empty_topic_is_bad_frame);
     tcase_add_test(tc, test_frame_going_away_round_trips);
+    tcase_add_test(tc, test_frame_lagged_round_trips_and_refuses_zero);
     tcase_add_test(tc, test_frame_error_and_close_round_trip);
     tcase_add_test(tc, test_frame_ping_pong_and_catchup_complete_round_trip);
     tcase_add_test(tc, test_frame_publish_round_trips_with_and_without_key);
