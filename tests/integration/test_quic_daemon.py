@@ -219,6 +219,23 @@ def test_gtlsclient_fetches_healthz_from_the_daemon(quicd, tmp_path):
     assert "\nringbus_process_open_fds " in text and text.endswith("\n\n"), text[-200:]
 
 
+def test_zero_rtt_is_never_accepted(quicd, tmp_path):
+    # gtlsclient keeps the TLS session and transport parameters of a first
+    # connection and sends 0-RTT on the next when it holds a ticket. The
+    # server issues no session ticket (GNUTLS_NO_AUTO_SEND_TICKET, no
+    # GNUTLS_ENABLE_EARLY_DATA), so there is nothing to resume or send early
+    # data with; the second fetch gets its answer over 1-RTT. (With tickets
+    # turned on by hand the engine still rejects the early data: gtlsclient
+    # says "Early data was rejected by server".)
+    sess, tp = tmp_path / "session", tmp_path / "tp"
+    args = (f"--session-file={sess}", f"--tp-file={tp}")
+    for _ in range(2):
+        status, body, out = gtls(quicd.port, "/healthz", tmp_path, *args, timeout=30)
+        assert status == 200 and body == b"ok\n", out[-2000:]
+        assert not (sess.exists() and sess.stat().st_size > 0), "the server issued a ticket"
+        assert "early data accepted" not in out.lower(), out[-2000:]
+
+
 def metric(port, name, tmp_path):
     """One counter of the daemon's /metrics, fetched over HTTP/3."""
     status, body, out = gtls(port, "/metrics", tmp_path)
