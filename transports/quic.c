@@ -1787,9 +1787,14 @@ int rb_quic_dcid_owner(const uint8_t *p, size_t len, uint32_t *owner)
         return RB_EINVAL;
     }
     if ((p[0] & 0x80) != 0) {
-        /* Long header: only Handshake packets of version 1 carry our CID. */
+        /* Long header of version 1: Handshake packets, and the Initials a
+         * client sends once it heard our first one, carry our CID. (A
+         * client's first Initial carries its own random CID: when that has
+         * our length it names some owner, always the same one, and that
+         * engine takes the connection.) 0-RTT and Retry never do. */
+        unsigned type = (p[0] >> 4) & 3;
         if (len < 6 + RB_QUIC_SCID_BYTES || p[1] != 0 || p[2] != 0 || p[3] != 0 || p[4] != 1 ||
-            ((p[0] >> 4) & 3) != 2 || p[5] != RB_QUIC_SCID_BYTES) {
+            (type != 0 && type != 2) || p[5] != RB_QUIC_SCID_BYTES) {
             return RB_EINVAL;
         }
         cid = p + 6;

@@ -1104,6 +1104,22 @@ START_TEST(test_quic_dcid_names_the_owner)
                   c->out[0].data[0]);
     ck_assert_uint_eq(owner, 0x1234);
     ck_assert_int_eq(rb_quic_dcid_owner(c->out[0].data, 3, &owner), RB_EINVAL);
+    /* A later Initial (a client that moved during the handshake) and a
+     * Handshake packet carry the server's CID: they name the owner too;
+     * 0-RTT, Retry and other versions do not. */
+    uint8_t lh[64] = {0xc0, 0, 0, 0, 1, RB_QUIC_SCID_BYTES};
+    memcpy(lh + 6, c->out[0].data + 1, RB_QUIC_SCID_BYTES);
+    static const uint8_t types[] = {0xc0, 0xe0, 0xd0, 0xf0};
+    for (size_t i = 0; i < sizeof types; i++) {
+        lh[0] = types[i];
+        owner = 0;
+        int rc = rb_quic_dcid_owner(lh, sizeof lh, &owner);
+        ck_assert_msg(i < 2 ? rc == 0 && owner == 0x1234 : rc == RB_EINVAL, "type byte %02x",
+                      types[i]);
+    }
+    lh[0] = 0xc0;
+    lh[4] = 2;
+    ck_assert_int_eq(rb_quic_dcid_owner(lh, sizeof lh, &owner), RB_EINVAL);
     net_deinit(&n);
 }
 END_TEST
