@@ -337,6 +337,50 @@ def test_oversized_frame_closes_only_that_connection(quicd, certs):
         relay.stop()
 
 
+@pytest.mark.parametrize("seed", [41])
+def test_garbage_datagrams_leave_sessions_alone(quicd, certs, tmp_path, seed):
+    """Random datagrams, truncated Initials, and short-header and Handshake
+    packets whose connection IDs name each shard (so they are forwarded
+    through the mailbox to engines that do not know them) at the daemon's
+    port, while a session over QUIC lives: that session and new ones keep
+    working."""
+    rng = random.Random(seed)
+    relay = Relay(qurl(quicd.port), certs.ca)
+    try:
+        with rp.Conn(port=relay.port, timeout=10) as c:
+            assert c.hello(name="q-garbage").kind == rp.STARTED
+            before = metric(quicd.port, FORWARDED, tmp_path)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for i in range(600):
+                    owner = bytes([i % 4, 0])
+                    kind = i % 5
+                    rnd = rng.randbytes(rng.randint(0, 1400))
+                    if kind == 0:
+                        d = rnd or b"\x00"
+                    elif kind == 1:  # a truncated Initial
+                        d = b"\xc0\x00\x00\x00\x01\x08" + rnd[:rng.randint(0, 40)]
+                    elif kind == 2:  # a padded Initial that fails to decrypt
+                        d = (b"\xc3\x00\x00\x00\x01\x08" + rnd[:8] + b"\x08" + rnd[8:16] +
+                             b"\x00\x44\xa0" + rng.randbytes(1200))
+                    elif kind == 3:  # a short header naming a shard
+                        d = b"\x40" + owner + rnd[:rng.randint(14, 200)].ljust(14, b"\x00")
+                    else:  # a Handshake packet naming a shard
+                        d = b"\xe0\x00\x00\x00\x01\x10" + owner + rnd[:rng.randint(14, 300)]
+                    s.sendto(d, ("127.0.0.1", quicd.port))
+            finally:
+                s.close()
+            c.ping(99)
+            f = c.recv_until(lambda f: f.kind == rp.PONG)
+            assert f["nonce"] == 99, f"seed {seed}"
+            assert metric(quicd.port, FORWARDED, tmp_path) > before, f"seed {seed}"
+    finally:
+        relay.stop()
+    out = run_cli("--url", qurl(quicd.port), "--ca", certs.ca, "ping")
+    assert out.returncode == 0, f"seed {seed}: {out.stderr}"
+    assert quicd.daemon.proc.poll() is None
+
+
 @pytest.mark.parametrize("seed", [31, 32])
 def test_randomized_streams_on_quic_tcp_tls_ws_wss(quicd, certs, seed):
     """The randomized stream check with publishers and subscribers spread
