@@ -184,6 +184,24 @@ def test_large_history_streams_over_quic(quicd, certs):
     assert [m["data"] for m in msgs if m["event"] == "message"] == payloads
 
 
+def test_cli_stream_and_bench_over_quic(quicd, certs):
+    u = qurl(quicd.port)
+    out = run_cli("--url", u, "--ca", certs.ca, "pub", "q.stream", input="a\nb\n")
+    assert out.returncode == 0, out.stderr
+    line = json.dumps({"mutate_id": 1, "add": [{"topic": "q.stream", "cursor": 0}]})
+    out = run_cli("--url", u, "--ca", certs.ca, "stream", input=line + "\n")
+    assert out.returncode == 0, out.stderr
+    evs = [json.loads(l) for l in out.stdout.splitlines()]
+    assert [e["data"] for e in evs if e["event"] == "message"] == ["a", "b"], evs
+    assert {"event": "catchup_complete", "mutate_id": 1} in evs
+    assert evs[-1]["event"] == "closed" and evs[-1]["status"] == "ok", evs
+    out = run_cli("--url", u, "--ca", certs.ca, "bench", "pubsub", "--count", "300",
+                  "--subscribers", "2", "--duration", "20", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    fig = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fig["acked"] == 300 and fig["delivered"] == 600 and fig["lost"] == 0, fig
+
+
 def test_untrusted_server_is_refused_unless_insecure(quicd):
     out = run_cli("--url", qurl(quicd.port), "ping")
     assert out.returncode == 1
