@@ -590,6 +590,8 @@ typedef struct extra_app {
     int opened;
     int resets;
     uint64_t reset_code;
+    int closes;          /* streams ngtcp2 closed */
+    uint64_t close_code; /* the last one's application error code */
 } extra_app;
 
 static int extra_recv(void *app, int64_t sid, const uint8_t *p, size_t len, bool fin)
@@ -621,9 +623,10 @@ static int extra_reset(void *app, int64_t sid, uint64_t code)
 
 static int extra_closed(void *app, int64_t sid, uint64_t code)
 {
-    (void)app;
+    extra_app *a = app;
     (void)sid;
-    (void)code;
+    a->closes++;
+    a->close_code = code;
     return 0;
 }
 
@@ -712,6 +715,43 @@ START_TEST(test_quic_second_bidi_stream_is_refused)
     rb_quic_engine_stats(n.server.e, &st);
     ck_assert_uint_eq(st.streams_refused, 1);
     /* The connection itself lives on; only the bus stream's bytes arrived. */
+    net_run(&n, 50);
+    ck_assert_msg(!c->closed, "client closed: %s code %llu", c->end.why,
+                  (unsigned long long)c->end.code);
+    ck_assert(!n.server.closed);
+    ck_assert_uint_eq(n.server.rx_len, 5);
+    net_deinit(&n);
+}
+END_TEST
+
+/* A unidirectional stream on a ringbus/1 connection: a stream error
+ * (STOP_SENDING with RB_QUIC_STREAM_REFUSED), the connection lives. */
+START_TEST(test_quic_uni_stream_is_refused)
+{
+    net n;
+    rb_quic_config scfg;
+    server_config(&scfg);
+    net_init(&n, &scfg);
+    rb_quic_config ccfg;
+    client_config(&ccfg);
+    side *c = net_client(&n, &ccfg);
+    NET_UNTIL(&n, c->established, 200);
+    static const uint8_t hello[] = "hello";
+    rb_err err = {0};
+    ck_assert_int_eq(rb_quic_bus_send(c->qc, hello, 5, &err), 0);
+    NET_UNTIL(&n, n.server.rx_len == 5, 200);
+    extra_app a = {.qc = c->qc, .sid = -1};
+    ck_assert_int_eq(rb_quic_stream_open_uni(c->qc, &a.sid, &err), 0);
+    rb_quic_conn_set_app(c->qc, &extra_ops, &a);
+    rb_quic_conn_want_write(c->qc);
+    /* The server's STOP_SENDING makes the client reset the stream, which
+     * closes with the server's code. */
+    NET_UNTIL(&n, a.closes > 0, 300);
+    ck_assert_int_ge(a.closes, 1);
+    ck_assert_uint_eq(a.close_code, RB_QUIC_STREAM_REFUSED);
+    rb_quic_stats st;
+    rb_quic_engine_stats(n.server.e, &st);
+    ck_assert_uint_eq(st.streams_refused, 1);
     net_run(&n, 50);
     ck_assert_msg(!c->closed, "client closed: %s code %llu", c->end.why,
                   (unsigned long long)c->end.code);
@@ -1360,6 +1400,7 @@ Suite *rb_quic_suite(void)
     tcase_add_test(tc, test_quic_send_refs_are_bounded);
     tcase_add_test(tc, test_quic_fin_reaches_the_peer);
     tcase_add_test(tc, test_quic_second_bidi_stream_is_refused);
+    tcase_add_test(tc, test_quic_uni_stream_is_refused);
     tcase_add_test(tc, test_quic_stream_flood_closes_the_connection);
     suite_add_tcase(s, tc);
     tc = tcase_create("close");
