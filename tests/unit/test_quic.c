@@ -1120,6 +1120,49 @@ START_TEST(test_quic_handshake_limit_refuses_the_excess)
 }
 END_TEST
 
+/* A client that sends its first Initial and then nothing: the server's
+ * handshake slot is given back after handshake_ms, not before, and the
+ * connection is gone. */
+START_TEST(test_quic_silent_client_times_out_the_handshake)
+{
+    net n;
+    rb_quic_config scfg;
+    server_config(&scfg);
+    scfg.handshake_ms = 300;
+    scfg.idle_ms = 60000;
+    net_init(&n, &scfg);
+    rb_quic_config ccfg;
+    client_config(&ccfg);
+    side *c = net_client(&n, &ccfg);
+    rb_quic_engine_write(c->e, n.now_ns);
+    ck_assert_uint_ge(c->out_count, 1);
+    deliver(&n, c, true);
+    rb_quic_engine_write(n.server.e, n.now_ns);
+    n.server.out_count = 0; /* the client never hears back */
+    rb_quic_stats st;
+    rb_quic_engine_stats(n.server.e, &st);
+    ck_assert_uint_eq(st.handshakes, 1);
+    ck_assert_uint_eq(st.conns, 1);
+    uint64_t start = n.now_ns;
+    while (n.now_ns < start + 1000000000ull) {
+        n.now_ns += 5000000ull;
+        rb_quic_engine_timeout(n.server.e, n.now_ns);
+        rb_quic_engine_write(n.server.e, n.now_ns);
+        n.server.out_count = 0;
+        rb_quic_engine_stats(n.server.e, &st);
+        if (st.handshakes == 0) {
+            break;
+        }
+    }
+    ck_assert_uint_eq(st.handshakes, 0);
+    ck_assert_uint_eq(st.conns, 0);
+    uint64_t took_ms = (n.now_ns - start) / 1000000ull;
+    ck_assert_msg(took_ms >= 300 && took_ms < 400, "handshake slot freed after %llu ms",
+                  (unsigned long long)took_ms);
+    net_deinit(&n);
+}
+END_TEST
+
 START_TEST(test_quic_dcid_names_the_owner)
 {
     net n;
@@ -1427,6 +1470,7 @@ Suite *rb_quic_suite(void)
     tcase_add_unchecked_fixture(tc, setup_cert, teardown_cert);
     tcase_add_test(tc, test_quic_handshake_limit_refuses_the_excess);
     tcase_add_test(tc, test_quic_dcid_names_the_owner);
+    tcase_add_test(tc, test_quic_silent_client_times_out_the_handshake);
     tcase_add_test(tc, test_quic_nat_rebinding_keeps_the_connection);
     tcase_add_test(tc, test_quic_garbage_datagrams_are_dropped);
     suite_add_tcase(s, tc);
