@@ -267,18 +267,21 @@ def metric(port, name, tmp_path):
 FORWARDED = "ringbus_quic_datagrams_forwarded_total"
 
 
-def test_rebinding_client_survives_on_a_multi_shard_daemon(quicd, tmp_path):
-    # gtlsclient moves to a new source port mid-connection: with 4 reuseport
+@pytest.mark.parametrize("how", [("--nat-rebinding",), ()], ids=["nat-rebinding", "migration"])
+def test_rebinding_client_survives_on_a_multi_shard_daemon(quicd, tmp_path, how):
+    # gtlsclient moves to a new source port mid-connection, either as a NAT
+    # rebinding (same connection ID) or as an active migration (path
+    # validation, a fresh connection ID we issued): with 4 reuseport
     # sockets the datagrams of a new port land on another shard 3 times in
     # 4, which forwards them to the owner named in the connection ID. Each
-    # round rebinds; until some round was forwarded (1 - (1/4)^rounds), go
+    # round moves; until some round was forwarded (1 - (1/4)^rounds), go
     # on, up to 12 rounds (a miss all 12 times: 6e-8).
     before = metric(quicd.port, FORWARDED, tmp_path)
     forwarded = before
     rounds = 0
     while rounds < 4 or (forwarded == before and rounds < 12):
         status, body, out = gtls(quicd.port, "/healthz", tmp_path, "--change-local-addr=10ms",
-                                 "--nat-rebinding", "--delay-stream=40ms")
+                                 *how, "--delay-stream=40ms")
         assert status == 200, out[-3000:]
         assert body == b"ok\n"
         rounds += 1
