@@ -290,6 +290,29 @@ def test_rebinding_client_survives_on_a_multi_shard_daemon(quicd, tmp_path, how)
     assert metric(quicd.port, "ringbus_quic_datagrams_forward_dropped_total", tmp_path) == 0
 
 
+def test_a_full_connection_table_of_h3_clients_all_get_answers(make_daemon, certs, tmp_path):
+    # gtlsclient lets the server issue 7 connection IDs, 8 with its original
+    # one: a shard whose connection table (limits.max_connections) is full
+    # of such clients must have room in its CID index for all of them.
+    port = free_port()
+    make_daemon(shards=1, extra="[limits]\nmax_connections = 4\n",
+                listeners=rt.listener("quic", port, certs))
+    results = [None] * 4
+
+    def one(i):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        results[i] = gtls(port, "/healthz", d, "--delay-stream=300ms")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for status, body, out in results:
+        assert status == 200 and body == b"ok\n", out[-3000:]
+
+
 def spki_pin(cert):
     """base64(sha256(SubjectPublicKeyInfo)) of a PEM certificate."""
     pub = subprocess.run(["openssl", "x509", "-in", str(cert), "-pubkey", "-noout"],
