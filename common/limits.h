@@ -387,9 +387,12 @@
 /* Streams besides the bus stream a ringbus/1 peer may open before it is
  * closed with bad_frame (its stream credit is never renewed either). */
 #define RB_QUIC_REFUSED_STREAMS_MAX 8
-/* Connection IDs a connection may be known by at once (ngtcp2 issues up to
- * 8, plus the client's original DCIDs). */
-#define RB_QUIC_CIDS_PER_CONN_MAX 8
+/* Connection IDs a connection may be known by at once: ngtcp2 keeps up to
+ * 8 issued CIDs in use and, after a migration, issues replacements while
+ * the retired ones stay known until their retirement delay ends; plus the
+ * client's original DCIDs. At 8 the first active migration failed
+ * get_new_connection_id and closed the connection with INTERNAL_ERROR. */
+#define RB_QUIC_CIDS_PER_CONN_MAX 20
 /* Connections per engine: default and cap (the server sizes it by
  * limits.max_connections). */
 #define RB_QUIC_CONNS_DEFAULT 16384

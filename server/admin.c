@@ -223,6 +223,14 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
             SUM(srv, publisher_pauses));
     gauge(&b, "ringbus_publishers_paused", "Publishers the server is not reading now.",
           SUM(srv, publishers_paused));
+    counter(&b, "ringbus_quic_datagrams_forwarded_total",
+            "QUIC datagrams that reached another shard's socket and were forwarded to the shard "
+            "owning their connection.",
+            SUM(srv, quic_forwarded));
+    counter(&b, "ringbus_quic_datagrams_forward_dropped_total",
+            "QUIC datagrams for another shard's connection dropped because that shard's mailbox "
+            "was full (the peer retransmits).",
+            SUM(srv, quic_forward_dropped));
     metric_head(&b, "ringbus_loop_turns_total", "counter", "Turns of each shard's loop.");
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         put(&b, "ringbus_loop_turns_total{shard=\"%u\"} %llu\n", i,

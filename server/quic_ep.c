@@ -75,7 +75,6 @@ struct rb_quic_ep {
     struct iovec in_iov[EP_BATCH];
     struct sockaddr_storage in_addr[EP_BATCH];
     uint8_t in_buf[EP_BATCH][EP_DGRAM_BYTES_MAX];
-    uint64_t forwarded;
     uint64_t send_dropped;
 };
 
@@ -203,7 +202,6 @@ static bool forward(ep_sock *s, uint32_t owner, const struct sockaddr_storage *f
     memcpy(rec, &h, sizeof h);
     memcpy(rec + sizeof h, p, len);
     rb_mailbox_commit(&sh->mail, owner, sizeof h + len);
-    s->ep->forwarded++;
     return true;
 }
 
@@ -213,7 +211,14 @@ static void dgram_in(ep_sock *s, const struct sockaddr_storage *from, socklen_t 
     rb_shard *sh = s->ep->sh;
     uint32_t owner;
     if (rb_quic_dcid_owner(p, len, &owner) == 0 && owner != sh->id &&
-        owner < sh->server->shard_count && forward(s, owner, from, from_len, p, len)) {
+        owner < sh->server->shard_count) {
+        /* Another shard's connection: never served here (this engine does
+         * not know it and would answer with a stateless reset). */
+        if (forward(s, owner, from, from_len, p, len)) {
+            RB_STAT_ADD(sh, quic_forwarded, 1);
+        } else {
+            RB_STAT_ADD(sh, quic_forward_dropped, 1);
+        }
         return;
     }
     rb_quic_path path = s->local;
@@ -285,10 +290,11 @@ static void on_mail(void *ctx, rb_xmsg *m)
 /* ---- connections: sessions (ringbus/1) and HTTP/3 ---- */
 
 /* HTTP/3 requests go through the daemon's one router (server/admin.c),
- * the same table the ws listeners' HTTP/1.1 phase uses. Its answers are
- * plain text; a newline is added as on HTTP/1.1. */
+ * the same table the ws listeners' HTTP/1.1 phase uses; a newline is
+ * added as on HTTP/1.1. The answer holds the router's largest body
+ * (/metrics, /v1/connz) and the newline. */
 typedef struct h3_answer {
-    char body[RB_ERR_MSG_BYTES_MAX];
+    char body[RB_ADMIN_BODY_BYTES_MAX + 2];
 } h3_answer;
 
 static int h3_route(void *ctx, rb_h3 *h3, int64_t sid, const rb_h3_request *req,
@@ -310,9 +316,15 @@ static int h3_route(void *ctx, rb_h3 *h3, int64_t sid, const rb_h3_request *req,
         hresp.body = "not found";
     }
     resp->status = (uint16_t)hresp.status;
-    int n = snprintf(answer.body, sizeof answer.body, "%s\n", hresp.body != NULL ? hresp.body : "");
+    size_t n = hresp.body == NULL ? 0 : hresp.body_len != 0 ? hresp.body_len : strlen(hresp.body);
+    RB_ASSERT(n <= RB_ADMIN_BODY_BYTES_MAX);
+    memcpy(answer.body, hresp.body != NULL ? hresp.body : "", n);
+    answer.body[n] = '\n';
+    if (hresp.content_type != NULL) {
+        resp->content_type = hresp.content_type;
+    }
     resp->body = (const uint8_t *)answer.body;
-    resp->body_len = n > 0 && (size_t)n < sizeof answer.body ? (size_t)n : 0;
+    resp->body_len = n + 1;
     return RB_H3_ANSWERED;
 }
 

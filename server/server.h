@@ -170,6 +170,8 @@ typedef struct rb_shard_stats {
     uint64_t last_turn_ms;                 /* CLOCK_MONOTONIC ms of the last turn's start */
     uint64_t holes_repaired;               /* holes the sequencers filled from storage */
     uint64_t repaired_seqs;                /* seqs those reads delivered */
+    uint64_t quic_forwarded;               /* datagrams handed to their connection's shard */
+    uint64_t quic_forward_dropped;         /* ... dropped: that shard's mailbox was full */
 } rb_shard_stats;
 
 #define RB_STAT_ADD(sh, field, n)                                                                  \

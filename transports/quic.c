@@ -38,8 +38,12 @@
 #define QUIC_UNI_STREAMS 3
 /* Connection IDs ngtcp2 asks the peer to keep for us. */
 #define QUIC_ACTIVE_CID_LIMIT 4
-/* The CID index holds this many entries per connection on average. */
-#define QUIC_CID_INDEX_PER_CONN 4
+/* The CID index holds this many entries per connection with every
+ * connection slot in use, within its 3/4 load: what a connection needs
+ * when its peer lets ngtcp2 issue its full pool (8, as gtlsclient does),
+ * plus the client's original DCID and one spare. (At 4, a shard full of
+ * such clients ran out of index and closed them with INTERNAL_ERROR.) */
+#define QUIC_CID_INDEX_PER_CONN 10
 /* Writes tried per datagram before a connection's turn ends: stream
  * errors (blocked, shut) retry without data, so the loop is bounded. */
 #define QUIC_WRITE_TRIES_PER_DATAGRAM 4
@@ -1132,7 +1136,7 @@ static int engine_tables(rb_quic_engine *e, rb_err *err)
 {
     uint32_t n = e->conns_max;
     uint64_t slots = 16;
-    while (slots < (uint64_t)n * QUIC_CID_INDEX_PER_CONN * 2) {
+    while (slots / 4 * 3 < (uint64_t)n * QUIC_CID_INDEX_PER_CONN) {
         slots <<= 1;
     }
     e->conns = calloc(n, sizeof *e->conns);
@@ -1787,9 +1791,14 @@ int rb_quic_dcid_owner(const uint8_t *p, size_t len, uint32_t *owner)
         return RB_EINVAL;
     }
     if ((p[0] & 0x80) != 0) {
-        /* Long header: only Handshake packets of version 1 carry our CID. */
+        /* Long header of version 1: Handshake packets, and the Initials a
+         * client sends once it heard our first one, carry our CID. (A
+         * client's first Initial carries its own random CID: when that has
+         * our length it names some owner, always the same one, and that
+         * engine takes the connection.) 0-RTT and Retry never do. */
+        unsigned type = (p[0] >> 4) & 3;
         if (len < 6 + RB_QUIC_SCID_BYTES || p[1] != 0 || p[2] != 0 || p[3] != 0 || p[4] != 1 ||
-            ((p[0] >> 4) & 3) != 2 || p[5] != RB_QUIC_SCID_BYTES) {
+            (type != 0 && type != 2) || p[5] != RB_QUIC_SCID_BYTES) {
             return RB_EINVAL;
         }
         cid = p + 6;

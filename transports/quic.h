@@ -228,10 +228,12 @@ typedef struct rb_quic_stats {
 
 void rb_quic_engine_stats(const rb_quic_engine *e, rb_quic_stats *out);
 
-/* Reads the owner id from a datagram's destination CID when it is one the
- * server issued (short header, or a long-header Handshake packet, with a
- * CID of RB_QUIC_SCID_BYTES). Returns 0 and *owner, or RB_EINVAL when the
- * datagram names no owner (an Initial: any engine may take it). */
+/* Reads the owner id from a datagram's destination CID when it may be one
+ * the server issued (short header, or a version 1 Initial or Handshake
+ * packet, with a CID of RB_QUIC_SCID_BYTES): a client that moves during the
+ * handshake still reaches the engine that holds its connection. Returns 0
+ * and *owner, or RB_EINVAL when the datagram names no owner (another CID
+ * length, 0-RTT, Retry, another version: any engine may take it). */
 int rb_quic_dcid_owner(const uint8_t *p, size_t len, uint32_t *owner);
 
 /* Client: starts the handshake on path (local may be unspecified: its

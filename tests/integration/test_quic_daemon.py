@@ -184,6 +184,24 @@ def test_large_history_streams_over_quic(quicd, certs):
     assert [m["data"] for m in msgs if m["event"] == "message"] == payloads
 
 
+def test_cli_stream_and_bench_over_quic(quicd, certs):
+    u = qurl(quicd.port)
+    out = run_cli("--url", u, "--ca", certs.ca, "pub", "q.stream", input="a\nb\n")
+    assert out.returncode == 0, out.stderr
+    line = json.dumps({"mutate_id": 1, "add": [{"topic": "q.stream", "cursor": 0}]})
+    out = run_cli("--url", u, "--ca", certs.ca, "stream", input=line + "\n")
+    assert out.returncode == 0, out.stderr
+    evs = [json.loads(l) for l in out.stdout.splitlines()]
+    assert [e["data"] for e in evs if e["event"] == "message"] == ["a", "b"], evs
+    assert {"event": "catchup_complete", "mutate_id": 1} in evs
+    assert evs[-1]["event"] == "closed" and evs[-1]["status"] == "ok", evs
+    out = run_cli("--url", u, "--ca", certs.ca, "bench", "pubsub", "--count", "300",
+                  "--subscribers", "2", "--duration", "20", "--json", timeout=60)
+    assert out.returncode == 0, out.stderr
+    fig = json.loads(out.stdout.strip().splitlines()[-1])
+    assert fig["acked"] == 300 and fig["delivered"] == 600 and fig["lost"] == 0, fig
+
+
 def test_untrusted_server_is_refused_unless_insecure(quicd):
     out = run_cli("--url", qurl(quicd.port), "ping")
     assert out.returncode == 1
@@ -211,17 +229,88 @@ def test_gtlsclient_fetches_healthz_from_the_daemon(quicd, tmp_path):
     assert body == b"ok\n"
     status, _, _ = gtls(quicd.port, "/nope", tmp_path)
     assert status == 404
+    # A body far beyond one error message (/metrics) arrives whole.
+    status, body, out = gtls(quicd.port, "/metrics", tmp_path)
+    assert status == 200, out[-2000:]
+    text = body.decode()
+    assert len(text) > 2000 and text.startswith("# HELP "), text[:200]
+    assert "\nringbus_process_open_fds " in text and text.endswith("\n\n"), text[-200:]
 
 
-def test_rebinding_client_survives_on_a_multi_shard_daemon(quicd, tmp_path):
-    # gtlsclient moves to a new source port mid-connection: with 4 reuseport
-    # sockets the datagrams usually land on another shard, which forwards
-    # them to the owner named in the connection ID.
-    for _ in range(4):
+def test_zero_rtt_is_never_accepted(quicd, tmp_path):
+    # gtlsclient keeps the TLS session and transport parameters of a first
+    # connection and sends 0-RTT on the next when it holds a ticket. The
+    # server issues no session ticket (GNUTLS_NO_AUTO_SEND_TICKET, no
+    # GNUTLS_ENABLE_EARLY_DATA), so there is nothing to resume or send early
+    # data with; the second fetch gets its answer over 1-RTT. (With tickets
+    # turned on by hand the engine still rejects the early data: gtlsclient
+    # says "Early data was rejected by server".)
+    sess, tp = tmp_path / "session", tmp_path / "tp"
+    args = (f"--session-file={sess}", f"--tp-file={tp}")
+    for _ in range(2):
+        status, body, out = gtls(quicd.port, "/healthz", tmp_path, *args, timeout=30)
+        assert status == 200 and body == b"ok\n", out[-2000:]
+        assert not (sess.exists() and sess.stat().st_size > 0), "the server issued a ticket"
+        assert "early data accepted" not in out.lower(), out[-2000:]
+
+
+def metric(port, name, tmp_path):
+    """One counter of the daemon's /metrics, fetched over HTTP/3."""
+    status, body, out = gtls(port, "/metrics", tmp_path)
+    assert status == 200, out[-2000:]
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
+
+
+FORWARDED = "ringbus_quic_datagrams_forwarded_total"
+
+
+@pytest.mark.parametrize("how", [("--nat-rebinding",), ()], ids=["nat-rebinding", "migration"])
+def test_rebinding_client_survives_on_a_multi_shard_daemon(quicd, tmp_path, how):
+    # gtlsclient moves to a new source port mid-connection, either as a NAT
+    # rebinding (same connection ID) or as an active migration (path
+    # validation, a fresh connection ID we issued): with 4 reuseport
+    # sockets the datagrams of a new port land on another shard 3 times in
+    # 4, which forwards them to the owner named in the connection ID. Each
+    # round moves; until some round was forwarded (1 - (1/4)^rounds), go
+    # on, up to 12 rounds (a miss all 12 times: 6e-8).
+    before = metric(quicd.port, FORWARDED, tmp_path)
+    forwarded = before
+    rounds = 0
+    while rounds < 4 or (forwarded == before and rounds < 12):
         status, body, out = gtls(quicd.port, "/healthz", tmp_path, "--change-local-addr=10ms",
-                                 "--nat-rebinding", "--delay-stream=40ms")
+                                 *how, "--delay-stream=40ms")
         assert status == 200, out[-3000:]
         assert body == b"ok\n"
+        rounds += 1
+        forwarded = metric(quicd.port, FORWARDED, tmp_path)
+    assert forwarded > before, f"no datagram was forwarded in {rounds} rebinding rounds"
+    assert metric(quicd.port, "ringbus_quic_datagrams_forward_dropped_total", tmp_path) == 0
+
+
+def test_a_full_connection_table_of_h3_clients_all_get_answers(make_daemon, certs, tmp_path):
+    # gtlsclient lets the server issue 7 connection IDs, 8 with its original
+    # one: a shard whose connection table (limits.max_connections) is full
+    # of such clients must have room in its CID index for all of them.
+    port = free_port()
+    make_daemon(shards=1, extra="[limits]\nmax_connections = 4\n",
+                listeners=rt.listener("quic", port, certs))
+    results = [None] * 4
+
+    def one(i):
+        d = tmp_path / f"c{i}"
+        d.mkdir()
+        results[i] = gtls(port, "/healthz", d, "--delay-stream=300ms")
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for status, body, out in results:
+        assert status == 200 and body == b"ok\n", out[-3000:]
 
 
 def spki_pin(cert):
@@ -253,6 +342,10 @@ def test_headless_chromium_fetches_healthz_over_http3(quicd, certs, tmp_path):
 
 @pytest.mark.parametrize("seed", [21, 22])
 def test_lossy_reordering_path_loses_nothing(quicd, certs, seed):
+    # The issue asks for `tc netem loss 5% reorder 10%` in a network
+    # namespace pair; this kernel has no sch_netem ("tc qdisc add dev lo
+    # root netem" in a fresh netns: "Specified qdisc kind is unknown"), so
+    # LossyUdp does the same with a seeded RNG in user space.
     lossy = LossyUdp(quicd.port, seed)
     try:
         u = f"quic://127.0.0.1:{lossy.port}"
@@ -290,6 +383,50 @@ def test_oversized_frame_closes_only_that_connection(quicd, certs):
             assert f["nonce"] == 7
     finally:
         relay.stop()
+
+
+@pytest.mark.parametrize("seed", [41])
+def test_garbage_datagrams_leave_sessions_alone(quicd, certs, tmp_path, seed):
+    """Random datagrams, truncated Initials, and short-header and Handshake
+    packets whose connection IDs name each shard (so they are forwarded
+    through the mailbox to engines that do not know them) at the daemon's
+    port, while a session over QUIC lives: that session and new ones keep
+    working."""
+    rng = random.Random(seed)
+    relay = Relay(qurl(quicd.port), certs.ca)
+    try:
+        with rp.Conn(port=relay.port, timeout=10) as c:
+            assert c.hello(name="q-garbage").kind == rp.STARTED
+            before = metric(quicd.port, FORWARDED, tmp_path)
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                for i in range(600):
+                    owner = bytes([i % 4, 0])
+                    kind = i % 5
+                    rnd = rng.randbytes(rng.randint(0, 1400))
+                    if kind == 0:
+                        d = rnd or b"\x00"
+                    elif kind == 1:  # a truncated Initial
+                        d = b"\xc0\x00\x00\x00\x01\x08" + rnd[:rng.randint(0, 40)]
+                    elif kind == 2:  # a padded Initial that fails to decrypt
+                        d = (b"\xc3\x00\x00\x00\x01\x08" + rnd[:8] + b"\x08" + rnd[8:16] +
+                             b"\x00\x44\xa0" + rng.randbytes(1200))
+                    elif kind == 3:  # a short header naming a shard
+                        d = b"\x40" + owner + rnd[:rng.randint(14, 200)].ljust(14, b"\x00")
+                    else:  # a Handshake packet naming a shard
+                        d = b"\xe0\x00\x00\x00\x01\x10" + owner + rnd[:rng.randint(14, 300)]
+                    s.sendto(d, ("127.0.0.1", quicd.port))
+            finally:
+                s.close()
+            c.ping(99)
+            f = c.recv_until(lambda f: f.kind == rp.PONG)
+            assert f["nonce"] == 99, f"seed {seed}"
+            assert metric(quicd.port, FORWARDED, tmp_path) > before, f"seed {seed}"
+    finally:
+        relay.stop()
+    out = run_cli("--url", qurl(quicd.port), "--ca", certs.ca, "ping")
+    assert out.returncode == 0, f"seed {seed}: {out.stderr}"
+    assert quicd.daemon.proc.poll() is None
 
 
 @pytest.mark.parametrize("seed", [31, 32])

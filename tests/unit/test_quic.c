@@ -590,6 +590,8 @@ typedef struct extra_app {
     int opened;
     int resets;
     uint64_t reset_code;
+    int closes;          /* streams ngtcp2 closed */
+    uint64_t close_code; /* the last one's application error code */
 } extra_app;
 
 static int extra_recv(void *app, int64_t sid, const uint8_t *p, size_t len, bool fin)
@@ -621,9 +623,10 @@ static int extra_reset(void *app, int64_t sid, uint64_t code)
 
 static int extra_closed(void *app, int64_t sid, uint64_t code)
 {
-    (void)app;
+    extra_app *a = app;
     (void)sid;
-    (void)code;
+    a->closes++;
+    a->close_code = code;
     return 0;
 }
 
@@ -712,6 +715,43 @@ START_TEST(test_quic_second_bidi_stream_is_refused)
     rb_quic_engine_stats(n.server.e, &st);
     ck_assert_uint_eq(st.streams_refused, 1);
     /* The connection itself lives on; only the bus stream's bytes arrived. */
+    net_run(&n, 50);
+    ck_assert_msg(!c->closed, "client closed: %s code %llu", c->end.why,
+                  (unsigned long long)c->end.code);
+    ck_assert(!n.server.closed);
+    ck_assert_uint_eq(n.server.rx_len, 5);
+    net_deinit(&n);
+}
+END_TEST
+
+/* A unidirectional stream on a ringbus/1 connection: a stream error
+ * (STOP_SENDING with RB_QUIC_STREAM_REFUSED), the connection lives. */
+START_TEST(test_quic_uni_stream_is_refused)
+{
+    net n;
+    rb_quic_config scfg;
+    server_config(&scfg);
+    net_init(&n, &scfg);
+    rb_quic_config ccfg;
+    client_config(&ccfg);
+    side *c = net_client(&n, &ccfg);
+    NET_UNTIL(&n, c->established, 200);
+    static const uint8_t hello[] = "hello";
+    rb_err err = {0};
+    ck_assert_int_eq(rb_quic_bus_send(c->qc, hello, 5, &err), 0);
+    NET_UNTIL(&n, n.server.rx_len == 5, 200);
+    extra_app a = {.qc = c->qc, .sid = -1};
+    ck_assert_int_eq(rb_quic_stream_open_uni(c->qc, &a.sid, &err), 0);
+    rb_quic_conn_set_app(c->qc, &extra_ops, &a);
+    rb_quic_conn_want_write(c->qc);
+    /* The server's STOP_SENDING makes the client reset the stream, which
+     * closes with the server's code. */
+    NET_UNTIL(&n, a.closes > 0, 300);
+    ck_assert_int_ge(a.closes, 1);
+    ck_assert_uint_eq(a.close_code, RB_QUIC_STREAM_REFUSED);
+    rb_quic_stats st;
+    rb_quic_engine_stats(n.server.e, &st);
+    ck_assert_uint_eq(st.streams_refused, 1);
     net_run(&n, 50);
     ck_assert_msg(!c->closed, "client closed: %s code %llu", c->end.why,
                   (unsigned long long)c->end.code);
@@ -1080,6 +1120,49 @@ START_TEST(test_quic_handshake_limit_refuses_the_excess)
 }
 END_TEST
 
+/* A client that sends its first Initial and then nothing: the server's
+ * handshake slot is given back after handshake_ms, not before, and the
+ * connection is gone. */
+START_TEST(test_quic_silent_client_times_out_the_handshake)
+{
+    net n;
+    rb_quic_config scfg;
+    server_config(&scfg);
+    scfg.handshake_ms = 300;
+    scfg.idle_ms = 60000;
+    net_init(&n, &scfg);
+    rb_quic_config ccfg;
+    client_config(&ccfg);
+    side *c = net_client(&n, &ccfg);
+    rb_quic_engine_write(c->e, n.now_ns);
+    ck_assert_uint_ge(c->out_count, 1);
+    deliver(&n, c, true);
+    rb_quic_engine_write(n.server.e, n.now_ns);
+    n.server.out_count = 0; /* the client never hears back */
+    rb_quic_stats st;
+    rb_quic_engine_stats(n.server.e, &st);
+    ck_assert_uint_eq(st.handshakes, 1);
+    ck_assert_uint_eq(st.conns, 1);
+    uint64_t start = n.now_ns;
+    while (n.now_ns < start + 1000000000ull) {
+        n.now_ns += 5000000ull;
+        rb_quic_engine_timeout(n.server.e, n.now_ns);
+        rb_quic_engine_write(n.server.e, n.now_ns);
+        n.server.out_count = 0;
+        rb_quic_engine_stats(n.server.e, &st);
+        if (st.handshakes == 0) {
+            break;
+        }
+    }
+    ck_assert_uint_eq(st.handshakes, 0);
+    ck_assert_uint_eq(st.conns, 0);
+    uint64_t took_ms = (n.now_ns - start) / 1000000ull;
+    ck_assert_msg(took_ms >= 300 && took_ms < 400, "handshake slot freed after %llu ms",
+                  (unsigned long long)took_ms);
+    net_deinit(&n);
+}
+END_TEST
+
 START_TEST(test_quic_dcid_names_the_owner)
 {
     net n;
@@ -1104,6 +1187,22 @@ START_TEST(test_quic_dcid_names_the_owner)
                   c->out[0].data[0]);
     ck_assert_uint_eq(owner, 0x1234);
     ck_assert_int_eq(rb_quic_dcid_owner(c->out[0].data, 3, &owner), RB_EINVAL);
+    /* A later Initial (a client that moved during the handshake) and a
+     * Handshake packet carry the server's CID: they name the owner too;
+     * 0-RTT, Retry and other versions do not. */
+    uint8_t lh[64] = {0xc0, 0, 0, 0, 1, RB_QUIC_SCID_BYTES};
+    memcpy(lh + 6, c->out[0].data + 1, RB_QUIC_SCID_BYTES);
+    static const uint8_t types[] = {0xc0, 0xe0, 0xd0, 0xf0};
+    for (size_t i = 0; i < sizeof types; i++) {
+        lh[0] = types[i];
+        owner = 0;
+        int rc = rb_quic_dcid_owner(lh, sizeof lh, &owner);
+        ck_assert_msg(i < 2 ? rc == 0 && owner == 0x1234 : rc == RB_EINVAL, "type byte %02x",
+                      types[i]);
+    }
+    lh[0] = 0xc0;
+    lh[4] = 2;
+    ck_assert_int_eq(rb_quic_dcid_owner(lh, sizeof lh, &owner), RB_EINVAL);
     net_deinit(&n);
 }
 END_TEST
@@ -1344,6 +1443,7 @@ Suite *rb_quic_suite(void)
     tcase_add_test(tc, test_quic_send_refs_are_bounded);
     tcase_add_test(tc, test_quic_fin_reaches_the_peer);
     tcase_add_test(tc, test_quic_second_bidi_stream_is_refused);
+    tcase_add_test(tc, test_quic_uni_stream_is_refused);
     tcase_add_test(tc, test_quic_stream_flood_closes_the_connection);
     suite_add_tcase(s, tc);
     tc = tcase_create("close");
@@ -1370,6 +1470,7 @@ Suite *rb_quic_suite(void)
     tcase_add_unchecked_fixture(tc, setup_cert, teardown_cert);
     tcase_add_test(tc, test_quic_handshake_limit_refuses_the_excess);
     tcase_add_test(tc, test_quic_dcid_names_the_owner);
+    tcase_add_test(tc, test_quic_silent_client_times_out_the_handshake);
     tcase_add_test(tc, test_quic_nat_rebinding_keeps_the_connection);
     tcase_add_test(tc, test_quic_garbage_datagrams_are_dropped);
     suite_add_tcase(s, tc);
