@@ -231,6 +231,13 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
             "QUIC datagrams for another shard's connection dropped because that shard's mailbox "
             "was full (the peer retransmits).",
             SUM(srv, quic_forward_dropped));
+    counter(&b, "ringbus_ephemeral_duplicates_total",
+            "Ephemeral publishes not delivered again: the same content within their class's "
+            "dedup window.",
+            SUM(srv, ephemeral_duplicates));
+    counter(&b, "ringbus_ephemeral_lagged_total",
+            "Ephemeral messages dropped for subscribers that fell behind (each told by LAGGED).",
+            SUM(srv, ephemeral_lagged));
     metric_head(&b, "ringbus_loop_turns_total", "counter", "Turns of each shard's loop.");
     for (uint32_t i = 0; i < srv->shard_count; i++) {
         put(&b, "ringbus_loop_turns_total{shard=\"%u\"} %llu\n", i,

@@ -269,11 +269,16 @@ def test_bad_topic_class_stops_the_daemon_with_file_line_column(tmp_path, bad, m
 def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
     """The CLI's stdout is a pipe nobody reads for a while, so it stops
     reading its socket: the daemon lags it, and the CLI prints
-    {"event":"lagged","topic":...,"skipped":N} before the next message."""
+    {"event":"lagged","topic":...,"skipped":N} before the next message.
+    /metrics counts the lagged and the duplicate ephemeral messages."""
     import json
     import subprocess
     from conftest import RINGBUS
-    d = make_daemon(extra=SMALL_QUEUE + CLASSES)
+    from conftest import free_port
+    from test_http_admin import http_listener, scrape, tcp_listener, value
+    tcp, http = free_port(), free_port()
+    d = make_daemon(extra=SMALL_QUEUE + CLASSES, listeners=tcp_listener(tcp) + http_listener(http))
+    d.port, d.url = tcp, f"tcp://127.0.0.1:{tcp}"
     cli = subprocess.Popen([str(RINGBUS), "--url", d.url, "sub", "--timeout", "30", "cur.cli"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -295,6 +300,12 @@ def test_cli_prints_a_lagged_line_when_it_fell_behind(make_daemon):
                 assert ev["event"] == "message" and ev["seq"] == last + owed + 1, (ev, last, owed)
                 last, owed = ev["seq"], 0
         assert lags, "the CLI was never told it lagged"
+        # /metrics counts exactly what the LAGGED events announced.
+        assert value(scrape(http), "ringbus_ephemeral_lagged_total") == sum(lags)
+        with conn(d) as p:
+            for corr in (2, 3, 4):
+                p.publish("dd.m", "same", corr)
+        assert value(scrape(http), "ringbus_ephemeral_duplicates_total") == 2
     finally:
         cli.kill()
         cli.wait()
