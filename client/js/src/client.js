@@ -21,8 +21,14 @@ import {
   encodePong,
   encodePublish,
   encodePublishKeyed,
+  encodeRegister,
+  encodeRequest,
+  encodeRequestAck,
+  encodeResponse,
   mutateAddBytes,
   toBytes,
+  REQUEST_ACK_CANCEL,
+  RPC_TIMEOUT_MS_DEFAULT,
 } from './codec.js';
 import { RingbusError, NON_RETRYABLE } from './errors.js';
 
@@ -32,8 +38,11 @@ export const Limits = Object.freeze({
   PUBLISH_IN_FLIGHT_MAX: 1024,
   /** Publishes waiting for a window slot (`maxQueuedPublishes`). */
   PUBLISH_QUEUED_MAX: 65536,
-  /** Times one publish is sent before it fails (`maxReissues` + 1). */
-  PUBLISH_REISSUES_MAX: 10,
+  /** Re-sends of one publish before it fails (`maxReissues`; libringbus's 8). */
+  PUBLISH_REISSUES_MAX: 8,
+  /** A publish first sent longer ago than this is not re-sent (`publishRetryMs`):
+   * half the server's default dedup window (PROTOCOL §7.1, §13). */
+  PUBLISH_RETRY_MS: 60000,
   /** Messages an async iterator holds for a slow consumer (`maxBufferedMessages`). */
   ITERATOR_BUFFERED_MAX: 10000,
   /** MUTATE waves in flight per stream (the server's limit, PROTOCOL §10). */
@@ -42,6 +51,16 @@ export const Limits = Object.freeze({
   TOPIC_RETRIES_MAX: 5,
   /** PINGs awaiting their PONG. */
   PINGS_IN_FLIGHT_MAX: 64,
+  /** RPC calls in flight or waiting for a connection (`maxCalls`; the server's
+   * limits.rpc_calls_per_connection default). */
+  RPC_CALLS_MAX: 256,
+  /** Methods one client serves (the server's limits.rpc_methods_per_connection default). */
+  RPC_METHODS_MAX: 64,
+  /** Bytes of an application error's message a responder sends. */
+  RPC_ERROR_MESSAGE_BYTES_MAX: 1024,
+  /** How much longer than the call's timeout the client waits for the
+   * server's RESPONSE before it fails the call itself. */
+  RPC_BACKSTOP_MS: 2000,
 });
 
 const DEFAULTS = {
@@ -53,10 +72,13 @@ const DEFAULTS = {
   maxAttempts: Infinity,
   connectTimeoutMs: 10000,
   closeTimeoutMs: 5000,
-  watchdogFactor: 2.5,
+  watchdogFactor: 3,
   maxInFlight: Limits.PUBLISH_IN_FLIGHT_MAX,
   maxQueuedPublishes: Limits.PUBLISH_QUEUED_MAX,
   maxReissues: Limits.PUBLISH_REISSUES_MAX,
+  publishRetryMs: Limits.PUBLISH_RETRY_MS,
+  maxCalls: Limits.RPC_CALLS_MAX,
+  cursorStore: null,
   maxBufferedMessages: Limits.ITERATOR_BUFFERED_MAX,
   onEpochChange: 'fromStart',
   WebSocket: null,
@@ -92,6 +114,48 @@ export class Message {
   json() {
     return JSON.parse(this.text());
   }
+}
+
+/** The answer of a call (Client.call). `payload` is a view on the received frame. */
+export class RpcResponse {
+  constructor(payload) {
+    this.payload = payload;
+  }
+  text() {
+    return textDecoder.decode(this.payload);
+  }
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+/** A call to a method this client serves (the handler's argument). */
+export class RpcRequest {
+  constructor(caller, method, payload, timeoutMs) {
+    /** The caller's client_id. */
+    this.caller = caller;
+    this.method = method;
+    this.payload = payload;
+    /** How long the server waits for the answer. */
+    this.timeoutMs = timeoutMs;
+  }
+  text() {
+    return textDecoder.decode(this.payload);
+  }
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+const textEncoder = new TextEncoder();
+
+/** s cut to at most maxBytes of UTF-8, at a character boundary. */
+function cutUtf8(s, maxBytes) {
+  const raw = textEncoder.encode(s);
+  if (raw.length <= maxBytes) return s;
+  let end = maxBytes;
+  while (end > 0 && (raw[end] & 0xc0) === 0x80) end--;
+  return textDecoder.decode(raw.subarray(0, end));
 }
 
 /** A bounded queue behind an async iterator. */
@@ -256,6 +320,10 @@ export class Client {
     this._topicQueues = new Map();
     this._pings = new Map(); // nonce (string) -> {resolve, reject, at}
     this._pingNonce = 1n;
+    this._calls = new Map(); // corr -> call (sent or waiting for a connection)
+    this._serves = new Map(); // method -> {handler, services: Map(service -> registration)}
+    this._regCorr = new Map(); // corr of a REGISTER/UNREGISTER -> {conn, resolve, reject, settleOnReconnect}
+    this._pendingRegs = []; // REGISTERs waiting for a connection
     this._closeWaiter = null;
     this._readyWaiters = [];
     this._drainWaiters = [];
@@ -459,6 +527,7 @@ export class Client {
     }
     for (const p of this._pings.values()) p.reject(error);
     this._pings.clear();
+    this._connLostRpc(conn, error);
     const wasUp = conn.started;
     if (wasUp) this._emit('disconnected', { url: conn.url, error });
     if (this._state === 'closing') {
@@ -511,6 +580,12 @@ export class Client {
     for (const s of [...this._topicQueues.values()]) for (const q of [...s]) q.end(queueError);
     for (const w of this._drainWaiters) w();
     this._drainWaiters = [];
+    for (const call of [...this._calls.values()]) this._settleCall(call, error);
+    for (const r of this._regCorr.values()) r.reject(error);
+    this._regCorr.clear();
+    for (const w of this._pendingRegs) w.reject(error);
+    this._pendingRegs = [];
+    this._serves.clear();
   }
 
   // ---- receiving ------------------------------------------------------------
@@ -570,6 +645,34 @@ export class Client {
         this._goingAwayMs = f.reconnectDelayMs;
         this._emit('goingAway', { reconnectDelayMs: f.reconnectDelayMs, message: f.message });
         return;
+      case Kind.REGISTER:
+      case Kind.UNREGISTER: {
+        const r = this._regCorr.get(f.corr);
+        if (r) {
+          this._regCorr.delete(f.corr);
+          r.resolve();
+        }
+        return;
+      }
+      case Kind.REQUEST:
+        return this._onRequest(conn, f);
+      case Kind.REQUEST_ACK: {
+        const call = this._calls.get(f.corr);
+        if (call && call.conn === conn) call.acked = true;
+        return;
+      }
+      case Kind.RESPONSE: {
+        const call = this._calls.get(f.corr);
+        if (!call || call.conn !== conn) return;
+        if (f.code === Code.ok) {
+          this._settleCall(call, null, new RpcResponse(f.payload));
+        } else {
+          const err = new RingbusError(f.code, f.message, { source: 'rpc' });
+          if (f.payload.length > 0) err.payload = f.payload;
+          this._settleCall(call, err);
+        }
+        return;
+      }
       case Kind.AUTH: {
         const p = this._authWaiter;
         if (p && p.corr === f.corr) {
@@ -607,6 +710,8 @@ export class Client {
     // Publishes in flight at the disconnect, in their first order, with their keys.
     for (const p of [...this._inflight.values()]) this._sendPublish(conn, p);
     this._pump();
+    this._reregister(conn);
+    this._pumpCalls();
     this._settleReady(null);
   }
 
@@ -615,7 +720,7 @@ export class Client {
     const silentMs = Date.now() - conn.lastRecv;
     if (silentMs > conn.keepaliveMs * this.options.watchdogFactor) {
       this._abort(conn, new RingbusError(Code.deadline_exceeded, `${conn.url}: nothing received for ${silentMs} ms`, { source: 'transport' }));
-    } else if (silentMs > conn.keepaliveMs && !conn.pinged) {
+    } else if (silentMs > (conn.keepaliveMs * this.options.watchdogFactor * 2) / 3 && !conn.pinged) {
       conn.pinged = true;
       this._send(conn, encodePing(0, this._pingNonce++));
     }
@@ -634,6 +739,7 @@ export class Client {
       sub.cursor = item.seq;
       sub.now = false;
       sub.epoch = epoch;
+      if (this.options.cursorStore) this._saveCursor(item.topic, item.seq, epoch);
       const msg = new Message(item.topic, item.seq, item.payload, historic);
       this._emit('message', msg);
       for (const q of this._queues) {
@@ -747,6 +853,17 @@ export class Client {
       this._pump();
       return;
     }
+    const call = this._calls.get(f.corr);
+    if (call && !closes) {
+      this._settleCall(call, err);
+      return;
+    }
+    const reg = this._regCorr.get(f.corr);
+    if (reg && !closes) {
+      this._regCorr.delete(f.corr);
+      reg.reject(err);
+      return;
+    }
     const mid = conn.mutateByCorr.get(f.corr);
     if (mid !== undefined && !closes) {
       const m = conn.mutates.get(mid);
@@ -836,7 +953,7 @@ export class Client {
       );
     }
     return new Promise((resolve, reject) => {
-      const pub = { corr, topic, frame, sends: 0, resolve, reject };
+      const pub = { corr, topic, frame, sends: 0, firstSentAt: 0, resolve, reject };
       this._queue.push(pub);
       this._pump();
     });
@@ -867,6 +984,19 @@ export class Client {
     if (pub.sends > this.options.maxReissues) {
       this._inflight.delete(pub.corr);
       pub.reject(new RingbusError(Code.unavailable, `not acknowledged after ${pub.sends} sends (maxReissues)`));
+      queueMicrotask(() => this._pump());
+      return;
+    }
+    if (pub.sends > 0 && Date.now() - pub.firstSentAt > this.options.publishRetryMs) {
+      // The server's dedup window may be over: a re-send could be stored twice.
+      this._inflight.delete(pub.corr);
+      pub.reject(
+        new RingbusError(
+          Code.unavailable,
+          `not acknowledged, first sent ${Date.now() - pub.firstSentAt} ms ago: not re-sent after publishRetryMs ${this.options.publishRetryMs} (it may or may not be stored)`,
+        ),
+      );
+      queueMicrotask(() => this._pump());
       return;
     }
     if (pub.frame.length > conn.maxFrameBytes) {
@@ -874,7 +1004,7 @@ export class Client {
       pub.reject(new RingbusError(Code.too_large, `a PUBLISH of ${pub.frame.length} bytes is above max_frame_bytes ${conn.maxFrameBytes}`));
       return;
     }
-    pub.sends++;
+    if (pub.sends++ === 0) pub.firstSentAt = Date.now();
     this._send(conn, pub.frame);
   }
 
@@ -928,6 +1058,13 @@ export class Client {
         sub.cursor = cursor === 'now' ? null : cursor;
         sub.now = cursor === 'now';
         sub.epoch = options.epoch != null ? BigInt(options.epoch) : this._epoch;
+      }
+      const stored = old ? null : this._loadCursor(topic);
+      if (stored) {
+        // The store's cursor replaces the add's (as libringbus's cursor_load).
+        sub.cursor = stored.seq;
+        sub.now = false;
+        sub.epoch = stored.epoch;
       }
       sub.historyOnly = !!options.historyOnly;
       sub.group = id;
@@ -1131,6 +1268,296 @@ export class Client {
     });
     ready.catch((e) => q.end(e));
     return new Subscription(this, topic, q, ready);
+  }
+
+  // ---- the cursor store -----------------------------------------------------
+
+  /** {seq, epoch} from options.cursorStore.load(topic), or null. */
+  _loadCursor(topic) {
+    const store = this.options.cursorStore;
+    if (!store) return null;
+    let c;
+    try {
+      c = store.load(topic);
+    } catch (e) {
+      this._emit('error', new RingbusError(Code.internal, `cursorStore.load(${JSON.stringify(topic)}): ${e?.message ?? e}`, { cause: e }));
+      return null;
+    }
+    if (c == null) return null;
+    const seq = Number(c.seq);
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      this._emit('error', new RingbusError(Code.invalid_argument, `cursorStore.load(${JSON.stringify(topic)}): seq ${c.seq} is not a seq >= 0`));
+      return null;
+    }
+    let epoch = 0n;
+    try {
+      epoch = BigInt(c.epoch ?? 0);
+    } catch {
+      // an unreadable epoch: the cursor is not checked against the store's
+    }
+    return { seq, epoch };
+  }
+
+  _saveCursor(topic, seq, epoch) {
+    try {
+      this.options.cursorStore.save(topic, seq, epoch);
+    } catch (e) {
+      this._emit('error', new RingbusError(Code.internal, `cursorStore.save(${JSON.stringify(topic)}): ${e?.message ?? e}`, { cause: e }));
+    }
+  }
+
+  // ---- RPC (PROTOCOL §12) ---------------------------------------------------
+
+  /**
+   * Calls method at destination (a client_id from STARTED, or a service
+   * name). Resolves with an RpcResponse ({payload, text(), json()}), or
+   * rejects with a RingbusError whose code is the call's outcome
+   * (recipient_not_found, unknown_method, response_timeout,
+   * application_error with the responder's message and `payload`, ...).
+   * options.timeoutMs: the server's response timeout (default 10000, at
+   * most 600000); options.signal: an AbortSignal that cancels the call.
+   * A call waits for a connection if there is none; one in flight when the
+   * connection is lost fails with `unavailable` (it is not re-sent: it may
+   * have run).
+   */
+  call(destination, method, payload = new Uint8Array(0), options = {}) {
+    if (this._state === 'closed' || this._state === 'closing') {
+      return Promise.reject(new RingbusError(Code.unavailable, 'the client is closed'));
+    }
+    if (this._calls.size >= this.options.maxCalls) {
+      return Promise.reject(new RingbusError(Code.resource_exhausted, `${this.options.maxCalls} calls in flight (maxCalls)`));
+    }
+    const timeoutMs = options.timeoutMs ?? RPC_TIMEOUT_MS_DEFAULT;
+    const corr = this._corr++;
+    let frame;
+    try {
+      frame = encodeRequest(corr, timeoutMs, destination, method, payload);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
+    }
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(new RingbusError(Code.cancelled, 'the call was aborted before it was sent'));
+    return new Promise((resolve, reject) => {
+      const call = { corr, frame, conn: null, acked: false, resolve, reject, timer: null, signal, onAbort: null };
+      // A backstop for a server that never answers (or a connection that never comes).
+      call.timer = setTimeout(
+        () => this._settleCall(call, new RingbusError(Code.response_timeout, `no RESPONSE within ${(timeoutMs || RPC_TIMEOUT_MS_DEFAULT) + Limits.RPC_BACKSTOP_MS} ms`)),
+        (timeoutMs || RPC_TIMEOUT_MS_DEFAULT) + Limits.RPC_BACKSTOP_MS,
+      );
+      if (signal) {
+        call.onAbort = () => {
+          if (call.conn && this._conn === call.conn) {
+            // The server answers RESPONSE cancelled: the call's one outcome.
+            this._send(call.conn, encodeRequestAck(corr, REQUEST_ACK_CANCEL));
+          } else {
+            this._settleCall(call, new RingbusError(Code.cancelled, 'the call was aborted before it was sent'));
+          }
+        };
+        signal.addEventListener('abort', call.onAbort, { once: true });
+      }
+      this._calls.set(corr, call);
+      this._pumpCalls();
+    });
+  }
+
+  _pumpCalls() {
+    const conn = this._conn;
+    if (!conn?.started || conn.goingAway) return;
+    for (const call of this._calls.values()) {
+      if (call.conn) continue;
+      if (call.frame.length > conn.maxFrameBytes) {
+        this._settleCall(call, new RingbusError(Code.payload_too_large, `a REQUEST of ${call.frame.length} bytes is above max_frame_bytes ${conn.maxFrameBytes}`));
+        continue;
+      }
+      call.conn = conn;
+      this._send(conn, call.frame);
+    }
+  }
+
+  _settleCall(call, error, response) {
+    if (this._calls.get(call.corr) !== call) return;
+    this._calls.delete(call.corr);
+    clearTimeout(call.timer);
+    call.signal?.removeEventListener('abort', call.onAbort);
+    call.frame = null;
+    if (error) call.reject(error);
+    else call.resolve(response);
+  }
+
+  /** The connection is gone: its calls fail, its requests are dropped. */
+  _connLostRpc(conn, error) {
+    for (const call of [...this._calls.values()]) {
+      if (call.conn !== conn) continue;
+      this._settleCall(
+        call,
+        new RingbusError(Code.unavailable, `the connection was lost during the call (not re-sent: it may have run): ${error.message}`, {
+          source: 'transport',
+          cause: error,
+        }),
+      );
+    }
+    for (const [corr, r] of this._regCorr) {
+      if (r.conn === conn) {
+        this._regCorr.delete(corr);
+        r.settleOnReconnect?.();
+      }
+    }
+  }
+
+  /**
+   * Serves method: handler(request) is called for every call of it, with
+   * {caller, method, payload, timeoutMs, text(), json()}; what it returns
+   * (a string, a Uint8Array, or nothing; or a Promise of one) is the
+   * response, and what it throws is answered `application_error` with the
+   * error's message (and its `payload`, if any). options.service: serve
+   * under that service name (shared by its responders) instead of this
+   * connection's client_id. Resolves with {method, service, unregister()}
+   * once the server has registered it; it is registered again on every
+   * new connection.
+   */
+  serve(method, handler, options = {}) {
+    if (this._state === 'closed' || this._state === 'closing') {
+      return Promise.reject(new RingbusError(Code.unavailable, 'the client is closed'));
+    }
+    if (typeof handler !== 'function') return Promise.reject(new TypeError('serve(method, handler): handler is a function'));
+    const service = options.service ?? '';
+    try {
+      encodeRegister(Kind.REGISTER, 0, method, service);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
+    }
+    let entry = this._serves.get(method);
+    if (entry && entry.handler !== handler) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, `${JSON.stringify(method)} is served by another handler: one handler per method`));
+    }
+    if (entry?.services.has(service)) {
+      return Promise.reject(new RingbusError(Code.already_registered, `${JSON.stringify(method)} is already served${service ? ` as ${JSON.stringify(service)}` : ''}`));
+    }
+    let count = 0;
+    for (const e of this._serves.values()) count += e.services.size;
+    if (count >= Limits.RPC_METHODS_MAX) {
+      return Promise.reject(new RingbusError(Code.resource_exhausted, `${Limits.RPC_METHODS_MAX} methods served`));
+    }
+    if (!entry) this._serves.set(method, (entry = { handler, services: new Map() }));
+    const reg = {
+      method,
+      service,
+      unregister: () => this._unserve(method, service, reg),
+    };
+    entry.services.set(service, reg);
+    return this._sendRegister(Kind.REGISTER, method, service).then(
+      () => reg,
+      (e) => {
+        if (entry.services.get(service) === reg) entry.services.delete(service);
+        if (entry.services.size === 0 && this._serves.get(method) === entry) this._serves.delete(method);
+        throw e;
+      },
+    );
+  }
+
+  async _unserve(method, service, reg) {
+    const entry = this._serves.get(method);
+    if (!entry || entry.services.get(service) !== reg) return;
+    entry.services.delete(service);
+    if (entry.services.size === 0) this._serves.delete(method);
+    if (this._conn?.started) await this._sendRegister(Kind.UNREGISTER, method, service).catch(() => {});
+  }
+
+  /** Sends REGISTER/UNREGISTER now, or on the next connection; resolves at the echo. */
+  _sendRegister(kind, method, service) {
+    return new Promise((resolve, reject) => {
+      const attempt = () => {
+        const conn = this._conn;
+        if (!conn?.started) {
+          // Sent by _reregister on the next connection (REGISTER) or moot (UNREGISTER).
+          if (kind === Kind.UNREGISTER) resolve();
+          else this._pendingRegs.push({ method, service, resolve, reject });
+          return;
+        }
+        const corr = this._corr++;
+        this._regCorr.set(corr, { conn, resolve, reject, settleOnReconnect: kind === Kind.REGISTER ? () => this._pendingRegs.push({ method, service, resolve, reject }) : resolve });
+        this._send(conn, encodeRegister(kind, corr, method, service));
+      };
+      attempt();
+    });
+  }
+
+  /** After (re)connecting: every method served is registered again. */
+  _reregister(conn) {
+    const waiting = this._pendingRegs;
+    this._pendingRegs = [];
+    const waiters = new Map(waiting.map((w) => [`${w.method}\0${w.service}`, w]));
+    for (const [method, entry] of this._serves) {
+      for (const [service, reg] of entry.services) {
+        const w = waiters.get(`${method}\0${service}`);
+        const corr = this._corr++;
+        this._regCorr.set(corr, {
+          conn,
+          resolve: () => w?.resolve(),
+          reject: (err) => {
+            // Refused now (e.g. the service name is taken): it is no longer served.
+            if (entry.services.get(service) === reg) entry.services.delete(service);
+            if (entry.services.size === 0 && this._serves.get(method) === entry) this._serves.delete(method);
+            if (w) w.reject(err);
+            else this._emit('serveError', { method, service, error: err });
+          },
+          settleOnReconnect: () => w && this._pendingRegs.push(w),
+        });
+        this._send(conn, encodeRegister(Kind.REGISTER, corr, method, service));
+        waiters.delete(`${method}\0${service}`);
+      }
+    }
+    // Unregistered while waiting for the connection.
+    for (const w of waiters.values()) w.resolve();
+  }
+
+  _onRequest(conn, f) {
+    // The request id (f.corr) is the server's; REQUEST_ACK and RESPONSE echo it.
+    const entry = this._serves.get(f.method);
+    this._send(conn, encodeRequestAck(f.corr, 0));
+    if (!entry) {
+      // Unregistered meanwhile (the server may still route one to us).
+      this._send(conn, encodeResponse(f.corr, Code.application_error, `${f.method}: not served here`, new Uint8Array(0)));
+      return;
+    }
+    const req = new RpcRequest(f.peer, f.method, f.payload, f.timeoutMs);
+    const answer = (code, message, payload) => {
+      if (this._conn !== conn) return; // the call ended with recipient_disconnected
+      let frame;
+      try {
+        frame = encodeResponse(f.corr, code, message, payload);
+      } catch (e) {
+        frame = encodeResponse(f.corr, Code.application_error, `the response could not be encoded: ${e.message}`, new Uint8Array(0));
+      }
+      this._send(conn, frame);
+    };
+    let result;
+    try {
+      result = entry.handler(req);
+    } catch (e) {
+      result = Promise.reject(e);
+    }
+    Promise.resolve(result).then(
+      (value) => {
+        let payload;
+        try {
+          payload = value == null ? new Uint8Array(0) : toBytes(value);
+        } catch (e) {
+          answer(Code.application_error, `the handler returned ${typeof value}: ${e.message}`, new Uint8Array(0));
+          return;
+        }
+        answer(Code.ok, '', payload);
+      },
+      (e) => {
+        let payload = new Uint8Array(0);
+        try {
+          if (e?.payload != null) payload = toBytes(e.payload);
+        } catch {
+          // an error payload that is not bytes or text is left out
+        }
+        answer(Code.application_error, cutUtf8(String(e?.message ?? e), Limits.RPC_ERROR_MESSAGE_BYTES_MAX), payload);
+      },
+    );
   }
 
   // ---- keepalive and auth ---------------------------------------------------
