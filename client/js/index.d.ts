@@ -110,13 +110,18 @@ export declare const Limits: {
 /** Full-jitter backoff: uniform in [0, min(capMs, baseMs * 2^attempt)). */
 export declare function backoffDelay(attempt: number, baseMs: number, capMs: number, random?: () => number): number;
 
+/** A JWT's exp claim in ms since the epoch, or null (no token, no exp). */
+export declare function tokenExpiry(credentials: Credentials): number | null;
+
 export type Credentials = { token: string } | { user: string; password: string | Uint8Array } | Uint8Array | null;
 
 export interface ClientOptions {
   /** Sent in HELLO for the server's logs. Default "ringbus-js". */
   name?: string;
-  /** HELLO credentials, or a function called before each connection (fresh tokens). */
+  /** HELLO credentials, or a function called before each connection and, for a token with exp, again before it expires (sent in AUTH). */
   credentials?: Credentials | (() => Credentials | Promise<Credentials>);
+  /** With credentials as a function: refresh this long before the token's exp, or at two thirds of its life when that is sooner (default 30000). */
+  refreshBeforeMs?: number;
   /** Reconnect after failures (default true). */
   reconnect?: boolean;
   /** Backoff base and cap in ms (defaults 100 and 10000). */
@@ -249,6 +254,8 @@ export interface ClientEvents {
   goingAway: { reconnectDelayMs: number; message: string };
   error: RingbusError;
   closed: { error: RingbusError | null };
+  /** The server accepted a new token (AUTH); expiresAt is its exp in ms, or null. */
+  reauthenticated: { expiresAt: number | null };
   /** A method could not be registered again on a new connection (it is no longer served). */
   serveError: { method: string; service: string; error: RingbusError };
 }

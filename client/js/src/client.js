@@ -79,6 +79,7 @@ const DEFAULTS = {
   publishRetryMs: Limits.PUBLISH_RETRY_MS,
   maxCalls: Limits.RPC_CALLS_MAX,
   cursorStore: null,
+  refreshBeforeMs: 30000,
   maxBufferedMessages: Limits.ITERATOR_BUFFERED_MAX,
   onEpochChange: 'fromStart',
   WebSocket: null,
@@ -156,6 +157,22 @@ function cutUtf8(s, maxBytes) {
   let end = maxBytes;
   while (end > 0 && (raw[end] & 0xc0) === 0x80) end--;
   return textDecoder.decode(raw.subarray(0, end));
+}
+
+/** A token's exp claim in ms since the epoch, or null (not a JWT, no exp). */
+export function tokenExpiry(credentials) {
+  const token = credentials?.token;
+  if (typeof token !== 'string') return null;
+  const part = token.split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const claims = JSON.parse(textDecoder.decode(Uint8Array.from(bin, (ch) => ch.charCodeAt(0))));
+    return typeof claims?.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp * 1000 : null;
+  } catch {
+    return null;
+  }
 }
 
 /** A bounded queue behind an async iterator. */
@@ -440,6 +457,8 @@ export class Client {
       mutateByCorr: new Map(),
       error: null,
       helloCorr: 0,
+      credentials: null,
+      refreshTimer: null,
     };
     this._conn = conn;
     this._state = this._state === 'closing' ? 'closing' : 'connecting';
@@ -457,6 +476,7 @@ export class Client {
       return;
     }
     if (this._conn !== conn) return;
+    conn.credentials = credentials;
     let ws;
     try {
       ws = this.options.wsOptions ? new WS(url, ['ringbus.v1'], this.options.wsOptions) : new WS(url, ['ringbus.v1']);
@@ -514,6 +534,7 @@ export class Client {
     if (this._conn !== conn) return;
     this._conn = null;
     clearTimeout(conn.connectTimer);
+    clearTimeout(conn.refreshTimer);
     clearInterval(conn.watchdog);
     if (conn.ws) {
       conn.ws.onmessage = conn.ws.onopen = conn.ws.onerror = conn.ws.onclose = null;
@@ -712,6 +733,7 @@ export class Client {
     this._pump();
     this._reregister(conn);
     this._pumpCalls();
+    this._scheduleRefresh(conn);
     this._settleReady(null);
   }
 
@@ -1576,16 +1598,62 @@ export class Client {
     });
   }
 
-  /** Replaces the connection's token (AUTH, PROTOCOL §6.5). */
+  /**
+   * Replaces the connection's token (AUTH, PROTOCOL §6.5): resolves once
+   * the server accepted it. A refused token closes the connection with
+   * `unauthorized`, which ends the client (not retryable).
+   */
   reauth(credentials) {
     const conn = this._conn;
     if (!conn?.started) return Promise.reject(new RingbusError(Code.unavailable, 'not connected'));
     if (this._authWaiter) return Promise.reject(new RingbusError(Code.invalid_argument, 'an AUTH is already in flight'));
+    let frame;
     const corr = this._corr++;
+    try {
+      frame = encodeAuth(corr, credentials);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, `AUTH: ${e.message}`));
+    }
     return new Promise((resolve, reject) => {
       this._authWaiter = { corr, resolve, reject };
-      this._send(conn, encodeAuth(corr, credentials));
+      this._send(conn, frame);
+    }).then(() => {
+      if (this._conn === conn) {
+        conn.credentials = credentials;
+        this._emit('reauthenticated', { expiresAt: tokenExpiry(credentials) });
+        this._scheduleRefresh(conn);
+      }
     });
+  }
+
+  /**
+   * With credentials given as a function returning a token: before the
+   * token's exp (refreshBeforeMs, or a third of its lifetime when that is
+   * shorter) the function is called again and its token sent in AUTH, so
+   * that the connection and its stream outlive the token.
+   */
+  _scheduleRefresh(conn) {
+    clearTimeout(conn.refreshTimer);
+    conn.refreshTimer = null;
+    if (typeof this.options.credentials !== 'function') return;
+    const exp = tokenExpiry(conn.credentials);
+    if (exp === null) return;
+    const life = exp - Date.now();
+    const before = Math.min(this.options.refreshBeforeMs, Math.max(0, life) / 3);
+    conn.refreshTimer = setTimeout(async () => {
+      conn.refreshTimer = null;
+      if (this._conn !== conn) return;
+      let creds;
+      try {
+        creds = await this.options.credentials();
+      } catch (e) {
+        this._emit('error', new RingbusError(Code.unauthorized, `credentials(): ${e?.message ?? e}`, { cause: e }));
+        return;
+      }
+      if (this._conn !== conn) return;
+      // A refused AUTH closes the connection (reported as its error).
+      this.reauth(creds).catch(() => {});
+    }, Math.max(0, life - before));
   }
 
   // ---- closing --------------------------------------------------------------

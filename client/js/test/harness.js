@@ -132,6 +132,23 @@ export class Daemon {
     if (code !== 0) throw new Error(`ringbusd exited ${code ?? signal}:\n${this.log().slice(-4000)}`);
   }
 
+  /** SIGSTOP, and waits until every thread of the daemon is stopped. */
+  async pause() {
+    this.proc.kill('SIGSTOP');
+    const pid = this.proc.pid;
+    await waitFor(() => {
+      const tasks = fs.readdirSync(`/proc/${pid}/task`);
+      return tasks.every((t) => {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+        return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+      });
+    }, 5000, `ringbusd ${pid} to stop`);
+  }
+
+  resume() {
+    this.proc.kill('SIGCONT');
+  }
+
   async kill9() {
     const p = this.proc;
     this.proc = null;
