@@ -143,6 +143,8 @@ export interface ClientOptions {
   maxReissues?: number;
   /** A publish first sent longer ago than this is not re-sent; it fails with unavailable (default 60000, half the server's dedup window). */
   publishRetryMs?: number;
+  /** Give every publish without a key a generated one (default true). false: such publishes are keyless (no dedup table places) and one in flight at a connection loss fails with unavailable instead of being re-sent. */
+  autoKeys?: boolean;
   /** RPC calls in flight or waiting for a connection (default 256). */
   maxCalls?: number;
   /** Persists each topic's cursor: load when a topic is added (its cursor replaces the add's), save after each delivered message. */
@@ -165,7 +167,7 @@ export interface CursorStore {
 }
 
 export interface PublishOptions {
-  /** Idempotency key, 0..255 bytes (generated when absent). */
+  /** Idempotency key, 0..255 bytes (generated when absent and autoKeys is on; '' sends none). */
   key?: string | Uint8Array;
 }
 

@@ -80,6 +80,7 @@ const DEFAULTS = {
   maxCalls: Limits.RPC_CALLS_MAX,
   cursorStore: null,
   refreshBeforeMs: 30000,
+  autoKeys: true,
   maxBufferedMessages: Limits.ITERATOR_BUFFERED_MAX,
   onEpochChange: 'fromStart',
   WebSocket: null,
@@ -729,7 +730,15 @@ export class Client {
     this._emit('connected', { url: conn.url, epoch: f.epoch, serverId: f.serverId, previousEpoch: oldEpoch });
     this._resubscribe(conn);
     // Publishes in flight at the disconnect, in their first order, with their keys.
-    for (const p of [...this._inflight.values()]) this._sendPublish(conn, p);
+    for (const p of [...this._inflight.values()]) {
+      if (p.keyless && p.sends > 0) {
+        // Without a key the server cannot tell a re-send from a new message.
+        this._inflight.delete(p.corr);
+        p.reject(new RingbusError(Code.unavailable, 'the connection was lost before the ack of a publish without an idempotency key: not re-sent (it may or may not be stored)', { source: 'transport' }));
+        continue;
+      }
+      this._sendPublish(conn, p);
+    }
     this._pump();
     this._reregister(conn);
     this._pumpCalls();
@@ -958,11 +967,16 @@ export class Client {
     }
     const corr = this._corr++;
     let frame;
+    let keyless;
     try {
-      frame =
-        options.key == null
-          ? encodePublishKeyed(corr, topic, payload, this._keyPrefix, this._keyCounter++)
-          : encodePublish(corr, topic, payload, options.key);
+      if (options.key == null && this.options.autoKeys) {
+        keyless = false;
+        frame = encodePublishKeyed(corr, topic, payload, this._keyPrefix, this._keyCounter++);
+      } else {
+        const key = options.key ?? null;
+        keyless = key === null || toBytes(key).length === 0;
+        frame = encodePublish(corr, topic, payload, key);
+      }
     } catch (e) {
       return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
     }
@@ -975,7 +989,7 @@ export class Client {
       );
     }
     return new Promise((resolve, reject) => {
-      const pub = { corr, topic, frame, sends: 0, firstSentAt: 0, resolve, reject };
+      const pub = { corr, topic, frame, keyless, sends: 0, firstSentAt: 0, resolve, reject };
       this._queue.push(pub);
       this._pump();
     });

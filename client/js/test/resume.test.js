@@ -75,6 +75,7 @@ test('publishRetryMs: a publish first sent longer ago is failed after the reconn
   const opts = { ...FAST, connectTimeoutMs: 400 };
   const strict = await connect(dd.wsUrl, { ...opts, publishRetryMs: 200 });
   const lax = await connect(dd.wsUrl, opts);
+  const keyless = await connect(dd.wsUrl, { ...opts, autoKeys: false });
   let lost = 0;
   strict.on('disconnected', () => lost++);
   const events = [];
@@ -85,6 +86,7 @@ test('publishRetryMs: a publish first sent longer ago is failed after the reconn
   await dd.pause();
   const p1 = strict.publish(t, 'old').then((a) => a, (e) => e);
   const p2 = lax.publish(t, 'kept').then((a) => a, (e) => e);
+  const p3 = keyless.publish(t, 'keyless').then((a) => a, (e) => e);
   try {
     // The watchdog gives the silent connection up after 3 keepalives.
     await waitFor(() => lost > 0, 10000, 'the watchdog');
@@ -92,7 +94,10 @@ test('publishRetryMs: a publish first sent longer ago is failed after the reconn
   } finally {
     dd.resume();
   }
-  const [r1, r2] = await Promise.all([p1, p2]);
+  const [r1, r2, r3] = await Promise.all([p1, p2, p3]);
+  assert.equal(r3.code, Code.unavailable, `the keyless publish: ${JSON.stringify(r3)}`);
+  assert.match(r3.message, /without an idempotency key: not re-sent/);
+  assert.equal((await keyless.publish(t, 'keyless again')).duplicate, false, 'keyless publishes go on');
   assert.equal(r1.code, Code.unavailable, `the strict publish: ${JSON.stringify(r1)}; ${events.join(', ')}`);
   assert.match(r1.message, /publishRetryMs 200/);
   assert.equal(r2.topic, t, `the lax publish is re-sent and acknowledged: ${r2}`);
@@ -103,7 +108,8 @@ test('publishRetryMs: a publish first sent longer ago is failed after the reconn
   await reader.add(t);
   assert.equal(texts.filter((x) => x === 'kept').length, 1, texts.join(' '));
   assert.ok(texts.filter((x) => x === 'old').length <= 1, texts.join(' '));
-  await Promise.all([strict.close(), lax.close(), reader.close()]);
+  assert.ok(texts.filter((x) => x === 'keyless').length <= 1, texts.join(' '));
+  await Promise.all([strict.close(), lax.close(), keyless.close(), reader.close()]);
   await dd.stop();
 });
 
@@ -129,5 +135,22 @@ test("SIGTERM: the daemon's GOING_AWAY hint delays the reconnect, spread over on
   assert.ok(back - stopped >= hints[0], `back after ${back - stopped} ms, hint ${hints[0]}`);
   assert.equal((await c.publish(t, 'after')).seq, 1, 'a new memory store');
   await c.close();
+  await dd.stop();
+});
+
+test('a topic beyond dedup.keys_per_topic: keyed publishes get dedup_full, keyless ones (autoKeys: false) go on', async () => {
+  const dd = await new Daemon({ wss: false, extra: '[dedup]\nkeys_per_topic = 4\n' }).start();
+  const t = `js.dedupfull.${process.pid}`;
+  const keyed = await connect(dd.wsUrl, FAST);
+  const plain = await connect(dd.wsUrl, { ...FAST, autoKeys: false });
+  const r = await Promise.all(Array.from({ length: 6 }, (_, i) => keyed.publish(t, `k${i}`).then((a) => a.seq, (e) => e.codeName)));
+  assert.deepEqual(r, [1, 2, 3, 4, 'dedup_full', 'dedup_full']);
+  // A new key given by the application is refused the same way.
+  const first = await plain.publish(t, 'x', { key: 'order-1' }).catch((e) => e.codeName);
+  assert.equal(first, 'dedup_full');
+  const acks = await Promise.all(Array.from({ length: 20 }, (_, i) => plain.publish(t, `p${i}`)));
+  assert.deepEqual(acks.map((a) => a.seq), Array.from({ length: 20 }, (_, i) => i + 5));
+  assert.equal(keyed.state, 'ready');
+  await Promise.all([keyed.close(), plain.close()]);
   await dd.stop();
 });
