@@ -163,3 +163,23 @@ test('registrations are made again after the daemon restarts; a call in flight a
   await responder.close();
   await dd.stop();
 });
+
+// The client sends CLOSE after its publishes; the server answers the calls
+// in flight before it closes (the responder's RESPONSE still comes through).
+test('close() is a half-close for calls too: a call in flight is answered first', async () => {
+  const caller = await connect(d.wsUrl, FAST);
+  const responder = await connect(d.wsUrl, FAST);
+  await responder.serve('later', async (req) => {
+    await sleep(300);
+    return `done:${req.text()}`;
+  });
+  const p = caller.call(responder.clientId, 'later', 'x');
+  await sleep(20);
+  const t0 = Date.now();
+  await caller.close();
+  assert.ok(Date.now() - t0 >= 200, `close waited ${Date.now() - t0} ms`);
+  assert.equal((await p).text(), 'done:x');
+  const refused = await caller.call(responder.clientId, 'later', 'y').catch((e) => e);
+  assert.equal(refused.code, Code.unavailable);
+  await responder.close();
+});
