@@ -101,6 +101,7 @@ export declare const Limits: {
   readonly TOPIC_RETRIES_MAX: number;
   readonly PINGS_IN_FLIGHT_MAX: number;
   readonly PUBLISH_RETRY_MS: number;
+  readonly PUBLISH_BYTES_MAX: number;
   readonly RPC_CALLS_MAX: number;
   readonly RPC_METHODS_MAX: number;
   readonly RPC_ERROR_MESSAGE_BYTES_MAX: number;
@@ -139,6 +140,8 @@ export interface ClientOptions {
   maxInFlight?: number;
   /** Publishes waiting for the window before publish() rejects (default 65536). */
   maxQueuedPublishes?: number;
+  /** Bytes of publishes not yet acknowledged (in the window and waiting) before publish() rejects with resource_exhausted (default 64 MiB). */
+  maxPublishBytes?: number;
   /** Re-sends of one publish before it fails (default 8). */
   maxReissues?: number;
   /** A publish first sent longer ago than this is not re-sent; it fails with unavailable (default 60000, half the server's dedup window). */

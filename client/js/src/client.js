@@ -38,6 +38,9 @@ export const Limits = Object.freeze({
   PUBLISH_IN_FLIGHT_MAX: 1024,
   /** Publishes waiting for a window slot (`maxQueuedPublishes`). */
   PUBLISH_QUEUED_MAX: 65536,
+  /** Bytes of the frames of publishes not yet acknowledged, in the window
+   * and waiting (`maxPublishBytes`; libringbus's publish_buffer_bytes). */
+  PUBLISH_BYTES_MAX: 64 * 1024 * 1024,
   /** Re-sends of one publish before it fails (`maxReissues`; libringbus's 8). */
   PUBLISH_REISSUES_MAX: 8,
   /** A publish first sent longer ago than this is not re-sent (`publishRetryMs`):
@@ -75,6 +78,7 @@ const DEFAULTS = {
   watchdogFactor: 3,
   maxInFlight: Limits.PUBLISH_IN_FLIGHT_MAX,
   maxQueuedPublishes: Limits.PUBLISH_QUEUED_MAX,
+  maxPublishBytes: Limits.PUBLISH_BYTES_MAX,
   maxReissues: Limits.PUBLISH_REISSUES_MAX,
   publishRetryMs: Limits.PUBLISH_RETRY_MS,
   maxCalls: Limits.RPC_CALLS_MAX,
@@ -332,6 +336,7 @@ export class Client {
     this._inflight = new Map(); // corr -> publish, in send order
     this._queue = [];
     this._queueHead = 0;
+    this._publishBytes = 0; // frames of publishes not yet settled
     this._subs = new Map(); // topic -> {cursor, epoch, historyOnly, live, group, retries}
     this._groups = new Map(); // group id -> {mutates:Set, topics:Set, live, errors, resolve, reject, internal}
     this._queues = new Set();
@@ -988,8 +993,26 @@ export class Client {
         new RingbusError(Code.resource_exhausted, `more than ${this.options.maxQueuedPublishes} publishes waiting (maxQueuedPublishes)`),
       );
     }
+    if (this._publishBytes + frame.length > this.options.maxPublishBytes) {
+      return Promise.reject(
+        new RingbusError(
+          Code.resource_exhausted,
+          `${this._publishBytes} bytes of publishes not yet acknowledged; ${frame.length} more would pass maxPublishBytes ${this.options.maxPublishBytes}`,
+        ),
+      );
+    }
+    const bytes = frame.length;
+    this._publishBytes += bytes;
     return new Promise((resolve, reject) => {
-      const pub = { corr, topic, frame, keyless, sends: 0, firstSentAt: 0, resolve, reject };
+      // Settled once, wherever from: the bytes are given back then.
+      let settled = false;
+      const settle = (fn) => (v) => {
+        if (settled) return;
+        settled = true;
+        this._publishBytes -= bytes;
+        fn(v);
+      };
+      const pub = { corr, topic, frame, keyless, sends: 0, firstSentAt: 0, resolve: settle(resolve), reject: settle(reject) };
       this._queue.push(pub);
       this._pump();
     });
