@@ -128,6 +128,8 @@ export interface ClientOptions {
   /** Backoff base and cap in ms (defaults 100 and 10000). */
   backoffBaseMs?: number;
   backoffCapMs?: number;
+  /** false: connect() fails once every URL was tried without a connection (libringbus's default); true (default): it keeps retrying. Later losses are retried either way. */
+  retryInitialConnect?: boolean;
   /** Consecutive failed attempts before giving up (default Infinity). */
   maxAttempts?: number;
   /** Upgrade plus HELLO must finish within this (default 10000). */

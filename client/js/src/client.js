@@ -85,6 +85,7 @@ const DEFAULTS = {
   cursorStore: null,
   refreshBeforeMs: 30000,
   autoKeys: true,
+  retryInitialConnect: true,
   maxBufferedMessages: Limits.ITERATOR_BUFFERED_MAX,
   onEpochChange: 'fromStart',
   WebSocket: null,
@@ -328,6 +329,7 @@ export class Client {
     this._timer = null;
     this._goingAwayMs = null;
     this._fatal = null;
+    this._everUp = false; // some connection reached STARTED
     this._epoch = 0n;
     this._serverId = '';
     this._clientId = '';
@@ -566,6 +568,12 @@ export class Client {
       return;
     }
     if (wasUp) this._attempt = 0;
+    if (wasUp) this._everUp = true;
+    if (!this._everUp && !this.options.retryInitialConnect && this._attempt + 1 >= this.urls.length) {
+      // Every URL tried once and none answered: connect() fails now.
+      this._fail(new RingbusError(error.code, `no server answered (${this.urls.length} URLs tried): ${error.serverMessage}`, { source: error.source, cause: error }));
+      return;
+    }
     if (this._attempt >= this.options.maxAttempts) {
       this._fail(new RingbusError(error.code, `gave up after ${this._attempt} attempts: ${error.serverMessage}`, { source: error.source, cause: error }));
       return;

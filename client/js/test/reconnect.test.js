@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Daemon, PgCluster, freePort, sleep, waitFor } from './harness.js';
-import { connect, Code } from '../src/index.js';
+import { connect, Client, Code } from '../src/index.js';
 
 let pg;
 before(async () => {
@@ -158,5 +158,27 @@ test('a non-retryable error stops at once: no reconnect, everything pending fail
   assert.equal(reconnecting, 0);
   const late = await c.publish('js.x', 'x').catch((e) => e);
   assert.equal(late.code, Code.unavailable);
+  await d.stop();
+});
+
+test('retryInitialConnect: false fails connect() once every URL was tried; reconnects later still work', async () => {
+  const dead = [`ws://127.0.0.1:${await freePort()}/ringbus`, `ws://127.0.0.1:${await freePort()}/ringbus`];
+  const c = new Client(dead, { ...FAST, maxAttempts: 5, retryInitialConnect: false });
+  let attempts = 0;
+  c.on('reconnecting', () => attempts++);
+  const t0 = Date.now();
+  const err = await c.connect().catch((e) => e);
+  assert.equal(err.code, Code.unavailable);
+  assert.match(err.message, /2 URLs tried/);
+  assert.equal(attempts, 1, 'the second URL was tried, then it stopped');
+  assert.ok(Date.now() - t0 < 3000);
+  assert.equal(c.state, 'closed');
+  // Once connected, losses are retried as usual.
+  const d = await new Daemon({ wss: false }).start();
+  const ok = await connect(d.wsUrl, { ...FAST, retryInitialConnect: false });
+  await d.kill9();
+  await d.start();
+  assert.equal((await ok.publish(`js.initial.${process.pid}`, 'x')).seq, 1);
+  await ok.close();
   await d.stop();
 });

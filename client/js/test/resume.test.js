@@ -123,11 +123,12 @@ test("SIGTERM: the daemon's GOING_AWAY hint delays the reconnect, spread over on
   c.on('reconnecting', (e) => delays.push(e.delayMs));
   const t = `js.hint.${process.pid}`;
   await c.publish(t, 'before');
+  // Listening before the stop: with a small hint the client is back before start() returns.
+  let back = 0;
+  c.on('connected', () => (back = Date.now()));
   const stopped = Date.now();
   await dd.stop();
   await dd.start();
-  let back = 0;
-  c.on('connected', () => (back = Date.now()));
   await waitFor(() => back > 0, 10000, 'the reconnect');
   assert.equal(hints.length, 1, 'one GOING_AWAY');
   assert.ok(hints[0] >= 0 && hints[0] <= HINT, `hint ${hints[0]}`);
