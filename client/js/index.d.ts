@@ -18,6 +18,17 @@ export declare const Code: {
   readonly out_of_range: 13;
   readonly epoch_mismatch: 14;
   readonly cursor_ahead: 15;
+  readonly dedup_full: 18;
+  readonly recipient_not_found: 20;
+  readonly unknown_method: 21;
+  readonly connection_timeout: 22;
+  readonly response_timeout: 23;
+  readonly recipient_disconnected: 24;
+  readonly payload_too_large: 25;
+  readonly application_error: 26;
+  readonly cancelled: 27;
+  readonly already_registered: 28;
+  readonly responder_busy: 29;
 };
 
 /** Frame kinds (docs/PROTOCOL.md §4). */
@@ -37,6 +48,11 @@ export declare const Kind: {
   readonly AUTH: 13;
   readonly GOING_AWAY: 14;
   readonly TOPIC_ERROR: 15;
+  readonly REGISTER: 16;
+  readonly UNREGISTER: 17;
+  readonly REQUEST: 18;
+  readonly REQUEST_ACK: 19;
+  readonly RESPONSE: 20;
 };
 
 export declare const PROTOCOL_VERSION: 1;
@@ -60,12 +76,14 @@ export declare class RingbusError extends Error {
   /** The wire code (see Code). */
   readonly code: number;
   readonly codeName: string;
-  /** 'error' (ERROR frame), 'close' (server CLOSE), 'topic' (TOPIC_ERROR), 'client', 'transport'. */
-  readonly source: 'error' | 'close' | 'topic' | 'client' | 'transport';
+  /** 'error' (ERROR frame), 'close' (server CLOSE), 'topic' (TOPIC_ERROR), 'client', 'transport', 'rpc' (a call's RESPONSE). */
+  readonly source: 'error' | 'close' | 'topic' | 'client' | 'transport' | 'rpc';
   /** The server's (or client's) text, without the code prefix. */
   readonly serverMessage: string;
   /** The topic of a TOPIC_ERROR. */
   readonly topic?: string;
+  /** An application_error's data from the responder (source 'rpc'). */
+  readonly payload?: Uint8Array;
   /** False for codes after which retrying cannot help. */
   readonly retryable: boolean;
 }
@@ -82,37 +100,60 @@ export declare const Limits: {
   readonly WAVES_IN_FLIGHT_MAX: number;
   readonly TOPIC_RETRIES_MAX: number;
   readonly PINGS_IN_FLIGHT_MAX: number;
+  readonly PUBLISH_RETRY_MS: number;
+  readonly PUBLISH_BYTES_MAX: number;
+  readonly RPC_CALLS_MAX: number;
+  readonly RPC_METHODS_MAX: number;
+  readonly RPC_ERROR_MESSAGE_BYTES_MAX: number;
+  readonly RPC_BACKSTOP_MS: number;
 };
 
 /** Full-jitter backoff: uniform in [0, min(capMs, baseMs * 2^attempt)). */
 export declare function backoffDelay(attempt: number, baseMs: number, capMs: number, random?: () => number): number;
+
+/** A JWT's exp claim in ms since the epoch, or null (no token, no exp). */
+export declare function tokenExpiry(credentials: Credentials): number | null;
 
 export type Credentials = { token: string } | { user: string; password: string | Uint8Array } | Uint8Array | null;
 
 export interface ClientOptions {
   /** Sent in HELLO for the server's logs. Default "ringbus-js". */
   name?: string;
-  /** HELLO credentials, or a function called before each connection (fresh tokens). */
+  /** HELLO credentials, or a function called before each connection and, for a token with exp, again before it expires (sent in AUTH). */
   credentials?: Credentials | (() => Credentials | Promise<Credentials>);
+  /** With credentials as a function: refresh this long before the token's exp, or at two thirds of its life when that is sooner (default 30000). */
+  refreshBeforeMs?: number;
   /** Reconnect after failures (default true). */
   reconnect?: boolean;
   /** Backoff base and cap in ms (defaults 100 and 10000). */
   backoffBaseMs?: number;
   backoffCapMs?: number;
+  /** false: connect() fails once every URL was tried without a connection (libringbus's default); true (default): it keeps retrying. Later losses are retried either way. */
+  retryInitialConnect?: boolean;
   /** Consecutive failed attempts before giving up (default Infinity). */
   maxAttempts?: number;
   /** Upgrade plus HELLO must finish within this (default 10000). */
   connectTimeoutMs?: number;
   /** close(): how long to wait for acks and the server's CLOSE (default 5000). */
   closeTimeoutMs?: number;
-  /** A connection silent for this many keepalive periods is dead (default 2.5). */
+  /** A connection silent for this many keepalive periods is dead (default 3; probed with a PING at two thirds of it). */
   watchdogFactor?: number;
   /** Publishes sent and not acknowledged (default 1024). */
   maxInFlight?: number;
   /** Publishes waiting for the window before publish() rejects (default 65536). */
   maxQueuedPublishes?: number;
-  /** Re-sends of one publish before it fails (default 10). */
+  /** Bytes of publishes not yet acknowledged (in the window and waiting) before publish() rejects with resource_exhausted (default 64 MiB). */
+  maxPublishBytes?: number;
+  /** Re-sends of one publish before it fails (default 8). */
   maxReissues?: number;
+  /** A publish first sent longer ago than this is not re-sent; it fails with unavailable (default 60000, half the server's dedup window). */
+  publishRetryMs?: number;
+  /** Give every publish without a key a generated one (default true). false: such publishes are keyless (no dedup table places) and one in flight at a connection loss fails with unavailable instead of being re-sent. */
+  autoKeys?: boolean;
+  /** RPC calls in flight or waiting for a connection (default 256). */
+  maxCalls?: number;
+  /** Persists each topic's cursor: load when a topic is added (its cursor replaces the add's), save after each delivered message. */
+  cursorStore?: CursorStore;
   /** Messages one async iterator buffers before it fails (default 10000). */
   maxBufferedMessages?: number;
   /** What to do with a saved cursor of another store epoch (default 'fromStart'). */
@@ -125,8 +166,13 @@ export interface ClientOptions {
   random?: () => number;
 }
 
+export interface CursorStore {
+  load(topic: string): { seq: number; epoch: bigint | string | number } | null | undefined;
+  save(topic: string, seq: number, epoch: bigint): void;
+}
+
 export interface PublishOptions {
-  /** Idempotency key, 0..255 bytes (generated when absent). */
+  /** Idempotency key, 0..255 bytes (generated when absent and autoKeys is on; '' sends none). */
   key?: string | Uint8Array;
 }
 
@@ -169,6 +215,40 @@ export declare class Subscription implements AsyncIterable<Message> {
   remove(): Promise<void>;
 }
 
+/** The answer of a call. */
+export declare class RpcResponse {
+  readonly payload: Uint8Array;
+  text(): string;
+  json(): unknown;
+}
+
+/** A call to a served method (the handler's argument). */
+export declare class RpcRequest {
+  /** The caller's client_id. */
+  readonly caller: string;
+  readonly method: string;
+  readonly payload: Uint8Array;
+  readonly timeoutMs: number;
+  text(): string;
+  json(): unknown;
+}
+
+export interface CallOptions {
+  /** The server's response timeout (default 10000, at most 600000). */
+  timeoutMs?: number;
+  /** Aborting it cancels the call (outcome `cancelled`). */
+  signal?: AbortSignal;
+}
+
+export interface Registration {
+  readonly method: string;
+  readonly service: string;
+  unregister(): Promise<void>;
+}
+
+/** A handler's result is the response; what it throws is answered application_error (message, and its `payload` if any). */
+export type RpcHandler = (req: RpcRequest) => string | Uint8Array | void | Promise<string | Uint8Array | void>;
+
 export interface ClientEvents {
   message: Message;
   live: string[];
@@ -181,6 +261,10 @@ export interface ClientEvents {
   goingAway: { reconnectDelayMs: number; message: string };
   error: RingbusError;
   closed: { error: RingbusError | null };
+  /** The server accepted a new token (AUTH); expiresAt is its exp in ms, or null. */
+  reauthenticated: { expiresAt: number | null };
+  /** A method could not be registered again on a new connection (it is no longer served). */
+  serveError: { method: string; service: string; error: RingbusError };
 }
 
 export declare class Client {
@@ -204,6 +288,10 @@ export declare class Client {
   cursors(): Record<string, { seq: number | null; epoch: bigint }>;
   ping(): Promise<number>;
   reauth(credentials: Credentials): Promise<void>;
+  /** Calls method at destination (a client_id or a service name). */
+  call(destination: string, method: string, payload?: string | Uint8Array, options?: CallOptions): Promise<RpcResponse>;
+  /** Serves method (under options.service, else this connection's client_id); registered again on every new connection. */
+  serve(method: string, handler: RpcHandler, options?: { service?: string }): Promise<Registration>;
   close(): Promise<void>;
 }
 

@@ -16,7 +16,9 @@ const count = Number(countArg);
 const size = Number(sizeArg);
 const topic = `bench.js.${process.pid}.${Date.now()}`;
 const sub = await connect(url, { ...tls, name: 'bench-sub', maxAttempts: 1 });
-const pub = await connect(url, { ...tls, name: 'bench-pub', maxAttempts: 1, maxInFlight: Number(windowArg), maxQueuedPublishes: count });
+// Keyless (autoKeys: false), as the C bench: a key per publish would fill
+// the topic's dedup table (dedup.keys_per_topic, 65 536 per window).
+const pub = await connect(url, { ...tls, name: 'bench-pub', maxAttempts: 1, autoKeys: false, maxInFlight: Number(windowArg), maxQueuedPublishes: count });
 let got = 0;
 let resolveDone;
 const done = new Promise((r) => (resolveDone = r));

@@ -73,7 +73,8 @@ for _ in $(seq 200); do
 done
 grep -q "ready:" "$tmp/ringbusd.log" || { cat "$tmp/ringbusd.log"; exit 1; }
 
-rate() { sed -n 's/.*"msgs_per_s":\([0-9.]*\).*/\1/p' | cut -d. -f1; }
+# msgs_per_s as an integer; the C CLI prints it with %g (1.10703e+06).
+rate() { sed -n 's/.*"msgs_per_s":\([0-9.eE+-]*\).*/\1/p' | awk '{ printf "%d\n", $1 }'; }
 
 declare -A RATES
 for round in $(seq "$ROUNDS"); do

@@ -21,8 +21,14 @@ import {
   encodePong,
   encodePublish,
   encodePublishKeyed,
+  encodeRegister,
+  encodeRequest,
+  encodeRequestAck,
+  encodeResponse,
   mutateAddBytes,
   toBytes,
+  REQUEST_ACK_CANCEL,
+  RPC_TIMEOUT_MS_DEFAULT,
 } from './codec.js';
 import { RingbusError, NON_RETRYABLE } from './errors.js';
 
@@ -32,8 +38,14 @@ export const Limits = Object.freeze({
   PUBLISH_IN_FLIGHT_MAX: 1024,
   /** Publishes waiting for a window slot (`maxQueuedPublishes`). */
   PUBLISH_QUEUED_MAX: 65536,
-  /** Times one publish is sent before it fails (`maxReissues` + 1). */
-  PUBLISH_REISSUES_MAX: 10,
+  /** Bytes of the frames of publishes not yet acknowledged, in the window
+   * and waiting (`maxPublishBytes`; libringbus's publish_buffer_bytes). */
+  PUBLISH_BYTES_MAX: 64 * 1024 * 1024,
+  /** Re-sends of one publish before it fails (`maxReissues`; libringbus's 8). */
+  PUBLISH_REISSUES_MAX: 8,
+  /** A publish first sent longer ago than this is not re-sent (`publishRetryMs`):
+   * half the server's default dedup window (PROTOCOL §7.1, §13). */
+  PUBLISH_RETRY_MS: 60000,
   /** Messages an async iterator holds for a slow consumer (`maxBufferedMessages`). */
   ITERATOR_BUFFERED_MAX: 10000,
   /** MUTATE waves in flight per stream (the server's limit, PROTOCOL §10). */
@@ -42,6 +54,16 @@ export const Limits = Object.freeze({
   TOPIC_RETRIES_MAX: 5,
   /** PINGs awaiting their PONG. */
   PINGS_IN_FLIGHT_MAX: 64,
+  /** RPC calls in flight or waiting for a connection (`maxCalls`; the server's
+   * limits.rpc_calls_per_connection default). */
+  RPC_CALLS_MAX: 256,
+  /** Methods one client serves (the server's limits.rpc_methods_per_connection default). */
+  RPC_METHODS_MAX: 64,
+  /** Bytes of an application error's message a responder sends. */
+  RPC_ERROR_MESSAGE_BYTES_MAX: 1024,
+  /** How much longer than the call's timeout the client waits for the
+   * server's RESPONSE before it fails the call itself. */
+  RPC_BACKSTOP_MS: 2000,
 });
 
 const DEFAULTS = {
@@ -53,10 +75,17 @@ const DEFAULTS = {
   maxAttempts: Infinity,
   connectTimeoutMs: 10000,
   closeTimeoutMs: 5000,
-  watchdogFactor: 2.5,
+  watchdogFactor: 3,
   maxInFlight: Limits.PUBLISH_IN_FLIGHT_MAX,
   maxQueuedPublishes: Limits.PUBLISH_QUEUED_MAX,
+  maxPublishBytes: Limits.PUBLISH_BYTES_MAX,
   maxReissues: Limits.PUBLISH_REISSUES_MAX,
+  publishRetryMs: Limits.PUBLISH_RETRY_MS,
+  maxCalls: Limits.RPC_CALLS_MAX,
+  cursorStore: null,
+  refreshBeforeMs: 30000,
+  autoKeys: true,
+  retryInitialConnect: true,
   maxBufferedMessages: Limits.ITERATOR_BUFFERED_MAX,
   onEpochChange: 'fromStart',
   WebSocket: null,
@@ -91,6 +120,64 @@ export class Message {
   /** The payload parsed as JSON. */
   json() {
     return JSON.parse(this.text());
+  }
+}
+
+/** The answer of a call (Client.call). `payload` is a view on the received frame. */
+export class RpcResponse {
+  constructor(payload) {
+    this.payload = payload;
+  }
+  text() {
+    return textDecoder.decode(this.payload);
+  }
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+/** A call to a method this client serves (the handler's argument). */
+export class RpcRequest {
+  constructor(caller, method, payload, timeoutMs) {
+    /** The caller's client_id. */
+    this.caller = caller;
+    this.method = method;
+    this.payload = payload;
+    /** How long the server waits for the answer. */
+    this.timeoutMs = timeoutMs;
+  }
+  text() {
+    return textDecoder.decode(this.payload);
+  }
+  json() {
+    return JSON.parse(this.text());
+  }
+}
+
+const textEncoder = new TextEncoder();
+
+/** s cut to at most maxBytes of UTF-8, at a character boundary. */
+function cutUtf8(s, maxBytes) {
+  const raw = textEncoder.encode(s);
+  if (raw.length <= maxBytes) return s;
+  let end = maxBytes;
+  while (end > 0 && (raw[end] & 0xc0) === 0x80) end--;
+  return textDecoder.decode(raw.subarray(0, end));
+}
+
+/** A token's exp claim in ms since the epoch, or null (not a JWT, no exp). */
+export function tokenExpiry(credentials) {
+  const token = credentials?.token;
+  if (typeof token !== 'string') return null;
+  const part = token.split('.')[1];
+  if (!part) return null;
+  try {
+    const b64 = part.replace(/-/g, '+').replace(/_/g, '/');
+    const bin = atob(b64 + '='.repeat((4 - (b64.length % 4)) % 4));
+    const claims = JSON.parse(textDecoder.decode(Uint8Array.from(bin, (ch) => ch.charCodeAt(0))));
+    return typeof claims?.exp === 'number' && Number.isFinite(claims.exp) ? claims.exp * 1000 : null;
+  } catch {
+    return null;
   }
 }
 
@@ -242,6 +329,7 @@ export class Client {
     this._timer = null;
     this._goingAwayMs = null;
     this._fatal = null;
+    this._everUp = false; // some connection reached STARTED
     this._epoch = 0n;
     this._serverId = '';
     this._clientId = '';
@@ -250,12 +338,17 @@ export class Client {
     this._inflight = new Map(); // corr -> publish, in send order
     this._queue = [];
     this._queueHead = 0;
+    this._publishBytes = 0; // frames of publishes not yet settled
     this._subs = new Map(); // topic -> {cursor, epoch, historyOnly, live, group, retries}
     this._groups = new Map(); // group id -> {mutates:Set, topics:Set, live, errors, resolve, reject, internal}
     this._queues = new Set();
     this._topicQueues = new Map();
     this._pings = new Map(); // nonce (string) -> {resolve, reject, at}
     this._pingNonce = 1n;
+    this._calls = new Map(); // corr -> call (sent or waiting for a connection)
+    this._serves = new Map(); // method -> {handler, services: Map(service -> registration)}
+    this._regCorr = new Map(); // corr of a REGISTER/UNREGISTER -> {conn, resolve, reject, settleOnReconnect}
+    this._pendingRegs = []; // REGISTERs waiting for a connection
     this._closeWaiter = null;
     this._readyWaiters = [];
     this._drainWaiters = [];
@@ -372,6 +465,8 @@ export class Client {
       mutateByCorr: new Map(),
       error: null,
       helloCorr: 0,
+      credentials: null,
+      refreshTimer: null,
     };
     this._conn = conn;
     this._state = this._state === 'closing' ? 'closing' : 'connecting';
@@ -389,6 +484,7 @@ export class Client {
       return;
     }
     if (this._conn !== conn) return;
+    conn.credentials = credentials;
     let ws;
     try {
       ws = this.options.wsOptions ? new WS(url, ['ringbus.v1'], this.options.wsOptions) : new WS(url, ['ringbus.v1']);
@@ -446,6 +542,7 @@ export class Client {
     if (this._conn !== conn) return;
     this._conn = null;
     clearTimeout(conn.connectTimer);
+    clearTimeout(conn.refreshTimer);
     clearInterval(conn.watchdog);
     if (conn.ws) {
       conn.ws.onmessage = conn.ws.onopen = conn.ws.onerror = conn.ws.onclose = null;
@@ -459,6 +556,7 @@ export class Client {
     }
     for (const p of this._pings.values()) p.reject(error);
     this._pings.clear();
+    this._connLostRpc(conn, error);
     const wasUp = conn.started;
     if (wasUp) this._emit('disconnected', { url: conn.url, error });
     if (this._state === 'closing') {
@@ -470,6 +568,12 @@ export class Client {
       return;
     }
     if (wasUp) this._attempt = 0;
+    if (wasUp) this._everUp = true;
+    if (!this._everUp && !this.options.retryInitialConnect && this._attempt + 1 >= this.urls.length) {
+      // Every URL tried once and none answered: connect() fails now.
+      this._fail(new RingbusError(error.code, `no server answered (${this.urls.length} URLs tried): ${error.serverMessage}`, { source: error.source, cause: error }));
+      return;
+    }
     if (this._attempt >= this.options.maxAttempts) {
       this._fail(new RingbusError(error.code, `gave up after ${this._attempt} attempts: ${error.serverMessage}`, { source: error.source, cause: error }));
       return;
@@ -511,6 +615,12 @@ export class Client {
     for (const s of [...this._topicQueues.values()]) for (const q of [...s]) q.end(queueError);
     for (const w of this._drainWaiters) w();
     this._drainWaiters = [];
+    for (const call of [...this._calls.values()]) this._settleCall(call, error);
+    for (const r of this._regCorr.values()) r.reject(error);
+    this._regCorr.clear();
+    for (const w of this._pendingRegs) w.reject(error);
+    this._pendingRegs = [];
+    this._serves.clear();
   }
 
   // ---- receiving ------------------------------------------------------------
@@ -570,6 +680,34 @@ export class Client {
         this._goingAwayMs = f.reconnectDelayMs;
         this._emit('goingAway', { reconnectDelayMs: f.reconnectDelayMs, message: f.message });
         return;
+      case Kind.REGISTER:
+      case Kind.UNREGISTER: {
+        const r = this._regCorr.get(f.corr);
+        if (r) {
+          this._regCorr.delete(f.corr);
+          r.resolve();
+        }
+        return;
+      }
+      case Kind.REQUEST:
+        return this._onRequest(conn, f);
+      case Kind.REQUEST_ACK: {
+        const call = this._calls.get(f.corr);
+        if (call && call.conn === conn) call.acked = true;
+        return;
+      }
+      case Kind.RESPONSE: {
+        const call = this._calls.get(f.corr);
+        if (!call || call.conn !== conn) return;
+        if (f.code === Code.ok) {
+          this._settleCall(call, null, new RpcResponse(f.payload));
+        } else {
+          const err = new RingbusError(f.code, f.message, { source: 'rpc' });
+          if (f.payload.length > 0) err.payload = f.payload;
+          this._settleCall(call, err);
+        }
+        return;
+      }
       case Kind.AUTH: {
         const p = this._authWaiter;
         if (p && p.corr === f.corr) {
@@ -605,8 +743,19 @@ export class Client {
     this._emit('connected', { url: conn.url, epoch: f.epoch, serverId: f.serverId, previousEpoch: oldEpoch });
     this._resubscribe(conn);
     // Publishes in flight at the disconnect, in their first order, with their keys.
-    for (const p of [...this._inflight.values()]) this._sendPublish(conn, p);
+    for (const p of [...this._inflight.values()]) {
+      if (p.keyless && p.sends > 0) {
+        // Without a key the server cannot tell a re-send from a new message.
+        this._inflight.delete(p.corr);
+        p.reject(new RingbusError(Code.unavailable, 'the connection was lost before the ack of a publish without an idempotency key: not re-sent (it may or may not be stored)', { source: 'transport' }));
+        continue;
+      }
+      this._sendPublish(conn, p);
+    }
     this._pump();
+    this._reregister(conn);
+    this._pumpCalls();
+    this._scheduleRefresh(conn);
     this._settleReady(null);
   }
 
@@ -615,7 +764,7 @@ export class Client {
     const silentMs = Date.now() - conn.lastRecv;
     if (silentMs > conn.keepaliveMs * this.options.watchdogFactor) {
       this._abort(conn, new RingbusError(Code.deadline_exceeded, `${conn.url}: nothing received for ${silentMs} ms`, { source: 'transport' }));
-    } else if (silentMs > conn.keepaliveMs && !conn.pinged) {
+    } else if (silentMs > (conn.keepaliveMs * this.options.watchdogFactor * 2) / 3 && !conn.pinged) {
       conn.pinged = true;
       this._send(conn, encodePing(0, this._pingNonce++));
     }
@@ -634,6 +783,7 @@ export class Client {
       sub.cursor = item.seq;
       sub.now = false;
       sub.epoch = epoch;
+      if (this.options.cursorStore) this._saveCursor(item.topic, item.seq, epoch);
       const msg = new Message(item.topic, item.seq, item.payload, historic);
       this._emit('message', msg);
       for (const q of this._queues) {
@@ -747,6 +897,17 @@ export class Client {
       this._pump();
       return;
     }
+    const call = this._calls.get(f.corr);
+    if (call && !closes) {
+      this._settleCall(call, err);
+      return;
+    }
+    const reg = this._regCorr.get(f.corr);
+    if (reg && !closes) {
+      this._regCorr.delete(f.corr);
+      reg.reject(err);
+      return;
+    }
     const mid = conn.mutateByCorr.get(f.corr);
     if (mid !== undefined && !closes) {
       const m = conn.mutates.get(mid);
@@ -819,11 +980,16 @@ export class Client {
     }
     const corr = this._corr++;
     let frame;
+    let keyless;
     try {
-      frame =
-        options.key == null
-          ? encodePublishKeyed(corr, topic, payload, this._keyPrefix, this._keyCounter++)
-          : encodePublish(corr, topic, payload, options.key);
+      if (options.key == null && this.options.autoKeys) {
+        keyless = false;
+        frame = encodePublishKeyed(corr, topic, payload, this._keyPrefix, this._keyCounter++);
+      } else {
+        const key = options.key ?? null;
+        keyless = key === null || toBytes(key).length === 0;
+        frame = encodePublish(corr, topic, payload, key);
+      }
     } catch (e) {
       return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
     }
@@ -835,8 +1001,26 @@ export class Client {
         new RingbusError(Code.resource_exhausted, `more than ${this.options.maxQueuedPublishes} publishes waiting (maxQueuedPublishes)`),
       );
     }
+    if (this._publishBytes + frame.length > this.options.maxPublishBytes) {
+      return Promise.reject(
+        new RingbusError(
+          Code.resource_exhausted,
+          `${this._publishBytes} bytes of publishes not yet acknowledged; ${frame.length} more would pass maxPublishBytes ${this.options.maxPublishBytes}`,
+        ),
+      );
+    }
+    const bytes = frame.length;
+    this._publishBytes += bytes;
     return new Promise((resolve, reject) => {
-      const pub = { corr, topic, frame, sends: 0, resolve, reject };
+      // Settled once, wherever from: the bytes are given back then.
+      let settled = false;
+      const settle = (fn) => (v) => {
+        if (settled) return;
+        settled = true;
+        this._publishBytes -= bytes;
+        fn(v);
+      };
+      const pub = { corr, topic, frame, keyless, sends: 0, firstSentAt: 0, resolve: settle(resolve), reject: settle(reject) };
       this._queue.push(pub);
       this._pump();
     });
@@ -867,6 +1051,19 @@ export class Client {
     if (pub.sends > this.options.maxReissues) {
       this._inflight.delete(pub.corr);
       pub.reject(new RingbusError(Code.unavailable, `not acknowledged after ${pub.sends} sends (maxReissues)`));
+      queueMicrotask(() => this._pump());
+      return;
+    }
+    if (pub.sends > 0 && Date.now() - pub.firstSentAt > this.options.publishRetryMs) {
+      // The server's dedup window may be over: a re-send could be stored twice.
+      this._inflight.delete(pub.corr);
+      pub.reject(
+        new RingbusError(
+          Code.unavailable,
+          `not acknowledged, first sent ${Date.now() - pub.firstSentAt} ms ago: not re-sent after publishRetryMs ${this.options.publishRetryMs} (it may or may not be stored)`,
+        ),
+      );
+      queueMicrotask(() => this._pump());
       return;
     }
     if (pub.frame.length > conn.maxFrameBytes) {
@@ -874,7 +1071,7 @@ export class Client {
       pub.reject(new RingbusError(Code.too_large, `a PUBLISH of ${pub.frame.length} bytes is above max_frame_bytes ${conn.maxFrameBytes}`));
       return;
     }
-    pub.sends++;
+    if (pub.sends++ === 0) pub.firstSentAt = Date.now();
     this._send(conn, pub.frame);
   }
 
@@ -928,6 +1125,13 @@ export class Client {
         sub.cursor = cursor === 'now' ? null : cursor;
         sub.now = cursor === 'now';
         sub.epoch = options.epoch != null ? BigInt(options.epoch) : this._epoch;
+      }
+      const stored = old ? null : this._loadCursor(topic);
+      if (stored) {
+        // The store's cursor replaces the add's (as libringbus's cursor_load).
+        sub.cursor = stored.seq;
+        sub.now = false;
+        sub.epoch = stored.epoch;
       }
       sub.historyOnly = !!options.historyOnly;
       sub.group = id;
@@ -1133,6 +1337,296 @@ export class Client {
     return new Subscription(this, topic, q, ready);
   }
 
+  // ---- the cursor store -----------------------------------------------------
+
+  /** {seq, epoch} from options.cursorStore.load(topic), or null. */
+  _loadCursor(topic) {
+    const store = this.options.cursorStore;
+    if (!store) return null;
+    let c;
+    try {
+      c = store.load(topic);
+    } catch (e) {
+      this._emit('error', new RingbusError(Code.internal, `cursorStore.load(${JSON.stringify(topic)}): ${e?.message ?? e}`, { cause: e }));
+      return null;
+    }
+    if (c == null) return null;
+    const seq = Number(c.seq);
+    if (!Number.isSafeInteger(seq) || seq < 0) {
+      this._emit('error', new RingbusError(Code.invalid_argument, `cursorStore.load(${JSON.stringify(topic)}): seq ${c.seq} is not a seq >= 0`));
+      return null;
+    }
+    let epoch = 0n;
+    try {
+      epoch = BigInt(c.epoch ?? 0);
+    } catch {
+      // an unreadable epoch: the cursor is not checked against the store's
+    }
+    return { seq, epoch };
+  }
+
+  _saveCursor(topic, seq, epoch) {
+    try {
+      this.options.cursorStore.save(topic, seq, epoch);
+    } catch (e) {
+      this._emit('error', new RingbusError(Code.internal, `cursorStore.save(${JSON.stringify(topic)}): ${e?.message ?? e}`, { cause: e }));
+    }
+  }
+
+  // ---- RPC (PROTOCOL §12) ---------------------------------------------------
+
+  /**
+   * Calls method at destination (a client_id from STARTED, or a service
+   * name). Resolves with an RpcResponse ({payload, text(), json()}), or
+   * rejects with a RingbusError whose code is the call's outcome
+   * (recipient_not_found, unknown_method, response_timeout,
+   * application_error with the responder's message and `payload`, ...).
+   * options.timeoutMs: the server's response timeout (default 10000, at
+   * most 600000); options.signal: an AbortSignal that cancels the call.
+   * A call waits for a connection if there is none; one in flight when the
+   * connection is lost fails with `unavailable` (it is not re-sent: it may
+   * have run).
+   */
+  call(destination, method, payload = new Uint8Array(0), options = {}) {
+    if (this._state === 'closed' || this._state === 'closing') {
+      return Promise.reject(new RingbusError(Code.unavailable, 'the client is closed'));
+    }
+    if (this._calls.size >= this.options.maxCalls) {
+      return Promise.reject(new RingbusError(Code.resource_exhausted, `${this.options.maxCalls} calls in flight (maxCalls)`));
+    }
+    const timeoutMs = options.timeoutMs ?? RPC_TIMEOUT_MS_DEFAULT;
+    const corr = this._corr++;
+    let frame;
+    try {
+      frame = encodeRequest(corr, timeoutMs, destination, method, payload);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
+    }
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(new RingbusError(Code.cancelled, 'the call was aborted before it was sent'));
+    return new Promise((resolve, reject) => {
+      const call = { corr, frame, conn: null, acked: false, resolve, reject, timer: null, signal, onAbort: null };
+      // A backstop for a server that never answers (or a connection that never comes).
+      call.timer = setTimeout(
+        () => this._settleCall(call, new RingbusError(Code.response_timeout, `no RESPONSE within ${(timeoutMs || RPC_TIMEOUT_MS_DEFAULT) + Limits.RPC_BACKSTOP_MS} ms`)),
+        (timeoutMs || RPC_TIMEOUT_MS_DEFAULT) + Limits.RPC_BACKSTOP_MS,
+      );
+      if (signal) {
+        call.onAbort = () => {
+          if (call.conn && this._conn === call.conn) {
+            // The server answers RESPONSE cancelled: the call's one outcome.
+            this._send(call.conn, encodeRequestAck(corr, REQUEST_ACK_CANCEL));
+          } else {
+            this._settleCall(call, new RingbusError(Code.cancelled, 'the call was aborted before it was sent'));
+          }
+        };
+        signal.addEventListener('abort', call.onAbort, { once: true });
+      }
+      this._calls.set(corr, call);
+      this._pumpCalls();
+    });
+  }
+
+  _pumpCalls() {
+    const conn = this._conn;
+    if (!conn?.started || conn.goingAway) return;
+    for (const call of this._calls.values()) {
+      if (call.conn) continue;
+      if (call.frame.length > conn.maxFrameBytes) {
+        this._settleCall(call, new RingbusError(Code.payload_too_large, `a REQUEST of ${call.frame.length} bytes is above max_frame_bytes ${conn.maxFrameBytes}`));
+        continue;
+      }
+      call.conn = conn;
+      this._send(conn, call.frame);
+    }
+  }
+
+  _settleCall(call, error, response) {
+    if (this._calls.get(call.corr) !== call) return;
+    this._calls.delete(call.corr);
+    clearTimeout(call.timer);
+    call.signal?.removeEventListener('abort', call.onAbort);
+    call.frame = null;
+    if (error) call.reject(error);
+    else call.resolve(response);
+  }
+
+  /** The connection is gone: its calls fail, its requests are dropped. */
+  _connLostRpc(conn, error) {
+    for (const call of [...this._calls.values()]) {
+      if (call.conn !== conn) continue;
+      this._settleCall(
+        call,
+        new RingbusError(Code.unavailable, `the connection was lost during the call (not re-sent: it may have run): ${error.message}`, {
+          source: 'transport',
+          cause: error,
+        }),
+      );
+    }
+    for (const [corr, r] of this._regCorr) {
+      if (r.conn === conn) {
+        this._regCorr.delete(corr);
+        r.settleOnReconnect?.();
+      }
+    }
+  }
+
+  /**
+   * Serves method: handler(request) is called for every call of it, with
+   * {caller, method, payload, timeoutMs, text(), json()}; what it returns
+   * (a string, a Uint8Array, or nothing; or a Promise of one) is the
+   * response, and what it throws is answered `application_error` with the
+   * error's message (and its `payload`, if any). options.service: serve
+   * under that service name (shared by its responders) instead of this
+   * connection's client_id. Resolves with {method, service, unregister()}
+   * once the server has registered it; it is registered again on every
+   * new connection.
+   */
+  serve(method, handler, options = {}) {
+    if (this._state === 'closed' || this._state === 'closing') {
+      return Promise.reject(new RingbusError(Code.unavailable, 'the client is closed'));
+    }
+    if (typeof handler !== 'function') return Promise.reject(new TypeError('serve(method, handler): handler is a function'));
+    const service = options.service ?? '';
+    try {
+      encodeRegister(Kind.REGISTER, 0, method, service);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, e.message));
+    }
+    let entry = this._serves.get(method);
+    if (entry && entry.handler !== handler) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, `${JSON.stringify(method)} is served by another handler: one handler per method`));
+    }
+    if (entry?.services.has(service)) {
+      return Promise.reject(new RingbusError(Code.already_registered, `${JSON.stringify(method)} is already served${service ? ` as ${JSON.stringify(service)}` : ''}`));
+    }
+    let count = 0;
+    for (const e of this._serves.values()) count += e.services.size;
+    if (count >= Limits.RPC_METHODS_MAX) {
+      return Promise.reject(new RingbusError(Code.resource_exhausted, `${Limits.RPC_METHODS_MAX} methods served`));
+    }
+    if (!entry) this._serves.set(method, (entry = { handler, services: new Map() }));
+    const reg = {
+      method,
+      service,
+      unregister: () => this._unserve(method, service, reg),
+    };
+    entry.services.set(service, reg);
+    return this._sendRegister(Kind.REGISTER, method, service).then(
+      () => reg,
+      (e) => {
+        if (entry.services.get(service) === reg) entry.services.delete(service);
+        if (entry.services.size === 0 && this._serves.get(method) === entry) this._serves.delete(method);
+        throw e;
+      },
+    );
+  }
+
+  async _unserve(method, service, reg) {
+    const entry = this._serves.get(method);
+    if (!entry || entry.services.get(service) !== reg) return;
+    entry.services.delete(service);
+    if (entry.services.size === 0) this._serves.delete(method);
+    if (this._conn?.started) await this._sendRegister(Kind.UNREGISTER, method, service).catch(() => {});
+  }
+
+  /** Sends REGISTER/UNREGISTER now, or on the next connection; resolves at the echo. */
+  _sendRegister(kind, method, service) {
+    return new Promise((resolve, reject) => {
+      const attempt = () => {
+        const conn = this._conn;
+        if (!conn?.started) {
+          // Sent by _reregister on the next connection (REGISTER) or moot (UNREGISTER).
+          if (kind === Kind.UNREGISTER) resolve();
+          else this._pendingRegs.push({ method, service, resolve, reject });
+          return;
+        }
+        const corr = this._corr++;
+        this._regCorr.set(corr, { conn, resolve, reject, settleOnReconnect: kind === Kind.REGISTER ? () => this._pendingRegs.push({ method, service, resolve, reject }) : resolve });
+        this._send(conn, encodeRegister(kind, corr, method, service));
+      };
+      attempt();
+    });
+  }
+
+  /** After (re)connecting: every method served is registered again. */
+  _reregister(conn) {
+    const waiting = this._pendingRegs;
+    this._pendingRegs = [];
+    const waiters = new Map(waiting.map((w) => [`${w.method}\0${w.service}`, w]));
+    for (const [method, entry] of this._serves) {
+      for (const [service, reg] of entry.services) {
+        const w = waiters.get(`${method}\0${service}`);
+        const corr = this._corr++;
+        this._regCorr.set(corr, {
+          conn,
+          resolve: () => w?.resolve(),
+          reject: (err) => {
+            // Refused now (e.g. the service name is taken): it is no longer served.
+            if (entry.services.get(service) === reg) entry.services.delete(service);
+            if (entry.services.size === 0 && this._serves.get(method) === entry) this._serves.delete(method);
+            if (w) w.reject(err);
+            else this._emit('serveError', { method, service, error: err });
+          },
+          settleOnReconnect: () => w && this._pendingRegs.push(w),
+        });
+        this._send(conn, encodeRegister(Kind.REGISTER, corr, method, service));
+        waiters.delete(`${method}\0${service}`);
+      }
+    }
+    // Unregistered while waiting for the connection.
+    for (const w of waiters.values()) w.resolve();
+  }
+
+  _onRequest(conn, f) {
+    // The request id (f.corr) is the server's; REQUEST_ACK and RESPONSE echo it.
+    const entry = this._serves.get(f.method);
+    this._send(conn, encodeRequestAck(f.corr, 0));
+    if (!entry) {
+      // Unregistered meanwhile (the server may still route one to us).
+      this._send(conn, encodeResponse(f.corr, Code.application_error, `${f.method}: not served here`, new Uint8Array(0)));
+      return;
+    }
+    const req = new RpcRequest(f.peer, f.method, f.payload, f.timeoutMs);
+    const answer = (code, message, payload) => {
+      if (this._conn !== conn) return; // the call ended with recipient_disconnected
+      let frame;
+      try {
+        frame = encodeResponse(f.corr, code, message, payload);
+      } catch (e) {
+        frame = encodeResponse(f.corr, Code.application_error, `the response could not be encoded: ${e.message}`, new Uint8Array(0));
+      }
+      this._send(conn, frame);
+    };
+    let result;
+    try {
+      result = entry.handler(req);
+    } catch (e) {
+      result = Promise.reject(e);
+    }
+    Promise.resolve(result).then(
+      (value) => {
+        let payload;
+        try {
+          payload = value == null ? new Uint8Array(0) : toBytes(value);
+        } catch (e) {
+          answer(Code.application_error, `the handler returned ${typeof value}: ${e.message}`, new Uint8Array(0));
+          return;
+        }
+        answer(Code.ok, '', payload);
+      },
+      (e) => {
+        let payload = new Uint8Array(0);
+        try {
+          if (e?.payload != null) payload = toBytes(e.payload);
+        } catch {
+          // an error payload that is not bytes or text is left out
+        }
+        answer(Code.application_error, cutUtf8(String(e?.message ?? e), Limits.RPC_ERROR_MESSAGE_BYTES_MAX), payload);
+      },
+    );
+  }
+
   // ---- keepalive and auth ---------------------------------------------------
 
   /** Sends PING; resolves with the round trip in ms. */
@@ -1149,16 +1643,62 @@ export class Client {
     });
   }
 
-  /** Replaces the connection's token (AUTH, PROTOCOL §6.5). */
+  /**
+   * Replaces the connection's token (AUTH, PROTOCOL §6.5): resolves once
+   * the server accepted it. A refused token closes the connection with
+   * `unauthorized`, which ends the client (not retryable).
+   */
   reauth(credentials) {
     const conn = this._conn;
     if (!conn?.started) return Promise.reject(new RingbusError(Code.unavailable, 'not connected'));
     if (this._authWaiter) return Promise.reject(new RingbusError(Code.invalid_argument, 'an AUTH is already in flight'));
+    let frame;
     const corr = this._corr++;
+    try {
+      frame = encodeAuth(corr, credentials);
+    } catch (e) {
+      return Promise.reject(new RingbusError(Code.invalid_argument, `AUTH: ${e.message}`));
+    }
     return new Promise((resolve, reject) => {
       this._authWaiter = { corr, resolve, reject };
-      this._send(conn, encodeAuth(corr, credentials));
+      this._send(conn, frame);
+    }).then(() => {
+      if (this._conn === conn) {
+        conn.credentials = credentials;
+        this._emit('reauthenticated', { expiresAt: tokenExpiry(credentials) });
+        this._scheduleRefresh(conn);
+      }
     });
+  }
+
+  /**
+   * With credentials given as a function returning a token: before the
+   * token's exp (refreshBeforeMs, or a third of its lifetime when that is
+   * shorter) the function is called again and its token sent in AUTH, so
+   * that the connection and its stream outlive the token.
+   */
+  _scheduleRefresh(conn) {
+    clearTimeout(conn.refreshTimer);
+    conn.refreshTimer = null;
+    if (typeof this.options.credentials !== 'function') return;
+    const exp = tokenExpiry(conn.credentials);
+    if (exp === null) return;
+    const life = exp - Date.now();
+    const before = Math.min(this.options.refreshBeforeMs, Math.max(0, life) / 3);
+    conn.refreshTimer = setTimeout(async () => {
+      conn.refreshTimer = null;
+      if (this._conn !== conn) return;
+      let creds;
+      try {
+        creds = await this.options.credentials();
+      } catch (e) {
+        this._emit('error', new RingbusError(Code.unauthorized, `credentials(): ${e?.message ?? e}`, { cause: e }));
+        return;
+      }
+      if (this._conn !== conn) return;
+      // A refused AUTH closes the connection (reported as its error).
+      this.reauth(creds).catch(() => {});
+    }, Math.max(0, life - before));
   }
 
   // ---- closing --------------------------------------------------------------

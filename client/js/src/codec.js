@@ -28,13 +28,18 @@ export const Kind = Object.freeze({
   AUTH: 13,
   GOING_AWAY: 14,
   TOPIC_ERROR: 15,
+  REGISTER: 16,
+  UNREGISTER: 17,
+  REQUEST: 18,
+  REQUEST_ACK: 19,
+  RESPONSE: 20,
 });
 
 const KIND_NAMES = Object.fromEntries(Object.entries(Kind).map(([k, v]) => [v, k]));
 
-/** Kinds reserved by later protocol work (RPC, ephemeral topics): a
- * client that did not ask for them skips them instead of failing. */
-const RESERVED_KIND_MIN = 16;
+/** Kinds reserved by later protocol work (ephemeral topics): a client
+ * that did not ask for them skips them instead of failing. */
+const RESERVED_KIND_MIN = 21;
 const RESERVED_KIND_MAX = 27;
 
 export const Code = Object.freeze({
@@ -54,6 +59,17 @@ export const Code = Object.freeze({
   out_of_range: 13,
   epoch_mismatch: 14,
   cursor_ahead: 15,
+  dedup_full: 18,
+  recipient_not_found: 20,
+  unknown_method: 21,
+  connection_timeout: 22,
+  response_timeout: 23,
+  recipient_disconnected: 24,
+  payload_too_large: 25,
+  application_error: 26,
+  cancelled: 27,
+  already_registered: 28,
+  responder_busy: 29,
 });
 
 const CODE_NAMES = Object.fromEntries(Object.entries(Code).map(([k, v]) => [v, k]));
@@ -76,6 +92,14 @@ export const CAP_PUBLISH = 2n;
 /** PUBLISH_ACK's appended flags byte: bit 0, the server recognised the
  * idempotency key and answered with the original seq. */
 export const ACK_DUPLICATE = 0x01;
+
+/** REQUEST_ACK's flags: bit 0, the caller cancels its call. */
+export const REQUEST_ACK_CANCEL = 0x01;
+/** RPC names (method, service, destination): 1..255 bytes (0 for a service). */
+export const RPC_NAME_BYTES_MAX = 255;
+/** A REQUEST's timeout_ms: 0 means this, at most RPC_TIMEOUT_MS_MAX. */
+export const RPC_TIMEOUT_MS_DEFAULT = 10000;
+export const RPC_TIMEOUT_MS_MAX = 600000;
 
 export const CRED_TOKEN = 1;
 export const CRED_PASSWORD = 2;
@@ -320,6 +344,65 @@ export function encodeMutate(corr, mutateId, adds = [], removes = [], historyOnl
   return w.done();
 }
 
+function name8Bytes(value, what, minBytes) {
+  const raw = toBytes(value ?? '');
+  if (raw.length < minBytes || raw.length > RPC_NAME_BYTES_MAX) {
+    throw new RangeError(`${what} of ${raw.length} bytes: ${minBytes}..${RPC_NAME_BYTES_MAX} bytes`);
+  }
+  return raw;
+}
+
+/** REGISTER (kind 16) or UNREGISTER (kind 17) of method under service ('' = the client_id). */
+export function encodeRegister(kind, corr, method, service = '') {
+  if (kind !== Kind.REGISTER && kind !== Kind.UNREGISTER) throw new RangeError(`kind ${kind} is not REGISTER or UNREGISTER`);
+  const m = name8Bytes(method, 'method', 1);
+  const s = name8Bytes(service, 'service', 0);
+  const w = new Writer(kind, corr, 1 + m.length + 1 + s.length);
+  w.u8(m.length);
+  w.bytes(m);
+  w.u8(s.length);
+  w.bytes(s);
+  return w.done();
+}
+
+/** REQUEST: a call of method at peer (a client_id or a service). */
+export function encodeRequest(corr, timeoutMs, peer, method, payload) {
+  if (!Number.isInteger(timeoutMs) || timeoutMs < 0 || timeoutMs > RPC_TIMEOUT_MS_MAX) {
+    throw new RangeError(`timeout_ms ${timeoutMs}: 0..${RPC_TIMEOUT_MS_MAX}`);
+  }
+  const d = name8Bytes(peer, 'destination', 1);
+  const m = name8Bytes(method, 'method', 1);
+  const p = toBytes(payload ?? new Uint8Array(0));
+  const w = new Writer(Kind.REQUEST, corr, 4 + 1 + d.length + 1 + m.length + 4 + p.length);
+  w.u32(timeoutMs);
+  w.u8(d.length);
+  w.bytes(d);
+  w.u8(m.length);
+  w.bytes(m);
+  w.u32(p.length);
+  w.bytes(p);
+  return w.done();
+}
+
+export function encodeRequestAck(corr, flags = 0) {
+  const w = new Writer(Kind.REQUEST_ACK, corr, 1);
+  w.u8(flags);
+  return w.done();
+}
+
+/** RESPONSE: code 0 (ok) with the answer, or application_error with a message. */
+export function encodeResponse(corr, code, message, payload) {
+  const m = str16Bytes(message ?? '', 'response message');
+  const p = toBytes(payload ?? new Uint8Array(0));
+  const w = new Writer(Kind.RESPONSE, corr, 2 + 2 + m.length + 4 + p.length);
+  w.u16(code);
+  w.u16(m.length);
+  w.bytes(m);
+  w.u32(p.length);
+  w.bytes(p);
+  return w.done();
+}
+
 // ---- decoding ---------------------------------------------------------------
 
 class Reader {
@@ -407,6 +490,11 @@ class Reader {
     const text = this.text(raw, what);
     this.lastTopic = { raw, text };
     return text;
+  }
+  name8(what, minBytes) {
+    const n = this.u8(`${what} length`);
+    if (n < minBytes) this.fail(`${what} length ${n}`);
+    return this.text(this.take(n, what), what);
   }
   count(what, minBytes) {
     const n = this.u32(what);
@@ -509,6 +597,27 @@ function decodeBody(kind, r) {
       const topic = r.topic();
       const code = r.u16('code');
       return { mutateId, topic, code, codeName: codeName(code), message: r.str16('message') };
+    }
+    case Kind.REGISTER:
+    case Kind.UNREGISTER: {
+      const method = r.name8('method', 1);
+      return { method, service: r.name8('service', 0) };
+    }
+    case Kind.REQUEST: {
+      const timeoutMs = r.u32('timeout_ms');
+      const peer = r.name8('peer', 1);
+      const method = r.name8('method', 1);
+      return { timeoutMs, peer, method, payload: r.take(r.u32('payload length'), 'payload') };
+    }
+    case Kind.REQUEST_ACK: {
+      const flags = r.u8('flags');
+      if (flags & ~REQUEST_ACK_CANCEL) r.fail(`flags 0x${flags.toString(16)} has unknown bits`);
+      return { flags, cancel: (flags & REQUEST_ACK_CANCEL) !== 0 };
+    }
+    case Kind.RESPONSE: {
+      const code = r.u16('code');
+      const message = r.str16('message');
+      return { code, codeName: codeName(code), message, payload: r.take(r.u32('payload length'), 'payload') };
     }
     default:
       throw new Error(`no decoder for kind ${kind}`);

@@ -6,7 +6,8 @@ import { Code, codeName } from './codec.js';
  * where it came from: 'error' (an ERROR frame), 'close' (a server CLOSE),
  * 'topic' (a TOPIC_ERROR: one topic left the stream), 'client' (decided
  * here: a limit, a closed client, a broken frame from the server) or
- * 'transport' (the WebSocket failed).
+ * 'transport' (the WebSocket failed) or 'rpc' (a RESPONSE: the outcome of
+ * a call; an application_error carries the responder's `payload`).
  */
 export class RingbusError extends Error {
   constructor(code, message, { source = 'client', topic = undefined, cause = undefined } = {}) {

@@ -186,3 +186,21 @@ test('the bounded publish queue refuses beyond maxQueuedPublishes', async () => 
   assert.deepEqual((await Promise.all(ps)).map((a) => a.seq), [1, 2, 3]);
   await c.close();
 });
+
+test('publishes are bounded in bytes too (maxPublishBytes), given back when settled', async () => {
+  const c = new Client(d.wsUrl, { maxPublishBytes: 1000, maxAttempts: 3 });
+  const t = fresh('bytes');
+  const payload = new Uint8Array(400);
+  const ps = [c.publish(t, payload), c.publish(t, payload)];
+  const refused = await c.publish(t, payload).catch((e) => e);
+  assert.equal(refused.code, Code.resource_exhausted);
+  assert.match(refused.message, /maxPublishBytes 1000/);
+  await c.connect();
+  assert.deepEqual((await Promise.all(ps)).map((a) => a.seq), [1, 2]);
+  // Acknowledged and failed publishes both give their bytes back.
+  const bad = await c.publish('bad topic', payload).catch((e) => e);
+  assert.equal(bad.code, Code.invalid_topic);
+  const again = await Promise.all([c.publish(t, payload), c.publish(t, payload)]);
+  assert.deepEqual(again.map((a) => a.seq), [3, 4]);
+  await c.close();
+});

@@ -83,7 +83,7 @@ test('the decoder applies the header checks in order, and whole-body rules', () 
   assert.equal(code(c.encodeFrame(c.Kind.TOPICS_LIVE, 0, hex('01000000 02c0af'))), 'bad_frame');
   // A count that cannot fit in the bytes left.
   assert.equal(code(c.encodeFrame(c.Kind.TOPICS_LIVE, 0, hex('ffffff00 0161'))), 'bad_frame');
-  // A kind reserved for later work (RPC, ephemeral) is skipped, not fatal.
+  // A kind reserved for later work (ephemeral topics) is skipped, not fatal.
   assert.equal(c.decodeFrame(c.encodeFrame(22, 0, hex('00'))).reserved, true);
 });
 
@@ -104,4 +104,25 @@ test('backoff is full jitter below min(cap, base * 2^attempt)', () => {
     const d = backoffDelay(a, 100, 10000);
     assert.ok(d >= 0 && d < Math.min(10000, 100 * 2 ** a), `attempt ${a}: ${d}`);
   }
+});
+
+test('RPC frames encode and decode as the worked example of PROTOCOL §12', () => {
+  const req = c.encodeRequest(7, 5000, 'anon-2', 'echo', 'hi');
+  assert.equal(toHex(req), toHex(hex('26000000 01 12 0000 0700000000000000 88130000 06616e6f6e2d32 046563686f 020000006869')));
+  const back = c.decodeFrame(req);
+  assert.deepEqual([back.timeoutMs, back.peer, back.method, toHex(back.payload)], [5000, 'anon-2', 'echo', '6869']);
+  const resp = c.decodeFrame(hex('1a000000 01 14 0000 0700000000000000 0000 0000 020000006869'));
+  assert.deepEqual([resp.kind, resp.corr, resp.code, resp.message, toHex(resp.payload)], [c.Kind.RESPONSE, 7, 0, '', '6869']);
+  assert.equal(toHex(c.encodeResponse(7, 0, '', 'hi')), toHex(hex('1a000000 01 14 0000 0700000000000000 0000 0000 020000006869')));
+  const reg = c.decodeFrame(c.encodeRegister(c.Kind.REGISTER, 1, 'echo', 'svc'));
+  assert.deepEqual([reg.kindName, reg.method, reg.service], ['REGISTER', 'echo', 'svc']);
+  assert.equal(c.decodeFrame(c.encodeRegister(c.Kind.UNREGISTER, 1, 'echo')).service, '');
+  assert.equal(c.decodeFrame(c.encodeRequestAck(3, c.REQUEST_ACK_CANCEL)).cancel, true);
+  assert.throws(() => c.decodeFrame(c.encodeFrame(c.Kind.REQUEST_ACK, 3, hex('02'))), c.ProtocolError);
+  assert.throws(() => c.decodeFrame(c.encodeFrame(c.Kind.REGISTER, 3, hex('00 00'))), c.ProtocolError);
+  assert.throws(() => c.encodeRegister(c.Kind.REGISTER, 1, ''), RangeError);
+  assert.throws(() => c.encodeRequest(1, 600001, 'a', 'b', ''), RangeError);
+  assert.equal(c.codeName(c.Code.dedup_full), 'dedup_full');
+  assert.equal(c.codeName(26), 'application_error');
+  assert.equal(c.codeName(30), 'code_30');
 });

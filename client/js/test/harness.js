@@ -50,6 +50,20 @@ export function makeCerts(dir) {
   return { ca: path.join(dir, 'ca.pem'), cert: path.join(dir, 'server.pem'), key: path.join(dir, 'server.key') };
 }
 
+// Daemons still running when a test file ends (a test failed before its
+// stop()) are killed, so that their child process does not keep the test
+// process, and the whole run, waiting.
+const running = new Set();
+process.on('exit', () => {
+  for (const p of running) {
+    try {
+      p.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
 export class Daemon {
   /** extra: more TOML before the listeners; storage: 'memory' or 'postgres' (conninfo). */
   constructor({ shards = 2, extra = '', storage = 'memory', conninfo = null, wss = true } = {}) {
@@ -85,6 +99,11 @@ export class Daemon {
     this.logStart = fs.existsSync(this.logPath) ? fs.statSync(this.logPath).size : 0;
     this.proc = spawn(RINGBUSD, ['--config', conf], { stdio: ['ignore', log, log], env });
     fs.closeSync(log);
+    const proc = this.proc;
+    running.add(proc);
+    proc.once('exit', () => running.delete(proc));
+    // A leftover daemon must not keep the event loop (and the test file) alive.
+    proc.unref();
     this.exit = new Promise((resolve) => this.proc.once('exit', (code, signal) => resolve({ code, signal })));
     const deadline = Date.now() + READY_WAIT_MS;
     while (Date.now() < deadline) {
@@ -132,11 +151,31 @@ export class Daemon {
     if (code !== 0) throw new Error(`ringbusd exited ${code ?? signal}:\n${this.log().slice(-4000)}`);
   }
 
+  /** SIGSTOP, and waits until every thread of the daemon is stopped. */
+  async pause() {
+    this.proc.kill('SIGSTOP');
+    const pid = this.proc.pid;
+    await waitFor(() => {
+      const tasks = fs.readdirSync(`/proc/${pid}/task`);
+      return tasks.every((t) => {
+        const stat = fs.readFileSync(`/proc/${pid}/task/${t}/stat`, 'utf8');
+        return stat.slice(stat.lastIndexOf(')') + 2).startsWith('T');
+      });
+    }, 5000, `ringbusd ${pid} to stop`);
+  }
+
+  resume() {
+    this.proc.kill('SIGCONT');
+  }
+
   async kill9() {
     const p = this.proc;
     this.proc = null;
     p.kill('SIGKILL');
+    // The child is unref'd: a timer keeps the event loop up until it is reaped.
+    const t = setTimeout(() => {}, STOP_WAIT_MS);
     await this.exit;
+    clearTimeout(t);
   }
 }
 

@@ -1,8 +1,9 @@
-// What this daemon does not send yet (GOING_AWAY, frame 14, and the
-// PUBLISH_ACK duplicate flag, from the ops and resil branches), checked
-// against a scripted peer on the `ws` package's server that speaks the
-// frames of docs/PROTOCOL.md through this package's codec. Replace with
-// the daemon once it sends them.
+// GOING_AWAY and the PUBLISH_ACK duplicate flag against a scripted peer
+// (the `ws` package's server speaking the frames of docs/PROTOCOL.md
+// through this package's codec), where the timing is exact: the publish is
+// left unanswered on the draining connection, nothing new is sent there,
+// and its re-send keeps its key. The daemon's own GOING_AWAY and dedup are
+// checked in resume.test.js and reconnect.test.js.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { WebSocketServer } from 'ws';

@@ -6,7 +6,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { Daemon, PgCluster, freePort, sleep, waitFor } from './harness.js';
-import { connect, Code } from '../src/index.js';
+import { connect, Client, Code } from '../src/index.js';
 
 let pg;
 before(async () => {
@@ -58,11 +58,14 @@ for (const kind of ['ws', 'wss']) {
     const bySeq = new Map(seen.map((m) => [m.seq, m.text]));
     for (let i = 0; i < N; i++) assert.equal(bySeq.get(acks[i].seq), `p${i}`, `publish ${i} acked as seq ${acks[i].seq}`);
     assert.ok(reconnects >= 1, `the subscriber reconnected (${reconnects} reconnections)`);
-    // Until the server deduplicates, a publish re-sent after the kill whose
-    // first copy was committed is stored twice: reported, not failed.
+    // The server deduplicates by idempotency key on Postgres across the
+    // restart (PROTOCOL §7.1): a publish re-sent after the kill whose first
+    // copy was committed is answered as a duplicate, so each is stored once.
     const stored = new Set(seen.map((m) => m.text)).size;
-    console.log(`# ${kind}: ${N} publishes, ${head} stored (${head - stored} duplicates of re-sent publishes)`);
+    const dups = acks.filter((a) => a.duplicate).length;
+    console.log(`# ${kind}: ${N} publishes, ${head} stored, ${dups} re-sends answered duplicate`);
     assert.equal(stored, N);
+    assert.equal(head, N, 'every publish stored exactly once');
     await sub.close();
     await pubc.close();
     await d.stop();
@@ -126,11 +129,11 @@ test('a dead-silent server (SIGSTOP) is detected by the watchdog and replaced', 
   const c = await connect(d.wsUrl, { ...FAST, connectTimeoutMs: 1000 });
   const why = [];
   c.on('reconnecting', (e) => why.push(e.error.codeName));
-  d.proc.kill('SIGSTOP');
+  await d.pause();
   try {
     await waitFor(() => why.length > 0, 15000, 'the watchdog');
   } finally {
-    d.proc.kill('SIGCONT');
+    d.resume();
   }
   assert.equal(why[0], 'deadline_exceeded');
   const ack = await c.publish(`js.stop.${process.pid}`, 'x');
@@ -155,5 +158,27 @@ test('a non-retryable error stops at once: no reconnect, everything pending fail
   assert.equal(reconnecting, 0);
   const late = await c.publish('js.x', 'x').catch((e) => e);
   assert.equal(late.code, Code.unavailable);
+  await d.stop();
+});
+
+test('retryInitialConnect: false fails connect() once every URL was tried; reconnects later still work', async () => {
+  const dead = [`ws://127.0.0.1:${await freePort()}/ringbus`, `ws://127.0.0.1:${await freePort()}/ringbus`];
+  const c = new Client(dead, { ...FAST, maxAttempts: 5, retryInitialConnect: false });
+  let attempts = 0;
+  c.on('reconnecting', () => attempts++);
+  const t0 = Date.now();
+  const err = await c.connect().catch((e) => e);
+  assert.equal(err.code, Code.unavailable);
+  assert.match(err.message, /2 URLs tried/);
+  assert.equal(attempts, 1, 'the second URL was tried, then it stopped');
+  assert.ok(Date.now() - t0 < 3000);
+  assert.equal(c.state, 'closed');
+  // Once connected, losses are retried as usual.
+  const d = await new Daemon({ wss: false }).start();
+  const ok = await connect(d.wsUrl, { ...FAST, retryInitialConnect: false });
+  await d.kill9();
+  await d.start();
+  assert.equal((await ok.publish(`js.initial.${process.pid}`, 'x')).seq, 1);
+  await ok.close();
   await d.stop();
 });
