@@ -204,6 +204,8 @@ export declare class Message {
   readonly payload: Uint8Array;
   /** Stored history (before the topic went live). */
   readonly historic: boolean;
+  /** Messages of this ephemeral topic dropped for this reader just before this one (LAGGED); 0 when none. */
+  readonly skipped: number;
   text(): string;
   json(): unknown;
 }
@@ -254,6 +256,8 @@ export interface ClientEvents {
   live: string[];
   catchupComplete: { mutateId: number };
   topicError: RingbusError;
+  /** An ephemeral topic fell behind on this reader: its next message comes `skipped` seqs later. */
+  lagged: { topic: string; skipped: number };
   connected: { url: string; epoch: bigint; serverId: string; previousEpoch: bigint };
   disconnected: { url: string; error: RingbusError };
   reconnecting: { attempt: number; delayMs: number; error: RingbusError };

@@ -106,12 +106,15 @@ const textDecoder = new TextDecoder();
 
 /** One delivered message. `payload` is a view on the received frame. */
 export class Message {
-  constructor(topic, seq, payload, historic) {
+  constructor(topic, seq, payload, historic, skipped = 0) {
     this.topic = topic;
     this.seq = seq;
     this.payload = payload;
     /** True for stored history (before the topic's TOPICS_LIVE). */
     this.historic = historic;
+    /** Messages of this (ephemeral) topic the server dropped for this
+     * reader just before this one (its LAGGED frame); 0 when none. */
+    this.skipped = skipped;
   }
   /** The payload as UTF-8 text (invalid bytes become U+FFFD). */
   text() {
@@ -358,7 +361,7 @@ export class Client {
 
   /**
    * Adds a listener; returns a function that removes it. Events: message,
-   * live, catchupComplete, topicError, connected, disconnected,
+   * live, catchupComplete, topicError, lagged, connected, disconnected,
    * reconnecting, epochChange, goingAway, error, closed.
    */
   on(event, fn) {
@@ -652,6 +655,8 @@ export class Client {
         return this._onAck(conn, f);
       case Kind.TOPICS_LIVE:
         return this._onLive(f);
+      case Kind.LAGGED:
+        return this._onLagged(f);
       case Kind.CATCHUP_COMPLETE:
         return this._onComplete(conn, f);
       case Kind.TOPIC_ERROR:
@@ -784,7 +789,8 @@ export class Client {
       sub.now = false;
       sub.epoch = epoch;
       if (this.options.cursorStore) this._saveCursor(item.topic, item.seq, epoch);
-      const msg = new Message(item.topic, item.seq, item.payload, historic);
+      const msg = new Message(item.topic, item.seq, item.payload, historic, sub.skipped || 0);
+      sub.skipped = 0;
       this._emit('message', msg);
       for (const q of this._queues) {
         if (q.topic === undefined) q.push(msg);
@@ -792,6 +798,16 @@ export class Client {
       const qs = this._topicQueues.get(item.topic);
       if (qs) for (const q of qs) q.push(msg);
     }
+  }
+
+  /** An ephemeral topic fell behind on this reader (PROTOCOL: LAGGED): the
+   * next message of the topic comes `skipped` seqs later. Told as a
+   * `lagged` event and on that next Message. */
+  _onLagged(f) {
+    const sub = this._subs.get(f.topic);
+    if (!sub) return;
+    sub.skipped = (sub.skipped || 0) + f.skipped;
+    this._emit('lagged', { topic: f.topic, skipped: f.skipped });
   }
 
   _onLive(f) {

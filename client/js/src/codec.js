@@ -33,13 +33,14 @@ export const Kind = Object.freeze({
   REQUEST: 18,
   REQUEST_ACK: 19,
   RESPONSE: 20,
+  LAGGED: 21,
 });
 
 const KIND_NAMES = Object.fromEntries(Object.entries(Kind).map(([k, v]) => [v, k]));
 
-/** Kinds reserved by later protocol work (ephemeral topics): a client
- * that did not ask for them skips them instead of failing. */
-const RESERVED_KIND_MIN = 21;
+/** Kinds reserved by later protocol work (presence): a client that did
+ * not ask for them skips them instead of failing. */
+const RESERVED_KIND_MIN = 22;
 const RESERVED_KIND_MAX = 27;
 
 export const Code = Object.freeze({
@@ -619,6 +620,8 @@ function decodeBody(kind, r) {
       const message = r.str16('message');
       return { code, codeName: codeName(code), message, payload: r.take(r.u32('payload length'), 'payload') };
     }
+    case Kind.LAGGED:
+      return { topic: r.topic(), skipped: r.u64n('skipped') };
     default:
       throw new Error(`no decoder for kind ${kind}`);
   }

@@ -83,8 +83,12 @@ test('the decoder applies the header checks in order, and whole-body rules', () 
   assert.equal(code(c.encodeFrame(c.Kind.TOPICS_LIVE, 0, hex('01000000 02c0af'))), 'bad_frame');
   // A count that cannot fit in the bytes left.
   assert.equal(code(c.encodeFrame(c.Kind.TOPICS_LIVE, 0, hex('ffffff00 0161'))), 'bad_frame');
-  // A kind reserved for later work (ephemeral topics) is skipped, not fatal.
+  // A kind reserved for later work (presence) is skipped, not fatal.
   assert.equal(c.decodeFrame(c.encodeFrame(22, 0, hex('00'))).reserved, true);
+  // LAGGED (kind 21): topic, u64 skipped; a short one is refused.
+  const lag = c.decodeFrame(c.encodeFrame(c.Kind.LAGGED, 0, hex('0163 2a00000000000000')));
+  assert.deepEqual([lag.kindName, lag.topic, lag.skipped], ['LAGGED', 'c', 42]);
+  assert.equal(code(c.encodeFrame(c.Kind.LAGGED, 0, hex('0163 2a000000'))), 'bad_frame');
 });
 
 test('the encoder refuses what cannot be encoded', () => {
