@@ -38,6 +38,10 @@ void rb_bucket_init(rb_bucket *b, uint32_t rate_per_s, uint32_t burst, uint64_t 
  * that goes backwards adds nothing. */
 bool rb_bucket_take(rb_bucket *b, uint32_t n, uint64_t now_ms);
 
+/* Gives back n tokens taken by rb_bucket_take (a taken operation that did
+ * not happen after all); never above the burst. */
+void rb_bucket_give(rb_bucket *b, uint32_t n);
+
 /* Milliseconds until n tokens will be there (0 = now); n above the burst
  * never fits and returns UINT64_MAX. */
 uint64_t rb_bucket_wait_ms(const rb_bucket *b, uint32_t n, uint64_t now_ms);

@@ -22,6 +22,7 @@
 #include "server/auth_pool.h"
 #include "server/connz.h"
 #include "server/holdq.h"
+#include "server/limiter.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -123,6 +124,11 @@ struct rb_conn {
     uint64_t refuse_corr;
     char *refuse_msg; /* owned while refuse_at_ms is set */
     bool signing_in;  /* a password check is with the auth workers */
+    /* limits.publish_rate (or the user's) and limits.mutates_per_second,
+     * filled at STARTED; a refusal is logged at most once a second */
+    rb_bucket publish_bucket;
+    rb_bucket mutate_bucket;
+    uint64_t rate_logged_ms;
     /* RPC (server/rpc.c): the identity others call it by (STARTED's
      * client_id; server-assigned for anonymous connections), its calls in
      * flight as a caller, requests in flight to it and its methods. */

@@ -740,10 +740,50 @@ static void on_hello(rb_conn *c, const rb_frame *f)
                  (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
 }
 
+/* The connection's publish and Mutate buckets (issue 13): a user's own
+ * publish_rate is also the depth of its bucket. */
+static void limits_start(rb_conn *c)
+{
+    const rb_config *cfg = &c->shard->server->cfg;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    uint32_t own = c->identity != NULL ? c->identity->publish_rate : 0;
+    rb_bucket_init(&c->publish_bucket, own != 0 ? own : cfg->publish_rate,
+                   own != 0 ? own : cfg->publish_burst, now);
+    rb_bucket_init(&c->mutate_bucket, cfg->mutates_per_second, cfg->mutates_per_second, now);
+    c->rate_logged_ms = 0;
+}
+
+/* Takes a token for a PUBLISH or MUTATE of an open connection; false (and
+ * the frame answered resource_exhausted, correlated; the connection stays
+ * usable) when its bucket is empty. */
+static bool limits_allow(rb_conn *c, const rb_frame *f)
+{
+    uint8_t kind = f->hdr.kind;
+    if (c->state != RB_CONN_OPEN || (kind != RB_FRAME_PUBLISH && kind != RB_FRAME_MUTATE)) {
+        return true;
+    }
+    rb_bucket *b = kind == RB_FRAME_PUBLISH ? &c->publish_bucket : &c->mutate_bucket;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    if (rb_bucket_take(b, 1, now)) {
+        return true;
+    }
+    const char *limit = kind == RB_FRAME_PUBLISH ? "publish_rate" : "mutates_per_second";
+    if (c->rate_logged_ms == 0 || now - c->rate_logged_ms >= 1000) {
+        c->rate_logged_ms = now;
+        RB_LOG_WARN(c->id, "%s refused: %s of %u a second used up (%s)", rb_frame_kind_name(kind),
+                    limit, b->rate, rb_conn_who(c));
+    }
+    rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                       "%s: %s of %u a second used up; retry in %llu ms", rb_frame_kind_name(kind),
+                       limit, b->rate, (unsigned long long)rb_bucket_wait_ms(b, 1, now));
+    return false;
+}
+
 static void send_started(rb_conn *c, uint64_t corr)
 {
     const rb_config *cfg = &c->shard->server->cfg;
     set_expiry(c);
+    limits_start(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
     /* A signed-in connection is known by its identity (a token's sub, a
@@ -923,6 +963,10 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
     }
+    if (!limits_allow(c, f)) {
+        rb_connz_sync(c, false);
+        return;
+    }
     switch (kind) {
     case RB_FRAME_HELLO:
         on_hello(c, f);
@@ -966,6 +1010,9 @@ static void on_frame(rb_conn *c, const rb_frame *f)
             c->shard->client_frames[kind](c, f);
             /* A held frame is decoded again on resume: it counts once. */
             rb_connz_frame_in(c, kind, c->held ? -1 : 0);
+            if (c->held && kind == RB_FRAME_PUBLISH) {
+                rb_bucket_give(&c->publish_bucket, 1);
+            }
             break;
         }
         char msg[96];

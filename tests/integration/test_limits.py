@@ -235,3 +235,106 @@ def test_server_id_of_64_bytes_is_served_and_65_is_a_config_error(make_daemon, t
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith(f"pong from {server_id}: rtt ")
 
+
+
+# ---- rate limits per connection (issue 13) ---------------------------------------
+
+PUBLISH_RATE, PUBLISH_BURST, USER_RATE, MUTATES_PER_SECOND = 50, 10, 4, 5
+
+
+def _hash_password(pw):
+    r = subprocess.run([str(RINGBUSD), "--hash-password"], input=pw + "\n", capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def rated(tmp_path_factory):
+    import rbtransport as rt
+    port = free_port()
+    h = _hash_password("pw")
+    extra = (f"[limits]\npublish_rate = {PUBLISH_RATE}\npublish_burst = {PUBLISH_BURST}\n"
+             f"mutates_per_second = {MUTATES_PER_SECOND}\n"
+             f'[auth]\nmode = "required"\n'
+             f'[[auth.user]]\nname = "bulk"\npassword_hash = "{h}"\npublish = [">"]\n'
+             f'subscribe = [">"]\n'
+             f'[[auth.user]]\nname = "slow"\npassword_hash = "{h}"\npublish = [">"]\n'
+             f"publish_rate = {USER_RATE}\n")
+    sd = rt.SharedDaemon(tmp_path_factory, "rated", rt.listener("tcp", port), extra=extra)
+    sd.port = port
+    yield sd
+    sd.finish()
+
+
+def _signed_in(rated, user):
+    c = rp.Conn("127.0.0.1", rated.port, timeout=15)
+    started = c.hello(creds=rp.creds_password(user, "pw"), timeout=15)
+    assert started.kind == rp.STARTED, started
+    return c
+
+
+def _burst_of_publishes(c, topic, n, first_corr):
+    """Sends n publishes in one write; returns ({corr: seq}, {corr: message})."""
+    c.send(b"".join(rp.encode_publish(first_corr + i, topic, b"p%d" % i) for i in range(n)))
+    acks, refused = {}, {}
+    while len(acks) + len(refused) < n:
+        f = c.recv()
+        if f.kind == rp.PUBLISH_ACK:
+            acks[f.corr] = f["seq"]
+        elif f.kind == rp.ERROR:
+            assert f.fields["code_name"] == "resource_exhausted", f.fields
+            refused[f.corr] = f.fields["message"]
+    return acks, refused
+
+
+@pytest.mark.parametrize("user, rate, burst", [("bulk", PUBLISH_RATE, PUBLISH_BURST),
+                                               ("slow", USER_RATE, USER_RATE)])
+def test_publishes_past_the_rate_are_resource_exhausted_and_the_connection_stays(
+        rated, user, rate, burst):
+    topic = f"rate.{user}.{time.monotonic_ns()}"
+    n = 3 * burst
+    with _signed_in(rated, user) as c:
+        acks, refused = _burst_of_publishes(c, topic, n, 100)
+        # The bucket starts full: the burst passes, then about nothing (a
+        # 50/s bucket refills one token in 20 ms while the burst is read).
+        assert burst <= len(acks) <= burst + 2, (len(acks), refused)
+        assert sorted(acks.values()) == list(range(1, len(acks) + 1))
+        assert set(acks) | set(refused) == set(range(100, 100 + n))
+        assert all(f"PUBLISH: publish_rate of {rate} a second used up; retry in " in m
+                   for m in refused.values()), refused
+        # Refused publishes stored nothing; after a refill the same
+        # connection publishes again, right after the accepted ones.
+        time.sleep(1.2 * burst / rate)
+        assert c.publish(topic, b"later", corr=999)["seq"] == len(acks) + 1
+    log = rated.daemon.log()
+    assert f"PUBLISH refused: publish_rate of {rate} a second used up ({user}" in log, log[-3000:]
+    assert "pw" + "\n" not in log
+
+
+def test_mutates_past_mutates_per_second_are_resource_exhausted_and_change_nothing(rated):
+    run = time.monotonic_ns()
+    n = 2 * MUTATES_PER_SECOND
+    with _signed_in(rated, "bulk") as c:
+        c.send(b"".join(rp.encode_mutate(10 + i, 1 + i, adds=[(f"m.{run}.{i}", 0)])
+                        for i in range(n)))
+        done, refused = set(), {}
+        while len(done) + len(refused) < n:
+            f = c.recv()
+            if f.kind == rp.CATCHUP_COMPLETE:
+                done.add(f["mutate_id"])
+            elif f.kind == rp.ERROR:
+                assert f.fields["code_name"] == "resource_exhausted", f.fields
+                refused[f.corr] = f.fields["message"]
+        assert MUTATES_PER_SECOND <= len(done) <= MUTATES_PER_SECOND + 1, (done, refused)
+        assert all("MUTATE: mutates_per_second of 5 a second used up" in m
+                   for m in refused.values()), refused
+        # A refused Mutate applied nothing: its topic is not in the stream,
+        # so a publish to it reaches no one; an accepted one's does.
+        time.sleep(1.1)
+        refused_topic = f"m.{run}.{min(refused) - 10}"
+        kept_topic = f"m.{run}.0"
+        assert c.publish(refused_topic, b"x", corr=500)["seq"] == 1
+        assert c.publish(kept_topic, b"y", corr=501)["seq"] == 1
+        live = c.recv_until(lambda f: f.kind == rp.MESSAGES and f["mutate_id"] == 0)
+        assert [t for t, _, _ in live["items"]] == [kept_topic]
