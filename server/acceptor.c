@@ -2,8 +2,11 @@
  * listeners (shard 0) accepts on each with multishot accept and hands every
  * fd to the least-loaded shard before any byte is read, as MSG_RING data;
  * the receiving shard adopts it as a connection. TLS and WS start there. */
+#include <arpa/inet.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "common/assert.h"
 #include "common/log.h"
@@ -66,11 +69,124 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
     }
 }
 
+/* ---- per-address limits (issue 13) ---- */
+
+static void addr_text(const rb_addr_key *key, char *out, size_t cap)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    bool v4 = memcmp(key->bytes, mapped, sizeof mapped) == 0;
+    if (inet_ntop(v4 ? AF_INET : AF_INET6, v4 ? key->bytes + 12 : key->bytes, out,
+                  (socklen_t)cap) == NULL) {
+        snprintf(out, cap, "?");
+    }
+}
+
+rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key)
+{
+    rb_server *srv = sh->server;
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof ss;
+    if (srv->addrs == NULL || getpeername(fd, (struct sockaddr *)&ss, &len) != 0 ||
+        !rb_addr_key_of((const struct sockaddr *)&ss, len, key)) {
+        return RB_ADMIT_OK; /* unix sockets, tests without listeners: nothing to count */
+    }
+    uint64_t now = rb_loop_now_ms(sh->loop);
+    rb_admit a = RB_ADMIT_TOTAL;
+    pthread_mutex_lock(&srv->addr_lock);
+    if (atomic_load(&srv->conns_counted) < srv->cfg.max_connections_total) {
+        a = rb_addr_admit(srv->addrs, key, now);
+    }
+    if (a == RB_ADMIT_OK) {
+        atomic_fetch_add(&srv->conns_counted, 1);
+        pthread_mutex_unlock(&srv->addr_lock);
+        return a;
+    }
+    bool log = srv->addr_logged_ms == 0 || now - srv->addr_logged_ms >= 1000;
+    uint64_t before = srv->addr_unlogged;
+    if (log) {
+        srv->addr_logged_ms = now;
+        srv->addr_unlogged = 0;
+    } else {
+        srv->addr_unlogged++;
+    }
+    pthread_mutex_unlock(&srv->addr_lock);
+    if (log) {
+        char who[INET6_ADDRSTRLEN];
+        addr_text(key, who, sizeof who);
+        RB_LOG_WARN(0, "connection from %s refused: %s (%llu more refused since the last line)",
+                    who, rb_admit_name(a), (unsigned long long)before);
+    }
+    return a;
+}
+
+void rb_addr_forget(rb_server *srv, const rb_addr_key *key)
+{
+    pthread_mutex_lock(&srv->addr_lock);
+    rb_addr_release(srv->addrs, key);
+    atomic_fetch_sub(&srv->conns_counted, 1);
+    pthread_mutex_unlock(&srv->addr_lock);
+}
+
+void rb_conn_addr_counted(rb_conn *c, const rb_addr_key *key)
+{
+    if (c->shard->server->addrs != NULL) {
+        c->addr_key = *key;
+        c->addr_counted = true;
+    }
+}
+
+void rb_conn_addr_release(rb_conn *c)
+{
+    /* At teardown (one thread, after the shards) the table may be gone. */
+    if (c->addr_counted && c->shard->server->addrs != NULL) {
+        c->addr_counted = false;
+        rb_addr_forget(c->shard->server, &c->addr_key);
+    }
+}
+
+void rb_conn_addr_failure(rb_conn *c)
+{
+    rb_server *srv = c->shard->server;
+    if (c->addr_counted && srv->addrs != NULL) {
+        pthread_mutex_lock(&srv->addr_lock);
+        (void)rb_addr_failure(srv->addrs, &c->addr_key, rb_loop_now_ms(c->shard->loop));
+        pthread_mutex_unlock(&srv->addr_lock);
+    }
+}
+
 static int acceptor_init(rb_shard *sh, rb_err *err)
 {
-    (void)err;
     rb_shard_on_remote(sh, RB_REMOTE_NEW_CONN, on_new_conn);
-    return 0;
+    rb_server *srv = sh->server;
+    if (sh->listener_count == 0 || srv->addrs != NULL) {
+        return 0;
+    }
+    const rb_config *cfg = &srv->cfg;
+    uint64_t expected = (uint64_t)cfg->max_connections * srv->shard_count;
+    if (expected > cfg->max_connections_total) {
+        expected = cfg->max_connections_total;
+    }
+    rb_addr_limits limits = {.conns_per_address = cfg->max_connections_per_address,
+                             .conn_rate_per_s = cfg->connection_rate_per_address,
+                             .failures_per_minute = cfg->auth_failures_per_minute};
+    if (pthread_mutex_init(&srv->addr_lock, NULL) != 0) {
+        return rb_err_set(err, RB_ESYS, 0, "the address table's lock");
+    }
+    int rc = rb_addr_table_new(&srv->addrs, (uint32_t)expected, limits, err);
+    if (rc != 0) {
+        pthread_mutex_destroy(&srv->addr_lock);
+    }
+    return rc;
+}
+
+static void acceptor_deinit(rb_shard *sh)
+{
+    rb_server *srv = sh->server;
+    if (sh->listener_count > 0 && srv->addrs != NULL) {
+        rb_addr_table_free(srv->addrs);
+        srv->addrs = NULL;
+        pthread_mutex_destroy(&srv->addr_lock);
+    }
 }
 
 /* Accepting starts once every shard has its ring, so hand-overs have a
@@ -109,4 +225,5 @@ const rb_subsystem rb_acceptor_subsystem = {
     .init = acceptor_init,
     .start = acceptor_start,
     .stop = acceptor_stop,
+    .deinit = acceptor_deinit,
 };

@@ -300,6 +300,8 @@ const char *rb_admit_name(rb_admit a)
         return "failures_per_minute";
     case RB_ADMIT_TABLE_FULL:
         return "address table full";
+    case RB_ADMIT_TOTAL:
+        return "max_connections_total";
     }
     return "unknown";
 }

@@ -64,6 +64,7 @@ typedef enum rb_admit {
     RB_ADMIT_RATE = 2,        /* limits.connection_rate_per_address */
     RB_ADMIT_FAILURES = 3,    /* auth.failures_per_minute used up */
     RB_ADMIT_TABLE_FULL = 4,  /* more distinct addresses than the table holds */
+    RB_ADMIT_TOTAL = 5,       /* limits.max_connections_total (the caller counts) */
 } rb_admit;
 
 typedef struct rb_addr_limits {

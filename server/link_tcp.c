@@ -257,11 +257,21 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
         refuse_fd(fd, l, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
         return;
     }
+    rb_addr_key key;
+    rb_admit admit = rb_addr_check(sh, fd, &key);
+    if (admit != RB_ADMIT_OK) {
+        refuse_fd(fd, l,
+                  admit == RB_ADMIT_FAILURES ? RB_WIRE_UNAUTHORIZED : RB_WIRE_RESOURCE_EXHAUSTED,
+                  admit == RB_ADMIT_FAILURES ? "too many failed sign-ins from this address"
+                                             : rb_admit_name(admit));
+        return;
+    }
     /* Session slot i is carried by tcp link i: both are free together. */
     rb_link_tcp *t = &sh->tcp_links[sh->conn_free->index];
     tcp_reset(sh, t, fd, l);
     rb_conn *c = rb_session_open(sh, &t->base);
     RB_ASSERT(c != NULL);
+    rb_conn_addr_counted(c, &key);
     t->session = c;
     t->id = c->id;
     int one = 1;

@@ -122,8 +122,10 @@ struct rb_conn {
     uint64_t expires_mono_ms; /* the token's exp on this loop's clock; 0 = none */
     uint64_t refuse_at_ms;    /* a refused sign-in is answered then; 0 = none */
     uint64_t refuse_corr;
-    char *refuse_msg; /* owned while refuse_at_ms is set */
-    bool signing_in;  /* a password check is with the auth workers */
+    char *refuse_msg;  /* owned while refuse_at_ms is set */
+    bool signing_in;   /* a password check is with the auth workers */
+    bool addr_counted; /* counted in server.addrs under addr_key */
+    rb_addr_key addr_key;
     /* limits.publish_rate (or the user's) and limits.mutates_per_second,
      * filled at STARTED; a refusal is logged at most once a second */
     rb_bucket publish_bucket;
@@ -260,6 +262,14 @@ struct rb_server {
     rb_auth_pool *auth_pool; /* password checks off the shards, server/auth_pool.c */
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
+    /* Per-address limits of tcp/tls/ws/wss connections (server/acceptor.c):
+     * the table, behind its lock (shards admit and release), and the
+     * connections counted against max_connections_total. */
+    pthread_mutex_t addr_lock;
+    rb_addr_table *addrs; /* NULL until the listener shard's acceptor init */
+    uint64_t addr_logged_ms;
+    uint64_t addr_unlogged;
+    atomic_uint conns_counted;
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
@@ -271,6 +281,16 @@ bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
 /* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
 void rb_session_auth_done(rb_shard *sh, uint64_t payload);
 const char *rb_conn_who(const rb_conn *c);
+
+/* server/acceptor.c: per-address and total connection limits. admit
+ * checks fd's peer (RB_ADMIT_OK: counted, *key set; call
+ * rb_conn_addr_counted once the connection exists, or rb_addr_forget);
+ * a refusal is logged (at most once a second, with how many since). */
+rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key);
+void rb_addr_forget(rb_server *srv, const rb_addr_key *key);
+void rb_conn_addr_counted(rb_conn *c, const rb_addr_key *key);
+void rb_conn_addr_release(rb_conn *c);
+void rb_conn_addr_failure(rb_conn *c);
 
 /* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);

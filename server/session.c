@@ -279,6 +279,7 @@ static void conn_try_free(rb_conn *c)
     }
     hold_drop(c);
     identity_drop(c);
+    rb_conn_addr_release(c);
     rb_connz_free(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
@@ -624,6 +625,7 @@ static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
     char shown[RB_ERR_MSG_BYTES_MAX];
     rb_log_escape(shown, sizeof shown, why, strlen(why));
     RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
+    rb_conn_addr_failure(c);
     stop_reading(c);
     free(c->refuse_msg);
     c->refuse_msg = strdup(why);

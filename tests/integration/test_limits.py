@@ -338,3 +338,113 @@ def test_mutates_past_mutates_per_second_are_resource_exhausted_and_change_nothi
         assert c.publish(kept_topic, b"y", corr=501)["seq"] == 1
         live = c.recv_until(lambda f: f.kind == rp.MESSAGES and f["mutate_id"] == 0)
         assert [t for t, _, _ in live["items"]] == [kept_topic]
+
+
+# ---- per source address (issue 13) ------------------------------------------------
+
+PER_ADDRESS, CONN_RATE, ATTEMPTS = 4, 50, 10_000
+
+
+def _conn_from(source, port, timeout=10):
+    """An rp.Conn whose socket is bound to source (another loopback address
+    is another client address to the daemon)."""
+    import collections
+    c = rp.Conn.__new__(rp.Conn)
+    c.timeout = timeout
+    c.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                      source_address=(source, 0))
+    c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    c.buf, c.pending, c.skipped, c.eof = bytearray(), collections.deque(), [], False
+    return c
+
+
+def _refusal(port, source="127.0.0.1"):
+    """Connects and returns the frame the daemon sends unasked (or None)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
+    try:
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except (ConnectionResetError, socket.timeout):
+        pass
+    finally:
+        s.close()
+    frames = rp.decode_all(data) if data else []
+    return frames[0] if frames else None
+
+
+def test_attempts_past_the_address_limits_are_refused_while_another_address_connects(
+        make_daemon):
+    d = make_daemon(extra=f"[limits]\nmax_connections_per_address = {PER_ADDRESS}\n"
+                          f"connection_rate_per_address = {CONN_RATE}\n")
+    held = [_conn_from("127.0.0.1", d.port) for _ in range(PER_ADDRESS)]
+    for c in held:
+        assert c.hello().kind == rp.STARTED
+    refused, t0 = {}, time.monotonic()
+    other = None
+    for i in range(ATTEMPTS):
+        f = _refusal(d.port)
+        assert f is not None and f.kind == rp.ERROR, (i, f)
+        refused[f.fields["message"]] = refused.get(f.fields["message"], 0) + 1
+        assert f.fields["code_name"] == "resource_exhausted", f.fields
+        if i == ATTEMPTS // 2:
+            # Halfway through the storm a client from another address
+            # signs in and publishes as usual.
+            other = _conn_from("127.0.0.2", d.port)
+            assert other.hello().kind == rp.STARTED
+            assert other.publish("addr.other", b"x", corr=2)["seq"] == 1
+    took = time.monotonic() - t0
+    assert set(refused) <= {"max_connections_per_address", "connection_rate_per_address"}, refused
+    assert sum(refused.values()) == ATTEMPTS
+    # The held connections were not disturbed.
+    for i, c in enumerate(held):
+        assert c.publish("addr.held", b"h", corr=3)["seq"] >= 1
+    log = d.log()
+    assert "connection from 127.0.0.1 refused: max_connections_per_address" in log, log[-2000:]
+    # One line a second at most, not one per attempt.
+    assert log.count("connection from 127.0.0.1 refused") <= took + 2, log.count("refused")
+    assert "connection from 127.0.0.2 refused" not in log
+    # Closing one frees its count: after the rate refills, 127.0.0.1 is served again.
+    held.pop().close()
+    other.close()
+    time.sleep(1.2)
+    deadline = time.monotonic() + 5
+    while True:
+        c = _conn_from("127.0.0.1", d.port)
+        f = c.hello()
+        if f.kind == rp.STARTED or time.monotonic() > deadline:
+            break
+        c.close()
+        time.sleep(0.1)  # the close may still be on its way to the daemon
+    assert f.kind == rp.STARTED, f
+    c.close()
+    for h in held:
+        h.close()
+
+
+def test_failed_sign_ins_past_failures_per_minute_refuse_the_address_only(make_daemon, tmp_path):
+    import jwt
+    secret = tmp_path / "jwt.secret"
+    key = "failures-per-minute-secret-0123456789abcdef"
+    secret.write_text(key + "\n")
+    d = make_daemon(extra='[auth]\nmode = "required"\nfailure_delay_ms = 10\n'
+                          "failures_per_minute = 3\n"
+                          f'[[auth.jwt_key]]\nalgorithm = "HS256"\nsecret_file = "{secret}"\n')
+    good = jwt.encode({"sub": "ok", "exp": int(time.time()) + 60, "publish": [">"]}, key,
+                      algorithm="HS256")
+    bad = jwt.encode({"sub": "ok", "exp": int(time.time()) + 60}, "x" * 40, algorithm="HS256")
+    for _ in range(3):
+        with _conn_from("127.0.0.1", d.port) as c:
+            err = c.hello(creds=rp.creds_token(bad))
+            assert (err.kind, err.fields["code_name"]) == (rp.ERROR, "unauthorized"), err
+    # The address has used up its failures: refused at once, even with a good token.
+    f = _refusal(d.port)
+    assert f is not None and (f.kind, f.fields["code_name"]) == (rp.ERROR, "unauthorized"), f
+    assert f.fields["message"] == "too many failed sign-ins from this address"
+    # Another address is not affected.
+    with _conn_from("127.0.0.2", d.port) as c:
+        assert c.hello(creds=rp.creds_token(good)).kind == rp.STARTED
+    assert "connection from 127.0.0.1 refused: failures_per_minute" in d.log()
