@@ -81,7 +81,7 @@ static void addr_text(const rb_addr_key *key, char *out, size_t cap)
     }
 }
 
-rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key)
+rb_admit rb_addr_check(rb_shard *sh, int fd, const rb_listener *l, rb_addr_key *key)
 {
     rb_server *srv = sh->server;
     struct sockaddr_storage ss;
@@ -90,14 +90,18 @@ rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key)
         !rb_addr_key_of((const struct sockaddr *)&ss, len, key)) {
         return RB_ADMIT_OK; /* unix sockets, tests without listeners: nothing to count */
     }
+    rb_listener *counted = &srv->listeners[l->index];
     uint64_t now = rb_loop_now_ms(sh->loop);
     rb_admit a = RB_ADMIT_TOTAL;
     pthread_mutex_lock(&srv->addr_lock);
-    if (atomic_load(&srv->conns_counted) < srv->cfg.max_connections_total) {
+    if (atomic_load(&counted->conns) >= l->cfg.max_connections) {
+        a = RB_ADMIT_LISTENER;
+    } else if (atomic_load(&srv->conns_counted) < srv->cfg.max_connections_total) {
         a = rb_addr_admit(srv->addrs, key, now);
     }
     if (a == RB_ADMIT_OK) {
         atomic_fetch_add(&srv->conns_counted, 1);
+        atomic_fetch_add(&counted->conns, 1);
         pthread_mutex_unlock(&srv->addr_lock);
         return a;
     }
@@ -113,24 +117,19 @@ rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key)
     if (log) {
         char who[INET6_ADDRSTRLEN];
         addr_text(key, who, sizeof who);
-        RB_LOG_WARN(0, "connection from %s refused: %s (%llu more refused since the last line)",
-                    who, rb_admit_name(a), (unsigned long long)before);
+        RB_LOG_WARN(0,
+                    "connection from %s to %s:%u refused: %s (%llu more refused since the last "
+                    "line)",
+                    who, l->cfg.address, l->cfg.port, rb_admit_name(a), (unsigned long long)before);
     }
     return a;
 }
 
-void rb_addr_forget(rb_server *srv, const rb_addr_key *key)
-{
-    pthread_mutex_lock(&srv->addr_lock);
-    rb_addr_release(srv->addrs, key);
-    atomic_fetch_sub(&srv->conns_counted, 1);
-    pthread_mutex_unlock(&srv->addr_lock);
-}
-
-void rb_conn_addr_counted(rb_conn *c, const rb_addr_key *key)
+void rb_conn_addr_counted(rb_conn *c, const rb_listener *l, const rb_addr_key *key)
 {
     if (c->shard->server->addrs != NULL) {
         c->addr_key = *key;
+        c->addr_listener = l->index;
         c->addr_counted = true;
     }
 }
@@ -138,9 +137,14 @@ void rb_conn_addr_counted(rb_conn *c, const rb_addr_key *key)
 void rb_conn_addr_release(rb_conn *c)
 {
     /* At teardown (one thread, after the shards) the table may be gone. */
-    if (c->addr_counted && c->shard->server->addrs != NULL) {
+    rb_server *srv = c->shard->server;
+    if (c->addr_counted && srv->addrs != NULL) {
         c->addr_counted = false;
-        rb_addr_forget(c->shard->server, &c->addr_key);
+        pthread_mutex_lock(&srv->addr_lock);
+        rb_addr_release(srv->addrs, &c->addr_key);
+        atomic_fetch_sub(&srv->conns_counted, 1);
+        atomic_fetch_sub(&srv->listeners[c->addr_listener].conns, 1);
+        pthread_mutex_unlock(&srv->addr_lock);
     }
 }
 

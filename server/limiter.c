@@ -302,6 +302,8 @@ const char *rb_admit_name(rb_admit a)
         return "address table full";
     case RB_ADMIT_TOTAL:
         return "max_connections_total";
+    case RB_ADMIT_LISTENER:
+        return "listener max_connections";
     }
     return "unknown";
 }

@@ -65,6 +65,7 @@ typedef enum rb_admit {
     RB_ADMIT_FAILURES = 3,    /* auth.failures_per_minute used up */
     RB_ADMIT_TABLE_FULL = 4,  /* more distinct addresses than the table holds */
     RB_ADMIT_TOTAL = 5,       /* limits.max_connections_total (the caller counts) */
+    RB_ADMIT_LISTENER = 6,    /* the listener's max_connections (the caller counts) */
 } rb_admit;
 
 typedef struct rb_addr_limits {

@@ -258,7 +258,7 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
         return;
     }
     rb_addr_key key;
-    rb_admit admit = rb_addr_check(sh, fd, &key);
+    rb_admit admit = rb_addr_check(sh, fd, l, &key);
     if (admit != RB_ADMIT_OK) {
         refuse_fd(fd, l,
                   admit == RB_ADMIT_FAILURES ? RB_WIRE_UNAUTHORIZED : RB_WIRE_RESOURCE_EXHAUSTED,
@@ -271,7 +271,7 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
     tcp_reset(sh, t, fd, l);
     rb_conn *c = rb_session_open(sh, &t->base);
     RB_ASSERT(c != NULL);
-    rb_conn_addr_counted(c, &key);
+    rb_conn_addr_counted(c, l, &key);
     t->session = c;
     t->id = c->id;
     int one = 1;

@@ -124,7 +124,8 @@ struct rb_conn {
     uint64_t refuse_corr;
     char *refuse_msg;  /* owned while refuse_at_ms is set */
     bool signing_in;   /* a password check is with the auth workers */
-    bool addr_counted; /* counted in server.addrs under addr_key */
+    bool addr_counted; /* counted in server.addrs under addr_key, and in listener */
+    uint32_t addr_listener;
     rb_addr_key addr_key;
     /* limits.publish_rate (or the user's) and limits.mutates_per_second,
      * filled at STARTED; a refusal is logged at most once a second */
@@ -152,6 +153,7 @@ typedef struct rb_listener {
     bool armed;
     rb_shard *shard;
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
+    atomic_uint conns;  /* connections counted against cfg.max_connections */
 } rb_listener;
 
 /* A shard's counters for /metrics (server/admin.c). Only the shard's own
@@ -282,13 +284,12 @@ bool rb_conn_may(const rb_conn *c, rb_policy_action action, rb_bytes topic);
 void rb_session_auth_done(rb_shard *sh, uint64_t payload);
 const char *rb_conn_who(const rb_conn *c);
 
-/* server/acceptor.c: per-address and total connection limits. admit
- * checks fd's peer (RB_ADMIT_OK: counted, *key set; call
- * rb_conn_addr_counted once the connection exists, or rb_addr_forget);
+/* server/acceptor.c: the listener's, total and per-address connection
+ * limits. rb_addr_check checks fd's peer (RB_ADMIT_OK: counted, *key set;
+ * the caller then opens the connection and calls rb_conn_addr_counted);
  * a refusal is logged (at most once a second, with how many since). */
-rb_admit rb_addr_check(rb_shard *sh, int fd, rb_addr_key *key);
-void rb_addr_forget(rb_server *srv, const rb_addr_key *key);
-void rb_conn_addr_counted(rb_conn *c, const rb_addr_key *key);
+rb_admit rb_addr_check(rb_shard *sh, int fd, const rb_listener *l, rb_addr_key *key);
+void rb_conn_addr_counted(rb_conn *c, const rb_listener *l, const rb_addr_key *key);
 void rb_conn_addr_release(rb_conn *c);
 void rb_conn_addr_failure(rb_conn *c);
 

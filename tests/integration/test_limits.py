@@ -403,10 +403,11 @@ def test_attempts_past_the_address_limits_are_refused_while_another_address_conn
     for i, c in enumerate(held):
         assert c.publish("addr.held", b"h", corr=3)["seq"] >= 1
     log = d.log()
-    assert "connection from 127.0.0.1 refused: max_connections_per_address" in log, log[-2000:]
+    assert (f"connection from 127.0.0.1 to 127.0.0.1:{d.port} refused: "
+            "max_connections_per_address") in log, log[-2000:]
     # One line a second at most, not one per attempt.
-    assert log.count("connection from 127.0.0.1 refused") <= took + 2, log.count("refused")
-    assert "connection from 127.0.0.2 refused" not in log
+    assert log.count("connection from 127.0.0.1 to") <= took + 2, log.count("refused")
+    assert "connection from 127.0.0.2 to" not in log
     # Closing one frees its count: after the rate refills, 127.0.0.1 is served again.
     held.pop().close()
     other.close()
@@ -447,4 +448,35 @@ def test_failed_sign_ins_past_failures_per_minute_refuse_the_address_only(make_d
     # Another address is not affected.
     with _conn_from("127.0.0.2", d.port) as c:
         assert c.hello(creds=rp.creds_token(good)).kind == rp.STARTED
-    assert "connection from 127.0.0.1 refused: failures_per_minute" in d.log()
+    assert f"connection from 127.0.0.1 to 127.0.0.1:{d.port} refused: failures_per_minute" in d.log()
+
+
+def test_a_listener_past_its_max_connections_refuses_while_another_listener_serves(make_daemon):
+    small, other = free_port(), free_port()
+    listeners = (f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\nport = {small}\n'
+                 "max_connections = 2\n"
+                 f'[[listener]]\ntransport = "tcp"\naddress = "127.0.0.1"\nport = {other}\n')
+    d = make_daemon(listeners=listeners)
+    held = [_conn_from("127.0.0.1", small) for _ in range(2)]
+    for c in held:
+        assert c.hello().kind == rp.STARTED
+    for _ in range(3):
+        f = _refusal(small)
+        assert f is not None and (f.kind, f.fields["code_name"], f.fields["message"]) == (
+            rp.ERROR, "resource_exhausted", "listener max_connections"), f
+    with _conn_from("127.0.0.1", other) as c:
+        assert c.hello().kind == rp.STARTED
+    assert f"to 127.0.0.1:{small} refused: listener max_connections" in d.log()
+    # A closed connection frees its place on the listener.
+    held.pop().close()
+    deadline = time.monotonic() + 5
+    while True:
+        c = _conn_from("127.0.0.1", small)
+        f = c.hello()
+        c.close()
+        if f.kind == rp.STARTED or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert f.kind == rp.STARTED, f
+    for h in held:
+        h.close()
