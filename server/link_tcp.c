@@ -741,6 +741,18 @@ static uint64_t tcp_busy_bytes(const rb_link *link)
     return n;
 }
 
+static size_t tcp_peer_cert_name(const rb_link *l, char *out, size_t cap)
+{
+    const rb_link_tcp *t = (const rb_link_tcp *)(const void *)l;
+    for (uint32_t i = 0; i < t->stack.count; i++) {
+        const rb_layer *layer = t->stack.layers[i];
+        if (layer->ops->peer_cert_name != NULL) {
+            return layer->ops->peer_cert_name(layer, out, cap);
+        }
+    }
+    return 0;
+}
+
 static const rb_link_ops tcp_ops = {
     .start_send = tcp_start_send,
     .stop_reading = tcp_stop_reading,
@@ -751,4 +763,5 @@ static const rb_link_ops tcp_ops = {
     .lingering = tcp_lingering,
     .unsent_bytes = tcp_unsent_bytes,
     .busy_bytes = tcp_busy_bytes,
+    .peer_cert_name = tcp_peer_cert_name,
 };

@@ -663,7 +663,15 @@ static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *
         return RB_EAGAIN; /* the caller hands it to the auth workers */
     }
     rb_identity id;
-    int rc = rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
+    char cn[RB_AUTH_USER_BYTES_MAX + 1];
+    size_t cn_len = credentials.len == 0 && c->link != NULL && c->link->ops->peer_cert_name != NULL
+                        ? c->link->ops->peer_cert_name(c->link, cn, sizeof cn)
+                        : 0;
+    /* No credentials on a client_ca listener: the certificate names the user. */
+    int rc =
+        cn_len > 0
+            ? rb_auth_verify_cert_user(srv->auth, (rb_bytes){(const uint8_t *)cn, cn_len}, &id, err)
+            : rb_auth_verify(srv->auth, credentials, wall_now_s(), &id, err);
     if (rc != 0) {
         return rc;
     }
