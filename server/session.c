@@ -780,8 +780,9 @@ static bool limits_allow(rb_conn *c, const rb_frame *f)
     const char *limit = kind == RB_FRAME_PUBLISH ? "publish_rate" : "mutates_per_second";
     if (c->rate_logged_ms == 0 || now - c->rate_logged_ms >= 1000) {
         c->rate_logged_ms = now;
-        RB_LOG_WARN(c->id, "%s refused: %s of %u a second used up (%s)", rb_frame_kind_name(kind),
-                    limit, b->rate, rb_conn_who(c));
+        RB_LOG_WARN(c->id, "%s refused: %s of %u a second used up (%s, peer %s)",
+                    rb_frame_kind_name(kind), limit, b->rate, rb_conn_who(c),
+                    c->link != NULL ? c->link->peer : "gone");
     }
     rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
                        "%s: %s of %u a second used up; retry in %llu ms", rb_frame_kind_name(kind),

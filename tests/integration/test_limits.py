@@ -308,7 +308,8 @@ def test_publishes_past_the_rate_are_resource_exhausted_and_the_connection_stays
         time.sleep(1.2 * burst / rate)
         assert c.publish(topic, b"later", corr=999)["seq"] == len(acks) + 1
     log = rated.daemon.log()
-    assert f"PUBLISH refused: publish_rate of {rate} a second used up ({user}" in log, log[-3000:]
+    assert f"PUBLISH refused: publish_rate of {rate} a second used up ({user}, peer 127.0.0.1:" \
+        in log, log[-3000:]
     assert "pw" + "\n" not in log
 
 
