@@ -1541,6 +1541,22 @@ void rb_bench_set_ws_origin(const char *origin)
     rbd_ws_origin = origin;
 }
 
+static struct {
+    const char *token, *user, *password, *cert_file, *key_file;
+    size_t password_len;
+} rbd_sign_in;
+
+void rb_bench_set_sign_in(const char *token, const char *user, const char *password,
+                          size_t password_len, const char *cert_file, const char *key_file)
+{
+    rbd_sign_in.token = token;
+    rbd_sign_in.user = user;
+    rbd_sign_in.password = password;
+    rbd_sign_in.password_len = password_len;
+    rbd_sign_in.cert_file = cert_file;
+    rbd_sign_in.key_file = key_file;
+}
+
 static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb_bench_sink *sink,
                        void **conn, char *why, size_t why_bytes)
 {
@@ -1557,6 +1573,12 @@ static int rbd_connect(const char *url, uint32_t window, int64_t deadline_ns, rb
     o.tls_insecure = rbd_insecure;
     o.tls_library = rbd_tls_library;
     o.ws_origin = rbd_ws_origin;
+    o.token = rbd_sign_in.token;
+    o.user = rbd_sign_in.user;
+    o.password = rbd_sign_in.password;
+    o.password_len = rbd_sign_in.password_len;
+    o.tls_cert_file = rbd_sign_in.cert_file;
+    o.tls_key_file = rbd_sign_in.key_file;
     o.connect_timeout_ms = ms_until(deadline_ns) > 0 ? ms_until(deadline_ns) : 1;
     o.publish_window = window;
     o.on_event = rbd_event;

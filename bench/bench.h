@@ -97,6 +97,11 @@ void rb_bench_set_tls(const char *ca_file, bool insecure, int tls_library);
 /* The Origin header the ringbus driver's ws and wss connections send, as
  * the CLI's --origin (NULL: none). Borrowed for the run. */
 void rb_bench_set_ws_origin(const char *origin);
+/* Every bench connection signs in with these (the CLI's --token,
+ * --token-file, --user/--password-file, --cert/--key); NULL = none. The
+ * strings are borrowed for the run. */
+void rb_bench_set_sign_in(const char *token, const char *user, const char *password,
+                          size_t password_len, const char *cert_file, const char *key_file);
 
 /* The usage text of the bench options (static). */
 const char *rb_bench_usage(void);

@@ -1750,6 +1750,15 @@ static int run(cli *c, int argc, char **argv)
     if (strcmp(cmd, "bench") == 0) {
         rb_bench_set_tls(c->ca_file, c->insecure, c->tls_library);
         rb_bench_set_ws_origin(c->origin);
+        static char secret[SECRET_FILE_BYTES_MAX];
+        ringbus_options so;
+        ringbus_options_init(&so);
+        int status = sign_in_options(c, &so, secret, sizeof secret);
+        if (status != 0) {
+            return status;
+        }
+        rb_bench_set_sign_in(so.token, so.user, so.password, so.password_len, so.tls_cert_file,
+                             so.tls_key_file);
         return rb_bench_cli(sub_argc, sub_argv, c->url);
     }
     say("unknown command \"%s\" (try --help)", cmd);

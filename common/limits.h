@@ -50,10 +50,10 @@
 #define RB_CONNS_TOTAL_DEFAULT           65536
 #define RB_CONNS_TOTAL_MAX               (1u << 24)
 #define RB_CONNS_PER_ADDRESS_DEFAULT     1024
-#define RB_CONN_RATE_PER_ADDRESS_DEFAULT 100
+#define RB_CONN_RATE_PER_ADDRESS_DEFAULT 1000
 #define RB_RATE_PER_SECOND_MAX           1000000000u
 /* Per connection: publishes per second (a token bucket) and Mutates. */
-#define RB_PUBLISH_RATE_DEFAULT       100000
+#define RB_PUBLISH_RATE_DEFAULT       RB_RATE_PER_SECOND_MAX /* no limit unless set */
 #define RB_MUTATES_PER_SECOND_DEFAULT 1000
 
 /* Authentication ([auth]): the delay before an unauthorized answer, failed

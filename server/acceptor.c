@@ -4,6 +4,7 @@
  * the receiving shard adopts it as a connection. TLS and WS start there. */
 #include <errno.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "common/assert.h"
@@ -79,9 +80,37 @@ static void accept_done(rb_op *op, int res, uint32_t flags)
 
 static int acceptor_init(rb_shard *sh, rb_err *err)
 {
-    (void)err;
     rb_shard_on_remote(sh, RB_REMOTE_NEW_CONN, on_new_conn);
-    return 0;
+    rb_server *srv = sh->server;
+    if (sh->listener_count == 0 || srv->addrs != NULL) {
+        return 0;
+    }
+    const rb_config *cfg = &srv->cfg;
+    uint64_t expected = (uint64_t)cfg->max_connections * srv->shard_count;
+    if (expected > cfg->max_connections_total) {
+        expected = cfg->max_connections_total;
+    }
+    rb_addr_limits limits = {.conns_per_address = cfg->max_connections_per_address,
+                             .conn_rate_per_s = cfg->connection_rate_per_address,
+                             .failures_per_minute = cfg->auth_failures_per_minute};
+    if (pthread_mutex_init(&srv->addr_lock, NULL) != 0) {
+        return rb_err_set(err, RB_ESYS, 0, "the address table's lock");
+    }
+    int rc = rb_addr_table_new(&srv->addrs, (uint32_t)expected, limits, err);
+    if (rc != 0) {
+        pthread_mutex_destroy(&srv->addr_lock);
+    }
+    return rc;
+}
+
+static void acceptor_deinit(rb_shard *sh)
+{
+    rb_server *srv = sh->server;
+    if (sh->listener_count > 0 && srv->addrs != NULL) {
+        rb_addr_table_free(srv->addrs);
+        srv->addrs = NULL;
+        pthread_mutex_destroy(&srv->addr_lock);
+    }
 }
 
 static void listener_arm(rb_shard *sh, rb_listener *l)
@@ -153,4 +182,5 @@ const rb_subsystem rb_acceptor_subsystem = {
     .init = acceptor_init,
     .start = acceptor_start,
     .stop = acceptor_stop,
+    .deinit = acceptor_deinit,
 };

@@ -391,6 +391,29 @@ int rb_auth_verify_password(const rb_auth *a, rb_bytes name, rb_bytes password, 
     return 0;
 }
 
+int rb_auth_verify_cert_user(const rb_auth *a, rb_bytes name, rb_identity *out, rb_err *err)
+{
+    RB_ASSERT(a != NULL);
+    memset(out, 0, sizeof *out);
+    const user *u = find_user(a, name);
+    if (u == NULL && a->mode != RB_AUTH_MODE_REQUIRED) {
+        out->source = RB_IDENTITY_ANONYMOUS; /* as without a certificate */
+        out->policy = a->anonymous;
+        return 0;
+    }
+    if (u == NULL) {
+        char shown[2 * RB_AUTH_USER_BYTES_MAX + 8];
+        rb_auth_escape(shown, sizeof shown, name.ptr, name.len);
+        return unauthorized(err, "client certificate: \"%s\" is no [[auth.user]]", shown);
+    }
+    out->source = RB_IDENTITY_CERT;
+    snprintf(out->name, sizeof out->name, "%s", u->name);
+    out->publish_rate = u->publish_rate;
+    out->policy = u->policy;
+    out->policy_owned = false;
+    return 0;
+}
+
 /* ---- tokens ---- */
 
 /* Reads the header (first segment) and picks the key it names. */

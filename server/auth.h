@@ -27,6 +27,7 @@ typedef enum rb_identity_source {
     RB_IDENTITY_ANONYMOUS = 0, /* auth.mode = "none", no credentials */
     RB_IDENTITY_TOKEN = 1,     /* a JWT's sub */
     RB_IDENTITY_USER = 2,      /* [[auth.user]] name, by password */
+    RB_IDENTITY_CERT = 3,      /* [[auth.user]] name, by client certificate */
 } rb_identity_source;
 
 /* A signed-in connection's identity. policy is owned by the identity when
@@ -87,6 +88,13 @@ int rb_auth_verify(const rb_auth *auth, rb_bytes credentials, int64_t now_s, rb_
 
 /* True when some user has a password_hash. */
 bool rb_auth_has_passwords(const rb_auth *auth);
+
+/* The identity of the [[auth.user]] named by a verified client
+ * certificate (its subject CN), for a HELLO without credentials on a
+ * client_ca listener. 0, or RB_EINVAL (unauthorized) for a name that is
+ * no user under auth.mode = "required" (under "none" such a connection is
+ * anonymous, as without a certificate). */
+int rb_auth_verify_cert_user(const rb_auth *auth, rb_bytes name, rb_identity *out, rb_err *err);
 
 /* The configured mode. */
 rb_auth_mode rb_auth_get_mode(const rb_auth *auth);

@@ -63,6 +63,13 @@ bool rb_bucket_take(rb_bucket *b, uint32_t n, uint64_t now_ms)
     return true;
 }
 
+void rb_bucket_give(rb_bucket *b, uint32_t n)
+{
+    uint64_t cap = (uint64_t)b->burst * b->period_ms;
+    uint64_t level = b->level + (uint64_t)n * b->period_ms;
+    b->level = level < cap ? level : cap;
+}
+
 uint64_t rb_bucket_wait_ms(const rb_bucket *b, uint32_t n, uint64_t now_ms)
 {
     if (n > b->burst) {
@@ -293,6 +300,10 @@ const char *rb_admit_name(rb_admit a)
         return "failures_per_minute";
     case RB_ADMIT_TABLE_FULL:
         return "address table full";
+    case RB_ADMIT_TOTAL:
+        return "max_connections_total";
+    case RB_ADMIT_LISTENER:
+        return "listener max_connections";
     }
     return "unknown";
 }

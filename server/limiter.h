@@ -38,6 +38,10 @@ void rb_bucket_init(rb_bucket *b, uint32_t rate_per_s, uint32_t burst, uint64_t 
  * that goes backwards adds nothing. */
 bool rb_bucket_take(rb_bucket *b, uint32_t n, uint64_t now_ms);
 
+/* Gives back n tokens taken by rb_bucket_take (a taken operation that did
+ * not happen after all); never above the burst. */
+void rb_bucket_give(rb_bucket *b, uint32_t n);
+
 /* Milliseconds until n tokens will be there (0 = now); n above the burst
  * never fits and returns UINT64_MAX. */
 uint64_t rb_bucket_wait_ms(const rb_bucket *b, uint32_t n, uint64_t now_ms);
@@ -60,6 +64,8 @@ typedef enum rb_admit {
     RB_ADMIT_RATE = 2,        /* limits.connection_rate_per_address */
     RB_ADMIT_FAILURES = 3,    /* auth.failures_per_minute used up */
     RB_ADMIT_TABLE_FULL = 4,  /* more distinct addresses than the table holds */
+    RB_ADMIT_TOTAL = 5,       /* limits.max_connections_total (the caller counts) */
+    RB_ADMIT_LISTENER = 6,    /* the listener's max_connections (the caller counts) */
 } rb_admit;
 
 typedef struct rb_addr_limits {

@@ -47,6 +47,9 @@ typedef struct rb_link_ops {
     void (*close)(rb_link *l);
     /* True when frames can pass (the link's handshakes are done). */
     bool (*ready)(const rb_link *l);
+    /* Optional: the verified client certificate's subject CN (see
+     * rb_layer_ops.peer_cert_name); 0 = none. */
+    size_t (*peer_cert_name)(const rb_link *l, char *out, size_t cap);
     /* True while the link only reads to discard, waiting for the peer to
      * close after everything was sent. */
     bool (*lingering)(const rb_link *l);

@@ -257,11 +257,21 @@ void rb_link_tcp_adopt(rb_shard *sh, int fd, const rb_listener *l, bool counted)
         refuse_fd(fd, l, RB_WIRE_RESOURCE_EXHAUSTED, "connection limit reached");
         return;
     }
+    rb_addr_key key;
+    rb_admit admit = rb_addr_check(sh, fd, l, &key);
+    if (admit != RB_ADMIT_OK) {
+        refuse_fd(fd, l,
+                  admit == RB_ADMIT_FAILURES ? RB_WIRE_UNAUTHORIZED : RB_WIRE_RESOURCE_EXHAUSTED,
+                  admit == RB_ADMIT_FAILURES ? "too many failed sign-ins from this address"
+                                             : rb_admit_name(admit));
+        return;
+    }
     /* Session slot i is carried by tcp link i: both are free together. */
     rb_link_tcp *t = &sh->tcp_links[sh->conn_free->index];
     tcp_reset(sh, t, fd, l);
     rb_conn *c = rb_session_open(sh, &t->base);
     RB_ASSERT(c != NULL);
+    rb_conn_addr_counted(c, l, &key);
     t->session = c;
     t->id = c->id;
     int one = 1;
@@ -731,6 +741,18 @@ static uint64_t tcp_busy_bytes(const rb_link *link)
     return n;
 }
 
+static size_t tcp_peer_cert_name(const rb_link *l, char *out, size_t cap)
+{
+    const rb_link_tcp *t = (const rb_link_tcp *)(const void *)l;
+    for (uint32_t i = 0; i < t->stack.count; i++) {
+        const rb_layer *layer = t->stack.layers[i];
+        if (layer->ops->peer_cert_name != NULL) {
+            return layer->ops->peer_cert_name(layer, out, cap);
+        }
+    }
+    return 0;
+}
+
 static const rb_link_ops tcp_ops = {
     .start_send = tcp_start_send,
     .stop_reading = tcp_stop_reading,
@@ -741,4 +763,5 @@ static const rb_link_ops tcp_ops = {
     .lingering = tcp_lingering,
     .unsent_bytes = tcp_unsent_bytes,
     .busy_bytes = tcp_busy_bytes,
+    .peer_cert_name = tcp_peer_cert_name,
 };

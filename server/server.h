@@ -22,6 +22,7 @@
 #include "server/auth_pool.h"
 #include "server/connz.h"
 #include "server/holdq.h"
+#include "server/limiter.h"
 #include "server/mailbox.h"
 #include "server/sendq.h"
 #include "storage/storage.h"
@@ -122,8 +123,16 @@ struct rb_conn {
     uint64_t expires_mono_ms; /* the token's exp on this loop's clock; 0 = none */
     uint64_t refuse_at_ms;    /* a refused sign-in is answered then; 0 = none */
     uint64_t refuse_corr;
-    char *refuse_msg; /* owned while refuse_at_ms is set */
-    bool signing_in;  /* a password check is with the auth workers */
+    char *refuse_msg;  /* owned while refuse_at_ms is set */
+    bool signing_in;   /* a password check is with the auth workers */
+    bool addr_counted; /* counted in server.addrs under addr_key, and in listener */
+    uint32_t addr_listener;
+    rb_addr_key addr_key;
+    /* limits.publish_rate (or the user's) and limits.mutates_per_second,
+     * filled at STARTED; a refusal is logged at most once a second */
+    rb_bucket publish_bucket;
+    rb_bucket mutate_bucket;
+    uint64_t rate_logged_ms;
     /* RPC (server/rpc.c): the identity others call it by (STARTED's
      * client_id; server-assigned for anonymous connections), its calls in
      * flight as a caller, requests in flight to it and its methods. */
@@ -146,6 +155,7 @@ typedef struct rb_listener {
     rb_shard *shard;
     rb_tls_server *tls; /* tls and wss: certificate context (owned), else NULL */
     bool retired;       /* removed by a reload: accepts no more (the acceptor shard's) */
+    atomic_uint conns;  /* connections counted against cfg.max_connections */
 } rb_listener;
 
 /* A shard's counters for /metrics (server/admin.c). Only the shard's own
@@ -274,6 +284,14 @@ struct rb_server {
     atomic_uint_fast64_t next_conn_id;
     struct rb_reload_gen *reload_gen; /* the newest reloaded config; NULL = cfg (main thread) */
     rb_auth *reload_auth;             /* the newest reloaded verifier; NULL = auth (main thread) */
+    /* Per-address limits of tcp/tls/ws/wss connections (server/acceptor.c):
+     * the table, behind its lock (shards admit and release), and the
+     * connections counted against max_connections_total. */
+    pthread_mutex_t addr_lock;
+    rb_addr_table *addrs; /* NULL until the listener shard's acceptor init */
+    uint64_t addr_logged_ms;
+    uint64_t addr_unlogged;
+    atomic_uint conns_counted;
     /* Keys stateless reset and Retry tokens of every shard's QUIC engines. */
     uint8_t quic_secret[32]; /* RB_QUIC_SECRET_BYTES (transports/quic.h) */
 };
@@ -289,6 +307,15 @@ void rb_session_reauth_all(rb_shard *sh);
 /* The RB_REMOTE_AUTH handler: finishes HELLOs whose password was checked. */
 void rb_session_auth_done(rb_shard *sh, uint64_t payload);
 const char *rb_conn_who(const rb_conn *c);
+
+/* server/admit.c: the listener's, total and per-address connection
+ * limits. rb_addr_check checks fd's peer (RB_ADMIT_OK: counted, *key set;
+ * the caller then opens the connection and calls rb_conn_addr_counted);
+ * a refusal is logged (at most once a second, with how many since). */
+rb_admit rb_addr_check(rb_shard *sh, int fd, const rb_listener *l, rb_addr_key *key);
+void rb_conn_addr_counted(rb_conn *c, const rb_listener *l, const rb_addr_key *key);
+void rb_conn_addr_release(rb_conn *c);
+void rb_conn_addr_failure(rb_conn *c);
 
 /* server/shard.c: the thread and its turn */
 int rb_server_start(rb_server *srv, rb_err *err);

@@ -290,6 +290,7 @@ static void conn_try_free(rb_conn *c)
     }
     hold_drop(c);
     identity_drop(c);
+    rb_conn_addr_release(c);
     rb_connz_free(c);
     RB_LOG_DEBUG(c->id, "freed");
     c->state = RB_CONN_FREE;
@@ -635,6 +636,7 @@ static void refuse_later(rb_conn *c, uint64_t corr, const char *why)
     char shown[RB_ERR_MSG_BYTES_MAX];
     rb_log_escape(shown, sizeof shown, why, strlen(why));
     RB_LOG_INFO(c->id, "sign-in refused: %s", shown);
+    rb_conn_addr_failure(c);
     stop_reading(c);
     free(c->refuse_msg);
     c->refuse_msg = strdup(why);
@@ -673,7 +675,14 @@ static int sign_in(rb_conn *c, rb_bytes credentials, rb_identity **out, rb_err *
         return RB_EAGAIN; /* the caller hands it to the auth workers */
     }
     rb_identity id;
-    int rc = rb_auth_verify(auth, credentials, wall_now_s(), &id, err);
+    char cn[RB_AUTH_USER_BYTES_MAX + 1];
+    size_t cn_len = credentials.len == 0 && c->link != NULL && c->link->ops->peer_cert_name != NULL
+                        ? c->link->ops->peer_cert_name(c->link, cn, sizeof cn)
+                        : 0;
+    /* No credentials on a client_ca listener: the certificate names the user. */
+    int rc = cn_len > 0
+                 ? rb_auth_verify_cert_user(auth, (rb_bytes){(const uint8_t *)cn, cn_len}, &id, err)
+                 : rb_auth_verify(auth, credentials, wall_now_s(), &id, err);
     if (rc != 0) {
         return rc;
     }
@@ -774,10 +783,51 @@ static void on_hello(rb_conn *c, const rb_frame *f)
                  (const char *)f->u.hello.client_name.ptr, rb_conn_who(c));
 }
 
+/* The connection's publish and Mutate buckets (issue 13): a user's own
+ * publish_rate is also the depth of its bucket. */
+static void limits_start(rb_conn *c)
+{
+    const rb_config *cfg = c->shard->cfg; /* the newest reload's */
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    uint32_t own = c->identity != NULL ? c->identity->publish_rate : 0;
+    rb_bucket_init(&c->publish_bucket, own != 0 ? own : cfg->publish_rate,
+                   own != 0 ? own : cfg->publish_burst, now);
+    rb_bucket_init(&c->mutate_bucket, cfg->mutates_per_second, cfg->mutates_per_second, now);
+    c->rate_logged_ms = 0;
+}
+
+/* Takes a token for a PUBLISH or MUTATE of an open connection; false (and
+ * the frame answered resource_exhausted, correlated; the connection stays
+ * usable) when its bucket is empty. */
+static bool limits_allow(rb_conn *c, const rb_frame *f)
+{
+    uint8_t kind = f->hdr.kind;
+    if (c->state != RB_CONN_OPEN || (kind != RB_FRAME_PUBLISH && kind != RB_FRAME_MUTATE)) {
+        return true;
+    }
+    rb_bucket *b = kind == RB_FRAME_PUBLISH ? &c->publish_bucket : &c->mutate_bucket;
+    uint64_t now = rb_loop_now_ms(c->shard->loop);
+    if (rb_bucket_take(b, 1, now)) {
+        return true;
+    }
+    const char *limit = kind == RB_FRAME_PUBLISH ? "publish_rate" : "mutates_per_second";
+    if (c->rate_logged_ms == 0 || now - c->rate_logged_ms >= 1000) {
+        c->rate_logged_ms = now;
+        RB_LOG_WARN(c->id, "%s refused: %s of %u a second used up (%s, peer %s)",
+                    rb_frame_kind_name(kind), limit, b->rate, rb_conn_who(c),
+                    c->link != NULL ? c->link->peer : "gone");
+    }
+    rb_conn_send_error(c, f->hdr.corr_id, RB_WIRE_RESOURCE_EXHAUSTED,
+                       "%s: %s of %u a second used up; retry in %llu ms", rb_frame_kind_name(kind),
+                       limit, b->rate, (unsigned long long)rb_bucket_wait_ms(b, 1, now));
+    return false;
+}
+
 static void send_started(rb_conn *c, uint64_t corr)
 {
     const rb_config *cfg = c->shard->cfg;
     set_expiry(c);
+    limits_start(c);
     uint8_t buf[RB_FRAME_HEADER_BYTES + 32 + RB_SERVER_ID_BYTES_MAX + RB_RPC_NAME_BYTES_MAX];
     rb_bytes id = {(const uint8_t *)cfg->server_id, strlen(cfg->server_id)};
     /* A signed-in connection is known by its identity (a token's sub, a
@@ -964,6 +1014,10 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         conn_fail(c, f->hdr.corr_id, RB_WIRE_BAD_FRAME, "the first frame must be HELLO");
         return;
     }
+    if (!limits_allow(c, f)) {
+        connz_sync(c, false);
+        return;
+    }
     switch (kind) {
     case RB_FRAME_HELLO:
         on_hello(c, f);
@@ -1006,6 +1060,9 @@ static void on_frame(rb_conn *c, const rb_frame *f)
             c->shard->client_frames[kind](c, f);
             /* A held frame is decoded again on resume: it counts once. */
             rb_connz_frame_in(c, kind, c->held ? -1 : 0);
+            if (c->held && kind == RB_FRAME_PUBLISH) {
+                rb_bucket_give(&c->publish_bucket, 1);
+            }
             break;
         }
         char msg[96];

@@ -67,6 +67,9 @@ typedef struct rb_layer_ops {
     /* True while frame bytes may pass (handshake done, not closed). */
     bool (*ready)(const rb_layer *l);
     void (*destroy)(rb_layer *l);
+    /* Optional: the subject CN of the client certificate the handshake
+     * verified (a client_ca listener), NUL-terminated in out; 0 = none. */
+    size_t (*peer_cert_name)(const rb_layer *l, char *out, size_t cap);
 } rb_layer_ops;
 
 struct rb_layer {

@@ -444,6 +444,20 @@ static void ossl_destroy(rb_layer *l)
     free(t);
 }
 
+static size_t ossl_peer_cert_name(const rb_layer *l, char *out, size_t cap)
+{
+    const ossl_layer *t = (const ossl_layer *)l;
+    if (!t->handshake_done || SSL_get_verify_result(t->ssl) != X509_V_OK) {
+        return 0;
+    }
+    X509 *cert = SSL_get0_peer_certificate(t->ssl);
+    if (cert == NULL) {
+        return 0;
+    }
+    int n = X509_NAME_get_text_by_NID(X509_get_subject_name(cert), NID_commonName, out, (int)cap);
+    return n > 0 && (size_t)n < cap && strlen(out) == (size_t)n ? (size_t)n : 0;
+}
+
 static const rb_layer_ops ossl_ops = {
     .name = "tls",
     .recv = ossl_recv,
@@ -452,6 +466,7 @@ static const rb_layer_ops ossl_ops = {
     .close = ossl_close,
     .ready = ossl_ready,
     .destroy = ossl_destroy,
+    .peer_cert_name = ossl_peer_cert_name,
 };
 
 int rb_tls_ossl_layer_new(rb_layer **out, rb_tls_ossl_server *s, rb_err *err)

@@ -226,3 +226,45 @@ def test_cli_client_key_of_another_certificate_is_refused_before_connecting(mtls
                 str(other_key), "ping")
     assert r.returncode == 2, r.stderr
     assert "client key" in r.stderr and "not a PEM key of the certificate" in r.stderr
+
+
+@pytest.fixture(scope="module")
+def mtls_users(tmp_path_factory):
+    """auth.mode = "required" with certificate users: alice may publish m.>,
+    bob's certificate (same CA) names no user."""
+    certs = rt.Certs(tmp_path_factory.mktemp("certs"))
+    d = tmp_path_factory.mktemp("client")
+    certs.client = rt.make_leaf(d, (certs.ca, certs.ca_key), "client", cn="alice", san=None,
+                                usage="clientAuth")
+    certs.bob = rt.make_leaf(d, (certs.ca, certs.ca_key), "bob", cn="bob", san=None,
+                             usage="clientAuth")
+    ports = {"tls": free_port(), "wss": free_port()}
+    listeners = "".join(rt.listener(k, p, certs, client_ca=certs.ca) for k, p in ports.items())
+    extra = ('[auth]\nmode = "required"\nfailure_delay_ms = 10\n'
+             '[[auth.user]]\nname = "alice"\npublish = ["m.>"]\n')
+    sd = rt.SharedDaemon(tmp_path_factory, "mtlsu", listeners, extra=extra)
+    sd.certs, sd.ports = certs, ports
+    yield sd
+    sd.finish()
+
+
+@pytest.mark.parametrize("kind", ["tls", "wss"])
+def test_client_certificate_subject_signs_in_as_that_user(mtls_users, kind):
+    port = mtls_users.ports[kind]
+    url = f"{kind}://localhost:{port}" + ("/ringbus" if kind == "wss" else "")
+    ca = ["--ca", str(mtls_users.certs.ca)]
+    cert, key = mtls_users.certs.client
+    r = run_cli("--url", url, *ca, "--cert", str(cert), "--key", str(key), "pub", f"m.{kind}", "x")
+    assert r.returncode == 0, r.stderr
+    assert '"seq":1' in r.stdout
+    # alice's permissions apply.
+    r = run_cli("--url", url, *ca, "--cert", str(cert), "--key", str(key), "pub", "other", "x")
+    assert r.returncode == 1, r.stderr
+    assert '"code":"forbidden","message":"alice may not publish to other"' in r.stdout, r.stdout
+    # A certificate of the right CA whose subject is no user: unauthorized.
+    bob_cert, bob_key = mtls_users.certs.bob
+    r = run_cli("--url", url, *ca, "--cert", str(bob_cert), "--key", str(bob_key), "pub", "m.x",
+                "x")
+    assert r.returncode == 1, r.stderr
+    assert "unauthorized" in r.stdout + r.stderr, (r.stdout, r.stderr)
+    assert '"bob" is no [[auth.user]]' in mtls_users.daemon.log()

@@ -475,6 +475,26 @@ START_TEST(test_auth_password_gives_the_users_identity_and_policy)
 }
 END_TEST
 
+START_TEST(test_auth_certificate_name_gives_the_users_identity_or_is_refused_escaped)
+{
+    rb_auth_user_config *u = add_user("carol", NULL, 0);
+    add_pattern(u, RB_PERM_PUBLISH, "c.>");
+    rb_auth *a = build();
+    rb_identity id;
+    rb_err err = {0};
+    ck_assert_msg(rb_auth_verify_cert_user(a, b("carol"), &id, &err) == 0, "%s", err.msg);
+    ck_assert_int_eq(id.source, RB_IDENTITY_CERT);
+    ck_assert_str_eq(id.name, "carol");
+    ck_assert(rb_policy_allows(id.policy, RB_POLICY_PUBLISH, b("c.x")));
+    ck_assert(!rb_policy_allows(id.policy, RB_POLICY_PUBLISH, b("d")));
+    rb_identity_release(&id);
+    ck_assert_int_eq(rb_auth_verify_cert_user(a, b("car\nol"), &id, &err), RB_EINVAL);
+    ck_assert_uint_eq(err.cause, RB_WIRE_UNAUTHORIZED);
+    ck_assert_str_eq(err.msg, "client certificate: \"car\\x0aol\" is no [[auth.user]]");
+    rb_auth_free(a);
+}
+END_TEST
+
 START_TEST(test_auth_wrong_password_and_unknown_user_look_the_same)
 {
     add_user("alice", "hunter2", 16384);
@@ -709,6 +729,7 @@ Suite *rb_auth_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, test_auth_password_gives_the_users_identity_and_policy);
+    tcase_add_test(tc, test_auth_certificate_name_gives_the_users_identity_or_is_refused_escaped);
     tcase_add_test(tc, test_auth_wrong_password_and_unknown_user_look_the_same);
     tcase_add_test(tc, test_auth_hash_password_verifies_and_refuses_bad_lengths);
     tcase_add_test(tc, test_auth_empty_credentials_depend_on_the_mode);

@@ -110,9 +110,9 @@ START_TEST(test_auth_config_defaults_are_mode_none_and_documented_limits)
     ck_assert_uint_eq(c->auth_jwt_key_count, 0);
     ck_assert_uint_eq(c->max_connections_total, 65536);
     ck_assert_uint_eq(c->max_connections_per_address, 1024);
-    ck_assert_uint_eq(c->connection_rate_per_address, 100);
-    ck_assert_uint_eq(c->publish_rate, 100000);
-    ck_assert_uint_eq(c->publish_burst, 100000);
+    ck_assert_uint_eq(c->connection_rate_per_address, 1000);
+    ck_assert_uint_eq(c->publish_rate, 1000000000);
+    ck_assert_uint_eq(c->publish_burst, 1000000000);
     ck_assert_uint_eq(c->mutates_per_second, 1000);
     ck_assert_uint_eq(c->listeners[0].max_connections, 65536);
 }

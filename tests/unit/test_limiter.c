@@ -44,6 +44,22 @@ START_TEST(test_bucket_refills_at_its_rate_and_caps_at_the_burst)
 }
 END_TEST
 
+START_TEST(test_bucket_give_returns_taken_tokens_up_to_the_burst)
+{
+    rb_bucket b;
+    rb_bucket_init(&b, 10, 2, 0);
+    ck_assert(rb_bucket_take(&b, 2, 0));
+    ck_assert(!rb_bucket_take(&b, 1, 0));
+    rb_bucket_give(&b, 1);
+    ck_assert(rb_bucket_take(&b, 1, 0));
+    ck_assert(!rb_bucket_take(&b, 1, 0));
+    rb_bucket_give(&b, 5); /* more than was taken: capped at the burst */
+    ck_assert(rb_bucket_full(&b, 0));
+    ck_assert(rb_bucket_take(&b, 2, 0));
+    ck_assert(!rb_bucket_take(&b, 1, 0));
+}
+END_TEST
+
 START_TEST(test_bucket_partial_refill_is_kept_across_takes)
 {
     rb_bucket b;
@@ -227,6 +243,7 @@ Suite *rb_limiter_suite(void)
     TCase *tc = tcase_create("bucket");
     tcase_add_test(tc, test_bucket_starts_full_and_refuses_past_the_burst);
     tcase_add_test(tc, test_bucket_refills_at_its_rate_and_caps_at_the_burst);
+    tcase_add_test(tc, test_bucket_give_returns_taken_tokens_up_to_the_burst);
     tcase_add_test(tc, test_bucket_partial_refill_is_kept_across_takes);
     tcase_add_test(tc, test_bucket_per_minute_rate_is_exact);
     tcase_add_test(tc, test_bucket_backwards_clock_adds_nothing);
