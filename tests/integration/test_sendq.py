@@ -110,8 +110,10 @@ def test_catchup_complete_that_does_not_fit_closes_instead_of_vanishing(make_dae
     # them. Once its queue is at its quota, the next CATCHUP_COMPLETE cannot
     # be queued: the connection is closed with resource_exhausted saying
     # so, never left waiting for a CATCHUP_COMPLETE that was dropped.
+    # (mutates_per_second at its top: the flood must meet the queue's bound,
+    # not the rate limit.)
     d = make_daemon(shards=1, extra="[limits]\nmax_frame_bytes = 65536\n"
-                                    "send_queue_bytes = 65536\n")
+                                    "send_queue_bytes = 65536\nmutates_per_second = 1_000_000_000\n")
     c = rp.Conn("127.0.0.1", d.port, timeout=20)
     c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     c.hello()
