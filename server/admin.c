@@ -331,7 +331,9 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
     }
     counter(&b, "ringbus_storage_reconnects_total",
             "Store connections lost or attempts failed, each retried after a backoff (postgres).",
-            srv->storage_ops->reconnects != NULL ? srv->storage_ops->reconnects(srv->storage) : 0);
+            srv->storage_ops != NULL && srv->storage_ops->reconnects != NULL
+                ? srv->storage_ops->reconnects(srv->storage)
+                : 0);
     gauge(&b, "ringbus_pending_buffer_bytes",
           "Live message bytes buffered for subscribers still in catch-up.",
           SUM(srv, pending_bytes));
