@@ -223,3 +223,32 @@ def test_metrics_sent_commits_and_catchup(make_daemon):
         assert 0 < busy <= value(after, "ringbus_uptime_seconds") + 1, msg
     for c in readers + [pub]:
         c.close()
+
+
+def test_storage_errors_and_reconnects_when_postgres_stops(make_daemon, pg_cluster, pg_db):
+    tcp, http = free_port(), free_port()
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo,
+                    listeners=tcp_listener(tcp) + http_listener(http))
+    c = rp.Conn("127.0.0.1", tcp, timeout=30)
+    c.hello()
+    assert c.publish("pg.m", "first", corr=1).kind == rp.PUBLISH_ACK
+    before = scrape(http)
+    assert value(before, "ringbus_storage_reconnects_total") == 0
+    errors = 0
+    pg_cluster.stop()
+    try:
+        for corr in range(2, 12):
+            f = c.publish("pg.m", f"v{corr}", corr=corr)
+            if f.kind == rp.ERROR:
+                assert f["code_name"] == "unavailable", f
+                errors += 1
+        after = scrape(http)
+    finally:
+        pg_cluster.start()
+    assert errors > 0
+    assert value(after, "ringbus_publish_errors_total", code="unavailable") == errors
+    appends = (value(after, "ringbus_storage_errors_total", op="append")
+               - value(before, "ringbus_storage_errors_total", op="append"))
+    assert 1 <= appends <= errors, (appends, errors)
+    assert value(after, "ringbus_storage_reconnects_total") >= 1
+    c.close()
