@@ -35,6 +35,8 @@ struct rb_loop {
     uint32_t buf_count;
     uint32_t buf_bytes;
     uint64_t now_ms;
+    uint64_t woke_ns;    /* CLOCK_MONOTONIC when the last wait ended */
+    uint64_t busy_ns;    /* time outside the waits */
     uint64_t wheel_tick; /* the next tick to process */
     uint32_t timer_count;
     rb_timer *wheel[WHEEL_SLOTS];
@@ -43,6 +45,13 @@ struct rb_loop {
     void (*remote_fn)(void *ctx, uint64_t data);
     void *remote_ctx;
 };
+
+uint64_t rb_clock_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
 
 uint64_t rb_clock_ms(void)
 {
@@ -203,7 +212,8 @@ int rb_loop_init(rb_loop **out, const rb_loop_options *opt, rb_err *err)
     if (rc != 0) {
         goto undo_ring;
     }
-    loop->now_ms = rb_clock_ms();
+    loop->woke_ns = rb_clock_ns();
+    loop->now_ms = loop->woke_ns / 1000000u;
     loop->wheel_tick = loop->now_ms / RB_LOOP_TICK_MS;
     *out = loop;
     return 0;
@@ -234,6 +244,11 @@ int rb_loop_ring_fd(const rb_loop *loop)
 uint64_t rb_loop_now_ms(const rb_loop *loop)
 {
     return loop->now_ms;
+}
+
+uint64_t rb_loop_busy_ns(const rb_loop *loop)
+{
+    return loop->busy_ns;
 }
 
 static struct io_uring_sqe *get_sqe(rb_loop *loop)
@@ -564,6 +579,12 @@ int rb_loop_run_once(rb_loop *loop, int timeout_ms, rb_err *err)
         timeout_ms = RB_LOOP_TICK_MS;
     }
     int res;
+    /* Busy time: from the end of a wait to the start of the next (a turn
+     * that does not wait is busy to its end), one vDSO clock read more
+     * per waiting turn. */
+    if (timeout_ms != 0) {
+        loop->busy_ns += rb_clock_ns() - loop->woke_ns;
+    }
     if (timeout_ms == 0) {
         res = io_uring_submit_and_get_events(&loop->ring);
     } else if (timeout_ms < 0) {
@@ -577,7 +598,12 @@ int rb_loop_run_once(rb_loop *loop, int timeout_ms, rb_err *err)
     if (res < 0 && res != -ETIME && res != -EINTR && res != -EAGAIN && res != -EBUSY) {
         return rb_err_set(err, RB_ESYS, -res, "io_uring: submit and wait");
     }
-    loop->now_ms = rb_clock_ms();
+    uint64_t woke = rb_clock_ns();
+    if (timeout_ms == 0) {
+        loop->busy_ns += woke - loop->woke_ns;
+    }
+    loop->woke_ns = woke;
+    loop->now_ms = woke / 1000000u;
     /* At most RB_CQE_PER_TURN_MAX completions, then timers and tasks get
      * their turn; the rest are reaped next turn without waiting. */
     reap(loop);

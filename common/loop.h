@@ -81,6 +81,12 @@ uint64_t rb_loop_now_ms(const rb_loop *loop);
 /* CLOCK_MONOTONIC in milliseconds, read now (the clock of every loop; for
  * threads without one and for times taken between turns). */
 uint64_t rb_clock_ms(void);
+/* The same in nanoseconds (a vDSO read, no syscall). */
+uint64_t rb_clock_ns(void);
+
+/* Nanoseconds the loop spent outside its io_uring waits so far (written
+ * by the loop's thread only). */
+uint64_t rb_loop_busy_ns(const rb_loop *loop);
 
 /* Runs one turn: submits queued entries, waits up to timeout_ms (0 = do not
  * wait, -1 = until something happens) for completions, runs them, then

@@ -148,6 +148,35 @@ static void gauge(body *b, const char *name, const char *help, uint64_t v)
     put(b, "%s %llu\n", name, (unsigned long long)v);
 }
 
+const uint64_t rb_stat_latency_le_ns[RB_STAT_LATENCY_BUCKETS] = {
+    100000,   250000,    500000,    1000000,   2500000,    5000000,    10000000,   25000000,
+    50000000, 100000000, 250000000, 500000000, 1000000000, 2500000000, 5000000000, 10000000000};
+const uint64_t rb_stat_batch_le[RB_STAT_BATCH_BUCKETS] = {1,  2,   4,   8,   16,  32,
+                                                          64, 128, 256, 512, 1024};
+const uint64_t rb_stat_wave_le_ms[RB_STAT_WAVE_BUCKETS] = {
+    1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000};
+
+/* A Prometheus histogram from per-shard, per-bucket counts at offset (n
+ * bounds and +Inf), the bounds divided by scale (1e9: ns to seconds). */
+static void histogram(body *b, const rb_server *srv, const char *name, const char *help,
+                      size_t offset, const uint64_t *le, uint32_t n, double scale,
+                      size_t sum_offset)
+{
+    metric_head(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (uint32_t i = 0; i <= n; i++) {
+        cum += sum(srv, offset + i * sizeof(uint64_t));
+        if (i < n) {
+            put(b, "%s_bucket{le=\"%.9g\"} %llu\n", name, (double)le[i] / scale,
+                (unsigned long long)cum);
+        } else {
+            put(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+        }
+    }
+    put(b, "%s_sum %.9g\n%s_count %llu\n", name, (double)sum(srv, sum_offset) / scale, name,
+        (unsigned long long)cum);
+}
+
 /* Resident memory and open fds of the process, from /proc/self. */
 static void process_metrics(body *b)
 {
@@ -201,6 +230,22 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
             (unsigned long long)sum(srv,
                                     offsetof(rb_shard_stats, open) + (size_t)k * sizeof(uint64_t)));
     }
+    static const char *const states[RB_CONN_STATE_COUNT] = {[RB_CONN_HANDSHAKE] = "handshake",
+                                                            [RB_CONN_OPEN] = "open",
+                                                            [RB_CONN_DRAINING] = "draining",
+                                                            [RB_CONN_CLOSING] = "closing",
+                                                            [RB_CONN_CLOSED] = "closed"};
+    metric_head(&b, "ringbus_connection_states", "gauge",
+                "Client connections now, by listener transport and session state.");
+    for (int k = 0; k < RB_TRANSPORT_KINDS; k++) {
+        for (int st = RB_CONN_HANDSHAKE; st < RB_CONN_STATE_COUNT; st++) {
+            size_t off = offsetof(rb_shard_stats, conn_states) +
+                         ((size_t)k * RB_CONN_STATE_COUNT + (size_t)st) * sizeof(uint64_t);
+            put(&b, "ringbus_connection_states{transport=\"%s\",state=\"%s\"} %llu\n",
+                rb_transport_name((rb_transport_kind)k), states[st],
+                (unsigned long long)sum(srv, off));
+        }
+    }
     counter(&b, "ringbus_frames_received_total", "Client frames decoded.", SUM(srv, frames_in));
     counter(&b, "ringbus_received_bytes_total", "Frame bytes received from clients.",
             SUM(srv, bytes_in));
@@ -211,6 +256,29 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
         (unsigned long long)SUM(srv, publishes_ok));
     put(&b, "ringbus_publishes_total{outcome=\"error\"} %llu\n",
         (unsigned long long)SUM(srv, publishes_failed));
+    metric_head(&b, "ringbus_publish_errors_total", "counter",
+                "Publishes answered with an error by their topic's owner, by wire code (codes "
+                "seen so far).");
+    uint64_t unnamed = 0; /* reserved numbers share one series */
+    for (uint16_t k = 1; k <= RB_WIRE_CODE_LAST; k++) {
+        uint64_t v =
+            sum(srv, offsetof(rb_shard_stats, publish_errors) + (size_t)k * sizeof(uint64_t));
+        const char *name = rb_wire_code_name(k);
+        if (strcmp(name, "unknown") == 0) {
+            unnamed += v;
+        } else if (v > 0) {
+            put(&b, "ringbus_publish_errors_total{code=\"%s\"} %llu\n", name,
+                (unsigned long long)v);
+        }
+    }
+    if (unnamed > 0) {
+        put(&b, "ringbus_publish_errors_total{code=\"unknown\"} %llu\n",
+            (unsigned long long)unnamed);
+    }
+    counter(&b, "ringbus_publish_duplicates_total",
+            "Publishes acknowledged as duplicates (an idempotency key or ephemeral content seen "
+            "before): counted in outcome ok, not stored or delivered again.",
+            SUM(srv, publish_duplicates));
     counter(&b, "ringbus_deliveries_total", "Live messages queued to subscribers.",
             SUM(srv, deliveries));
     counter(&b, "ringbus_delivery_bytes_total", "Encoded bytes of those messages.",
@@ -243,6 +311,47 @@ static void metrics(const rb_admin *admin, rb_http_span query, rb_http_response 
         put(&b, "ringbus_loop_turns_total{shard=\"%u\"} %llu\n", i,
             (unsigned long long)RB_STAT_GET(&srv->shards[i], loop_turns));
     }
+    metric_head(&b, "ringbus_loop_busy_seconds_total", "counter",
+                "Time each shard's loop spent outside its io_uring wait.");
+    for (uint32_t i = 0; i < srv->shard_count; i++) {
+        put(&b, "ringbus_loop_busy_seconds_total{shard=\"%u\"} %.6f\n", i,
+            (double)RB_STAT_GET(&srv->shards[i], busy_ns) / 1e9);
+    }
+    counter(&b, "ringbus_frames_sent_total", "Frames queued to clients.", SUM(srv, frames_out));
+    counter(&b, "ringbus_sent_bytes_total", "Frame bytes queued to clients.", SUM(srv, bytes_out));
+    counter(&b, "ringbus_catchup_rows_total", "History rows queued to subscribers in catch-up.",
+            SUM(srv, catchup_rows));
+    metric_head(&b, "ringbus_storage_errors_total", "counter",
+                "Storage requests the store refused or failed, by kind.");
+    static const char *const store_ops[RB_STAT_STORE_OPS] = {"append", "read", "heads"};
+    for (uint32_t i = 0; i < RB_STAT_STORE_OPS; i++) {
+        put(&b, "ringbus_storage_errors_total{op=\"%s\"} %llu\n", store_ops[i],
+            (unsigned long long)sum(srv, offsetof(rb_shard_stats, storage_errors) +
+                                             (size_t)i * sizeof(uint64_t)));
+    }
+    counter(&b, "ringbus_storage_reconnects_total",
+            "Store connections lost or attempts failed, each retried after a backoff (postgres).",
+            srv->storage_ops != NULL && srv->storage_ops->reconnects != NULL
+                ? srv->storage_ops->reconnects(srv->storage)
+                : 0);
+    gauge(&b, "ringbus_pending_buffer_bytes",
+          "Live message bytes buffered for subscribers still in catch-up.",
+          SUM(srv, pending_bytes));
+    gauge(&b, "ringbus_send_queue_bytes",
+          "Memory charged to the connections' send queues (frames not yet acknowledged by the "
+          "transport).",
+          SUM(srv, sendq_bytes));
+    histogram(&b, srv, "ringbus_commit_latency_seconds",
+              "Time from a batch's append request to its successful completion.",
+              offsetof(rb_shard_stats, commit_latency), rb_stat_latency_le_ns,
+              RB_STAT_LATENCY_BUCKETS, 1e9, offsetof(rb_shard_stats, commit_latency_ns));
+    histogram(&b, srv, "ringbus_commit_batch_messages", "Publishes in each committed batch.",
+              offsetof(rb_shard_stats, commit_batch), rb_stat_batch_le, RB_STAT_BATCH_BUCKETS, 1,
+              offsetof(rb_shard_stats, commit_batch_msgs));
+    histogram(&b, srv, "ringbus_catchup_duration_seconds",
+              "Time from a MUTATE that adds topics to its CATCHUP_COMPLETE.",
+              offsetof(rb_shard_stats, catchup_wave), rb_stat_wave_le_ms, RB_STAT_WAVE_BUCKETS, 1e3,
+              offsetof(rb_shard_stats, catchup_wave_ms));
     gauge(&b, "ringbus_shards", "Shards (threads) of the daemon.", srv->shard_count);
     gauge(&b, "ringbus_ready", "1 once storage is ready and the listeners are open.",
           atomic_load(admin->ready) ? 1 : 0);

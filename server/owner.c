@@ -93,7 +93,8 @@ typedef struct batch {
     uint32_t key_count;                           /* how many of them are not NULL */
     batch_keys *durable;                          /* while a durable store checks the keys */
     eph_dups *dups;                               /* an ephemeral batch's content duplicates */
-    uint32_t stored; /* after commit: publishes stored (the others are duplicates) */
+    uint32_t stored;    /* after commit: publishes stored (the others are duplicates) */
+    uint64_t append_ns; /* CLOCK_MONOTONIC when its append was requested */
 } batch;
 
 typedef struct waiter {
@@ -1050,6 +1051,7 @@ static void append_done(rb_append_req *req)
     t->inflight = NULL;
     o->busy--;
     if (req->status != 0) {
+        RB_STAT_ADD(sh, storage_errors[RB_STAT_STORE_APPEND], 1);
         RB_LOG_ERROR(0, "topic %s: append of %u failed: %s", t->name, b->count, req->err.msg);
         fail_batch(sh, b, RB_WIRE_UNAVAILABLE, RB_PUBLISH_STORAGE_UNAVAILABLE);
         batch_put(o, b);
@@ -1058,6 +1060,14 @@ static void append_done(rb_append_req *req)
         }
         return;
     }
+    uint64_t took = rb_clock_ns() - b->append_ns;
+    RB_STAT_ADD(
+        sh, commit_latency[rb_stat_bucket(rb_stat_latency_le_ns, RB_STAT_LATENCY_BUCKETS, took)],
+        1);
+    RB_STAT_ADD(sh, commit_latency_ns, took);
+    RB_STAT_ADD(sh, commit_batch[rb_stat_bucket(rb_stat_batch_le, RB_STAT_BATCH_BUCKETS, b->count)],
+                1);
+    RB_STAT_ADD(sh, commit_batch_msgs, b->count);
     b->stored = b->count;
     if (b->durable != NULL) {
         /* Duplicates found by the store: the block carries the others. */
@@ -1175,8 +1185,10 @@ static void start_append(rb_topic *t)
     }
     b->req.done = append_done;
     b->req.ctx = b;
+    b->append_ns = rb_clock_ns();
     int rc = sh->server->storage_ops->append(sh->storage, &b->req);
     if (rc != 0) {
+        RB_STAT_ADD(sh, storage_errors[RB_STAT_STORE_APPEND], 1);
         fail_batch(sh, b, rc == RB_ELIMIT ? RB_WIRE_RESOURCE_EXHAUSTED : RB_WIRE_UNAVAILABLE,
                    RB_PUBLISH_STORAGE_REFUSED);
         batch_put(o, b);
@@ -1291,6 +1303,7 @@ static void refresh_done(rb_heads_req *req)
     rb_owner *o = r->owner;
     o->busy--;
     if (req->status != 0) {
+        RB_STAT_ADD(o->shard, storage_errors[RB_STAT_STORE_HEADS], 1);
         RB_LOG_ERROR(0, "heads of %u topics: %s", r->count, req->err.msg);
     }
     for (uint32_t i = 0; i < r->count; i++) {

@@ -270,8 +270,13 @@ static void deliver_ack(rb_conn *c, uint64_t corr, rb_bytes topic, uint64_t seq,
     c->publishes_in_flight--;
     if (code == RB_WIRE_OK) {
         RB_STAT_ADD(c->shard, publishes_ok, 1);
+        if (flags & RB_ACK_DUPLICATE) {
+            RB_STAT_ADD(c->shard, publish_duplicates, 1);
+        }
     } else {
         RB_STAT_ADD(c->shard, publishes_failed, 1);
+        RB_STAT_ADD(c->shard, publish_errors[code <= RB_WIRE_CODE_LAST ? code : RB_WIRE_INTERNAL],
+                    1);
     }
     if (c->state == RB_CONN_CLOSING) {
         return;

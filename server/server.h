@@ -70,6 +70,7 @@ typedef enum rb_conn_state {
     RB_CONN_CLOSING,  /* flushing the last frames within the close grace */
     RB_CONN_CLOSED,   /* fd closed; waiting for the last completions */
 } rb_conn_state;
+#define RB_CONN_STATE_COUNT (RB_CONN_CLOSED + 1)
 
 /* A client session: the protocol state of one connection, over a link
  * (server/link.h) that carries its bytes. */
@@ -158,6 +159,18 @@ typedef struct rb_listener {
     atomic_uint conns;  /* connections counted against cfg.max_connections */
 } rb_listener;
 
+/* Storage requests by kind, for ringbus_storage_errors_total{op}. */
+enum {
+    RB_STAT_STORE_APPEND,
+    RB_STAT_STORE_READ,
+    RB_STAT_STORE_HEADS,
+    RB_STAT_STORE_OPS
+};
+/* Bounds of the histograms' buckets (rb_stat_*_le, server/admin.c). */
+#define RB_STAT_LATENCY_BUCKETS 16
+#define RB_STAT_BATCH_BUCKETS   11
+#define RB_STAT_WAVE_BUCKETS    14
+
 /* A shard's counters for /metrics (server/admin.c). Only the shard's own
  * thread writes them (RB_STAT_ADD: a relaxed store, no lock, no atomic
  * read-modify-write); a scrape on any thread reads them relaxed and sums
@@ -182,7 +195,42 @@ typedef struct rb_shard_stats {
     uint64_t repaired_seqs;                /* seqs those reads delivered */
     uint64_t quic_forwarded;               /* datagrams handed to their connection's shard */
     uint64_t quic_forward_dropped;         /* ... dropped: that shard's mailbox was full */
+    uint64_t frames_out;                   /* frames queued to clients */
+    uint64_t bytes_out;                    /* their bytes */
+    uint64_t publish_duplicates;           /* acked with RB_ACK_DUPLICATE */
+    uint64_t catchup_rows;                 /* history rows queued to subscribers */
+    uint64_t busy_ns;                      /* loop time outside the io_uring waits */
+    uint64_t pending_bytes;                /* gauge: live bytes buffered during catch-up */
+    uint64_t sendq_bytes;                  /* gauge: send queue memory, set once a turn */
+    /* gauge: sessions now by transport and state (not RB_CONN_FREE) */
+    uint64_t conn_states[RB_TRANSPORT_KINDS][RB_CONN_STATE_COUNT];
+    /* publishes answered with an error, by wire code */
+    uint64_t publish_errors[RB_WIRE_CODE_LAST + 1];
+    /* requests the store refused or failed, by RB_STAT_STORE_* */
+    uint64_t storage_errors[RB_STAT_STORE_OPS];
+    /* Histograms: counts per bucket (not cumulative: admin.c adds them
+     * up; the last bucket is +Inf) and the sum of what was observed. */
+    uint64_t commit_latency[RB_STAT_LATENCY_BUCKETS + 1];
+    uint64_t commit_latency_ns;
+    uint64_t commit_batch[RB_STAT_BATCH_BUCKETS + 1];
+    uint64_t commit_batch_msgs;
+    uint64_t catchup_wave[RB_STAT_WAVE_BUCKETS + 1];
+    uint64_t catchup_wave_ms;
 } rb_shard_stats;
+
+/* Bucket bounds of the histograms (server/admin.c prints them as le). */
+extern const uint64_t rb_stat_latency_le_ns[RB_STAT_LATENCY_BUCKETS];
+extern const uint64_t rb_stat_batch_le[RB_STAT_BATCH_BUCKETS];
+extern const uint64_t rb_stat_wave_le_ms[RB_STAT_WAVE_BUCKETS];
+/* The bucket of v among n ascending bounds (n: above them all). */
+static inline uint32_t rb_stat_bucket(const uint64_t *le, uint32_t n, uint64_t v)
+{
+    uint32_t i = 0;
+    while (i < n && v > le[i]) {
+        i++;
+    }
+    return i;
+}
 
 #define RB_STAT_ADD(sh, field, n)                                                                  \
     __atomic_store_n(&(sh)->stats.field, (sh)->stats.field + (uint64_t)(n), __ATOMIC_RELAXED)

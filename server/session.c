@@ -28,6 +28,19 @@ static void conn_queue_flush_raw(rb_conn *c);
 static void conn_try_free(rb_conn *c);
 static size_t conn_feed(rb_conn *c, const uint8_t *p, size_t len);
 static void hold_drop(rb_conn *c);
+
+/* Every state change goes through here: the gauge of connections by
+ * transport and state (RB_CONN_FREE is not counted). */
+static void conn_set_state(rb_conn *c, rb_conn_state to)
+{
+    if (c->state != RB_CONN_FREE) {
+        RB_STAT_SUB(c->shard, conn_states[c->transport][c->state], 1);
+    }
+    if (to != RB_CONN_FREE) {
+        RB_STAT_ADD(c->shard, conn_states[c->transport][to], 1);
+    }
+    c->state = to;
+}
 void rb_session_take_frames(rb_shard *sh, rb_frame_kind kind, rb_client_frame_fn *fn)
 {
     RB_ASSERT(kind >= 1 && kind <= RB_FRAME_KIND_LAST && fn != NULL);
@@ -111,8 +124,9 @@ rb_conn *rb_session_open(rb_shard *sh, rb_link *l)
     rb_sendq_init(&c->sendq, &sh->chunk_pool, &sh->seg_pool, &sh->send_budget,
                   rb_send_quota_bytes(&sh->server->cfg));
     rb_sendq_track_frames(&c->sendq);
-    c->state = RB_CONN_HANDSHAKE;
     c->transport = (uint8_t)l->kind;
+    c->state = RB_CONN_FREE;
+    conn_set_state(c, RB_CONN_HANDSHAKE);
     rb_connz_open(c);
     RB_STAT_ADD(sh, accepted[c->transport], 1);
     RB_STAT_ADD(sh, open[c->transport], 1);
@@ -142,6 +156,7 @@ uint8_t *rb_conn_reserve(rb_conn *c, size_t len)
 void rb_conn_commit(rb_conn *c, size_t len)
 {
     rb_sendq_commit(&c->sendq, len);
+    RB_STAT_ADD(c->shard, bytes_out, len);
     conn_queue_flush(c);
 }
 
@@ -150,6 +165,7 @@ int rb_conn_append(rb_conn *c, const uint8_t *p, size_t len)
     if (rb_sendq_append(&c->sendq, p, len, 0) != 0) {
         return RB_ELIMIT;
     }
+    RB_STAT_ADD(c->shard, bytes_out, len);
     conn_queue_flush(c);
     return 0;
 }
@@ -160,6 +176,7 @@ int rb_conn_append_frame(rb_conn *c, const uint8_t *head, size_t head_len, const
     if (rb_sendq_append2(&c->sendq, head, head_len, p, len) != 0) {
         return RB_ELIMIT;
     }
+    RB_STAT_ADD(c->shard, bytes_out, head_len + len);
     conn_queue_flush(c);
     return 0;
 }
@@ -170,6 +187,7 @@ static int append_closing(rb_conn *c, const uint8_t *p, size_t len)
     if (rb_sendq_append(&c->sendq, p, len, RB_SENDQ_RESERVE) != 0) {
         return RB_ELIMIT;
     }
+    RB_STAT_ADD(c->shard, bytes_out, len);
     conn_queue_flush(c);
     return 0;
 }
@@ -180,6 +198,7 @@ int rb_conn_append_frame_ref(rb_conn *c, const uint8_t *head, size_t head_len, r
     if (rb_sendq_append_ref(&c->sendq, head, head_len, b, p, len) != 0) {
         return RB_ELIMIT;
     }
+    RB_STAT_ADD(c->shard, bytes_out, head_len + len);
     conn_queue_flush(c);
     return 0;
 }
@@ -234,6 +253,7 @@ static void conn_queue_flush(rb_conn *c)
 {
     c->last_tx_ms = rb_loop_now_ms(c->shard->loop);
     rb_connz_frame_out(c);
+    RB_STAT_ADD(c->shard, frames_out, 1);
     conn_queue_flush_raw(c);
 }
 
@@ -258,7 +278,7 @@ static void finish_close(rb_conn *c)
     if (c->state == RB_CONN_CLOSED) {
         return;
     }
-    c->state = RB_CONN_CLOSED;
+    conn_set_state(c, RB_CONN_CLOSED);
     rb_timer_disarm(c->shard->loop, &c->timer);
     rb_stream_conn_closed(c);
     for (uint32_t i = 0; i < c->shard->closed_fn_count; i++) {
@@ -293,7 +313,7 @@ static void conn_try_free(rb_conn *c)
     rb_conn_addr_release(c);
     rb_connz_free(c);
     RB_LOG_DEBUG(c->id, "freed");
-    c->state = RB_CONN_FREE;
+    conn_set_state(c, RB_CONN_FREE);
     c->free_next = sh->conn_free;
     sh->conn_free = c;
     atomic_fetch_sub(&sh->conn_count, 1);
@@ -363,7 +383,7 @@ void rb_session_ended(rb_conn *c, rb_layer_end how, const char *why)
     } else {
         RB_LOG_DEBUG(c->id, "closing: %s", why);
     }
-    c->state = RB_CONN_CLOSING;
+    conn_set_state(c, RB_CONN_CLOSING);
     stop_reading(c);
     c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
     conn_rearm_timer(c);
@@ -393,7 +413,7 @@ void rb_conn_close(rb_conn *c, uint16_t status, const char *fmt, ...)
     if (status == RB_WIRE_RESOURCE_EXHAUSTED || rb_conn_send_full(c, 0)) {
         tx_drop_unstarted(c);
     }
-    c->state = RB_CONN_CLOSING;
+    conn_set_state(c, RB_CONN_CLOSING);
     stop_reading(c);
     if (!c->link->ops->ready(c->link)) {
         /* Before the link's handshake is done no frame can go out: the
@@ -569,7 +589,7 @@ static void conn_timer_fired(rb_timer *t)
         return;
     }
     if (c->state == RB_CONN_DRAINING && now >= c->close_deadline_ms) {
-        c->state = RB_CONN_OPEN;
+        conn_set_state(c, RB_CONN_OPEN);
         rb_conn_close(c, RB_WIRE_DEADLINE_EXCEEDED, "half-close drain exceeded the close grace");
         /* The one grace is spent: one more flush attempt, then close. */
         c->close_deadline_ms = now + RB_LOOP_TICK_MS;
@@ -848,7 +868,7 @@ static void send_started(rb_conn *c, uint64_t corr)
         buf, sizeof buf, corr, cfg->keepalive_ms, RB_CAP_STREAM | RB_CAP_PUBLISH | RB_CAP_RPC,
         cfg->max_frame_bytes, id, rb_stream_epoch(c->shard), client_id);
     RB_ASSERT(n > 0);
-    c->state = RB_CONN_OPEN;
+    conn_set_state(c, RB_CONN_OPEN);
     rb_connz_hello(c, rb_conn_who(c), NULL, 0);
     if (rb_conn_append(c, buf, n) != 0) {
         conn_fail(c, corr, RB_WIRE_RESOURCE_EXHAUSTED, "no send buffer for STARTED");
@@ -1039,7 +1059,7 @@ static void on_frame(rb_conn *c, const rb_frame *f)
         break;
     case RB_FRAME_CLOSE:
         if (f->u.close.status == RB_WIRE_OK) {
-            c->state = RB_CONN_DRAINING;
+            conn_set_state(c, RB_CONN_DRAINING);
             stop_reading(c);
             c->close_deadline_ms = rb_loop_now_ms(c->shard->loop) + c->shard->cfg->close_grace_ms;
             conn_rearm_timer(c);

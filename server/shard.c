@@ -172,6 +172,8 @@ static void shard_turns(rb_shard *sh)
             RB_LOG_ERROR(0, "%s", err.msg);
             break;
         }
+        RB_STAT_SET(sh, busy_ns, rb_loop_busy_ns(sh->loop));
+        RB_STAT_SET(sh, sendq_bytes, sh->send_budget.used_bytes);
         rb_mailbox_drain(&sh->mail);
     }
 }

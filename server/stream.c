@@ -87,6 +87,7 @@ typedef struct wave {
     uint64_t corr;
     uint32_t remaining;
     bool used;
+    uint64_t start_ms; /* loop time of its MUTATE */
 } wave;
 
 struct rb_stream {
@@ -426,6 +427,7 @@ static void pending_drop(rb_shard *sh, entry *e)
     }
     e->pend_head = NULL;
     e->pend_tail = NULL;
+    RB_STAT_SUB(sh, pending_bytes, e->pend_bytes);
     e->pend_bytes = 0;
 }
 
@@ -471,6 +473,11 @@ static void wave_entry_done(rb_stream *st, entry *e)
         return;
     }
     if (st->conn->state != RB_CONN_CLOSING && st->conn->state != RB_CONN_CLOSED) {
+        rb_shard *sh = st->conn->shard;
+        uint64_t took = rb_loop_now_ms(sh->loop) - w->start_ms;
+        RB_STAT_ADD(
+            sh, catchup_wave[rb_stat_bucket(rb_stat_wave_le_ms, RB_STAT_WAVE_BUCKETS, took)], 1);
+        RB_STAT_ADD(sh, catchup_wave_ms, took);
         send_catchup_complete(st->conn, w);
     }
     w->used = false;
@@ -889,6 +896,7 @@ static void catchup_finish(rb_subs *s, entry *e)
             e->pend_tail = NULL;
         }
         e->pend_bytes -= b->bytes;
+        RB_STAT_SUB(sh, pending_bytes, b->bytes);
         bool ok = send_block(e, b, mid);
         rb_block_unref(b);
         rb_pool_put(&sh->seg_pool, seg);
@@ -1031,6 +1039,7 @@ static bool send_rows(entry *e, const uint8_t *rows, size_t bytes, uint32_t coun
                 return false;
             }
             rb_connz_msgs_out(c, fcount);
+            RB_STAT_ADD(c->shard, catchup_rows, fcount);
             start += fbytes;
             fbytes = 0;
             fcount = 0;
@@ -1088,9 +1097,17 @@ static void read_done(rb_read_req *req)
     reader *r = req->ctx;
     rb_subs *s = r->subs;
     r->busy = false;
+    /* One error per failed read, or per failed range of a read. */
+    if (req->status != 0) {
+        RB_STAT_ADD(s->shard, storage_errors[RB_STAT_STORE_READ], 1);
+    }
     for (uint32_t i = 0; i < req->range_count; i++) {
         entry *e = r->entries[i];
         e->reading = false;
+        int rs = r->ranges[i].status;
+        if (req->status == 0 && rs != 0 && rs != RB_ERANGE) {
+            RB_STAT_ADD(s->shard, storage_errors[RB_STAT_STORE_READ], 1);
+        }
         if (e->dead) {
             if (!e->queued) {
                 rb_pool_put(&s->entry_pool, e);
@@ -1189,6 +1206,7 @@ static bool pending_add(rb_subs *s, entry *e, rb_block *b)
     }
     e->pend_tail = seg;
     e->pend_bytes += b->bytes;
+    RB_STAT_ADD(s->shard, pending_bytes, b->bytes);
     return true;
 }
 
@@ -1515,7 +1533,10 @@ static void apply_adds(rb_subs *s, rb_stream *st, const rb_frame *f, uint32_t un
         slot++;
     }
     wave *w = &st->waves[slot];
-    *w = (wave){.mutate_id = f->u.mutate.mutate_id, .corr = f->hdr.corr_id, .used = true};
+    *w = (wave){.mutate_id = f->u.mutate.mutate_id,
+                .corr = f->hdr.corr_id,
+                .used = true,
+                .start_ms = rb_loop_now_ms(s->shard->loop)};
     st->wave_count++;
     /* Held by the wave itself until every add is placed, so an entry that
      * completes at once cannot end the wave early. */

@@ -267,6 +267,9 @@ struct rb_storage {
     atomic_bool ready;
     atomic_uint_fast64_t epoch; /* stored before ready becomes true */
     atomic_uint shard_count;
+    /* conn_fail calls (a lost connection or a failed attempt; cold path,
+     * so one atomic add from any shard) */
+    atomic_uint_fast64_t reconnects;
 };
 
 struct rb_storage_shard {
@@ -800,6 +803,7 @@ static void conn_fail(pg_conn *c, const char *why)
     snprintf(reason, sizeof reason, "%.*s", (int)strcspn(why, "\n"), why);
     RB_LOG_WARN(0, "postgres conn %u: %s; %u requests failed; reconnecting in %u ms", c->index,
                 reason, c->depth, c->backoff_ms);
+    atomic_fetch_add_explicit(&sh->st->reconnects, 1, memory_order_relaxed);
     c->state = CONN_CLOSING;
     pg_job *j = c->head;
     c->head = NULL;
@@ -1850,6 +1854,7 @@ static int pg_open(const rb_config *cfg, rb_storage **out, rb_err *err)
     atomic_init(&st->ready, false);
     atomic_init(&st->epoch, 0);
     atomic_init(&st->shard_count, 0);
+    atomic_init(&st->reconnects, 0);
     RB_ASSERT(st->pool_size >= 1 && st->batch_messages >= 1);
     int rc = params_from_config(cfg, &st->params, err);
     rc = rc ? rc : boot_start(st, err);
@@ -2046,6 +2051,11 @@ static void pg_shard_close(rb_storage_shard *sh)
     shard_free(sh);
 }
 
+static uint64_t pg_reconnects(rb_storage *st)
+{
+    return atomic_load_explicit(&st->reconnects, memory_order_relaxed);
+}
+
 const rb_storage_ops rb_storage_postgres_ops = {
     .name = "postgres",
     .open = pg_open,
@@ -2058,4 +2068,5 @@ const rb_storage_ops rb_storage_postgres_ops = {
     .ready = pg_ready,
     .epoch = pg_epoch,
     .migrate = pg_migrate,
+    .reconnects = pg_reconnects,
 };

@@ -146,6 +146,10 @@ typedef struct rb_storage_ops {
     /* Optional (NULL: nothing to migrate). Applies the backend's schema
      * migrations and returns (ringbusd --migrate-only); blocking. */
     int (*migrate)(const rb_config *cfg, rb_err *err);
+    /* Optional (NULL: none). Connections lost or attempts failed since
+     * open, each retried after a backoff (ringbus_storage_reconnects_total).
+     * Any thread. */
+    uint64_t (*reconnects)(rb_storage *st);
 } rb_storage_ops;
 
 extern const rb_storage_ops rb_storage_memory_ops;

@@ -147,3 +147,108 @@ def test_bad_requests_get_precise_statuses(make_daemon):
     # not a session.
     assert path(d.http_port, "/healthz")[0] == 200
     assert get(d.http_port, rp.encode_hello(1, name="x"))[0] == 400
+
+
+def buckets(samples, name):
+    """The (le, count) pairs of a histogram, in le order."""
+    out = sorted((float(dict(k)["le"]), v) for (n, k), v in samples.items()
+                 if n == name + "_bucket")
+    assert out and out[-1][0] == float("inf"), name
+    return out
+
+
+def test_metrics_sent_commits_and_catchup(make_daemon):
+    """Frames and bytes sent, the commit histograms, catch-up rows and
+    waves, connection states and busy time match a randomized run."""
+    seed = int(os.environ.get("RINGBUS_TEST_SEED", random.randrange(1 << 30)))
+    rng = random.Random(seed)
+    msg = f"seed {seed}"
+    d = start(make_daemon)
+    before = scrape(d.http_port)
+    pub = rp.Conn("127.0.0.1", d.port, timeout=10)
+    pub.hello()
+    n = rng.randint(5, 80)
+    for i in range(n):
+        assert pub.publish("h.topic", f"p{i}" * rng.randint(1, 20), corr=i + 1).kind == \
+            rp.PUBLISH_ACK
+    # Readers from random cursors: their rows come from storage (catch-up).
+    readers, history = [], 0
+    for k in range(rng.randint(1, 4)):
+        cursor = rng.randint(0, n - 1)
+        c = rp.Conn("127.0.0.1", d.port, timeout=10)
+        c.hello()
+        c.mutate(1, 7, adds=[("h.topic", cursor)])
+        got = 0
+        while True:
+            f = c.recv(10)
+            if f.kind == rp.MESSAGES:
+                got += len(f["items"])
+            elif f.kind == rp.CATCHUP_COMPLETE:
+                break
+        assert got == n - cursor, msg
+        history += got
+        readers.append(c)
+    after = scrape(d.http_port)
+
+    def delta(name, **labels):
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("ringbus_catchup_rows_total") == history, msg
+    # Each publish got a PUBLISH_ACK frame; each reader at least one
+    # MESSAGES frame and a CATCHUP_COMPLETE (plus HELLO answers).
+    assert delta("ringbus_frames_sent_total") >= n + 2 * len(readers) + 1 + len(readers), msg
+    assert delta("ringbus_sent_bytes_total") > delta("ringbus_frames_sent_total") * 8, msg
+    commits = buckets(after, "ringbus_commit_latency_seconds")
+    counts = [v for _, v in commits]
+    assert counts == sorted(counts), (msg, commits)
+    assert value(after, "ringbus_commit_latency_seconds_count") == counts[-1] > 0, msg
+    assert 0 <= value(after, "ringbus_commit_latency_seconds_sum") < 10 * counts[-1], msg
+    batch = buckets(after, "ringbus_commit_batch_messages")
+    assert [v for _, v in batch] == sorted(v for _, v in batch), msg
+    # Same batches, and every publish in one of them.
+    assert batch[-1][1] == counts[-1] and value(after, "ringbus_commit_batch_messages_sum") == n, msg
+    waves = buckets(after, "ringbus_catchup_duration_seconds")
+    assert waves[-1][1] - dict(buckets(before, "ringbus_catchup_duration_seconds"))[
+        float("inf")] == len(readers), msg
+    assert value(after, "ringbus_connection_states", transport="tcp", state="open") == \
+        len(readers) + 1, msg
+    assert value(after, "ringbus_connection_states", transport="tcp", state="handshake") == 0
+    assert value(after, "ringbus_pending_buffer_bytes") == 0, msg
+    assert value(after, "ringbus_send_queue_bytes") >= 0
+    assert delta("ringbus_publish_duplicates_total") == 0, msg
+    assert delta("ringbus_storage_errors_total", op="append") == 0, msg
+    assert value(after, "ringbus_storage_reconnects_total") == 0
+    for s in ("0", "1"):
+        busy = value(after, "ringbus_loop_busy_seconds_total", shard=s)
+        assert 0 < busy <= value(after, "ringbus_uptime_seconds") + 1, msg
+    for c in readers + [pub]:
+        c.close()
+
+
+def test_storage_errors_and_reconnects_when_postgres_stops(make_daemon, pg_cluster, pg_db):
+    tcp, http = free_port(), free_port()
+    d = make_daemon(storage="postgres", conninfo=pg_db.conninfo,
+                    listeners=tcp_listener(tcp) + http_listener(http))
+    c = rp.Conn("127.0.0.1", tcp, timeout=30)
+    c.hello()
+    assert c.publish("pg.m", "first", corr=1).kind == rp.PUBLISH_ACK
+    before = scrape(http)
+    assert value(before, "ringbus_storage_reconnects_total") == 0
+    errors = 0
+    pg_cluster.stop()
+    try:
+        for corr in range(2, 12):
+            f = c.publish("pg.m", f"v{corr}", corr=corr)
+            if f.kind == rp.ERROR:
+                assert f["code_name"] == "unavailable", f
+                errors += 1
+        after = scrape(http)
+    finally:
+        pg_cluster.start()
+    assert errors > 0
+    assert value(after, "ringbus_publish_errors_total", code="unavailable") == errors
+    appends = (value(after, "ringbus_storage_errors_total", op="append")
+               - value(before, "ringbus_storage_errors_total", op="append"))
+    assert 1 <= appends <= errors, (appends, errors)
+    assert value(after, "ringbus_storage_reconnects_total") >= 1
+    c.close()
