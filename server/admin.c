@@ -113,6 +113,26 @@ static void readyz(const rb_admin *admin, rb_http_span query, rb_http_response *
         answer_body(resp, 503, NULL, &b);
         return;
     }
+    const rb_server *srv = admin->server;
+    uint32_t unreachable = srv->storage_ops != NULL && srv->storage_ops->unreachable_shards != NULL
+                               ? srv->storage_ops->unreachable_shards(srv->storage)
+                               : 0;
+    if (unreachable > 0) {
+        body b = {0};
+        put(&b, "not ready: storage unreachable from %u shard%s", unreachable,
+            unreachable == 1 ? "" : "s");
+        answer_body(resp, 503, NULL, &b);
+        return;
+    }
+    uint32_t up = 0;
+    uint32_t peers = 0;
+    if (rb_cluster_cut_off(srv, &up, &peers)) {
+        body b = {0};
+        put(&b, "not ready: the replica links reach %u of %u peers (fewer than half the cluster)",
+            up, peers);
+        answer_body(resp, 503, NULL, &b);
+        return;
+    }
     resp->status = 200;
     resp->body = "ready";
 }

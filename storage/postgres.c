@@ -270,11 +270,15 @@ struct rb_storage {
     /* conn_fail calls (a lost connection or a failed attempt; cold path,
      * so one atomic add from any shard) */
     atomic_uint_fast64_t reconnects;
+    /* Shards open with no connection ready (GET /readyz); each shard moves
+     * it when its own ready count leaves or reaches 0. */
+    atomic_uint shards_unreachable;
 };
 
 struct rb_storage_shard {
     rb_storage *st;
     rb_loop *loop;
+    uint32_t ready_conns; /* connections in CONN_READY (this shard only) */
     uint32_t shard_id;
     pg_conn *conns;
     pg_job *jobs;
@@ -804,6 +808,9 @@ static void conn_fail(pg_conn *c, const char *why)
     RB_LOG_WARN(0, "postgres conn %u: %s; %u requests failed; reconnecting in %u ms", c->index,
                 reason, c->depth, c->backoff_ms);
     atomic_fetch_add_explicit(&sh->st->reconnects, 1, memory_order_relaxed);
+    if (c->state == CONN_READY && --sh->ready_conns == 0) {
+        atomic_fetch_add(&sh->st->shards_unreachable, 1);
+    }
     c->state = CONN_CLOSING;
     pg_job *j = c->head;
     c->head = NULL;
@@ -857,6 +864,12 @@ static void conn_start(pg_conn *c)
     connect_wait(c, PGRES_POLLING_WRITING);
 }
 
+/* One more connection of sh is ready: true when it is the first. */
+static bool sh_ready_conns_up(rb_storage_shard *sh)
+{
+    return sh->ready_conns++ == 0;
+}
+
 /* Connected: nonblocking pipeline mode, then the statements are prepared
  * (a setup job; requests may follow it in the pipeline at once). */
 static void conn_ready(pg_conn *c)
@@ -867,6 +880,9 @@ static void conn_ready(pg_conn *c)
         return;
     }
     c->state = CONN_READY;
+    if (sh_ready_conns_up(c->sh)) {
+        atomic_fetch_sub(&c->sh->st->shards_unreachable, 1);
+    }
     if (arm_read(c) != 0) {
         conn_fail(c, "no submission entry to poll its socket");
         return;
@@ -1855,6 +1871,7 @@ static int pg_open(const rb_config *cfg, rb_storage **out, rb_err *err)
     atomic_init(&st->epoch, 0);
     atomic_init(&st->shard_count, 0);
     atomic_init(&st->reconnects, 0);
+    atomic_init(&st->shards_unreachable, 0);
     RB_ASSERT(st->pool_size >= 1 && st->batch_messages >= 1);
     int rc = params_from_config(cfg, &st->params, err);
     rc = rc ? rc : boot_start(st, err);
@@ -2014,6 +2031,7 @@ static int pg_shard_open(rb_storage *st, rb_loop *loop, uint32_t shard_id, rb_st
     for (uint32_t i = 0; i < st->pool_size; i++) {
         conn_init(sh, &sh->conns[i], i);
     }
+    atomic_fetch_add(&st->shards_unreachable, 1); /* until a connection is ready */
     for (uint32_t i = 0; i < st->pool_size; i++) {
         conn_start(&sh->conns[i]);
     }
@@ -2048,12 +2066,20 @@ static void pg_shard_close(rb_storage_shard *sh)
     rb_timer_disarm(sh->loop, &sh->retain_timer);
     rb_timer_disarm(sh->loop, &sh->prune_timer);
     atomic_fetch_sub(&sh->st->shard_count, 1);
+    if (sh->ready_conns == 0) {
+        atomic_fetch_sub(&sh->st->shards_unreachable, 1);
+    }
     shard_free(sh);
 }
 
 static uint64_t pg_reconnects(rb_storage *st)
 {
     return atomic_load_explicit(&st->reconnects, memory_order_relaxed);
+}
+
+static uint32_t pg_unreachable_shards(rb_storage *st)
+{
+    return atomic_load(&st->shards_unreachable);
 }
 
 const rb_storage_ops rb_storage_postgres_ops = {
@@ -2069,4 +2095,5 @@ const rb_storage_ops rb_storage_postgres_ops = {
     .epoch = pg_epoch,
     .migrate = pg_migrate,
     .reconnects = pg_reconnects,
+    .unreachable_shards = pg_unreachable_shards,
 };

@@ -150,6 +150,10 @@ typedef struct rb_storage_ops {
      * open, each retried after a backoff (ringbus_storage_reconnects_total).
      * Any thread. */
     uint64_t (*reconnects)(rb_storage *st);
+    /* Optional (NULL: always reachable). Shards that have no connection
+     * to the store ready now (their requests fail at once); GET /readyz
+     * answers 503 while it is above 0. Any thread. */
+    uint32_t (*unreachable_shards)(rb_storage *st);
 } rb_storage_ops;
 
 extern const rb_storage_ops rb_storage_memory_ops;

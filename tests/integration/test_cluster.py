@@ -13,6 +13,7 @@ import socket
 import struct
 import threading
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -69,6 +70,15 @@ class Cluster:
         url = f"http://127.0.0.1:{self.http[i]}/v1/cluster"
         with urllib.request.urlopen(url, timeout=WAIT_S) as r:
             return json.loads(r.read())
+
+    def readyz(self, i):
+        """(status, body) of node i's GET /readyz."""
+        url = f"http://127.0.0.1:{self.http[i]}/readyz"
+        try:
+            with urllib.request.urlopen(url, timeout=WAIT_S) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
 
     def links_up(self, i):
         return sum(1 for p in self.state(i)["peers"] if p["link"] == "up")
@@ -246,6 +256,8 @@ def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     subs = [subscribe(cluster.nodes[i], ["k"]) for i in (1, 2)]
     pub = conn(cluster.nodes[0])
     acked = publish_n(pub, "k", 100)
+    cluster.wait_mesh()
+    assert cluster.readyz(1) == (200, "ready\n")
     cluster.nodes[0].kill9()
     for s in subs:
         got = live_messages(s, 100)
@@ -257,6 +269,9 @@ def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     seqs = [s for f in frames if f.kind == rp.MESSAGES for (_, s, _) in f["items"]]
     assert seqs == list(range(41, 101))
     wait_for(lambda: cluster.links_up(1) == 1 and cluster.links_up(2) == 1, "the survivors' mesh")
+    # The survivors still reach half the cluster: ready (a load balancer
+    # keeps them).
+    assert cluster.readyz(1) == (200, "ready\n")
     # The restarted node rejoins, and live traffic flows to it again.
     cluster.nodes[0].start()
     cluster.wait_mesh()
@@ -264,6 +279,12 @@ def test_killed_node_loses_no_acknowledged_message(cluster, make_daemon):
     publish_n(conn(cluster.nodes[2]), "k", 5, tag="after")
     got = live_messages(sub0, 5)
     assert [q for _, q, _ in got] == [101, 102, 103, 104, 105]
+    # A node cut off from the rest (both others killed) says so in /readyz.
+    cluster.nodes[0].kill9()
+    cluster.nodes[2].kill9()
+    wait_for(lambda: cluster.links_up(1) == 0, "node 2 alone")
+    assert cluster.readyz(1) == (
+        503, "not ready: the replica links reach 0 of 2 peers (fewer than half the cluster)\n")
 
 
 def test_receiver_short_of_block_memory_backpressures_the_link(make_daemon, pg_db, tmp_path):

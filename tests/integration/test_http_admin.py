@@ -8,6 +8,7 @@ import json
 import os
 import random
 import socket
+import time
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -232,6 +233,7 @@ def test_storage_errors_and_reconnects_when_postgres_stops(make_daemon, pg_clust
     c = rp.Conn("127.0.0.1", tcp, timeout=30)
     c.hello()
     assert c.publish("pg.m", "first", corr=1).kind == rp.PUBLISH_ACK
+    assert path(http, "/readyz")[0:3:2] == (200, "ready\n")
     before = scrape(http)
     assert value(before, "ringbus_storage_reconnects_total") == 0
     errors = 0
@@ -243,8 +245,16 @@ def test_storage_errors_and_reconnects_when_postgres_stops(make_daemon, pg_clust
                 assert f["code_name"] == "unavailable", f
                 errors += 1
         after = scrape(http)
+        # /readyz says why while Postgres is away (every shard lost its
+        # connections: the store is unreachable from them).
+        status, _, body = path(http, "/readyz")
+        assert status == 503 and "storage unreachable from" in body, (status, body)
     finally:
         pg_cluster.start()
+    deadline = time.monotonic() + 30
+    while path(http, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, path(http, "/readyz")
+        time.sleep(0.1)
     assert errors > 0
     assert value(after, "ringbus_publish_errors_total", code="unavailable") == errors
     appends = (value(after, "ringbus_storage_errors_total", op="append")
