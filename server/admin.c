@@ -124,12 +124,10 @@ static void readyz(const rb_admin *admin, rb_http_span query, rb_http_response *
         answer_body(resp, 503, NULL, &b);
         return;
     }
-    uint32_t up = 0;
-    uint32_t peers = 0;
-    if (rb_cluster_cut_off(srv, &up, &peers)) {
+    char why[160];
+    if (admin->ready_check != NULL && !admin->ready_check(srv, why, sizeof why)) {
         body b = {0};
-        put(&b, "not ready: the replica links reach %u of %u peers (fewer than half the cluster)",
-            up, peers);
+        put(&b, "not ready: %s", why);
         answer_body(resp, 503, NULL, &b);
         return;
     }
@@ -446,6 +444,11 @@ static void topicz(const rb_admin *admin, rb_http_span query, rb_http_response *
 }
 
 /* ---- JSON sections ---- */
+
+void rb_admin_set_ready_check(rb_admin *admin, rb_admin_ready_fn *check)
+{
+    admin->ready_check = check;
+}
 
 int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err)
 {

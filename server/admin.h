@@ -48,8 +48,14 @@ typedef struct rb_admin_section {
     rb_admin_json_fn json;
 } rb_admin_section;
 
+/* A readiness check of GET /readyz beyond the built-in ones (storage,
+ * stalled shards): false with a one-line reason in why (cap bytes) when
+ * the node should not get traffic. Any thread. */
+typedef bool rb_admin_ready_fn(const struct rb_server *srv, char *why, size_t cap);
+
 typedef struct rb_admin {
     const atomic_bool *ready;       /* the daemon's readiness; borrowed */
+    rb_admin_ready_fn *ready_check; /* NULL: none (rb_admin_set_ready_check) */
     const struct rb_server *server; /* NULL in tests without a server */
     const char *version;            /* for /v1/varz */
     uint64_t started_ms;            /* rb_clock_ms() at start */
@@ -60,6 +66,9 @@ typedef struct rb_admin {
 /* Adds GET path answered with json's body; before the shards start (the
  * table is read without a lock). RB_ELIMIT past RB_ADMIN_SECTIONS_MAX. */
 int rb_admin_add_json(rb_admin *admin, const char *path, rb_admin_json_fn json, rb_err *err);
+
+/* Sets /readyz's extra check (the cluster's); before the shards start. */
+void rb_admin_set_ready_check(rb_admin *admin, rb_admin_ready_fn *check);
 
 /* The first of srv's shards whose loop has not turned within
  * RB_ADMIN_STALL_MS (*age_ms: for how long), or -1 when all turn: the

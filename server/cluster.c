@@ -1520,16 +1520,21 @@ const rb_subsystem rb_cluster_subsystem = {
 
 /* ---- introspection ---- */
 
-bool rb_cluster_cut_off(const rb_server *srv, uint32_t *links_up, uint32_t *peers)
+bool rb_cluster_ready(const rb_server *srv, char *why, size_t cap)
 {
     const rb_config *cfg = &srv->cfg;
-    *links_up = 0;
-    *peers = enabled(cfg) ? cfg->cluster_peer_count : 0;
-    for (uint32_t i = 0; i < *peers; i++) {
-        *links_up += STAT_GET(stats.peers[i].state) == LINK_UP;
+    uint32_t peers = enabled(cfg) ? cfg->cluster_peer_count : 0;
+    uint32_t up = 0;
+    for (uint32_t i = 0; i < peers; i++) {
+        up += STAT_GET(stats.peers[i].state) == LINK_UP;
     }
     /* This node and the peers it reaches, against the whole cluster. */
-    return *peers > 0 && 2 * (*links_up + 1) < *peers + 1;
+    if (peers > 0 && 2 * (up + 1) < peers + 1) {
+        snprintf(why, cap, "the replica links reach %u of %u peers (fewer than half the cluster)",
+                 up, peers);
+        return false;
+    }
+    return true;
 }
 
 size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap)

@@ -830,6 +830,7 @@ static int run(rb_server *srv)
     srv->subsystem_count = rb_shard_subsystem_count;
     srv->admin.version = RB_VERSION;
     rc = rc ? rc : rb_admin_add_json(&srv->admin, "/v1/cluster", rb_cluster_json, &err);
+    rb_admin_set_ready_check(&srv->admin, rb_cluster_ready);
     rc = rc ? rc : rb_watchdog_init(srv->shard_count, &err);
     rc = rc ? rc : rb_server_start(srv, &err);
     if (rc != 0) {

@@ -508,11 +508,11 @@ extern const rb_subsystem rb_cluster_subsystem;
 /* The cluster's state as JSON, the GET /v1/cluster section (server/admin.h;
  * any thread). Returns the length written (cap when cut short). */
 size_t rb_cluster_json(const rb_server *srv, char *out, size_t cap);
-/* GET /readyz: true when this node and the peers its replica links reach
- * now are fewer than half the cluster (a node cut off from it; the
- * survivors of a dead node stay ready). Sets the links up and the peers
- * configured (0 without a cluster). Any thread. */
-bool rb_cluster_cut_off(const rb_server *srv, uint32_t *links_up, uint32_t *peers);
+/* GET /readyz's check (rb_admin_ready_fn): false, with the reason, while
+ * this node and the peers its replica links reach now are fewer than half
+ * the cluster (a node cut off from it; the survivors of a dead node stay
+ * ready); true without a cluster. Any thread. */
+bool rb_cluster_ready(const rb_server *srv, char *why, size_t cap);
 /* server/owner.c: the owners' part of the cluster. What an owner tells the
  * replica plane, which attaches it at its init (after the owner's):
  * local_interest: t gained its first (on) or lost its last local
