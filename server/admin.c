@@ -114,9 +114,10 @@ static void readyz(const rb_admin *admin, rb_http_span query, rb_http_response *
         return;
     }
     const rb_server *srv = admin->server;
-    uint32_t unreachable = srv->storage_ops != NULL && srv->storage_ops->unreachable_shards != NULL
-                               ? srv->storage_ops->unreachable_shards(srv->storage)
-                               : 0;
+    uint32_t unreachable =
+        srv != NULL && srv->storage_ops != NULL && srv->storage_ops->unreachable_shards != NULL
+            ? srv->storage_ops->unreachable_shards(srv->storage)
+            : 0;
     if (unreachable > 0) {
         body b = {0};
         put(&b, "not ready: storage unreachable from %u shard%s", unreachable,
@@ -125,7 +126,7 @@ static void readyz(const rb_admin *admin, rb_http_span query, rb_http_response *
         return;
     }
     char why[160];
-    if (admin->ready_check != NULL && !admin->ready_check(srv, why, sizeof why)) {
+    if (srv != NULL && admin->ready_check != NULL && !admin->ready_check(srv, why, sizeof why)) {
         body b = {0};
         put(&b, "not ready: %s", why);
         answer_body(resp, 503, NULL, &b);
