@@ -392,7 +392,8 @@ static void varz(const rb_admin *admin, rb_http_span query, rb_http_response *re
         answer_body(resp, 503, "application/json", &b);
         return;
     }
-    const rb_config *c = &srv->cfg;
+    const rb_config *c = atomic_load_explicit(&srv->cfg_shown, memory_order_acquire);
+    c = c != NULL ? c : &srv->cfg; /* the newest reload's, else the start config */
     /* The version and server id come from the build and the config file,
      * never from a peer; they hold no quotes (config validates server_id). */
     put(&b,

@@ -560,6 +560,7 @@ static void reload(rb_server *srv)
     } else {
         rb_err err;
         rb_reload_gen *prev = srv->reload_gen;
+        atomic_store_explicit(&srv->cfg_shown, rb_reload_gen_config(g), memory_order_release);
         int rc = rb_reload_hand_over(srv, g, &err);
         srv->reload_gen = g;
         bool switched = rc == 0 && rb_reload_wait(srv, g, RB_RELOAD_SWITCH_MS_MAX);

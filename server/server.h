@@ -331,7 +331,12 @@ struct rb_server {
     rb_identity anonymous;   /* shared by connections under auth.mode = "none" */
     atomic_uint_fast64_t next_conn_id;
     struct rb_reload_gen *reload_gen; /* the newest reloaded config; NULL = cfg (main thread) */
-    rb_auth *reload_auth;             /* the newest reloaded verifier; NULL = auth (main thread) */
+    /* What /v1/varz shows: the newest reload's config (NULL: cfg). The main
+     * thread stores it (release) before handing that config to the shards,
+     * so a reader on a shard is done with the previous one before the
+     * shard switches and the previous one can be freed. */
+    _Atomic(const rb_config *) cfg_shown;
+    rb_auth *reload_auth; /* the newest reloaded verifier; NULL = auth (main thread) */
     /* Per-address limits of tcp/tls/ws/wss connections (server/acceptor.c):
      * the table, behind its lock (shards admit and release), and the
      * connections counted against max_connections_total. */

@@ -157,6 +157,26 @@ def test_log_level_limit_and_keepalive_apply_live_while_streams_flow(make_daemon
     traffic.check()
 
 
+def test_varz_shows_the_reloaded_configuration(make_daemon):
+    """GET /v1/varz describes what the daemon runs now: after a reload, the
+    new keepalive and the listener it added."""
+    import json
+    import urllib.request
+    http, extra_tcp = free_port(), free_port()
+    d = make_daemon()
+    d.config_path.write_text(config([("tcp", d.port), ("http", http)]))
+    reload(d)
+
+    def varz():
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/v1/varz", timeout=5) as r:
+            return json.loads(r.read())
+    assert varz()["timeouts_ms"]["keepalive"] == 30000
+    reload(d, config([("tcp", d.port), ("http", http), ("tcp", extra_tcp)], keepalive=7000))
+    v = varz()
+    assert v["timeouts_ms"]["keepalive"] == 7000, v
+    assert {"transport": "tcp", "address": "127.0.0.1", "port": extra_tcp} in v["listeners"], v
+
+
 def test_log_format_applies_live(make_daemon):
     """log_format switches at a reload: the lines after it are JSON, the
     ones before stay text, and a switch back gives text again."""
