@@ -419,7 +419,13 @@ static void varz(const rb_admin *admin, rb_http_span query, rb_http_response *re
 
 /* ---- /v1/connz ---- */
 
-static void connz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
+typedef int introspect_fn(const rb_server *srv, rb_http_span query, char *out, size_t cap,
+                          size_t *len);
+
+/* A route answered by rb_connz_answer or rb_topicz_answer: JSON on 200,
+ * their one-line reason otherwise. */
+static void introspect(const rb_admin *admin, rb_http_span query, rb_http_response *resp,
+                       introspect_fn *answer)
 {
     body b = {0};
     if (admin->server == NULL || admin->server->shards == NULL) {
@@ -427,22 +433,19 @@ static void connz(const rb_admin *admin, rb_http_span query, rb_http_response *r
         answer_body(resp, 503, "application/json", &b);
         return;
     }
-    int status = rb_connz_answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
+    int status = answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
     b.full = b.len >= sizeof body_buf;
     answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
 }
 
+static void connz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
+{
+    introspect(admin, query, resp, rb_connz_answer);
+}
+
 static void topicz(const rb_admin *admin, rb_http_span query, rb_http_response *resp)
 {
-    body b = {0};
-    if (admin->server == NULL || admin->server->shards == NULL) {
-        put(&b, "{\"error\":\"no server\"}");
-        answer_body(resp, 503, "application/json", &b);
-        return;
-    }
-    int status = rb_topicz_answer(admin->server, query, body_buf, sizeof body_buf, &b.len);
-    b.full = b.len >= sizeof body_buf;
-    answer_body(resp, status, status == 200 ? "application/json" : NULL, &b);
+    introspect(admin, query, resp, rb_topicz_answer);
 }
 
 /* ---- JSON sections ---- */

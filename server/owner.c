@@ -1041,6 +1041,21 @@ static void start_hole_read(rb_owner *o)
 static void start_refreshes(rb_owner *o);
 static void topic_mark_dirty(rb_topic *t);
 
+/* A committed batch joins the owner's done list (in commit order), its
+ * block and fan-out still to be made by finish_committed. */
+static void done_push(rb_owner *o, batch *b)
+{
+    b->next = NULL;
+    b->blk = NULL;
+    b->fan_planned = false;
+    if (o->done_tail == NULL) {
+        o->done_head = b;
+    } else {
+        o->done_tail->next = b;
+    }
+    o->done_tail = b;
+}
+
 static void append_done(rb_append_req *req)
 {
     batch *b = req->ctx;
@@ -1088,15 +1103,7 @@ static void append_done(rb_append_req *req)
         t->head = req->last_seq;
     }
     rb_topicz_head(o->shard, &t->topicz, t->name, t->name_len, t->head, b->stored);
-    b->next = NULL;
-    b->blk = NULL;
-    b->fan_planned = false;
-    if (o->done_tail == NULL) {
-        o->done_head = b;
-    } else {
-        o->done_tail->next = b;
-    }
-    o->done_tail = b;
+    done_push(o, b);
     finish_committed(o);
 }
 
@@ -1120,14 +1127,7 @@ static void eph_commit(rb_topic *t)
         b->req.first_seq = t->head + 1;
         b->req.last_seq = t->head + b->stored;
         t->head = b->req.last_seq;
-        b->blk = NULL;
-        b->fan_planned = false;
-        if (o->done_tail == NULL) {
-            o->done_head = b;
-        } else {
-            o->done_tail->next = b;
-        }
-        o->done_tail = b;
+        done_push(o, b);
     }
     t->fill_tail = NULL;
     RB_ASSERT(t->head == t->eph_assigned);
